@@ -1,0 +1,1 @@
+"""kuma-vm data plane agent (kuma-dp)."""
