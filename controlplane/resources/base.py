@@ -1,0 +1,151 @@
+"""The resource model: a type descriptor, immutable metadata and a validated spec.
+
+A `ResourceType` says everything the API, the store and kumactl need to know about a kind of resource, so
+adding a type (a policy, say) is one module that calls `register()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Any, ClassVar, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .errors import Violations
+
+
+class Spec(BaseModel):
+    """Base of every spec: camelCase on the wire, unknown fields rejected, no silent type coercion."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=True,
+        frozen=True,
+    )
+
+    def check(self, v: Violations, path: str) -> None:
+        """Checks beyond types and shapes (ranges, cross-field rules); `path` prefixes every field name."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+SpecT = TypeVar("SpecT", bound=Spec)
+
+
+def parse_spec_model(cls: type[SpecT], data: Any, path: str, v: Violations) -> SpecT | None:
+    """Validate a nested piece against `cls`, recording problems under `path` instead of raising."""
+    from .codec import pydantic_violations
+
+    try:
+        model = cls.model_validate(data)
+    except ValidationError as e:
+        v.extend(pydantic_violations(e, path))
+        return None
+    model.check(v, path)
+    return model
+
+
+class Scope(Enum):
+    MESH = "mesh"      # lives inside a mesh: /meshes/{mesh}/{plural}
+    GLOBAL = "global"  # top level: /{plural}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    name: str                   # "Dataplane": the `type` field of the YAML
+    plural: str                 # "dataplanes": the API path segment and `kumactl get <plural>`
+    singular: str               # "dataplane": `kumactl get <singular> NAME`
+    scope: Scope
+    spec_cls: type[Spec]
+    # Kuma's older types (Mesh, Dataplane, ...) put spec fields next to type/name/mesh; targetRef policies
+    # nest them under `spec:`.
+    flat: bool = False
+    is_policy: bool = False
+    is_secret: bool = False
+    # Names that also travel in SNI and SPIFFE IDs (meshes, zones) are held to a DNS label.
+    name_is_label: bool = False
+    # Checks that need more than the spec alone (the resource's own name or mesh, for instance).
+    check_resource: Callable[[Resource, Violations], None] | None = None
+    # Types kept by the control plane itself (insights, VIPs); the API serves them read-only.
+    readonly: bool = False
+    description: str = ""
+
+    @property
+    def mesh_scoped(self) -> bool:
+        return self.scope is Scope.MESH
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    name: str
+    mesh: str = ""  # "" for global-scoped resources
+    version: int = 0  # 0: not stored yet; every stored write increments it
+    labels: Mapping[str, str] = field(default_factory=dict)
+    creation_time: datetime | None = None
+    modification_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    type: ResourceType
+    meta: Meta
+    spec: Spec
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.type.name, self.meta.mesh, self.meta.name)
+
+    def with_meta(self, **changes: Any) -> Resource:
+        return replace(self, meta=replace(self.meta, **changes))
+
+
+class Registry:
+    """Every resource type, by its YAML name, its API plural and kumactl's singular."""
+
+    _default: ClassVar[Registry | None] = None
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, ResourceType] = {}
+        self._by_plural: dict[str, ResourceType] = {}
+        self._by_singular: dict[str, ResourceType] = {}
+
+    def register(self, rtype: ResourceType) -> ResourceType:
+        for index, key in ((self._by_name, rtype.name), (self._by_plural, rtype.plural),
+                           (self._by_singular, rtype.singular)):
+            if key in index and index[key] is not rtype:
+                raise ValueError(f"resource type key {key!r} is registered twice")
+            index[key] = rtype
+        return rtype
+
+    def by_name(self, name: str) -> ResourceType | None:
+        return self._by_name.get(name)
+
+    def by_plural(self, plural: str) -> ResourceType | None:
+        return self._by_plural.get(plural)
+
+    def lookup(self, word: str) -> ResourceType | None:
+        """A type by any of its spellings, as kumactl accepts them (dataplane, dataplanes, Dataplane)."""
+        return self._by_singular.get(word) or self._by_plural.get(word) or self._by_name.get(word) \
+            or self._by_name.get(_case_insensitive(self._by_name, word) or "")
+
+    def all(self) -> list[ResourceType]:
+        return list(self._by_name.values())
+
+
+def _case_insensitive(index: Mapping[str, ResourceType], word: str) -> str | None:
+    lowered = word.lower()
+    return next((k for k in index if k.lower() == lowered), None)
+
+
+REGISTRY = Registry()
+
+
+def register(rtype: ResourceType) -> ResourceType:
+    return REGISTRY.register(rtype)

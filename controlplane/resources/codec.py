@@ -1,0 +1,146 @@
+"""Kuma's universal YAML/JSON form <-> `Resource`, validating everything a user or peer can send."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope
+from .errors import InvalidParameter, ResourceValidationError, Violations, join_path
+from .fields import check_labels, check_name
+
+META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
+
+_REASONS = {
+    "extra_forbidden": "unknown field: remove it or check its spelling against the documentation",
+    "missing": "field is required",
+}
+
+
+def pydantic_violations(err: ValidationError, prefix: str) -> list[InvalidParameter]:
+    out = []
+    for e in err.errors(include_url=False):
+        reason = _REASONS.get(e["type"]) or e["msg"]
+        if e["type"] not in _REASONS and "input" in e and not isinstance(e["input"], dict | list):
+            reason = f"{reason} (got {e['input']!r})"
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        out.append(InvalidParameter(join_path(prefix, loc), reason))
+    return out
+
+
+def parse_spec(rtype: ResourceType, body: Any, prefix: str) -> tuple[Any, list[InvalidParameter]]:
+    """Validate one spec; returns (spec or None, problems). Problems name the field under `prefix`."""
+    if not isinstance(body, Mapping):
+        return None, [InvalidParameter(prefix or "spec", "must be an object")]
+    try:
+        spec = rtype.spec_cls.model_validate(body)
+    except ValidationError as e:
+        return None, pydantic_violations(e, prefix)
+    v = Violations()
+    spec.check(v, prefix)
+    return (None if v else spec), v.items
+
+
+def from_wire(doc: Any, registry: Registry = REGISTRY, *, rtype: ResourceType | None = None,
+              name: str | None = None, mesh: str | None = None) -> Resource:
+    """Build a resource from its universal form. `rtype`/`name`/`mesh`, when given (an API path), must
+    agree with the document. Raises ResourceValidationError naming every bad field."""
+    v = Violations()
+    if not isinstance(doc, Mapping):
+        raise ResourceValidationError([InvalidParameter("", "a resource must be a YAML/JSON object")])
+    type_name = doc.get("type")
+    if rtype is None:
+        if not type_name:
+            v.add("type", "field is required: say which kind of resource this is, e.g. 'type: Mesh'")
+            v.raise_if_any()
+        found = registry.by_name(str(type_name))
+        if found is None:
+            known = ", ".join(sorted(t.name for t in registry.all() if not t.readonly))
+            v.add("type", f"unknown resource type {type_name!r}; known types: {known}")
+            v.raise_if_any()
+        assert found is not None
+        rtype = found
+    elif type_name is not None and type_name != rtype.name:
+        v.add("type", f"is {type_name!r} but this path takes {rtype.name!r}")
+
+    doc_name = doc.get("name")
+    if name is not None and doc_name is not None and doc_name != name:
+        v.add("name", f"is {doc_name!r} but the path names {name!r}: they must match")
+    res_name = doc_name if doc_name is not None else name
+    if not isinstance(res_name, str):
+        v.add("name", "field is required" if res_name is None else "must be a string")
+        res_name = ""
+    else:
+        check_name(v, "name", res_name, label=rtype.name_is_label)
+
+    res_mesh = ""
+    doc_mesh = doc.get("mesh")
+    if rtype.scope is Scope.MESH:
+        if mesh is not None and doc_mesh is not None and doc_mesh != mesh:
+            v.add("mesh", f"is {doc_mesh!r} but the path names mesh {mesh!r}: they must match")
+        m = doc_mesh if doc_mesh is not None else mesh
+        if not isinstance(m, str) or not m:
+            v.add("mesh", "field is required: name the mesh this resource belongs to")
+        else:
+            check_name(v, "mesh", m, label=True)
+            res_mesh = m
+    elif doc_mesh not in (None, ""):
+        v.add("mesh", f"{rtype.name} is not part of a mesh: remove this field")
+
+    labels = doc.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(k, str) and isinstance(x, str)
+                                                  for k, x in labels.items()):
+        v.add("labels", "must be a map of strings to strings")
+        labels = {}
+    else:
+        check_labels(v, "labels", dict(labels))
+
+    if rtype.flat:
+        body = {k: val for k, val in doc.items() if k not in META_FIELDS}
+        spec, problems = parse_spec(rtype, body, "")
+    else:
+        extra = [k for k in doc if k not in (*META_FIELDS, "spec")]
+        for k in extra:
+            v.add(k, "unknown field: a policy's settings go under 'spec'")
+        spec, problems = parse_spec(rtype, doc.get("spec", {}), "spec")
+    v.extend(problems)
+    v.raise_if_any()
+
+    resource = Resource(rtype, Meta(name=res_name, mesh=res_mesh, labels=dict(labels)), spec)
+    if rtype.check_resource is not None:
+        rtype.check_resource(resource, v)
+        v.raise_if_any()
+    return resource
+
+
+def to_wire(resource: Resource, *, redact: bool = False) -> dict[str, Any]:
+    """The universal form, as the API returns it and kumactl prints it."""
+    rtype, meta = resource.type, resource.meta
+    out: dict[str, Any] = {"type": rtype.name}
+    if rtype.scope is Scope.MESH:
+        out["mesh"] = meta.mesh
+    out["name"] = meta.name
+    out["creationTime"] = _ts(meta.creation_time)
+    out["modificationTime"] = _ts(meta.modification_time)
+    if meta.labels:
+        out["labels"] = dict(meta.labels)
+    spec = resource.spec.to_wire()
+    if redact and rtype.is_secret:
+        spec = {k: "***" for k in spec}
+    if rtype.flat:
+        out.update(spec)
+    else:
+        out["spec"] = spec
+    return out
+
+
+def spec_from_store(rtype: ResourceType, data: Mapping[str, Any]) -> Any:
+    """Specs read back from our own store were validated on write; parse without re-running checks."""
+    return rtype.spec_cls.model_validate(data, strict=False)
+
+
+def _ts(t: datetime | None) -> str | None:
+    return t.isoformat().replace("+00:00", "Z") if t else None

@@ -1,0 +1,186 @@
+"""Dataplane: one proxy (kuma-dp + Envoy) and the service instances behind it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from .base import ResourceType, Scope, Spec, register
+from .errors import Violations
+from .fields import check_address, check_duration, check_port, check_tags
+
+SERVICE_TAG = "kuma.io/service"
+PROTOCOL_TAG = "kuma.io/protocol"
+ZONE_TAG = "kuma.io/zone"
+PROTOCOLS = ("tcp", "http", "http2", "grpc", "kafka")
+
+
+def check_protocol_tag(v: Violations, path: str, tags: dict[str, str]) -> None:
+    proto = tags.get(PROTOCOL_TAG)
+    if proto is not None and proto not in PROTOCOLS:
+        v.add(f'{path}["{PROTOCOL_TAG}"]',
+              f"{proto!r} is not a known protocol: use one of {', '.join(PROTOCOLS)}")
+
+
+class TcpProbe(Spec):
+    pass
+
+
+class ServiceProbe(Spec):
+    interval: str | None = None
+    timeout: str | None = None
+    unhealthy_threshold: int | None = None
+    healthy_threshold: int | None = None
+    tcp: TcpProbe | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_duration(v, f"{path}.interval", self.interval)
+        check_duration(v, f"{path}.timeout", self.timeout)
+        for name in ("unhealthy_threshold", "healthy_threshold"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                alias = "unhealthyThreshold" if name.startswith("un") else "healthyThreshold"
+                v.add(f"{path}.{alias}", "must be at least 1")
+
+
+class Health(Spec):
+    ready: bool = True
+
+
+class Inbound(Spec):
+    port: int
+    service_port: int | None = None
+    service_address: str | None = None
+    address: str | None = None
+    tags: dict[str, str]
+    service_probe: ServiceProbe | None = None
+    health: Health | None = None
+    state: Literal["Ready", "NotReady", "Ignored"] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_port(v, f"{path}.port", self.port)
+        check_port(v, f"{path}.servicePort", self.service_port, required=False)
+        check_address(v, f"{path}.serviceAddress", self.service_address, required=False, ip_only=True)
+        check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
+        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        check_protocol_tag(v, f"{path}.tags", self.tags)
+        if self.service_probe:
+            self.service_probe.check(v, f"{path}.serviceProbe")
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+    @property
+    def workload_port(self) -> int:
+        """The port the application itself listens on (Kuma: servicePort, else port)."""
+        return self.service_port or self.port
+
+
+class Outbound(Spec):
+    port: int
+    address: str | None = None
+    tags: dict[str, str]
+
+    def check(self, v: Violations, path: str) -> None:
+        check_port(v, f"{path}.port", self.port)
+        check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
+        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+
+    @property
+    def service(self) -> str:
+        return self.tags[SERVICE_TAG]
+
+
+class Gateway(Spec):
+    type: Literal["DELEGATED", "BUILTIN"] = "DELEGATED"
+    tags: dict[str, str]
+
+    def check(self, v: Violations, path: str) -> None:
+        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+
+
+class Admin(Spec):
+    port: int
+
+    def check(self, v: Violations, path: str) -> None:
+        check_port(v, f"{path}.port", self.port)
+
+
+class TransparentProxying(Spec):
+    redirect_port_inbound: int | None = None
+    redirect_port_outbound: int | None = None
+    direct_access_services: list[str] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_port(v, f"{path}.redirectPortInbound", self.redirect_port_inbound, required=False)
+        check_port(v, f"{path}.redirectPortOutbound", self.redirect_port_outbound, required=False)
+
+
+class Networking(Spec):
+    address: str
+    advertised_address: str | None = None
+    inbound: list[Inbound] = []
+    outbound: list[Outbound] = []
+    gateway: Gateway | None = None
+    admin: Admin | None = None
+    transparent_proxying: TransparentProxying | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_address(v, f"{path}.address", self.address)
+        check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
+        if not self.inbound and self.gateway is None:
+            v.add(f"{path}.inbound", "a dataplane needs at least one inbound (or a gateway)")
+        if self.inbound and self.gateway is not None:
+            v.add(f"{path}.gateway", "a gateway dataplane cannot also have inbounds")
+        seen: dict[tuple[str, int], int] = {}
+        for i, inbound in enumerate(self.inbound):
+            inbound.check(v, f"{path}.inbound[{i}]")
+            key = (inbound.address or self.address, inbound.port)
+            if key in seen:
+                v.add(f"{path}.inbound[{i}].port",
+                      f"port {inbound.port} is already used by inbound[{seen[key]}]")
+            seen[key] = i
+        taken: dict[tuple[str, int], int] = {}
+        for i, outbound in enumerate(self.outbound):
+            outbound.check(v, f"{path}.outbound[{i}]")
+            key = (outbound.address or "127.0.0.1", outbound.port)
+            if key in taken:
+                v.add(f"{path}.outbound[{i}].port",
+                      f"{key[0]}:{key[1]} is already used by outbound[{taken[key]}]")
+            taken[key] = i
+        if self.gateway:
+            self.gateway.check(v, f"{path}.gateway")
+        if self.admin:
+            self.admin.check(v, f"{path}.admin")
+        if self.transparent_proxying:
+            self.transparent_proxying.check(v, f"{path}.transparentProxying")
+
+
+class DataplaneSpec(Spec):
+    networking: Networking
+
+    def check(self, v: Violations, path: str) -> None:
+        self.networking.check(v, "networking")
+
+    def services(self) -> list[str]:
+        if self.networking.gateway:
+            return [self.networking.gateway.tags[SERVICE_TAG]]
+        return [i.service for i in self.networking.inbound]
+
+    def tags(self) -> dict[str, set[str]]:
+        """Every tag value over all inbounds (what a dataplane token's tags are checked against)."""
+        out: dict[str, set[str]] = {}
+        sources = [i.tags for i in self.networking.inbound]
+        if self.networking.gateway:
+            sources.append(self.networking.gateway.tags)
+        for tags in sources:
+            for k, value in tags.items():
+                out.setdefault(k, set()).add(value)
+        return out
+
+
+DATAPLANE = register(ResourceType(
+    name="Dataplane", plural="dataplanes", singular="dataplane", scope=Scope.MESH,
+    spec_cls=DataplaneSpec, flat=True,
+    description="One proxy and the service instances (inbounds) behind it.",
+))

@@ -1,0 +1,122 @@
+"""Field checks shared by every resource type: names, labels, tags, durations, addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import timedelta
+
+from .errors import Violations
+
+# DNS-1123 subdomain: what Kubernetes accepts as an object name, so names survive the trip to a k8s zone.
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$"
+)
+# Label/tag keys: an optional DNS prefix and a name, as Kubernetes and Kuma tags use (kuma.io/service).
+_KEY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_TAG_VALUE = re.compile(r"^[^\s]+$")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|y)")
+_UNIT_SECONDS = {
+    "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
+    "d": 86400.0, "y": 365 * 86400.0,
+}
+
+
+def check_name(v: Violations, path: str, name: str, *, label: bool = False) -> None:
+    """DNS-1123 subdomain (or label, for names that end up in SNI and SPIFFE IDs such as meshes and zones)."""
+    limit = 63 if label else 253
+    pattern = _LABEL if label else _SUBDOMAIN
+    if not name:
+        v.add(path, "cannot be empty")
+    elif len(name) > limit:
+        v.add(path, f"must be at most {limit} characters long")
+    elif not pattern.match(name):
+        kind, chars = ("DNS-1123 label", "'-'") if label else ("DNS-1123 subdomain", "'-' and '.'")
+        v.add(path, f"{name!r} is not a valid {kind}: use lowercase letters, digits and {chars}, "
+                    "starting and ending with a letter or digit")
+
+
+def check_key(v: Violations, path: str, key: str) -> None:
+    prefix, _, name = key.rpartition("/")
+    if not name or len(name) > 63 or not _KEY_NAME.match(name):
+        v.add(path, f"key {key!r} must be an optional DNS prefix and '/', then a name of letters, digits, "
+                    "'-', '_' or '.' (at most 63)")
+    elif prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)):
+        v.add(path, f"key prefix {prefix!r} must be a DNS-1123 subdomain")
+
+
+def check_labels(v: Violations, path: str, labels: dict[str, str]) -> None:
+    for key, value in labels.items():
+        check_key(v, f"{path}[{key!r}]" if path else key, key)
+        if len(value) > 63 or (value and not _KEY_NAME.match(value)):
+            v.add(f"{path}[{key!r}]", f"value {value!r} must be at most 63 letters, digits, '-', '_' or '.'")
+
+
+def check_tags(v: Violations, path: str, tags: dict[str, str], *, required: tuple[str, ...] = ()) -> None:
+    for key in required:
+        if not tags.get(key):
+            v.add(f'{path}["{key}"]', "tag is required")
+    for key, value in tags.items():
+        check_key(v, f'{path}["{key}"]', key)
+        if not value:
+            v.add(f'{path}["{key}"]', "tag value cannot be empty")
+        elif not _TAG_VALUE.match(value):
+            v.add(f'{path}["{key}"]', f"tag value {value!r} cannot contain whitespace")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go-style durations ('10s', '1h30m', '500ms') plus 'd' and 'y' as Kuma's CA settings use."""
+    text = text.strip()
+    if not text:
+        raise ValueError("empty duration")
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise ValueError(f"{text!r} is not a duration: use a number and a unit, e.g. '10s', '1h30m', '500ms'")
+    return timedelta(seconds=total)
+
+
+def check_duration(v: Violations, path: str, text: str | None, *, positive: bool = True,
+                   maximum: timedelta | None = None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        d = parse_duration(text)
+    except ValueError as e:
+        v.add(path, str(e))
+        return None
+    if positive and d <= timedelta(0):
+        v.add(path, "must be greater than zero")
+    if maximum is not None and d > maximum:
+        v.add(path, f"must be at most {maximum}")
+    return d
+
+
+def check_port(v: Violations, path: str, port: int | None, *, required: bool = True) -> None:
+    if port is None:
+        if required:
+            v.add(path, "port is required")
+        return
+    if not 1 <= port <= 65535:
+        v.add(path, f"port {port} must be in the range [1, 65535]")
+
+
+def check_address(v: Violations, path: str, address: str | None, *, required: bool = True,
+                  ip_only: bool = False) -> None:
+    if not address:
+        if required:
+            v.add(path, "address is required")
+        return
+    try:
+        ipaddress.ip_address(address)
+        return
+    except ValueError:
+        pass
+    if ip_only or not _HOSTNAME.match(address):
+        v.add(path, f"{address!r} is not a valid {'IP address' if ip_only else 'IP address or hostname'}")

@@ -1,0 +1,66 @@
+"""Zone and ZoneIngress: the multi-zone pieces (KDS and ingress behaviour come with their issues)."""
+
+from __future__ import annotations
+
+from .base import ResourceType, Scope, Spec, register
+from .dataplane import SERVICE_TAG
+from .errors import Violations
+from .fields import check_address, check_name, check_port, check_tags
+
+
+class ZoneSpec(Spec):
+    enabled: bool = True
+
+
+ZONE = register(ResourceType(
+    name="Zone", plural="zones", singular="zone", scope=Scope.GLOBAL, spec_cls=ZoneSpec, flat=True,
+    name_is_label=True, description="A zone known to the global control plane; disabled zones are refused.",
+))
+
+
+class IngressNetworking(Spec):
+    address: str
+    advertised_address: str | None = None
+    port: int
+    advertised_port: int | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_address(v, f"{path}.address", self.address)
+        check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
+        check_port(v, f"{path}.port", self.port)
+        check_port(v, f"{path}.advertisedPort", self.advertised_port, required=False)
+        if (self.advertised_address is None) != (self.advertised_port is None):
+            v.add(f"{path}.advertisedPort",
+                  "advertisedAddress and advertisedPort go together: set both or neither")
+
+
+class AvailableService(Spec):
+    tags: dict[str, str]
+    instances: int = 1
+    mesh: str
+
+    def check(self, v: Violations, path: str) -> None:
+        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        check_name(v, f"{path}.mesh", self.mesh, label=True)
+        if self.instances < 0:
+            v.add(f"{path}.instances", "cannot be negative")
+
+
+class ZoneIngressSpec(Spec):
+    zone: str | None = None
+    networking: IngressNetworking
+    available_services: list[AvailableService] = []
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.zone is not None:
+            check_name(v, "zone", self.zone, label=True)
+        self.networking.check(v, "networking")
+        for i, s in enumerate(self.available_services):
+            s.check(v, f"availableServices[{i}]")
+
+
+ZONE_INGRESS = register(ResourceType(
+    name="ZoneIngress", plural="zone-ingresses", singular="zone-ingress", scope=Scope.GLOBAL,
+    spec_cls=ZoneIngressSpec, flat=True,
+    description="A zone's ingress proxy and the services reachable through it.",
+))

@@ -1,0 +1,19 @@
+"""Resource stores: the contract (base) and its backends (memory, sqlite, postgres)."""
+
+from .base import (
+    AlreadyExists,
+    ChangeEvent,
+    Conflict,
+    ListQuery,
+    MeshNotFound,
+    NotFound,
+    ResourceList,
+    ResourceStore,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "AlreadyExists", "ChangeEvent", "Conflict", "ListQuery", "MeshNotFound", "NotFound", "ResourceList",
+    "ResourceStore", "StoreError", "StoreUnavailable",
+]
