@@ -1,0 +1,86 @@
+"""Read views computed from the store: mesh insights and the dataplane overview.
+
+Online/offline comes from DataplaneInsight, which the xDS server writes (its issue); until a dataplane's
+Envoy has connected, it is reported offline, which is the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.resources.base import Registry
+from controlplane.resources.codec import to_wire
+from controlplane.store.base import ListQuery, NotFound, ResourceStore
+
+from .errors import ApiError
+
+
+class InsightsApi:
+    def __init__(self, store: ResourceStore, registry: Registry) -> None:
+        self.store, self.registry = store, registry
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/mesh-insights", self.mesh_insights)
+        app.router.add_get("/mesh-insights/{mesh}", self.mesh_insight)
+        app.router.add_get("/meshes/{mesh}/dataplanes/_overview", self.dataplanes_overview)
+
+    def _t(self, name: str) -> Any:
+        rtype = self.registry.by_name(name)
+        assert rtype is not None, name
+        return rtype
+
+    async def _insight(self, mesh: Any) -> dict[str, Any]:
+        name = mesh.meta.name
+        dps = await self.store.list(self._t("Dataplane"), ListQuery(mesh=name))
+        overview = [await self._dp_status(dp) for dp in dps.items]
+        online = sum(1 for o in overview if o == "online")
+        policies: dict[str, dict[str, int]] = {}
+        for rtype in self.registry.all():
+            if rtype.is_policy:
+                total = (await self.store.list(rtype, ListQuery(mesh=name, size=0))).total
+                if total:
+                    policies[rtype.name] = {"total": total}
+        mtls = mesh.spec.mtls.enabled() if mesh.spec.mtls else None
+        return {
+            "type": "MeshInsight", "name": name,
+            "dataplanes": {"total": dps.total, "online": online, "offline": dps.total - online},
+            "policies": policies,
+            "mTLS": {"enabledBackend": mtls.name if mtls else None, "type": mtls.type if mtls else None},
+        }
+
+    async def _dp_status(self, dp: Any) -> str:
+        insight_type = self.registry.by_name("DataplaneInsight")
+        if insight_type is None:
+            return "offline"
+        try:
+            insight = await self.store.get(insight_type, dp.meta.name, dp.meta.mesh)
+        except NotFound:
+            return "offline"
+        return "online" if getattr(insight.spec, "online", False) else "offline"
+
+    async def mesh_insights(self, request: web.Request) -> web.Response:
+        meshes = await self.store.list(self._t("Mesh"))
+        items = [await self._insight(m) for m in meshes.items]
+        return web.json_response({"total": len(items), "items": items, "next": None})
+
+    async def mesh_insight(self, request: web.Request) -> web.Response:
+        try:
+            mesh = await self.store.get(self._t("Mesh"), request.match_info["mesh"])
+        except NotFound:
+            raise ApiError(404, "Not found", f"mesh {request.match_info['mesh']!r} does not exist") from None
+        return web.json_response(await self._insight(mesh))
+
+    async def dataplanes_overview(self, request: web.Request) -> web.Response:
+        mesh = request.match_info["mesh"]
+        try:
+            await self.store.get(self._t("Mesh"), mesh)
+        except NotFound:
+            raise ApiError(404, "Not found", f"mesh {mesh!r} does not exist") from None
+        dps = await self.store.list(self._t("Dataplane"), ListQuery(mesh=mesh))
+        items = []
+        for dp in dps.items:
+            items.append({"type": "DataplaneOverview", "mesh": mesh, "name": dp.meta.name,
+                          "dataplane": to_wire(dp), "status": await self._dp_status(dp)})
+        return web.json_response({"total": len(items), "items": items, "next": None})

@@ -1,0 +1,99 @@
+"""The API server component: plain HTTP (local admin) and HTTPS (user tokens), one application each."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from controlplane import __version__
+from controlplane.config import Config
+from controlplane.resources.base import Registry
+from controlplane.store.base import ResourceStore
+
+from . import openapi
+from .auth import Authenticator, local_admin_middleware, token_middleware
+from .errors import error_middleware
+from .insights import InsightsApi
+from .ratelimit import RateLimiter
+from .resources import ResourceApi
+
+log = logging.getLogger("kuma.api")
+
+
+@dataclass
+class ApiContext:
+    config: Config
+    store: ResourceStore
+    registry: Registry
+    instance_id: str
+    authenticate: Authenticator
+    ssl_context: ssl.SSLContext | None
+    extra_routes: list[Any]  # callables taking the app: other components' endpoints (tokens, ...)
+
+
+def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
+    cfg = ctx.config.api_server
+    limiter = RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst)
+    auth = local_admin_middleware() if admin else token_middleware(ctx.authenticate)
+    app = web.Application(client_max_size=cfg.max_body_bytes,
+                          middlewares=[error_middleware, limiter.middleware(), auth])
+    doc = openapi.build(ctx.registry)
+
+    async def index(request: web.Request) -> web.Response:
+        return web.json_response({
+            "hostname": socket.gethostname(), "tagline": "kuma-vm", "version": __version__,
+            "instanceId": ctx.instance_id, "mode": ctx.config.mode, "store": ctx.store.backend,
+        })
+
+    async def openapi_doc(request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/openapi.json", openapi_doc)
+    for add in ctx.extra_routes:
+        add(app)
+    InsightsApi(ctx.store, ctx.registry).add_routes(app)
+    # Last: its /{plural}/{name} patterns would otherwise shadow the fixed paths above.
+    ResourceApi(ctx.store, ctx.registry, read_only=cfg.read_only).add_routes(app)
+    return app
+
+
+class ApiServer:
+    name = "api-server"
+
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self._runners: list[web.AppRunner] = []
+
+    async def start(self) -> None:
+        cfg = self.ctx.config.api_server
+        if cfg.http.enabled:
+            await self._serve(build_app(self.ctx, admin=True), cfg.http.interface, cfg.http.port, None)
+        if cfg.https.enabled:
+            if self.ctx.ssl_context is None:
+                raise RuntimeError("the HTTPS API needs a TLS context")
+            await self._serve(build_app(self.ctx, admin=False), cfg.https.interface, cfg.https.port,
+                              self.ctx.ssl_context)
+
+    async def _serve(self, app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise RuntimeError(f"cannot listen on {host}:{port} for the {'HTTPS' if ssl_ctx else 'HTTP'} API: "
+                               f"{e.strerror}; is another kuma-cp running? change the port in the config") from e
+        self._runners.append(runner)
+        log.info("API listening", extra={"address": f"{host}:{port}", "tls": ssl_ctx is not None})
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
