@@ -1,3 +1,4 @@
+# ruff: noqa: RUF009  (setting() and section() return dataclasses.field objects, not shared defaults)
 """kuma-cp configuration: defaults <- YAML file (-c) <- KUMA_* environment variables.
 
 One dataclass tree. Each leaf knows its YAML key (Kuma's camelCase) and its environment variable (Kuma's

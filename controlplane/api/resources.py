@@ -144,7 +144,7 @@ class ResourceApi:
             except NotFound:
                 if expected is not None:
                     raise ApiError(412, "Precondition failed",
-                                   f"If-Match names version {expected} but {rtype.name} {name!r} does not exist")
+                                   f"If-Match names version {expected} but {rtype.name} {name!r} does not exist") from None
                 try:
                     return await self.store.create(resource), True
                 except AlreadyExists:
