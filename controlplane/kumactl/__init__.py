@@ -1,0 +1,1 @@
+"""kumactl: the CLI of the control plane's HTTP API."""
