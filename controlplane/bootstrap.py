@@ -7,12 +7,13 @@ import logging
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
 from controlplane.config import Config
-from controlplane.defaults import DefaultMesh
+from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
 from controlplane.store.factory import create_store
 from controlplane.tls import ensure_cp_tls
+from controlplane.tokens.service import TokenService
 
 log = logging.getLogger("kuma.bootstrap")
 
@@ -26,12 +27,13 @@ async def build_runtime(cfg: Config) -> Runtime:
     tls = ensure_cp_tls(work_dir, cfg.general.tls_cert_file, cfg.general.tls_key_file, cfg.general.hostnames,
                         ca_file=cfg.general.tls_ca_file)
     runtime = Runtime(config=cfg, store=store, elector=store.leader_elector())
-    tokens = TokenApi(store)
+    tokens = TokenService(store)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
-                         authenticate=user_authenticator(store), ssl_context=tls.server_ssl_context(),
-                         extra_routes=[tokens.add_routes])
+                         authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
+                         extra_routes=[TokenApi(tokens).add_routes])
     runtime.add(DiagnosticsServer(runtime))
     runtime.add(ApiServer(api_ctx))
+    runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:
         runtime.add(DefaultMesh(store), leader_only=True)
     return runtime

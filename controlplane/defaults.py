@@ -1,4 +1,6 @@
-"""Leader-only component that creates the `default` mesh, as Kuma does (KUMA_DEFAULTS_SKIP_MESH_CREATION)."""
+"""Leader-only components that create what Kuma creates on first start: the `default` mesh
+(KUMA_DEFAULTS_SKIP_MESH_CREATION) and the admin user token (GlobalSecret `admin-user-token`, readable by
+local admins: `kumactl get global-secret admin-user-token -o json`)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import logging
 
 from controlplane.resources import REGISTRY, from_wire
 from controlplane.store.base import AlreadyExists, NotFound, ResourceStore
+from controlplane.tokens.service import TokenService
 
 log = logging.getLogger("kuma.defaults")
 
@@ -26,9 +29,24 @@ class DefaultMesh:
             pass
         try:
             await self.store.create(from_wire({"type": "Mesh", "name": "default"}))
-            log.info("resource created", extra={"type": "Mesh", "name": "default", "reason": "default mesh"})
+            log.info("resource created", extra={"type": "Mesh", "resource": "default", "reason": "default mesh"})
         except AlreadyExists:
             pass  # another instance made it first
+
+    async def stop(self) -> None:
+        pass
+
+
+class AdminUserToken:
+    name = "admin-user-token"
+
+    def __init__(self, tokens: TokenService) -> None:
+        self.tokens = tokens
+
+    async def start(self) -> None:
+        _, created = await self.tokens.ensure_admin_user_token()
+        if created:
+            log.info("admin user token created", extra={"secret": "admin-user-token"})
 
     async def stop(self) -> None:
         pass

@@ -1,8 +1,9 @@
 """Structured logs: what happened, and to what (mesh, dataplane, zone, type, version) as key=value fields.
 
-Call sites pass context with `extra={...}`; the formatter prints every non-standard record attribute, so
-`log.info("resource created", extra={"type": "Mesh", "name": "default"})` becomes
-`2026-11-26T10:00:00.000Z info kuma.api resource created type=Mesh name=default` (or one JSON object a line).
+Call sites pass context with `extra={...}` (never a LogRecord attribute such as `name`: logging refuses
+those, so the resource name goes in `resource`); the formatter prints every non-standard record attribute, so
+`log.info("resource created", extra={"type": "Mesh", "resource": "default"})` becomes
+`2026-11-26T10:00:00.000Z info kuma.api resource created type=Mesh resource=default` (or one JSON object a line).
 """
 
 from __future__ import annotations

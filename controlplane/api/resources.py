@@ -130,7 +130,7 @@ class ResourceApi:
         expected = _if_match(request)
         stored, created = await self.upsert(resource, expected)
         log.info("resource created" if created else "resource updated",
-                 extra={"type": rtype.name, "mesh": mesh or None, "name": name, "version": stored.meta.version,
+                 extra={"type": rtype.name, "mesh": mesh or None, "resource": name, "version": stored.meta.version,
                         "user": identity_of(request).name})
         return web.json_response({}, status=201 if created else 200,
                                  headers={"ETag": f'"{stored.meta.version}"'})
@@ -143,8 +143,8 @@ class ResourceApi:
                 current = await self.store.get(rtype, name, mesh)
             except NotFound:
                 if expected is not None:
-                    raise ApiError(412, "Precondition failed",
-                                   f"If-Match names version {expected} but {rtype.name} {name!r} does not exist") from None
+                    raise ApiError(412, "Precondition failed", f"If-Match names version {expected} but "
+                                   f"{rtype.name} {name!r} does not exist") from None
                 try:
                     return await self.store.create(resource), True
                 except AlreadyExists:
@@ -171,7 +171,7 @@ class ResourceApi:
     async def _delete(self, request: web.Request, rtype: ResourceType, name: str, mesh: str) -> web.Response:
         self._writable(request, rtype)
         await self.store.delete(rtype, name, mesh, version=_if_match(request))
-        log.info("resource deleted", extra={"type": rtype.name, "mesh": mesh or None, "name": name,
+        log.info("resource deleted", extra={"type": rtype.name, "mesh": mesh or None, "resource": name,
                                             "user": identity_of(request).name})
         return web.json_response({})
 

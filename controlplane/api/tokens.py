@@ -14,10 +14,8 @@ from aiohttp import web
 
 from controlplane.resources.errors import InvalidParameter
 from controlplane.resources.fields import parse_duration
-from controlplane.store.base import ResourceStore
 from controlplane.tokens.errors import TokenError, TokenRequestError
-from controlplane.tokens.issuer import TokenIssuer
-from controlplane.tokens.validator import TokenValidator
+from controlplane.tokens.service import TokenService
 
 from .auth import Authenticator, AuthError, Identity, require_admin
 from .errors import ApiError
@@ -49,8 +47,8 @@ def _valid_for(doc: Mapping[str, Any], default: timedelta | None) -> timedelta |
 
 
 class TokenApi:
-    def __init__(self, store: ResourceStore) -> None:
-        self.issuer = TokenIssuer(store)
+    def __init__(self, tokens: TokenService) -> None:
+        self.issuer = tokens
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/tokens/dataplane", self.dataplane)
@@ -89,12 +87,10 @@ class TokenApi:
             doc.get("name", ""), doc.get("groups") or [], valid_for))  # type: ignore[arg-type]
 
 
-def user_authenticator(store: ResourceStore) -> Authenticator:
-    validator = TokenValidator(store)
-
+def user_authenticator(tokens: TokenService) -> Authenticator:
     async def authenticate(token: str) -> Identity:
         try:
-            claims = await validator.validate_user_token(token)
+            claims = await tokens.validate_user_token(token)
         except TokenError as e:
             raise AuthError(str(e)) from None
         return Identity(claims.name, tuple(claims.groups))
