@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .client import ApiClient, ApiError
-from .config import AUTH_TYPES, ControlPlane
+from .config import AUTH_TYPES, DEFAULT_URL, ControlPlane
 from .context import global_options, state
 from .errors import KumactlError
 from .output import render_table, render_yaml
@@ -141,9 +141,12 @@ def cp_remove(name: str) -> None:
     was_current = cfg.remove(name)
     cfg.save()
     click.echo(f'removed Control Plane "{name}"')
-    if was_current:
+    if was_current and cfg.control_planes():
         click.echo("warning: it was the active Control Plane: choose another with "
                    "kumactl config control-planes switch --name NAME", err=True)
+    elif not cfg.control_planes():
+        click.echo(f"warning: no Control Plane left: kumactl now talks to {DEFAULT_URL} (Kuma's default) "
+                   "until you add one", err=True)
 
 
 @config_group.command("view")

@@ -32,9 +32,10 @@ def _valid_for(ctx: click.Context, param: click.Parameter, value: Any) -> str | 
 
 
 def valid_for_option(required: bool) -> Any:
-    return click.option("--valid-for", default=None, required=required, callback=_valid_for, metavar="DURATION",
+    extra: dict[str, Any] = {"required": True} if required else {"default": None}
+    return click.option("--valid-for", callback=_valid_for, metavar="DURATION",
                         help='how long the token will be valid (for example "24h")'
-                             + ("" if required else "; default: the control plane's (10 years)"))
+                             + ("" if required else "; default: the control plane's (10 years)"), **extra)
 
 
 def parse_tags(pairs: Sequence[str]) -> dict[str, list[str]]:
