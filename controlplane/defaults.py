@@ -44,9 +44,7 @@ class AdminUserToken:
         self.tokens = tokens
 
     async def start(self) -> None:
-        _, created = await self.tokens.ensure_admin_user_token()
-        if created:
-            log.info("admin user token created", extra={"secret": "admin-user-token"})
+        await self.tokens.ensure_admin_user_token()  # logs when it creates one
 
     async def stop(self) -> None:
         pass

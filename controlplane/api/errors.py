@@ -20,6 +20,7 @@ from controlplane.store.base import (
 log = logging.getLogger("kuma.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY_BYTES = web.AppKey("max_body_bytes", int)
 
 
 def error_response(status: int, title: str, details: str = "",
@@ -63,9 +64,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(503, "Store unavailable", str(e))
     except StoreError as e:
         return error_response(400, "Store error", str(e))
-    except web.HTTPRequestEntityTooLarge as e:
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app.get(MAX_BODY_BYTES, 0)
         return error_response(413, "Request body too large",
-                              f"the body is larger than the {e.max_size} bytes this API accepts: split it up")
+                              f"the body is larger than the {limit} bytes this API accepts "
+                              "(apiServer.maxBodyBytes): split it up")
     except web.HTTPException as e:
         if e.status >= 400:
             return error_response(e.status, e.reason, e.text or e.reason)

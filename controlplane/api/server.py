@@ -17,7 +17,7 @@ from controlplane.store.base import ResourceStore
 
 from . import openapi
 from .auth import Authenticator, local_admin_middleware, token_middleware
-from .errors import error_middleware
+from .errors import MAX_BODY_BYTES, error_middleware
 from .insights import InsightsApi
 from .ratelimit import RateLimiter
 from .resources import ResourceApi
@@ -42,6 +42,7 @@ def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
     auth = local_admin_middleware() if admin else token_middleware(ctx.authenticate)
     app = web.Application(client_max_size=cfg.max_body_bytes,
                           middlewares=[error_middleware, limiter.middleware(), auth])
+    app[MAX_BODY_BYTES] = cfg.max_body_bytes
     doc = openapi.build(ctx.registry)
 
     async def index(request: web.Request) -> web.Response:

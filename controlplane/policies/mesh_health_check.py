@@ -1,0 +1,201 @@
+"""MeshHealthCheck: active health checking of the destinations a proxy calls (`to[]` only).
+
+`default` sets the probing rhythm (`interval`, default 1m; `timeout`, default 15s; `unhealthyInterval`,
+`noTrafficInterval`, `initialJitter`, `intervalJitter`, all > 0; `intervalJitterPercent` 0-100),
+thresholds (`unhealthyThreshold` default 5, `healthyThreshold` default 1, both >= 1), `healthyPanicThreshold`
+(a percentage, int or decimal string), `failTrafficOnPanic`, `reuseConnection`, event logging
+(`eventLogPath`, an absolute path; `alwaysLogHealthCheckFailures`) and at least one checker:
+
+- `http`: `disabled`, `path` (absolute, default '/'), `requestHeadersToAdd.{set, add}[]` (at most 16 each),
+  `expectedStatuses[]` (100-599);
+- `tcp`: `disabled`, `send` (base64), `receive[]` (base64 blocks expected in order);
+- `grpc`: `disabled`, `serviceName`, `authority`.
+
+Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
+(with listener tags); `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
+
+Envoy effect: cluster health_checks (one per checker the destination's protocol uses) and common_lb_config.
+healthy_panic_threshold. Added by the xDS layer, not here.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.errors import Violations
+
+from ._common import (
+    MESH,
+    MESH_GATEWAY,
+    MESH_SERVICE,
+    TOP_LEVEL_KINDS,
+    Item,
+    TargetRef,
+    check_base64,
+    check_duration,
+    check_header_name,
+    check_header_value,
+    check_http_status,
+    check_int,
+    check_percentage,
+    check_target_ref,
+    check_top_level,
+    effective_target_ref,
+    require_some,
+)
+
+POLICY = "MeshHealthCheck"
+TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
+MAX_HEADERS = 16
+
+
+class HeaderKeyValue(Spec):
+    name: str
+    value: str
+
+    def check(self, v: Violations, path: str) -> None:
+        check_header_name(v, f"{path}.name", self.name, modifiable=True)
+        check_header_value(v, f"{path}.value", self.value)
+
+
+class HeaderModifier(Spec):
+    set: list[HeaderKeyValue] | None = None
+    add: list[HeaderKeyValue] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if not require_some(v, path, self, ("set", "add")):
+            return
+        seen: dict[str, str] = {}
+        for field in ("set", "add"):
+            items = getattr(self, field) or []
+            if len(items) > MAX_HEADERS:
+                v.add(f"{path}.{field}", f"at most {MAX_HEADERS} headers")
+            for i, kv in enumerate(items):
+                p = f"{path}.{field}[{i}]"
+                kv.check(v, p)
+                if kv.name in seen:
+                    v.add(f"{p}.name", f"header {kv.name!r} is already given at {seen[kv.name]}: give each header "
+                                       "once")
+                seen.setdefault(kv.name, p)
+
+
+class HttpHealthCheck(Spec):
+    disabled: bool | None = None
+    path: str | None = None
+    request_headers_to_add: HeaderModifier | None = None
+    expected_statuses: list[int] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.path is not None:
+            if not self.path.startswith("/"):
+                v.add(f"{path}.path", f"{self.path!r} must be an absolute path, e.g. /health")
+            else:
+                check_header_value(v, f"{path}.path", self.path)
+        if self.request_headers_to_add is not None:
+            self.request_headers_to_add.check(v, f"{path}.requestHeadersToAdd")
+        if self.expected_statuses is not None and not self.expected_statuses:
+            v.add(f"{path}.expectedStatuses", "cannot be empty: list the healthy statuses or remove the field")
+        for i, status in enumerate(self.expected_statuses or ()):
+            check_http_status(v, f"{path}.expectedStatuses[{i}]", status)
+
+
+class TcpHealthCheck(Spec):
+    disabled: bool | None = None
+    send: str | None = None
+    receive: list[str] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.send is not None:
+            if not self.send:
+                v.add(f"{path}.send", "cannot be empty: remove it to only check that the connection opens")
+            check_base64(v, f"{path}.send", self.send)
+        for i, block in enumerate(self.receive or ()):
+            check_base64(v, f"{path}.receive[{i}]", block)
+            if not block:
+                v.add(f"{path}.receive[{i}]", "cannot be empty")
+
+
+class GrpcHealthCheck(Spec):
+    disabled: bool | None = None
+    service_name: str | None = None
+    authority: str | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.service_name is not None:
+            check_header_value(v, f"{path}.serviceName", self.service_name)
+        if self.authority is not None:
+            if not self.authority or any(c.isspace() for c in self.authority):
+                v.add(f"{path}.authority", "must be a host name (optionally with :port), without spaces")
+            else:
+                check_header_value(v, f"{path}.authority", self.authority)
+
+
+class Conf(Spec):
+    interval: str | None = None
+    unhealthy_interval: str | None = None
+    timeout: str | None = None
+    unhealthy_threshold: int | None = None
+    healthy_threshold: int | None = None
+    initial_jitter: str | None = None
+    interval_jitter: str | None = None
+    interval_jitter_percent: int | None = None
+    healthy_panic_threshold: int | str | None = None
+    fail_traffic_on_panic: bool | None = None
+    event_log_path: str | None = None
+    always_log_health_check_failures: bool | None = None
+    no_traffic_interval: str | None = None
+    tcp: TcpHealthCheck | None = None
+    http: HttpHealthCheck | None = None
+    grpc: GrpcHealthCheck | None = None
+    reuse_connection: bool | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for f, alias in (("interval", "interval"), ("unhealthy_interval", "unhealthyInterval"),
+                         ("timeout", "timeout"), ("initial_jitter", "initialJitter"),
+                         ("interval_jitter", "intervalJitter"), ("no_traffic_interval", "noTrafficInterval")):
+            check_duration(v, f"{path}.{alias}", getattr(self, f), allow_zero=False)
+        check_int(v, f"{path}.unhealthyThreshold", self.unhealthy_threshold, minimum=1)
+        check_int(v, f"{path}.healthyThreshold", self.healthy_threshold, minimum=1)
+        check_int(v, f"{path}.intervalJitterPercent", self.interval_jitter_percent, maximum=100)
+        check_percentage(v, f"{path}.healthyPanicThreshold", self.healthy_panic_threshold)
+        if self.event_log_path is not None:
+            p = self.event_log_path
+            if not p.startswith("/") or p.endswith("/") or "\x00" in p or posixpath.normpath(p) != p:
+                v.add(f"{path}.eventLogPath", f"{p!r} must be an absolute, normalised file path, e.g. "
+                                              "/var/log/kuma/health.log")
+        if require_some(v, path, self, ("http", "tcp", "grpc"),
+                        "configure at least one health checker: http, tcp or grpc"):
+            for name in ("http", "tcp", "grpc"):
+                checker = getattr(self, name)
+                if checker is not None:
+                    checker.check(v, f"{path}.{name}")
+
+
+class MeshHealthCheckSpec(Spec):
+    target_ref: TargetRef | None = None
+    to: list[Item[Conf]] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        top = effective_target_ref(self.target_ref).kind
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
+                        listener_tags=True)
+        if not self.to:
+            v.add(f"{path}.to", "needs at least one item")
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        for i, item in enumerate(self.to or ()):
+            p = f"{path}.to[{i}]"
+            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=to_kinds,
+                             where=f"spec.to[].targetRef of {POLICY}" +
+                                   (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+            item.default.check(v, f"{p}.default")
+
+
+RESOURCE_TYPE = register(ResourceType(
+    name=POLICY, plural="meshhealthchecks", singular="meshhealthcheck", scope=Scope.MESH,
+    spec_cls=MeshHealthCheckSpec, flat=False, is_policy=True,
+    description="Active HTTP, TCP and gRPC health checks of outbound destinations.",
+))
+
+# --- Envoy effect -----------------------------------------------------------------------------------
+# The xDS issue adds here how merged MeshHealthCheck confs become cluster health_checks.

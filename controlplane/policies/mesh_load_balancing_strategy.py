@@ -1,0 +1,343 @@
+"""MeshLoadBalancingStrategy: how a proxy spreads requests over a destination's endpoints (`to[]` only).
+
+`default.loadBalancer.type` is one of:
+
+- `RoundRobin`, `Random` (no settings);
+- `LeastRequest`: `leastRequest.{choiceCount (>= 2), activeRequestBias (>= 0, int or decimal string)}`;
+- `RingHash`: `ringHash.{hashFunction (XXHash|MurmurHash2), minRingSize, maxRingSize (1-8000000,
+  min <= max), hashPolicies[]}`;
+- `Maglev`: `maglev.{tableSize (a prime up to 5000011, as Envoy requires), hashPolicies[]}`.
+
+`hashPolicies[]` entries have a `type` (Header, Cookie, Connection, QueryParameter, FilterState), the
+matching settings block (`header.name`, `cookie.{name, ttl, path}`, `connection.sourceIP`,
+`queryParameter.name`, `filterState.key`) and `terminal`.
+
+`default.localityAwareness` keeps Kuma's schema for multi-zone: `disabled`, `localZone.affinityTags[]`
+(`key`, `weight` >= 1, all or none weighted), `crossZone.failover[]` (`from.zones`, `to.type`
+None|Only|Any|AnyExcept, `to.zones` for Only/AnyExcept) and `crossZone.failoverThreshold.percentage`.
+
+Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway;
+`to[]` Mesh or MeshService (only Mesh under a MeshGateway).
+
+Envoy effect: cluster lb_policy and its config, route hash_policy, and locality priorities/weights in
+endpoints. Added by the xDS layer, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.errors import Violations
+from controlplane.resources.fields import check_name
+
+from ._common import (
+    MESH,
+    MESH_GATEWAY,
+    MESH_SERVICE,
+    TOP_LEVEL_KINDS,
+    Item,
+    TargetRef,
+    check_decimal,
+    check_duration,
+    check_header_name,
+    check_int,
+    check_tag_key,
+    check_target_ref,
+    check_top_level,
+    effective_target_ref,
+    require_some,
+)
+
+POLICY = "MeshLoadBalancingStrategy"
+TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
+MAX_RING_SIZE = 8_000_000
+MAX_MAGLEV_TABLE = 5_000_011
+HASH_POLICY_BLOCKS = {"Header": "header", "Cookie": "cookie", "Connection": "connection",
+                      "QueryParameter": "query_parameter", "FilterState": "filter_state"}
+LB_BLOCKS = {"RoundRobin": "round_robin", "LeastRequest": "least_request", "RingHash": "ring_hash",
+             "Random": "random", "Maglev": "maglev"}
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+class Header(Spec):
+    name: str
+
+    def check(self, v: Violations, path: str) -> None:
+        check_header_name(v, f"{path}.name", self.name)
+
+
+class Cookie(Spec):
+    name: str
+    ttl: str | None = None
+    path: str | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.name or any(c in self.name for c in " \t\r\n;,=\x00"):
+            v.add(f"{path}.name", f"{self.name!r} is not a cookie name: use a token without spaces, ';', ',' or '='")
+        check_duration(v, f"{path}.ttl", self.ttl)
+        if self.path is not None and not self.path.startswith("/"):
+            v.add(f"{path}.path", f"{self.path!r} must be an absolute path, e.g. /")
+
+
+class Connection(Spec):
+    source_ip: bool | None = Field(default=None, alias="sourceIP")
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.source_ip:
+            v.add(f"{path}.sourceIP", "must be true: hashing on the connection means hashing on the source IP")
+
+
+class QueryParameter(Spec):
+    name: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.name:
+            v.add(f"{path}.name", "cannot be empty")
+
+
+class FilterState(Spec):
+    key: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.key:
+            v.add(f"{path}.key", "cannot be empty")
+
+
+class HashPolicy(Spec):
+    type: Literal["Header", "Cookie", "Connection", "QueryParameter", "FilterState"]
+    terminal: bool | None = None
+    header: Header | None = None
+    cookie: Cookie | None = None
+    connection: Connection | None = None
+    query_parameter: QueryParameter | None = None
+    filter_state: FilterState | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        want = HASH_POLICY_BLOCKS[self.type]
+        for field in HASH_POLICY_BLOCKS.values():
+            block = getattr(self, field)
+            alias = "queryParameter" if field == "query_parameter" else "filterState" if field == "filter_state" \
+                else field
+            if field == want:
+                if block is None:
+                    v.add(f"{path}.{alias}", f"must be set for type {self.type}")
+                else:
+                    block.check(v, f"{path}.{alias}")
+            elif block is not None:
+                v.add(f"{path}.{alias}", f"does not apply to type {self.type}: remove it")
+
+
+def _check_hash_policies(v: Violations, path: str, policies: list[HashPolicy] | None) -> None:
+    if policies is not None and not policies:
+        v.add(path, "cannot be empty: list at least one hash policy or remove the field")
+    for i, hp in enumerate(policies or ()):
+        hp.check(v, f"{path}[{i}]")
+
+
+class RoundRobin(Spec):
+    pass
+
+
+class Random(Spec):
+    pass
+
+
+class LeastRequest(Spec):
+    choice_count: int | None = None
+    active_request_bias: int | str | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_int(v, f"{path}.choiceCount", self.choice_count, minimum=2)
+        check_decimal(v, f"{path}.activeRequestBias", self.active_request_bias, minimum=0)
+
+
+class RingHash(Spec):
+    hash_function: Literal["XXHash", "MurmurHash2"] | None = None
+    min_ring_size: int | None = None
+    max_ring_size: int | None = None
+    hash_policies: list[HashPolicy] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_int(v, f"{path}.minRingSize", self.min_ring_size, minimum=1, maximum=MAX_RING_SIZE)
+        check_int(v, f"{path}.maxRingSize", self.max_ring_size, minimum=1, maximum=MAX_RING_SIZE)
+        # Envoy's defaults are 1024 and 8M; it rejects a minimum above the maximum.
+        low = self.min_ring_size if self.min_ring_size is not None else 1024
+        high = self.max_ring_size if self.max_ring_size is not None else 8_388_608
+        if low > high and 1 <= low <= MAX_RING_SIZE and 1 <= high <= MAX_RING_SIZE:
+            v.add(f"{path}.minRingSize", f"{low} is above maxRingSize {high}: Envoy rejects that")
+        _check_hash_policies(v, f"{path}.hashPolicies", self.hash_policies)
+
+
+class Maglev(Spec):
+    table_size: int | None = None
+    hash_policies: list[HashPolicy] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.table_size is not None:
+            if not 1 <= self.table_size <= MAX_MAGLEV_TABLE:
+                v.add(f"{path}.tableSize", f"{self.table_size} is out of range: use a prime number up to "
+                                           f"{MAX_MAGLEV_TABLE} (default 65537)")
+            elif not _is_prime(self.table_size):
+                v.add(f"{path}.tableSize", f"{self.table_size} is not a prime number: Envoy requires a prime table "
+                                           "size, e.g. 65537 or 5000011")
+        _check_hash_policies(v, f"{path}.hashPolicies", self.hash_policies)
+
+
+class LoadBalancer(Spec):
+    type: Literal["RoundRobin", "LeastRequest", "RingHash", "Random", "Maglev"]
+    round_robin: RoundRobin | None = None
+    least_request: LeastRequest | None = None
+    ring_hash: RingHash | None = None
+    random: Random | None = None
+    maglev: Maglev | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        want = LB_BLOCKS[self.type]
+        for field in LB_BLOCKS.values():
+            block = getattr(self, field)
+            alias = {"round_robin": "roundRobin", "least_request": "leastRequest", "ring_hash": "ringHash"}.get(
+                field, field)
+            if block is None:
+                continue
+            if field != want:
+                v.add(f"{path}.{alias}", f"does not apply to type {self.type}: remove it")
+            else:
+                block.check(v, f"{path}.{alias}")
+
+
+class AffinityTag(Spec):
+    key: str
+    weight: int | None = None
+
+
+class LocalZone(Spec):
+    affinity_tags: list[AffinityTag] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        tags = self.affinity_tags or []
+        weighted = 0
+        seen: set[str] = set()
+        for i, t in enumerate(tags):
+            p = f"{path}.affinityTags[{i}]"
+            check_tag_key(v, f"{p}.key", t.key)
+            if t.key in seen:
+                v.add(f"{p}.key", f"tag {t.key!r} is listed twice")
+            seen.add(t.key)
+            if t.weight is not None:
+                weighted += 1
+                check_int(v, f"{p}.weight", t.weight, minimum=1)
+        if 0 < weighted < len(tags):
+            v.add(f"{path}.affinityTags", "give a weight to all affinity tags or to none")
+
+
+class FromZone(Spec):
+    zones: list[str]
+
+
+class ToZone(Spec):
+    type: Literal["None", "Only", "Any", "AnyExcept"]
+    zones: list[str] | None = None
+
+
+class Failover(Spec):
+    from_: FromZone | None = Field(default=None, alias="from")
+    to: ToZone
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.from_ is not None:
+            if not self.from_.zones:
+                v.add(f"{path}.from.zones", "cannot be empty: list the zones this rule applies to")
+            for i, z in enumerate(self.from_.zones):
+                check_name(v, f"{path}.from.zones[{i}]", z, label=True)
+        zones = self.to.zones or []
+        if self.to.type in ("Any", "None") and zones:
+            v.add(f"{path}.to.zones", f"must be empty when type is {self.to.type}")
+        if self.to.type in ("Only", "AnyExcept") and not zones:
+            v.add(f"{path}.to.zones", f"must list zones when type is {self.to.type}")
+        for i, z in enumerate(zones):
+            check_name(v, f"{path}.to.zones[{i}]", z, label=True)
+
+
+class FailoverThreshold(Spec):
+    percentage: int | str
+
+
+class CrossZone(Spec):
+    failover: list[Failover] | None = None
+    failover_threshold: FailoverThreshold | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for i, f in enumerate(self.failover or ()):
+            f.check(v, f"{path}.failover[{i}]")
+        if self.failover_threshold is not None:
+            check_decimal(v, f"{path}.failoverThreshold.percentage", self.failover_threshold.percentage,
+                          minimum=0, exclusive_minimum=True, maximum=100, what="percentage")
+
+
+class LocalityAwareness(Spec):
+    disabled: bool | None = None
+    local_zone: LocalZone | None = None
+    cross_zone: CrossZone | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.local_zone is not None:
+            self.local_zone.check(v, f"{path}.localZone")
+        if self.cross_zone is not None:
+            self.cross_zone.check(v, f"{path}.crossZone")
+
+
+class Conf(Spec):
+    locality_awareness: LocalityAwareness | None = None
+    load_balancer: LoadBalancer | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if not require_some(v, path, self, ("load_balancer", "locality_awareness")):
+            return
+        if self.load_balancer is not None:
+            self.load_balancer.check(v, f"{path}.loadBalancer")
+        if self.locality_awareness is not None:
+            self.locality_awareness.check(v, f"{path}.localityAwareness")
+
+
+class MeshLoadBalancingStrategySpec(Spec):
+    target_ref: TargetRef | None = None
+    to: list[Item[Conf]] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        top = effective_target_ref(self.target_ref).kind
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
+        if not self.to:
+            v.add(f"{path}.to", "needs at least one item")
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        for i, item in enumerate(self.to or ()):
+            p = f"{path}.to[{i}]"
+            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=to_kinds,
+                             where=f"spec.to[].targetRef of {POLICY}" +
+                                   (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+            item.default.check(v, f"{p}.default")
+
+
+RESOURCE_TYPE = register(ResourceType(
+    name=POLICY, plural="meshloadbalancingstrategies", singular="meshloadbalancingstrategy", scope=Scope.MESH,
+    spec_cls=MeshLoadBalancingStrategySpec, flat=False, is_policy=True,
+    description="The load-balancing algorithm and locality awareness for outbound destinations.",
+))
+
+# --- Envoy effect -----------------------------------------------------------------------------------
+# The xDS issue adds here how merged MeshLoadBalancingStrategy confs set lb_policy, hash policies and
+# locality-aware endpoint priorities.
