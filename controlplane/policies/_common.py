@@ -26,7 +26,7 @@ import re
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 from pydantic import Field
 
@@ -37,13 +37,13 @@ from controlplane.resources.fields import check_labels, check_name
 
 # --- targetRef ------------------------------------------------------------------------------------
 
-MESH = "Mesh"
-MESH_SUBSET = "MeshSubset"
-MESH_SERVICE = "MeshService"
-MESH_SERVICE_SUBSET = "MeshServiceSubset"
-MESH_GATEWAY = "MeshGateway"
-MESH_HTTP_ROUTE = "MeshHTTPRoute"
-DATAPLANE = "Dataplane"
+MESH: Final = "Mesh"
+MESH_SUBSET: Final = "MeshSubset"
+MESH_SERVICE: Final = "MeshService"
+MESH_SERVICE_SUBSET: Final = "MeshServiceSubset"
+MESH_GATEWAY: Final = "MeshGateway"
+MESH_HTTP_ROUTE: Final = "MeshHTTPRoute"
+DATAPLANE: Final = "Dataplane"
 
 TargetRefKind = Literal["Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "MeshGateway",
                         "MeshHTTPRoute", "Dataplane"]

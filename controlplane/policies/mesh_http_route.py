@@ -161,7 +161,7 @@ class PathRewrite(Spec):
     replace_full_path: str | None = None
     replace_prefix_match: str | None = None
 
-    def check(self, v: Violations, path: str, *, all_prefix: bool) -> None:
+    def check_in(self, v: Violations, path: str, *, all_prefix: bool) -> None:
         if self.type == "ReplaceFullPath":
             value, field, other, other_field = (self.replace_full_path, "replaceFullPath",
                                                 self.replace_prefix_match, "replacePrefixMatch")
@@ -188,10 +188,10 @@ class RequestRedirect(Spec):
     port: int | None = None
     status_code: Literal[301, 302, 303, 307, 308] | None = None
 
-    def check(self, v: Violations, path: str, *, all_prefix: bool) -> None:
+    def check_in(self, v: Violations, path: str, *, all_prefix: bool) -> None:
         check_precise_hostname(v, f"{path}.hostname", self.hostname)
         if self.path is not None:
-            self.path.check(v, f"{path}.path", all_prefix=all_prefix)
+            self.path.check_in(v, f"{path}.path", all_prefix=all_prefix)
         if self.port is not None and not 1 <= self.port <= 65535:
             v.add(f"{path}.port", f"port {self.port} must be in the range [1, 65535]")
 
@@ -201,12 +201,12 @@ class URLRewrite(Spec):
     path: PathRewrite | None = None
     host_to_backend_hostname: bool | None = None
 
-    def check(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
         if not require_some(v, path, self, ("hostname", "path", "host_to_backend_hostname")):
             return
         check_precise_hostname(v, f"{path}.hostname", self.hostname)
         if self.path is not None:
-            self.path.check(v, f"{path}.path", all_prefix=all_prefix)
+            self.path.check_in(v, f"{path}.path", all_prefix=all_prefix)
         if self.host_to_backend_hostname:
             if top != MESH_GATEWAY:
                 v.add(f"{path}.hostToBackendHostname", "can only be set on routes of a MeshGateway")
@@ -246,7 +246,7 @@ class Filter(Spec):
     url_rewrite: URLRewrite | None = None
     request_mirror: RequestMirror | None = None
 
-    def check(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
         want = FILTER_FIELDS[self.type]
         for field, alias in FILTER_ALIASES.items():
             block = getattr(self, field)
@@ -260,20 +260,20 @@ class Filter(Spec):
             elif isinstance(block, HeaderModifier | RequestMirror):
                 block.check(v, p)
             elif isinstance(block, RequestRedirect):
-                block.check(v, p, all_prefix=all_prefix)
+                block.check_in(v, p, all_prefix=all_prefix)
             else:
-                block.check(v, p, all_prefix=all_prefix, top=top)
+                block.check_in(v, p, all_prefix=all_prefix, top=top)
 
 
 class RuleConf(Spec):
     filters: list[Filter] | None = None
     backend_refs: list[BackendRef] | None = None
 
-    def check(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
         types: dict[str, int] = {}
         for i, f in enumerate(self.filters or ()):
             p = f"{path}.filters[{i}]"
-            f.check(v, p, all_prefix=all_prefix, top=top)
+            f.check_in(v, p, all_prefix=all_prefix, top=top)
             if f.type in SINGLE_USE_FILTERS and f.type in types:
                 v.add(f"{p}.type", f"a {f.type} filter is already given at filters[{types[f.type]}]: merge them")
             types.setdefault(f.type, i)
@@ -296,7 +296,7 @@ class Rule(Spec):
     matches: list[Match]
     default: RuleConf
 
-    def check(self, v: Violations, path: str, *, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, top: str) -> None:
         if not self.matches:
             v.add(f"{path}.matches", "needs at least one match (use path PathPrefix '/' to match everything)")
         seen: dict[Any, int] = {}
@@ -307,7 +307,7 @@ class Rule(Spec):
                 v.add(f"{path}.matches[{i}]", f"is identical to matches[{seen[key]}]: remove the duplicate")
             seen.setdefault(key, i)
         all_prefix = all(m.path is not None and m.path.type == "PathPrefix" for m in self.matches)
-        self.default.check(v, f"{path}.default", all_prefix=all_prefix, top=top)
+        self.default.check_in(v, f"{path}.default", all_prefix=all_prefix, top=top)
 
     def matches_key(self) -> Any:
         return frozenset(m.key() for m in self.matches)
@@ -318,7 +318,7 @@ class To(Spec):
     hostnames: list[str] | None = None
     rules: list[Rule] | None = None
 
-    def check(self, v: Violations, path: str, *, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, top: str) -> None:
         allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE,)
         check_target_ref(v, f"{path}.targetRef", self.target_ref, allowed=allowed,
                          where=f"spec.to[].targetRef of {POLICY}" +
@@ -333,7 +333,7 @@ class To(Spec):
             v.add(f"{path}.rules", "needs at least one rule")
         seen: dict[Any, int] = {}
         for i, rule in enumerate(self.rules or ()):
-            rule.check(v, f"{path}.rules[{i}]", top=top)
+            rule.check_in(v, f"{path}.rules[{i}]", top=top)
             key = rule.matches_key()
             if rule.matches and key in seen:
                 v.add(f"{path}.rules[{i}].matches", f"are the same as rules[{seen[key]}].matches: merge the two "
@@ -352,7 +352,7 @@ class MeshHTTPRouteSpec(Spec):
         if not self.to:
             v.add(f"{path}.to", "needs at least one item")
         for i, item in enumerate(self.to or ()):
-            item.check(v, f"{path}.to[{i}]", top=top)
+            item.check_in(v, f"{path}.to[{i}]", top=top)
 
 
 RESOURCE_TYPE = register(ResourceType(

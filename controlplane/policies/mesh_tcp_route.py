@@ -54,7 +54,7 @@ class To(Spec):
     target_ref: TargetRef
     rules: list[Rule]
 
-    def check(self, v: Violations, path: str, *, top: str) -> None:
+    def check_in(self, v: Violations, path: str, *, top: str) -> None:
         allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE,)
         check_target_ref(v, f"{path}.targetRef", self.target_ref, allowed=allowed,
                          where=f"spec.to[].targetRef of {POLICY}" +
@@ -77,7 +77,7 @@ class MeshTCPRouteSpec(Spec):
         if not self.to:
             v.add(f"{path}.to", "needs at least one item")
         for i, item in enumerate(self.to or ()):
-            item.check(v, f"{path}.to[{i}]", top=top)
+            item.check_in(v, f"{path}.to[{i}]", top=top)
 
 
 RESOURCE_TYPE = register(ResourceType(
