@@ -83,7 +83,7 @@ def migrate_up(config_file: Path | None) -> None:
     from controlplane.store.postgres import migrate_up as do_migrate
 
     try:
-        applied = asyncio.run(do_migrate(cfg.store.postgres.to_store_config()))
+        applied = do_migrate(cfg.store.postgres.to_store_config())
     except Exception as e:  # the database's own message is the useful part
         click.echo(f"kuma-cp: migration failed: {e}", err=True)
         sys.exit(1)
