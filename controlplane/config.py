@@ -80,8 +80,8 @@ class PostgresSection:
     def to_store_config(self) -> PostgresConfig:
         return PostgresConfig(
             host=self.host, port=self.port, user=self.user, password=self.password, db_name=self.db_name,
-            tls_mode=self.tls_mode, ca_path=self.tls_ca_path, cert_path=self.tls_cert_path,
-            key_path=self.tls_key_path, max_open_connections=self.max_open_connections,
+            tls_mode=self.tls_mode, ca_path=str(self.tls_ca_path or ""), cert_path=str(self.tls_cert_path or ""),
+            key_path=str(self.tls_key_path or ""), max_open_connections=self.max_open_connections,
             connection_timeout=self.connection_timeout,
         )
 
