@@ -4,8 +4,7 @@ line; until then the command says so instead of pretending to work."""
 from __future__ import annotations
 
 import sys
-
-from controlplane import __version__
+from importlib.metadata import version as dist_version
 
 NOT_BUILT = ("kuma-dp is not built yet in this version of kuma-vm: the agent (bootstrap, Envoy supervision, "
              "DNS) arrives with its issue. The control plane (kuma-cp) and kumactl work today.")
@@ -14,7 +13,7 @@ NOT_BUILT = ("kuma-dp is not built yet in this version of kuma-vm: the agent (bo
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["version"]:
-        print(f"kuma-dp {__version__}")
+        print(f"kuma-dp {dist_version('kuma-vm')}")
         return 0
     print(NOT_BUILT, file=sys.stderr)
     return 2
