@@ -8,6 +8,7 @@ the configured CA file, or the system's trust store when there is none).
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import socket
@@ -121,7 +122,7 @@ class ApiClient:
             raise ApiError(e.code, parsed) from None
         except urllib.error.URLError as e:
             raise self._transport_error(e.reason) from None
-        except (TimeoutError, ConnectionError, ssl.SSLError, OSError) as e:
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError, http.client.HTTPException) as e:
             raise self._transport_error(e) from None
 
     def _transport_error(self, reason: Any) -> KumactlError:
@@ -142,6 +143,10 @@ class ApiClient:
         if isinstance(reason, socket.gaierror):
             return KumactlError(f"cannot resolve the host of {where}: {reason.strerror or reason}",
                                 f"configure another control plane: {ADD_HINT}")
+        if isinstance(reason, http.client.RemoteDisconnected) and self.url.startswith("http:"):
+            return KumactlError(f"{where} closed the connection without answering",
+                                "is this an HTTPS port? then the address starts with https:// "
+                                "(and needs --ca-cert-file)")
         text = reason.strerror if isinstance(reason, OSError) and reason.strerror else str(reason)
         return KumactlError(f"cannot reach {where}: {text}",
                             "is kuma-cp running there? To use another control plane: " + ADD_HINT)

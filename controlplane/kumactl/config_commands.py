@@ -50,18 +50,17 @@ def _auth_conf(pairs: tuple[str, ...]) -> dict[str, str]:
 
 def verify(client: ApiClient) -> dict[str, Any]:
     """The control plane answers `GET /` (and, with a token, accepts it); returns the index."""
-    index = client.get("/")
-    if not isinstance(index, dict) or "version" not in index:
-        raise KumactlError(f"{client.url} answered, but not as a kuma control plane API (no version in GET /)",
-                           "is this the API server port (5681 for HTTP, 5682 for HTTPS)?")
-    if client.token:
-        try:
-            client.get("/meshes", {"size": 1})
-        except ApiError as e:
-            if e.status == 401:
-                raise KumactlError(f"the control plane at {client.url} rejected the token", *e.lines) from None
-            if e.status != 403:
-                raise
+    try:
+        index = client.get("/")
+        if not isinstance(index, dict) or "version" not in index:
+            raise KumactlError(f"{client.url} answered, but not as a kuma control plane API (no version in GET /)",
+                               "is this the API server port (5681 for HTTP, 5682 for HTTPS)?")
+        if client.token:
+            client.request("GET", "/meshes", query={"size": 1}, ok=(403,))
+    except ApiError as e:
+        if e.status == 401:
+            raise KumactlError(f"the control plane at {client.url} rejected the token", *e.lines) from None
+        raise
     return index
 
 

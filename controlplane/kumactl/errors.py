@@ -36,11 +36,12 @@ def api_error_lines(body: Any, status: int | None = None) -> list[str]:
     title = str(body.get("title") or f"HTTP {status}")
     details = str(body.get("details") or "")
     params = _params(body.get("invalid_parameters") or body.get("invalidParameters") or [])
-    joined = "; ".join(f"{f}: {r}" if f else r for f, r in params)
+    lines = [f"{f}: {r}" if f else r for f, r in params]
     head = title
-    if details and details != title and details != joined:
+    # details usually repeat the parameters (possibly after a prefix): then the title says enough
+    if details and details != title and not (lines and all(line in details for line in lines)):
         head = f"{title}: {details}"
-    return [head, *(f"{f}: {r}" if f else r for f, r in params)]
+    return [head, *lines]
 
 
 def _params(raw: Iterable[Any]) -> list[tuple[str, str]]:

@@ -571,6 +571,9 @@ def test_api_error_lines() -> None:
     assert api_error_lines(body, 400) == ["Resource is not valid", "a: x", "b: y"]
     body = {"title": "Not found", "details": "mesh 'x' does not exist", "invalid_parameters": []}
     assert api_error_lines(body, 404) == ["Not found: mesh 'x' does not exist"]
+    body = {"title": "Cannot issue a user token", "details": "cannot issue a user token: validFor: too long",
+            "invalid_parameters": [{"field": "validFor", "reason": "too long"}]}
+    assert api_error_lines(body, 400) == ["Cannot issue a user token", "validFor: too long"]
     assert api_error_lines("<html>boom</html>", 502) == ["the control plane answered HTTP 502: <html>boom</html>"]
 
 
