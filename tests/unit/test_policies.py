@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -241,32 +243,31 @@ ESTIMATE_CORPUS = [
 ]
 
 
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _envoy_regex_config(pattern: str) -> dict[str, Any]:
+    """A minimal Envoy bootstrap with one route regex and the RE2 size limit at 1 (so Envoy reports it)."""
+    hcm = {"@type": HCM, "stat_prefix": "x",
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}],
+           "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+               {"match": {"safe_regex": {"regex": pattern}}, "route": {"cluster": "c"}}]}]}}
+    listener = {"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}]}
+    cluster = {"name": "c", "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": {"cluster_name": "c", "endpoints": []}}
+    return {"layered_runtime": {"layers": [{"name": "s", "static_layer": {"re2.max_program_size.error_level": 1}}]},
+            "static_resources": {"clusters": [cluster], "listeners": [listener]}}
+
+
 @pytest.mark.skipif(ENVOY is None, reason="needs the envoy binary")
 def test_re2_size_estimate_is_never_below_envoys(tmp_path: Path) -> None:
-    import json
-    import re
-
+    assert ENVOY is not None
     for pattern in ESTIMATE_CORPUS:
-        cfg = {
-            "layered_runtime": {"layers": [{"name": "s", "static_layer": {"re2.max_program_size.error_level": 1}}]},
-            "static_resources": {"clusters": [{
-                "name": "c", "type": "STATIC", "connect_timeout": "1s",
-                "load_assignment": {"cluster_name": "c", "endpoints": []}}],
-                "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
-                               "filter_chains": [{"filters": [{
-                                   "name": "envoy.filters.network.http_connection_manager",
-                                   "typed_config": {
-                                       "@type": "type.googleapis.com/envoy.extensions.filters.network."
-                                                "http_connection_manager.v3.HttpConnectionManager",
-                                       "stat_prefix": "x",
-                                       "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-                                           "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
-                                       "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [{
-                                           "match": {"safe_regex": {"regex": pattern}},
-                                           "route": {"cluster": "c"}}]}]}}}]}]}]}}
         path = tmp_path / "envoy.json"
-        path.write_text(json.dumps(cfg))
-        assert ENVOY is not None
+        path.write_text(json.dumps(_envoy_regex_config(pattern)))
         out = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path), "-l", "critical"],
                              capture_output=True, text=True, timeout=60)
         found = re.search(r"program size of (\d+)", out.stdout + out.stderr)
@@ -418,7 +419,8 @@ def test_load_balancer_limits() -> None:
     from_wire(_lb({"type": "Maglev", "maglev": {"tableSize": 5000011}}))
     assert any(f == f"{p}.maglev.tableSize" and "prime" in r
                for f, r in _errors(_lb({"type": "Maglev", "maglev": {"tableSize": 65536}})))
-    assert any(f == f"{p}.maglev.tableSize" for f, _r in _errors(_lb({"type": "Maglev", "maglev": {"tableSize": 5000012}})))
+    too_big = _lb({"type": "Maglev", "maglev": {"tableSize": 5000012}})
+    assert any(f == f"{p}.maglev.tableSize" for f, _r in _errors(too_big))
     assert any(f == f"{p}.ringHash.minRingSize" and "above maxRingSize" in r
                for f, r in _errors(_lb({"type": "RingHash", "ringHash": {"minRingSize": 2000, "maxRingSize": 1000}})))
     assert any(f == f"{p}.ringHash.minRingSize" and "above maxRingSize" in r
