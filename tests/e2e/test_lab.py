@@ -165,9 +165,8 @@ def read_state(name: str) -> dict[str, Any]:
 
 
 def test_cli_up_and_down_leave_nothing(lab: Lab) -> None:
-    name = "e2ecli"
-    cli("down", "--name", name)  # left by an earlier crashed run
-    up = cli("up", "--name", name, "--hosts", "2", "--json")
+    name = f"e2ecli-{os.getpid()}"
+    up = cli("up", "--name", name, "--hosts", "2", "--json", "--owner-pid", str(os.getpid()))
     status = json.loads(up.stdout)
     assert [h["name"] for h in status["hosts"]] == [f"{name}-1", f"{name}-2"]
     state = read_state(name)
@@ -182,9 +181,8 @@ def test_cli_up_and_down_leave_nothing(lab: Lab) -> None:
 
 def test_down_cleans_a_crashed_up(lab: Lab) -> None:
     """`up` killed while it boots: `down` still finds and removes everything from the state file."""
-    name = "e2ecrash"
-    cli("down", "--name", name)
-    cli("up", "--name", name, "--hosts", "1")  # the cache is warm and the lab exists; now crash an --add
+    name = f"e2ecrash-{os.getpid()}"
+    cli("up", "--name", name, "--hosts", "1", "--owner-pid", str(os.getpid()))  # now crash an --add
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.lab", "up", "--name", name, "--hosts", "2", "--add"],
         cwd=REPO,

@@ -26,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--add", action="store_true", help="add hosts to an existing lab, continuing its numbering")
     up.add_argument("--timeout", type=float, default=None, help="seconds to wait for the hosts (default 180)")
     up.add_argument("--json", action="store_true", help="print the lab's status as JSON when up")
+    up.add_argument(
+        "--owner-pid",
+        type=int,
+        default=None,
+        help="tie a new lab to a process: once it is gone, the next test session removes the lab",
+    )
 
     down = sub.add_parser("down", help="remove a lab (or all) and everything it made")
     g = down.add_mutually_exclusive_group(required=True)
@@ -65,7 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
-        core.up(args.name, args.hosts, release=args.release, resolved=args.resolved, add=args.add, timeout=args.timeout)
+        core.up(
+            args.name,
+            args.hosts,
+            release=args.release,
+            resolved=args.resolved,
+            add=args.add,
+            timeout=args.timeout,
+            owner_pid=args.owner_pid,
+        )
         lab = core.get(args.name)
         if args.json:
             print(json.dumps(inventory.status_json(lab), indent=2))

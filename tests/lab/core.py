@@ -18,6 +18,7 @@ from .system import (
     cgroup2_mount,
     ensure_tools,
     log,
+    proc_stat,
     remove_tree,
     require_root,
     run,
@@ -38,7 +39,7 @@ def _forwarding_enabled() -> bool:
         return False
 
 
-def _new_lab(name: str) -> LabState:
+def _new_lab(name: str, owner_pid: int | None) -> LabState:
     d = state.lab_dir(name)
     with state.global_lock():
         others = [other.network for other in state.all_labs() if other.name != name]
@@ -51,6 +52,9 @@ def _new_lab(name: str) -> LabState:
             ssh_key=str(d / "id_ed25519"),
             known_hosts=str(d / "known_hosts"),
         )
+        if owner_pid is not None:
+            st = proc_stat(owner_pid)
+            lab.owner_pid, lab.owner_start = owner_pid, (st[2] if st else None)
         lab.save()  # recorded before anything is made, so `down` can always clean up
     key = Path(lab.ssh_key)
     if not key.exists():
@@ -66,8 +70,11 @@ def up(
     resolved: bool = False,
     add: bool = False,
     timeout: float | None = None,
+    owner_pid: int | None = None,
 ) -> list[HostState]:
     """Boot `hosts` new hosts into lab `name` (made if it doesn't exist; with add=False it must not exist).
+
+    `owner_pid`: the process the lab belongs to, when a new lab is made (see `owner_alive`).
 
     Returns the new hosts once each one's systemd is `running` and its sshd answers.
     """
@@ -90,7 +97,7 @@ def up(
         if lab is not None and not add:
             raise LabError(f"lab {name!r} exists; use --add to add hosts, or `down --name {name}` first")
         if lab is None:
-            lab = _new_lab(name)
+            lab = _new_lab(name, owner_pid)
         first = lab.next_index()
         if first + hosts - 1 > naming.MAX_HOSTS:
             raise LabError(f"a lab holds at most {naming.MAX_HOSTS} hosts")
@@ -198,6 +205,14 @@ def down(name: str) -> None:
     (state.state_root() / f".{name}.lock").unlink(missing_ok=True)
     if lab is not None:
         log(f"lab {name} down in {time.monotonic() - started:.1f} s")
+
+
+def owner_alive(lab: LabState) -> bool:
+    """Is the process that owns the lab still running? (False for labs without an owner, e.g. made by the CLI.)"""
+    if lab.owner_pid is None:
+        return False
+    st = proc_stat(lab.owner_pid)
+    return st is not None and st[0] not in ("Z", "X") and lab.owner_start in (None, st[2])
 
 
 def down_all() -> None:

@@ -6,10 +6,11 @@
         assert a.ssh("hostname").stdout.strip() == a.name
         a.copy("local/file", "/root/file")
 
-One lab per test session (named `e2e`, or `$KUMA_LAB_NAME`), with no hosts until a test asks; it is torn down at
-the end of the session, on failure and on Ctrl-C/SIGTERM too (`KUMA_LAB_KEEP=1` keeps it for debugging). A lab
-of the same name left by a crashed session is removed first. Tests are skipped, with the reason, where the lab
-cannot run (not root, no cgroup2, no apt-get to install debootstrap).
+One lab per test session (named `e2e-<pid>`, or `$KUMA_LAB_NAME`), with no hosts until a test asks; it is torn
+down at the end of the session, on failure and on Ctrl-C/SIGTERM too (`KUMA_LAB_KEEP=1` keeps it for debugging,
+until the next session). The lab records the session's PID as its owner: labs whose owner is gone (left by a
+crashed session) are removed when a session starts, and labs of other running sessions are left alone. Tests are
+skipped, with the reason, where the lab cannot run (not root, no cgroup2, no apt-get to install debootstrap).
 """
 
 from __future__ import annotations
@@ -128,8 +129,9 @@ class LabHost:
 class Lab:
     """The session's lab. Hosts are added on demand; all of them go when the session ends."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, owner_pid: int | None = None) -> None:
         self.name = name
+        self._owner_pid = owner_pid
         self._lock = threading.Lock()
 
     @property
@@ -151,7 +153,7 @@ class Lab:
     def add_hosts(self, n: int = 1, release: str = "bookworm", resolved: bool = False) -> list[LabHost]:
         """Boot `n` new hosts into the lab and return them when they are running and answer ssh."""
         with self._lock:
-            new = core.up(self.name, n, release=release, resolved=resolved, add=True)
+            new = core.up(self.name, n, release=release, resolved=resolved, add=True, owner_pid=self._owner_pid)
         st = self.state
         return [LabHost(self, st.host(h.name)) for h in new]
 
@@ -160,7 +162,9 @@ class Lab:
         with self._lock:
             have = [h for h in self.hosts if h.release == release and h.resolved == resolved]
             if len(have) < n:
-                core.up(self.name, n - len(have), release=release, resolved=resolved, add=True)
+                core.up(
+                    self.name, n - len(have), release=release, resolved=resolved, add=True, owner_pid=self._owner_pid
+                )
                 have = [h for h in self.hosts if h.release == release and h.resolved == resolved]
         return have[:n]
 
@@ -215,9 +219,17 @@ def lab() -> Iterator[Lab]:
     reason = lab_skip_reason()
     if reason:
         pytest.skip(reason)
-    name = os.environ.get("KUMA_LAB_NAME") or "e2e"
-    the_lab = Lab(name)
-    core.down(name)  # a lab of this name left by a crashed session
+    name = os.environ.get("KUMA_LAB_NAME") or f"e2e-{os.getpid()}"
+    for other in labstate.all_labs():
+        if other.owner_pid is not None and not core.owner_alive(other):
+            print(f"\nlab: removing lab {other.name}, left by a test session that is gone")
+            core.down(other.name)
+    existing = labstate.load(name)
+    if existing is not None:
+        if core.owner_alive(existing):
+            raise LabError(f"lab {name!r} belongs to another running test session (PID {existing.owner_pid})")
+        core.down(name)  # left by a crashed session or by hand
+    the_lab = Lab(name, owner_pid=os.getpid())
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM tears the lab down too

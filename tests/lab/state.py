@@ -75,6 +75,9 @@ class LabState:
     ssh_key: str
     known_hosts: str
     created: float = field(default_factory=time.time)
+    # The process the lab belongs to (a pytest session), if any: a lab whose owner is gone was left by a crash.
+    owner_pid: int | None = None
+    owner_start: int | None = None
     version: int = STATE_VERSION
     hosts: list[HostState] = field(default_factory=list)
 
