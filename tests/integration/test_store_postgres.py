@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import psycopg
 import pytest
 
+from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.mesh import MESH
 from controlplane.store import StoreUnavailable, migrations
-from controlplane.store.base import ChangeEvent, ListQuery
+from controlplane.store.base import ChangeEvent, ListQuery, MeshNotFound
 from controlplane.store.factory import create_store
 from controlplane.store.postgres import (
     PostgresLeaderElector,
@@ -112,6 +113,24 @@ async def test_instances_see_each_others_data(postgres_migrated_config: Postgres
         v2 = await a.update(v1)
         assert await b.get(v2.type, "dp-1", "default") == v2
         assert (await b.list(v2.type, ListQuery(mesh="default"))).total == 1
+
+
+@pytest.mark.postgres
+async def test_a_mesh_delete_racing_creates_leaves_no_orphans(postgres_migrated_config: PostgresConfig) -> None:
+    async with started(postgres_migrated_config) as a, started(postgres_migrated_config) as b:
+        for round_ in range(5):
+            await a.create(mesh("racy"))
+
+            async def create(i: int, round_: int = round_) -> None:
+                with contextlib.suppress(MeshNotFound):
+                    await b.create(dataplane(f"dp-{round_}-{i}", "racy"))
+
+            async def delete_soon(round_: int = round_) -> None:
+                await asyncio.sleep(0.005 * round_)
+                await a.delete(MESH, "racy")
+
+            await asyncio.gather(delete_soon(), *(create(i) for i in range(40)))
+            assert (await a.list(DATAPLANE, ListQuery(mesh="racy"))).items == [], f"orphans in round {round_}"
 
 
 # --- migrations -------------------------------------------------------------------------------------------
@@ -275,7 +294,7 @@ async def test_write_while_the_database_is_unreachable(postgres_server: PgServer
             await s.get(MESH, "default")
     # Nothing was written (checked straight against the server).
     async with started(postgres_migrated_config) as direct:
-        assert (await direct.list(dataplane("x").type)).total == 0
+        assert (await direct.list(DATAPLANE)).total == 0
         assert (await direct.get(MESH, "default")).meta.version == 1
 
 
