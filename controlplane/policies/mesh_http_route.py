@@ -89,6 +89,8 @@ class QueryParamsMatch(Spec):
     def check(self, v: Violations, path: str) -> None:
         if not self.name:
             v.add(f"{path}.name", "cannot be empty")
+        elif len(self.name.encode()) > 1024:
+            v.add(f"{path}.name", "is too long: Envoy takes query parameter names of at most 1024 bytes")
         if self.type == "RegularExpression":
             check_regex(v, f"{path}.value", self.value)
 
@@ -329,6 +331,8 @@ class To(Spec):
             else:
                 for i, h in enumerate(self.hostnames):
                     check_wildcard_hostname(v, f"{path}.hostnames[{i}]", h)
+                    if h in self.hostnames[:i]:
+                        v.add(f"{path}.hostnames[{i}]", f"{h!r} is listed twice: remove the duplicate")
         if not self.rules:
             v.add(f"{path}.rules", "needs at least one rule")
         seen: dict[Any, int] = {}
