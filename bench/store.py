@@ -220,12 +220,18 @@ def table(results: dict[str, dict[str, Any]], count: int) -> str:
         v = r.get("x_memory", {}).get(key)
         return f" ({v:.1f}x)" if v is not None else ""
 
+    def rate(op: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: f"{r[op]['median_per_s']:,.0f}{x(r, op)}"
+
+    def millis(key: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: f"{r[key] * 1000:,.1f}{x(r, key.removesuffix('_s'))}"
+
     for op in ("create", "get", "update"):
-        add(f"{op} /s (median)", lambda r, op=op: f"{r[op]['median_per_s']:,.0f}{x(r, op)}")
+        add(f"{op} /s (median)", rate(op))
     for key, label in (("list_all_s", f"list all {count}"), ("list_paginated_s", "page through (100/page)"),
                        ("list_one_page_s", "one page of 100"), ("list_label_filter_s", "label filter"),
                        ("delete_mesh_cascade_s", "delete mesh (cascade)")):
-        add(f"{label} ms", lambda r, key=key: f"{r[key] * 1000:,.1f}{x(r, key.removesuffix('_s'))}")
+        add(f"{label} ms", millis(key))
     add("event latency median ms", lambda r: f"{r['event_latency']['median_ms']:.3f}{x(r, 'event_latency_median')}")
     add("event latency p99 ms", lambda r: f"{r['event_latency']['p99_ms']:.3f}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]

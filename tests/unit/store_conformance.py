@@ -91,7 +91,7 @@ async def events_until_sentinel(store: ResourceStore, q: asyncio.Queue[ChangeEve
                                 name: str = "sentinel") -> list[ChangeEvent]:
     """Write a sentinel Zone; return every event that arrived before the sentinel's (exclusive)."""
     await store.create(zone(name))
-    seen = []
+    seen: list[ChangeEvent] = []
     while True:
         e = await next_event(q)
         if e.type == "Zone" and e.name == name:
