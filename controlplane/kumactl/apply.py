@@ -78,7 +78,7 @@ class Planned:
 
     def describe(self) -> str:
         meta = self.resource.meta
-        where = f" in mesh {meta.mesh!r}" if self.rtype.scope is Scope.MESH else ""
+        where = f' in mesh "{meta.mesh}"' if self.rtype.scope is Scope.MESH else ""
         return f'{self.rtype.name} "{meta.name}"{where}'
 
 

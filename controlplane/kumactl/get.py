@@ -38,7 +38,7 @@ def item_path(rtype: ResourceType, mesh: str, name: str) -> str:
 
 
 def describe(rtype: ResourceType, name: str, mesh: str) -> str:
-    where = f" in mesh {mesh!r}" if rtype.scope is Scope.MESH else ""
+    where = f' in mesh "{mesh}"' if rtype.scope is Scope.MESH else ""
     return f'{rtype.name} "{name}"{where}'
 
 

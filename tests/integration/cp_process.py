@@ -214,7 +214,7 @@ def cp_factory(tmp_path: Path) -> Iterator[Callable[..., CpProcess]]:
 
     def factory(**env: str) -> CpProcess:
         try:
-            cp = start_cp(tmp_path / f"cp{len(started)}", **env)
+            cp = start_cp(tmp_path / f"cp{len(started)}", timeout=START_TIMEOUT, **env)
         except CpStartError as e:
             pytest.fail(str(e), pytrace=False)
         started.append(cp)

@@ -76,8 +76,8 @@ def test_apply_multi_document_then_get(cfg: Path, tmp_path: Path) -> None:
                  + "---\n" + dataplane("{{ mesh }}", "web-2", "10.0.0.2", 8080, "api") + "---\n")
     out = ok(kumactl("apply", "-f", str(f), "--var", "mesh=apply-demo", config=cfg))
     assert out.splitlines() == ['created Mesh "apply-demo"',
-                                "created Dataplane \"web-1\" in mesh 'apply-demo'",
-                                "created Dataplane \"web-2\" in mesh 'apply-demo'"]
+                                "created Dataplane \"web-1\" in mesh \"apply-demo\"",
+                                "created Dataplane \"web-2\" in mesh \"apply-demo\""]
     out = ok(kumactl("apply", "-f", str(f), "-v", "mesh=apply-demo", config=cfg))
     assert [line.split()[0] for line in out.splitlines()] == ["updated", "updated", "updated"]
 
@@ -148,7 +148,7 @@ def test_delete(cfg: Path) -> None:
     assert ok(kumactl("delete", "dataplane", "gone-1", "-m", "del", config=cfg)) == 'deleted Dataplane "gone-1"\n'
     assert names(cfg, "dataplanes", "-m", "del") == []
     err = failed(kumactl("delete", "dataplanes", "gone-1", "-m", "del", config=cfg))
-    assert "there is no Dataplane \"gone-1\" in mesh 'del'" in err
+    assert "there is no Dataplane \"gone-1\" in mesh \"del\"" in err
     assert ok(kumactl("delete", "mesh", "del", config=cfg)) == 'deleted Mesh "del"\n'
     assert "del" not in names(cfg, "meshes")
 
@@ -194,6 +194,27 @@ def test_inspect_meshes_and_dataplanes(cfg: Path) -> None:
     assert doc["total"] == 2 and doc["items"][0]["status"] == "offline"
     err = failed(kumactl("inspect", "dataplanes", "-m", "no-such-mesh", config=cfg))
     assert "no-such-mesh" in err
+
+
+def test_policies(cfg: Path) -> None:
+    policy = ("type: MeshTimeout\nmesh: pol\nname: timeout-all\nspec:\n  targetRef:\n    kind: Mesh\n  to:\n"
+              "  - targetRef:\n      kind: Mesh\n    default:\n      connectionTimeout: {t}\n")
+    err = failed(kumactl("apply", "-f", "-", config=cfg, input="type: Mesh\nname: pol\n---\n"
+                         + policy.format(t="-1s")))
+    assert "document 2 (MeshTimeout timeout-all): spec.to[0].default.connectionTimeout" in err
+    assert "pol" not in names(cfg, "meshes")
+    out = ok(kumactl("apply", "-f", "-", config=cfg, input="type: Mesh\nname: pol\n---\n" + policy.format(t="2s")))
+    assert out.splitlines()[1] == "created MeshTimeout \"timeout-all\" in mesh \"pol\""
+    table = ok(kumactl("get", "meshtimeouts", "-m", "pol", config=cfg)).splitlines()
+    assert table[0] == "MESH   NAME          TARGETREF KIND   TARGETREF NAME   AGE"
+    assert table[1].split()[:3] == ["pol", "timeout-all", "Mesh"]
+    got = yaml.safe_load(ok(kumactl("get", "meshtimeout", "timeout-all", "-m", "pol", "-o", "yaml", config=cfg)))
+    assert got["spec"]["to"][0]["default"] == {"connectionTimeout": "2s"}
+    doc = json.loads(ok(kumactl("inspect", "meshes", "-o", "json", config=cfg)))
+    pol = next(i for i in doc["items"] if i["name"] == "pol")
+    assert pol["policies"] == {"MeshTimeout": {"total": 1}}
+    row = next(r.split() for r in ok(kumactl("inspect", "meshes", config=cfg)).splitlines() if r.startswith("pol "))
+    assert row == ["pol", "0/0", "1", "off"]
 
 
 # --- tokens, HTTPS and contexts ---------------------------------------------------------------------------------

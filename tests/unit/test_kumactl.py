@@ -373,7 +373,7 @@ def test_apply_puts_each_document_and_reports_server_errors(stub: Stub, cfg: Pat
                                  DP.format(mesh="demo", name="web-3", port=8082)]))
     r = run("apply", "-f", str(f), config=cfg)
     assert r.exit_code == 1
-    assert r.stdout.splitlines() == ['created Mesh "demo"', 'updated Dataplane "web-1" in mesh \'demo\'']
+    assert r.stdout.splitlines() == ['created Mesh "demo"', 'updated Dataplane "web-1" in mesh "demo"']
     out = err(r)
     assert "document 3 (Dataplane web-2): Resource is not valid" in out
     assert "document 3 (Dataplane web-2): networking.address: taken" in out
@@ -411,7 +411,7 @@ def test_get_one_and_missing(stub: Stub, cfg: Path) -> None:
     r = run("get", "dataplane", "web-1", "-o", "yaml", config=cfg)
     assert r.exit_code == 0 and yaml.safe_load(r.output)["name"] == "web-1"
     r = run("get", "dataplane", "web-9", "-m", "demo", config=cfg)
-    assert r.exit_code == 1 and "there is no Dataplane \"web-9\" in mesh 'demo'" in err(r)
+    assert r.exit_code == 1 and "there is no Dataplane \"web-9\" in mesh \"demo\"" in err(r)
 
 
 def test_delete(stub: Stub, cfg: Path) -> None:
