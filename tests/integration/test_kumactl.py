@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -348,3 +350,24 @@ def test_switch_between_contexts(cfg: Path, cp_process: CpProcess) -> None:
     ok(kumactl("config", "control-planes", "remove", "--name", "tls", config=cfg))
     assert [line.split()[-1] for line in ok(kumactl("config", "control-planes", "list", config=cfg)).splitlines()] \
         == ["ADDRESS", cp_process.http_url]
+
+
+# --- PostgreSQL: two control planes sharing one database ---------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_two_control_planes_on_one_postgres(cp_factory: Callable[..., CpProcess], postgres_migrated_config: Any,
+                                            tmp_path: Path) -> None:
+    pg = postgres_migrated_config
+    env = {"KUMA_STORE_TYPE": "postgres", "KUMA_STORE_POSTGRES_HOST": pg.host,
+           "KUMA_STORE_POSTGRES_PORT": str(pg.port), "KUMA_STORE_POSTGRES_USER": pg.user,
+           "KUMA_STORE_POSTGRES_PASSWORD": pg.password, "KUMA_STORE_POSTGRES_DB_NAME": pg.db_name}
+    one, two = cp_factory(**env), cp_factory(**env)
+    c1, c2 = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    ok(kumactl("config", "control-planes", "add", "--name", "one", "--address", one.http_url, config=c1))
+    ok(kumactl("config", "control-planes", "add", "--name", "two", "--address", two.http_url, config=c2))
+    ok(kumactl("apply", "-f", "-", config=c1,
+               input="type: Mesh\nname: shared\n---\n" + dataplane("shared", "s-1", "10.0.2.1", 8080)))
+    assert names(c2, "dataplanes", "-m", "shared") == ["s-1"]
+    ok(kumactl("delete", "mesh", "shared", config=c2))
+    assert "shared" not in names(c1, "meshes")
