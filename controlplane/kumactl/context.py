@@ -44,9 +44,9 @@ class State:
         return ApiClient.for_control_plane(cp, timeout=self.api_timeout)
 
 
-def state() -> State:
-    ctx = click.get_current_context()
-    root = ctx.find_root()
+def state(ctx: click.Context | None = None) -> State:
+    """The shared State, kept on the root context."""
+    root = (ctx or click.get_current_context()).find_root()
     if not isinstance(root.obj, State):
         root.obj = State()
     return root.obj
@@ -54,18 +54,17 @@ def state() -> State:
 
 def _set_config_file(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value is not None:
-        state().config_file = value
+        state(ctx).config_file = value
 
 
 def _set_no_config(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value:
-        state().no_config = True
+        state(ctx).no_config = True
 
 
 def _set_log_level(ctx: click.Context, param: click.Parameter, value: Any) -> None:
     if value is not None:
-        st = state()
-        st.log_level = value
+        state(ctx).log_level = value
         level = {"off": logging.CRITICAL + 10, "info": logging.INFO, "debug": logging.DEBUG}[value]
         logger = logging.getLogger("kumactl")
         if not logger.handlers:
@@ -84,7 +83,7 @@ def _set_api_timeout(ctx: click.Context, param: click.Parameter, value: Any) -> 
         raise click.BadParameter(str(e)) from None
     if seconds <= 0:
         raise click.BadParameter("must be greater than zero")
-    state().api_timeout = seconds
+    state(ctx).api_timeout = seconds
 
 
 def global_options(f: F) -> F:
