@@ -15,6 +15,7 @@ from controlplane.resources.codec import to_wire
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
 
 from .errors import ApiError
+from .resources import DEFAULT_PAGE, MAX_PAGE, int_param, next_page_url
 
 
 class InsightsApi:
@@ -78,9 +79,12 @@ class InsightsApi:
             await self.store.get(self._t("Mesh"), mesh)
         except NotFound:
             raise ApiError(404, "Not found", f"mesh {mesh!r} does not exist") from None
-        dps = await self.store.list(self._t("Dataplane"), ListQuery(mesh=mesh))
+        size = int_param(request.query, "size", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = int_param(request.query, "offset", 0, 0, None)
+        dps = await self.store.list(self._t("Dataplane"), ListQuery(mesh=mesh, offset=offset, size=size))
         items = []
         for dp in dps.items:
             items.append({"type": "DataplaneOverview", "mesh": mesh, "name": dp.meta.name,
                           "dataplane": to_wire(dp), "status": await self._dp_status(dp)})
-        return web.json_response({"total": len(items), "items": items, "next": None})
+        return web.json_response({"total": dps.total, "items": items,
+                                  "next": next_page_url(request, dps.next_offset, size)})

@@ -83,18 +83,15 @@ class ResourceApi:
 
     async def _list(self, request: web.Request, rtype: ResourceType, mesh: str | None) -> web.Response:
         q = request.query
-        size = _int_param(q, "size", DEFAULT_PAGE, 1, MAX_PAGE)
-        offset = _int_param(q, "offset", 0, 0, None)
+        size = int_param(q, "size", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = int_param(q, "offset", 0, 0, None)
         labels = {k.removeprefix("labels."): v for k, v in q.items() if k.startswith("labels.")}
         result = await self.store.list(rtype, ListQuery(mesh=mesh, labels=labels, name_prefix=q.get("name"),
                                                         offset=offset, size=size))
-        next_url = None
-        if result.next_offset is not None:
-            next_url = str(request.url.update_query({"offset": str(result.next_offset), "size": str(size)}))
         return web.json_response({
             "total": result.total,
             "items": [to_wire(r, redact=rtype.is_secret) for r in result.items],
-            "next": next_url,
+            "next": next_page_url(request, result.next_offset, size),
         })
 
     # --- get -----------------------------------------------------------------------------------------------------
@@ -199,6 +196,12 @@ async def read_document(request: web.Request) -> Any:
                        [InvalidParameter("", str(e))]) from None
 
 
+def next_page_url(request: web.Request, next_offset: int | None, size: int) -> str | None:
+    if next_offset is None:
+        return None
+    return str(request.url.update_query({"offset": str(next_offset), "size": str(size)}))
+
+
 def _if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
@@ -210,7 +213,7 @@ def _if_match(request: web.Request) -> int | None:
                        f"If-Match must be the ETag of a GET (a quoted version number), got {raw!r}") from None
 
 
-def _int_param(q: Any, name: str, default: int, low: int, high: int | None) -> int:
+def int_param(q: Any, name: str, default: int, low: int, high: int | None) -> int:
     raw = q.get(name)
     if raw is None:
         return default
