@@ -176,6 +176,7 @@ class PostgresStore(ResourceStore):
         self._listening = asyncio.Event()
         self._listen_conn: AsyncConn | None = None
         self._closing = False
+        self._start_lock = asyncio.Lock()
 
     @property
     def listener_backend_pid(self) -> int | None:
@@ -190,8 +191,11 @@ class PostgresStore(ResourceStore):
     # -- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._pool is not None:
-            return
+        async with self._start_lock:
+            if self._pool is None:
+                await self._start()
+
+    async def _start(self) -> None:
         load_all()  # policy types must be known before rows of those types are read
         cfg = self.config
         try:
@@ -272,15 +276,20 @@ class PostgresStore(ResourceStore):
                     # Quiet for a while: make sure the connection is alive (keepalives catch a vanished
                     # peer eventually; this catches it within the health interval + timeout).
                     await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.config.connection_timeout)
-            except (psycopg.Error, OSError, TimeoutError) as e:
+            except Exception as e:
                 if self._closing:
                     break
                 self._listening.clear()
                 if lost_at is None:
                     lost_at = datetime.now(UTC)
-                log.warning("change listener lost its connection; reconnecting",
-                            extra={"db": self.config.describe(), "instance": self.instance,
-                                   "error": str(e).strip(), "retry_in_s": delay})
+                if isinstance(e, psycopg.Error | OSError | TimeoutError):
+                    log.warning("change listener lost its connection; reconnecting",
+                                extra={"db": self.config.describe(), "instance": self.instance,
+                                       "error": str(e).strip(), "retry_in_s": delay})
+                else:
+                    # A bug, not an outage; still, a dead listener would silently stop every event.
+                    log.exception("change listener failed; restarting it",
+                                  extra={"db": self.config.describe(), "instance": self.instance})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._listen_max_backoff)
             finally:
@@ -474,8 +483,11 @@ class PostgresLeaderElector(LeaderElector):
 
     A follower tries `pg_try_advisory_lock` every `poll_interval`; the leader pings its connection as often.
     The server releases the lock when the leader's session ends (process killed, connection terminated),
-    so a follower takes over within a poll interval. A leader that loses its connection steps down at
-    once (callbacks get False) and competes again after reconnecting.
+    so a follower takes over within about two poll intervals (it holds the lock one interval before acting,
+    which is how long the old leader may take to notice). A leader that loses its connection steps down
+    at once (callbacks get False) and competes again after reconnecting. A leader cut off by a network
+    partition keeps the lock until the server drops its session (server-side TCP keepalives), so there is
+    no split brain, but failover waits for that.
     """
 
     def __init__(self, config: PostgresConfig, *, lock_id: int = LEADER_LOCK_ID, poll_interval: float = 1.0,
@@ -552,21 +564,30 @@ class PostgresLeaderElector(LeaderElector):
                             conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)), timeout=timeout)
                         row = await cur.fetchone()
                         if row and row[0]:
+                            # The server frees the lock the moment the old leader's session ends, but the
+                            # old leader learns that only at its next ping: wait one ping interval before
+                            # acting as leader, so the two do not overlap.
+                            if await self._sleep(self.poll_interval):
+                                break
+                            await asyncio.wait_for(conn.execute("SELECT 1"), timeout=timeout)
                             await self._become(True, "acquired the advisory lock")
                     if await self._sleep(self.poll_interval):
                         break
                 if self.is_leader:
+                    # Stop leader-only work first, then let go: never two instances acting as leader.
+                    await self._become(False, "elector stopped")
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(conn.execute("SELECT pg_advisory_unlock(%s)", (self.lock_id,)),
                                                timeout=timeout)
-                    await self._become(False, "elector stopped")
-            except (psycopg.Error, OSError, TimeoutError) as e:
+            except Exception as e:
                 if self.is_leader:
                     await self._become(False, f"lost the database connection: {str(e).strip()}")
-                else:
-                    log.warning("leader election cannot reach the database; retrying",
+                if isinstance(e, psycopg.Error | OSError | TimeoutError):
+                    log.warning("leader election lost its database connection; reconnecting",
                                 extra={"instance": self.instance, "db": self.config.describe(),
                                        "error": str(e).strip(), "retry_in_s": delay})
+                else:
+                    log.exception("leader election failed; retrying", extra={"instance": self.instance})
                 if await self._sleep(delay):
                     break
                 delay = min(delay * 2, 10.0)

@@ -207,6 +207,8 @@ async def test_exactly_one_leader_and_failover(postgres_migrated_config: Postgre
         await terminate_backend(cfg, pid)
         await eventually(lambda: (other.instance, False) in changes, timeout=5, what="leader stepping down")
         await eventually(lambda: len(leaders()) == 1, timeout=5, what="a new leader")
+        # The old leader stepped down before anyone (itself included, after reconnecting) took over.
+        assert changes[0] == (other.instance, False), changes
         await asyncio.sleep(0.6)
         assert len(leaders()) == 1
     finally:
