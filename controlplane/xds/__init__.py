@@ -1,0 +1,1 @@
+"""Envoy xDS: snapshots of shared, serialise-once resources; the ADS server; generators and policy plugins."""
