@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except LabError as e:
+    except (LabError, ValueError) as e:
         print(f"lab: error: {e}", file=sys.stderr)
         return 1
     except KeyError as e:
