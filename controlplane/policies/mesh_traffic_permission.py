@@ -10,17 +10,30 @@ Two forms, as in Kuma, and a policy uses exactly one of them:
   Deny wins over allow; nothing matched means deny.
 
 Envoy effect: rendered by the xDS layer into RBAC network/HTTP filters on each inbound listener, matching
-the peer certificate's URI SAN. That code is added there, not here.
+the peer certificate's URI SAN (see the "Envoy effect" section at the end of this module).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Literal
 
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.rbac.v3 import rbac_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2 as http_rbac_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.rbac.v3 import rbac_pb2 as net_rbac_pb2
+from envoy.type.matcher.v3 import string_pb2
 from pydantic import Field
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.dataplane import SERVICE_TAG, Inbound
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import pack, stat_name
+from controlplane.xds.generate.plugins import PolicyPlugin
 
 from ._common import (
     DATAPLANE,
@@ -33,6 +46,8 @@ from ._common import (
     TargetRef,
     check_items,
     check_top_level,
+    effective_target_ref,
+    kind_rank,
 )
 
 POLICY = "MeshTrafficPermission"
@@ -119,3 +134,125 @@ RESOURCE_TYPE = register(ResourceType(
 
 # --- Envoy effect -----------------------------------------------------------------------------------
 # The xDS issue adds here how a matched MeshTrafficPermission becomes Envoy RBAC configuration.
+
+# A client matcher: ("exact"|"prefix", value) on one URI SAN, or several that must all hold.
+Matcher = tuple[tuple[str, str], ...]
+# (matcher, allow?) in precedence order: for a client, the LAST rule that matches decides.
+Rules = tuple[tuple[Matcher, bool], ...]
+
+RULES_RANK_ALLOW, RULES_RANK_DENY = 100, 101  # SPIFFE-form rules: deny beats allow, both beat `from`
+
+
+def _inbound_selected(ref: TargetRef, ctx: ProxyContext, inbound: Inbound) -> bool:
+    if ref.kind == MESH_SERVICE:
+        return inbound.service == ref.name
+    if ref.kind in (MESH_SUBSET, MESH_SERVICE_SUBSET):
+        return ref.selects_service(inbound.service, inbound.tags)
+    return ref.selects_dataplane(ctx.dataplane) and ref.inbound_selected(inbound.port)
+
+
+def _client_matcher(mesh: str, ref: TargetRef) -> Matcher:
+    if ref.kind == MESH:
+        return (("prefix", f"spiffe://{mesh}/"),)
+    tags = dict(ref.tags or {})
+    if ref.kind in (MESH_SERVICE, MESH_SERVICE_SUBSET) and ref.name:
+        tags[SERVICE_TAG] = ref.name
+    parts = []
+    for key, value in sorted(tags.items()):
+        if key == SERVICE_TAG:
+            parts.append(("exact", f"spiffe://{mesh}/{value}"))
+        elif value == "*":
+            parts.append(("prefix", f"kuma://{key}/"))
+        else:
+            parts.append(("exact", f"kuma://{key}/{value}"))
+    return tuple(parts) or (("prefix", f"spiffe://{mesh}/"),)
+
+
+def effective_rules(ctx: ProxyContext, inbound: Inbound) -> Rules:
+    """Every `from` entry of every policy that selects this inbound, in Kuma's precedence order: by the
+    entry's own specificity, then the policy's top-level specificity, then policy name, then position."""
+    ranked: list[tuple[tuple[int, int, str, int], Matcher, bool]] = []
+    for policy in ctx.topology.policies.get(POLICY, ()):
+        spec = policy.spec
+        assert isinstance(spec, MeshTrafficPermissionSpec)
+        top = effective_target_ref(spec.target_ref)
+        if not _inbound_selected(top, ctx, inbound):
+            continue
+        for i, item in enumerate(spec.from_ or ()):
+            allow = item.default.action in ("Allow", "AllowWithShadowDeny")
+            ranked.append(((item.target_ref.rank(), top.rank(), policy.meta.name, i),
+                           _client_matcher(ctx.mesh, item.target_ref), allow))
+        for i, rule in enumerate(spec.rules or ()):
+            conf = rule.default
+            allowed = (conf.allow or []) + (conf.allow_with_shadow_deny or [])
+            for allow, rank, matches in ((True, RULES_RANK_ALLOW, allowed), (False, RULES_RANK_DENY, conf.deny or [])):
+                for m in matches:
+                    assert m.spiffe_id is not None
+                    kind = "exact" if m.spiffe_id.type == "Exact" else "prefix"
+                    ranked.append(((rank, kind_rank(top.kind), policy.meta.name, i),
+                                   ((kind, m.spiffe_id.value),), allow))
+    ranked.sort(key=lambda r: r[0])
+    return tuple((matcher, allow) for _, matcher, allow in ranked)
+
+
+def _principal(matcher: Matcher) -> rbac_pb2.Principal:
+    ids = [rbac_pb2.Principal(authenticated=rbac_pb2.Principal.Authenticated(
+        principal_name=string_pb2.StringMatcher(**{kind: value}))) for kind, value in matcher]
+    return ids[0] if len(ids) == 1 else rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=ids))
+
+
+def rbac_rules(rules: Rules) -> rbac_pb2.RBAC:
+    """ALLOW policy: a client is allowed by rule i when i matches and no later rule that denies matches.
+    No allowing rule at all leaves the policy empty, which Envoy treats as deny-all (Kuma's default)."""
+    principals = []
+    for i, (matcher, allow) in enumerate(rules):
+        if not allow:
+            continue
+        later_denies = [m for m, a in rules[i + 1:] if not a]
+        p = _principal(matcher)
+        if later_denies:
+            overridden = rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=[_principal(m) for m in later_denies]))
+            p = rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=[p, rbac_pb2.Principal(not_id=overridden)]))
+        principals.append(p)
+    config = rbac_pb2.RBAC(action=rbac_pb2.RBAC.ALLOW)
+    if principals:
+        config.policies["mesh-traffic-permission"].CopyFrom(rbac_pb2.Policy(
+            permissions=[rbac_pb2.Permission(any=True)], principals=principals))
+    return config
+
+
+class TrafficPermissionPlugin(PolicyPlugin):
+    """Envoy RBAC on every mTLS filter chain of an inbound, matching the client's URI SAN exactly."""
+
+    policy_type = POLICY
+    order = 10
+
+    def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        return effective_rules(ctx, inbound) if ctx.mtls else None
+
+    def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
+                      key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        rules = rbac_rules(key)
+        prefix = stat_name(f"{listener.name}_")
+        for chain in listener.filter_chains:
+            if not chain.HasField("transport_socket"):
+                continue  # plaintext chain of a PERMISSIVE mesh: no identity to check
+            _insert_rbac(chain, rules, prefix)
+
+
+def _insert_rbac(chain: listener_components_pb2.FilterChain, rules: rbac_pb2.RBAC, prefix: str) -> None:
+    for f in chain.filters:
+        if f.name == "envoy.filters.network.http_connection_manager":
+            manager = hcm_pb2.HttpConnectionManager()
+            f.typed_config.Unpack(manager)
+            manager.http_filters.insert(0, hcm_pb2.HttpFilter(
+                name="envoy.filters.http.rbac", typed_config=pack(http_rbac_pb2.RBAC(rules=rules))))
+            f.typed_config.CopyFrom(pack(manager))
+            return
+    chain.filters.insert(0, listener_components_pb2.Filter(
+        name="envoy.filters.network.rbac",
+        typed_config=pack(net_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix))))
+
+
+PLUGIN = TrafficPermissionPlugin()

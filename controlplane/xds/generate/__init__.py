@@ -1,0 +1,1 @@
+"""Generators: Mesh topology + Dataplane -> the proxy's Envoy resources (shared, serialised once)."""

@@ -1,0 +1,42 @@
+"""What one proxy's generation reads: its mesh's topology, its Dataplane, its identity, the shared memo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controlplane.resources.base import Resource
+from controlplane.resources.dataplane import DataplaneSpec
+
+from ..topology import MeshTopology
+from .memo import ResourceMemo
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The proxy's certificate and key (PEM), issued by the mesh CA for its services."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ProxyContext:
+    topology: MeshTopology
+    dataplane: Resource
+    identity: Identity | None
+    memo: ResourceMemo
+
+    @property
+    def mesh(self) -> str:
+        return self.topology.name
+
+    @property
+    def spec(self) -> DataplaneSpec:
+        spec = self.dataplane.spec
+        assert isinstance(spec, DataplaneSpec)
+        return spec
+
+    @property
+    def mtls(self) -> bool:
+        return self.topology.mtls_enabled and self.identity is not None

@@ -1,0 +1,83 @@
+"""Small builders for the Envoy messages every generator needs (addresses, ADS sources, TLS, Any)."""
+
+from __future__ import annotations
+
+import re
+
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+
+IDENTITY_SECRET = "identity_cert:secret:{mesh}"
+CA_SECRET = "mesh_ca:secret:{mesh}"
+
+
+def pack(message: Message) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(message)
+    return a
+
+
+def seconds(value: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(value * 1e9))
+    return d
+
+
+def socket_address(ip: str, port: int) -> address_pb2.Address:
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(address=ip, port_value=port))
+
+
+def ads_source() -> config_source_pb2.ConfigSource:
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(),
+                                          resource_api_version=config_source_pb2.V3)
+
+
+def stat_name(text: str) -> str:
+    """Envoy stat prefixes: keep them readable but free of the separators Envoy's stats use."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text)
+
+
+def sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_source())
+
+
+def spiffe_id(mesh: str, service: str) -> str:
+    return f"spiffe://{mesh}/{service}"
+
+
+def sni(mesh: str, service: str) -> str:
+    """Kuma's SNI for mesh traffic, which a zone ingress will route by."""
+    return f"{service}{{mesh={mesh}}}"
+
+
+def _common_tls(mesh: str, *, peer_sans: list[str] | None) -> common_pb2.CommonTlsContext:
+    ctx = common_pb2.CommonTlsContext(
+        tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
+        tls_certificate_sds_secret_configs=[sds(IDENTITY_SECRET.format(mesh=mesh))],
+    )
+    default = common_pb2.CertificateValidationContext()
+    for san in peer_sans or ():
+        default.match_typed_subject_alt_names.append(common_pb2.SubjectAltNameMatcher(
+            san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=san)))
+    ctx.combined_validation_context.CopyFrom(common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+        default_validation_context=default,
+        validation_context_sds_secret_config=sds(CA_SECRET.format(mesh=mesh)),
+    ))
+    return ctx
+
+
+def downstream_mtls(mesh: str) -> base_pb2.TransportSocket:
+    """Inbound: require a client certificate signed by the mesh CA (RBAC then checks who it is)."""
+    ctx = tls_pb2.DownstreamTlsContext(common_tls_context=_common_tls(mesh, peer_sans=None))
+    ctx.require_client_certificate.value = True
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
+
+
+def upstream_mtls(mesh: str, service: str) -> base_pb2.TransportSocket:
+    """Outbound: present our identity, and accept only the destination service's SPIFFE ID."""
+    ctx = tls_pb2.UpstreamTlsContext(sni=sni(mesh, service),
+                                     common_tls_context=_common_tls(mesh, peer_sans=[spiffe_id(mesh, service)]))
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))

@@ -1,0 +1,24 @@
+"""One proxy's snapshot: the generators in a fixed order (secrets, inbound, outbound); policy plugins run
+inside them, before anything is serialised."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..resources import XdsResource
+from ..snapshot import Snapshot
+from . import inbound, outbound, secrets
+from .context import ProxyContext
+
+GENERATORS: tuple[Callable[[ProxyContext], list[XdsResource]], ...] = (
+    secrets.generate,
+    inbound.generate,
+    outbound.generate,
+)
+
+
+def generate_snapshot(ctx: ProxyContext) -> Snapshot:
+    items: list[XdsResource] = []
+    for generator in GENERATORS:
+        items.extend(generator(ctx))
+    return Snapshot.build(items)

@@ -1,0 +1,107 @@
+"""A mesh as the generators see it: computed once per (debounced) change and shared by every proxy.
+
+Everything per-mesh lives here (services and their endpoints, protocols, policies by type, mTLS); per-proxy
+work in the generators only picks from it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from controlplane.resources.base import Resource
+from controlplane.resources.dataplane import PROTOCOL_TAG, DataplaneSpec, Inbound
+from controlplane.resources.mesh import MeshSpec, MtlsBackend
+
+from .resources import content_hash
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One healthy inbound of a service: where other proxies send its traffic (the inbound listener)."""
+
+    address: str
+    port: int
+    dataplane: str
+    tags: tuple[tuple[str, str], ...]  # sorted items: hashable, so endpoints can be part of memo keys
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+
+@dataclass(frozen=True)
+class MeshTopology:
+    mesh: Resource
+    generation: int
+    dataplanes: Mapping[str, Resource]
+    endpoints: Mapping[str, Sequence[Endpoint]]  # service -> healthy endpoints, sorted
+    protocols: Mapping[str, str]  # service -> protocol every instance agrees on (else tcp)
+    policies: Mapping[str, Sequence[Resource]]  # policy type name -> policies, sorted by name
+    endpoint_keys: Mapping[str, str] = field(default_factory=dict)  # service -> content key of its endpoints
+    ca_bundle_pem: bytes | None = None  # the mesh CA(s) proxies trust; None: mTLS off
+    _fingerprint: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.mesh.meta.name
+
+    @property
+    def mtls_backend(self) -> MtlsBackend | None:
+        spec = self.mesh.spec
+        assert isinstance(spec, MeshSpec)
+        return spec.mtls.enabled() if spec.mtls else None
+
+    @property
+    def mtls_enabled(self) -> bool:
+        return self.mtls_backend is not None and self.ca_bundle_pem is not None
+
+    @property
+    def permissive(self) -> bool:
+        b = self.mtls_backend
+        return b is not None and b.mode == "PERMISSIVE"
+
+    def protocol(self, service: str) -> str:
+        return self.protocols.get(service, "tcp")
+
+    def services(self) -> list[str]:
+        return sorted(self.endpoints)
+
+
+def is_healthy(inbound: Inbound) -> bool:
+    if inbound.state is not None:
+        return inbound.state == "Ready"
+    return inbound.health is None or inbound.health.ready
+
+
+def endpoint_address(dp: DataplaneSpec, inbound: Inbound) -> str:
+    return inbound.address or dp.networking.advertised_address or dp.networking.address
+
+
+def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Mapping[str, Sequence[Resource]],
+                   generation: int, ca_bundle_pem: bytes | None) -> MeshTopology:
+    endpoints: dict[str, list[Endpoint]] = defaultdict(list)
+    protocols: dict[str, set[str]] = defaultdict(set)
+    for dp in dataplanes:
+        spec = dp.spec
+        assert isinstance(spec, DataplaneSpec)
+        for inbound in spec.networking.inbound:
+            protocols[inbound.service].add(inbound.tags.get(PROTOCOL_TAG, "tcp"))
+            if is_healthy(inbound):
+                endpoints[inbound.service].append(
+                    Endpoint(endpoint_address(spec, inbound), inbound.port, dp.meta.name,
+                             tuple(sorted(inbound.tags.items()))))
+    ordered = {svc: sorted(endpoints.get(svc, ()), key=lambda e: (e.address, e.port)) for svc in protocols}
+    # Services whose instances disagree on the protocol fall back to TCP, as Kuma does.
+    agreed = {svc: next(iter(p)) if len(p) == 1 else "tcp" for svc, p in protocols.items()}
+    return MeshTopology(
+        mesh=mesh, generation=generation,
+        dataplanes={dp.meta.name: dp for dp in dataplanes},
+        # Every service known in the mesh, even with no healthy instance (its cluster exists, empty).
+        endpoints=ordered,
+        endpoint_keys={svc: content_hash(repr(eps).encode()) for svc, eps in ordered.items()},
+        protocols=agreed,
+        policies={t: sorted(ps, key=lambda p: p.meta.name) for t, ps in policies.items()},
+        ca_bundle_pem=ca_bundle_pem,
+    )
