@@ -1,0 +1,174 @@
+"""The Envoy bootstrap for one dataplane, as kuma-dp asks for it.
+
+kuma-dp calls the dp-server (same port as ADS, 5678) with `BootstrapRequest` as JSON in a unary gRPC method
+(`/kuma.vm.dp.v1.Bootstrap/Get`): gRPC because the port already speaks it and grpcio cannot share a port
+with plain HTTP; JSON because both sides already have the resource model, and a .proto of our own would
+only repeat it. The answer is the complete bootstrap: node id `<mesh>.<name>`, the ADS cluster pointing back
+at the control plane over TLS (verified with the CA kuma-dp trusts), the dataplane token as `authorization`
+metadata on the ADS stream, and an admin listener on the loopback port kuma-dp picked for this dataplane
+(so several dataplanes on one host never collide).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from controlplane import __version__
+
+ADS_CLUSTER = "ads_cluster"
+DATAPLANE_METADATA = "dataplane.resource"  # node metadata key Kuma uses for the registering Dataplane
+PROXY_TYPES = ("dataplane", "ingress")
+ApiType = Literal["delta", "sotw"]
+
+
+class BootstrapRequestError(ValueError):
+    """The request itself is malformed; `field` names which part."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+@dataclass(frozen=True)
+class BootstrapRequest:
+    mesh: str
+    name: str
+    token: str
+    admin_port: int
+    cp_host: str  # the address kuma-dp reached us on: the ADS cluster uses the same one
+    cp_port: int
+    dataplane: dict[str, Any] | None = None  # universal form; None: the Dataplane must already exist
+    proxy_type: str = "dataplane"
+    api_type: ApiType = "delta"
+    admin_address: str = "127.0.0.1"
+    dp_version: str = ""
+    envoy_version: str = ""
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> BootstrapRequest:
+        try:
+            doc = json.loads(raw)
+        except ValueError as e:
+            raise BootstrapRequestError("body", f"not valid JSON: {e}") from None
+        if not isinstance(doc, dict):
+            raise BootstrapRequestError("body", "must be a JSON object")
+        known = {"mesh", "name", "dataplaneToken", "adminPort", "adminAddress", "cpHost", "cpPort", "dataplane",
+                 "proxyType", "apiType", "version"}
+        for key in doc:
+            if key not in known:
+                raise BootstrapRequestError(key, f"unknown field (known: {', '.join(sorted(known))})")
+
+        def text(key: str, required: bool = True) -> str:
+            value = doc.get(key, "")
+            if not isinstance(value, str) or (required and not value):
+                raise BootstrapRequestError(key, "is required" if not value else "must be a string")
+            return value
+
+        def port(key: str) -> int:
+            value = doc.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+                raise BootstrapRequestError(key, f"must be a port in [1, 65535], got {value!r}")
+            return value
+
+        dataplane = doc.get("dataplane")
+        if dataplane is not None and not isinstance(dataplane, dict):
+            raise BootstrapRequestError("dataplane", "must be a Dataplane in its universal (JSON) form")
+        proxy_type = doc.get("proxyType", "dataplane")
+        if proxy_type not in PROXY_TYPES:
+            raise BootstrapRequestError("proxyType", f"must be one of {', '.join(PROXY_TYPES)}")
+        api_type = doc.get("apiType", "delta")
+        if api_type not in ("delta", "sotw"):
+            raise BootstrapRequestError("apiType", "must be delta or sotw")
+        admin_address = text("adminAddress", required=False) or "127.0.0.1"
+        try:
+            if not ipaddress.ip_address(admin_address).is_loopback:
+                raise BootstrapRequestError("adminAddress", "the Envoy admin API must stay on a loopback address")
+        except ValueError:
+            raise BootstrapRequestError("adminAddress", f"{admin_address!r} is not an IP address") from None
+        version = doc.get("version") or {}
+        if not isinstance(version, dict):
+            raise BootstrapRequestError("version", "must be an object")
+        return cls(mesh=text("mesh"), name=text("name"), token=text("dataplaneToken"), admin_port=port("adminPort"),
+                   cp_host=text("cpHost"), cp_port=port("cpPort"), dataplane=dataplane, proxy_type=proxy_type,
+                   api_type=api_type, admin_address=admin_address, dp_version=str(version.get("kumaDp", "")),
+                   envoy_version=str(version.get("envoy", "")))
+
+    @property
+    def node_id(self) -> str:
+        return node_id(self.mesh, self.name)
+
+
+def node_id(mesh: str, name: str) -> str:
+    """Mesh names are DNS labels (no dots), so the first dot always separates mesh from name."""
+    return f"{mesh}.{name}"
+
+
+def split_node_id(value: str) -> tuple[str, str]:
+    mesh, dot, name = value.partition(".")
+    if not dot or not mesh or not name:
+        raise ValueError(f"node id {value!r} is not '<mesh>.<dataplane name>'")
+    return mesh, name
+
+
+def render(req: BootstrapRequest, *, ca_pem: bytes, service: str, dataplane_json: str | None) -> dict[str, Any]:
+    """The Envoy bootstrap (JSON form) for this dataplane."""
+    metadata: dict[str, Any] = {"kuma.io/proxy-type": req.proxy_type, "kuma.io/cp-version": __version__}
+    if dataplane_json is not None:
+        metadata[DATAPLANE_METADATA] = dataplane_json
+    if req.dp_version:
+        metadata["kuma.io/dp-version"] = req.dp_version
+    try:
+        ipaddress.ip_address(req.cp_host)
+        discovery = "STATIC"
+    except ValueError:
+        discovery = "STRICT_DNS"
+    ads_source = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": req.node_id, "cluster": service, "metadata": metadata},
+        "admin": {"address": {"socket_address": {"address": req.admin_address, "port_value": req.admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "DELTA_GRPC" if req.api_type == "delta" else "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{
+                    "envoy_grpc": {"cluster_name": ADS_CLUSTER},
+                    "initial_metadata": [{"key": "authorization", "value": f"Bearer {req.token}"}],
+                }],
+            },
+            "cds_config": ads_source,
+            "lds_config": ads_source,
+        },
+        "static_resources": {"clusters": [{
+            "name": ADS_CLUSTER,
+            "type": discovery,
+            "connect_timeout": "1s",
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "10s", "timeout": "10s"}}},
+            }},
+            "load_assignment": {"cluster_name": ADS_CLUSTER, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": req.cp_host, "port_value": req.cp_port}}}}]}]},
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": req.cp_host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"inline_bytes": base64.b64encode(ca_pem).decode()},
+                    "match_typed_subject_alt_names": [{"san_type": "IP_ADDRESS" if discovery == "STATIC" else "DNS",
+                                                       "matcher": {"exact": req.cp_host}}],
+                }},
+            }},
+            # The control plane restarting must not leave Envoy without config: it keeps what it has and
+            # reconnects (Envoy's default ADS retry), so no outlier ejection or health checks here.
+        }]},
+        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
+            # Envoy warns about overload settings without these; they bound what one proxy will hold.
+            "overload.global_downstream_max_connections": 50000}}]},
+        "stats_config": {"stats_tags": [{"tag_name": "mesh", "fixed_value": req.mesh},
+                                        {"tag_name": "dataplane", "fixed_value": req.name}]},
+    }
