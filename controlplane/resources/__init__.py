@@ -9,14 +9,14 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from . import dataplane, mesh, secret, zone
+from . import dataplane, insights, mesh, secret, zone
 from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope, Spec, register
 from .codec import from_wire, to_wire
 from .errors import InvalidParameter, ResourceValidationError, Violations
 
 __all__ = [
     "REGISTRY", "InvalidParameter", "Meta", "Registry", "Resource", "ResourceType", "ResourceValidationError",
-    "Scope", "Spec", "Violations", "dataplane", "from_wire", "load_all", "mesh", "register", "secret",
+    "Scope", "Spec", "Violations", "dataplane", "from_wire", "insights", "load_all", "mesh", "register", "secret",
     "to_wire", "zone",
 ]
 

@@ -1,0 +1,68 @@
+"""DataplaneInsight: what the control plane knows about a dataplane's connection (read-only to users).
+
+Written by the xDS server (connect/disconnect, per-type sent/ACK/NACK counts, config version, certificate);
+`kumactl inspect dataplanes` and `/meshes/{mesh}/dataplanes/_overview` read online/offline from it.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ResourceType, Scope, Spec, register
+
+
+class DiscoveryCounters(Spec):
+    responses_sent: int = 0
+    responses_acknowledged: int = 0
+    responses_rejected: int = 0
+
+
+class SubscriptionStatus(Spec):
+    last_update_time: str | None = None
+    total: DiscoveryCounters = DiscoveryCounters()
+    cds: DiscoveryCounters = DiscoveryCounters()
+    eds: DiscoveryCounters = DiscoveryCounters()
+    lds: DiscoveryCounters = DiscoveryCounters()
+    rds: DiscoveryCounters = DiscoveryCounters()
+    sds: DiscoveryCounters = DiscoveryCounters()
+
+
+class LastNack(Spec):
+    type: str
+    version: str
+    error_detail: str
+    time: str
+
+
+class Subscription(Spec):
+    id: str
+    control_plane_instance_id: str
+    connect_time: str
+    disconnect_time: str | None = None
+    status: SubscriptionStatus = SubscriptionStatus()
+    config_version: str | None = None  # the last ACKed version of each type, joined
+    kuma_dp_version: str | None = None
+    envoy_version: str | None = None
+    last_nack: LastNack | None = None
+
+
+class MTls(Spec):
+    certificate_expiration_time: str | None = None
+    last_certificate_regeneration: str | None = None
+    certificate_regenerations: int = 0
+
+
+class DataplaneInsightSpec(Spec):
+    subscriptions: list[Subscription] = []
+    m_tls: MTls | None = Field(default=None, alias="mTLS")  # Kuma's spelling
+
+    @property
+    def online(self) -> bool:
+        return bool(self.subscriptions) and self.subscriptions[-1].disconnect_time is None
+
+
+DATAPLANE_INSIGHT = register(ResourceType(
+    name="DataplaneInsight", plural="dataplane-insights", singular="dataplane-insight", scope=Scope.MESH,
+    spec_cls=DataplaneInsightSpec, flat=True, readonly=True,
+    description="Connection state of a dataplane, kept by the control plane.",
+))
