@@ -53,8 +53,8 @@ def sni(mesh: str, service: str) -> str:
     return f"{service}{{mesh={mesh}}}"
 
 
-def _common_tls(mesh: str, *, peer_sans: list[str] | None) -> common_pb2.CommonTlsContext:
-    ctx = common_pb2.CommonTlsContext(
+def _common_tls(mesh: str, *, peer_sans: list[str] | None) -> tls_pb2.CommonTlsContext:
+    ctx = tls_pb2.CommonTlsContext(
         tls_params=common_pb2.TlsParameters(tls_minimum_protocol_version=common_pb2.TlsParameters.TLSv1_2),
         tls_certificate_sds_secret_configs=[sds(IDENTITY_SECRET.format(mesh=mesh))],
     )
@@ -62,7 +62,7 @@ def _common_tls(mesh: str, *, peer_sans: list[str] | None) -> common_pb2.CommonT
     for san in peer_sans or ():
         default.match_typed_subject_alt_names.append(common_pb2.SubjectAltNameMatcher(
             san_type=common_pb2.SubjectAltNameMatcher.URI, matcher=string_pb2.StringMatcher(exact=san)))
-    ctx.combined_validation_context.CopyFrom(common_pb2.CommonTlsContext.CombinedCertificateValidationContext(
+    ctx.combined_validation_context.CopyFrom(tls_pb2.CommonTlsContext.CombinedCertificateValidationContext(
         default_validation_context=default,
         validation_context_sds_secret_config=sds(CA_SECRET.format(mesh=mesh)),
     ))

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from functools import partial
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2, protocol_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -54,7 +54,7 @@ def load_assignment(service: str, endpoints: tuple[Endpoint, ...]) -> XdsResourc
         endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
             endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port)),
-                health_status=base_pb2.HEALTHY)
+                health_status=health_check_pb2.HEALTHY)
             for e in endpoints])])
     return XdsResource.of(ENDPOINT, service, cla)
 
