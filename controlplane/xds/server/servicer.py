@@ -1,0 +1,52 @@
+"""The gRPC servicer: `envoy.service.discovery.v3.AggregatedDiscoveryService` on grpc.aio, SotW and Delta."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
+
+from ..cache import SnapshotCache
+from ..callbacks import Authenticator, NoopCallbacks, StreamCallbacks
+from .delta import DeltaStream
+from .sotw import SotwStream
+from .stream import Settings, Stream
+
+# Kuma waits this long after a NACK before sending the same type again.
+DEFAULT_NACK_BACKOFF = 5.0
+
+
+class AdsServicer:
+    """Serves every node's snapshots from `cache` to the ADS streams of Envoys (both protocol variants).
+
+    `authenticator` turns each stream's first request into its node id (the cache key); `callbacks` hear
+    about stream open/close, responses, ACKs and NACKs (synchronous, see `controlplane.xds.callbacks`).
+    After a NACK, nothing new of that type is sent on that stream for `nack_backoff` seconds.
+    """
+
+    def __init__(self, cache: SnapshotCache, authenticator: Authenticator, callbacks: StreamCallbacks | None = None,
+                 *, nack_backoff: float = DEFAULT_NACK_BACKOFF) -> None:
+        if nack_backoff < 0:
+            raise ValueError("nack_backoff must not be negative")
+        self.cache = cache
+        self._settings = Settings(cache, authenticator, callbacks or NoopCallbacks(), nack_backoff)
+        self._streams: set[Stream[Any]] = set()
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+
+    @property
+    def stream_count(self) -> int:
+        """Authenticated streams open now."""
+        return len(self._streams)
+
+    async def StreamAggregatedResources(self, request_iterator: AsyncIterable[DiscoveryRequest],
+                                        context: grpc.aio.ServicerContext) -> None:
+        await SotwStream(self._settings, request_iterator, context, self._streams).run()
+
+    async def DeltaAggregatedResources(self, request_iterator: AsyncIterable[DeltaDiscoveryRequest],
+                                       context: grpc.aio.ServicerContext) -> None:
+        await DeltaStream(self._settings, request_iterator, context, self._streams).run()

@@ -1,0 +1,132 @@
+"""State-of-the-world ADS (`StreamAggregatedResources`).
+
+Per type the stream remembers what the client asked for (names, or the wildcard) and what it was last sent
+(nonce, version, and a key of the content: the snapshot version for a wildcard subscription, the names and
+hashes for a named one). A response goes out when:
+
+- the type's first request arrives (once the node has a snapshot: until then the request is held), or
+- what the client should have differs from what it was last sent: a new snapshot version of a wildcard type;
+  for named types (EDS, RDS, SDS), a change in the requested names or in one of the requested resources.
+
+A request whose `response_nonce` is not the latest nonce sent for its type is stale and ignored (the client
+will send the current one). A non-stale request with `error_detail` is a NACK: it is recorded, the rejected
+version is not sent again, and nothing new of that type goes out before `nack_backoff` seconds have passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+
+from ..resources import XdsResource
+from ..snapshot import WILDCARD_TYPES, Snapshot
+from .stream import Stream, in_type_order, is_known, log
+
+WILDCARD = "*"
+
+
+@dataclass(slots=True)
+class _TypeState:
+    names: frozenset[str] = frozenset()
+    wildcard: bool = False
+    explicit: bool = False  # named something once: from then on an empty list means "nothing", not wildcard
+    initial: bool = True  # the initial request is answered even when there is nothing new
+    nonce: str = ""  # the latest nonce sent for this type ("" before the first response)
+    sent_version: str = ""
+    sent_key: Any = None  # what the last response contained
+    seen_version: str | None = None  # the snapshot version the last decision looked at
+    nack_until: float = 0.0
+
+
+class SotwStream(Stream[DiscoveryRequest]):
+    protocol = "sotw"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.types: dict[str, _TypeState] = {}
+
+    def on_request(self, request: DiscoveryRequest) -> None:
+        type_url = request.type_url
+        st = self.types.get(type_url)
+        snapshot = self.cache.get_snapshot(self.node_id)
+        known = is_known(type_url, snapshot)
+        if not known:
+            self.log_unknown_type(type_url)
+        if st is None:
+            st = self.types[type_url] = _TypeState()
+        elif request.response_nonce != st.nonce:
+            log.debug("xds stale request ignored", extra={**self._extra(type_url, request.version_info,
+                                                                         request.response_nonce),
+                                                           "latest_nonce": st.nonce})
+            return
+        elif request.response_nonce and known:
+            if request.HasField("error_detail"):
+                st.nack_until = self.nacked(type_url, st.sent_version, st.nonce, request.error_detail.message)
+            else:
+                self.acked(type_url, st.sent_version, st.nonce)
+
+        names = set(request.resource_names)
+        if WILDCARD in names:
+            names.discard(WILDCARD)
+            wildcard, st.explicit = True, True
+        elif names:
+            wildcard, st.explicit = False, True
+        else:
+            wildcard = not st.explicit and type_url in WILDCARD_TYPES
+        if wildcard != st.wildcard or names != st.names:
+            st.wildcard, st.names = wildcard, frozenset(names)
+            st.seen_version = None  # look again
+
+        if st.initial and not st.nonce and request.version_info and st.wildcard and known:
+            # A reconnecting client that already has this version of a wildcard type: nothing to resend
+            # (versions are content hashes, so they mean the same on every control plane instance).
+            st.initial = False
+            st.sent_version = request.version_info
+            st.sent_key = (WILDCARD, request.version_info)
+
+    async def flush(self) -> None:
+        snapshot = self.cache.get_snapshot(self.node_id)
+        now = self.now()
+        for type_url in in_type_order(self.types):
+            st = self.types[type_url]
+            if not is_known(type_url, snapshot):
+                if st.initial:  # answer once, with nothing
+                    st.initial = False
+                    await self._respond(type_url, st, "", [], None)
+                continue
+            if snapshot is None:
+                continue  # hold the request until the node has a snapshot
+            version = snapshot.version(type_url)
+            if not st.initial and version == st.seen_version:
+                continue
+            resources, key = self._select(snapshot, type_url, st, version)
+            if not st.initial and key == st.sent_key:
+                st.seen_version = version
+                continue
+            if now < st.nack_until:
+                self.defer_until(st.nack_until)
+                continue
+            st.seen_version = version
+            st.initial = False
+            await self._respond(type_url, st, version, resources, key)
+
+    @staticmethod
+    def _select(snapshot: Snapshot, type_url: str, st: _TypeState,
+                version: str) -> tuple[list[XdsResource], Any]:
+        of_type = snapshot.of_type(type_url)
+        if st.wildcard:
+            return list(of_type.values()), (WILDCARD, version)
+        resources = [r for n in sorted(st.names) if (r := of_type.get(n)) is not None]
+        return resources, tuple((r.name, r.hash) for r in resources)
+
+    async def _respond(self, type_url: str, st: _TypeState, version: str, resources: list[XdsResource],
+                       key: Any) -> None:
+        nonce = self.next_nonce()
+        response = DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
+        add = response.resources.add
+        for r in resources:
+            add(type_url=type_url, value=r.body)
+        st.nonce, st.sent_version, st.sent_key = nonce, version, key
+        await self.send(response, type_url, version, nonce, len(resources))

@@ -1,0 +1,279 @@
+"""What SotW and Delta ADS streams share: the first request (node, authentication, node-id pinning), the
+request reader, the wake-up loop, nonces, NACK back-off timers, callbacks and logging.
+
+One stream is two asyncio tasks: the gRPC handler task runs `Stream.run()` (it sends), and a reader task
+applies each request to the stream's per-type state. Both only set `_wake`; the sender then looks at the
+current state and the node's latest snapshot and sends what is due. Nothing queues, so a burst of snapshot
+changes or requests costs one look, and the stream never polls: it sleeps until a request, a snapshot
+change (a `SnapshotCache` watch) or a back-off deadline wakes it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+
+from ..cache import SnapshotCache
+from ..callbacks import Authenticator, StreamCallbacks, XdsAuthError
+from ..resources import SHORT_NAMES, TYPE_ORDER
+from ..snapshot import Snapshot
+
+log = logging.getLogger("kuma.xds")
+
+_stream_ids = itertools.count(1)
+
+
+class _Request(Protocol):
+    """The fields DiscoveryRequest and DeltaDiscoveryRequest share."""
+
+    node: Node
+    type_url: str
+    response_nonce: str
+
+    def HasField(self, field_name: str) -> bool: ...
+
+
+RequestT = TypeVar("RequestT", bound=_Request)
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache: SnapshotCache
+    authenticator: Authenticator
+    callbacks: StreamCallbacks
+    nack_backoff: float
+
+
+class StreamError(Exception):
+    """End this stream (only this one) with `code` and `message`."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def short_name(type_url: str) -> str:
+    return SHORT_NAMES.get(type_url) or type_url.rsplit("/", 1)[-1]
+
+
+def is_known(type_url: str, snapshot: Snapshot | None) -> bool:
+    return type_url in SHORT_NAMES or (snapshot is not None and type_url in snapshot.resources)
+
+
+def in_type_order(type_urls: Iterable[str]) -> list[str]:
+    """Clusters before endpoints before listeners before routes before secrets (make before break); other
+    types after them."""
+    present = set(type_urls)
+    ordered = [t for t in TYPE_ORDER if t in present]
+    ordered.extend(sorted(present.difference(TYPE_ORDER)))
+    return ordered
+
+
+class Stream(abc.ABC, Generic[RequestT]):
+    protocol: ClassVar[str]
+
+    def __init__(self, settings: Settings, requests: AsyncIterable[RequestT], context: grpc.aio.ServicerContext,
+                 streams: set[Stream[Any]]) -> None:
+        self.settings = settings
+        self.cache = settings.cache
+        self.callbacks = settings.callbacks
+        self.context = context
+        self._requests = requests
+        self._streams = streams
+        self.stream_id = next(_stream_ids)
+        self.node_id = ""  # the cache key the authenticator returned
+        self.node = Node()
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._failure: StreamError | None = None
+        self._ended = False
+        self._nonce = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._logged_unknown: set[str] = set()
+
+    # -- what a protocol implements -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def on_request(self, request: RequestT) -> None:
+        """Apply one request (with a type_url) to the per-type state; raise StreamError to end the stream."""
+
+    @abc.abstractmethod
+    async def flush(self) -> None:
+        """Send every response that is due now (and arm back-off timers for those that are due later)."""
+
+    # -- the stream's life -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        requests = aiter(self._requests)
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        await self._open(first)
+        watch = None
+        reader: asyncio.Task[None] | None = None
+        try:
+            self._streams.add(self)
+            self._safe(self.callbacks.on_stream_open, self.stream_id, self.node_id, self.node)
+            watch = self.cache.watch(self.node_id, self._wake.set)
+            try:
+                self._handle(first, first=True)
+            except StreamError as e:
+                self._failure = e
+            else:
+                reader = asyncio.create_task(self._read(requests), name=f"xds-{self.protocol}-{self.stream_id}-reader")
+            while True:
+                self._wake.clear()
+                if self._failure is not None:
+                    await self._abort(self._failure)
+                if self._ended:
+                    return
+                await self.flush()
+                if not self._wake.is_set():
+                    await self._wake.wait()
+        finally:
+            if watch is not None:
+                watch.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(BaseException):
+                    await reader
+            self._streams.discard(self)
+            log.debug("xds stream closed", extra=self._extra())
+            self._safe(self.callbacks.on_stream_closed, self.stream_id, self.node_id)
+
+    async def _open(self, first: RequestT) -> None:
+        """Check the first request's node and authenticate; aborts the stream (raises) when refused."""
+        if not first.HasField("node") or not first.node.id:
+            await self.context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                     "the first request on an xDS stream must carry node with a non-empty node.id")
+        self.node = first.node
+        metadata: dict[str, str] = {}
+        for key, value in self.context.invocation_metadata() or ():
+            if isinstance(value, str):
+                metadata.setdefault(key.lower(), value)
+        peer = self.context.peer()
+        try:
+            result = self.settings.authenticator.authenticate(first.node, metadata, peer)
+            node_id = await result if inspect.isawaitable(result) else result
+        except XdsAuthError as e:
+            log.info("xds stream refused: %s", e.message,
+                     extra={"node": first.node.id, "peer": peer, "code": e.code.name, "protocol": self.protocol})
+            await self.context.abort(e.code, e.message)
+        except Exception:
+            log.exception("xds authentication failed", extra={"node": first.node.id, "peer": peer})
+            await self.context.abort(grpc.StatusCode.INTERNAL, "authentication failed")
+        if not isinstance(node_id, str) or not node_id:
+            log.error("the authenticator returned no node id", extra={"node": first.node.id, "peer": peer})
+            await self.context.abort(grpc.StatusCode.INTERNAL, "authentication failed")
+        self.node_id = node_id
+        log.debug("xds stream opened", extra={**self._extra(), "peer": peer})
+
+    async def _read(self, requests: AsyncIterator[RequestT]) -> None:
+        try:
+            async for request in requests:
+                try:
+                    self._handle(request)
+                except StreamError as e:
+                    self._failure = e
+                    return
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the transport failed under us: the stream is over
+            log.debug("xds stream read failed: %r", e, extra=self._extra())
+        finally:
+            self._ended = True
+            self._wake.set()
+
+    def _handle(self, request: RequestT, *, first: bool = False) -> None:
+        if request.HasField("node") and request.node.id and request.node.id != self.node.id:
+            raise StreamError(grpc.StatusCode.PERMISSION_DENIED,
+                              f"node id changed on the stream from {self.node.id!r} to {request.node.id!r}; "
+                              "open a new stream for another node")
+        if not request.type_url:
+            if first:  # a node-only first message: nothing requested yet
+                return
+            raise StreamError(grpc.StatusCode.INVALID_ARGUMENT, "request without type_url")
+        self.on_request(request)
+
+    async def _abort(self, error: StreamError) -> None:
+        log.warning("xds stream aborted: %s", error.message, extra={**self._extra(), "code": error.code.name})
+        await self.context.abort(error.code, error.message)
+
+    # -- helpers for protocols ---------------------------------------------------------------------------
+
+    def next_nonce(self) -> str:
+        self._nonce += 1
+        return str(self._nonce)
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def defer_until(self, when: float) -> None:
+        """Wake the stream at loop time `when` (for a response held back by NACK back-off)."""
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = math.inf
+        self._wake.set()
+
+    async def send(self, response: Any, type_url: str, version: str, nonce: str, resource_count: int) -> None:
+        """Write one response (state for its nonce must already be recorded: its ACK may race the write)."""
+        size = response.ByteSize()
+        self._safe(self.callbacks.on_response_sent, self.node_id, type_url, version, nonce, resource_count, size)
+        log.debug("xds response sent", extra={**self._extra(type_url, version, nonce),
+                                              "resources": resource_count, "bytes": size})
+        await self.context.write(response)
+
+    def acked(self, type_url: str, version: str, nonce: str) -> None:
+        log.debug("xds ACK", extra=self._extra(type_url, version, nonce))
+        self._safe(self.callbacks.on_ack, self.node_id, type_url, version)
+
+    def nacked(self, type_url: str, version: str, nonce: str, detail: str) -> float:
+        """Record a NACK; returns the loop time before which nothing new of this type may be sent."""
+        log.warning("xds NACK: %s", detail, extra=self._extra(type_url, version, nonce))
+        self._safe(self.callbacks.on_nack, self.node_id, type_url, version, detail)
+        return self.now() + self.settings.nack_backoff
+
+    def log_unknown_type(self, type_url: str) -> None:
+        if type_url not in self._logged_unknown and len(self._logged_unknown) < 64:
+            self._logged_unknown.add(type_url)
+            log.info("xds request for a type this control plane does not serve", extra=self._extra(type_url))
+
+    def _extra(self, type_url: str = "", version: str = "", nonce: str = "") -> dict[str, Any]:
+        extra: dict[str, Any] = {"node": self.node_id or self.node.id, "stream": self.stream_id,
+                                 "protocol": self.protocol}
+        if type_url:
+            extra["type"] = short_name(type_url)
+            extra["version"] = version
+            extra["nonce"] = nonce
+        return extra
+
+    def _safe(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("xds callback %s failed", getattr(fn, "__name__", fn), extra=self._extra())
