@@ -89,20 +89,20 @@ async def load_provided(store: ResourceStore, mesh: str, backend: MtlsBackend, p
     cert_path, key_path = f"{path}.conf.cert", f"{path}.conf.key"
     cert_data = await load_source(store, mesh, conf.cert, cert_path, c)
     key_data = await load_source(store, mesh, conf.key, key_path, c)
-    if cert_data is None or key_data is None:
-        return None, c.problems
     token = ("provided", cert_data, key_data)
     if cached is not None and cached.token == token and cached.cert.not_valid_after_utc > (now or _now()):
         return cached, []
     certs = key = None
-    try:
-        certs = parse_certs(cert_data, cert_path, c.error)
-    except CaError as e:
-        c.problems.append(e)
-    try:
-        key = parse_key(key_data, key_path, c.error)
-    except CaError as e:
-        c.problems.append(e)
+    if cert_data is not None:
+        try:
+            certs = parse_certs(cert_data, cert_path, c.error)
+        except CaError as e:
+            c.problems.append(e)
+    if key_data is not None:
+        try:
+            key = parse_key(key_data, key_path, c.error)
+        except CaError as e:
+            c.problems.append(e)
     if certs is not None:
         c.problems.extend(check_ca_certs(certs, cert_path, c.error))
     if certs is not None and key is not None:
