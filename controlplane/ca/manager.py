@@ -123,6 +123,9 @@ class CaManager:
                 ready.set()
                 while True:
                     self.handle_event(await events.get())
+        except Exception:
+            # Without the watch every lookup reads the store again: slower, never stale.
+            log.exception("CA manager stopped watching the store; CA lookups read it every time")
         finally:
             self._watching = False
             self._fast.clear()

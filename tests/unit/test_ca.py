@@ -458,6 +458,24 @@ async def test_a_non_enabled_builtin_backend_is_created_ahead_of_a_switch(store:
     assert ca.trust_bundle_pem.count(b"BEGIN CERTIFICATE") == 2
 
 
+async def test_ensure_backends_and_mesh_deletion(store: MemoryStore) -> None:
+    mesh = await add_mesh(store, mesh_resource("m", [builtin("a"), builtin("b")]))  # mTLS not enabled yet
+    manager = CaManager(store)
+    await manager.start()
+    try:
+        await manager.ensure_backends(mesh)
+        assert len(await secret_names(store, "m")) == 4
+        ca = await manager.get_ca(mesh_resource("m", [builtin("a"), builtin("b")], "b"))
+        assert ca is not None and ca.backend == "b"
+        await store.delete(MESH, "m")
+        await asyncio.sleep(0)
+        await add_mesh(store, mesh)
+        again = await manager.get_ca(mesh_resource("m", [builtin("a"), builtin("b")], "b"))
+        assert again is not None and again.fingerprint != ca.fingerprint  # a new mesh of that name: new CA
+    finally:
+        await manager.stop()
+
+
 class CountingStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
@@ -528,9 +546,7 @@ async def mesh_ca(store: MemoryStore) -> MeshCa:
 
 
 async def test_identity_certificate(mesh_ca: MeshCa) -> None:
-    now = datetime(2030, 1, 1, tzinfo=UTC) if mesh_ca.not_after > datetime(2030, 1, 2, tzinfo=UTC) \
-        else datetime.now(UTC)
-    now = now.replace(microsecond=0)
+    now = datetime.now(UTC).replace(microsecond=0)  # X.509 times have whole seconds
     ident = issue_identity(mesh_ca, "m", ["web", "api", "web"], timedelta(hours=10),
                            tags={SERVICE: {"web", "api"}, "version": {"v2", "v1"}, "zone": set()}, now=now)
     leaf = leaf_of(ident.cert_pem)
@@ -548,7 +564,7 @@ async def test_identity_certificate(mesh_ca: MeshCa) -> None:
     assert _spki(key.public_key()) == _spki(pub)
     assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert ku.digital_signature and ku.key_encipherment and not ku.key_cert_sign
+    assert ku.digital_signature and ku.key_encipherment and ku.key_agreement and not ku.key_cert_sign  # as Kuma
     eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     assert leaf.not_valid_before_utc == ident.not_before == now - timedelta(minutes=1)
