@@ -30,11 +30,11 @@ from .identity import (
     lifetime_for,
     spiffe_id,
 )
-from .manager import CaManager, MeshCa, enabled_backend
+from .manager import CaManager, MeshCa, enabled_backend, used_secrets
 
 __all__ = [
     "DEFAULT_LIFETIME", "CaCorrupted", "CaError", "CaExpired", "CaInvalidPem", "CaKeyMismatch", "CaManager",
     "CaNotACertificateAuthority", "CaSourceNotFound", "CaUnsupportedKey", "IdentityCache", "IdentityCert",
     "IdentityError", "MeshCa", "cert_secret_name", "enabled_backend", "issue_identity", "key_secret_name",
-    "kuma_uri", "lifetime_for", "spiffe_id",
+    "kuma_uri", "lifetime_for", "spiffe_id", "used_secrets",
 ]

@@ -34,7 +34,7 @@ from controlplane.resources.errors import InvalidParameter
 from controlplane.resources.mesh import MeshSpec, Mtls, MtlsBackend
 from controlplane.store.base import ChangeEvent, ResourceStore
 
-from .builtin import BuiltinCa, builtin_settings
+from .builtin import BuiltinCa, builtin_settings, cert_secret_name, key_secret_name
 from .errors import CaError
 from .material import CaKey, CaMaterial, cert_pem, fingerprint
 from .provided import file_stamp, load_provided
@@ -79,6 +79,23 @@ def enabled_backend(mesh: Resource) -> tuple[int, MtlsBackend] | None:
             return i, b
     raise CaError(f"names backend {mtls.enabled_backend!r}, which is not among mtls.backends",
                   field="mtls.enabledBackend", mesh=mesh.meta.name, backend=mtls.enabled_backend)
+
+
+def used_secrets(mesh: Resource) -> list[str]:
+    """Names of the mesh Secrets its CA backends use (Kuma's `UsedSecrets`): the builtin CAs' pairs and the
+    secrets provided backends reference. The API can refuse to delete these while the Mesh names them."""
+    mtls = _mtls(mesh)
+    out: list[str] = []
+    for backend in mtls.backends if mtls else []:
+        if backend.type == "builtin":
+            out += [cert_secret_name(mesh.meta.name, backend.name), key_secret_name(mesh.meta.name, backend.name)]
+        else:
+            try:
+                conf = backend.provided_conf()
+            except ValueError:
+                continue
+            out += [ds.secret for ds in (conf.cert, conf.key) if ds.secret]
+    return list(dict.fromkeys(out))
 
 
 class CaManager:

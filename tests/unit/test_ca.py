@@ -33,6 +33,7 @@ from controlplane.ca import (
     issue_identity,
     key_secret_name,
     lifetime_for,
+    used_secrets,
 )
 from controlplane.ca import builtin as builtin_module
 from controlplane.resources.base import Meta, Resource, ResourceType
@@ -713,3 +714,10 @@ async def test_tls_handshake_between_identities_of_one_mesh(store: MemoryStore, 
     # and a client of another mesh does not accept our server
     ok, _ = await _handshake(server_ctx, _context(False, intruder, other_ca.trust_bundle_pem, tmp_path, "intr2"))
     assert not ok
+
+
+def test_used_secrets() -> None:
+    mesh = mesh_resource("m", [builtin("a"), provided({"secret": "c"}, {"secret": "k"}, name="p"),
+                               provided({"inlineString": "x"}, {"secret": "k"}, name="q")], "a")
+    assert used_secrets(mesh) == ["m.ca-builtin-cert-a", "m.ca-builtin-key-a", "c", "k"]
+    assert used_secrets(mesh_resource("plain")) == []
