@@ -6,16 +6,45 @@ import logging
 
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
+from controlplane.ca import CaManager
 from controlplane.config import Config
 from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
 from controlplane.store.factory import create_store
-from controlplane.tls import ensure_cp_tls
+from controlplane.tls import CpTls, ensure_cp_tls
 from controlplane.tokens.service import TokenService
+from controlplane.xds.auth import DataplaneAuthenticator
+from controlplane.xds.bootstrap_service import BootstrapService
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.dpserver import DpServer, FanoutCallbacks
+from controlplane.xds.insights import InsightsRecorder
+from controlplane.xds.lifecycle import DataplaneLifecycle
+from controlplane.xds.reconciler import Reconciler
+from controlplane.xds.server import AdsServicer
 
 log = logging.getLogger("kuma.bootstrap")
+
+
+def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService) -> None:
+    """A zone control plane serves Envoy: CA, reconciler, insights, the dp-server (ADS + bootstrap)."""
+    cfg, store = runtime.config, runtime.store
+    ca = CaManager(store)
+    cache = SnapshotCache()
+    reconciler = Reconciler(store, cache, ca)
+    insights = InsightsRecorder(store, runtime.instance_id)
+    reconciler.on_identity.append(insights.on_identity)
+    auth = DataplaneAuthenticator(store, tokens)
+    lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace)
+    ads = AdsServicer(cache, auth, FanoutCallbacks([lifecycle, insights]), nack_backoff=cfg.dp_server.nack_backoff)
+    # Envoy verifies the dp-server with the CA; with an operator's certificate and no CA file, trust that
+    # certificate itself (it must then be the one the dp-server presents).
+    bootstrap = BootstrapService(store, auth, tls.ca_pem or tls.cert_pem, api_type=cfg.dp_server.api_type)
+    for component in (ca, reconciler, insights):
+        runtime.add(component)
+    runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads, bootstrap,
+                         on_stop=lifecycle.stop))
 
 
 async def build_runtime(cfg: Config) -> Runtime:
@@ -32,6 +61,8 @@ async def build_runtime(cfg: Config) -> Runtime:
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
                          extra_routes=[TokenApi(tokens).add_routes])
     runtime.add(DiagnosticsServer(runtime))
+    if cfg.mode == "zone":
+        add_xds(runtime, tls, tokens)
     runtime.add(ApiServer(api_ctx))
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:

@@ -121,6 +121,14 @@ class ApiServerConfig:
 @dataclass
 class DpServerConfig:
     port: int = setting(5678, "port", "KUMA_DP_SERVER_PORT", check="port")
+    # Dataplanes on other hosts connect here, so every interface by default (TLS, token-authenticated).
+    interface: str = setting("0.0.0.0", "interface", "KUMA_DP_SERVER_INTERFACE", check="ip")
+    api_type: Literal["delta", "sotw"] = setting("delta", "apiType", "KUMA_DP_SERVER_API_TYPE",
+                                                 doc="xDS variant proxies are told to use")
+    nack_backoff: float = setting(5.0, "nackBackoff", "KUMA_DP_SERVER_NACK_BACKOFF", check="positive",
+                                  doc="seconds before config is resent to a proxy that rejected it")
+    dataplane_grace: float = setting(10.0, "dataplaneGracePeriod", "KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD",
+                                     check="positive", doc="seconds a disconnected kuma-dp keeps its Dataplane")
 
 
 @dataclass

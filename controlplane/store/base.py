@@ -44,7 +44,8 @@ class StoreUnavailable(StoreError):
     """The backend cannot be reached (database down); the write did not happen."""
 
 
-Op = Literal["create", "update", "delete"]
+# "resync": changes may have been missed (a postgres LISTEN connection was down): re-read everything.
+Op = Literal["create", "update", "delete", "resync"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,10 +265,11 @@ class PostgresStore(ResourceStore):
                 self._listening.set()
                 if lost_at is not None:
                     # Changes committed while we were away were not delivered to us: say so, loudly.
-                    log.warning("change listener reconnected; changes made while it was down were missed",
+                    log.warning("change listener reconnected; watchers told to resync what they missed",
                                 extra={"db": self.config.describe(), "instance": self.instance,
                                        "down_since": lost_at.isoformat()})
                     lost_at = None
+                    self.events.publish(ChangeEvent("resync", "", "", "", 0))
                 delay = 0.1
                 while True:
                     async for n in conn.notifies(timeout=self._listen_health_interval):

@@ -49,7 +49,8 @@ class BootstrapRequest:
     envoy_version: str = ""
 
     @classmethod
-    def from_json(cls, raw: bytes) -> BootstrapRequest:
+    def from_json(cls, raw: bytes, default_api_type: str = "delta") -> BootstrapRequest:
+        """Parse kuma-dp's request; `apiType` absent means the control plane's choice (KUMA_DP_SERVER_API_TYPE)."""
         try:
             doc = json.loads(raw)
         except ValueError as e:
@@ -80,9 +81,10 @@ class BootstrapRequest:
         proxy_type = doc.get("proxyType", "dataplane")
         if proxy_type not in PROXY_TYPES:
             raise BootstrapRequestError("proxyType", f"must be one of {', '.join(PROXY_TYPES)}")
-        api_type = doc.get("apiType", "delta")
+        api_type = doc.get("apiType") or default_api_type
         if api_type not in ("delta", "sotw"):
             raise BootstrapRequestError("apiType", "must be delta or sotw")
+        api: ApiType = "delta" if api_type == "delta" else "sotw"
         admin_address = text("adminAddress", required=False) or "127.0.0.1"
         try:
             if not ipaddress.ip_address(admin_address).is_loopback:
@@ -94,7 +96,7 @@ class BootstrapRequest:
             raise BootstrapRequestError("version", "must be an object")
         return cls(mesh=text("mesh"), name=text("name"), token=text("dataplaneToken"), admin_port=port("adminPort"),
                    cp_host=text("cpHost"), cp_port=port("cpPort"), dataplane=dataplane, proxy_type=proxy_type,
-                   api_type=api_type, admin_address=admin_address, dp_version=str(version.get("kumaDp", "")),
+                   api_type=api, admin_address=admin_address, dp_version=str(version.get("kumaDp", "")),
                    envoy_version=str(version.get("envoy", "")))
 
     @property

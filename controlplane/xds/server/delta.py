@@ -21,7 +21,7 @@ from typing import Any
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
 
-from ..resources import XdsResource
+from ..resources import CLUSTER, ENDPOINT, XdsResource
 from ..snapshot import WILDCARD_TYPES
 from .stream import Stream, in_type_order, is_known, log
 
@@ -137,10 +137,13 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         response = DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=nonce,
                                           removed_resources=removed)
         add = response.resources.add
+        eds = self.types.get(ENDPOINT) if type_url == CLUSTER else None
         for r in changed:
             item = add(name=r.name, version=r.hash)
             item.resource.type_url = type_url
             item.resource.value = r.body
+            if eds is not None and r.name in st.client:
+                self._rewarm(eds, r)
             st.client[r.name] = r.hash
         for name in removed:
             st.client.pop(name, None)
@@ -148,3 +151,11 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         if len(st.outstanding) > _MAX_OUTSTANDING:
             del st.outstanding[next(iter(st.outstanding))]
         await self.send(response, type_url, version, nonce, len(changed))
+
+    @staticmethod
+    def _rewarm(eds: _TypeState, cluster: XdsResource) -> None:
+        """Envoy re-warms an updated EDS cluster and waits for its ClusterLoadAssignment to be sent again even
+        when it did not change (Envoy's xDS docs, "Resource warming"): forget that the client has it."""
+        for ref in cluster.refs:
+            if ref.type_url == ENDPOINT and eds.client.pop(ref.name, None) is not None:
+                eds.dirty = True

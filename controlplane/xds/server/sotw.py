@@ -20,7 +20,7 @@ from typing import Any
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
-from ..resources import XdsResource
+from ..resources import CLUSTER, ENDPOINT, XdsResource
 from ..snapshot import WILDCARD_TYPES, Snapshot
 from .stream import Stream, in_type_order, is_known, log
 
@@ -38,6 +38,8 @@ class _TypeState:
     sent_key: Any = None  # what the last response contained
     seen_version: str | None = None  # the snapshot version the last decision looked at
     nack_until: float = 0.0
+    resend: bool = False  # answer again even if unchanged (EDS after an update of its clusters)
+    cluster_hashes: dict[str, str] | None = None  # CDS only: what the last response had (None: unknown)
 
 
 class SotwStream(Stream[DiscoveryRequest]):
@@ -99,18 +101,35 @@ class SotwStream(Stream[DiscoveryRequest]):
             if snapshot is None:
                 continue  # hold the request until the node has a snapshot
             version = snapshot.version(type_url)
-            if not st.initial and version == st.seen_version:
+            due = st.initial or st.resend
+            if not due and version == st.seen_version:
                 continue
             resources, key = self._select(snapshot, type_url, st, version)
-            if not st.initial and key == st.sent_key:
+            if not due and key == st.sent_key:
                 st.seen_version = version
                 continue
             if now < st.nack_until:
                 self.defer_until(st.nack_until)
                 continue
             st.seen_version = version
-            st.initial = False
+            st.initial = st.resend = False
+            if type_url == CLUSTER:
+                self._updated_eds_clusters(st, resources)
             await self._respond(type_url, st, version, resources, key)
+
+    def _updated_eds_clusters(self, st: _TypeState, clusters: list[XdsResource]) -> None:
+        """Envoy re-warms an updated EDS cluster and waits for a new EDS response even when its endpoints did
+        not change (Envoy's xDS docs, "Resource warming"); its EDS request then names the same resources, so
+        without this the cluster would stay warming until Envoy's initial_fetch_timeout."""
+        before, st.cluster_hashes = st.cluster_hashes, {r.name: r.hash for r in clusters}
+        eds = self.types.get(ENDPOINT)
+        if eds is None or eds.initial:
+            return
+        for r in clusters:
+            if any(ref.type_url == ENDPOINT for ref in r.refs) and (before is None or before.get(r.name, r.hash)
+                                                                   != r.hash):
+                eds.resend = True
+                return
 
     @staticmethod
     def _select(snapshot: Snapshot, type_url: str, st: _TypeState,

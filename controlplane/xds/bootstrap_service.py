@@ -1,0 +1,73 @@
+"""The bootstrap call on the dp-server port: `/kuma.vm.dp.v1.Bootstrap/Get`, JSON in and out (see
+bootstrap.py for why). Same checks as an ADS stream: token, Dataplane definition, identity."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import grpc
+
+from controlplane.resources import REGISTRY
+from controlplane.resources.codec import to_wire
+from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.store.base import NotFound, ResourceStore, StoreError
+
+from .auth import DataplaneAuthenticator
+from .bootstrap import BootstrapRequest, BootstrapRequestError, render
+from .callbacks import XdsAuthError
+
+log = logging.getLogger("kuma.xds")
+
+METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
+
+
+class BootstrapService:
+    def __init__(self, store: ResourceStore, auth: DataplaneAuthenticator, ca_pem: bytes, *,
+                 api_type: str = "delta") -> None:
+        self.store, self.auth, self.ca_pem, self.api_type = store, auth, ca_pem, api_type
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(self.get)  # bytes in, bytes out (no (de)serializers)
+        return grpc.method_handlers_generic_handler("kuma.vm.dp.v1.Bootstrap", {"Get": method})
+
+    async def get(self, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        try:
+            req = BootstrapRequest.from_json(raw, self.api_type)
+        except BootstrapRequestError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bootstrap request: {e}")
+            raise  # unreachable: abort raises
+        if req.dataplane is not None and req.dataplane.get("name", req.name) != req.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"the Dataplane definition names {req.dataplane.get('name')!r} but the request is "
+                                f"for {req.name!r}")
+        if not await self._mesh_exists(req.mesh):
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"mesh {req.mesh!r} does not exist: create it first (kumactl apply)")
+        try:
+            caller = await self.auth.identify(req.mesh, req.name, req.token, req.dataplane)
+        except XdsAuthError as e:
+            log.warning("bootstrap refused", extra={"mesh": req.mesh, "dataplane": req.name, "reason": e.message})
+            await context.abort(e.code, e.message)
+            raise
+        except StoreError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane store unavailable: {e}")
+            raise
+        spec = caller.dataplane.spec
+        assert isinstance(spec, DataplaneSpec)
+        services = spec.services()
+        dataplane_json = json.dumps(to_wire(caller.dataplane)) if caller.registering else None
+        bootstrap = render(req, ca_pem=self.ca_pem, service=services[0] if services else req.name,
+                           dataplane_json=dataplane_json)
+        log.info("bootstrap served", extra={"mesh": req.mesh, "dataplane": req.name, "api": req.api_type})
+        return json.dumps({"nodeId": req.node_id, "bootstrap": bootstrap}).encode()
+
+    async def _mesh_exists(self, mesh: str) -> bool:
+        mesh_type = REGISTRY.by_name("Mesh")
+        assert mesh_type is not None
+        try:
+            await self.store.get(mesh_type, mesh)
+            return True
+        except NotFound:
+            return False

@@ -1,0 +1,86 @@
+"""The dp-server component: one TLS gRPC port (5678) serving ADS (SotW + Delta) and the bootstrap call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from envoy.config.core.v3.base_pb2 import Node
+
+from .bootstrap_service import BootstrapService
+from .server import AdsServicer
+
+log = logging.getLogger("kuma.xds")
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # Envoy pings every 10 s (bootstrap)
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class FanoutCallbacks:
+    """Several StreamCallbacks as one, called in order."""
+
+    def __init__(self, targets: Sequence[Any]) -> None:
+        self.targets = list(targets)
+
+    def on_stream_open(self, stream_id: int, node_id: str, node: Node) -> None:
+        for t in self.targets:
+            t.on_stream_open(stream_id, node_id, node)
+
+    def on_stream_closed(self, stream_id: int, node_id: str) -> None:
+        for t in self.targets:
+            t.on_stream_closed(stream_id, node_id)
+
+    def on_response_sent(self, node_id: str, type_url: str, version: str, nonce: str, resource_count: int,
+                         byte_count: int) -> None:
+        for t in self.targets:
+            t.on_response_sent(node_id, type_url, version, nonce, resource_count, byte_count)
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        for t in self.targets:
+            t.on_ack(node_id, type_url, version)
+
+    def on_nack(self, node_id: str, type_url: str, version: str, error_detail: str) -> None:
+        for t in self.targets:
+            t.on_nack(node_id, type_url, version, error_detail)
+
+
+class DpServer:
+    name = "dp-server"
+
+    def __init__(self, interface: str, port: int, key_cert_pairs: Sequence[tuple[bytes, bytes]], ads: AdsServicer,
+                 bootstrap: BootstrapService, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.interface, self.port, self.on_stop = interface, port, on_stop
+        self.key_cert_pairs, self.ads, self.bootstrap = list(key_cert_pairs), ads, bootstrap
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=GRPC_OPTIONS)
+        self.ads.add_to_server(server)
+        server.add_generic_rpc_handlers([self.bootstrap.handler()])
+        address = f"{self.interface}:{self.port}"
+        try:
+            bound = server.add_secure_port(address, grpc.ssl_server_credentials(self.key_cert_pairs))
+        except RuntimeError as e:
+            raise RuntimeError(f"cannot listen on {address} for the dp-server: {e}; is another kuma-cp running? "
+                               "change KUMA_DP_SERVER_PORT") from e
+        if bound == 0:
+            raise RuntimeError(f"cannot listen on {address} for the dp-server (port in use?): change "
+                               "KUMA_DP_SERVER_PORT")
+        await server.start()
+        self._server = server
+        log.info("dp-server listening", extra={"address": address, "tls": True})
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            # Stage one: stop accepting, give streams a moment; Envoys keep their config and reconnect.
+            await self._server.stop(grace=1.0)
+            self._server = None
+        if self.on_stop is not None:
+            await self.on_stop()

@@ -1,0 +1,178 @@
+"""DataplaneInsight upkeep: stream callbacks update an in-memory record per dataplane; a flusher writes the
+changed ones to the store at most once per interval (an ACK per proxy per push must not be a store write)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from envoy.config.core.v3.base_pb2 import Node
+from google.protobuf import json_format
+
+from controlplane.ca import IdentityCert
+from controlplane.resources import REGISTRY, Meta, Resource
+from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
+
+from .bootstrap import split_node_id
+from .resources import SHORT_NAMES
+
+log = logging.getLogger("kuma.xds")
+
+MAX_SUBSCRIPTIONS = 5
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class _Record:
+    doc: dict[str, Any] = field(default_factory=lambda: {"subscriptions": []})
+    dirty: bool = True
+    acked: dict[str, str] = field(default_factory=dict)
+
+
+class InsightsRecorder:
+    name = "dataplane-insights"
+
+    def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0) -> None:
+        self.store, self.instance_id, self.interval = store, instance_id, interval
+        self._records: dict[str, _Record] = {}
+        self._stream_sub: dict[int, dict[str, Any]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # --- StreamCallbacks -----------------------------------------------------------------------------------------
+
+    def _record(self, node_id: str) -> _Record:
+        rec = self._records.get(node_id)
+        if rec is None:
+            rec = self._records[node_id] = _Record()
+        return rec
+
+    def _current(self, node_id: str) -> dict[str, Any] | None:
+        subs = self._record(node_id).doc["subscriptions"]
+        return subs[-1] if subs else None
+
+    def _touch(self, node_id: str) -> None:
+        self._record(node_id).dirty = True
+        self._wake.set()
+
+    def on_stream_open(self, stream_id: int, node_id: str, node: Node) -> None:
+        meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
+        sub: dict[str, Any] = {
+            "id": str(stream_id), "controlPlaneInstanceId": self.instance_id, "connectTime": _now(),
+            "status": {"lastUpdateTime": _now()},
+        }
+        if meta.get("kuma.io/dp-version"):
+            sub["kumaDpVersion"] = str(meta["kuma.io/dp-version"])
+        if node.user_agent_build_version.HasField("version"):
+            v = node.user_agent_build_version.version
+            sub["envoyVersion"] = f"{v.major_number}.{v.minor_number}.{v.patch}"
+        subs = self._record(node_id).doc["subscriptions"]
+        subs.append(sub)
+        del subs[:-MAX_SUBSCRIPTIONS]
+        self._stream_sub[stream_id] = sub
+        self._touch(node_id)
+
+    def on_stream_closed(self, stream_id: int, node_id: str) -> None:
+        sub = self._stream_sub.pop(stream_id, None)
+        if sub is not None:
+            sub["disconnectTime"] = _now()
+            self._touch(node_id)
+
+    def _count(self, node_id: str, type_url: str, counter: str) -> dict[str, Any] | None:
+        sub = self._current(node_id)
+        if sub is None:
+            return None
+        status = sub.setdefault("status", {})
+        status["lastUpdateTime"] = _now()
+        for key in ("total", SHORT_NAMES.get(type_url, "other")[:3].lower()):
+            bucket = status.setdefault(key, {})
+            bucket[counter] = bucket.get(counter, 0) + 1
+        self._touch(node_id)
+        return sub
+
+    def on_response_sent(self, node_id: str, type_url: str, version: str, nonce: str, resource_count: int,
+                         byte_count: int) -> None:
+        self._count(node_id, type_url, "responsesSent")
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        sub = self._count(node_id, type_url, "responsesAcknowledged")
+        rec = self._record(node_id)
+        rec.acked[SHORT_NAMES.get(type_url, type_url)] = version
+        if sub is not None:
+            sub["configVersion"] = ",".join(f"{k}:{v}" for k, v in sorted(rec.acked.items()))
+
+    def on_nack(self, node_id: str, type_url: str, version: str, error_detail: str) -> None:
+        sub = self._count(node_id, type_url, "responsesRejected")
+        if sub is not None:
+            sub["lastNack"] = {"type": SHORT_NAMES.get(type_url, type_url), "version": version,
+                               "errorDetail": error_detail[:2000], "time": _now()}
+
+    def on_identity(self, node_id: str, cert: IdentityCert) -> None:
+        doc = self._record(node_id).doc
+        mtls = doc.setdefault("mTLS", {"certificateRegenerations": 0})
+        expiry = cert.not_after.isoformat().replace("+00:00", "Z")
+        if mtls.get("certificateExpirationTime") != expiry:
+            mtls["certificateExpirationTime"] = expiry
+            mtls["lastCertificateRegeneration"] = cert.issued_at.isoformat().replace("+00:00", "Z")
+            mtls["certificateRegenerations"] = mtls.get("certificateRegenerations", 0) + 1
+            self._touch(node_id)
+
+    # --- flushing ------------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="insights-flush")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        # Record disconnects we know of before going away (best effort: the store may be closing).
+        with contextlib.suppress(Exception):
+            for sub in self._stream_sub.values():
+                sub["disconnectTime"] = _now()
+            for rec in self._records.values():
+                rec.dirty = True
+            await asyncio.wait_for(self.flush(), 2)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing dataplane insights failed; will retry")
+            await asyncio.sleep(self.interval)
+
+    async def flush(self) -> None:
+        rtype = REGISTRY.by_name("DataplaneInsight")
+        assert rtype is not None
+        for node_id, rec in list(self._records.items()):
+            if not rec.dirty:
+                continue
+            rec.dirty = False
+            try:
+                mesh, name = split_node_id(node_id)
+            except ValueError:
+                continue
+            spec = DataplaneInsightSpec.model_validate(rec.doc)
+            try:
+                try:
+                    current = await self.store.get(rtype, name, mesh)
+                    await self.store.update(Resource(rtype, current.meta, spec))
+                except NotFound:
+                    await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))
+            except (AlreadyExists, Conflict):
+                rec.dirty = True  # raced another writer: next round
+                self._wake.set()
+            except MeshNotFound:
+                self._records.pop(node_id, None)  # the mesh is gone, and its dataplanes with it

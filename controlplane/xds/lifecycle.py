@@ -1,0 +1,138 @@
+"""Dataplane lifecycle on ADS streams (Kuma's behaviour):
+
+- a kuma-dp that sent its own Dataplane definition registers it when its Envoy connects: created, or updated
+  if it exists; created ones are labelled `kuma.io/managed-by: kuma-dp`;
+- when the last stream of such a dataplane closes, it is deleted after a grace period (Kuma: 10 s), unless
+  it reconnected meanwhile; a Dataplane an operator created through the API is never deleted this way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from envoy.config.core.v3.base_pb2 import Node
+
+from controlplane.resources import REGISTRY, Resource
+from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
+
+from .auth import Caller, DataplaneAuthenticator
+from .reconciler import Reconciler
+
+log = logging.getLogger("kuma.xds")
+
+MANAGED_LABEL = "kuma.io/managed-by"
+MANAGED_VALUE = "kuma-dp"
+
+
+class DataplaneLifecycle:
+    def __init__(self, store: ResourceStore, auth: DataplaneAuthenticator, reconciler: Reconciler, *,
+                 grace: float = 10.0) -> None:
+        self.store, self.auth, self.reconciler, self.grace = store, auth, reconciler, grace
+        self._streams: dict[str, set[int]] = {}
+        self._pending_delete: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- StreamCallbacks -----------------------------------------------------------------------------------------
+
+    def on_stream_open(self, stream_id: int, node_id: str, node: Node) -> None:
+        self._streams.setdefault(node_id, set()).add(stream_id)
+        pending = self._pending_delete.pop(node_id, None)
+        if pending is not None:
+            pending.cancel()
+        caller = self.auth.callers.get(node_id)
+        if caller is not None and caller.registering:
+            self._spawn(self._register(caller), f"register {node_id}")
+        self.reconciler.proxy_connected(node_id)
+
+    def on_stream_closed(self, stream_id: int, node_id: str) -> None:
+        streams = self._streams.get(node_id, set())
+        streams.discard(stream_id)
+        self.reconciler.proxy_disconnected(node_id)
+        if streams:
+            return
+        self._streams.pop(node_id, None)
+        caller = self.auth.callers.get(node_id)
+        if caller is not None and caller.registering:
+            self._pending_delete[node_id] = self._spawn(self._delete_later(caller, node_id), f"unregister {node_id}")
+
+    def on_response_sent(self, *args: object) -> None:
+        pass
+
+    def on_ack(self, *args: object) -> None:
+        pass
+
+    def on_nack(self, *args: object) -> None:
+        pass
+
+    # --- store work ----------------------------------------------------------------------------------------------
+
+    async def _register(self, caller: Caller) -> None:
+        dp_type = REGISTRY.by_name("Dataplane")
+        assert dp_type is not None
+        wanted = caller.dataplane
+        for _ in range(5):
+            try:
+                current = await self.store.get(dp_type, caller.name, caller.mesh)
+            except NotFound:
+                try:
+                    labels = {**wanted.meta.labels, MANAGED_LABEL: MANAGED_VALUE}
+                    await self.store.create(wanted.with_meta(labels=labels, version=0))
+                    log.info("dataplane registered", extra={"mesh": caller.mesh, "dataplane": caller.name})
+                    return
+                except AlreadyExists:
+                    continue
+                except MeshNotFound as e:
+                    log.error("dataplane not registered", extra={"mesh": caller.mesh, "dataplane": caller.name,
+                                                                 "error": str(e)})
+                    return
+            labels = dict(wanted.meta.labels)
+            if current.meta.labels.get(MANAGED_LABEL) == MANAGED_VALUE:
+                labels[MANAGED_LABEL] = MANAGED_VALUE
+            if current.spec == wanted.spec and dict(current.meta.labels) == labels:
+                return
+            try:
+                await self.store.update(_replace(wanted, labels, current.meta.version))
+                log.info("dataplane updated on connect", extra={"mesh": caller.mesh, "dataplane": caller.name})
+                return
+            except (Conflict, NotFound):
+                continue
+        log.error("dataplane kept changing while being registered; giving up",
+                  extra={"mesh": caller.mesh, "dataplane": caller.name})
+
+    async def _delete_later(self, caller: Caller, node_id: str) -> None:
+        await asyncio.sleep(self.grace)
+        self._pending_delete.pop(node_id, None)
+        if node_id in self._streams:
+            return
+        dp_type = REGISTRY.by_name("Dataplane")
+        assert dp_type is not None
+        try:
+            current = await self.store.get(dp_type, caller.name, caller.mesh)
+            if current.meta.labels.get(MANAGED_LABEL) != MANAGED_VALUE:
+                return  # an operator's Dataplane: theirs to delete
+            await self.store.delete(dp_type, caller.name, caller.mesh, version=current.meta.version)
+            log.info("dataplane unregistered after disconnect",
+                     extra={"mesh": caller.mesh, "dataplane": caller.name, "grace_s": self.grace})
+        except (NotFound, Conflict):
+            pass  # gone already, or changed meanwhile (re-registered): leave it
+        self.auth.callers.pop(node_id, None)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _replace(wanted: Resource, labels: dict[str, str], version: int) -> Resource:
+    return wanted.with_meta(labels=labels, version=version)
