@@ -6,7 +6,9 @@ client has: seeded from `initial_resource_versions` on a reconnect, updated with
 carries only resources whose hash differs from the client's, and `removed_resources` for those the client
 has that are gone from the snapshot or no longer subscribed; `system_version_info` is the snapshot's type
 version. A type with nothing to add or remove gets no response, except the first wildcard request of a
-client that has nothing yet (so it can finish initialising even when there are no resources).
+client that has nothing yet (so it can finish initialising even when there are no resources). When a response
+updates an EDS cluster the client had, its ClusterLoadAssignment is sent again even if unchanged: Envoy
+re-warms the cluster and waits for it.
 
 Subscription changes are applied from every request. A request's `response_nonce` ACKs (or, with
 `error_detail`, NACKs) the response with that nonce and settles older ones; an unknown nonce is ignored for
@@ -51,6 +53,7 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.types: dict[str, _TypeState] = {}
+        self._rewarm_later: set[str] = set()  # CLAs of updated clusters, for an EDS subscription yet to come
 
     def on_request(self, request: DeltaDiscoveryRequest) -> None:
         type_url = request.type_url
@@ -63,6 +66,10 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
             st = self.types[type_url] = _TypeState(client=dict(request.initial_resource_versions))
             st.wildcard = type_url in WILDCARD_TYPES and not request.resource_names_subscribe
             st.force = st.wildcard and not request.initial_resource_versions
+            if type_url == ENDPOINT and self._rewarm_later:
+                for name in self._rewarm_later:
+                    st.client.pop(name, None)
+                self._rewarm_later.clear()
 
         nonce = request.response_nonce
         if nonce:
@@ -137,13 +144,12 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         response = DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=nonce,
                                           removed_resources=removed)
         add = response.resources.add
-        eds = self.types.get(ENDPOINT) if type_url == CLUSTER else None
         for r in changed:
             item = add(name=r.name, version=r.hash)
             item.resource.type_url = type_url
             item.resource.value = r.body
-            if eds is not None and r.name in st.client:
-                self._rewarm(eds, r)
+            if type_url == CLUSTER and r.name in st.client:
+                self._rewarm(r)
             st.client[r.name] = r.hash
         for name in removed:
             st.client.pop(name, None)
@@ -152,10 +158,15 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
             del st.outstanding[next(iter(st.outstanding))]
         await self.send(response, type_url, version, nonce, len(changed))
 
-    @staticmethod
-    def _rewarm(eds: _TypeState, cluster: XdsResource) -> None:
+    def _rewarm(self, cluster: XdsResource) -> None:
         """Envoy re-warms an updated EDS cluster and waits for its ClusterLoadAssignment to be sent again even
         when it did not change (Envoy's xDS docs, "Resource warming"): forget that the client has it."""
+        eds = self.types.get(ENDPOINT)
         for ref in cluster.refs:
-            if ref.type_url == ENDPOINT and eds.client.pop(ref.name, None) is not None:
+            if ref.type_url != ENDPOINT:
+                continue
+            if eds is None:  # a reconnect: EDS is not subscribed yet on this stream
+                if len(self._rewarm_later) < 100_000:
+                    self._rewarm_later.add(ref.name)
+            elif eds.client.pop(ref.name, None) is not None:
                 eds.dirty = True

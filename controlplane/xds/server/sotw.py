@@ -6,7 +6,9 @@ hashes for a named one). A response goes out when:
 
 - the type's first request arrives (once the node has a snapshot: until then the request is held), or
 - what the client should have differs from what it was last sent: a new snapshot version of a wildcard type;
-  for named types (EDS, RDS, SDS), a change in the requested names or in one of the requested resources.
+  for named types (EDS, RDS, SDS), a change in the requested names or in one of the requested resources;
+- (EDS only) a CDS response updated an EDS cluster: Envoy re-warms it and waits for a fresh EDS response even
+  when the endpoints did not change, so EDS is sent again right after CDS.
 
 A request whose `response_nonce` is not the latest nonce sent for its type is stale and ignored (the client
 will send the current one). A non-stale request with `error_detail` is a NACK: it is recorded, the rejected
