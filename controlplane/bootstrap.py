@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from controlplane.api.checks import WriteChecks
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
 from controlplane.ca import CaManager
@@ -27,10 +28,9 @@ from controlplane.xds.server import AdsServicer
 log = logging.getLogger("kuma.bootstrap")
 
 
-def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService) -> None:
-    """A zone control plane serves Envoy: CA, reconciler, insights, the dp-server (ADS + bootstrap)."""
+def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager) -> None:
+    """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS + bootstrap)."""
     cfg, store = runtime.config, runtime.store
-    ca = CaManager(store)
     cache = SnapshotCache()
     reconciler = Reconciler(store, cache, ca)
     insights = InsightsRecorder(store, runtime.instance_id)
@@ -41,7 +41,7 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService) -> None:
     # Envoy verifies the dp-server with the CA; with an operator's certificate and no CA file, trust that
     # certificate itself (it must then be the one the dp-server presents).
     bootstrap = BootstrapService(store, auth, tls.ca_pem or tls.cert_pem, api_type=cfg.dp_server.api_type)
-    for component in (ca, reconciler, insights):
+    for component in (reconciler, insights):
         runtime.add(component)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads, bootstrap,
                          on_stop=lifecycle.stop))
@@ -57,12 +57,14 @@ async def build_runtime(cfg: Config) -> Runtime:
                         ca_file=cfg.general.tls_ca_file)
     runtime = Runtime(config=cfg, store=store, elector=store.leader_elector())
     tokens = TokenService(store)
+    ca = CaManager(store)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
-                         extra_routes=[TokenApi(tokens).add_routes])
+                         extra_routes=[TokenApi(tokens).add_routes], checks=WriteChecks(store, ca))
     runtime.add(DiagnosticsServer(runtime))
+    runtime.add(ca)
     if cfg.mode == "zone":
-        add_xds(runtime, tls, tokens)
+        add_xds(runtime, tls, tokens, ca)
     runtime.add(ApiServer(api_ctx))
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:

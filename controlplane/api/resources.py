@@ -22,10 +22,11 @@ from aiohttp import web
 
 from controlplane.resources.base import Registry, Resource, ResourceType, Scope
 from controlplane.resources.codec import from_wire, to_wire
-from controlplane.resources.errors import InvalidParameter
+from controlplane.resources.errors import InvalidParameter, ResourceValidationError
 from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound, ResourceStore
 
 from .auth import identity_of, require_admin
+from .checks import WriteChecks
 from .errors import ApiError
 
 log = logging.getLogger("kuma.api")
@@ -36,8 +37,9 @@ UNCONDITIONAL_RETRIES = 5
 
 
 class ResourceApi:
-    def __init__(self, store: ResourceStore, registry: Registry, *, read_only: bool = False) -> None:
-        self.store, self.registry, self.read_only = store, registry, read_only
+    def __init__(self, store: ResourceStore, registry: Registry, *, read_only: bool = False,
+                 checks: WriteChecks | None = None) -> None:
+        self.store, self.registry, self.read_only, self.checks = store, registry, read_only, checks
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/meshes/{mesh}/{plural}", self.list_in_mesh)
@@ -124,8 +126,14 @@ class ResourceApi:
         self._writable(request, rtype)
         doc = await read_document(request)
         resource = from_wire(doc, self.registry, rtype=rtype, name=name, mesh=mesh or None)
+        if self.checks is not None:
+            problems = await self.checks.before_write(resource)
+            if problems:
+                raise ResourceValidationError(problems)
         expected = _if_match(request)
         stored, created = await self.upsert(resource, expected)
+        if self.checks is not None:
+            await self.checks.after_write(stored)
         log.info("resource created" if created else "resource updated",
                  extra={"type": rtype.name, "mesh": mesh or None, "resource": name, "version": stored.meta.version,
                         "user": identity_of(request).name})
@@ -167,6 +175,10 @@ class ResourceApi:
 
     async def _delete(self, request: web.Request, rtype: ResourceType, name: str, mesh: str) -> web.Response:
         self._writable(request, rtype)
+        if self.checks is not None:
+            refusal = await self.checks.before_delete(rtype, name, mesh)
+            if refusal:
+                raise ApiError(409, "Resource in use", refusal)
         await self.store.delete(rtype, name, mesh, version=_if_match(request))
         log.info("resource deleted", extra={"type": rtype.name, "mesh": mesh or None, "resource": name,
                                             "user": identity_of(request).name})

@@ -17,6 +17,7 @@ from controlplane.store.base import ResourceStore
 
 from . import openapi
 from .auth import Authenticator, local_admin_middleware, token_middleware
+from .checks import WriteChecks
 from .errors import MAX_BODY_BYTES, error_middleware
 from .insights import InsightsApi
 from .ratelimit import RateLimiter
@@ -34,6 +35,7 @@ class ApiContext:
     authenticate: Authenticator
     ssl_context: ssl.SSLContext | None
     extra_routes: list[Any]  # callables taking the app: other components' endpoints (tokens, ...)
+    checks: WriteChecks | None = None
 
 
 def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
@@ -60,7 +62,7 @@ def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
         add(app)
     InsightsApi(ctx.store, ctx.registry).add_routes(app)
     # Last: its /{plural}/{name} patterns would otherwise shadow the fixed paths above.
-    ResourceApi(ctx.store, ctx.registry, read_only=cfg.read_only).add_routes(app)
+    ResourceApi(ctx.store, ctx.registry, read_only=cfg.read_only, checks=ctx.checks).add_routes(app)
     return app
 
 

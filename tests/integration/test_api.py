@@ -209,3 +209,25 @@ def test_mesh_insights_and_overview(api: Callable[..., Reply]) -> None:
     overview = api("GET", "/meshes/default/dataplanes/_overview").json
     item = next(i for i in overview["items"] if i["name"] == "ov-1")
     assert item["status"] == "offline"  # no Envoy has connected: offline is the truth
+
+
+def test_broken_provided_ca_is_refused_at_the_api(api: Callable[..., Reply]) -> None:
+    mesh = {"type": "Mesh", "name": "m-provided", "mtls": {"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "provided",
+         "conf": {"cert": {"secret": "missing-cert"}, "key": {"secret": "missing-key"}}}]}}
+    r = api("PUT", "/meshes/m-provided", mesh)
+    assert r.status == 400
+    assert any(f.startswith("mtls.backends[0].conf.cert") for f in r.fields), r.fields
+    assert api("GET", "/meshes/m-provided").status == 404
+
+
+def test_ca_secrets_in_use_cannot_be_deleted(api: Callable[..., Reply]) -> None:
+    mesh = {"type": "Mesh", "name": "m-builtin", "mtls": {"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "builtin"}]}}
+    assert api("PUT", "/meshes/m-builtin", mesh).status == 201
+    # The builtin CA exists as soon as the mesh does (Kuma's names for its secrets).
+    name = "m-builtin.ca-builtin-cert-ca-1"
+    assert api("GET", f"/meshes/m-builtin/secrets/{name}").status == 200
+    r = api("DELETE", f"/meshes/m-builtin/secrets/{name}")
+    assert r.status == 409 and "used by a CA backend" in r.json["details"]
+    assert api("DELETE", "/meshes/m-builtin").status == 200  # the mesh (and its secrets) can go

@@ -1,0 +1,41 @@
+"""Checks the API runs beyond a resource's own validation, where the answer needs the store:
+a Mesh's CA backends must be usable (so a broken CA is refused here, not NACKed by every Envoy later), and
+a Secret a Mesh's CA uses cannot be deleted while the Mesh names it."""
+
+from __future__ import annotations
+
+from controlplane.ca import CaManager, used_secrets
+from controlplane.resources import REGISTRY, Resource, ResourceType
+from controlplane.resources.errors import InvalidParameter
+from controlplane.store.base import NotFound, ResourceStore
+
+
+class WriteChecks:
+    def __init__(self, store: ResourceStore, ca: CaManager) -> None:
+        self.store, self.ca = store, ca
+
+    async def before_write(self, resource: Resource) -> list[InvalidParameter]:
+        if resource.type.name == "Mesh":
+            return await self.ca.validate_backend(resource)
+        return []
+
+    async def after_write(self, resource: Resource) -> None:
+        """A mesh's builtin CAs exist as soon as the mesh does (Kuma's EnsureBackends), so the first proxy
+        doesn't wait for key generation and the CA secrets are visible to operators."""
+        if resource.type.name == "Mesh":
+            await self.ca.ensure_backends(resource)
+
+    async def before_delete(self, rtype: ResourceType, name: str, mesh: str) -> str | None:
+        """A reason to refuse the delete, or None."""
+        if rtype.name != "Secret":
+            return None
+        mesh_type = REGISTRY.by_name("Mesh")
+        assert mesh_type is not None
+        try:
+            owner = await self.store.get(mesh_type, mesh)
+        except NotFound:
+            return None
+        if name in used_secrets(owner):
+            return (f"secret {name!r} is used by a CA backend of mesh {mesh!r}: remove it from the mesh's mtls "
+                    "backends first")
+        return None
