@@ -3,7 +3,7 @@
 Every answer is JSON (except HEAD, which has no body):
 
     {"service": NAME, "instance": "host:port", "method": ..., "path": ..., "query": ...,
-     "headers": {lower-case name: value, ...}, "body": request body as text}
+     "headers": {lower-case name: value, ...}, "body": request body as text, "status": status sent}
 
 so a test can tell which instance answered and which headers (e.g. `x-forwarded-client-cert`) arrived.
 The response also carries `x-echo-service` and `x-echo-instance` headers.
@@ -70,6 +70,14 @@ class EchoHandler(BaseHTTPRequestHandler):
             return b"".join(chunks)
         return b""
 
+    def _headers_dict(self) -> dict[str, str]:
+        """Request headers by lower-case name; repeated headers joined with ", " (as HTTP allows)."""
+        out: dict[str, str] = {}
+        for name, value in self.headers.items():
+            key = name.lower()
+            out[key] = f"{out[key]}, {value}" if key in out else value
+        return out
+
     def _handle(self) -> None:
         body = self._body()
         url = urlsplit(self.path)
@@ -110,7 +118,7 @@ class EchoHandler(BaseHTTPRequestHandler):
             "method": self.command,
             "path": url.path,
             "query": url.query,
-            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "headers": self._headers_dict(),
             "body": body.decode("utf-8", "replace"),
             "status": status,
         }

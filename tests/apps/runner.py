@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,7 @@ class App:
     port: int
     proc: subprocess.Popen[bytes]
     log_file: Path
+    _owned_dir: Path | None = field(default=None, repr=False)
     _stopped: bool = field(default=False, repr=False)
     returncode: int | None = None
 
@@ -97,6 +99,8 @@ class App:
                     os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout)
         self.returncode = self.proc.returncode
+        if self._owned_dir is not None:
+            shutil.rmtree(self._owned_dir, ignore_errors=True)
         return self.returncode
 
     def __enter__(self) -> App:
@@ -116,8 +120,8 @@ def start_app(module: str, *args: str, port: int | None = None, host: str = "127
     """Run `python -m module --port PORT [--host HOST] *args` and wait until the port accepts connections.
 
     `--host` is passed only when `host` is not 127.0.0.1 (the apps' default). The app's stdout/stderr go to
-    `<log_dir>/<name>-<port>.log` (a temporary directory if `log_dir` is None). On failure the process is
-    stopped and the error carries its log.
+    `<log_dir>/<name>-<port>.log` (with `log_dir=None`, a temporary directory removed by `stop()`). On failure
+    the process is stopped and the error carries its log.
     """
     module = _module_name(module)
     port = free_port(host) if port is None else port
@@ -125,7 +129,9 @@ def start_app(module: str, *args: str, port: int | None = None, host: str = "127
     if host != "127.0.0.1":
         argv += ["--host", host]
     argv += [str(a) for a in args]
-    directory = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="kuma-vm-app-"))
+    owned = None if log_dir is not None else Path(tempfile.mkdtemp(prefix="kuma-vm-app-"))
+    directory = Path(log_dir) if log_dir is not None else owned
+    assert directory is not None
     directory.mkdir(parents=True, exist_ok=True)
     log_file = directory / f"{module.rsplit('.', 1)[-1]}-{port}.log"
     full_env = dict(os.environ)
@@ -135,7 +141,7 @@ def start_app(module: str, *args: str, port: int | None = None, host: str = "127
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=full_env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    app = App(module=module, host=host, port=port, proc=proc, log_file=log_file)
+    app = App(module=module, host=host, port=port, proc=proc, log_file=log_file, _owned_dir=owned)
     deadline = time.monotonic() + timeout
     try:
         while True:

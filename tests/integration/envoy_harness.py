@@ -43,6 +43,7 @@ import signal
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ class EnvoyProcess:
     bootstrap_file: Path
     log_file: Path
     admin_address_file: Path
+    base_id_file: Path
     proc: subprocess.Popen[bytes]
     argv: list[str]
     _admin_url: str | None = field(default=None, repr=False)
@@ -155,7 +157,22 @@ class EnvoyProcess:
                     os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout)
         self.returncode = self.proc.returncode
+        self._remove_shared_memory()
         return self.returncode
+
+    def _remove_shared_memory(self) -> None:
+        """Delete the hot-restart shared memory file Envoy leaves behind, even after a clean exit.
+
+        Envoy names it `envoy_shared_memory_<base_id * 10 + restart_epoch>` (in /dev/shm on Linux) and does
+        not unlink it; with a dynamic base id per run they would pile up. The base id is the one this process
+        wrote to its own `--base-id-path`, so only this Envoy's file is touched.
+        """
+        try:
+            base_id = int(self.base_id_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        with contextlib.suppress(OSError):
+            (Path("/dev/shm") / f"envoy_shared_memory_{base_id * 10}").unlink()
 
     def __enter__(self) -> EnvoyProcess:
         return self
@@ -240,7 +257,7 @@ class EnvoyProcess:
         """
         query = "/stats?format=json"
         if filter:
-            query += "&filter=" + urllib.request.quote(filter, safe="")
+            query += "&filter=" + urllib.parse.quote(filter, safe="")
         data = self.admin_json(query)
         out: dict[str, Any] = {}
         for entry in data.get("stats", []):
@@ -296,7 +313,9 @@ class EnvoyProcess:
                 if name_or_address in (name, address):
                     return name, address
             return None
-        return self.wait_for(find, timeout=timeout, message=f"listener {name_or_address}")
+        found = self.wait_for(find, timeout=timeout, message=f"listener {name_or_address}")
+        assert found is not None
+        return found
 
     def wait_stat(self, name: str, predicate: Callable[[Any], bool], timeout: float = 10.0) -> Any:
         """Wait until `predicate(stat(name))` holds; returns the value."""
@@ -349,11 +368,12 @@ def start_envoy(bootstrap: dict[str, Any], tmp_path: str | os.PathLike[str], *,
     bootstrap_file = directory / "bootstrap.yaml"
     bootstrap_file.write_text(yaml.safe_dump(config, sort_keys=False))
     admin_address_file = directory / "admin-address"
+    base_id_file = directory / "base-id"
     log_file = directory / "envoy.log"
     argv = [str(find_envoy(binary)),
             "-c", str(bootstrap_file),
             "-l", log_level,
-            "--use-dynamic-base-id", "--base-id-path", str(directory / "base-id"),
+            "--use-dynamic-base-id", "--base-id-path", str(base_id_file),
             "--drain-time-s", "1",
             "--admin-address-path", str(admin_address_file)]
     if concurrency is not None:
@@ -363,7 +383,7 @@ def start_envoy(bootstrap: dict[str, Any], tmp_path: str | os.PathLike[str], *,
         proc = subprocess.Popen(argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     envoy = EnvoyProcess(dir=directory, bootstrap_file=bootstrap_file, log_file=log_file,
-                         admin_address_file=admin_address_file, proc=proc, argv=argv)
+                         admin_address_file=admin_address_file, base_id_file=base_id_file, proc=proc, argv=argv)
     deadline = time.monotonic() + timeout
     try:
         while True:
@@ -398,7 +418,10 @@ def envoy_factory(tmp_path: Path) -> Iterator[Callable[..., EnvoyProcess]]:
         yield factory
     finally:
         for envoy in reversed(started):
-            envoy.stop()
+            status = envoy.stop()
+            # Captured output: pytest shows it only when the test fails.
+            print(f"--- Envoy pid {envoy.pid} exited {status}; log {envoy.log_file} (tail) ---\n"
+                  f"{envoy.log(tail=20)}")
 
 
 # -- static bootstrap builders -----------------------------------------------------------------------------
