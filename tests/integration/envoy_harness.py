@@ -10,8 +10,10 @@
 Envoys coexist on one machine), `-l LEVEL`, `--drain-time-s 1`, `--concurrency N` and
 `--admin-address-path`. If the bootstrap's admin address is missing or has port 0, Envoy binds a free
 loopback port itself and reports it through the admin-address file (no race with other tests picking ports).
-Envoy's stdout and stderr go to `<dir>/envoy.log`, never to pytest's output. It returns once the admin
-`/ready` answers `LIVE`, and raises `EnvoyStartError` with the log tail if Envoy exits or times out first.
+Envoy's stdout and stderr go to `<dir>/envoy.log`, not to pytest's output (`envoy_factory` prints each
+Envoy's log tail at teardown into the captured output, which pytest shows only for a failed test). It
+returns once the admin `/ready` answers `LIVE`, and raises `EnvoyStartError` with the log tail if Envoy exits
+or times out first.
 
 An `EnvoyProcess` has `.admin_url`, `.pid`, `.dir`, `.log_file`, `.bootstrap_file`, and:
     admin(path) -> str / admin_json(path) / admin_post(path)       raw admin access
@@ -24,7 +26,13 @@ An `EnvoyProcess` has `.admin_url`, `.pid`, `.dir`, `.log_file`, `.bootstrap_fil
     wait_for(predicate, timeout=10.0, message=None) -> the predicate's first truthy value
     wait_listener(name_or_address, timeout=10.0) -> (name, address)
     wait_stat(name, predicate, timeout=10.0) -> value
+    ready() -> bool, server_info() -> dict
     log(tail=None) -> str, alive(), stop(timeout=10.0) -> exit status; a context manager.
+`stop()` sends SIGTERM by PID (SIGKILL after the timeout) and then deletes the hot-restart shared memory file
+Envoy leaves in /dev/shm even after a clean exit (only this Envoy's, named from its base-id file).
+
+`http_get(url, method=, data=, headers=, timeout=)` -> (status, headers, body): a request that ignores *_proxy
+variables and returns HTTP error answers instead of raising.
 
 `app_factory` (tests.apps.runner) is re-exported so conftest.py can import both fixtures in one line.
 
