@@ -238,7 +238,10 @@ async def test_listener_reconnects_after_its_backend_is_terminated(postgres_migr
         assert pid is not None
         await terminate_backend(postgres_migrated_config, pid)
         await eventually(lambda: s.listener_backend_pid not in (None, pid), what="listener to reconnect")
+        # Watchers learn that they may have missed changes while the listener was away...
+        assert await next_event(q) == ChangeEvent("resync", "", "", "", 0)
         await s.create(mesh())
+        # ...and events flow again.
         assert await next_event(q) == ChangeEvent("create", "Mesh", "", "default", 1)
         assert await events_until_sentinel(s, q) == []
 
