@@ -62,12 +62,15 @@ class StreamCallbacks(Protocol):
 
     def on_response_sent(self, node_id: str, type_url: str, version: str, nonce: str, resource_count: int,
                          byte_count: int) -> None:
-        """A response went out. SotW: `version` is its version_info and `resource_count` every resource in it;
-        Delta: `version` is its system_version_info and `resource_count` the added/changed resources only.
+        """A response is being sent (called just before it is written, so always before its ACK/NACK).
+        SotW: `version` is its version_info and `resource_count` every resource in it; Delta: `version` is its
+        system_version_info and `resource_count` the added/changed resources only (removals not counted).
         `byte_count` is the serialised size of the whole response."""
 
     def on_ack(self, node_id: str, type_url: str, version: str) -> None:
-        """The client accepted the response that carried `version` (the version we sent with that nonce)."""
+        """The client accepted the response that carried `version` (the version we sent with that nonce).
+        Also called, without a response, when a reconnecting SotW client's first CDS/LDS request says it
+        already runs the current `version` (nothing is resent then)."""
 
     def on_nack(self, node_id: str, type_url: str, version: str, error_detail: str) -> None:
         """The client rejected the response that carried `version`; `error_detail` is its error message."""

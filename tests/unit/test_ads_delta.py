@@ -52,6 +52,12 @@ async def test_explicit_wildcard_and_empty_first_answer() -> None:
         assert r.type_url == LISTENER and len(r.resources) == 0
         await c.send(CLUSTER, subscribe=("*",))
         assert names_of(await c.recv()) == ["a"]
+        c2 = await srv.client(delta=True)
+        await c2.send(LISTENER, subscribe=("*",))  # explicit wildcard, nothing there: answered too
+        r = await c2.recv()
+        assert r.type_url == LISTENER and len(r.resources) == 0
+        await c2.send(ENDPOINT, subscribe=("nope",))  # a name that does not exist: no answer
+        await c2.expect_nothing()
 
 
 async def test_subscribe_unsubscribe_changed_only_and_removals() -> None:
@@ -160,7 +166,7 @@ async def test_nack_recorded_not_resent_and_backoff() -> None:
         srv.cache.set_snapshot(NODE_KEY, good)
         r3 = await c.recv(timeout=3)
         waited = time.monotonic() - nacked_at
-        assert backoff - 0.02 <= waited < backoff + 0.5, waited
+        assert backoff - 0.02 <= waited < backoff + 1.0, waited
         assert names_of(r3) == ["a"] and versions(r3)["a"] == good.of_type(CLUSTER)["a"].hash
         await c.ack(r3)
         await srv.recorder.wait(lambda rec: len(rec.of("ack", CLUSTER)) == 2)

@@ -62,10 +62,10 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         if not known:
             self.log_unknown_type(type_url)
         st = self.types.get(type_url)
+        first = st is None
         if st is None:
             st = self.types[type_url] = _TypeState(client=dict(request.initial_resource_versions))
             st.wildcard = type_url in WILDCARD_TYPES and not request.resource_names_subscribe
-            st.force = st.wildcard and not request.initial_resource_versions
             if type_url == ENDPOINT and self._rewarm_later:
                 for name in self._rewarm_later:
                     st.client.pop(name, None)
@@ -106,6 +106,9 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
             if name != WILDCARD and name in st.client:
                 del st.client[name]
                 st.dropped.add(name)
+        if first:
+            # A wildcard client with nothing yet gets an answer even if there is nothing: Envoy waits for one.
+            st.force = st.wildcard and not request.initial_resource_versions
 
     async def flush(self) -> None:
         snapshot = self.cache.get_snapshot(self.node_id)

@@ -36,6 +36,7 @@ class _TypeState:
     explicit: bool = False  # named something once: from then on an empty list means "nothing", not wildcard
     initial: bool = True  # the initial request is answered even when there is nothing new
     nonce: str = ""  # the latest nonce sent for this type ("" before the first response)
+    settled: str = ""  # the latest nonce the client ACKed or NACKed
     sent_version: str = ""
     sent_key: Any = None  # what the last response contained
     seen_version: str | None = None  # the snapshot version the last decision looked at
@@ -65,7 +66,9 @@ class SotwStream(Stream[DiscoveryRequest]):
                                                                          request.response_nonce),
                                                            "latest_nonce": st.nonce})
             return
-        elif request.response_nonce and known:
+        elif request.response_nonce and known and request.response_nonce != st.settled:
+            # One ACK/NACK per response: later requests with the same nonce only change the subscription.
+            st.settled = request.response_nonce
             if request.HasField("error_detail"):
                 st.nack_until = self.nacked(type_url, st.sent_version, st.nonce, request.error_detail.message)
             else:
@@ -86,9 +89,11 @@ class SotwStream(Stream[DiscoveryRequest]):
         if st.initial and not st.nonce and request.version_info and st.wildcard and known:
             # A reconnecting client that already has this version of a wildcard type: nothing to resend
             # (versions are content hashes, so they mean the same on every control plane instance).
+            # It is reported as an ACK of that version: the client says it runs it.
             st.initial = False
             st.sent_version = request.version_info
             st.sent_key = (WILDCARD, request.version_info)
+            self.acked(type_url, request.version_info, "")
 
     async def flush(self) -> None:
         snapshot = self.cache.get_snapshot(self.node_id)
