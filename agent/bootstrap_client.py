@@ -1,15 +1,20 @@
 """kuma-dp's side of the bootstrap call: ask the zone control plane's dp-server for this dataplane's Envoy
-bootstrap (`/kuma.vm.dp.v1.Bootstrap/Get`, JSON over gRPC on the dp-server port, TLS verified with the CA)."""
+bootstrap (`/kuma.vm.dp.v1.Bootstrap/Get`, JSON over gRPC on the dp-server port, TLS verified with the CA).
+
+grpcio is imported only when a call is made: kuma-dp itself uses `CpAddress` and `read_ca`, and leaves the
+call to its short-lived bootstrap worker (see agent/bootstrap_worker.py), so the long-running process never
+loads grpcio."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import grpc
+if TYPE_CHECKING:
+    import grpc
 
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
@@ -24,6 +29,8 @@ class BootstrapError(Exception):
 
     @property
     def retryable(self) -> bool:
+        import grpc
+
         return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -49,6 +56,9 @@ class CpAddress:
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
                           timeout: float = 10.0) -> dict[str, Any]:
     """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}."""
+    import grpc
+    import grpc.aio
+
     body = {**request, "cpHost": cp.host, "cpPort": cp.port}
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
     async with grpc.aio.secure_channel(cp.target, credentials) as channel:

@@ -1,0 +1,125 @@
+"""What kuma-dp knows about its Envoy, and the two readiness signals derived from it.
+
+`Monitor` polls Envoy's admin API (fast until the first answer that counts, then every second):
+- `/ready` answering `LIVE`: Envoy finished initialising (its first CDS/LDS applied, or their initial fetch
+  timed out) and serves;
+- `listener_manager.workers_started` = 1: its listeners are initialised and accepting;
+- `control_plane.connected_state` = 1: its ADS stream to the control plane is up.
+
+Two signals:
+- systemd `READY=1` (`DpState.locally_ready`): Envoy LIVE and workers started. Local readiness, as DESIGN.md
+  says: not control-plane convergence (a unit must be able to start while the control plane is busy).
+- `/ready` on `--readiness-port` (`DpState.ready`): 200 only when Envoy is LIVE *and* this Envoy has been
+  connected to the control plane at least once (it has real config, not an initial-fetch timeout's empty
+  one); 503 with the reason otherwise, and 503 as soon as kuma-dp starts draining. A control-plane outage
+  after that does not fail it: Envoy keeps serving with its last config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.envoy.admin import AdminClient, AdminError
+
+log = logging.getLogger("kuma-dp.readiness")
+
+FAST_POLL = 0.02
+MEDIUM_POLL = 0.25
+SLOW_POLL = 1.0
+
+
+@dataclass
+class DpState:
+    phase: str = "starting"  # starting | bootstrapping | running | draining | stopped
+    envoy_pid: int | None = None
+    envoy_generation: int = 0
+    envoy_live: bool = False
+    workers_started: bool = False
+    cp_connected: bool = False
+    connected_generation: int = -1  # the Envoy generation that has been connected at least once
+    live_generation: int = -1  # the Envoy generation that has been LIVE at least once
+    draining: bool = False
+
+    @property
+    def locally_ready(self) -> bool:
+        return self.envoy_pid is not None and self.envoy_live and self.workers_started
+
+    def ready(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining: kuma-dp is stopping"
+        if self.envoy_pid is None:
+            return False, "Envoy is not running" if self.phase != "bootstrapping" else \
+                "waiting for the control plane's bootstrap"
+        if not self.envoy_live:
+            return False, "Envoy is not live yet"
+        if self.connected_generation != self.envoy_generation:
+            return False, "Envoy has not connected to the control plane yet"
+        return True, "ready"
+
+    def envoy_started(self, pid: int, generation: int) -> None:
+        self.envoy_pid, self.envoy_generation = pid, generation
+        self.envoy_live = self.workers_started = self.cp_connected = False
+
+    def envoy_gone(self) -> None:
+        self.envoy_pid = None
+        self.envoy_live = self.workers_started = self.cp_connected = False
+
+
+class Monitor:
+    def __init__(self, state: DpState, admin: Callable[[], AdminClient | None], *,
+                 on_locally_ready: Callable[[], None], on_cp_change: Callable[[bool, bool], None]) -> None:
+        self.state = state
+        self.admin = admin
+        self.on_locally_ready = on_locally_ready
+        self.on_cp_change = on_cp_change  # (connected, first time for this Envoy)
+        self.wake = asyncio.Event()
+
+    async def poll_once(self) -> None:
+        s = self.state
+        client = self.admin()
+        generation = s.envoy_generation
+        if client is None or s.envoy_pid is None:
+            return
+        try:
+            r = await client.get("/ready", timeout=1.0)
+            live = r.status == 200 and r.text.strip() == "LIVE"
+            stats = await client.stats("listener_manager.workers_started", "control_plane.connected_state")
+        except (AdminError, ValueError):
+            live, stats = False, {}
+        if generation != s.envoy_generation or s.envoy_pid is None:
+            return  # Envoy was replaced while we asked
+        s.envoy_live = live
+        s.workers_started = stats.get("listener_manager.workers_started") == 1
+        if live:
+            s.live_generation = generation
+        connected = stats.get("control_plane.connected_state") == 1
+        if connected != s.cp_connected and (connected or "control_plane.connected_state" in stats):
+            first = connected and s.connected_generation != generation
+            s.cp_connected = connected
+            if connected:
+                s.connected_generation = generation
+            self.on_cp_change(connected, first)
+        if s.locally_ready:
+            self.on_locally_ready()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        generation, since = -1, loop.time()
+        while True:
+            await self.poll_once()
+            s = self.state
+            if s.envoy_generation != generation:
+                generation, since = s.envoy_generation, loop.time()
+            if s.locally_ready and s.connected_generation == s.envoy_generation:
+                interval = SLOW_POLL
+            elif loop.time() - since < 5.0:
+                interval = FAST_POLL  # Envoy is starting: notice READY within tens of milliseconds
+            else:
+                interval = MEDIUM_POLL
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), interval)

@@ -1,0 +1,491 @@
+"""`kuma-dp run`: the whole life of one dataplane.
+
+1. Local checks, before any call to the control plane: the definition (read, templated, parsed; then
+   validated field by field with the control plane's model in the bootstrap worker), the token, the CA,
+   the Envoy binary and its version. Bad input exits 2 with a message naming the flag and the fix.
+2. The private runtime directory (0700, locked per dataplane), loopback ports that do not collide with other
+   dataplanes on the host, the readiness server (503 until ready).
+3. The bootstrap call, retried with backoff and a `STATUS=` line while the control plane is unreachable;
+   a refusal (token, CA, Dataplane) exits 1 with the control plane's reason.
+4. Envoy, supervised (agent/supervisor.py); `READY=1` once it is live with its listeners initialised;
+   watchdog pings; status lines as the control plane connection comes and goes.
+5. SIGTERM / SIGINT: readiness fails, Envoy drains its inbound listeners for `--drain-time`, then Envoy and
+   kuma-dp exit 0. A second signal stops Envoy at once (exit 128+signal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import agent
+from agent import dataplane, ports, rundir
+from agent.bootstrap import BootstrapFailed, BootstrapWorker
+from agent.bootstrap_client import CpAddress
+from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
+from agent.envoy.admin import AdminClient, AdminError
+from agent.envoy.binary import EnvoyBinaryError, envoy_version, find_envoy
+from agent.httpd import listen, serve
+from agent.metrics import CONTENT_TYPE, DpMetrics
+from agent.notify import Notifier, child_environment
+from agent.proc import Child, process_is
+from agent.readiness import DpState, Monitor
+from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
+
+log = logging.getLogger("kuma-dp.run")
+
+
+class Fatal(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code
+
+
+@dataclass
+class Inputs:
+    definition: dataplane.Definition
+    token: str
+    ca_pem: bytes
+    ca_source: str
+    binary: Path
+    cp: CpAddress
+
+
+def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
+    fix = (f"generate one with: kumactl generate dataplane-token --mesh {definition.mesh} "
+           f"--name {definition.name} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE")
+    if cfg.token:
+        return cfg.token.strip()
+    if not cfg.token_file:
+        raise Fatal(f"no dataplane token: {fix}", EXIT_USAGE)
+    path = cfg.token_file
+    try:
+        token = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise Fatal(f"--dataplane-token-file {path}: no such file; {fix}", EXIT_USAGE) from None
+    except PermissionError:
+        raise Fatal(f"--dataplane-token-file {path}: permission denied (kuma-dp runs as uid {os.getuid()})",
+                    EXIT_USAGE) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise Fatal(f"--dataplane-token-file {path}: cannot read it: {getattr(e, 'strerror', None) or e}",
+                    EXIT_USAGE) from None
+    if not token:
+        raise Fatal(f"--dataplane-token-file {path} is empty; {fix}", EXIT_USAGE)
+    return token
+
+
+def read_ca(cfg: DpConfig) -> tuple[bytes, str]:
+    if cfg.ca_cert:
+        pem, source = cfg.ca_cert.encode(), "$KUMA_CONTROL_PLANE_CA_CERT"
+    elif cfg.ca_cert_file:
+        source = f"--ca-cert-file {cfg.ca_cert_file}"
+        try:
+            pem = Path(cfg.ca_cert_file).read_bytes()
+        except FileNotFoundError:
+            raise Fatal(f"{source}: no such file (it is the control plane's <workDir>/tls/ca.crt)",
+                        EXIT_USAGE) from None
+        except PermissionError:
+            raise Fatal(f"{source}: permission denied (kuma-dp runs as uid {os.getuid()})", EXIT_USAGE) from None
+        except OSError as e:
+            raise Fatal(f"{source}: cannot read it: {e.strerror or e}", EXIT_USAGE) from None
+    else:
+        raise Fatal("no CA certificate for the control plane: pass --ca-cert-file with the control plane's "
+                    "<workDir>/tls/ca.crt (the dp-server speaks TLS only)", EXIT_USAGE)
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise Fatal(f"{source}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)", EXIT_USAGE)
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
+        raise Fatal(f"{source}: not a usable CA certificate: {e}", EXIT_USAGE) from None
+    return pem, source
+
+
+def check_inputs(cfg: DpConfig) -> Inputs:
+    """Everything that can be checked without the control plane (the definition's full validation follows
+    in the worker, still before any call)."""
+    try:
+        cp = CpAddress.parse(cfg.cp_address)
+    except ValueError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    try:
+        definition = dataplane.load(cfg)
+    except dataplane.DefinitionError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    for warning in definition.warnings:
+        log.warning(warning)
+    token = read_token(cfg, definition)
+    ca_pem, ca_source = read_ca(cfg)
+    try:
+        binary = find_envoy(cfg.binary_path)
+    except EnvoyBinaryError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    return Inputs(definition, token, ca_pem, ca_source, binary, cp)
+
+
+@dataclass
+class Agent:
+    cfg: DpConfig
+    env: dict[str, str]
+    notifier: Notifier
+    state: DpState = field(default_factory=DpState)
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    urgent: asyncio.Event = field(default_factory=asyncio.Event)
+    signals_seen: list[int] = field(default_factory=list)
+    supervisor: Supervisor | None = None
+    admin: AdminClient | None = None
+    runtime: rundir.RuntimeDir | None = None
+    servers: list[asyncio.Server] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    admin_port_fixed: bool = False
+    readiness_address: str = ""
+
+    def __post_init__(self) -> None:
+        self.metrics = DpMetrics(self.state)
+
+    # --- status --------------------------------------------------------------------------------------
+
+    def status(self, text: str, level: int = logging.INFO, **extra: Any) -> None:
+        log.log(level, text, extra=extra)
+        self.notifier.status(text)
+
+    # --- signals -------------------------------------------------------------------------------------
+
+    def on_signal(self, sig: int) -> None:
+        self.signals_seen.append(sig)
+        name = signal.Signals(sig).name
+        if not self.stop_requested.is_set():
+            log.info("stop requested", extra={"signal": name})
+            self.stop_requested.set()
+        else:
+            log.warning("second stop signal: stopping Envoy now", extra={"signal": name})
+            self.urgent.set()
+            if self.supervisor is not None:
+                self.supervisor.kill_now()
+
+    def forward(self, sig: int) -> None:
+        if self.supervisor is not None:
+            log.info("forwarding signal to Envoy", extra={"signal": signal.Signals(sig).name})
+            self.supervisor.forward(sig)
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(sig, self.forward, sig)
+
+    # --- endpoints -----------------------------------------------------------------------------------
+
+    async def _ready(self) -> tuple[int, str, bytes]:
+        ok, reason = self.state.ready()
+        return (200 if ok else 503), "text/plain", (reason + "\n").encode()
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        return 200, CONTENT_TYPE, await self.metrics.merged(self.admin)
+
+    async def start_endpoints(self, key: str) -> None:
+        cfg = self.cfg
+        if cfg.readiness_port != 0:
+            try:
+                sock = (ports.bind_listener(f"readiness:{key}", ports.READINESS_RANGE)
+                        if cfg.readiness_port is None else listen("127.0.0.1", cfg.readiness_port))
+            except (OSError, ports.NoFreePort) as e:
+                raise Fatal(f"--readiness-port: {e}", EXIT_USAGE) from None
+            host, port = sock.getsockname()[:2]
+            self.readiness_address = f"{host}:{port}"
+            self.servers.append(await serve(sock, {"/ready": self._ready, "/metrics": self._metrics}))
+        if cfg.metrics_port:
+            try:
+                sock = listen(cfg.metrics_address, cfg.metrics_port)
+            except OSError as e:
+                raise Fatal(f"--metrics-port: {e}", EXIT_USAGE) from None
+            self.servers.append(await serve(sock, {"/metrics": self._metrics, "/": self._metrics}))
+
+    # --- ports and files ------------------------------------------------------------------------------
+
+    def choose_admin_port(self, key: str, definition: dataplane.Definition) -> int:
+        chosen = self.cfg.admin_port
+        avoid = {int(self.readiness_address.rsplit(":", 1)[1])} if self.readiness_address else set()
+        if chosen is not None and chosen.low == chosen.high:
+            self.admin_port_fixed = True
+            if not ports.is_free(chosen.low):
+                raise Fatal(f"--admin-port {chosen.low} is taken on 127.0.0.1: choose another, or leave it unset "
+                            "(kuma-dp then picks a free one)", EXIT_USAGE)
+            return chosen.low
+        if chosen is None and definition.admin_port is not None:
+            self.admin_port_fixed = True
+            if not ports.is_free(definition.admin_port):
+                raise Fatal(f"networking.admin.port {definition.admin_port} is taken on 127.0.0.1: choose "
+                            "another, or remove it (kuma-dp then picks a free one)", EXIT_USAGE)
+            return definition.admin_port
+        try:
+            return ports.pick(f"admin:{key}", chosen or ports.ADMIN_RANGE, avoid=avoid)
+        except ports.NoFreePort as e:
+            raise Fatal(f"--admin-port: {e}", EXIT_USAGE) from None
+
+    def kill_stale_envoy(self, bootstrap_file: Path) -> None:
+        """An Envoy left by a kuma-dp that died before PR_SET_PDEATHSIG took hold: ours by its bootstrap path."""
+        assert self.runtime is not None
+        try:
+            pid = int(self.runtime.file(rundir.ENVOY_PID).read_text().strip())
+        except (OSError, ValueError):
+            return
+        p = process_is(pid, str(bootstrap_file))
+        if p is not None:
+            log.warning("killing an Envoy left behind by a previous kuma-dp", extra={"pid": pid})
+            with contextlib.suppress(Exception):
+                p.kill()
+                p.wait(5)
+
+    # --- the run --------------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.install_signals()
+        cfg = self.cfg
+        inputs = check_inputs(cfg)
+        d = inputs.definition
+        label = f"dataplane {d.name!r} (mesh {d.mesh})"
+        self.state.phase = "bootstrapping"
+        worker = BootstrapWorker.start(child_environment(self.env))
+        try:
+            try:
+                envoy_ver = envoy_version(inputs.binary)
+            except EnvoyBinaryError as e:
+                raise Fatal(f"--binary-path: {e}", EXIT_USAGE) from None
+            key = f"{d.mesh}/{d.name}"
+            try:
+                self.runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
+                self.runtime.lock(label)
+            except rundir.RuntimeDirError as e:
+                raise Fatal(str(e), EXIT_USAGE) from None
+            await self.start_endpoints(key)
+            if self.readiness_address:
+                self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
+            admin_port = self.choose_admin_port(key, d)
+            self.admin = AdminClient("127.0.0.1", admin_port)
+            log.info("starting", extra={"version": agent.__version__, "dataplane": d.name, "mesh": d.mesh,
+                                        "proxy_type": cfg.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
+                                        "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
+                                        "readiness": self.readiness_address or "off"})
+            request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
+                       "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": cfg.proxy_type,
+                       "version": {"kumaDp": agent.__version__, "envoy": envoy_ver}}
+            payload = {"cp": cfg.cp_address, "caPem": inputs.ca_pem.decode(), "caSource": inputs.ca_source,
+                       "request": request, "proxyType": cfg.proxy_type,
+                       "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name},
+                       "retryBackoff": cfg.retry_backoff, "retryMaxDuration": cfg.retry_max_duration,
+                       "logLevel": cfg.log_level, "logFormat": cfg.log_format}
+            self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
+            answer = await self._bootstrap(worker, payload)
+        finally:
+            await worker.stop()
+        if answer is None:
+            return self._stopped_exit()
+        return await self._serve(answer, inputs, envoy_ver, label)
+
+    async def _bootstrap(self, worker: BootstrapWorker, payload: dict[str, Any]) -> dict[str, Any] | None:
+        def on_status(message: dict[str, Any]) -> None:
+            self.metrics.bootstrap_attempts.inc()
+            self.status(message["status"], logging.WARNING)
+            self.notifier.extend_timeout(float(message.get("retryIn", 0)) + 15.0)
+
+        fetch = asyncio.create_task(worker.run(payload, on_status))
+        stop = asyncio.create_task(self.stop_requested.wait())
+        try:
+            done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if fetch not in done:
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BootstrapFailed):
+                await fetch
+            log.info("stopped while waiting for the bootstrap")
+            return None
+        self.metrics.bootstrap_attempts.inc()
+        try:
+            return fetch.result()
+        except BootstrapFailed as e:
+            raise Fatal(e.message, e.exit_code) from None
+
+    def _stopped_exit(self) -> int:
+        return 128 + self.signals_seen[-1] if self.urgent.is_set() and self.signals_seen else EXIT_OK
+
+    async def _serve(self, answer: dict[str, Any], inputs: Inputs, envoy_ver: str, label: str) -> int:
+        cfg, runtime, admin = self.cfg, self.runtime, self.admin
+        assert runtime is not None and admin is not None
+        bootstrap = answer["bootstrap"]
+        bootstrap_file = runtime.file(rundir.BOOTSTRAP)
+        self.kill_stale_envoy(bootstrap_file)
+
+        def write_bootstrap() -> None:
+            bootstrap.setdefault("admin", {}).setdefault("address", {}).setdefault("socket_address", {}).update(
+                {"address": "127.0.0.1", "port_value": admin.port})
+            runtime.write_private(rundir.BOOTSTRAP, json.dumps(bootstrap, indent=1).encode())
+
+        def before_start() -> None:
+            # The admin port was free when chosen; if something took it meanwhile, move (unless it was given).
+            if not self.admin_port_fixed and not ports.is_free(admin.port):
+                old = admin.port
+                admin.port = ports.pick(f"admin:{inputs.definition.mesh}/{inputs.definition.name}:{time.time()}",
+                                        ports.ADMIN_RANGE)
+                log.warning("Envoy admin port taken; using another", extra={"old": old, "new": admin.port})
+            write_bootstrap()
+            with contextlib.suppress(OSError):
+                runtime.file(rundir.ADMIN_ADDRESS).unlink()
+
+        def on_started(child: Child, generation: int) -> None:
+            self.state.envoy_started(child.pid, generation)
+            runtime.write_private(rundir.ENVOY_PID, f"{child.pid}\n".encode())
+            if generation > 1:
+                self.metrics.envoy_restarts.inc()
+            self.status(f"Envoy started (pid {child.pid}); waiting for it to get live")
+            monitor.wake.set()
+
+        def on_exited(code: int, ran: float, restart_in: float | None, failures: int) -> None:
+            self.state.envoy_gone()
+            if restart_in is not None:
+                self.status(f"Envoy {describe_exit(code)} after {ran:.1f}s; restarting in {restart_in:.1f}s "
+                            f"(failure {failures} of at most {cfg.envoy_max_restarts})", logging.WARNING)
+
+        options = EnvoyOptions(binary=inputs.binary, bootstrap_file=bootstrap_file,
+                               admin_address_file=runtime.file(rundir.ADMIN_ADDRESS),
+                               concurrency=cfg.effective_concurrency, drain_time=cfg.drain_time,
+                               log_level=cfg.effective_envoy_log_level,
+                               component_log_level=cfg.envoy_component_log_level)
+        self.supervisor = supervisor = Supervisor(
+            options, env=child_environment(self.env), max_restarts=cfg.envoy_max_restarts,
+            backoff=cfg.envoy_restart_backoff, before_start=before_start, on_started=on_started,
+            on_exited=on_exited, was_live=lambda generation: self.state.live_generation == generation)
+        self.metrics.info.info({"version": agent.__version__, "envoy_version": envoy_ver,
+                                "mesh": inputs.definition.mesh, "dataplane": inputs.definition.name,
+                                "proxy_type": cfg.proxy_type})
+
+        def on_locally_ready() -> None:
+            if not self.notifier.ready_sent and not self.state.draining:
+                text = self._running_status()
+                log.info("ready", extra={"envoy_pid": self.state.envoy_pid, "admin": f"127.0.0.1:{admin.port}",
+                                         "readiness": self.readiness_address or "off"})
+                self.notifier.ready(text)
+                self.notifier.ready_sent = True
+
+        def on_cp_change(connected: bool, first: bool) -> None:
+            if self.state.draining:
+                return
+            if connected and not self.state.locally_ready:
+                self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for it "
+                            "to get live")
+            elif connected:
+                self.status(self._running_status() if first else f"{self._running_status()} (reconnected)")
+            else:
+                self.metrics.cp_disconnects.inc()
+                self.status(f"Envoy (pid {self.state.envoy_pid}) serves with its last config; connection to the "
+                            f"control plane at {cfg.cp_address} lost, reconnecting", logging.WARNING)
+
+        monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
+                          on_cp_change=on_cp_change)
+        if self.stop_requested.is_set():
+            return self._stopped_exit()
+        self.state.phase = "running"
+        await supervisor.start()
+        self.tasks.append(asyncio.create_task(monitor.run()))
+        if self.notifier.watchdog_interval:
+            self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
+        supervise = asyncio.create_task(supervisor.run())
+        stop = asyncio.create_task(self.stop_requested.wait())
+        await asyncio.wait({supervise, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if supervise.done() and not self.stop_requested.is_set():
+            stop.cancel()
+            try:
+                supervise.result()
+            except EnvoyFailure as e:
+                self.state.envoy_gone()
+                tail = "\n".join(e.tail[-10:])
+                raise Fatal(f"{e.message}" + (f"\n--- Envoy's last lines ---\n{tail}" if tail else "")) from None
+            return EXIT_FAILURE  # pragma: no cover - run() returns only when stopping
+        await self._drain(supervise)
+        return self._stopped_exit()
+
+    def _running_status(self) -> str:
+        s = self.state
+        cp = "connected to the control plane" if s.cp_connected else "waiting for the control plane connection"
+        admin = f"admin 127.0.0.1:{self.admin.port}" if self.admin else ""
+        readiness = f", readiness {self.readiness_address}" if self.readiness_address else ""
+        return f"ready: Envoy (pid {s.envoy_pid}) live, {admin}{readiness}; {cp}"
+
+    async def _drain(self, supervise: asyncio.Task[None]) -> None:
+        cfg, supervisor = self.cfg, self.supervisor
+        assert supervisor is not None
+        self.state.draining = True
+        self.state.phase = "draining"
+        supervisor.stopping.set()  # an Envoy exit from now on is expected, not restarted
+        child = supervisor.child
+        if self.urgent.is_set() or child is None or not child.alive():
+            self.notifier.stopping("stopping")
+        else:
+            self.notifier.stopping(f"draining Envoy (pid {child.pid}) for {cfg.drain_time:g}s")
+            self.notifier.extend_timeout(cfg.drain_time + 15.0)
+            log.info("draining", extra={"envoy_pid": child.pid, "drain_time_s": cfg.drain_time})
+            if self.admin is not None:
+                for path in ("/healthcheck/fail", "/drain_listeners?inboundonly&graceful"):
+                    try:
+                        await self.admin.post(path)
+                    except AdminError as e:
+                        log.warning("drain request failed", extra={"path": path, "error": str(e)})
+            urgent = asyncio.create_task(self.urgent.wait())
+            try:
+                await asyncio.wait({urgent, supervise}, timeout=cfg.drain_time,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                urgent.cancel()
+        code = await supervisor.stop(timeout=1.0 if self.urgent.is_set() else 10.0)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(supervise, 2.0)
+        self.state.envoy_gone()
+        self.state.phase = "stopped"
+        if code is not None:
+            log.info("Envoy stopped", extra={"how": describe_exit(code)})
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for server in self.servers:
+            server.close()
+        if self.supervisor is not None:
+            await self.supervisor.stop(timeout=2.0)
+        if self.runtime is not None:
+            self.runtime.cleanup()
+
+
+async def run(cfg: DpConfig, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ) if env is None else env
+    notifier = Notifier(env)
+    dp = Agent(cfg, env, notifier)
+    try:
+        code = await dp.run()
+        notifier.stopping("stopped")
+        log.info("stopped", extra={"exit": code})
+        return code
+    except Fatal as e:
+        log.error(e.message, extra={"exit": e.exit_code})
+        notifier.send("STOPPING=1", f"STATUS=failed: {' '.join(e.message.splitlines()[0].split())}")
+        return e.exit_code
+    finally:
+        await dp.close()
+        notifier.close()

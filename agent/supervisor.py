@@ -1,0 +1,210 @@
+"""Envoy as a supervised child of kuma-dp.
+
+- Started with `--disable-hot-restart` (no shared memory left in /dev/shm, no base-id clashes between
+  dataplanes), `--drain-strategy immediate`, the chosen `--concurrency`, log level and drain time, and
+  `--admin-address-path` in the runtime directory. It dies with kuma-dp (`agent.proc`: PR_SET_PDEATHSIG).
+- Its stdout/stderr pass through kuma-dp's stderr unchanged (Envoy's own log format), and the last lines are
+  kept to explain a failure.
+- An unexpected exit is restarted with exponential backoff (`KUMA_DATAPLANE_RUNTIME_ENVOY_RESTART_BACKOFF`,
+  doubling up to 30 s). A run that lasted `STABLE_AFTER` seconds resets the count; more than
+  `KUMA_DATAPLANE_RUNTIME_ENVOY_MAX_RESTARTS` consecutive deaths raise `EnvoyCrashLoop` and kuma-dp exits 1
+  for systemd's restart policy to take over.
+- An Envoy that exits before ever getting live because it rejected its configuration raises
+  `EnvoyConfigRejected` at once (restarting with the same bootstrap cannot help), with Envoy's own reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.config import ENVOY_RESTART_BACKOFF_CAP
+from agent.proc import Child, spawn
+
+log = logging.getLogger("kuma-dp.envoy")
+
+STABLE_AFTER = 30.0
+TAIL_LINES = 40
+_REJECTED_MARKERS = ("error initializing config", "unable to parse", "[critical]", "error:")
+
+
+class EnvoyFailure(Exception):
+    def __init__(self, message: str, tail: list[str]) -> None:
+        super().__init__(message)
+        self.message, self.tail = message, tail
+
+
+class EnvoyCrashLoop(EnvoyFailure):
+    pass
+
+
+class EnvoyConfigRejected(EnvoyFailure):
+    pass
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def rejection_reason(tail: list[str]) -> str | None:
+    """Envoy's own reason when its output says it refused to start: a bad bootstrap or argument (not a port
+    that was taken, which a restart on another port can fix)."""
+    for line in reversed(tail):
+        low = line.lower()
+        if any(m in low for m in _REJECTED_MARKERS) and "address already in use" not in low:
+            return line.strip()
+    return None
+
+
+@dataclass
+class EnvoyOptions:
+    binary: Path
+    bootstrap_file: Path
+    admin_address_file: Path
+    concurrency: int
+    drain_time: float
+    log_level: str
+    component_log_level: str | None = None
+
+    def argv(self) -> list[str]:
+        argv = [str(self.binary), "-c", str(self.bootstrap_file),
+                "--disable-hot-restart",
+                "--drain-time-s", str(math.ceil(self.drain_time)),
+                "--drain-strategy", "immediate",
+                "--log-level", self.log_level,
+                "--concurrency", str(self.concurrency),
+                "--admin-address-path", str(self.admin_address_file)]
+        if self.component_log_level:
+            argv += ["--component-log-level", self.component_log_level]
+        return argv
+
+
+class Supervisor:
+    def __init__(self, options: EnvoyOptions, *, env: dict[str, str], max_restarts: int, backoff: float,
+                 before_start: Callable[[], None] | None = None,
+                 on_started: Callable[[Child, int], None] | None = None,
+                 on_exited: Callable[[int, float, float | None, int], None] | None = None,
+                 was_live: Callable[[int], bool] | None = None) -> None:
+        self.options, self.env = options, env
+        self.max_restarts, self.backoff = max_restarts, backoff
+        self.before_start, self.on_started, self.on_exited = before_start, on_started, on_exited
+        self.was_live = was_live or (lambda generation: False)
+        self.child: Child | None = None
+        self.generation = 0
+        self.failures = 0
+        self.restarts = 0
+        self.stopping = asyncio.Event()
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._pump: asyncio.Task[None] | None = None
+        self.started_at = 0.0
+
+    async def start(self) -> Child:
+        if self.before_start is not None:
+            self.before_start()
+        self.tail.clear()
+        self.generation += 1
+        child = spawn(self.options.argv(), env=self.env, cwd=str(self.options.bootstrap_file.parent),
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.child, self.started_at = child, time.monotonic()
+        self._pump = asyncio.create_task(self._pump_output(child))
+        log.info("Envoy started", extra={"pid": child.pid, "generation": self.generation})
+        if self.on_started is not None:
+            self.on_started(child, self.generation)
+        return child
+
+    async def _pump_output(self, child: Child) -> None:
+        stream = child.proc.stdout
+        assert stream is not None
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+        out = sys.stderr.buffer
+        try:
+            while True:
+                try:
+                    line = await reader.readline()
+                except ValueError:  # a line over the limit: pass what we have
+                    line = await reader.read(1 << 16)
+                if not line:
+                    return
+                self.tail.append(line.decode("utf-8", "replace").rstrip("\n"))
+                with contextlib.suppress(OSError, ValueError):
+                    out.write(line)
+                    out.flush()
+        finally:
+            transport.close()
+
+    async def run(self) -> None:
+        """Keep Envoy running until `stop()`; raises EnvoyCrashLoop / EnvoyConfigRejected."""
+        while not self.stopping.is_set():
+            child = self.child if self.child is not None and self.child.alive() else await self.start()
+            code = await child.wait()
+            if self._pump is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
+            child.close()
+            if self.stopping.is_set():
+                return
+            ran = time.monotonic() - self.started_at
+            tail = list(self.tail)
+            reason = None if code != 1 or self.was_live(self.generation) else rejection_reason(tail)
+            if reason is not None:
+                raise EnvoyConfigRejected(f"Envoy rejected its configuration ({describe_exit(code)}): {reason}",
+                                          tail)
+            if ran >= STABLE_AFTER:
+                self.failures = 0
+            self.failures += 1
+            if self.failures > self.max_restarts:
+                if self.on_exited is not None:
+                    self.on_exited(code, ran, None, self.failures)
+                raise EnvoyCrashLoop(f"Envoy {describe_exit(code)} after {ran:.1f}s; it died {self.failures} times "
+                                     f"in a row (limit {self.max_restarts}): giving up", tail)
+            delay = min(self.backoff * 2 ** (self.failures - 1), max(ENVOY_RESTART_BACKOFF_CAP, self.backoff))
+            log.warning("Envoy exited unexpectedly; restarting",
+                        extra={"pid": child.pid, "how": describe_exit(code), "ran_s": round(ran, 1),
+                               "restart_in_s": delay, "failures": self.failures})
+            if self.on_exited is not None:
+                self.on_exited(code, ran, delay, self.failures)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                return
+            self.restarts += 1
+            await self.start()
+
+    def forward(self, sig: int) -> None:
+        if self.child is not None:
+            self.child.send_signal(sig)
+
+    async def stop(self, timeout: float = 5.0) -> int | None:
+        """Stop supervising and terminate Envoy (SIGTERM, then SIGKILL of the whole tree)."""
+        self.stopping.set()
+        child = self.child
+        if child is None:
+            return None
+        code = await child.terminate(timeout)
+        if self._pump is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
+        child.close()
+        return code
+
+    def kill_now(self) -> None:
+        self.stopping.set()
+        if self.child is not None:
+            self.child.kill_tree()
