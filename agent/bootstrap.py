@@ -33,6 +33,7 @@ class BootstrapWorker:
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
         env = dict(env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        env.setdefault("GRPC_VERBOSITY", "ERROR")  # the worker explains TLS failures itself, once
         child = spawn([sys.executable, "-m", "agent.bootstrap_worker"], env=env, stdin=subprocess.PIPE,
                       stdout=subprocess.PIPE)
         return cls(child)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 import sys
 import time
@@ -46,7 +47,7 @@ async def diagnose(cp: CpAddress, ca_pem: bytes, ca_source: str) -> tuple[str, s
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(cp.host, cp.port), 3.0)
     except (TimeoutError, OSError) as e:
-        reason = "timed out" if isinstance(e, asyncio.TimeoutError) else (e.strerror or str(e)).lower()
+        reason = "timed out" if isinstance(e, TimeoutError) else _reason(e)
         return "unreachable", f"cannot connect to the control plane at {cp.target}: {reason}"
     writer.close()
     ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
@@ -70,8 +71,12 @@ async def diagnose(cp: CpAddress, ca_pem: bytes, ca_source: str) -> tuple[str, s
         return "tls", (f"TLS handshake with {cp.target} failed ({e.reason or e}): is --cp-address the "
                        "dp-server (https://HOST:5678), and does it speak TLS?")
     except OSError as e:
-        return "unreachable", f"cannot connect to the control plane at {cp.target}: {e.strerror or e}"
+        return "unreachable", f"cannot connect to the control plane at {cp.target}: {_reason(e)}"
     return "other", ""
+
+
+def _reason(e: OSError) -> str:
+    return (os.strerror(e.errno) if e.errno else str(e)).lower()
 
 
 def refusal(e: BootstrapError, request: dict[str, Any]) -> str:

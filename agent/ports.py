@@ -28,7 +28,10 @@ def derived(key: str, span: PortRange) -> int:
 
 
 def is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener can bind host:port now. SO_REUSEADDR, as Envoy's listeners use: a port whose old
+    connections linger in TIME_WAIT (an Envoy that just died) counts as free, as it is for Envoy."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -369,13 +369,20 @@ class Agent:
                                 "mesh": inputs.definition.mesh, "dataplane": inputs.definition.name,
                                 "proxy_type": cfg.proxy_type})
 
+        ready_generation = [0]
+
         def on_locally_ready() -> None:
-            if not self.notifier.ready_sent and not self.state.draining:
-                text = self._running_status()
-                log.info("ready", extra={"envoy_pid": self.state.envoy_pid, "admin": f"127.0.0.1:{admin.port}",
-                                         "readiness": self.readiness_address or "off"})
+            if self.state.draining or ready_generation[0] == self.state.envoy_generation:
+                return
+            ready_generation[0] = self.state.envoy_generation
+            text = self._running_status()
+            log.info("Envoy live", extra={"envoy_pid": self.state.envoy_pid, "admin": f"127.0.0.1:{admin.port}",
+                                          "readiness": self.readiness_address or "off"})
+            if not self.notifier.ready_sent:
                 self.notifier.ready(text)
                 self.notifier.ready_sent = True
+            else:
+                self.notifier.status(text)
 
         def on_cp_change(connected: bool, first: bool) -> None:
             if self.state.draining:
