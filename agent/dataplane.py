@@ -72,6 +72,9 @@ def parse(text: str, source: str) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
+        context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        if context and cmark is not None:
+            problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
         raise DefinitionError(f"{source}: not valid YAML or JSON{where}: {problem}") from None
     if not docs:
         raise DefinitionError(f"{source}: empty: it must hold one Dataplane (type: Dataplane, mesh, name, "

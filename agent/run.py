@@ -260,7 +260,7 @@ class Agent:
             try:
                 envoy_ver = envoy_version(inputs.binary)
             except EnvoyBinaryError as e:
-                raise Fatal(f"--binary-path: {e}", EXIT_USAGE) from None
+                raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
             key = f"{d.mesh}/{d.name}"
             try:
                 self.runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)

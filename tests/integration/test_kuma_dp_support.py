@@ -313,7 +313,8 @@ def start_kuma_dp(directory: Path, *, name: str, cp: CpProcess | None = None, de
     full_env = dp_env(env)
     notifier = None
     if notify:
-        notifier = NotifySocket(directory / f"notify-{name}.sock" if notify != "abstract" else None,
+        notifier = NotifySocket(directory / f"notify-{name}-{uuid.uuid4().hex[:6]}.sock" if notify != "abstract"
+                                else None,
                                 abstract=notify == "abstract")
         full_env["NOTIFY_SOCKET"] = notifier.address
     log_file = directory / f"kuma-dp-{name}.log"
