@@ -753,3 +753,127 @@ def check_backend_refs(v: Violations, path: str, refs: Sequence[BackendRef], *, 
                     "above 0")
     elif total > UINT32_MAX:
         v.add(path, f"the weights add up to {total}, more than Envoy's limit of {UINT32_MAX}: scale them down")
+
+
+# --- precedence and merging (Kuma's rules, used by every plugin and by the inspect API) ---------------
+#
+# Which policies apply to a proxy, in which order, and what their `default` blocks merge into:
+#
+# 1. A policy applies when its top-level targetRef selects the proxy (`TargetRef.selects_dataplane`; for
+#    `from[]`, the inbound: `selects_inbound`). A top-level MeshHTTPRoute reference selects what that route
+#    selects.
+# 2. Entries (`to[]`/`from[]` items of every applying policy) are ordered by: the top-level targetRef kind
+#    (Mesh < Dataplane < MeshSubset < MeshGateway < MeshService < MeshServiceSubset < MeshHTTPRoute), then its
+#    detail (Dataplane: plain < labels < labels+sectionName < name < name+sectionName; MeshGateway: more
+#    listener tags), then the entry's own targetRef kind, then the policy name in INVERTED lexicographic
+#    order ('zzz' first, 'aaa' last), then the entry's position. Later entries win (Kuma's
+#    SortByTargetRefV2 and its "How policies are combined" table).
+# 3. For one destination (a service, optionally a route of it), every entry whose targetRef covers it is
+#    merged in that order with JSON merge patch (RFC 7386): objects merge key by key, scalars and arrays
+#    are replaced. MeshHTTPRoute `rules` merge by their `matches` instead (see mesh_http_route).
+
+RULE_MATCHES_HASH_TAG = "__rule-matches-hash__"  # Kuma's tag for "this route of that service"
+
+
+def top_level_detail(ref: TargetRef) -> int:
+    """Precedence among top-level references of the same kind (Kuma's CompareDataplaneKind and MeshGateway
+    listener tags)."""
+    if ref.kind == DATAPLANE:
+        if ref.name is not None:
+            return 3 + (ref.section_name is not None)
+        if ref.labels is not None:
+            return 1 + (ref.section_name is not None)
+        return 0
+    if ref.kind == MESH_GATEWAY:
+        return len(ref.tags or {})
+    return 0
+
+
+def precedence_key(top: TargetRef, entry: TargetRef | None = None) -> tuple[int, int, int]:
+    """Ascending: a larger key is merged later and wins (the name order is applied separately, inverted)."""
+    return (top.rank(), top_level_detail(top), entry.rank() if entry is not None else 0)
+
+
+T = TypeVar("T")
+
+
+def in_precedence_order(items: Iterable[T], key: Any, name: Any) -> list[T]:
+    """Sort `items` lowest precedence first: by `key(item)` ascending, then `name(item)` DESCENDING (so that
+    for equal specificity the lexicographically smaller name comes last and wins), keeping the given order
+    otherwise (entries of one policy stay in their written order)."""
+    by_name = sorted(items, key=name, reverse=True)  # reverse keeps equal names in their order (stable)
+    return sorted(by_name, key=key)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: `patch` applied to `target` (neither is modified)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def merge_confs(confs: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Merge `default` blocks lowest precedence first; None when there is nothing to merge."""
+    merged: dict[str, Any] | None = None
+    for conf in confs:
+        merged = merge_patch(merged, dict(conf))
+    return merged
+
+
+def covers(ref: TargetRef, element: Mapping[str, str]) -> bool:
+    """Does a `to[]`/`from[]` targetRef cover a destination (or client) described by its tags?
+
+    `element` always has kuma.io/service; a route of the service adds RULE_MATCHES_HASH_TAG. As in Kuma's
+    subset rules, an entry covers an element when every tag the entry names is in the element: so
+    'MeshService backend' covers every route of backend, 'MeshServiceSubset backend version=v1' does not
+    cover plain 'backend'."""
+    if ref.kind == MESH:
+        return True
+    if ref.kind == MESH_SUBSET:
+        return tags_match(ref.tags or {}, element)
+    if ref.kind == MESH_SERVICE:
+        return element.get(SERVICE_TAG) == ref.name
+    if ref.kind == MESH_SERVICE_SUBSET:
+        return element.get(SERVICE_TAG) == ref.name and tags_match(ref.tags or {}, element)
+    return False
+
+
+def selects_inbound(top: TargetRef, dataplane: Resource, inbound_tags: Mapping[str, str], port: int,
+                    name: str | None = None) -> bool:
+    """Does a top-level targetRef select one inbound of a dataplane (for `from[]` entries)? Mesh selects
+    every inbound; tag-based kinds the inbounds whose tags match; Dataplane the proxy's inbounds (one, with
+    sectionName)."""
+    kind = top.kind
+    if top.proxy_types and "Sidecar" not in top.proxy_types:
+        spec = dataplane.spec
+        gateway = spec.networking.gateway if isinstance(spec, DataplaneSpec) else None
+        if gateway is None or gateway.type != "BUILTIN":
+            return False
+    if kind == MESH:
+        return True
+    if kind == MESH_SUBSET:
+        return tags_match(top.tags or {}, inbound_tags)
+    if kind == MESH_SERVICE:
+        return inbound_tags.get(SERVICE_TAG) == top.name
+    if kind == MESH_SERVICE_SUBSET:
+        return inbound_tags.get(SERVICE_TAG) == top.name and tags_match(top.tags or {}, inbound_tags)
+    if kind == DATAPLANE:
+        return top.selects_dataplane(dataplane) and top.inbound_selected(port, name)
+    return False
+
+
+def matches_hash(matches: Any) -> str:
+    """A stable name for one MeshHTTPRoute rule: the hash of its `matches` (wire JSON). Envoy routes built
+    from the rule carry it as their name, so per-route policies (MeshTimeout, MeshRetry on a route) find
+    them, as Kuma does with its rule-matches hash."""
+    import hashlib
+    import json
+
+    text = json.dumps(matches, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

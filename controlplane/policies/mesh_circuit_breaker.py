@@ -13,18 +13,33 @@
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
 (with listener tags); `from[]` Mesh; `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
 
-Envoy effect: cluster circuit_breakers thresholds and outlier_detection (inbound: on the local cluster).
-Added by the xDS layer, not here.
+Envoy effect (end of this module): on the clusters of a destination (`to[]`) or the local cluster of an
+inbound (`from[]`): `circuit_breakers.thresholds` (default priority) with the limits given, and
+`outlier_detection` unless disabled: interval, base ejection time, max ejection percent, split of external
+and local-origin errors, and each detector with enforcing 100% when configured and 0% when not (so only
+the configured detectors eject: totalFailures -> consecutive_5xx, gatewayFailures ->
+consecutive_gateway_failure, localOriginFailures -> consecutive_local_origin_failure, successRate ->
+success_rate_* (factor x1000), failurePercentage -> failure_percentage_*); healthyPanicThreshold sets the
+cluster's common_lb_config.healthy_panic_threshold.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from decimal import Decimal
+from typing import Any
 
+from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2, outlier_detection_pb2
+from envoy.config.core.v3 import base_pb2
 from pydantic import Field
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import duration
+from controlplane.xds.generate.plugins import PolicyPlugin
 
 from ._common import (
     MESH,
@@ -41,6 +56,8 @@ from ._common import (
     check_target_ref,
     check_top_level,
     effective_target_ref,
+    parse_decimal,
+    parse_go_duration,
     require_some,
 )
 
@@ -180,4 +197,95 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how merged MeshCircuitBreaker confs become circuit_breakers and outlier_detection.
+
+THRESHOLD_FIELDS = {"maxConnections": "max_connections", "maxPendingRequests": "max_pending_requests",
+                    "maxRequests": "max_requests", "maxRetries": "max_retries",
+                    "maxConnectionPools": "max_connection_pools"}
+
+
+def panic_threshold(value: int | str) -> float:
+    return float(parse_decimal(value) or 0)
+
+
+def apply_conf(cluster: cluster_pb2.Cluster, conf: dict[str, Any]) -> None:
+    limits = conf.get("connectionLimits")
+    if limits:
+        thresholds = circuit_breaker_pb2.CircuitBreakers.Thresholds(priority=base_pb2.DEFAULT)
+        for wire, field in THRESHOLD_FIELDS.items():
+            if limits.get(wire) is not None:
+                getattr(thresholds, field).value = limits[wire]
+        del cluster.circuit_breakers.thresholds[:]
+        cluster.circuit_breakers.thresholds.append(thresholds)
+    od = conf.get("outlierDetection")
+    if not od or od.get("disabled"):
+        return
+    o = outlier_detection_pb2.OutlierDetection()
+    if od.get("interval"):
+        o.interval.CopyFrom(duration(parse_go_duration(od["interval"])))
+    if od.get("baseEjectionTime"):
+        o.base_ejection_time.CopyFrom(duration(parse_go_duration(od["baseEjectionTime"])))
+    if od.get("maxEjectionPercent") is not None:
+        o.max_ejection_percent.value = od["maxEjectionPercent"]
+    if od.get("splitExternalAndLocalErrors") is not None:
+        o.split_external_local_origin_errors = od["splitExternalAndLocalErrors"]
+    detectors = od.get("detectors") or {}
+    total = detectors.get("totalFailures")
+    o.enforcing_consecutive_5xx.value = 100 if total else 0
+    if total and total.get("consecutive") is not None:
+        o.consecutive_5xx.value = total["consecutive"]
+    gateway = detectors.get("gatewayFailures")
+    o.enforcing_consecutive_gateway_failure.value = 100 if gateway else 0
+    if gateway and gateway.get("consecutive") is not None:
+        o.consecutive_gateway_failure.value = gateway["consecutive"]
+    local = detectors.get("localOriginFailures")
+    o.enforcing_consecutive_local_origin_failure.value = 100 if local else 0
+    if local and local.get("consecutive") is not None:
+        o.consecutive_local_origin_failure.value = local["consecutive"]
+    rate = detectors.get("successRate")
+    o.enforcing_success_rate.value = 100 if rate else 0
+    if rate:
+        if rate.get("minimumHosts") is not None:
+            o.success_rate_minimum_hosts.value = rate["minimumHosts"]
+        if rate.get("requestVolume") is not None:
+            o.success_rate_request_volume.value = rate["requestVolume"]
+        if rate.get("standardDeviationFactor") is not None:
+            factor = parse_decimal(rate["standardDeviationFactor"]) or Decimal(0)
+            o.success_rate_stdev_factor.value = int(factor * 1000)
+    failures = detectors.get("failurePercentage")
+    o.enforcing_failure_percentage.value = 100 if failures else 0
+    if failures:
+        if failures.get("minimumHosts") is not None:
+            o.failure_percentage_minimum_hosts.value = failures["minimumHosts"]
+        if failures.get("requestVolume") is not None:
+            o.failure_percentage_request_volume.value = failures["requestVolume"]
+        if failures.get("threshold") is not None:
+            o.failure_percentage_threshold.value = failures["threshold"]
+    cluster.outlier_detection.CopyFrom(o)
+    if od.get("healthyPanicThreshold") is not None:
+        cluster.common_lb_config.healthy_panic_threshold.value = panic_threshold(od["healthyPanicThreshold"])
+
+
+class CircuitBreakerPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 70
+
+    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        return None if merged is None else merged.json
+
+    def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
+                               key: Hashable) -> None:
+        assert isinstance(key, str)
+        apply_conf(cluster, json.loads(key))
+
+    def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
+        return None if merged is None else merged.json
+
+    def apply_local_cluster(self, ctx: ProxyContext, inbound: Inbound, cluster: cluster_pb2.Cluster,
+                            key: Hashable) -> None:
+        assert isinstance(key, str)
+        apply_conf(cluster, json.loads(key))
+
+
+PLUGIN = CircuitBreakerPlugin()

@@ -14,16 +14,34 @@ thresholds (`unhealthyThreshold` default 5, `healthyThreshold` default 1, both >
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
 (with listener tags); `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
 
-Envoy effect: cluster health_checks (one per checker the destination's protocol uses) and common_lb_config.
-healthy_panic_threshold. Added by the xDS layer, not here.
+Envoy effect (end of this module): one active health check on every cluster of the destination, chosen as
+Kuma does: HTTP for a service speaking http/http2 and gRPC for grpc when that checker is configured and not
+disabled, otherwise TCP unless `tcp.disabled` (no checker at all: no health check). Defaults as Kuma's:
+interval 1m, timeout 15s, unhealthy threshold 5, healthy threshold 1; HTTP path '/', expected statuses as
+[s, s+1) ranges, request headers; TCP send/receive payloads as bytes; gRPC service name and authority;
+`eventLogPath` is accepted but not rendered (Envoy would reject the whole cluster update when the file
+cannot be opened on the proxy's host; Kuma passes it through). `healthyPanicThreshold` and
+`failTrafficOnPanic` go to the cluster's common_lb_config. An endpoint failing the check leaves the
+load-balancing rotation and returns once it passes `healthyThreshold` checks.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import posixpath
+from collections.abc import Hashable
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2, health_check_pb2
+from envoy.type.v3 import http_pb2, range_pb2
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import duration
+from controlplane.xds.generate.plugins import PolicyPlugin
 
 from ._common import (
     MESH,
@@ -42,6 +60,8 @@ from ._common import (
     check_target_ref,
     check_top_level,
     effective_target_ref,
+    parse_decimal,
+    parse_go_duration,
     require_some,
 )
 
@@ -198,4 +218,90 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how merged MeshHealthCheck confs become cluster health_checks.
+
+DEFAULT_INTERVAL, DEFAULT_TIMEOUT = 60_000_000_000, 15_000_000_000
+
+
+def _enabled(section: dict[str, Any] | None) -> bool:
+    return section is not None and not section.get("disabled")
+
+
+def _header_options(mod: dict[str, Any] | None) -> list[base_pb2.HeaderValueOption]:
+    out = []
+    for field, action in (("set", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+                          ("add", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD)):
+        for kv in (mod or {}).get(field) or ():
+            out.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=kv["name"], value=kv["value"]),
+                                                  append_action=action))
+    return out
+
+
+def health_check(conf: dict[str, Any], protocol: str) -> health_check_pb2.HealthCheck | None:
+    hc = health_check_pb2.HealthCheck(
+        interval=duration(parse_go_duration(conf["interval"]) if conf.get("interval") else DEFAULT_INTERVAL),
+        timeout=duration(parse_go_duration(conf["timeout"]) if conf.get("timeout") else DEFAULT_TIMEOUT),
+        unhealthy_threshold={"value": conf.get("unhealthyThreshold") or 5},
+        healthy_threshold={"value": conf.get("healthyThreshold") or 1},
+    )
+    http, grpc, tcp = conf.get("http"), conf.get("grpc"), conf.get("tcp")
+    if protocol in ("http", "http2") and _enabled(http):
+        assert http is not None
+        check = health_check_pb2.HealthCheck.HttpHealthCheck(path=http.get("path") or "/")
+        check.request_headers_to_add.extend(_header_options(http.get("requestHeadersToAdd")))
+        for status in http.get("expectedStatuses") or ():
+            check.expected_statuses.append(range_pb2.Int64Range(start=status, end=status + 1))
+        if protocol == "http2":
+            check.codec_client_type = http_pb2.HTTP2
+        hc.http_health_check.CopyFrom(check)
+    elif protocol == "grpc" and _enabled(grpc):
+        assert grpc is not None
+        hc.grpc_health_check.CopyFrom(health_check_pb2.HealthCheck.GrpcHealthCheck(
+            service_name=grpc.get("serviceName") or "", authority=grpc.get("authority") or ""))
+    elif tcp is None or not tcp.get("disabled"):
+        check = health_check_pb2.HealthCheck.TcpHealthCheck()
+        if tcp and tcp.get("send"):
+            check.send.binary = base64.b64decode(tcp["send"])
+        for block in (tcp or {}).get("receive") or ():
+            check.receive.append(health_check_pb2.HealthCheck.Payload(binary=base64.b64decode(block)))
+        hc.tcp_health_check.CopyFrom(check)
+    else:
+        return None
+    for field, name in (("initialJitter", "initial_jitter"), ("intervalJitter", "interval_jitter"),
+                        ("unhealthyInterval", "unhealthy_interval"), ("noTrafficInterval", "no_traffic_interval")):
+        if conf.get(field):
+            getattr(hc, name).CopyFrom(duration(parse_go_duration(conf[field])))
+    if conf.get("intervalJitterPercent") is not None:
+        hc.interval_jitter_percent = conf["intervalJitterPercent"]
+    if conf.get("reuseConnection") is not None:
+        hc.reuse_connection.value = conf["reuseConnection"]
+    if conf.get("alwaysLogHealthCheckFailures") is not None:
+        hc.always_log_health_check_failures = conf["alwaysLogHealthCheckFailures"]
+    # `eventLogPath` is not rendered: Envoy opens the file when it loads the cluster and rejects the whole
+    # CDS update if the directory is missing on the proxy's host, which the control plane cannot know.
+    return hc
+
+
+class HealthCheckPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 60
+
+    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        return None if merged is None else merged.json
+
+    def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
+                               key: Hashable) -> None:
+        assert isinstance(key, str)
+        conf = json.loads(key)
+        hc = health_check(conf, ctx.topology.protocol(service))
+        if hc is not None:
+            del cluster.health_checks[:]
+            cluster.health_checks.append(hc)
+        if conf.get("healthyPanicThreshold") is not None:
+            cluster.common_lb_config.healthy_panic_threshold.value = float(
+                parse_decimal(conf["healthyPanicThreshold"]) or 0)
+        if conf.get("failTrafficOnPanic") is not None:
+            cluster.common_lb_config.zone_aware_lb_config.fail_traffic_on_panic = conf["failTrafficOnPanic"]
+
+
+PLUGIN = HealthCheckPlugin()

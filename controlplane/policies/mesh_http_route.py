@@ -21,16 +21,40 @@ Refused as conflicting (Gateway API and Envoy semantics): RequestRedirect togeth
 URLRewrite (a redirect answers the request itself); a filter type other than RequestMirror given twice;
 identical matches within a rule, and two rules with identical matches in one `to[]` entry.
 
-Envoy effect: virtual host routes (match, weighted_clusters, redirect, rewrites, header mutations,
-request_mirror_policies) on the outbound HTTP listener. Added by the xDS layer, not here.
+Envoy effect (end of this module): the routes of the outbound HTTP listener of each `to[]` service. Rules of
+all applying policies merge by their `matches` (Kuma's rule: a later policy's rule with the same matches
+merges over an earlier one, others are added); a catch-all `PathPrefix /` rule to the service itself is
+added unless present; every match becomes one Envoy route, ordered as Gateway API says (Exact path, then
+the longest PathPrefix, then the longest RegularExpression, then method, more headers, more query
+parameters). Backends become `cluster` or `weighted_clusters` (weight 0 backends are left out), a
+MeshServiceSubset backend its own cluster of the matching endpoints; filters become request/response
+header mutations, `redirect`, `host_rewrite_literal`/`prefix_rewrite`/`regex_rewrite` and
+`request_mirror_policies`. Each route is named by the hash of its rule's matches, which per-route
+MeshTimeout/MeshRetry entries refer to. Only services whose protocol is http, http2 or grpc are routed.
 """
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Literal
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, seconds, update_filters
+from controlplane.xds.generate.plugins import Backend, PolicyPlugin
 
 from ._common import (
     MESH,
@@ -52,6 +76,9 @@ from ._common import (
     check_top_level,
     check_wildcard_hostname,
     effective_target_ref,
+    matches_hash,
+    merge_patch,
+    parse_decimal,
     require_some,
 )
 
@@ -366,4 +393,276 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how MeshHTTPRoute rules become Envoy routes on the outbound listeners.
+
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+CATCH_ALL: list[dict[str, Any]] = [{"path": {"type": "PathPrefix", "value": "/"}}]
+DEFAULT_ROUTE_TIMEOUT = 15.0  # the outbound generator's (and Kuma's MeshTimeout) default request timeout
+REDIRECT_CODES = {301: rc.RedirectAction.MOVED_PERMANENTLY, 302: rc.RedirectAction.FOUND,
+                  303: rc.RedirectAction.SEE_OTHER, 307: rc.RedirectAction.TEMPORARY_REDIRECT,
+                  308: rc.RedirectAction.PERMANENT_REDIRECT}
+
+
+def merge_rules(confs: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Kuma's merge of MeshHTTPRoute `to[]` entries: `rules` is a map keyed by `matches`; the same key in a
+    later entry merges its `default` over the earlier one (JSON merge patch), new keys are appended."""
+    rules: dict[str, dict[str, Any]] = {}
+    for conf in confs:
+        for rule in conf.get("rules") or ():
+            key = json.dumps(rule.get("matches"), sort_keys=True)
+            if key in rules:
+                rules[key] = {"matches": rule.get("matches"),
+                              "default": merge_patch(rules[key].get("default") or {}, rule.get("default") or {})}
+            else:
+                rules[key] = {"matches": rule.get("matches"), "default": rule.get("default") or {}}
+    return {"rules": list(rules.values())} if rules else None
+
+
+def route_rules(ctx: ProxyContext, service: str) -> list[Rule] | None:
+    """The merged rules for the outbound listener of `service` (catch-all included), or None when no
+    MeshHTTPRoute applies (or the service does not speak HTTP)."""
+    merged = _merged(ctx, service)
+    return None if merged is None else _rules_of(merged.json)
+
+
+def _merged(ctx: ProxyContext, service: str) -> Any:
+    if ctx.topology.protocol(service) not in HTTP_PROTOCOLS:
+        return None
+    return ctx.rules.to_conf(POLICY, ctx.dataplane, service, merger=merge_rules)
+
+
+_RULES_CACHE: dict[str, list[Rule]] = {}
+
+
+def _rules_of(key: str) -> list[Rule]:
+    found = _RULES_CACHE.get(key)
+    if found is None:
+        raw = json.loads(key)["rules"]
+        if not any(r.get("matches") == CATCH_ALL for r in raw):
+            raw.append({"matches": CATCH_ALL, "default": {}})
+        found = [Rule.model_validate(r) for r in raw]
+        if len(_RULES_CACHE) > 4096:
+            _RULES_CACHE.clear()
+        _RULES_CACHE[key] = found
+    return found
+
+
+def route_names(ctx: ProxyContext, service: str) -> tuple[str, ...]:
+    """The names (rule hashes) of the routes the outbound listener of `service` has; () without routes."""
+    rules = route_rules(ctx, service)
+    if rules is None:
+        return ()
+    return tuple(dict.fromkeys(rule_hash(r) for r in rules))
+
+
+def rule_hash(rule: Rule) -> str:
+    return matches_hash([m.to_wire() for m in rule.matches])
+
+
+def backend_of(ref: BackendRef) -> Backend:
+    return Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None)
+
+
+def _has_redirect(rule: Rule) -> bool:
+    return any(f.type == "RequestRedirect" for f in rule.default.filters or ())
+
+
+def rule_backends(rule: Rule, service: str) -> list[tuple[Backend, int]]:
+    """(backend, weight) a rule forwards to: its backendRefs with a weight above 0, or the service."""
+    if rule.default.backend_refs is None:
+        return [(Backend(service), 1)]
+    return [(backend_of(r), r.effective_weight) for r in rule.default.backend_refs if r.effective_weight > 0]
+
+
+def _match_order(match: Match) -> tuple[int, int, int, int, int, int]:
+    """Gateway API precedence (Kuma's CompareMatch): smaller sorts first and wins."""
+    if match.path is None:
+        path: tuple[int, int, int] = (1, 0, 0)
+    else:
+        kind = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[match.path.type]
+        path = (0, kind, 0 if kind == 0 else -len(match.path.value))
+    return (*path, 0 if match.method else 1, -len(match.headers or ()), -len(match.query_params or ()))
+
+
+def _regex(pattern: str) -> regex_pb2.RegexMatcher:
+    return regex_pb2.RegexMatcher(regex=pattern)
+
+
+def _string_match(kind: str, value: str) -> string_pb2.StringMatcher:
+    if kind == "RegularExpression":
+        return string_pb2.StringMatcher(safe_regex=_regex(value))
+    if kind == "Prefix":
+        return string_pb2.StringMatcher(prefix=value)
+    return string_pb2.StringMatcher(exact=value)
+
+
+def header_matcher(h: HeaderMatch) -> rc.HeaderMatcher:
+    t = h.match_type
+    if t == "Present":
+        return rc.HeaderMatcher(name=h.name, present_match=True)
+    if t == "Absent":
+        return rc.HeaderMatcher(name=h.name, present_match=False)
+    return rc.HeaderMatcher(name=h.name, string_match=_string_match(t, h.value or ""))
+
+
+def route_match(match: Match) -> rc.RouteMatch:
+    m = rc.RouteMatch()
+    path = match.path
+    if path is None or (path.type == "PathPrefix" and path.value == "/"):
+        m.prefix = "/"
+    elif path.type == "Exact":
+        m.path = path.value
+    elif path.type == "PathPrefix":
+        m.path_separated_prefix = path.value  # '/api' matches /api and /api/..., not /apis
+    else:
+        m.safe_regex.CopyFrom(_regex(path.value))
+    if match.method:
+        m.headers.append(rc.HeaderMatcher(name=":method", string_match=string_pb2.StringMatcher(exact=match.method)))
+    for h in match.headers or ():
+        m.headers.append(header_matcher(h))
+    for q in match.query_params or ():
+        m.query_parameters.append(rc.QueryParameterMatcher(name=q.name, string_match=_string_match(q.type, q.value)))
+    return m
+
+
+def _header_options(mod: HeaderModifier) -> list[base_pb2.HeaderValueOption]:
+    out = []
+    for kv in mod.set or ():
+        out.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=kv.name, value=kv.value),
+                                              append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    for kv in mod.add or ():
+        out.append(base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=kv.name, value=kv.value),
+                                              append_action=base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD))
+    return out
+
+
+def _prefix_rewrite(match: Match, replacement: str) -> tuple[str, Any]:
+    """How to replace the matched path prefix (Gateway API ReplacePrefixMatch): ('prefix', text) or
+    ('regex', RegexMatchAndSubstitute) where a plain prefix swap would leave '//' or glue segments."""
+    prefix = match.path.value if match.path is not None else "/"
+    if prefix != "/" and not replacement.endswith("/"):
+        return "prefix", replacement
+    if prefix == "/":
+        pattern, substitution = "^/", replacement.rstrip("/") + "/"
+    else:
+        pattern, substitution = f"^{re.escape(prefix)}/*", replacement
+    return "regex", regex_pb2.RegexMatchAndSubstitute(pattern=_regex(pattern), substitution=substitution)
+
+
+def _full_path_rewrite(replacement: str) -> regex_pb2.RegexMatchAndSubstitute:
+    return regex_pb2.RegexMatchAndSubstitute(pattern=_regex("^.*$"), substitution=replacement)
+
+
+def mirror_fraction(percentage: int | str) -> percent_pb2.FractionalPercent:
+    value = parse_decimal(percentage) or Decimal(0)
+    if (value * 100) == (value * 100).to_integral_value():
+        return percent_pb2.FractionalPercent(numerator=int(value * 100),
+                                             denominator=percent_pb2.FractionalPercent.TEN_THOUSAND)
+    return percent_pb2.FractionalPercent(numerator=int((value * 10000).to_integral_value()),
+                                         denominator=percent_pb2.FractionalPercent.MILLION)
+
+
+def envoy_route(rule: Rule, match: Match, service: str) -> rc.Route:
+    route = rc.Route(name=rule_hash(rule), match=route_match(match))
+    filters = {f.type: f for f in rule.default.filters or () if f.type != "RequestMirror"}
+    mirrors = [f.request_mirror for f in rule.default.filters or () if f.type == "RequestMirror" and f.request_mirror]
+    redirect = filters.get("RequestRedirect")
+    if redirect is not None and redirect.request_redirect is not None:
+        r = redirect.request_redirect
+        action = rc.RedirectAction(response_code=REDIRECT_CODES[r.status_code or 302])
+        if r.scheme:
+            action.scheme_redirect = r.scheme
+        if r.hostname:
+            action.host_redirect = r.hostname
+        if r.port:
+            action.port_redirect = r.port
+        if r.path is not None:
+            if r.path.type == "ReplaceFullPath":
+                action.path_redirect = r.path.replace_full_path or "/"
+            else:
+                how, value = _prefix_rewrite(match, r.path.replace_prefix_match or "/")
+                if how == "prefix":
+                    action.prefix_rewrite = value
+                else:
+                    action.regex_rewrite.CopyFrom(value)
+        route.redirect.CopyFrom(action)
+    else:
+        backends = rule_backends(rule, service)
+        ra = rc.RouteAction(timeout=seconds(DEFAULT_ROUTE_TIMEOUT))
+        if len(backends) == 1:
+            ra.cluster = backends[0][0].cluster_name
+        else:
+            ra.weighted_clusters.clusters.extend(
+                rc.WeightedCluster.ClusterWeight(name=b.cluster_name, weight={"value": w}) for b, w in backends)
+        rewrite = filters.get("URLRewrite")
+        if rewrite is not None and rewrite.url_rewrite is not None:
+            u = rewrite.url_rewrite
+            if u.hostname:
+                ra.host_rewrite_literal = u.hostname
+            if u.path is not None:
+                if u.path.type == "ReplaceFullPath":
+                    ra.regex_rewrite.CopyFrom(_full_path_rewrite(u.path.replace_full_path or "/"))
+                else:
+                    how, value = _prefix_rewrite(match, u.path.replace_prefix_match or "/")
+                    if how == "prefix":
+                        ra.prefix_rewrite = value
+                    else:
+                        ra.regex_rewrite.CopyFrom(value)
+        for m in mirrors:
+            policy = rc.RouteAction.RequestMirrorPolicy(cluster=backend_of(m.backend_ref).cluster_name)
+            if m.percentage is not None:
+                policy.runtime_fraction.default_value.CopyFrom(mirror_fraction(m.percentage))
+            ra.request_mirror_policies.append(policy)
+        route.route.CopyFrom(ra)
+    request = filters.get("RequestHeaderModifier")
+    if request is not None and request.request_header_modifier is not None:
+        route.request_headers_to_add.extend(_header_options(request.request_header_modifier))
+        route.request_headers_to_remove.extend(request.request_header_modifier.remove or ())
+    response = filters.get("ResponseHeaderModifier")
+    if response is not None and response.response_header_modifier is not None:
+        route.response_headers_to_add.extend(_header_options(response.response_header_modifier))
+        route.response_headers_to_remove.extend(response.response_header_modifier.remove or ())
+    return route
+
+
+def envoy_routes(rules: Sequence[Rule], service: str) -> list[rc.Route]:
+    expanded = [(rule, match) for rule in rules for match in rule.matches]
+    expanded.sort(key=lambda rm: _match_order(rm[1]))  # stable: equal matches keep the merged order
+    return [envoy_route(rule, match, service) for rule, match in expanded]
+
+
+class HTTPRoutePlugin(PolicyPlugin):
+    """Routes of the outbound HTTP listeners (before timeouts and retries, which then apply per route)."""
+
+    policy_type = POLICY
+    order = 20
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = _merged(ctx, service)
+        return None if merged is None else merged.json
+
+    def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
+        assert isinstance(key, str)
+        out: list[Backend] = []
+        for rule in _rules_of(key):
+            if _has_redirect(rule):
+                continue
+            out.extend(b for b, _ in rule_backends(rule, service))
+            for f in rule.default.filters or ():
+                if f.type == "RequestMirror" and f.request_mirror is not None:
+                    out.append(backend_of(f.request_mirror.backend_ref))
+        return out
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, str)
+        routes = envoy_routes(_rules_of(key), service)
+
+        def edit(manager: hcm_pb2.HttpConnectionManager) -> None:
+            vhost = manager.route_config.virtual_hosts[0]
+            del vhost.routes[:]
+            vhost.routes.extend(routes)
+
+        update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit)
+
+
+PLUGIN = HTTPRoutePlugin()

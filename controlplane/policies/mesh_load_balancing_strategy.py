@@ -19,19 +19,36 @@ None|Only|Any|AnyExcept, `to.zones` for Only/AnyExcept) and `crossZone.failoverT
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway;
 `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
 
-Envoy effect: cluster lb_policy and its config, route hash_policy, and locality priorities/weights in
-endpoints. Added by the xDS layer, not here.
+Envoy effect (end of this module): the clusters of the destination get `lb_policy` ROUND_ROBIN, LEAST_REQUEST
+(`least_request_lb_config`: choice count, active request bias), RING_HASH (`ring_hash_lb_config`: ring sizes,
+XX_HASH/MURMUR_HASH_2), RANDOM or MAGLEV (`maglev_lb_config.table_size`); the hash policies of RingHash/Maglev
+go on the routes of the outbound listener (`hash_policy`: header, cookie, connection source IP, query
+parameter, filter state; terminal) or, for a TCP proxy, its source-IP/filter-state `hash_policy`.
+`localityAwareness` is accepted and kept for multi-zone; it does not change single-zone config yet.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Hashable
+from typing import Any, Literal
 
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.type.v3 import hash_policy_pb2
 from pydantic import Field
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.resources.fields import check_name
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, update_filters
+from controlplane.xds.generate.plugins import PolicyPlugin
 
 from ._common import (
     MESH,
@@ -48,6 +65,8 @@ from ._common import (
     check_target_ref,
     check_top_level,
     effective_target_ref,
+    parse_decimal,
+    parse_go_duration,
     require_some,
 )
 
@@ -339,5 +358,117 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how merged MeshLoadBalancingStrategy confs set lb_policy, hash policies and
-# locality-aware endpoint priorities.
+
+LB_POLICIES = {"RoundRobin": cluster_pb2.Cluster.ROUND_ROBIN, "LeastRequest": cluster_pb2.Cluster.LEAST_REQUEST,
+               "RingHash": cluster_pb2.Cluster.RING_HASH, "Random": cluster_pb2.Cluster.RANDOM,
+               "Maglev": cluster_pb2.Cluster.MAGLEV}
+HASH_FUNCTIONS = {"XXHash": cluster_pb2.Cluster.RingHashLbConfig.XX_HASH,
+                  "MurmurHash2": cluster_pb2.Cluster.RingHashLbConfig.MURMUR_HASH_2}
+
+
+def apply_lb(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
+    kind = lb.get("type")
+    if kind not in LB_POLICIES:
+        return
+    cluster.lb_policy = LB_POLICIES[kind]
+    if kind == "LeastRequest":
+        conf = lb.get("leastRequest") or {}
+        if conf.get("choiceCount") is not None:
+            cluster.least_request_lb_config.choice_count.value = conf["choiceCount"]
+        if conf.get("activeRequestBias") is not None:
+            bias = cluster.least_request_lb_config.active_request_bias
+            bias.default_value = float(parse_decimal(conf["activeRequestBias"]) or 0)
+            bias.runtime_key = "kuma.lb.least_request.active_request_bias"
+    elif kind == "RingHash":
+        conf = lb.get("ringHash") or {}
+        ring = cluster.ring_hash_lb_config
+        ring.SetInParent()
+        if conf.get("hashFunction"):
+            ring.hash_function = HASH_FUNCTIONS[conf["hashFunction"]]
+        if conf.get("minRingSize") is not None:
+            ring.minimum_ring_size.value = conf["minRingSize"]
+        if conf.get("maxRingSize") is not None:
+            ring.maximum_ring_size.value = conf["maxRingSize"]
+    elif kind == "Maglev":
+        conf = lb.get("maglev") or {}
+        cluster.maglev_lb_config.SetInParent()
+        if conf.get("tableSize") is not None:
+            cluster.maglev_lb_config.table_size.value = conf["tableSize"]
+
+
+def hash_policies(lb: dict[str, Any]) -> list[dict[str, Any]]:
+    kind = lb.get("type")
+    block = lb.get("ringHash") if kind == "RingHash" else lb.get("maglev") if kind == "Maglev" else None
+    return list((block or {}).get("hashPolicies") or ())
+
+
+def route_hash_policy(hp: dict[str, Any]) -> rc.RouteAction.HashPolicy:
+    out = rc.RouteAction.HashPolicy(terminal=bool(hp.get("terminal")))
+    kind = hp["type"]
+    if kind == "Header":
+        out.header.header_name = hp["header"]["name"]
+    elif kind == "Cookie":
+        cookie = hp["cookie"]
+        out.cookie.name = cookie["name"]
+        if cookie.get("ttl"):
+            out.cookie.ttl.CopyFrom(duration(parse_go_duration(cookie["ttl"])))
+        if cookie.get("path"):
+            out.cookie.path = cookie["path"]
+    elif kind == "Connection":
+        out.connection_properties.source_ip = bool(hp["connection"].get("sourceIP"))
+    elif kind == "QueryParameter":
+        out.query_parameter.name = hp["queryParameter"]["name"]
+    elif kind == "FilterState":
+        out.filter_state.key = hp["filterState"]["key"]
+    return out
+
+
+class LoadBalancingPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 50
+
+    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        if merged is None or not merged.data.get("loadBalancer"):
+            return None
+        return json.dumps(merged.data["loadBalancer"], sort_keys=True)
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        if merged is None:
+            return None
+        policies = hash_policies(merged.data.get("loadBalancer") or {})
+        return json.dumps(policies, sort_keys=True) if policies else None
+
+    def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
+                               key: Hashable) -> None:
+        assert isinstance(key, str)
+        apply_lb(cluster, json.loads(key))
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, str)
+        policies = json.loads(key)
+        route_policies = [route_hash_policy(hp) for hp in policies]
+
+        def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
+            for vhost in manager.route_config.virtual_hosts:
+                for route in vhost.routes:
+                    if route.HasField("route"):
+                        del route.route.hash_policy[:]
+                        route.route.hash_policy.extend(route_policies)
+
+        def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
+            del proxy.hash_policy[:]
+            for hp in policies:  # a TCP proxy can hash on the client address or filter state only
+                if hp["type"] == "Connection" and (hp.get("connection") or {}).get("sourceIP"):
+                    proxy.hash_policy.append(hash_policy_pb2.HashPolicy(source_ip={}))
+                elif hp["type"] == "FilterState":
+                    proxy.hash_policy.append(hash_policy_pb2.HashPolicy(
+                        filter_state={"key": hp["filterState"]["key"]}))
+
+        update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
+        update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
+
+
+PLUGIN = LoadBalancingPlugin()

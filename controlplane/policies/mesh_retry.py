@@ -17,17 +17,43 @@
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
 (with listener tags); `to[]` Mesh, MeshService or MeshHTTPRoute (only Mesh under a MeshGateway).
 
-Envoy effect: route retry_policy (retry_on, retriable_status_codes, back-off, host predicates) and the
-TCP proxy's max_connect_attempts. Added by the xDS layer, not here.
+Envoy effect (end of this module), as Kuma renders it: every route of the outbound listener gets a
+`retry_policy` from the `http` section (services speaking http/http2) or the `grpc` section (grpc):
+`retry_on` (Kuma's default when none is listed: gateway-error,connect-failure,refused-stream for HTTP;
+cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable for gRPC),
+status codes as `retriable_status_codes` (+ retriable-status-codes), HTTP methods as `:method` retriable
+request headers, `num_retries` (0 turns retries off), `per_try_timeout`, `retry_back_off`,
+`rate_limited_retry_back_off`, retriable request/response headers and host selection predicates
+(previous_hosts, omit_host_metadata, previous_priorities). A TCP proxy gets `max_connect_attempts`.
+Routes named by a per-route entry (a MeshHTTPRoute target) use that route's merged conf.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
 from http import HTTPStatus
-from typing import Literal
+from typing import Any, Literal
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.retry.host.omit_host_metadata.v3 import omit_host_metadata_config_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2
+from envoy.type.matcher.v3 import string_pb2
+from google.protobuf import struct_pb2
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, update_filters
+from controlplane.xds.generate.plugins import PolicyPlugin
+from controlplane.xds.generate.rules import listener_confs
 
 from ._common import (
     INT32_MAX,
@@ -47,6 +73,7 @@ from ._common import (
     check_target_ref,
     check_top_level,
     effective_target_ref,
+    parse_go_duration,
     require_some,
 )
 
@@ -249,4 +276,151 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how merged MeshRetry confs become route retry policies and TCP proxy settings.
+
+HTTP_RETRY_ON_DEFAULT = "gateway-error,connect-failure,refused-stream"
+GRPC_RETRY_ON_DEFAULT = "cancelled,connect-failure,gateway-error,refused-stream,reset,resource-exhausted,unavailable"
+GRPC_ENVOY = {"Canceled": "cancelled", "DeadlineExceeded": "deadline-exceeded", "Internal": "internal",
+              "ResourceExhausted": "resource-exhausted", "Unavailable": "unavailable"}
+RESET_FORMATS = {"Seconds": rc.RetryPolicy.SECONDS, "UnixTimestamp": rc.RetryPolicy.UNIX_TIMESTAMP}
+
+
+def _header_matcher(raw: dict[str, Any]) -> rc.HeaderMatcher:
+    m = HeaderMatch.model_validate(raw)
+    t = m.match_type
+    if t == "Present":
+        return rc.HeaderMatcher(name=m.name, present_match=True)
+    if t == "Absent":
+        return rc.HeaderMatcher(name=m.name, present_match=False)
+    if t == "RegularExpression":
+        return rc.HeaderMatcher(name=m.name, string_match=string_pb2.StringMatcher(
+            safe_regex={"regex": m.value or ""}))
+    if t == "Prefix":
+        return rc.HeaderMatcher(name=m.name, string_match=string_pb2.StringMatcher(prefix=m.value or ""))
+    return rc.HeaderMatcher(name=m.name, string_match=string_pb2.StringMatcher(exact=m.value or ""))
+
+
+def _common(policy: rc.RetryPolicy, section: dict[str, Any]) -> None:
+    if section.get("numRetries") is not None:
+        policy.num_retries.value = section["numRetries"]
+    if section.get("perTryTimeout") is not None:
+        policy.per_try_timeout.CopyFrom(duration(parse_go_duration(section["perTryTimeout"])))
+    back_off = section.get("backOff")
+    if back_off:
+        if back_off.get("baseInterval"):
+            policy.retry_back_off.base_interval.CopyFrom(duration(parse_go_duration(back_off["baseInterval"])))
+        else:
+            policy.retry_back_off.base_interval.CopyFrom(duration(25_000_000))  # Envoy's default, made explicit
+        if back_off.get("maxInterval"):
+            policy.retry_back_off.max_interval.CopyFrom(duration(parse_go_duration(back_off["maxInterval"])))
+    limited = section.get("rateLimitedBackOff")
+    if limited:
+        rl = policy.rate_limited_retry_back_off
+        for h in limited.get("resetHeaders") or ():
+            rl.reset_headers.append(rc.RetryPolicy.ResetHeader(name=h["name"], format=RESET_FORMATS[h["format"]]))
+        if limited.get("maxInterval"):
+            rl.max_interval.CopyFrom(duration(parse_go_duration(limited["maxInterval"])))
+
+
+def http_retry_policy(section: dict[str, Any] | None) -> rc.RetryPolicy | None:
+    if section is None or section.get("numRetries") == 0:
+        return None
+    policy = rc.RetryPolicy(retry_on=HTTP_RETRY_ON_DEFAULT)
+    _common(policy, section)
+    retry_on, codes, methods = [], [], []
+    for item in section.get("retryOn") or ():
+        if item.isdigit():
+            codes.append(int(item))
+        elif item.startswith("HttpMethod"):
+            methods.append(HTTP_RETRY_ON[item])
+        else:
+            retry_on.append(HTTP_RETRY_ON[HTTP_RETRY_ON_ALIASES.get(item, item)])
+    if retry_on:
+        policy.retry_on = ",".join(retry_on)
+    if codes:
+        policy.retriable_status_codes.extend(codes)
+        if "retriable-status-codes" not in policy.retry_on.split(","):
+            policy.retry_on += ",retriable-status-codes"
+    for method in methods:
+        policy.retriable_request_headers.append(rc.HeaderMatcher(
+            name=":method", string_match=string_pb2.StringMatcher(exact=method)))
+    for raw in section.get("retriableRequestHeaders") or ():
+        policy.retriable_request_headers.append(_header_matcher(raw))
+    for raw in section.get("retriableResponseHeaders") or ():
+        policy.retriable_headers.append(_header_matcher(raw))
+    for pred in section.get("hostSelection") or ():
+        kind = pred.get("predicate")
+        if kind == "OmitPreviousHosts":
+            policy.retry_host_predicate.append(rc.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=pack(previous_hosts_pb2.PreviousHostsPredicate())))
+        elif kind == "OmitHostsWithTags":
+            metadata = base_pb2.Metadata()
+            metadata.filter_metadata["envoy.lb"].CopyFrom(struct_pb2.Struct(fields={
+                k: struct_pb2.Value(string_value=v) for k, v in sorted((pred.get("tags") or {}).items())}))
+            policy.retry_host_predicate.append(rc.RetryPolicy.RetryHostPredicate(
+                name="envoy.retry_host_predicates.omit_host_metadata",
+                typed_config=pack(omit_host_metadata_config_pb2.OmitHostMetadataConfig(metadata_match=metadata))))
+        elif kind == "OmitPreviousPriorities":
+            policy.retry_priority.CopyFrom(rc.RetryPolicy.RetryPriority(
+                name="envoy.retry_priorities.previous_priorities",
+                typed_config=pack(previous_priorities_config_pb2.PreviousPrioritiesConfig(
+                    update_frequency=pred.get("updateFrequency") or 2))))
+    if section.get("hostSelectionMaxAttempts") is not None:
+        policy.host_selection_retry_max_attempts = section["hostSelectionMaxAttempts"]
+    return policy
+
+
+def grpc_retry_policy(section: dict[str, Any] | None) -> rc.RetryPolicy | None:
+    if section is None or section.get("numRetries") == 0:
+        return None
+    policy = rc.RetryPolicy(retry_on=GRPC_RETRY_ON_DEFAULT)
+    _common(policy, section)
+    if section.get("retryOn"):
+        policy.retry_on = ",".join(GRPC_ENVOY[item] for item in section["retryOn"])
+    return policy
+
+
+def retry_policy(conf: dict[str, Any], protocol: str) -> rc.RetryPolicy | None:
+    if protocol == "grpc":
+        return grpc_retry_policy(conf.get("grpc"))
+    if protocol in ("http", "http2"):
+        return http_retry_policy(conf.get("http"))
+    return None
+
+
+class RetryPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 40
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        return listener_confs(ctx, POLICY, service)
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        base_json, per_route_json = key
+        base: dict[str, Any] = json.loads(base_json) if base_json else {}
+        per_route = {name: json.loads(text) for name, text in per_route_json}
+        protocol = ctx.topology.protocol(service)
+        base_policy = retry_policy(base, protocol)
+
+        def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
+            for vhost in manager.route_config.virtual_hosts:
+                for route in vhost.routes:
+                    if not route.HasField("route"):
+                        continue
+                    conf = per_route.get(route.name)
+                    policy = retry_policy(conf, protocol) if conf is not None else base_policy
+                    if policy is not None:
+                        route.route.retry_policy.CopyFrom(policy)
+
+        def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
+            attempts = (base.get("tcp") or {}).get("maxConnectAttempt")
+            if attempts is not None:
+                proxy.max_connect_attempts.value = attempts
+
+        update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
+        update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
+
+
+PLUGIN = RetryPlugin()

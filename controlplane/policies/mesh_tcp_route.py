@@ -7,19 +7,31 @@ of MeshService / MeshServiceSubset with `name`, `tags`, `weight` (>= 0, default 
 A MeshHTTPRoute for the same destination takes precedence over a MeshTCPRoute (Kuma's rule, applied by
 the xDS layer).
 
-Envoy effect: the outbound TCP proxy's weighted_clusters (or a single cluster). Added by the xDS layer, not
-here.
+Envoy effect (end of this module): the outbound listener's TCP proxy goes to the merged rule's backends, one
+`cluster` or `weighted_clusters` (weight 0 backends are left out; a MeshServiceSubset backend is a cluster of
+the matching endpoints). For a service speaking HTTP, a MeshHTTPRoute wins; with only a MeshTCPRoute the
+listener becomes a plain TCP proxy, as in Kuma.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable, Sequence
+
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, pack, stat_name
+from controlplane.xds.generate.plugins import Backend, PolicyPlugin
 
 from ._common import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
+    MESH_SERVICE_SUBSET,
     TOP_LEVEL_KINDS,
     BackendRef,
     TargetRef,
@@ -87,4 +99,65 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how MeshTCPRoute backends become the outbound TCP proxy's clusters.
+
+
+def _backend_refs(ctx: ProxyContext, service: str) -> list[dict[str, object]] | None:
+    from . import mesh_http_route
+
+    if mesh_http_route.route_rules(ctx, service) is not None:
+        return None  # a MeshHTTPRoute for the same destination takes precedence
+    merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+    if merged is None:
+        return None
+    rules = merged.data.get("rules") or []
+    if not rules:
+        return None
+    refs = (rules[-1].get("default") or {}).get("backendRefs")
+    return list(refs) if refs else None
+
+
+def _weighted(key: str) -> list[tuple[Backend, int]]:
+    out = []
+    for raw in json.loads(key):
+        ref = BackendRef.model_validate(raw)
+        if ref.effective_weight > 0:
+            out.append((Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None),
+                        ref.effective_weight))
+    return out
+
+
+class TCPRoutePlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 21
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        refs = _backend_refs(ctx, service)
+        return None if refs is None else json.dumps(refs, sort_keys=True, separators=(",", ":"))
+
+    def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
+        assert isinstance(key, str)
+        return [b for b, _ in _weighted(key)]
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, str)
+        weighted = _weighted(key)
+        proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_name(f"outbound_{service}"))
+        if len(weighted) == 1:
+            proxy.cluster = weighted[0][0].cluster_name
+        else:
+            proxy.weighted_clusters.clusters.extend(
+                tcp_proxy_pb2.TcpProxy.WeightedCluster.ClusterWeight(name=b.cluster_name, weight=w)
+                for b, w in weighted)
+        for chain in listener.filter_chains:
+            for i, f in enumerate(chain.filters):
+                if f.name in (TCP_PROXY_FILTER, HCM_FILTER):
+                    if f.name == TCP_PROXY_FILTER:
+                        existing = tcp_proxy_pb2.TcpProxy()
+                        f.typed_config.Unpack(existing)
+                        proxy.stat_prefix = existing.stat_prefix
+                    chain.filters[i].CopyFrom(listener_components_pb2.Filter(
+                        name=TCP_PROXY_FILTER, typed_config=pack(proxy)))
+
+
+PLUGIN = TCPRoutePlugin()

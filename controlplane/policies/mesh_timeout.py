@@ -12,16 +12,46 @@ under a MeshGateway or MeshHTTPRoute top-level). Under a route only per-request 
 `connectionTimeout`, `idleTimeout`, `http.maxStreamDuration` and `http.maxConnectionDuration` are refused
 there.
 
-Envoy effect: cluster connect_timeout, HCM/cluster idle and stream timeouts, route timeouts. Added by the
-xDS layer, not here.
+Envoy effect (end of this module), with Kuma's defaults for fields a matching policy leaves unset (connect 5s,
+idle 1h, request 15s, stream idle 30m, max stream/connection duration 0 = none):
+
+- outbound clusters of a destination: `connect_timeout`; HTTP clusters also the upstream
+  `common_http_protocol_options` `idle_timeout`, `max_stream_duration`, `max_connection_duration`;
+- outbound listener: TCP proxy `idle_timeout`; HTTP connection manager `stream_idle_timeout` and
+  `request_headers_timeout`; every route's `timeout` (request timeout) and, on routes a per-route entry
+  names, `idle_timeout` (stream idle);
+- inbound (`from[]`): the local cluster's `connect_timeout` and HTTP options, the inbound TCP proxy's
+  `idle_timeout`, or the connection manager's `stream_idle_timeout`, `request_headers_timeout`,
+  `common_http_protocol_options` (idle, max connection and stream duration) and the route `timeout`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Hashable
+from typing import Any
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from pydantic import Field
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.dataplane import PROTOCOL_TAG, Inbound
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import (
+    HCM_FILTER,
+    TCP_PROXY_FILTER,
+    duration,
+    update_filters,
+    update_http_protocol_options,
+)
+from controlplane.xds.generate.plugins import PolicyPlugin
+from controlplane.xds.generate.rules import listener_confs
 
 from ._common import (
     MESH,
@@ -36,6 +66,7 @@ from ._common import (
     check_target_ref,
     check_top_level,
     effective_target_ref,
+    parse_go_duration,
     require_some,
 )
 
@@ -119,4 +150,131 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-# The xDS issue adds here how merged MeshTimeout confs set cluster, listener (HCM) and route timeouts.
+
+HTTP_PROTOCOLS = ("http", "http2", "grpc")
+S = 1_000_000_000
+DEFAULTS = {"connectionTimeout": 5 * S, "idleTimeout": 3600 * S, "requestTimeout": 15 * S,
+            "streamIdleTimeout": 1800 * S, "maxStreamDuration": 0, "maxConnectionDuration": 0}
+
+
+def _get(conf: dict[str, Any], field: str) -> int:
+    """A timeout of a merged conf in nanoseconds (Kuma's default when unset)."""
+    value = conf.get(field)
+    if value is None and field in ("requestTimeout", "streamIdleTimeout", "maxStreamDuration",
+                                   "maxConnectionDuration", "requestHeadersTimeout"):
+        value = (conf.get("http") or {}).get(field)
+    if value is None:
+        return DEFAULTS.get(field, 0)
+    return parse_go_duration(value)
+
+
+def _has(conf: dict[str, Any], field: str) -> bool:
+    return conf.get(field) is not None or (conf.get("http") or {}).get(field) is not None
+
+
+def _cluster_timeouts(cluster: cluster_pb2.Cluster, conf: dict[str, Any], http: bool) -> None:
+    cluster.connect_timeout.CopyFrom(duration(_get(conf, "connectionTimeout")))
+    if not http:
+        return
+
+    def edit(options: Any) -> None:
+        common = options.common_http_protocol_options
+        common.idle_timeout.CopyFrom(duration(_get(conf, "idleTimeout")))
+        common.max_stream_duration.CopyFrom(duration(_get(conf, "maxStreamDuration")))
+        common.max_connection_duration.CopyFrom(duration(_get(conf, "maxConnectionDuration")))
+
+    update_http_protocol_options(cluster, edit)
+
+
+def _manager_timeouts(manager: hcm_pb2.HttpConnectionManager, conf: dict[str, Any]) -> None:
+    manager.stream_idle_timeout.CopyFrom(duration(_get(conf, "streamIdleTimeout")))
+    if _has(conf, "requestHeadersTimeout"):
+        manager.request_headers_timeout.CopyFrom(duration(_get(conf, "requestHeadersTimeout")))
+
+
+class TimeoutPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 30
+
+    # --- outbound ---
+
+    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        return None if merged is None else merged.json
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        return listener_confs(ctx, POLICY, service)
+
+    def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
+                               key: Hashable) -> None:
+        assert isinstance(key, str)
+        _cluster_timeouts(cluster, json.loads(key), ctx.topology.protocol(service) in HTTP_PROTOCOLS)
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        base_json, per_route_json = key
+        base: dict[str, Any] = json.loads(base_json) if base_json else {}
+        per_route = {name: json.loads(text) for name, text in per_route_json}
+
+        def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
+            if base_json:
+                _manager_timeouts(manager, base)
+            for vhost in manager.route_config.virtual_hosts:
+                for route in vhost.routes:
+                    if not route.HasField("route"):
+                        continue
+                    conf = per_route.get(route.name)
+                    if conf is not None:
+                        route.route.timeout.CopyFrom(duration(_get(conf, "requestTimeout")))
+                        if _has(conf, "streamIdleTimeout"):
+                            route.route.idle_timeout.CopyFrom(duration(_get(conf, "streamIdleTimeout")))
+                    elif base_json:
+                        route.route.timeout.CopyFrom(duration(_get(base, "requestTimeout")))
+
+        def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
+            proxy.idle_timeout.CopyFrom(duration(_get(base, "idleTimeout")))
+
+        update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
+        if base_json:
+            update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
+
+    # --- inbound ---
+
+    def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
+        return None if merged is None else merged.json
+
+    def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
+        return None if merged is None else (merged.json, inbound.tags.get(PROTOCOL_TAG, "tcp") in HTTP_PROTOCOLS)
+
+    def apply_local_cluster(self, ctx: ProxyContext, inbound: Inbound, cluster: cluster_pb2.Cluster,
+                            key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        _cluster_timeouts(cluster, json.loads(key[0]), key[1])
+
+    def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
+                      key: Hashable) -> None:
+        assert isinstance(key, str)
+        conf = json.loads(key)
+
+        def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
+            _manager_timeouts(manager, conf)
+            common = manager.common_http_protocol_options
+            common.idle_timeout.CopyFrom(duration(_get(conf, "idleTimeout")))
+            common.max_connection_duration.CopyFrom(duration(_get(conf, "maxConnectionDuration")))
+            common.max_stream_duration.CopyFrom(duration(_get(conf, "maxStreamDuration")))
+            for vhost in manager.route_config.virtual_hosts:
+                for route in vhost.routes:
+                    if route.HasField("route"):
+                        route.route.timeout.CopyFrom(duration(_get(conf, "requestTimeout")))
+
+        def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
+            proxy.idle_timeout.CopyFrom(duration(_get(conf, "idleTimeout")))
+
+        update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
+        update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
+
+
+PLUGIN = TimeoutPlugin()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controlplane.resources.base import Resource
 from controlplane.resources.dataplane import DataplaneSpec
 
 from ..topology import MeshTopology
 from .memo import ResourceMemo
+
+if TYPE_CHECKING:
+    from .rules import PolicyRules
 
 
 @dataclass(frozen=True)
@@ -40,3 +44,10 @@ class ProxyContext:
     @property
     def mtls(self) -> bool:
         return self.topology.mtls_enabled and self.identity is not None
+
+    @property
+    def rules(self) -> PolicyRules:
+        """The policy rules of this proxy's mesh (cached per topology)."""
+        from .rules import rules_for
+
+        return rules_for(self.topology)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3 import string_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
+
+M = TypeVar("M", bound=Message)
 
 IDENTITY_SECRET = "identity_cert:secret:{mesh}"
 CA_SECRET = "mesh_ca:secret:{mesh}"
@@ -81,3 +85,49 @@ def upstream_mtls(mesh: str, service: str) -> base_pb2.TransportSocket:
     ctx = tls_pb2.UpstreamTlsContext(sni=sni(mesh, service),
                                      common_tls_context=_common_tls(mesh, peer_sans=[spiffe_id(mesh, service)]))
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
+
+
+# --- editing built listeners (policy plugins) -------------------------------------------------------
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+
+
+def update_filters(listener: Any, name: str, message_cls: type[M], edit: Callable[[M], None]) -> bool:
+    """Unpack every network filter called `name` on every filter chain, let `edit` change it, pack it back.
+    Returns whether any was found (a plugin for HTTP leaves a TCP proxy alone, and the other way round)."""
+    found = False
+    for chain in listener.filter_chains:
+        for f in chain.filters:
+            if f.name != name:
+                continue
+            message = message_cls()
+            f.typed_config.Unpack(message)
+            edit(message)
+            f.typed_config.CopyFrom(pack(message))
+            found = True
+    return found
+
+
+def duration(ns: int) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(ns)
+    return d
+
+
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def update_http_protocol_options(cluster: Any, edit: Callable[[Any], None]) -> None:
+    """Edit a cluster's upstream HttpProtocolOptions; a cluster without them gets explicit HTTP/1.1 (what
+    Envoy uses anyway), since Envoy requires the protocol choice once the options exist."""
+    from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+
+    options = http_protocol_options_pb2.HttpProtocolOptions()
+    existing = cluster.typed_extension_protocol_options
+    if HTTP_OPTIONS_KEY in existing:
+        existing[HTTP_OPTIONS_KEY].Unpack(options)
+    else:
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    edit(options)
+    existing[HTTP_OPTIONS_KEY].CopyFrom(pack(options))

@@ -35,7 +35,7 @@ def inbound_address(ctx: ProxyContext, inbound: Inbound) -> str:
     return inbound.address or ctx.spec.networking.address
 
 
-def local_cluster(inbound: Inbound) -> XdsResource:
+def local_cluster(ctx: ProxyContext, inbound: Inbound, keys: tuple[Hashable, ...]) -> XdsResource:
     name = local_cluster_name(inbound)
     address = inbound.service_address or "127.0.0.1"
     cluster = cluster_pb2.Cluster(
@@ -44,6 +44,9 @@ def local_cluster(inbound: Inbound) -> XdsResource:
             endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address, inbound.workload_port)))])]),
     )
+    for plugin, key in zip(plugins(), keys, strict=True):
+        if key is not None:
+            plugin.apply_local_cluster(ctx, inbound, cluster, key)
     return XdsResource.of(CLUSTER, name, cluster)
 
 
@@ -113,6 +116,7 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         listener_key = ("inbound", ctx.mesh, inbound_address(ctx, inbound), inbound.model_dump_json(),
                         ctx.mtls, topo.permissive, keys)
         out.append(ctx.memo.get(listener_key, partial(inbound_listener, ctx, inbound, keys)))
-        out.append(ctx.memo.get(("local", local_cluster_name(inbound), inbound.service_address),
-                                partial(local_cluster, inbound)))
+        local_keys = tuple(p.local_cluster_key(ctx, inbound) for p in plugins())
+        out.append(ctx.memo.get(("local", local_cluster_name(inbound), inbound.service_address, local_keys),
+                                partial(local_cluster, ctx, inbound, local_keys)))
     return out

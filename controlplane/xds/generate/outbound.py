@@ -1,5 +1,11 @@
-"""Outbound: a listener per explicit Dataplane outbound, one cluster per destination service (shared by
-every proxy of the mesh that calls it), and that service's endpoints (EDS)."""
+"""Outbound: a listener per explicit Dataplane outbound, one cluster per destination (shared by every proxy
+of the mesh that calls it with the same policies), and that destination's endpoints (EDS).
+
+A destination is a service, or a subset of its endpoints selected by tags when a route (MeshHTTPRoute,
+MeshTCPRoute) splits traffic by version: such a subset gets a cluster and an EDS resource of its own,
+`<service>-<hash of the tags>`, holding only the endpoints whose tags match. Policy plugins say which
+destinations a listener needs (`backends`) and shape listeners and clusters through their summaries.
+"""
 
 from __future__ import annotations
 
@@ -16,22 +22,25 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from controlplane.policies._common import tags_match
+
 from ..resources import CLUSTER, ENDPOINT, LISTENER, SECRET, Ref, XdsResource
 from ..topology import Endpoint
 from .context import ProxyContext
 from .envoy import CA_SECRET, IDENTITY_SECRET, pack, seconds, socket_address, stat_name, upstream_mtls
 from .inbound import HTTP_PROTOCOLS
-from .plugins import plugins
+from .plugins import Backend, plugins
 
 HTTP2 = ("http2", "grpc")
 DEFAULT_OUTBOUND_ADDRESS = "127.0.0.1"
 
 
-def service_cluster(ctx: ProxyContext, service: str, protocol: str, keys: tuple[Hashable, ...]) -> XdsResource:
+def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tuple[Hashable, ...]) -> XdsResource:
+    service, name = backend.service, backend.cluster_name
     cluster = cluster_pb2.Cluster(
-        name=service, type=cluster_pb2.Cluster.EDS, connect_timeout=seconds(5),
+        name=name, type=cluster_pb2.Cluster.EDS, connect_timeout=seconds(5),
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(
-            service_name=service, eds_config={"ads": {}, "resource_api_version": "V3"}),
+            service_name=name, eds_config={"ads": {}, "resource_api_version": "V3"}),
     )
     if protocol in HTTP2:
         options = http_protocol_options_pb2.HttpProtocolOptions(
@@ -39,28 +48,37 @@ def service_cluster(ctx: ProxyContext, service: str, protocol: str, keys: tuple[
                 http2_protocol_options=protocol_pb2.Http2ProtocolOptions()))
         cluster.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].CopyFrom(
             pack(options))
-    refs = [Ref(ENDPOINT, service)]
+    refs = [Ref(ENDPOINT, name)]
     if ctx.mtls:
         cluster.transport_socket.CopyFrom(upstream_mtls(ctx.mesh, service))
         refs += [Ref(SECRET, IDENTITY_SECRET.format(mesh=ctx.mesh)), Ref(SECRET, CA_SECRET.format(mesh=ctx.mesh))]
     for plugin, key in zip(plugins(), keys, strict=True):
         if key is not None:
             plugin.apply_outbound_cluster(ctx, service, cluster, key)
-    return XdsResource.of(CLUSTER, service, cluster, refs)
+    return XdsResource.of(CLUSTER, name, cluster, refs)
 
 
-def load_assignment(service: str, endpoints: tuple[Endpoint, ...]) -> XdsResource:
-    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=service, endpoints=[
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> XdsResource:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
         endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
             endpoint_components_pb2.LbEndpoint(
                 endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port)),
                 health_status=health_check_pb2.HEALTHY)
             for e in endpoints])])
-    return XdsResource.of(ENDPOINT, service, cla)
+    return XdsResource.of(ENDPOINT, name, cla)
+
+
+def subset_load_assignment(name: str, endpoints: tuple[Endpoint, ...], tags: tuple[tuple[str, str], ...]
+                           ) -> XdsResource:
+    """The endpoints of a destination: all of the service's, or those whose tags match the subset's."""
+    if tags:
+        want = dict(tags)
+        endpoints = tuple(e for e in endpoints if tags_match(want, dict(e.tags)))
+    return load_assignment(name, endpoints)
 
 
 def outbound_listener(ctx: ProxyContext, address: str, port: int, service: str, protocol: str,
-                      keys: tuple[Hashable, ...]) -> XdsResource:
+                      keys: tuple[Hashable, ...], backends: tuple[Backend, ...]) -> XdsResource:
     name = f"outbound:{address}:{port}"
     prefix = stat_name(f"outbound_{service}")
     if protocol in HTTP_PROTOCOLS:
@@ -87,28 +105,51 @@ def outbound_listener(ctx: ProxyContext, address: str, port: int, service: str, 
     for plugin, key in zip(plugins(), keys, strict=True):
         if key is not None:
             plugin.apply_outbound_listener(ctx, service, listener, key)
-    return XdsResource.of(LISTENER, name, listener, [Ref(CLUSTER, service)])
+    return XdsResource.of(LISTENER, name, listener, [Ref(CLUSTER, b.cluster_name) for b in backends])
+
+
+def listener_plan(ctx: ProxyContext, service: str) -> tuple[tuple[Hashable, ...], tuple[Backend, ...]]:
+    """The plugins' summaries for the outbound listener of `service`, and the destinations it sends to."""
+    keys = tuple(p.listener_key(ctx, service) for p in plugins())
+    backends: list[Backend] | None = None
+    for plugin, key in zip(plugins(), keys, strict=True):
+        if key is not None:
+            found = plugin.backends(ctx, service, key)
+            if found is not None:
+                backends = list(found)
+    if backends is None:
+        return keys, (Backend(service),)
+    return keys, tuple(dict.fromkeys(backends))  # unique, in order
 
 
 def generate(ctx: ProxyContext) -> list[XdsResource]:
     out: list[XdsResource] = []
     topo, mesh = ctx.topology, ctx.mesh
-    services: dict[str, tuple[Hashable, ...]] = {}
+    plans: dict[str, tuple[tuple[Hashable, ...], tuple[Backend, ...]]] = {}
+    destinations: dict[str, Backend] = {}
     for outbound in ctx.spec.networking.outbound:
         service = outbound.service
         protocol = topo.protocol(service)
-        keys = services.get(service)
-        if keys is None:
-            keys = services[service] = tuple(p.outbound_key(ctx, service) for p in plugins())
+        plan = plans.get(service)
+        if plan is None:
+            plan = plans[service] = listener_plan(ctx, service)
+        keys, backends = plan
+        for backend in backends:
+            destinations.setdefault(backend.cluster_name, backend)
         address = outbound.address or DEFAULT_OUTBOUND_ADDRESS
         out.append(ctx.memo.get(
-            ("outbound-listener", mesh, address, outbound.port, service, protocol, keys),
-            partial(outbound_listener, ctx, address, outbound.port, service, protocol, keys)))
-    for service, keys in services.items():
+            ("outbound-listener", mesh, address, outbound.port, service, protocol, keys, backends),
+            partial(outbound_listener, ctx, address, outbound.port, service, protocol, keys, backends)))
+    cluster_keys: dict[str, tuple[Hashable, ...]] = {}
+    for name, backend in destinations.items():
+        service = backend.service
         protocol = topo.protocol(service)
-        out.append(ctx.memo.get(("cluster", mesh, service, protocol, ctx.mtls, keys),
-                                partial(service_cluster, ctx, service, protocol, keys)))
-        endpoints = tuple(topo.endpoints.get(service, ()))
-        out.append(ctx.memo.get(("endpoints", mesh, service, topo.endpoint_keys.get(service, "")),
-                                partial(load_assignment, service, endpoints)))
+        ckeys = cluster_keys.get(service)
+        if ckeys is None:
+            ckeys = cluster_keys[service] = tuple(p.cluster_key(ctx, service) for p in plugins())
+        out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys),
+                                partial(service_cluster, ctx, backend, protocol, ckeys)))
+        out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, "")),
+                                partial(subset_load_assignment, name, tuple(topo.endpoints.get(service, ())),
+                                        backend.tags)))
     return out

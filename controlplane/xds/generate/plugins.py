@@ -4,13 +4,26 @@ A plugin shapes resources before they are serialised. Because resources are shar
 what of its policy affects a resource (`*_key`: a hashable summary, `None` when nothing applies); that
 summary becomes part of the resource's memo key, so two proxies with the same inputs still share one built
 resource, and a policy change rebuilds only the resources whose summary changed.
+
+Outbound traffic has two kinds of resources with their own summaries:
+
+- the outbound listener of a service S (`listener_key(ctx, S)`, applied by `apply_outbound_listener`): its
+  routes, retries, request timeouts, hash policies. A routing plugin also says which destinations the
+  listener sends to (`backends`), each becoming a cluster with its own endpoints;
+- the clusters of a destination service T, including T's subset clusters (`cluster_key(ctx, T)`, applied
+  by `apply_outbound_cluster`): connect timeout, health checks, circuit breakers, load balancing.
+
+Both default to `outbound_key`, for plugins that shape the two the same way. Inbound: the listener
+(`inbound_key`/`apply_inbound`) and the local cluster behind it (`local_cluster_key`/`apply_local_cluster`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import pkgutil
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -21,11 +34,34 @@ from controlplane.resources.dataplane import Inbound
 from .context import ProxyContext
 
 
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A destination an outbound listener sends traffic to: a service, or the subset of its endpoints with
+    these tags (a cluster of its own, named `<service>-<hash of the tags>`)."""
+
+    service: str
+    tags: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def cluster_name(self) -> str:
+        if not self.tags:
+            return self.service
+        text = ",".join(f"{k}={v}" for k, v in self.tags)
+        return f"{self.service}-{hashlib.blake2b(text.encode(), digest_size=5).hexdigest()}"
+
+    @classmethod
+    def of(cls, service: str, tags: dict[str, str] | None = None) -> Backend:
+        rest = {k: v for k, v in (tags or {}).items() if k != "kuma.io/service"}
+        return cls(service, tuple(sorted(rest.items())))
+
+
 class PolicyPlugin:
     """Base: every hook does nothing. A policy module overrides the hooks it needs and sets `order`."""
 
     policy_type: ClassVar[str] = ""
     order: ClassVar[int] = 100
+
+    # --- inbound ---
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         return None
@@ -34,7 +70,27 @@ class PolicyPlugin:
                       key: Hashable) -> None:
         pass
 
+    def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        return None
+
+    def apply_local_cluster(self, ctx: ProxyContext, inbound: Inbound, cluster: cluster_pb2.Cluster,
+                            key: Hashable) -> None:
+        pass
+
+    # --- outbound ---
+
     def outbound_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        return None
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        return self.outbound_key(ctx, service)
+
+    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        return self.outbound_key(ctx, service)
+
+    def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
+        """The destinations the outbound listener of `service` sends to, when this plugin decides them
+        (routing); None leaves the default (the service itself)."""
         return None
 
     def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,

@@ -1,0 +1,267 @@
+"""Policy rules for one proxy: which policies apply, and the merged `default` for a destination or inbound.
+
+The matching and merging primitives are `controlplane.policies._common`'s (Kuma's precedence, JSON merge
+patch); this module applies them to a mesh topology and caches the results per topology, per policy type
+and per set of applying policies. Proxies selected by the same policies therefore share one computation,
+and the merged configuration of a destination is one canonical JSON text: the summary that goes into a
+shared resource's memo key (equal text, same built resource).
+
+The inspect API (`controlplane/api/policies_view.py`) reads the same functions, so what it shows is what
+the plugins render.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.policies._common import (
+    MESH_HTTP_ROUTE,
+    MESH_SERVICE_SUBSET,
+    RULE_MATCHES_HASH_TAG,
+    TargetRef,
+    covers,
+    effective_target_ref,
+    in_precedence_order,
+    matches_hash,
+    merge_confs,
+    precedence_key,
+    selects_inbound,
+)
+from controlplane.resources.base import Resource
+from controlplane.resources.dataplane import SERVICE_TAG, Inbound
+
+from ..topology import MeshTopology
+
+HTTP_ROUTE = "MeshHTTPRoute"
+
+Element = tuple[tuple[str, str], ...]  # sorted tags of a destination (kuma.io/service, maybe a route hash)
+Merger = Callable[[Sequence[Mapping[str, Any]]], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One `to[]`/`from[]` item of an applying policy, as it takes part in merging."""
+
+    policy: str
+    top: TargetRef
+    index: int
+    ref: TargetRef  # what it covers; MeshHTTPRoute references are resolved into per-route subsets
+    conf: Mapping[str, Any]  # the item's `default` (for routes: its `rules`), wire JSON
+    route: str | None = None  # the MeshHTTPRoute the entry was resolved through
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"policy": self.policy, "index": self.index,
+                               "targetRef": self.ref.to_wire()}
+        if self.route:
+            out["route"] = self.route
+        return out
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The merged configuration for one destination/inbound, and which policies contributed."""
+
+    json: str  # canonical JSON: the summary for memo keys
+    data: dict[str, Any]
+    origins: tuple[str, ...]  # policy names, lowest precedence first
+
+    @classmethod
+    def of(cls, data: dict[str, Any], origins: Iterable[str]) -> Merged:
+        seen: list[str] = []
+        for o in origins:
+            if o not in seen:
+                seen.append(o)
+        return cls(json.dumps(data, sort_keys=True, separators=(",", ":")), data, tuple(seen))
+
+
+@dataclass
+class ToRules:
+    entries: tuple[Entry, ...]  # lowest precedence first
+    merger: Merger
+    _confs: dict[Element, Merged | None] = field(default_factory=dict)
+
+    def conf(self, element: Element) -> Merged | None:
+        if element in self._confs:
+            return self._confs[element]
+        tags = dict(element)
+        matching = [e for e in self.entries if covers(e.ref, tags)]
+        merged = self.merger([e.conf for e in matching]) if matching else None
+        result = Merged.of(merged, (e.policy for e in matching)) if merged is not None else None
+        self._confs[element] = result
+        return result
+
+    def matching(self, element: Element) -> list[Entry]:
+        tags = dict(element)
+        return [e for e in self.entries if covers(e.ref, tags)]
+
+
+def element(service: str, route: str | None = None, tags: Mapping[str, str] | None = None) -> Element:
+    items = dict(tags or {})
+    items[SERVICE_TAG] = service
+    if route is not None:
+        items[RULE_MATCHES_HASH_TAG] = route
+    return tuple(sorted(items.items()))
+
+
+def _wire_default(item: Any) -> dict[str, Any]:
+    default = getattr(item, "default", None)
+    if default is not None:
+        return dict(default.to_wire())
+    data = dict(item.to_wire())
+    data.pop("targetRef", None)
+    return data
+
+
+class PolicyRules:
+    """Everything policy-related the generators ask about one topology (built lazily, cached)."""
+
+    def __init__(self, topology: MeshTopology) -> None:
+        # Not the topology itself: the cache below must not keep a topology alive.
+        self.policies = topology.policies
+        self._matched: dict[tuple[str, str], tuple[Resource, ...]] = {}
+        self._to: dict[tuple[str, tuple[str, ...]], ToRules] = {}
+        self._from: dict[tuple[str, str, int, str], Merged | None] = {}
+        routes = self.policies.get(HTTP_ROUTE, ())
+        self._routes = {r.meta.name: r for r in routes}
+
+    # --- which policies apply to a proxy --------------------------------------------------------------
+
+    def route(self, name: str | None) -> Resource | None:
+        return self._routes.get(name or "")
+
+    def top_level(self, policy: Resource) -> TargetRef:
+        return effective_target_ref(getattr(policy.spec, "target_ref", None))
+
+    def selects(self, policy: Resource, dataplane: Resource) -> bool:
+        top = self.top_level(policy)
+        if top.kind == MESH_HTTP_ROUTE:
+            route = self.route(top.name)
+            return route is not None and route is not policy and self.top_level(route).kind != MESH_HTTP_ROUTE \
+                and self.top_level(route).selects_dataplane(dataplane)
+        return top.selects_dataplane(dataplane)
+
+    def matched(self, policy_type: str, dataplane: Resource) -> tuple[Resource, ...]:
+        """Policies of a type whose top-level targetRef selects the proxy, lowest precedence first."""
+        key = (policy_type, dataplane.meta.name)
+        found = self._matched.get(key)
+        if found is None:
+            candidates = [p for p in self.policies.get(policy_type, ()) if self.selects(p, dataplane)]
+            found = tuple(in_precedence_order(candidates, key=lambda p: precedence_key(self.top_level(p)),
+                                              name=lambda p: p.meta.name))
+            self._matched[key] = found
+        return found
+
+    # --- to[] rules ------------------------------------------------------------------------------------
+
+    def to_rules(self, policy_type: str, dataplane: Resource, merger: Merger = merge_confs) -> ToRules:
+        policies = self.matched(policy_type, dataplane)
+        key = (policy_type, tuple(p.meta.name for p in policies))
+        rules = self._to.get(key)
+        if rules is None:
+            rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger)
+        return rules
+
+    def to_conf(self, policy_type: str, dataplane: Resource, service: str, route: str | None = None,
+                merger: Merger = merge_confs) -> Merged | None:
+        return self.to_rules(policy_type, dataplane, merger).conf(element(service, route))
+
+    def _route_rules(self, route: Resource) -> list[tuple[str, str]]:
+        """(destination service, rule hash) for every rule of a MeshHTTPRoute."""
+        out = []
+        for to in getattr(route.spec, "to", None) or ():
+            if to.target_ref.name is None:
+                continue
+            for rule in to.rules or ():
+                out.append((to.target_ref.name, matches_hash([m.to_wire() for m in rule.matches])))
+        return out
+
+    def _to_entries(self, policies: Sequence[Resource], dataplane: Resource) -> list[Entry]:
+        entries: list[Entry] = []
+        for policy in policies:
+            top = self.top_level(policy)
+            for i, item in enumerate(getattr(policy.spec, "to", None) or ()):
+                conf = _wire_default(item)
+                ref = item.target_ref
+                route = None
+                if top.kind == MESH_HTTP_ROUTE:
+                    route = self.route(top.name)
+                elif ref.kind == MESH_HTTP_ROUTE:
+                    route = self.route(ref.name)
+                    if route is None or not self.selects(route, dataplane):
+                        continue
+                if route is None:
+                    if top.kind != MESH_HTTP_ROUTE:
+                        entries.append(Entry(policy.meta.name, top, i, ref, conf))
+                    continue
+                for service, rule_hash in self._route_rules(route):
+                    sub = TargetRef(kind=MESH_SERVICE_SUBSET, name=service, tags={RULE_MATCHES_HASH_TAG: rule_hash})
+                    entries.append(Entry(policy.meta.name, top, i, sub, conf, route.meta.name))
+        return in_precedence_order(entries, key=lambda e: precedence_key(e.top, e.ref), name=lambda e: e.policy)
+
+    # --- from[] rules ----------------------------------------------------------------------------------
+
+    def from_entries(self, policy_type: str, dataplane: Resource, inbound: Inbound) -> list[Entry]:
+        entries: list[Entry] = []
+        for policy in self.policies.get(policy_type, ()):
+            top = self.top_level(policy)
+            if not selects_inbound(top, dataplane, inbound.tags, inbound.port):
+                continue
+            for i, item in enumerate(getattr(policy.spec, "from_", None) or ()):
+                entries.append(Entry(policy.meta.name, top, i, item.target_ref, _wire_default(item)))
+        return in_precedence_order(entries, key=lambda e: precedence_key(e.top, e.ref), name=lambda e: e.policy)
+
+    def from_conf(self, policy_type: str, dataplane: Resource, inbound: Inbound) -> Merged | None:
+        key = (policy_type, dataplane.meta.name, inbound.port, inbound.address or "")
+        if key in self._from:
+            return self._from[key]
+        entries = self.from_entries(policy_type, dataplane, inbound)
+        merged = merge_confs(e.conf for e in entries) if entries else None
+        result = Merged.of(merged, (e.policy for e in entries)) if merged is not None else None
+        self._from[key] = result
+        return result
+
+
+_BY_TOPOLOGY: dict[int, tuple[weakref.ref[MeshTopology], PolicyRules]] = {}
+
+
+def rules_for(topology: MeshTopology) -> PolicyRules:
+    """The (cached) rules of a topology: computed once per mesh generation, shared by all its proxies."""
+    key = id(topology)
+    found = _BY_TOPOLOGY.get(key)
+    if found is not None and found[0]() is topology:
+        return found[1]
+    rules = PolicyRules(topology)
+
+    def forget(ref: weakref.ref[MeshTopology], key: int = key) -> None:
+        entry = _BY_TOPOLOGY.get(key)
+        if entry is not None and entry[0] is ref:
+            del _BY_TOPOLOGY[key]
+
+    _BY_TOPOLOGY[key] = (weakref.ref(topology, forget), rules)
+    return rules
+
+
+PerRoute = tuple[str | None, tuple[tuple[str, str], ...]]
+
+
+def listener_confs(ctx: Any, policy_type: str, service: str) -> PerRoute | None:
+    """The merged conf for the outbound listener of `service` and, for each of its routes (MeshHTTPRoute
+    rules) whose conf differs, that route's conf: `(json | None, ((route name, json), ...))`, or None when no
+    policy of the type applies. Per-route entries come from policies that target a MeshHTTPRoute."""
+    from controlplane.policies.mesh_http_route import route_names
+
+    rules = ctx.rules.to_rules(policy_type, ctx.dataplane)
+    base = rules.conf(element(service))
+    per_route: list[tuple[str, str]] = []
+    if any(e.route is not None for e in rules.entries):
+        for name in route_names(ctx, service):
+            conf = rules.conf(element(service, name))
+            if conf is not None and (base is None or conf.json != base.json):
+                per_route.append((name, conf.json))
+    if base is None and not per_route:
+        return None
+    return (base.json if base is not None else None, tuple(per_route))
