@@ -1,0 +1,277 @@
+"""kuma-dp's small runtime pieces: sd_notify, port choice, the runtime directory, child processes, the admin
+client and the loopback HTTP server, the supervisor's judgement of an Envoy exit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from agent import ports, rundir
+from agent.config import PortRange
+from agent.envoy.admin import AdminClient, AdminError
+from agent.httpd import listen, serve
+from agent.notify import Notifier, child_environment
+from agent.proc import process_is, spawn
+from agent.readiness import DpState
+from agent.supervisor import EnvoyOptions, describe_exit, rejection_reason
+
+# --- sd_notify ---------------------------------------------------------------------------------------------
+
+
+def _receiver(tmp_path: Path, abstract: bool) -> tuple[socket.socket, str]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if abstract:
+        name = f"kuma-dp-unit-{os.getpid()}-{time.monotonic_ns()}"
+        s.bind("\0" + name)
+        address = "@" + name
+    else:
+        path = tmp_path / "notify.sock"
+        s.bind(str(path))
+        address = str(path)
+    s.settimeout(2)
+    return s, address
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notify_messages(tmp_path: Path, abstract: bool) -> None:
+    sock, address = _receiver(tmp_path, abstract)
+    n = Notifier({"NOTIFY_SOCKET": address})
+    assert n.enabled
+    n.status("waiting for\nthe control plane")
+    assert sock.recv(4096) == b"STATUS=waiting for the control plane"
+    n.status("waiting for the control plane")  # unchanged: not resent
+    n.ready("ready: Envoy live")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=ready: Envoy live"
+    n.watchdog()
+    assert sock.recv(4096) == b"WATCHDOG=1"
+    n.stopping("draining")
+    assert sock.recv(4096) == b"STOPPING=1\nSTATUS=draining"
+    n.extend_timeout(1.5)
+    assert sock.recv(4096) == b"EXTEND_TIMEOUT_USEC=1500000"
+    n.close()
+    sock.close()
+
+
+def test_notify_outside_systemd_does_nothing() -> None:
+    n = Notifier({})
+    assert not n.enabled and not n.send("READY=1") and n.watchdog_interval is None
+
+
+def test_watchdog_interval() -> None:
+    assert Notifier({"WATCHDOG_USEC": "2000000"}).watchdog_interval == 1.0
+    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}).watchdog_interval == 1.0
+    assert Notifier({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+    assert Notifier({"WATCHDOG_USEC": "0"}).watchdog_interval is None
+
+
+def test_child_environment_drops_systemd_variables() -> None:
+    env = child_environment({"NOTIFY_SOCKET": "/run/x", "WATCHDOG_USEC": "1", "PATH": "/bin"})
+    assert env == {"PATH": "/bin"}
+
+
+# --- ports ---------------------------------------------------------------------------------------------------
+
+def test_derived_port_is_stable_and_in_range() -> None:
+    span = PortRange(20000, 20999)
+    a = ports.derived("admin:default/web-1", span)
+    assert a == ports.derived("admin:default/web-1", span) and 20000 <= a <= 20999
+    assert len({ports.derived(f"admin:default/web-{i}", span) for i in range(20)}) > 15
+
+
+def test_pick_skips_a_taken_port() -> None:
+    span = PortRange(21000, 21999)
+    first = ports.pick("k", span)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", first))
+        s.listen(1)
+        assert not ports.is_free(first)
+        assert ports.pick("k", span) != first
+    assert ports.pick("k", span, avoid={first}) != first
+
+
+def test_bind_listener_holds_its_port() -> None:
+    s = ports.bind_listener("readiness:x", PortRange(26000, 26999))
+    try:
+        port = s.getsockname()[1]
+        assert 26000 <= port <= 26999 and not ports.is_free(port)
+    finally:
+        s.close()
+
+
+# --- runtime directory -----------------------------------------------------------------------------------
+
+def test_runtime_dir_private_locked_and_cleaned(tmp_path: Path) -> None:
+    rt = rundir.prepare(str(tmp_path / "rt"), "default", "web-1", env={})
+    assert oct(rt.path.stat().st_mode & 0o777) == "0o700" and not rt.owned
+    f = rt.write_private(rundir.BOOTSTRAP, b"{}")
+    assert oct(f.stat().st_mode & 0o777) == "0o600"
+    rt.lock("dataplane 'web-1'")
+    other = rundir.RuntimeDir(rt.path, owned=False)
+    with pytest.raises(rundir.RuntimeDirError, match=f"another kuma-dp \\(pid {os.getpid()}\\)"):
+        other.lock("dataplane 'web-1'")
+    rt.cleanup()
+    assert rt.path.exists() and not f.exists()  # given by the operator: kept, our files removed
+
+
+def test_runtime_dir_from_systemd_and_mode_fixed(tmp_path: Path) -> None:
+    given = tmp_path / "systemd"
+    given.mkdir(mode=0o755)
+    rt = rundir.prepare(None, "default", "web-1", env={"RUNTIME_DIRECTORY": str(given)})
+    assert rt.path == given and oct(given.stat().st_mode & 0o777) == "0o700"
+
+
+def test_runtime_dir_default_is_per_dataplane(tmp_path: Path) -> None:
+    a = rundir.prepare(None, "default", "unit-a-" + str(os.getpid()), env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    b = rundir.prepare(None, "default", "unit-b-" + str(os.getpid()), env={"XDG_RUNTIME_DIR": str(tmp_path)})
+    try:
+        assert a.path != b.path and a.owned and b.path.name.endswith(str(os.getpid()))
+    finally:
+        a.cleanup()
+        b.cleanup()
+    assert not a.path.exists() and not b.path.exists()
+
+
+# --- child processes -------------------------------------------------------------------------------------
+
+def test_child_dies_with_its_parent(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG: SIGKILL the parent (no cleanup code runs) and the child goes too."""
+    pid_file = tmp_path / "child.pid"
+    script = ("import sys, time; sys.path.insert(0, %r)\nfrom agent.proc import spawn\n"
+              "c = spawn(['sleep', '60'])\nopen(%r, 'w').write(str(c.pid))\ntime.sleep(60)\n"
+              % (str(Path(__file__).resolve().parents[2]), str(pid_file)))
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        child = int(pid_file.read_text())
+        assert psutil.Process(child).ppid() == parent.pid
+        parent.kill()
+        parent.wait(5)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            assert time.monotonic() < deadline, "child survived its parent"
+            time.sleep(0.02)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+async def test_child_wait_terminate_and_process_group() -> None:
+    child = spawn(["sleep", "30"])
+    assert child.alive() and os.getpgid(child.pid) == child.pid  # its own process group
+    assert process_is(child.pid, "sleep") is not None and process_is(child.pid, "envoy") is None
+    waiters = [asyncio.create_task(child.wait()) for _ in range(2)]  # several waiters, one pidfd
+    code = await child.terminate(timeout=2)
+    assert code == -signal.SIGTERM and await asyncio.gather(*waiters) == [code, code]
+    child.close()
+    stubborn = spawn(["sh", "-c", "trap '' TERM; sleep 30 & wait"])
+    await asyncio.sleep(0.2)
+    descendants = psutil.Process(stubborn.pid).children(recursive=True)
+    assert await stubborn.terminate(timeout=0.3) == -signal.SIGKILL
+    assert descendants and all(_gone(p.pid) for p in descendants)  # the whole tree, not just the shell
+    stubborn.close()
+
+
+def _gone(pid: int, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+# --- admin client and the loopback HTTP server -----------------------------------------------------------------
+
+async def test_httpd_and_admin_client_round_trip() -> None:
+    state = DpState()
+
+    async def ready() -> tuple[int, str, bytes]:
+        ok, reason = state.ready()
+        return (200 if ok else 503), "text/plain", reason.encode()
+
+    async def big() -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"x" * 200_000
+
+    sock = listen("127.0.0.1", 0)
+    server = await serve(sock, {"/ready": ready, "/big": big})
+    client = AdminClient("127.0.0.1", sock.getsockname()[1])
+    try:
+        r = await client.get("/ready")
+        assert (r.status, r.text) == (503, "Envoy is not running")
+        state.envoy_started(123, 1)
+        state.envoy_live = state.workers_started = True
+        assert (await client.get("/ready")).text == "Envoy has not connected to the control plane yet"
+        state.connected_generation = 1
+        assert (await client.get("/ready?x=1")).status == 200
+        state.draining = True
+        assert (await client.get("/ready")).status == 503
+        assert len((await client.get("/big")).body) == 200_000
+        assert (await client.get("/nope")).status == 404
+        assert (await client.post("/ready")).status == 405
+    finally:
+        server.close()
+    with pytest.raises(AdminError, match="Envoy admin GET /ready"):
+        await AdminClient("127.0.0.1", ports.pick("unused", PortRange(33000, 33999)), timeout=1).get("/ready")
+
+
+async def test_admin_client_reads_chunked_answers() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        r = await AdminClient("127.0.0.1", port).get("/stats/prometheus")
+        assert (r.status, r.body) == (200, b"hello world")
+    finally:
+        server.close()
+
+
+# --- the supervisor's judgement ------------------------------------------------------------------------------
+
+def test_describe_exit() -> None:
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(1) == "exited with status 1"
+
+
+def test_rejection_reason() -> None:
+    tail = ["[2026-01-01][1][info][main] starting",
+            "[2026-01-01][1][critical][main] error `Protobuf message (bogus_field)` initializing config 'x'"]
+    assert "bogus_field" in (rejection_reason(tail) or "")
+    assert rejection_reason(["[c][critical][main] error initializing config: cannot bind '127.0.0.1:9901': "
+                             "Address already in use"]) is None
+    assert rejection_reason(["[info] all good"]) is None
+
+
+def test_envoy_argv(tmp_path: Path) -> None:
+    argv = EnvoyOptions(Path("/bin/envoy"), tmp_path / "b.json", tmp_path / "admin", 2, 30.0, "info",
+                        "upstream:debug").argv()
+    assert argv[:3] == ["/bin/envoy", "-c", str(tmp_path / "b.json")]
+    for part in ("--disable-hot-restart", "--drain-strategy", "--admin-address-path"):
+        assert part in argv
+    assert argv[argv.index("--drain-time-s") + 1] == "30" and argv[argv.index("--concurrency") + 1] == "2"
+    assert argv[-2:] == ["--component-log-level", "upstream:debug"]
