@@ -119,7 +119,7 @@ def test_validate_ingress_as_zone_ingress() -> None:
     d = load(cfg(dataplane=__import__("json").dumps(doc), proxy_type="ingress"))
     assert d.name == "ingress-1" and d.mesh == "default"
     validate(d, "ingress")
-    with pytest.raises(DefinitionError, match="networking.port"):
+    with pytest.raises(DefinitionError, match=r"networking\.port"):
         validate(Definition("--dataplane", {**doc, "networking": {"address": "10.0.0.1", "port": 0}},
                             "default", "ingress-1"), "ingress")
 

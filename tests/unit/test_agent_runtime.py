@@ -145,9 +145,9 @@ def test_runtime_dir_default_is_per_dataplane(tmp_path: Path) -> None:
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG: SIGKILL the parent (no cleanup code runs) and the child goes too."""
     pid_file = tmp_path / "child.pid"
-    script = ("import sys, time; sys.path.insert(0, %r)\nfrom agent.proc import spawn\n"
-              "c = spawn(['sleep', '60'])\nopen(%r, 'w').write(str(c.pid))\ntime.sleep(60)\n"
-              % (str(Path(__file__).resolve().parents[2]), str(pid_file)))
+    root = str(Path(__file__).resolve().parents[2])
+    script = (f"import sys, time; sys.path.insert(0, {root!r})\nfrom agent.proc import spawn\n"
+              f"c = spawn(['sleep', '60'])\nopen({str(pid_file)!r}, 'w').write(str(c.pid))\ntime.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.monotonic() + 10
