@@ -65,6 +65,13 @@ async def build_runtime(cfg: Config) -> Runtime:
     runtime.add(ca)
     if cfg.mode == "zone":
         add_xds(runtime, tls, tokens, ca)
+    # --- DNS and VIPs (controlplane/dns): VIP map + .mesh DNS server on every zone instance, allocator on the
+    # leader; GET /meshes/{mesh}/vips on the API.
+    if cfg.mode == "zone":
+        from controlplane.dns import add_dns
+
+        api_ctx.extra_routes.append(add_dns(runtime).add_routes)
+    # --- end DNS and VIPs
     runtime.add(ApiServer(api_ctx))
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:

@@ -142,6 +142,15 @@ class DnsServerConfig:
     domain: str = setting("mesh", "domain", "KUMA_DNS_SERVER_DOMAIN")
     port: int = setting(5653, "port", "KUMA_DNS_SERVER_PORT", check="port")
     cidr: str = setting("127.240.0.0/12", "CIDR", "KUMA_DNS_SERVER_CIDR", check="cidr")
+    # --- DNS and VIPs (controlplane/dns) ---
+    interface: str = setting("0.0.0.0", "interface", "KUMA_DNS_SERVER_INTERFACE", check="ip")
+    transparent_proxy_cidr: str | None = setting(
+        "240.0.0.0/4", "transparentProxyCIDR", "KUMA_DNS_SERVER_TRANSPARENT_PROXY_CIDR", check="cidr",
+        doc="second VIP per service, for transparent-proxy hosts; empty (env) or null (YAML): none")
+    ttl: int = setting(60, "ttl", "KUMA_DNS_SERVER_TTL", check="positive", doc="seconds, of A answers")
+    vip_release_grace: float = setting(3600.0, "vipReleaseGracePeriod", "KUMA_DNS_SERVER_VIP_RELEASE_GRACE_PERIOD",
+                                       check="positive", doc="seconds a gone service's VIP stays reserved")
+    # --- end DNS and VIPs ---
 
 
 @dataclass
