@@ -475,12 +475,12 @@ def rule_backends(rule: Rule, service: str) -> list[tuple[Backend, int]]:
 
 def _match_order(match: Match) -> tuple[int, int, int, int, int, int]:
     """Gateway API precedence (Kuma's CompareMatch): smaller sorts first and wins."""
-    if match.path is None:
-        path: tuple[int, int, int] = (1, 0, 0)
-    else:
-        kind = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[match.path.type]
-        path = (0, kind, 0 if kind == 0 else -len(match.path.value))
-    return (*path, 0 if match.method else 1, -len(match.headers or ()), -len(match.query_params or ()))
+    # No path is Gateway API's default, PathPrefix '/' (what the Envoy route matches too), so a headers-only
+    # match is not shadowed by the catch-all rule.
+    kind, value = (match.path.type, match.path.value) if match.path is not None else ("PathPrefix", "/")
+    rank = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}[kind]
+    return (0, rank, 0 if rank == 0 else -len(value), 0 if match.method else 1, -len(match.headers or ()),
+            -len(match.query_params or ()))
 
 
 def _regex(pattern: str) -> regex_pb2.RegexMatcher:

@@ -63,14 +63,19 @@ spec:
 """
 
 
-@pytest.fixture
-def pmesh(cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
-          app_factory: Callable[..., App]) -> MeshHarness:
+def policy_mesh(cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
+                app_factory: Callable[..., App]) -> MeshHarness:
     cp = cp_factory(KUMA_DEFAULTS_SKIP_MESH_CREATION="true", KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1",
                     KUMA_DP_SERVER_NACK_BACKOFF="1")
     harness = MeshHarness(cp, envoy_factory, app_factory)
     harness.apply(PLAIN_MESH)
     return harness
+
+
+@pytest.fixture
+def pmesh(cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
+          app_factory: Callable[..., App]) -> MeshHarness:
+    return policy_mesh(cp_factory, envoy_factory, app_factory)
 
 
 def dataplane_doc(name: str, service: str, *, port: int, app_port: int, protocol: str = "http",
