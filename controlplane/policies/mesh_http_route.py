@@ -30,7 +30,9 @@ parameters). Backends become `cluster` or `weighted_clusters` (weight 0 backends
 MeshServiceSubset backend its own cluster of the matching endpoints; filters become request/response
 header mutations, `redirect`, `host_rewrite_literal`/`prefix_rewrite`/`regex_rewrite` and
 `request_mirror_policies`. Each route is named by the hash of its rule's matches, which per-route
-MeshTimeout/MeshRetry entries refer to. Only services whose protocol is http, http2 or grpc are routed.
+MeshTimeout/MeshRetry entries refer to. Only services whose protocol is http, http2 or grpc are routed. The
+implicit catch-all goes after every written rule (Kuma's order ranks RegularExpression after any PathPrefix,
+so a catch-all sorted with the others would shadow regex rules).
 """
 
 from __future__ import annotations
@@ -431,15 +433,16 @@ def _merged(ctx: ProxyContext, service: str) -> Any:
 
 
 _RULES_CACHE: dict[str, list[Rule]] = {}
+IMPLICIT_CATCH_ALL = Rule.model_validate({"matches": CATCH_ALL, "default": {}})
 
 
 def _rules_of(key: str) -> list[Rule]:
     found = _RULES_CACHE.get(key)
     if found is None:
         raw = json.loads(key)["rules"]
-        if not any(r.get("matches") == CATCH_ALL for r in raw):
-            raw.append({"matches": CATCH_ALL, "default": {}})
         found = [Rule.model_validate(r) for r in raw]
+        if not any(r.get("matches") == CATCH_ALL for r in raw):
+            found.append(IMPLICIT_CATCH_ALL)
         if len(_RULES_CACHE) > 4096:
             _RULES_CACHE.clear()
         _RULES_CACHE[key] = found
@@ -625,8 +628,11 @@ def envoy_route(rule: Rule, match: Match, service: str) -> rc.Route:
 
 
 def envoy_routes(rules: Sequence[Rule], service: str) -> list[rc.Route]:
-    expanded = [(rule, match) for rule in rules for match in rule.matches]
+    expanded = [(rule, match) for rule in rules if rule is not IMPLICIT_CATCH_ALL for match in rule.matches]
     expanded.sort(key=lambda rm: _match_order(rm[1]))  # stable: equal matches keep the merged order
+    # The catch-all added for unmatched requests goes last: it must not shadow regex rules, which Kuma's
+    # order puts after every PathPrefix.
+    expanded += [(rule, match) for rule in rules if rule is IMPLICIT_CATCH_ALL for match in rule.matches]
     return [envoy_route(rule, match, service) for rule, match in expanded]
 
 
