@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 
 from controlplane.api.checks import WriteChecks
+from controlplane.api.policies_view import PoliciesView
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
 from controlplane.ca import CaManager
 from controlplane.config import Config
 from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
+from controlplane.policies._defaults import DefaultMeshPolicies
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
 from controlplane.store.factory import create_store
@@ -60,7 +62,8 @@ async def build_runtime(cfg: Config) -> Runtime:
     ca = CaManager(store)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
-                         extra_routes=[TokenApi(tokens).add_routes], checks=WriteChecks(store, ca))
+                         extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes],
+                         checks=WriteChecks(store, ca))
     runtime.add(DiagnosticsServer(runtime))
     runtime.add(ca)
     if cfg.mode == "zone":
@@ -73,6 +76,9 @@ async def build_runtime(cfg: Config) -> Runtime:
         api_ctx.extra_routes.append(add_dns(runtime).add_routes)
     # --- end DNS and VIPs
     runtime.add(ApiServer(api_ctx))
+    # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
+    runtime.add(DefaultMeshPolicies(store, enabled=not (cfg.mode == "zone" and cfg.multizone.zone.global_address)),
+                leader_only=True)
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:
         runtime.add(DefaultMesh(store), leader_only=True)

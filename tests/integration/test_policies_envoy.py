@@ -220,3 +220,187 @@ def test_every_policy_example_loads_into_envoy_without_nack(pmesh: MeshHarness) 
     for name in proxies:
         eventually(lambda name=name: no_nack_recorded(mesh, name), timeout=10, message=f"{name} insight")
         assert not rejected(mesh.dataplanes[name].envoy)
+
+
+# --- each load balancer, as Envoy has it ------------------------------------------------------------------
+
+LOAD_BALANCERS = """
+type: MeshLoadBalancingStrategy
+mesh: default
+name: every-lb
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: svc-rr}
+    default: {loadBalancer: {type: RoundRobin}}
+  - targetRef: {kind: MeshService, name: svc-lr}
+    default: {loadBalancer: {type: LeastRequest, leastRequest: {choiceCount: 4, activeRequestBias: "1.5"}}}
+  - targetRef: {kind: MeshService, name: svc-rh}
+    default:
+      loadBalancer:
+        type: RingHash
+        ringHash: {hashFunction: MurmurHash2, minRingSize: 64, maxRingSize: 1024,
+                   hashPolicies: [{type: Header, header: {name: x-user}}]}
+  - targetRef: {kind: MeshService, name: svc-random}
+    default: {loadBalancer: {type: Random}}
+  - targetRef: {kind: MeshService, name: svc-maglev}
+    default: {loadBalancer: {type: Maglev, maglev: {tableSize: 1009}}}
+"""
+
+
+def test_each_load_balancing_policy_is_in_envoys_config_dump(pmesh: MeshHarness) -> None:
+    mesh = pmesh
+    services = ["svc-rr", "svc-lr", "svc-rh", "svc-random", "svc-maglev"]
+    for s in services:
+        register(mesh, f"{s}-1", s)
+    client = run_dataplane(mesh, "client-1", "client", app_port=free_port(), outbounds={s: 0 for s in services})
+    mesh.apply(LOAD_BALANCERS)
+    wait_converged(mesh, ["client-1"], "load balancers")
+    clusters = {c["cluster"]["name"]: c["cluster"]
+                for c in client.envoy.config_dump_of("ClustersConfigDump")["dynamic_active_clusters"]}
+    assert clusters["svc-rr"].get("lb_policy", "ROUND_ROBIN") == "ROUND_ROBIN"
+    assert clusters["svc-lr"]["lb_policy"] == "LEAST_REQUEST"
+    assert clusters["svc-lr"]["least_request_lb_config"]["choice_count"] == 4
+    assert clusters["svc-lr"]["least_request_lb_config"]["active_request_bias"]["default_value"] == 1.5
+    assert clusters["svc-rh"]["lb_policy"] == "RING_HASH"
+    assert clusters["svc-rh"]["ring_hash_lb_config"] == {
+        "minimum_ring_size": "64", "maximum_ring_size": "1024", "hash_function": "MURMUR_HASH_2"}
+    assert clusters["svc-random"]["lb_policy"] == "RANDOM"
+    assert clusters["svc-maglev"]["lb_policy"] == "MAGLEV"
+    assert clusters["svc-maglev"]["maglev_lb_config"]["table_size"] == "1009"
+    # The ring hash's hash policy is on the route of the svc-rh outbound.
+    listeners = json.dumps(client.envoy.config_dump_of("ListenersConfigDump"))
+    assert '"header_name": "x-user"' in listeners
+
+
+# --- default policies of a new mesh ---------------------------------------------------------------------------
+
+DEFAULT_NAMES = ("mesh-circuit-breaker-all", "mesh-gateways-timeout-all", "mesh-retry-all", "mesh-timeout-all")
+DEFAULT_PLURALS = ("meshtimeouts", "meshretries", "meshcircuitbreakers")
+
+
+def policy_names(mesh: MeshHarness, mesh_name: str) -> set[str]:
+    names = set()
+    for plural in DEFAULT_PLURALS:
+        r = mesh.api("GET", f"/meshes/{mesh_name}/{plural}")
+        assert r.status == 200, r.raw
+        names.update(item["name"] for item in r.json["items"])
+    return names
+
+
+def defaults_of(mesh_name: str, skip: tuple[str, ...] = ()) -> set[str]:
+    kinds = {"mesh-circuit-breaker-all": "MeshCircuitBreaker", "mesh-gateways-timeout-all": "MeshTimeout",
+             "mesh-retry-all": "MeshRetry", "mesh-timeout-all": "MeshTimeout"}
+    return {f"{n}-{mesh_name}" for n in DEFAULT_NAMES if kinds[n] not in skip}
+
+
+def test_new_meshes_get_kumas_default_policies_unless_skipped(
+        cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
+        app_factory: Callable[..., App]) -> None:
+    mesh = MeshHarness(cp_factory(KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1"), envoy_factory, app_factory)
+    # The default mesh, created on first start, has them.
+    eventually(lambda: policy_names(mesh, "default") == defaults_of("default"), message="default mesh defaults")
+    mesh.apply("type: Mesh\nname: bare\nskipCreatingInitialPolicies: ['*']")
+    mesh.apply("type: Mesh\nname: partial\nskipCreatingInitialPolicies: [MeshRetry]")
+    mesh.apply("type: Mesh\nname: demo")
+    # Mesh creations are handled in order: once demo has its defaults, bare and partial are settled.
+    eventually(lambda: policy_names(mesh, "demo") == defaults_of("demo"), message="demo defaults")
+    assert policy_names(mesh, "partial") == defaults_of("partial", skip=("MeshRetry",))
+    assert policy_names(mesh, "bare") == set()
+    # Defaults are created once: a deleted one stays deleted when the mesh changes.
+    assert mesh.api("DELETE", "/meshes/demo/meshretries/mesh-retry-all-demo").status == 200
+    mesh.apply("type: Mesh\nname: demo\nmtls: {enabledBackend: ca-1, backends: [{name: ca-1, type: builtin}]}")
+    mesh.apply("type: Mesh\nname: sentinel")
+    eventually(lambda: policy_names(mesh, "sentinel") == defaults_of("sentinel"), message="sentinel defaults")
+    assert "mesh-retry-all-demo" not in policy_names(mesh, "demo")
+    # And a proxy of the default mesh loads them (timeouts, retries, circuit breakers) without a NACK.
+    register(mesh, "backend-1", "backend")
+    run_dataplane(mesh, "web-1", "web", app_port=free_port(), outbounds={"backend": 0})
+    wait_converged(mesh, ["web-1"], "default policies")
+    routes = json.dumps(mesh.dataplanes["web-1"].envoy.config_dump_of("ListenersConfigDump"))
+    assert '"retry_on": "gateway-error,connect-failure,refused-stream"' in routes
+
+
+# --- inspect: which policies apply, and why ---------------------------------------------------------------------
+
+INSPECTED = """
+type: MeshTimeout
+mesh: default
+name: mesh-wide
+spec:
+  targetRef: {kind: Mesh}
+  to: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 10s}, connectionTimeout: 3s}}]
+---
+type: MeshTimeout
+mesh: default
+name: web-to-backend
+spec:
+  targetRef: {kind: MeshService, name: web}
+  to: [{targetRef: {kind: MeshService, name: backend}, default: {http: {requestTimeout: 2s}}}]
+---
+type: MeshTimeout
+mesh: default
+name: not-for-web
+spec:
+  targetRef: {kind: MeshService, name: other}
+  to: [{targetRef: {kind: Mesh}, default: {idleTimeout: 1m}}]
+---
+type: MeshHTTPRoute
+mesh: default
+name: api-route
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      default: {backendRefs: [{kind: MeshServiceSubset, name: backend, tags: {version: v2}}]}
+---
+type: MeshTimeout
+mesh: default
+name: api-slow
+spec:
+  targetRef: {kind: MeshHTTPRoute, name: api-route}
+  to: [{targetRef: {kind: Mesh}, default: {http: {requestTimeout: 30s}}}]
+"""
+
+
+def test_inspect_dataplane_policies_says_what_applies_and_why(pmesh: MeshHarness, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    mesh = pmesh
+    register(mesh, "backend-1", "backend", extra_tags={"version": "v2"})
+    mesh.apply(json.dumps(dataplane_doc("web-1", "web", port=free_port(), app_port=free_port(),
+                                        outbounds={"backend": free_port()}, labels={"app": "web"})))
+    mesh.apply(INSPECTED)
+    r = mesh.api("GET", "/meshes/default/dataplanes/web-1/policies")
+    assert r.status == 200, r.raw
+    by_type = {s["type"]: s for s in r.json["policyTypes"]}
+    timeouts = by_type["MeshTimeout"]
+    # Lowest precedence first; the policy for another service is not there.
+    assert [p["name"] for p in timeouts["policies"]] == ["mesh-wide", "web-to-backend", "api-slow"]
+    assert timeouts["policies"][1]["why"] == "MeshService web: the proxy serves kuma.io/service web"
+    assert "MeshHTTPRoute api-route" in timeouts["policies"][2]["why"]
+    backend = timeouts["outbounds"][0]
+    assert backend["service"] == "backend" and backend["origins"] == ["mesh-wide", "web-to-backend"]
+    assert backend["conf"] == {"connectionTimeout": "3s", "http": {"requestTimeout": "2s"}}
+    assert backend["routes"][0]["conf"]["http"]["requestTimeout"] == "30s"
+    assert backend["routes"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/api"}}]
+    assert by_type["MeshHTTPRoute"]["outbounds"][0]["conf"]["rules"][0]["default"]["backendRefs"][0]["tags"] == {
+        "version": "v2"}
+    assert mesh.api("GET", "/meshes/default/dataplanes/nope/policies").status == 404
+    # kumactl prints the same.
+    config = tmp_path / "kumactl.yaml"
+    base = [sys.executable, "-m", "controlplane.kumactl.main", "--config-file", str(config)]
+    subprocess.run([*base, "config", "control-planes", "add", "--name", "local", "--address", mesh.cp.http_url],
+                   check=True, capture_output=True, timeout=60)
+    out = subprocess.run([*base, "inspect", "dataplane", "web-1", "--type", "policies"], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    lines = out.splitlines()
+    assert lines[0].split() == ["TYPE", "ORDER", "NAME", "TARGETREF", "WHY"]
+    assert any(line.split()[:3] == ["MeshTimeout", "2", "web-to-backend"] for line in lines)
+    assert any("outbound backend route" in line and "30s" in line for line in lines)
+    as_json = subprocess.run([*base, "inspect", "dataplane", "web-1", "-o", "json"], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    assert json.loads(as_json) == r.json
