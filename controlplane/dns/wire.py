@@ -207,14 +207,6 @@ class DnsTable:
             return None  # a response (or a reflection attempt): never answer it
         qid = data[:2]
         qflags = ((data[2] << 8) | data[3]) & (RD | CD)
-        opts = [rr for rr in rec.ar if rr.rtype == QTYPE_OPT]
-        opt, limit = b"", UDP_MIN
-        if opts:
-            if (opts[0].ttl >> 16) & 0xFF:  # EDNS version other than 0
-                return _header(qid, QR | qflags, 0, 0, 1) + _OPT_BADVERS
-            opt = _OPT_DO if opts[0].ttl & 0x8000 else _OPT
-            limit = min(max(opts[0].rclass, UDP_MIN), EDNS_SIZE)
-        arc = 1 if opt else 0
         question = b""
         if len(rec.questions) == 1:
             q = rec.questions[0]
@@ -226,9 +218,17 @@ class DnsTable:
                 return None
             wire = b"".join(bytes([len(lab)]) + lab for lab in labels) + b"\x00"
             question = wire + struct.pack(">HH", q.qtype & 0xFFFF, q.qclass & 0xFFFF)
+        qd = 1 if question else 0
+        opts = [rr for rr in rec.ar if rr.rtype == QTYPE_OPT]
+        opt, limit = b"", UDP_MIN
+        if opts:
+            if (opts[0].ttl >> 16) & 0xFF:  # EDNS version other than 0
+                return _header(qid, QR | qflags, qd, 0, 1) + question + _OPT_BADVERS
+            opt = _OPT_DO if opts[0].ttl & 0x8000 else _OPT
+            limit = min(max(opts[0].rclass, UDP_MIN), EDNS_SIZE)
+        arc = 1 if opt else 0
         opcode = h.opcode
         if opcode != 0:
-            qd = 1 if question else 0
             return _header(qid, QR | (opcode << 11) | qflags | NOTIMP, qd, 0, arc) + question + opt
         if not question or len(rec.questions) != 1:
             return _header(qid, QR | qflags | FORMERR, 0, 0, arc) + opt
