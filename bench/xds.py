@@ -1,0 +1,1045 @@
+"""xDS propagation: a real kuma-cp (sqlite) driving (a) real Envoys and (b) simulated ADS clients.
+
+(a) `--envoys N` real Envoys (`--concurrency 1`), each its own Dataplane registered through the real bootstrap
+    call (`/kuma.vm.dp.v1.Bootstrap/Get`, with a real dataplane token), all calling the service `backend`.
+    EDS rounds: an API write adds (PUT) or removes (DELETE) one Dataplane of `backend`; the time from just
+    before the write to the LAST Envoy having applied it. CDS rounds: an API write flips the protocol of the
+    service `cds-target` (http <-> http2), which every Envoy also calls: its Cluster (and outbound Listener)
+    change, Envoy re-warms the cluster, so this is CDS + re-warm EDS + LDS; done when every Envoy counts the
+    cluster and listener as modified and has nothing warming. Two clocks: the bench's tight polling of every
+    Envoy's admin (`/stats`, one keep-alive connection each; an upper bound) and Envoy's own log timestamp of
+    the last "config ... accepted" line of the round (`--component-log-level config:debug`, microseconds;
+    the ACK follows it at once).
+(b) `--clients N` simulated ADS clients in another process (this file with `--worker`): grpc.aio, one TLS
+    connection each, the real protocol (Delta or SotW: CDS+LDS wildcard, EDS by name after CDS, every
+    response ACKed), each authenticated with its own dataplane token and registering its Dataplane through
+    node metadata (`dataplane.resource`, what kuma-dp's bootstrap puts there). Every client calls `backend`;
+    client i also calls `backend-(i % G)`. Same propagation measurement (API write -> last client has the
+    changed ClusterLoadAssignment), control-plane RSS per connected dataplane (RSS with N connected minus
+    RSS before any, / N), and idle CPU of kuma-cp with N connected.
+(c) a one-endpoint change of `backend-3` (called by N/G clients): which clients got any response, and how
+    many resources each got; target: no push to the others, exactly one EDS resource per affected client
+    with Delta (SotW resends every subscribed ClusterLoadAssignment by design).
+
+Targets and floors come from shared DESIGN.md ("Performance design targets"). Latencies are reported as
+p50/p99 over rounds of the LAST proxy's time, each also as a ratio to the DESIGN floor measured for a bare
+ADS server; the machine is noisy (2 cores shared by kuma-cp, the Envoys and the bench), so read ratios.
+The reconciler debounces store events by ~20 ms by design: that is in every number here.
+
+    .venv/bin/python bench/xds.py [--envoys 50] [--clients 1000] [--rounds 20] [--modes delta,sotw]
+                                  [--parts envoys,clients] [--quick] [--json-only] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tests` and `bench` importable
+
+from bench._common import (
+    Cleanup,
+    HttpConn,
+    dump_json,
+    parse_stats,
+    render_table,
+    summary,
+    verdict,
+)
+
+MESH = "default"
+BACKENDS = 2  # endpoints of `backend` at rest
+GROUPS = 10  # (b): client i also calls backend-(i % GROUPS)
+CHANGED_GROUP = 3  # (c): the one-endpoint change is to backend-3
+CDS_TARGET = "cds-target"
+ENDPOINT_BASE_PORT = 31000  # ports of Dataplanes nobody runs: they are only endpoints, never bound
+
+# DESIGN.md "Performance design targets": floors measured for a bare ADS server on this machine kind.
+FLOOR_MS = {("eds", "delta"): 16.0, ("eds", "sotw"): 35.0, ("cds", "delta"): 46.0, ("cds", "sotw"): 88.0}
+TARGET_ENVOYS_MS, AIM_ENVOYS_MS = 250.0, 100.0
+TARGET_CLIENTS_MS = 1000.0
+TARGET_RSS_MB = 0.5
+TARGET_IDLE_CPU = 2.0  # % of one core
+
+CDS_STATS = ("cluster_manager.cluster_modified", "cluster_manager.warming_clusters",
+             "listener_manager.listener_modified", "listener_manager.total_listeners_warming")
+ACCEPTED = re.compile(rb"^\[(\d+\.\d+)\]\[config\]\[debug\] (?:gRPC|Delta) config for (\S+) accepted", re.M)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- control plane --------------------------------------------------------------------------------------------------
+
+def dataplane(name: str, service: str, inbound_port: int, outbounds: dict[str, int] | None = None, *,
+              protocol: str = "http") -> dict[str, Any]:
+    return {
+        "type": "Dataplane", "mesh": MESH, "name": name,
+        "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": inbound_port, "servicePort": inbound_port + 1,
+                         "tags": {"kuma.io/service": service, "kuma.io/protocol": protocol}}],
+            "outbound": [{"port": p, "tags": {"kuma.io/service": s}} for s, p in (outbounds or {}).items()],
+        },
+    }
+
+
+class Api:
+    """The kuma-cp HTTP API (loopback, admin without a token), one keep-alive session."""
+
+    def __init__(self, base_url: str) -> None:
+        import aiohttp
+
+        self.base = base_url
+        self.session = aiohttp.ClientSession(base_url=base_url)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def put_dataplane(self, doc: dict[str, Any]) -> None:
+        async with self.session.put(f"/meshes/{MESH}/dataplanes/{doc['name']}", json=doc) as r:
+            if r.status not in (200, 201):
+                raise RuntimeError(f"PUT Dataplane {doc['name']}: {r.status} {await r.text()}")
+
+    async def delete_dataplane(self, name: str) -> None:
+        async with self.session.delete(f"/meshes/{MESH}/dataplanes/{name}") as r:
+            if r.status != 200:
+                raise RuntimeError(f"DELETE Dataplane {name}: {r.status} {await r.text()}")
+
+    async def token(self, name: str) -> str:
+        async with self.session.post("/tokens/dataplane", json={"mesh": MESH, "name": name}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"dataplane token for {name}: {r.status} {await r.text()}")
+            return await r.text()
+
+
+async def bounded(items: list[Any], fn: Callable[[Any], Any], limit: int) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(item: Any) -> Any:
+        async with sem:
+            return await fn(item)
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def start_control_plane(directory: Path, api_type: str, cleanup: Cleanup) -> Any:
+    from tests.integration.cp_process import start_cp
+
+    cp = start_cp(directory, KUMA_DP_SERVER_API_TYPE=api_type,
+                  # the bench writes faster than an operator: no API rate limit in the way
+                  KUMA_API_SERVER_RATE_LIMIT_RPS="1000000", KUMA_API_SERVER_RATE_LIMIT_BURST="1000000")
+    cleanup.push(cp.stop, f"kuma-cp pid {cp.pid}")
+    log(f"kuma-cp ({api_type}) pid {cp.pid} ready")
+    return cp
+
+
+def process_rss(pid: int) -> int:
+    import psutil
+
+    p = psutil.Process(pid)
+    return int(p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True)))
+
+
+def process_cpu_s(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+def x_floor(value: float, floor: float | None) -> float | None:
+    return value / floor if floor else None
+
+
+# --- (a) real Envoys ------------------------------------------------------------------------------------------------
+
+@dataclass
+class EnvoyUnderTest:
+    name: str
+    proc: Any  # tests.integration.envoy_harness.EnvoyProcess
+    conn: HttpConn
+    log_offset: int = 0
+
+    def new_accepted(self) -> list[tuple[float, str]]:
+        """(wall time, type short name) of every "config accepted" line Envoy logged since the last call."""
+        try:
+            with open(self.proc.log_file, "rb") as f:
+                f.seek(self.log_offset)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1  # a line being written is read next time
+        self.log_offset += end
+        return [(float(m.group(1)), m.group(2).decode().rsplit(".", 1)[-1])
+                for m in ACCEPTED.finditer(data[:end])]
+
+
+async def poll_until(envoys: list[EnvoyUnderTest], path: str, done: Callable[[int, dict[str, int]], bool], *,
+                     timeout: float, interval: float) -> list[float | None]:
+    """Poll every Envoy (concurrently, one request in flight each) until `done(i, stats)`; the monotonic time of
+    the answer that first showed it, per Envoy (None: not within `timeout`)."""
+    seen: list[float | None] = [None] * len(envoys)
+    pending = set(range(len(envoys)))
+    deadline = time.monotonic() + timeout
+
+    async def probe(i: int) -> None:
+        _, body = await envoys[i].conn.get(path)
+        now = time.monotonic()
+        if done(i, parse_stats(body)):
+            seen[i] = now
+            pending.discard(i)
+
+    while pending and time.monotonic() < deadline:
+        await asyncio.gather(*(probe(i) for i in list(pending)), return_exceptions=True)
+        if pending:
+            await asyncio.sleep(interval)
+    return seen
+
+
+def stats_path(names: tuple[str, ...]) -> str:
+    import urllib.parse
+
+    regex = "^(" + "|".join(re.escape(n) for n in names) + ")$"
+    return "/stats?usedonly&filter=" + urllib.parse.quote(regex, safe="")
+
+
+async def read_stats(envoys: list[EnvoyUnderTest], path: str) -> list[dict[str, int]]:
+    return [parse_stats(body) for _, body in await asyncio.gather(*(e.conn.get(path) for e in envoys))]
+
+
+async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
+    from agent.bootstrap_client import CpAddress, fetch_bootstrap
+    from tests.integration.cp_process import free_port
+    from tests.integration.envoy_harness import EnvoyProcess, start_envoy
+
+    cp = start_control_plane(tmp / f"cp-envoys-{api_type}", api_type, cleanup)
+    api = Api(cp.http_url)
+    out: dict[str, Any] = {"api_type": api_type, "envoys": args.envoys, "kuma_cp_pid": cp.pid}
+    started: list[EnvoyProcess] = []
+    lock = threading.Lock()
+
+    def stop_envoys() -> None:
+        with lock:
+            procs = list(started)
+        for p in procs:  # SIGTERM to all first, then wait for each: fast and still by PID only
+            with contextlib.suppress(ProcessLookupError):
+                if p.alive():
+                    os.kill(p.pid, signal.SIGTERM)
+        for p in procs:
+            p.stop()
+
+    envoys: list[EnvoyUnderTest] = []
+    try:
+        for i in range(BACKENDS):
+            await api.put_dataplane(dataplane(f"backend-{i}", "backend", ENDPOINT_BASE_PORT + 2 * i))
+        await api.put_dataplane(dataplane(f"{CDS_TARGET}-0", CDS_TARGET, ENDPOINT_BASE_PORT + 500))
+        taken: set[int] = set(cp.ports.values())
+        names = [f"web-{i:03d}" for i in range(args.envoys)]
+        docs = {n: dataplane(n, "web", free_port(taken), {"backend": free_port(taken), CDS_TARGET: free_port(taken)})
+                for n in names}
+        t_setup = time.monotonic()
+        tokens = dict(zip(names, await bounded(names, api.token, 8), strict=True))
+        cp_address = CpAddress("127.0.0.1", cp.ports["KUMA_DP_SERVER_PORT"])
+        ca_pem = cp.ca_file.read_bytes()
+
+        async def bootstrap(name: str) -> dict[str, Any]:
+            answer = await fetch_bootstrap(cp_address, ca_pem, {
+                "mesh": MESH, "name": name, "dataplaneToken": tokens[name], "adminPort": 1, "dataplane": docs[name]})
+            b: dict[str, Any] = answer["bootstrap"]
+            # Port 0: Envoy binds a free loopback port and reports it (no race between 50 Envoys picking ports).
+            b["admin"]["address"]["socket_address"]["port_value"] = 0
+            return b
+
+        bootstraps = dict(zip(names, await bounded(names, bootstrap, 8), strict=True))
+        log(f"{len(names)} tokens and bootstraps in {time.monotonic() - t_setup:.1f}s; starting Envoys")
+        t_start = time.monotonic()
+        envoy_dir = tmp / f"envoys-{api_type}"
+
+        def start(name: str) -> EnvoyProcess:
+            p = start_envoy(bootstraps[name], envoy_dir, concurrency=1, name=name, log_level="warning",
+                            extra_args=["--component-log-level", "config:debug", "--log-format", "[%E.%f][%n][%l] %v"])
+            with lock:
+                started.append(p)
+            return p
+
+        # Envoy dies with the thread that started it (a parent-death signal follows the forking thread), so the
+        # pool's threads live until the Envoys are stopped.
+        pool = ThreadPoolExecutor(max_workers=args.start_parallel, thread_name_prefix="envoy-start")
+        cleanup.push(lambda: pool.shutdown(wait=True, cancel_futures=True), "Envoy start threads")
+        cleanup.push(stop_envoys, f"{args.envoys} Envoys")
+        procs = list(pool.map(start, names))
+        for name, p in zip(names, procs, strict=True):
+            host, port = p.admin_url.removeprefix("http://").rsplit(":", 1)
+            envoys.append(EnvoyUnderTest(name, p, HttpConn(host, int(port))))
+        eds_path = stats_path(("cluster.backend.membership_total",))
+        cds_path = stats_path(CDS_STATS)
+        ready = await poll_until(envoys, eds_path, lambda i, s: s.get("cluster.backend.membership_total") == BACKENDS,
+                                 timeout=120, interval=0.05)
+        missing = [envoys[i].name for i, t in enumerate(ready) if t is None]
+        if missing:
+            raise RuntimeError(f"{len(missing)} Envoys never got {BACKENDS} backend endpoints: {missing[:5]}")
+        out["startup_s"] = time.monotonic() - t_start
+        log(f"{len(envoys)} Envoys up and configured in {out['startup_s']:.1f}s")
+        await asyncio.sleep(1.5)  # let insights and registrations settle
+        for e in envoys:
+            e.new_accepted()  # skip the start-up log
+
+        interval = args.poll_ms / 1000
+        eds_rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):
+            adding = r % 2 == 0
+            want = BACKENDS + 1 if adding else BACKENDS
+            cpu0 = process_cpu_s(cp.pid)
+            t0_wall, t0 = time.time(), time.monotonic()
+            if adding:
+                await api.put_dataplane(dataplane("backend-extra", "backend", ENDPOINT_BASE_PORT + 100))
+            else:
+                await api.delete_dataplane("backend-extra")
+            t_api = time.monotonic()
+            seen = await poll_until(envoys, eds_path,
+                                    lambda i, s, want=want: s.get("cluster.backend.membership_total") == want,
+                                    timeout=args.round_timeout, interval=interval)
+            eds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api, {"ClusterLoadAssignment"},
+                                           process_cpu_s(cp.pid) - cpu0, "add" if adding else "remove"))
+            await asyncio.sleep(args.gap + random.uniform(0, 0.1))
+        cds_rounds: list[dict[str, Any]] = []
+        protocol = "http"
+        for _ in range(args.cds_rounds):
+            base = await read_stats(envoys, cds_path)
+            protocol = "http2" if protocol == "http" else "http"
+            cpu0 = process_cpu_s(cp.pid)
+            t0_wall, t0 = time.time(), time.monotonic()
+            await api.put_dataplane(dataplane(f"{CDS_TARGET}-0", CDS_TARGET, ENDPOINT_BASE_PORT + 500,
+                                              protocol=protocol))
+            t_api = time.monotonic()
+
+            def cds_done(i: int, s: dict[str, int], base: list[dict[str, int]] = base) -> bool:
+                b = base[i]
+                return (s.get(CDS_STATS[0], 0) > b.get(CDS_STATS[0], 0) and s.get(CDS_STATS[1], 1) == 0
+                        and s.get(CDS_STATS[2], 0) > b.get(CDS_STATS[2], 0) and s.get(CDS_STATS[3], 1) == 0)
+
+            seen = await poll_until(envoys, cds_path, cds_done, timeout=args.round_timeout, interval=interval)
+            cds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api,
+                                           {"Cluster", "ClusterLoadAssignment", "Listener"},
+                                           process_cpu_s(cp.pid) - cpu0, protocol))
+            await asyncio.sleep(args.gap + random.uniform(0, 0.1))
+        out["eds"] = summarise_rounds(eds_rounds)
+        out["cds"] = summarise_rounds(cds_rounds)
+        out["poll_interval_ms"] = args.poll_ms
+        out["admin_requests"] = sum(e.conn.requests for e in envoys)
+        out["kuma_cp_rss_mb"] = process_rss(cp.pid) / 2**20
+    finally:
+        for e in envoys:
+            e.conn.close()
+        await api.close()
+    return out
+
+
+def round_result(envoys: list[EnvoyUnderTest], seen: list[float | None], t0: float, t0_wall: float, t_api: float,
+                 types: set[str], cp_cpu_s: float, what: str) -> dict[str, Any]:
+    poll_ms = [(t - t0) * 1000 for t in seen if t is not None]
+    envoy_ms = []
+    for e in envoys:
+        times = [ts for ts, short in e.new_accepted() if short in types and ts >= t0_wall]
+        if times:
+            envoy_ms.append((max(times) - t0_wall) * 1000)
+    missed = sum(1 for t in seen if t is None)
+    return {
+        "change": what, "api_ms": (t_api - t0) * 1000, "missed": missed,
+        "poll_last_ms": max(poll_ms) if poll_ms and not missed else None,
+        "poll_median_ms": statistics.median(poll_ms) if poll_ms else None,
+        "poll_first_ms": min(poll_ms) if poll_ms else None,
+        "envoy_last_ms": max(envoy_ms) if len(envoy_ms) == len(envoys) else None,
+        "envoy_median_ms": statistics.median(envoy_ms) if envoy_ms else None,
+        "envoy_first_ms": min(envoy_ms) if envoy_ms else None,
+        "envoys_logged": len(envoy_ms), "kuma_cp_cpu_ms": cp_cpu_s * 1000,
+    }
+
+
+def summarise_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    def col(key: str) -> list[float]:
+        return [r[key] for r in rounds if r.get(key) is not None]
+
+    return {
+        "rounds": len(rounds),
+        "rounds_incomplete": sum(1 for r in rounds if r["missed"]),
+        "last_poll_ms": summary(col("poll_last_ms")),
+        "last_envoy_log_ms": summary(col("envoy_last_ms")),
+        "median_proxy_poll_ms": summary(col("poll_median_ms")),
+        "first_proxy_envoy_log_ms": summary(col("envoy_first_ms")),
+        "api_write_ms": summary(col("api_ms")),
+        "kuma_cp_cpu_ms_per_change": summary(col("kuma_cp_cpu_ms")),
+        "per_round": rounds,
+    }
+
+
+# --- (b), (c) simulated ADS clients: the parent side -----------------------------------------------------------------
+
+class Worker:
+    """The client process: JSON lines on stdin (commands) and stdout (answers)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], reader: asyncio.StreamReader) -> None:
+        self.proc, self.reader = proc, reader
+
+    @classmethod
+    async def start(cls, argv: list[str], log_file: Path, cleanup: Cleanup) -> Worker:
+        with open(log_file, "wb") as err:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                    start_new_session=True)
+
+        def stop() -> None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+
+        cleanup.push(stop, f"ADS client process pid {proc.pid}")
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=64 << 20)
+        assert proc.stdout is not None
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
+        return cls(proc, reader)
+
+    async def call(self, op: str, timeout: float = 120, **kwargs: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kwargs}).encode() + b"\n")
+        self.proc.stdin.flush()
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not line:
+            raise RuntimeError(f"the ADS client process exited ({self.proc.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"ADS client process: {answer['error']}")
+        return answer
+
+
+async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
+    import psutil
+
+    cp = start_control_plane(tmp / f"cp-clients-{api_type}", api_type, cleanup)
+    api = Api(cp.http_url)
+    n = args.clients
+    out: dict[str, Any] = {"api_type": api_type, "clients": n, "groups": GROUPS, "kuma_cp_pid": cp.pid}
+    try:
+        for i in range(BACKENDS):
+            await api.put_dataplane(dataplane(f"backend-{i}", "backend", ENDPOINT_BASE_PORT + 2 * i))
+        for g in range(GROUPS):
+            await api.put_dataplane(dataplane(f"backend-{g}-0", f"backend-{g}", ENDPOINT_BASE_PORT + 200 + 2 * g))
+        names = [f"client-{i:04d}" for i in range(n)]
+        t0 = time.monotonic()
+        tokens = await bounded(names, api.token, 8)
+        log(f"{n} dataplane tokens in {time.monotonic() - t0:.1f}s")
+        plan = [{"name": name, "token": token, "group": i % GROUPS,
+                 "dataplane": dataplane(name, f"client-{i % GROUPS}", 20000 + 2 * i,
+                                        {"backend": 10001, f"backend-{i % GROUPS}": 10002})}
+                for i, (name, token) in enumerate(zip(names, tokens, strict=True))]
+        plan_file = tmp / f"clients-{api_type}.json"
+        plan_file.write_text(json.dumps(plan))
+        await asyncio.sleep(1.0)
+        rss0 = process_rss(cp.pid)
+        worker = await Worker.start(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", str(plan_file),
+             "--worker-target", f"127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", "--worker-ca", str(cp.ca_file),
+             "--worker-api", api_type],
+            tmp / f"clients-{api_type}.log", cleanup)
+        t0 = time.monotonic()
+        connected = await worker.call("connect", timeout=args.connect_timeout + 30, parallel=args.connect_parallel,
+                                      timeout_s=args.connect_timeout)
+        out["connect"] = {**connected, "seconds": time.monotonic() - t0}
+        log(f"{connected['ready']}/{n} clients connected and configured in {out['connect']['seconds']:.1f}s "
+            f"({connected['failed']} failed)")
+        if connected["ready"] < n:
+            raise RuntimeError(f"only {connected['ready']}/{n} clients got their config: {connected['errors'][:3]}")
+        await asyncio.sleep(args.settle)  # insights flushed, registrations done, garbage collected
+        rss1 = process_rss(cp.pid)
+        out["rss"] = {"before_mb": rss0 / 2**20, "connected_mb": rss1 / 2**20,
+                      "per_dataplane_mb": (rss1 - rss0) / n / 2**20}
+        cp_proc = psutil.Process(cp.pid)
+        cp_proc.cpu_percent(None)
+        await asyncio.sleep(args.idle)
+        out["idle_cpu_percent"] = cp_proc.cpu_percent(None)
+        out["idle_seconds"] = args.idle
+        log(f"RSS {out['rss']['per_dataplane_mb'] * 1024:.0f} KiB/dataplane, idle CPU {out['idle_cpu_percent']:.1f}%")
+
+        everyone = list(range(n))
+        group = [i for i in range(n) if i % GROUPS == CHANGED_GROUP]
+        worker_cpu0 = process_cpu_s(worker.proc.pid)
+        all_rounds = [await client_round(api, worker, cp.pid, r, "backend", everyone, args) for r in range(args.rounds)]
+        out["worker_cpu_s_per_all_round"] = (process_cpu_s(worker.proc.pid) - worker_cpu0) / max(1, args.rounds)
+        one_rounds = [await client_round(api, worker, cp.pid, r, f"backend-{CHANGED_GROUP}", group, args,
+                                         settle=args.push_settle)
+                      for r in range(args.push_rounds)]
+        out["all"] = summarise_client_rounds(all_rounds, n)
+        out["one_endpoint"] = summarise_client_rounds(one_rounds, n)
+        status = await worker.call("status")
+        out["streams_failed"] = status["failed"]
+        out["kuma_cp_rss_mb_end"] = process_rss(cp.pid) / 2**20
+        with contextlib.suppress(Exception):
+            await worker.call("quit", timeout=10)
+    finally:
+        await api.close()
+    return out
+
+
+async def client_round(api: Api, worker: Worker, cp_pid: int, r: int, service: str, clients: list[int],
+                       args: argparse.Namespace, settle: float = 0.2) -> dict[str, Any]:
+    adding = r % 2 == 0
+    base = BACKENDS if service == "backend" else 1
+    want = base + 1 if adding else base
+    extra = f"{service}-extra"
+    await worker.call("arm", cluster=service, endpoints=want, clients=clients)
+    cpu0 = process_cpu_s(cp_pid)
+    t0 = time.monotonic()
+    if adding:
+        await api.put_dataplane(dataplane(extra, service, ENDPOINT_BASE_PORT + 400))
+    else:
+        await api.delete_dataplane(extra)
+    t_api = time.monotonic()
+    answer = await worker.call("wait", timeout=args.round_timeout + settle + 30, timeout_s=args.round_timeout,
+                               settle_s=settle)
+    cp_cpu = process_cpu_s(cp_pid) - cpu0
+    reached = {int(k): (v - t0) * 1000 for k, v in answer["reached"].items()}
+    wanted = set(clients)
+    pushed = {int(k): v for k, v in answer["log"].items()}
+    unaffected_pushed = sorted(i for i in pushed if i not in wanted)
+    per_affected_resources = [sum(e[2] for e in pushed.get(i, [])) for i in clients]
+    per_affected_responses = [len(pushed.get(i, [])) for i in clients]
+    by_type: dict[str, int] = {}
+    for entries in pushed.values():
+        for e in entries:
+            by_type[e[1]] = by_type.get(e[1], 0) + 1
+    await asyncio.sleep(args.gap + random.uniform(0, 0.1))
+    return {
+        "change": ("add" if adding else "remove") + f" {service}", "api_ms": (t_api - t0) * 1000,
+        "missed": len(wanted) - len(reached),
+        "last_ms": max(reached.values()) if len(reached) == len(wanted) else None,
+        "median_ms": statistics.median(reached.values()) if reached else None,
+        "first_ms": min(reached.values()) if reached else None,
+        "proxies_pushed": len(pushed), "affected": len(wanted),
+        "unaffected_pushed": len(unaffected_pushed), "unaffected_pushed_sample": unaffected_pushed[:5],
+        "responses_by_type": by_type,
+        "resources_per_affected": {"min": min(per_affected_resources), "max": max(per_affected_resources),
+                                   "mean": statistics.fmean(per_affected_resources)},
+        "responses_per_affected": {"min": min(per_affected_responses), "max": max(per_affected_responses)},
+        "kuma_cp_cpu_ms": cp_cpu * 1000,
+    }
+
+
+def summarise_client_rounds(rounds: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    def col(key: str) -> list[float]:
+        return [r[key] for r in rounds if r.get(key) is not None]
+
+    return {
+        "rounds": len(rounds),
+        "rounds_incomplete": sum(1 for r in rounds if r["missed"]),
+        "last_client_ms": summary(col("last_ms")),
+        "median_client_ms": summary(col("median_ms")),
+        "first_client_ms": summary(col("first_ms")),
+        "api_write_ms": summary(col("api_ms")),
+        "kuma_cp_cpu_ms_per_change": summary(col("kuma_cp_cpu_ms")),
+        "affected": rounds[0]["affected"] if rounds else 0,
+        "proxies_pushed_max": max((r["proxies_pushed"] for r in rounds), default=0),
+        "unaffected_pushed_max": max((r["unaffected_pushed"] for r in rounds), default=0),
+        "resources_per_affected_min": min((r["resources_per_affected"]["min"] for r in rounds), default=0),
+        "resources_per_affected_max": max((r["resources_per_affected"]["max"] for r in rounds), default=0),
+        "responses_per_affected_max": max((r["responses_per_affected"]["max"] for r in rounds), default=0),
+        "per_round": rounds,
+    }
+
+
+# --- (b) the client process -----------------------------------------------------------------------------------------
+
+CDS_URL = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+EDS_URL = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LDS_URL = "type.googleapis.com/envoy.config.listener.v3.Listener"
+SHORT = {CDS_URL: "CDS", EDS_URL: "EDS", LDS_URL: "LDS"}
+
+
+@dataclass
+class Wait:
+    cluster: str
+    endpoints: int
+    pending: set[int]
+    reached: dict[int, float] = field(default_factory=dict)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def check(self, client: Client, t: float) -> None:
+        if client.idx in self.pending and client.eds.get(self.cluster) == self.endpoints:
+            self.pending.discard(client.idx)
+            self.reached[client.idx] = t
+            if not self.pending:
+                self.done.set()
+
+
+class Client:
+    """One simulated Envoy: an ADS stream (Delta or SotW) that subscribes like Envoy and ACKs every response."""
+
+    def __init__(self, idx: int, plan: dict[str, Any], pool: ClientPool) -> None:
+        from envoy.config.core.v3.base_pb2 import BuildVersion, Node
+        from envoy.type.v3.semantic_version_pb2 import SemanticVersion
+
+        self.idx, self.pool = idx, pool
+        self.name, self.token = plan["name"], plan["token"]
+        self.node = Node(id=f"{MESH}.{self.name}", cluster=plan["dataplane"]["networking"]["inbound"][0]["tags"][
+            "kuma.io/service"], user_agent_name="envoy",
+            user_agent_build_version=BuildVersion(version=SemanticVersion(major_number=1, minor_number=40)))
+        self.node.metadata.update({"dataplane.resource": json.dumps(plan["dataplane"]),
+                                   "kuma.io/proxy-type": "dataplane"})
+        self.clusters: dict[str, str] = {}  # cluster name -> EDS service name
+        self.eds: dict[str, int] = {}  # EDS name -> endpoints
+        self.eds_names: set[str] = set()
+        self.got: set[str] = set()
+        self.ready = asyncio.Event()
+        self.failed: str | None = None
+        self.log: list[tuple[float, str, int, int]] = []
+
+    def _record(self, t: float, type_url: str, added: int, removed: int) -> None:
+        self.got.add(type_url)
+        self.log.append((t, SHORT.get(type_url, type_url.rsplit(".", 1)[-1]), added, removed))
+        if not self.ready.is_set() and {CDS_URL, LDS_URL} <= self.got and self.eds_names <= self.eds.keys():
+            self.ready.set()
+
+    async def run(self) -> None:
+        import grpc
+        from envoy.service.discovery.v3 import ads_pb2_grpc
+
+        channel = grpc.aio.secure_channel(self.pool.target, self.pool.credentials, options=[
+            ("grpc.use_local_subchannel_pool", 1),  # a connection of its own, as every Envoy has
+            ("grpc.keepalive_time_ms", 11_000),  # Envoy's bootstrap: a ping every 10 s (+ jitter)
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.max_pings_without_data", 0),
+        ])
+        try:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            metadata = (("authorization", f"Bearer {self.token}"),)
+            if self.pool.api == "delta":
+                await self._delta(stub.DeltaAggregatedResources(metadata=metadata))
+            else:
+                await self._sotw(stub.StreamAggregatedResources(metadata=metadata))
+            self.failed = "stream ended by the server"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failed = f"{type(e).__name__}: {getattr(e, 'details', lambda: '')() or e}"
+        finally:
+            self.ready.set()  # whoever waits for it: it is settled (failed or not)
+            await channel.close(grace=None)
+
+    async def _delta(self, call: Any) -> None:
+        import grpc
+        from envoy.config.cluster.v3.cluster_pb2 import Cluster
+        from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+        from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest as Req
+
+        await call.write(Req(node=self.node, type_url=CDS_URL))
+        await call.write(Req(type_url=LDS_URL))
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                return
+            t = time.monotonic()
+            type_url = resp.type_url
+            if type_url == CDS_URL:
+                for r in resp.resources:
+                    c = Cluster.FromString(r.resource.value)
+                    if c.type == Cluster.EDS:
+                        self.clusters[r.name] = c.eds_cluster_config.service_name or r.name
+                for name in resp.removed_resources:
+                    self.clusters.pop(name, None)
+                await call.write(Req(type_url=type_url, response_nonce=resp.nonce))
+                wanted = set(self.clusters.values())
+                if wanted != self.eds_names:
+                    sub, unsub = wanted - self.eds_names, self.eds_names - wanted
+                    self.eds_names = wanted
+                    for name in unsub:
+                        self.eds.pop(name, None)
+                    await call.write(Req(type_url=EDS_URL, resource_names_subscribe=sorted(sub),
+                                         resource_names_unsubscribe=sorted(unsub)))
+            elif type_url == EDS_URL:
+                for r in resp.resources:
+                    cla = ClusterLoadAssignment.FromString(r.resource.value)
+                    self.eds[r.name] = sum(len(loc.lb_endpoints) for loc in cla.endpoints)
+                for name in resp.removed_resources:
+                    self.eds.pop(name, None)
+                await call.write(Req(type_url=type_url, response_nonce=resp.nonce))
+            else:
+                await call.write(Req(type_url=type_url, response_nonce=resp.nonce))
+            self._record(t, type_url, len(resp.resources), len(resp.removed_resources))
+            if type_url == EDS_URL and self.pool.wait is not None:
+                self.pool.wait.check(self, t)
+
+    async def _sotw(self, call: Any) -> None:
+        import grpc
+        from envoy.config.cluster.v3.cluster_pb2 import Cluster
+        from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+        from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest as Req
+
+        await call.write(Req(node=self.node, type_url=CDS_URL))
+        await call.write(Req(type_url=LDS_URL))
+        eds_version = eds_nonce = ""
+        while True:
+            resp = await call.read()
+            if resp is grpc.aio.EOF:
+                return
+            t = time.monotonic()
+            type_url = resp.type_url
+            if type_url == CDS_URL:
+                clusters = {}
+                for any_ in resp.resources:
+                    c = Cluster.FromString(any_.value)
+                    if c.type == Cluster.EDS:
+                        clusters[c.name] = c.eds_cluster_config.service_name or c.name
+                self.clusters = clusters
+                await call.write(Req(type_url=type_url, version_info=resp.version_info, response_nonce=resp.nonce))
+                wanted = set(clusters.values())
+                if wanted != self.eds_names:
+                    self.eds_names = wanted
+                    for name in list(self.eds):
+                        if name not in wanted:
+                            del self.eds[name]
+                    await call.write(Req(type_url=EDS_URL, resource_names=sorted(wanted), version_info=eds_version,
+                                         response_nonce=eds_nonce))
+            elif type_url == EDS_URL:
+                eds = {}
+                for any_ in resp.resources:
+                    cla = ClusterLoadAssignment.FromString(any_.value)
+                    eds[cla.cluster_name] = sum(len(loc.lb_endpoints) for loc in cla.endpoints)
+                self.eds = eds
+                eds_version, eds_nonce = resp.version_info, resp.nonce
+                await call.write(Req(type_url=type_url, version_info=resp.version_info, response_nonce=resp.nonce,
+                                     resource_names=sorted(self.eds_names)))
+            else:
+                await call.write(Req(type_url=type_url, version_info=resp.version_info, response_nonce=resp.nonce))
+            self._record(t, type_url, len(resp.resources), 0)
+            if type_url == EDS_URL and self.pool.wait is not None:
+                self.pool.wait.check(self, t)
+
+
+class ClientPool:
+    def __init__(self, plan: list[dict[str, Any]], target: str, ca_pem: bytes, api: str) -> None:
+        import grpc
+
+        self.target, self.api = target, api
+        self.credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        self.wait: Wait | None = None
+        self.clients = [Client(i, p, self) for i, p in enumerate(plan)]
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def connect(self, parallel: int, timeout_s: float) -> dict[str, Any]:
+        sem = asyncio.Semaphore(parallel)
+
+        async def one(c: Client) -> None:
+            async with sem:
+                self.tasks.append(asyncio.create_task(c.run(), name=c.name))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.ready.wait(), timeout_s)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(one(c) for c in self.clients)), timeout_s)
+        return self.status()
+
+    def status(self) -> dict[str, Any]:
+        failed = [c for c in self.clients if c.failed]
+        ready = [c for c in self.clients if c.ready.is_set() and not c.failed]
+        errors: dict[str, int] = {}
+        for c in failed:
+            errors[c.failed or ""] = errors.get(c.failed or "", 0) + 1
+        return {"ready": len(ready), "failed": len(failed),
+                "errors": sorted(errors.items(), key=lambda kv: -kv[1])[:5]}
+
+    def arm(self, cluster: str, endpoints: int, clients: list[int]) -> dict[str, Any]:
+        for c in self.clients:
+            c.log.clear()
+        self.wait = Wait(cluster, endpoints, set(clients))
+        return {"armed": len(clients)}
+
+    async def wait_done(self, timeout_s: float, settle_s: float) -> dict[str, Any]:
+        w = self.wait
+        assert w is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(w.done.wait(), timeout_s)
+        await asyncio.sleep(settle_s)  # anything else that arrives (pushes to proxies the change does not affect)
+        self.wait = None
+        return {"reached": {str(i): t for i, t in w.reached.items()}, "missing": sorted(w.pending)[:20],
+                "log": {str(c.idx): c.log for c in self.clients if c.log}}
+
+
+async def worker_main(args: argparse.Namespace) -> None:
+    plan = json.loads(Path(args.worker).read_text())
+    pool = ClientPool(plan, args.worker_target, Path(args.worker_ca).read_bytes(), args.worker_api)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    async def commands() -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            cmd = json.loads(line)
+            op = cmd.pop("op")
+            try:
+                if op == "connect":
+                    answer = await pool.connect(cmd["parallel"], cmd["timeout_s"])
+                elif op == "status":
+                    answer = pool.status()
+                elif op == "arm":
+                    answer = pool.arm(cmd["cluster"], cmd["endpoints"], cmd["clients"])
+                elif op == "wait":
+                    answer = await pool.wait_done(cmd["timeout_s"], cmd["settle_s"])
+                elif op == "quit":
+                    answer = {"bye": True}
+                else:
+                    answer = {"error": f"unknown op {op!r}"}
+            except Exception as e:
+                answer = {"error": f"{type(e).__name__}: {e}"}
+            sys.stdout.write(json.dumps(answer) + "\n")
+            sys.stdout.flush()
+            if op == "quit":
+                return
+
+    task = asyncio.create_task(commands())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for t in (task, stopper, *pool.tasks):
+        t.cancel()
+    await asyncio.gather(task, stopper, *pool.tasks, return_exceptions=True)
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+def fmt_ms(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{v:,.1f}"
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for mode, r in results.get("envoys", {}).items():
+        if "error" in r:
+            rows.append({"what": f"(a) {r.get('envoys', '?')} Envoys {mode}", "value": "error", "verdict": "MISS"})
+            continue
+        for kind in ("eds", "cds"):
+            s = r[kind]
+            p99 = s["last_poll_ms"]["p99"]
+            floor = FLOOR_MS[(kind, mode)]
+            rows.append({
+                "what": f"(a) {kind.upper()} -> last of {r['envoys']} Envoys, {mode}, p99 (poll)",
+                "value": p99, "unit": "ms", "p50": s["last_poll_ms"]["p50"],
+                "envoy_log_p50": s["last_envoy_log_ms"]["p50"], "envoy_log_p99": s["last_envoy_log_ms"]["p99"],
+                "target": TARGET_ENVOYS_MS, "aim": AIM_ENVOYS_MS, "floor": floor, "x_floor": x_floor(p99, floor),
+                "verdict": "MISS" if s["rounds_incomplete"] else verdict(p99, TARGET_ENVOYS_MS),
+                "aim_verdict": verdict(p99, AIM_ENVOYS_MS),
+            })
+    for mode, r in results.get("clients", {}).items():
+        if "error" in r:
+            rows.append({"what": f"(b) {r.get('clients', '?')} clients {mode}", "value": "error", "verdict": "MISS"})
+            continue
+        n = r["clients"]
+        s = r["all"]
+        p99 = s["last_client_ms"]["p99"]
+        rows.append({"what": f"(b) EDS -> last of {n} clients, {mode}, p99", "value": p99, "unit": "ms",
+                     "p50": s["last_client_ms"]["p50"], "target": TARGET_CLIENTS_MS,
+                     "verdict": "MISS" if s["rounds_incomplete"] else verdict(p99, TARGET_CLIENTS_MS)})
+        per = r["rss"]["per_dataplane_mb"]
+        rows.append({"what": f"(b) kuma-cp RSS per connected dataplane, {mode}", "value": per, "unit": "MB",
+                     "target": TARGET_RSS_MB, "verdict": verdict(per, TARGET_RSS_MB)})
+        rows.append({"what": f"(b) kuma-cp idle CPU, {n} connected, {mode}", "value": r["idle_cpu_percent"],
+                     "unit": "% core", "target": TARGET_IDLE_CPU,
+                     "verdict": "PASS" if r["idle_cpu_percent"] < TARGET_IDLE_CPU else "MISS"})
+        one = r["one_endpoint"]
+        rows.append({"what": f"(c) one-endpoint change: pushes to the {n - one['affected']} unaffected, {mode}",
+                     "value": one["unaffected_pushed_max"], "unit": "proxies", "target": 0,
+                     "verdict": verdict(one["unaffected_pushed_max"], 0)})
+        if mode == "delta":
+            ok = one["resources_per_affected_min"] == 1 and one["resources_per_affected_max"] == 1 \
+                and one["rounds_incomplete"] == 0
+            rows.append({"what": f"(c) resources per affected proxy ({one['affected']}), {mode}",
+                         "value": f"{one['resources_per_affected_min']}..{one['resources_per_affected_max']}",
+                         "unit": "EDS", "target": 1, "verdict": "PASS" if ok else "MISS"})
+        else:
+            rows.append({"what": f"(c) resources per affected proxy ({one['affected']}), {mode} (info)",
+                         "value": f"{one['resources_per_affected_min']}..{one['resources_per_affected_max']}",
+                         "unit": "EDS", "target": "all subscribed", "verdict": "info"})
+    return rows
+
+
+def target_table(rows: list[dict[str, Any]]) -> str:
+    table: list[list[Any]] = [["target", "p50", "value", "unit", "target", "verdict", "DESIGN floor", "x floor",
+                               "Envoy log p50/p99"]]
+    for row in rows:
+        v = row["value"]
+        value = fmt_ms(v) if isinstance(v, float) and row.get("unit") == "ms" else (
+            f"{v:.3f}" if isinstance(v, float) else str(v))
+        aim = f" (aim {row['aim']:g}: {row['aim_verdict']})" if "aim" in row else ""
+        table.append([
+            row["what"], fmt_ms(row.get("p50")) if "p50" in row else "", value, row.get("unit", ""),
+            f"{'< ' if row.get('unit') == '% core' else '<= '}{row['target']:g}{aim}"
+            if isinstance(row.get("target"), int | float) else str(row.get("target", "")),
+            row["verdict"], fmt_ms(row.get("floor")) if row.get("floor") else "",
+            f"{row['x_floor']:.1f}x" if row.get("x_floor") else "",
+            f"{fmt_ms(row['envoy_log_p50'])} / {fmt_ms(row['envoy_log_p99'])}" if "envoy_log_p50" in row else "",
+        ])
+    return render_table(table)
+
+
+def detail_table(results: dict[str, Any]) -> str:
+    table: list[list[Any]] = [["detail (ms unless said)", "p50", "p99", "max", "n"]]
+    for mode, r in results.get("envoys", {}).items():
+        if "error" in r:
+            continue
+        for kind in ("eds", "cds"):
+            s = r[kind]
+            for key, label in (("last_poll_ms", "last Envoy (poll)"), ("last_envoy_log_ms", "last Envoy (Envoy log)"),
+                               ("median_proxy_poll_ms", "median Envoy (poll)"),
+                               ("first_proxy_envoy_log_ms", "first Envoy (Envoy log)"),
+                               ("api_write_ms", "API write answered"),
+                               ("kuma_cp_cpu_ms_per_change", "kuma-cp CPU per change")):
+                m = s[key]
+                table.append([f"(a) {mode} {kind.upper()}: {label}", fmt_ms(m["p50"]), fmt_ms(m["p99"]),
+                              fmt_ms(m["max"]), m["n"]])
+    for mode, r in results.get("clients", {}).items():
+        if "error" in r:
+            continue
+        affected = r["one_endpoint"]["affected"]
+        for part, label in (("all", f"all {r['clients']}"), ("one_endpoint", f"one endpoint, {affected}")):
+            s = r[part]
+            for key, what in (("last_client_ms", "last client"), ("median_client_ms", "median client"),
+                              ("first_client_ms", "first client"), ("api_write_ms", "API write answered"),
+                              ("kuma_cp_cpu_ms_per_change", "kuma-cp CPU per change")):
+                m = s[key]
+                table.append([f"(b) {mode} {label}: {what}", fmt_ms(m["p50"]), fmt_ms(m["p99"]), fmt_ms(m["max"]),
+                              m["n"]])
+        table.append([f"(b) {mode} connect + configure {r['clients']} clients (s)", f"{r['connect']['seconds']:.1f}",
+                      "", "", ""])
+        table.append([f"(b) {mode} kuma-cp RSS before / connected (MB)",
+                      f"{r['rss']['before_mb']:.0f}", f"{r['rss']['connected_mb']:.0f}", "", ""])
+    return render_table(table)
+
+
+# --- main -----------------------------------------------------------------------------------------------------------
+
+async def amain(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    loop.add_signal_handler(signal.SIGHUP, task.cancel)
+    tmp = Path(tempfile.mkdtemp(prefix="kuma-bench-xds-"))
+    if not args.keep:
+        import shutil
+
+        cleanup.push(lambda: shutil.rmtree(tmp, ignore_errors=True), "temp dir")  # runs after the processes stop
+    results: dict[str, Any] = {
+        "settings": {k: v for k, v in vars(args).items() if not k.startswith("worker")},
+        "machine": {"cpus": os.cpu_count()},
+        "envoys": {}, "clients": {},
+    }
+    modes = [m for m in args.modes.split(",") if m]
+    parts = [p for p in args.parts.split(",") if p]
+    for part in parts:
+        for mode in modes:
+            sub = Cleanup()  # each run's processes are gone before the next starts
+            cleanup.push(sub.run, f"{part} {mode}")
+            t0 = time.monotonic()
+            try:
+                if part == "envoys":
+                    results["envoys"][mode] = await bench_envoys(mode, args, tmp, sub)
+                elif part == "clients":
+                    results["clients"][mode] = await bench_clients(mode, args, tmp, sub)
+                else:
+                    raise SystemExit(f"unknown part {part!r} (envoys, clients)")
+            except (RuntimeError, OSError, TimeoutError) as e:
+                log(f"{part} {mode} failed: {e}")
+                results["envoys" if part == "envoys" else "clients"][mode] = {"error": f"{type(e).__name__}: {e}"}
+            finally:
+                sub.run()
+            log(f"{part} {mode} done in {time.monotonic() - t0:.0f}s")
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--envoys", type=int, default=50, help="real Envoys in (a) (default 50)")
+    parser.add_argument("--clients", type=int, default=1000, help="simulated ADS clients in (b) (default 1000)")
+    parser.add_argument("--rounds", type=int, default=20, help="EDS changes per run (default 20)")
+    parser.add_argument("--cds-rounds", type=int, default=10, help="CDS changes per Envoy run (default 10)")
+    parser.add_argument("--push-rounds", type=int, default=4, help="(c) one-endpoint changes per client run")
+    parser.add_argument("--modes", default="delta,sotw", help="xDS variants to run (delta,sotw)")
+    parser.add_argument("--parts", default="envoys,clients", help="envoys = (a), clients = (b)+(c)")
+    parser.add_argument("--poll-ms", type=float, default=2.0, help="pause between admin polling sweeps (ms)")
+    parser.add_argument("--gap", type=float, default=0.4, help="seconds between rounds (plus 0-0.1 s jitter)")
+    parser.add_argument("--round-timeout", type=float, default=15.0)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement (b)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after connecting before RSS/idle (b)")
+    parser.add_argument("--push-settle", type=float, default=1.0,
+                        help="seconds to keep counting pushes after a one-endpoint change reached its proxies (c)")
+    parser.add_argument("--connect-parallel", type=int, default=50, help="clients connecting at once (b)")
+    parser.add_argument("--connect-timeout", type=float, default=120.0)
+    parser.add_argument("--start-parallel", type=int, default=6, help="Envoys starting at once (a)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 10 Envoys, 100 clients, 4 rounds, 2 s idle")
+    parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs of kuma-cp, Envoys, clients)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-target", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-ca", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-api", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.envoys, args.clients = min(args.envoys, 10), min(args.clients, 100)
+        args.rounds, args.cds_rounds, args.push_rounds = 4, 2, 2
+        args.idle, args.settle, args.push_settle, args.gap = 2.0, 1.0, 0.5, 0.2
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        asyncio.run(worker_main(args))
+        return
+    started = time.monotonic()
+    with Cleanup() as cleanup:
+        results = asyncio.run(amain(args, cleanup))
+    results["seconds"] = time.monotonic() - started
+    rows = targets(results)
+    results["targets"] = rows
+    print(dump_json(results))
+    if not args.json_only:
+        print()
+        print(target_table(rows))
+        print()
+        print(detail_table(results))
+        print("\n(a) poll = bench's admin polling (upper bound, sweep pause "
+              f"{args.poll_ms:g} ms); Envoy log = Envoy's own timestamp of the last config accepted in the round."
+              "\nx floor = p99 / DESIGN.md floor for a bare ADS server; p99 of fewer than 100 rounds is their max."
+              "\nEvery latency includes the reconciler's ~20 ms debounce (by design).")
+
+
+if __name__ == "__main__":
+    main()
