@@ -6,17 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from agent import worker_start
 from agent.config import EXIT_FAILURE
-from agent.proc import Child, spawn
-
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+from agent.proc import Child, adopt
 
 
 class BootstrapFailed(Exception):
@@ -25,18 +20,19 @@ class BootstrapFailed(Exception):
         self.message, self.exit_code, self.kind = message, exit_code, kind
 
 
+def take_worker(env: dict[str, str]) -> BootstrapWorker:
+    """The worker `kuma-dp run` pre-started (agent/worker_start.py), else a new one."""
+    proc = worker_start.take()
+    return BootstrapWorker(adopt(proc)) if proc is not None else BootstrapWorker.start(env)
+
+
 class BootstrapWorker:
     def __init__(self, child: Child) -> None:
         self.child = child
 
     @classmethod
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
-        env = dict(env)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-        env.setdefault("GRPC_VERBOSITY", "ERROR")  # the worker explains TLS failures itself, once
-        child = spawn([sys.executable, "-m", "agent.bootstrap_worker"], env=env, stdin=subprocess.PIPE,
-                      stdout=subprocess.PIPE)
-        return cls(child)
+        return cls(adopt(worker_start.start(env)))
 
     async def run(self, payload: dict[str, Any], on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         proc = self.child.proc
@@ -62,13 +58,17 @@ class BootstrapWorker:
                     continue
                 if "bootstrap" in message:
                     result = message["bootstrap"]
-                elif "error" in message:
+                    break
+                if "error" in message:
                     failure = BootstrapFailed(message["error"], int(message.get("exit", EXIT_FAILURE)),
                                               message.get("kind", ""))
-                elif "status" in message:
+                    break
+                if "status" in message:
                     on_status(message)
         finally:
             transport.close()
+        if result is not None:
+            return result  # Envoy can start now; the worker finishes exiting meanwhile (see stop())
         status = await self.child.wait()
         self.child.close()
         if failure is not None:
@@ -79,6 +79,7 @@ class BootstrapWorker:
         return result
 
     async def stop(self) -> None:
+        """Make sure the worker is gone (it normally exits by itself after its answer)."""
         with contextlib.suppress(Exception):
             await self.child.terminate(timeout=2.0)
         self.child.close()

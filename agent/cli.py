@@ -94,8 +94,18 @@ def version_command(detailed: bool, binary_path: str | None) -> None:
         click.echo(f"python {sys.version.split()[0]} ({sys.executable})")
 
 
+def _prestart_worker(argv: list[str]) -> None:
+    """For `kuma-dp run` (not --help), start the bootstrap worker before anything else is imported."""
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
+        from agent import worker_start
+        from agent.notify import NOTIFY_VARS
+
+        worker_start.prestart({k: v for k, v in os.environ.items() if k not in NOTIFY_VARS})
+
+
 def run() -> None:
     """Console-script entry point."""
+    _prestart_worker(sys.argv[1:])
     main()
 
 

@@ -18,35 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
-PR_SET_PDEATHSIG = 1
-
-_libc: ctypes.CDLL | None
-try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-except OSError:  # pragma: no cover - not Linux/glibc
-    _libc = None
-
-
-def _die_with(parent_pid: int) -> Callable[[], None]:
-    libc = _libc
-
-    def preexec() -> None:  # runs in the child after fork(): keep it to async-signal-safe calls
-        if libc is not None:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+from agent.pdeathsig import die_with_parent
 
 
 @dataclass
@@ -136,12 +116,17 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | 
           stderr: int | None = None) -> Child:
     """Start `argv` as a child that dies with kuma-dp, in its own process group."""
     proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                            preexec_fn=_die_with(os.getpid()), process_group=0, close_fds=True)
+                            preexec_fn=die_with_parent(), process_group=0, close_fds=True)
+    return adopt(proc)
+
+
+def adopt(proc: subprocess.Popen[bytes]) -> Child:
+    """A `Child` for a process started elsewhere (as a child of this process)."""
     pidfd = None
     if hasattr(os, "pidfd_open"):
         with contextlib.suppress(OSError):
             pidfd = os.pidfd_open(proc.pid)
-    return Child(proc, list(argv), pidfd)
+    return Child(proc, [str(a) for a in proc.args] if isinstance(proc.args, list) else [str(proc.args)], pidfd)
 
 
 def process_is(pid: int, needle: str) -> psutil.Process | None:

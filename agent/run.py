@@ -29,7 +29,7 @@ from typing import Any
 
 import agent
 from agent import dataplane, ports, rundir
-from agent.bootstrap import BootstrapFailed, BootstrapWorker
+from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
 from agent.bootstrap_client import CpAddress
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
 from agent.envoy.admin import AdminClient, AdminError
@@ -37,7 +37,7 @@ from agent.envoy.binary import EnvoyBinaryError, envoy_version, find_envoy
 from agent.httpd import listen, serve
 from agent.metrics import CONTENT_TYPE, DpMetrics
 from agent.notify import Notifier, child_environment
-from agent.proc import Child, process_is
+from agent.proc import Child, adopt, process_is
 from agent.readiness import DpState, Monitor
 from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
 
@@ -144,7 +144,8 @@ class Agent:
     admin: AdminClient | None = None
     runtime: rundir.RuntimeDir | None = None
     servers: list[asyncio.Server] = field(default_factory=list)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # cancelled on close
+    cleanups: list[asyncio.Task[Any]] = field(default_factory=list)  # awaited on close
     admin_port_fixed: bool = False
     readiness_address: str = ""
 
@@ -251,11 +252,15 @@ class Agent:
     async def run(self) -> int:
         self.install_signals()
         cfg = self.cfg
-        inputs = check_inputs(cfg)
+        try:
+            inputs = check_inputs(cfg)
+        except Fatal:
+            await take_worker_if_started()
+            raise
         d = inputs.definition
         label = f"dataplane {d.name!r} (mesh {d.mesh})"
         self.state.phase = "bootstrapping"
-        worker = BootstrapWorker.start(child_environment(self.env))
+        worker = take_worker(child_environment(self.env))
         try:
             try:
                 envoy_ver = envoy_version(inputs.binary)
@@ -287,7 +292,8 @@ class Agent:
             self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
             answer = await self._bootstrap(worker, payload)
         finally:
-            await worker.stop()
+            # Not awaited here: Envoy need not wait for the worker's interpreter to shut down.
+            self.cleanups.append(asyncio.create_task(worker.stop()))
         if answer is None:
             return self._stopped_exit()
         return await self._serve(answer, inputs, envoy_ver, label)
@@ -474,10 +480,21 @@ class Agent:
                 await task
         for server in self.servers:
             server.close()
+        if self.cleanups:
+            await asyncio.wait(self.cleanups, timeout=5.0)
         if self.supervisor is not None:
             await self.supervisor.stop(timeout=2.0)
         if self.runtime is not None:
             self.runtime.cleanup()
+
+
+async def take_worker_if_started() -> None:
+    """Stop a pre-started bootstrap worker that will not be used."""
+    from agent import worker_start
+
+    proc = worker_start.take()
+    if proc is not None:
+        await BootstrapWorker(adopt(proc)).stop()
 
 
 async def run(cfg: DpConfig, env: dict[str, str] | None = None) -> int:
