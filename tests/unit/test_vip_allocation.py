@@ -308,3 +308,30 @@ async def test_two_allocators_racing_never_hand_out_one_vip_twice() -> None:
     assert allocated == expected
     await store.close()
 
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+def test_settings_and_wiring() -> None:
+    from controlplane.config import load
+    from controlplane.dns import DnsServer, VipView, add_dns
+    from controlplane.runtime import Runtime
+    from controlplane.store.base import AlwaysLeader
+
+    cfg = load(env={"KUMA_DNS_SERVER_TRANSPARENT_PROXY_CIDR": "", "KUMA_DNS_SERVER_TTL": "30",
+                    "KUMA_DNS_SERVER_VIP_RELEASE_GRACE_PERIOD": "120", "KUMA_DNS_SERVER_INTERFACE": "127.0.0.1"})
+    assert cfg.dns_server.transparent_proxy_cidr is None and cfg.dns_server.ttl == 30
+    rt = Runtime(config=cfg, store=MemoryStore(), elector=AlwaysLeader())
+    api = add_dns(rt)
+    assert [type(c) for c in rt.components] == [VipView, DnsServer]
+    assert [type(c) for c in rt.leader_components] == [VipAllocator]
+    alloc = rt.leader_components[0]
+    assert isinstance(alloc, VipAllocator) and alloc.tproxy is None and alloc.grace == timedelta(seconds=120)
+    assert api.view is rt.components[0]
+    for env, problem in (({"KUMA_DNS_SERVER_CIDR": "fd00::/64"}, "IPv4"),
+                         ({"KUMA_DNS_SERVER_CIDR": "240.0.0.0/8"}, "overlap"),
+                         ({"KUMA_DNS_SERVER_DOMAIN": "bad domain"}, "not a DNS name")):
+        bad = Runtime(config=load(env=env), store=MemoryStore(), elector=AlwaysLeader())
+        with pytest.raises(VipRangeError, match=problem):
+            add_dns(bad)
