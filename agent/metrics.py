@@ -9,12 +9,22 @@ and, with `--metrics-port`, on a listener of its own for a Prometheus elsewhere.
 from __future__ import annotations
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Gauge, Info, ProcessCollector, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from agent.envoy.admin import AdminClient, AdminError
 from agent.readiness import DpState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()  # no `*_created` series: they double the output and nobody scrapes them here
 
 
 class DpMetrics:

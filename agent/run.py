@@ -268,10 +268,11 @@ class Agent:
                 raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
             key = f"{d.mesh}/{d.name}"
             try:
-                self.runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
-                self.runtime.lock(label)
+                runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
+                runtime.lock(label)
             except rundir.RuntimeDirError as e:
-                raise Fatal(str(e), EXIT_USAGE) from None
+                raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
+            self.runtime = runtime
             await self.start_endpoints(key)
             if self.readiness_address:
                 self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())

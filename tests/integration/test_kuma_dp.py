@@ -165,6 +165,9 @@ def test_three_dataplanes_on_one_host_with_only_their_definitions(mesh: DpMesh) 
         token=mesh.token(names[0]), runtime_dir=False)
     assert again.wait_exit(20) == 2
     assert "already running" in again.logs()
+    first = services[0].dp
+    assert first.runtime_dir is not None and (first.runtime_dir / "bootstrap.json").exists()  # left alone
+    assert first.ready_status() == 200
     # Stopping them removes their runtime directories (created by kuma-dp under /run/kuma-dp).
     for s in services:
         assert s.dp.stop() == 0
