@@ -34,7 +34,6 @@ from controlplane.policies._common import (
     MESH_SUBSET,
     TargetRef,
     kind_rank,
-    merge_confs,
     top_level_detail,
 )
 from controlplane.resources import REGISTRY, Resource
@@ -93,7 +92,7 @@ def _entries(entries: Any) -> list[dict[str, Any]]:
 
 
 def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
-    from controlplane.policies.mesh_http_route import merge_rules, route_rules, rule_hash
+    from controlplane.policies.mesh_http_route import route_rules, rule_hash
 
     rules = rules_for(topology)
     ctx = ProxyContext(topology=topology, dataplane=dataplane, identity=None, memo=ResourceMemo())
@@ -121,8 +120,7 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
             inbounds.append(item)
         if inbounds:
             section["inbounds"] = inbounds
-        to_rules = rules.to_rules(rtype.name, dataplane,
-                                  merge_rules if rtype.name == "MeshHTTPRoute" else merge_confs)
+        to_rules = rules.to_rules(rtype.name, dataplane)
         outbounds = []
         for service in dict.fromkeys(o.service for o in spec.networking.outbound):
             merged = to_rules.conf(element(service))

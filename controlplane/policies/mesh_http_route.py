@@ -57,6 +57,7 @@ from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, seconds, update_filters
 from controlplane.xds.generate.plugins import Backend, PolicyPlugin
+from controlplane.xds.generate.rules import register_merger
 
 from ._common import (
     MESH,
@@ -429,7 +430,7 @@ def route_rules(ctx: ProxyContext, service: str) -> list[Rule] | None:
 def _merged(ctx: ProxyContext, service: str) -> Any:
     if ctx.topology.protocol(service) not in HTTP_PROTOCOLS:
         return None
-    return ctx.rules.to_conf(POLICY, ctx.dataplane, service, merger=merge_rules)
+    return ctx.rules.to_conf(POLICY, ctx.dataplane, service)
 
 
 _RULES_CACHE: dict[str, list[Rule]] = {}
@@ -634,6 +635,9 @@ def envoy_routes(rules: Sequence[Rule], service: str) -> list[rc.Route]:
     # order puts after every PathPrefix.
     expanded += [(rule, match) for rule in rules if rule is IMPLICIT_CATCH_ALL for match in rule.matches]
     return [envoy_route(rule, match, service) for rule, match in expanded]
+
+
+register_merger(POLICY, merge_rules)
 
 
 class HTTPRoutePlugin(PolicyPlugin):

@@ -545,3 +545,69 @@ def test_rules_are_cached_per_topology_and_released_with_it() -> None:
     del topo
     gc.collect()
     assert key not in rules_module._BY_TOPOLOGY
+
+
+def test_http_route_rules_merge_their_way_whoever_asks_first() -> None:
+    """The inspect API and the generators read the same cached rules: the MeshHTTPRoute merger is the type's,
+    not the caller's."""
+    policies = [load(EXAMPLES / "meshhttproute" / "traffic-split.yaml"),
+                load(EXAMPLES / "meshhttproute" / "headers-and-mirror.yaml")]
+    topo = topology(mesh(), fixture_dataplanes(), policies)
+    merged = rules_for(topo).to_conf("MeshHTTPRoute", topo.dataplanes["frontend-1"], "backend")
+    assert merged is not None and len(merged.data["rules"]) == 3  # rules of both policies, not the last one's
+    assert len(routes_of(generate_snapshot(context(topo, "frontend-1")), "backend")) == 4
+
+
+# --- default policies -----------------------------------------------------------------------------------------
+
+def test_default_policies_follow_skip_creating_initial_policies() -> None:
+    from controlplane.policies._defaults import default_policies
+
+    names = [p.meta.name for p in default_policies(mesh("demo"))]
+    assert names == ["mesh-gateways-timeout-all-demo", "mesh-timeout-all-demo", "mesh-circuit-breaker-all-demo",
+                     "mesh-retry-all-demo"]
+    skip_all = from_wire({"type": "Mesh", "name": "demo", "skipCreatingInitialPolicies": ["*"]})
+    assert default_policies(skip_all) == []
+    skip_timeouts = from_wire({"type": "Mesh", "name": "demo", "skipCreatingInitialPolicies": ["MeshTimeout"]})
+    assert [p.type.name for p in default_policies(skip_timeouts)] == ["MeshCircuitBreaker", "MeshRetry"]
+
+
+async def test_default_policies_are_created_with_a_new_mesh_once() -> None:
+    import asyncio
+
+    from controlplane.policies._defaults import DefaultMeshPolicies
+    from controlplane.resources import REGISTRY
+    from controlplane.store.base import ListQuery
+    from controlplane.store.memory import MemoryStore
+
+    store = MemoryStore()
+    await store.start()
+    component = DefaultMeshPolicies(store)
+    await component.start()
+    try:
+        await store.create(mesh("demo"))
+        await store.create(from_wire({"type": "Mesh", "name": "bare", "skipCreatingInitialPolicies": ["*"]}))
+
+        async def names(mesh_name: str) -> set[str]:
+            out = set()
+            for kind in ("MeshTimeout", "MeshRetry", "MeshCircuitBreaker"):
+                rtype = REGISTRY.by_name(kind)
+                assert rtype is not None
+                out |= {r.meta.name for r in (await store.list(rtype, ListQuery(mesh=mesh_name))).items}
+            return out
+
+        for _ in range(100):
+            if len(await names("demo")) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert len(await names("demo")) == 4 and await names("bare") == set()
+        retry = REGISTRY.by_name("MeshRetry")
+        assert retry is not None
+        await store.delete(retry, "mesh-retry-all-demo", "demo")
+        demo = await store.get(REGISTRY.by_name("Mesh"), "demo")  # type: ignore[arg-type]
+        await store.update(demo)  # an update is not a creation: the deleted default stays deleted
+        await asyncio.sleep(0.05)
+        assert "mesh-retry-all-demo" not in await names("demo")
+    finally:
+        await component.stop()
+        await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from controlplane.resources.base import Resource
@@ -45,7 +46,7 @@ class ProxyContext:
     def mtls(self) -> bool:
         return self.topology.mtls_enabled and self.identity is not None
 
-    @property
+    @cached_property
     def rules(self) -> PolicyRules:
         """The policy rules of this proxy's mesh (cached per topology)."""
         from .rules import rules_for

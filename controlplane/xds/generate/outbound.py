@@ -108,6 +108,10 @@ def outbound_listener(ctx: ProxyContext, address: str, port: int, service: str, 
     return XdsResource.of(LISTENER, name, listener, [Ref(CLUSTER, b.cluster_name) for b in backends])
 
 
+def policy_types() -> tuple[str, ...]:
+    return tuple(p.policy_type for p in plugins() if p.policy_type)
+
+
 def listener_plan(ctx: ProxyContext, service: str) -> tuple[tuple[Hashable, ...], tuple[Backend, ...]]:
     """The plugins' summaries for the outbound listener of `service`, and the destinations it sends to."""
     keys = tuple(p.listener_key(ctx, service) for p in plugins())
@@ -122,9 +126,18 @@ def listener_plan(ctx: ProxyContext, service: str) -> tuple[tuple[Hashable, ...]
     return keys, tuple(dict.fromkeys(backends))  # unique, in order
 
 
+def cluster_plan(ctx: ProxyContext, service: str) -> tuple[Hashable, ...]:
+    """The plugins' summaries for the clusters of destination `service`."""
+    return tuple(p.cluster_key(ctx, service) for p in plugins())
+
+
 def generate(ctx: ProxyContext) -> list[XdsResource]:
     out: list[XdsResource] = []
     topo, mesh = ctx.topology, ctx.mesh
+    rules = ctx.rules
+    # Plugins' outbound summaries depend only on the proxy's `to[]` rules (and the mesh): proxies with the same
+    # rules share them, computed once per mesh generation.
+    signature = rules.outbound_signature(ctx.dataplane, policy_types())
     plans: dict[str, tuple[tuple[Hashable, ...], tuple[Backend, ...]]] = {}
     destinations: dict[str, Backend] = {}
     for outbound in ctx.spec.networking.outbound:
@@ -132,7 +145,8 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         protocol = topo.protocol(service)
         plan = plans.get(service)
         if plan is None:
-            plan = plans[service] = listener_plan(ctx, service)
+            plan = plans[service] = rules.cached(("listener-plan", signature, service),
+                                                 partial(listener_plan, ctx, service))
         keys, backends = plan
         for backend in backends:
             destinations.setdefault(backend.cluster_name, backend)
@@ -146,7 +160,8 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         protocol = topo.protocol(service)
         ckeys = cluster_keys.get(service)
         if ckeys is None:
-            ckeys = cluster_keys[service] = tuple(p.cluster_key(ctx, service) for p in plugins())
+            ckeys = cluster_keys[service] = rules.cached(("cluster-keys", signature, service),
+                                                         partial(cluster_plan, ctx, service))
         out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys),
                                 partial(service_cluster, ctx, backend, protocol, ckeys)))
         out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, "")),

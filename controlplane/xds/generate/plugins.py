@@ -13,7 +13,9 @@ Outbound traffic has two kinds of resources with their own summaries:
 - the clusters of a destination service T, including T's subset clusters (`cluster_key(ctx, T)`, applied
   by `apply_outbound_cluster`): connect timeout, health checks, circuit breakers, load balancing.
 
-Both default to `outbound_key`, for plugins that shape the two the same way. Inbound: the listener
+Both default to `outbound_key`, for plugins that shape the two the same way. Outbound summaries must depend
+only on the proxy's `to[]` rules (`ctx.rules.to_rules`) and the mesh topology, never on the proxy itself:
+proxies whose rules are the same share one computation of them. Inbound: the listener
 (`inbound_key`/`apply_inbound`) and the local cluster behind it (`local_cluster_key`/`apply_local_cluster`).
 """
 

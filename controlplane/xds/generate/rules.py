@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,20 @@ HTTP_ROUTE = "MeshHTTPRoute"
 
 Element = tuple[tuple[str, str], ...]  # sorted tags of a destination (kuma.io/service, maybe a route hash)
 Merger = Callable[[Sequence[Mapping[str, Any]]], "dict[str, Any] | None"]
+_MISSING = object()
+MERGERS: dict[str, Merger] = {}  # policy types whose `default`s merge their own way (MeshHTTPRoute rules)
+
+
+def register_merger(policy_type: str, merger: Merger) -> None:
+    MERGERS[policy_type] = merger
+
+
+def merger_for(policy_type: str) -> Merger:
+    if policy_type not in MERGERS:
+        from .plugins import plugins
+
+        plugins()  # imports every policy module, which register their mergers
+    return MERGERS.get(policy_type, merge_confs)
 
 
 @dataclass(frozen=True)
@@ -84,6 +98,9 @@ class ToRules:
     merger: Merger
     _confs: dict[Element, Merged | None] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.per_route = any(e.route is not None for e in self.entries)  # entries for MeshHTTPRoute rules
+
     def conf(self, element: Element) -> Merged | None:
         if element in self._confs:
             return self._confs[element]
@@ -123,10 +140,15 @@ class PolicyRules:
         # Not the topology itself: the cache below must not keep a topology alive.
         self.policies = topology.policies
         self._matched: dict[tuple[str, str], tuple[Resource, ...]] = {}
-        self._to: dict[tuple[str, tuple[str, ...]], ToRules] = {}
+        self._to: dict[tuple[str, tuple[str, ...]], ToRules] = {}  # shared by proxies with the same policies
+        self._to_by_proxy: dict[tuple[str, str], ToRules] = {}
         self._from: dict[tuple[str, str, int, str], Merged | None] = {}
         routes = self.policies.get(HTTP_ROUTE, ())
         self._routes = {r.meta.name: r for r in routes}
+        # Policies are immutable and live as long as the topology's policy lists (held here): ids are stable.
+        self._top: dict[int, TargetRef] = {}
+        self._ordered: dict[str, tuple[Resource, ...]] = {}
+        self._shared: dict[Hashable, Any] = {}
 
     # --- which policies apply to a proxy --------------------------------------------------------------
 
@@ -134,7 +156,19 @@ class PolicyRules:
         return self._routes.get(name or "")
 
     def top_level(self, policy: Resource) -> TargetRef:
-        return effective_target_ref(getattr(policy.spec, "target_ref", None))
+        found = self._top.get(id(policy))
+        if found is None:
+            found = self._top[id(policy)] = effective_target_ref(getattr(policy.spec, "target_ref", None))
+        return found
+
+    def in_order(self, policy_type: str) -> tuple[Resource, ...]:
+        """Every policy of a type, lowest precedence first (matching keeps this order: no per-proxy sort)."""
+        found = self._ordered.get(policy_type)
+        if found is None:
+            found = self._ordered[policy_type] = tuple(in_precedence_order(
+                self.policies.get(policy_type, ()), key=lambda p: precedence_key(self.top_level(p)),
+                name=lambda p: p.meta.name))
+        return found
 
     def selects(self, policy: Resource, dataplane: Resource) -> bool:
         top = self.top_level(policy)
@@ -149,25 +183,43 @@ class PolicyRules:
         key = (policy_type, dataplane.meta.name)
         found = self._matched.get(key)
         if found is None:
-            candidates = [p for p in self.policies.get(policy_type, ()) if self.selects(p, dataplane)]
-            found = tuple(in_precedence_order(candidates, key=lambda p: precedence_key(self.top_level(p)),
-                                              name=lambda p: p.meta.name))
-            self._matched[key] = found
+            found = self._matched[key] = tuple(p for p in self.in_order(policy_type) if self.selects(p, dataplane))
         return found
 
     # --- to[] rules ------------------------------------------------------------------------------------
 
-    def to_rules(self, policy_type: str, dataplane: Resource, merger: Merger = merge_confs) -> ToRules:
+    def to_rules(self, policy_type: str, dataplane: Resource) -> ToRules:
+        by_proxy = (policy_type, dataplane.meta.name)
+        rules = self._to_by_proxy.get(by_proxy)
+        if rules is not None:
+            return rules
         policies = self.matched(policy_type, dataplane)
         key = (policy_type, tuple(p.meta.name for p in policies))
         rules = self._to.get(key)
         if rules is None:
-            rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger)
+            rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger_for(policy_type))
+        self._to_by_proxy[by_proxy] = rules
         return rules
 
-    def to_conf(self, policy_type: str, dataplane: Resource, service: str, route: str | None = None,
-                merger: Merger = merge_confs) -> Merged | None:
-        return self.to_rules(policy_type, dataplane, merger).conf(element(service, route))
+    def to_conf(self, policy_type: str, dataplane: Resource, service: str, route: str | None = None
+                ) -> Merged | None:
+        return self.to_rules(policy_type, dataplane).conf(element(service, route))
+
+    def outbound_signature(self, dataplane: Resource, policy_types: Sequence[str]) -> tuple[int, ...]:
+        """Proxies with the same signature have the same `to[]` rules of every type, hence the same outbound
+        configuration: the generators share their per-service work between them (`cached`)."""
+        key = ("signature", dataplane.meta.name)
+        found = self._shared.get(key)
+        if found is None:
+            found = self._shared[key] = tuple(id(self.to_rules(t, dataplane)) for t in policy_types)
+        return tuple(found)
+
+    def cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
+        """A value computed once per topology (for generators: per-service work shared by signature)."""
+        found = self._shared.get(key, _MISSING)
+        if found is _MISSING:
+            found = self._shared[key] = compute()
+        return found
 
     def _route_rules(self, route: Resource) -> list[tuple[str, str]]:
         """(destination service, rule hash) for every rule of a MeshHTTPRoute."""
@@ -257,7 +309,7 @@ def listener_confs(ctx: Any, policy_type: str, service: str) -> PerRoute | None:
     rules = ctx.rules.to_rules(policy_type, ctx.dataplane)
     base = rules.conf(element(service))
     per_route: list[tuple[str, str]] = []
-    if any(e.route is not None for e in rules.entries):
+    if rules.per_route:
         for name in route_names(ctx, service):
             conf = rules.conf(element(service, name))
             if conf is not None and (base is None or conf.json != base.json):
