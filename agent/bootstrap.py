@@ -9,7 +9,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from agent import worker_start
+from agent import prestart
 from agent.config import EXIT_FAILURE
 from agent.proc import Child, adopt
 
@@ -21,8 +21,8 @@ class BootstrapFailed(Exception):
 
 
 def take_worker(env: dict[str, str]) -> BootstrapWorker:
-    """The worker `kuma-dp run` pre-started (agent/worker_start.py), else a new one."""
-    proc = worker_start.take()
+    """The worker `kuma-dp run` pre-started (agent/prestart.py), else a new one."""
+    proc = prestart.take_worker()
     return BootstrapWorker(adopt(proc)) if proc is not None else BootstrapWorker.start(env)
 
 
@@ -32,7 +32,7 @@ class BootstrapWorker:
 
     @classmethod
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
-        return cls(adopt(worker_start.start(env)))
+        return cls(adopt(prestart.start_worker(env)))
 
     async def run(self, payload: dict[str, Any], on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         proc = self.child.proc

@@ -95,12 +95,12 @@ def version_command(detailed: bool, binary_path: str | None) -> None:
 
 
 def _prestart_worker(argv: list[str]) -> None:
-    """For `kuma-dp run` (not --help), start the bootstrap worker before anything else is imported."""
+    """For `kuma-dp run` (not --help), start the slow start-up steps before anything else (agent/prestart.py)."""
     if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
-        from agent import worker_start
+        from agent import prestart
         from agent.notify import NOTIFY_VARS
 
-        worker_start.prestart({k: v for k, v in os.environ.items() if k not in NOTIFY_VARS})
+        prestart.prestart(argv, {k: v for k, v in os.environ.items() if k not in NOTIFY_VARS})
 
 
 def run() -> None:

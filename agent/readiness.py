@@ -27,7 +27,7 @@ from agent.envoy.admin import AdminClient, AdminError
 
 log = logging.getLogger("kuma-dp.readiness")
 
-FAST_POLL = 0.02
+FAST_POLL = 0.01
 MEDIUM_POLL = 0.25
 SLOW_POLL = 1.0
 

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import agent
-from agent import dataplane, ports, rundir
+from agent import dataplane, ports, prestart, rundir
 from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
 from agent.bootstrap_client import CpAddress
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
 from agent.envoy.admin import AdminClient, AdminError
-from agent.envoy.binary import EnvoyBinaryError, envoy_version, find_envoy
+from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
 from agent.httpd import listen, serve
 from agent.metrics import CONTENT_TYPE, DpMetrics
 from agent.notify import Notifier, child_environment
@@ -129,6 +129,25 @@ def check_inputs(cfg: DpConfig) -> Inputs:
     except EnvoyBinaryError as e:
         raise Fatal(str(e), EXIT_USAGE) from None
     return Inputs(definition, token, ca_pem, ca_source, binary, cp)
+
+
+async def envoy_version_of(binary: Path, timeout: float = 30.0) -> str:
+    """`binary --version`, from the run kuma-dp pre-started when it was for this binary."""
+    proc = prestart.take_version(str(binary)) or prestart.start_version(str(binary))
+    child = adopt(proc)
+    try:
+        code = await asyncio.wait_for(child.wait(), timeout)
+    except TimeoutError:
+        child.kill_tree()
+        raise EnvoyVersionError(f"{binary} --version did not answer within {timeout:g}s") from None
+    finally:
+        child.close()
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode(errors="replace")
+    proc.stdout.close()
+    if code != 0:
+        raise EnvoyVersionError(f"{binary} --version exited with status {code}: {output.strip()[:500]}")
+    return parse_envoy_version(output)
 
 
 @dataclass
@@ -262,10 +281,6 @@ class Agent:
         self.state.phase = "bootstrapping"
         worker = take_worker(child_environment(self.env))
         try:
-            try:
-                envoy_ver = envoy_version(inputs.binary)
-            except EnvoyBinaryError as e:
-                raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
             key = f"{d.mesh}/{d.name}"
             try:
                 runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
@@ -278,6 +293,10 @@ class Agent:
                 self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
             admin_port = self.choose_admin_port(key, d)
             self.admin = AdminClient("127.0.0.1", admin_port)
+            try:
+                envoy_ver = await envoy_version_of(inputs.binary)
+            except EnvoyBinaryError as e:
+                raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
             log.info("starting", extra={"version": agent.__version__, "dataplane": d.name, "mesh": d.mesh,
                                         "proxy_type": cfg.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
                                         "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
@@ -490,12 +509,8 @@ class Agent:
 
 
 async def take_worker_if_started() -> None:
-    """Stop a pre-started bootstrap worker that will not be used."""
-    from agent import worker_start
-
-    proc = worker_start.take()
-    if proc is not None:
-        await BootstrapWorker(adopt(proc)).stop()
+    """Stop the pre-started processes that will not be used."""
+    prestart.discard()
 
 
 async def run(cfg: DpConfig, env: dict[str, str] | None = None) -> int:

@@ -233,7 +233,8 @@ def test_cp_down_at_start_retries_with_status_then_starts(mesh: DpMesh) -> None:
     try:
         notify.wait_for("READY", "1", timeout=40)
         dp.wait_ready()
-        assert http(doc["networking"]["inbound"][0]["port"])[0] == 200
+        inbound = doc["networking"]["inbound"][0]["port"]
+        eventually(lambda: http(inbound)[0] == 200, message="traffic through the inbound")
         assert dp.stop() == 0
     finally:
         again.stop()
