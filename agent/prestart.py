@@ -19,7 +19,8 @@ from pathlib import Path
 from agent.pdeathsig import die_with_parent
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
-WORKER_ARGV = [sys.executable, "-m", "agent.bootstrap_worker"]
+# An isolated kuma-dp (`python -I`, as the packaged wrapper runs it) gets an isolated worker too.
+WORKER_ARGV = [sys.executable, *(["-I"] if sys.flags.isolated else []), "-m", "agent.bootstrap_worker"]
 
 _worker: subprocess.Popen[bytes] | None = None
 _version: tuple[str, subprocess.Popen[bytes]] | None = None  # (binary, `binary --version`)
