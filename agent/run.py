@@ -528,4 +528,5 @@ async def run(cfg: DpConfig, env: dict[str, str] | None = None) -> int:
         return e.exit_code
     finally:
         await dp.close()
+        prestart.discard()  # a pre-started `envoy --version` that an early failure left unused
         notifier.close()
