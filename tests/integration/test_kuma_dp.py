@@ -3,6 +3,7 @@ echo services behind them. Traffic, supervision, orphans, drain, several datapla
 
 from __future__ import annotations
 
+import shutil
 import signal
 import threading
 import time
@@ -141,6 +142,14 @@ def test_second_signal_stops_at_once(mesh: DpMesh) -> None:
 def test_three_dataplanes_on_one_host_with_only_their_definitions(mesh: DpMesh) -> None:
     """No --admin-port, --readiness-port or runtime directory flags: kuma-dp derives distinct ones."""
     names = [unique("api") for _ in range(3)]
+    try:
+        _three_dataplanes(mesh, names)
+    finally:  # kuma-dp removes them itself; this is for a kuma-dp the harness had to SIGKILL
+        for name in names:
+            shutil.rmtree(Path("/run/kuma-dp") / f"default.{name}", ignore_errors=True)
+
+
+def _three_dataplanes(mesh: DpMesh, names: list[str]) -> None:
     services = [mesh.service("api", name=n, runtime_dir=False, wait=False) for n in names]
     for s in services:
         s.dp.wait_ready()
