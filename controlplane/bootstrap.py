@@ -12,6 +12,7 @@ from controlplane.ca import CaManager
 from controlplane.config import Config
 from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
+from controlplane.dns import VipView, add_dns
 from controlplane.policies._defaults import DefaultMeshPolicies
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
@@ -26,12 +27,13 @@ from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
 from controlplane.xds.server import AdsServicer
+from controlplane.xds.vips_service import VipsService
 
 log = logging.getLogger("kuma.bootstrap")
 
 
-def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager) -> None:
-    """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS + bootstrap)."""
+def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, vips: VipView) -> None:
+    """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS, bootstrap, VIP watch)."""
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
     reconciler = Reconciler(store, cache, ca)
@@ -42,11 +44,12 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager) -
     ads = AdsServicer(cache, auth, FanoutCallbacks([lifecycle, insights]), nack_backoff=cfg.dp_server.nack_backoff)
     # Envoy verifies the dp-server with the CA; with an operator's certificate and no CA file, trust that
     # certificate itself (it must then be the one the dp-server presents).
-    bootstrap = BootstrapService(store, auth, tls.ca_pem or tls.cert_pem, api_type=cfg.dp_server.api_type)
+    bootstrap = BootstrapService(store, auth, tls.ca_pem or tls.cert_pem, api_type=cfg.dp_server.api_type,
+                                 vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
-    runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads, bootstrap,
-                         on_stop=lifecycle.stop))
+    runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
+                         [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop))
 
 
 async def build_runtime(cfg: Config) -> Runtime:
@@ -67,14 +70,11 @@ async def build_runtime(cfg: Config) -> Runtime:
     runtime.add(DiagnosticsServer(runtime))
     runtime.add(ca)
     if cfg.mode == "zone":
-        add_xds(runtime, tls, tokens, ca)
-    # --- DNS and VIPs (controlplane/dns): VIP map + .mesh DNS server on every zone instance, allocator on the
-    # leader; GET /meshes/{mesh}/vips on the API.
-    if cfg.mode == "zone":
-        from controlplane.dns import add_dns
-
-        api_ctx.extra_routes.append(add_dns(runtime).add_routes)
-    # --- end DNS and VIPs
+        # DNS and VIPs (controlplane/dns): the VIP map + .mesh DNS server on every zone instance, the
+        # allocator on the leader, GET /meshes/{mesh}/vips on the API; then what serves Envoy and kuma-dp.
+        dns_api = add_dns(runtime)
+        api_ctx.extra_routes.append(dns_api.add_routes)
+        add_xds(runtime, tls, tokens, ca, dns_api.view)
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
     runtime.add(DefaultMeshPolicies(store, enabled=not (cfg.mode == "zone" and cfg.multizone.zone.global_address)),

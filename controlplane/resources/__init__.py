@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from . import dataplane, insights, mesh, secret, zone
+from . import dataplane, insights, mesh, secret, vip, zone
 from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope, Spec, register
 from .codec import from_wire, to_wire
 from .errors import InvalidParameter, ResourceValidationError, Violations
@@ -17,7 +17,7 @@ from .errors import InvalidParameter, ResourceValidationError, Violations
 __all__ = [
     "REGISTRY", "InvalidParameter", "Meta", "Registry", "Resource", "ResourceType", "ResourceValidationError",
     "Scope", "Spec", "Violations", "dataplane", "from_wire", "insights", "load_all", "mesh", "register", "secret",
-    "to_wire", "zone",
+    "to_wire", "vip", "zone",
 ]
 
 _loaded = False

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY
 from controlplane.resources.codec import to_wire
 from controlplane.resources.dataplane import DataplaneSpec
@@ -25,8 +26,8 @@ METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
 class BootstrapService:
     def __init__(self, store: ResourceStore, auth: DataplaneAuthenticator, ca_pem: bytes, *,
-                 api_type: str = "delta") -> None:
-        self.store, self.auth, self.ca_pem, self.api_type = store, auth, ca_pem, api_type
+                 api_type: str = "delta", vips: VipView | None = None) -> None:
+        self.store, self.auth, self.ca_pem, self.api_type, self.vips = store, auth, ca_pem, api_type, vips
 
     def handler(self) -> grpc.GenericRpcHandler:
         method = grpc.unary_unary_rpc_method_handler(self.get)  # bytes in, bytes out (no (de)serializers)
@@ -61,7 +62,11 @@ class BootstrapService:
         bootstrap = render(req, ca_pem=self.ca_pem, service=services[0] if services else req.name,
                            dataplane_json=dataplane_json)
         log.info("bootstrap served", extra={"mesh": req.mesh, "dataplane": req.name, "api": req.api_type})
-        return json.dumps({"nodeId": req.node_id, "bootstrap": bootstrap}).encode()
+        answer: dict[str, Any] = {"nodeId": req.node_id, "bootstrap": bootstrap}
+        if self.vips is not None:
+            # The DNS stub's first table, so `.mesh` names resolve before its VIP watch is connected.
+            answer["vips"] = self.vips.mesh(req.mesh).to_json()
+        return json.dumps(answer).encode()
 
     async def _mesh_exists(self, mesh: str) -> bool:
         mesh_type = REGISTRY.by_name("Mesh")

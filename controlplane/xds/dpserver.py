@@ -9,7 +9,6 @@ from typing import Any
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
 
-from .bootstrap_service import BootstrapService
 from .server import AdsServicer
 
 log = logging.getLogger("kuma.xds")
@@ -55,15 +54,16 @@ class DpServer:
     name = "dp-server"
 
     def __init__(self, interface: str, port: int, key_cert_pairs: Sequence[tuple[bytes, bytes]], ads: AdsServicer,
-                 bootstrap: BootstrapService, on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                 handlers: Sequence[grpc.GenericRpcHandler],
+                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
         self.interface, self.port, self.on_stop = interface, port, on_stop
-        self.key_cert_pairs, self.ads, self.bootstrap = list(key_cert_pairs), ads, bootstrap
+        self.key_cert_pairs, self.ads, self.handlers = list(key_cert_pairs), ads, list(handlers)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         server = grpc.aio.server(options=GRPC_OPTIONS)
         self.ads.add_to_server(server)
-        server.add_generic_rpc_handlers([self.bootstrap.handler()])
+        server.add_generic_rpc_handlers(self.handlers)  # the bootstrap call, the VIP watch
         address = f"{self.interface}:{self.port}"
         try:
             bound = server.add_secure_port(address, grpc.ssl_server_credentials(self.key_cert_pairs))
