@@ -211,7 +211,28 @@ def stage_runtime(pkg: str, house: Path, pythons: list[str], version: str, root:
     libexec = PACKAGING / pkg / "libexec"
     if libexec.is_dir():
         shutil.copytree(libexec, base / "libexec")
+    normalise(base)
     return {"wheels": {py: sorted(n) for py, n in names.items()}, "common": sorted(common)}
+
+
+def normalise(base: Path) -> None:
+    """Modes and symbols as a Debian package has them: shared objects stripped of what linking does not need
+    (as dh_strip does; wheels often ship them with their symbol tables) and not executable; only the launcher
+    and ELF executables (Envoy) executable; no bytecode (postinst compiles it for the host's Python)."""
+    strip = shutil.which("strip")
+    for f in sorted(base.rglob("*")):
+        if f.is_symlink() or not f.is_file():
+            continue
+        with f.open("rb") as fh:
+            head = fh.read(18)
+        elf = head[:4] == b"\x7fELF"
+        shared = elf and head[16] == 3  # e_type ET_DYN: a shared object or a PIE executable
+        executable = elf and (f.parent.name == "_bin" or not (".so" in f.name))
+        if shared and not executable and strip:
+            run([strip, "--strip-unneeded", str(f)])
+        f.chmod(0o755 if executable or f == base / "bin/python" else 0o644)
+    for d in sorted(base.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def smoke(pkg: str, root: Path, pythons: list[str]) -> None:
@@ -226,7 +247,7 @@ def smoke(pkg: str, root: Path, pythons: list[str]) -> None:
     code = f"import sys, {mods}; assert sys.prefix == {str(base)!r}, sys.prefix"
     if pkg == "kuma-dp":
         code += "; from agent.envoy.binary import find_envoy; print(find_envoy(None))"
-    proc = subprocess.run([str(base / "bin/python"), "-I", "-c", code], text=True, capture_output=True,
+    proc = subprocess.run([str(base / "bin/python"), "-I", "-B", "-c", code], text=True, capture_output=True,
                           env={"PATH": "/usr/bin:/bin"})
     if proc.returncode != 0:
         raise SystemExit(f"packaging: {pkg}'s staged runtime fails to import its modules:\n{proc.stderr[-3000:]}")
@@ -269,6 +290,8 @@ def build(out: Path, release: str, formats: list[str], pythons: list[str], force
             log(f"staging {pkg}")
             contents = stage_runtime(pkg, house, pythons, version, stage)
             smoke(pkg, stage, pythons)
+            for d in sorted((stage / "opt").rglob("__pycache__"), reverse=True):
+                shutil.rmtree(d, ignore_errors=True)
             sizes[pkg] = {"runtime_bytes": du(stage / "opt/kuma-vm" / pkg), **contents}
             env = {**os.environ, "KUMA_PKG_STAGE": str(stage), "KUMA_PKG_VERSION": version,
                    "KUMA_PKG_RELEASE": release, "SOURCE_DATE_EPOCH": source_date_epoch(),
