@@ -45,14 +45,14 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
-from controlplane.policies._defaults import default_policies
-from controlplane.resources import Resource, from_wire, load_all
-from controlplane.xds.generate.context import Identity, ProxyContext
-from controlplane.xds.generate.memo import ResourceMemo
-from controlplane.xds.generate.proxy import generate_snapshot
-from controlplane.xds.resources import TYPE_ORDER
-from controlplane.xds.snapshot import Snapshot
-from controlplane.xds.topology import MeshTopology, build_topology
+from controlplane.policies._defaults import default_policies  # noqa: E402 - after the sys.path fix above
+from controlplane.resources import Resource, from_wire, load_all  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.generate.context import Identity, ProxyContext  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.generate.memo import ResourceMemo  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.generate.proxy import generate_snapshot  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.resources import TYPE_ORDER  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.snapshot import Snapshot  # noqa: E402 - after the sys.path fix above
+from controlplane.xds.topology import MeshTopology, build_topology  # noqa: E402 - after the sys.path fix above
 
 load_all()
 MESH = "bench"
@@ -93,8 +93,9 @@ def policies(services: int, request_timeout: str = "2s") -> list[Resource]:
     out = list(default_policies(mesh))
     out.append(policy("MeshTrafficPermission", "allow-all", {
         "targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}))
+    check = {"interval": "10s", "timeout": "2s", "http": {"path": "/health"}}
     out.append(policy("MeshHealthCheck", "health-all", {"targetRef": {"kind": "Mesh"}, "to": [
-        {"targetRef": {"kind": "Mesh"}, "default": {"interval": "10s", "timeout": "2s", "http": {"path": "/health"}}}]}))
+        {"targetRef": {"kind": "Mesh"}, "default": check}]}))
     for i in range(0, services, 10):
         svc = f"svc-{i:03d}"
         to = {"kind": "MeshService", "name": svc}

@@ -42,7 +42,7 @@ class ProxyContext:
         assert isinstance(spec, DataplaneSpec)
         return spec
 
-    @property
+    @cached_property
     def mtls(self) -> bool:
         return self.topology.mtls_enabled and self.identity is not None
 

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.policies._common import (
+    MESH,
     MESH_HTTP_ROUTE,
+    MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    MESH_SUBSET,
     RULE_MATCHES_HASH_TAG,
     TargetRef,
     covers,
@@ -32,11 +35,12 @@ from controlplane.policies._common import (
     selects_inbound,
 )
 from controlplane.resources.base import Resource
-from controlplane.resources.dataplane import SERVICE_TAG, Inbound
+from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec, Inbound
 
 from ..topology import MeshTopology
 
 HTTP_ROUTE = "MeshHTTPRoute"
+TAG_KINDS = frozenset({MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET})
 
 Element = tuple[tuple[str, str], ...]  # sorted tags of a destination (kuma.io/service, maybe a route hash)
 Merger = Callable[[Sequence[Mapping[str, Any]]], "dict[str, Any] | None"]
@@ -149,6 +153,13 @@ class PolicyRules:
         self._top: dict[int, TargetRef] = {}
         self._ordered: dict[str, tuple[Resource, ...]] = {}
         self._shared: dict[Hashable, Any] = {}
+        self._ref_keys: dict[int, str] = {}
+        self._signatures: dict[str, tuple[str | None, tuple[tuple[tuple[str, str], ...], ...]]] = {}
+        self._selected: dict[tuple[str, Hashable], bool] = {}
+        self._selected_inbound: dict[tuple[str, Hashable], bool] = {}
+        self._distinct_refs: dict[str, dict[str, Resource]] = {}
+        self._matched_by_refs: dict[tuple[str, frozenset[str]], tuple[Resource, ...]] = {}
+        self._from_by_refs: dict[tuple[str, frozenset[str]], list[Entry]] = {}
 
     # --- which policies apply to a proxy --------------------------------------------------------------
 
@@ -170,20 +181,61 @@ class PolicyRules:
                 name=lambda p: p.meta.name))
         return found
 
+    def _ref_key(self, policy: Resource) -> str:
+        found = self._ref_keys.get(id(policy))
+        if found is None:
+            found = self._ref_keys[id(policy)] = json.dumps(self.top_level(policy).to_wire(), sort_keys=True)
+        return found
+
+    def _tag_signature(self, dataplane: Resource) -> tuple[str | None, tuple[tuple[tuple[str, str], ...], ...]]:
+        """What a tag-based top-level targetRef (Mesh, MeshSubset, MeshService, MeshServiceSubset) reads of a
+        dataplane: its proxy type and the tag sets of its inbounds (or gateway)."""
+        found = self._signatures.get(dataplane.meta.name)
+        if found is None:
+            spec = dataplane.spec
+            assert isinstance(spec, DataplaneSpec)
+            gateway = spec.networking.gateway
+            tag_sets = [gateway.tags] if gateway is not None else [i.tags for i in spec.networking.inbound]
+            found = self._signatures[dataplane.meta.name] = (
+                gateway.type if gateway is not None else None, tuple(tuple(sorted(t.items())) for t in tag_sets))
+        return found
+
     def selects(self, policy: Resource, dataplane: Resource) -> bool:
         top = self.top_level(policy)
         if top.kind == MESH_HTTP_ROUTE:
             route = self.route(top.name)
             return route is not None and route is not policy and self.top_level(route).kind != MESH_HTTP_ROUTE \
-                and self.top_level(route).selects_dataplane(dataplane)
-        return top.selects_dataplane(dataplane)
+                and self.selects(route, dataplane)
+        # Many policies share a top-level reference (most are `Mesh`), and many proxies look the same to it.
+        who: Hashable = self._tag_signature(dataplane) if top.kind in TAG_KINDS else dataplane.meta.name
+        key = (self._ref_key(policy), who)
+        found = self._selected.get(key)
+        if found is None:
+            found = self._selected[key] = top.selects_dataplane(dataplane)
+        return found
+
+    def _refs(self, policy_type: str) -> dict[str, Resource]:
+        """The distinct top-level references of a type's policies (one policy each, to evaluate them by)."""
+        found = self._distinct_refs.get(policy_type)
+        if found is None:
+            found = self._distinct_refs[policy_type] = {}
+            for p in self.in_order(policy_type):
+                found.setdefault(self._ref_key(p), p)
+        return found
 
     def matched(self, policy_type: str, dataplane: Resource) -> tuple[Resource, ...]:
         """Policies of a type whose top-level targetRef selects the proxy, lowest precedence first."""
         key = (policy_type, dataplane.meta.name)
         found = self._matched.get(key)
         if found is None:
-            found = self._matched[key] = tuple(p for p in self.in_order(policy_type) if self.selects(p, dataplane))
+            # Evaluate each distinct reference once; proxies selected by the same references share the result.
+            selecting = frozenset(ref for ref, p in self._refs(policy_type).items() if self.selects(p, dataplane))
+            by_set = (policy_type, selecting)
+            found = self._matched_by_refs.get(by_set)
+            if found is None:
+                found = self._matched_by_refs[by_set] = tuple(
+                    p for p in self.in_order(policy_type) if self._ref_key(p) in selecting)
+            self._matched[key] = found
         return found
 
     # --- to[] rules ------------------------------------------------------------------------------------
@@ -257,14 +309,27 @@ class PolicyRules:
     # --- from[] rules ----------------------------------------------------------------------------------
 
     def from_entries(self, policy_type: str, dataplane: Resource, inbound: Inbound) -> list[Entry]:
-        entries: list[Entry] = []
-        for policy in self.policies.get(policy_type, ()):
+        """The `from[]` entries of the policies selecting this inbound, in merge order."""
+        inbound_key = (self._tag_signature(dataplane)[0], tuple(sorted(inbound.tags.items())))
+        selecting = set()
+        for ref, policy in self._refs(policy_type).items():
             top = self.top_level(policy)
-            if not selects_inbound(top, dataplane, inbound.tags, inbound.port):
-                continue
-            for i, item in enumerate(getattr(policy.spec, "from_", None) or ()):
-                entries.append(Entry(policy.meta.name, top, i, item.target_ref, _wire_default(item)))
-        return in_precedence_order(entries, key=lambda e: precedence_key(e.top, e.ref), name=lambda e: e.policy)
+            who: Hashable = inbound_key if top.kind in TAG_KINDS else (dataplane.meta.name, inbound.port)
+            key = (ref, who)
+            selected = self._selected_inbound.get(key)
+            if selected is None:
+                selected = self._selected_inbound[key] = selects_inbound(top, dataplane, inbound.tags, inbound.port)
+            if selected:
+                selecting.add(ref)
+        by_set = (policy_type, frozenset(selecting))
+        found = self._from_by_refs.get(by_set)
+        if found is None:
+            entries = [Entry(policy.meta.name, self.top_level(policy), i, item.target_ref, _wire_default(item))
+                       for policy in self.in_order(policy_type) if self._ref_key(policy) in selecting
+                       for i, item in enumerate(getattr(policy.spec, "from_", None) or ())]
+            found = self._from_by_refs[by_set] = in_precedence_order(
+                entries, key=lambda e: precedence_key(e.top, e.ref), name=lambda e: e.policy)
+        return found
 
     def from_conf(self, policy_type: str, dataplane: Resource, inbound: Inbound) -> Merged | None:
         key = (policy_type, dataplane.meta.name, inbound.port, inbound.address or "")
