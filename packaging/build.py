@@ -3,9 +3,9 @@
     python packaging/build.py [--out dist] [--release 1] [--formats deb,rpm] [--pythons 3.11,3.12,3.13]
 
 1. The wheelhouse: every dependency of the project (pyproject's [project].dependencies), as binary wheels from
-   PyPI for each supported CPython (3.11 and 3.13 by default) (`pip download --only-binary=:all: --python-version X --platform
-   manylinux_2_17..2_34`), pinned to the versions installed in the interpreter running this script (the
-   versions the test suite runs with). Cached under the build cache by what was asked for.
+   PyPI for each supported CPython, 3.11 and 3.13 by default (`pip download --only-binary=:all:
+   --python-version X --platform manylinux_2_17..2_34`), pinned to the versions installed in the interpreter
+   running this script (the versions the test suite runs with). Cached under the build cache by what was asked for.
 2. One runtime per package, staged as /opt/kuma-vm/<package>/: a virtual-environment root (pyvenv.cfg, the
    `bin/python` launcher that picks the host's CPython 3.x) with `lib/python3.X/site-packages` per supported
    Python for the compiled wheels and `lib/common` for what is the same on every Python (pure wheels, abi3
@@ -227,7 +227,7 @@ def normalise(base: Path) -> None:
             head = fh.read(18)
         elf = head[:4] == b"\x7fELF"
         shared = elf and head[16] == 3  # e_type ET_DYN: a shared object or a PIE executable
-        executable = elf and (f.parent.name == "_bin" or not (".so" in f.name))
+        executable = elf and (f.parent.name == "_bin" or ".so" not in f.name)
         if shared and not executable and strip:
             run([strip, "--strip-unneeded", str(f)])
         f.chmod(0o755 if executable or f == base / "bin/python" else 0o644)

@@ -1,0 +1,491 @@
+"""The kuma-cp and kuma-dp packages on booted Debian 12 and 13 hosts (packaging/, `make packages`).
+
+One story, in order (the tests of this module share their hosts and build on each other):
+static checks of the packages (lintian, rpmlint, `rpm -qp`); `apt-get install ./*.deb` on a bookworm host and
+a trixie host (systemd-resolved) with no network: kuma-cp starts by itself, kuma-dp does not; a mesh with
+mTLS applied with kumactl; a dataplane on each host (kuma-dp@web on bookworm, the primary kuma-dp.service on
+trixie); `systemctl start` returns once the proxy is ready; web -> backend across the hosts through both
+Envoys with mTLS; the agent's status lines in the journal; `systemctl stop` leaves the host's DNS as it was;
+an upgrade to the same version rebuilt with release 2 restarts what ran and keeps the configuration; purge
+leaves nothing. Then the .rpm on a bookworm host with Debian's rpm: its scriptlets (user, bytecode, preset,
+upgrade restart, erase).
+
+Packages are built once (packaging/build.py keys them by a hash of the source tree) into the packaging
+cache, so a rerun without source changes starts at once. Measurements (sizes, install and start times) are
+written to <cache>/e2e-measurements.json and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.lab.fixtures import Lab, LabHost
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "packaging"))
+import build as pkgbuild  # noqa: E402  (packaging/build.py: the cache location and the project version)
+
+T = TypeVar("T")
+MEASURED: dict[str, Any] = {}
+ECHO_APP = REPO / "tests/apps/echo_http.py"
+RPM_TOOL_DEBS = ("rpm", "rpm-common", "librpm9", "librpmio9", "liblua5.3-0", "libpopt0")
+
+MESH = """\
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends:
+  - name: ca-1
+    type: builtin
+---
+type: MeshTrafficPermission
+mesh: default
+name: allow-all
+spec:
+  targetRef: {kind: Mesh}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Allow}
+"""
+
+
+def eventually(fn: Callable[[], T], timeout: float = 30, interval: float = 0.3, message: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = fn()
+            if result:
+                return result
+            last = result
+        except Exception as e:  # the last error is the useful message
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}; last: {last!r}")
+        time.sleep(interval)
+
+
+def out(host: LabHost, cmd: str, timeout: float = 300) -> str:
+    return host.ssh(cmd, timeout=timeout).stdout
+
+
+def timed(host: LabHost, cmd: str, timeout: float = 300) -> float:
+    """Seconds `cmd` took on the host (measured there, without ssh's own time)."""
+    text = out(host, f"s=$(date +%s.%N); {cmd} >/tmp/timed.log 2>&1 || {{ cat /tmp/timed.log; exit 1; }}; "
+                     "e=$(date +%s.%N); python3 -c \"print($e - $s)\"", timeout=timeout)
+    return round(float(text.strip().splitlines()[-1]), 2)
+
+
+def record(key: str, value: Any) -> None:
+    MEASURED[key] = value
+    path = pkgbuild.cache_root() / "e2e-measurements.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(MEASURED, indent=1) + "\n")
+
+
+# --- packages ------------------------------------------------------------------------------------------------
+
+
+def build_release(release: str) -> dict[str, Path]:
+    dist = pkgbuild.cache_root() / "e2e-dist"
+    proc = subprocess.run([sys.executable, str(REPO / "packaging/build.py"), "--out", str(dist), "--release", release],
+                          cwd=REPO, text=True, capture_output=True, timeout=900)
+    assert proc.returncode == 0, f"packaging/build.py --release {release} failed:\n{proc.stdout}\n{proc.stderr}"
+    files = json.loads(proc.stdout.strip().splitlines()[-1])["files"]
+    found: dict[str, Path] = {}
+    for name in files:
+        pkg = "kuma-cp" if name.startswith("kuma-cp") else "kuma-dp"
+        found[f"{pkg}.{name.rsplit('.', 1)[1]}"] = dist / name
+    return found
+
+
+@pytest.fixture(scope="module")
+def packages() -> dict[str, dict[str, Path]]:
+    if os.geteuid() != 0:
+        pytest.skip("the package tests boot lab hosts: root only")
+    started = time.monotonic()
+    built = {"1": build_release("1"), "2": build_release("2")}
+    record("build_seconds_both_releases_this_run", round(time.monotonic() - started, 1))
+    stamp = json.loads((pkgbuild.cache_root() / "e2e-dist/.build-1.json").read_text())
+    record("package_bytes", {p.name: p.stat().st_size for p in built["1"].values()})
+    record("runtime_bytes", {k: v["runtime_bytes"] for k, v in stamp["sizes"].items() if isinstance(v, dict)})
+    return built
+
+
+@pytest.fixture(scope="module")
+def hosts(lab: Lab) -> dict[str, LabHost]:
+    """Fresh hosts: the packages change them in ways other modules should not see."""
+    (bookworm,) = lab.add_hosts(1, release="bookworm")
+    (trixie,) = lab.add_hosts(1, release="trixie", resolved=True)
+    return {"bookworm": bookworm, "trixie": trixie}
+
+
+# --- static checks -------------------------------------------------------------------------------------------
+
+
+def test_lintian_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
+    if not shutil.which("lintian"):
+        pytest.skip("lintian is not installed (scripts/setup.sh installs it)")
+    debs = [str(packages["1"]["kuma-cp.deb"]), str(packages["1"]["kuma-dp.deb"])]
+    proc = subprocess.run(["lintian", "--fail-on", "error", "--no-tag-display-limit", *debs], text=True,
+                          capture_output=True, timeout=600)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
+    assert proc.returncode == 0 and not errors, proc.stdout + proc.stderr
+
+
+def test_rpmlint_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
+    if not shutil.which("rpmlint"):
+        pytest.skip("rpmlint is not installed (scripts/setup.sh installs it)")
+    rpms = [str(packages["1"]["kuma-cp.rpm"]), str(packages["1"]["kuma-dp.rpm"])]
+    proc = subprocess.run(["rpmlint", "-c", str(REPO / "packaging/rpmlint.toml"), *rpms], text=True,
+                          capture_output=True, timeout=600)
+    assert " 0 errors" in proc.stdout and proc.returncode in (0, 64), proc.stdout + proc.stderr
+
+
+def rpm_query(path: Path, *args: str) -> str:
+    proc = subprocess.run(["rpm", "-qp", *args, str(path)], text=True, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_rpm_scripts_and_requirements(packages: dict[str, dict[str, Path]]) -> None:
+    if not shutil.which("rpm"):
+        pytest.skip("rpm is not installed (scripts/setup.sh installs it)")
+    version = pkgbuild.project()["version"]
+    for pkg in ("kuma-cp", "kuma-dp"):
+        rpm = packages["1"][f"{pkg}.rpm"]
+        assert rpm_query(rpm, "--queryformat", "%{NAME} %{VERSION}-%{RELEASE}") == f"{pkg} {version}-1"
+        requires = rpm_query(rpm, "--requires").splitlines()
+        assert "(python3.11 or python3.13)" in requires and "glibc >= 2.34" in requires and "systemd" in requires
+        scripts = rpm_query(rpm, "--scripts")
+        for scriptlet in ("preinstall", "postinstall", "preuninstall", "postuninstall"):
+            assert f"{scriptlet} scriptlet" in scripts, scripts
+        assert "useradd -r -g kuma" in scripts and "systemd-sysusers -" in scripts  # %pre: the user first
+        assert "compileall" in scripts  # %post: bytecode for the host's Python
+        assert "preset" in scripts  # %post: the distribution's preset policy decides about enabling
+        assert "try-restart" in scripts  # %postun on upgrade: restart what was running
+        assert "-name __pycache__" in scripts  # %preun on erase: the bytecode goes
+        files = rpm_query(rpm, "--list").splitlines()
+        assert f"/usr/lib/sysusers.d/{pkg}.conf" in files and "/usr/lib/systemd/system/" + (
+            "kuma-cp.service" if pkg == "kuma-cp" else "kuma-dp@.service") in files
+        config = rpm_query(rpm, "--configfiles").split()
+        assert config == (["/etc/kuma/kuma-cp.yaml"] if pkg == "kuma-cp" else ["/etc/kuma/kuma-dp.conf"])
+        units = [f for f in files if f.startswith("/usr/lib/systemd/system/")]
+        assert units and not set(units) & set(config)  # units are not configuration
+    dp_files = rpm_query(packages["1"]["kuma-dp.rpm"], "--list")
+    assert "/opt/kuma-vm/kuma-dp/lib/common/envoy/_bin/envoy" in dp_files
+    assert "/opt/kuma-vm/kuma-cp/lib/common/envoy" not in rpm_query(packages["1"]["kuma-cp.rpm"], "--list")
+
+
+def test_deb_metadata(packages: dict[str, dict[str, Path]]) -> None:
+    for pkg, conffile in (("kuma-cp", "/etc/kuma/kuma-cp.yaml"), ("kuma-dp", "/etc/kuma/kuma-dp.conf")):
+        deb = str(packages["1"][f"{pkg}.deb"])
+        fields = subprocess.run(["dpkg-deb", "-f", deb, "Version", "Depends"], text=True, capture_output=True,
+                                check=True).stdout
+        assert f"Version: {pkgbuild.project()['version']}-1" in fields
+        assert "python3.11 | python3.13" in fields and "libc6 (>= 2.34)" in fields
+        control = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], text=True, capture_output=True,
+                                 check=True).stdout.split()
+        assert control == [conffile]  # only the configuration; the units are not conffiles
+        assert subprocess.run(["dpkg-deb", "-f", str(packages["2"][f"{pkg}.deb"]), "Version"], text=True,
+                              capture_output=True, check=True).stdout.strip().endswith("-2")
+
+
+# --- install, mesh, traffic ----------------------------------------------------------------------------------
+
+
+def install_debs(host: LabHost, debs: list[Path]) -> float:
+    names = []
+    for deb in debs:
+        host.copy(deb, f"/root/{deb.name}")
+        names.append(f"/root/{deb.name}")
+    # No mirror in the lab: every dependency must already be on the host.
+    return timed(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "
+                       + " ".join(names), timeout=600)
+
+
+def test_install_on_bookworm_and_trixie(packages: dict[str, dict[str, Path]], hosts: dict[str, LabHost]) -> None:
+    for release, host in hosts.items():
+        seconds = install_debs(host, [packages["1"]["kuma-cp.deb"], packages["1"]["kuma-dp.deb"]])
+        record(f"install_seconds_{release}", seconds)
+        status = out(host, "dpkg-query -W -f='${Package} ${Version} ${Status}\\n' kuma-cp kuma-dp")
+        assert status.count("install ok installed") == 2, status
+        # kuma-cp: enabled and started by the install (its defaults are a working standalone zone) ...
+        assert out(host, "systemctl is-enabled kuma-cp").strip() == "enabled"
+        assert out(host, "systemctl is-active kuma-cp").strip() == "active"
+        assert "default" in out(host, "kumactl get meshes")
+        # ... kuma-dp: nothing enabled, nothing running, without a dataplane definition.
+        for unit in ("kuma-dp.service", "kuma-dp@web.service"):
+            assert host.ssh(f"systemctl is-enabled {unit}", check=False).stdout.strip() == "disabled"
+            assert host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+        # The runtime runs on the host's own Python (3.11 on bookworm, 3.13 on trixie), from /opt/kuma-vm.
+        py = out(host, "/opt/kuma-vm/kuma-dp/bin/python -I -c 'import sys, grpc; print(sys.version_info[:2], "
+                       "sys.prefix, grpc.__file__)'")
+        expected = "(3, 11)" if release == "bookworm" else "(3, 13)"
+        assert py.startswith(expected) and "/opt/kuma-vm/kuma-dp" in py, py
+        assert "envoy" in out(host, "kuma-dp version --detailed")
+        assert out(host, "id -u kuma").strip().isdigit()
+        assert out(host, "getent passwd kuma").strip().endswith(":/var/lib/kuma:/usr/sbin/nologin")
+        record(f"installed_kbytes_{release}", {p: int(out(host, f"dpkg-query -W -f='${{Installed-Size}}' {p}"))
+                                               for p in ("kuma-cp", "kuma-dp")})
+        record(f"du_opt_kuma_vm_{release}", out(host, "du -sh /opt/kuma-vm/* | tr '\\t' ' '").strip())
+
+
+def test_units_verify(hosts: dict[str, LabHost]) -> None:
+    for host in hosts.values():
+        # Loads each unit (the template through an instance) with the installed binaries, as systemd would.
+        proc = host.ssh("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify kuma-cp.service kuma-dp.service "
+                        "kuma-dp@web.service 2>&1", check=False)
+        findings = [line for line in proc.stdout.splitlines() if "kuma" in line]
+        assert proc.returncode == 0 and not findings, proc.stdout
+
+
+@pytest.fixture(scope="module")
+def mesh(hosts: dict[str, LabHost]) -> dict[str, Any]:
+    """kuma-cp on the bookworm host is the mesh's control plane; both hosts' dataplanes connect to it."""
+    cp, other = hosts["bookworm"], hosts["trixie"]
+    cp.ssh("cat > /root/mesh.yaml", input=MESH)
+    cp.ssh("kumactl apply -f /root/mesh.yaml")
+    assert "ca-1" in out(cp, "kumactl get mesh default -o yaml")
+    ca = out(cp, "cat /var/lib/kuma/kuma-cp/tls/ca.crt")
+    apps = {"bookworm": ("web", 8081), "trixie": ("backend", 8080)}
+    for release, host in hosts.items():
+        service, port = apps[release]
+        host.copy(ECHO_APP, "/root/echo_http.py")
+        host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
+        host.ssh("install -m 0644 /dev/stdin /etc/kuma/ca.crt", input=ca)
+        # The same environment file on both hosts, pointing at the control plane host by name.
+        conf = out(host, "cat /etc/kuma/kuma-dp.conf").replace(
+            "KUMA_CONTROL_PLANE_URL=https://localhost:5678", f"KUMA_CONTROL_PLANE_URL=https://{cp.name}:5678")
+        conf += "KUMA_DATAPLANE_DRAIN_TIME=1s\n"
+        host.ssh("cat > /etc/kuma/kuma-dp.conf", input=conf)
+    web = f"""type: Dataplane
+mesh: default
+name: web
+networking:
+  address: {cp.address}
+  inbound:
+  - port: 20001
+    servicePort: 8081
+    tags: {{kuma.io/service: web, kuma.io/protocol: http}}
+  outbound:
+  - port: 10001
+    tags: {{kuma.io/service: backend}}
+"""
+    backend = f"""type: Dataplane
+mesh: default
+name: backend
+networking:
+  address: {other.address}
+  inbound:
+  - port: 20002
+    servicePort: 8080
+    tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
+"""
+    cp.ssh("cat > /etc/kuma/dataplanes/web.yaml", input=web)
+    cp.ssh("umask 077; kumactl generate dataplane-token --mesh default --name web > /etc/kuma/dataplanes/web.token")
+    token = out(cp, "kumactl generate dataplane-token --mesh default --name backend")
+    other.ssh("cat > /etc/kuma/dataplanes/primary.yaml", input=backend)
+    other.ssh("umask 077; cat > /etc/kuma/dataplanes/primary.token", input=token)
+    return {"cp": cp, "units": {"bookworm": "kuma-dp@web.service", "trixie": "kuma-dp.service"}}
+
+
+def dns_state(host: LabHost) -> str:
+    text = out(host, "readlink /etc/resolv.conf; cat /etc/resolv.conf")
+    if host.resolved:
+        text += out(host, "resolvectl dns; resolvectl domain")
+    return text
+
+
+def readiness(host: LabHost, unit: str) -> int:
+    rundir = "/run/kuma-dp/" + ("web" if unit.startswith("kuma-dp@") else "primary")
+    code = host.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' http://$(cat {rundir}/readiness-address)/ready",
+                    check=False).stdout.strip()
+    return int(code or 0)
+
+
+def test_start_returns_once_ready(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    for release in ("trixie", "bookworm"):
+        host, unit = hosts[release], mesh["units"][release]
+        mesh.setdefault("dns_before", {})[release] = dns_state(host)
+        seconds = timed(host, f"systemctl start {unit}", timeout=120)
+        record(f"start_to_ready_seconds_{release}", seconds)
+        # `systemctl start` returned: kuma-dp has said READY=1, so Envoy is live and the readiness endpoint
+        # answers 200 already (no polling here).
+        assert out(host, f"systemctl is-active {unit}").strip() == "active"
+        assert readiness(host, unit) == 200
+        status = out(host, f"systemctl show -p StatusText --value {unit}")
+        assert status.startswith("ready: Envoy (pid "), status
+        main_pid = out(host, f"systemctl show -p MainPID --value {unit}").strip()
+        user = out(host, f"ps -o user= -p {main_pid}").strip()
+        assert user == "kuma", user  # not root
+        caps = out(host, f"grep CapEff /proc/{main_pid}/status").split()[1]
+        expected = "0000000000001400" if unit == "kuma-dp.service" else "0000000000000000"  # NET_BIND|NET_ADMIN
+        assert caps == expected, caps
+        assert "1048576" in out(host, f"systemctl show -p LimitNOFILE --value {unit}")
+
+
+def test_web_talks_to_backend_across_hosts_with_mtls(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    web = hosts["bookworm"]
+
+    def call() -> dict[str, Any] | None:
+        proc = web.ssh("curl -s -m 5 http://127.0.0.1:10001/hello", check=False)
+        if proc.returncode != 0 or not proc.stdout.startswith("{"):
+            return None
+        body: dict[str, Any] = json.loads(proc.stdout)
+        return body if body.get("service") == "backend" else None
+
+    body = eventually(call, timeout=60, message="web (bookworm) -> backend (trixie) through both Envoys")
+    assert body["path"] == "/hello"
+    # The backend saw web's SPIFFE identity: the request crossed between the Envoys over mTLS.
+    assert "URI=spiffe://default/web" in body["headers"]["x-forwarded-client-cert"]
+    overview = out(mesh["cp"], "kumactl get dataplanes -o json")
+    assert '"backend"' in overview and '"web"' in overview
+
+
+def test_journal_has_the_agents_status_lines(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    journal = out(hosts["bookworm"], "journalctl -u kuma-dp@web --no-pager -o cat")
+    for line in ("requesting the Envoy bootstrap for dataplane 'web'", "Envoy started (pid", "Envoy live"):
+        assert line in journal, journal[-3000:]
+    assert "Started kuma-dp@web.service" in out(hosts["bookworm"], "journalctl -u kuma-dp@web --no-pager")
+
+
+def test_stop_leaves_host_dns_as_it_was(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    for release in ("trixie", "bookworm"):
+        host, unit = hosts[release], mesh["units"][release]
+        host.ssh(f"systemctl stop {unit}")
+        assert host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+        assert dns_state(host) == mesh["dns_before"][release]
+        assert host.ssh("pgrep -x envoy", check=False).returncode == 1  # Envoy went with its agent
+        assert host.ssh(f"test -e /run/kuma-dp/{'web' if '@' in unit else 'primary'}", check=False).returncode == 1
+        # started again for the upgrade
+        host.ssh(f"systemctl start {unit}", timeout=120)
+
+
+def unit_pids(host: LabHost) -> dict[str, str]:
+    units = ("kuma-cp.service", "kuma-dp.service", "kuma-dp@web.service")
+    return {u: out(host, f"systemctl show -p MainPID --value {u}").strip() for u in units}
+
+
+def test_upgrade_restarts_services_and_keeps_config(packages: dict[str, dict[str, Path]],
+                                                    hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    for release, host in hosts.items():
+        unit = mesh["units"][release]
+        host.ssh("echo '# edited by the operator' >> /etc/kuma/kuma-cp.yaml")
+        config_before = out(host, "md5sum /etc/kuma/kuma-cp.yaml /etc/kuma/kuma-dp.conf /etc/kuma/dataplanes/*")
+        before = unit_pids(host)
+        assert before[unit] != "0" and before["kuma-cp.service"] != "0"
+        seconds = install_debs(host, [packages["2"]["kuma-cp.deb"], packages["2"]["kuma-dp.deb"]])
+        record(f"upgrade_seconds_{release}", seconds)
+        assert out(host, "dpkg-query -W -f='${Version}' kuma-dp").endswith("-2")
+        after = unit_pids(host)
+        for u in ("kuma-cp.service", unit):
+            assert after[u] not in ("0", before[u]), (u, before, after)  # restarted ...
+            assert out(host, f"systemctl is-active {u}").strip() == "active"  # ... and running
+        idle = "kuma-dp@web.service" if unit == "kuma-dp.service" else "kuma-dp.service"
+        assert after[idle] == "0"  # what did not run was not started
+        assert out(host, "md5sum /etc/kuma/kuma-cp.yaml /etc/kuma/kuma-dp.conf /etc/kuma/dataplanes/*") == \
+            config_before
+        assert not out(host, "ls /etc/kuma | grep -E 'dpkg-(dist|old|new)' || true").strip()
+    test_web_talks_to_backend_across_hosts_with_mtls(hosts, mesh)
+
+
+def test_purge_leaves_nothing(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    for host in hosts.values():
+        host.ssh("systemctl stop echo-web echo-backend 2>/dev/null; true")
+        host.ssh("DEBIAN_FRONTEND=noninteractive apt-get purge -y kuma-cp kuma-dp", timeout=300)
+        assert host.ssh("getent passwd kuma", check=False).returncode == 2
+        assert host.ssh("getent group kuma", check=False).returncode == 2
+        assert not out(host, "systemctl list-unit-files --no-legend 'kuma*'").strip()
+        assert not out(host, "systemctl list-units --all --no-legend 'kuma*'").strip()
+        assert host.ssh("pgrep -f '[k]uma|[e]nvoy'", check=False).returncode == 1
+        left = out(host, "find / -xdev \\( -path /proc -o -path /root -o -path /tmp -o -path /var/log/journal \\) "
+                         "-prune -o \\( -name '*kuma*' -o -name 'envoy*' \\) -print")
+        assert not left.strip(), left
+        for path in ("/opt/kuma-vm", "/etc/kuma", "/var/lib/kuma", "/run/kuma-dp", "/run/kuma-cp"):
+            assert host.ssh(f"test -e {path}", check=False).returncode == 1, path
+        assert not out(host, "dpkg -l | grep -i kuma || true").strip()
+
+
+# --- the .rpm on a Debian host, with Debian's rpm ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rpm_host(lab: Lab) -> LabHost:
+    """A fresh host of this machine's release, with Debian's rpm tool from this machine's apt (the lab has no
+    mirror): the .debs are downloaded here and installed there."""
+    codename = re.search(r"^VERSION_CODENAME=(\w+)", Path("/etc/os-release").read_text(), re.M)
+    if not codename or codename.group(1) not in ("bookworm", "trixie"):
+        pytest.skip("Debian's rpm packages are fetched with this machine's apt: it must be bookworm or trixie")
+    release = codename.group(1)
+    debs = pkgbuild.cache_root() / f"rpm-tool-{release}"
+    debs.mkdir(parents=True, exist_ok=True)
+    if len(list(debs.glob("*.deb"))) < len(RPM_TOOL_DEBS):
+        proc = subprocess.run(["apt-get", "download", *RPM_TOOL_DEBS], cwd=debs, text=True, capture_output=True,
+                              timeout=300)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot download Debian's rpm packages here: {proc.stderr.strip()[-300:]}")
+    (host,) = lab.add_hosts(1, release=release)
+    names = []
+    for deb in sorted(debs.glob("*.deb")):
+        host.copy(deb, f"/root/{deb.name}")
+        names.append(f"/root/{deb.name}")
+    # Only rpm itself and the libraries it links: rpmbuild, debugedit and perl are not needed to install.
+    host.ssh("dpkg -i --force-depends " + " ".join(names) + " >/dev/null")
+    return host
+
+
+def test_rpm_scriptlets_on_a_debian_host(packages: dict[str, dict[str, Path]], rpm_host: LabHost) -> None:
+    host = rpm_host
+    for release in ("1", "2"):
+        for pkg in ("kuma-cp", "kuma-dp"):
+            host.copy(packages[release][f"{pkg}.rpm"], f"/root/{pkg}-{release}.rpm")
+    rpm = "rpm --force-debian --nodeps"  # Debian's rpm: its database knows none of dpkg's packages
+    seconds = timed(host, f"{rpm} -i /root/kuma-cp-1.rpm /root/kuma-dp-1.rpm", timeout=300)
+    record("rpm_install_seconds_bookworm", seconds)
+    # %pre made the user, %post the bytecode for the host's Python and the preset decision (Debian's preset
+    # policy enables everything, RHEL's nothing); RPM starts nothing by itself.
+    assert out(host, "getent passwd kuma").strip().endswith(":/var/lib/kuma:/usr/sbin/nologin")
+    assert out(host, "ls /opt/kuma-vm/kuma-cp/lib/common/controlplane/__pycache__ | head -1").strip().endswith(
+        ".cpython-311.pyc")
+    assert out(host, "systemctl is-enabled kuma-cp").strip() == "enabled"
+    assert host.ssh("systemctl is-active kuma-cp", check=False).stdout.strip() == "inactive"
+    assert host.ssh("systemctl is-enabled kuma-dp", check=False).stdout.strip() == "disabled"
+    assert out(host, "rpm -q kuma-cp kuma-dp").split() == ["kuma-cp-0.1.0-1.x86_64", "kuma-dp-0.1.0-1.x86_64"]
+    # The payload works: the control plane starts from the .rpm's runtime and answers kumactl.
+    host.ssh("systemctl start kuma-cp", timeout=120)
+    assert "default" in out(host, "kumactl get meshes")
+    pid = out(host, "systemctl show -p MainPID --value kuma-cp").strip()
+    # Upgrade: %postun of the old package restarts what was running.
+    host.ssh(f"{rpm} -U /root/kuma-cp-2.rpm /root/kuma-dp-2.rpm", timeout=300)
+    assert out(host, "rpm -q kuma-cp").strip() == "kuma-cp-0.1.0-2.x86_64"
+    new_pid = out(host, "systemctl show -p MainPID --value kuma-cp").strip()
+    assert new_pid not in ("0", pid) and out(host, "systemctl is-active kuma-cp").strip() == "active"
+    # Erase: %preun stops and disables, %postun removes the runtime; configuration, state and the user stay
+    # (as RPM packages do; a changed conffile is kept as .rpmsave).
+    host.ssh("echo '# edited' >> /etc/kuma/kuma-cp.yaml")
+    host.ssh("rpm --force-debian -e kuma-dp kuma-cp", timeout=300)
+    assert host.ssh("systemctl is-active kuma-cp", check=False).stdout.strip() == "inactive"
+    assert host.ssh("test -e /opt/kuma-vm", check=False).returncode == 1
+    assert not out(host, "systemctl list-unit-files --no-legend 'kuma*'").strip()
+    assert host.ssh("test -e /etc/kuma/kuma-cp.yaml.rpmsave").returncode == 0
+    assert host.ssh("test -d /var/lib/kuma/kuma-cp").returncode == 0
+    assert out(host, "getent passwd kuma").strip()
+
+
+def test_report_measurements() -> None:
+    print("\npackage measurements: " + json.dumps(MEASURED, indent=1))
