@@ -275,3 +275,30 @@ def test_envoy_argv(tmp_path: Path) -> None:
         assert part in argv
     assert argv[argv.index("--drain-time-s") + 1] == "30" and argv[argv.index("--concurrency") + 1] == "2"
     assert argv[-2:] == ["--component-log-level", "upstream:debug"]
+
+
+# --- pre-start --------------------------------------------------------------------------------------------
+
+def test_prestart_finds_the_binary_the_flags_name(tmp_path: Path) -> None:
+    from agent import prestart
+
+    assert prestart._binary_from(["run", "--binary-path", "/x/envoy"], {}) == "/x/envoy"
+    assert prestart._binary_from(["run", "--binary-path=/y/envoy"], {}) == "/y/envoy"
+    assert prestart._binary_from(["run"], {"KUMA_DATAPLANE_RUNTIME_BINARY_PATH": "/z/envoy"}) == "/z/envoy"
+
+
+def test_prestarted_version_is_used_only_for_its_binary(tmp_path: Path) -> None:
+    from agent import prestart
+
+    fake = tmp_path / "envoy"
+    fake.write_text("#!/bin/sh\necho 'envoy  version: abc/1.2.3/Clean/RELEASE/BoringSSL'\n")
+    fake.chmod(0o755)
+    prestart._version = (str(fake), prestart.start_version(str(fake)))
+    assert prestart.take_version(str(tmp_path / "other")) is None  # another binary: discarded
+    prestart._version = (str(fake), prestart.start_version(str(fake)))
+    proc = prestart.take_version(str(fake))
+    assert proc is not None and proc.wait(10) == 0 and proc.stdout is not None
+    assert b"1.2.3" in proc.stdout.read()
+    proc.stdout.close()
+    assert prestart.take_version(str(fake)) is None  # taken once
+    prestart.discard()
