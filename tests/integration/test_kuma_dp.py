@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.apps.runner import App
+from tests.apps.runner import App, free_port
 from tests.integration.cp_process import CpProcess
 from tests.integration.test_kuma_dp_support import (
     DpMesh,
@@ -45,7 +45,8 @@ def two_services(mesh: DpMesh) -> int:
 def test_two_services_talk_through_the_mesh_with_mtls(mesh: DpMesh) -> None:
     mesh.mtls()
     backend = mesh.service("backend")
-    web = mesh.service("web", outbounds={"backend": 0})
+    metrics_port = free_port()
+    web = mesh.service("web", outbounds={"backend": 0}, args=["--metrics-port", str(metrics_port)])
     port = web.outbounds["backend"]
     _, body = eventually(lambda: (r := http(port, "/hello")) and r[0] == 200 and r, message="web -> backend")
     assert body["service"] == "backend" and body["path"] == "/hello"
@@ -63,6 +64,10 @@ def test_two_services_talk_through_the_mesh_with_mtls(mesh: DpMesh) -> None:
     assert "envoy_cluster_upstream_rq_total" in metrics or "envoy_server_live" in metrics
     assert "kuma_dp_envoy_up 1.0" in metrics and "kuma_dp_ready 1.0" in metrics
     assert 'kuma_dp_info{dataplane="web-1"' in metrics and "process_resident_memory_bytes" in metrics
+    assert "_created" not in metrics.split("# HELP kuma_dp", 1)[-1]
+    # The same merged metrics on --metrics-port, for a Prometheus to scrape.
+    status, scraped = get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert status == 200 and "kuma_dp_envoy_up 1.0" in scraped and "envoy_" in scraped
     # Envoy's admin listens on loopback only, on the port kuma-dp chose for this dataplane.
     admin = web.dp.admin_url()
     assert admin.startswith("http://127.0.0.1:") and admin != backend.dp.admin_url()
