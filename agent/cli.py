@@ -1,101 +1,18 @@
-"""`kuma-dp`: the data-plane agent.
+"""`kuma-dp` entry point: `kuma-dp run ...`, `kuma-dp version` (the commands are in agent/commands.py).
 
-    kuma-dp run --cp-address https://CP:5678 --ca-cert-file ca.crt \\
-        --dataplane-file web.yaml --dataplane-var address=10.0.0.5 --dataplane-token-file web.token
-    kuma-dp version [--detailed]
-
-Flags, `KUMA_*` variables and YAML keys are Kuma's (agent/config.py lists them); `kuma-dp run --help`
-shows each flag with its variable.
+For `kuma-dp run`, the slow start-up steps are started before anything else is imported, click included
+(agent/prestart.py); `main` (the click group) is loaded on first use.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import click
 
-from agent.config import EXIT_USAGE, SETTINGS, ConfigError, Setting
-
-_SHORT = {"dataplane_file": "-d", "dataplane_var": "-v"}
-
-
-def _option(s: Setting) -> Callable[[Any], Any]:
-    assert s.flag is not None
-    names = [f"--{s.flag}"]
-    if s.attr == "runtime_dir":
-        names.append("--runtime-dir")
-    short = _SHORT.get(s.flag.replace("-", "_"))
-    if short:
-        names.append(short)
-    env = f" [env {s.env}]" if s.env else ""
-    return click.option(*names, s.attr, default=None, multiple=s.attr == "dataplane_vars",
-                        help=f"{s.help}{env}", show_default=False)
-
-
-def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    for s in reversed(SETTINGS):
-        if s.flag:
-            f = _option(s)(f)
-    return click.option("-c", "--config-file", "config_file", default=None,
-                        help="kuma-dp YAML config (Kuma's keys: controlPlane.url, dataplane.name, ...) "
-                             "[env KUMA_CONFIG_FILE]")(f)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-def main() -> None:
-    """kuma-vm data-plane agent: registers a dataplane, runs and supervises its Envoy."""
-
-
-@main.command("run", epilog="Without a flag, the KUMA_* variable shown in brackets applies, then the config "
-                            "file, then the default. Environment-only settings: KUMA_CONTROL_PLANE_CA_CERT, "
-                            "KUMA_CONTROL_PLANE_RETRY_BACKOFF, KUMA_CONTROL_PLANE_RETRY_MAX_DURATION, "
-                            "KUMA_DATAPLANE_RUNTIME_ENVOY_MAX_RESTARTS, KUMA_DATAPLANE_RUNTIME_ENVOY_RESTART_BACKOFF.")
-@_run_options
-def run_command(config_file: str | None, **flags: Any) -> None:
-    """Register the dataplane, fetch its Envoy bootstrap, run Envoy until SIGTERM/SIGINT."""
-    import asyncio
-
-    from agent import logs
-    from agent.config import CONFIG_FILE_ENV, load_file, resolve
-    from agent.run import run
-
-    env = dict(os.environ)
-    path = config_file or env.get(CONFIG_FILE_ENV) or None
-    try:
-        doc = load_file(path) if path else None
-        cfg = resolve(flags, env, doc, file_name=path or "config file")
-    except ConfigError as e:
-        click.echo(f"kuma-dp: {e}", err=True)
-        sys.exit(EXIT_USAGE)
-    logs.setup(cfg.log_level, cfg.log_format)
-    sys.exit(asyncio.run(run(cfg, env)))
-
-
-@main.command("version")
-@click.option("--detailed", is_flag=True, help="also the Envoy binary and its version")
-@click.option("--binary-path", default=None, envvar="KUMA_DATAPLANE_RUNTIME_BINARY_PATH",
-              help="the Envoy binary to describe (as for run)")
-def version_command(detailed: bool, binary_path: str | None) -> None:
-    """Print kuma-dp's version."""
-    from agent import version
-
-    click.echo(f"kuma-dp {version()}")
-    if detailed:
-        from agent.envoy.binary import EnvoyBinaryError, envoy_version, find_envoy
-
-        try:
-            binary = find_envoy(binary_path)
-            click.echo(f"envoy {envoy_version(binary)} ({binary})")
-        except EnvoyBinaryError as e:
-            click.echo(f"envoy: {e}")
-        click.echo(f"python {sys.version.split()[0]} ({sys.executable})")
-
-
-def _prestart_worker(argv: list[str]) -> None:
-    """For `kuma-dp run` (not --help), start the slow start-up steps before anything else (agent/prestart.py)."""
+def _prestart(argv: list[str]) -> None:
+    """For `kuma-dp run` (not --help), start the slow start-up steps first (agent/prestart.py)."""
     if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
         from agent import prestart
         from agent.notify import NOTIFY_VARS
@@ -103,9 +20,19 @@ def _prestart_worker(argv: list[str]) -> None:
         prestart.prestart(argv, {k: v for k, v in os.environ.items() if k not in NOTIFY_VARS})
 
 
+def __getattr__(name: str) -> Any:
+    if name == "main":
+        from agent.commands import main
+
+        return main
+    raise AttributeError(name)
+
+
 def run() -> None:
     """Console-script entry point."""
-    _prestart_worker(sys.argv[1:])
+    _prestart(sys.argv[1:])
+    from agent.commands import main
+
     main()
 
 
