@@ -611,3 +611,31 @@ async def test_default_policies_are_created_with_a_new_mesh_once() -> None:
     finally:
         await component.stop()
         await store.close()
+
+
+def test_entries_naming_a_route_count_only_where_the_route_applies() -> None:
+    route = res("""
+type: MeshHTTPRoute
+mesh: default
+name: frontend-api
+spec:
+  targetRef: {kind: MeshService, name: frontend}
+  to:
+  - targetRef: {kind: MeshService, name: redis}
+    rules: [{matches: [{path: {type: PathPrefix, value: /api}}], default: {}}]
+""")
+    retry = res("""
+type: MeshRetry
+mesh: default
+name: on-route
+spec:
+  to: [{targetRef: {kind: MeshHTTPRoute, name: frontend-api}, default: {tcp: {maxConnectAttempt: 7}}}]
+""")
+    topo = topology(mesh(), fixture_dataplanes(), [route, retry])
+    rules = rules_for(topo)
+    frontend = rules.to_rules("MeshRetry", topo.dataplanes["frontend-1"])
+    client = rules.to_rules("MeshRetry", topo.dataplanes["cache-client-1"])
+    # Same matched policies (the retry policy selects the whole mesh), different entries.
+    assert rules.matched("MeshRetry", topo.dataplanes["frontend-1"]) == rules.matched(
+        "MeshRetry", topo.dataplanes["cache-client-1"])
+    assert len(frontend.entries) == 1 and client.entries == ()

@@ -144,7 +144,7 @@ class PolicyRules:
         # Not the topology itself: the cache below must not keep a topology alive.
         self.policies = topology.policies
         self._matched: dict[tuple[str, str], tuple[Resource, ...]] = {}
-        self._to: dict[tuple[str, tuple[str, ...]], ToRules] = {}  # shared by proxies with the same policies
+        self._to: dict[tuple[str, tuple[str, ...], tuple[str | None, ...]], ToRules] = {}  # shared between proxies
         self._to_by_proxy: dict[tuple[str, str], ToRules] = {}
         self._from: dict[tuple[str, str, int, str], Merged | None] = {}
         routes = self.policies.get(HTTP_ROUTE, ())
@@ -246,7 +246,11 @@ class PolicyRules:
         if rules is not None:
             return rules
         policies = self.matched(policy_type, dataplane)
-        key = (policy_type, tuple(p.meta.name for p in policies))
+        # Entries naming a MeshHTTPRoute count only where that route applies: part of what is shared.
+        routes = tuple(sorted({item.target_ref.name for p in policies for item in getattr(p.spec, "to", None) or ()
+                               if item.target_ref.kind == MESH_HTTP_ROUTE
+                               and (r := self.route(item.target_ref.name)) is not None and self.selects(r, dataplane)}))
+        key = (policy_type, tuple(p.meta.name for p in policies), routes)
         rules = self._to.get(key)
         if rules is None:
             rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger_for(policy_type))
