@@ -144,7 +144,7 @@ class PolicyRules:
         # Not the topology itself: the cache below must not keep a topology alive.
         self.policies = topology.policies
         self._matched: dict[tuple[str, str], tuple[Resource, ...]] = {}
-        self._to: dict[tuple[str, tuple[str, ...], tuple[str | None, ...]], ToRules] = {}  # shared between proxies
+        self._to: dict[tuple[str, int, tuple[str, ...]], ToRules] = {}  # shared between proxies
         self._to_by_proxy: dict[tuple[str, str], ToRules] = {}
         self._from: dict[tuple[str, str, int, str], Merged | None] = {}
         routes = self.policies.get(HTTP_ROUTE, ())
@@ -154,6 +154,8 @@ class PolicyRules:
         self._ordered: dict[str, tuple[Resource, ...]] = {}
         self._shared: dict[Hashable, Any] = {}
         self._ref_keys: dict[int, str] = {}
+        self._route_ref_names: dict[int, tuple[str, ...]] = {}
+        self._types_naming_routes: dict[str, bool] = {}
         self._signatures: dict[str, tuple[str | None, tuple[tuple[tuple[str, str], ...], ...]]] = {}
         self._selected: dict[tuple[str, Hashable], bool] = {}
         self._selected_inbound: dict[tuple[str, Hashable], bool] = {}
@@ -179,6 +181,22 @@ class PolicyRules:
             found = self._ordered[policy_type] = tuple(in_precedence_order(
                 self.policies.get(policy_type, ()), key=lambda p: precedence_key(self.top_level(p)),
                 name=lambda p: p.meta.name))
+        return found
+
+    def _route_refs(self, policy: Resource) -> tuple[str, ...]:
+        """The MeshHTTPRoutes a policy's `to[]` entries name (usually none)."""
+        found = self._route_ref_names.get(id(policy))
+        if found is None:
+            found = self._route_ref_names[id(policy)] = tuple(
+                item.target_ref.name for item in getattr(policy.spec, "to", None) or ()
+                if item.target_ref.kind == MESH_HTTP_ROUTE and item.target_ref.name)
+        return found
+
+    def _naming_routes(self, policy_type: str) -> bool:
+        found = self._types_naming_routes.get(policy_type)
+        if found is None:
+            found = any(self._route_refs(p) for p in self.in_order(policy_type))
+            self._types_naming_routes[policy_type] = found
         return found
 
     def _ref_key(self, policy: Resource) -> str:
@@ -247,10 +265,11 @@ class PolicyRules:
             return rules
         policies = self.matched(policy_type, dataplane)
         # Entries naming a MeshHTTPRoute count only where that route applies: part of what is shared.
-        routes = tuple(sorted({item.target_ref.name for p in policies for item in getattr(p.spec, "to", None) or ()
-                               if item.target_ref.kind == MESH_HTTP_ROUTE
-                               and (r := self.route(item.target_ref.name)) is not None and self.selects(r, dataplane)}))
-        key = (policy_type, tuple(p.meta.name for p in policies), routes)
+        routes: tuple[str, ...] = ()
+        if self._naming_routes(policy_type):
+            routes = tuple(sorted({name for p in policies for name in self._route_refs(p)
+                                   if (r := self.route(name)) is not None and self.selects(r, dataplane)}))
+        key = (policy_type, id(policies), routes)  # matched tuples are shared by proxies matched alike
         rules = self._to.get(key)
         if rules is None:
             rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger_for(policy_type))
