@@ -47,7 +47,9 @@ from ._common import (
     check_items,
     check_top_level,
     effective_target_ref,
-    kind_rank,
+    in_precedence_order,
+    precedence_key,
+    selects_inbound,
 )
 
 POLICY = "MeshTrafficPermission"
@@ -140,15 +142,6 @@ Matcher = tuple[tuple[str, str], ...]
 # (matcher, allow?) in precedence order: for a client, the LAST rule that matches decides.
 Rules = tuple[tuple[Matcher, bool], ...]
 
-RULES_RANK_ALLOW, RULES_RANK_DENY = 100, 101  # SPIFFE-form rules: deny beats allow, both beat `from`
-
-
-def _inbound_selected(ref: TargetRef, ctx: ProxyContext, inbound: Inbound) -> bool:
-    if ref.kind == MESH_SERVICE:
-        return inbound.service == ref.name
-    if ref.kind in (MESH_SUBSET, MESH_SERVICE_SUBSET):
-        return ref.selects_service(inbound.service, inbound.tags)
-    return ref.selects_dataplane(ctx.dataplane) and ref.inbound_selected(inbound.port)
 
 
 def _client_matcher(mesh: str, ref: TargetRef) -> Matcher:
@@ -169,30 +162,31 @@ def _client_matcher(mesh: str, ref: TargetRef) -> Matcher:
 
 
 def effective_rules(ctx: ProxyContext, inbound: Inbound) -> Rules:
-    """Every `from` entry of every policy that selects this inbound, in Kuma's precedence order: by the
-    entry's own specificity, then the policy's top-level specificity, then policy name, then position."""
-    ranked: list[tuple[tuple[int, int, str, int], Matcher, bool]] = []
+    """Every `from` entry of every policy that selects this inbound, lowest precedence first, in the order
+    all policies merge (`_common.in_precedence_order`: top-level specificity, then the entry's, then policy
+    name inverted, then position); SPIFFE-form `rules` after them, their denies last (deny wins)."""
+    entries: list[tuple[TargetRef, Item[Conf], str]] = []
+    spiffe: list[tuple[Matcher, bool]] = []
     for policy in ctx.topology.policies.get(POLICY, ()):
         spec = policy.spec
         assert isinstance(spec, MeshTrafficPermissionSpec)
         top = effective_target_ref(spec.target_ref)
-        if not _inbound_selected(top, ctx, inbound):
+        if not selects_inbound(top, ctx.dataplane, inbound.tags, inbound.port):
             continue
-        for i, item in enumerate(spec.from_ or ()):
-            allow = item.default.action in ("Allow", "AllowWithShadowDeny")
-            ranked.append(((item.target_ref.rank(), top.rank(), policy.meta.name, i),
-                           _client_matcher(ctx.mesh, item.target_ref), allow))
-        for i, rule in enumerate(spec.rules or ()):
+        entries.extend((top, item, policy.meta.name) for item in spec.from_ or ())
+        for rule in spec.rules or ():
             conf = rule.default
-            allowed = (conf.allow or []) + (conf.allow_with_shadow_deny or [])
-            for allow, rank, matches in ((True, RULES_RANK_ALLOW, allowed), (False, RULES_RANK_DENY, conf.deny or [])):
-                for m in matches:
-                    assert m.spiffe_id is not None
-                    kind = "exact" if m.spiffe_id.type == "Exact" else "prefix"
-                    ranked.append(((rank, kind_rank(top.kind), policy.meta.name, i),
-                                   ((kind, m.spiffe_id.value),), allow))
-    ranked.sort(key=lambda r: r[0])
-    return tuple((matcher, allow) for _, matcher, allow in ranked)
+            for m in (conf.allow or []) + (conf.allow_with_shadow_deny or []):
+                assert m.spiffe_id is not None
+                spiffe.append(((("exact" if m.spiffe_id.type == "Exact" else "prefix", m.spiffe_id.value),), True))
+            for m in conf.deny or []:
+                assert m.spiffe_id is not None
+                spiffe.append(((("exact" if m.spiffe_id.type == "Exact" else "prefix", m.spiffe_id.value),), False))
+    ordered = in_precedence_order(entries, key=lambda e: precedence_key(e[0], e[1].target_ref), name=lambda e: e[2])
+    rules = [(_client_matcher(ctx.mesh, item.target_ref), item.default.action in ("Allow", "AllowWithShadowDeny"))
+             for _, item, _ in ordered]
+    rules += [r for r in spiffe if r[1]] + [r for r in spiffe if not r[1]]
+    return tuple(rules)
 
 
 def _principal(matcher: Matcher) -> rbac_pb2.Principal:
