@@ -130,6 +130,138 @@ def install_signal_handlers() -> None:
             signal.signal(sig, interrupt)
 
 
+# --- processes -----------------------------------------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its children so far."""
+    import psutil
+
+    p = psutil.Process(pid)
+    t = p.cpu_times()
+    return float(t.user + t.system + t.children_user + t.children_system)
+
+
+async def wait_quiet(pid: int, *, below: float = 0.05, window: float = 0.3, step: float = 0.05,
+                     limit: float = 10.0) -> float:
+    """Wait until process `pid` has used less than `below` of one core over the last `window` seconds (its
+    background work is done: flushes, timers); returns the seconds waited (`limit` at most)."""
+    import time
+
+    started = time.monotonic()
+    samples: list[tuple[float, float]] = [(started, cpu_seconds(pid))]
+    while time.monotonic() - started < limit:
+        await asyncio.sleep(step)
+        now = time.monotonic()
+        samples.append((now, cpu_seconds(pid)))
+        while len(samples) > 2 and now - samples[1][0] >= window:
+            samples.pop(0)
+        t0, c0 = samples[0]
+        if now - t0 >= window and (samples[-1][1] - c0) / (now - t0) < below:
+            return now - started
+    return time.monotonic() - started
+
+
+# --- profiling ---------------------------------------------------------------------------------------------------
+
+GC_SITECUSTOMIZE = """\
+# Written by a bench: log this process's garbage collections (generation >= 1, or any over 5 ms) with wall-clock
+# times to $BENCH_GC_LOG_DIR/gc-<pid>.log, so a bench can tell a GC pause from its own measurements.
+import gc, os, time
+_dir = os.environ.get("BENCH_GC_LOG_DIR")
+if _dir:
+    _log = open(os.path.join(_dir, f"gc-{os.getpid()}.log"), "a", buffering=1)
+    _start = [0.0]
+
+    def _bench_gc(phase, info):
+        if phase == "start":
+            _start[0] = time.time()
+            return
+        took = time.time() - _start[0]
+        if info["generation"] >= 1 or took > 0.005:
+            _log.write(f"{_start[0]:.6f} {took * 1000:.2f} {info['generation']} {info['collected']}\\n")
+
+    gc.callbacks.append(_bench_gc)
+"""
+
+
+def gc_pauses(path: Any) -> list[tuple[float, float, int]]:
+    """(wall start, ms, generation) of each collection in a log written by GC_SITECUSTOMIZE."""
+    out = []
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            parts = line.split()
+            with contextlib.suppress(ValueError, IndexError):
+                out.append((float(parts[0]), float(parts[1]), int(parts[2])))
+    return out
+
+
+class PySpy:
+    """`py-spy record` of one process (raw collapsed stacks, only samples holding the GIL), stopped by PID."""
+
+    def __init__(self, exe: str, pid: int, out: Any, *, rate: int = 200) -> None:
+        import subprocess
+
+        self.out = out
+        self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate), "--gil", "--format",
+                                      "raw", "--output", str(out)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def stop(self) -> None:
+        import os
+        import subprocess
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGINT)  # py-spy writes its output on SIGINT
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def _function(frame: str) -> str:
+    """`name (path/to/file.py:123)` -> `name (file.py)`."""
+    name, _, where = frame.partition(" (")
+    file = where.rsplit("/", 1)[-1].split(":", 1)[0]
+    return f"{name} ({file})" if file else name
+
+
+def profile_breakdown(path: Any, categories: Sequence[tuple[str, Sequence[str]]], *, top: int = 25) -> dict[str, Any]:
+    """Share of samples per category (the first category any of whose function names appears in a stack wins; a
+    name matches `Class.name` too) and the top functions by inclusive share, from py-spy's raw output."""
+    counts: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    with contextlib.suppress(OSError), open(path) as f:
+        for line in f:
+            stack, _, n_text = line.rstrip("\n").rpartition(" ")
+            try:
+                n = int(n_text)
+            except ValueError:
+                continue
+            functions = [_function(fr) for fr in stack.split(";")]
+            total += n
+            names = {fn.split(" (", 1)[0] for fn in functions}
+            for category, needles in categories:
+                if any(n == needle or n.endswith("." + needle) for needle in needles for n in names):
+                    counts[category] = counts.get(category, 0) + n
+                    break
+            else:
+                counts["other"] = counts.get("other", 0) + n
+            for fn in set(functions):
+                inclusive[fn] = inclusive.get(fn, 0) + n
+    share = {k: round(100 * v / total, 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])} if total else {}
+    skip = ("<module>", "run", "Runner.run", "BaseEventLoop.", "Handle._run", "_run_module_as_main", "_run_code",
+            "Command.", "Group.invoke", "Context.invoke", "Thread.", "_worker", "_WorkItem.run")
+    ranked = [(fn, n) for fn, n in sorted(inclusive.items(), key=lambda kv: -kv[1])
+              if not fn.split(" (", 1)[0].startswith(skip)]
+    return {"samples": total, "percent_by_category": share,
+            "top_inclusive_percent": {fn: round(100 * n / total, 1) for fn, n in ranked[:top]} if total else {}}
+
+
 # --- polling -------------------------------------------------------------------------------------------------------
 
 class HttpConn(asyncio.Protocol):
@@ -169,7 +301,7 @@ class HttpConn(asyncio.Protocol):
         status = int(head.split(b" ", 2)[1])
         pos = end + 4
         if b"transfer-encoding: chunked" in head:
-            parts = []
+            parts: list[bytes] = []
             while True:
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
@@ -199,7 +331,7 @@ class HttpConn(asyncio.Protocol):
                 self._buf.clear()
                 transport, _ = await asyncio.wait_for(
                     loop.create_connection(lambda: self, self.host, self.port), self.timeout)
-                self._transport = transport  # type: ignore[assignment]
+                self._transport = transport
             assert self._transport is not None
             self._waiter = loop.create_future()
             handle = loop.call_later(self.timeout, self._expire, self._waiter)
