@@ -36,7 +36,7 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS, bootstrap, VIP watch)."""
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
-    reconciler = Reconciler(store, cache, ca)
+    reconciler = Reconciler(store, cache, ca, vips=vips)
     insights = InsightsRecorder(store, runtime.instance_id)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
@@ -22,7 +22,7 @@ from controlplane.tokens.errors import TokenError
 from controlplane.tokens.service import TokenService
 from controlplane.tokens.validator import verify_dataplane_identity
 
-from .bootstrap import DATAPLANE_METADATA, split_node_id
+from .bootstrap import DATAPLANE_METADATA, VIP_LISTENERS_METADATA, split_node_id
 from .callbacks import XdsAuthError
 
 log = logging.getLogger("kuma.xds")
@@ -34,6 +34,7 @@ class Caller:
     name: str
     dataplane: Resource
     registering: bool  # the caller sent its own Dataplane definition (kuma-dp --dataplane-file)
+    vip_listeners: bool = False  # the caller owns its host's `.mesh` VIP listeners
 
 
 def bearer(metadata: Mapping[str, str]) -> str:
@@ -104,6 +105,7 @@ class DataplaneAuthenticator:
                 raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"node metadata {DATAPLANE_METADATA} is not JSON") from None
         caller = await self.identify(mesh, name, bearer(metadata), definition)
+        caller = replace(caller, vip_listeners=meta.get(VIP_LISTENERS_METADATA) is True)
         self.callers[node.id] = caller
         log.info("dataplane authenticated", extra={"mesh": mesh, "dataplane": name, "peer": peer,
                                                    "registering": caller.registering})

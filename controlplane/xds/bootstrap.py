@@ -21,6 +21,7 @@ from controlplane import __version__
 
 ADS_CLUSTER = "ads_cluster"
 DATAPLANE_METADATA = "dataplane.resource"  # node metadata key Kuma uses for the registering Dataplane
+VIP_LISTENERS_METADATA = "kuma.io/vip-listeners"  # this proxy serves the host's VIP:80 / VIP:port listeners
 PROXY_TYPES = ("dataplane", "ingress")
 ApiType = Literal["delta", "sotw"]
 
@@ -45,6 +46,7 @@ class BootstrapRequest:
     proxy_type: str = "dataplane"
     api_type: ApiType = "delta"
     admin_address: str = "127.0.0.1"
+    vip_listeners: bool = False  # this proxy owns its host's `.mesh` VIPs (kuma-dp --dns-enabled)
     dp_version: str = ""
     envoy_version: str = ""
 
@@ -58,7 +60,7 @@ class BootstrapRequest:
         if not isinstance(doc, dict):
             raise BootstrapRequestError("body", "must be a JSON object")
         known = {"mesh", "name", "dataplaneToken", "adminPort", "adminAddress", "cpHost", "cpPort", "dataplane",
-                 "proxyType", "apiType", "version"}
+                 "proxyType", "apiType", "version", "vipListeners"}
         for key in doc:
             if key not in known:
                 raise BootstrapRequestError(key, f"unknown field (known: {', '.join(sorted(known))})")
@@ -91,13 +93,16 @@ class BootstrapRequest:
                 raise BootstrapRequestError("adminAddress", "the Envoy admin API must stay on a loopback address")
         except ValueError:
             raise BootstrapRequestError("adminAddress", f"{admin_address!r} is not an IP address") from None
+        vip_listeners = doc.get("vipListeners", False)
+        if not isinstance(vip_listeners, bool):
+            raise BootstrapRequestError("vipListeners", "must be true or false")
         version = doc.get("version") or {}
         if not isinstance(version, dict):
             raise BootstrapRequestError("version", "must be an object")
         return cls(mesh=text("mesh"), name=text("name"), token=text("dataplaneToken"), admin_port=port("adminPort"),
                    cp_host=text("cpHost"), cp_port=port("cpPort"), dataplane=dataplane, proxy_type=proxy_type,
-                   api_type=api, admin_address=admin_address, dp_version=str(version.get("kumaDp", "")),
-                   envoy_version=str(version.get("envoy", "")))
+                   api_type=api, admin_address=admin_address, vip_listeners=vip_listeners,
+                   dp_version=str(version.get("kumaDp", "")), envoy_version=str(version.get("envoy", "")))
 
     @property
     def node_id(self) -> str:
@@ -121,6 +126,8 @@ def render(req: BootstrapRequest, *, ca_pem: bytes, service: str, dataplane_json
     metadata: dict[str, Any] = {"kuma.io/proxy-type": req.proxy_type, "kuma.io/cp-version": __version__}
     if dataplane_json is not None:
         metadata[DATAPLANE_METADATA] = dataplane_json
+    if req.vip_listeners:
+        metadata[VIP_LISTENERS_METADATA] = True
     if req.dp_version:
         metadata["kuma.io/dp-version"] = req.dp_version
     try:

@@ -52,7 +52,7 @@ class DataplaneLifecycle:
         caller = self.auth.callers.get(node_id)
         if caller is not None and caller.registering:
             self._spawn(self._register(caller), f"register {node_id}")
-        self.reconciler.proxy_connected(node_id)
+        self.reconciler.proxy_connected(node_id, vip_listeners=caller is not None and caller.vip_listeners)
 
     def on_stream_closed(self, stream_id: int, node_id: str) -> None:
         streams = self._streams.get(node_id, set())

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
+from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
@@ -38,8 +39,12 @@ _RELEVANT = {"Mesh", "Dataplane", "Secret"}
 class Reconciler:
     name = "xds-reconciler"
 
-    def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02) -> None:
-        self.store, self.cache, self.ca = store, cache, ca
+    def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
+                 vips: VipView | None = None) -> None:
+        self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
+        self.vip_nodes: set[str] = set()  # proxies that own their host's VIP listeners
+        if vips is not None:
+            vips.on_change(self._vips_changed)
         self.identities = IdentityCache(ca)
         self.debounce = debounce
         self.topologies: dict[str, MeshTopology] = {}
@@ -69,8 +74,12 @@ class Reconciler:
 
     # --- inputs --------------------------------------------------------------------------------------------------
 
-    def proxy_connected(self, node_id: str) -> None:
+    def proxy_connected(self, node_id: str, *, vip_listeners: bool = False) -> None:
         self.connected[node_id] = self.connected.get(node_id, 0) + 1
+        if vip_listeners:
+            self.vip_nodes.add(node_id)
+        else:
+            self.vip_nodes.discard(node_id)
         self._dirty_nodes.add(node_id)
         self._wake.set()
 
@@ -80,9 +89,14 @@ class Reconciler:
             self.connected[node_id] = left
             return
         self.connected.pop(node_id, None)
+        self.vip_nodes.discard(node_id)
         self.cache.clear(node_id)
         with contextlib.suppress(ValueError):
             self.identities.forget(split_node_id(node_id))
+
+    def _vips_changed(self, _map: object, meshes: set[str]) -> None:
+        for mesh in meshes:
+            self.mesh_changed(mesh)
 
     def mesh_changed(self, mesh: str) -> None:
         self._dirty.add(mesh)
@@ -195,7 +209,9 @@ class Reconciler:
             return 0  # not registered yet (or deleted): nothing to serve; keeps its last config
         try:
             identity = await self._identity(topo, dataplane, node_id)
-            ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=self.memos[mesh_name])
+            vips = self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
+            ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=self.memos[mesh_name],
+                               vips=vips)
             snapshot = generate_snapshot(ctx)
         except (CaError, InconsistentSnapshot) as e:
             log.error("cannot build config for dataplane, keeping the previous one",

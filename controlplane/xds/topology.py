@@ -39,9 +39,9 @@ class MeshTopology:
     endpoints: Mapping[str, Sequence[Endpoint]]  # service -> healthy endpoints, sorted
     protocols: Mapping[str, str]  # service -> protocol every instance agrees on (else tcp)
     policies: Mapping[str, Sequence[Resource]]  # policy type name -> policies, sorted by name
+    service_ports: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # service -> its apps' real ports
     endpoint_keys: Mapping[str, str] = field(default_factory=dict)  # service -> content key of its endpoints
     ca_bundle_pem: bytes | None = None  # the mesh CA(s) proxies trust; None: mTLS off
-    _fingerprint: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -83,11 +83,13 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
                    generation: int, ca_bundle_pem: bytes | None) -> MeshTopology:
     endpoints: dict[str, list[Endpoint]] = defaultdict(list)
     protocols: dict[str, set[str]] = defaultdict(set)
+    ports: dict[str, set[int]] = defaultdict(set)
     for dp in dataplanes:
         spec = dp.spec
         assert isinstance(spec, DataplaneSpec)
         for inbound in spec.networking.inbound:
             protocols[inbound.service].add(inbound.tags.get(PROTOCOL_TAG, "tcp"))
+            ports[inbound.service].add(inbound.workload_port)
             if is_healthy(inbound):
                 endpoints[inbound.service].append(
                     Endpoint(endpoint_address(spec, inbound), inbound.port, dp.meta.name,
@@ -102,6 +104,7 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
         endpoints=ordered,
         endpoint_keys={svc: content_hash(repr(eps).encode()) for svc, eps in ordered.items()},
         protocols=agreed,
+        service_ports={svc: tuple(sorted(p)) for svc, p in ports.items()},
         policies={t: sorted(ps, key=lambda p: p.meta.name) for t, ps in policies.items()},
         ca_bundle_pem=ca_bundle_pem,
     )

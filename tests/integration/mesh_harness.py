@@ -73,9 +73,10 @@ class MeshHarness:
         return r.raw.decode()
 
     def bootstrap(self, name: str, token: str, dataplane: dict[str, Any] | None, *,
-                  api_type: str | None = None, mesh: str | None = None) -> dict[str, Any]:
+                  api_type: str | None = None, mesh: str | None = None, vip_listeners: bool = False
+                  ) -> dict[str, Any]:
         request: dict[str, Any] = {"mesh": mesh or self.mesh, "name": name, "dataplaneToken": token,
-                                   "adminPort": free_port(), "dataplane": dataplane}
+                                   "adminPort": free_port(), "dataplane": dataplane, "vipListeners": vip_listeners}
         if api_type:
             request["apiType"] = api_type
         cp = CpAddress("127.0.0.1", self.cp.ports["KUMA_DP_SERVER_PORT"])
@@ -89,7 +90,8 @@ class MeshHarness:
 
     def dataplane(self, name: str, service: str, *, app_port: int, protocol: str = "http",
                   outbounds: dict[str, int] | None = None, api_type: str | None = None,
-                  extra_tags: dict[str, str] | None = None, wait: bool = True) -> Dataplane:
+                  extra_tags: dict[str, str] | None = None, wait: bool = True,
+                  vip_listeners: bool = False) -> Dataplane:
         """Register a dataplane through the bootstrap call and run its Envoy; outbound ports are chosen
         (free) when given as 0."""
         inbound_port = free_port()
@@ -104,7 +106,7 @@ class MeshHarness:
                 "outbound": [{"port": p, "tags": {"kuma.io/service": svc}} for svc, p in chosen.items()],
             },
         }
-        bootstrap = self.bootstrap(name, self.token(name), doc, api_type=api_type)
+        bootstrap = self.bootstrap(name, self.token(name), doc, api_type=api_type, vip_listeners=vip_listeners)
         envoy = self.envoy_factory(bootstrap, name=name)
         dp = Dataplane(name, service, inbound_port, chosen, envoy, doc)
         self.dataplanes[name] = dp
@@ -121,10 +123,10 @@ def _plural(type_name: str) -> str:
     return rtype.plural
 
 
-def http(port: int, path: str = "/", *, timeout: float = 5.0, headers: dict[str, str] | None = None
-         ) -> tuple[int, dict[str, Any] | str]:
+def http(port: int, path: str = "/", *, timeout: float = 5.0, headers: dict[str, str] | None = None,
+         host: str = "127.0.0.1") -> tuple[int, dict[str, Any] | str]:
     """GET through an Envoy listener on loopback; (status, JSON body or text)."""
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
+    req = urllib.request.Request(f"http://{host}:{port}{path}", headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read().decode()

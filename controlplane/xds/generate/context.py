@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -31,6 +32,9 @@ class ProxyContext:
     dataplane: Resource
     identity: Identity | None
     memo: ResourceMemo
+    # service -> VIP, for the proxy that owns its host's `.mesh` names (kuma-dp --dns-enabled): it gets an
+    # outbound listener on VIP:80 and VIP:<service port> for every service of the mesh. None for the others.
+    vips: Mapping[str, str] | None = None
 
     @property
     def mesh(self) -> str:

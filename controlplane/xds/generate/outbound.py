@@ -131,6 +131,22 @@ def cluster_plan(ctx: ProxyContext, service: str) -> tuple[Hashable, ...]:
     return tuple(p.cluster_key(ctx, service) for p in plugins())
 
 
+VIP_PORT = 80  # the seed article's promise: <service>.mesh:80 reaches the service on its real port
+
+
+def outbound_targets(ctx: ProxyContext) -> list[tuple[str, int, str]]:
+    """(address, port, service) of every outbound listener: the Dataplane's explicit outbounds, then, for the
+    proxy that owns the host's VIPs, VIP:80 and VIP:<each real port> of every service in the mesh."""
+    targets = [(o.address or DEFAULT_OUTBOUND_ADDRESS, o.port, o.service) for o in ctx.spec.networking.outbound]
+    taken = {(a, p) for a, p, _ in targets}
+    for service, vip in sorted((ctx.vips or {}).items()):
+        for port in (VIP_PORT, *ctx.topology.service_ports.get(service, ())):
+            if (vip, port) not in taken:
+                taken.add((vip, port))
+                targets.append((vip, port, service))
+    return targets
+
+
 def generate(ctx: ProxyContext) -> list[XdsResource]:
     out: list[XdsResource] = []
     topo, mesh = ctx.topology, ctx.mesh
@@ -140,8 +156,7 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
     signature = rules.outbound_signature(ctx.dataplane, policy_types())
     plans: dict[str, tuple[tuple[Hashable, ...], tuple[Backend, ...]]] = {}
     destinations: dict[str, Backend] = {}
-    for outbound in ctx.spec.networking.outbound:
-        service = outbound.service
+    for address, port, service in outbound_targets(ctx):
         protocol = topo.protocol(service)
         plan = plans.get(service)
         if plan is None:
@@ -150,10 +165,9 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         keys, backends = plan
         for backend in backends:
             destinations.setdefault(backend.cluster_name, backend)
-        address = outbound.address or DEFAULT_OUTBOUND_ADDRESS
         out.append(ctx.memo.get(
-            ("outbound-listener", mesh, address, outbound.port, service, protocol, keys, backends),
-            partial(outbound_listener, ctx, address, outbound.port, service, protocol, keys, backends)))
+            ("outbound-listener", mesh, address, port, service, protocol, keys, backends),
+            partial(outbound_listener, ctx, address, port, service, protocol, keys, backends)))
     cluster_keys: dict[str, tuple[Hashable, ...]] = {}
     for name, backend in destinations.items():
         service = backend.service
