@@ -153,3 +153,18 @@ def test_unhealthy_instances_leave_the_endpoints() -> None:
     cla = json_format.MessageToDict(AnyPb(type_url=ENDPOINT, value=snap.of_type(ENDPOINT)["backend"].body))
     assert "lbEndpoints" not in json.dumps(cla)
     assert "backend" in snap.of_type(CLUSTER)  # the cluster stays, empty, so the listener keeps working
+
+
+def test_vip_owner_gets_vip_listeners_for_every_service() -> None:
+    from dataclasses import replace
+
+    topo = topology(mesh(), demo_dataplanes())
+    vips = {"backend": "127.240.0.2", "db": "127.240.0.3", "web": "127.240.0.1"}
+    snap = generate_snapshot(replace(context(topo, "db-1"), vips=vips))
+    listeners = set(snap.of_type(LISTENER))
+    assert {"outbound:127.240.0.2:80", "outbound:127.240.0.2:8081", "outbound:127.240.0.3:80",
+            "outbound:127.240.0.3:5432", "outbound:127.240.0.1:80", "outbound:127.240.0.1:8080"} <= listeners
+    assert {"backend", "web", "db"} <= set(snap.of_type(CLUSTER))
+    # Others do not get them.
+    plain = generate_snapshot(context(topo, "db-1"))
+    assert not [n for n in plain.of_type(LISTENER) if n.startswith("outbound:127.240.")]
