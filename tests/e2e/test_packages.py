@@ -188,7 +188,7 @@ def test_rpm_scripts_and_requirements(packages: dict[str, dict[str, Path]]) -> N
         assert units and not set(units) & set(config)  # units are not configuration
     dp_files = rpm_query(packages["1"]["kuma-dp.rpm"], "--list")
     assert "/opt/kuma-vm/kuma-dp/lib/common/envoy/_bin/envoy" in dp_files
-    assert "/opt/kuma-vm/kuma-cp/lib/common/envoy" not in rpm_query(packages["1"]["kuma-cp.rpm"], "--list")
+    assert "/opt/kuma-vm/kuma-cp/lib/common/envoy/_bin/envoy" not in rpm_query(packages["1"]["kuma-cp.rpm"], "--list")
 
 
 def test_deb_metadata(packages: dict[str, dict[str, Path]]) -> None:
@@ -214,12 +214,18 @@ def install_debs(host: LabHost, debs: list[Path]) -> float:
         host.copy(deb, f"/root/{deb.name}")
         names.append(f"/root/{deb.name}")
     # No mirror in the lab: every dependency must already be on the host.
-    return timed(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-download "
+    return timed(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y "
                        + " ".join(names), timeout=600)
+
+
+SNAPSHOT = ("find / -xdev \\( -path /proc -o -path /root -o -path /tmp -o -path /var/log -o -path /var/cache "
+            "-o -path /var/lib/apt -o -path /var/lib/dpkg -o -path /var/lib/systemd -o -path /var/tmp \\) -prune "
+            "-o -print | sort")
 
 
 def test_install_on_bookworm_and_trixie(packages: dict[str, dict[str, Path]], hosts: dict[str, LabHost]) -> None:
     for release, host in hosts.items():
+        host.ssh(f"{SNAPSHOT} > /root/files-before-install.txt")
         seconds = install_debs(host, [packages["1"]["kuma-cp.deb"], packages["1"]["kuma-dp.deb"]])
         record(f"install_seconds_{release}", seconds)
         status = out(host, "dpkg-query -W -f='${Package} ${Version} ${Status}\\n' kuma-cp kuma-dp")
@@ -268,9 +274,12 @@ def mesh(hosts: dict[str, LabHost]) -> dict[str, Any]:
         host.copy(ECHO_APP, "/root/echo_http.py")
         host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
         host.ssh("install -m 0644 /dev/stdin /etc/kuma/ca.crt", input=ca)
-        # The same environment file on both hosts, pointing at the control plane host by name.
-        conf = out(host, "cat /etc/kuma/kuma-dp.conf").replace(
-            "KUMA_CONTROL_PLANE_URL=https://localhost:5678", f"KUMA_CONTROL_PLANE_URL=https://{cp.name}:5678")
+        # The packaged environment file points at https://localhost:5678 (right on the control plane's host);
+        # the other host names it (its certificate carries the host name).
+        conf = out(host, "cat /etc/kuma/kuma-dp.conf")
+        if host is not cp:
+            conf = conf.replace("KUMA_CONTROL_PLANE_URL=https://localhost:5678",
+                                f"KUMA_CONTROL_PLANE_URL=https://{cp.name}:5678")
         conf += "KUMA_DATAPLANE_DRAIN_TIME=1s\n"
         host.ssh("cat > /etc/kuma/kuma-dp.conf", input=conf)
     web = f"""type: Dataplane
@@ -297,10 +306,12 @@ networking:
     tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
 """
     cp.ssh("cat > /etc/kuma/dataplanes/web.yaml", input=web)
-    cp.ssh("umask 077; kumactl generate dataplane-token --mesh default --name web > /etc/kuma/dataplanes/web.token")
+    # Tokens: readable by the kuma user (the units' user) and nobody else.
+    cp.ssh("kumactl generate dataplane-token --mesh default --name web | "
+           "install -m 0640 -g kuma /dev/stdin /etc/kuma/dataplanes/web.token")
     token = out(cp, "kumactl generate dataplane-token --mesh default --name backend")
     other.ssh("cat > /etc/kuma/dataplanes/primary.yaml", input=backend)
-    other.ssh("umask 077; cat > /etc/kuma/dataplanes/primary.token", input=token)
+    other.ssh("install -m 0640 -g kuma /dev/stdin /etc/kuma/dataplanes/primary.token", input=token)
     return {"cp": cp, "units": {"bookworm": "kuma-dp@web.service", "trixie": "kuma-dp.service"}}
 
 
@@ -410,12 +421,17 @@ def test_purge_leaves_nothing(hosts: dict[str, LabHost], mesh: dict[str, Any]) -
         host.ssh("DEBIAN_FRONTEND=noninteractive apt-get purge -y kuma-cp kuma-dp", timeout=300)
         assert host.ssh("getent passwd kuma", check=False).returncode == 2
         assert host.ssh("getent group kuma", check=False).returncode == 2
-        assert not out(host, "systemctl list-unit-files --no-legend 'kuma*'").strip()
-        assert not out(host, "systemctl list-units --all --no-legend 'kuma*'").strip()
+        assert not host.ssh("systemctl list-unit-files --no-legend 'kuma*'", check=False).stdout.strip()
+        assert not host.ssh("systemctl list-units --all --no-legend 'kuma*'", check=False).stdout.strip()
         assert host.ssh("pgrep -f '[k]uma|[e]nvoy'", check=False).returncode == 1
-        left = out(host, "find / -xdev \\( -path /proc -o -path /root -o -path /tmp -o -path /var/log/journal \\) "
-                         "-prune -o \\( -name '*kuma*' -o -name 'envoy*' \\) -print")
+        # Every file and directory on the host is one that was there before the install (or made by this test:
+        # the apps' transient units; package-manager and systemd bookkeeping are not compared).
+        left = out(host, f"{SNAPSHOT} | comm -13 /root/files-before-install.txt - | "
+                         "grep -v -e '^/run/systemd/transient/echo-' -e '^/run/systemd/units/' -e '^/run/user' || true")
         assert not left.strip(), left
+        named = out(host, "find / -xdev \\( -path /proc -o -path /root -o -path /tmp -o -path /var/log/journal \\) "
+                          "-prune -o \\( -name '*kuma*' -o -name 'envoy*' \\) -print | grep -v kuma-vm-lab || true")
+        assert not named.strip(), named
         for path in ("/opt/kuma-vm", "/etc/kuma", "/var/lib/kuma", "/run/kuma-dp", "/run/kuma-cp"):
             assert host.ssh(f"test -e {path}", check=False).returncode == 1, path
         assert not out(host, "dpkg -l | grep -i kuma || true").strip()
@@ -481,7 +497,7 @@ def test_rpm_scriptlets_on_a_debian_host(packages: dict[str, dict[str, Path]], r
     host.ssh("rpm --force-debian -e kuma-dp kuma-cp", timeout=300)
     assert host.ssh("systemctl is-active kuma-cp", check=False).stdout.strip() == "inactive"
     assert host.ssh("test -e /opt/kuma-vm", check=False).returncode == 1
-    assert not out(host, "systemctl list-unit-files --no-legend 'kuma*'").strip()
+    assert not host.ssh("systemctl list-unit-files --no-legend 'kuma*'", check=False).stdout.strip()
     assert host.ssh("test -e /etc/kuma/kuma-cp.yaml.rpmsave").returncode == 0
     assert host.ssh("test -d /var/lib/kuma/kuma-cp").returncode == 0
     assert out(host, "getent passwd kuma").strip()
