@@ -161,6 +161,32 @@ async def wait_quiet(pid: int, *, below: float = 0.05, window: float = 0.3, step
     return time.monotonic() - started
 
 
+def listen_port(taken: set[int], host: str = "127.0.0.1") -> int:
+    """A TCP port for a listener that starts later (an Envoy's): free now, not in `taken`, and below the
+    kernel's ephemeral range, so no outgoing connection or port-0 bind (Envoy admins, clients) can take it in
+    the meantime, as happens in the ephemeral range when a bench starts dozens of processes."""
+    import random
+    import socket
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000):
+        port = random.randrange(10_000, max(10_001, low))
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise RuntimeError("no free listener port below the ephemeral range")
+
+
 # --- profiling ---------------------------------------------------------------------------------------------------
 
 GC_SITECUSTOMIZE = """\

@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import re
@@ -66,6 +67,7 @@ from bench._common import (  # noqa: E402
     cpu_seconds,
     dump_json,
     gc_pauses,
+    listen_port,
     parse_stats,
     profile_breakdown,
     render_table,
@@ -276,7 +278,9 @@ async def poll_until(envoys: list[EnvoyUnderTest], path: str, done: Callable[[in
             pending.discard(i)
 
     while pending and time.monotonic() < deadline:
-        await asyncio.gather(*(probe(i) for i in list(pending)), return_exceptions=True)
+        for result in await asyncio.gather(*(probe(i) for i in list(pending)), return_exceptions=True):
+            if isinstance(result, RuntimeError):  # `done` says this cannot succeed; admin errors are retried
+                raise result
         if pending:
             await asyncio.sleep(interval)
     return seen
@@ -295,7 +299,6 @@ async def read_stats(envoys: list[EnvoyUnderTest], path: str) -> list[dict[str, 
 
 async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
     from agent.bootstrap_client import CpAddress, fetch_bootstrap
-    from tests.integration.cp_process import free_port
     from tests.integration.envoy_harness import EnvoyProcess, start_envoy
 
     cp = start_control_plane(tmp / f"cp-envoys-{api_type}", api_type, cleanup, args)
@@ -321,7 +324,8 @@ async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, clean
         await api.put_dataplane(dataplane(f"{CDS_TARGET}-0", CDS_TARGET, ENDPOINT_BASE_PORT + 500))
         taken: set[int] = set(cp.ports.values())
         names = [f"web-{i:03d}" for i in range(args.envoys)]
-        docs = {n: dataplane(n, "web", free_port(taken), {"backend": free_port(taken), CDS_TARGET: free_port(taken)})
+        docs = {n: dataplane(n, "web", listen_port(taken), {"backend": listen_port(taken),
+                                                             CDS_TARGET: listen_port(taken)})
                 for n in names}
         t_setup = time.monotonic()
         tokens = dict(zip(names, await bounded(names, api.token, 8), strict=True))
@@ -360,11 +364,20 @@ async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, clean
             envoys.append(EnvoyUnderTest(name, p, HttpConn(host, int(port))))
         eds_path = stats_path(("cluster.backend.membership_total",))
         cds_path = stats_path(CDS_STATS)
-        ready = await poll_until(envoys, eds_path, lambda i, s: s.get("cluster.backend.membership_total") == BACKENDS,
-                                 timeout=120, interval=0.05)
+        ready_path = stats_path(("cluster.backend.membership_total", "listener_manager.total_listeners_active",
+                                 "listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"))
+
+        def configured(i: int, s: dict[str, int]) -> bool:
+            if s.get("listener_manager.lds.update_rejected") or s.get("cluster_manager.cds.update_rejected"):
+                raise RuntimeError(f"{envoys[i].name} rejected its config: see {envoys[i].proc.log_file}")
+            return (s.get("cluster.backend.membership_total") == BACKENDS
+                    and s.get("listener_manager.total_listeners_active") == 3)  # inbound + 2 outbound
+
+        ready = await poll_until(envoys, ready_path, configured, timeout=120, interval=0.05)
         missing = [envoys[i].name for i, t in enumerate(ready) if t is None]
         if missing:
-            raise RuntimeError(f"{len(missing)} Envoys never got {BACKENDS} backend endpoints: {missing[:5]}")
+            raise RuntimeError(f"{len(missing)} Envoys never got their listeners and {BACKENDS} backend endpoints "
+                               f"(or rejected their config): {missing[:5]}")
         out["startup_s"] = time.monotonic() - t_start
         log(f"{len(envoys)} Envoys up and configured in {out['startup_s']:.1f}s")
         await asyncio.sleep(1.5)  # let insights and registrations settle
@@ -443,8 +456,10 @@ def round_result(envoys: list[EnvoyUnderTest], seen: list[float | None], t0: flo
         if times:
             envoy_ms.append((max(times) - t0_wall) * 1000)
     missed = sum(1 for t in seen if t is None)
+    slowest = max(range(len(seen)), key=lambda i: math.inf if (t := seen[i]) is None else t)
     return {
         "change": what, "t0_wall": t0_wall, "api_ms": (t_api - t0) * 1000, "missed": missed,
+        "slowest_poll": envoys[slowest].name,
         "poll_last_ms": max(poll_ms) if poll_ms and not missed else None,
         "poll_median_ms": statistics.median(poll_ms) if poll_ms else None,
         "poll_first_ms": min(poll_ms) if poll_ms else None,
