@@ -18,7 +18,6 @@ Two signals:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,6 +76,13 @@ class Monitor:
         self.on_locally_ready = on_locally_ready
         self.on_cp_change = on_cp_change  # (connected, first time for this Envoy)
         self.wake = asyncio.Event()
+        self.running = True
+
+    def stop(self) -> None:
+        """End `run()` at its next step. (Cancelling alone is not enough on Python 3.11: `asyncio.wait_for`
+        can swallow a cancellation that races with its inner future completing.)"""
+        self.running = False
+        self.wake.set()
 
     async def poll_once(self) -> None:
         s = self.state
@@ -109,7 +115,7 @@ class Monitor:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         generation, since = -1, loop.time()
-        while True:
+        while self.running:
             await self.poll_once()
             s = self.state
             if s.envoy_generation != generation:
@@ -120,6 +126,11 @@ class Monitor:
                 interval = FAST_POLL  # Envoy is starting: notice READY within tens of milliseconds
             else:
                 interval = MEDIUM_POLL
+            if not self.running:
+                return
             self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), interval)
+            woken = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait({woken}, timeout=interval)  # (not wait_for: see stop())
+            finally:
+                woken.cancel()

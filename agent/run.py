@@ -165,6 +165,7 @@ class Agent:
     servers: list[asyncio.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)  # cancelled on close
     cleanups: list[asyncio.Task[Any]] = field(default_factory=list)  # awaited on close
+    monitor: Monitor | None = None
     admin_port_fixed: bool = False
     readiness_address: str = ""
 
@@ -423,8 +424,8 @@ class Agent:
                 self.status(f"Envoy (pid {self.state.envoy_pid}) serves with its last config; connection to the "
                             f"control plane at {cfg.cp_address} lost, reconnecting", logging.WARNING)
 
-        monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
-                          on_cp_change=on_cp_change)
+        self.monitor = monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
+                                         on_cp_change=on_cp_change)
         if self.stop_requested.is_set():
             return self._stopped_exit()
         self.state.phase = "running"
@@ -493,17 +494,19 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self.tasks:  # bounded: a task that swallowed its cancellation must not keep kuma-dp alive
+            await asyncio.wait(self.tasks, timeout=3.0)
         for server in self.servers:
             server.close()
         if self.cleanups:
             await asyncio.wait(self.cleanups, timeout=5.0)
         if self.supervisor is not None:
-            await self.supervisor.stop(timeout=2.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.supervisor.stop(timeout=2.0), 10.0)
         if self.runtime is not None:
             self.runtime.cleanup()
 

@@ -180,8 +180,11 @@ class Supervisor:
                                "restart_in_s": delay, "failures": self.failures})
             if self.on_exited is not None:
                 self.on_exited(code, ran, delay, self.failures)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            stopping = asyncio.ensure_future(self.stopping.wait())
+            try:
+                await asyncio.wait({stopping}, timeout=delay)  # not wait_for: it can swallow a cancellation
+            finally:
+                stopping.cancel()
             if self.stopping.is_set():
                 return
             self.restarts += 1

@@ -261,8 +261,13 @@ class DpProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(timeout=10)
+                # Stuck: SIGABRT first, so PYTHONFAULTHANDLER writes every thread's stack into the log.
+                self.signal(signal.SIGABRT)
+                try:
+                    self.proc.wait(timeout=3)
+                except subprocess.TimeoutExpired:
+                    self.signal(signal.SIGKILL)
+                    self.proc.wait(timeout=10)
         self.returncode = self.proc.returncode
         for pid in self.envoy_pids:
             if not pid_gone(pid):
@@ -278,6 +283,7 @@ def dp_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "RUNTIME_DIRECTORY")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"
     env.update(extra or {})
     return env
 
