@@ -8,6 +8,7 @@ APT_PACKAGES=(
   python3-venv python3-dev gcc          # the venv; wheels that compile
   postgresql                            # the postgres store's tests start a throwaway server
   debootstrap openssh-client iproute2   # the lab (booted hosts in network namespaces)
+  lintian rpmlint rpm                   # packaging: checks of dist/*.deb and dist/*.rpm (tests/e2e/test_packages.py)
   curl
 )
 

@@ -176,7 +176,8 @@ def test_rpm_scripts_and_requirements(packages: dict[str, dict[str, Path]]) -> N
             assert f"{scriptlet} scriptlet" in scripts, scripts
         assert "useradd -r -g kuma" in scripts and "systemd-sysusers -" in scripts  # %pre: the user first
         assert "compileall" in scripts  # %post: bytecode for the host's Python
-        assert "preset" in scripts  # %post: the distribution's preset policy decides about enabling
+        # %post: kuma-cp follows the distribution's preset policy; kuma-dp is never enabled by the package
+        assert ("systemctl --no-reload preset" in scripts) == (pkg == "kuma-cp")
         assert "try-restart" in scripts  # %postun on upgrade: restart what was running
         assert "-name __pycache__" in scripts  # %preun on erase: the bytecode goes
         files = rpm_query(rpm, "--list").splitlines()
@@ -473,8 +474,9 @@ def test_rpm_scriptlets_on_a_debian_host(packages: dict[str, dict[str, Path]], r
     rpm = "rpm --force-debian --nodeps"  # Debian's rpm: its database knows none of dpkg's packages
     seconds = timed(host, f"{rpm} -i /root/kuma-cp-1.rpm /root/kuma-dp-1.rpm", timeout=300)
     record("rpm_install_seconds_bookworm", seconds)
-    # %pre made the user, %post the bytecode for the host's Python and the preset decision (Debian's preset
-    # policy enables everything, RHEL's nothing); RPM starts nothing by itself.
+    # %pre made the user, %post the bytecode for the host's Python and, for kuma-cp, the preset decision
+    # (Debian's preset policy enables everything, RHEL's nothing); kuma-dp is never enabled by the package,
+    # and RPM starts nothing by itself.
     assert out(host, "getent passwd kuma").strip().endswith(":/var/lib/kuma:/usr/sbin/nologin")
     assert out(host, "ls /opt/kuma-vm/kuma-cp/lib/common/controlplane/__pycache__ | head -1").strip().endswith(
         ".cpython-311.pyc")
