@@ -1,0 +1,91 @@
+"""The stub's cache of forwarded answers: bounded (entries and bytes), least recently used out first.
+
+A reply is kept for as long as its records may be (message.reply_facts: the smallest TTL, or the SOA's
+negative TTL for NXDOMAIN / NODATA, each bounded), and served with every TTL counted down by the time it
+spent here, the client's id and the client's spelling of the name. Only replies to queries without EDNS
+options are kept (an option such as a cookie or client subnet makes the reply that client's own), and a reply
+is never served to a client that cannot take its size over UDP.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .message import Query
+
+MAX_ENTRIES = 10_000
+MAX_BYTES = 8 << 20
+MAX_TTL = 3600  # seconds: a positive answer is asked again at least hourly
+MAX_NEGATIVE_TTL = 300  # seconds: "no such name" kept at most 5 minutes (RFC 2308 suggests 1-3 hours)
+
+
+@dataclass(slots=True)
+class Entry:
+    reply: bytes
+    ttl_offsets: tuple[int, ...]
+    stored: float
+    expires: float
+
+
+class Cache:
+    def __init__(self, *, max_entries: int = MAX_ENTRIES, max_bytes: int = MAX_BYTES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries, self.max_bytes, self.clock = max_entries, max_bytes, clock
+        self.entries: OrderedDict[bytes, Entry] = OrderedDict()
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, query: Query, data: bytes, limit: int) -> bytes | None:
+        """The cached reply for this query, ready to send (its id, its name's case, TTLs counted down)."""
+        entry = self.entries.get(query.key)
+        if entry is None:
+            self.misses += 1
+            return None
+        now = self.clock()
+        if now >= entry.expires:
+            self._drop(query.key)
+            self.misses += 1
+            return None
+        if len(entry.reply) > limit:
+            self.misses += 1
+            return None
+        self.entries.move_to_end(query.key)
+        self.hits += 1
+        out = bytearray(entry.reply)
+        out[0:2] = data[0:2]
+        out[12:query.qend] = query.question
+        elapsed = int(now - entry.stored)
+        if elapsed:
+            for off in entry.ttl_offsets:
+                ttl = struct.unpack_from(">I", out, off)[0]
+                struct.pack_into(">I", out, off, max(ttl - elapsed, 0))
+        return bytes(out)
+
+    def put(self, query: Query, reply: bytes, ttl: int | None, ttl_offsets: tuple[int, ...]) -> None:
+        if ttl is None or ttl <= 0 or query.opt_options or len(reply) > self.max_bytes // 16:
+            return
+        key = query.key
+        if key in self.entries:
+            self._drop(key)
+        now = self.clock()
+        self.entries[key] = Entry(reply, ttl_offsets, now, now + ttl)
+        self.bytes += len(reply)
+        while self.entries and (len(self.entries) > self.max_entries or self.bytes > self.max_bytes):
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= len(old.reply)
+
+    def _drop(self, key: bytes) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old.reply)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
