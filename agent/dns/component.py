@@ -103,6 +103,7 @@ class HostDns:
         self.ready: dict[str, Any] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failures = 0  # consecutive quick worker deaths
 
     # --- before the bootstrap ------------------------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class HostDns:
             self.sockets = bind(*self.listen)
         except OSError as e:
             raise DnsError(self._bind_error(listen, e), EXIT_USAGE) from None
+        self.listen = (self.listen[0], int(self.sockets[0].getsockname()[1]))  # port 0: the one chosen
 
     def _upstreams(self) -> list[Upstream]:
         given = [parse_address(u) for u in self.options.upstreams]
@@ -246,7 +248,8 @@ class HostDns:
             return
         if self._stopping:
             return
-        delay = 1.0 if time.monotonic() - started > 60 else min(RESTART_BACKOFF_CAP, 2.0)
+        self._failures = 1 if time.monotonic() - started > 60 else self._failures + 1
+        delay = min(RESTART_BACKOFF_CAP, 0.5 * 2 ** self._failures)
         log.error("the DNS worker exited; restarting it (the sockets stay bound: queries wait meanwhile)",
                   extra={"status": status, "restart_in_s": delay})
         await asyncio.sleep(delay)

@@ -91,6 +91,7 @@ class Query:
 
 def parse_query(data: bytes) -> Query | None:
     """A query with exactly one question (any opcode); None for a response, or anything unparseable."""
+    data = bytes(data)
     if len(data) < 17:
         return None
     qid, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
