@@ -148,6 +148,9 @@ def wheelhouse(pythons: list[str]) -> Path:
     (tmp / ".complete").write_text("")
     shutil.rmtree(house, ignore_errors=True)
     os.rename(tmp, house)
+    for old in cache_root().glob("wheels-*"):  # wheelhouses of earlier dependency sets
+        if old != house:
+            shutil.rmtree(old, ignore_errors=True)
     return house
 
 
