@@ -17,6 +17,7 @@ written to <cache>/e2e-measurements.json and printed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -35,8 +36,18 @@ from tests.lab.fixtures import Lab, LabHost
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "packaging"))
-import build as pkgbuild  # noqa: E402  (packaging/build.py: the cache location and the project version)
+
+
+def _load_build_module() -> Any:
+    """packaging/build.py (not a package): its cache location and the project's version."""
+    spec = importlib.util.spec_from_file_location("kuma_vm_packaging_build", REPO / "packaging/build.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pkgbuild = _load_build_module()
 
 T = TypeVar("T")
 MEASURED: dict[str, Any] = {}
