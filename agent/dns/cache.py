@@ -2,7 +2,8 @@
 
 A reply is kept for as long as its records may be (message.reply_facts: the smallest TTL, or the SOA's
 negative TTL for NXDOMAIN / NODATA, each bounded), and served with every TTL counted down by the time it
-spent here, the client's id and the client's spelling of the name. Only replies to queries without EDNS
+spent here, the client's id and the client's spelling of the name. Thread-safe: the stub's UDP thread serves
+hits directly, its event loop stores what upstreams answer. Only replies to queries without EDNS
 options are kept (an option such as a cookie or client subnet makes the reply that client's own), and a reply
 is never served to a client that cannot take its size over UDP.
 """
@@ -10,6 +11,7 @@ is never served to a client that cannot take its size over UDP.
 from __future__ import annotations
 
 import struct
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -38,26 +40,29 @@ class Cache:
         self.entries: OrderedDict[bytes, Entry] = OrderedDict()
         self.bytes = 0
         self.hits = self.misses = 0
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def get(self, query: Query, data: bytes, limit: int) -> bytes | None:
         """The cached reply for this query, ready to send (its id, its name's case, TTLs counted down)."""
-        entry = self.entries.get(query.key)
-        if entry is None:
-            self.misses += 1
-            return None
-        now = self.clock()
-        if now >= entry.expires:
-            self._drop(query.key)
-            self.misses += 1
-            return None
-        if len(entry.reply) > limit:
-            self.misses += 1
-            return None
-        self.entries.move_to_end(query.key)
-        self.hits += 1
+        key = query.key
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                now = self.clock()
+                if now >= entry.expires:
+                    self._drop(key)
+                    entry = None
+                elif len(entry.reply) > limit:
+                    entry = None
+                else:
+                    self.entries.move_to_end(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self.hits += 1
         out = bytearray(entry.reply)
         out[0:2] = data[0:2]
         out[12:query.qend] = query.question
@@ -72,14 +77,14 @@ class Cache:
         if ttl is None or ttl <= 0 or query.opt_options or len(reply) > self.max_bytes // 16:
             return
         key = query.key
-        if key in self.entries:
+        with self._lock:
             self._drop(key)
-        now = self.clock()
-        self.entries[key] = Entry(reply, ttl_offsets, now, now + ttl)
-        self.bytes += len(reply)
-        while self.entries and (len(self.entries) > self.max_entries or self.bytes > self.max_bytes):
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= len(old.reply)
+            now = self.clock()
+            self.entries[key] = Entry(bytes(reply), ttl_offsets, now, now + ttl)
+            self.bytes += len(reply)
+            while self.entries and (len(self.entries) > self.max_entries or self.bytes > self.max_bytes):
+                _, old = self.entries.popitem(last=False)
+                self.bytes -= len(old.reply)
 
     def _drop(self, key: bytes) -> None:
         old = self.entries.pop(key, None)
@@ -87,5 +92,6 @@ class Cache:
             self.bytes -= len(old.reply)
 
     def clear(self) -> None:
-        self.entries.clear()
-        self.bytes = 0
+        with self._lock:
+            self.entries.clear()
+            self.bytes = 0

@@ -3,7 +3,8 @@
 UDP, the hot path, is a dedicated thread running a blocking recvfrom/sendto loop (DESIGN.md: an asyncio
 event loop, not DNS parsing, is what costs): a query answered before from the current `.mesh` zone is a
 dictionary lookup and a send; another `.mesh` query is answered from the zone's precomputed replies in the
-same thread; anything else is handed to the event loop, where the Forwarder asks the upstreams. TCP
+same thread, and so is a forwarded answer still fresh in the cache; anything else is handed to the event
+loop, where the Forwarder asks the upstreams. TCP
 (clients retrying a truncated answer, tools) is served by asyncio: length-prefixed messages, several per
 connection, an idle timeout and a cap on connections. The zone is replaced whole when the VIP map changes.
 
@@ -164,6 +165,13 @@ class StubServer:
             if reply is not None:
                 self._send(reply, addr)
             return
+        cache = self.forwarder.cache
+        if cache is not None:  # a forwarded answer still fresh in the cache: served from this thread too
+            cached = cache.get(query, data, query.udp_size)
+            if cached is not None:
+                self.forwarder.stats["cache_hits"] += 1
+                self._send(cached, addr)
+                return
         if self._queued + len(self._inflight) >= self.max_pending:
             self.stats["dropped"] += 1
             return
