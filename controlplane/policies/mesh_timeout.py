@@ -180,10 +180,19 @@ def _cluster_timeouts(cluster: cluster_pb2.Cluster, conf: dict[str, Any], http: 
     def edit(options: Any) -> None:
         common = options.common_http_protocol_options
         common.idle_timeout.CopyFrom(duration(_get(conf, "idleTimeout")))
-        common.max_stream_duration.CopyFrom(duration(_get(conf, "maxStreamDuration")))
-        common.max_connection_duration.CopyFrom(duration(_get(conf, "maxConnectionDuration")))
+        _set_limit(common, "max_stream_duration", _get(conf, "maxStreamDuration"))
+        _set_limit(common, "max_connection_duration", _get(conf, "maxConnectionDuration"))
 
     update_http_protocol_options(cluster, edit)
+
+
+def _set_limit(common: Any, field: str, nanos: int) -> None:
+    """Kuma's 0 means "no limit", which Envoy spells as an absent field: an explicit 0s max connection
+    duration makes Envoy close every connection at once (seen as a stream of 503s under load)."""
+    if nanos:
+        getattr(common, field).CopyFrom(duration(nanos))
+    else:
+        common.ClearField(field)
 
 
 def _manager_timeouts(manager: hcm_pb2.HttpConnectionManager, conf: dict[str, Any]) -> None:
@@ -263,8 +272,8 @@ class TimeoutPlugin(PolicyPlugin):
             _manager_timeouts(manager, conf)
             common = manager.common_http_protocol_options
             common.idle_timeout.CopyFrom(duration(_get(conf, "idleTimeout")))
-            common.max_connection_duration.CopyFrom(duration(_get(conf, "maxConnectionDuration")))
-            common.max_stream_duration.CopyFrom(duration(_get(conf, "maxStreamDuration")))
+            _set_limit(common, "max_connection_duration", _get(conf, "maxConnectionDuration"))
+            _set_limit(common, "max_stream_duration", _get(conf, "maxStreamDuration"))
             for vhost in manager.route_config.virtual_hosts:
                 for route in vhost.routes:
                     if route.HasField("route"):

@@ -78,9 +78,11 @@ class DpServer:
         log.info("dp-server listening", extra={"address": address, "tls": True})
 
     async def stop(self) -> None:
-        if self._server is not None:
-            # Stage one: stop accepting, give streams a moment; Envoys keep their config and reconnect.
-            await self._server.stop(grace=1.0)
-            self._server = None
+        # First the lifecycle: streams closed by our own shutdown must not unregister their dataplanes (or a
+        # last rebuild would push their removal to the Envoys that stay).
         if self.on_stop is not None:
             await self.on_stop()
+        if self._server is not None:
+            # Stop accepting, give streams a moment; Envoys keep their config and reconnect to the next one.
+            await self._server.stop(grace=1.0)
+            self._server = None

@@ -35,6 +35,7 @@ class DataplaneLifecycle:
         self._streams: dict[str, set[int]] = {}
         self._pending_delete: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -62,6 +63,8 @@ class DataplaneLifecycle:
             return
         self._streams.pop(node_id, None)
         caller = self.auth.callers.get(node_id)
+        if self._stopping:
+            return  # the control plane is going away, not the dataplane: its Dataplane stays
         if caller is not None and caller.registering:
             self._pending_delete[node_id] = self._spawn(self._delete_later(caller, node_id), f"unregister {node_id}")
 
@@ -128,6 +131,8 @@ class DataplaneLifecycle:
         self.auth.callers.pop(node_id, None)
 
     async def stop(self) -> None:
+        """Called before the dp-server closes its streams: those closures are not disconnects."""
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

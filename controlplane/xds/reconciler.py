@@ -51,7 +51,9 @@ class Reconciler:
         self.memos: dict[str, ResourceMemo] = defaultdict(ResourceMemo)
         self.connected: dict[str, int] = {}  # node id -> open streams on this instance
         self._dirty: set[str] = set()
+        self._dirty_all: set[str] = set()  # meshes whose every proxy must be regenerated (VIPs, resync)
         self._dirty_nodes: set[str] = set()
+        self.uses: dict[str, set[str]] = {}  # node id -> destination services its config holds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -90,11 +92,13 @@ class Reconciler:
             return
         self.connected.pop(node_id, None)
         self.vip_nodes.discard(node_id)
+        self.uses.pop(node_id, None)
         self.cache.clear(node_id)
         with contextlib.suppress(ValueError):
             self.identities.forget(split_node_id(node_id))
 
     def _vips_changed(self, _map: object, meshes: set[str]) -> None:
+        self._dirty_all.update(meshes)  # VIP owners' listeners change; the topology itself does not
         for mesh in meshes:
             self.mesh_changed(mesh)
 
@@ -109,6 +113,7 @@ class Reconciler:
                 event: ChangeEvent = await events.get()
                 if event.op == "resync":
                     self._dirty.update(self.topologies)
+                    self._dirty_all.update(self.topologies)
                 elif event.type == "Mesh":
                     self._dirty.add(event.name)
                 elif event.type in _RELEVANT or event.type in policy_types:
@@ -128,10 +133,10 @@ class Reconciler:
                 self._renewals_due()
             await asyncio.sleep(self.debounce)  # let a burst of events coalesce
             self._wake.clear()
-            meshes, nodes = self._dirty, self._dirty_nodes
-            self._dirty, self._dirty_nodes = set(), set()
+            meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
+            self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
             for mesh in sorted(meshes):
-                await self._rebuild_mesh(mesh)
+                await self._rebuild_mesh(mesh, everything=mesh in everything)
             for node_id in sorted(nodes):
                 try:
                     mesh, _ = split_node_id(node_id)
@@ -180,24 +185,52 @@ class Reconciler:
         self._generation += 1
         return build_topology(mesh, dataplanes, policies, self._generation, bundle)
 
-    async def _rebuild_mesh(self, mesh_name: str) -> None:
+    async def _rebuild_mesh(self, mesh_name: str, *, everything: bool = False) -> None:
         started = time.perf_counter()
+        old = self.topologies.get(mesh_name)
         topo = await self._load_topology(mesh_name)
         if topo is None:
             self.topologies.pop(mesh_name, None)
             self.memos.pop(mesh_name, None)
             return
         self.topologies[mesh_name] = topo
+        nodes = [n for n in self.connected if n.startswith(f"{mesh_name}.")]
+        affected = nodes if everything else self._affected(old, topo, nodes)
         memo = self.memos[mesh_name]
-        memo.begin()
+        full = len(affected) == len(nodes)
+        if full:
+            memo.begin()  # a full rebuild also forgets resources nothing uses any more
         changed = 0
-        for node_id in [n for n in self.connected if n.startswith(f"{mesh_name}.")]:
+        for node_id in affected:
             changed += await self._rebuild_proxy(node_id)
-        memo.end()
+        if full:
+            memo.end()
         self.rebuilds += 1
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
+                                         "regenerated": len(affected), "connected": len(nodes),
                                          "built": memo.built, "reused": memo.reused,
                                          "ms": round((time.perf_counter() - started) * 1000, 1)})
+
+    def _affected(self, old: MeshTopology | None, new: MeshTopology, nodes: list[str]) -> list[str]:
+        """The connected proxies whose config can differ between two topologies of a mesh. Anything mesh-wide
+        (the Mesh, its policies, its CA) touches everyone; otherwise a proxy is affected when its own
+        Dataplane changed or it holds endpoints of a service whose endpoints, protocol or ports changed."""
+        if old is None or _mesh_wide(old) != _mesh_wide(new):
+            return nodes
+        names = set(old.dataplanes) | set(new.dataplanes)
+        changed_dps = {n for n in names if _version(old.dataplanes.get(n)) != _version(new.dataplanes.get(n))}
+        services = set(old.protocols) | set(new.protocols)
+        changed_services = {s for s in services
+                            if old.endpoint_keys.get(s) != new.endpoint_keys.get(s)
+                            or old.protocols.get(s) != new.protocols.get(s)
+                            or old.service_ports.get(s) != new.service_ports.get(s)}
+        out = []
+        for node_id in nodes:
+            _, name = split_node_id(node_id)
+            uses = self.uses.get(node_id)
+            if uses is None or name in changed_dps or uses & changed_services:
+                out.append(node_id)
+        return out
 
     async def _rebuild_proxy(self, node_id: str) -> int:
         mesh_name, name = split_node_id(node_id)
@@ -213,6 +246,7 @@ class Reconciler:
             ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=self.memos[mesh_name],
                                vips=vips)
             snapshot = generate_snapshot(ctx)
+            self.uses[node_id] = ctx.used_services
         except (CaError, InconsistentSnapshot) as e:
             log.error("cannot build config for dataplane, keeping the previous one",
                       extra={"mesh": mesh_name, "dataplane": name, "error": str(e)})
@@ -231,3 +265,13 @@ class Reconciler:
         for callback in self.on_identity:
             callback(node_id, cert)
         return Identity(cert_pem=cert.cert_pem, key_pem=cert.key_pem, fingerprint=f"{cert.serial}")
+
+
+def _version(resource: Resource | None) -> int:
+    return resource.meta.version if resource is not None else -1
+
+
+def _mesh_wide(topo: MeshTopology) -> tuple[object, ...]:
+    """What every proxy of the mesh depends on: the Mesh, every policy (by version), the CA bundle."""
+    policies = tuple(sorted((t, p.meta.name, p.meta.version) for t, ps in topo.policies.items() for p in ps))
+    return (topo.mesh.meta.version, policies, topo.ca_bundle_pem)

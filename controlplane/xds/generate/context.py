@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -35,6 +35,9 @@ class ProxyContext:
     # service -> VIP, for the proxy that owns its host's `.mesh` names (kuma-dp --dns-enabled): it gets an
     # outbound listener on VIP:80 and VIP:<service port> for every service of the mesh. None for the others.
     vips: Mapping[str, str] | None = None
+    # Filled in while generating: the destination services whose endpoints this proxy's config holds. The
+    # reconciler uses it to regenerate only the proxies an endpoint change affects.
+    used_services: set[str] = field(default_factory=set, compare=False)
 
     @property
     def mesh(self) -> str:

@@ -165,6 +165,7 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         keys, backends = plan
         for backend in backends:
             destinations.setdefault(backend.cluster_name, backend)
+            ctx.used_services.add(backend.service)
         out.append(ctx.memo.get(
             ("outbound-listener", mesh, address, port, service, protocol, keys, backends),
             partial(outbound_listener, ctx, address, port, service, protocol, keys, backends)))
