@@ -175,9 +175,13 @@ def render(req: BootstrapRequest, *, ca_pem: bytes, service: str, dataplane_json
             # The control plane restarting must not leave Envoy without config: it keeps what it has and
             # reconnects (Envoy's default ADS retry), so no outlier ejection or health checks here.
         }]},
-        "layered_runtime": {"layers": [{"name": "static", "static_layer": {
-            # Envoy warns about overload settings without these; they bound what one proxy will hold.
-            "overload.global_downstream_max_connections": 50000}}]},
+        # Bound what one proxy will hold (Envoy warns when no downstream connection limit is configured).
+        "overload_manager": {"resource_monitors": [{
+            "name": "envoy.resource_monitors.global_downstream_max_connections",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3."
+                         "DownstreamConnectionsConfig",
+                "max_active_downstream_connections": 50000}}]},
         "stats_config": {"stats_tags": [{"tag_name": "mesh", "fixed_value": req.mesh},
                                         {"tag_name": "dataplane", "fixed_value": req.name}]},
     }
