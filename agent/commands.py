@@ -31,7 +31,9 @@ def _option(s: Setting) -> Callable[[Any], Any]:
     if short:
         names.append(short)
     env = f" [env {s.env}]" if s.env else ""
-    return click.option(*names, s.attr, default=None, multiple=s.attr == "dataplane_vars",
+    if s.attr == "dns_enabled":  # DNS: a flag, as Kuma's (--no-dns-enabled turns off what env/file enabled)
+        names = ["--dns-enabled/--no-dns-enabled"]
+    return click.option(*names, s.attr, default=None, multiple=s.attr in ("dataplane_vars", "dns_upstreams"),
                         help=f"{s.help}{env}", show_default=False)
 
 
@@ -72,6 +74,15 @@ def run_command(config_file: str | None, **flags: Any) -> None:
         sys.exit(EXIT_USAGE)
     logs.setup(cfg.log_level, cfg.log_format)
     sys.exit(asyncio.run(run(cfg, env)))
+
+
+@main.command("dns", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def dns_command(args: tuple[str, ...]) -> None:
+    """The host's .mesh DNS: restore (put the host's resolver back), status, serve (see kuma-dp dns -h)."""
+    from agent.dns.cli import main as dns_main
+
+    sys.exit(dns_main(list(args)))
 
 
 @main.command("version")

@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.dns.settings import DEFAULT_LISTEN as DNS_DEFAULT_LISTEN  # DNS settings (stdlib-only module)
+from agent.dns.settings import DEFAULT_RESOLV_CONF as DNS_DEFAULT_RESOLV_CONF
+from agent.dns.settings import parse_bool, parse_host_config, parse_listen, parse_upstreams
+
 PROXY_TYPES = ("dataplane", "ingress")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
@@ -78,6 +82,14 @@ class DpConfig:
     log_format: str = "text"
     envoy_max_restarts: int = 5  # consecutive unexpected Envoy deaths tolerated before kuma-dp exits 1
     envoy_restart_backoff: float = 1.0  # first wait before restarting Envoy; doubles up to 30 s
+    # --- .mesh DNS stub and host DNS (agent/dns): off unless asked, so `kuma-dp run` never touches a host's DNS
+    dns_enabled: bool = False
+    dns_listen: str = DNS_DEFAULT_LISTEN
+    dns_upstreams: tuple[str, ...] = ()  # empty: the host's resolv.conf servers as they were before kuma-dp
+    dns_host_config: str = "none"
+    dns_state_dir: str | None = None  # None: $STATE_DIRECTORY/dns, else /var/lib/kuma/kuma-dp/dns
+    dns_resolv_conf: str = DNS_DEFAULT_RESOLV_CONF
+    # --- end of DNS settings
 
     @property
     def effective_concurrency(self) -> int:
@@ -265,6 +277,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("envoy_restart_backoff", None, "KUMA_DATAPLANE_RUNTIME_ENVOY_RESTART_BACKOFF",
             "dataplaneRuntime.envoyRestartBackoff", _positive_duration, ours=True,
             help="first wait before restarting Envoy (doubles, up to 30s)"),
+    # --- .mesh DNS stub and host DNS (agent/dns) ---
+    Setting("dns_enabled", "dns-enabled", "KUMA_DNS_ENABLED", "dns.enabled", parse_bool,
+            help="run this host's .mesh DNS stub and own its VIP listeners (one dataplane per host; default off)"),
+    Setting("dns_listen", "dns-listen", "KUMA_DNS_LISTEN", "dns.listen", parse_listen, ours=True,
+            help=f"ADDR:PORT of the DNS stub, UDP and TCP (default {DNS_DEFAULT_LISTEN})"),
+    Setting("dns_upstreams", "dns-upstream", "KUMA_DNS_UPSTREAM", "dns.upstreams", parse_upstreams, ours=True,
+            help="ADDR:PORT the stub forwards other names to (repeat; default: the host's resolv.conf servers "
+                 "as they were before kuma-dp changed it)"),
+    Setting("dns_host_config", "dns-host-config", "KUMA_DNS_HOST_CONFIG", "dns.hostConfig", parse_host_config,
+            ours=True, help="point the host's resolver at the stub: auto, resolved, resolv.conf, or none (default)"),
+    Setting("dns_state_dir", "dns-state-dir", "KUMA_DNS_STATE_DIR", "dns.stateDir", ours=True,
+            help="the host DNS backup and owner lock (default $STATE_DIRECTORY/dns, else /var/lib/kuma/kuma-dp/dns)"),
+    Setting("dns_resolv_conf", "dns-resolv-conf", "KUMA_DNS_RESOLV_CONF", "dns.resolvConf", ours=True,
+            help=f"the resolv.conf to manage (default {DNS_DEFAULT_RESOLV_CONF}; with another, auto never uses "
+                 "systemd-resolved)"),
 )
 
 BY_ATTR = {s.attr: s for s in SETTINGS}
@@ -370,6 +397,8 @@ def _cross_checks(cfg: DpConfig) -> list[str]:
         problems.append(f"--metrics-port and --readiness-port are both {cfg.metrics_port}: use different ports")
     if not cfg.cp_address:
         problems.append("--cp-address is empty: pass the control plane's dp-server URL (https://HOST:5678)")
+    if cfg.dns_enabled and cfg.proxy_type != "dataplane":  # DNS: the stub belongs to a host's dataplane
+        problems.append("--dns-enabled is for a dataplane: a zone ingress runs no DNS stub")
     return problems
 
 

@@ -25,7 +25,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import agent
 from agent import dataplane, ports, prestart, rundir
@@ -40,6 +40,9 @@ from agent.notify import Notifier, child_environment
 from agent.proc import Child, adopt, process_is
 from agent.readiness import DpState, Monitor
 from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
+
+if TYPE_CHECKING:
+    from agent.dns.component import HostDns  # DNS (agent/dns): imported only when --dns-enabled
 
 log = logging.getLogger("kuma-dp.run")
 
@@ -168,6 +171,7 @@ class Agent:
     monitor: Monitor | None = None
     admin_port_fixed: bool = False
     readiness_address: str = ""
+    dns: HostDns | None = None  # DNS: the host's .mesh stub, with --dns-enabled
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -289,6 +293,14 @@ class Agent:
             except rundir.RuntimeDirError as e:
                 raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
             self.runtime = runtime
+            if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
+                from agent.dns.component import DnsError, for_config
+
+                try:
+                    self.dns = for_config(cfg, self.env)
+                    self.dns.prepare()
+                except DnsError as e:
+                    raise Fatal(e.message, e.exit_code) from None
             await self.start_endpoints(key)
             if self.readiness_address:
                 self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
@@ -305,6 +317,8 @@ class Agent:
             request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
                        "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": cfg.proxy_type,
                        "version": {"kumaDp": agent.__version__, "envoy": envoy_ver}}
+            if self.dns is not None:
+                request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
             payload = {"cp": cfg.cp_address, "caPem": inputs.ca_pem.decode(), "caSource": inputs.ca_source,
                        "request": request, "proxyType": cfg.proxy_type,
                        "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name},
@@ -428,6 +442,16 @@ class Agent:
                                          on_cp_change=on_cp_change)
         if self.stop_requested.is_set():
             return self._stopped_exit()
+        if self.dns is not None:  # DNS: serve .mesh (its map came with the bootstrap), then point the host at it
+            from agent.dns.component import DnsError
+            from agent.dns.watch import WatchParams
+
+            try:
+                await self.dns.start(answer.get("vips"), WatchParams(cfg.cp_address, inputs.ca_pem,
+                                                                     inputs.definition.mesh, inputs.token))
+            except DnsError as e:
+                raise Fatal(e.message, e.exit_code) from None
+            log.info(self.dns.summary())
         self.state.phase = "running"
         await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
@@ -494,6 +518,9 @@ class Agent:
             await asyncio.sleep(interval)
 
     async def close(self) -> None:
+        if self.dns is not None:  # DNS: the host's resolver put back first, then the stub stopped
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.dns.stop(), 15.0)
         if self.monitor is not None:
             self.monitor.stop()
         for task in self.tasks:

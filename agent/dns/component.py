@@ -312,6 +312,13 @@ def _port_owner(listen: tuple[str, int]) -> str | None:
     return None
 
 
+def for_config(cfg: Any, env: dict[str, str]) -> HostDns:
+    """The component for kuma-dp's DpConfig (its dns_* settings)."""
+    options = DnsOptions(listen=cfg.dns_listen, upstreams=tuple(cfg.dns_upstreams), host_config=cfg.dns_host_config,
+                         state_dir=cfg.dns_state_dir, resolv_conf=cfg.dns_resolv_conf)
+    return HostDns(options, env, log_level=cfg.log_level, log_format=cfg.log_format)
+
+
 async def _wait(proc: subprocess.Popen[bytes]) -> int:
     while proc.poll() is None:
         await asyncio.sleep(0.02)
