@@ -23,6 +23,7 @@ release and the Python list; `--force` rebuilds).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -139,6 +140,16 @@ def wheelhouse(pythons: list[str]) -> Path:
     house = cache_root() / f"wheels-{key}"
     if (house / ".complete").exists():
         return house
+    with (cache_root() / ".wheels.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download at a time; a waiting build then finds it complete
+        if (house / ".complete").exists():
+            return house
+        return _download(house, deps, pins, pythons)
+
+
+def _download(house: Path, deps: list[str], pins: list[str], pythons: list[str]) -> Path:
+    for stale in cache_root().glob(".wheels-*"):  # left by an interrupted download
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".wheels-", dir=cache_root()))
     (tmp / "constraints.txt").write_text("\n".join(pins) + "\n")
     for py in pythons:
@@ -272,6 +283,16 @@ def du(path: Path) -> int:
 
 
 def build(out: Path, release: str, formats: list[str], pythons: list[str], force: bool) -> dict[str, object]:
+    """Packages into `out`, under a lock (test sessions and `make packages` may run at once): each file is made
+    in a private directory and renamed into place, and the stamp that says they are complete comes last."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(out, release, formats, pythons, force)
+
+
+def _build_locked(out: Path, release: str, formats: list[str], pythons: list[str],
+                  force: bool) -> dict[str, object]:
     version = str(project()["version"])
     key = build_key(release, pythons, formats)
     stamp = out / f".build-{release}.json"
@@ -280,14 +301,15 @@ def build(out: Path, release: str, formats: list[str], pythons: list[str], force
         if info.get("key") == key and all((out / f).exists() for f in info["files"]):  # type: ignore[union-attr]
             log(f"up to date ({key}): {', '.join(info['files'])}")  # type: ignore[arg-type]
             return info
+    stamp.unlink(missing_ok=True)
     started = time.monotonic()
     cache_root().mkdir(parents=True, exist_ok=True)
     house = wheelhouse(pythons)
     nfpm = nfpm_binary()
-    out.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     sizes: dict[str, object] = {}
-    with tempfile.TemporaryDirectory(prefix="kuma-vm-pkg-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kuma-vm-pkg-") as tmp, \
+            tempfile.TemporaryDirectory(prefix=".new-", dir=out) as new:
         for pkg in PACKAGES:
             stage = Path(tmp) / pkg
             log(f"staging {pkg}")
@@ -302,14 +324,15 @@ def build(out: Path, release: str, formats: list[str], pythons: list[str], force
                    "KUMA_PKG_DEB_PYTHON": " | ".join(f"python{py}" for py in pythons),
                    "KUMA_PKG_RPM_PYTHON": "(" + " or ".join(f"python{py}" for py in pythons) + ")"}
             for fmt in formats:
-                before = set(out.iterdir())
-                run([nfpm, "package", "-f", str(PACKAGING / pkg / "nfpm.yaml"), "-p", fmt, "-t", str(out)],
+                before = set(Path(new).iterdir())
+                run([nfpm, "package", "-f", str(PACKAGING / pkg / "nfpm.yaml"), "-p", fmt, "-t", new],
                     cwd=PACKAGING, env=env)
-                made = sorted(set(out.iterdir()) - before) or sorted(out.glob(f"{pkg}*{version}*{release}*.{fmt}"))
-                for m in made:
+                for m in sorted(set(Path(new).iterdir()) - before):
                     files.append(m.name)
                     sizes[m.name] = m.stat().st_size
                     log(f"built {m.name} ({m.stat().st_size / 1e6:.1f} MB)")
+        for name in files:
+            os.replace(Path(new) / name, out / name)
     info = {"key": key, "version": version, "release": release, "pythons": pythons, "files": files,
             "sizes": sizes, "seconds": round(time.monotonic() - started, 1)}
     stamp.write_text(json.dumps(info, indent=1) + "\n")
