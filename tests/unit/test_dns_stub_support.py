@@ -47,6 +47,7 @@ class TestUpstream:
     __test__ = False  # not a pytest class
 
     host: str = "127.0.0.1"
+    port: int = 0  # 0: a free one
     answers: dict[tuple[str, str], list[RR]] = field(default_factory=dict)
     zone: str = "example."
     mode: str = "normal"  # normal | drop | servfail | refused
@@ -56,7 +57,7 @@ class TestUpstream:
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.udp, self.tcp = bind(self.host, 0)
+        self.udp, self.tcp = bind(self.host, self.port)
         self.port = self.udp.getsockname()[1]
         self.udp.settimeout(0.2)
         self.tcp.settimeout(0.2)
