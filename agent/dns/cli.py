@@ -1,6 +1,9 @@
 """`kuma-dp dns ...` (also `python -m agent.dns ...`; stdlib argparse, so it runs without kuma-dp's other
 dependencies):
 
+    kuma-dp dns configure [--dns-host-config auto] [--dns-listen ...] [--wait 30]
+                                                          point the host's resolver at the running owner's stub
+                                                          (as root, for a kuma-dp that is not: ExecStartPost=+)
     kuma-dp dns restore [--dns-state-dir DIR] [--force]   put the host's DNS back (the unit's ExecStopPost)
     kuma-dp dns status  [--dns-state-dir DIR]             who owns the stub, what was changed on the host
     kuma-dp dns serve   [--dns-listen ...] [--dns-upstream ...] [--dns-host-config ...] [--vips-file FILE]
@@ -8,7 +11,8 @@ dependencies):
                                                           the stub and host integration alone, without Envoy
 
 `restore` refuses while a running kuma-dp owns the host's DNS (it restores by itself when it stops) unless
-`--force`; with nothing to restore it says so and exits 0.
+`--force`; with nothing to restore it says so and exits 0. `configure` and `serve` read the same KUMA_DNS_*
+variables as `kuma-dp run`; `configure` does nothing when KUMA_DNS_ENABLED is false or the mode is none.
 """
 
 from __future__ import annotations
@@ -61,6 +65,28 @@ def restore(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     print(f"kuma-dp dns restore: {text}" if text else f"kuma-dp dns restore: nothing to restore ({state_dir})")
+    return 0
+
+
+def configure(args: argparse.Namespace) -> int:
+    from .component import configure_for_owner
+    from .host import Host, HostDnsError, HostPaths
+    from .settings import parse_address, parse_bool
+
+    try:
+        enabled = parse_bool(os.environ.get("KUMA_DNS_ENABLED", "true"))
+    except ValueError:
+        enabled = True
+    if not enabled or args.dns_host_config == "none":
+        print("kuma-dp dns configure: nothing to do (KUMA_DNS_ENABLED is false, or the host config is none)")
+        return 0
+    host = Host(_state_dir(args), HostPaths(resolv_conf=Path(args.dns_resolv_conf)))
+    try:
+        text = configure_for_owner(host, args.dns_host_config, parse_address(args.dns_listen), wait=args.wait)
+    except HostDnsError as e:
+        print(f"kuma-dp dns configure: {e}", file=sys.stderr)
+        return 1
+    print(f"kuma-dp dns configure: {text}")
     return 0
 
 
@@ -131,6 +157,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     state_help = "where the host's DNS backup and the owner lock are (default $STATE_DIRECTORY/dns, else " \
                  "/var/lib/kuma/kuma-dp/dns) [env KUMA_DNS_STATE_DIR]"
+    c = sub.add_parser("configure", help="point the host's resolver at the running kuma-dp's stub (as root)")
+    c.add_argument("--dns-host-config", default=os.environ.get("KUMA_DNS_HOST_CONFIG", "auto"), choices=HOST_CONFIGS)
+    c.add_argument("--dns-listen", default=os.environ.get("KUMA_DNS_LISTEN", DEFAULT_LISTEN), type=parse_listen)
+    c.add_argument("--dns-state-dir", default=os.environ.get("KUMA_DNS_STATE_DIR"), help=state_help)
+    c.add_argument("--dns-resolv-conf", default=os.environ.get("KUMA_DNS_RESOLV_CONF", DEFAULT_RESOLV_CONF))
+    c.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the owner's stub to answer")
     r = sub.add_parser("restore", help="put the host's DNS back as it was before kuma-dp changed it")
     r.add_argument("--dns-state-dir", help=state_help)
     r.add_argument("--force", action="store_true",
@@ -154,4 +186,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return {"restore": restore, "status": status, "serve": serve}[args.command](args)
+    return {"configure": configure, "restore": restore, "status": status, "serve": serve}[args.command](args)

@@ -7,8 +7,17 @@ resolver configuration, and putting everything back.
     await dns.stop()             # host restored first, then the worker stopped, sockets closed, lock released
 
 Order matters for the host: it is pointed at the stub only once the stub answers, and put back before the
-stub goes away. A worker that dies is restarted (the sockets stay bound here meanwhile, so queries wait in
-the socket buffer rather than fail), with the newest VIP map it reported.
+stub goes away.
+
+Changing the host's resolver takes root: systemd-resolved (257, Debian 13) accepts per-link DNS over D-Bus
+only from uid 0 when there is no polkit (CAP_NET_ADMIN is not enough), and /etc/resolv.conf is root's. So a
+kuma-dp that runs as root does it all itself; one that does not (the packaged kuma-dp.service runs as user
+kuma) serves the stub and leaves the host to `kuma-dp dns configure` (run as root once the stub answers: the
+unit's `ExecStartPost=+`) and `kuma-dp dns restore` (`ExecStartPre=-+` and `ExecStopPost=-+`), which use the
+same state directory, lock and code.
+
+A worker that dies is restarted (the sockets stay bound here meanwhile, so queries wait in the socket buffer
+rather than fail), with the newest VIP map it reported.
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ from .host import Host, HostDnsError, HostPaths, OwnerBusy, OwnerLock, Runner, r
 from .server import bind
 from .settings import DEFAULT_LISTEN, DEFAULT_RESOLV_CONF, DOMAIN, default_state_dir, format_address, parse_address
 from .watch import WatchParams
+from .zone import encode_name
 
 log = logging.getLogger("kuma-dp.dns")
 
@@ -85,8 +95,9 @@ def _is_local(host: str) -> bool:
 
 class HostDns:
     def __init__(self, options: DnsOptions, env: dict[str, str] | None = None, *, runner: Runner = run_command,
-                 log_level: str = "info", log_format: str = "text") -> None:
+                 log_level: str = "info", log_format: str = "text", privileged: bool | None = None) -> None:
         self.options = options
+        self.privileged = os.geteuid() == 0 if privileged is None else privileged  # may change the host itself
         self.env = dict(os.environ if env is None else env)
         self.state_dir = Path(options.state_dir) if options.state_dir else default_state_dir(self.env)
         self.host = Host(self.state_dir, HostPaths(resolv_conf=Path(options.resolv_conf)), runner, options.domain)
@@ -128,10 +139,13 @@ class HostDns:
                            "the host's DNS backup and its lock there", EXIT_USAGE) from None
         # A host.json here means the last owner did not finish (a crash, a kill -9): undo its change first.
         try:
-            self.recovered = self.host.restore()
+            self.recovered = self.host.restore() if self.privileged else None
         except HostDnsError as e:
             raise DnsError(f"the host's DNS was left configured by a previous kuma-dp and cannot be restored: "
                            f"{e}", EXIT_FAILURE) from None
+        if not self.privileged and self.host.state.path.exists():
+            log.warning("the host's DNS is still configured from an earlier run; `kuma-dp dns restore` (as root: the "
+                        "packaged unit's ExecStartPre) undoes that", extra={"state": str(self.host.state.path)})
         if self.recovered:
             log.warning("host DNS left configured by a kuma-dp that did not stop cleanly: restored",
                         extra={"what": self.recovered})
@@ -178,7 +192,11 @@ class HostDns:
         assert self.sockets is not None, "prepare() first"
         self.vips, self.watch = vips, watch
         await self._spawn()
-        if self.options.host_config != "none":
+        if self.options.host_config != "none" and not self.privileged:
+            self.configured = (f"host DNS ({self.options.host_config}) left to `kuma-dp dns configure`, run as root "
+                               f"(kuma-dp runs as uid {os.geteuid()})")
+            log.info(self.configured)
+        elif self.options.host_config != "none":
             try:
                 self.configured = self.host.configure(self.options.host_config, self.listen)
             except HostDnsError as e:
@@ -264,7 +282,7 @@ class HostDns:
     async def stop(self) -> None:
         """Put the host back, then stop the worker; safe to call at any point, and more than once."""
         self._stopping = True
-        if self.lock.fd is not None:
+        if self.lock.fd is not None and self.privileged:  # unprivileged: `kuma-dp dns restore` does it, as root
             try:
                 text = self.host.restore()
                 if text:
@@ -310,6 +328,52 @@ def _port_owner(listen: tuple[str, int]) -> str | None:
     except Exception:
         return None
     return None
+
+
+def stub_answers(listen: tuple[str, int], domain: str = DOMAIN, timeout: float = 1.0) -> bool:
+    """Does something answer DNS at the stub's address (the zone's SOA query gets any reply at all)?"""
+    import socket
+    import struct
+
+    host, port = listen
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        host = "127.0.0.1" if ip.version == 4 else "::1"
+    qid = os.urandom(2)
+    query = qid + struct.pack(">HHHHH", 0x0100, 1, 0, 0, 0) + encode_name(domain) + struct.pack(">HH", 6, 1)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(query, (host, port))
+            return s.recv(4096)[:2] == qid
+        except OSError:
+            return False
+
+
+def configure_for_owner(host: Host, mode: str, listen: tuple[str, int], *, wait: float = 30.0) -> str:
+    """`kuma-dp dns configure`: point the host's resolver at the stub of the kuma-dp that owns it (it holds
+    the lock and its stub answers), waiting up to `wait` seconds for both. For a kuma-dp that cannot do it
+    itself (not root); run as root, e.g. the packaged unit's `ExecStartPost=+`."""
+    lock = OwnerLock(host.state_dir)
+    deadline = time.monotonic() + wait
+    while True:
+        owner: int | str | None = None
+        try:
+            if lock.acquire(create=False):
+                lock.release()
+        except OwnerBusy as e:
+            owner = e.pid or "unknown pid"
+        if owner is not None and stub_answers(listen, host.domain):
+            break
+        if time.monotonic() >= deadline:
+            why = (f"its stub does not answer on {format_address(*listen)}" if owner is not None
+                   else f"no kuma-dp with --dns-enabled holds {lock.path}")
+            raise HostDnsError(f"nothing to point the host's resolver at: {why} (waited {wait:g}s)")
+        time.sleep(0.2)
+    leftover = host.restore()
+    if leftover:
+        log.warning("host DNS left configured earlier: restored first", extra={"what": leftover})
+    return host.configure(mode, listen)
 
 
 def for_config(cfg: Any, env: dict[str, str]) -> HostDns:

@@ -170,7 +170,8 @@ class HostState:
 
     def save(self, doc: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-        resolvconf.write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o640)
+        # Readable by the owner's user when root wrote it (`kuma-dp dns configure`): it names the upstreams.
+        resolvconf.write_atomic(self.path, (json.dumps(doc, indent=1) + "\n").encode(), 0o644)
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -241,3 +241,46 @@ def test_a_symlinked_resolv_conf_comes_back_as_the_same_symlink(hosts: dict[str,
         assert host.ssh("readlink /etc/resolv.conf").stdout.strip() == "../run/e2e-resolv/resolv.conf"
     finally:
         host.ssh("mv -f /etc/resolv.conf.e2e-orig /etc/resolv.conf; rm -rf /run/e2e-resolv", check=False)
+
+
+# --- as the packaged kuma-dp.service runs it: not root, the host left to root's helpers -------------------------
+
+
+def start_unprivileged(host: LabHost) -> str:
+    """The stub as user nobody with only CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (the packaged unit's), with the
+    root helpers the packaged unit needs: restore before start and after stop, configure once the stub answers."""
+    unit = f"kuma-dns-e2e-{next(_units)}"
+    dns = "/usr/bin/python3 -m agent.dns"
+    host.ssh(f"systemd-run --unit {unit} --property=KillMode=mixed --setenv=PYTHONPATH={DIR} "
+             "--property=User=nobody --property=StateDirectory=kuma-dns-e2e-unpriv "
+             "--property='AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_ADMIN' "
+             "--property='CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_NET_ADMIN' "
+             "--setenv=KUMA_DNS_HOST_CONFIG=auto "
+             f"--property='ExecStartPre=-+{dns} restore' --property='ExecStartPost=+{dns} configure' "
+             f"--property='ExecStopPost=-+{dns} restore' "
+             f"{dns} serve --vips-file {DIR}/vips.json")
+    eventually(lambda: getent(host, "backend.mesh"), message=f"backend.mesh on {host.name} ({journal(host, unit)})")
+    return unit
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_as_the_packaged_unit_runs_it_unprivileged_with_root_helpers(hosts: dict[str, LabHost],
+                                                                      upstream: TestUpstream, kind: str) -> None:
+    host = hosts[kind]
+    before = dns_state(host)
+    unit = start_unprivileged(host)
+    try:
+        pid = host.ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+        assert host.ssh(f"ps -o user= -p {pid}").stdout.strip() == "nobody"
+        logs = journal(host, unit)
+        assert "left to `kuma-dp dns configure`, run as root" in logs and "kuma-dp dns configure: " in logs, logs
+        assert getent(host, "backend.mesh") == "127.240.0.1" and getent(host, "ordinary.example") == "192.0.2.80"
+        kill_9(host, unit)  # the unit's ExecStopPost=+ restore runs even after a crash
+        eventually(lambda: dns_state(host) == before, message="restored by ExecStopPost after kill -9")
+        unit = start_unprivileged(host)
+        assert getent(host, "ordinary.example") == "192.0.2.80"
+        stop(host, unit)
+        assert dns_state(host) == before
+    finally:
+        host.ssh(f"systemctl stop {unit}; systemctl reset-failed {unit}; rm -rf /var/lib/kuma-dns-e2e-unpriv",
+                 check=False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.dns import resolvconf
+from agent.dns import component, resolvconf
 from agent.dns.cli import main as dns_cli
 from agent.dns.component import DnsError, DnsOptions, HostDns, is_self
 from agent.dns.host import LINK, PEER, Host, HostDnsError, HostPaths, OwnerBusy, OwnerLock, detect, uses_resolved
-from tests.unit.test_dns_stub_support import VIP_MAP, TestUpstream, addresses, ask
+from tests.unit.test_dns_stub_support import VIP_MAP, TestUpstream, addresses, ask, stub
 
 ORIGINAL = (b"# written by the installer\nnameserver 10.1.2.3\nnameserver 10.1.2.4\nsearch corp.example\n"
             b"options edns0 trust-ad\n")
@@ -385,3 +386,69 @@ def test_component_serves_through_its_worker_and_restarts_a_dead_one(tmp_path: P
         asyncio.run(scenario())
     finally:
         up.close()
+
+
+# --- a kuma-dp that is not root: the host is left to `kuma-dp dns configure` / `restore`, run as root ---------
+
+
+def test_an_unprivileged_owner_leaves_the_host_to_the_root_helpers(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    host = host_in(tmp_path)
+    conf = host.paths.resolv_conf
+    conf.write_bytes(ORIGINAL)
+    host.configure("resolv.conf", ("127.0.1.53", 53))  # as root's `kuma-dp dns configure` did, before a crash
+    ours = conf.read_bytes()
+    up = TestUpstream()
+    up.add("www.example", "A", "192.0.2.1")
+
+    async def scenario() -> None:
+        dns = HostDns(DnsOptions(listen="127.0.0.1:0", host_config="auto", state_dir=str(tmp_path / "state"),
+                                 resolv_conf=str(conf)), dict(os.environ), privileged=False)
+        dns.prepare()
+        try:
+            assert dns.recovered is None and conf.read_bytes() == ours  # not undone here ...
+            assert [str(u) for u in dns.upstreams] == ["10.1.2.3:53", "10.1.2.4:53"]  # ... but the backup's servers
+            await dns.start(VIP_MAP)
+            assert "left to `kuma-dp dns configure`" in (dns.configured or "")
+            assert conf.read_bytes() == ours
+            # `kuma-dp dns configure` (root) finds the owner and its stub, restores the leftover, configures again
+            monkeypatch.setattr(component, "stub_answers", lambda listen, domain="mesh", timeout=1.0: True)
+            said = await asyncio.to_thread(component.configure_for_owner, host, "resolv.conf", ("127.0.1.53", 53),
+                                           wait=2)
+            assert "now names only the stub" in said
+        finally:
+            await dns.stop()
+        assert (tmp_path / "state" / "host.json").exists()  # stop left it too: `kuma-dp dns restore` undoes it
+        assert dns_cli(["restore", "--dns-state-dir", str(tmp_path / "state")]) == 0
+        assert conf.read_bytes() == ORIGINAL
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        up.close()
+
+
+def test_configure_needs_a_live_owner_whose_stub_answers(tmp_path: Path) -> None:
+    host = host_in(tmp_path)
+    with pytest.raises(HostDnsError, match="no kuma-dp with --dns-enabled holds"):
+        component.configure_for_owner(host, "resolv.conf", ("127.0.1.53", 53), wait=0.3)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "state")], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            listen = ("127.0.0.1", silent.getsockname()[1])
+            with pytest.raises(HostDnsError, match="does not answer"):
+                component.configure_for_owner(host, "resolv.conf", listen, wait=0.3)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not host.paths.resolv_conf.exists() and not (tmp_path / "state" / "host.json").exists()
+
+
+def test_stub_answers_probe() -> None:
+    with stub([]) as s:
+        assert component.stub_answers(("127.0.0.1", s.port))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        assert not component.stub_answers(("127.0.0.1", silent.getsockname()[1]), timeout=0.2)
