@@ -317,49 +317,81 @@ networking:
     servicePort: 8080
     tags: {{kuma.io/service: backend, kuma.io/protocol: http}}
 """
-    cp.ssh("cat > /etc/kuma/dataplanes/web.yaml", input=web)
+    client = f"""type: Dataplane
+mesh: default
+name: client
+networking:
+  address: {cp.address}
+  inbound:
+  - port: 20003
+    servicePort: 8082
+    tags: {{kuma.io/service: client, kuma.io/protocol: http}}
+"""
     # Tokens: readable by the kuma user (the units' user) and nobody else.
-    cp.ssh("kumactl generate dataplane-token --mesh default --name web | "
-           "install -m 0640 -g kuma /dev/stdin /etc/kuma/dataplanes/web.token")
-    token = out(cp, "kumactl generate dataplane-token --mesh default --name backend")
+    install_token = "install -m 0640 -g kuma /dev/stdin /etc/kuma/dataplanes/{}.token"
+    for name, file, doc in (("web", "web", web), ("client", "primary", client)):
+        cp.ssh(f"cat > /etc/kuma/dataplanes/{file}.yaml", input=doc)
+        cp.ssh(f"kumactl generate dataplane-token --mesh default --name {name} | {install_token.format(file)}")
     other.ssh("cat > /etc/kuma/dataplanes/primary.yaml", input=backend)
-    other.ssh("install -m 0640 -g kuma /dev/stdin /etc/kuma/dataplanes/primary.token", input=token)
-    return {"cp": cp, "units": {"bookworm": "kuma-dp@web.service", "trixie": "kuma-dp.service"}}
+    other.ssh(install_token.format("primary"), input=out(cp, "kumactl generate dataplane-token --mesh default "
+                                                            "--name backend"))
+    # Debian 12: kuma-dp@web (no DNS) and the primary dataplane `client` (DNS stub, /etc/resolv.conf);
+    # Debian 13: the primary dataplane `backend` (DNS stub, systemd-resolved).
+    return {"cp": cp, "units": {"bookworm": ["kuma-dp@web.service", "kuma-dp.service"],
+                                "trixie": ["kuma-dp.service"]}}
 
 
 def dns_state(host: LabHost) -> str:
     text = out(host, "readlink /etc/resolv.conf; cat /etc/resolv.conf")
     if host.resolved:
-        text += out(host, "resolvectl dns; resolvectl domain")
+        text += out(host, "resolvectl dns; resolvectl domain; ip -br link")
     return text
 
 
+def rundir(unit: str) -> str:
+    return "/run/kuma-dp/" + ("web" if unit.startswith("kuma-dp@") else "primary")
+
+
 def readiness(host: LabHost, unit: str) -> int:
-    rundir = "/run/kuma-dp/" + ("web" if unit.startswith("kuma-dp@") else "primary")
-    code = host.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' http://$(cat {rundir}/readiness-address)/ready",
+    code = host.ssh(f"curl -s -o /dev/null -w '%{{http_code}}' http://$(cat {rundir(unit)}/readiness-address)/ready",
                     check=False).stdout.strip()
     return int(code or 0)
 
 
 def test_start_returns_once_ready(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
     for release in ("trixie", "bookworm"):
-        host, unit = hosts[release], mesh["units"][release]
+        host = hosts[release]
         mesh.setdefault("dns_before", {})[release] = dns_state(host)
-        seconds = timed(host, f"systemctl start {unit}", timeout=120)
-        record(f"start_to_ready_seconds_{release}", seconds)
-        # `systemctl start` returned: kuma-dp has said READY=1, so Envoy is live and the readiness endpoint
-        # answers 200 already (no polling here).
-        assert out(host, f"systemctl is-active {unit}").strip() == "active"
-        assert readiness(host, unit) == 200
-        status = out(host, f"systemctl show -p StatusText --value {unit}")
-        assert status.startswith("ready: Envoy (pid "), status
-        main_pid = out(host, f"systemctl show -p MainPID --value {unit}").strip()
-        user = out(host, f"ps -o user= -p {main_pid}").strip()
-        assert user == "kuma", user  # not root
-        caps = out(host, f"grep CapEff /proc/{main_pid}/status").split()[1]
-        expected = "0000000000001400" if unit == "kuma-dp.service" else "0000000000000000"  # NET_BIND|NET_ADMIN
-        assert caps == expected, caps
-        assert "1048576" in out(host, f"systemctl show -p LimitNOFILE --value {unit}")
+        for unit in mesh["units"][release]:
+            seconds = timed(host, f"systemctl start {unit}", timeout=120)
+            record(f"start_to_ready_seconds_{release}_{unit}", seconds)
+            # `systemctl start` returned: kuma-dp has said READY=1, so Envoy is live and the readiness
+            # endpoint answers 200 already (no polling here).
+            assert out(host, f"systemctl is-active {unit}").strip() == "active"
+            assert readiness(host, unit) == 200
+            status = out(host, f"systemctl show -p StatusText --value {unit}")
+            assert status.startswith("ready: Envoy (pid "), status
+            main_pid = out(host, f"systemctl show -p MainPID --value {unit}").strip()
+            user = out(host, f"ps -o user= -p {main_pid}").strip()
+            assert user == "kuma", user  # not root
+            caps = out(host, f"grep CapEff /proc/{main_pid}/status").split()[1]
+            # CAP_NET_BIND_SERVICE (bit 10) for the primary dataplane's DNS stub and VIP:80; nothing otherwise.
+            assert caps == ("0000000000000400" if unit == "kuma-dp.service" else "0000000000000000"), caps
+            assert "1048576" in out(host, f"systemctl show -p LimitNOFILE --value {unit}")
+
+
+def test_primary_dataplane_points_host_dns_at_its_stub(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    bookworm, trixie = hosts["bookworm"], hosts["trixie"]
+    # Debian 12 without systemd-resolved: /etc/resolv.conf names the stub (the original is kept to restore).
+    assert "nameserver 127.0.1.53" in out(bookworm, "cat /etc/resolv.conf")
+    # Debian 13 with systemd-resolved: only .mesh goes to the stub (a link with routing domain ~mesh).
+    assert "~mesh" in out(trixie, "resolvectl domain")
+    for host in (bookworm, trixie):
+        # <service>.mesh resolves on the host, through the resolver it already had, to the service's VIP.
+        addr = eventually(lambda h=host: (r := h.ssh("getent hosts backend.mesh", check=False)).returncode == 0
+                          and r.stdout.split()[0], timeout=30, message=f"backend.mesh on {host.name}")
+        assert addr.startswith("127.2"), addr  # the loopback VIP range 127.240.0.0/12
+        assert host.ssh("getent hosts nosuchname.mesh", check=False).returncode == 2
 
 
 def test_web_talks_to_backend_across_hosts_with_mtls(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
@@ -377,7 +409,7 @@ def test_web_talks_to_backend_across_hosts_with_mtls(hosts: dict[str, LabHost], 
     # The backend saw web's SPIFFE identity: the request crossed between the Envoys over mTLS.
     assert "URI=spiffe://default/web" in body["headers"]["x-forwarded-client-cert"]
     overview = out(mesh["cp"], "kumactl get dataplanes -o json")
-    assert '"backend"' in overview and '"web"' in overview
+    assert '"backend"' in overview and '"web"' in overview and '"client"' in overview
 
 
 def test_journal_has_the_agents_status_lines(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
@@ -385,18 +417,21 @@ def test_journal_has_the_agents_status_lines(hosts: dict[str, LabHost], mesh: di
     for line in ("requesting the Envoy bootstrap for dataplane 'web'", "Envoy started (pid", "Envoy live"):
         assert line in journal, journal[-3000:]
     assert "Started kuma-dp@web.service" in out(hosts["bookworm"], "journalctl -u kuma-dp@web --no-pager")
+    assert "kuma-dp dns configure:" in out(hosts["trixie"], "journalctl -u kuma-dp --no-pager -o cat")
 
 
 def test_stop_leaves_host_dns_as_it_was(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
     for release in ("trixie", "bookworm"):
-        host, unit = hosts[release], mesh["units"][release]
-        host.ssh(f"systemctl stop {unit}")
-        assert host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+        host, units = hosts[release], mesh["units"][release]
+        host.ssh(f"systemctl stop {' '.join(units)}")
+        for unit in units:
+            assert host.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "inactive"
+            assert host.ssh(f"test -e {rundir(unit)}", check=False).returncode == 1
+        # Byte for byte: /etc/resolv.conf (and resolved's links, servers and domains) as before the start.
         assert dns_state(host) == mesh["dns_before"][release]
         assert host.ssh("pgrep -x envoy", check=False).returncode == 1  # Envoy went with its agent
-        assert host.ssh(f"test -e /run/kuma-dp/{'web' if '@' in unit else 'primary'}", check=False).returncode == 1
         # started again for the upgrade
-        host.ssh(f"systemctl start {unit}", timeout=120)
+        host.ssh(f"systemctl start {' '.join(units)}", timeout=120)
 
 
 def unit_pids(host: LabHost) -> dict[str, str]:
@@ -407,24 +442,25 @@ def unit_pids(host: LabHost) -> dict[str, str]:
 def test_upgrade_restarts_services_and_keeps_config(packages: dict[str, dict[str, Path]],
                                                     hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
     for release, host in hosts.items():
-        unit = mesh["units"][release]
+        units = mesh["units"][release]
         host.ssh("echo '# edited by the operator' >> /etc/kuma/kuma-cp.yaml")
         config_before = out(host, "md5sum /etc/kuma/kuma-cp.yaml /etc/kuma/kuma-dp.conf /etc/kuma/dataplanes/*")
         before = unit_pids(host)
-        assert before[unit] != "0" and before["kuma-cp.service"] != "0"
+        assert all(before[u] != "0" for u in ("kuma-cp.service", *units)), before
         seconds = install_debs(host, [packages["2"]["kuma-cp.deb"], packages["2"]["kuma-dp.deb"]])
         record(f"upgrade_seconds_{release}", seconds)
         assert out(host, "dpkg-query -W -f='${Version}' kuma-dp").endswith("-2")
         after = unit_pids(host)
-        for u in ("kuma-cp.service", unit):
+        for u in ("kuma-cp.service", *units):
             assert after[u] not in ("0", before[u]), (u, before, after)  # restarted ...
             assert out(host, f"systemctl is-active {u}").strip() == "active"  # ... and running
-        idle = "kuma-dp@web.service" if unit == "kuma-dp.service" else "kuma-dp.service"
-        assert after[idle] == "0"  # what did not run was not started
+        for idle in {"kuma-dp@web.service", "kuma-dp.service"} - set(units):
+            assert after[idle] == "0"  # what did not run was not started
         assert out(host, "md5sum /etc/kuma/kuma-cp.yaml /etc/kuma/kuma-dp.conf /etc/kuma/dataplanes/*") == \
             config_before
         assert not out(host, "ls /etc/kuma | grep -E 'dpkg-(dist|old|new)' || true").strip()
     test_web_talks_to_backend_across_hosts_with_mtls(hosts, mesh)
+    test_primary_dataplane_points_host_dns_at_its_stub(hosts, mesh)
 
 
 def test_purge_leaves_nothing(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
