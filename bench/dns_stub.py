@@ -4,7 +4,8 @@
 The method and the load generator are bench/dns.py's (imported from it): for each server, the answers per
 second a client keeps with 64 queries in flight (closed loop; the figure counts only with zero loss), then
 latency percentiles at a steady half of that rate (open loop); rounds alternate between servers and the median
-round is reported. The stub runs exactly as kuma-dp runs it: the DNS worker's `serve()` (agent/dns/worker.py)
+round is reported, with each server's CPU time per answer (steadier than answers/s when other work shares the
+machine's two cores). The stub runs exactly as kuma-dp runs it: the DNS worker's `serve()` (agent/dns/worker.py)
 in a process of its own, on sockets bound by its parent, its zone built from a VIP map in the control plane's
 shape (same services and names as bench/dns.py). kuma-cp's authoritative server is measured alongside for
 reference (`--no-cp` leaves it out).
@@ -146,6 +147,9 @@ def main() -> None:
         finally:
             for s in servers:
                 s.stop()
+    for part in ("mesh", "forwarding"):  # CPU per answer: steadier than answers/s on a shared 2-core machine
+        for s in doc.get(part, {}).values():
+            s["server_cpu_us_per_answer"] = s["server_cpu"] / s["answers_per_s"] * 1e6 if s["answers_per_s"] else None
     for part, key in (("mesh", "ratio_to_dnsmasq"), ("forwarding", "forwarding_ratio_to_dnsmasq")):
         got = doc.get(part, {})
         if "dnsmasq" in got and "kuma-dp stub" in got:
@@ -162,6 +166,9 @@ def main() -> None:
             if doc.get(part):
                 print(f"\n{title}")
                 print(base.table({"servers": doc[part]}))
+                print("server CPU per answer (us): " + ", ".join(
+                    f"{name} {s['server_cpu_us_per_answer']:.2f}" for name, s in doc[part].items()
+                    if s.get("server_cpu_us_per_answer")))
         if "verdict" in doc:
             print(f"\n.mesh answers/s, stub / dnsmasq: {doc['ratio_to_dnsmasq']:.2f} (target >= 1.0, zero loss): "
                   f"{doc['verdict']}")
