@@ -13,5 +13,5 @@
 | resolvconf.py | resolv.conf: its nameservers, ours, atomic swaps and exact snapshots |
 | host.py | pointing the host's resolver at the stub (systemd-resolved or resolv.conf), restore, the lock |
 | component.py | kuma-dp's side: one owner per host, sockets, worker, host config, restore on stop and after a crash |
-| cli.py | `kuma-dp dns restore / status / serve` |
+| cli.py | `kuma-dp dns configure / restore / status / serve` (configure and restore: root's side of host DNS) |
 """

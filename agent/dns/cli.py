@@ -117,7 +117,8 @@ def serve(args: argparse.Namespace) -> int:
     from .watch import WatchParams
 
     logs.setup(args.log_level, "text")
-    options = DnsOptions(listen=args.dns_listen, upstreams=tuple(args.dns_upstream or ()),
+    upstreams = tuple(args.dns_upstream or ()) or parse_upstreams(os.environ.get("KUMA_DNS_UPSTREAM", ""))
+    options = DnsOptions(listen=args.dns_listen, upstreams=upstreams,
                          host_config=args.dns_host_config, state_dir=args.dns_state_dir,
                          resolv_conf=args.dns_resolv_conf)
     vips = json.loads(Path(args.vips_file).read_text()) if args.vips_file else None
