@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import sys
@@ -30,9 +31,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+if sys.path[1:2] == [str(ROOT / "bench")]:  # the script's own directory: bench/agent.py would shadow `agent`
+    del sys.path[1]
 
-import dns as base  # noqa: E402  (bench/dns.py: load generator, dnsmasq, summaries)
+
+def _load_bench_dns() -> Any:
+    """bench/dns.py (load generator, dnsmasq, summaries), loaded by path: `dns` is also dnspython's name."""
+    spec = importlib.util.spec_from_file_location("bench_dns", ROOT / "bench" / "dns.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_dns"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+base = _load_bench_dns()
 
 STUB_DOMAIN = "mesh"
 

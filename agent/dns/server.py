@@ -106,8 +106,11 @@ class StubServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._tcp_server.wait_closed(), 5.0)
             self._tcp_server = None
-        for task in list(self._inflight.values()):
+        pending = list(self._inflight.values())
+        for task in pending:
             task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
 
     def _wake_udp(self) -> None:
         host, port = self.address

@@ -335,3 +335,24 @@ def test_a_retransmitted_query_is_forwarded_once(upstream: TestUpstream) -> None
             c.sendto(q, ("127.0.0.1", s.port))
             assert addresses(DNSRecord.parse(c.recv(2048))) == ["192.0.2.1"]
         assert len(upstream.seen) == 1 and s.server.stats["duplicates"] == 1
+
+
+# --- many clients at once --------------------------------------------------------------------------------------
+
+
+def test_a_burst_from_many_clients_gets_each_its_own_reply(upstream: TestUpstream) -> None:
+    with stub([upstream.address]) as s:
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(100)]
+        try:
+            for i, c in enumerate(clients):  # 100 queries at once, from 100 ports
+                q = DNSRecord.question("backend.mesh" if i % 2 else "web.mesh")
+                q.header.id = i
+                c.sendto(q.pack(), ("127.0.0.1", s.port))
+            for i, c in enumerate(clients):
+                c.settimeout(2)
+                reply = DNSRecord.parse(c.recv(2048))
+                assert reply.header.id == i
+                assert addresses(reply) == (["127.240.0.1"] if i % 2 else ["127.240.0.2"])
+        finally:
+            for c in clients:
+                c.close()
