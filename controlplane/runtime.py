@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controlplane.config import Config
+from controlplane.notify import notify
 from controlplane.store.base import LeaderElector, ResourceStore
 
 log = logging.getLogger("kuma.runtime")
@@ -57,11 +58,13 @@ class Runtime:
         gc.collect()
         gc.freeze()
         self.ready.set()
+        notify("READY=1", f"STATUS=serving: mode {self.config.mode}, store {self.store.backend}")
         log.info("control plane ready", extra={"instance": self.instance_id, "mode": self.config.mode,
                                                "store": self.store.backend})
 
     async def stop(self) -> None:
         self.ready.clear()
+        notify("STOPPING=1", "STATUS=stopping")
         await self.elector.stop()
         await self._stop_leader_components()
         for c in reversed(self._started):
