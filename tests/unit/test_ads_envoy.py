@@ -80,8 +80,9 @@ async def envoy(config: dict, directory: Path) -> AsyncIterator[tuple[str, Path]
     config_file.write_text(json.dumps(config))
     admin_file = directory / "admin-address"
     log_file = directory / "envoy.log"
-    argv = [binary, "-c", str(config_file), "-l", "info", "--use-dynamic-base-id",
-            "--base-id-path", str(directory / "base-id"), "--admin-address-path", str(admin_file),
+    # No hot restart: Envoy then keeps no shared memory in /dev/shm (it would outlive the test).
+    argv = [binary, "-c", str(config_file), "-l", "info", "--disable-hot-restart",
+            "--admin-address-path", str(admin_file),
             "--concurrency", "1", "--drain-time-s", "1"]
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(argv, cwd=directory, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
