@@ -52,6 +52,7 @@ from ._common import (
     check_decimal,
     check_duration,
     check_int,
+    check_items,
     check_percentage,
     check_target_ref,
     check_top_level,
@@ -182,12 +183,9 @@ class MeshCircuitBreakerSpec(Spec):
                              where=f"spec.from[].targetRef of {POLICY}", inbound=True)
             item.default.check(v, f"{p}.default")
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
-        for i, item in enumerate(self.to or ()):
-            p = f"{path}.to[{i}]"
-            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=to_kinds,
-                             where=f"spec.to[].targetRef of {POLICY}" +
-                                   (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
-            item.default.check(v, f"{p}.default")
+        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
+                    where=f"spec.to[].targetRef of {POLICY}" +
+                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -61,8 +61,8 @@ from ._common import (
     check_duration,
     check_header_name,
     check_int,
+    check_items,
     check_tag_key,
-    check_target_ref,
     check_top_level,
     effective_target_ref,
     parse_decimal,
@@ -343,12 +343,9 @@ class MeshLoadBalancingStrategySpec(Spec):
         if not self.to:
             v.add(f"{path}.to", "needs at least one item")
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
-        for i, item in enumerate(self.to or ()):
-            p = f"{path}.to[{i}]"
-            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=to_kinds,
-                             where=f"spec.to[].targetRef of {POLICY}" +
-                                   (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
-            item.default.check(v, f"{p}.default")
+        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
+                    where=f"spec.to[].targetRef of {POLICY}" +
+                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
 
 
 RESOURCE_TYPE = register(ResourceType(
