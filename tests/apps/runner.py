@@ -12,10 +12,8 @@ started as `python -m MODULE --port PORT [--host HOST] *args`; with `port=None` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
@@ -89,16 +89,7 @@ class App:
             assert self.returncode is not None
             return self.returncode
         self._stopped = True
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        self.returncode = self.proc.returncode
+        self.returncode = stop_process(self.proc, timeout)
         if self._owned_dir is not None:
             shutil.rmtree(self._owned_dir, ignore_errors=True)
         return self.returncode

@@ -14,7 +14,6 @@ its PID only (SIGTERM, then SIGKILL after a timeout), and `stop()` checks that i
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -114,17 +115,7 @@ class CpProcess:
             assert self.returncode is not None
             return self.returncode
         self._stopped = True
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        self.returncode = self.proc.returncode
-        assert self.proc.poll() is not None, f"kuma-cp (pid {self.proc.pid}) did not exit"
+        self.returncode = stop_process(self.proc, timeout)
         return self.returncode
 
     def __enter__(self) -> CpProcess:

@@ -47,7 +47,6 @@ import copy
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -63,6 +62,7 @@ import yaml
 
 from agent.envoy.binary import find_envoy
 from tests.apps.runner import app_factory  # re-exported: conftest imports both fixtures in one line
+from tests.processes import stop_process
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -155,16 +155,7 @@ class EnvoyProcess:
             assert self.returncode is not None
             return self.returncode
         self._stopped = True
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=timeout)
-        self.returncode = self.proc.returncode
+        self.returncode = stop_process(self.proc, timeout)
         self._remove_shared_memory()
         return self.returncode
 
