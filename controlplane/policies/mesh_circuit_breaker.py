@@ -268,8 +268,7 @@ class CircuitBreakerPlugin(PolicyPlugin):
     order = 70
 
     def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
-        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
-        return None if merged is None else merged.json
+        return self.to_conf_key(ctx, service)
 
     def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
                                key: Hashable) -> None:
@@ -277,8 +276,7 @@ class CircuitBreakerPlugin(PolicyPlugin):
         apply_conf(cluster, json.loads(key))
 
     def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
-        return None if merged is None else merged.json
+        return self.from_conf_key(ctx, inbound)
 
     def apply_local_cluster(self, ctx: ProxyContext, inbound: Inbound, cluster: cluster_pb2.Cluster,
                             key: Hashable) -> None:

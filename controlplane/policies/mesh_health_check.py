@@ -283,8 +283,7 @@ class HealthCheckPlugin(PolicyPlugin):
     order = 60
 
     def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
-        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
-        return None if merged is None else merged.json
+        return self.to_conf_key(ctx, service)
 
     def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
                                key: Hashable) -> None:

@@ -208,8 +208,7 @@ class TimeoutPlugin(PolicyPlugin):
     # --- outbound ---
 
     def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
-        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
-        return None if merged is None else merged.json
+        return self.to_conf_key(ctx, service)
 
     def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
         return listener_confs(ctx, POLICY, service)
@@ -251,8 +250,7 @@ class TimeoutPlugin(PolicyPlugin):
     # --- inbound ---
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
-        return None if merged is None else merged.json
+        return self.from_conf_key(ctx, inbound)
 
     def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)

@@ -65,6 +65,16 @@ class PolicyPlugin:
 
     # --- inbound ---
 
+    # Summaries most plugins use as their keys: this policy's merged `to[]` conf for a destination, or
+    # merged `from[]` conf for an inbound, as canonical JSON (None when no policy applies).
+    def to_conf_key(self, ctx: ProxyContext, service: str) -> str | None:
+        merged = ctx.rules.to_conf(self.policy_type, ctx.dataplane, service)
+        return None if merged is None else merged.json
+
+    def from_conf_key(self, ctx: ProxyContext, inbound: Inbound) -> str | None:
+        merged = ctx.rules.from_conf(self.policy_type, ctx.dataplane, inbound)
+        return None if merged is None else merged.json
+
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         return None
 
