@@ -36,6 +36,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from controlplane.store.postgres_config import PostgresConfig
+from tests.requirements import unavailable
 
 ENV_PREFIX = "KUMA_TEST_PG_"
 TEST_USER = "kuma_test"
@@ -191,7 +192,7 @@ def fresh_database(server: PgServer, **overrides: object) -> Iterator[PostgresCo
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PgServer]:
     if external_server() is None and find_bin_dir() is None:
-        pytest.skip("no PostgreSQL server: install the server binaries (apt-get install postgresql) or set "
+        unavailable("postgres", "no PostgreSQL server: install the server binaries (apt-get install postgresql) or set "
                     "KUMA_TEST_PG_HOST/PORT/USER/PASSWORD")
     with running_server() as server:
         yield server

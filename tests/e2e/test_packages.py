@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.lab.fixtures import Lab, LabHost
+from tests.requirements import unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -128,7 +129,7 @@ def build_release(release: str) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def packages() -> dict[str, dict[str, Path]]:
     if os.geteuid() != 0:
-        pytest.skip("the package tests boot lab hosts: root only")
+        unavailable("lab", "the package tests boot lab hosts: root only")
     started = time.monotonic()
     built = {"1": build_release("1"), "2": build_release("2")}
     record("build_seconds_both_releases_this_run", round(time.monotonic() - started, 1))
@@ -151,7 +152,7 @@ def hosts(lab: Lab) -> dict[str, LabHost]:
 
 def test_lintian_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
     if not shutil.which("lintian"):
-        pytest.skip("lintian is not installed (scripts/setup.sh installs it)")
+        unavailable("lint", "lintian is not installed (scripts/setup.sh installs it)")
     debs = [str(packages["1"]["kuma-cp.deb"]), str(packages["1"]["kuma-dp.deb"])]
     # lintian takes ~40 s: its verdict on the very same bytes (and overrides, which are inside) is kept.
     digest = hashlib.sha256()
@@ -171,7 +172,7 @@ def test_lintian_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
 
 def test_rpmlint_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
     if not shutil.which("rpmlint"):
-        pytest.skip("rpmlint is not installed (scripts/setup.sh installs it)")
+        unavailable("rpm", "rpmlint is not installed (scripts/setup.sh installs it)")
     rpms = [str(packages["1"]["kuma-cp.rpm"]), str(packages["1"]["kuma-dp.rpm"])]
     proc = subprocess.run(["rpmlint", "-c", str(REPO / "packaging/rpmlint.toml"), *rpms], text=True,
                           capture_output=True, timeout=600)
@@ -186,7 +187,7 @@ def rpm_query(path: Path, *args: str) -> str:
 
 def test_rpm_scripts_and_requirements(packages: dict[str, dict[str, Path]]) -> None:
     if not shutil.which("rpm"):
-        pytest.skip("rpm is not installed (scripts/setup.sh installs it)")
+        unavailable("rpm", "rpm is not installed (scripts/setup.sh installs it)")
     version = pkgbuild.project()["version"]
     for pkg in ("kuma-cp", "kuma-dp"):
         rpm = packages["1"][f"{pkg}.rpm"]
@@ -505,7 +506,7 @@ def rpm_host(lab: Lab) -> LabHost:
     mirror): the .debs are downloaded here and installed there."""
     codename = re.search(r"^VERSION_CODENAME=(\w+)", Path("/etc/os-release").read_text(), re.M)
     if not codename or codename.group(1) not in ("bookworm", "trixie"):
-        pytest.skip("Debian's rpm packages are fetched with this machine's apt: it must be bookworm or trixie")
+        unavailable("rpm", "Debian's rpm packages are fetched with this machine's apt: it must be bookworm or trixie")
     release = codename.group(1)
     debs = pkgbuild.cache_root() / f"rpm-tool-{release}"
     debs.mkdir(parents=True, exist_ok=True)
@@ -513,7 +514,7 @@ def rpm_host(lab: Lab) -> LabHost:
         proc = subprocess.run(["apt-get", "download", *RPM_TOOL_DEBS], cwd=debs, text=True, capture_output=True,
                               timeout=300)
         if proc.returncode != 0:
-            pytest.skip(f"cannot download Debian's rpm packages here: {proc.stderr.strip()[-300:]}")
+            unavailable("rpm", f"cannot download Debian's rpm packages here: {proc.stderr.strip()[-300:]}")
     (host,) = lab.add_hosts(1, release=release)
     names = []
     for deb in sorted(debs.glob("*.deb")):

@@ -29,6 +29,7 @@ from tests.integration.test_kuma_dp_support import (
     dp_factory,  # noqa: F401  (fixture)
     eventually,
 )
+from tests.requirements import unavailable
 from tests.unit.test_dns_stub_support import TestUpstream, addresses, ask
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -152,7 +153,7 @@ def test_resolv_conf_is_restored_on_stop_and_recovered_after_kill_9(
         cp_factory: Callable[..., CpProcess], app_factory: Callable[..., App],
         dp_factory: Callable[..., DpProcess], upstream: TestUpstream, tmp_path: Path) -> None:  # noqa: F811
     if not can_bind_53():
-        pytest.skip("127.0.0.1:53 is taken here (resolv.conf can only name a stub on port 53)")
+        unavailable("port53", "127.0.0.1:53 is taken here (resolv.conf can only name a stub on port 53)")
     conf = tmp_path / "etc" / "resolv.conf"
     conf.parent.mkdir()
     original = b"# the host's\nnameserver 192.0.2.53\nsearch corp.example\n"

@@ -32,6 +32,8 @@ from tests.integration.test_kuma_dp_support import (
     pid_gone,
 )
 
+NO_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+                   "--inh-caps", "-dac_override,-dac_read_search", "--"]
 VALID = dataplane_doc("web-1", "web", app_port=18080, inbound_port=18081)
 
 
@@ -74,10 +76,11 @@ def ca_file(tmp_path: Path) -> Path:
 
 def run_bad(dp_factory: Callable[..., DpProcess], canary: socket.socket, ca_file: Path, *,  # noqa: F811
             definition: Any = VALID, token: str | None = "a-token", args: list[str] | None = None,
-            env: dict[str, str] | None = None, expect: int = 2) -> DpProcess:
+            env: dict[str, str] | None = None, expect: int = 2, wrapper: list[str] | None = None) -> DpProcess:
     """Run kuma-dp against the canary 'control plane'; it must exit `expect` without contacting it."""
     dp = dp_factory(name="web-1", definition=definition, token=token, notify=True, env=env,
-                    cp_address=f"https://127.0.0.1:{canary.getsockname()[1]}", ca_file=ca_file, args=args or [])
+                    cp_address=f"https://127.0.0.1:{canary.getsockname()[1]}", ca_file=ca_file, args=args or [],
+                    wrapper=wrapper)
     code = dp.wait_exit(30)
     assert code == expect, dp.logs()
     assert not contacted(canary), "kuma-dp called the control plane before checking its input"
@@ -140,12 +143,15 @@ def test_unreadable_ca(dp_factory: Callable[..., DpProcess], canary: socket.sock
         expected = "not a usable CA certificate"
     elif problem == "directory":
         ca.mkdir()
-    elif problem == "unreadable":
-        if os.geteuid() == 0:
-            pytest.skip("root reads any file")
+    wrapper = None
+    if problem == "unreadable":
         ca.write_text("x")
         ca.chmod(0)
-    dp = run_bad(dp_factory, canary, ca, token="a-token")
+        if os.geteuid() == 0:
+            # Root reads any file through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: run kuma-dp without them, so the
+            # mode-0 file is as unreadable to it as to the packaged unit's user `kuma`.
+            wrapper = NO_DAC_OVERRIDE
+    dp = run_bad(dp_factory, canary, ca, token="a-token", wrapper=wrapper)
     assert f"--ca-cert-file {ca}: {expected}" in dp.logs(), dp.logs()
 
 

