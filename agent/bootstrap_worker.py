@@ -4,7 +4,7 @@ unreachable.
 
 Why a separate process: the validation (pydantic) and the gRPC client (grpcio) are needed once, at start,
 and together cost ~25 MB of resident memory that a long-running kuma-dp would otherwise keep forever
-(bench/agent.py measures kuma-dp's RSS). grpcio's threads would also make every later fork of Envoy riskier.
+(bench/bench_agent.py measures kuma-dp's RSS). grpcio's threads would also make every later fork of Envoy riskier.
 The worker starts while kuma-dp does its other start-up work, so its imports overlap with that.
 
 Protocol: kuma-dp writes one JSON object on stdin (`cp`, `caPem`, `caSource`, `request`, `definition`,

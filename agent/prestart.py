@@ -5,7 +5,7 @@
   a 100 MB binary to load, needed for the bootstrap request.
 
 Both run while kuma-dp imports and checks its input; `run.py` takes them (or starts them itself when
-nothing was pre-started, or the pre-started ones do not match the final settings). bench/agent.py measures
+nothing was pre-started, or the pre-started ones do not match the final settings). bench/bench_agent.py measures
 the difference. Light on purpose: os, subprocess, sys only until the Envoy binary must be located.
 """
 

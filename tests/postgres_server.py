@@ -5,7 +5,7 @@ KUMA_TEST_PG_PASSWORD; the user needs CREATEDB), or a throwaway cluster started 
 (`/usr/lib/postgresql/<version>/bin`, newest version) in a temp dir on a free loopback port, always stopped
 and removed afterwards.
 
-Plain functions (`running_server()`, `fresh_database()`) work without pytest (bench/store.py uses them);
+Plain functions (`running_server()`, `fresh_database()`) work without pytest (bench/bench_store.py uses them);
 the pytest fixtures below wrap them:
 - `postgres_server` (session): the `PgServer` (host, port, user, password).
 - `postgres_config` (function): a `PostgresConfig` for a new, empty, un-migrated database of its own,

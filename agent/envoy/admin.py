@@ -2,7 +2,7 @@
 
 HTTP/1.1 with `Connection: close`, bodies by Content-Length, chunked encoding or end of stream. It exists so
 kuma-dp does not load an HTTP client library for a handful of loopback calls (kuma-dp stays small: see
-bench/agent.py).
+bench/bench_agent.py).
 """
 
 from __future__ import annotations

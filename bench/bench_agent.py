@@ -13,7 +13,7 @@ CPU time kuma-dp and its helpers used, which a busy machine inflates less than w
 shared: the load average is printed). Targets (the issue): kuma-dp adds at most 300 ms to Envoy's start and
 stays under 40 MB RSS. No pass/fail here: numbers and ratios.
 
-    .venv/bin/python bench/agent.py [--runs 7] [--json-only]
+    .venv/bin/python bench/bench_agent.py [--runs 7] [--json-only]
 """
 
 from __future__ import annotations

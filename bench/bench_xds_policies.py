@@ -25,7 +25,7 @@ with policies; ratios are medians of per-round ratios, so a busy machine skews b
 Target (issue): policies add no more than 2x to rebuild time, and push only to the proxies they select.
 Read ratios, not absolutes: the machine is noisy.
 
-    .venv/bin/python bench/xds_policies.py [--services 200] [--outbounds 10] [--rounds 5] [--json-only]
+    .venv/bin/python bench/bench_xds_policies.py [--services 200] [--outbounds 10] [--rounds 5] [--json-only]
 """
 
 from __future__ import annotations
@@ -40,20 +40,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-# Run as a script: import from the repository, and not from bench/ (bench/xds.py would shadow the `xds`
-# package of xds-protos that the Envoy messages import).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repository importable
 
-from controlplane.policies._defaults import default_policies  # noqa: E402 - after the sys.path fix above
-from controlplane.resources import Resource, from_wire, load_all  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.generate.context import Identity, ProxyContext  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.generate.memo import ResourceMemo  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.generate.proxy import generate_snapshot  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.resources import TYPE_ORDER  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.snapshot import Snapshot  # noqa: E402 - after the sys.path fix above
-from controlplane.xds.topology import MeshTopology, build_topology  # noqa: E402 - after the sys.path fix above
+from controlplane.policies._defaults import default_policies
+from controlplane.resources import Resource, from_wire, load_all
+from controlplane.xds.generate.context import Identity, ProxyContext
+from controlplane.xds.generate.memo import ResourceMemo
+from controlplane.xds.generate.proxy import generate_snapshot
+from controlplane.xds.resources import TYPE_ORDER
+from controlplane.xds.snapshot import Snapshot
+from controlplane.xds.topology import MeshTopology, build_topology
 
 load_all()
 MESH = "bench"

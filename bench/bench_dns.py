@@ -14,7 +14,7 @@ start on port 53); the benchmark installs it with apt-get when missing and runs 
 (plus `--local=/mesh/` so unknown names are NXDOMAIN, `--local-ttl 60` as our TTL, and no config file).
 It is stopped by its PID.
 
-    .venv/bin/python bench/dns.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
+    .venv/bin/python bench/bench_dns.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Throughputs are medians over 10 equal chunks; every figure also comes as a ratio
 measured in the same run ("x memory": how many times slower), because this machine is noisy and
 absolute numbers mean little. No pass/fail.
 
-    .venv/bin/python bench/store.py [--count 10000] [--backends memory,sqlite,postgres] [--json-only]
+    .venv/bin/python bench/bench_store.py [--count 10000] [--backends memory,sqlite,postgres] [--json-only]
 """
 
 from __future__ import annotations

@@ -1,27 +1,26 @@
 """The kuma-dp DNS stub on loopback: `.mesh` answers against dnsmasq serving the same names, and forwarded
 (cached) answers against dnsmasq forwarding to the same upstream, in the same run.
 
-The method and the load generator are bench/dns.py's (imported from it): for each server, the answers per
+The method and the load generator are bench/bench_dns.py's (imported from it): for each server, the answers per
 second a client keeps with 64 queries in flight (closed loop; the figure counts only with zero loss), then
 latency percentiles at a steady half of that rate (open loop); rounds alternate between servers and the median
 round is reported, with each server's CPU time per answer (steadier than answers/s when other work shares the
 machine's two cores). The stub runs exactly as kuma-dp runs it: the DNS worker's `serve()` (agent/dns/worker.py)
 in a process of its own, on sockets bound by its parent, its zone built from a VIP map in the control plane's
-shape (same services and names as bench/dns.py). kuma-cp's authoritative server is measured alongside for
+shape (same services and names as bench/bench_dns.py). kuma-cp's authoritative server is measured alongside for
 reference (`--no-cp` leaves it out).
 
 Forwarding (`--no-forwarding` leaves it out): a dnsmasq "upstream" serves `name-N.example` on another port;
 the stub (with that upstream) and a second dnsmasq (`--server=127.0.0.1#UPSTREAM`, its cache on) both forward
 and cache; the load asks for those names, so after the first round trip both answer from their caches.
 
-    .venv/bin/python bench/dns_stub.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
+    .venv/bin/python bench/bench_dns_stub.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import sys
@@ -31,21 +30,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-if sys.path[1:2] == [str(ROOT / "bench")]:  # the script's own directory: bench/agent.py would shadow `agent`
-    del sys.path[1]
 
-
-def _load_bench_dns() -> Any:
-    """bench/dns.py (load generator, dnsmasq, summaries), loaded by path: `dns` is also dnspython's name."""
-    spec = importlib.util.spec_from_file_location("bench_dns", ROOT / "bench" / "dns.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_dns"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-base = _load_bench_dns()
+from bench import bench_dns as base  # noqa: E402 - after the sys.path line above
 
 STUB_DOMAIN = "mesh"
 

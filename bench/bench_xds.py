@@ -26,7 +26,7 @@ p50/p99 over rounds of the LAST proxy's time, each also as a ratio to the DESIGN
 ADS server; the machine is noisy (2 cores shared by kuma-cp, the Envoys and the bench), so read ratios.
 The reconciler debounces store events by ~20 ms by design: that is in every number here.
 
-    .venv/bin/python bench/xds.py [--envoys 50] [--clients 1000] [--rounds 16] [--client-rounds 12]
+    .venv/bin/python bench/bench_xds.py [--envoys 50] [--clients 1000] [--rounds 16] [--client-rounds 12]
                                   [--modes delta,sotw] [--parts envoys,clients] [--quick] [--json-only]
                                   [--keep] [--py-spy PATH]   (bench/README.md has the rest)
 """
@@ -54,13 +54,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Run as a script, sys.path[0] is bench/, where this file's name would shadow the `xds` package of xds-protos:
-# replace it with the repository root (so `tests` and `bench` import).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repository importable
 
-from bench._common import (  # noqa: E402
+from bench._common import (
     GC_SITECUSTOMIZE,
     Cleanup,
     HttpConn,
