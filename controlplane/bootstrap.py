@@ -36,8 +36,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS, bootstrap, VIP watch)."""
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
-    reconciler = Reconciler(store, cache, ca, vips=vips)
-    insights = InsightsRecorder(store, runtime.instance_id)
+    reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor)
+    insights = InsightsRecorder(store, runtime.instance_id, supervisor=runtime.supervisor)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens)
     lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace)
@@ -62,7 +62,7 @@ async def build_runtime(cfg: Config) -> Runtime:
                         ca_file=cfg.general.tls_ca_file)
     runtime = Runtime(config=cfg, store=store, elector=store.leader_elector())
     tokens = TokenService(store)
-    ca = CaManager(store)
+    ca = CaManager(store, supervisor=runtime.supervisor)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
                          extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes],
@@ -77,8 +77,8 @@ async def build_runtime(cfg: Config) -> Runtime:
         add_xds(runtime, tls, tokens, ca, dns_api.view)
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
-    runtime.add(DefaultMeshPolicies(store, enabled=not (cfg.mode == "zone" and cfg.multizone.zone.global_address)),
-                leader_only=True)
+    runtime.add(DefaultMeshPolicies(store, enabled=not (cfg.mode == "zone" and cfg.multizone.zone.global_address),
+                                    supervisor=runtime.supervisor), leader_only=True)
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:
         runtime.add(DefaultMesh(store), leader_only=True)

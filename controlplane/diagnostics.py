@@ -1,4 +1,5 @@
-"""Diagnostics server: /ready (components started), /healthy (process alive), /metrics (Prometheus)."""
+"""Diagnostics server: /ready (components started and healthy), /healthy (no background task down or
+crash-looping: see controlplane/supervise.py), /metrics (Prometheus)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ class DiagnosticsServer:
         self._runner: web.AppRunner | None = None
 
     async def _ready(self, request: web.Request) -> web.Response:
-        if self.runtime.ready.is_set():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        if not self.runtime.ready.is_set():
+            return web.Response(status=503, text="not ready\n")
+        if unhealthy := self.runtime.supervisor.unhealthy():
+            return web.Response(status=503, text=_describe("not ready", unhealthy))
+        return web.Response(text="ready\n")
 
     async def _healthy(self, request: web.Request) -> web.Response:
+        if unhealthy := self.runtime.supervisor.unhealthy():
+            return web.Response(status=503, text=_describe("unhealthy", unhealthy))
         return web.Response(text="healthy\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -53,3 +58,8 @@ class DiagnosticsServer:
         if self._runner:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _describe(state: str, unhealthy: dict[str, str]) -> str:
+    lines = [f"{state}: background task {name} {why}" for name, why in sorted(unhealthy.items())]
+    return "\n".join(lines) + "\n"

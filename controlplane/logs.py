@@ -56,3 +56,33 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # aiohttp's access log repeats what our API middleware logs with more context.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class ErrorLog:
+    """Logs a recurring error at most once per `interval` seconds per key (e.g. (mesh, kind of error)), with
+    how many were suppressed since the last line: a fault that hits every proxy on every pass, or every
+    accept() of a flooded listener, must not become megabytes of identical lines."""
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 30.0, max_keys: int = 10_000) -> None:
+        self.logger, self.interval, self.max_keys = logger, interval, max_keys
+        self._seen: dict[object, tuple[float, int]] = {}  # key -> (time of the last line, suppressed since)
+
+    def report(self, key: object, message: str, *, error: BaseException | None = None,
+               extra: dict[str, Any] | None = None, traceback: bool = True, level: int = logging.ERROR) -> bool:
+        """Log `message` unless `key` was logged less than `interval` ago; returns whether it was logged."""
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return False
+        if seen is None and len(self._seen) >= self.max_keys:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = (now, 0)
+        fields = dict(extra or {})
+        if error is not None:
+            fields["error"] = str(error) or type(error).__name__
+        if seen is not None and seen[1]:
+            fields["suppressed"] = seen[1]  # the same error, not logged since the previous line
+        exc_info = (type(error), error, error.__traceback__) if error is not None and traceback else None
+        self.logger.log(level, message, extra=fields, exc_info=exc_info)
+        return True

@@ -15,6 +15,7 @@ from typing import Protocol
 from controlplane.config import Config
 from controlplane.notify import notify
 from controlplane.store.base import LeaderElector, ResourceStore
+from controlplane.supervise import Supervisor
 
 log = logging.getLogger("kuma.runtime")
 
@@ -36,6 +37,7 @@ class Runtime:
     elector: LeaderElector
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}")
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    supervisor: Supervisor = field(default_factory=Supervisor)  # components' background tasks (see /healthy)
     components: list[Component] = field(default_factory=list)
     leader_components: list[Component] = field(default_factory=list)
     _started: list[Component] = field(default_factory=list)
@@ -54,7 +56,7 @@ class Runtime:
             self._started.append(c)
         await self.elector.start()
         # Everything loaded so far (modules, schemas, compiled models) lives as long as the process: keep it
-        # out of the collector's full passes, which otherwise stall config pushes by 100+ ms (bench/xds.py).
+        # out of the collector's full passes, which otherwise stall config pushes by 100+ ms (bench/bench_xds.py).
         gc.collect()
         gc.freeze()
         self.ready.set()

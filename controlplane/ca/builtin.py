@@ -45,7 +45,7 @@ from controlplane.resources.secret import SECRET, SecretSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 
 from .errors import CaCorrupted, CaError, CaExpired
-from .material import CaKey, CaMaterial, cert_pem, check_pair, key_pem, parse_certs, parse_key, spki
+from .material import CaKey, CaMaterial, cert_pem, check_pair, key_pem, not_after_for, parse_certs, parse_key, spki
 
 log = logging.getLogger("kuma.ca")
 
@@ -80,7 +80,7 @@ def make_ca_cert(mesh: str, key: CaKey, validity: timedelta, now: datetime | Non
         .subject_name(subject).issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + validity)
+        .not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after_for(now, validity))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=True,

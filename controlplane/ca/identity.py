@@ -34,6 +34,7 @@ from controlplane.resources.fields import parse_duration
 
 from .errors import CaExpired, IdentityError
 from .manager import CaManager, MeshCa, enabled_backend
+from .material import not_after_for
 
 log = logging.getLogger("kuma.ca")
 
@@ -125,7 +126,7 @@ def issue_identity(ca: MeshCa, mesh: str, services: Iterable[str], lifetime: tim
     spiffe_ids, uris = _identity_uris(mesh, _normalise_services(mesh, services), _normalise_tags(tags))
 
     key = ec.generate_private_key(ec.SECP256R1())
-    not_before, not_after = now - CLOCK_SKEW, min(now + lifetime, ca.not_after)
+    not_before, not_after = now - CLOCK_SKEW, min(not_after_for(now, lifetime), ca.not_after)
     try:
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
             ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value)

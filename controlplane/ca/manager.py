@@ -20,7 +20,6 @@ everything known about a mesh.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -33,6 +32,7 @@ from controlplane.resources.base import Resource
 from controlplane.resources.errors import InvalidParameter
 from controlplane.resources.mesh import MeshSpec, Mtls, MtlsBackend
 from controlplane.store.base import ChangeEvent, ResourceStore
+from controlplane.supervise import Supervisor, cancel_and_wait
 
 from .builtin import BuiltinCa, builtin_settings, cert_secret_name, key_secret_name
 from .errors import CaError
@@ -103,8 +103,9 @@ class CaManager:
 
     name = "ca-manager"
 
-    def __init__(self, store: ResourceStore) -> None:
+    def __init__(self, store: ResourceStore, *, supervisor: Supervisor | None = None) -> None:
         self._store = store
+        self._supervisor = supervisor or Supervisor()
         self._builtin = BuiltinCa(store)
         self._materials: dict[tuple[str, str], CaMaterial] = {}
         self._assembled: dict[str, MeshCa] = {}
@@ -121,28 +122,25 @@ class CaManager:
         if self._task is not None:
             return
         ready = asyncio.Event()
-        self._task = asyncio.create_task(self._watch(ready), name="ca-manager-watch")
+        self._task = self._supervisor.spawn("ca-manager-watch", lambda: self._watch(ready))
         await ready.wait()
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         self._watching = False
         self._fast.clear()
 
     async def _watch(self, ready: asyncio.Event) -> None:
+        # Supervised: if the watch fails, it is restarted; meanwhile every lookup reads the store again (slower,
+        # never stale).
         try:
             async with self._store.watch() as events:
+                self._fast.clear()  # a restart may have missed events
                 self._watching = True
                 ready.set()
                 while True:
                     self.handle_event(await events.get())
-        except Exception:
-            # Without the watch every lookup reads the store again: slower, never stale.
-            log.exception("CA manager stopped watching the store; CA lookups read it every time")
         finally:
             self._watching = False
             self._fast.clear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -31,6 +31,18 @@ from .errors import (
 CaKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 ErrorFactory = Callable[[type[CaError], str, str], CaError]  # (class, field, reason) -> error
+
+# The latest notAfter X.509 can express (RFC 5280 4.1.2.5: GeneralizedTime 99991231235959Z, "no well-defined
+# expiration date"); Python's datetime ends at the same year.
+X509_MAX_NOT_AFTER = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+def not_after_for(now: datetime, validity: timedelta) -> datetime:
+    """`now + validity`, clamped to X.509's last date: a validity of 100000y stored before the API bounded
+    durations must give a certificate that never expires, not an OverflowError in the reconciler."""
+    if validity >= X509_MAX_NOT_AFTER - now:
+        return X509_MAX_NOT_AFTER
+    return now + validity
 
 
 @dataclass(frozen=True, slots=True)

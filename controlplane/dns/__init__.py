@@ -39,9 +39,10 @@ def add_dns(runtime: Runtime) -> VipApi:
     tproxy = (VipRange(cfg.transparent_proxy_cidr, "KUMA_DNS_SERVER_TRANSPARENT_PROXY_CIDR")
               if cfg.transparent_proxy_cidr else None)
     check_ranges(primary, tproxy)
-    view = VipView(runtime.store, domain)
+    view = VipView(runtime.store, domain, supervisor=runtime.supervisor)
     runtime.add(view)
     runtime.add(DnsServer(cfg.interface, cfg.port, domain=domain, ttl=cfg.ttl, view=view))
-    runtime.add(VipAllocator(runtime.store, primary, tproxy, grace=timedelta(seconds=cfg.vip_release_grace)),
+    runtime.add(VipAllocator(runtime.store, primary, tproxy, grace=timedelta(seconds=cfg.vip_release_grace),
+                             supervisor=runtime.supervisor),
                 leader_only=True)
     return VipApi(runtime.store, view)

@@ -42,6 +42,7 @@ from controlplane.resources.vip import (
 )
 from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound, ResourceStore
+from controlplane.supervise import Supervisor, cancel_and_wait
 
 from .ranges import VipRange, int_to_ip, ip_to_int
 
@@ -187,8 +188,9 @@ class VipAllocator:
 
     def __init__(self, store: ResourceStore, primary: VipRange, tproxy: VipRange | None, *,
                  grace: timedelta = timedelta(hours=1), clock: Callable[[], datetime] | None = None,
-                 debounce: float = 0.05) -> None:
+                 debounce: float = 0.05, supervisor: Supervisor | None = None) -> None:
         self.store, self.primary, self.tproxy, self.grace = store, primary, tproxy, grace
+        self.supervisor = supervisor or Supervisor()
         self.clock = clock or (lambda: datetime.now(UTC))
         self.debounce = debounce
         self.passes = 0  # for tests and logs
@@ -208,21 +210,20 @@ class VipAllocator:
         ready = asyncio.Event()
         self._full = True
         self._wake.set()
-        self._tasks = [asyncio.create_task(self._watch(ready), name="vip-watch")]
+        self._tasks = [self.supervisor.spawn("vip-watch", lambda: self._watch(ready))]
         await ready.wait()  # subscribed before the first pass reads anything: no change can slip between
-        self._tasks.append(asyncio.create_task(self._loop(), name="vip-allocate"))
+        self._tasks.append(self.supervisor.spawn("vip-allocate", self._loop))
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
 
     async def _watch(self, ready: asyncio.Event) -> None:
         watched = {DATAPLANE.name, ZONE_INGRESS.name, MESH.name}
         async with self.store.watch() as events:
+            self._full = True  # a restart may have missed events: look at everything again
+            self._wake.set()
             ready.set()
             while True:
                 event = await events.get()

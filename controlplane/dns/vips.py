@@ -27,6 +27,7 @@ from typing import Any
 
 from controlplane.resources.vip import VIP_ALLOCATION, VIP_ALLOCATION_NAME, VipAllocationSpec
 from controlplane.store.base import ChangeEvent, NotFound, ResourceStore
+from controlplane.supervise import Supervisor, cancel_and_wait
 
 from .names import mesh_names
 
@@ -112,8 +113,9 @@ class VipView:
 
     name = "vip-view"
 
-    def __init__(self, store: ResourceStore, domain: str = "mesh") -> None:
+    def __init__(self, store: ResourceStore, domain: str = "mesh", *, supervisor: Supervisor | None = None) -> None:
         self.store, self.domain = store, domain
+        self.supervisor = supervisor or Supervisor()
         self.map = VipMap.from_spec(None, domain)
         self._callbacks: list[ChangeCallback] = []
         self._changed = asyncio.Event()  # replaced on every change: waiters hold the one they saw
@@ -140,25 +142,29 @@ class VipView:
 
     async def start(self) -> None:
         loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(self._run(loaded), name="vip-view")
-        await loaded  # serve the stored map from the first moment (the DNS server starts after this)
+        self._task = self.supervisor.spawn("vip-view", lambda: self._run(loaded))
+        try:
+            await loaded  # serve the stored map from the first moment (the DNS server starts after this)
+        except Exception:
+            await cancel_and_wait(self._task)
+            self._task = None
+            raise
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self, loaded: asyncio.Future[None]) -> None:
         async with self.store.watch() as events:
             try:
-                await self.reload()
+                await self.reload()  # also after a restart: events may have been missed
             except Exception as e:
-                if not loaded.done():
-                    loaded.set_exception(RuntimeError(f"cannot read the VIP allocation: {e}"))
-                return
-            loaded.set_result(None)
+                if loaded.done():
+                    raise  # a restart: the supervisor retries with a back-off
+                loaded.set_exception(RuntimeError(f"cannot read the VIP allocation: {e}"))
+                await asyncio.Future()  # start() fails and cancels this task
+            if not loaded.done():
+                loaded.set_result(None)
             while True:
                 event: ChangeEvent = await events.get()
                 if event.op != "resync" and event.type != VIP_ALLOCATION.name:

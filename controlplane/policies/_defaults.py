@@ -22,6 +22,7 @@ from typing import Any
 from controlplane.resources import REGISTRY, Resource, from_wire
 from controlplane.resources.mesh import MeshSpec
 from controlplane.store.base import AlreadyExists, ChangeEvent, MeshNotFound, NotFound, ResourceStore
+from controlplane.supervise import Supervisor, cancel_and_wait
 
 log = logging.getLogger("kuma.defaults")
 
@@ -98,8 +99,9 @@ class DefaultMeshPolicies:
 
     name = "default-mesh-policies"
 
-    def __init__(self, store: ResourceStore, *, enabled: bool = True) -> None:
+    def __init__(self, store: ResourceStore, *, enabled: bool = True, supervisor: Supervisor | None = None) -> None:
         self.store, self.enabled = store, enabled
+        self.supervisor = supervisor or Supervisor()
         self._stack: contextlib.AsyncExitStack | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -109,7 +111,7 @@ class DefaultMeshPolicies:
         # Subscribe before returning, so a mesh created by a component started after this one is seen.
         self._stack = contextlib.AsyncExitStack()
         events = await self._stack.enter_async_context(self.store.watch())
-        self._task = asyncio.create_task(self._run(events), name="default-mesh-policies")
+        self._task = self.supervisor.spawn("default-mesh-policies", lambda: self._run(events))
 
     async def _run(self, events: asyncio.Queue[ChangeEvent]) -> None:
         mesh_type = REGISTRY.by_name("Mesh")
@@ -127,11 +129,8 @@ class DefaultMeshPolicies:
                 log.exception("cannot create the default policies of a mesh", extra={"mesh": event.name})
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None

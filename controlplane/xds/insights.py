@@ -17,6 +17,7 @@ from controlplane.ca import IdentityCert
 from controlplane.resources import REGISTRY, Meta, Resource
 from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
+from controlplane.supervise import Supervisor
 
 from .bootstrap import split_node_id
 from .resources import SHORT_NAMES
@@ -40,8 +41,10 @@ class _Record:
 class InsightsRecorder:
     name = "dataplane-insights"
 
-    def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0) -> None:
+    def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0,
+                 supervisor: Supervisor | None = None) -> None:
         self.store, self.instance_id, self.interval = store, instance_id, interval
+        self.supervisor = supervisor or Supervisor()
         self._records: dict[str, _Record] = {}
         self._stream_sub: dict[int, dict[str, Any]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -128,7 +131,7 @@ class InsightsRecorder:
     # --- flushing ------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="insights-flush")
+        self._task = self.supervisor.spawn("insights-flush", self._loop)
 
     async def stop(self) -> None:
         if self._task:

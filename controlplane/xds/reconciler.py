@@ -3,7 +3,9 @@
 Events are debounced (tens of ms) and coalesced by mesh; each dirty mesh's topology is computed once, then
 every connected proxy of that mesh gets a snapshot built from shared resources. The cache compares content
 versions, so proxies whose config did not change get no push. Identity certificates are renewed on time
-(a timer at the earliest renew_at), and a failure for one proxy or mesh never stops the others.
+(a deadline at the earliest renew_at, checked on every pass), and a failure for one proxy or mesh never stops
+the others: it is logged (at most once per interval per mesh and kind of error), the mesh or proxy keeps its
+previous config and is retried with a back-off, and the loop itself runs under a Supervisor.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from datetime import UTC, datetime
 
 from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
 from controlplane.dns.vips import VipView
+from controlplane.logs import ErrorLog
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
+from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 
 from .bootstrap import split_node_id
 from .cache import SnapshotCache
@@ -40,8 +44,13 @@ class Reconciler:
     name = "xds-reconciler"
 
     def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
-                 vips: VipView | None = None) -> None:
+                 vips: VipView | None = None, supervisor: Supervisor | None = None) -> None:
         self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
+        self.supervisor = supervisor or Supervisor()
+        self.mesh_retries = RetrySchedule()  # meshes whose last rebuild failed
+        self.node_retries = RetrySchedule()  # proxies whose last build failed
+        self.errors = ErrorLog(log, interval=30.0)
+        self._retry_everything: set[str] = set()  # failed meshes whose retry must regenerate every proxy
         self.vip_nodes: set[str] = set()  # proxies that own their host's VIP listeners
         if vips is not None:
             vips.on_change(self._vips_changed)
@@ -64,15 +73,12 @@ class Reconciler:
     # --- component -----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._watch_task = asyncio.create_task(self._watch(), name="xds-watch")
-        self._task = asyncio.create_task(self._loop(), name="xds-reconcile")
+        self._watch_task = self.supervisor.spawn("xds-watch", self._watch)
+        self._task = self.supervisor.spawn("xds-reconcile", self._loop)
 
     async def stop(self) -> None:
         for task in (self._watch_task, self._task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
 
     # --- inputs --------------------------------------------------------------------------------------------------
 
@@ -94,8 +100,12 @@ class Reconciler:
         self.vip_nodes.discard(node_id)
         self.uses.pop(node_id, None)
         self.cache.clear(node_id)
+        self.node_retries.succeeded(node_id)
         with contextlib.suppress(ValueError):
-            self.identities.forget(split_node_id(node_id))
+            mesh, name = split_node_id(node_id)
+            self.identities.forget((mesh, name))
+            if (memo := self.memos.get(mesh)) is not None:
+                memo.forget(node_id)
 
     def _vips_changed(self, _map: object, meshes: set[str]) -> None:
         self._dirty_all.update(meshes)  # VIP owners' listeners change; the topology itself does not
@@ -109,6 +119,10 @@ class Reconciler:
     async def _watch(self) -> None:
         policy_types = {t.name for t in REGISTRY.all() if t.is_policy}
         async with self.store.watch() as events:
+            # A restart after a crash may have missed events: look at every mesh again.
+            self._dirty.update(self.topologies)
+            self._dirty_all.update(self.topologies)
+            self._wake.set()
             while True:
                 event: ChangeEvent = await events.get()
                 if event.op == "resync":
@@ -126,39 +140,72 @@ class Reconciler:
 
     async def _loop(self) -> None:
         while True:
-            timeout = self._next_renewal_in()
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                self._renewals_due()
+            # The next deadline is computed on every pass and checked after every wake-up: on Python 3.12+
+            # wait_for() on an already-set event never times out, so steady change traffic would otherwise
+            # starve certificate renewals and retries.
+            timeout = self._next_deadline_in()
+            if not self._wake.is_set() and (timeout is None or timeout > 0):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
             await asyncio.sleep(self.debounce)  # let a burst of events coalesce
             self._wake.clear()
-            meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
-            self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
-            for mesh in sorted(meshes):
-                await self._rebuild_mesh(mesh, everything=mesh in everything)
-            for node_id in sorted(nodes):
-                try:
-                    mesh, _ = split_node_id(node_id)
-                except ValueError:
-                    continue
-                if mesh in meshes:
-                    continue  # already rebuilt with its mesh
-                if mesh not in self.topologies:
-                    await self._rebuild_mesh(mesh)
-                else:
-                    await self._rebuild_proxy(node_id)
+            await self.reconcile_once()
 
-    def _next_renewal_in(self) -> float | None:
-        at = self.identities.next_renewal()
-        if at is None:
-            return None
-        return max(0.0, (at - datetime.now(UTC)).total_seconds())
+    async def reconcile_once(self) -> None:
+        """One pass: rebuild dirty meshes, then dirty proxies (renewals and retries that are due included).
+        An error in one mesh or proxy is logged, scheduled for a retry with back-off, and the others go on."""
+        now = time.monotonic()
+        retried = self.mesh_retries.due(now)
+        self._dirty.update(retried)
+        self._dirty_all.update(m for m in retried if m in self._retry_everything)
+        self._dirty_nodes.update(self.node_retries.due(now))
+        self._dirty_nodes.update(self._renewals_due())
+        meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
+        self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
+        for mesh in sorted(meshes):
+            await self._rebuild_mesh_guarded(mesh, everything=mesh in everything)
+        for node_id in sorted(nodes):
+            try:
+                mesh, _ = split_node_id(node_id)
+            except ValueError:
+                continue
+            if mesh in meshes:
+                continue  # already rebuilt with its mesh
+            if mesh not in self.topologies:
+                await self._rebuild_mesh_guarded(mesh)
+            else:
+                await self._rebuild_proxy(node_id)
 
-    def _renewals_due(self) -> None:
+    def _next_deadline_in(self) -> float | None:
+        """Seconds until the earliest certificate renewal or retry (None: nothing scheduled)."""
+        now = time.monotonic()
+        at = [t for t in (self.mesh_retries.next_at(), self.node_retries.next_at()) if t is not None]
+        renewal = self._next_renewal()
+        if renewal is not None:
+            at.append(now + (renewal - datetime.now(UTC)).total_seconds())
+        return max(0.0, min(at) - now) if at else None
+
+    def _next_renewal(self) -> datetime | None:
+        """The earliest renewal among connected proxies that are not waiting for a retry."""
+        earliest = None
         for node_id in self.connected:
-            with contextlib.suppress(ValueError):
-                self._dirty_nodes.add(node_id)
+            if node_id in self.node_retries:
+                continue
+            cert = self._identity_of(node_id)
+            if cert is not None and (earliest is None or cert.renew_at < earliest):
+                earliest = cert.renew_at
+        return earliest
+
+    def _renewals_due(self) -> list[str]:
+        now = datetime.now(UTC)
+        return [n for n in self.connected
+                if n not in self.node_retries and (c := self._identity_of(n)) is not None and c.renew_at <= now]
+
+    def _identity_of(self, node_id: str) -> IdentityCert | None:
+        try:
+            return self.identities.get(split_node_id(node_id))
+        except ValueError:
+            return None
 
     async def _load_topology(self, mesh_name: str) -> MeshTopology | None:
         mesh_type, dp_type = REGISTRY.by_name("Mesh"), REGISTRY.by_name("Dataplane")
@@ -174,16 +221,28 @@ class Reconciler:
                 found = (await self.store.list(rtype, ListQuery(mesh=mesh_name))).items
                 if found:
                     policies[rtype.name] = found
-        bundle = None
-        try:
-            ca = await self.ca.get_ca(mesh)
-            bundle = ca.trust_bundle_pem if ca else None
-        except CaError as e:
-            # Without a CA there is no safe config for an mTLS mesh: keep serving the last one.
-            log.error("mesh CA unavailable, keeping the previous config", extra={"mesh": mesh_name, "error": str(e)})
-            return self.topologies.get(mesh_name)
+        # Without a CA there is no safe config for an mTLS mesh: a CaError fails the rebuild, and the proxies
+        # keep their last config until a retry succeeds.
+        ca = await self.ca.get_ca(mesh)
+        bundle = ca.trust_bundle_pem if ca else None
         self._generation += 1
         return build_topology(mesh, dataplanes, policies, self._generation, bundle)
+
+    async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False) -> None:
+        try:
+            await self._rebuild_mesh(mesh_name, everything=everything)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            delay = self.mesh_retries.failed(mesh_name, time.monotonic())
+            if everything:
+                self._retry_everything.add(mesh_name)
+            self.errors.report(
+                ("mesh", mesh_name, type(e).__name__), "cannot rebuild the mesh's config; its proxies keep their "
+                "previous one", error=e, extra={"mesh": mesh_name, "retry_in": delay})
+        else:
+            self.mesh_retries.succeeded(mesh_name)
+            self._retry_everything.discard(mesh_name)
 
     async def _rebuild_mesh(self, mesh_name: str, *, everything: bool = False) -> None:
         started = time.perf_counter()
@@ -197,14 +256,10 @@ class Reconciler:
         nodes = [n for n in self.connected if n.startswith(f"{mesh_name}.")]
         affected = nodes if everything else self._affected(old, topo, nodes)
         memo = self.memos[mesh_name]
-        full = len(affected) == len(nodes)
-        if full:
-            memo.begin()  # a full rebuild also forgets resources nothing uses any more
+        memo.reset_counters()
         changed = 0
         for node_id in affected:
             changed += await self._rebuild_proxy(node_id)
-        if full:
-            memo.end()
         self.rebuilds += 1
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
                                          "regenerated": len(affected), "connected": len(nodes),
@@ -240,17 +295,26 @@ class Reconciler:
         dataplane = topo.dataplanes.get(name)
         if dataplane is None:
             return 0  # not registered yet (or deleted): nothing to serve; keeps its last config
+        memo = self.memos[mesh_name]
         try:
             identity = await self._identity(topo, dataplane, node_id)
             vips = self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
-            ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=self.memos[mesh_name],
-                               vips=vips)
-            snapshot = generate_snapshot(ctx)
+            ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=memo, vips=vips)
+            with memo.for_proxy(node_id):
+                snapshot = generate_snapshot(ctx)
             self.uses[node_id] = ctx.used_services
-        except (CaError, InconsistentSnapshot) as e:
-            log.error("cannot build config for dataplane, keeping the previous one",
-                      extra={"mesh": mesh_name, "dataplane": name, "error": str(e)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            delay = self.node_retries.failed(node_id, time.monotonic())
+            # One line per mesh and kind of error per interval: an expired CA fails every proxy of the mesh on
+            # every pass, which must not become a line per proxy per pass.
+            self.errors.report(("proxy", mesh_name, type(e).__name__),
+                               "cannot build config for dataplane, keeping the previous one", error=e,
+                               extra={"mesh": mesh_name, "dataplane": name, "retry_in": delay},
+                               traceback=not isinstance(e, CaError | InconsistentSnapshot))
             return 0
+        self.node_retries.succeeded(node_id)
         return 1 if self.cache.set_snapshot(node_id, snapshot) else 0
 
     async def _identity(self, topo: MeshTopology, dataplane: Resource, node_id: str) -> Identity | None:

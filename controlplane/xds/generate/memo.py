@@ -1,48 +1,92 @@
 """Build each distinct Envoy resource once: a map from what a resource depends on to the built resource.
 
 Keys are tuples of the inputs that shape a resource (never the proxy asking for it, unless the resource is
-the proxy's own), so every proxy that needs the same cluster gets the same `XdsResource` object. Entries not
-used during a rebuild are dropped at its end, so the memo holds what the current config uses and no more.
+the proxy's own), so every proxy that needs the same cluster gets the same `XdsResource` object.
+
+The memo holds what the proxies' current configs use and no more: a proxy's build runs inside
+`for_proxy(node_id)`, which records the keys it used; an entry lives while at least one proxy's latest build
+used it, and is dropped when the last such proxy is rebuilt without it or is `forget()`-ten. So endpoint
+churn that only rebuilds some proxies (a partial rebuild) cannot make it grow. Outside `for_proxy()` (a
+throw-away memo for one inspection) entries are simply kept.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 
 from controlplane.xds.resources import XdsResource
 
 
 class ResourceMemo:
     def __init__(self) -> None:
-        self._live: dict[Hashable, XdsResource] = {}
-        self._used: dict[Hashable, XdsResource] = {}
+        self._entries: dict[Hashable, XdsResource] = {}
+        self._refs: dict[Hashable, int] = {}  # key -> proxies whose latest build used it
+        self._by_proxy: dict[str, frozenset[Hashable]] = {}
+        self._building: set[Hashable] | None = None
         self.built = 0
         self.reused = 0
 
     def get(self, key: Hashable, build: Callable[[], XdsResource]) -> XdsResource:
-        found = self._used.get(key)
+        found = self._entries.get(key)
         if found is None:
-            found = self._live.get(key)
-            if found is None:
-                found = build()
-                self.built += 1
-            else:
-                self.reused += 1
-            self._used[key] = found
+            found = self._entries[key] = build()
+            self.built += 1
         else:
             self.reused += 1
+        if self._building is not None:
+            self._building.add(key)
         return found
 
-    def begin(self) -> None:
-        """Start a full rebuild: entries must be used again to survive it."""
-        self._live.update(self._used)
-        self._used = {}
+    @contextmanager
+    def for_proxy(self, node_id: str) -> Iterator[None]:
+        """Record what one proxy's build uses; on success that replaces what its previous build used. A build
+        that raises leaves the proxy's previous references as they were (it keeps its previous config)."""
+        if self._building is not None:
+            raise RuntimeError("ResourceMemo.for_proxy() does not nest")
+        self._building = set()
+        try:
+            yield
+        except BaseException:
+            used, self._building = self._building, None
+            self._drop_unreferenced(used)
+            raise
+        used, self._building = self._building, None
+        self._replace(node_id, frozenset(used))
+
+    def forget(self, node_id: str) -> None:
+        """The proxy is gone: release what its config used."""
+        self._replace(node_id, frozenset())
+
+    def reset_counters(self) -> None:
         self.built = self.reused = 0
 
-    def end(self) -> None:
-        """Forget what the rebuild did not use."""
-        self._live = self._used
-        self._used = dict(self._live)
+    def _replace(self, node_id: str, used: frozenset[Hashable]) -> None:
+        before = self._by_proxy.get(node_id, frozenset())
+        if used:
+            self._by_proxy[node_id] = used
+        else:
+            self._by_proxy.pop(node_id, None)
+        for key in used - before:
+            self._refs[key] = self._refs.get(key, 0) + 1
+        released = []
+        for key in before - used:
+            left = self._refs[key] - 1
+            if left:
+                self._refs[key] = left
+            else:
+                del self._refs[key]
+                released.append(key)
+        self._drop_unreferenced(released)
+
+    def _drop_unreferenced(self, keys: Iterator[Hashable] | set[Hashable] | list[Hashable]) -> None:
+        for key in keys:
+            if key not in self._refs:
+                self._entries.pop(key, None)
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._entries)
+
+    def referenced(self) -> int:
+        """Distinct entries some proxy's latest build uses (equals len() when the memo is used per proxy)."""
+        return len(self._refs)

@@ -1,0 +1,215 @@
+"""The xDS reconciler on a real store, CA manager and snapshot cache: one mesh's or one proxy's failure never
+stops the others, failures are retried with a back-off and logged without flooding, renewals are not starved
+by change traffic, and the resource memo holds only what current configs use."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controlplane.ca import CaManager
+from controlplane.ca import builtin as builtin_module
+from controlplane.ca.material import X509_MAX_NOT_AFTER
+from controlplane.resources import Resource, from_wire
+from controlplane.resources.base import Meta
+from controlplane.resources.secret import SECRET, SecretSpec
+from controlplane.store.memory import MemoryStore
+from controlplane.supervise import Supervisor
+from controlplane.xds import reconciler as reconciler_module
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.reconciler import Reconciler
+from controlplane.xds.resources import CLUSTER, ENDPOINT
+
+from .xds_fixtures import dataplane, mesh
+
+
+def builtin_mesh(name: str, **ca_cert: Any) -> Resource:
+    conf = {"caCert": ca_cert} if ca_cert else {}
+    return from_wire({"type": "Mesh", "name": name, "mtls": {
+        "enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin", "conf": conf}]}})
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[tuple[MemoryStore, SnapshotCache, Reconciler]]:
+    store = MemoryStore()
+    await store.start()
+    cache = SnapshotCache()
+    reconciler = Reconciler(store, cache, CaManager(store), debounce=0.001,
+                            supervisor=Supervisor(backoff_min=0.05, backoff_max=0.2))
+    yield store, cache, reconciler
+    await reconciler.stop()
+    await store.close()
+
+
+async def add_dp(store: MemoryStore, mesh_name: str, name: str, service: str, port: int,
+                 outbounds: tuple[tuple[int, str], ...] = ()) -> Resource:
+    dp = dataplane(name, service, port=port, service_port=port + 1000, mesh_name=mesh_name, outbounds=outbounds)
+    await store.create(dp)
+    return dp
+
+
+def connect(reconciler: Reconciler, mesh_name: str, name: str) -> str:
+    node_id = f"{mesh_name}.{name}"
+    reconciler.proxy_connected(node_id)
+    return node_id
+
+
+async def test_a_poison_ca_expiration_is_rendered_and_other_meshes_keep_getting_config(rig: Any) -> None:
+    """A builtin CA with `expiration: 100000y` stored before the API bounded durations used to overflow a date
+    and kill the reconciler: now the CA's notAfter is X.509's last date and both meshes are served."""
+    store, cache, reconciler = rig
+    await store.create(builtin_mesh("poison", expiration="100000y", RSAbits=2048))
+    await store.create(mesh("good"))
+    await add_dp(store, "poison", "a", "svc-a", 10001)
+    await add_dp(store, "good", "b", "svc-b", 10002)
+    poison, good = connect(reconciler, "poison", "a"), connect(reconciler, "good", "b")
+    await reconciler.reconcile_once()
+    assert cache.get_snapshot(good) is not None
+    assert cache.get_snapshot(poison) is not None
+    ca = await reconciler.ca.get_ca(await store.get(builtin_mesh("x").type, "poison"))
+    assert ca is not None and ca.not_after == X509_MAX_NOT_AFTER
+
+
+async def expire_builtin_ca(store: MemoryStore, mesh_name: str) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = builtin_module.make_ca_cert(mesh_name, key, timedelta(days=1), now=datetime.now(UTC) - timedelta(days=2))
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    for name, data in ((builtin_module.key_secret_name(mesh_name, "ca-1"), key_pem),
+                       (builtin_module.cert_secret_name(mesh_name, "ca-1"), cert_pem)):
+        await store.create(Resource(SECRET, Meta(name=name, mesh=mesh_name), SecretSpec.of(data)))
+
+
+async def test_a_mesh_with_an_expired_ca_is_retried_with_backoff_logged_once_and_others_go_on(
+        rig: Any, caplog: pytest.LogCaptureFixture) -> None:
+    store, cache, reconciler = rig
+    await store.create(builtin_mesh("expired"))
+    await expire_builtin_ca(store, "expired")
+    await store.create(mesh("good"))
+    for i in range(5):
+        await add_dp(store, "expired", f"dp-{i}", "svc", 10010 + i)
+        connect(reconciler, "expired", f"dp-{i}")
+    await add_dp(store, "good", "b", "svc-b", 10002)
+    good = connect(reconciler, "good", "b")
+    caplog.set_level(logging.ERROR, logger="kuma.xds")
+    for _ in range(20):  # twenty passes, as change traffic would cause: one line, not one per pass or proxy
+        reconciler.mesh_changed("expired")
+        reconciler.mesh_changed("good")
+        await reconciler.reconcile_once()
+    assert cache.get_snapshot(good) is not None
+    assert "expired" in reconciler.mesh_retries
+    lines = [r for r in caplog.records if getattr(r, "mesh", "") == "expired"]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert "expired" in lines[0].error and lines[0].retry_in > 0
+
+    # The operator fixes the CA (a fresh one replaces the expired secrets): the retry serves the mesh.
+    for name in (builtin_module.key_secret_name("expired", "ca-1"), builtin_module.cert_secret_name("expired", "ca-1")):
+        await store.delete(SECRET, name, "expired")
+    reconciler.mesh_retries.failed("expired", 0.0)  # due now (its real back-off is seconds)
+    assert reconciler.mesh_retries.due(1e18) == ["expired"]
+    reconciler.mesh_changed("expired")
+    await reconciler.reconcile_once()
+    assert "expired" not in reconciler.mesh_retries
+    assert all(cache.get_snapshot(f"expired.dp-{i}") is not None for i in range(5))
+
+
+async def test_an_unexpected_error_for_one_proxy_keeps_the_others_and_the_loop_running(
+        rig: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    store, cache, reconciler = rig
+    await store.create(mesh("m"))
+    await add_dp(store, "m", "ok", "svc-ok", 10001)
+    await add_dp(store, "m", "bad", "svc-bad", 10002)
+    real = reconciler_module.generate_snapshot
+
+    def failing_for_bad(ctx: Any) -> Any:
+        if ctx.dataplane.meta.name == "bad":
+            raise ZeroDivisionError("a bug in one generator")
+        return real(ctx)
+
+    monkeypatch.setattr(reconciler_module, "generate_snapshot", failing_for_bad)
+    caplog.set_level(logging.ERROR, logger="kuma.xds")
+    await reconciler.start()
+    ok, bad = connect(reconciler, "m", "ok"), connect(reconciler, "m", "bad")
+    await cache.wait_for_change(ok, 0)
+    await wait_until(lambda: bad in reconciler.node_retries)
+    assert cache.get_snapshot(bad) is None
+    failure = next(r for r in caplog.records if getattr(r, "dataplane", "") == "bad")
+    assert failure.exc_info is not None and "a bug in one generator" in failure.error  # a traceback: a bug
+
+    # The loop is alive: a later change is still pushed, and the failed proxy is retried until it works.
+    monkeypatch.setattr(reconciler_module, "generate_snapshot", real)
+    before = cache.generation(ok)
+    await store.update(dataplane("ok", "svc-ok", port=10001, service_port=12001, mesh_name="m",
+                                 extra_tags={"version": "2"}).with_meta(version=1))
+    await asyncio.wait_for(cache.wait_for_change(ok, before), 5)
+    await asyncio.wait_for(cache.wait_for_change(bad, 0), 5)  # its retry (or the mesh's next rebuild) works
+    await wait_until(lambda: bad not in reconciler.node_retries)
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def test_renewals_are_not_starved_by_steady_change_traffic(rig: Any) -> None:
+    """On Python 3.12+ wait_for() on an already-set event never times out: the deadline must be checked on
+    every pass, or a change every few ms would keep certificates from ever being renewed."""
+    store, cache, reconciler = rig
+    await store.create(from_wire({"type": "Mesh", "name": "m", "mtls": {
+        "enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin",
+                                                "dpCert": {"rotation": {"expiration": "2s"}}}]}}))
+    await add_dp(store, "m", "a", "svc-a", 10001)
+    await reconciler.start()
+    node = connect(reconciler, "m", "a")
+    await wait_until(lambda: reconciler.identities.get(("m", "a")) is not None)
+    first = reconciler.identities.get(("m", "a"))
+    assert first is not None
+
+    async def churn() -> None:
+        while True:
+            reconciler.mesh_changed("other")  # a mesh with no proxies: wakes the loop, renews nothing
+            await asyncio.sleep(0.002)
+
+    churner = asyncio.create_task(churn())
+    try:
+        await wait_until(lambda: (c := reconciler.identities.get(("m", "a"))) is not None and c.serial != first.serial,
+                         timeout=15)
+    finally:
+        churner.cancel()
+    assert cache.get_snapshot(node) is not None
+
+
+async def test_the_memo_holds_what_current_configs_use_after_1000_endpoint_changes(rig: Any) -> None:
+    store, cache, reconciler = rig
+    await store.create(mesh("m"))
+    await add_dp(store, "m", "client", "web", 10001, outbounds=((20001, "backend"),))
+    await add_dp(store, "m", "backend-1", "backend", 10002)
+    client = connect(reconciler, "m", "client")
+    connect(reconciler, "m", "backend-1")
+    await reconciler.reconcile_once()
+    memo = reconciler.memos["m"]
+    size = len(memo)
+    assert size == memo.referenced() > 0
+    for i in range(1000):  # the backend moves: only the client's endpoints change (partial rebuilds)
+        current = await store.get(dataplane("x", "x", port=1, service_port=2).type, "backend-1", "m")
+        moved = dataplane("backend-1", "backend", port=10002, service_port=11002, mesh_name="m",
+                          address=f"127.0.{i // 250}.{i % 250 + 1}")
+        await store.update(moved.with_meta(version=current.meta.version))
+        reconciler.mesh_changed("m")
+        await reconciler.reconcile_once()
+    endpoints = cache.get_snapshot(client).of_type(ENDPOINT)
+    assert any("127.0.3.250" in r.body.decode("latin-1") for r in endpoints.values())
+    assert len(memo) == memo.referenced() == size
+    assert cache.get_snapshot(client).of_type(CLUSTER)
+
+    reconciler.proxy_disconnected(client)
+    assert len(memo) == memo.referenced() < size  # what only the client used is gone with it
