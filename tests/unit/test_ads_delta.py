@@ -7,7 +7,7 @@ import time
 import grpc
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER
-from tests.unit.test_ads_support import ads_server, cla, eds_cluster, listener, names_of, snapshot
+from tests.unit.test_ads_support import ads_server, cla, eds_cluster, listener, names_of, snapshot, static_cluster
 
 NODE_KEY = "default.dp-1"
 UNKNOWN = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
@@ -254,3 +254,34 @@ async def test_cla_resent_after_its_cluster_changes() -> None:
                       initial_versions={n: r.hash for n, r in changed_a.of_type(ENDPOINT).items() if n in "ab"})
         r = await c2.recv()
         assert names_of(r) == ["a"] and list(r.removed_resources) == []
+
+
+async def test_a_cluster_is_removed_only_after_the_listener_that_stops_using_it_is_acked() -> None:
+    """Make before break: Envoy's old listener routes to b until the new one (routing to a) is in place."""
+    async with ads_server() as srv:
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
+                                                  listener("l1", 15001, "b")))
+        c = await srv.client(delta=True)
+        await c.send(CLUSTER)
+        await c.ack(await c.recv(), with_node=False)
+        await c.send(LISTENER)
+        await c.ack(await c.recv())
+        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        lds = await c.recv()
+        assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
+        await c.expect_nothing()  # b is still what the client's current listener uses
+        await c.ack(lds)
+        cds = await c.recv()
+        assert (cds.type_url, list(cds.removed_resources), len(cds.resources)) == (CLUSTER, ["b"], 0)
+        await c.ack(cds)
+        # A NACKed listener keeps the old one in Envoy: the cluster it uses is kept too.
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("c", 9002),
+                                                  listener("l1", 15001, "c")))
+        first, second = await c.recv(), await c.recv()
+        assert (first.type_url, names_of(first)) == (CLUSTER, ["c"])
+        assert (second.type_url, names_of(second)) == (LISTENER, ["l1"])
+        await c.ack(first)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("c", 9002), listener("l1", 15001, "c")))
+        await c.send(LISTENER, nonce=second.nonce, error="rejected")
+        await c.expect_nothing()  # a is not removed: the client still runs a listener from before

@@ -348,3 +348,36 @@ async def test_eds_resent_after_its_cluster_changes() -> None:
         r3 = await c.recv()
         assert r3.type_url == CLUSTER and names_of(r3) == ["a", "b", "s"]
         await c.expect_nothing()
+
+
+async def test_a_cluster_stays_in_cds_until_the_listener_that_stops_using_it_is_acked() -> None:
+    """Make before break: a SotW CDS response removes what it omits, so it keeps b until the new listener
+    (routing to a) is ACKed."""
+    async with ads_server() as srv:
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
+                                                  listener("l1", 15001, "b")))
+        c = await srv.client()
+        await c.send(CLUSTER)
+        await c.ack(await c.recv(), with_node=False)
+        await c.send(LISTENER)
+        await c.ack(await c.recv())
+        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        lds = await c.recv()
+        assert lds.type_url == LISTENER
+        await c.expect_nothing()  # CDS without b would break the listener Envoy still runs
+        await c.ack(lds)
+        cds = await c.recv()
+        assert (cds.type_url, names_of(cds)) == (CLUSTER, ["a"])
+        await c.ack(cds)
+        await c.expect_nothing()
+        # A cluster that is added and one that goes away in the same change: the new one at once, with the old
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("c", 9002), listener("l1", 15001, "c")))
+        cds2 = await c.recv()
+        assert (cds2.type_url, names_of(cds2)) == (CLUSTER, ["a", "c"])
+        await c.ack(cds2)
+        lds2 = await c.recv()
+        assert lds2.type_url == LISTENER
+        await c.ack(lds2)
+        cds3 = await c.recv()
+        assert (cds3.type_url, names_of(cds3)) == (CLUSTER, ["c"])

@@ -42,6 +42,7 @@ class _TypeState:
     seen_version: str | None = None
     outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> system version, oldest first
     nack_until: float = 0.0
+    rejected: bool = False  # the latest settled response was NACKed: the client runs something older
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -84,8 +85,10 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
                         break
                 if known and request.HasField("error_detail"):
                     st.nack_until = self.nacked(type_url, version, nonce, request.error_detail.message)
+                    st.rejected = True
                 elif known:
                     self.acked(type_url, version, nonce)
+                    st.rejected = False
 
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
@@ -132,14 +135,26 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
                 candidates = (r for n in st.names if (r := of_type.get(n)) is not None)
             changed: list[XdsResource] = [r for r in candidates if st.client.get(r.name) != r.hash]
             removed = [n for n in st.client if n not in of_type or not st.wants(n)]
+            st.dirty = False
+            if removed and type_url in (CLUSTER, ENDPOINT) and not self.routing_settled(snapshot):
+                # Make before break: keep them (the client still has them) and look again after the ACK of
+                # the listeners and routes that stop using them.
+                held = {n for n in removed if n not in of_type and st.wants(n)}
+                removed = [n for n in removed if n not in held]
+                st.dirty = bool(held)
             removed.extend(n for n in st.dropped if n not in of_type or not st.wants(n))
             st.dropped.clear()
-            st.dirty = False
             st.seen_version = version
             if not changed and not removed and not st.force:
                 continue
             st.force = False
             await self._respond(type_url, st, version, changed, removed)
+
+    def type_settled(self, type_url: str, version: str) -> bool:
+        st = self.types.get(type_url)
+        if st is None:
+            return True
+        return not st.outstanding and not st.rejected and not st.dirty and st.seen_version == version
 
     async def _respond(self, type_url: str, st: _TypeState, version: str, changed: list[XdsResource],
                        removed: list[str]) -> None:

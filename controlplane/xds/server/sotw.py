@@ -42,7 +42,9 @@ class _TypeState:
     seen_version: str | None = None  # the snapshot version the last decision looked at
     nack_until: float = 0.0
     resend: bool = False  # answer again even if unchanged (EDS after an update of its clusters)
-    cluster_hashes: dict[str, str] | None = None  # CDS only: what the last response had (None: unknown)
+    rejected: bool = False  # the latest settled response was NACKed: the client runs something older
+    sent_clusters: dict[str, XdsResource] | None = None  # CDS only: what the last response had (None: unknown)
+    holding: bool = False  # CDS only: the last response kept removed clusters until routing settles
 
 
 class SotwStream(Stream[DiscoveryRequest]):
@@ -71,8 +73,10 @@ class SotwStream(Stream[DiscoveryRequest]):
             st.settled = request.response_nonce
             if request.HasField("error_detail"):
                 st.nack_until = self.nacked(type_url, st.sent_version, st.nonce, request.error_detail.message)
+                st.rejected = True
             else:
                 self.acked(type_url, st.sent_version, st.nonce)
+                st.rejected = False
 
         names = set(request.resource_names)
         if WILDCARD in names:
@@ -93,6 +97,7 @@ class SotwStream(Stream[DiscoveryRequest]):
             st.initial = False
             st.sent_version = request.version_info
             st.sent_key = (WILDCARD, request.version_info)
+            st.seen_version = request.version_info
             self.acked(type_url, request.version_info, "")
 
     async def flush(self) -> None:
@@ -109,9 +114,11 @@ class SotwStream(Stream[DiscoveryRequest]):
                 continue  # hold the request until the node has a snapshot
             version = snapshot.version(type_url)
             due = st.initial or st.resend
-            if not due and version == st.seen_version:
+            if not due and version == st.seen_version and not st.holding:
                 continue
             resources, key = self._select(snapshot, type_url, st, version)
+            if type_url == CLUSTER:
+                resources, key = self._hold_removed_clusters(snapshot, st, resources, key)
             if not due and key == st.sent_key:
                 st.seen_version = version
                 continue
@@ -124,17 +131,43 @@ class SotwStream(Stream[DiscoveryRequest]):
                 self._updated_eds_clusters(st, resources)
             await self._respond(type_url, st, version, resources, key)
 
+    def _hold_removed_clusters(self, snapshot: Snapshot, st: _TypeState, resources: list[XdsResource],
+                               key: Any) -> tuple[list[XdsResource], Any]:
+        """Make before break: a CDS response omits a cluster to remove it, so until the client has ACKed the
+        listeners and routes that stop using a cluster, the response keeps the cluster it last got."""
+        st.holding = False
+        if not st.sent_clusters or not st.wildcard:
+            return resources, key
+        present = {r.name for r in resources}
+        gone = sorted(n for n in st.sent_clusters if n not in present)
+        if not gone or self.routing_settled(snapshot):
+            return resources, key
+        st.holding = True
+        resources = resources + [st.sent_clusters[n] for n in gone]
+        sent = st.sent_clusters
+        if len(resources) == len(sent) and all(sent.get(r.name) is r or (r.name in sent and sent[r.name].hash == r.hash)
+                                               for r in resources):
+            return resources, st.sent_key  # what the client already has: nothing to send yet
+        return resources, (key, tuple(gone))
+
+    def type_settled(self, type_url: str, version: str) -> bool:
+        st = self.types.get(type_url)
+        if st is None:
+            return True
+        # seen_version: the last decision looked at this version (sent it, or found the client already has it)
+        return st.nonce == st.settled and not st.rejected and st.seen_version == version
+
     def _updated_eds_clusters(self, st: _TypeState, clusters: list[XdsResource]) -> None:
         """Envoy re-warms an updated EDS cluster and waits for a new EDS response even when its endpoints did
         not change (Envoy's xDS docs, "Resource warming"); its EDS request then names the same resources, so
         without this the cluster would stay warming until Envoy's initial_fetch_timeout."""
-        before, st.cluster_hashes = st.cluster_hashes, {r.name: r.hash for r in clusters}
+        before, st.sent_clusters = st.sent_clusters, {r.name: r for r in clusters}
         eds = self.types.get(ENDPOINT)
         if eds is None or eds.initial:
             return
         for r in clusters:
-            if any(ref.type_url == ENDPOINT for ref in r.refs) and (before is None or before.get(r.name, r.hash)
-                                                                   != r.hash):
+            if any(ref.type_url == ENDPOINT for ref in r.refs) and (before is None or (
+                    before[r.name].hash if r.name in before else r.hash) != r.hash):
                 eds.resend = True
                 return
 

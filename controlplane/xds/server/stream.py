@@ -26,7 +26,7 @@ from envoy.config.core.v3.base_pb2 import Node
 
 from ..cache import SnapshotCache
 from ..callbacks import Authenticator, StreamCallbacks, XdsAuthError
-from ..resources import SHORT_NAMES, TYPE_ORDER
+from ..resources import LISTENER, ROUTE, SHORT_NAMES, TYPE_ORDER
 from ..snapshot import Snapshot
 
 log = logging.getLogger("kuma.xds")
@@ -113,6 +113,17 @@ class Stream(abc.ABC, Generic[RequestT]):
     @abc.abstractmethod
     async def flush(self) -> None:
         """Send every response that is due now (and arm back-off timers for those that are due later)."""
+
+    @abc.abstractmethod
+    def type_settled(self, type_url: str, version: str) -> bool:
+        """True when the client runs `version` of `type_url` (ACKed, nothing newer outstanding or due), or the
+        stream does not carry that type."""
+
+    def routing_settled(self, snapshot: Snapshot) -> bool:
+        """Make before break: a cluster (and its endpoints) may be removed only once the client has ACKed the
+        snapshot's listeners and routes, the ones that stop using it; until then Envoy's old listeners still
+        route to it, and removing it first would fail those requests with "no cluster"."""
+        return all(self.type_settled(t, snapshot.version(t)) for t in (LISTENER, ROUTE) if t in snapshot.resources)
 
     # -- the stream's life -------------------------------------------------------------------------------
 
