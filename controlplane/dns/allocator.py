@@ -29,7 +29,9 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
+from controlplane.logs import ErrorLog
 from controlplane.resources.base import Meta, Resource
 from controlplane.resources.dataplane import DATAPLANE, DataplaneSpec
 from controlplane.resources.mesh import MESH
@@ -45,6 +47,8 @@ from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound
 from controlplane.supervise import Supervisor, cancel_and_wait
 
 from .ranges import VipRange, int_to_ip, ip_to_int
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("kuma.dns")
 
@@ -191,6 +195,7 @@ class VipAllocator:
                  debounce: float = 0.05, supervisor: Supervisor | None = None) -> None:
         self.store, self.primary, self.tproxy, self.grace = store, primary, tproxy, grace
         self.supervisor = supervisor or Supervisor()
+        self._errors = ErrorLog(log, interval=60.0)
         self.clock = clock or (lambda: datetime.now(UTC))
         self.debounce = debounce
         self.passes = 0  # for tests and logs
@@ -266,8 +271,8 @@ class VipAllocator:
         dps = await self.store.list(DATAPLANE, ListQuery(mesh=None))
         ingresses = await self.store.list(ZONE_INGRESS)
         self._meshes = {m.meta.name for m in meshes.items}
-        self._dp_services = {(dp.meta.mesh, dp.meta.name): _dp_services(dp) for dp in dps.items}
-        self._ingress_services = {i.meta.name: _ingress_services(i) for i in ingresses.items}
+        self._dp_services = {(dp.meta.mesh, dp.meta.name): self._read(_dp_services, dp) for dp in dps.items}
+        self._ingress_services = {i.meta.name: self._read(_ingress_services, i) for i in ingresses.items}
 
     async def _apply_dirty(self) -> None:
         dirty, self._dirty = self._dirty, set()
@@ -280,14 +285,28 @@ class VipAllocator:
                     self._meshes.discard(name)
             elif rtype_name == DATAPLANE.name:
                 try:
-                    self._dp_services[(mesh, name)] = _dp_services(await self.store.get(DATAPLANE, name, mesh))
+                    dp = await self.store.get(DATAPLANE, name, mesh)
+                    self._dp_services[(mesh, name)] = self._read(_dp_services, dp)
                 except NotFound:
                     self._dp_services.pop((mesh, name), None)
             else:
                 try:
-                    self._ingress_services[name] = _ingress_services(await self.store.get(ZONE_INGRESS, name))
+                    ingress = await self.store.get(ZONE_INGRESS, name)
+                    self._ingress_services[name] = self._read(_ingress_services, ingress)
                 except NotFound:
                     self._ingress_services.pop(name, None)
+
+    def _read(self, services_of: Callable[[Resource], frozenset[_T]], resource: Resource) -> frozenset[_T]:
+        """The services one resource needs VIPs for; a resource that cannot be read counts as none (logged),
+        so one bad Dataplane cannot stop allocation for every mesh."""
+        try:
+            return services_of(resource)
+        except Exception as e:
+            self._errors.report((resource.type.name, resource.meta.mesh, resource.meta.name),
+                                "cannot read the services of a resource; it gets no VIP", error=e,
+                                extra={"type": resource.type.name, "mesh": resource.meta.mesh,
+                                       "resource": resource.meta.name})
+            return frozenset()
 
     def desired(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = defaultdict(set)

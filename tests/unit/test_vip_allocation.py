@@ -226,6 +226,30 @@ async def test_allocator_follows_dataplanes_ingresses_and_meshes(store: MemorySt
     assert (await load_vip_map(store)).mesh("default").vips == {}
 
 
+async def test_a_resource_that_cannot_be_read_does_not_stop_allocation(
+        store: MemoryStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from controlplane.dns import allocator as allocator_module
+
+    real = allocator_module._dp_services
+
+    def broken_for_dp_2(dp: Resource) -> frozenset[str]:
+        if dp.meta.name == "dp-2":
+            raise ValueError("a Dataplane stored by an older version")
+        return real(dp)
+
+    monkeypatch.setattr(allocator_module, "_dp_services", broken_for_dp_2)
+    alloc = VipAllocator(store, PRIMARY, TPROXY, grace=GRACE, clock=Clock())
+    await store.create(dataplane("dp-1", "backend"))
+    await store.create(dataplane("dp-2", "web"))
+    with caplog.at_level(logging.ERROR, logger="kuma.dns"):
+        await alloc.reconcile()
+        await store.create(dataplane("dp-3", "api"))
+        await alloc.reconcile()
+    assert sorted((await load_vip_map(store)).mesh("default").vips) == ["api", "backend"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and errors[0].resource == "dp-2" and "older version" in errors[0].error
+
+
 async def test_allocator_exhaustion_is_logged_once(store: MemoryStore, caplog: pytest.LogCaptureFixture) -> None:
     alloc = VipAllocator(store, VipRange("10.0.0.0/30"), None, grace=GRACE, clock=Clock())
     await store.create(dataplane("dp-1", "a", "b", "c"))
