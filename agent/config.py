@@ -82,6 +82,8 @@ class DpConfig:
     log_format: str = "text"
     envoy_max_restarts: int = 5  # consecutive unexpected Envoy deaths tolerated before kuma-dp exits 1
     envoy_restart_backoff: float = 1.0  # first wait before restarting Envoy; doubles up to 30 s
+    envoy_start_timeout: float = 60.0  # Envoy not LIVE this long after it started: hung, killed and restarted
+    envoy_liveness_timeout: float = 30.0  # a LIVE Envoy whose admin API has not answered this long: hung
     # --- .mesh DNS stub and host DNS (agent/dns): off unless asked, so `kuma-dp run` never touches a host's DNS
     dns_enabled: bool = False
     dns_listen: str = DNS_DEFAULT_LISTEN
@@ -277,6 +279,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("envoy_restart_backoff", None, "KUMA_DATAPLANE_RUNTIME_ENVOY_RESTART_BACKOFF",
             "dataplaneRuntime.envoyRestartBackoff", _positive_duration, ours=True,
             help="first wait before restarting Envoy (doubles, up to 30s)"),
+    Setting("envoy_start_timeout", None, "KUMA_DATAPLANE_RUNTIME_ENVOY_START_TIMEOUT",
+            "dataplaneRuntime.envoyStartTimeout", _positive_duration, ours=True,
+            help="an Envoy that is not live this long after it started is hung: killed, and the restart policy "
+                 "applies (default 60s)"),
+    Setting("envoy_liveness_timeout", None, "KUMA_DATAPLANE_RUNTIME_ENVOY_LIVENESS_TIMEOUT",
+            "dataplaneRuntime.envoyLivenessTimeout", _positive_duration, ours=True,
+            help="a live Envoy whose admin /ready has not answered LIVE this long is hung: killed and restarted "
+                 "(default 30s)"),
     # --- .mesh DNS stub and host DNS (agent/dns) ---
     Setting("dns_enabled", "dns-enabled", "KUMA_DNS_ENABLED", "dns.enabled", parse_bool,
             help="run this host's .mesh DNS stub and own its VIP listeners (one dataplane per host; default off)"),

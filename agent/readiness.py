@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ class DpState:
     cp_connected: bool = False
     connected_generation: int = -1  # the Envoy generation that has been connected at least once
     live_generation: int = -1  # the Envoy generation that has been LIVE at least once
+    last_live_at: float = 0.0  # time.monotonic() of the current Envoy's latest LIVE answer (liveness)
     draining: bool = False
 
     @property
@@ -102,6 +104,7 @@ class Monitor:
         s.workers_started = stats.get("listener_manager.workers_started") == 1
         if live:
             s.live_generation = generation
+            s.last_live_at = time.monotonic()
         connected = stats.get("control_plane.connected_state") == 1
         if connected != s.cp_connected and (connected or "control_plane.connected_state" in stats):
             first = connected and s.connected_generation != generation
@@ -134,3 +137,20 @@ class Monitor:
                 await asyncio.wait({woken}, timeout=interval)  # (not wait_for: see stop())
             finally:
                 woken.cancel()
+
+
+def envoy_hung(state: DpState, generation: int, started_at: float, start_timeout: float,
+               liveness_timeout: float) -> str | None:
+    """Why Envoy `generation` (started at `started_at`, time.monotonic()) counts as hung, or None: it never got
+    LIVE within `start_timeout`, or, once live, its admin /ready has not answered LIVE for `liveness_timeout`
+    (a stopped or deadlocked Envoy keeps its process and its sockets, so only its silence shows)."""
+    now = time.monotonic()
+    if state.envoy_generation != generation:
+        return None  # the monitor has not seen this Envoy yet
+    if state.live_generation != generation:
+        if now - started_at > start_timeout:
+            return f"not live {start_timeout:g}s after it started"
+        return None
+    if now - state.last_live_at > liveness_timeout:
+        return f"its admin API has not answered LIVE for {liveness_timeout:g}s"
+    return None

@@ -38,7 +38,7 @@ from agent.httpd import listen, serve
 from agent.metrics import CONTENT_TYPE, DpMetrics
 from agent.notify import Notifier, child_environment
 from agent.proc import Child, adopt, process_is
-from agent.readiness import DpState, Monitor
+from agent.readiness import DpState, Monitor, envoy_hung
 from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
 
 if TYPE_CHECKING:
@@ -394,7 +394,9 @@ class Agent:
         def on_exited(code: int, ran: float, restart_in: float | None, failures: int) -> None:
             self.state.envoy_gone()
             if restart_in is not None:
-                self.status(f"Envoy {describe_exit(code)} after {ran:.1f}s; restarting in {restart_in:.1f}s "
+                hang = self.supervisor.hang_reason if self.supervisor is not None else None
+                how = f"was hung ({hang}) and killed" if hang else describe_exit(code)
+                self.status(f"Envoy {how} after {ran:.1f}s; restarting in {restart_in:.1f}s "
                             f"(failure {failures} of at most {cfg.envoy_max_restarts})", logging.WARNING)
 
         options = EnvoyOptions(binary=inputs.binary, bootstrap_file=bootstrap_file,
@@ -405,7 +407,9 @@ class Agent:
         self.supervisor = supervisor = Supervisor(
             options, env=child_environment(self.env), max_restarts=cfg.envoy_max_restarts,
             backoff=cfg.envoy_restart_backoff, before_start=before_start, on_started=on_started,
-            on_exited=on_exited, was_live=lambda generation: self.state.live_generation == generation)
+            on_exited=on_exited, was_live=lambda generation: self.state.live_generation == generation,
+            hung=lambda generation, started_at: envoy_hung(self.state, generation, started_at,
+                                                           cfg.envoy_start_timeout, cfg.envoy_liveness_timeout))
         self.metrics.info.info({"version": agent.__version__, "envoy_version": envoy_ver,
                                 "mesh": inputs.definition.mesh, "dataplane": inputs.definition.name,
                                 "proxy_type": cfg.proxy_type})

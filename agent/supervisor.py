@@ -11,6 +11,10 @@
   for systemd's restart policy to take over.
 - An Envoy that exits before ever getting live because it rejected its configuration raises
   `EnvoyConfigRejected` at once (restarting with the same bootstrap cannot help), with Envoy's own reason.
+- A hung Envoy counts as dead: the `hung(generation, started_at)` callback (kuma-dp's: not LIVE within
+  `KUMA_DATAPLANE_RUNTIME_ENVOY_START_TIMEOUT` of starting, or its admin API silent for
+  `KUMA_DATAPLANE_RUNTIME_ENVOY_LIVENESS_TIMEOUT` once live) is checked every `HANG_CHECK` seconds; a verdict
+  kills Envoy's process tree and the restart policy above applies, with the verdict as the reason.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from agent.proc import Child, spawn
 log = logging.getLogger("kuma-dp.envoy")
 
 STABLE_AFTER = 30.0
+HANG_CHECK = 0.5
 TAIL_LINES = 40
 _REJECTED_MARKERS = ("error initializing config", "unable to parse", "[critical]", "error:")
 
@@ -99,11 +104,14 @@ class Supervisor:
                  before_start: Callable[[], None] | None = None,
                  on_started: Callable[[Child, int], None] | None = None,
                  on_exited: Callable[[int, float, float | None, int], None] | None = None,
-                 was_live: Callable[[int], bool] | None = None) -> None:
+                 was_live: Callable[[int], bool] | None = None,
+                 hung: Callable[[int, float], str | None] | None = None) -> None:
         self.options, self.env = options, env
         self.max_restarts, self.backoff = max_restarts, backoff
         self.before_start, self.on_started, self.on_exited = before_start, on_started, on_exited
         self.was_live = was_live or (lambda generation: False)
+        self.hung = hung or (lambda generation, started_at: None)
+        self.hang_reason: str | None = None  # why the current Envoy was killed as hung
         self.child: Child | None = None
         self.generation = 0
         self.failures = 0
@@ -117,6 +125,7 @@ class Supervisor:
         if self.before_start is not None:
             self.before_start()
         self.tail.clear()
+        self.hang_reason = None
         self.generation += 1
         child = spawn(self.options.argv(), env=self.env, cwd=str(self.options.bootstrap_file.parent),
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -153,7 +162,7 @@ class Supervisor:
         """Keep Envoy running until `stop()`; raises EnvoyCrashLoop / EnvoyConfigRejected."""
         while not self.stopping.is_set():
             child = self.child if self.child is not None and self.child.alive() else await self.start()
-            code = await child.wait()
+            code = await self._wait_exit_or_hang(child)
             if self._pump is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._pump), 2.0)
@@ -162,6 +171,7 @@ class Supervisor:
                 return
             ran = time.monotonic() - self.started_at
             tail = list(self.tail)
+            how = f"hung ({self.hang_reason}) and was killed" if self.hang_reason else describe_exit(code)
             reason = None if code != 1 or self.was_live(self.generation) else rejection_reason(tail)
             if reason is not None:
                 raise EnvoyConfigRejected(f"Envoy rejected its configuration ({describe_exit(code)}): {reason}",
@@ -172,11 +182,11 @@ class Supervisor:
             if self.failures > self.max_restarts:
                 if self.on_exited is not None:
                     self.on_exited(code, ran, None, self.failures)
-                raise EnvoyCrashLoop(f"Envoy {describe_exit(code)} after {ran:.1f}s; it died {self.failures} times "
+                raise EnvoyCrashLoop(f"Envoy {how} after {ran:.1f}s; it died {self.failures} times "
                                      f"in a row (limit {self.max_restarts}): giving up", tail)
             delay = min(self.backoff * 2 ** (self.failures - 1), max(ENVOY_RESTART_BACKOFF_CAP, self.backoff))
             log.warning("Envoy exited unexpectedly; restarting",
-                        extra={"pid": child.pid, "how": describe_exit(code), "ran_s": round(ran, 1),
+                        extra={"pid": child.pid, "how": how, "ran_s": round(ran, 1),
                                "restart_in_s": delay, "failures": self.failures})
             if self.on_exited is not None:
                 self.on_exited(code, ran, delay, self.failures)
@@ -189,6 +199,27 @@ class Supervisor:
                 return
             self.restarts += 1
             await self.start()
+
+    async def _wait_exit_or_hang(self, child: Child) -> int:
+        """Envoy's exit status; an Envoy found hung is killed first (its status is then SIGKILL's)."""
+        exited = asyncio.ensure_future(child.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait({exited}, timeout=HANG_CHECK)
+                if done:
+                    return exited.result()
+                if self.stopping.is_set():
+                    continue  # being stopped on purpose: stop() ends it
+                reason = self.hung(self.generation, self.started_at)
+                if reason is not None:
+                    self.hang_reason = reason
+                    log.error("Envoy is hung; killing it", extra={"pid": child.pid, "reason": reason,
+                                                                  "generation": self.generation})
+                    child.kill_tree()
+                    return await exited
+        finally:
+            if not exited.done():
+                exited.cancel()
 
     def forward(self, sig: int) -> None:
         if self.child is not None:

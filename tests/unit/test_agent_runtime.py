@@ -21,7 +21,7 @@ from agent.envoy.admin import AdminClient, AdminError
 from agent.httpd import listen, serve
 from agent.notify import Notifier, child_environment
 from agent.proc import process_is, spawn
-from agent.readiness import DpState
+from agent.readiness import DpState, envoy_hung
 from agent.supervisor import EnvoyOptions, describe_exit, rejection_reason
 
 # --- sd_notify ---------------------------------------------------------------------------------------------
@@ -302,3 +302,17 @@ def test_prestarted_version_is_used_only_for_its_binary(tmp_path: Path) -> None:
     proc.stdout.close()
     assert prestart.take_version(str(fake)) is None  # taken once
     prestart.discard()
+
+
+def test_envoy_hung_verdicts() -> None:
+    state = DpState()
+    now = time.monotonic()
+    state.envoy_started(100, 3)
+    assert envoy_hung(state, 3, now, start_timeout=60, liveness_timeout=30) is None  # starting
+    assert envoy_hung(state, 3, now - 61, start_timeout=60, liveness_timeout=30) == "not live 60s after it started"
+    assert envoy_hung(state, 2, now - 61, start_timeout=60, liveness_timeout=30) is None  # not the current Envoy
+    state.live_generation, state.last_live_at = 3, now - 5
+    assert envoy_hung(state, 3, now - 600, start_timeout=60, liveness_timeout=30) is None  # live, answered 5s ago
+    state.last_live_at = now - 31
+    assert envoy_hung(state, 3, now - 600, start_timeout=60,
+                      liveness_timeout=30) == "its admin API has not answered LIVE for 30s"
