@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from controlplane.config import Config
-from controlplane.notify import notify
+from controlplane.notify import notify, ping_watchdog, watchdog_interval
 from controlplane.store.base import LeaderElector, ResourceStore
-from controlplane.supervise import Supervisor
+from controlplane.supervise import Supervisor, cancel_and_wait
 
 log = logging.getLogger("kuma.runtime")
 
@@ -43,6 +43,7 @@ class Runtime:
     _started: list[Component] = field(default_factory=list)
     _leader_started: list[Component] = field(default_factory=list)
     _leader_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _watchdog: asyncio.Task[None] | None = None
 
     def add(self, component: Component, *, leader_only: bool = False) -> None:
         (self.leader_components if leader_only else self.components).append(component)
@@ -60,6 +61,8 @@ class Runtime:
         gc.collect()
         gc.freeze()
         self.ready.set()
+        if (interval := watchdog_interval()) is not None:
+            self._watchdog = self.supervisor.spawn("systemd-watchdog", lambda: ping_watchdog(interval))
         notify("READY=1", f"STATUS=serving: mode {self.config.mode}, store {self.store.backend}")
         log.info("control plane ready", extra={"instance": self.instance_id, "mode": self.config.mode,
                                                "store": self.store.backend})
@@ -67,6 +70,7 @@ class Runtime:
     async def stop(self) -> None:
         self.ready.clear()
         notify("STOPPING=1", "STATUS=stopping")
+        await cancel_and_wait(self._watchdog)  # TimeoutStopSec= bounds the stop from here on
         await self.elector.stop()
         await self._stop_leader_components()
         for c in reversed(self._started):

@@ -432,6 +432,27 @@ def test_journal_has_the_agents_status_lines(hosts: dict[str, LabHost], mesh: di
     assert "kuma-dp dns configure:" in out(hosts["trixie"], "journalctl -u kuma-dp --no-pager -o cat")
 
 
+def test_the_watchdog_restarts_a_stopped_kuma_cp(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    """kuma-cp pings systemd's watchdog from its event loop: a stopped (or stuck) kuma-cp is killed and
+    restarted. On the trixie host, whose kuma-cp is not the mesh's control plane."""
+    host = hosts["trixie"]
+    dropin = "/run/systemd/system/kuma-cp.service.d/test-watchdog.conf"
+    host.ssh(f"mkdir -p {dropin.rsplit('/', 1)[0]} && printf '[Service]\\nWatchdogSec=3s\\n' > {dropin} "
+             "&& systemctl daemon-reload && systemctl restart kuma-cp", timeout=120)
+    try:
+        assert out(host, "systemctl show -p WatchdogUSec --value kuma-cp").strip() == "3s"
+        pid = out(host, "systemctl show -p MainPID --value kuma-cp").strip()
+        time.sleep(4)  # pings keep a running kuma-cp alive past its watchdog timeout
+        assert out(host, "systemctl show -p MainPID --value kuma-cp").strip() == pid
+        host.ssh(f"kill -STOP {pid}")
+        out(host, f"for i in $(seq 600); do p=$(systemctl show -p MainPID --value kuma-cp); "
+                  f"[ \"$p\" != {pid} ] && [ \"$p\" != 0 ] && systemctl is-active -q kuma-cp && exit 0; "
+                  "sleep 0.1; done; exit 1", timeout=90)
+        assert "Watchdog timeout" in out(host, "journalctl -u kuma-cp --no-pager")
+    finally:
+        host.ssh(f"rm -f {dropin} && systemctl daemon-reload && systemctl restart kuma-cp", timeout=120)
+
+
 def test_stop_leaves_host_dns_as_it_was(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
     for release in ("trixie", "bookworm"):
         host, units = hosts[release], mesh["units"][release]
