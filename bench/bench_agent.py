@@ -42,9 +42,9 @@ import yaml
 
 from agent.bootstrap_client import CpAddress, fetch_bootstrap
 from agent.envoy.binary import envoy_version, find_envoy
-from tests.apps.runner import free_port
 from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess, start_cp
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OVERHEAD_MS = 300.0

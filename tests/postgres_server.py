@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -36,6 +35,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from controlplane.store.postgres_config import PostgresConfig
+from tests.ports import free_port
 from tests.requirements import unavailable
 
 ENV_PREFIX = "KUMA_TEST_PG_"
@@ -82,12 +82,6 @@ def external_server() -> PgServer | None:
                     password=os.environ.get(ENV_PREFIX + "PASSWORD", ""))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _as_postgres(cmd: list[str]) -> list[str]:
     # initdb and the server refuse to run as root.
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
@@ -123,7 +117,7 @@ def throwaway_server(*, fsync: bool = False) -> Iterator[PgServer]:
         password = secrets.token_urlsafe(16)
         _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C",
               "--auth-local=trust", "--auth-host=scram-sha-256"], cwd=root)
-        port = _free_port()
+        port = free_port()
         opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sock} "
                 f"-c max_connections=300 -c fsync={'on' if fsync else 'off'} "
                 f"-c synchronous_commit={'on' if fsync else 'off'} -c full_page_writes={'on' if fsync else 'off'}")

@@ -26,24 +26,18 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 
-__all__ = ["App", "AppStartError", "app_factory", "free_port", "start_app"]
+__all__ = ["App", "AppStartError", "app_factory", "start_app"]
 
 
 class AppStartError(RuntimeError):
     pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on `host` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.ports import free_port
 from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -47,25 +47,6 @@ PORT_VARS = (
 
 class CpStartError(RuntimeError):
     pass
-
-
-def free_port(taken: set[int] | None = None) -> int:
-    """A loopback port free for both TCP and UDP (DNS uses both), not in `taken`."""
-    taken = taken if taken is not None else set()
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            if port in taken:
-                continue
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise CpStartError("no free loopback port found")
 
 
 @dataclass
@@ -143,7 +124,7 @@ def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, **env: str) -> C
     work_dir = tmp_path / "kuma-cp"
     work_dir.mkdir(parents=True, exist_ok=True)
     taken: set[int] = set()
-    ports = {name: free_port(taken) for name in PORT_VARS}
+    ports = {name: free_port(taken=taken) for name in PORT_VARS}
     full_env = dict(os.environ)
     full_env = {k: v for k, v in full_env.items() if not k.startswith("KUMA_")}
     full_env.update({

@@ -22,10 +22,11 @@ import yaml
 
 from agent.bootstrap_client import CpAddress, fetch_bootstrap
 from controlplane.resources import load_all
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.api_client import Reply, call
 from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
+from tests.ports import free_port
 
 
 @dataclass

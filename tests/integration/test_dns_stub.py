@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from dnslib import RCODE
 
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.test_kuma_dp_support import (
     REPO_ROOT,
@@ -29,6 +29,7 @@ from tests.integration.test_kuma_dp_support import (
     dp_factory,  # noqa: F401  (fixture)
     eventually,
 )
+from tests.ports import free_port
 from tests.requirements import unavailable
 from tests.unit.test_dns_stub_support import TestUpstream, addresses, ask
 

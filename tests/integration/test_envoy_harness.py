@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.apps.runner import App, free_port, start_app
+from tests.apps.runner import App, start_app
 from tests.integration.envoy_harness import (
     EnvoyProcess,
     EnvoyStartError,
@@ -23,6 +23,7 @@ from tests.integration.envoy_harness import (
     static_cluster,
     tcp_proxy_listener,
 )
+from tests.ports import free_port
 
 AppFactory = Callable[..., App]
 EnvoyFactory = Callable[..., EnvoyProcess]

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
 from tests.integration.test_kuma_dp_support import (
     DpMesh,
@@ -26,6 +26,7 @@ from tests.integration.test_kuma_dp_support import (
     pid_gone,
     unique,
 )
+from tests.ports import free_port
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 
 from agent.envoy.binary import find_envoy
 from controlplane.tls import ensure_cp_tls
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.test_kuma_dp_support import (
     DpMesh,
@@ -31,6 +31,7 @@ from tests.integration.test_kuma_dp_support import (
     http,
     pid_gone,
 )
+from tests.ports import free_port
 
 NO_DAC_OVERRIDE = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search",
                    "--inh-caps", "-dac_override,-dac_read_search", "--"]

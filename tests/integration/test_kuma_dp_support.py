@@ -33,9 +33,10 @@ import psutil
 import pytest
 import yaml
 
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.api_client import Reply, call
 from tests.integration.cp_process import CpProcess
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.cp_process import CpProcess, free_port
+from tests.integration.cp_process import CpProcess
+from tests.ports import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

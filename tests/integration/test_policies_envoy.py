@@ -25,10 +25,11 @@ from controlplane.xds.generate.memo import ResourceMemo
 from controlplane.xds.generate.proxy import generate_snapshot
 from controlplane.xds.resources import CLUSTER, LISTENER
 from controlplane.xds.topology import build_topology
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import Dataplane, MeshHarness, eventually
+from tests.ports import free_port
 
 load_all()
 EXAMPLES = Path(__file__).parent.parent / "unit" / "policy_examples"

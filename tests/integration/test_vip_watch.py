@@ -12,10 +12,11 @@ import pytest
 
 from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap
 from agent.vips_client import watch_vips
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness
+from tests.ports import free_port
 
 
 def dataplane_doc(name: str, service: str) -> dict[str, Any]:

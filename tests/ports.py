@@ -1,0 +1,86 @@
+"""Loopback ports for test servers, handed out so that no other test process and no kernel allocation can take
+one between the moment it is chosen and the moment a server binds it.
+
+Binding port 0 and closing gives a port that was free a moment ago, from the kernel's ephemeral range: the
+next outgoing connection of any process (Envoy, kuma-dp, the control plane) or another test process's port-0
+probe may get it, and a server started a moment later fails with EADDRINUSE once in a few runs. Here:
+- ports come from below the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), which the kernel
+  never hands out by itself;
+- a registry file shared by every test process on the machine (under an flock) records which process holds
+  which port; entries of processes that have exited are reclaimed, so a killed session leaks nothing;
+- a port must also bind on 127.0.0.1 for TCP and UDP right now, so one some other program listens on is skipped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import socket
+import tempfile
+from pathlib import Path
+
+REGISTRY = Path(tempfile.gettempdir()) / "kuma-vm-test-ports.json"
+LOWEST = 20000
+_held: set[int] = set()  # this process's ports (also in the registry)
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _bindable(port: int, host: str) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", taken: set[int] | None = None) -> int:
+    """A port reserved for this process (TCP and UDP free on `host` now); also added to `taken` if given."""
+    high = _ephemeral_low() - 1
+    if high - LOWEST < 100:
+        raise RuntimeError(f"the ephemeral port range starts at {high + 1}: no room for test ports above {LOWEST}; "
+                           "widen it with sysctl net.ipv4.ip_local_port_range")
+    me = os.getpid()
+    with open(REGISTRY, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        f.seek(0)
+        try:
+            held: dict[str, int] = json.loads(f.read() or "{}")
+        except ValueError:
+            held = {}
+        held = {port: pid for port, pid in held.items() if pid == me or _alive(pid)}
+        start = random.randint(LOWEST, high)
+        span = high - LOWEST + 1
+        for i in range(span):
+            port = LOWEST + (start - LOWEST + i) % span
+            if str(port) in held or (taken is not None and port in taken) or not _bindable(port, host):
+                continue
+            held[str(port)] = me
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(held))
+            f.flush()
+            _held.add(port)
+            if taken is not None:
+                taken.add(port)
+            return port
+    raise RuntimeError(f"no free loopback port between {LOWEST} and {high}")

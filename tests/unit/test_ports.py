@@ -1,0 +1,58 @@
+"""The test port allocator: ports below the ephemeral range, never handed out twice across processes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests import ports
+from tests.ports import free_port
+
+
+def test_ports_are_outside_the_ephemeral_range_distinct_and_registered() -> None:
+    got = [free_port() for _ in range(50)]
+    assert len(set(got)) == 50
+    assert all(ports.LOWEST <= p < ports._ephemeral_low() for p in got)
+    held = json.loads(ports.REGISTRY.read_text())
+    assert all(held[str(p)] == ports.os.getpid() for p in got)
+    taken: set[int] = set()
+    p = free_port(taken=taken)
+    assert taken == {p}
+
+
+def test_a_port_someone_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ports.random, "randint", lambda low, high: low)  # search from LOWEST up
+    listeners = []
+    try:
+        for port in range(ports.LOWEST, ports.LOWEST + 20):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            listeners.append(s)
+        busy = {s.getsockname()[1] for s in listeners}
+        assert busy and not busy & {free_port() for _ in range(40)}
+    finally:
+        for s in listeners:
+            s.close()
+
+
+def test_concurrent_processes_never_get_the_same_port_while_they_live() -> None:
+    code = ("import sys; from tests.ports import free_port; "
+            "print(' '.join(str(free_port()) for _ in range(100)), flush=True); sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    try:
+        outputs = [p.stdout.readline().split() for p in procs if p.stdout is not None]
+        mine = [free_port() for _ in range(100)]  # while the others still hold theirs
+    finally:
+        for p in procs:
+            p.communicate(timeout=60)
+    all_ports = [int(x) for out in outputs for x in out] + mine
+    assert len(all_ports) == 500 and len(set(all_ports)) == 500
