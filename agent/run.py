@@ -450,6 +450,7 @@ class Agent:
             from agent.dns.component import DnsError
             from agent.dns.watch import WatchParams
 
+            self.dns.on_status = self.notifier.status  # the guard logs; this puts it in `systemctl status` too
             try:
                 await self.dns.start(answer.get("vips"), WatchParams(cfg.cp_address, inputs.ca_pem,
                                                                      inputs.definition.mesh, inputs.token))

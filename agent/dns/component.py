@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from typing import Any
 from agent.pdeathsig import die_with_parent
 
 from .forward import Upstream
+from .guard import ResolvConfGuard
 from .host import Host, HostDnsError, HostPaths, OwnerBusy, OwnerLock, Runner, run_command
 from .server import bind
 from .settings import DEFAULT_LISTEN, DEFAULT_RESOLV_CONF, DOMAIN, default_state_dir, format_address, parse_address
@@ -115,6 +117,8 @@ class HostDns:
         self._reader: asyncio.Task[None] | None = None
         self._stopping = False
         self._failures = 0  # consecutive quick worker deaths
+        self.on_status: Callable[[str], None] | None = None  # kuma-dp's STATUS= line, for what the guard finds
+        self.guard: ResolvConfGuard | None = None
 
     # --- before the bootstrap ------------------------------------------------------------------------------
 
@@ -202,6 +206,10 @@ class HostDns:
             except HostDnsError as e:
                 raise DnsError(f"--dns-host-config {self.options.host_config}: {e}", EXIT_USAGE) from None
             log.info("host DNS configured", extra={"what": self.configured})
+        if self.options.host_config != "none":
+            self.guard = ResolvConfGuard(self.host, self.listen, may_reapply=self.privileged,
+                                         on_status=self.on_status)
+            self.guard.start()
 
     def summary(self) -> str:
         names = len((self.vips or {}).get("names") or {})
@@ -282,6 +290,9 @@ class HostDns:
     async def stop(self) -> None:
         """Put the host back, then stop the worker; safe to call at any point, and more than once."""
         self._stopping = True
+        if self.guard is not None:  # before the restore: putting the original back is not a foreign rewrite
+            self.guard.stop()
+            self.guard = None
         if self.lock.fd is not None and self.privileged:  # unprivileged: `kuma-dp dns restore` does it, as root
             try:
                 text = self.host.restore()

@@ -263,6 +263,26 @@ def start_unprivileged(host: LabHost) -> str:
     return unit
 
 
+def test_a_resolv_conf_rewritten_by_another_program_is_pointed_at_the_stub_again(
+        hosts: dict[str, LabHost], upstream: TestUpstream) -> None:
+    """A DHCP client rewriting /etc/resolv.conf (a new file renamed over it) while the stub runs: kuma-dp (root
+    here) notices through inotify, points it at the stub again and keeps the new file as the one to restore."""
+    host = hosts["bookworm"]
+    original = host.ssh("cat /etc/resolv.conf").stdout
+    unit = start(host)
+    try:
+        dhcp = f"# written by a DHCP client\nnameserver {upstream.host}\n"
+        host.ssh("cat > /etc/resolv.conf.dhcp && mv /etc/resolv.conf.dhcp /etc/resolv.conf", input=dhcp)
+        eventually(lambda: "pointed at the stub again" in journal(host, unit), message="the rewrite noticed")
+        assert host.ssh("grep -c '^nameserver 127.0.1.53$' /etc/resolv.conf").stdout.strip() == "1"
+        assert getent(host, "backend.mesh") == "127.240.0.1" and getent(host, "ordinary.example") == "192.0.2.80"
+        stop(host, unit)
+        assert host.ssh("cat /etc/resolv.conf").stdout == dhcp  # the DHCP client's file, not the older one
+    finally:
+        host.ssh("systemctl stop 'kuma-dns-e2e-*'", check=False)
+        host.ssh("cat > /etc/resolv.conf.orig && mv /etc/resolv.conf.orig /etc/resolv.conf", input=original)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_as_the_packaged_unit_runs_it_unprivileged_with_root_helpers(hosts: dict[str, LabHost],
                                                                       upstream: TestUpstream, kind: str) -> None:

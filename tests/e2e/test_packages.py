@@ -279,7 +279,7 @@ def test_units_verify(hosts: dict[str, LabHost]) -> None:
     for host in hosts.values():
         # Loads each unit (the template through an instance) with the installed binaries, as systemd would.
         proc = host.ssh("SYSTEMD_LOG_LEVEL=notice systemd-analyze verify kuma-cp.service kuma-dp.service "
-                        "kuma-dp@web.service 2>&1", check=False)
+                        "kuma-dp@web.service kuma-dp-dns-restore.service 2>&1", check=False)
         findings = [line for line in proc.stdout.splitlines() if "kuma" in line]
         assert proc.returncode == 0 and not findings, proc.stdout
 
@@ -465,6 +465,24 @@ def test_stop_leaves_host_dns_as_it_was(hosts: dict[str, LabHost], mesh: dict[st
         assert host.ssh("pgrep -x envoy", check=False).returncode == 1  # Envoy went with its agent
         # started again for the upgrade
         host.ssh(f"systemctl start {' '.join(units)}", timeout=120)
+
+
+def test_a_power_cut_leaves_the_host_dns_restored_at_boot(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
+    """bookworm runs kuma-dp.service with /etc/resolv.conf naming its stub; after a power cut (its init
+    SIGKILLed) the change is still on disk, and kuma-dp-dns-restore.service puts the original back at boot,
+    before anything resolves names, although kuma-dp.service (not enabled) does not start."""
+    host = hosts["bookworm"]
+    assert "nameserver 127.0.1.53" in out(host, "cat /etc/resolv.conf")
+    host.power_cycle()
+    assert host.ssh("systemctl is-active kuma-dp.service", check=False).stdout.strip() == "inactive"
+    assert dns_state(host) == mesh["dns_before"]["bookworm"]
+    journal = out(host, "journalctl -b -u kuma-dp-dns-restore --no-pager -o cat")
+    assert "kuma-dp dns restore: /etc/resolv.conf restored" in journal, journal
+    order = out(host, "systemctl show -p Before --value kuma-dp-dns-restore").split()
+    assert "nss-lookup.target" in order and "sysinit.target" in order
+    # A boot with nothing to restore skips it (the condition), and the next tests want the mesh back.
+    host.ssh("systemctl start kuma-cp.service && systemctl start kuma-dp@web.service kuma-dp.service", timeout=180)
+    assert "nameserver 127.0.1.53" in out(host, "cat /etc/resolv.conf")
 
 
 def unit_pids(host: LabHost) -> dict[str, str]:

@@ -19,6 +19,7 @@ from .system import (
     ensure_tools,
     log,
     proc_stat,
+    remove_cgroup_tree,
     remove_tree,
     require_root,
     run,
@@ -159,6 +160,26 @@ def _boot(lab: LabState, new: list[HostState], deadline: float) -> None:
         hostmod.wait_ssh(h, deadline)
         h.status = "running"
         lab.save()
+
+
+def power_cycle(lab: LabState, name: str, timeout: float | None = None) -> None:
+    """Cut a running host's power (SIGKILL of its init) and boot it again from the same disk."""
+    h = next((x for x in lab.hosts if x.name == name), None)
+    if h is None:
+        raise LabError(f"no host {name!r} in lab {lab.name}")
+    deadline = time.monotonic() + (timeout if timeout is not None else boot_timeout())
+    hostmod.power_off(h)
+    lab.save()
+    if Path(h.cgroup).exists():  # the dead systemd's sub-cgroups: the next one creates its own
+        remove_cgroup_tree(Path(h.cgroup))
+    hostmod.launch(h)
+    lab.save()
+    hostmod.find_init(h)
+    lab.save()
+    hostmod.wait_running(h, deadline)
+    hostmod.wait_ssh(h, deadline)
+    h.status = "running"
+    lab.save()
 
 
 def write_known_hosts(lab: LabState) -> None:

@@ -106,6 +106,11 @@ class LabHost:
             raise LabCommandError(proc.returncode, f"{self.name}: {command}", proc.stdout, proc.stderr)
         return proc
 
+    def power_cycle(self, timeout: float | None = None) -> None:
+        """Cut the host's power (SIGKILL of its init: no clean shutdown) and boot it again from the same disk;
+        returns when it is running and answers ssh."""
+        core.power_cycle(self._lab.state, self.name, timeout)
+
     def copy(self, src: str | os.PathLike[str], dest: str) -> None:
         """Copy a local file or directory to `dest` on the host (scp -r)."""
         self._scp(str(src), dest, from_host=False)

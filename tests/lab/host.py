@@ -284,12 +284,20 @@ def _is_ours(pid: int, start: int | None, h: HostState, want: str) -> bool:
     return True
 
 
-def stop(h: HostState) -> None:
-    """End the host's processes, unmount its root, remove its netns, veth, cgroup and directories."""
+def power_off(h: HostState) -> None:
+    """SIGKILL the host's init (every process of its PID namespace dies with it: nothing shuts down cleanly, as
+    on a power cut) and its launcher; its disk (the overlay), netns and veth stay."""
     if h.pid is not None and _is_ours(h.pid, h.pid_start, h, INIT) and not kill_and_wait(h.pid):
         raise LabError(f"{h.name}: init PID {h.pid} did not end after SIGKILL")
     if h.launcher_pid is not None and _is_ours(h.launcher_pid, h.launcher_start, h, "unshare"):
         kill_and_wait(h.launcher_pid)
+    h.pid = h.launcher_pid = None
+    h.status = "off"
+
+
+def stop(h: HostState) -> None:
+    """End the host's processes, unmount its root, remove its netns, veth, cgroup and directories."""
+    power_off(h)
     # Anything still in the host's netns belongs to the host (e.g. a crash between launch and recording the init).
     if network.netns_exists(h.netns):
         ns = ns_inode(network.netns_path(h.netns))

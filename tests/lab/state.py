@@ -59,7 +59,7 @@ class HostState:
     launcher_start: int | None = None  # its start time (clock ticks since boot), against PID reuse
     pid: int | None = None  # the host's init (systemd) as seen from this machine
     pid_start: int | None = None
-    status: str = "new"  # new -> booting -> running | failed
+    status: str = "new"  # new -> booting -> running | failed; running -> off -> booting (power_cycle)
 
     @property
     def root(self) -> Path:
