@@ -2,6 +2,7 @@
 
     kuma-dp run --cp-address https://CP:5678 --ca-cert-file ca.crt \\
         --dataplane-file web.yaml --dataplane-var address=10.0.0.5 --dataplane-token-file web.token
+    kuma-dp validate --dataplane-file web.yaml      # exit 2 with every bad field, without the control plane
     kuma-dp version [--detailed]
 
 Flags, `KUMA_*` variables and YAML keys are Kuma's (agent/config.py lists them); `kuma-dp run --help`
@@ -83,6 +84,35 @@ def dns_command(args: tuple[str, ...]) -> None:
     from agent.dns.cli import main as dns_main
 
     sys.exit(dns_main(list(args)))
+
+
+@main.command("validate")
+@click.option("--dataplane-file", "-d", "dataplane_file", required=True, metavar="FILE",
+              help="the Dataplane (or ZoneIngress) definition to check")
+@click.option("--dataplane-var", "-v", "dataplane_vars", multiple=True, metavar="KEY=VALUE",
+              help="KEY=VALUE for {{ KEY }} in the definition (repeat)")
+@click.option("--proxy-type", "proxy_type", type=click.Choice(["dataplane", "ingress"]), default="dataplane",
+              show_default=True, help="what the definition is for")
+def validate_command(dataplane_file: str, dataplane_vars: tuple[str, ...], proxy_type: str) -> None:
+    """Check a dataplane definition as `kuma-dp run` would, without the control plane: exit 0 when it is
+    valid, 2 with every bad field by its path (for Ansible's `validate:` and CI)."""
+    from dataclasses import replace
+
+    from agent import dataplane
+    from agent.config import DpConfig, parse_vars
+
+    try:
+        variables = parse_vars(list(dataplane_vars)) if dataplane_vars else {}
+        cfg = replace(DpConfig(), dataplane_file=dataplane_file, dataplane_vars=variables, proxy_type=proxy_type)
+        definition = dataplane.load(cfg)
+        dataplane.validate(definition, proxy_type)
+    except (ConfigError, dataplane.DefinitionError) as e:
+        click.echo(f"kuma-dp validate: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    for warning in definition.warnings:
+        click.echo(f"kuma-dp validate: warning: {warning}", err=True)
+    click.echo(f"kuma-dp validate: {dataplane_file}: a valid {dataplane.TYPE_FOR_PROXY[proxy_type]} "
+               f"{definition.mesh}/{definition.name}")
 
 
 @main.command("version")

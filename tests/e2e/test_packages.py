@@ -18,13 +18,11 @@ written to <cache>/e2e-measurements.json and printed.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.e2e.packages import build_release, pkgbuild
 from tests.lab.fixtures import Lab, LabHost
 from tests.requirements import unavailable
 
@@ -39,17 +38,6 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load_build_module() -> Any:
-    """packaging/build.py (not a package): its cache location and the project's version."""
-    spec = importlib.util.spec_from_file_location("kuma_vm_packaging_build", REPO / "packaging/build.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pkgbuild = _load_build_module()
 
 T = TypeVar("T")
 MEASURED: dict[str, Any] = {}
@@ -111,19 +99,6 @@ def record(key: str, value: Any) -> None:
 
 
 # --- packages ------------------------------------------------------------------------------------------------
-
-
-def build_release(release: str) -> dict[str, Path]:
-    dist = pkgbuild.cache_root() / "e2e-dist"
-    proc = subprocess.run([sys.executable, str(REPO / "packaging/build.py"), "--out", str(dist), "--release", release],
-                          cwd=REPO, text=True, capture_output=True, timeout=900)
-    assert proc.returncode == 0, f"packaging/build.py --release {release} failed:\n{proc.stdout}\n{proc.stderr}"
-    files = json.loads(proc.stdout.strip().splitlines()[-1])["files"]
-    found: dict[str, Path] = {}
-    for name in files:
-        pkg = "kuma-cp" if name.startswith("kuma-cp") else "kuma-dp"
-        found[f"{pkg}.{name.rsplit('.', 1)[1]}"] = dist / name
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -178,3 +178,20 @@ def test_cli_version_and_usage_errors() -> None:
                  "--proxy-type", "--binary-path", "--admin-port", "--concurrency", "--drain-time",
                  "--readiness-port", "--runtime-dir", "KUMA_CONTROL_PLANE_URL"):
         assert flag in help_text, flag
+
+
+def test_validate_checks_a_definition_without_the_control_plane(tmp_path: Path) -> None:
+    runner = CliRunner()
+    good = tmp_path / "web.yaml"
+    good.write_text("type: Dataplane\nmesh: default\nname: web\nnetworking:\n  address: 10.0.0.1\n  inbound:\n"
+                    "  - port: 20001\n    servicePort: 8081\n    tags: {kuma.io/service: web}\n")
+    result = runner.invoke(main, ["validate", "--dataplane-file", str(good)])
+    assert result.exit_code == 0 and "a valid Dataplane default/web" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("20001", "99999").replace("name: web", "name: Web_1"))
+    result = runner.invoke(main, ["validate", "-d", str(bad)])
+    assert result.exit_code == 2
+    assert "networking.inbound[0].port" in result.output and "name" in result.output
+    result = runner.invoke(main, ["validate", "-d", str(good), "--proxy-type", "ingress"])
+    assert result.exit_code == 2 and "type: is 'Dataplane'" in result.output
+    assert runner.invoke(main, ["validate", "-d", str(tmp_path / "missing.yaml")]).exit_code == 2

@@ -1,0 +1,66 @@
+"""Filters the kuma-vm roles use: the newest package of a list of files, and a token's claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from typing import Any
+
+from ansible.errors import AnsibleFilterError
+
+_PACKAGE = re.compile(r"^kuma-(?:cp|dp)[_-](?P<version>[0-9][0-9.]*)-(?P<release>[0-9]+)[._]")
+
+
+def _version_key(path: str) -> tuple[tuple[int, ...], int]:
+    name = path.rsplit("/", 1)[-1]
+    m = _PACKAGE.match(name)
+    if m is None:
+        raise AnsibleFilterError(f"{name} is not a kuma-cp/kuma-dp package file name (NAME_VERSION-RELEASE_ARCH.deb "
+                                 "or NAME-VERSION-RELEASE.ARCH.rpm)")
+    return tuple(int(p) for p in m.group("version").split(".") if p), int(m.group("release"))
+
+
+def kuma_newest_package(paths: list[str]) -> str:
+    """The file with the highest version and release ('' for none): 0.1.0-10 is newer than 0.1.0-9."""
+    return max(paths, key=_version_key) if paths else ""
+
+
+def kuma_token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, not verified (the control plane verifies it; this only tells whether to renew):
+    {} for anything that is not a JWT."""
+    parts = str(token or "").strip().split(".")
+    if len(parts) != 3:
+        return {}
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except ValueError:
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def kuma_token_seconds_left(token: str) -> int:
+    """Seconds until the token expires (negative: expired; 0 when it cannot be read)."""
+    exp = kuma_token_claims(token).get("exp")
+    return int(exp - time.time()) if isinstance(exp, int | float) else 0
+
+
+def kuma_dp_stem(dataplane: dict[str, Any]) -> str:
+    """The file stem of a dataplane in /etc/kuma/dataplanes: `primary` for the host's primary one (the packaged
+    kuma-dp.service reads primary.yaml and primary.token), else its name (kuma-dp@NAME.service)."""
+    return "primary" if dataplane.get("primary") else str(dataplane["name"])
+
+
+def kuma_dp_unit(dataplane: dict[str, Any] | str) -> str:
+    """The systemd unit of a dataplane (or of a file stem)."""
+    stem = dataplane if isinstance(dataplane, str) else kuma_dp_stem(dataplane)
+    return "kuma-dp.service" if stem == "primary" else f"kuma-dp@{stem}.service"
+
+
+class FilterModule:
+    def filters(self) -> dict[str, Any]:
+        return {"kuma_newest_package": kuma_newest_package, "kuma_token_claims": kuma_token_claims,
+                "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
+                "kuma_dp_unit": kuma_dp_unit}

@@ -1,0 +1,181 @@
+"""playbooks/site.yml with the kuma_cp and kuma_dp roles against booted lab hosts, over ssh, with ansible-core
+from PyPI: bookworm runs the zone control plane and the dataplane `web` (kuma-dp@web), trixie (with
+systemd-resolved) the primary dataplane `backend` (kuma-dp.service, .mesh DNS). From bare hosts to traffic
+in one run; a second run changes nothing; --check --diff on the converged fleet reports nothing; a changed
+dataplane restarts only its own unit; a lost token is re-issued; a bad variable fails before any host is
+touched. Never against this machine."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import yaml
+
+from tests.e2e.packages import REPO, build_release
+from tests.lab.fixtures import Lab, LabHost
+from tests.requirements import unavailable
+
+pytestmark = pytest.mark.e2e
+
+ECHO_APP = REPO / "tests/apps/echo_http.py"
+ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/ansible-playbook"
+T = TypeVar("T")
+
+
+def eventually(fn: Callable[[], T], timeout: float = 60, message: str = "") -> T:
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = fn()
+            if result:
+                return result
+            last = result
+        except Exception as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}; last: {last!r}")
+        time.sleep(0.5)
+
+
+class Fleet:
+    def __init__(self, lab: Lab, cp: LabHost, other: LabHost, workdir: Path, packages: dict[str, Path]) -> None:
+        self.lab, self.cp, self.other, self.workdir, self.packages = lab, cp, other, workdir, packages
+        self.web_tags: dict[str, str] = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
+
+    def inventory(self) -> Path:
+        web = {"name": "web", "networking": {
+            "address": self.cp.address,
+            "inbound": [{"port": 20001, "servicePort": 8081, "tags": self.web_tags}],
+            "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
+        backend = {"name": "backend", "primary": True, "networking": {
+            "address": self.other.address,
+            "inbound": [{"port": 20002, "servicePort": 8080,
+                         "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}
+        state = self.lab.state
+        common = {"ansible_user": "root", "ansible_ssh_private_key_file": state.ssh_key,
+                  "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={state.known_hosts}"
+                                             " -o IdentitiesOnly=yes",
+                  "ansible_python_interpreter": "/usr/bin/python3",
+                  # The files of this source tree (the directory may hold other builds too).
+                  "kuma_cp_package_file": str(self.packages["kuma-cp.deb"]),
+                  "kuma_dp_package_file": str(self.packages["kuma-dp.deb"]),
+                  "kuma_dp_drain_time": "1s"}
+        doc = {"all": {"vars": common, "children": {
+            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address}}},
+            "kuma_dataplanes": {"hosts": {
+                self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web]},
+                self.other.name: {"ansible_host": self.other.address, "kuma_dp_dataplanes": [backend]}}}}}}
+        path = self.workdir / "inventory.yml"
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def play(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_HOST_KEY_CHECKING": "False",
+               "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+        proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory()), "playbooks/site.yml", *args],
+                              cwd=REPO, env=env, text=True, capture_output=True, timeout=1200)
+        (self.workdir / "last-run.log").write_text(proc.stdout + proc.stderr)
+        if check:
+            assert proc.returncode == 0, \
+                f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr}"
+        return proc
+
+    def unit_pid(self, host: LabHost, unit: str) -> str:
+        return host.ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip()
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP: host -> {ok, changed, unreachable, failed, ...}."""
+    out: dict[str, dict[str, int]] = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+        if m:
+            out[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    if os.geteuid() != 0:
+        unavailable("lab", "the Ansible e2e tests boot lab hosts: root only")
+    if not ANSIBLE_PLAYBOOK.exists():
+        pytest.fail(f"{ANSIBLE_PLAYBOOK} is missing: scripts/setup.sh installs ansible-core (the dev extra)")
+    packages = build_release("1")
+    (cp,) = lab.add_hosts(1, release="bookworm")
+    (other,) = lab.add_hosts(1, release="trixie", resolved=True)
+    for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080))):
+        host.copy(ECHO_APP, "/root/echo_http.py")
+        host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
+    return Fleet(lab, cp, other, tmp_path_factory.mktemp("ansible"), packages)
+
+
+def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
+    proc = fleet.play()
+    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap(proc.stdout).values())
+    cp, other = fleet.cp, fleet.other
+    assert cp.ssh("systemctl is-active kuma-cp kuma-dp@web").stdout.split() == ["active", "active"]
+    assert other.ssh("systemctl is-active kuma-dp").stdout.strip() == "active"
+    assert cp.ssh("systemctl is-enabled kuma-cp kuma-dp@web").stdout.split() == ["enabled", "enabled"]
+    # Tokens: 0640 root:kuma, bound to their dataplane.
+    assert other.ssh("stat -c '%a %U %G' /etc/kuma/dataplanes/primary.token").stdout.strip() == "640 root kuma"
+    # web -> backend through both Envoys, across the hosts; backend.mesh on the primary dataplane's host.
+    body = eventually(lambda: cp.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout, timeout=90,
+                      message="web's outbound to backend")
+    assert '"backend"' in body
+    addr = eventually(lambda: (r := other.ssh("getent hosts backend.mesh", check=False)).returncode == 0
+                      and r.stdout.split()[0], message="backend.mesh on the trixie host")
+    assert addr.startswith("127.2")
+
+
+def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
+    proc = fleet.play()
+    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == {fleet.cp.name: 0, fleet.other.name: 0}, \
+        proc.stdout[-6000:]
+
+
+def test_check_mode_on_the_converged_fleet_reports_nothing(fleet: Fleet) -> None:
+    proc = fleet.play("--check", "--diff")
+    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == {fleet.cp.name: 0, fleet.other.name: 0}, \
+        proc.stdout[-6000:]
+
+
+def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:
+    cp, other = fleet.cp, fleet.other
+    before = {"cp": fleet.unit_pid(cp, "kuma-cp"), "web": fleet.unit_pid(cp, "kuma-dp@web"),
+              "backend": fleet.unit_pid(other, "kuma-dp")}
+    fleet.web_tags = {**fleet.web_tags, "version": "v2"}
+    fleet.play()
+    assert "version: v2" in cp.ssh("cat /etc/kuma/dataplanes/web.yaml").stdout
+    after = {"cp": fleet.unit_pid(cp, "kuma-cp"), "web": fleet.unit_pid(cp, "kuma-dp@web"),
+             "backend": fleet.unit_pid(other, "kuma-dp")}
+    assert after["web"] != before["web"] and after["cp"] == before["cp"] and after["backend"] == before["backend"]
+    eventually(lambda: '"backend"' in cp.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
+               message="traffic after web's restart")
+
+
+def test_a_lost_token_is_issued_again_and_only_its_unit_restarts(fleet: Fleet) -> None:
+    cp, other = fleet.cp, fleet.other
+    web_before, backend_before = fleet.unit_pid(cp, "kuma-dp@web"), fleet.unit_pid(other, "kuma-dp")
+    other.ssh("rm /etc/kuma/dataplanes/primary.token")
+    proc = fleet.play()
+    changed = {h: r["changed"] for h, r in recap(proc.stdout).items()}
+    assert changed[fleet.other.name] > 0
+    assert other.ssh("test -s /etc/kuma/dataplanes/primary.token", check=False).returncode == 0
+    assert fleet.unit_pid(other, "kuma-dp") != backend_before and fleet.unit_pid(cp, "kuma-dp@web") == web_before
+    assert "eyJ" not in proc.stdout  # no token in the output
+
+
+def test_a_bad_variable_fails_before_any_host_is_touched(fleet: Fleet) -> None:
+    proc = fleet.play("-e", "kuma_cp_mode=glboal", check=False)
+    assert proc.returncode != 0
+    assert "kuma_cp_mode" in proc.stdout and "glboal" in proc.stdout, proc.stdout[-4000:]
+    assert "Gathering Facts" not in proc.stdout and "TASK [kuma_cp" not in proc.stdout
