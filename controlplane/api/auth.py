@@ -1,13 +1,16 @@
 """Who is calling, and what they may do.
 
-- The plain-HTTP listener (localhost by default) treats every caller as admin, as Kuma does: reaching it
-  already needs a shell on the control plane's host.
+- The plain-HTTP listener (localhost by default) treats loopback callers as admin, as Kuma does
+  (`localhostIsAdmin`): reaching it from there already needs a shell on the control plane's host. Any other
+  caller (the listener bound to another interface) is treated as on the HTTPS listener: a user token or 401.
+  Only the connection's peer address counts, never a header such as X-Forwarded-For.
 - The HTTPS listener requires a user token (`Authorization: Bearer ...`). Members of `mesh-system:admin`
   may do everything; other authenticated users may read, but never see secret data.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -48,11 +51,27 @@ def identity_of(request: web.Request) -> Identity:
     return ident if isinstance(ident, Identity) else ANONYMOUS
 
 
-def local_admin_middleware() -> web.middleware:  # type: ignore[valid-type]
+def is_loopback(address: str | None) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped loopback (::ffff:127.0.0.1); False for anything else."""
+    if not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def local_admin_middleware(authenticate: Authenticator) -> web.middleware:  # type: ignore[valid-type]
+    by_token = token_middleware(authenticate)
+
     @web.middleware
     async def local_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request["identity"] = LOCAL_ADMIN
-        return await handler(request)
+        if is_loopback(request.remote):
+            request["identity"] = LOCAL_ADMIN
+            return await handler(request)
+        return await by_token(request, handler)  # type: ignore[misc]  # aiohttp types a middleware loosely
 
     return local_admin
 

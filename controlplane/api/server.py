@@ -16,7 +16,7 @@ from controlplane.resources.base import Registry
 from controlplane.store.base import ResourceStore
 
 from . import openapi
-from .auth import Authenticator, local_admin_middleware, token_middleware
+from .auth import Authenticator, is_loopback, local_admin_middleware, token_middleware
 from .checks import WriteChecks
 from .errors import MAX_BODY_BYTES, error_middleware
 from .insights import InsightsApi
@@ -41,7 +41,7 @@ class ApiContext:
 def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
     cfg = ctx.config.api_server
     limiter = RateLimiter(cfg.rate_limit_rps, cfg.rate_limit_burst)
-    auth = local_admin_middleware() if admin else token_middleware(ctx.authenticate)
+    auth = local_admin_middleware(ctx.authenticate) if admin else token_middleware(ctx.authenticate)
     app = web.Application(client_max_size=cfg.max_body_bytes,
                           middlewares=[error_middleware, limiter.middleware(), auth])
     app[MAX_BODY_BYTES] = cfg.max_body_bytes
@@ -76,6 +76,11 @@ class ApiServer:
     async def start(self) -> None:
         cfg = self.ctx.config.api_server
         if cfg.http.enabled:
+            if not is_loopback(cfg.http.interface):
+                log.warning("the plain-HTTP API listens beyond loopback: only loopback callers are admin there, "
+                            "others need a user token, and nothing is encrypted; bind it to 127.0.0.1 "
+                            "(apiServer.http.interface, KUMA_API_SERVER_HTTP_INTERFACE) and use the HTTPS API "
+                            "from other hosts", extra={"interface": cfg.http.interface, "port": cfg.http.port})
             await self._serve(build_app(self.ctx, admin=True), cfg.http.interface, cfg.http.port, None)
         if cfg.https.enabled:
             if self.ctx.ssl_context is None:

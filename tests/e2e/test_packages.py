@@ -428,6 +428,29 @@ def test_the_watchdog_restarts_a_stopped_kuma_cp(hosts: dict[str, LabHost], mesh
         host.ssh(f"rm -f {dropin} && systemctl daemon-reload && systemctl restart kuma-cp", timeout=120)
 
 
+def test_the_plain_http_api_is_admin_only_for_loopback_callers(hosts: dict[str, LabHost],
+                                                                mesh: dict[str, Any]) -> None:
+    """trixie's kuma-cp (not the mesh's control plane) with its plain-HTTP API bound to every interface: a call
+    from the bookworm host is not admin (401 without a token), a call on trixie itself is; kuma-cp warns."""
+    host, other = hosts["trixie"], hosts["bookworm"]
+    dropin = "/run/systemd/system/kuma-cp.service.d/test-http-interface.conf"
+    host.ssh(f"mkdir -p {dropin.rsplit('/', 1)[0]} && "
+             f"printf '[Service]\\nEnvironment=KUMA_API_SERVER_HTTP_INTERFACE=0.0.0.0\\n' > {dropin} "
+             "&& systemctl daemon-reload && systemctl restart kuma-cp", timeout=120)
+    try:
+        url = f"http://{host.address}:5681"
+        for cmd in (f"curl -s -o /dev/null -w '%{{http_code}}' {url}/meshes",
+                    f"curl -s -o /dev/null -w '%{{http_code}}' -H 'X-Forwarded-For: 127.0.0.1' {url}/meshes",
+                    f"curl -s -o /dev/null -w '%{{http_code}}' -X PUT -H 'Content-Type: application/json' "
+                    f"-d '{{\"type\": \"Mesh\", \"name\": \"intruder\"}}' {url}/meshes/intruder"):
+            assert out(other, cmd).strip() == "401", cmd
+        assert "default" in out(host, "kumactl get meshes")  # loopback: admin, as before
+        assert "intruder" not in out(host, "kumactl get meshes")
+        assert "the plain-HTTP API listens beyond loopback" in out(host, "journalctl -u kuma-cp -b --no-pager -o cat")
+    finally:
+        host.ssh(f"rm -f {dropin} && systemctl daemon-reload && systemctl restart kuma-cp", timeout=120)
+
+
 def test_stop_leaves_host_dns_as_it_was(hosts: dict[str, LabHost], mesh: dict[str, Any]) -> None:
     for release in ("trixie", "bookworm"):
         host, units = hosts[release], mesh["units"][release]
