@@ -1,7 +1,16 @@
 """Who a dp-server caller is: the dataplane token, checked against the Dataplane it claims to be.
 
 Used twice with the same rules: by the bootstrap call (kuma-dp, before Envoy starts) and by every ADS stream
-(Envoy, with the token kuma-dp put in its bootstrap as `authorization` metadata).
+(Envoy, with the token kuma-dp put in its bootstrap as `authorization` metadata). The token binds what it
+names (Kuma's rules, `verify_dataplane_identity`): its mesh, its dataplane name if it has one, the tag values
+it lists, and its proxy type (a dataplane token does not run an ingress, and back). It is checked against the
+Dataplane the caller sends *and* against the one already stored under that name, so a token for
+`kuma.io/service=web` cannot take over the Dataplane of another service by sending a definition of its own;
+and a Dataplane an operator created (no `kuma.io/managed-by: kuma-dp` label) is replaced by a kuma-dp's own
+definition only with a token bound to its name (a kuma-dp without a definition runs it as it is).
+
+A token whose signature does not verify gets one answer whether or not the mesh has a signing key with the
+token's `kid` (or exists at all): the dp-server is reachable without credentials and must not tell meshes apart.
 """
 
 from __future__ import annotations
@@ -18,14 +27,18 @@ from google.protobuf import json_format
 from controlplane.resources import REGISTRY, Resource, ResourceValidationError, from_wire
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import NotFound, ResourceStore
-from controlplane.tokens.errors import TokenError
+from controlplane.tokens.errors import InvalidSignature, SigningKeyNotFound, TokenError
 from controlplane.tokens.service import TokenService
 from controlplane.tokens.validator import verify_dataplane_identity
 
-from .bootstrap import DATAPLANE_METADATA, VIP_LISTENERS_METADATA, split_node_id
+from .bootstrap import DATAPLANE_METADATA, PROXY_TYPE_METADATA, PROXY_TYPES, VIP_LISTENERS_METADATA, split_node_id
 from .callbacks import XdsAuthError
 
 log = logging.getLogger("kuma.xds")
+
+
+MANAGED_LABEL = "kuma.io/managed-by"
+MANAGED_VALUE = "kuma-dp"
 
 
 @dataclass(frozen=True)
@@ -63,31 +76,54 @@ class DataplaneAuthenticator:
         # the stream opens). Entries are replaced on reconnect and removed by the lifecycle.
         self.callers: dict[str, Caller] = {}
 
-    async def identify(self, mesh: str, name: str, token: str, definition: object | None) -> Caller:
+    async def identify(self, mesh: str, name: str, token: str, definition: object | None, *,
+                       proxy_type: str = "dataplane") -> Caller:
         """Validate the token for `mesh`, find the Dataplane (sent, or stored) and check the token may speak
-        for it. Raises XdsAuthError with a message that says what to fix."""
+        for it, and for the Dataplane stored under that name. Raises XdsAuthError saying what to fix."""
         try:
             claims = await self.tokens.validate_dataplane_token(token, mesh)
+        except (InvalidSignature, SigningKeyNotFound):
+            raise XdsAuthError(grpc.StatusCode.UNAUTHENTICATED,
+                               f"dataplane token rejected: its signature does not verify with the signing keys of "
+                               f"mesh {mesh!r} (altered, issued by another control plane or for another mesh, or "
+                               f"its key was rotated): generate one with kumactl generate dataplane-token "
+                               f"--mesh {mesh} --name {name}") from None
         except TokenError as e:
             raise XdsAuthError(grpc.StatusCode.UNAUTHENTICATED, f"dataplane token rejected: {e}") from None
+        stored = await self._stored(mesh, name)
         if definition is not None:
             dataplane = parse_dataplane(definition, mesh, name)
+        elif stored is not None:
+            dataplane = stored
         else:
-            dp_type = REGISTRY.by_name("Dataplane")
-            assert dp_type is not None
+            raise XdsAuthError(grpc.StatusCode.NOT_FOUND,
+                               f"Dataplane {name!r} does not exist in mesh {mesh!r}: pass its definition to "
+                               "kuma-dp (--dataplane-file) or create it with kumactl apply")
+        checked = [dataplane] if stored is None or stored is dataplane else [stored, dataplane]
+        for resource in checked:
+            spec = resource.spec
+            assert isinstance(spec, DataplaneSpec)
             try:
-                dataplane = await self.store.get(dp_type, name, mesh)
-            except NotFound:
-                raise XdsAuthError(grpc.StatusCode.NOT_FOUND,
-                                   f"Dataplane {name!r} does not exist in mesh {mesh!r}: pass its definition to "
-                                   "kuma-dp (--dataplane-file) or create it with kumactl apply") from None
-        spec = dataplane.spec
-        assert isinstance(spec, DataplaneSpec)
-        try:
-            verify_dataplane_identity(claims, mesh, name, spec.tags())
-        except TokenError as e:
-            raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED, str(e)) from None
+                verify_dataplane_identity(claims, mesh, name, spec.tags(), proxy_type=proxy_type)
+            except TokenError as e:
+                which = "the stored Dataplane" if resource is stored and len(checked) > 1 else "the Dataplane"
+                raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED, f"{which} {mesh}/{name}: {e}") from None
+        if (stored is not None and definition is not None and stored.meta.labels.get(MANAGED_LABEL) != MANAGED_VALUE
+                and stored.spec != dataplane.spec and claims.name != name):
+            raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"Dataplane {mesh}/{name} was created by an operator, and this kuma-dp sends a "
+                               f"different definition: only a token bound to its name may replace it (kumactl "
+                               f"generate dataplane-token --mesh {mesh} --name {name}); or run kuma-dp without "
+                               "--dataplane-file to use the stored one as it is")
         return Caller(mesh, name, dataplane, definition is not None)
+
+    async def _stored(self, mesh: str, name: str) -> Resource | None:
+        dp_type = REGISTRY.by_name("Dataplane")
+        assert dp_type is not None
+        try:
+            return await self.store.get(dp_type, name, mesh)
+        except NotFound:
+            return None
 
     async def authenticate(self, node: Node, metadata: Mapping[str, str], peer: str) -> str:
         """ADS: the node id is `<mesh>.<name>`; a registering kuma-dp put its Dataplane in node metadata."""
@@ -104,7 +140,11 @@ class DataplaneAuthenticator:
             except ValueError:
                 raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"node metadata {DATAPLANE_METADATA} is not JSON") from None
-        caller = await self.identify(mesh, name, bearer(metadata), definition)
+        proxy_type = meta.get(PROXY_TYPE_METADATA, "dataplane")
+        if proxy_type not in PROXY_TYPES:
+            raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"node metadata {PROXY_TYPE_METADATA} must be one of {', '.join(PROXY_TYPES)}")
+        caller = await self.identify(mesh, name, bearer(metadata), definition, proxy_type=proxy_type)
         caller = replace(caller, vip_listeners=meta.get(VIP_LISTENERS_METADATA) is True)
         self.callers[node.id] = caller
         log.info("dataplane authenticated", extra={"mesh": mesh, "dataplane": name, "peer": peer,

@@ -22,6 +22,7 @@ from controlplane import __version__
 ADS_CLUSTER = "ads_cluster"
 DATAPLANE_METADATA = "dataplane.resource"  # node metadata key Kuma uses for the registering Dataplane
 VIP_LISTENERS_METADATA = "kuma.io/vip-listeners"  # this proxy serves the host's VIP:80 / VIP:port listeners
+PROXY_TYPE_METADATA = "kuma.io/proxy-type"  # dataplane or ingress: what the token must be for
 PROXY_TYPES = ("dataplane", "ingress")
 ApiType = Literal["delta", "sotw"]
 
@@ -123,7 +124,7 @@ def split_node_id(value: str) -> tuple[str, str]:
 
 def render(req: BootstrapRequest, *, ca_pem: bytes, service: str, dataplane_json: str | None) -> dict[str, Any]:
     """The Envoy bootstrap (JSON form) for this dataplane."""
-    metadata: dict[str, Any] = {"kuma.io/proxy-type": req.proxy_type, "kuma.io/cp-version": __version__}
+    metadata: dict[str, Any] = {PROXY_TYPE_METADATA: req.proxy_type, "kuma.io/cp-version": __version__}
     if dataplane_json is not None:
         metadata[DATAPLANE_METADATA] = dataplane_json
     if req.vip_listeners:

@@ -43,11 +43,10 @@ class BootstrapService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"the Dataplane definition names {req.dataplane.get('name')!r} but the request is "
                                 f"for {req.name!r}")
-        if not await self._mesh_exists(req.mesh):
-            await context.abort(grpc.StatusCode.NOT_FOUND,
-                                f"mesh {req.mesh!r} does not exist: create it first (kumactl apply)")
+        # The token first: before it is verified, nothing in the answer may depend on whether the mesh exists.
         try:
-            caller = await self.auth.identify(req.mesh, req.name, req.token, req.dataplane)
+            caller = await self.auth.identify(req.mesh, req.name, req.token, req.dataplane,
+                                              proxy_type=req.proxy_type)
         except XdsAuthError as e:
             log.warning("bootstrap refused", extra={"mesh": req.mesh, "dataplane": req.name, "reason": e.message})
             await context.abort(e.code, e.message)
@@ -55,6 +54,9 @@ class BootstrapService:
         except StoreError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane store unavailable: {e}")
             raise
+        if not await self._mesh_exists(req.mesh):  # a valid token for a mesh deleted since
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"mesh {req.mesh!r} does not exist: create it first (kumactl apply)")
         spec = caller.dataplane.spec
         assert isinstance(spec, DataplaneSpec)
         services = spec.services()

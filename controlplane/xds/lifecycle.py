@@ -19,14 +19,10 @@ from envoy.config.core.v3.base_pb2 import Node
 from controlplane.resources import REGISTRY, Resource
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 
-from .auth import Caller, DataplaneAuthenticator
+from .auth import MANAGED_LABEL, MANAGED_VALUE, Caller, DataplaneAuthenticator
 from .reconciler import Reconciler
 
 log = logging.getLogger("kuma.xds")
-
-MANAGED_LABEL = "kuma.io/managed-by"
-MANAGED_VALUE = "kuma-dp"
-
 
 class DataplaneLifecycle:
     def __init__(self, store: ResourceStore, auth: DataplaneAuthenticator, reconciler: Reconciler, *,

@@ -4,6 +4,7 @@ crosses both Envoys with mTLS; permissions, certificate rotation and a control-p
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -200,6 +201,20 @@ def bootstrap_error(harness: MeshHarness, **request: Any) -> BootstrapError:
     return e.value
 
 
+def forged_token(mesh_name: str) -> str:
+    """A well-formed dataplane token for `mesh_name`, signed by a key no control plane has."""
+    import uuid
+
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    now = int(time.time())
+    claims = {"Mesh": mesh_name, "Name": "web-1", "Tags": {}, "Type": "dataplane", "iat": now, "nbf": now,
+              "exp": now + 60, "jti": str(uuid.uuid4())}
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "1"})
+
+
 def test_bootstrap_refusals_say_why(mesh: MeshHarness, tmp_path: Any) -> None:
     dp = {"type": "Dataplane", "mesh": "default", "name": "web-1",
           "networking": {"address": "127.0.0.1", "inbound": [{"port": 1234, "tags": {"kuma.io/service": "web"}}]}}
@@ -212,8 +227,22 @@ def test_bootstrap_refusals_say_why(mesh: MeshHarness, tmp_path: Any) -> None:
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and "networking.inbound[0].port" in e.message
     e = bootstrap_error(mesh, dataplaneToken=mesh.token("web-1"))  # no definition and none stored
     assert e.code == grpc.StatusCode.NOT_FOUND and "--dataplane-file" in e.message
-    e = bootstrap_error(mesh, mesh="nope", dataplaneToken="x")
-    assert e.code == grpc.StatusCode.NOT_FOUND and "mesh 'nope'" in e.message
+    # Without a valid token, the answer does not say whether a mesh exists (the dp-server needs no credentials).
+    answers = []
+    for name in ("default", "nope"):
+        for token in ("x", forged_token(name)):
+            e = bootstrap_error(mesh, mesh=name, dataplane={**dp, "mesh": name}, dataplaneToken=token)
+            answers.append((e.code, e.message.replace(f"'{name}'", "M").replace(f"--mesh {name}", "--mesh M")))
+    assert answers[:2] == answers[2:] and all(code == grpc.StatusCode.UNAUTHENTICATED for code, _ in answers)
+    # A token for the service web cannot take over backend-1 (created by an operator, service backend).
+    backend = {**dp, "name": "backend-1", "networking": {"address": "127.0.0.1", "inbound": [
+        {"port": 1235, "tags": {"kuma.io/service": "backend"}}]}}
+    mesh.apply(json.dumps(backend))
+    web_token = mesh.token("", tags={"kuma.io/service": ["web"]})
+    as_web = {**dp, "name": "backend-1"}
+    e = bootstrap_error(mesh, name="backend-1", dataplane=as_web, dataplaneToken=web_token)
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "stored Dataplane default/backend-1" in e.message
+    assert mesh.api("GET", "/meshes/default/dataplanes/backend-1").json["networking"]["inbound"][0]["port"] == 1235
     e = bootstrap_error(mesh, adminPort=0)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and "adminPort" in e.message
     # A wrong CA: the TLS handshake fails, reported as unavailable (retryable: the operator fixes --ca-cert-file).

@@ -1,0 +1,108 @@
+"""The dp-server's authenticator on a real store with real tokens: a token binds the service, name and proxy type
+it names, against the Dataplane sent and the one stored; an operator's Dataplane is not replaced by a kuma-dp's
+own definition without a name-bound token; a bad signature reads the same whether or not the mesh exists."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from controlplane.resources import from_wire, load_all
+from controlplane.store.memory import MemoryStore
+from controlplane.tokens.service import TokenService
+from controlplane.xds.auth import MANAGED_LABEL, MANAGED_VALUE, DataplaneAuthenticator
+from controlplane.xds.callbacks import XdsAuthError
+
+load_all()
+
+
+def dataplane(name: str, service: str, *, labels: dict[str, str] | None = None, port: int = 20001) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": "Dataplane", "mesh": "demo", "name": name, "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": port, "servicePort": 8080, "tags": {"kuma.io/service": service}}]}}
+    if labels:
+        doc["labels"] = labels
+    return doc
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[tuple[MemoryStore, TokenService, DataplaneAuthenticator]]:
+    store = MemoryStore()
+    await store.start()
+    for mesh in ("demo", "second"):
+        await store.create(from_wire({"type": "Mesh", "name": mesh}))
+    tokens = TokenService(store)
+    yield store, tokens, DataplaneAuthenticator(store, tokens)
+    await store.close()
+
+
+async def refused(auth: DataplaneAuthenticator, *args: Any, **kwargs: Any) -> XdsAuthError:
+    with pytest.raises(XdsAuthError) as e:
+        await auth.identify(*args, **kwargs)
+    return e.value
+
+
+async def test_a_service_token_cannot_take_over_another_services_dataplane(rig: Any) -> None:
+    store, tokens, auth = rig
+    await store.create(from_wire(dataplane("backend-1", "backend", labels={MANAGED_LABEL: MANAGED_VALUE})))
+    web_token = await tokens.issuer.issue_dataplane_token("demo", tags={"kuma.io/service": ["web"]})
+    # Its own definition says web: fine for the token, but the stored backend-1 is backend's.
+    e = await refused(auth, "demo", "backend-1", web_token, dataplane("backend-1", "web"))
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "stored Dataplane demo/backend-1" in e.message and "kuma.io/service=backend" in e.message
+    # A new name of its own service registers.
+    caller = await auth.identify("demo", "web-1", web_token, dataplane("web-1", "web"))
+    assert caller.registering and caller.name == "web-1"
+
+
+async def test_an_operators_dataplane_is_replaced_only_with_a_token_bound_to_its_name(rig: Any) -> None:
+    store, tokens, auth = rig
+    stored = from_wire(dataplane("web-1", "web"))
+    await store.create(stored)
+    service_token = await tokens.issuer.issue_dataplane_token("demo", tags={"kuma.io/service": ["web"]})
+    changed = dataplane("web-1", "web", port=20099)
+    e = await refused(auth, "demo", "web-1", service_token, changed)
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "created by an operator" in e.message
+    assert "--name web-1" in e.message
+    # The same definition, or none (run the stored one), is fine; a name-bound token may replace it.
+    assert (await auth.identify("demo", "web-1", service_token, dataplane("web-1", "web"))).registering
+    assert not (await auth.identify("demo", "web-1", service_token, None)).registering
+    named = await tokens.issuer.issue_dataplane_token("demo", "web-1")
+    assert (await auth.identify("demo", "web-1", named, changed)).dataplane.spec != stored.spec
+
+
+async def test_the_tokens_proxy_type_is_enforced(rig: Any) -> None:
+    _, tokens, auth = rig
+    ingress_token = await tokens.issuer.issue_dataplane_token("demo", "web-1", type="ingress")
+    e = await refused(auth, "demo", "web-1", ingress_token, dataplane("web-1", "web"))
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "type 'ingress', not 'dataplane'" in e.message
+    dp_token = await tokens.issuer.issue_dataplane_token("demo", "web-1")
+    e = await refused(auth, "demo", "web-1", dp_token, dataplane("web-1", "web"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "not 'ingress'" in e.message
+
+
+def forged(mesh: str) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    claims = {"Mesh": mesh, "Name": "x", "Tags": {}, "Type": "dataplane", "iat": now, "nbf": now, "exp": now + 60,
+              "jti": str(uuid.uuid4())}
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "1"})
+
+
+async def test_a_bad_signature_reads_the_same_whatever_the_mesh(rig: Any) -> None:
+    _, tokens, auth = rig
+    await tokens.issuer.issue_dataplane_token("demo", "web-1")  # demo has a signing key 1, second none
+    answers = []
+    for mesh in ("demo", "second", "no-such-mesh"):
+        e = await refused(auth, mesh, "x", forged(mesh), dataplane("x", "web"))
+        answers.append((e.code, e.message.replace(mesh, "MESH")))
+    assert answers[0] == answers[1] == answers[2]
+    assert answers[0][0] == grpc.StatusCode.UNAUTHENTICATED
+
+
