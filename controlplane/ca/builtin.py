@@ -98,7 +98,7 @@ def builtin_settings(mesh: str, backend: MtlsBackend, path: str) -> tuple[int, t
         ca_cert = backend.builtin_conf().ca_cert
         bits = (ca_cert.rsa_bits if ca_cert else None) or DEFAULT_RSA_BITS
         expiration = ca_cert.expiration if ca_cert else None
-        validity = parse_duration(expiration) if expiration else DEFAULT_CA_VALIDITY
+        validity = parse_duration(expiration, clamp=True) if expiration else DEFAULT_CA_VALIDITY
     except ValueError as e:  # pydantic's ValidationError is a ValueError
         raise CaError(f"is not a builtin CA configuration: {e}", field=f"{path}.conf", mesh=mesh,
                       backend=backend.name) from None

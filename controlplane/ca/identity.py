@@ -59,7 +59,7 @@ def lifetime_for(mesh: Resource) -> timedelta:
     if not text:
         return DEFAULT_LIFETIME
     try:
-        lifetime = parse_duration(text)
+        lifetime = parse_duration(text, clamp=True)
     except ValueError:
         return DEFAULT_LIFETIME  # validation refuses this at the API; never fail a dataplane over it
     return lifetime if lifetime > timedelta(0) else DEFAULT_LIFETIME

@@ -33,7 +33,7 @@ from pydantic import Field
 from controlplane.resources.base import Resource, Spec
 from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec
 from controlplane.resources.errors import Violations
-from controlplane.resources.fields import check_labels, check_name
+from controlplane.resources.fields import MAX_DURATION_NS, MAX_DURATION_TEXT, check_labels, check_name
 
 # --- targetRef ------------------------------------------------------------------------------------
 
@@ -332,11 +332,7 @@ def require_some(v: Violations, path: str, model: Spec, fields: Iterable[str], w
 
 _NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
        "m": 60_000_000_000, "h": 3_600_000_000_000}
-_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-# Envoy rejects a protobuf Duration of 9223372036 seconds or more ("Duration out-of-range": it must fit in
-# int64 nanoseconds, whole seconds), which is also just under the largest Go time.Duration Kuma can hold.
-MAX_DURATION_NS = 9_223_372_036 * 1_000_000_000 - 1
-MAX_DURATION_TEXT = "2562047h47m15s"
+_GO_DURATION_PART = re.compile(r"([0-9]+\.?[0-9]*|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h)")  # ASCII digits only
 
 
 def parse_go_duration(text: str) -> int:

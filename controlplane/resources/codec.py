@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -31,17 +33,63 @@ def pydantic_violations(err: ValidationError, prefix: str) -> list[InvalidParame
     return out
 
 
+# Every number a resource holds ends up in an Envoy uint32/int32 field, a port, a count or a percentage: none
+# is bigger than uint32 or smaller than int32, so anything outside is refused here, by its field, before a
+# type's own checks run (and before anything could be stored that overflows later).
+INT_MIN, INT_MAX = -(2**31), 2**32 - 1
+
+
+def check_numbers(v: Violations, body: Any, prefix: str) -> None:
+    """Integers within [INT_MIN, INT_MAX], floats finite, and no number or duration written with digits other
+    than ASCII 0-9 (Python's int() and float() read Arabic-Indic or fullwidth digits too)."""
+    stack: list[tuple[Any, list[str | int]]] = [(body, [])]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not INT_MIN <= value <= INT_MAX:
+                v.add(join_path(prefix, loc), f"{value} is out of range: numbers are at most {INT_MAX} and at "
+                                              f"least {INT_MIN}")
+        elif isinstance(value, float):
+            if not math.isfinite(value) or not INT_MIN <= value <= INT_MAX:
+                v.add(join_path(prefix, loc), f"{value} is out of range: numbers are finite, at most {INT_MAX} and "
+                                              f"at least {INT_MIN}")
+        elif isinstance(value, str):
+            if not value.isascii() and _NON_ASCII_NUMBER.fullmatch(value.strip()) and not _ASCII_NUMBER.fullmatch(
+                    value.strip()):
+                v.add(join_path(prefix, loc), f"{value!r} uses digits other than 0-9: write numbers and durations "
+                                              "with ASCII digits")
+        elif isinstance(value, Mapping):
+            stack.extend((item, [*loc, str(key)]) for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            stack.extend((item, [*loc, i]) for i, item in enumerate(value))
+
+
+_NON_ASCII_NUMBER = re.compile(r"[+-]?[\d.]+\s*[a-zA-Zµμ%]*")
+_ASCII_NUMBER = re.compile(r"[+-]?[0-9.]+\s*[a-zA-Zµμ%]*")
+
+
 def parse_spec(rtype: ResourceType, body: Any, prefix: str) -> tuple[Any, list[InvalidParameter]]:
     """Validate one spec; returns (spec or None, problems). Problems name the field under `prefix`."""
     if not isinstance(body, Mapping):
         return None, [InvalidParameter(prefix or "spec", "must be an object")]
+    numbers = Violations()
+    check_numbers(numbers, body, prefix)
     try:
         spec = rtype.spec_cls.model_validate(body)
     except ValidationError as e:
-        return None, pydantic_violations(e, prefix)
+        return None, _merged(numbers.items, pydantic_violations(e, prefix))
     v = Violations()
     spec.check(v, prefix)
-    return (None if v else spec), v.items
+    problems = _merged(numbers.items, v.items)
+    return (None if problems else spec), problems
+
+
+def _merged(first: list[InvalidParameter], then: list[InvalidParameter]) -> list[InvalidParameter]:
+    """Both lists, without a second problem for a field the first already names (one round of fixes)."""
+    seen = {p.field for p in first}
+    return [*first, *(p for p in then if p.field not in seen)]
 
 
 def from_wire(doc: Any, registry: Registry = REGISTRY, *, rtype: ResourceType | None = None,

@@ -17,7 +17,7 @@ _HOSTNAME = re.compile(
 # Label/tag keys: an optional DNS prefix and a name, as Kubernetes and Kuma tags use (kuma.io/service).
 _KEY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _TAG_VALUE = re.compile(r"^[^\s]+$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|y)")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h|d|y)")  # ASCII digits: \d takes any script's
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
     "d": 86400.0, "y": 365 * 86400.0,
@@ -66,8 +66,18 @@ def check_tags(v: Violations, path: str, tags: dict[str, str], *, required: tupl
             v.add(f'{path}["{key}"]', f"tag value {value!r} cannot contain whitespace")
 
 
-def parse_duration(text: str) -> timedelta:
-    """Go-style durations ('10s', '1h30m', '500ms') plus 'd' and 'y' as Kuma's CA settings use."""
+# The longest duration anything takes: Envoy's protobuf Duration must fit int64 nanoseconds in whole seconds,
+# which is also just under the largest Go time.Duration Kuma can hold (about 292 years). Bounding every
+# duration here means nothing stored can overflow a date or an Envoy field later.
+MAX_DURATION_NS = 9_223_372_036 * 1_000_000_000 - 1
+MAX_DURATION_TEXT = "2562047h47m15s"
+MAX_DURATION = timedelta(seconds=MAX_DURATION_NS // 1_000_000_000)
+
+
+def parse_duration(text: str, *, clamp: bool = False) -> timedelta:
+    """Go-style durations ('10s', '1h30m', '500ms') plus 'd' and 'y' as Kuma's CA settings use; at most
+    MAX_DURATION: ValueError beyond it (what the API answers), or MAX_DURATION with `clamp` (for reading what
+    an older version stored before durations were bounded)."""
     text = text.strip()
     if not text:
         raise ValueError("empty duration")
@@ -79,6 +89,10 @@ def parse_duration(text: str) -> timedelta:
         pos = m.end()
     if pos != len(text) or pos == 0:
         raise ValueError(f"{text!r} is not a duration: use a number and a unit, e.g. '10s', '1h30m', '500ms'")
+    if total > MAX_DURATION.total_seconds():
+        if clamp:
+            return MAX_DURATION
+        raise ValueError(f"{text!r} is too long: durations are at most {MAX_DURATION_TEXT} (about 292 years)")
     return timedelta(seconds=total)
 
 
