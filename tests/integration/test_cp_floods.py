@@ -155,3 +155,36 @@ def test_2000_idle_connections_on_the_public_ports_leave_kuma_cp_serving(
         assert 1 <= len(refusals) <= 3, refusals
         assert len(flood_lines) < 300, "\n".join(flood_lines[-50:])
 
+
+
+def test_out_of_descriptors_is_a_few_log_lines_and_kuma_cp_recovers(tmp_path: Path) -> None:
+    """Caps set above what the limit allows (a misconfiguration): the process does run out of descriptors,
+    and then says so once per listener per interval (grpc's own listener once a second) instead of a
+    traceback per failed accept, and serves again once the handshake timeouts free the descriptors."""
+    timeout = 5
+    with start_cp(tmp_path / "cp", nofile=NOFILE, KUMA_DP_SERVER_MAX_CONNECTIONS="5000",
+                  KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS="5000",
+                  KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS_PER_SOURCE="5000",
+                  KUMA_API_SERVER_HTTPS_HANDSHAKE_TIMEOUT=str(timeout),
+                  KUMA_DP_SERVER_HANDSHAKE_TIMEOUT=str(timeout)) as cp:
+        lines_before = len(cp.logs(tail=100_000).splitlines())
+        started = time.monotonic()
+        https = open_idle(cp.ports["KUMA_API_SERVER_HTTPS_PORT"], FLOOD_PER_PORT, FLOOD_SOURCE)
+        dp = open_idle(cp.ports["KUMA_DP_SERVER_PORT"], FLOOD_PER_PORT, FLOOD_SOURCE)
+        try:
+            eventually_dp(lambda: "out of file descriptors" in cp.logs(), timeout=30,
+                          message="kuma-cp ran out of descriptors")
+            eventually_dp(lambda: still_open(https) + still_open(dp) == 0, timeout=timeout + 60,
+                          message="the idle connections closed by the server")
+            assert get_status(f"{cp.diagnostics_url}/ready") == 200
+            assert get_status(f"{cp.http_url}/meshes/default") == 200
+        finally:
+            for s in https + dp:
+                s.close()
+        elapsed = time.monotonic() - started
+        flood_lines = cp.logs(tail=100_000).splitlines()[lines_before:]
+        assert "Traceback" not in "\n".join(flood_lines), "\n".join(flood_lines[-50:])
+        ours = [line for line in flood_lines if "out of file descriptors" in line]
+        # One line per listener (HTTPS, HTTP, diagnostics, DNS) per 10 s.
+        assert 1 <= len(ours) <= 4 * (elapsed // 10 + 1), ours
+        assert len(flood_lines) <= 20 + 2 * elapsed, "\n".join(flood_lines[-50:])
