@@ -241,12 +241,15 @@ class GuardedListener:
         try:
             await loop.connect_accepted_socket(lambda: _Released(self.protocol_factory(), release), conn,
                                                **kwargs)
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.CancelledError) as e:
-            # A client that never finished TLS (idle, slow, or not TLS at all): asyncio closed its socket.
+        except asyncio.CancelledError:
             release()
             conn.close()
-            if isinstance(e, asyncio.CancelledError):
-                raise
+            raise
+        except Exception as e:
+            # A client that never finished TLS (idle, slow, or not TLS at all; ConnectionAbortedError after
+            # the handshake timeout): asyncio closed its transport, the slot is free again.
+            release()
+            conn.close()
             log.debug("TLS handshake failed", extra={"listener": self.limits.listener, "source": source,
                                                      "error": str(e) or type(e).__name__})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import select
 import socket
 import ssl
@@ -18,8 +19,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 from controlplane.netguard import ConnectionBudget
 from tests.apps.runner import App
@@ -33,6 +36,21 @@ FLOOD_PER_PORT = 1000
 HTTPS_HANDSHAKE_TIMEOUT = 20  # seconds: long enough for the checks made while the flood is held
 DP_HANDSHAKE_TIMEOUT = 5
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def room_for_the_flood() -> Iterator[None]:
+    """The test itself holds 2,000 sockets: raise its own soft limit (a shell's 1024 is too few) for a while."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * FLOOD_PER_PORT + 1024
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.fail(f"the test needs {need} open files and its hard limit is {hard}: raise it (ulimit -Hn)")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def open_idle(port: int, count: int, source: str) -> list[socket.socket]:
