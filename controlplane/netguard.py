@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter, Gauge
+
 from controlplane.logs import ErrorLog
 
 log = logging.getLogger("kuma.netguard")
@@ -37,6 +39,13 @@ ACCEPT_ERROR_INTERVAL = 10.0  # seconds between two log lines about the same lis
 OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 ACCEPT_RETRY_DELAY = 0.5  # seconds a guarded listener waits after running out of descriptors
 MAX_PER_SOURCE_AUTO = 1024  # the automatic per-source cap never exceeds this, however large the limit
+
+
+CONNECTIONS_OPEN = Gauge("kuma_cp_connections_open", "Connections a capped public listener holds now",
+                         ["listener"])
+CONNECTIONS_REFUSED = Counter("kuma_cp_connections_refused", "Connections a capped public listener reset at "
+                              "once: over its cap (listener) or over the cap per client address (source)",
+                              ["listener", "cap"])
 
 
 def raise_nofile_limit(warn_below: int = NOFILE_WARN_BELOW) -> int:
@@ -101,18 +110,23 @@ class ConnectionLimits:
         self.open = 0
         self.by_source: dict[str, int] = {}
         self.refused = 0
+        self._open_metric = CONNECTIONS_OPEN.labels(listener)
+        self._open_metric.set(0)
 
     def admit(self, source: str) -> str | None:
         """Count a new connection from `source`, or say why it is refused (then nothing is counted)."""
         if self.open >= self.max_total:
             self.refused += 1
+            CONNECTIONS_REFUSED.labels(self.listener, "listener").inc()
             return f"the listener has {self.open} connections, its cap"
         held = self.by_source.get(source, 0)
         if held >= self.max_per_source:
             self.refused += 1
+            CONNECTIONS_REFUSED.labels(self.listener, "source").inc()
             return f"this address has {held} connections, the cap per address"
         self.open += 1
         self.by_source[source] = held + 1
+        self._open_metric.set(self.open)
         return None
 
     def release(self, source: str) -> None:
@@ -120,6 +134,7 @@ class ConnectionLimits:
         if held <= 0:
             return
         self.open -= 1
+        self._open_metric.set(self.open)
         if held == 1:
             del self.by_source[source]
         else:

@@ -26,7 +26,7 @@ import pytest
 
 from controlplane.netguard import ConnectionBudget
 from tests.apps.runner import App
-from tests.integration.cp_process import start_cp
+from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.test_kuma_dp_support import DpMesh, DpProcess, dp_factory  # noqa: F401  (fixture)
 from tests.integration.test_kuma_dp_support import eventually as eventually_dp
 
@@ -105,6 +105,14 @@ def get_status(url: str, context: ssl.SSLContext | None = None) -> int:
         return e.code
 
 
+def metric(cp: CpProcess, series: str) -> float | None:
+    with urllib.request.urlopen(f"{cp.diagnostics_url}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+    return None
+
+
 def kumactl(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KUMA_", "KUMACTL_"))}
     env["HOME"] = str(home)
@@ -134,6 +142,9 @@ def test_2000_idle_connections_on_the_public_ports_leave_kuma_cp_serving(
             eventually_dp(lambda: still_open(dp) <= budget.dp_server,
                           message=f"dp-server holds at most {budget.dp_server} connections")
             assert open_files(cp.pid) < NOFILE - budget.reserved // 2, open_files(cp.pid)
+            refused = 'kuma_cp_connections_refused_total{cap="source",listener="https-api"}'
+            eventually_dp(lambda: metric(cp, refused) == FLOOD_PER_PORT - https_per_source,
+                          message="every connection beyond the address's cap counted as refused")
 
             # The localhost listeners have their own descriptors: diagnostics, the HTTP API, kumactl on it.
             assert get_status(f"{cp.diagnostics_url}/ready") == 200
