@@ -163,7 +163,9 @@ def test_2000_idle_connections_on_the_public_ports_leave_kuma_cp_serving(
             # A new dataplane (kuma-dp + Envoy) starts and gets its config: the dp-server's cap sent the flood
             # beyond it away at once, and the handshake timeout frees the rest.
             mesh = DpMesh(cp, app_factory, dp_factory)
-            mesh.service("backend", args=["--envoy-log-level", "error"])
+            backend = mesh.service("backend", args=["--envoy-log-level", "error"], wait=False)
+            # kuma-dp retries with a doubling backoff (up to 15 s) while the flood holds the dp-server's cap.
+            backend.dp.wait_ready(timeout=DP_HANDSHAKE_TIMEOUT + 60)
 
             # The server closes every idle connection itself once the handshake timeouts pass.
             eventually_dp(lambda: still_open(dp) == 0, timeout=DP_HANDSHAKE_TIMEOUT + 30,
@@ -196,6 +198,8 @@ def test_out_of_descriptors_is_a_few_log_lines_and_kuma_cp_recovers(tmp_path: Pa
                   KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS_PER_SOURCE="5000",
                   KUMA_API_SERVER_HTTPS_HANDSHAKE_TIMEOUT=str(timeout),
                   KUMA_DP_SERVER_HANDSHAKE_TIMEOUT=str(timeout)) as cp:
+        # The leader creates the default mesh just after /ready: let that finish before the descriptors run out.
+        eventually_dp(lambda: get_status(f"{cp.http_url}/meshes/default") == 200, message="the default mesh")
         lines_before = len(cp.logs(tail=100_000).splitlines())
         started = time.monotonic()
         https = open_idle(cp.ports["KUMA_API_SERVER_HTTPS_PORT"], FLOOD_PER_PORT, FLOOD_SOURCE)
