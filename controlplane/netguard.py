@@ -62,8 +62,9 @@ def raise_nofile_limit(warn_below: int = NOFILE_WARN_BELOW) -> int:
             log.warning("cannot raise the open files limit", extra={"soft": soft, "hard": hard, "error": str(e)})
     if soft != resource.RLIM_INFINITY and soft < warn_below:
         log.warning("the open files limit is low: connection caps are sized from it, so few dataplanes and "
-                    "API clients fit; raise it (ulimit -n / LimitNOFILE=1048576, as the packaged unit does)",
-                    extra={"limit": soft, "recommended": warn_below})
+                    "API clients fit; raise the hard limit (LimitNOFILE=1048576 in a systemd unit, as the packaged "
+                    "one does, or ulimit -Hn in the shell that starts kuma-cp)",
+                    extra={"limit": soft, "hard": hard, "recommended": warn_below})
     return int(soft) if soft != resource.RLIM_INFINITY else 1 << 20
 
 

@@ -102,7 +102,7 @@ def test_the_soft_limit_is_raised_to_the_hard_one_and_a_low_one_is_reported() ->
     assert "the open files limit is low" in raised.stderr and "LimitNOFILE=1048576" in raised.stderr
     stuck = run_with_nofile(1024, 1024)
     assert stuck.stdout.split() == ["1024", "1024"]
-    assert "raised" not in stuck.stderr and "limit=1024 recommended=65536" in stuck.stderr
+    assert "raised" not in stuck.stderr and "limit=1024 hard=1024 recommended=65536" in stuck.stderr
 
 
 # --- asyncio's accept errors ------------------------------------------------------------------------------------
