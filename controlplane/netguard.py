@@ -103,6 +103,22 @@ def chosen(configured: int, computed: int) -> int:
     return configured if configured > 0 else computed
 
 
+def warn_if_caps_overcommit(nofile: int, dp_server: int, https_api: int, dns_tcp: int) -> bool:
+    """Configured caps (0: computed) that add up to more than the limit leaves after the reserve let a flood
+    take every descriptor again, the local API and /ready included: say so at start, naming the settings."""
+    budget = ConnectionBudget.from_limit(nofile)
+    total = chosen(dp_server, budget.dp_server) + chosen(https_api, budget.https_api) + chosen(dns_tcp,
+                                                                                             budget.dns_tcp)
+    available = nofile - budget.reserved
+    if total <= available:
+        return False
+    log.warning("the connection caps add up to more than the open files limit leaves for public listeners: a "
+                "flood can exhaust every descriptor; lower KUMA_DP_SERVER_MAX_CONNECTIONS, "
+                "KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS, KUMA_DNS_SERVER_TCP_MAX_CONNECTIONS (0: computed) or raise "
+                "the limit", extra={"caps": total, "available": available, "limit": nofile})
+    return True
+
+
 class ConnectionLimits:
     """Open connections of one listener, in total and per source address."""
 

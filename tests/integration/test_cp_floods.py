@@ -130,6 +130,7 @@ def test_2000_idle_connections_on_the_public_ports_leave_kuma_cp_serving(
                   KUMA_API_SERVER_HTTPS_HANDSHAKE_TIMEOUT=str(HTTPS_HANDSHAKE_TIMEOUT),
                   KUMA_DP_SERVER_HANDSHAKE_TIMEOUT=str(DP_HANDSHAKE_TIMEOUT)) as cp:
         assert "the open files limit is low" in cp.logs(), cp.logs()
+        assert "the connection caps add up" not in cp.logs()
         lines_before = len(cp.logs(tail=100_000).splitlines())
 
         https = open_idle(cp.ports["KUMA_API_SERVER_HTTPS_PORT"], FLOOD_PER_PORT, FLOOD_SOURCE)
@@ -198,6 +199,7 @@ def test_out_of_descriptors_is_a_few_log_lines_and_kuma_cp_recovers(tmp_path: Pa
                   KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS_PER_SOURCE="5000",
                   KUMA_API_SERVER_HTTPS_HANDSHAKE_TIMEOUT=str(timeout),
                   KUMA_DP_SERVER_HANDSHAKE_TIMEOUT=str(timeout)) as cp:
+        assert "the connection caps add up to more than the open files limit leaves" in cp.logs()
         # The leader creates the default mesh just after /ready: let that finish before the descriptors run out.
         eventually_dp(lambda: get_status(f"{cp.http_url}/meshes/default") == 200, message="the default mesh")
         lines_before = len(cp.logs(tail=100_000).splitlines())

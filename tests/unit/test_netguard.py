@@ -28,6 +28,7 @@ from controlplane.netguard import (
     GuardedListener,
     bind_listener,
     install_accept_error_log,
+    warn_if_caps_overcommit,
 )
 from controlplane.tls import CpTls, ensure_cp_tls
 
@@ -61,6 +62,14 @@ def test_the_budget_keeps_a_reserve_and_caps_one_address_at_a_fraction() -> None
     assert big.reserved == 1 << 18
     assert ConnectionBudget.per_source(big.dp_server) == 1024
     assert ConnectionBudget.per_source(10) == 8
+
+
+def test_caps_set_beyond_the_limit_are_reported(caplog: pytest.LogCaptureFixture) -> None:
+    assert not warn_if_caps_overcommit(1024, 0, 0, 0)  # computed: they fit by construction
+    assert not warn_if_caps_overcommit(1024, 500, 100, 100)
+    with caplog.at_level(logging.WARNING, "kuma.netguard"):
+        assert warn_if_caps_overcommit(1024, 5000, 0, 0)
+    assert "KUMA_DP_SERVER_MAX_CONNECTIONS" in caplog.text
 
 
 def test_negative_caps_are_refused_by_name() -> None:
