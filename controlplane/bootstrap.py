@@ -49,7 +49,9 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     for component in (reconciler, insights):
         runtime.add(component)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
-                         [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop))
+                         [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop,
+                         handshake_timeout=cfg.dp_server.handshake_timeout, idle_timeout=cfg.dp_server.idle_timeout,
+                         max_connections=cfg.dp_server.max_connections))
 
 
 async def build_runtime(cfg: Config) -> Runtime:

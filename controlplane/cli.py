@@ -34,9 +34,13 @@ def main() -> None:
 def run(config_file: Path | None, log_level: str | None) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
     from controlplane import logs
+    from controlplane.netguard import raise_nofile_limit, warn_if_caps_overcommit
 
     cfg = _load(config_file)
     logs.setup(log_level or cfg.logging.level, cfg.logging.format)
+    # Before any listener exists: every connection costs a descriptor, and the caps are sized from this limit.
+    warn_if_caps_overcommit(raise_nofile_limit(), cfg.dp_server.max_connections,
+                            cfg.api_server.https.max_connections, cfg.dns_server.tcp_max_connections)
     try:
         asyncio.run(_serve(cfg))
     except StartupError as e:
@@ -50,9 +54,11 @@ class StartupError(Exception):
 
 async def _serve(cfg: Config) -> None:
     from controlplane.bootstrap import build_runtime
+    from controlplane.netguard import install_accept_error_log
     from controlplane.runtime import run_until_signalled
     from controlplane.store.base import StoreError
 
+    install_accept_error_log(asyncio.get_running_loop())
     try:
         await run_until_signalled(await build_runtime(cfg))
     except (RuntimeError, OSError, StoreError) as e:

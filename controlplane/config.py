@@ -105,6 +105,16 @@ class HttpsApiConfig:
     enabled: bool = setting(True, "enabled", "KUMA_API_SERVER_HTTPS_ENABLED")
     interface: str = setting("0.0.0.0", "interface", "KUMA_API_SERVER_HTTPS_INTERFACE", check="ip")
     port: int = setting(5682, "port", "KUMA_API_SERVER_HTTPS_PORT", check="port")
+    # --- flood limits (controlplane/netguard.py); a cap of 0 is computed from the open files limit ---
+    handshake_timeout: float = setting(10.0, "handshakeTimeout", "KUMA_API_SERVER_HTTPS_HANDSHAKE_TIMEOUT",
+                                       check="positive", doc="seconds a client has to complete TLS")
+    idle_timeout: float = setting(30.0, "idleTimeout", "KUMA_API_SERVER_HTTPS_IDLE_TIMEOUT", check="positive",
+                                  doc="seconds a connection may wait for (or dribble) its next request's headers")
+    max_connections: int = setting(0, "maxConnections", "KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS",
+                                   check="non-negative", doc="0: a quarter of what the open files limit leaves")
+    max_connections_per_source: int = setting(
+        0, "maxConnectionsPerSource", "KUMA_API_SERVER_HTTPS_MAX_CONNECTIONS_PER_SOURCE", check="non-negative",
+        doc="0: a quarter of maxConnections (8 to 1024)")
 
 
 @dataclass
@@ -129,6 +139,13 @@ class DpServerConfig:
                                   doc="seconds before config is resent to a proxy that rejected it")
     dataplane_grace: float = setting(10.0, "dataplaneGracePeriod", "KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD",
                                      check="positive", doc="seconds a disconnected kuma-dp keeps its Dataplane")
+    # --- flood limits (controlplane/netguard.py) ---
+    handshake_timeout: float = setting(10.0, "handshakeTimeout", "KUMA_DP_SERVER_HANDSHAKE_TIMEOUT",
+                                       check="positive", doc="seconds a client has to complete TLS and HTTP/2")
+    idle_timeout: float = setting(300.0, "idleTimeout", "KUMA_DP_SERVER_IDLE_TIMEOUT", check="positive",
+                                  doc="seconds a connection with no call open stays (an ADS stream is a call)")
+    max_connections: int = setting(0, "maxConnections", "KUMA_DP_SERVER_MAX_CONNECTIONS", check="non-negative",
+                                   doc="0: half of what the open files limit leaves")
 
 
 @dataclass
@@ -150,6 +167,13 @@ class DnsServerConfig:
     ttl: int = setting(60, "ttl", "KUMA_DNS_SERVER_TTL", check="positive", doc="seconds, of A answers")
     vip_release_grace: float = setting(3600.0, "vipReleaseGracePeriod", "KUMA_DNS_SERVER_VIP_RELEASE_GRACE_PERIOD",
                                        check="positive", doc="seconds a gone service's VIP stays reserved")
+    tcp_idle_timeout: float = setting(10.0, "tcpIdleTimeout", "KUMA_DNS_SERVER_TCP_IDLE_TIMEOUT", check="positive",
+                                      doc="seconds a TCP connection may wait for its next query")
+    tcp_max_connections: int = setting(0, "tcpMaxConnections", "KUMA_DNS_SERVER_TCP_MAX_CONNECTIONS",
+                                       check="non-negative", doc="0: a quarter of what the open files limit leaves")
+    tcp_max_connections_per_source: int = setting(
+        0, "tcpMaxConnectionsPerSource", "KUMA_DNS_SERVER_TCP_MAX_CONNECTIONS_PER_SOURCE", check="non-negative",
+        doc="0: a quarter of tcpMaxConnections (8 to 1024)")
     # --- end DNS and VIPs ---
 
 
@@ -322,6 +346,8 @@ def _named_check(check: str | None, value: Any) -> None:
         raise ValueError(f"port {value} must be in the range [1, 65535]")
     if check == "positive" and value <= 0:
         raise ValueError("must be greater than zero")
+    if check == "non-negative" and value < 0:
+        raise ValueError("must be zero (computed from the open files limit) or greater")
     if check == "ip":
         try:
             ipaddress.ip_address(value)

@@ -12,6 +12,14 @@ from aiohttp import web
 
 from controlplane import __version__
 from controlplane.config import Config
+from controlplane.netguard import (
+    ConnectionBudget,
+    ConnectionLimits,
+    GuardedListener,
+    bind_listener,
+    chosen,
+    current_nofile,
+)
 from controlplane.resources.base import Registry
 from controlplane.store.base import ResourceStore
 
@@ -72,6 +80,7 @@ class ApiServer:
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx
         self._runners: list[web.AppRunner] = []
+        self._guarded: list[GuardedListener] = []
 
     async def start(self) -> None:
         cfg = self.ctx.config.api_server
@@ -85,8 +94,8 @@ class ApiServer:
         if cfg.https.enabled:
             if self.ctx.ssl_context is None:
                 raise RuntimeError("the HTTPS API needs a TLS context")
-            await self._serve(build_app(self.ctx, admin=False), cfg.https.interface, cfg.https.port,
-                              self.ctx.ssl_context)
+            await self._serve_public(build_app(self.ctx, admin=False), cfg.https.interface, cfg.https.port,
+                                     self.ctx.ssl_context)
 
     async def _serve(self, app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -101,7 +110,36 @@ class ApiServer:
         self._runners.append(runner)
         log.info("API listening", extra={"address": f"{host}:{port}", "tls": ssl_ctx is not None})
 
+    async def _serve_public(self, app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext) -> None:
+        """The HTTPS API faces the network: our own accept loop caps connections (in total and per address)
+        and times out TLS handshakes; aiohttp's keepalive timeout (from the connection's start) closes idle
+        and slowloris connections."""
+        cfg = self.ctx.config.api_server.https
+        budget = ConnectionBudget.from_limit(current_nofile())
+        max_total = chosen(cfg.max_connections, budget.https_api)
+        limits = ConnectionLimits("https-api", max_total,
+                                  chosen(cfg.max_connections_per_source, ConnectionBudget.per_source(max_total)))
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=cfg.idle_timeout)
+        await runner.setup()
+        try:
+            sock = bind_listener(host, port)
+        except OSError as e:
+            await runner.cleanup()
+            raise RuntimeError(f"cannot listen on {host}:{port} for the HTTPS API: {e.strerror}; is another "
+                               "kuma-cp running? change the port in the config") from e
+        assert runner.server is not None
+        listener = GuardedListener(sock, runner.server, limits, ssl_context=ssl_ctx,
+                                   handshake_timeout=cfg.handshake_timeout)
+        listener.start()
+        self._runners.append(runner)
+        self._guarded.append(listener)
+        log.info("API listening", extra={"address": f"{host}:{port}", "tls": True, "maxConnections": max_total,
+                                         "maxConnectionsPerSource": limits.max_per_source})
+
     async def stop(self) -> None:
+        for listener in self._guarded:
+            await listener.close()
+        self._guarded.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

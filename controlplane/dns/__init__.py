@@ -41,7 +41,9 @@ def add_dns(runtime: Runtime) -> VipApi:
     check_ranges(primary, tproxy)
     view = VipView(runtime.store, domain, supervisor=runtime.supervisor)
     runtime.add(view)
-    runtime.add(DnsServer(cfg.interface, cfg.port, domain=domain, ttl=cfg.ttl, view=view))
+    runtime.add(DnsServer(cfg.interface, cfg.port, domain=domain, ttl=cfg.ttl, view=view,
+                          tcp_idle_timeout=cfg.tcp_idle_timeout, tcp_max_connections=cfg.tcp_max_connections,
+                          tcp_max_connections_per_source=cfg.tcp_max_connections_per_source))
     runtime.add(VipAllocator(runtime.store, primary, tproxy, grace=timedelta(seconds=cfg.vip_release_grace),
                              supervisor=runtime.supervisor),
                 leader_only=True)

@@ -3,7 +3,8 @@
 UDP, the hot path, runs in a dedicated thread with a blocking recvfrom/sendto loop over precomputed replies
 (DESIGN: the asyncio event loop, not DNS parsing, is what costs; a plain thread answers several times
 faster). TCP (clients retrying a truncated answer, zone tools) is served by asyncio: length-prefixed
-messages, several per connection, an idle timeout, a cap on connections. Both read the current
+messages, several per connection, an idle timeout, a cap on connections in total and per source address
+(sized from the open files limit unless configured: see controlplane/netguard.py). Both read the current
 `DnsTable`, an immutable generation swapped in whole when the VIP map changes. It never forwards anything:
 names outside the zone are REFUSED.
 
@@ -23,6 +24,9 @@ import threading
 import time
 from collections.abc import Mapping
 
+from controlplane.logs import ErrorLog
+from controlplane.netguard import ACCEPT_ERROR_INTERVAL, ConnectionBudget, ConnectionLimits, chosen, current_nofile
+
 from .names import zone_names
 from .vips import VipMap, VipView
 from .wire import TCP_MAX, DnsTable
@@ -30,7 +34,6 @@ from .wire import TCP_MAX, DnsTable
 log = logging.getLogger("kuma.dns")
 
 TCP_IDLE_TIMEOUT = 10.0
-TCP_MAX_CONNECTIONS = 512
 UDP_BUFFER = 4 << 20
 
 
@@ -38,8 +41,14 @@ class DnsServer:
     name = "dns-server"
 
     def __init__(self, interface: str = "0.0.0.0", port: int = 5653, *, domain: str = "mesh", ttl: int = 60,
-                 view: VipView | None = None) -> None:
+                 view: VipView | None = None, tcp_idle_timeout: float = TCP_IDLE_TIMEOUT,
+                 tcp_max_connections: int = 0, tcp_max_connections_per_source: int = 0) -> None:
         self.interface, self.requested_port = interface, port
+        self.tcp_idle_timeout = tcp_idle_timeout
+        max_total = chosen(tcp_max_connections, ConnectionBudget.from_limit(current_nofile()).dns_tcp)
+        self.tcp_limits = ConnectionLimits("dns-tcp", max_total, chosen(tcp_max_connections_per_source,
+                                                                        ConnectionBudget.per_source(max_total)))
+        self._refusals = ErrorLog(log, interval=ACCEPT_ERROR_INTERVAL)
         self.domain, self.ttl, self.view = domain, ttl, view
         self.table = DnsTable({}, domain, ttl)
         self.port = 0
@@ -177,14 +186,22 @@ class DnsServer:
     async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._tcp_conns) >= TCP_MAX_CONNECTIONS:
-            writer.close()
+        peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        why = self.tcp_limits.admit(source)
+        if why is not None:
+            writer.transport.abort()  # a reset: the descriptor is free again at once
+            self._refusals.report("refused", "DNS TCP connection refused", traceback=False, level=logging.WARNING,
+                                  extra={"source": source, "reason": why, "open": self.tcp_limits.open,
+                                         "tcpMaxConnections": self.tcp_limits.max_total,
+                                         "tcpMaxConnectionsPerSource": self.tcp_limits.max_per_source})
             return
         self._tcp_conns.add(task)
+        timeout = self.tcp_idle_timeout
         try:
             while True:
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT), "big")
-                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT)
+                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), timeout), "big")
+                data = await asyncio.wait_for(reader.readexactly(size), timeout)
                 try:
                     reply = self.table.answer(data, udp=False)
                 except Exception:
@@ -199,6 +216,7 @@ class DnsServer:
             pass
         finally:
             self._tcp_conns.discard(task)
+            self.tcp_limits.release(source)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

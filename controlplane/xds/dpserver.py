@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 from envoy.config.core.v3.base_pb2 import Node
 
+from controlplane.netguard import ConnectionBudget, chosen, current_nofile
+
 from .server import AdsServicer
 
 log = logging.getLogger("kuma.xds")
@@ -19,7 +21,23 @@ GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),  # Envoy pings every 10 s (bootstrap)
     ("grpc.keepalive_permit_without_calls", 1),
+    # Keepalive enforcement: a client pinging more often than the interval above gets GOAWAY after 2 strikes.
+    ("grpc.http2.max_ping_strikes", 2),
+    # Envoy opens one ADS stream, kuma-dp a VIP watch and a bootstrap call: room to spare, not a stream flood.
+    ("grpc.max_concurrent_streams", 100),
 ]
+
+
+def flood_options(handshake_timeout: float, idle_timeout: float, max_connections: int) -> list[tuple[str, int]]:
+    """What keeps a flood of idle or slow connections from eating every descriptor. grpcio accepts in C and
+    has no hook per source address (a cap per source would need a proxy copying every byte), so: a handshake
+    deadline (TLS + HTTP/2 preface), closing connections with no call open, and a cap on connections sized
+    from the open files limit (grpc closes the ones over it right after accept)."""
+    return [
+        ("grpc.server_handshake_timeout_ms", int(handshake_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(idle_timeout * 1000)),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+    ]
 
 
 class FanoutCallbacks:
@@ -55,13 +73,17 @@ class DpServer:
 
     def __init__(self, interface: str, port: int, key_cert_pairs: Sequence[tuple[bytes, bytes]], ads: AdsServicer,
                  handlers: Sequence[grpc.GenericRpcHandler],
-                 on_stop: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_stop: Callable[[], Awaitable[None]] | None = None, *, handshake_timeout: float = 10.0,
+                 idle_timeout: float = 300.0, max_connections: int = 0) -> None:
         self.interface, self.port, self.on_stop = interface, port, on_stop
+        self.handshake_timeout, self.idle_timeout = handshake_timeout, idle_timeout
+        self.max_connections = chosen(max_connections, ConnectionBudget.from_limit(current_nofile()).dp_server)
         self.key_cert_pairs, self.ads, self.handlers = list(key_cert_pairs), ads, list(handlers)
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=GRPC_OPTIONS)
+        server = grpc.aio.server(options=GRPC_OPTIONS + flood_options(self.handshake_timeout, self.idle_timeout,
+                                                                      self.max_connections))
         self.ads.add_to_server(server)
         server.add_generic_rpc_handlers(self.handlers)  # the bootstrap call, the VIP watch
         address = f"{self.interface}:{self.port}"
@@ -75,7 +97,8 @@ class DpServer:
                                "KUMA_DP_SERVER_PORT")
         await server.start()
         self._server = server
-        log.info("dp-server listening", extra={"address": address, "tls": True})
+        log.info("dp-server listening", extra={"address": address, "tls": True,
+                                               "maxConnections": self.max_connections})
 
     async def stop(self) -> None:
         # First the lifecycle: streams closed by our own shutdown must not unregister their dataplanes (or a

@@ -15,6 +15,7 @@ its PID only (SIGTERM, then SIGKILL after a timeout), and `stop()` checks that i
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -114,11 +115,23 @@ def _ready(url: str) -> bool:
         return False
 
 
-def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, **env: str) -> CpProcess:
+def _nofile_limit(nofile: int | None) -> Callable[[], None] | None:
+    if nofile is None:
+        return None
+    limit = nofile
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
+def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, nofile: int | None = None, **env: str) -> CpProcess:
     """Start `python -m controlplane.cli run` with its state in `tmp_path` and wait until /ready answers 200.
 
     Keyword arguments are KUMA_* settings that override the defaults chosen here (sqlite store, free ports,
-    HTTPS on 127.0.0.1). On failure the process is stopped and the error carries its log.
+    HTTPS on 127.0.0.1). `nofile` sets both the soft and hard RLIMIT_NOFILE of the process (so kuma-cp cannot
+    raise it). On failure the process is stopped and the error carries its log.
     """
     tmp_path = Path(tmp_path)
     work_dir = tmp_path / "kuma-cp"
@@ -145,7 +158,7 @@ def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, **env: str) -> C
     with open(log_file, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "controlplane.cli", "run"], env=full_env, cwd=tmp_path,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_nofile_limit(nofile))
     cp = CpProcess(work_dir=work_dir, env=full_env, ports=ports, proc=proc, log_file=log_file)
     deadline = time.monotonic() + timeout
     try:
