@@ -133,7 +133,13 @@ class ResourceApi:
         expected = _if_match(request)
         stored, created = await self.upsert(resource, expected)
         if self.checks is not None:
-            await self.checks.after_write(stored)
+            try:
+                await self.checks.after_write(stored)
+            except Exception:
+                # The write is committed: answering 500 now would tell the caller it failed. What after_write
+                # prepares (a builtin CA) is made again on first use, and failures there are retried and logged.
+                log.exception("resource stored, but preparing what it needs failed; it is retried on first use",
+                              extra={"type": rtype.name, "mesh": mesh or None, "resource": name})
         log.info("resource created" if created else "resource updated",
                  extra={"type": rtype.name, "mesh": mesh or None, "resource": name, "version": stored.meta.version,
                         "user": identity_of(request).name})

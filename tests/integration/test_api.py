@@ -83,6 +83,30 @@ def test_field_level_errors_and_nothing_written(api: Callable[..., Reply]) -> No
     assert "DNS-1123" in api("PUT", "/meshes/default/dataplanes/Bad_Name", bad_name).fields["name"]
 
 
+def test_numbers_and_durations_are_bounded_before_anything_is_stored(api: Callable[..., Reply]) -> None:
+    """Values that used to be stored and then overflow a date or an Envoy field are refused with their field."""
+    poison = {"type": "Mesh", "name": "poison", "mtls": {"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "builtin", "conf": {"caCert": {"expiration": "100000y"}}}]}}
+    r = api("PUT", "/meshes/poison", poison)
+    assert r.status == 400 and "at most 2562047h47m15s" in r.fields["mtls.backends[0].conf.caCert.expiration"]
+    assert api("GET", "/meshes/poison").status == 404
+    poison["mtls"]["backends"][0]["conf"]["caCert"]["expiration"] = "99999999999y"
+    assert "at most" in api("PUT", "/meshes/poison", poison).fields["mtls.backends[0].conf.caCert.expiration"]
+    huge = dataplane("huge-1")
+    huge["networking"]["inbound"][0]["port"] = 2**64
+    huge["networking"]["inbound"][0]["servicePort"] = "\u0668\u0660"  # Arabic-Indic 80: int() would read it
+    fields = api("PUT", "/meshes/default/dataplanes/huge-1", huge).fields
+    assert "out of range" in fields["networking.inbound[0].port"]
+    assert "digits other than 0-9" in fields["networking.inbound[0].servicePort"]
+    timeout = {"type": "MeshTimeout", "mesh": "default", "name": "t-1", "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "connectionTimeout": "\u0661\u0660s", "idleTimeout": "9999999999h"}}]}}
+    fields = api("PUT", "/meshes/default/meshtimeouts/t-1", timeout).fields
+    assert "digits other than 0-9" in fields["spec.to[0].default.connectionTimeout"]
+    assert "too long" in fields["spec.to[0].default.idleTimeout"]
+    assert api("GET", "/meshes/default/meshtimeouts/t-1").status == 404
+
+
 def test_path_and_body_must_agree(api: Callable[..., Reply]) -> None:
     r = api("PUT", "/meshes/default/dataplanes/one", dataplane("two"))
     assert r.status == 400 and "must match" in r.fields["name"]
