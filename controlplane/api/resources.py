@@ -7,12 +7,16 @@ edit here.
   DELETE /{plural}/{name}
   GET    /meshes/{mesh}/{plural}[/{name}]  mesh-scoped, same verbs
 
-Updates are optimistic: `If-Match: "<version>"` (the ETag of a GET) makes a stale write fail with 409.
+Updates are optimistic: `If-Match: "<version>-<created>"` (the ETag of a GET: the version and the creation
+time in microseconds, since versions start at 1 again when a resource is deleted and created anew) makes a
+stale write fail with 409, or 412 when the resource it read has been deleted (and maybe re-created) since.
+A bare `"<version>"` is accepted too.
 Without it, PUT replaces what is stored (as kumactl apply does), still never merging two writers' halves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -110,7 +114,7 @@ class ResourceApi:
         if rtype.is_secret:
             require_admin(request, "read secret data")
         resource = await self.store.get(rtype, name, mesh)
-        return web.json_response(to_wire(resource), headers={"ETag": f'"{resource.meta.version}"'})
+        return web.json_response(to_wire(resource), headers={"ETag": etag(resource)})
 
     # --- put -----------------------------------------------------------------------------------------------------
 
@@ -131,7 +135,8 @@ class ResourceApi:
             if problems:
                 raise ResourceValidationError(problems)
         expected = _if_match(request)
-        stored, created = await self.upsert(resource, expected)
+        stored, created = await self.upsert(resource, expected[0] if expected else None,
+                                            created_at=expected[1] if expected else None)
         if self.checks is not None:
             try:
                 await self.checks.after_write(stored)
@@ -144,10 +149,12 @@ class ResourceApi:
                  extra={"type": rtype.name, "mesh": mesh or None, "resource": name, "version": stored.meta.version,
                         "user": identity_of(request).name})
         return web.json_response({}, status=201 if created else 200,
-                                 headers={"ETag": f'"{stored.meta.version}"'})
+                                 headers={"ETag": etag(stored)})
 
-    async def upsert(self, resource: Resource, expected: int | None) -> tuple[Resource, bool]:
-        """Create, or update the stored version (`expected` pins the version the caller read)."""
+    async def upsert(self, resource: Resource, expected: int | None, *,
+                     created_at: int | None = None) -> tuple[Resource, bool]:
+        """Create, or update the stored version (`expected` pins the version the caller read, `created_at` the
+        incarnation: the creation time, in microseconds, of what it read)."""
         rtype, name, mesh = resource.type, resource.meta.name, resource.meta.mesh
         for _ in range(UNCONDITIONAL_RETRIES):
             try:
@@ -160,6 +167,7 @@ class ResourceApi:
                     return await self.store.create(resource), True
                 except AlreadyExists:
                     continue  # created concurrently: go round and update it
+            _same_incarnation(current, created_at)
             version = current.meta.version if expected is None else expected
             try:
                 return await self.store.update(resource.with_meta(version=version)), False
@@ -185,7 +193,11 @@ class ResourceApi:
             refusal = await self.checks.before_delete(rtype, name, mesh)
             if refusal:
                 raise ApiError(409, "Resource in use", refusal)
-        await self.store.delete(rtype, name, mesh, version=_if_match(request))
+        expected = _if_match(request)
+        if expected is not None and expected[1] is not None:
+            with contextlib.suppress(NotFound):  # gone: the delete below says so
+                _same_incarnation(await self.store.get(rtype, name, mesh), expected[1])
+        await self.store.delete(rtype, name, mesh, version=expected[0] if expected else None)
         log.info("resource deleted", extra={"type": rtype.name, "mesh": mesh or None, "resource": name,
                                             "user": identity_of(request).name})
         return web.json_response({})
@@ -220,15 +232,33 @@ def next_page_url(request: web.Request, next_offset: int | None, size: int) -> s
     return str(request.url.update_query({"offset": str(next_offset), "size": str(size)}))
 
 
-def _if_match(request: web.Request) -> int | None:
+def etag(resource: Resource) -> str:
+    return f'"{resource.meta.version}-{_micros(resource)}"'
+
+
+def _micros(resource: Resource) -> int:
+    created = resource.meta.creation_time
+    return int(created.timestamp() * 1_000_000) if created is not None else 0
+
+
+def _same_incarnation(current: Resource, created_at: int | None) -> None:
+    if created_at is not None and _micros(current) != created_at:
+        raise ApiError(412, "Precondition failed",
+                       f"{current.type.name} {current.meta.name!r} was deleted and created again since the If-Match "
+                       "ETag was read: GET it again and apply your change to what is there now")
+
+
+def _if_match(request: web.Request) -> tuple[int, int | None] | None:
+    """(version, creation time in microseconds or None) from If-Match; None without the header."""
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    try:
-        return int(raw.strip().strip('W/').strip('"'))
-    except ValueError:
+    text = raw.strip().removeprefix("W/").strip('"')
+    version, _, created = text.partition("-")
+    if not (version.isascii() and version.isdigit()) or (created and not (created.isascii() and created.isdigit())):
         raise ApiError(400, "Bad If-Match header",
-                       f"If-Match must be the ETag of a GET (a quoted version number), got {raw!r}") from None
+                       f"If-Match must be the ETag of a GET (\"<version>-<created>\"), got {raw!r}")
+    return int(version), int(created) if created else None
 
 
 def int_param(q: Any, name: str, default: int, low: int, high: int | None) -> int:

@@ -46,19 +46,29 @@ def test_default_mesh_exists(api: Callable[..., Reply]) -> None:
 def test_create_update_get_with_versions(api: Callable[..., Reply]) -> None:
     assert api("PUT", "/meshes/m-crud", {"type": "Mesh", "name": "m-crud"}).status == 201
     got = api("GET", "/meshes/m-crud")
-    assert got.headers["ETag"] == '"1"'
+    first = got.headers["ETag"]
+    assert first.startswith('"1-')  # version 1, and the incarnation (creation time)
     body = {"type": "Mesh", "name": "m-crud", "networking": {"outbound": {"passthrough": False}}}
-    updated = api("PUT", "/meshes/m-crud", body, headers={"If-Match": '"1"'})
-    assert updated.status == 200 and updated.headers["ETag"] == '"2"'
-    stale = api("PUT", "/meshes/m-crud", {"type": "Mesh", "name": "m-crud"}, headers={"If-Match": '"1"'})
+    updated = api("PUT", "/meshes/m-crud", body, headers={"If-Match": first})
+    assert updated.status == 200 and updated.headers["ETag"].startswith('"2-')
+    stale = api("PUT", "/meshes/m-crud", {"type": "Mesh", "name": "m-crud"}, headers={"If-Match": first})
     assert stale.status == 409 and "was changed" in stale.json["details"]
+    assert api("PUT", "/meshes/m-crud", body, headers={"If-Match": '"2"'}).status == 200  # a bare version works
     assert api("GET", "/meshes/m-crud").json["networking"] == {"outbound": {"passthrough": False}}
     # Without If-Match, PUT replaces (kumactl apply semantics).
     assert api("PUT", "/meshes/m-crud", {"type": "Mesh", "name": "m-crud"}).status == 200
     assert "networking" not in api("GET", "/meshes/m-crud").json
-    assert api("DELETE", "/meshes/m-crud", headers={"If-Match": '"1"'}).status == 409
+    assert api("DELETE", "/meshes/m-crud", headers={"If-Match": first}).status == 409
     assert api("DELETE", "/meshes/m-crud").status == 200
     assert api("GET", "/meshes/m-crud").status == 404
+    # Deleted and created again: version 1 once more, but an ETag read before the delete no longer matches.
+    assert api("PUT", "/meshes/m-crud", {"type": "Mesh", "name": "m-crud"}).status == 201
+    again = api("PUT", "/meshes/m-crud", body, headers={"If-Match": first})
+    assert again.status == 412 and "deleted and created again" in again.json["details"]
+    assert api("DELETE", "/meshes/m-crud", headers={"If-Match": first}).status == 412
+    fresh = api("GET", "/meshes/m-crud").headers["ETag"]
+    assert fresh != first and api("DELETE", "/meshes/m-crud", headers={"If-Match": fresh}).status == 200
+    assert api("PUT", "/meshes/m-crud", body, headers={"If-Match": '"1-x"'}).status == 400
 
 
 def test_field_level_errors_and_nothing_written(api: Callable[..., Reply]) -> None:
