@@ -151,6 +151,28 @@ class SqliteStore(ResourceStore):
             # the transaction was rolled back, so nothing was written.
             raise StoreUnavailable(f"sqlite database {self.path}: {e}") from e
 
+    async def _write(self, fn: Callable[..., tuple[T, list[ChangeEvent]]], *args: Any) -> T:
+        """Run a write transaction on the worker thread; its change events are published once it has
+        committed, also when the caller is cancelled meanwhile (the write happened: watchers must hear of it)."""
+        if self._executor is None:
+            await self.start()
+        executor = self._executor
+        if executor is None:
+            raise StoreUnavailable(f"the sqlite store at {self.path} is closed")
+        done = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+
+        def publish(f: asyncio.Future[tuple[T, list[ChangeEvent]]]) -> None:
+            if not f.cancelled() and f.exception() is None:
+                for event in f.result()[1]:
+                    self.events.publish(event)
+
+        done.add_done_callback(publish)
+        try:
+            result, _events = await asyncio.shield(done)
+        except sqlite3.OperationalError as e:
+            raise StoreUnavailable(f"sqlite database {self.path}: {e}") from e
+        return result
+
     @property
     def _db(self) -> sqlite3.Connection:
         assert self._conn is not None, "sqlite store used before start()"
@@ -190,11 +212,10 @@ class SqliteStore(ResourceStore):
         stored = resource.with_meta(version=1, creation_time=now, modification_time=now)
         params = (resource.type.name, resource.meta.mesh, resource.meta.name, 1,
                   spec_json(resource), labels_json(resource.meta.labels), _ts(now), _ts(now))
-        await self._run(self._create, resource, params)
-        self.events.publish(ChangeEvent("create", resource.type.name, resource.meta.mesh, resource.meta.name, 1))
+        await self._write(self._create, resource, params)
         return stored
 
-    def _create(self, resource: Resource, params: tuple[Any, ...]) -> None:
+    def _create(self, resource: Resource, params: tuple[Any, ...]) -> tuple[None, list[ChangeEvent]]:
         rtype, meta = resource.type, resource.meta
         with self._write_tx() as db:
             if db.execute("SELECT 1 FROM resources WHERE type = ? AND mesh = ? AND name = ?",
@@ -204,17 +225,17 @@ class SqliteStore(ResourceStore):
                 raise MeshNotFound(f"mesh {meta.mesh!r} does not exist: create it first")
             db.execute(f"INSERT INTO resources (type, mesh, name, version, spec, labels, creation_time, "
                        f"modification_time) VALUES ({', '.join('?' * len(params))})", params)
+        return None, [ChangeEvent("create", rtype.name, meta.mesh, meta.name, 1)]
 
     async def update(self, resource: Resource) -> Resource:
         now = datetime.now(UTC)
-        version, ctime = await self._run(self._update, resource, spec_json(resource),
-                                         labels_json(resource.meta.labels), _ts(now))
-        self.events.publish(ChangeEvent("update", resource.type.name, resource.meta.mesh, resource.meta.name,
-                                        version))
+        version, ctime = await self._write(self._update, resource, spec_json(resource),
+                                           labels_json(resource.meta.labels), _ts(now))
         return resource.with_meta(version=version, creation_time=datetime.fromisoformat(ctime),
                                   modification_time=now)
 
-    def _update(self, resource: Resource, spec: str, labels: str, now: str) -> tuple[int, str]:
+    def _update(self, resource: Resource, spec: str, labels: str,
+                now: str) -> tuple[tuple[int, str], list[ChangeEvent]]:
         rtype, meta = resource.type, resource.meta
         with self._write_tx() as db:
             row = db.execute(
@@ -227,15 +248,15 @@ class SqliteStore(ResourceStore):
                 if current is None:
                     raise NotFound(f"{describe(rtype, meta.name, meta.mesh)} does not exist")
                 raise conflict(rtype, meta.name, meta.mesh, current[0], meta.version)
-            return int(row[0]), str(row[1])
+            version = int(row[0])
+            return (version, str(row[1])), [ChangeEvent("update", rtype.name, meta.mesh, meta.name, version)]
 
     async def delete(self, rtype: ResourceType, name: str, mesh: str = "", *,
                      version: int | None = None) -> None:
-        events = await self._run(self._delete, rtype, name, mesh, version)
-        for e in events:
-            self.events.publish(e)
+        await self._write(self._delete, rtype, name, mesh, version)
 
-    def _delete(self, rtype: ResourceType, name: str, mesh: str, version: int | None) -> list[ChangeEvent]:
+    def _delete(self, rtype: ResourceType, name: str, mesh: str,
+                version: int | None) -> tuple[None, list[ChangeEvent]]:
         with self._write_tx() as db:
             row = db.execute("SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
                              (rtype.name, mesh, name)).fetchone()
@@ -250,7 +271,7 @@ class SqliteStore(ResourceStore):
                                      (name,)).fetchall()
                 events += [ChangeEvent("delete", t, name, n, v) for t, n, v in sorted(removed)]
             db.execute("DELETE FROM resources WHERE type = ? AND mesh = ? AND name = ?", (rtype.name, mesh, name))
-            return events
+            return None, events
 
     # -- reads -------------------------------------------------------------------------------------------
 

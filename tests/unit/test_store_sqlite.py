@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -89,3 +91,26 @@ def test_factory(tmp_path: Path) -> None:
     assert isinstance(sqlite_store, SqliteStore) and sqlite_store.path == tmp_path / "kuma.db"
     with pytest.raises(ValueError, match=r"unknown store type 'mysql'.*memory, sqlite, postgres"):
         create_store("mysql", work_dir=tmp_path, postgres=None)
+
+
+async def test_a_write_whose_caller_is_cancelled_after_commit_still_publishes_its_event(tmp_path: Path) -> None:
+    """The transaction runs on the store's thread; if the awaiting task is cancelled after COMMIT (a client that
+    went away, a shutdown), the write happened, so watchers must still hear of it."""
+    store = SqliteStore(tmp_path / "kuma.db")
+    await store.start()
+    try:
+        async with store.watch() as events:
+            task = asyncio.create_task(store.create(mesh("cancelled")))
+            await asyncio.sleep(0)  # the task has handed its transaction to the store's thread
+            committed = threading.Event()
+            assert store._executor is not None
+            store._executor.submit(committed.set)  # runs once the create's transaction is done (one thread)
+            assert committed.wait(10)  # blocks the loop: the task cannot have resumed yet
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            event = await asyncio.wait_for(events.get(), 5)
+            assert (event.op, event.type, event.name) == ("create", "Mesh", "cancelled")
+        assert (await store.get(MESH, "cancelled")).meta.version == 1
+    finally:
+        await store.close()
