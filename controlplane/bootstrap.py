@@ -65,10 +65,12 @@ async def build_runtime(cfg: Config) -> Runtime:
     runtime = Runtime(config=cfg, store=store, elector=store.leader_elector())
     tokens = TokenService(store)
     ca = CaManager(store, supervisor=runtime.supervisor)
+    # Kuma's default policies in every new mesh, created with it; none on a zone under a global (global sends them).
+    defaults_enabled = not (cfg.mode == "zone" and cfg.multizone.zone.global_address)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
                          extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes],
-                         checks=WriteChecks(store, ca))
+                         checks=WriteChecks(store, ca, default_policies=defaults_enabled))
     runtime.add(DiagnosticsServer(runtime))
     runtime.add(ca)
     if cfg.mode == "zone":
@@ -79,9 +81,8 @@ async def build_runtime(cfg: Config) -> Runtime:
         add_xds(runtime, tls, tokens, ca, dns_api.view)
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
-    runtime.add(DefaultMeshPolicies(store, enabled=not (cfg.mode == "zone" and cfg.multizone.zone.global_address),
-                                    supervisor=runtime.supervisor), leader_only=True)
+    runtime.add(DefaultMeshPolicies(store, enabled=defaults_enabled, supervisor=runtime.supervisor), leader_only=True)
     runtime.add(AdminUserToken(tokens), leader_only=True)
     if not cfg.defaults.skip_mesh_creation:
-        runtime.add(DefaultMesh(store), leader_only=True)
+        runtime.add(DefaultMesh(store, default_policies=defaults_enabled), leader_only=True)
     return runtime

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from controlplane.policies._defaults import default_policies
 from controlplane.resources import REGISTRY, from_wire
 from controlplane.store.base import AlreadyExists, NotFound, ResourceStore
 from controlplane.tokens.service import TokenService
@@ -16,8 +17,8 @@ log = logging.getLogger("kuma.defaults")
 class DefaultMesh:
     name = "default-mesh"
 
-    def __init__(self, store: ResourceStore) -> None:
-        self.store = store
+    def __init__(self, store: ResourceStore, *, default_policies: bool = True) -> None:
+        self.store, self.default_policies = store, default_policies
 
     async def start(self) -> None:
         mesh_type = REGISTRY.by_name("Mesh")
@@ -28,7 +29,9 @@ class DefaultMesh:
         except NotFound:
             pass
         try:
-            await self.store.create(from_wire({"type": "Mesh", "name": "default"}))
+            mesh = from_wire({"type": "Mesh", "name": "default"})
+            # With Kuma's default policies, in one transaction: a crash cannot leave the mesh without them.
+            await self.store.create_all([mesh, *(default_policies(mesh) if self.default_policies else [])])
             log.info("resource created", extra={"type": "Mesh", "resource": "default", "reason": "default mesh"})
         except AlreadyExists:
             pass  # another instance made it first

@@ -5,14 +5,23 @@ a Secret a Mesh's CA uses cannot be deleted while the Mesh names it."""
 from __future__ import annotations
 
 from controlplane.ca import CaManager, used_secrets
+from controlplane.policies._defaults import default_policies
 from controlplane.resources import REGISTRY, Resource, ResourceType
 from controlplane.resources.errors import InvalidParameter
 from controlplane.store.base import NotFound, ResourceStore
 
 
 class WriteChecks:
-    def __init__(self, store: ResourceStore, ca: CaManager) -> None:
+    def __init__(self, store: ResourceStore, ca: CaManager, *, default_policies: bool = True) -> None:
         self.store, self.ca = store, ca
+        self.default_policies = default_policies  # off on a zone under a global: they come from global
+
+    def created_with(self, resource: Resource) -> list[Resource]:
+        """What is created in the same transaction as `resource` when it is new: a Mesh's default policies
+        (Kuma's), so a crash right after the create cannot leave the mesh without them."""
+        if resource.type.name == "Mesh" and self.default_policies:
+            return default_policies(resource)
+        return []
 
     async def before_write(self, resource: Resource) -> list[InvalidParameter]:
         if resource.type.name == "Mesh":

@@ -164,7 +164,8 @@ class ResourceApi:
                     raise ApiError(412, "Precondition failed", f"If-Match names version {expected} but "
                                    f"{rtype.name} {name!r} does not exist") from None
                 try:
-                    return await self.store.create(resource), True
+                    companions = self.checks.created_with(resource) if self.checks is not None else []
+                    return (await self.store.create_all([resource, *companions]))[0], True
                 except AlreadyExists:
                     continue  # created concurrently: go round and update it
             _same_incarnation(current, created_at)

@@ -7,8 +7,9 @@ below (its documentation's "Skipping default resource creation"). The mesh field
 (`MeshRetry`, `MeshTimeout`, ...) to skip. Defaults are created once, when the mesh is created, and never
 recreated: an operator may delete or change them.
 
-`DefaultMeshPolicies` watches the store for Mesh creations (from the API, the `default` mesh created on first
-start, or a global control plane), so every path that creates a mesh gets its defaults. A zone connected to a
+The API and the `default` mesh created on first start create them in the same transaction as the Mesh
+(`ResourceStore.create_all`), so a crash right after the create cannot lose them. `DefaultMeshPolicies` also
+watches the store for Mesh creations by any other path (a global control plane), as a net. A zone connected to a
 global control plane creates none: they come from global with the mesh.
 """
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,6 +146,12 @@ class ResourceStore(ABC):
 
     @abstractmethod
     async def create(self, resource: Resource) -> Resource: ...
+
+    @abstractmethod
+    async def create_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        """Create several resources in one transaction, in order: all of them, or (AlreadyExists, MeshNotFound
+        for the first that cannot be) none. A mesh-scoped resource may belong to a Mesh created earlier in the
+        same call (a new Mesh and its default policies)."""
 
     @abstractmethod
     async def update(self, resource: Resource) -> Resource: ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from controlplane.resources.base import Resource, ResourceType
@@ -41,6 +42,24 @@ class MemoryStore(ResourceStore):
         stored = resource.with_meta(version=1, creation_time=now, modification_time=now)
         self._data[key] = stored
         self.events.publish(ChangeEvent("create", resource.type.name, resource.meta.mesh, resource.meta.name, 1))
+        return stored
+
+    async def create_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        # Check everything first (no await in between: nothing else runs), then write everything.
+        keys: set[tuple[str, str, str]] = set()
+        meshes = {r.meta.name for r in resources if r.type.name == MESH_TYPE}
+        for r in resources:
+            if r.key in self._data or r.key in keys:
+                raise AlreadyExists(f"{describe(r.type, r.meta.name, r.meta.mesh)} already exists")
+            keys.add(r.key)
+            if r.meta.mesh not in meshes:
+                self._require_mesh(r)
+        now = datetime.now(UTC)
+        stored = [r.with_meta(version=1, creation_time=now, modification_time=now) for r in resources]
+        for r in stored:
+            self._data[r.key] = r
+        for r in stored:
+            self.events.publish(ChangeEvent("create", r.type.name, r.meta.mesh, r.meta.name, 1))
         return stored
 
     async def update(self, resource: Resource) -> Resource:

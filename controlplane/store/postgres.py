@@ -343,23 +343,31 @@ class PostgresStore(ResourceStore):
     # -- writes ------------------------------------------------------------------------------------------
 
     async def create(self, resource: Resource) -> Resource:
+        async with self._conn() as conn:
+            return await self._insert(conn, resource)
+
+    async def create_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        async with self._conn() as conn, conn.transaction():
+            return [await self._insert(conn, r) for r in resources]
+
+    async def _insert(self, conn: AsyncConn, resource: Resource) -> Resource:
         rtype, meta = resource.type, resource.meta
         mesh_check = (f" WHERE EXISTS (SELECT 1 FROM resources WHERE {_MESH_ROW} = %(mesh)s FOR KEY SHARE)"
                       if rtype.mesh_scoped else "")
         params = {"type": rtype.name, "mesh": meta.mesh, "name": meta.name, "spec": spec_json(resource),
                   "labels": Jsonb(dict(meta.labels))}
-        async with self._conn() as conn:
-            cur = await conn.execute(
-                "INSERT INTO resources (type, mesh, name, version, spec, labels, creation_time, modification_time) "
-                "SELECT %(type)s, %(mesh)s, %(name)s, 1, %(spec)s, %(labels)s, now(), now()" + mesh_check +
-                " ON CONFLICT (type, mesh, name) DO NOTHING "
-                "RETURNING creation_time, " + _notify_sql("create"), params)
-            row = await cur.fetchone()
-            if row is None:
-                # Nothing inserted: find out why (the statement has already ended; nothing was written).
-                if await self._current_version(conn, rtype, meta.name, meta.mesh) is not None:
-                    raise AlreadyExists(f"{describe(rtype, meta.name, meta.mesh)} already exists")
-                raise MeshNotFound(f"mesh {meta.mesh!r} does not exist: create it first")
+        # on the caller's connection: autocommit, or inside its transaction
+        cur = await conn.execute(
+            "INSERT INTO resources (type, mesh, name, version, spec, labels, creation_time, modification_time) "
+            "SELECT %(type)s, %(mesh)s, %(name)s, 1, %(spec)s, %(labels)s, now(), now()" + mesh_check +
+            " ON CONFLICT (type, mesh, name) DO NOTHING "
+            "RETURNING creation_time, " + _notify_sql("create"), params)
+        row = await cur.fetchone()
+        if row is None:
+            # Nothing inserted: find out why (the statement has already ended; nothing was written).
+            if await self._current_version(conn, rtype, meta.name, meta.mesh) is not None:
+                raise AlreadyExists(f"{describe(rtype, meta.name, meta.mesh)} already exists")
+            raise MeshNotFound(f"mesh {meta.mesh!r} does not exist: create it first")
         now = row[0].astimezone(UTC)
         return resource.with_meta(version=1, creation_time=now, modification_time=now)
 

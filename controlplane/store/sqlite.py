@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -215,17 +215,35 @@ class SqliteStore(ResourceStore):
         await self._write(self._create, resource, params)
         return stored
 
-    def _create(self, resource: Resource, params: tuple[Any, ...]) -> tuple[None, list[ChangeEvent]]:
-        rtype, meta = resource.type, resource.meta
+    async def create_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        now = datetime.now(UTC)
+        batch = [(r, (r.type.name, r.meta.mesh, r.meta.name, 1, spec_json(r), labels_json(r.meta.labels), _ts(now),
+                      _ts(now))) for r in resources]
+        await self._write(self._create_all, batch)
+        return [r.with_meta(version=1, creation_time=now, modification_time=now) for r in resources]
+
+    def _create_all(self, batch: list[tuple[Resource, tuple[Any, ...]]]) -> tuple[None, list[ChangeEvent]]:
+        events: list[ChangeEvent] = []
         with self._write_tx() as db:
-            if db.execute("SELECT 1 FROM resources WHERE type = ? AND mesh = ? AND name = ?",
-                          resource.key).fetchone():
-                raise AlreadyExists(f"{describe(rtype, meta.name, meta.mesh)} already exists")
-            if rtype.mesh_scoped and not self._mesh_exists(db, meta.mesh):
-                raise MeshNotFound(f"mesh {meta.mesh!r} does not exist: create it first")
-            db.execute(f"INSERT INTO resources (type, mesh, name, version, spec, labels, creation_time, "
-                       f"modification_time) VALUES ({', '.join('?' * len(params))})", params)
-        return None, [ChangeEvent("create", rtype.name, meta.mesh, meta.name, 1)]
+            for resource, params in batch:
+                events += self._insert(db, resource, params)
+        return None, events
+
+    def _create(self, resource: Resource, params: tuple[Any, ...]) -> tuple[None, list[ChangeEvent]]:
+        with self._write_tx() as db:
+            return None, self._insert(db, resource, params)
+
+    def _insert(self, db: sqlite3.Connection, resource: Resource, params: tuple[Any, ...]) -> list[ChangeEvent]:
+        rtype, meta = resource.type, resource.meta
+        # inside the caller's write transaction
+        if db.execute("SELECT 1 FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                      resource.key).fetchone():
+            raise AlreadyExists(f"{describe(rtype, meta.name, meta.mesh)} already exists")
+        if rtype.mesh_scoped and not self._mesh_exists(db, meta.mesh):
+            raise MeshNotFound(f"mesh {meta.mesh!r} does not exist: create it first")
+        db.execute(f"INSERT INTO resources (type, mesh, name, version, spec, labels, creation_time, "
+                   f"modification_time) VALUES ({', '.join('?' * len(params))})", params)
+        return [ChangeEvent("create", rtype.name, meta.mesh, meta.name, 1)]
 
     async def update(self, resource: Resource) -> Resource:
         now = datetime.now(UTC)

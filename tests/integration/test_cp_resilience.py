@@ -5,6 +5,8 @@ reconciler for every mesh while /healthy said 200."""
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from controlplane.resources.mesh import MESH, MeshSpec
 from controlplane.store.factory import SQLITE_FILE
 from controlplane.store.sqlite import SqliteStore
 from tests.apps.runner import App
+from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness, eventually, http
@@ -94,3 +97,29 @@ def test_a_poison_mesh_in_the_store_neither_stops_other_meshes_nor_itself(
         eventually(lambda: http(port)[0] == 403, timeout=20, message="a change after the poison mesh was served")
         assert healthy(cp)[0] == 200, healthy(cp)
         assert "Traceback" not in cp.logs(tail=100_000), cp.logs()
+
+
+def test_kill_9_right_after_a_mesh_create_keeps_its_default_policies(tmp_path: Path) -> None:
+    """Kuma's default policies are created in the same transaction as the Mesh: a kuma-cp killed the moment the
+    API has answered still has them after a restart."""
+    cp = start_cp(tmp_path)
+    try:
+        for i in range(3):
+            r = call("PUT", f"{cp.http_url}/meshes/m-{i}", {"type": "Mesh", "name": f"m-{i}"})
+            assert r.status == 201, r.raw
+        cp.proc.send_signal(signal.SIGKILL)
+        assert cp.proc.wait(10) == -signal.SIGKILL
+    finally:
+        cp.stop()
+    again = start_cp(tmp_path, **{k: v for k, v in cp.env.items() if k.startswith("KUMA_")})
+    try:
+        for i in range(3):
+            names = set()
+            for plural in ("meshtimeouts", "meshretries", "meshcircuitbreakers"):
+                reply = call("GET", f"{again.http_url}/meshes/m-{i}/{plural}")
+                assert reply.status == 200, reply.raw
+                names |= {item["name"] for item in json.loads(reply.raw)["items"]}
+            assert names == {f"mesh-gateways-timeout-all-m-{i}", f"mesh-timeout-all-m-{i}",
+                             f"mesh-circuit-breaker-all-m-{i}", f"mesh-retry-all-m-{i}"}, names
+    finally:
+        again.stop()

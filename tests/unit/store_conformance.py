@@ -201,6 +201,28 @@ class StoreConformance:
             await store.create(mesh())
         assert await store.get(DATAPLANE, "dp-1", "default") == first
 
+    async def test_create_all_is_all_or_nothing(self, store: ResourceStore) -> None:
+        async with store.watch() as events:
+            created = await store.create_all([mesh("batch"), dataplane("dp-1", "batch"), dataplane("dp-2", "batch")])
+            assert [r.meta.version for r in created] == [1, 1, 1]
+            assert (await store.get(DATAPLANE, "dp-2", "batch")).meta.version == 1  # its mesh came in the batch
+            got = [await asyncio.wait_for(events.get(), 5) for _ in range(3)]
+            assert [(e.op, e.type, e.name) for e in got] == [("create", "Mesh", "batch"),
+                                                              ("create", "Dataplane", "dp-1"),
+                                                              ("create", "Dataplane", "dp-2")]
+            # The third already exists: nothing of the batch is written, and no event says otherwise.
+            with pytest.raises(AlreadyExists):
+                await store.create_all([mesh("batch-2"), dataplane("dp-9", "batch-2"), dataplane("dp-1", "batch")])
+            with pytest.raises(NotFound):
+                await store.get(MESH, "batch-2")
+            with pytest.raises(MeshNotFound):
+                await store.create_all([dataplane("dp-3", "batch"), dataplane("dp-4", "no-mesh")])
+            with pytest.raises(NotFound):
+                await store.get(DATAPLANE, "dp-3", "batch")
+            marker = await store.create(mesh("marker"))
+            event = await asyncio.wait_for(events.get(), 5)
+            assert (event.name, marker.meta.name) == ("marker", "marker")  # nothing came before it
+
     async def test_recreate_after_delete_starts_at_version_one(self, store: ResourceStore) -> None:
         await store.create(mesh())
         await store.update(await store.create(dataplane("dp-1")))
