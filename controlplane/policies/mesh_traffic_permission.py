@@ -139,8 +139,11 @@ RESOURCE_TYPE = register(ResourceType(
 
 # A client matcher: ("exact"|"prefix", value) on one URI SAN, or several that must all hold.
 Matcher = tuple[tuple[str, str], ...]
-# (matcher, allow?) in precedence order: for a client, the LAST rule that matches decides.
-Rules = tuple[tuple[Matcher, bool], ...]
+# (matcher, action) in precedence order: for a client, the LAST rule that matches decides. The action is
+# "allow", "deny" or "shadow" (AllowWithShadowDeny: allowed, and denied in Envoy's shadow rules, whose
+# `shadow_denied` stats show what a Deny would refuse).
+Rules = tuple[tuple[Matcher, str], ...]
+_ACTIONS = {"Allow": "allow", "Deny": "deny", "AllowWithShadowDeny": "shadow"}
 
 
 
@@ -166,7 +169,7 @@ def effective_rules(ctx: ProxyContext, inbound: Inbound) -> Rules:
     all policies merge (`_common.in_precedence_order`: top-level specificity, then the entry's, then policy
     name inverted, then position); SPIFFE-form `rules` after them, their denies last (deny wins)."""
     entries: list[tuple[TargetRef, Item[Conf], str]] = []
-    spiffe: list[tuple[Matcher, bool]] = []
+    spiffe: list[tuple[Matcher, str]] = []
     for policy in ctx.topology.policies.get(POLICY, ()):
         spec = policy.spec
         assert isinstance(spec, MeshTrafficPermissionSpec)
@@ -176,16 +179,16 @@ def effective_rules(ctx: ProxyContext, inbound: Inbound) -> Rules:
         entries.extend((top, item, policy.meta.name) for item in spec.from_ or ())
         for rule in spec.rules or ():
             conf = rule.default
-            for m in (conf.allow or []) + (conf.allow_with_shadow_deny or []):
-                assert m.spiffe_id is not None
-                spiffe.append(((("exact" if m.spiffe_id.type == "Exact" else "prefix", m.spiffe_id.value),), True))
-            for m in conf.deny or []:
-                assert m.spiffe_id is not None
-                spiffe.append(((("exact" if m.spiffe_id.type == "Exact" else "prefix", m.spiffe_id.value),), False))
+            for action, matches in (("allow", conf.allow), ("shadow", conf.allow_with_shadow_deny),
+                                    ("deny", conf.deny)):
+                for m in matches or []:
+                    assert m.spiffe_id is not None
+                    kind = "exact" if m.spiffe_id.type == "Exact" else "prefix"
+                    spiffe.append((((kind, m.spiffe_id.value),), action))
     ordered = in_precedence_order(entries, key=lambda e: precedence_key(e[0], e[1].target_ref), name=lambda e: e[2])
-    rules = [(_client_matcher(ctx.mesh, item.target_ref), item.default.action in ("Allow", "AllowWithShadowDeny"))
+    rules = [(_client_matcher(ctx.mesh, item.target_ref), _ACTIONS[item.default.action or "Deny"])
              for _, item, _ in ordered]
-    rules += [r for r in spiffe if r[1]] + [r for r in spiffe if not r[1]]
+    rules += [r for r in spiffe if r[1] != "deny"] + [r for r in spiffe if r[1] == "deny"]
     return tuple(rules)
 
 
@@ -195,14 +198,16 @@ def _principal(matcher: Matcher) -> rbac_pb2.Principal:
     return ids[0] if len(ids) == 1 else rbac_pb2.Principal(and_ids=rbac_pb2.Principal.Set(ids=ids))
 
 
-def rbac_rules(rules: Rules) -> rbac_pb2.RBAC:
+def rbac_rules(rules: Rules, *, shadow: bool = False) -> rbac_pb2.RBAC:
     """ALLOW policy: a client is allowed by rule i when i matches and no later rule that denies matches.
-    No allowing rule at all leaves the policy empty, which Envoy treats as deny-all (Kuma's default)."""
+    No allowing rule at all leaves the policy empty, which Envoy treats as deny-all (Kuma's default). With
+    `shadow`, AllowWithShadowDeny counts as Deny: the shadow rules, evaluated and counted, never enforced."""
+    denies = {"deny", "shadow"} if shadow else {"deny"}
     principals = []
-    for i, (matcher, allow) in enumerate(rules):
-        if not allow:
+    for i, (matcher, action) in enumerate(rules):
+        if action in denies:
             continue
-        later_denies = [m for m, a in rules[i + 1:] if not a]
+        later_denies = [m for m, a in rules[i + 1:] if a in denies]
         p = _principal(matcher)
         if later_denies:
             overridden = rbac_pb2.Principal(or_ids=rbac_pb2.Principal.Set(ids=[_principal(m) for m in later_denies]))
@@ -228,25 +233,29 @@ class TrafficPermissionPlugin(PolicyPlugin):
                       key: Hashable) -> None:
         assert isinstance(key, tuple)
         rules = rbac_rules(key)
+        shadow = rbac_rules(key, shadow=True) if any(a == "shadow" for _, a in key) else None
         prefix = stat_name(f"{listener.name}_")
         for chain in listener.filter_chains:
             if not chain.HasField("transport_socket"):
                 continue  # plaintext chain of a PERMISSIVE mesh: no identity to check
-            _insert_rbac(chain, rules, prefix)
+            _insert_rbac(chain, rules, shadow, prefix)
 
 
-def _insert_rbac(chain: listener_components_pb2.FilterChain, rules: rbac_pb2.RBAC, prefix: str) -> None:
+def _insert_rbac(chain: listener_components_pb2.FilterChain, rules: rbac_pb2.RBAC, shadow: rbac_pb2.RBAC | None,
+                 prefix: str) -> None:
+    shadow_fields = {"shadow_rules": shadow} if shadow is not None else {}
     for f in chain.filters:
         if f.name == "envoy.filters.network.http_connection_manager":
             manager = hcm_pb2.HttpConnectionManager()
             f.typed_config.Unpack(manager)
             manager.http_filters.insert(0, hcm_pb2.HttpFilter(
-                name="envoy.filters.http.rbac", typed_config=pack(http_rbac_pb2.RBAC(rules=rules))))
+                name="envoy.filters.http.rbac",
+                typed_config=pack(http_rbac_pb2.RBAC(rules=rules, **shadow_fields))))
             f.typed_config.CopyFrom(pack(manager))
             return
     chain.filters.insert(0, listener_components_pb2.Filter(
         name="envoy.filters.network.rbac",
-        typed_config=pack(net_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix))))
+        typed_config=pack(net_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix, **shadow_fields))))
 
 
 PLUGIN = TrafficPermissionPlugin()

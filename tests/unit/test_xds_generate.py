@@ -100,6 +100,31 @@ def test_golden_strict_mtls_no_permission_denies_all() -> None:
     check_golden("strict-deny-all-db", generate_snapshot(context(topo, "db-1")))
 
 
+SHADOW_DENY_DB = res("""
+type: MeshTrafficPermission
+mesh: default
+name: shadow-db
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  from:
+  - targetRef: {kind: Mesh}
+    default: {action: Allow}
+  - targetRef: {kind: MeshService, name: db}
+    default: {action: AllowWithShadowDeny}
+""")
+
+
+def test_golden_allow_with_shadow_deny_renders_shadow_rules() -> None:
+    """db is allowed (the enforced rules), and denied in Envoy's shadow rules: their `shadow_denied` stats show
+    what a Deny would refuse before the operator switches to it."""
+    topo = topology(mesh(mtls="STRICT"), demo_dataplanes(), [SHADOW_DENY_DB])
+    snap = generate_snapshot(context(topo, "backend-1"))
+    check_golden("strict-backend-shadow-deny", snap)
+    text = json.dumps([json_format.MessageToDict(AnyPb(type_url=r.type_url, value=r.body))
+                       for r in snap.of_type(LISTENER).values()])
+    assert '"shadowRules"' in text and "spiffe://default/db" in text
+
+
 def test_golden_permissive() -> None:
     topo = topology(mesh(mtls="PERMISSIVE"), demo_dataplanes(), [MESH_ALLOW_BUT_DENY_DB])
     check_golden("permissive-backend", generate_snapshot(context(topo, "backend-1")))
