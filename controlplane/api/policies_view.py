@@ -24,7 +24,13 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.policies._common import (
+from controlplane.resources import REGISTRY, Resource
+from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.store.base import ListQuery, ResourceStore
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.memo import ResourceMemo
+from controlplane.xds.generate.rules import PolicyRules, element, rules_for
+from controlplane.xds.generate.targeting import (
     DATAPLANE,
     MESH,
     MESH_GATEWAY,
@@ -36,12 +42,6 @@ from controlplane.policies._common import (
     kind_rank,
     top_level_detail,
 )
-from controlplane.resources import REGISTRY, Resource
-from controlplane.resources.dataplane import DataplaneSpec
-from controlplane.store.base import ListQuery, ResourceStore
-from controlplane.xds.generate.context import ProxyContext
-from controlplane.xds.generate.memo import ResourceMemo
-from controlplane.xds.generate.rules import PolicyRules, element, rules_for
 from controlplane.xds.topology import MeshTopology, build_topology
 
 ROUTE_TYPES = ("MeshHTTPRoute", "MeshTCPRoute")

@@ -39,9 +39,8 @@ from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import duration
-from controlplane.xds.generate.plugins import PolicyPlugin
-
-from ._common import (
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
@@ -49,18 +48,14 @@ from ._common import (
     Item,
     TargetRef,
     camel,
-    check_decimal,
-    check_duration,
-    check_int,
     check_items,
-    check_percentage,
     check_target_ref,
     check_top_level,
     effective_target_ref,
-    parse_decimal,
-    parse_go_duration,
     require_some,
 )
+
+from ._common import check_decimal, check_duration, check_int, check_percentage, parse_decimal, parse_go_duration
 
 POLICY = "MeshCircuitBreaker"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -284,4 +279,4 @@ class CircuitBreakerPlugin(PolicyPlugin):
         apply_conf(cluster, json.loads(key))
 
 
-PLUGIN = CircuitBreakerPlugin()
+PLUGIN = register_plugin(CircuitBreakerPlugin())

@@ -41,28 +41,30 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import duration
-from controlplane.xds.generate.plugins import PolicyPlugin
-
-from ._common import (
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
+    check_items,
+    check_top_level,
+    effective_target_ref,
+    require_some,
+)
+
+from ._common import (
     check_base64,
     check_duration,
     check_header_name,
     check_header_value,
     check_http_status,
     check_int,
-    check_items,
     check_percentage,
-    check_top_level,
-    effective_target_ref,
     parse_decimal,
     parse_go_duration,
-    require_some,
 )
 
 POLICY = "MeshHealthCheck"
@@ -300,4 +302,4 @@ class HealthCheckPlugin(PolicyPlugin):
             cluster.common_lb_config.zone_aware_lb_config.fail_traffic_on_panic = conf["failTrafficOnPanic"]
 
 
-PLUGIN = HealthCheckPlugin()
+PLUGIN = register_plugin(HealthCheckPlugin())

@@ -56,18 +56,26 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, seconds, update_filters
-from controlplane.xds.generate.plugins import Backend, PolicyPlugin
-from controlplane.xds.generate.rules import register_merger
-
-from ._common import (
+from controlplane.xds.generate.plugins import Backend, PolicyPlugin, register_plugin
+from controlplane.xds.generate.rules import register_merger, register_route_names
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     TOP_LEVEL_KINDS,
+    TargetRef,
+    check_target_ref,
+    check_top_level,
+    effective_target_ref,
+    matches_hash,
+    merge_patch,
+    require_some,
+)
+
+from ._common import (
     BackendRef,
     HeaderMatch,
-    TargetRef,
     check_backend_refs,
     check_header_matches,
     check_header_name,
@@ -75,14 +83,8 @@ from ._common import (
     check_percentage,
     check_precise_hostname,
     check_regex,
-    check_target_ref,
-    check_top_level,
     check_wildcard_hostname,
-    effective_target_ref,
-    matches_hash,
-    merge_patch,
     parse_decimal,
-    require_some,
 )
 
 POLICY = "MeshHTTPRoute"
@@ -638,6 +640,7 @@ def envoy_routes(rules: Sequence[Rule], service: str) -> list[rc.Route]:
 
 
 register_merger(POLICY, merge_rules)
+register_route_names(route_names)
 
 
 class HTTPRoutePlugin(PolicyPlugin):
@@ -675,4 +678,4 @@ class HTTPRoutePlugin(PolicyPlugin):
         update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit)
 
 
-PLUGIN = HTTPRoutePlugin()
+PLUGIN = register_plugin(HTTPRoutePlugin())

@@ -48,27 +48,22 @@ from controlplane.resources.errors import Violations
 from controlplane.resources.fields import check_name
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, update_filters
-from controlplane.xds.generate.plugins import PolicyPlugin
-
-from ._common import (
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_decimal,
-    check_duration,
-    check_header_name,
-    check_int,
     check_items,
     check_tag_key,
     check_top_level,
     effective_target_ref,
-    parse_decimal,
-    parse_go_duration,
     require_some,
 )
+
+from ._common import check_decimal, check_duration, check_header_name, check_int, parse_decimal, parse_go_duration
 
 POLICY = "MeshLoadBalancingStrategy"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -468,4 +463,4 @@ class LoadBalancingPlugin(PolicyPlugin):
         update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
 
 
-PLUGIN = LoadBalancingPlugin()
+PLUGIN = register_plugin(LoadBalancingPlugin())

@@ -52,29 +52,31 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, update_filters
-from controlplane.xds.generate.plugins import PolicyPlugin
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.rules import listener_confs
-
-from ._common import (
-    INT32_MAX,
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
-    HeaderMatch,
     Item,
     TargetRef,
-    check_duration,
-    check_header_matches,
-    check_header_name,
-    check_int,
     check_items,
     check_tag_key,
     check_top_level,
     effective_target_ref,
-    parse_go_duration,
     require_some,
+)
+
+from ._common import (
+    INT32_MAX,
+    HeaderMatch,
+    check_duration,
+    check_header_matches,
+    check_header_name,
+    check_int,
+    parse_go_duration,
 )
 
 POLICY = "MeshRetry"
@@ -420,4 +422,4 @@ class RetryPlugin(PolicyPlugin):
         update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
 
 
-PLUGIN = RetryPlugin()
+PLUGIN = register_plugin(RetryPlugin())

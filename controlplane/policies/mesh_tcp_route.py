@@ -25,21 +25,20 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, pack, stat_name
-from controlplane.xds.generate.plugins import Backend, PolicyPlugin
-
-from ._common import (
+from controlplane.xds.generate.plugins import Backend, PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     TOP_LEVEL_KINDS,
-    BackendRef,
     TargetRef,
-    check_backend_refs,
     check_target_ref,
     check_top_level,
     effective_target_ref,
 )
+
+from ._common import BackendRef, check_backend_refs
 
 POLICY = "MeshTCPRoute"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -160,4 +159,4 @@ class TCPRoutePlugin(PolicyPlugin):
                         name=TCP_PROXY_FILTER, typed_config=pack(proxy)))
 
 
-PLUGIN = TCPRoutePlugin()
+PLUGIN = register_plugin(TCPRoutePlugin())

@@ -50,10 +50,9 @@ from controlplane.xds.generate.envoy import (
     update_filters,
     update_http_protocol_options,
 )
-from controlplane.xds.generate.plugins import PolicyPlugin
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.rules import listener_confs
-
-from ._common import (
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_HTTP_ROUTE,
@@ -62,13 +61,13 @@ from ._common import (
     Item,
     TargetRef,
     camel,
-    check_duration,
     check_target_ref,
     check_top_level,
     effective_target_ref,
-    parse_go_duration,
     require_some,
 )
+
+from ._common import check_duration, parse_go_duration
 
 POLICY = "MeshTimeout"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)
@@ -284,4 +283,4 @@ class TimeoutPlugin(PolicyPlugin):
         update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
 
 
-PLUGIN = TimeoutPlugin()
+PLUGIN = register_plugin(TimeoutPlugin())

@@ -33,9 +33,8 @@ from controlplane.resources.dataplane import SERVICE_TAG, Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import pack, stat_name
-from controlplane.xds.generate.plugins import PolicyPlugin
-
-from ._common import (
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
     DATAPLANE,
     MESH,
     MESH_SERVICE,
@@ -258,4 +257,4 @@ def _insert_rbac(chain: listener_components_pb2.FilterChain, rules: rbac_pb2.RBA
         typed_config=pack(net_rbac_pb2.RBAC(rules=rules, stat_prefix=prefix, **shadow_fields))))
 
 
-PLUGIN = TrafficPermissionPlugin()
+PLUGIN = register_plugin(TrafficPermissionPlugin())

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-from .errors import Violations
+from .errors import Violations, pydantic_violations
 
 
 class Spec(BaseModel):
@@ -41,8 +41,6 @@ SpecT = TypeVar("SpecT", bound=Spec)
 
 def parse_spec_model(cls: type[SpecT], data: Any, path: str, v: Violations) -> SpecT | None:
     """Validate a nested piece against `cls`, recording problems under `path` instead of raising."""
-    from .codec import pydantic_violations
-
     try:
         model = cls.model_validate(data)
     except ValidationError as e:

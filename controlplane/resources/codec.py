@@ -11,27 +11,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope
-from .errors import InvalidParameter, ResourceValidationError, Violations, join_path
+from .errors import InvalidParameter, ResourceValidationError, Violations, join_path, pydantic_violations
 from .fields import check_labels, check_name
 
 META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
-
-_REASONS = {
-    "extra_forbidden": "unknown field: remove it or check its spelling against the documentation",
-    "missing": "field is required",
-}
-
-
-def pydantic_violations(err: ValidationError, prefix: str) -> list[InvalidParameter]:
-    out = []
-    for e in err.errors(include_url=False):
-        reason = _REASONS.get(e["type"]) or e["msg"]
-        if e["type"] not in _REASONS and "input" in e and not isinstance(e["input"], dict | list):
-            reason = f"{reason} (got {e['input']!r})"
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        out.append(InvalidParameter(join_path(prefix, loc), reason))
-    return out
-
 
 # Every number a resource holds ends up in an Envoy uint32/int32 field, a port, a count or a percentage: none
 # is bigger than uint32 or smaller than int32, so anything outside is refused here, by its field, before a

@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 
 @dataclass(frozen=True, slots=True)
 class InvalidParameter:
@@ -64,4 +66,21 @@ def join_path(prefix: str, loc: Iterable[str | int]) -> str:
             out += f"[{part}]"
         else:
             out = f"{out}.{part}" if out else str(part)
+    return out
+
+
+_REASONS = {
+    "extra_forbidden": "unknown field: remove it or check its spelling against the documentation",
+    "missing": "field is required",
+}
+
+
+def pydantic_violations(err: ValidationError, prefix: str) -> list[InvalidParameter]:
+    out = []
+    for e in err.errors(include_url=False):
+        reason = _REASONS.get(e["type"]) or e["msg"]
+        if e["type"] not in _REASONS and "input" in e and not isinstance(e["input"], dict | list):
+            reason = f"{reason} (got {e['input']!r})"
+        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        out.append(InvalidParameter(join_path(prefix, loc), reason))
     return out

@@ -1,4 +1,5 @@
-"""The targetRef policies: schemas, validation and the matching helpers in controlplane.policies._common."""
+"""The targetRef policies: schemas, validation (controlplane.policies._common) and the targetRef matching helpers
+(controlplane.xds.generate.targeting)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import yaml
 
 from controlplane.policies import _common as common
 from controlplane.resources import ResourceValidationError, from_wire, load_all, to_wire
+from controlplane.xds.generate import targeting
 from tests.requirements import skip_mark
 
 EXAMPLES = Path(__file__).parent / "policy_examples"
@@ -489,7 +491,7 @@ def _dataplane(name: str, *inbound_tags: dict[str, str], labels: dict[str, str] 
 def test_selects_dataplane() -> None:
     web = _dataplane("web-1", {"kuma.io/service": "web", "version": "v2"}, labels={"app": "web"})
     gw = _dataplane("edge-1", gateway={"kuma.io/service": "edge"})
-    ref = common.TargetRef
+    ref = targeting.TargetRef
     assert ref(kind="Mesh").selects_dataplane(web)
     assert ref(kind="Mesh", proxy_types=["Gateway"]).selects_dataplane(gw)
     assert not ref(kind="Mesh", proxy_types=["Gateway"]).selects_dataplane(web)
@@ -506,15 +508,15 @@ def test_selects_dataplane() -> None:
 
 
 def test_selects_service_and_ranks() -> None:
-    ref = common.TargetRef
+    ref = targeting.TargetRef
     assert ref(kind="Mesh").selects_service("web")
     assert ref(kind="MeshService", name="web").selects_service("web")
     assert not ref(kind="MeshService", name="web").selects_service("api")
     assert ref(kind="MeshSubset", tags={"kuma.io/service": "web"}).selects_service("web")
     assert ref(kind="MeshServiceSubset", name="web", tags={"version": "v1"}).selects_service("web", {"version": "v1"})
-    ranks = [common.kind_rank(k) for k in ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset",
+    ranks = [targeting.kind_rank(k) for k in ("Mesh", "MeshSubset", "MeshService", "MeshServiceSubset",
                                            "MeshHTTPRoute")]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
-    assert common.effective_target_ref(None).kind == "Mesh"
+    assert targeting.effective_target_ref(None).kind == "Mesh"
     section = ref(kind="Dataplane", name="web-1", section_name="8080")
     assert section.inbound_selected(8080) and not section.inbound_selected(9090, "admin")

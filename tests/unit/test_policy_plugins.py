@@ -19,8 +19,8 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyPb
 
-from controlplane.policies import _common as common
 from controlplane.resources import Resource, from_wire
+from controlplane.xds.generate import targeting
 from controlplane.xds.generate.memo import ResourceMemo
 from controlplane.xds.generate.proxy import generate_snapshot
 from controlplane.xds.generate.rules import element, rules_for
@@ -136,41 +136,43 @@ def test_merge_patch_is_rfc7386() -> None:
     target = {"conf": 1, "sub": {"array": [1, 2, 3], "other": 50, "other-array": [3, 4, 5]}}
     patch = {"sub": {"array": [], "other-array": [5, 6], "extra": 2}}
     # Kuma's documented example: objects merge key by key, arrays are replaced.
-    assert common.merge_patch(target, patch) == {
+    assert targeting.merge_patch(target, patch) == {
         "conf": 1, "sub": {"array": [], "other": 50, "other-array": [5, 6], "extra": 2}}
-    assert common.merge_patch({"a": 1, "b": 2}, {"a": None}) == {"b": 2}
-    assert common.merge_patch({"a": {"b": 1}}, {"a": 5}) == {"a": 5}
+    assert targeting.merge_patch({"a": 1, "b": 2}, {"a": None}) == {"b": 2}
+    assert targeting.merge_patch({"a": {"b": 1}}, {"a": 5}) == {"a": 5}
     assert target["sub"]["array"] == [1, 2, 3]  # inputs untouched
-    assert common.merge_confs([]) is None
+    assert targeting.merge_confs([]) is None
 
 
 def test_precedence_order_inverts_names() -> None:
     items = [("b", 1), ("a", 1), ("c", 0), ("a", 2)]
-    ordered = common.in_precedence_order(items, key=lambda i: i[1], name=lambda i: i[0])
+    ordered = targeting.in_precedence_order(items, key=lambda i: i[1], name=lambda i: i[0])
     # Lowest precedence first: lower rank, then for equal rank 'zzz' before 'aaa' (the smaller name wins).
     assert ordered == [("c", 0), ("b", 1), ("a", 1), ("a", 2)]
 
 
 def test_top_level_detail_ranks_dataplane_references() -> None:
-    ref = common.TargetRef
+    ref = targeting.TargetRef
     kinds = [ref(kind="Dataplane"), ref(kind="Dataplane", labels={"a": "b"}),
              ref(kind="Dataplane", labels={"a": "b"}, section_name="http"), ref(kind="Dataplane", name="x"),
              ref(kind="Dataplane", name="x", section_name="http")]
-    keys = [common.precedence_key(k) for k in kinds]
+    keys = [targeting.precedence_key(k) for k in kinds]
     assert keys == sorted(keys) and len(set(keys)) == 5
-    assert common.precedence_key(ref(kind="Mesh")) < keys[0] < common.precedence_key(ref(kind="MeshSubset", tags={}))
+    mesh_key, subset_key = targeting.precedence_key(ref(kind="Mesh")), targeting.precedence_key(
+        ref(kind="MeshSubset", tags={}))
+    assert mesh_key < keys[0] < subset_key
 
 
 def test_covers_is_kumas_subset_rule() -> None:
-    ref = common.TargetRef
+    ref = targeting.TargetRef
     backend = dict(element("backend"))
     route = dict(element("backend", "abc"))
-    assert common.covers(ref(kind="Mesh"), backend)
-    assert common.covers(ref(kind="MeshService", name="backend"), route)
-    assert not common.covers(ref(kind="MeshService", name="web"), backend)
-    subset = ref(kind="MeshServiceSubset", name="backend", tags={common.RULE_MATCHES_HASH_TAG: "abc"})
-    assert common.covers(subset, route) and not common.covers(subset, backend)
-    assert common.covers(ref(kind="MeshSubset", tags={"kuma.io/service": "backend"}), backend)
+    assert targeting.covers(ref(kind="Mesh"), backend)
+    assert targeting.covers(ref(kind="MeshService", name="backend"), route)
+    assert not targeting.covers(ref(kind="MeshService", name="web"), backend)
+    subset = ref(kind="MeshServiceSubset", name="backend", tags={targeting.RULE_MATCHES_HASH_TAG: "abc"})
+    assert targeting.covers(subset, route) and not targeting.covers(subset, backend)
+    assert targeting.covers(ref(kind="MeshSubset", tags={"kuma.io/service": "backend"}), backend)
 
 
 def timeout(name: str, top: str, to: str, request: str) -> Resource:

@@ -22,7 +22,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
-from controlplane.policies._common import tags_match
+from controlplane.xds.generate.targeting import tags_match
 
 from ..resources import CLUSTER, ENDPOINT, LISTENER, SECRET, Ref, XdsResource
 from ..topology import Endpoint

@@ -22,8 +22,6 @@ proxies whose rules are the same share one computation of them. Inbound: the lis
 from __future__ import annotations
 
 import hashlib
-import importlib
-import pkgutil
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -114,22 +112,19 @@ class PolicyPlugin:
         pass
 
 
-_plugins: list[PolicyPlugin] | None = None
+_registered: dict[str, PolicyPlugin] = {}
+
+
+def register_plugin(plugin: PolicyPlugin) -> PolicyPlugin:
+    """Called by each policy module for its `PLUGIN` when it is imported (controlplane.resources.load_all
+    imports them all): the framework never imports a policy."""
+    _registered[plugin.policy_type] = plugin
+    return plugin
 
 
 def plugins() -> list[PolicyPlugin]:
-    """Every policy module's `PLUGIN`, in `order` (then by policy type, so the order is fixed)."""
-    global _plugins
-    if _plugins is None:
-        import controlplane.policies as policies
-
-        found: list[PolicyPlugin] = []
-        for info in pkgutil.iter_modules(policies.__path__):
-            if info.name.startswith("_"):
-                continue
-            module = importlib.import_module(f"{policies.__name__}.{info.name}")
-            plugin = getattr(module, "PLUGIN", None)
-            if plugin is not None:
-                found.append(plugin)
-        _plugins = sorted(found, key=lambda p: (p.order, p.policy_type))
-    return _plugins
+    """Every registered policy plugin, in `order` (then by policy type, so the order is fixed)."""
+    if not _registered:
+        raise RuntimeError("no policy plugin is registered: call controlplane.resources.load_all() first (it "
+                           "imports the policy modules, which register their plugins)")
+    return sorted(_registered.values(), key=lambda p: (p.order, p.policy_type))

@@ -18,7 +18,9 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.policies._common import (
+from controlplane.resources.base import Resource
+from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec, Inbound
+from controlplane.xds.generate.targeting import (
     MESH,
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
@@ -34,8 +36,6 @@ from controlplane.policies._common import (
     precedence_key,
     selects_inbound,
 )
-from controlplane.resources.base import Resource
-from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec, Inbound
 
 from ..topology import MeshTopology
 
@@ -52,11 +52,17 @@ def register_merger(policy_type: str, merger: Merger) -> None:
     MERGERS[policy_type] = merger
 
 
-def merger_for(policy_type: str) -> Merger:
-    if policy_type not in MERGERS:
-        from .plugins import plugins
+# The names of a service's routes (MeshHTTPRoute rules) for a proxy, registered by the route policy, so that
+# per-route confs can be looked up without this framework importing a policy.
+RouteNames = Callable[[Any, str], tuple[str, ...]]
+_route_names: list[RouteNames] = []
 
-        plugins()  # imports every policy module, which register their mergers
+
+def register_route_names(fn: RouteNames) -> None:
+    _route_names[:] = [fn]
+
+
+def merger_for(policy_type: str) -> Merger:
     return MERGERS.get(policy_type, merge_confs)
 
 
@@ -392,13 +398,11 @@ def listener_confs(ctx: Any, policy_type: str, service: str) -> PerRoute | None:
     """The merged conf for the outbound listener of `service` and, for each of its routes (MeshHTTPRoute
     rules) whose conf differs, that route's conf: `(json | None, ((route name, json), ...))`, or None when no
     policy of the type applies. Per-route entries come from policies that target a MeshHTTPRoute."""
-    from controlplane.policies.mesh_http_route import route_names
-
     rules = ctx.rules.to_rules(policy_type, ctx.dataplane)
     base = rules.conf(element(service))
     per_route: list[tuple[str, str]] = []
     if rules.per_route:
-        for name in route_names(ctx, service):
+        for name in (_route_names[0](ctx, service) if _route_names else ()):
             conf = rules.conf(element(service, name))
             if conf is not None and (base is None or conf.json != base.json):
                 per_route.append((name, conf.json))
