@@ -55,7 +55,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import check_decimal, check_duration, check_int, check_percentage, parse_decimal, parse_go_duration
+from ._checks import check_decimal, check_duration, check_int, check_percentage, parse_decimal, parse_go_duration
 
 POLICY = "MeshCircuitBreaker"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)

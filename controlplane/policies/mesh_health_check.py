@@ -55,7 +55,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import (
+from ._checks import (
     check_base64,
     check_duration,
     check_header_name,

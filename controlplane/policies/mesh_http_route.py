@@ -73,7 +73,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import (
+from ._checks import (
     BackendRef,
     HeaderMatch,
     check_backend_refs,

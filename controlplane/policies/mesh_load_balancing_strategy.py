@@ -63,7 +63,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import check_decimal, check_duration, check_header_name, check_int, parse_decimal, parse_go_duration
+from ._checks import check_decimal, check_duration, check_header_name, check_int, parse_decimal, parse_go_duration
 
 POLICY = "MeshLoadBalancingStrategy"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)

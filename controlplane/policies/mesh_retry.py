@@ -69,7 +69,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import (
+from ._checks import (
     INT32_MAX,
     HeaderMatch,
     check_duration,

@@ -38,7 +38,7 @@ from controlplane.xds.generate.targeting import (
     effective_target_ref,
 )
 
-from ._common import BackendRef, check_backend_refs
+from ._checks import BackendRef, check_backend_refs
 
 POLICY = "MeshTCPRoute"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)

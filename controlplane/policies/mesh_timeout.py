@@ -67,7 +67,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._common import check_duration, parse_go_duration
+from ._checks import check_duration, parse_go_duration
 
 POLICY = "MeshTimeout"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)

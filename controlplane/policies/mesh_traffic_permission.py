@@ -165,7 +165,7 @@ def _client_matcher(mesh: str, ref: TargetRef) -> Matcher:
 
 def effective_rules(ctx: ProxyContext, inbound: Inbound) -> Rules:
     """Every `from` entry of every policy that selects this inbound, lowest precedence first, in the order
-    all policies merge (`_common.in_precedence_order`: top-level specificity, then the entry's, then policy
+    all policies merge (`targeting.in_precedence_order`: top-level specificity, then the entry's, then policy
     name inverted, then position); SPIFFE-form `rules` after them, their denies last (deny wins)."""
     entries: list[tuple[TargetRef, Item[Conf], str]] = []
     spiffe: list[tuple[Matcher, str]] = []

@@ -1,4 +1,4 @@
-"""The targetRef policies: schemas, validation (controlplane.policies._common) and the targetRef matching helpers
+"""The targetRef policies: schemas, validation (controlplane.policies._checks) and the targetRef matching helpers
 (controlplane.xds.generate.targeting)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlplane.policies import _common as common
+from controlplane.policies import _checks as checks
 from controlplane.resources import ResourceValidationError, from_wire, load_all, to_wire
 from controlplane.xds.generate import targeting
 from tests.requirements import skip_mark
@@ -77,7 +77,7 @@ def test_registered_with_kuma_names(name: str) -> None:
     assert rtype.is_policy and not rtype.flat and rtype.mesh_scoped
     assert REGISTRY.lookup(plural) is rtype and REGISTRY.lookup(singular) is rtype
     assert rtype.spec_cls.__module__.startswith("controlplane.policies.")
-    assert rtype.spec_cls.__module__.split(".")[-1] != "_common"
+    assert rtype.spec_cls.__module__.split(".")[-1] != "_checks"
 
 
 def test_every_policy_has_examples() -> None:
@@ -158,13 +158,13 @@ def test_duplicate_backends_and_ports() -> None:
     ("300ms", 300_000_000), ("2us", 2000), ("2µs", 2000), ("7ns", 7), ("-1s", -(10**9)), ("+1m", 60 * 10**9),
 ])
 def test_go_durations(text: str, ns: int) -> None:
-    assert common.parse_go_duration(text) == ns
+    assert checks.parse_go_duration(text) == ns
 
 
 @pytest.mark.parametrize("text", ["", "10", "1d", "1y", "s", "1 s", "1.2.3s", "1sec", "--1s", "1h 30m"])
 def test_not_go_durations(text: str) -> None:
     with pytest.raises(ValueError):
-        common.parse_go_duration(text)
+        checks.parse_go_duration(text)
 
 
 def _timeout(**conf: Any) -> dict[str, Any]:
@@ -203,7 +203,7 @@ def test_retry_back_off_order() -> None:
     "(?P<id>[0-9]+)", "\\d{3}-\\d{4}", "(?s).*x",
 ])
 def test_regexes_envoy_accepts(pattern: str) -> None:
-    assert common.regex_problem(pattern) is None
+    assert checks.regex_problem(pattern) is None
 
 
 @pytest.mark.parametrize(("pattern", "reason"), [
@@ -220,7 +220,7 @@ def test_regexes_envoy_accepts(pattern: str) -> None:
     ("", "cannot be empty"),
 ])
 def test_regexes_envoy_refuses(pattern: str, reason: str) -> None:
-    problem = common.regex_problem(pattern)
+    problem = checks.regex_problem(pattern)
     assert problem is not None and reason in problem, problem
 
 
@@ -271,7 +271,7 @@ def test_re2_size_estimate_is_never_below_envoys(tmp_path: Path) -> None:
         out = _envoy_validate(_envoy_regex_config(pattern), tmp_path)
         found = re.search(r"program size of (\d+)", out)
         assert found, (pattern, out[-500:])
-        assert common.estimate_re2_program_size(pattern) >= int(found.group(1)), pattern
+        assert checks.estimate_re2_program_size(pattern) >= int(found.group(1)), pattern
 
 
 def _regexes(node: Any) -> list[str]:

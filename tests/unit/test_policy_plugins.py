@@ -1,4 +1,4 @@
-"""Policy plugins: Kuma's precedence and merging (controlplane.policies._common), what each policy renders
+"""Policy plugins: Kuma's precedence and merging (controlplane.policies._checks), what each policy renders
 to in Envoy, golden files per policy example, and that policies keep shared resources shared.
 
 Golden files live in tests/unit/golden/xds/policies/<kind>/<example>.json and hold, for each proxy of the

@@ -1,6 +1,6 @@
 """Policy rules for one proxy: which policies apply, and the merged `default` for a destination or inbound.
 
-The matching and merging primitives are `controlplane.policies._common`'s (Kuma's precedence, JSON merge
+The matching and merging primitives are `controlplane.policies._checks`'s (Kuma's precedence, JSON merge
 patch); this module applies them to a mesh topology and caches the results per topology, per policy type
 and per set of applying policies. Proxies selected by the same policies therefore share one computation,
 and the merged configuration of a destination is one canonical JSON text: the summary that goes into a
