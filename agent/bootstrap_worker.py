@@ -138,7 +138,7 @@ async def run(payload: dict[str, Any]) -> int:
 
 
 def main() -> int:
-    from agent import logs
+    from kuma_shared import logs
 
     line = sys.stdin.readline()
     if not line:

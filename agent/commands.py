@@ -61,9 +61,9 @@ def run_command(config_file: str | None, **flags: Any) -> None:
     """Register the dataplane, fetch its Envoy bootstrap, run Envoy until SIGTERM/SIGINT."""
     import asyncio
 
-    from agent import logs
     from agent.config import CONFIG_FILE_ENV, load_file, resolve
     from agent.run import run
+    from kuma_shared import logs
 
     env = dict(os.environ)
     path = config_file or env.get(CONFIG_FILE_ENV) or None

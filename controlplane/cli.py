@@ -33,8 +33,8 @@ def main() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 def run(config_file: Path | None, log_level: str | None) -> None:
     """Run the control plane until SIGTERM/SIGINT."""
-    from controlplane import logs
     from controlplane.netguard import raise_nofile_limit, warn_if_caps_overcommit
+    from kuma_shared import logs
 
     cfg = _load(config_file)
     logs.setup(log_level or cfg.logging.level, cfg.logging.format)

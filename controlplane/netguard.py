@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from controlplane.logs import ErrorLog
+from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma.netguard")
 

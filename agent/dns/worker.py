@@ -79,7 +79,7 @@ async def serve(payload: dict[str, Any]) -> int:
 
 
 def main() -> int:
-    from agent import logs
+    from kuma_shared import logs
 
     line = sys.stdin.readline()
     if not line:

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-from controlplane.logs import ErrorLog
 from controlplane.resources.base import Meta, Resource
 from controlplane.resources.dataplane import DATAPLANE, DataplaneSpec
 from controlplane.resources.mesh import MESH
@@ -45,6 +44,7 @@ from controlplane.resources.vip import (
 from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
+from kuma_shared.logs import ErrorLog
 
 from .ranges import VipRange, int_to_ip, ip_to_int
 

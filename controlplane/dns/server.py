@@ -24,8 +24,8 @@ import threading
 import time
 from collections.abc import Mapping
 
-from controlplane.logs import ErrorLog
 from controlplane.netguard import ACCEPT_ERROR_INTERVAL, ConnectionBudget, ConnectionLimits, chosen, current_nofile
+from kuma_shared.logs import ErrorLog
 
 from .names import zone_names
 from .vips import VipMap, VipView

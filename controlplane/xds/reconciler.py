@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 
 from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
 from controlplane.dns.vips import VipView
-from controlplane.logs import ErrorLog
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
+from kuma_shared.logs import ErrorLog
 
 from .bootstrap import split_node_id
 from .cache import SnapshotCache

@@ -73,13 +73,15 @@ def install(host: LabHost, tmp: Path) -> None:
     """The agent package's DNS part and the VIP map, into the host."""
     src = tmp / f"agent-{host.name}"
     (src / "agent" / "dns").mkdir(parents=True)
-    for name in ("__init__.py", "logs.py", "pdeathsig.py"):
+    for name in ("__init__.py", "pdeathsig.py"):
         shutil.copy(REPO / "agent" / name, src / "agent" / name)
+    shutil.copytree(REPO / "kuma_shared", src / "kuma_shared", ignore=shutil.ignore_patterns("__pycache__"))
     for path in (REPO / "agent" / "dns").glob("*.py"):
         shutil.copy(path, src / "agent" / "dns" / path.name)
     (src / "vips.json").write_text(json.dumps(VIP_MAP))
     host.ssh(f"rm -rf {DIR} && mkdir -p {DIR}")
     host.copy(src / "agent", f"{DIR}/agent")
+    host.copy(src / "kuma_shared", f"{DIR}/kuma_shared")
     host.copy(src / "vips.json", f"{DIR}/vips.json")
 
 

@@ -7,7 +7,8 @@ ones inside functions):
 - `agent` imports from the control plane only `controlplane.resources` (kuma-dp validates Dataplanes with the
   same model, and nothing else of the control plane ships in its package's hot path);
 - `controlplane.resources` imports nothing else of the control plane, except `load_all()` importing the policy
-  modules so they register their types.
+  modules so they register their types;
+- `kuma_shared` (what both the agent and the control plane run) imports neither.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def modules() -> dict[str, Path]:
     found = {}
-    for base in ("controlplane", "agent"):
+    for base in ("controlplane", "agent", "kuma_shared"):
         for path in (REPO / base).rglob("*.py"):
             parts = path.relative_to(REPO).with_suffix("").parts
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -124,4 +125,6 @@ def test_layers() -> None:
                     and not dep.startswith("controlplane.resources") \
                     and (module, dep) != ("controlplane.resources", "controlplane.policies"):
                 problems.append(f"{module} imports {dep}: resources are the bottom layer")
+            if module.startswith("kuma_shared") and not dep.startswith("kuma_shared"):
+                problems.append(f"{module} imports {dep}: kuma_shared is shared by the agent and the control plane")
     assert problems == []

@@ -87,7 +87,7 @@ def test_negative_caps_are_refused_by_name() -> None:
 def run_with_nofile(soft: int, hard: int) -> subprocess.CompletedProcess[str]:
     code = textwrap.dedent("""
         import resource
-        from controlplane import logs
+        from kuma_shared import logs
         from controlplane.netguard import raise_nofile_limit
         logs.setup("info")
         print(raise_nofile_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 
 from controlplane.config import load
 from controlplane.diagnostics import DiagnosticsServer
-from controlplane.logs import ErrorLog
 from controlplane.runtime import Runtime
 from controlplane.store.base import AlwaysLeader
 from controlplane.store.memory import MemoryStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
+from kuma_shared.logs import ErrorLog
 
 
 def metric(name: str, task: str) -> float:

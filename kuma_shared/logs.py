@@ -1,4 +1,5 @@
-"""Structured logs: what happened, and to what (mesh, dataplane, zone, type, version) as key=value fields.
+"""Structured logs for kuma-cp and kuma-dp alike (one format in one journal): what happened, and to what
+(mesh, dataplane, zone, type, version) as key=value fields.
 
 Call sites pass context with `extra={...}` (never a LogRecord attribute such as `name`: logging refuses
 those, so the resource name goes in `resource`); the formatter prints every non-standard record attribute, so
@@ -30,7 +31,7 @@ class TextFormatter(logging.Formatter):
         parts = [_timestamp(record), record.levelname.lower(), record.name, record.getMessage()]
         for k, v in _fields(record).items():
             text = str(v)
-            parts.append(f"{k}={json.dumps(text) if (' ' in text or not text) else text}")
+            parts.append(f"{k}={json.dumps(text) if (' ' in text or not text or '=' in text) else text}")
         line = " ".join(parts)
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -48,14 +49,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-def setup(level: str = "info", fmt: str = "text") -> None:
+# Libraries logged only from warning up: aiohttp's access log repeats what the API middleware logs with more
+# context; asyncio's debug chatter is not ours.
+QUIET = ("aiohttp.access", "asyncio")
+
+
+def setup(level: str = "info", fmt: str = "text", *, quiet: tuple[str, ...] = QUIET) -> None:
+    """Log to stderr at `level` in `fmt` (text or json)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiohttp's access log repeats what our API middleware logs with more context.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class ErrorLog:
