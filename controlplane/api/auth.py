@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from controlplane.gui import PUBLIC_PATHS as GUI_PATHS
+
 from .errors import Handler, error_response
 
 ADMIN_GROUP = "mesh-system:admin"
@@ -43,7 +45,7 @@ class AuthError(Exception):
 Authenticator = Callable[[str], Awaitable[Identity]]
 
 # Readable without credentials on the HTTPS listener: what a client needs to find out what it talks to.
-PUBLIC_PATHS = frozenset({"/"})
+PUBLIC_PATHS = frozenset({"/", *GUI_PATHS})
 
 
 def identity_of(request: web.Request) -> Identity:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane import __version__
+from controlplane import __version__, gui
 from controlplane.config import Config
 from controlplane.netguard import (
     ConnectionBudget,
@@ -68,6 +68,7 @@ def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
     app.router.add_get("/openapi.json", openapi_doc)
     for add in ctx.extra_routes:
         add(app)
+    gui.add_routes(app)
     InsightsApi(ctx.store, ctx.registry).add_routes(app)
     # Last: its /{plural}/{name} patterns would otherwise shadow the fixed paths above.
     ResourceApi(ctx.store, ctx.registry, read_only=cfg.read_only, checks=ctx.checks).add_routes(app)
