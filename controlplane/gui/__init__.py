@@ -17,6 +17,7 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/gui/": ("index.html", "text/html; charset=utf-8"),
     "/gui/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/gui/app.css": ("app.css", "text/css; charset=utf-8"),
+    "/gui/favicon.svg": ("favicon.svg", "image/svg+xml"),  # else the browser asks for /favicon.ico: a 404
 }
 # The shell and its assets hold no data, so the HTTPS listener serves them without a token; the data calls
 # the page makes carry the user's Bearer token like any other API client.

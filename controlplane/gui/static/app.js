@@ -96,7 +96,8 @@ function selected(d, p) {
 const pages = {
   overview(d) {
     const c = (s) => d.dataplanes.filter((x) => x.status === s).length;
-    const zone = d.index.zone || (d.index.mode === "zone" ? "zone" : "standalone");
+    // Until multi-zone lands `GET /` names no zone: a zone-mode control plane alone is "standalone".
+    const zone = d.index.mode === "global" ? "global" : d.index.zone || "standalone";
     const card = (label, n, cls = "") => `<div class="card"><div class="n ${cls}" data-count="${esc(label)}">`
       + `${esc(n)}</div>${esc(label)}</div>`;
     return `<h2>Overview</h2><p>Control plane version ${esc(d.index.version)}, mode ${esc(d.index.mode)}.</p>
