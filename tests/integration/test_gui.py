@@ -86,8 +86,16 @@ def check_pages(url: str, tmp_path: Path, browser: Any, backend_envoy: EnvoyProc
     assert page.title() != "pwned"
     page.goto(f"{url}/gui#/dataplanes/default/backend-1")
     page.wait_for_selector("text=Policies that apply")
+    expect(page.locator("main table").last).to_contain_text("mesh-timeout-all-default")
     page.screenshot(path=str(tmp_path / "gui-dataplane.png"), full_page=True)
     print(f"screenshot: {tmp_path / 'gui-dataplane.png'}")
+
+    phone = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    phone.goto(url + "/gui#/dataplanes")
+    expect(phone.locator("#dpcount")).to_have_text("2 dataplanes")
+    phone.screenshot(path=str(tmp_path / "gui-dataplanes-phone.png"), full_page=True)
+    print(f"screenshot: {tmp_path / 'gui-dataplanes-phone.png'}")
+    phone.close()
 
     page.goto(url + "/gui")
     backend_envoy.stop()

@@ -160,7 +160,10 @@ async function dataplaneDetail(d, mesh, name) {
   let pol = "";
   try {
     const r = await api(`/meshes/${encodeURIComponent(mesh)}/dataplanes/${encodeURIComponent(name)}/policies`);
-    pol = `<pre>${esc(JSON.stringify(r, null, 2))}</pre>`;
+    const rows = (r.policyTypes || []).flatMap((t) => (t.policies || []).map((p) => `<tr><td>${esc(t.type)}</td>`
+      + `<td>${esc(p.name)}</td><td>${esc(p.why)}</td><td>${esc(p.precedence)}</td></tr>`));
+    pol = table(["Type", "Policy", "Why", "Precedence"], rows)
+      + `<details><summary>Resolved configuration</summary><pre>${esc(JSON.stringify(r, null, 2))}</pre></details>`;
   } catch (e) { pol = `<p class="error">${esc(e.message)}</p>`; }
   return `<h2>Dataplane ${esc(name)}</h2><dl><dt>Mesh</dt><dd>${esc(mesh)}</dd><dt>Status</dt>
     <dd class="${x.status.split(" ")[0]}">${esc(x.status)}</dd>
