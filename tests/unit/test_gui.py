@@ -3,8 +3,11 @@ shell holds no inline script (the Content-Security-Policy forbids it)."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,6 +71,9 @@ def test_shell_has_no_inline_script_or_style() -> None:
 
 
 def test_assets_ship_with_the_package() -> None:
-    # pyproject's package-data puts static/* in the wheel; every asset the routes name must exist there.
+    # The wheel packaging/build.py installs takes non-.py files only through pyproject's package-data.
+    pyproject = tomllib.loads((Path(gui.__file__).parents[2] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["controlplane.gui"]
     for name, _ in gui.ASSETS.values():
         assert (gui.STATIC_DIR / name).is_file()
+        assert any(fnmatch.fnmatch(f"static/{name}", g) for g in globs), f"static/{name} is not in package-data"
