@@ -208,9 +208,12 @@ async function refresh() {
   try { state.data = await load(); state.error = null; $("status").textContent = "Updated " + new Date().toLocaleTimeString(); }
   catch (e) { state.error = e instanceof ApiError ? e : new ApiError(-1, e.message); }
   $("logout").hidden = !sessionStorage.getItem("kuma-token");
-  const focused = document.activeElement && document.activeElement.closest("main") ? null : document.activeElement;
+  // A refresh rebuilds <main>: keep keyboard focus on the same link or filter so auto-refresh never moves it.
+  const el = document.activeElement;
+  const key = el && el.closest("main") ? (el.getAttribute("href") ? `a[href="${CSS.escape(el.getAttribute("href"))}"]`
+    : el.name ? `[name="${CSS.escape(el.name)}"]` : null) : null;
   await render();
-  if (focused) focused.focus();
+  if (key) { const again = $("main").querySelector(key); if (again) again.focus(); }
 }
 
 $("login").addEventListener("submit", (ev) => {
