@@ -75,6 +75,9 @@ def check_pages(url: str, tmp_path: Path, browser: Any, backend_envoy: EnvoyProc
     for name in PAGES:
         page.goto(f"{url}/gui#/{name}")
         page.wait_for_selector("main h2")
+        if name == "policies":  # the default policies, as YAML, each with the dataplanes it selects
+            expect(page.locator("main")).to_contain_text("type: MeshTimeout")
+            expect(page.locator("main")).to_contain_text("Selects 2 dataplanes")
         shot = tmp_path / f"gui-{name or 'overview'}.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")

@@ -82,6 +82,19 @@ const table = (head, rows) => `<table><thead><tr>${head.map((h) => `<th scope="c
   + `</tr></thead><tbody>${rows.join("") || `<tr><td colspan="${head.length}">Nothing here.</td></tr>`}</tbody></table>`;
 const tags = (t) => Object.entries(t || {}).map(([k, v]) => `<code>${esc(k)}=${esc(v)}</code>`).join(" ");
 
+// YAML as kumactl prints it (block style); strings are quoted (JSON style, valid YAML) when plain would be ambiguous.
+function yaml(v, indent = "") {
+  const scalar = (x) => typeof x === "string" && /^[A-Za-z0-9_./-][A-Za-z0-9_./ :-]*$/.test(x) && !/: |:$/.test(x)
+    && !/^(true|false|null|yes|no|~|[-+]?[0-9.]+)$/i.test(x) ? x : JSON.stringify(x);
+  if (Array.isArray(v)) return v.length ? v.map((x) => `${indent}- ` + (x && typeof x === "object"
+    ? yaml(x, indent + "  ").trimStart() : scalar(x))).join("\n") : indent + "[]";
+  if (v && typeof v === "object") return Object.keys(v).length ? Object.entries(v).map(([k, x]) =>
+    x && typeof x === "object" && Object.keys(x).length ? `${indent}${scalar(k)}:\n${yaml(x, indent + "  ")}`
+      : `${indent}${scalar(k)}: ${x && typeof x === "object" ? (Array.isArray(x) ? "[]" : "{}") : scalar(x)}`)
+    .join("\n") : indent + "{}";
+  return indent + scalar(v);
+}
+
 // The dataplanes a policy's top-level targetRef selects (null when its kind is not one evaluated here).
 function selected(d, p) {
   const ref = (p.spec || p).targetRef || { kind: "Mesh" };
@@ -141,7 +154,7 @@ const pages = {
       const sel = selected(d, p);
       return `<section><h3>${esc(p.type)} ${esc(p.name)} <small>(mesh ${esc(p.mesh)})</small></h3>`
         + `<p>Selects ${sel === null ? "dataplanes by a rule the GUI does not evaluate" : sel.length + " dataplanes: "
-        + sel.map((x) => dpLink(x.mesh, x.name)).join(", ")}</p><pre>${esc(JSON.stringify(p, null, 2))}</pre></section>`;
+        + sel.map((x) => dpLink(x.mesh, x.name)).join(", ")}</p><pre>${esc(yaml(p))}</pre></section>`;
     });
     return "<h2>Policies</h2>" + (list.join("") || "<p>No policies.</p>");
   },
