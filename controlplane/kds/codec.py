@@ -1,0 +1,170 @@
+"""Our `Resource` <-> the KDS wire form (`KumaResource` in a Delta `Resource`), and batching under a byte cap.
+
+Spec encoding. Kuma packs the specs it defines in protobuf (Mesh, Dataplane, ZoneIngress, insights, Secret) as
+those protobuf messages in `KumaResource.spec` (type URL `type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...),
+and the targetRef policies as their camelCase JSON in `Any.value` with an empty type URL. kuma-vm defines every
+spec as a pydantic model whose JSON is that same camelCase shape, and it has no protobuf for Kuma's older
+types, so it sends every spec as JSON with an empty type URL. A Kuma peer decodes our policies as it decodes
+its own; for Mesh, Dataplane, ZoneIngress, insights and secrets it would expect the protobuf message, which
+kuma-vm does not speak yet (it refuses such a spec with a message saying so rather than misreading it).
+
+Version. A Delta `Resource.version` is a hash of the deterministic serialisation of its KumaResource, so equal
+content has an equal version in every process and a reconnecting peer is re-sent only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
+
+from controlplane.resources.base import Resource, ResourceType
+from controlplane.resources.codec import from_wire
+from controlplane.resources.errors import ResourceValidationError
+
+from . import kds_pb2
+from .naming import BadWireKey, parse_wire_key, wire_key
+
+KUMA_RESOURCE_TYPE_URL = "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource"
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# What a DeltaDiscoveryResponse costs beyond its resources (type URL, nonce, system version, field tags).
+_RESPONSE_OVERHEAD = 512
+
+
+class KdsDecodeError(ValueError):
+    """A resource from a peer that cannot be stored; the message names the resource and the field."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class WireResource:
+    """One resource ready to send: its Delta key, content version and encoded Delta `Resource`."""
+
+    key: str
+    version: str
+    message: discovery_pb2.Resource
+
+
+def spec_json(resource: Resource) -> bytes:
+    return json.dumps(resource.spec.to_wire(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def to_kuma_resource(resource: Resource) -> kds_pb2.KumaResource:
+    meta = resource.meta
+    return kds_pb2.KumaResource(
+        meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, version=str(meta.version),
+                                       labels=dict(meta.labels)),
+        spec=any_pb2.Any(type_url="", value=spec_json(resource)),
+    )
+
+
+def content_version(kr: kds_pb2.KumaResource) -> str:
+    """The hash of what a peer would store: the origin's store version is left out so that the same content
+    written again (or read back after a restart) has the same version and is not re-sent."""
+    body = kds_pb2.KumaResource()
+    body.CopyFrom(kr)
+    body.meta.version = ""
+    return hashlib.blake2b(body.SerializeToString(deterministic=True), digest_size=10).hexdigest()
+
+
+def encode(resource: Resource) -> WireResource:
+    kr = to_kuma_resource(resource)
+    key = wire_key(resource.type, resource.meta.name, resource.meta.mesh)
+    version = content_version(kr)
+    packed = any_pb2.Any(type_url=KUMA_RESOURCE_TYPE_URL, value=kr.SerializeToString(deterministic=True))
+    return WireResource(key, version, discovery_pb2.Resource(name=key, version=version, resource=packed))
+
+
+def decode(rtype: ResourceType, res: discovery_pb2.Resource) -> Resource:
+    """A peer's Delta `Resource` as a validated `Resource` (version 0: not stored here yet).
+    Raises KdsDecodeError naming the resource and the field."""
+    key = res.name
+    where = f"{rtype.name} {key!r}"
+    try:
+        key_name, key_mesh = parse_wire_key(rtype, key)
+    except BadWireKey as e:
+        raise KdsDecodeError(key, str(e)) from None
+    if res.resource.type_url != KUMA_RESOURCE_TYPE_URL:
+        raise KdsDecodeError(key, f"{where}: resource has type URL {res.resource.type_url!r}, "
+                                  f"expected {KUMA_RESOURCE_TYPE_URL!r}")
+    kr = kds_pb2.KumaResource()
+    try:
+        kr.ParseFromString(res.resource.value)
+    except DecodeError as e:
+        raise KdsDecodeError(key, f"{where}: resource is not a valid KumaResource message: {e}") from None
+    if (kr.meta.name, kr.meta.mesh) != (key_name, key_mesh):
+        raise KdsDecodeError(key, f"{where}: meta names {kr.meta.name!r} in mesh {kr.meta.mesh!r}, but the "
+                                  "Delta key says otherwise: the two must agree")
+    if kr.spec.type_url:
+        raise KdsDecodeError(key, f"{where}: spec is the protobuf message {kr.spec.type_url!r}; kuma-vm reads "
+                                  "specs as JSON with an empty type URL (a Kuma zone's protobuf specs for this "
+                                  "type are not supported yet)")
+    try:
+        spec = json.loads(kr.spec.value or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise KdsDecodeError(key, f"{where}: spec is not valid JSON: {e}") from None
+    if not isinstance(spec, Mapping):
+        raise KdsDecodeError(key, f"{where}: spec must be a JSON object")
+    doc: dict[str, object] = {"type": rtype.name, "name": kr.meta.name, "labels": dict(kr.meta.labels)}
+    if rtype.mesh_scoped:
+        doc["mesh"] = kr.meta.mesh
+    if rtype.flat:
+        clash = [k for k in spec if k in doc or k in ("creationTime", "modificationTime")]
+        if clash:
+            raise KdsDecodeError(key, f"{where}: spec has field {clash[0]!r}, which is resource metadata")
+        doc.update(spec)
+    else:
+        doc["spec"] = spec
+    try:
+        return from_wire(doc, rtype=rtype)
+    except ResourceValidationError as e:
+        problems = "; ".join(f"{p.field or '(resource)'}: {p.reason}" for p in e.invalid)
+        raise KdsDecodeError(key, f"{where} is not valid: {problems}") from None
+
+
+def batch(type_url: str, upserts: Iterable[WireResource], removals: Iterable[str], *,
+          max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[list[discovery_pb2.DeltaDiscoveryResponse],
+                                                               list[WireResource]]:
+    """One type's changes as Delta responses, each under `max_bytes` serialised. Returns (responses, too_big):
+    a resource that alone exceeds the cap cannot be sent at all; the caller reports it. Nonces are the caller's.
+    Removals go first so a peer that applies in order never holds a deleted and a new resource at once."""
+    budget = max_bytes - _RESPONSE_OVERHEAD - len(type_url)
+    out: list[discovery_pb2.DeltaDiscoveryResponse] = []
+    too_big: list[WireResource] = []
+    current = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url)
+    used = 0
+
+    def room(cost: int) -> None:
+        nonlocal current, used
+        if used + cost > budget and used > 0:
+            out.append(current)
+            current = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url)
+            used = 0
+        used += cost
+
+    for key in removals:
+        room(_field_cost(len(key.encode())))
+        current.removed_resources.append(key)
+    for w in upserts:
+        cost = _field_cost(w.message.ByteSize())
+        if cost > budget:
+            too_big.append(w)
+            continue
+        room(cost)
+        current.resources.append(w.message)
+    if used > 0 or not out:
+        out.append(current)
+    return out, too_big
+
+
+def _field_cost(size: int) -> int:
+    """Bytes a length-delimited field of `size` takes: its tag, its length varint, the bytes."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
