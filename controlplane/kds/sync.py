@@ -1,0 +1,415 @@
+"""The KDS Delta sync engine, without a transport: one side sends a store's resources, the other applies them.
+
+Sender (global on GlobalToZoneSync, the zone on ZoneToGlobalSync): per type it remembers what the peer has
+(Delta key -> content version). A subscription (a request with no response nonce) sets that from the
+request's `initial_resource_versions`, so a peer that reconnects is sent only what changed while it was away,
+and removals for what it holds and we no longer have. Every later store change sends the difference. One
+type's changes may span several responses (the byte cap); all but the last response of a subscription's
+first answer carry `system_version_info = INITIAL_MORE`, so the receiver knows when the first answer is whole.
+ACK/NACK arrive by nonce; a NACKed version is not re-sent until it changes (no resend loop).
+
+Receiver: applies each response to its store in one pass (removals, then creates/updates), skips a resource
+that fails decoding or validation or clashes with a local resource, applies the rest, and answers one ACK or a
+NACK whose `error_detail` names each skipped resource and why. The first answer on a stream is a full
+replacement: what the receiver holds from that peer and neither declared nor received is deleted (Kuma's
+rule; a Kuma sender's first response is the whole type).
+
+Which stored resources belong to the peer, and what they are called here, is an `Origin`'s business
+(`FromGlobal` on a zone, `FromZone` on global).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from controlplane.resources.base import Resource, ResourceType
+from controlplane.store.base import Conflict, ListQuery, MeshNotFound, NotFound, ResourceStore, StoreError
+
+from .codec import DEFAULT_MAX_MESSAGE_BYTES, KdsDecodeError, WireResource, batch, decode, encode
+from .naming import (
+    DISPLAY_NAME_LABEL,
+    NAMESPACE_LABEL,
+    ORIGIN_GLOBAL,
+    ORIGIN_LABEL,
+    ORIGIN_ZONE,
+    ZONE_LABEL,
+    wire_key,
+    zone_labels,
+    zone_qualified_name,
+)
+
+log = logging.getLogger("kuma.kds")
+
+INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's responses that are not its last
+GRPC_INVALID_ARGUMENT = 3
+
+
+# ---------------------------------------------------------------------------------------------------- origins
+
+class Origin(Protocol):
+    """Where a receiver's resources come from: their local names and labels, and which stored ones are theirs."""
+
+    peer: str  # for messages: "global", "zone 'zone-1'"
+
+    def to_local(self, incoming: Resource) -> Resource: ...
+
+    def owns(self, stored: Resource) -> bool: ...
+
+    def peer_key(self, stored: Resource) -> str:
+        """The Delta key the peer knows a stored resource of its own by."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class FromGlobal:
+    """On a zone: global's resources keep their names and get `kuma.io/origin=global`; other zones' resources
+    that global forwards (ZoneIngresses) keep their zone labels."""
+
+    zone: str
+    peer: str = "global"
+
+    def to_local(self, incoming: Resource) -> Resource:
+        labels = dict(incoming.meta.labels)
+        if not (labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and labels.get(ZONE_LABEL) not in (None, self.zone)):
+            labels[ORIGIN_LABEL] = ORIGIN_GLOBAL
+        return incoming.with_meta(labels=labels)
+
+    def owns(self, stored: Resource) -> bool:
+        labels = stored.meta.labels
+        origin = labels.get(ORIGIN_LABEL)
+        return origin == ORIGIN_GLOBAL or (origin == ORIGIN_ZONE and labels.get(ZONE_LABEL) not in (None, self.zone))
+
+    def peer_key(self, stored: Resource) -> str:
+        return wire_key(stored.type, stored.meta.name, stored.meta.mesh)
+
+
+@dataclass(frozen=True, slots=True)
+class FromZone:
+    """On global: a zone's resources are stored under zone-qualified names with the zone's labels."""
+
+    zone: str
+    peer: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peer", f"zone {self.zone!r}")
+
+    def to_local(self, incoming: Resource) -> Resource:
+        meta = incoming.meta
+        name = zone_qualified_name(meta.name, meta.mesh, self.zone, meta.labels.get(NAMESPACE_LABEL, ""))
+        return incoming.with_meta(name=name, labels=zone_labels(meta.labels, meta.name, self.zone))
+
+    def owns(self, stored: Resource) -> bool:
+        labels = stored.meta.labels
+        return labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and labels.get(ZONE_LABEL) == self.zone
+
+    def peer_key(self, stored: Resource) -> str:
+        return wire_key(stored.type, stored.meta.labels.get(DISPLAY_NAME_LABEL, stored.meta.name), stored.meta.mesh)
+
+
+# ----------------------------------------------------------------------------------------------------- sender
+
+@dataclass(frozen=True, slots=True)
+class SendType:
+    rtype: ResourceType
+    # Which local resources go to the peer (on a zone: not what came from global; on global: not the peer's own).
+    select: Callable[[Resource], bool] = lambda _r: True
+
+
+@dataclass(slots=True)
+class TypeStats:
+    """Per type and stream: what ZoneInsight and the metrics report."""
+
+    responses_sent: int = 0
+    resources_sent: int = 0
+    acked: int = 0
+    nacked: int = 0
+    last_nack: str = ""
+    responses_received: int = 0
+    rejected: int = 0
+
+
+@dataclass(slots=True)
+class _SendState:
+    subscribed: bool = False
+    has: dict[str, str] = field(default_factory=dict)  # what the peer holds (as far as we sent): key -> version
+    pending: dict[str, int] = field(default_factory=dict)  # nonce -> resources in it, until ACK/NACK
+    cache: dict[str, tuple[int, WireResource]] = field(default_factory=dict)  # key -> (store version, encoded)
+    stats: TypeStats = field(default_factory=TypeStats)
+
+
+class Sender:
+    def __init__(self, store: ResourceStore, types: Sequence[SendType], *, peer: str,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.store, self.peer, self.max_bytes = store, peer, max_bytes
+        self.types = {t.rtype.name: t for t in types}
+        self._state = {name: _SendState() for name in self.types}
+        self._nonce = 0
+
+    def stats(self) -> dict[str, TypeStats]:
+        return {name: s.stats for name, s in self._state.items()}
+
+    async def handle(self, req: discovery_pb2.DeltaDiscoveryRequest) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """A subscription gets the first answer; an ACK or NACK is recorded and gets nothing."""
+        state = self._state.get(req.type_url)
+        if state is None:
+            log.warning("KDS peer subscribed to a type this side does not send; ignored",
+                        extra={"peer": self.peer, "type": req.type_url, "sends": sorted(self.types)})
+            return []
+        if req.response_nonce:
+            size = state.pending.pop(req.response_nonce, None)
+            if req.HasField("error_detail"):
+                state.stats.nacked += 1
+                state.stats.last_nack = req.error_detail.message
+                log.warning("KDS peer rejected resources (NACK); they are not re-sent until they change",
+                            extra={"peer": self.peer, "type": req.type_url, "nonce": req.response_nonce,
+                                   "error": req.error_detail.message})
+            elif size is not None:
+                state.stats.acked += 1
+            return []
+        state.subscribed = True
+        state.has = dict(req.initial_resource_versions)
+        state.pending.clear()
+        return await self._diff(req.type_url, initial=True)
+
+    async def changed(self, type_names: Iterable[str] | None = None) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """Responses for what changed in the store since the last call, for subscribed types (all if None)."""
+        out: list[discovery_pb2.DeltaDiscoveryResponse] = []
+        for name in self.types if type_names is None else [n for n in self.types if n in set(type_names)]:
+            if self._state[name].subscribed:
+                out += await self._diff(name, initial=False)
+        return out
+
+    async def _diff(self, type_name: str, *, initial: bool) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        spec, state = self.types[type_name], self._state[type_name]
+        listed = await self.store.list(spec.rtype, ListQuery())
+        now: dict[str, WireResource] = {}
+        for r in listed.items:
+            if not spec.select(r):
+                continue
+            key = wire_key(r.type, r.meta.name, r.meta.mesh)
+            cached = state.cache.get(key)
+            if cached is None or cached[0] != r.meta.version:
+                cached = (r.meta.version, encode(r))
+                state.cache[key] = cached
+            now[key] = cached[1]
+        for gone in set(state.cache) - set(now):
+            del state.cache[gone]
+        upserts = [w for key, w in now.items() if state.has.get(key) != w.version]
+        removals = [key for key in state.has if key not in now]
+        if not upserts and not removals and not initial:
+            return []
+        responses, too_big = batch(type_name, upserts, removals, max_bytes=self.max_bytes)
+        for w in too_big:
+            log.error("KDS resource is larger than the message cap and cannot be sent; raise the cap or shrink it",
+                      extra={"peer": self.peer, "type": type_name, "resource": w.key,
+                             "bytes": w.message.ByteSize(), "cap": self.max_bytes})
+        for key in removals:
+            del state.has[key]
+        big = {w.key for w in too_big}
+        for w in upserts:
+            if w.key not in big:
+                state.has[w.key] = w.version
+        for i, resp in enumerate(responses):
+            self._nonce += 1
+            resp.nonce = str(self._nonce)
+            if initial and i < len(responses) - 1:
+                resp.system_version_info = INITIAL_MORE
+            state.pending[resp.nonce] = len(resp.resources)
+            state.stats.responses_sent += 1
+            state.stats.resources_sent += len(resp.resources)
+        if len(state.pending) > 1000:  # a peer that never ACKs must not grow this without bound
+            for nonce in list(state.pending)[:-1000]:
+                del state.pending[nonce]
+        return responses
+
+
+# --------------------------------------------------------------------------------------------------- receiver
+
+@dataclass(slots=True)
+class _RecvState:
+    versions: dict[str, str] = field(default_factory=dict)  # what we hold from the peer: key -> version
+    declared: set[str] = field(default_factory=set)  # keys we told the peer we hold at subscription
+    initial: bool = True  # the first answer on this stream is not complete yet
+    seen: set[str] = field(default_factory=set)  # keys the first answer sent or kept
+    index: dict[str, tuple[str, str]] | None = None  # key -> (local name, mesh) of what we hold from the peer
+    stats: TypeStats = field(default_factory=TypeStats)
+
+
+class Receiver:
+    def __init__(self, store: ResourceStore, types: Sequence[ResourceType], origin: Origin, *, node_id: str) -> None:
+        self.store, self.origin, self.node_id = store, origin, node_id
+        self.types = {t.name: t for t in types}
+        self._state = {name: _RecvState() for name in self.types}
+
+    def stats(self) -> dict[str, TypeStats]:
+        return {name: s.stats for name, s in self._state.items()}
+
+    def subscriptions(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
+        """A new stream's first requests, one per type: subscribe to everything, declaring what we hold."""
+        out = []
+        for name, state in self._state.items():
+            state.declared = set(state.versions)
+            state.initial, state.seen, state.index = True, set(), None
+            req = discovery_pb2.DeltaDiscoveryRequest(type_url=name, resource_names_subscribe=["*"],
+                                                      initial_resource_versions=state.versions)
+            req.node.id = self.node_id
+            out.append(req)
+        return out
+
+    async def apply(self, resp: discovery_pb2.DeltaDiscoveryResponse) -> discovery_pb2.DeltaDiscoveryRequest:
+        """Apply one response; the ACK, or a NACK naming every resource that was skipped and why."""
+        ack = discovery_pb2.DeltaDiscoveryRequest(type_url=resp.type_url, response_nonce=resp.nonce)
+        ack.node.id = self.node_id
+        rtype, state = self.types.get(resp.type_url), self._state.get(resp.type_url)
+        if rtype is None or state is None:
+            ack.error_detail.CopyFrom(status_pb2.Status(
+                code=GRPC_INVALID_ARGUMENT,
+                message=f"type {resp.type_url!r} is not synced from {self.origin.peer} here "
+                        f"(this side takes {', '.join(sorted(self.types))})"))
+            return ack
+        state.stats.responses_received += 1
+        if state.index is None:
+            state.index = await self._index(rtype)
+        errors: list[str] = []
+        for key in resp.removed_resources:
+            await self._remove(rtype, state, key, errors)
+        for res in resp.resources:
+            await self._upsert(rtype, state, res, errors)
+        if state.initial:
+            state.seen.update(r.name for r in resp.resources)
+            if resp.system_version_info != INITIAL_MORE:
+                keep = state.seen | (state.declared - set(resp.removed_resources))
+                for key in [k for k in state.index if k not in keep]:
+                    await self._remove(rtype, state, key, errors)
+                state.initial, state.seen = False, set()
+        if errors:
+            state.stats.rejected += len(errors)
+            state.stats.last_nack = "; ".join(errors)
+            ack.error_detail.CopyFrom(status_pb2.Status(code=GRPC_INVALID_ARGUMENT, message="; ".join(errors)))
+            log.warning("KDS resources from peer rejected (NACK); the rest of the response was applied",
+                        extra={"peer": self.origin.peer, "type": rtype.name, "errors": errors})
+        return ack
+
+    async def _index(self, rtype: ResourceType) -> dict[str, tuple[str, str]]:
+        listed = await self.store.list(rtype, ListQuery())
+        return {self.origin.peer_key(r): (r.meta.name, r.meta.mesh) for r in listed.items if self.origin.owns(r)}
+
+    async def _remove(self, rtype: ResourceType, state: _RecvState, key: str, errors: list[str]) -> None:
+        assert state.index is not None
+        state.versions.pop(key, None)
+        local = state.index.pop(key, None)
+        if local is None:
+            return
+        name, mesh = local
+        try:
+            await self.store.delete(rtype, name, mesh)
+            log.info("KDS removed resource", extra={"peer": self.origin.peer, "type": rtype.name,
+                                                    "resource": name, "mesh": mesh})
+        except NotFound:
+            pass
+        except StoreError as e:
+            errors.append(f"{rtype.name} {key!r}: could not delete it here: {e}")
+
+    async def _upsert(self, rtype: ResourceType, state: _RecvState, res: discovery_pb2.Resource,
+                      errors: list[str]) -> None:
+        assert state.index is not None
+        try:
+            local = self.origin.to_local(decode(rtype, res))
+        except KdsDecodeError as e:
+            errors.append(str(e))
+            return
+        name, mesh = local.meta.name, local.meta.mesh
+        for _ in range(3):  # a local write between our read and our write: read again
+            try:
+                try:
+                    current = await self.store.get(rtype, name, mesh)
+                except NotFound:
+                    await self.store.create(local)
+                else:
+                    if not self.origin.owns(current):
+                        errors.append(f"{rtype.name} {res.name!r}: a local {rtype.name} named {name!r} exists here "
+                                      f"that did not come from {self.origin.peer}; rename or delete one of them")
+                        return
+                    if current.spec != local.spec or dict(current.meta.labels) != dict(local.meta.labels):
+                        await self.store.update(local.with_meta(version=current.meta.version))
+                break
+            except MeshNotFound:
+                errors.append(f"{rtype.name} {res.name!r}: mesh {mesh!r} does not exist here; it is applied "
+                              "when it changes after the mesh arrives")
+                return
+            except Conflict:
+                continue
+            except StoreError as e:
+                errors.append(f"{rtype.name} {res.name!r}: could not store it here: {e}")
+                return
+        else:
+            errors.append(f"{rtype.name} {res.name!r}: changed here while being stored three times; try again")
+            return
+        state.index[res.name] = (name, mesh)
+        state.versions[res.name] = res.version
+
+
+# ------------------------------------------------------------------------------------- transport-agnostic loops
+
+async def run_sender(sender: Sender, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+                     send: Callable[[discovery_pb2.DeltaDiscoveryResponse], Awaitable[None]], *,
+                     debounce: float = 0.02) -> None:
+    """Serve one stream as the sending side until the peer closes it: read requests and watch the store at the
+    same time (a side that writes without reading can deadlock both: kumahq/kuma#14486)."""
+    lock = asyncio.Lock()
+
+    async def emit(responses: list[discovery_pb2.DeltaDiscoveryResponse]) -> None:
+        async with lock:
+            for r in responses:
+                await send(r)
+
+    async with sender.store.watch() as events:
+        async def push_changes() -> None:
+            while True:
+                first = await events.get()
+                await asyncio.sleep(debounce)  # coalesce a burst of writes into one diff per type
+                batch_ = [first]
+                while not events.empty():
+                    batch_.append(events.get_nowait())
+                names = None if any(e.op == "resync" for e in batch_) else {e.type for e in batch_}
+                await emit(await sender.changed(names))
+
+        async def read_requests() -> None:
+            async for req in requests:
+                await emit(await sender.handle(req))
+
+        await _first_of(read_requests(), push_changes(), name=f"kds-send-{sender.peer}")
+
+
+async def _first_of(*coros: Awaitable[None], name: str) -> None:
+    """Run until the first coroutine ends; cancel the others; raise what the first raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    for i, t in enumerate(tasks):
+        t.set_name(f"{name}-{i}")
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    for t in done:
+        t.result()
+
+
+async def run_receiver(receiver: Receiver, responses: AsyncIterator[discovery_pb2.DeltaDiscoveryResponse],
+                       send: Callable[[discovery_pb2.DeltaDiscoveryRequest], Awaitable[None]]) -> None:
+    """Serve one stream as the receiving side: subscribe, then apply each response and answer ACK/NACK."""
+    for req in receiver.subscriptions():
+        await send(req)
+    async for resp in responses:
+        await send(await receiver.apply(resp))
