@@ -21,7 +21,6 @@ Which stored resources belong to the peer, and what they are called here, is an 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,7 +56,10 @@ GRPC_INVALID_ARGUMENT = 3
 class Origin(Protocol):
     """Where a receiver's resources come from: their local names and labels, and which stored ones are theirs."""
 
-    peer: str  # for messages: "global", "zone 'zone-1'"
+    @property
+    def peer(self) -> str:
+        """For messages: "global", "zone 'zone-1'"."""
+        ...
 
     def to_local(self, incoming: Resource) -> Resource: ...
 
@@ -386,10 +388,10 @@ async def run_sender(sender: Sender, requests: AsyncIterator[discovery_pb2.Delta
             async for req in requests:
                 await emit(await sender.handle(req))
 
-        await _first_of(read_requests(), push_changes(), name=f"kds-send-{sender.peer}")
+        await first_of(read_requests(), push_changes(), name=f"kds-send-{sender.peer}")
 
 
-async def _first_of(*coros: Awaitable[None], name: str) -> None:
+async def first_of(*coros: Awaitable[None], name: str) -> None:
     """Run until the first coroutine ends; cancel the others; raise what the first raised."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     for i, t in enumerate(tasks):
@@ -399,9 +401,7 @@ async def _first_of(*coros: Awaitable[None], name: str) -> None:
     finally:
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await asyncio.gather(*tasks, return_exceptions=True)  # every outcome retrieved, none left dangling
     for t in done:
         t.result()
 
