@@ -13,6 +13,7 @@ from controlplane.config import Config
 from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
 from controlplane.dns import VipView, add_dns
+from controlplane.kds.wiring import add_kds
 from controlplane.policies._defaults import DefaultMeshPolicies
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
@@ -79,10 +80,12 @@ async def build_runtime(cfg: Config) -> Runtime:
         dns_api = add_dns(runtime)
         api_ctx.extra_routes.append(dns_api.add_routes)
         add_xds(runtime, tls, tokens, ca, dns_api.view)
+    add_kds(runtime, tls, tokens)  # multi-zone: KDS server on global, leader-only client on a zone under one
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
     runtime.add(DefaultMeshPolicies(store, enabled=defaults_enabled, supervisor=runtime.supervisor), leader_only=True)
     runtime.add(AdminUserToken(tokens), leader_only=True)
-    if not cfg.defaults.skip_mesh_creation:
+    # A zone under a global gets its meshes from global (a local 'default' would clash with global's).
+    if not cfg.defaults.skip_mesh_creation and not (cfg.mode == "zone" and cfg.multizone.zone.global_address):
         runtime.add(DefaultMesh(store, default_policies=defaults_enabled), leader_only=True)
     return runtime

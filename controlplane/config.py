@@ -183,14 +183,29 @@ class DefaultsConfig:
 
 
 @dataclass
+class ZoneKdsConfig:
+    root_ca_file: Path | None = setting(None, "rootCaFile", "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE",
+                                        doc="the CA that global's KDS certificate is verified against")
+    auth_cp_token_path: Path | None = setting(None, "authCpTokenPath", "KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH",
+                                              doc="the zone token file (kumactl generate zone-token --scope cp)")
+    max_msg_size: int = setting(4 << 20, "maxMsgSize", "KUMA_MULTIZONE_ZONE_KDS_MAX_MSG_SIZE", check="positive",
+                                doc="bytes per KDS message; one type's changes are split to stay under it")
+
+
+@dataclass
 class ZoneConfig:
     name: str = setting("", "name", "KUMA_MULTIZONE_ZONE_NAME")
     global_address: str = setting("", "globalAddress", "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS")
+    kds: ZoneKdsConfig = section(ZoneKdsConfig, "kds")
 
 
 @dataclass
 class KdsServerConfig:
+    # Zone control planes on other hosts connect here, so every interface by default (TLS, zone tokens).
+    interface: str = setting("0.0.0.0", "interface", "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE", check="ip")
     grpc_port: int = setting(5685, "grpcPort", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", check="port")
+    max_msg_size: int = setting(4 << 20, "maxMsgSize", "KUMA_MULTIZONE_GLOBAL_KDS_MAX_MSG_SIZE", check="positive",
+                                doc="bytes per KDS message; one type's changes are split to stay under it")
 
 
 @dataclass
@@ -367,6 +382,7 @@ def _check_relations(cfg: Config, problems: list[str]) -> None:
         "dpServer.port": cfg.dp_server.port,
         "diagnostics.serverPort": cfg.diagnostics.server_port,
         "dnsServer.port": cfg.dns_server.port,
+        "multizone.global.kds.grpcPort": cfg.multizone.global_.kds.grpc_port if cfg.mode == "global" else None,
     }
     seen: dict[int, str] = {}
     for key, port in ports.items():
@@ -378,9 +394,21 @@ def _check_relations(cfg: Config, problems: list[str]) -> None:
     if (cfg.general.tls_cert_file is None) != (cfg.general.tls_key_file is None):
         problems.append("general.tlsCertFile / general.tlsKeyFile: set both (your own certificate) or neither "
                         "(kuma-cp generates one)")
-    if cfg.mode == "zone" and cfg.multizone.zone.global_address and not cfg.multizone.zone.name:
-        problems.append("multizone.zone.name: a zone that connects to a global control plane needs a name "
-                        "(KUMA_MULTIZONE_ZONE_NAME)")
+    zone = cfg.multizone.zone
+    if cfg.mode == "zone" and zone.global_address:
+        if not zone.name:
+            problems.append("multizone.zone.name: a zone that connects to a global control plane needs a name "
+                            "(KUMA_MULTIZONE_ZONE_NAME)")
+        if not zone.global_address.startswith("grpcs://"):
+            problems.append(f"multizone.zone.globalAddress: {zone.global_address!r} must be grpcs://HOST:PORT "
+                            "(global's KDS port is TLS only; KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS)")
+        if zone.kds.auth_cp_token_path is None:
+            problems.append("multizone.zone.kds.authCpTokenPath: a zone that connects to global needs its zone "
+                            "token: generate one on global with 'kumactl generate zone-token --zone NAME --scope cp' "
+                            "and set KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH to its file")
+        if zone.kds.root_ca_file is None:
+            problems.append("multizone.zone.kds.rootCaFile: a zone verifies global's KDS certificate: set "
+                            "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE to global's CA file (there is no skip-verify)")
 
 
 def env_reference() -> list[tuple[str, str, Any]]:

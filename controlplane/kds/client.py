@@ -23,7 +23,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane import __version__
 from controlplane.logs import ErrorLog
 from controlplane.store.base import ResourceStore
-from controlplane.supervise import RetrySchedule
+from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
 from .server import GLOBAL_TO_ZONE, SERVICE, ZONE_TO_GLOBAL, grpc_options
@@ -195,3 +195,23 @@ async def _call_status(*calls: grpc.aio.StreamStreamCall, seen: BaseException | 
         if e.code() not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) and e.details() != _LOCAL_WRITE_FAILURE:
             return e
     return None
+
+
+class KdsZoneComponent:
+    """The zone's KDS client as a leader-only runtime component: started when this instance becomes the
+    leader, stopped when it stops being one (so only one instance of a zone syncs with global)."""
+
+    name = "kds-zone-client"
+
+    def __init__(self, client: KdsClient, supervisor: Supervisor) -> None:
+        self.client, self.supervisor = client, supervisor
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = self.supervisor.spawn(self.name, self.client.run)
+        log.info("KDS zone client started", extra={"zone": self.client.zone, "global": self.client.address.target})
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        self.client.state = "disconnected"

@@ -1,0 +1,29 @@
+"""KDS in a control plane: the server on global, the leader-only client on a zone that has a global address."""
+
+from __future__ import annotations
+
+from controlplane.runtime import Runtime
+from controlplane.tls import CpTls
+from controlplane.tokens.service import TokenService
+
+from .client import KdsClient, KdsZoneComponent
+from .server import KdsServer
+
+
+def add_kds(runtime: Runtime, tls: CpTls, tokens: TokenService) -> None:
+    cfg = runtime.config
+    if cfg.mode == "global":
+        kds = cfg.multizone.global_.kds
+        runtime.add(KdsServer(runtime.store, tokens, interface=kds.interface, port=kds.grpc_port,
+                              key_cert_pairs=tls.grpc_key_cert_pairs(), max_bytes=kds.max_msg_size,
+                              instance=runtime.instance_id))
+        return
+    zone = cfg.multizone.zone
+    if not zone.global_address:
+        return  # a standalone zone
+    # config validation guarantees both files are set for a zone with a global address
+    assert zone.kds.root_ca_file is not None and zone.kds.auth_cp_token_path is not None
+    client = KdsClient(runtime.store, zone=zone.name, global_address=zone.global_address,
+                       ca_file=zone.kds.root_ca_file, token_file=zone.kds.auth_cp_token_path,
+                       max_bytes=zone.kds.max_msg_size)
+    runtime.add(KdsZoneComponent(client, runtime.supervisor), leader_only=True)
