@@ -244,3 +244,31 @@ async def test_a_second_connection_for_the_same_zone_replaces_the_first(lab: Lab
         await asyncio.wait_for(first, WAIT)
     assert e.value.code() is grpc.StatusCode.ABORTED and "replaced by a newer" in (e.value.details() or "")
     await until(second_store, lambda: mesh_in(second_store))
+
+
+async def test_a_refused_zone_backs_off_with_jitter_and_logs_the_refusal_once(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    delays: list[float] = []
+    enough = asyncio.Event()
+
+    async def fake_sleep(delay: float) -> None:  # the back-off is observed, not waited out
+        delays.append(delay)
+        if len(delays) == 5:
+            enough.set()
+            await asyncio.Event().wait()
+
+    client = KdsClient(MemoryStore(), zone="zone-1", global_address=f"grpcs://127.0.0.1:{lab.server.bound_port}",
+                       ca_file=lab.ca_file, token_file=await lab.token_file("zone-2"), backoff_first=1.0,
+                       backoff_max=30.0, sleep=fake_sleep)
+    caplog.set_level("WARNING", logger="kuma.kds")
+    task = asyncio.create_task(client.run())
+    try:
+        await asyncio.wait_for(enough.wait(), WAIT)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    for delay, nominal in zip(delays, [1.0, 2.0, 4.0, 8.0, 16.0], strict=True):
+        assert nominal / 2 <= delay <= nominal  # doubling, each jittered down by up to half
+    refusals = [r for r in caplog.records if r.getMessage() == "global refused this zone's KDS connection"]
+    assert len(refusals) == 1 and "not 'zone-1'" in refusals[0].reason  # type: ignore[attr-defined]
+    assert client.state == "disconnected" and "PERMISSION_DENIED" in client.last_error
