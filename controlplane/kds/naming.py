@@ -46,11 +46,13 @@ def zone_qualified_name(name: str, mesh: str, zone: str, namespace: str = "") ->
 
 
 def zone_labels(labels: Mapping[str, str], name: str, zone: str) -> dict[str, str]:
-    """A zone resource's labels on global: its origin and zone, and the name the zone knows it by."""
+    """A zone resource's labels on global: its origin and zone, and the name the zone knows it by. All three
+    are set here, whatever the zone sent: a zone cannot pass its resources off as global's or another zone's,
+    and the display name is how global maps the zone's removals back to what it stored."""
     out = dict(labels)
     out[ORIGIN_LABEL] = ORIGIN_ZONE
     out[ZONE_LABEL] = zone
-    out.setdefault(DISPLAY_NAME_LABEL, name)
+    out[DISPLAY_NAME_LABEL] = name
     return out
 
 

@@ -137,6 +137,9 @@ def test_zone_hash_suffix_is_kumas() -> None:
     labels = zone_labels({"a": "b"}, "backend-1", "zone-1")
     assert labels == {"a": "b", "kuma.io/origin": "zone", "kuma.io/zone": "zone-1",
                       "kuma.io/display-name": "backend-1"}
+    spoofed = zone_labels({"kuma.io/origin": "global", "kuma.io/zone": "zone-2", "kuma.io/display-name": "x"},
+                          "backend-1", "zone-1")
+    assert spoofed == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1", "kuma.io/display-name": "backend-1"}
 
 
 def test_batching_splits_one_type_under_the_cap() -> None:
