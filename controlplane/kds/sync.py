@@ -29,6 +29,7 @@ from typing import Protocol
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
+from controlplane.logs import ErrorLog
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.store.base import Conflict, ListQuery, MeshNotFound, NotFound, ResourceStore, StoreError
 
@@ -46,6 +47,7 @@ from .naming import (
 )
 
 log = logging.getLogger("kuma.kds")
+_too_big_log = ErrorLog(log, interval=300.0)  # re-tried on every change of its type: say so now and then
 
 INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's responses that are not its last
 GRPC_INVALID_ARGUMENT = 3
@@ -210,9 +212,11 @@ class Sender:
             return []
         responses, too_big = batch(type_name, upserts, removals, max_bytes=self.max_bytes)
         for w in too_big:
-            log.error("KDS resource is larger than the message cap and cannot be sent; raise the cap or shrink it",
-                      extra={"peer": self.peer, "type": type_name, "resource": w.key,
-                             "bytes": w.message.ByteSize(), "cap": self.max_bytes})
+            _too_big_log.report((self.peer, type_name, w.key),
+                                "KDS resource is larger than the message cap and cannot be sent; raise the cap "
+                                "(KUMA_MULTIZONE_*_KDS_MAX_MSG_SIZE) or shrink the resource",
+                                extra={"peer": self.peer, "type": type_name, "resource": w.key,
+                                       "bytes": w.message.ByteSize(), "cap": self.max_bytes})
         for key in removals:
             del state.has[key]
         big = {w.key for w in too_big}
@@ -254,12 +258,16 @@ class Receiver:
     def stats(self) -> dict[str, TypeStats]:
         return {name: s.stats for name, s in self._state.items()}
 
-    def subscriptions(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
-        """A new stream's first requests, one per type: subscribe to everything, declaring what we hold."""
+    async def subscriptions(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
+        """A new stream's first requests, one per type: subscribe to everything, declaring what we hold: what
+        the peer sent us before and is still in the store (a mesh deleted with everything in it, say, is not
+        declared, so the peer sends it again if it still has it)."""
         out = []
         for name, state in self._state.items():
+            state.index = await self._index(self.types[name])
+            state.versions = {k: v for k, v in state.versions.items() if k in state.index}
             state.declared = set(state.versions)
-            state.initial, state.seen, state.index = True, set(), None
+            state.initial, state.seen = True, set()
             req = discovery_pb2.DeltaDiscoveryRequest(type_url=name, resource_names_subscribe=["*"],
                                                       initial_resource_versions=state.versions)
             req.node.id = self.node_id
@@ -409,7 +417,7 @@ async def first_of(*coros: Awaitable[None], name: str) -> None:
 async def run_receiver(receiver: Receiver, responses: AsyncIterator[discovery_pb2.DeltaDiscoveryResponse],
                        send: Callable[[discovery_pb2.DeltaDiscoveryRequest], Awaitable[None]]) -> None:
     """Serve one stream as the receiving side: subscribe, then apply each response and answer ACK/NACK."""
-    for req in receiver.subscriptions():
+    for req in await receiver.subscriptions():
         await send(req)
     async for resp in responses:
         await send(await receiver.apply(resp))

@@ -84,7 +84,7 @@ async def exchange(sender: Sender, receiver: Receiver, responses: list[Msg]) -> 
 
 async def connect(sender: Sender, receiver: Receiver) -> list[discovery_pb2.DeltaDiscoveryRequest]:
     answers = []
-    for sub in receiver.subscriptions():
+    for sub in await receiver.subscriptions():
         answers += await exchange(sender, receiver, await sender.handle(sub))
     return answers
 
@@ -156,7 +156,7 @@ async def test_a_big_first_answer_spans_responses_and_full_replacement_waits_for
     await zone.create(timeout("local"))  # the zone's own: never touched
     one = encode(await glob.get(MESH_TIMEOUT, "t00", "default")).message.ByteSize()
     sender, receiver = global_to_zone(glob, zone, max_bytes=one * 5 + 600)
-    subs = {s.type_url: s for s in receiver.subscriptions()}
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
     await exchange(sender, receiver, await sender.handle(subs["Mesh"]))
     first = await sender.handle(subs["MeshTimeout"])
     assert len(first) > 3 and [r.system_version_info for r in first] == [INITIAL_MORE] * (len(first) - 1) + [""]
@@ -181,7 +181,7 @@ async def test_reconnect_resends_only_what_changed_and_a_restarted_receiver_gets
     await glob.delete(MESH_TIMEOUT, "t1", "default")
     await glob.create(timeout("t9"))
     fresh, _ = global_to_zone(glob, zone)  # a new stream: a new sender, the same zone-side receiver
-    subs = {s.type_url: s for s in receiver.subscriptions()}
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
     assert set(subs["MeshTimeout"].initial_resource_versions) == {f"t{i}.default" for i in range(5)}
     first = await fresh.handle(subs["MeshTimeout"])
     assert sorted(r.name for r in first[0].resources) == ["t0.default", "t9.default"]
@@ -234,7 +234,7 @@ async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
     await glob.create(timeout("t1"))
     sender, receiver = global_to_zone(glob, zone)
     # the zone has no mesh 'default' when the policy arrives: MeshTimeout is answered before Mesh
-    subs = {s.type_url: s for s in receiver.subscriptions()}
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
     answers = await exchange(sender, receiver, await sender.handle(subs["MeshTimeout"]))
     assert answers[0].HasField("error_detail") and "mesh 'default' does not exist here" in \
         answers[0].error_detail.message
@@ -286,3 +286,19 @@ async def test_run_loops_sync_store_changes_over_queues(stores: tuple[ResourceSt
         await to_zone.put(None)
         await asyncio.gather(*tasks)
     assert sender.stats()["MeshTimeout"].acked >= 2
+
+
+async def test_a_reconnect_declares_only_what_the_store_still_holds(
+        stores: tuple[ResourceStore, ResourceStore]) -> None:
+    glob, zone = stores
+    await glob.create(mesh())
+    await glob.create(timeout("t1"))
+    sender, receiver = global_to_zone(glob, zone)
+    await connect(sender, receiver)
+    await zone.delete(MESH, "default")  # gone on the zone with everything in it, behind the receiver's back
+    fresh, _ = global_to_zone(glob, zone)
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
+    assert not subs["Mesh"].initial_resource_versions and not subs["MeshTimeout"].initial_resource_versions
+    for type_url in ("Mesh", "MeshTimeout"):
+        await exchange(fresh, receiver, await fresh.handle(subs[type_url]))
+    assert set(await names(zone, MESH_TIMEOUT)) == {"t1"} and set(await names(zone, MESH)) == {"default"}
