@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.api_client import Reply, call
-from tests.integration.cp_process import CpProcess
+from tests.integration.cp_process import CpProcess, start_cp
 from tests.ports import free_port
 
 WAIT = 60.0  # a bound on a hung test (two processes on a shared 2-core machine), not a timing assertion
@@ -72,3 +76,68 @@ def test_a_zone_joins_global_and_resources_flow_both_ways(cp_factory: Callable[.
              lambda: api(zone, "GET", "/meshes/default/meshtimeouts/t1").status == 404, glob, zone)
     assert api(zone, "DELETE", "/meshes/default/dataplanes/backend-1").status == 200
     wait_for("the dataplane's deletion reaching global", lambda: not zone_dataplanes(), glob, zone)
+
+
+@pytest.fixture
+def started() -> Iterator[list[CpProcess]]:
+    cps: list[CpProcess] = []
+    yield cps
+    for cp in cps:
+        cp.stop()
+
+
+def zone_timeouts(zone: CpProcess) -> set[str]:
+    """Global's MeshTimeouts as the zone has them (global's default mesh brings Kuma's default policies too)."""
+    return {i["name"] for i in api(zone, "GET", "/meshes/default/meshtimeouts").json["items"]}
+
+
+def zone_dataplane_names(glob: CpProcess) -> set[str]:
+    items = api(glob, "GET", "/meshes/default/dataplanes").json["items"]
+    return {i["labels"]["kuma.io/display-name"] for i in items if i.get("labels", {}).get("kuma.io/zone") == "zone-1"}
+
+
+def test_a_zone_keeps_working_while_global_is_killed_and_converges_when_it_returns(
+        tmp_path: Path, started: list[CpProcess]) -> None:
+    kds_port = free_port()
+    global_env = {"KUMA_MODE": "global", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(kds_port),
+                  "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE": "127.0.0.1"}
+    glob = start_cp(tmp_path / "global", **global_env)
+    started.append(glob)
+    token_file = tmp_path / "zone-1.token"
+    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
+    zone = start_cp(tmp_path / "zone", KUMA_MULTIZONE_ZONE_NAME="zone-1",
+                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
+                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
+                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    started.append(zone)
+    for name in ("t1", "t2"):
+        policy = {"type": "MeshTimeout", "mesh": "default", "name": name,
+                  "spec": {"targetRef": {"kind": "Mesh"},
+                           "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}}
+        assert api(glob, "PUT", f"/meshes/default/meshtimeouts/{name}", policy).status in (200, 201)
+
+    def dp(name: str) -> dict[str, Any]:
+        return {"type": "Dataplane", "mesh": "default", "name": name,
+                "networking": {"address": "127.0.0.1",
+                               "inbound": [{"port": 8080, "tags": {"kuma.io/service": name}}]}}
+    assert api(zone, "PUT", "/meshes/default/dataplanes/old-1", dp("old-1")).status in (200, 201)
+    wait_for("the zone's dataplane reaching global", lambda: zone_dataplane_names(glob) == {"old-1"}, glob, zone)
+    wait_for("both policies reaching the zone",
+             lambda: {"t1", "t2"} <= zone_timeouts(zone), glob, zone)
+
+    os.kill(glob.pid, signal.SIGKILL)
+    glob.proc.wait()
+    # the zone keeps its store and its API: local registrations and deletions go on
+    assert api(zone, "GET", "/meshes/default/meshtimeouts/t1").status == 200
+    assert api(zone, "PUT", "/meshes/default/dataplanes/new-1", dp("new-1")).status in (200, 201)
+    assert api(zone, "DELETE", "/meshes/default/dataplanes/old-1").status == 200
+
+    # the same global again: same state directory, same ports
+    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **global_env})
+    started.append(again)
+    wait_for("the zone's changes made while global was down reaching it",
+             lambda: zone_dataplane_names(again) == {"new-1"}, again, zone)
+    assert api(again, "DELETE", "/meshes/default/meshtimeouts/t2").status == 200
+    wait_for("a deletion on the restarted global reaching the zone",
+             lambda: "t2" not in zone_timeouts(zone), again, zone)
+    assert "t1" in zone_timeouts(zone)
