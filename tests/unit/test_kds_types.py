@@ -1,0 +1,39 @@
+"""What each side sends over KDS: global never echoes a zone's own resources back, zones send only their own."""
+
+from __future__ import annotations
+
+from controlplane.kds.types import global_sends, global_to_zone_types, policy_types, zone_sends
+from controlplane.resources import from_wire
+from controlplane.resources.base import Resource
+
+
+def ingress(name: str, labels: dict[str, str]) -> Resource:
+    return from_wire({"type": "ZoneIngress", "name": name, "labels": labels,
+                      "networking": {"address": "10.0.0.9", "port": 10001}})
+
+
+def selector(sends: list, type_name: str):  # type: ignore[no-untyped-def,type-arg]
+    return next(s.select for s in sends if s.rtype.name == type_name)
+
+
+def test_global_sends_meshes_first_then_policies_then_other_zones_ingresses() -> None:
+    names = [t.name for t in global_to_zone_types()]
+    assert names[0] == "Mesh" and names[-1] == "ZoneIngress"
+    assert {t.name for t in policy_types()} <= set(names) and "MeshTimeout" in names
+    assert "Dataplane" not in names and "Zone" not in names and "ZoneInsight" not in names
+
+    to_zone1 = selector(global_sends("zone-1"), "ZoneIngress")
+    assert to_zone1(ingress("zi-a", {"kuma.io/origin": "zone", "kuma.io/zone": "zone-2"}))
+    assert not to_zone1(ingress("zi-b", {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1"}))  # its own
+    assert not to_zone1(ingress("zi-c", {}))  # global runs no ingress of its own
+    mesh = selector(global_sends("zone-1"), "Mesh")
+    assert mesh(from_wire({"type": "Mesh", "name": "default"}))
+
+
+def test_a_zone_sends_only_its_own_resources() -> None:
+    sends = zone_sends("zone-1")
+    assert [s.rtype.name for s in sends] == ["Dataplane", "DataplaneInsight", "ZoneIngress"]
+    own = selector(sends, "ZoneIngress")
+    assert own(ingress("zi-1", {}))
+    assert not own(ingress("zi-2", {"kuma.io/origin": "zone", "kuma.io/zone": "zone-2"}))  # forwarded by global
+    assert not own(ingress("zi-3", {"kuma.io/origin": "global"}))
