@@ -51,6 +51,7 @@ _too_big_log = ErrorLog(log, interval=300.0)  # re-tried on every change of its 
 
 INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's responses that are not its last
 GRPC_INVALID_ARGUMENT = 3
+MAX_NACK_REASONS = 20
 
 
 # ---------------------------------------------------------------------------------------------------- origins
@@ -302,10 +303,14 @@ class Receiver:
                 state.initial, state.seen = False, set()
         if errors:
             state.stats.rejected += len(errors)
-            state.stats.last_nack = "; ".join(errors)
-            ack.error_detail.CopyFrom(status_pb2.Status(code=GRPC_INVALID_ARGUMENT, message="; ".join(errors)))
+            # The NACK itself must stay small whatever the batch held: the first reasons and a count.
+            shown = errors[:MAX_NACK_REASONS]
+            message = "; ".join(shown) + (f"; and {len(errors) - len(shown)} more" if len(errors) > len(shown) else "")
+            state.stats.last_nack = message
+            ack.error_detail.CopyFrom(status_pb2.Status(code=GRPC_INVALID_ARGUMENT, message=message))
             log.warning("KDS resources from peer rejected (NACK); the rest of the response was applied",
-                        extra={"peer": self.origin.peer, "type": rtype.name, "errors": errors})
+                        extra={"peer": self.origin.peer, "type": rtype.name, "rejected": len(errors),
+                               "errors": shown})
         return ack
 
     async def _index(self, rtype: ResourceType) -> dict[str, tuple[str, str]]:

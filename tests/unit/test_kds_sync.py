@@ -302,3 +302,14 @@ async def test_a_reconnect_declares_only_what_the_store_still_holds(
     for type_url in ("Mesh", "MeshTimeout"):
         await exchange(fresh, receiver, await fresh.handle(subs[type_url]))
     assert set(await names(zone, MESH_TIMEOUT)) == {"t1"} and set(await names(zone, MESH)) == {"default"}
+
+
+async def test_a_nack_of_many_resources_stays_small(stores: tuple[ResourceStore, ResourceStore]) -> None:
+    glob, zone = stores
+    _, receiver = global_to_zone(glob, zone)
+    await receiver.subscriptions()
+    orphans = [encode(timeout(f"t{i}", mesh_="nowhere")).message for i in range(100)]  # no such mesh here
+    nack = await receiver.apply(Msg(type_url="MeshTimeout", nonce="1", resources=orphans))
+    message = nack.error_detail.message
+    assert message.count("mesh 'nowhere' does not exist here") == 20 and message.endswith("; and 80 more")
+    assert receiver.stats()["MeshTimeout"].rejected == 100
