@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +30,7 @@ from controlplane.tokens.errors import TokenError
 from controlplane.tokens.validator import verify_zone_identity
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
-from .sync import FromZone, Receiver, Sender, run_receiver, run_sender
+from .sync import FromZone, Receiver, Sender, TypeStats, run_receiver, run_sender
 from .types import global_sends, zone_to_global_types
 
 log = logging.getLogger("kuma.kds")
@@ -60,6 +62,8 @@ class _Session:
     zone: str
     kind: str
     peer: str
+    stats: Callable[[], dict[str, TypeStats]]
+    connected_at: float = field(default_factory=time.time)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     kick: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = ""
@@ -116,10 +120,15 @@ class KdsServer:
             await self._server.stop(grace=1.0)
             self._server = None
 
-    def connected_zones(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for (zone, kind) in self._sessions:
-            out.setdefault(zone, []).append(kind)
+    def zone_status(self) -> dict[str, dict[str, Any]]:
+        """Each connected zone's open streams: peer, since when, and per type what was sent, ACKed, NACKed
+        (global -> zone) or received and rejected (zone -> global). What ZoneInsight and metrics will show."""
+        out: dict[str, dict[str, Any]] = {}
+        for (zone, kind), session in self._sessions.items():
+            out.setdefault(zone, {})[kind] = {
+                "peer": session.peer, "connectedAt": session.connected_at,
+                "types": {name: dataclasses.asdict(st) for name, st in session.stats().items()},
+            }
         return out
 
     # --- streams ----------------------------------------------------------------------------------------------
@@ -128,7 +137,7 @@ class KdsServer:
                               context: grpc.aio.ServicerContext) -> None:
         zone = await self._authenticate(context, GLOBAL_TO_ZONE)
         sender = Sender(self.store, global_sends(zone), peer=f"zone {zone!r}", max_bytes=self.max_bytes)
-        await self._serve(context, zone, GLOBAL_TO_ZONE, run_sender(sender, requests, context.write))
+        await self._serve(context, zone, GLOBAL_TO_ZONE, run_sender(sender, requests, context.write), sender.stats)
 
     async def _zone_to_global(self, responses: AsyncIterator[discovery_pb2.DeltaDiscoveryResponse],
                               context: grpc.aio.ServicerContext) -> None:
@@ -137,10 +146,12 @@ class KdsServer:
         if receiver is None:
             receiver = Receiver(self.store, zone_to_global_types(), FromZone(zone), node_id=self.instance or "global")
             self._receivers[zone] = receiver
-        await self._serve(context, zone, ZONE_TO_GLOBAL, run_receiver(receiver, responses, context.write))
+        await self._serve(context, zone, ZONE_TO_GLOBAL, run_receiver(receiver, responses, context.write),
+                          receiver.stats)
 
-    async def _serve(self, context: grpc.aio.ServicerContext, zone: str, kind: str, run: Any) -> None:
-        session = _Session(zone, kind, context.peer())
+    async def _serve(self, context: grpc.aio.ServicerContext, zone: str, kind: str, run: Any,
+                     stats: Callable[[], dict[str, TypeStats]]) -> None:
+        session = _Session(zone, kind, context.peer(), stats)
         previous = self._sessions.get((zone, kind))
         if previous is not None:
             previous.reason = (f"replaced by a newer {kind} stream of zone {zone!r} from {session.peer}: "

@@ -117,6 +117,9 @@ async def test_resources_flow_both_ways_and_deletions_converge(lab: Lab, running
     assert (await zone.get(MESH_TIMEOUT, "t1", "default")).meta.labels["kuma.io/origin"] == "global"
     assert (await lab.glob.get(ZONE, "zone-1")).spec.enabled  # registered on first connect
     assert client.state == "connected"
+    status = lab.server.zone_status()["zone-1"]
+    assert set(status) == {"GlobalToZoneSync", "ZoneToGlobalSync"}
+    assert status["GlobalToZoneSync"]["types"]["MeshTimeout"]["resources_sent"] >= 1
 
     await zone.create(dataplane("backend-1"))
     qualified = zone_qualified_name("backend-1", "default", "zone-1")
