@@ -21,7 +21,7 @@ from controlplane.resources import from_wire, load_all
 from controlplane.resources.base import REGISTRY, Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.mesh import MESH
-from controlplane.resources.zone import ZONE
+from controlplane.resources.zone import ZONE, ZONE_INGRESS
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
 from controlplane.store.memory import MemoryStore
 from controlplane.store.sqlite import SqliteStore
@@ -275,3 +275,26 @@ async def test_a_refused_zone_backs_off_with_jitter_and_logs_the_refusal_once(
     refusals = [r for r in caplog.records if r.getMessage() == "global refused this zone's KDS connection"]
     assert len(refusals) == 1 and "not 'zone-1'" in refusals[0].reason  # type: ignore[attr-defined]
     assert client.state == "disconnected" and "PERMISSION_DENIED" in client.last_error
+
+
+async def test_a_zones_ingress_reaches_the_other_zone_through_global_and_not_back(lab: Lab, running: list) -> None:  # type: ignore[type-arg]
+    zone1, zone2 = MemoryStore(), MemoryStore()
+    for name, store in (("zone-1", zone1), ("zone-2", zone2)):
+        running.append(asyncio.create_task(lab.client(store, name, await lab.token_file(name)).run()))
+    await zone1.create(from_wire({"type": "ZoneIngress", "name": "ingress-1", "zone": "zone-1",
+                                  "networking": {"address": "10.0.1.1", "port": 10001,
+                                                 "advertisedAddress": "198.18.0.1", "advertisedPort": 10001}}))
+    qualified = zone_qualified_name("ingress-1", "", "zone-1")
+
+    async def in_zone2() -> bool:
+        return qualified in await names(zone2, ZONE_INGRESS)
+    await until(zone2, in_zone2)
+    forwarded = await zone2.get(ZONE_INGRESS, qualified)
+    assert forwarded.meta.labels["kuma.io/zone"] == "zone-1" and forwarded.meta.labels["kuma.io/origin"] == "zone"
+    assert await names(zone1, ZONE_INGRESS) == {"ingress-1"}  # zone-1 is not sent its own ingress back
+
+    await zone1.delete(ZONE_INGRESS, "ingress-1")
+
+    async def gone_from_zone2() -> bool:
+        return qualified not in await names(zone2, ZONE_INGRESS)
+    await until(zone2, gone_from_zone2)
