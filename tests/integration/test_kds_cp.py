@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from controlplane.store.postgres_config import PostgresConfig
 from tests.integration.api_client import Reply, call
 from tests.integration.cp_process import CpProcess, start_cp
+from tests.integration.test_cp_postgres import is_leader, pg_env
 from tests.ports import free_port
 
 WAIT = 60.0  # a bound on a hung test (two processes on a shared 2-core machine), not a timing assertion
@@ -88,7 +90,11 @@ def started() -> Iterator[list[CpProcess]]:
 
 def zone_timeouts(zone: CpProcess) -> set[str]:
     """Global's MeshTimeouts as the zone has them (global's default mesh brings Kuma's default policies too)."""
-    return {i["name"] for i in api(zone, "GET", "/meshes/default/meshtimeouts").json["items"]}
+    r = api(zone, "GET", "/meshes/default/meshtimeouts")
+    if r.status == 404:  # the mesh itself has not arrived yet
+        return set()
+    assert r.status == 200, r.raw
+    return {i["name"] for i in r.json["items"]}
 
 
 def zone_dataplane_names(glob: CpProcess) -> set[str]:
@@ -141,3 +147,41 @@ def test_a_zone_keeps_working_while_global_is_killed_and_converges_when_it_retur
     wait_for("a deletion on the restarted global reaching the zone",
              lambda: "t2" not in zone_timeouts(zone), again, zone)
     assert "t1" in zone_timeouts(zone)
+
+
+@pytest.mark.postgres
+def test_two_zone_instances_on_postgres_only_the_leader_syncs_and_the_other_takes_over(
+        postgres_migrated_config: PostgresConfig, tmp_path: Path, started: list[CpProcess]) -> None:
+    kds_port = free_port()
+    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
+                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+    started.append(glob)
+    token_file = tmp_path / "zone-1.token"
+    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
+    zone_env = {**pg_env(postgres_migrated_config), "KUMA_MULTIZONE_ZONE_NAME": "zone-1",
+                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS": f"grpcs://127.0.0.1:{kds_port}",
+                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE": str(glob.ca_file),
+                "KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH": str(token_file)}
+    a = start_cp(tmp_path / "zone-a", **zone_env)
+    started.append(a)
+    b = start_cp(tmp_path / "zone-b", **zone_env)
+    started.append(b)
+    wait_for("a zone leader", lambda: is_leader(a) or is_leader(b), a, b)
+    leader, follower = (a, b) if is_leader(a) else (b, a)
+
+    def policy(name: str) -> dict[str, Any]:
+        return {"type": "MeshTimeout", "mesh": "default", "name": name,
+                "spec": {"targetRef": {"kind": "Mesh"},
+                         "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}}
+    assert api(glob, "PUT", "/meshes/default/meshtimeouts/t1", policy("t1")).status in (200, 201)
+    wait_for("the policy reaching the zone (both instances read the shared store)",
+             lambda: "t1" in zone_timeouts(follower), glob, leader, follower)
+    assert "KDS zone client started" in leader.logs(400) and "KDS zone client started" not in follower.logs(400)
+    assert "connected again" not in glob.logs(400)  # one stream pair for the zone: only the leader dials
+
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.proc.wait()
+    wait_for("the other instance taking over the election", lambda: is_leader(follower), glob, follower)
+    assert api(glob, "PUT", "/meshes/default/meshtimeouts/t2", policy("t2")).status in (200, 201)
+    wait_for("a policy made after the failover reaching the zone", lambda: "t2" in zone_timeouts(follower),
+             glob, follower)
