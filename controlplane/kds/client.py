@@ -21,9 +21,9 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import __version__
-from controlplane.logs import ErrorLog
 from controlplane.store.base import ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
+from kuma_shared.logs import ErrorLog
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
 from .server import GLOBAL_TO_ZONE, SERVICE, ZONE_TO_GLOBAL, grpc_options

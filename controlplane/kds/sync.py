@@ -29,9 +29,9 @@ from typing import Protocol
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
 
-from controlplane.logs import ErrorLog
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.store.base import Conflict, ListQuery, MeshNotFound, NotFound, ResourceStore, StoreError
+from kuma_shared.logs import ErrorLog
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES, KdsDecodeError, WireResource, batch, decode, encode
 from .naming import (
