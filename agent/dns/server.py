@@ -24,6 +24,8 @@ import threading
 from collections import Counter
 from typing import Any
 
+from kuma_shared.dnsloop import serve_udp, wake
+
 from .forward import TCP_MAX, Forwarder
 from .message import FORMERR, NOTIMP, SERVFAIL, Query, error_reply, parse_query
 from .zone import Zone
@@ -34,7 +36,6 @@ TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CONNECTIONS = 256
 MAX_PENDING = 2048  # forwarded UDP queries waiting for an upstream
 UDP_BUFFER = 4 << 20
-UDP_RECV = 4096
 
 
 def bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
@@ -114,49 +115,20 @@ class StubServer:
 
     def _wake_udp(self) -> None:
         host, port = self.address
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        with contextlib.suppress(OSError), socket.socket(self.udp.family, socket.SOCK_DGRAM) as s:
-            s.sendto(b"", (host, port))
+        wake(self.udp.family, host, port)
 
-    # --- UDP: a blocking loop in its own thread ------------------------------------------------------------
+    # --- UDP: the shared blocking loop (kuma_shared/dnsloop.py) in its own thread -------------------------
 
     def _serve_udp(self) -> None:
-        sock = self.udp
-        recvfrom, sendto = sock.recvfrom, sock.sendto
-        zone = self.zone
-        cache_get = zone.cache.get
-        while True:
-            try:
-                # 4 KiB: CPython allocates the whole size for every datagram (65535 costs ~15% of the hot path);
-                # no real query is larger, and a longer one arrives cut short, which parsing treats as any other.
-                data, addr = recvfrom(UDP_RECV)
-            except OSError:
-                if self._stopping:
-                    return
-                continue
-            if self.zone is not zone:  # a new map: its own replies
-                zone = self.zone
-                cache_get = zone.cache.get
-            cached = cache_get(data[2:])
-            if cached is not None:
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    sendto(data[:2] + cached, addr)
-                except OSError:
-                    pass
-                continue
-            if self._stopping:
-                return
-            try:
-                self._udp_miss(data, addr)
-            except Exception:
-                self.stats["errors"] += 1
-                if self.stats["errors"] == 1 or self.stats["errors"] % 10000 == 0:
-                    log.exception("DNS query handling failed (packet ignored)", extra={"errors": self.stats["errors"]})
+        serve_udp(self.udp, lambda: self.zone.cache, self._udp_miss, lambda: self._stopping, self._udp_error)
 
-    def _udp_miss(self, data: bytes, addr: Any) -> None:
+    def _udp_error(self, e: BaseException) -> None:
+        self.stats["errors"] += 1
+        if self.stats["errors"] == 1 or self.stats["errors"] % 10000 == 0:
+            log.error("DNS query handling failed (packet ignored)", extra={"errors": self.stats["errors"]},
+                      exc_info=e)
+
+    def _udp_miss(self, data: bytes, addr: Any) -> bytes | None:
         query = parse_query(data)
         if query is None:
             self.stats["malformed"] += 1
@@ -164,33 +136,34 @@ class StubServer:
                 reply = error_reply(data, None, FORMERR)
                 if reply is not None:
                     self._send(reply, addr)
-            return
+            return None
         zone = self.zone
         if zone.owns(query.name):
             reply = zone.answer(data, query, udp=True)
             zone.remember(data, reply)
             self._send(reply, addr)
-            return
+            return None
         if query.opcode != 0:
             reply = error_reply(data, query, NOTIMP)
             if reply is not None:
                 self._send(reply, addr)
-            return
+            return None
         cache = self.forwarder.cache
         if cache is not None:  # a forwarded answer still fresh in the cache: served from this thread too
             cached = cache.get(query, data, query.udp_size)
             if cached is not None:
                 self.forwarder.stats["cache_hits"] += 1
                 self._send(cached, addr)
-                return
+                return None
         if self._queued + len(self._inflight) >= self.max_pending:
             self.stats["dropped"] += 1
-            return
+            return None
         loop = self._loop
         if loop is None:
-            return
+            return None
         self._queued += 1
         loop.call_soon_threadsafe(self._forward_udp, data, query, addr)
+        return None
 
     def _send(self, reply: bytes, addr: Any) -> None:
         with contextlib.suppress(OSError):

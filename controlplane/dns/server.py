@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 
 from controlplane.netguard import ACCEPT_ERROR_INTERVAL, ConnectionBudget, ConnectionLimits, chosen, current_nofile
+from kuma_shared.dnsloop import serve_udp, wake
 from kuma_shared.logs import ErrorLog
 
 from .names import zone_names
@@ -139,47 +140,18 @@ class DnsServer:
 
     def _wake_udp(self) -> None:
         assert self._udp is not None
-        host = self.interface
-        if host in ("0.0.0.0", ""):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        with contextlib.suppress(OSError), socket.socket(self._family(), socket.SOCK_DGRAM) as s:
-            s.sendto(b"", (host, self.port))
+        wake(self._family(), self.interface, self.port)
 
     def _serve_udp(self) -> None:
-        sock = self._udp
-        assert sock is not None
-        recvfrom, sendto = sock.recvfrom, sock.sendto
-        while True:
-            try:
-                data, addr = recvfrom(4096)
-            except OSError:
-                if self._stopping:
-                    return
-                continue
-            # Hot path: this exact query (less its id) was answered before from the current table.
-            cached = self.table.cache.get(data[2:])
-            if cached is not None:
-                try:  # noqa: SIM105 - cheaper than contextlib.suppress on the hot path
-                    sendto(data[:2] + cached, addr)
-                except OSError:
-                    pass
-                continue
-            if self._stopping:  # the wake-up datagram is empty: never cached
-                return
-            try:
-                reply = self.table.answer_udp(data)
-            except Exception:
-                self.errors += 1
-                if self.errors == 1 or self.errors % 10000 == 0:
-                    log.exception("DNS query handling failed (packet ignored)", extra={"errors": self.errors})
-                continue
-            if reply is not None:
-                try:  # noqa: SIM105
-                    sendto(reply, addr)
-                except OSError:
-                    pass
+        assert self._udp is not None
+        serve_udp(self._udp, lambda: self.table.cache, lambda data, _addr: self.table.answer_udp(data),
+                  lambda: self._stopping,
+                  self._udp_error)
+
+    def _udp_error(self, e: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1 or self.errors % 10000 == 0:
+            log.error("DNS query handling failed (packet ignored)", extra={"errors": self.errors}, exc_info=e)
 
     # --- TCP ------------------------------------------------------------------------------------------------
 
