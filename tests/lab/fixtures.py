@@ -140,6 +140,7 @@ class Lab:
         self.name = name
         self._owner_pid = owner_pid
         self._lock = threading.Lock()
+        self._private: set[str] = set()  # hosts add_hosts gave out
 
     @property
     def state(self) -> LabState:
@@ -161,18 +162,24 @@ class Lab:
         """Boot `n` new hosts into the lab and return them when they are running and answer ssh."""
         with self._lock:
             new = core.up(self.name, n, release=release, resolved=resolved, add=True, owner_pid=self._owner_pid)
+            self._private.update(h.name for h in new)  # the caller's own: hosts_like never hands them out
         st = self.state
         return [LabHost(self, st.host(h.name)) for h in new]
 
     def hosts_like(self, n: int, release: str = "bookworm", resolved: bool = False) -> list[LabHost]:
-        """The first `n` hosts of this kind, booting more if there are fewer: for tests that can share hosts."""
+        """The first `n` shared hosts of this kind, booting more if there are fewer: for tests that can share
+        hosts. Hosts from add_hosts are their caller's alone (a module that installs packages changes them)."""
         with self._lock:
-            have = [h for h in self.hosts if h.release == release and h.resolved == resolved]
+            def shared() -> list[LabHost]:
+                return [h for h in self.hosts if h.release == release and h.resolved == resolved
+                        and h.name not in self._private]
+
+            have = shared()
             if len(have) < n:
                 core.up(
                     self.name, n - len(have), release=release, resolved=resolved, add=True, owner_pid=self._owner_pid
                 )
-                have = [h for h in self.hosts if h.release == release and h.resolved == resolved]
+                have = shared()
         return have[:n]
 
     @property
