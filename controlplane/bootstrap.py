@@ -38,7 +38,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
     reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor)
-    insights = InsightsRecorder(store, runtime.instance_id, supervisor=runtime.supervisor)
+    insights = InsightsRecorder(store, runtime.instance_id, heartbeat=cfg.dp_server.heartbeat,
+                                supervisor=runtime.supervisor)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens)
     lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace)
