@@ -42,7 +42,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                 supervisor=runtime.supervisor)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens)
-    lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace)
+    lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace,
+                                   instance_id=runtime.instance_id, heartbeat=cfg.dp_server.heartbeat)
     ads = AdsServicer(cache, auth, FanoutCallbacks([lifecycle, insights]), nack_backoff=cfg.dp_server.nack_backoff)
     # Envoy verifies the dp-server with the CA; with an operator's certificate and no CA file, trust that
     # certificate itself (it must then be the one the dp-server presents).

@@ -58,7 +58,7 @@ class InsightsApi:
         """Names of the mesh's dataplanes whose newest subscription is open and kept fresh by a live instance
         (controlplane/xds/liveness.py): one list, not one read per dataplane."""
         insights = await self.store.list(self._t("DataplaneInsight"), ListQuery(mesh=mesh))
-        return {i.meta.name for i in insights.items 
+        return {i.meta.name for i in insights.items
                 if isinstance(i.spec, DataplaneInsightSpec) and online(i.spec, self.heartbeat)}
 
     async def mesh_insights(self, request: web.Request) -> web.Response:
