@@ -24,6 +24,7 @@ from controlplane.xds.auth import DataplaneAuthenticator
 from controlplane.xds.bootstrap_service import BootstrapService
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.dpserver import DpServer, FanoutCallbacks
+from controlplane.xds.gc import DataplaneGc
 from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
@@ -51,6 +52,9 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                  vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
+    # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.
+    runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
+                            supervisor=runtime.supervisor), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
                          [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop,
                          handshake_timeout=cfg.dp_server.handshake_timeout, idle_timeout=cfg.dp_server.idle_timeout,
