@@ -20,7 +20,8 @@ from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import Conflict, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
 
-from .lifecycle import MANAGED_LABEL, MANAGED_VALUE, delete_insight
+from .auth import MANAGED_LABEL, MANAGED_VALUE
+from .lifecycle import delete_insight
 from .liveness import STALE_HEARTBEATS, offline_since
 
 log = logging.getLogger("kuma.xds.gc")
