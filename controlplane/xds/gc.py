@@ -14,11 +14,11 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from controlplane.logs import ErrorLog
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import Conflict, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
+from kuma_shared.logs import ErrorLog
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE
 from .lifecycle import delete_insight
