@@ -24,6 +24,7 @@ from controlplane.xds.auth import DataplaneAuthenticator
 from controlplane.xds.bootstrap_service import BootstrapService
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.dpserver import DpServer, FanoutCallbacks
+from controlplane.xds.gc import DataplaneGc
 from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
@@ -38,10 +39,12 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
     reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor)
-    insights = InsightsRecorder(store, runtime.instance_id, supervisor=runtime.supervisor)
+    insights = InsightsRecorder(store, runtime.instance_id, heartbeat=cfg.dp_server.heartbeat,
+                                supervisor=runtime.supervisor)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens)
-    lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace)
+    lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace,
+                                   instance_id=runtime.instance_id, heartbeat=cfg.dp_server.heartbeat)
     ads = AdsServicer(cache, auth, FanoutCallbacks([lifecycle, insights]), nack_backoff=cfg.dp_server.nack_backoff)
     # Envoy verifies the dp-server with the CA; with an operator's certificate and no CA file, trust that
     # certificate itself (it must then be the one the dp-server presents).
@@ -49,6 +52,9 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                  vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
+    # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.
+    runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
+                            supervisor=runtime.supervisor), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
                          [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop,
                          handshake_timeout=cfg.dp_server.handshake_timeout, idle_timeout=cfg.dp_server.idle_timeout,

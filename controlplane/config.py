@@ -146,6 +146,9 @@ class DpServerConfig:
                                   doc="seconds a connection with no call open stays (an ADS stream is a call)")
     max_connections: int = setting(0, "maxConnections", "KUMA_DP_SERVER_MAX_CONNECTIONS", check="non-negative",
                                    doc="0: half of what the open files limit leaves")
+    heartbeat: float = setting(10.0, "heartbeatInterval", "KUMA_DP_SERVER_HEARTBEAT_INTERVAL", check="positive",
+                               doc="seconds between refreshes of an instance's open dataplane subscriptions; "
+                                   "three missed ones (a killed instance) make its dataplanes count as offline")
 
 
 @dataclass

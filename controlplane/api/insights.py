@@ -12,15 +12,18 @@ from aiohttp import web
 
 from controlplane.resources.base import Registry
 from controlplane.resources.codec import to_wire
+from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
+from controlplane.xds.liveness import online
 
 from .errors import ApiError
 from .resources import DEFAULT_PAGE, MAX_PAGE, int_param, next_page_url
 
 
 class InsightsApi:
-    def __init__(self, store: ResourceStore, registry: Registry) -> None:
+    def __init__(self, store: ResourceStore, registry: Registry, *, heartbeat: float = 10.0) -> None:
         self.store, self.registry = store, registry
+        self.heartbeat = heartbeat  # of the instances writing subscriptions: stale ones are a dead instance's
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/mesh-insights", self.mesh_insights)
@@ -52,9 +55,11 @@ class InsightsApi:
         }
 
     async def _online(self, mesh: str) -> set[str]:
-        """Names of the mesh's dataplanes whose insight says online: one list, not one read per dataplane."""
+        """Names of the mesh's dataplanes whose newest subscription is open and kept fresh by a live instance
+        (controlplane/xds/liveness.py): one list, not one read per dataplane."""
         insights = await self.store.list(self._t("DataplaneInsight"), ListQuery(mesh=mesh))
-        return {i.meta.name for i in insights.items if getattr(i.spec, "online", False)}
+        return {i.meta.name for i in insights.items
+                if isinstance(i.spec, DataplaneInsightSpec) and online(i.spec, self.heartbeat)}
 
     async def mesh_insights(self, request: web.Request) -> web.Response:
         meshes = await self.store.list(self._t("Mesh"))

@@ -69,7 +69,7 @@ def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
     for add in ctx.extra_routes:
         add(app)
     gui.add_routes(app)
-    InsightsApi(ctx.store, ctx.registry).add_routes(app)
+    InsightsApi(ctx.store, ctx.registry, heartbeat=ctx.config.dp_server.heartbeat).add_routes(app)
     # Last: its /{plural}/{name} patterns would otherwise shadow the fixed paths above.
     ResourceApi(ctx.store, ctx.registry, read_only=cfg.read_only, checks=ctx.checks).add_routes(app)
     return app

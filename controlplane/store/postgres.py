@@ -494,17 +494,26 @@ class PostgresLeaderElector(LeaderElector):
     The server releases the lock when the leader's session ends (process killed, connection terminated),
     so a follower takes over within about two poll intervals (it holds the lock one interval before acting,
     which is how long the old leader may take to notice). A leader that loses its connection steps down
-    at once (callbacks get False) and competes again after reconnecting. A leader cut off by a network
-    partition keeps the lock until the server drops its session (server-side TCP keepalives), so there is
-    no split brain, but failover waits for that.
+    at once (callbacks get False) and competes again after reconnecting.
+
+    A leader that goes silent without closing its session (host crash, network partition, a frozen process)
+    must not keep the lock for the hours TCP takes to notice, so the lock session is a lease of `lease`
+    seconds: the server ends it once it has been idle that long (`idle_session_timeout`, PostgreSQL 14+) or
+    its unacknowledged sends or keepalives exceed it (server- and client-side `tcp_user_timeout` and
+    keepalives), which frees the lock for a follower. The leader pings every `poll_interval` and gives up
+    leadership when a ping takes longer than half the lease, so a cut-off leader has stepped down before a
+    follower can have held the lock for `poll_interval` after the server freed it.
     """
 
     def __init__(self, config: PostgresConfig, *, lock_id: int = LEADER_LOCK_ID, poll_interval: float = 1.0,
-                 instance: str | None = None) -> None:
+                 lease: float = 5.0, instance: str | None = None) -> None:
         super().__init__()
+        if lease < 3 * poll_interval:
+            raise ValueError(f"leader lease ({lease}s) must be at least 3 poll intervals ({poll_interval}s)")
         self.config = config
         self.lock_id = lock_id
         self.poll_interval = poll_interval
+        self.lease = lease
         self.instance = instance or default_instance_id()
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -554,20 +563,38 @@ class PostgresLeaderElector(LeaderElector):
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
         return self._stop.is_set()
 
+    async def _connect(self) -> AsyncConn:
+        """The lock session, set up as a lease (see the class docstring)."""
+        lease_ms = round(self.lease * 1000)
+        kwargs = {**self.config.connect_kwargs(f"kuma-cp leader-elector {self.instance}"),
+                  "tcp_user_timeout": lease_ms, "keepalives_idle": max(1, round(self.lease / 3)),
+                  "keepalives_interval": 1, "keepalives_count": max(1, round(self.lease / 3))}
+        conn = await psycopg.AsyncConnection.connect(make_conninfo("", **kwargs), autocommit=True)
+        try:
+            for setting, value in (("idle_session_timeout", lease_ms), ("tcp_user_timeout", lease_ms),
+                                   ("tcp_keepalives_idle", kwargs["keepalives_idle"]),
+                                   ("tcp_keepalives_interval", 1),
+                                   ("tcp_keepalives_count", kwargs["keepalives_count"])):
+                await conn.execute("SELECT set_config(%s, %s, false)", (setting, str(value)))
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     async def _run(self) -> None:
         delay = self.poll_interval
         timeout = self.config.connection_timeout
+        ping_timeout = min(timeout, self.lease / 2)
         while not self._stop.is_set():
             conn: AsyncConn | None = None
             try:
-                conn = await psycopg.AsyncConnection.connect(
-                    conninfo(self.config, f"kuma-cp leader-elector {self.instance}"), autocommit=True)
+                conn = await self._connect()
                 self._conn = conn
                 delay = self.poll_interval
                 while not self._stop.is_set():
                     if self.is_leader:
                         # Our session holds the lock for as long as it lives; proving it lives is enough.
-                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=timeout)
+                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=ping_timeout)
                     else:
                         cur = await asyncio.wait_for(
                             conn.execute("SELECT pg_try_advisory_lock(%s)", (self.lock_id,)), timeout=timeout)

@@ -14,12 +14,13 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
 from controlplane.ca import IdentityCert
-from controlplane.resources import REGISTRY, Meta, Resource
+from controlplane.resources import REGISTRY, Meta, Resource, ResourceType
 from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 from controlplane.supervise import Supervisor
 
 from .bootstrap import split_node_id
+from .liveness import merge_subscriptions
 from .resources import SHORT_NAMES
 
 log = logging.getLogger("kuma.xds")
@@ -41,9 +42,11 @@ class _Record:
 class InsightsRecorder:
     name = "dataplane-insights"
 
-    def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0,
+    def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0, heartbeat: float = 10.0,
                  supervisor: Supervisor | None = None) -> None:
         self.store, self.instance_id, self.interval = store, instance_id, interval
+        # Open subscriptions are rewritten this often, so readers can tell a live instance from a killed one.
+        self.heartbeat = heartbeat
         self.supervisor = supervisor or Supervisor()
         self._records: dict[str, _Record] = {}
         self._stream_sub: dict[int, dict[str, Any]] = {}
@@ -146,10 +149,26 @@ class InsightsRecorder:
                 rec.dirty = True
             await asyncio.wait_for(self.flush(), 2)
 
+    def _beat(self) -> None:
+        """Refresh this instance's open subscriptions: the heartbeat others read (controlplane/xds/liveness.py)."""
+        now = _now()
+        for sub in self._stream_sub.values():
+            sub.setdefault("status", {})["lastUpdateTime"] = now
+        for rec in self._records.values():
+            if any(s.get("disconnectTime") is None and s.get("controlPlaneInstanceId") == self.instance_id
+                   for s in rec.doc["subscriptions"]):
+                rec.dirty = True
+
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.heartbeat
         while True:
-            await self._wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_beat - loop.time()))
             self._wake.clear()
+            if loop.time() >= next_beat:
+                self._beat()
+                next_beat = loop.time() + self.heartbeat
             try:
                 await self.flush()
             except Exception:
@@ -167,15 +186,35 @@ class InsightsRecorder:
                 mesh, name = split_node_id(node_id)
             except ValueError:
                 continue
-            spec = DataplaneInsightSpec.model_validate(rec.doc)
             try:
-                try:
-                    current = await self.store.get(rtype, name, mesh)
-                    await self.store.update(Resource(rtype, current.meta, spec))
-                except NotFound:
-                    await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))
+                await self._write(rtype, mesh, name, rec.doc)
             except (AlreadyExists, Conflict):
-                rec.dirty = True  # raced another writer: next round
+                rec.dirty = True  # another instance kept winning the race: next round
                 self._wake.set()
             except MeshNotFound:
                 self._records.pop(node_id, None)  # the mesh is gone, and its dataplanes with it
+
+    async def _write(self, rtype: ResourceType, mesh: str, name: str, doc: dict[str, Any]) -> None:
+        """Versioned read-merge-write: other instances' subscriptions in the stored insight are kept, ours
+        replace their stored copies; a concurrent write (Conflict) makes us read and merge again."""
+        for attempt in range(5):
+            try:
+                current: Resource | None = await self.store.get(rtype, name, mesh)
+            except NotFound:
+                current = None
+            stored = current.spec.model_dump(by_alias=True, exclude_none=True) if current is not None else {}
+            merged = dict(stored)
+            merged["subscriptions"] = merge_subscriptions(stored.get("subscriptions", []), doc["subscriptions"],
+                                                          self.instance_id, MAX_SUBSCRIPTIONS)
+            if "mTLS" in doc:
+                merged["mTLS"] = doc["mTLS"]
+            spec = DataplaneInsightSpec.model_validate(merged)
+            try:
+                if current is None:
+                    await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))
+                else:
+                    await self.store.update(Resource(rtype, current.meta, spec))
+                return
+            except (AlreadyExists, Conflict):
+                if attempt == 4:
+                    raise

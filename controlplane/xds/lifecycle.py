@@ -3,7 +3,11 @@
 - a kuma-dp that sent its own Dataplane definition registers it when its Envoy connects: created, or updated
   if it exists; created ones are labelled `kuma.io/managed-by: kuma-dp`;
 - when the last stream of such a dataplane closes, it is deleted after a grace period (Kuma: 10 s), unless
-  it reconnected meanwhile; a Dataplane an operator created through the API is never deleted this way.
+  it reconnected meanwhile; a Dataplane an operator created through the API is never deleted this way;
+- several instances share the store: a kuma-dp that moved to another instance within the grace period has
+  a newer, open subscription there, so its Dataplane is left alone (the insight is read before deleting);
+- the DataplaneInsight goes with its Dataplane (right after it; the leader's GC, controlplane/xds/gc.py,
+  removes leftovers and the Dataplanes of instances that died without a word).
 """
 
 from __future__ import annotations
@@ -17,17 +21,20 @@ from typing import Any
 from envoy.config.core.v3.base_pb2 import Node
 
 from controlplane.resources import REGISTRY, Resource
+from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE, Caller, DataplaneAuthenticator
+from .liveness import connected, newest
 from .reconciler import Reconciler
 
 log = logging.getLogger("kuma.xds")
 
 class DataplaneLifecycle:
     def __init__(self, store: ResourceStore, auth: DataplaneAuthenticator, reconciler: Reconciler, *,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, instance_id: str = "", heartbeat: float = 10.0) -> None:
         self.store, self.auth, self.reconciler, self.grace = store, auth, reconciler, grace
+        self.instance_id, self.heartbeat = instance_id, heartbeat
         self._streams: dict[str, set[int]] = {}
         self._pending_delete: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -119,12 +126,34 @@ class DataplaneLifecycle:
             current = await self.store.get(dp_type, caller.name, caller.mesh)
             if current.meta.labels.get(MANAGED_LABEL) != MANAGED_VALUE:
                 return  # an operator's Dataplane: theirs to delete
+            elsewhere = await self._connected_elsewhere(caller.mesh, caller.name)
+            if elsewhere:
+                log.info("dataplane not unregistered: it reconnected to another instance",
+                         extra={"mesh": caller.mesh, "dataplane": caller.name, "instance": elsewhere})
+                return
             await self.store.delete(dp_type, caller.name, caller.mesh, version=current.meta.version)
             log.info("dataplane unregistered after disconnect",
                      extra={"mesh": caller.mesh, "dataplane": caller.name, "grace_s": self.grace})
+            await delete_insight(self.store, caller.mesh, caller.name)
         except (NotFound, Conflict):
             pass  # gone already, or changed meanwhile (re-registered): leave it
-        self.auth.callers.pop(node_id, None)
+        finally:
+            self.auth.callers.pop(node_id, None)
+
+    async def _connected_elsewhere(self, mesh: str, name: str) -> str | None:
+        """The instance holding the dataplane's newest subscription, if that is another, live one."""
+        rtype = REGISTRY.by_name("DataplaneInsight")
+        assert rtype is not None
+        try:
+            insight = await self.store.get(rtype, name, mesh)
+        except NotFound:
+            return None
+        if not isinstance(insight.spec, DataplaneInsightSpec):
+            return None
+        sub = newest(insight.spec)
+        if sub is not None and sub.control_plane_instance_id != self.instance_id and connected(sub, self.heartbeat):
+            return sub.control_plane_instance_id
+        return None
 
     async def stop(self) -> None:
         """Called before the dp-server closes its streams: those closures are not disconnects."""
@@ -133,6 +162,14 @@ class DataplaneLifecycle:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def delete_insight(store: ResourceStore, mesh: str, name: str) -> None:
+    """Delete a dataplane's insight (after its Dataplane); already gone is fine."""
+    rtype = REGISTRY.by_name("DataplaneInsight")
+    assert rtype is not None
+    with contextlib.suppress(NotFound):
+        await store.delete(rtype, name, mesh)
 
 
 def _replace(wanted: Resource, labels: dict[str, str], version: int) -> Resource:

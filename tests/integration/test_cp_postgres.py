@@ -90,3 +90,24 @@ def test_bad_postgres_settings_are_named(tmp_path: Path) -> None:
     assert r.returncode == 2 and "KUMA_STORE_POSTGRES_PORT" in r.stderr
     r = kuma_cp("validate", env={"KUMA_STORE_TYPE": "postgres", "KUMA_STORE_POSTGRES_TLS_MODE": "maybe"})
     assert r.returncode == 2 and "store.postgres.tlsMode" in r.stderr
+
+
+def test_a_frozen_leader_is_replaced_within_seconds_and_steps_down(postgres_migrated_config: PostgresConfig,
+                                                                  cp_factory: Callable[..., CpProcess]) -> None:
+    """SIGSTOP stands in for a host crash or partition: the leader's socket stays open (the kernel still
+    answers TCP), so only the lease on its lock session (idle_session_timeout) can free the lock."""
+    env = pg_env(postgres_migrated_config)
+    a = cp_factory(**env)
+    b = cp_factory(**env)
+    wait_for(lambda: is_leader(a) or is_leader(b), 10)
+    leader, follower = (a, b) if is_leader(a) else (b, a)
+    os.kill(leader.pid, signal.SIGSTOP)
+    try:
+        # The lease is 5 s; a few more for the follower's poll, its one-interval wait and a loaded machine.
+        wait_for(lambda: is_leader(follower), 20)
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+    # Thawed, the old leader finds its session gone and steps down; exactly one leader again.
+    wait_for(lambda: not is_leader(leader), 15)
+    assert is_leader(follower)
+    assert "leadership lost" in leader.logs(tail=400)

@@ -1,0 +1,113 @@
+"""Subscriptions from several instances: merging, online status with heartbeats, and the leader's GC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from envoy.config.core.v3.base_pb2 import Node
+
+from controlplane.resources import REGISTRY, Meta, Resource, from_wire
+from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.store.memory import MemoryStore
+from controlplane.xds.gc import DataplaneGc
+from controlplane.xds.insights import InsightsRecorder
+from controlplane.xds.liveness import merge_subscriptions, offline_since, online
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def ts(seconds_ago: float) -> str:
+    return (NOW - timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+
+
+def sub(instance: str, sid: str, connected_ago: float, *, seen_ago: float | None = None,
+        disconnected_ago: float | None = None) -> dict[str, Any]:
+    s: dict[str, Any] = {"id": sid, "controlPlaneInstanceId": instance, "connectTime": ts(connected_ago),
+                         "status": {"lastUpdateTime": ts(seen_ago if seen_ago is not None else connected_ago)}}
+    if disconnected_ago is not None:
+        s["disconnectTime"] = ts(disconnected_ago)
+    return s
+
+
+def spec(*subs: dict[str, Any]) -> DataplaneInsightSpec:
+    return DataplaneInsightSpec.model_validate({"subscriptions": list(subs)})
+
+
+def test_merge_keeps_other_instances_and_replaces_ours_by_id() -> None:
+    stored = [sub("a", "1", 30, disconnected_ago=20), sub("b", "1", 10)]
+    ours = [{**sub("a", "1", 30, disconnected_ago=20), "configVersion": "cds:2"}, sub("a", "2", 5)]
+    merged = merge_subscriptions(stored, ours, "a", cap=5)
+    assert [(s["controlPlaneInstanceId"], s["id"]) for s in merged] == [("a", "1"), ("b", "1"), ("a", "2")]
+    assert merged[0]["configVersion"] == "cds:2"
+    assert [s["id"] for s in merge_subscriptions(stored, ours, "a", cap=2)] == ["1", "2"]  # oldest dropped
+
+
+def test_online_is_the_newest_subscription_open_and_fresh() -> None:
+    hb = 2.0
+    assert online(spec(sub("a", "1", 30, disconnected_ago=20), sub("b", "1", 10, seen_ago=1)), hb, NOW)
+    # Newest closed, even if an older one is open: offline (Kuma's rule).
+    assert not online(spec(sub("b", "1", 30, seen_ago=1), sub("a", "2", 10, disconnected_ago=5)), hb, NOW)
+    # Open but not refreshed for more than three heartbeats: its instance died.
+    dead = spec(sub("b", "1", 60, seen_ago=20))
+    assert not online(dead, hb, NOW)
+    assert offline_since(dead, hb, NOW) == 20
+    assert offline_since(spec(), hb, NOW) is None
+
+
+async def _store_with(*dataplanes: tuple[str, bool, DataplaneInsightSpec | None]) -> MemoryStore:
+    store = MemoryStore()
+    await store.start()
+    await store.create(from_wire({"type": "Mesh", "name": "default"}))
+    insight_type = REGISTRY.by_name("DataplaneInsight")
+    assert insight_type is not None
+    for name, managed, insight in dataplanes:
+        doc: dict[str, Any] = {"type": "Dataplane", "mesh": "default", "name": name, "networking": {
+            "address": "127.0.0.1",
+            "inbound": [{"port": 10000, "servicePort": 8080, "tags": {"kuma.io/service": name}}]}}
+        if managed:
+            doc["labels"] = {"kuma.io/managed-by": "kuma-dp"}
+        await store.create(from_wire(doc))
+        if insight is not None:
+            await store.create(Resource(insight_type, Meta(name=name, mesh="default"), insight))
+    return store
+
+
+async def test_gc_deletes_managed_dataplanes_offline_past_grace_and_their_insights() -> None:
+    store = await _store_with(
+        ("dead-instance", True, spec(sub("b", "1", 120, seen_ago=60))),  # killed instance: stale for 60 s
+        ("closed-long-ago", True, spec(sub("a", "1", 120, disconnected_ago=60))),
+        ("closed-recently", True, spec(sub("a", "1", 120, disconnected_ago=3))),  # within the grace period
+        ("moved", True, spec(sub("a", "1", 120, disconnected_ago=60), sub("b", "1", 50, seen_ago=1))),
+        ("operators", False, spec(sub("a", "1", 120, disconnected_ago=60))),
+    )
+    insight_type = REGISTRY.by_name("DataplaneInsight")
+    assert insight_type is not None
+    await store.create(Resource(insight_type, Meta(name="orphan", mesh="default"),
+                                spec(sub("a", "1", 120, disconnected_ago=60))))
+    gc = DataplaneGc(store, grace=10, heartbeat=2)
+    deleted = await gc.sweep(NOW)
+    assert sorted(deleted) == [("default", "closed-long-ago"), ("default", "dead-instance")]
+    dp_type = REGISTRY.by_name("Dataplane")
+    assert dp_type is not None
+    left = {d.meta.name for d in (await store.list(dp_type)).items}
+    assert left == {"closed-recently", "moved", "operators"}
+    insights = {i.meta.name for i in (await store.list(insight_type)).items}
+    assert insights == {"closed-recently", "moved", "operators"}  # deleted ones' and the orphan's gone
+
+
+async def test_recorder_merges_into_another_instances_insight() -> None:
+    store = await _store_with(("web-1", True, spec(sub("b", "7", 10, seen_ago=1))))
+    rec = InsightsRecorder(store, "a")
+    rec.on_stream_open(1, "default.web-1", Node(id="default.web-1"))
+    await rec.flush()
+    rtype = REGISTRY.by_name("DataplaneInsight")
+    assert rtype is not None
+    stored = await store.get(rtype, "web-1", "default")
+    assert isinstance(stored.spec, DataplaneInsightSpec)
+    assert [(s.control_plane_instance_id, s.id) for s in stored.spec.subscriptions] == [("b", "7"), ("a", "1")]
+    rec.on_stream_closed(1, "default.web-1")
+    await rec.flush()
+    stored = await store.get(rtype, "web-1", "default")
+    assert isinstance(stored.spec, DataplaneInsightSpec)
+    assert len(stored.spec.subscriptions) == 2 and stored.spec.subscriptions[-1].disconnect_time is not None
