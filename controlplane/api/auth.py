@@ -21,7 +21,6 @@ from controlplane.gui import PUBLIC_PATHS as GUI_PATHS
 from .errors import Handler, error_response
 
 ADMIN_GROUP = "mesh-system:admin"
-IDENTITY_KEY = web.AppKey("identity", object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +33,7 @@ class Identity:
         return ADMIN_GROUP in self.groups
 
 
+IDENTITY_KEY = web.RequestKey("identity", Identity)  # who the request comes from (set by the middlewares)
 LOCAL_ADMIN = Identity("mesh-system:admin", (ADMIN_GROUP,))
 ANONYMOUS = Identity("mesh-system:anonymous", ("mesh-system:unauthenticated",))
 
@@ -49,7 +49,7 @@ PUBLIC_PATHS = frozenset({"/", *GUI_PATHS})
 
 
 def identity_of(request: web.Request) -> Identity:
-    ident = request.get("identity")
+    ident = request.get(IDENTITY_KEY)
     return ident if isinstance(ident, Identity) else ANONYMOUS
 
 
@@ -71,7 +71,7 @@ def local_admin_middleware(authenticate: Authenticator) -> web.middleware:  # ty
     @web.middleware
     async def local_admin(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_loopback(request.remote):
-            request["identity"] = LOCAL_ADMIN
+            request[IDENTITY_KEY] = LOCAL_ADMIN
             return await handler(request)
         return await by_token(request, handler)  # type: ignore[misc]  # aiohttp types a middleware loosely
 
@@ -84,7 +84,7 @@ def token_middleware(authenticate: Authenticator) -> web.middleware:  # type: ig
         header = request.headers.get("Authorization", "")
         if not header:
             if request.method == "GET" and request.path in PUBLIC_PATHS:
-                request["identity"] = ANONYMOUS
+                request[IDENTITY_KEY] = ANONYMOUS
                 return await handler(request)
             return error_response(401, "Unauthenticated",
                                   "this endpoint needs a user token: kumactl config control-planes add ... "
@@ -95,7 +95,7 @@ def token_middleware(authenticate: Authenticator) -> web.middleware:  # type: ig
             return error_response(401, "Unauthenticated", "the Authorization header must be 'Bearer <user token>'",
                                   headers={"WWW-Authenticate": "Bearer"})
         try:
-            request["identity"] = await authenticate(token.strip())
+            request[IDENTITY_KEY] = await authenticate(token.strip())
         except AuthError as e:
             return error_response(401, "Unauthenticated", str(e), headers={"WWW-Authenticate": "Bearer"})
         return await handler(request)
