@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import yaml
 
 from tests.e2e.packages import REPO, build_release
+from tests.integration.mesh_harness import eventually
 from tests.lab.fixtures import Lab, LabHost
 from tests.requirements import unavailable
 
@@ -25,25 +24,6 @@ pytestmark = pytest.mark.e2e
 
 ECHO_APP = REPO / "tests/apps/echo_http.py"
 ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/ansible-playbook"
-T = TypeVar("T")
-
-
-def eventually(fn: Callable[[], T], timeout: float = 60, message: str = "") -> T:
-    import time
-
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            result = fn()
-            if result:
-                return result
-            last = result
-        except Exception as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}; last: {last!r}")
-        time.sleep(0.5)
 
 
 class Fleet:
