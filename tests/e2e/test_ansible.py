@@ -112,7 +112,7 @@ def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
                       message="web's outbound to backend")
     assert '"backend"' in body
     addr = eventually(lambda: (r := other.ssh("getent hosts backend.mesh", check=False)).returncode == 0
-                      and r.stdout.split()[0], message="backend.mesh on the trixie host")
+                      and r.stdout.split()[0], timeout=60, message="backend.mesh on the trixie host")
     assert addr.startswith("127.2")
 
 
@@ -139,7 +139,7 @@ def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:
              "backend": fleet.unit_pid(other, "kuma-dp")}
     assert after["web"] != before["web"] and after["cp"] == before["cp"] and after["backend"] == before["backend"]
     eventually(lambda: '"backend"' in cp.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
-               message="traffic after web's restart")
+               timeout=60, message="traffic after web's restart")
 
 
 def test_a_lost_token_is_issued_again_and_only_its_unit_restarts(fleet: Fleet) -> None:
