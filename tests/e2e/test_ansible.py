@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
         unavailable("lab", "the Ansible e2e tests boot lab hosts: root only")
     if not ANSIBLE_PLAYBOOK.exists():
         pytest.fail(f"{ANSIBLE_PLAYBOOK} is missing: scripts/setup.sh installs ansible-core (the dev extra)")
-    packages = build_release("1")
+    # A private copy: another test session may rebuild the shared cache's files while this module runs.
+    own = tmp_path_factory.mktemp("packages")
+    packages = {kind: Path(shutil.copy(path, own)) for kind, path in build_release("1").items()}
     (cp,) = lab.add_hosts(1, release="bookworm")
     (other,) = lab.add_hosts(1, release="trixie", resolved=True)
     for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080))):
