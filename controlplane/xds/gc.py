@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from controlplane.resources import REGISTRY, Resource
@@ -31,8 +32,12 @@ class DataplaneGc:
     name = "dataplane-gc"
 
     def __init__(self, store: ResourceStore, *, grace: float = 10.0, heartbeat: float = 10.0,
-                 interval: float | None = None, supervisor: Supervisor | None = None) -> None:
+                 interval: float | None = None, supervisor: Supervisor | None = None,
+                 served: Callable[[], frozenset[str]] = frozenset) -> None:
         self.store, self.grace, self.heartbeat = store, grace, heartbeat
+        # Node ids (`<mesh>.<name>`) with a stream open on this instance: never offline, whatever the insight
+        # says (its subscription is written at the next flush).
+        self.served = served
         self.interval = interval if interval is not None else max(1.0, min(grace, heartbeat))
         self.supervisor = supervisor or Supervisor()
         self._task: asyncio.Task[None] | None = None
@@ -64,7 +69,7 @@ class DataplaneGc:
         deleted = []
         for key, dp in dataplanes.items():
             gone = self._gone_for(insights.get(key), dp, now)
-            if gone is None:
+            if gone is None or f"{key[0]}.{key[1]}" in self.served():
                 continue
             try:
                 await self.store.delete(dp_type, dp.meta.name, dp.meta.mesh, version=dp.meta.version)
@@ -98,6 +103,10 @@ class DataplaneGc:
             if since is None:
                 return None
             gone = since
+            # A kuma-dp that reconnected rewrites its Dataplane (controlplane/xds/lifecycle.py) before its new
+            # subscription reaches the insight: offline at most since that write.
+            if dp.meta.modification_time is not None:
+                gone = min(gone, (now - dp.meta.modification_time).total_seconds())
         return gone if gone > self.grace else None
 
     async def _dataplane_exists(self, key: tuple[str, str]) -> bool:

@@ -71,6 +71,10 @@ class DataplaneLifecycle:
         if caller is not None and caller.registering:
             self._pending_delete[node_id] = self._spawn(self._delete_later(caller, node_id), f"unregister {node_id}")
 
+    def served(self) -> frozenset[str]:
+        """Node ids with an open stream on this instance."""
+        return frozenset(self._streams)
+
     def on_response_sent(self, *args: object) -> None:
         pass
 
@@ -102,13 +106,19 @@ class DataplaneLifecycle:
                                                                  "error": str(e)})
                     return
             labels = dict(wanted.meta.labels)
-            if current.meta.labels.get(MANAGED_LABEL) == MANAGED_VALUE:
+            managed = current.meta.labels.get(MANAGED_LABEL) == MANAGED_VALUE
+            if managed:
                 labels[MANAGED_LABEL] = MANAGED_VALUE
-            if current.spec == wanted.spec and dict(current.meta.labels) == labels:
+            unchanged = current.spec == wanted.spec and dict(current.meta.labels) == labels
+            if unchanged and not managed:
                 return
+            # A managed Dataplane is written even when unchanged: the new version and modification time tell
+            # the leader's cleanup (controlplane/xds/gc.py), which may have read the insight of the previous,
+            # ended connection, that the dataplane is back; its versioned delete then fails.
             try:
                 await self.store.update(_replace(wanted, labels, current.meta.version))
-                log.info("dataplane updated on connect", extra={"mesh": caller.mesh, "dataplane": caller.name})
+                if not unchanged:
+                    log.info("dataplane updated on connect", extra={"mesh": caller.mesh, "dataplane": caller.name})
                 return
             except (Conflict, NotFound):
                 continue

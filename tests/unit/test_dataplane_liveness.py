@@ -5,16 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
 from controlplane.resources import REGISTRY, Meta, Resource, from_wire
 from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.store.base import Conflict
 from controlplane.store.memory import MemoryStore
+from controlplane.xds.auth import Caller
 from controlplane.xds.gc import DataplaneGc
 from controlplane.xds.insights import InsightsRecorder
+from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.liveness import merge_subscriptions, offline_since, online
 
-NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+# Later than the store's clock: the Dataplanes the tests store were last written five minutes before NOW.
+NOW = datetime.now(UTC) + timedelta(minutes=5)
 
 
 def ts(seconds_ago: float) -> str:
@@ -97,7 +102,7 @@ async def test_gc_deletes_managed_dataplanes_offline_past_grace_and_their_insigh
 
 
 async def test_recorder_merges_into_another_instances_insight() -> None:
-    store = await _store_with(("web-1", True, spec(sub("b", "7", 10, seen_ago=1))))
+    store = await _store_with(("web-1", True, spec(sub("b", "7", 400, seen_ago=301))))  # before ours
     rec = InsightsRecorder(store, "a")
     rec.on_stream_open(1, "default.web-1", Node(id="default.web-1"))
     await rec.flush()
@@ -111,3 +116,34 @@ async def test_recorder_merges_into_another_instances_insight() -> None:
     stored = await store.get(rtype, "web-1", "default")
     assert isinstance(stored.spec, DataplaneInsightSpec)
     assert len(stored.spec.subscriptions) == 2 and stored.spec.subscriptions[-1].disconnect_time is not None
+
+
+async def test_gc_keeps_dataplanes_this_instance_serves_whatever_the_insight_says() -> None:
+    # Reconnected here a moment ago: the insight still holds the previous, ended connection.
+    store = await _store_with(("back", True, spec(sub("a", "1", 120, disconnected_ago=60))))
+    gc = DataplaneGc(store, grace=10, heartbeat=2, served=lambda: frozenset({"default.back"}))
+    assert await gc.sweep(NOW) == []
+    gc.served = frozenset
+    assert await gc.sweep(NOW) == [("default", "back")]
+
+
+async def test_reconnect_rewrites_the_managed_dataplane_so_the_leaders_cleanup_spares_it() -> None:
+    store = await _store_with(("back", True, spec(sub("b", "1", 1200, disconnected_ago=900))))  # 10 min ago
+    dp_type = REGISTRY.by_name("Dataplane")
+    assert dp_type is not None
+    before = await store.get(dp_type, "back", "default")
+    # The kuma-dp reconnects to another instance and registers the same definition it had.
+    lifecycle = DataplaneLifecycle(store, None, None, instance_id="a")  # type: ignore[arg-type]
+    wanted = before.with_meta(labels={}, version=0)
+    await lifecycle._register(Caller("default", "back", wanted, registering=True))
+    after = await store.get(dp_type, "back", "default")
+    assert after.meta.version == before.meta.version + 1 and after.spec == before.spec
+    assert after.meta.labels["kuma.io/managed-by"] == "kuma-dp"
+    # The leader read the Dataplane before the rewrite: its versioned delete fails.
+    with pytest.raises(Conflict):
+        await store.delete(dp_type, "back", "default", version=before.meta.version)
+    # Read after the rewrite: written within the grace period, so not offline yet, whatever the insight says.
+    assert after.meta.modification_time is not None
+    gc = DataplaneGc(store, grace=10, heartbeat=2)
+    assert await gc.sweep(after.meta.modification_time + timedelta(seconds=5)) == []
+    assert await gc.sweep(NOW) == [("default", "back")]  # five minutes later, still offline: cleaned up
