@@ -1,0 +1,129 @@
+"""Multi-zone down to the Envoys: one global and two zone kuma-cp processes, a real kuma-dp + Envoy per zone.
+
+A policy applied on global ends up in the Envoy config of each zone's dataplane; the zones' dataplanes (and
+their insights) show on global with their zone labels; with global killed, a zone still registers a new
+dataplane and configures its Envoy, and global learns of it when it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.apps.runner import App
+from tests.integration.cp_process import CpProcess, start_cp
+from tests.integration.test_kds_cp import api, wait_for
+from tests.integration.test_kuma_dp_support import DpMesh, DpProcess, dp_factory  # noqa: F401  (fixture)
+from tests.ports import free_port
+
+# A value no default carries, so finding it in a config dump proves the policy got there.
+IDLE = "4321s"
+POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
+          "spec": {"targetRef": {"kind": "Mesh"},
+                   "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": IDLE}}]}}
+
+
+@pytest.fixture
+def started() -> Iterator[list[CpProcess]]:
+    cps: list[CpProcess] = []
+    yield cps
+    for cp in cps:
+        cp.stop()
+
+
+def config_dump(dp: DpProcess) -> str:
+    with urllib.request.urlopen(dp.admin_url() + "/config_dump", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def has_policy(dp: DpProcess) -> bool:
+    try:
+        return f'"{IDLE}"' in config_dump(dp)
+    except OSError:
+        return False
+
+
+def zone_dataplanes(glob: CpProcess, zone: str) -> dict[str, dict[str, Any]]:
+    """Global's copies of a zone's dataplanes, by the name they have in the zone."""
+    r = api(glob, "GET", "/meshes/default/dataplanes")
+    if r.status != 200:
+        return {}
+    return {i["labels"]["kuma.io/display-name"]: i for i in r.json["items"]
+            if i.get("labels", {}).get("kuma.io/zone") == zone}
+
+
+def zone_insight_names(glob: CpProcess, zone: str) -> set[str]:
+    r = api(glob, "GET", "/meshes/default/dataplane-insights")
+    if r.status != 200:
+        return set()
+    return {i["labels"].get("kuma.io/display-name", "") for i in r.json["items"]
+            if i.get("labels", {}).get("kuma.io/zone") == zone}
+
+
+def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global_is_down(
+        tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
+        dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
+    kds_port = free_port()
+    global_env = {"KUMA_MODE": "global", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(kds_port),
+                  "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE": "127.0.0.1"}
+    glob = start_cp(tmp_path / "global", **global_env)
+    started.append(glob)
+    zones: dict[str, CpProcess] = {}
+    for name in ("zone-1", "zone-2"):
+        token = api(glob, "POST", "/tokens/zone", {"zone": name, "scope": ["cp"]})
+        assert token.status == 200, token.raw
+        (tmp_path / f"{name}.token").write_bytes(token.raw)
+        zones[name] = start_cp(tmp_path / name, KUMA_MULTIZONE_ZONE_NAME=name,
+                               KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
+                               KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
+                               KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(tmp_path / f"{name}.token"),
+                               KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1")
+        started.append(zones[name])
+    all_cps = (glob, *zones.values())
+    for zone in zones.values():  # the zones have no mesh of their own: global's default arrives over KDS
+        wait_for("global's default mesh reaching the zone",
+                 lambda z=zone: api(z, "GET", "/meshes/default").status == 200, *all_cps)
+
+    # One caller per zone, with an outbound to a service of its zone, run by a real kuma-dp.
+    meshes = {name: DpMesh(zone, app_factory, dp_factory) for name, zone in zones.items()}
+    for name, mesh in meshes.items():  # names differ by zone: the kuma-dps share one host here
+        mesh.service("backend", name=f"backend-{name}")
+        mesh.service("web", name=f"web-{name}", outbounds={"backend": 0})
+    assert api(glob, "PUT", "/meshes/default/meshtimeouts/from-global", POLICY).status in (200, 201)
+    for name, mesh in meshes.items():
+        wait_for(f"the global policy in the Envoy config of the web dataplane in {name}",
+                 lambda m=mesh, n=name: has_policy(m.dp(f"web-{n}")), *all_cps)
+        got = api(zones[name], "GET", "/meshes/default/meshtimeouts/from-global").json
+        assert got["labels"]["kuma.io/origin"] == "global"
+
+    # Each zone's dataplanes are on global, labelled with their zone, and so are their insights.
+    for name in zones:
+        found = wait_for(f"{name}'s dataplanes on global",
+                         lambda n=name: (d := zone_dataplanes(glob, n)) and set(d) == {f"backend-{n}", f"web-{n}"}
+                         and d,
+                         *all_cps)
+        assert all(d["labels"]["kuma.io/origin"] == "zone" and d["name"] != d["labels"]["kuma.io/display-name"]
+                   for d in found.values())  # stored under a zone-qualified name
+        wait_for(f"{name}'s dataplane insights on global",
+                 lambda n=name: {f"backend-{n}", f"web-{n}"} <= zone_insight_names(glob, n), *all_cps)
+
+    # Global killed: zone-1 keeps serving, registers a new dataplane and configures its Envoy.
+    os.kill(glob.pid, signal.SIGKILL)
+    glob.proc.wait()
+    late = meshes["zone-1"].service("late", outbounds={"backend": 0})
+    wait_for("the policy (kept by the zone) in a dataplane registered while global is down",
+             lambda: has_policy(late.dp), *zones.values())
+    assert json.loads(api(zones["zone-1"], "GET", "/meshes/default/dataplanes/late-1").raw)["name"] == "late-1"
+
+    # Global back (same state, same ports): it learns of the new dataplane.
+    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **global_env})
+    started.append(again)
+    wait_for("the dataplane registered while global was down reaching it",
+             lambda: "late-1" in zone_dataplanes(again, "zone-1"), again, *zones.values())
