@@ -6,7 +6,9 @@ request's `initial_resource_versions`, so a peer that reconnects is sent only wh
 and removals for what it holds and we no longer have. Every later store change sends the difference. One
 type's changes may span several responses (the byte cap); all but the last response of a subscription's
 first answer carry `system_version_info = INITIAL_MORE`, so the receiver knows when the first answer is whole.
-ACK/NACK arrive by nonce; a NACKed version is not re-sent until it changes (no resend loop).
+ACK/NACK arrive by nonce. The resources of a NACKed response are re-sent after a back-off (5 s doubling to 5
+min, reset by an ACK), or sooner when they change: what the peer could not take may become acceptable without
+changing here (a zone's Dataplane in a mesh that is then created on global), and a fixed retry would loop.
 
 Receiver: applies each response to its store in one pass (removals, then creates/updates), skips a resource
 that fails decoding or validation or clashes with a local resource, applies the rest, and answers one ACK or a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -52,6 +55,7 @@ _too_big_log = ErrorLog(log, interval=300.0)  # re-tried on every change of its 
 INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's responses that are not its last
 GRPC_INVALID_ARGUMENT = 3
 MAX_NACK_REASONS = 20
+NACK_RETRY_MIN, NACK_RETRY_MAX = 5.0, 300.0  # re-sending what a peer rejected
 
 
 # ---------------------------------------------------------------------------------------------------- origins
@@ -68,6 +72,15 @@ class Origin(Protocol):
 
     def owns(self, stored: Resource) -> bool: ...
 
+    @property
+    def missing_mesh_fix(self) -> str:
+        """What to do about a resource whose mesh this side lacks."""
+        ...
+
+    def adopts(self, stored: Resource) -> bool:
+        """Whether a local resource with the name of an incoming one is replaced by it (else: NACKed clash)."""
+        ...
+
     def peer_key(self, stored: Resource) -> str:
         """The Delta key the peer knows a stored resource of its own by."""
         ...
@@ -80,6 +93,7 @@ class FromGlobal:
 
     zone: str
     peer: str = "global"
+    missing_mesh_fix: str = "it is applied when the mesh arrives from global"
 
     def to_local(self, incoming: Resource) -> Resource:
         labels = dict(incoming.meta.labels)
@@ -92,6 +106,13 @@ class FromGlobal:
         origin = labels.get(ORIGIN_LABEL)
         return origin == ORIGIN_GLOBAL or (origin == ORIGIN_ZONE and labels.get(ZONE_LABEL) not in (None, self.zone))
 
+    def adopts(self, stored: Resource) -> bool:
+        # On a zone under global, meshes, policies and mesh secrets are global's. A local one of the same name
+        # is left from the zone's standalone days (its own `default` mesh, default policies, mesh CA): global's
+        # replaces it, so one mesh has one definition and one trust root in every zone. Other zones'
+        # ZoneIngresses are never local.
+        return stored.meta.labels.get(ORIGIN_LABEL) is None and stored.type.name != "ZoneIngress"
+
     def peer_key(self, stored: Resource) -> str:
         return wire_key(stored.type, stored.meta.name, stored.meta.mesh)
 
@@ -102,6 +123,7 @@ class FromZone:
 
     zone: str
     peer: str = ""
+    missing_mesh_fix: str = "create the mesh on global (meshes are global's); the zone sends it again"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "peer", f"zone {self.zone!r}")
@@ -114,6 +136,9 @@ class FromZone:
     def owns(self, stored: Resource) -> bool:
         labels = stored.meta.labels
         return labels.get(ORIGIN_LABEL) == ORIGIN_ZONE and labels.get(ZONE_LABEL) == self.zone
+
+    def adopts(self, stored: Resource) -> bool:
+        return False  # a zone's resources have zone-qualified names: a clash is a resource of global's own
 
     def peer_key(self, stored: Resource) -> str:
         return wire_key(stored.type, stored.meta.labels.get(DISPLAY_NAME_LABEL, stored.meta.name), stored.meta.mesh)
@@ -145,7 +170,10 @@ class TypeStats:
 class _SendState:
     subscribed: bool = False
     has: dict[str, str] = field(default_factory=dict)  # what the peer holds (as far as we sent): key -> version
-    pending: dict[str, int] = field(default_factory=dict)  # nonce -> resources in it, until ACK/NACK
+    pending: dict[str, list[str]] = field(default_factory=dict)  # nonce -> keys sent in it, until ACK/NACK
+    rejected: set[str] = field(default_factory=set)  # keys of NACKed responses, re-sent at `retry_at`
+    retry_at: float | None = None  # time.monotonic()
+    backoff: float = 0.0
     cache: dict[str, tuple[int, WireResource]] = field(default_factory=dict)  # key -> (store version, encoded)
     stats: TypeStats = field(default_factory=TypeStats)
 
@@ -157,6 +185,7 @@ class Sender:
         self.types = {t.rtype.name: t for t in types}
         self._state = {name: _SendState() for name in self.types}
         self._nonce = 0
+        self.retry_scheduled = asyncio.Event()  # set when a NACK schedules a re-send (run_sender waits on it)
 
     def stats(self) -> dict[str, TypeStats]:
         return {name: s.stats for name, s in self._state.items()}
@@ -169,20 +198,44 @@ class Sender:
                         extra={"peer": self.peer, "type": req.type_url, "sends": sorted(self.types)})
             return []
         if req.response_nonce:
-            size = state.pending.pop(req.response_nonce, None)
+            keys = state.pending.pop(req.response_nonce, None)
             if req.HasField("error_detail"):
                 state.stats.nacked += 1
                 state.stats.last_nack = req.error_detail.message
-                log.warning("KDS peer rejected resources (NACK); they are not re-sent until they change",
-                            extra={"peer": self.peer, "type": req.type_url, "nonce": req.response_nonce,
-                                   "error": req.error_detail.message})
-            elif size is not None:
+                state.backoff = min(max(state.backoff * 2, NACK_RETRY_MIN), NACK_RETRY_MAX)
+                state.rejected.update(keys or ())
+                state.retry_at = time.monotonic() + state.backoff
+                self.retry_scheduled.set()
+                log.warning("KDS peer rejected resources (NACK); they are re-sent after a back-off, or when they "
+                            "change", extra={"peer": self.peer, "type": req.type_url, "nonce": req.response_nonce,
+                                             "error": req.error_detail.message, "retry_in_s": state.backoff})
+            elif keys is not None:
                 state.stats.acked += 1
+                state.backoff = 0.0
             return []
         state.subscribed = True
         state.has = dict(req.initial_resource_versions)
         state.pending.clear()
         return await self._diff(req.type_url, initial=True)
+
+    def next_retry(self) -> float | None:
+        """When (time.monotonic()) the earliest re-send of rejected resources is due, if any."""
+        return min((s.retry_at for s in self._state.values() if s.retry_at is not None), default=None)
+
+    async def retry_rejected(self, now: float | None = None) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """Re-send the rejected resources of every type whose back-off has passed."""
+        now = time.monotonic() if now is None else now
+        out: list[discovery_pb2.DeltaDiscoveryResponse] = []
+        for name, state in self._state.items():
+            if state.retry_at is None or state.retry_at > now:
+                continue
+            for key in state.rejected:
+                state.has.pop(key, None)  # as if the peer never got it: the next diff sends it again
+            state.rejected.clear()
+            state.retry_at = None
+            if state.subscribed:
+                out += await self._diff(name, initial=False)
+        return out
 
     async def changed(self, type_names: Iterable[str] | None = None) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         """Responses for what changed in the store since the last call, for subscribed types (all if None)."""
@@ -229,7 +282,7 @@ class Sender:
             resp.nonce = str(self._nonce)
             if initial and i < len(responses) - 1:
                 resp.system_version_info = INITIAL_MORE
-            state.pending[resp.nonce] = len(resp.resources)
+            state.pending[resp.nonce] = [r.name for r in resp.resources]
             state.stats.responses_sent += 1
             state.stats.resources_sent += len(resp.resources)
         if len(state.pending) > 1000:  # a peer that never ACKs must not grow this without bound
@@ -349,16 +402,20 @@ class Receiver:
                 except NotFound:
                     await self.store.create(local)
                 else:
-                    if not self.origin.owns(current):
+                    theirs = self.origin.owns(current)
+                    if not theirs and not self.origin.adopts(current):
                         errors.append(f"{rtype.name} {res.name!r}: a local {rtype.name} named {name!r} exists here "
                                       f"that did not come from {self.origin.peer}; rename or delete one of them")
                         return
-                    if current.spec != local.spec or dict(current.meta.labels) != dict(local.meta.labels):
+                    if not theirs or current.spec != local.spec or dict(current.meta.labels) != dict(local.meta.labels):
                         await self.store.update(local.with_meta(version=current.meta.version))
+                        if not theirs:
+                            log.warning("KDS replaced a local resource with the peer's of the same name", extra={
+                                "peer": self.origin.peer, "type": rtype.name, "resource": name, "mesh": mesh})
                 break
             except MeshNotFound:
-                errors.append(f"{rtype.name} {res.name!r}: mesh {mesh!r} does not exist here; it is applied "
-                              "when it changes after the mesh arrives")
+                errors.append(f"{rtype.name} {res.name!r}: mesh {mesh!r} does not exist here; "
+                              f"{self.origin.missing_mesh_fix}")
                 return
             except Conflict:
                 continue
@@ -401,7 +458,17 @@ async def run_sender(sender: Sender, requests: AsyncIterator[discovery_pb2.Delta
             async for req in requests:
                 await emit(await sender.handle(req))
 
-        await first_of(read_requests(), push_changes(), name=f"kds-send-{sender.peer}")
+        async def retry_rejected() -> None:
+            while True:
+                sender.retry_scheduled.clear()  # before reading the schedule: a NACK after this wakes us
+                due = sender.next_retry()
+                try:
+                    await asyncio.wait_for(sender.retry_scheduled.wait(),
+                                           None if due is None else max(0.0, due - time.monotonic()))
+                except TimeoutError:
+                    await emit(await sender.retry_rejected())
+
+        await first_of(read_requests(), push_changes(), retry_rejected(), name=f"kds-send-{sender.peer}")
 
 
 async def first_of(*coros: Awaitable[None], name: str) -> None:

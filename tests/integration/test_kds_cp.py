@@ -185,3 +185,59 @@ def test_two_zone_instances_on_postgres_only_the_leader_syncs_and_the_other_take
     assert api(glob, "PUT", "/meshes/default/meshtimeouts/t2", policy("t2")).status in (200, 201)
     wait_for("a policy made after the failover reaching the zone", lambda: "t2" in zone_timeouts(follower),
              glob, follower)
+
+
+def test_a_standalone_zone_joins_global_adopting_its_mesh_and_a_resource_global_cannot_take_is_nacked(
+        tmp_path: Path, started: list[CpProcess]) -> None:
+    # A zone that ran standalone: its own `default` mesh (with default policies), a mesh global will not
+    # have, and a dataplane in each.
+    standalone = start_cp(tmp_path / "zone")
+    started.append(standalone)
+
+    def dp(name: str, mesh: str) -> dict[str, Any]:
+        return {"type": "Dataplane", "mesh": mesh, "name": name,
+                "networking": {"address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": name}}]}}
+    assert api(standalone, "PUT", "/meshes/legacy", {"type": "Mesh", "name": "legacy"}).status in (200, 201)
+    assert api(standalone, "PUT", "/meshes/legacy/dataplanes/old-app", dp("old-app", "legacy")).status in (200, 201)
+    assert api(standalone, "PUT", "/meshes/default/dataplanes/app-1", dp("app-1", "default")).status in (200, 201)
+    assert "kuma.io/origin" not in api(standalone, "GET", "/meshes/default").json.get("labels", {})
+    standalone.stop()
+
+    kds_port = free_port()
+    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
+                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+    started.append(glob)
+    token_file = tmp_path / "zone-1.token"
+    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
+    zone = start_cp(tmp_path / "zone", **{k: str(v) for k, v in standalone.ports.items()},
+                    KUMA_MULTIZONE_ZONE_NAME="zone-1",
+                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
+                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
+                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    started.append(zone)
+
+    # The zone's own `default` mesh is global's now (one definition in every zone), and so are the default
+    # policies it made for it.
+    wait_for("global's default mesh replacing the zone's own",
+             lambda: api(zone, "GET", "/meshes/default").json.get("labels", {}).get("kuma.io/origin") == "global",
+             glob, zone)
+    wait_for("global's default policies replacing the zone's own",
+             lambda: (items := api(zone, "GET", "/meshes/default/meshtimeouts").json["items"])
+             and all(i.get("labels", {}).get("kuma.io/origin") == "global" for i in items), glob, zone)
+    # The mesh global does not have stays in the zone, and so does its dataplane.
+    assert api(zone, "GET", "/meshes/legacy/dataplanes/old-app").status == 200
+    # The dataplane in `default` reaches global; the one in `legacy` is refused (NACK, with the reason) while
+    # the rest of the batch applies.
+    wait_for("the zone's dataplane in a mesh global has reaching it",
+             lambda: zone_dataplane_names(glob) == {"app-1"}, glob, zone)
+    wait_for("the refusal of the dataplane whose mesh global lacks, seen by the zone",
+             lambda: "KDS peer rejected resources (NACK)" in zone.logs(400)
+             and "mesh 'legacy' does not exist here" in zone.logs(400), glob, zone)
+    assert api(glob, "GET", "/meshes/legacy").status == 404
+    assert "create the mesh on global" in glob.logs(400)
+    # The fix the refusal names: the mesh made on global. The zone sends the refused dataplane again (after
+    # its back-off) although it did not change, and global takes it.
+    assert api(glob, "PUT", "/meshes/legacy", {"type": "Mesh", "name": "legacy"}).status in (200, 201)
+    wait_for("the refused dataplane reaching global once its mesh exists there",
+             lambda: (r := api(glob, "GET", "/meshes/legacy/dataplanes")).status == 200
+             and [i["labels"]["kuma.io/display-name"] for i in r.json["items"]] == ["old-app"], glob, zone)

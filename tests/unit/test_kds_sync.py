@@ -205,7 +205,7 @@ async def test_a_bad_resource_is_nacked_with_its_reason_while_the_rest_applies(
     glob, zone = stores
     for s in (glob, zone):
         await s.create(mesh())
-    await zone.create(timeout("mine"))  # a local policy global must not overwrite
+    await zone.create(timeout("mine"))  # left from the zone's standalone days: global's of that name replaces it
     sender, receiver = global_to_zone(glob, zone)
     await connect(sender, receiver)
     good = encode(timeout("good")).message
@@ -221,10 +221,11 @@ async def test_a_bad_resource_is_nacked_with_its_reason_while_the_rest_applies(
     assert nack.response_nonce == "n1" and nack.HasField("error_detail")
     message = nack.error_detail.message
     assert "MeshTimeout 'bad.default'" in message and "spec.to[0].targetRef.kind" in message
-    assert "a local MeshTimeout named 'mine' exists here" in message
+    assert "mine" not in message
     held = await names(zone, MESH_TIMEOUT)
-    assert set(held) == {"good", "mine"} and held["mine"].spec == timeout("mine").spec
-    assert receiver.stats()["MeshTimeout"].rejected == 2
+    assert set(held) == {"good", "mine"} and held["mine"].spec == timeout("mine", idle="1s").spec
+    assert held["mine"].meta.labels["kuma.io/origin"] == "global"
+    assert receiver.stats()["MeshTimeout"].rejected == 1
 
 
 async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
@@ -246,6 +247,26 @@ async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
     await glob.update(timeout("t1", idle="8s").with_meta(version=t1.meta.version))
     await exchange(sender, receiver, await sender.changed(["MeshTimeout"]))
     assert set(await names(zone, MESH_TIMEOUT)) == {"t1"}  # the change after the mesh arrived applies
+
+
+async def test_rejected_resources_are_resent_after_a_backoff_without_changing(
+        stores: tuple[ResourceStore, ResourceStore]) -> None:
+    glob, zone = stores
+    await glob.create(mesh())
+    await glob.create(timeout("t1"))
+    sender, receiver = global_to_zone(glob, zone)
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
+    # MeshTimeout answered before its mesh exists in the zone: NACKed.
+    await exchange(sender, receiver, await sender.handle(subs["MeshTimeout"]))
+    assert sender.retry_scheduled.is_set()
+    due = sender.next_retry()
+    assert due is not None
+    assert await sender.retry_rejected(now=due - 1) == []  # not before the back-off
+    await exchange(sender, receiver, await sender.handle(subs["Mesh"]))
+    # Nothing changed on global, yet the re-send after the back-off now applies.
+    await exchange(sender, receiver, await sender.retry_rejected(now=due))
+    assert set(await names(zone, MESH_TIMEOUT)) == {"t1"}
+    assert sender.next_retry() is None and sender.stats()["MeshTimeout"].acked == 1
 
 
 async def test_unknown_types_are_refused_by_name(stores: tuple[ResourceStore, ResourceStore]) -> None:
