@@ -453,7 +453,8 @@ class Agent:
             self.dns.on_status = self.notifier.status  # the guard logs; this puts it in `systemctl status` too
             try:
                 await self.dns.start(answer.get("vips"), WatchParams(cfg.cp_address, inputs.ca_pem,
-                                                                     inputs.definition.mesh, inputs.token))
+                                                                     inputs.definition.mesh, inputs.token,
+                                                                     inputs.definition.name))
             except DnsError as e:
                 raise Fatal(e.message, e.exit_code) from None
             log.info(self.dns.summary())

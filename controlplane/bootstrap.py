@@ -29,6 +29,7 @@ from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
 from controlplane.xds.server import AdsServicer
+from controlplane.xds.status_service import StatusService
 from controlplane.xds.vips_service import VipsService
 
 log = logging.getLogger("kuma.bootstrap")
@@ -56,7 +57,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
                             supervisor=runtime.supervisor, served=lifecycle.served), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
-                         [bootstrap.handler(), VipsService(vips, tokens).handler()], on_stop=lifecycle.stop,
+                         [bootstrap.handler(), VipsService(vips, tokens).handler(),
+                          StatusService(auth, insights).handler()], on_stop=lifecycle.stop,
                          handshake_timeout=cfg.dp_server.handshake_timeout, idle_timeout=cfg.dp_server.idle_timeout,
                          max_connections=cfg.dp_server.max_connections))
 

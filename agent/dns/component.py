@@ -119,6 +119,9 @@ class HostDns:
         self._failures = 0  # consecutive quick worker deaths
         self.on_status: Callable[[str], None] | None = None  # kuma-dp's STATUS= line, for what the guard finds
         self.guard: ResolvConfGuard | None = None
+        # The host resolver's state for the dataplane's insight: the worker sends it to the control plane (it
+        # has the gRPC client); kept here so a restarted worker gets it again.
+        self.host_report: dict[str, str] | None = None
 
     # --- before the bootstrap ------------------------------------------------------------------------------
 
@@ -200,16 +203,30 @@ class HostDns:
             self.configured = (f"host DNS ({self.options.host_config}) left to `kuma-dp dns configure`, run as root "
                                f"(kuma-dp runs as uid {os.geteuid()})")
             log.info(self.configured)
+            self.report_host_dns("delegated", self.configured)
         elif self.options.host_config != "none":
             try:
                 self.configured = self.host.configure(self.options.host_config, self.listen)
             except HostDnsError as e:
                 raise DnsError(f"--dns-host-config {self.options.host_config}: {e}", EXIT_USAGE) from None
             log.info("host DNS configured", extra={"what": self.configured})
+            self.report_host_dns("configured", self.configured)
         if self.options.host_config != "none":
             self.guard = ResolvConfGuard(self.host, self.listen, may_reapply=self.privileged,
-                                         on_status=self.on_status)
+                                         on_status=self.on_status, on_report=self.report_host_dns)
             self.guard.start()
+
+    def report_host_dns(self, state: str, message: str) -> None:
+        """Tell the control plane (through the worker) what state the host's resolver is in."""
+        self.host_report = {"state": state, "message": message}
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return  # a restarted worker gets it with its payload
+        try:
+            proc.stdin.write((json.dumps({"hostDns": self.host_report}) + "\n").encode())
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            pass  # the worker died: its restart sends the report
 
     def summary(self) -> str:
         names = len((self.vips or {}).get("names") or {})
@@ -234,11 +251,12 @@ class HostDns:
                    "logFormat": self.log_format,
                    "watch": None if self.watch is None else {
                        "cp": self.watch.cp, "caPem": self.watch.ca_pem.decode(), "mesh": self.watch.mesh,
-                       "token": self.watch.token}}
+                       "token": self.watch.token, "name": self.watch.name},
+                   "hostDns": self.host_report}
         assert proc.stdin is not None and proc.stdout is not None
-        try:
+        try:  # stdin stays open: later host DNS reports follow as lines
             proc.stdin.write((json.dumps(payload) + "\n").encode())
-            proc.stdin.close()
+            proc.stdin.flush()
         except BrokenPipeError:
             pass
         loop = asyncio.get_running_loop()
@@ -268,6 +286,7 @@ class HostDns:
             elif "vips" in message:
                 self.vips = message["vips"]
         status = await _wait(proc)
+        _close_stdin(proc)
         if not ready.done():
             ready.set_exception(DnsError(f"the DNS worker exited with status {status} before serving (its error "
                                          "is logged above)"))
@@ -310,6 +329,8 @@ class HostDns:
             except TimeoutError:
                 proc.kill()
                 await _wait(proc)
+        if proc is not None:
+            _close_stdin(proc)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(BaseException):
@@ -323,6 +344,12 @@ class HostDns:
             for s in self.sockets:
                 s.close()
             self.sockets = None
+
+
+def _close_stdin(proc: subprocess.Popen[bytes]) -> None:
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 def _port_owner(listen: tuple[str, int]) -> str | None:

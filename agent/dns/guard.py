@@ -83,9 +83,12 @@ class Inotify:
 
 class ResolvConfGuard:
     def __init__(self, host: Host, listen: tuple[str, int], *, may_reapply: bool,
-                 on_status: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 on_status: Callable[[str], None] | None = None,
+                 on_report: Callable[[str, str], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host, self.listen, self.may_reapply = host, listen, may_reapply
         self.on_status = on_status
+        self.on_report = on_report  # (state, message) for the dataplane's insight (HostDns.state's values)
         self.clock = clock
         self.path = host.paths.resolv_conf
         self.reapplied: deque[float] = deque()
@@ -145,7 +148,7 @@ class ResolvConfGuard:
                  "leave resolv.conf alone, or use --dns-host-config resolved or none" if self.gave_up else
                  "; `systemctl restart kuma-dp` points it at the stub again (with that program's servers as the "
                  "ones restored at stop)")
-        self._report(text)
+        self._report(text, "given-up" if self.gave_up else "rewritten")
         return text
 
     def _reapply(self) -> str:
@@ -160,15 +163,17 @@ class ResolvConfGuard:
             done = self.host.configure("resolv.conf", self.listen)
         except HostDnsError as e:
             text = f"{self.path} was rewritten by another program and cannot be pointed at the stub again: {e}"
-            self._report(text)
+            self._report(text, "failed")
             return text
         text = (f"{self.path} was rewritten by another program: pointed at the stub again, with that program's "
                 f"file as the one restored at stop ({len(self.reapplied)} of at most {MAX_REAPPLY} times in "
                 f"{WINDOW / 60:g} minutes); {done}")
-        self._report(text)
+        self._report(text, "reapplied")
         return text
 
-    def _report(self, text: str) -> None:
+    def _report(self, text: str, state: str) -> None:
         log.warning(text, extra={"path": str(self.path)})
         if self.on_status is not None:
             self.on_status(text)
+        if self.on_report is not None:
+            self.on_report(state, text)

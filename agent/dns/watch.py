@@ -23,6 +23,7 @@ class WatchParams:
     ca_pem: bytes
     mesh: str
     token: str
+    name: str = ""  # the dataplane's: with it, the DNS worker reports the host's resolver state (report_host_dns)
 
 
 async def follow(params: WatchParams, on_map: Callable[[dict[str, Any]], None], version: str = "", *,
@@ -60,3 +61,43 @@ async def follow(params: WatchParams, on_map: Callable[[dict[str, Any]], None], 
             log.debug("VIP watch still failing", extra={"error": problem, "retry_in_s": round(delay, 1)})
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))
         delay = min(delay * 2, cap)
+
+
+class HostDnsReporter:
+    """Sends the latest host resolver report to the control plane, retrying with backoff until it is taken; a
+    newer report replaces one not yet sent (only the current state matters)."""
+
+    def __init__(self, params: WatchParams, *, backoff: float = BACKOFF, cap: float = BACKOFF_CAP) -> None:
+        self.params, self.backoff, self.cap = params, backoff, cap
+        self._latest: dict[str, str] | None = None
+        self._changed = asyncio.Event()
+
+    def report(self, host_dns: dict[str, str]) -> None:
+        self._latest = host_dns
+        self._changed.set()
+
+    async def run(self) -> None:
+        from agent.bootstrap_client import BootstrapError, CpAddress  # grpcio: only in the DNS worker
+        from agent.vips_client import report_host_dns
+
+        cp = CpAddress.parse(self.params.cp)
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            delay = self.backoff
+            while (sending := self._latest) is not None:
+                try:
+                    await report_host_dns(cp, self.params.ca_pem, self.params.mesh, self.params.name,
+                                          self.params.token, sending)
+                    log.debug("host DNS state reported", extra={"state": sending.get("state")})
+                    if self._latest is sending:
+                        self._latest = None
+                    break
+                except BootstrapError as e:
+                    log.warning("cannot report the host DNS state to the control plane; retrying", extra={
+                        "error": f"{getattr(e.code, 'name', e.code)}: {e.message}", "retry_in_s": round(delay, 1)})
+                except Exception as e:  # never let reporting end the stub
+                    log.warning("cannot report the host DNS state to the control plane; retrying",
+                                extra={"error": f"{type(e).__name__}: {e}", "retry_in_s": round(delay, 1)})
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.cap)

@@ -7,8 +7,11 @@ and a restarted worker finds them ready) and passes them down; the worker dies w
 
 Protocol: kuma-dp writes one JSON line on stdin:
     {"udpFd": N, "tcpFd": M, "upstreams": ["ADDR:PORT", ...], "vips": {...map...} | null, "domain": "mesh",
-     "watch": {"cp", "caPem", "mesh", "token"} | null, "logLevel", "logFormat"}
-and reads JSON lines on stdout: {"ready": {"listen", "names", "version", "upstreams"}} once serving, then
+     "watch": {"cp", "caPem", "mesh", "token", "name"} | null, "hostDns": {"state", "message"} | null,
+     "logLevel", "logFormat"}
+then, while it runs, a line {"hostDns": {"state", "message"}} whenever the host's resolver changes state; the
+worker sends each to the control plane for the dataplane's insight (when "watch" has a name). kuma-dp reads
+JSON lines on stdout: {"ready": {"listen", "names", "version", "upstreams"}} once serving, then
 {"vips": {...map...}} for every new VIP map. SIGTERM/SIGINT stop it (exit 0).
 """
 
@@ -27,7 +30,7 @@ from .cache import Cache
 from .forward import Forwarder, Upstream
 from .server import StubServer
 from .settings import DOMAIN, parse_address
-from .watch import WatchParams, follow
+from .watch import HostDnsReporter, WatchParams, follow
 from .zone import Zone
 
 log = logging.getLogger("kuma-dp.dns")
@@ -39,7 +42,7 @@ def emit(**message: Any) -> None:
         sys.stdout.flush()
 
 
-async def serve(payload: dict[str, Any]) -> int:
+async def serve(payload: dict[str, Any], stdin: asyncio.StreamReader | None = None) -> int:
     udp = socket.socket(fileno=int(payload["udpFd"]))
     tcp = socket.socket(fileno=int(payload["tcpFd"]))
     domain = str(payload.get("domain") or DOMAIN)
@@ -63,8 +66,16 @@ async def serve(payload: dict[str, Any]) -> int:
     tasks = []
     watch = payload.get("watch")
     if watch:
-        params = WatchParams(str(watch["cp"]), str(watch["caPem"]).encode(), str(watch["mesh"]), str(watch["token"]))
+        params = WatchParams(str(watch["cp"]), str(watch["caPem"]).encode(), str(watch["mesh"]), str(watch["token"]),
+                             str(watch.get("name") or ""))
         tasks.append(asyncio.create_task(follow(params, on_map, server.zone.version)))
+        if params.name:
+            reporter = HostDnsReporter(params)
+            if payload.get("hostDns"):
+                reporter.report(payload["hostDns"])
+            tasks.append(asyncio.create_task(reporter.run()))
+            if stdin is not None:
+                tasks.append(asyncio.create_task(_read_reports(stdin, reporter)))
     try:
         await stop.wait()
     finally:
@@ -78,16 +89,36 @@ async def serve(payload: dict[str, Any]) -> int:
     return 0
 
 
-def main() -> int:
+async def _read_reports(stdin: asyncio.StreamReader, reporter: HostDnsReporter) -> None:
+    """kuma-dp's later lines: host DNS reports (EOF: kuma-dp is going away, and this worker with it)."""
+    while line := await stdin.readline():
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warning("ignored a line from kuma-dp that is not JSON")
+            continue
+        if isinstance(message, dict) and isinstance(message.get("hostDns"), dict):
+            reporter.report({k: str(v) for k, v in message["hostDns"].items()})
+
+
+async def _run() -> int:
     from kuma_shared import logs
 
-    line = sys.stdin.readline()
+    # One reader for every line: a buffered sys.stdin.readline() could swallow the lines after the first.
+    loop = asyncio.get_running_loop()
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin.buffer)
+    line = await stdin.readline()
     if not line:
         return 1
     payload = json.loads(line)
     logs.setup(payload.get("logLevel", "info"), payload.get("logFormat", "text"))
+    return await serve(payload, stdin)
+
+
+def main() -> int:
     try:
-        return asyncio.run(serve(payload))
+        return asyncio.run(_run())
     except KeyboardInterrupt:
         return 0
 

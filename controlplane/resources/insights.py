@@ -52,9 +52,24 @@ class MTls(Spec):
     certificate_regenerations: int = 0
 
 
+HOST_DNS_STATES = ("configured", "delegated", "reapplied", "rewritten", "given-up", "failed")
+
+
+class HostDns(Spec):
+    """What kuma-dp last reported about its host's resolver (a kuma-vm addition; Kuma has no host DNS):
+    `configured` (pointed at the stub), `delegated` (left to root's `kuma-dp dns configure`), `reapplied` (another
+    program rewrote it, pointed back), `rewritten` (another program rewrote it: .mesh names do not resolve),
+    `given-up` (rewritten again and again: kuma-dp stopped), `failed` (could not point it back)."""
+
+    state: str
+    message: str
+    time: str
+
+
 class DataplaneInsightSpec(Spec):
     subscriptions: list[Subscription] = []
     m_tls: MTls | None = Field(default=None, alias="mTLS")  # Kuma's spelling
+    host_dns: HostDns | None = None
 
     @property
     def online(self) -> bool:

@@ -131,6 +131,11 @@ class InsightsRecorder:
             mtls["certificateRegenerations"] = mtls.get("certificateRegenerations", 0) + 1
             self._touch(node_id)
 
+    def on_host_dns(self, node_id: str, state: str, message: str) -> None:
+        """kuma-dp's report on its host's resolver (controlplane/xds/status_service.py)."""
+        self._record(node_id).doc["hostDns"] = {"state": state, "message": message, "time": _now()}
+        self._touch(node_id)
+
     # --- flushing ------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -208,6 +213,9 @@ class InsightsRecorder:
                                                           self.instance_id, MAX_SUBSCRIPTIONS)
             if "mTLS" in doc:
                 merged["mTLS"] = doc["mTLS"]
+            # The newest report wins: the kuma-dp may have reported to another instance since.
+            if "hostDns" in doc and doc["hostDns"]["time"] >= stored.get("hostDns", {}).get("time", ""):
+                merged["hostDns"] = doc["hostDns"]
             spec = DataplaneInsightSpec.model_validate(merged)
             try:
                 if current is None:

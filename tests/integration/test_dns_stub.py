@@ -189,3 +189,73 @@ def test_resolv_conf_is_restored_on_stop_and_recovered_after_kill_9(
     done = dns_cli("restore", "--dns-state-dir", str(state))  # what the unit's ExecStopPost runs
     assert done.returncode == 0 and "restored" in done.stdout, done
     assert conf.read_bytes() == original
+
+
+def host_dns(mesh: DpMesh, name: str) -> dict[str, Any] | None:
+    r = mesh.api("GET", f"/meshes/default/dataplane-insights/{name}")
+    return r.json.get("hostDns") if r.status == 200 else None
+
+
+def test_the_host_resolver_state_reaches_the_dataplane_insight(
+        cp_factory: Callable[..., CpProcess], app_factory: Callable[..., App],
+        dp_factory: Callable[..., DpProcess], upstream: TestUpstream, tmp_path: Path) -> None:  # noqa: F811
+    if not can_bind_53():
+        unavailable("port53", "127.0.0.1:53 is taken here (resolv.conf can only name a stub on port 53)")
+    conf = tmp_path / "etc" / "resolv.conf"
+    conf.parent.mkdir()
+    conf.write_text("nameserver 192.0.2.53\n")
+    args = dns_args("127.0.0.1:53", upstream, tmp_path / "dns", "--dns-host-config", "resolv.conf",
+                    "--dns-resolv-conf", str(conf))
+    mesh = DpMesh(cp_factory(), app_factory, dp_factory)
+    mesh.service("web", args=args)
+    configured = eventually(lambda: (h := host_dns(mesh, "web-1")) and h["state"] == "configured" and h,
+                            message="the configured host resolver in the insight")
+    assert str(conf) in configured["message"] and configured["time"]
+    # Another program (a DHCP client) rewrites resolv.conf: kuma-dp (root here) points it back and says so, and
+    # the control plane shows it, so an operator sees why .mesh names stopped resolving for a moment.
+    replaced = conf.with_name("resolv.conf.dhcp")
+    replaced.write_text("nameserver 198.51.100.1\n")
+    replaced.rename(conf)
+    reapplied = eventually(lambda: (h := host_dns(mesh, "web-1")) and h["state"] == "reapplied" and h,
+                           message="the rewrite in the insight")
+    assert "rewritten by another program" in reapplied["message"] and reapplied["time"] >= configured["time"]
+
+
+def test_bad_host_dns_reports_are_refused_with_the_reason(cp_factory: Callable[..., CpProcess],
+                                                          app_factory: Callable[..., App],
+                                                          dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
+    import asyncio
+
+    import grpc
+
+    from agent.bootstrap_client import BootstrapError, CpAddress
+    from agent.vips_client import REPORT_METHOD, report_host_dns
+
+    mesh = DpMesh(cp_factory(), app_factory, dp_factory)
+    mesh.service("web")
+    cp = CpAddress("127.0.0.1", mesh.cp.ports["KUMA_DP_SERVER_PORT"])
+    ca = mesh.cp.ca_file.read_bytes()
+
+    def refusal(name: str, token: str, report: dict[str, str]) -> BootstrapError:
+        with pytest.raises(BootstrapError) as e:
+            asyncio.run(report_host_dns(cp, ca, "default", name, token, report))
+        return e.value
+
+    ok = {"state": "rewritten", "message": "resolv.conf was rewritten"}
+    bad_state = refusal("web-1", mesh.token("web-1"), {"state": "fine", "message": "x"})
+    assert bad_state.code == grpc.StatusCode.INVALID_ARGUMENT and "hostDns.state 'fine'" in bad_state.message
+    other = refusal("web-1", mesh.token("db-1"), ok)  # a token for another dataplane
+    assert other.code == grpc.StatusCode.PERMISSION_DENIED
+    unknown = refusal("ghost-1", mesh.token("ghost-1"), ok)
+    assert unknown.code == grpc.StatusCode.NOT_FOUND and "does not exist" in unknown.message
+
+    async def garbage() -> grpc.StatusCode:
+        async with grpc.aio.secure_channel(cp.target, grpc.ssl_channel_credentials(root_certificates=ca)) as ch:
+            try:
+                await ch.unary_unary(REPORT_METHOD)(b"not json", timeout=10)
+            except grpc.aio.AioRpcError as e:
+                assert "must be JSON" in (e.details() or "")
+                return e.code()
+        raise AssertionError("garbage was accepted")
+    assert asyncio.run(garbage()) == grpc.StatusCode.INVALID_ARGUMENT
+    assert host_dns(mesh, "web-1") is None  # nothing refused was recorded

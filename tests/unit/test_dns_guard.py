@@ -43,7 +43,9 @@ async def next_status(statuses: asyncio.Queue[str]) -> str:
 async def test_as_root_a_rewrite_is_reapplied_with_the_new_original_then_given_up(host: Host) -> None:
     path = host.paths.resolv_conf
     statuses: asyncio.Queue[str] = asyncio.Queue()
-    guard = ResolvConfGuard(host, LISTEN, may_reapply=True, on_status=statuses.put_nowait)
+    reports: list[tuple[str, str]] = []  # what goes to the dataplane's insight
+    guard = ResolvConfGuard(host, LISTEN, may_reapply=True, on_status=statuses.put_nowait,
+                            on_report=lambda state, text: reports.append((state, text)))
     guard.start()
     try:
         for i in range(MAX_REAPPLY):
@@ -56,6 +58,8 @@ async def test_as_root_a_rewrite_is_reapplied_with_the_new_original_then_given_u
         rewrite(path, "nameserver 203.0.113.9\n")  # the other program again: a loop nobody wins
         text = await next_status(statuses)
         assert "stopped re-applying" in text and "--dns-host-config resolved or none" in text
+        assert [state for state, _ in reports] == ["reapplied"] * MAX_REAPPLY + ["given-up"]
+        assert reports[-1][1] == text
         assert path.read_text() == "nameserver 203.0.113.9\n"  # left as the other program wrote it
         assert guard.gave_up
         # The same foreign content touched again: no new line.
@@ -69,12 +73,15 @@ async def test_as_root_a_rewrite_is_reapplied_with_the_new_original_then_given_u
 async def test_unprivileged_it_warns_once_per_content_and_leaves_the_file(host: Host) -> None:
     path = host.paths.resolv_conf
     statuses: asyncio.Queue[str] = asyncio.Queue()
-    guard = ResolvConfGuard(host, LISTEN, may_reapply=False, on_status=statuses.put_nowait)
+    reports: list[tuple[str, str]] = []
+    guard = ResolvConfGuard(host, LISTEN, may_reapply=False, on_status=statuses.put_nowait,
+                            on_report=lambda state, text: reports.append((state, text)))
     guard.start()
     try:
         rewrite(path, "nameserver 198.51.100.7\n")
         text = await next_status(statuses)
         assert "rewritten by another program" in text and "systemctl restart kuma-dp" in text
+        assert reports == [("rewritten", text)]
         assert path.read_text() == "nameserver 198.51.100.7\n"
         with open(path, "a") as f:  # an in-place edit of the same foreign file: a new content, one more line
             f.write("options ndots:2\n")
