@@ -1,17 +1,22 @@
 """playbooks/site.yml with the kuma_cp and kuma_dp roles against booted lab hosts, over ssh, with ansible-core
-from PyPI: bookworm runs the zone control plane and the dataplane `web` (kuma-dp@web), trixie (with
-systemd-resolved) the primary dataplane `backend` (kuma-dp.service, .mesh DNS). From bare hosts to traffic
-in one run; a second run changes nothing; --check --diff on the converged fleet reports nothing; a changed
-dataplane restarts only its own unit; a lost token is re-issued; a bad variable fails before any host is
-touched. Never against this machine."""
+from PyPI: a bookworm host runs the global control plane; another bookworm host the control plane of zone-1
+(joined to global: global's CA and a zone token issued on global, both placed by the role) and the dataplane
+`web` (kuma-dp@web); trixie (with systemd-resolved) the primary dataplane `backend` (kuma-dp.service, .mesh
+DNS). From bare hosts to traffic in one run, with zone-1's dataplanes on global and a policy applied on
+global in the zone; a second run changes nothing; --check --diff on the converged fleet reports nothing; a
+changed dataplane restarts only its own unit; a lost dataplane token and a zone token revoked on global are
+issued again; a bad variable fails before any host is touched. Never against this machine."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -28,8 +33,10 @@ ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/an
 
 
 class Fleet:
-    def __init__(self, lab: Lab, cp: LabHost, other: LabHost, workdir: Path, packages: dict[str, Path]) -> None:
-        self.lab, self.cp, self.other, self.workdir, self.packages = lab, cp, other, workdir, packages
+    def __init__(self, lab: Lab, glob: LabHost, cp: LabHost, other: LabHost, workdir: Path,
+                 packages: dict[str, Path]) -> None:
+        self.lab, self.glob, self.cp, self.other, self.workdir = lab, glob, cp, other, workdir
+        self.packages = packages
         self.web_tags: dict[str, str] = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
 
     def inventory(self) -> Path:
@@ -51,7 +58,8 @@ class Fleet:
                   "kuma_dp_package_file": str(self.packages["kuma-dp.deb"]),
                   "kuma_dp_drain_time": "1s"}
         doc = {"all": {"vars": common, "children": {
-            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address}}},
+            "kuma_global": {"hosts": {self.glob.name: {"ansible_host": self.glob.address}}},
+            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address, "kuma_zone": "zone-1"}}},
             "kuma_dataplanes": {"hosts": {
                 self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web]},
                 self.other.name: {"ansible_host": self.other.address, "kuma_dp_dataplanes": [backend]}}}}}}
@@ -73,6 +81,25 @@ class Fleet:
     def unit_pid(self, host: LabHost, unit: str) -> str:
         return host.ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip()
 
+    def api(self, host: LabHost, path: str) -> Any:
+        """GET on a control plane's local API (admin on loopback), from the host itself."""
+        proc = host.ssh(f"curl -sf http://127.0.0.1:5681{path}", check=False)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def zone_dataplanes(self) -> set[str]:
+        items = (self.api(self.glob, "/meshes/default/dataplanes") or {}).get("items", [])
+        return {i["labels"]["kuma.io/display-name"] for i in items if i["labels"].get("kuma.io/zone") == "zone-1"}
+
+
+TIMEOUT_POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
+                  "spec": {"targetRef": {"kind": "Mesh"},
+                           "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "77s"}}]}}
+
+
+def token_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
 
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP: host -> {ok, changed, unreachable, failed, ...}."""
@@ -93,12 +120,12 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     # A private copy: another test session may rebuild the shared cache's files while this module runs.
     own = tmp_path_factory.mktemp("packages")
     packages = {kind: Path(shutil.copy(path, own)) for kind, path in build_release("1").items()}
-    (cp,) = lab.add_hosts(1, release="bookworm")
+    glob, cp = lab.add_hosts(2, release="bookworm")
     (other,) = lab.add_hosts(1, release="trixie", resolved=True)
     for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080))):
         host.copy(ECHO_APP, "/root/echo_http.py")
         host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
-    return Fleet(lab, cp, other, tmp_path_factory.mktemp("ansible"), packages)
+    return Fleet(lab, glob, cp, other, tmp_path_factory.mktemp("ansible"), packages)
 
 
 def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
@@ -117,18 +144,26 @@ def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
     addr = eventually(lambda: (r := other.ssh("getent hosts backend.mesh", check=False)).returncode == 0
                       and r.stdout.split()[0], timeout=60, message="backend.mesh on the trixie host")
     assert addr.startswith("127.2")
+    # zone-1 joined global: its dataplanes are there, and a policy applied on global reaches the zone.
+    assert fleet.glob.ssh("systemctl is-active kuma-cp").stdout.strip() == "active"
+    assert cp.ssh("stat -c '%a %U %G' /etc/kuma/zone.token").stdout.strip() == "640 root kuma"
+    eventually(lambda: fleet.zone_dataplanes() == {"web", "backend"}, timeout=60,
+               message="zone-1's dataplanes on global")
+    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(TIMEOUT_POLICY))
+    eventually(lambda: (fleet.api(cp, "/meshes/default/meshtimeouts/from-global") or {}).get("labels", {})
+               .get("kuma.io/origin") == "global", timeout=60, message="global's policy in zone-1")
 
 
 def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
     proc = fleet.play()
-    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == {fleet.cp.name: 0, fleet.other.name: 0}, \
-        proc.stdout[-6000:]
+    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
+        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0}, proc.stdout[-6000:]
 
 
 def test_check_mode_on_the_converged_fleet_reports_nothing(fleet: Fleet) -> None:
     proc = fleet.play("--check", "--diff")
-    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == {fleet.cp.name: 0, fleet.other.name: 0}, \
-        proc.stdout[-6000:]
+    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
+        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0}, proc.stdout[-6000:]
 
 
 def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:
@@ -155,6 +190,28 @@ def test_a_lost_token_is_issued_again_and_only_its_unit_restarts(fleet: Fleet) -
     assert other.ssh("test -s /etc/kuma/dataplanes/primary.token", check=False).returncode == 0
     assert fleet.unit_pid(other, "kuma-dp") != backend_before and fleet.unit_pid(cp, "kuma-dp@web") == web_before
     assert "eyJ" not in proc.stdout  # no token in the output
+
+
+def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet) -> None:
+    cp = fleet.cp
+    old = cp.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    jti = token_claims(old)["jti"]
+    revocations = {"type": "GlobalSecret", "name": "zone-token-revocations",
+                   "data": base64.b64encode(jti.encode()).decode()}
+    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
+    before = fleet.unit_pid(cp, "kuma-cp")
+    proc = fleet.play()
+    new = cp.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    assert new != old and token_claims(new)["Zone"] == "zone-1"
+    assert fleet.unit_pid(cp, "kuma-cp") != before  # restarted with the new token
+    assert "eyJ" not in proc.stdout
+    # The zone syncs again with its new token: a dataplane change in zone-1 reaches global.
+    fleet.web_tags = {**fleet.web_tags, "version": "v3"}
+    fleet.play()
+    eventually(lambda: any(i["labels"].get("kuma.io/display-name") == "web"
+                           and i["networking"]["inbound"][0]["tags"].get("version") == "v3"
+                           for i in (fleet.api(fleet.glob, "/meshes/default/dataplanes") or {}).get("items", [])),
+               timeout=60, message="zone-1's change on global after the new zone token")
 
 
 def test_a_bad_variable_fails_before_any_host_is_touched(fleet: Fleet) -> None:

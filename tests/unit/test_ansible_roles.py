@@ -109,3 +109,13 @@ def test_token_claims_and_time_left() -> None:
     assert f.kuma_dp_stem({"name": "web"}) == "web" and f.kuma_dp_stem({"name": "b", "primary": True}) == "primary"
     assert f.kuma_dp_unit({"name": "web"}) == "kuma-dp@web.service"
     assert f.kuma_dp_unit({"name": "b", "primary": True}) == "kuma-dp.service"
+
+
+def test_revoked_ids_from_a_revocations_secret() -> None:
+    f = load_filters()
+    secret = json.dumps({"type": "GlobalSecret", "name": "zone-token-revocations",
+                         "data": base64.b64encode(b"id-1,id-2\nid-3\n").decode()})
+    assert f.kuma_revoked_ids(secret) == ["id-1", "id-2", "id-3"]
+    assert f.kuma_revoked_ids("") == []  # none revoked yet: the secret does not exist
+    with pytest.raises(Exception, match="not a revocations secret"):
+        f.kuma_revoked_ids("not json")

@@ -47,6 +47,20 @@ def kuma_token_seconds_left(token: str) -> int:
     return int(exp - time.time()) if isinstance(exp, int | float) else 0
 
 
+def kuma_revoked_ids(secret_json: str) -> list[str]:
+    """The token IDs (jti) a revocations (Global)Secret lists (`kumactl get global-secret zone-token-revocations
+    -o json`): its data is the IDs separated by commas or newlines, base64-encoded; [] for no secret."""
+    text = str(secret_json or "").strip()
+    if not text:
+        return []
+    try:
+        data = json.loads(text).get("data", "")
+        ids = base64.b64decode(data).decode("utf-8", errors="replace")
+    except (ValueError, AttributeError) as e:
+        raise AnsibleFilterError(f"not a revocations secret (kumactl get ... -o json): {e}") from None
+    return [part.strip() for part in re.split(r"[,\r\n]+", ids) if part.strip()]
+
+
 def kuma_dp_stem(dataplane: dict[str, Any]) -> str:
     """The file stem of a dataplane in /etc/kuma/dataplanes: `primary` for the host's primary one (the packaged
     kuma-dp.service reads primary.yaml and primary.token), else its name (kuma-dp@NAME.service)."""
@@ -63,4 +77,4 @@ class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"kuma_newest_package": kuma_newest_package, "kuma_token_claims": kuma_token_claims,
                 "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
-                "kuma_dp_unit": kuma_dp_unit}
+                "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids}
