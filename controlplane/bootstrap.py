@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from controlplane.api.checks import WriteChecks
+from controlplane.api.ownership import Ownership
 from controlplane.api.policies_view import PoliciesView
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
@@ -79,7 +80,9 @@ async def build_runtime(cfg: Config) -> Runtime:
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
                          extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes],
-                         checks=WriteChecks(store, ca, default_policies=defaults_enabled))
+                         checks=WriteChecks(store, ca, default_policies=defaults_enabled, ownership=Ownership(
+                             cfg.mode, federated=bool(cfg.multizone.zone.global_address),
+                             zone=cfg.multizone.zone.name)))
     runtime.add(DiagnosticsServer(runtime))
     runtime.add(ca)
     if cfg.mode == "zone":

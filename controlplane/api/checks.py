@@ -10,11 +10,28 @@ from controlplane.resources import REGISTRY, Resource, ResourceType
 from controlplane.resources.errors import InvalidParameter
 from controlplane.store.base import NotFound, ResourceStore
 
+from .ownership import Ownership
+
 
 class WriteChecks:
-    def __init__(self, store: ResourceStore, ca: CaManager, *, default_policies: bool = True) -> None:
+    def __init__(self, store: ResourceStore, ca: CaManager, *, default_policies: bool = True,
+                 ownership: Ownership | None = None) -> None:
         self.store, self.ca = store, ca
         self.default_policies = default_policies  # off on a zone under a global: they come from global
+        self.ownership = ownership or Ownership("zone")
+
+    async def not_ours(self, rtype: ResourceType, name: str, mesh: str,
+                       labels: dict[str, str] | None = None) -> str | None:
+        """Why this control plane may not write the resource (multi-zone ownership), or None: judged by its type,
+        the labels written and the labels of the stored copy (where it came from)."""
+        try:  # the stored copy first: its labels say which zone to go to
+            stored = await self.store.get(rtype, name, mesh)
+            refusal = self.ownership.refusal(rtype, dict(stored.meta.labels))
+            if refusal is not None:
+                return refusal
+        except NotFound:
+            pass
+        return self.ownership.refusal(rtype, labels)
 
     def created_with(self, resource: Resource) -> list[Resource]:
         """What is created in the same transaction as `resource` when it is new: a Mesh's default policies

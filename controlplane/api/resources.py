@@ -131,6 +131,9 @@ class ResourceApi:
         doc = await read_document(request)
         resource = from_wire(doc, self.registry, rtype=rtype, name=name, mesh=mesh or None)
         if self.checks is not None:
+            refusal = await self.checks.not_ours(rtype, name, mesh, dict(resource.meta.labels))
+            if refusal:
+                raise ApiError(400, "Bad Request", refusal)
             problems = await self.checks.before_write(resource)
             if problems:
                 raise ResourceValidationError(problems)
@@ -191,6 +194,9 @@ class ResourceApi:
     async def _delete(self, request: web.Request, rtype: ResourceType, name: str, mesh: str) -> web.Response:
         self._writable(request, rtype)
         if self.checks is not None:
+            not_ours = await self.checks.not_ours(rtype, name, mesh)
+            if not_ours:
+                raise ApiError(400, "Bad Request", not_ours)
             refusal = await self.checks.before_delete(rtype, name, mesh)
             if refusal:
                 raise ApiError(409, "Resource in use", refusal)

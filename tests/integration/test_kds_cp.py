@@ -73,6 +73,16 @@ def test_a_zone_joins_global_and_resources_flow_both_ways(cp_factory: Callable[.
     assert stored["name"].startswith("backend-1-") and stored["labels"]["kuma.io/display-name"] == "backend-1"
     assert stored["labels"]["kuma.io/origin"] == "zone"
 
+    # Each side refuses writes of what the other owns, saying where to make them; KDS keeps syncing.
+    for method, body in (("PUT", policy), ("DELETE", None)):
+        refused = api(zone, method, "/meshes/default/meshtimeouts/t1", body)
+        assert refused.status == 400 and "apply it there" in refused.json["details"], refused.raw
+    assert api(zone, "PUT", "/meshes/other", {"type": "Mesh", "name": "other"}).status == 400
+    for method, body in (("PUT", {**stored, "labels": {}}), ("DELETE", None)):
+        refused = api(glob, method, f"/meshes/default/dataplanes/{stored['name']}", body)
+        assert refused.status == 400 and "change it in zone 'zone-1'" in refused.json["details"], refused.raw
+    assert api(glob, "PUT", "/meshes/default/dataplanes/made-on-global", dp).status == 400
+
     assert api(glob, "DELETE", "/meshes/default/meshtimeouts/t1").status == 200
     wait_for("the policy's deletion reaching the zone",
              lambda: api(zone, "GET", "/meshes/default/meshtimeouts/t1").status == 404, glob, zone)
