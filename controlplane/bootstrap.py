@@ -24,7 +24,7 @@ from controlplane.tokens.service import TokenService
 from controlplane.xds.auth import DataplaneAuthenticator
 from controlplane.xds.bootstrap_service import BootstrapService
 from controlplane.xds.cache import SnapshotCache
-from controlplane.xds.dpserver import DpServer, FanoutCallbacks
+from controlplane.xds.dpserver import DpServer, FanoutCallbacks, RefuseDataplanes
 from controlplane.xds.gc import DataplaneGc
 from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
@@ -91,6 +91,10 @@ async def build_runtime(cfg: Config) -> Runtime:
         dns_api = add_dns(runtime)
         api_ctx.extra_routes.append(dns_api.add_routes)
         add_xds(runtime, tls, tokens, ca, dns_api.view)
+    else:  # global: no dataplanes, DNS or VIPs; a kuma-dp pointed here is told to use a zone
+        runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), None,
+                             [RefuseDataplanes()], handshake_timeout=cfg.dp_server.handshake_timeout,
+                             idle_timeout=cfg.dp_server.idle_timeout, max_connections=cfg.dp_server.max_connections))
     add_kds(runtime, tls, tokens)  # multi-zone: KDS server on global, leader-only client on a zone under one
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).

@@ -68,10 +68,30 @@ class FanoutCallbacks:
             t.on_nack(node_id, type_url, version, error_detail)
 
 
+GLOBAL_REFUSAL = ("this is the global control plane: it serves no dataplanes. Point kuma-dp at a zone control "
+                  "plane (--cp-address https://ZONE-CP:5678); the global owns meshes and policies and syncs them to "
+                  "the zones over KDS")
+
+
+class RefuseDataplanes(grpc.GenericRpcHandler):
+    """On global, the dp-server port answers every call (bootstrap, ADS, VIP watch) with a refusal that says where
+    to go, rather than a connection refused that looks like a control plane that is down."""
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            log.warning("refused a dataplane call: this is the global control plane",
+                        extra={"method": handler_call_details.method, "peer": context.peer()})
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, GLOBAL_REFUSAL)
+            yield b""  # never reached: makes this an async generator (a streaming handler)
+
+        return grpc.stream_stream_rpc_method_handler(refuse)
+
+
 class DpServer:
     name = "dp-server"
 
-    def __init__(self, interface: str, port: int, key_cert_pairs: Sequence[tuple[bytes, bytes]], ads: AdsServicer,
+    def __init__(self, interface: str, port: int, key_cert_pairs: Sequence[tuple[bytes, bytes]],
+                 ads: AdsServicer | None,
                  handlers: Sequence[grpc.GenericRpcHandler],
                  on_stop: Callable[[], Awaitable[None]] | None = None, *, handshake_timeout: float = 10.0,
                  idle_timeout: float = 300.0, max_connections: int = 0) -> None:
@@ -84,8 +104,9 @@ class DpServer:
     async def start(self) -> None:
         server = grpc.aio.server(options=GRPC_OPTIONS + flood_options(self.handshake_timeout, self.idle_timeout,
                                                                       self.max_connections))
-        self.ads.add_to_server(server)
-        server.add_generic_rpc_handlers(self.handlers)  # the bootstrap call, the VIP watch
+        if self.ads is not None:
+            self.ads.add_to_server(server)
+        server.add_generic_rpc_handlers(self.handlers)  # the bootstrap call, the VIP watch (on global: refusals)
         address = f"{self.interface}:{self.port}"
         try:
             bound = server.add_secure_port(address, grpc.ssl_server_credentials(self.key_cert_pairs))

@@ -251,3 +251,24 @@ def test_a_standalone_zone_joins_global_adopting_its_mesh_and_a_resource_global_
     wait_for("the refused dataplane reaching global once its mesh exists there",
              lambda: (r := api(glob, "GET", "/meshes/legacy/dataplanes")).status == 200
              and [i["labels"]["kuma.io/display-name"] for i in r.json["items"]] == ["old-app"], glob, zone)
+
+
+def test_global_serves_no_dataplanes_and_says_where_to_go(cp_factory: Callable[..., CpProcess],
+                                                           tmp_path: Path) -> None:
+    from tests.integration.test_kuma_dp_support import dataplane_doc, start_kuma_dp
+
+    glob = cp_factory(KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(free_port()),
+                      KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+    token = api(glob, "POST", "/tokens/dataplane", {"mesh": "default", "name": "web-1"})
+    dp = start_kuma_dp(tmp_path / "dp", name="web-1", cp=glob, token=token.raw.decode() if token.status == 200 else "x",
+                       definition=dataplane_doc("web-1", "web", app_port=free_port(), inbound_port=free_port()))
+    try:
+        status = dp.wait_exit(60)
+        assert status not in (0, None), dp.logs()
+        assert "global control plane: it serves no dataplanes" in dp.logs() and "zone control plane" in dp.logs()
+    finally:
+        dp.stop()
+    assert "refused a dataplane call" in glob.logs(200)
+    # No DNS server and no VIP allocation on global.
+    assert "DNS server listening" not in glob.logs(400) and "vip" not in glob.logs(400).lower()
+    assert api(glob, "GET", "/meshes/default/vips").status == 404
