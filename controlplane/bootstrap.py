@@ -75,6 +75,7 @@ async def build_runtime(cfg: Config) -> Runtime:
     runtime = Runtime(config=cfg, store=store, elector=store.leader_elector())
     tokens = TokenService(store)
     ca = CaManager(store, supervisor=runtime.supervisor)
+    ca.wait_for_global_ca = cfg.mode == "zone" and bool(cfg.multizone.zone.global_address)
     # Kuma's default policies in every new mesh, created with it; none on a zone under a global (global sends them).
     defaults_enabled = not (cfg.mode == "zone" and cfg.multizone.zone.global_address)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
@@ -95,7 +96,7 @@ async def build_runtime(cfg: Config) -> Runtime:
         runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), None,
                              [RefuseDataplanes()], handshake_timeout=cfg.dp_server.handshake_timeout,
                              idle_timeout=cfg.dp_server.idle_timeout, max_connections=cfg.dp_server.max_connections))
-    add_kds(runtime, tls, tokens)  # multi-zone: KDS server on global, leader-only client on a zone under one
+    add_kds(runtime, tls, tokens, ca)  # multi-zone: KDS server on global, leader-only client on a zone under one
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
     runtime.add(DefaultMeshPolicies(store, enabled=defaults_enabled, supervisor=runtime.supervisor), leader_only=True)

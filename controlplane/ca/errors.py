@@ -31,6 +31,10 @@ class CaError(Exception):
         return InvalidParameter(self.field, self.reason)
 
 
+class CaNotSynced(CaError):
+    """A zone under global: the mesh is global's, and its builtin CA (made on global) has not arrived over KDS."""
+
+
 class CaSourceNotFound(CaError):
     """A provided CA names a secret or file that does not exist."""
 

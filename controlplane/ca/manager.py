@@ -35,7 +35,7 @@ from controlplane.store.base import ChangeEvent, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
 
 from .builtin import BuiltinCa, builtin_settings, cert_secret_name, key_secret_name
-from .errors import CaError
+from .errors import CaError, CaNotSynced
 from .material import CaKey, CaMaterial, cert_pem, fingerprint
 from .provided import file_stamp, load_provided
 
@@ -81,6 +81,10 @@ def enabled_backend(mesh: Resource) -> tuple[int, MtlsBackend] | None:
                   field="mtls.enabledBackend", mesh=mesh.meta.name, backend=mtls.enabled_backend)
 
 
+def _global(mesh: Resource) -> bool:
+    return mesh.meta.labels.get("kuma.io/origin") == "global"
+
+
 def used_secrets(mesh: Resource) -> list[str]:
     """Names of the mesh Secrets its CA backends use (Kuma's `UsedSecrets`): the builtin CAs' pairs and the
     secrets provided backends reference. The API can refuse to delete these while the Mesh names them."""
@@ -105,6 +109,10 @@ class CaManager:
 
     def __init__(self, store: ResourceStore, *, supervisor: Supervisor | None = None) -> None:
         self._store = store
+        # On a zone under a global: the builtin CA of a mesh global owns (labelled kuma.io/origin=global) is
+        # made on global and arrives over KDS; a zone making its own would give the mesh a second trust root,
+        # so dataplanes in two zones would not trust each other. It is waited for, never made here.
+        self.wait_for_global_ca = False
         self._supervisor = supervisor or Supervisor()
         self._builtin = BuiltinCa(store)
         self._materials: dict[tuple[str, str], CaMaterial] = {}
@@ -195,7 +203,7 @@ class CaManager:
         own: CaMaterial | None = None
         for i, backend in enumerate(mtls.backends):
             try:
-                material = await self._material(name, backend, f"mtls.backends[{i}]")
+                material = await self._material(name, backend, f"mtls.backends[{i}]", from_global=_global(mesh))
             except CaError as e:
                 if i == index:
                     raise
@@ -234,13 +242,19 @@ class CaManager:
         self._assembled[mesh] = ca
         return ca
 
-    async def _material(self, mesh: str, backend: MtlsBackend, path: str) -> CaMaterial:
+    async def _material(self, mesh: str, backend: MtlsBackend, path: str, *, from_global: bool = False
+                        ) -> CaMaterial:
         key = (mesh, backend.name)
         cached = self._materials.get(key)
         if cached is not None and cached.type != backend.type:
             cached = None
         if backend.type == "builtin":
             material, _ = await self._builtin.read(mesh, backend, path, cached)
+            if material is None and from_global and self.wait_for_global_ca:
+                raise CaNotSynced(
+                    "the mesh's builtin CA has not arrived from the global control plane yet (it is made on global "
+                    "and synced to every zone, so the mesh has one trust root); identities are issued once it "
+                    "arrives: check this zone's connection to global", field=path, mesh=mesh, backend=backend.name)
             if material is None:
                 async with self._locks.setdefault(key, asyncio.Lock()):
                     material = await self._builtin.ensure(mesh, backend, path, self._materials.get(key))
@@ -266,7 +280,7 @@ class CaManager:
         mtls = _mtls(mesh)
         for i, backend in enumerate(mtls.backends if mtls else []):
             if backend.type == "builtin":
-                await self._material(mesh.meta.name, backend, f"mtls.backends[{i}]")
+                await self._material(mesh.meta.name, backend, f"mtls.backends[{i}]", from_global=_global(mesh))
 
     async def validate_backend(self, mesh: Resource) -> list[InvalidParameter]:
         """Problems with the mesh's CA backends that only the store/files reveal (a provided backend's secrets

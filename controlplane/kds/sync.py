@@ -151,6 +151,8 @@ class SendType:
     rtype: ResourceType
     # Which local resources go to the peer (on a zone: not what came from global; on global: not the peer's own).
     select: Callable[[Resource], bool] = lambda _r: True
+    # When the choice depends on other resources (the Secrets a Mesh uses): makes `select` anew for each diff.
+    prepare: Callable[[ResourceStore], Awaitable[Callable[[Resource], bool]]] | None = None
 
 
 @dataclass(slots=True)
@@ -248,9 +250,10 @@ class Sender:
     async def _diff(self, type_name: str, *, initial: bool) -> list[discovery_pb2.DeltaDiscoveryResponse]:
         spec, state = self.types[type_name], self._state[type_name]
         listed = await self.store.list(spec.rtype, ListQuery())
+        select = spec.select if spec.prepare is None else await spec.prepare(self.store)
         now: dict[str, WireResource] = {}
         for r in listed.items:
-            if not spec.select(r):
+            if not select(r):
                 continue
             key = wire_key(r.type, r.meta.name, r.meta.mesh)
             cached = state.cache.get(key)

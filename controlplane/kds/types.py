@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from controlplane.resources import load_all
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.insights import DATAPLANE_INSIGHT
 from controlplane.resources.mesh import MESH
+from controlplane.resources.secret import SECRET
 from controlplane.resources.zone import ZONE_INGRESS
+from controlplane.store.base import ListQuery, ResourceStore
 
 from .naming import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZONE_LABEL
 from .sync import SendType
@@ -18,9 +22,21 @@ def policy_types() -> list[ResourceType]:
 
 
 def global_to_zone_types() -> list[ResourceType]:
-    """Meshes first (a policy needs its mesh), then every policy type, then other zones' ZoneIngresses.
-    Secrets (mesh CA material, GlobalSecrets zones need) are not synced yet: see docs and the issue."""
-    return [MESH, *policy_types(), ZONE_INGRESS]
+    """Meshes first (a policy or secret needs its mesh), then the Secrets the meshes' CAs use, every policy
+    type, then other zones' ZoneIngresses. No GlobalSecret goes to zones: global's are its own signing keys and
+    revocation lists (zone and user tokens), which zones must never hold."""
+    return [MESH, SECRET, *policy_types(), ZONE_INGRESS]
+
+
+async def ca_secrets(store: ResourceStore) -> Callable[[Resource], bool]:
+    """Which mesh Secrets go to zones: those a Mesh's CA backends use (Kuma's UsedSecrets), i.e. the builtin
+    CAs' certificate and key (a zone signs its dataplanes' identities with the key, so it must have it) and the
+    secrets of provided CAs. Every other Secret stays on global (dataplane token signing keys are per zone)."""
+    from controlplane.ca import used_secrets  # the CA package imports the store layer: keep this import lazy
+
+    meshes = (await store.list(MESH, ListQuery())).items
+    wanted = {(m.meta.name, name) for m in meshes for name in used_secrets(m)}
+    return lambda r: (r.meta.mesh, r.meta.name) in wanted
 
 
 def zone_to_global_types() -> list[ResourceType]:
@@ -36,7 +52,9 @@ def global_sends(zone: str) -> list[SendType]:
     def other_zones_ingress(r: Resource) -> bool:
         return _from_zone(r) and r.meta.labels.get(ZONE_LABEL) != zone
 
-    return [SendType(t, other_zones_ingress if t is ZONE_INGRESS else (lambda r: not _from_zone(r)))
+    return [SendType(t, other_zones_ingress) if t is ZONE_INGRESS
+            else SendType(t, prepare=ca_secrets) if t is SECRET
+            else SendType(t, lambda r: not _from_zone(r))
             for t in global_to_zone_types()]
 
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from controlplane.ca import CaManager
 from controlplane.runtime import Runtime
 from controlplane.tls import CpTls
 from controlplane.tokens.service import TokenService
 
 from .client import KdsClient, KdsZoneComponent
+from .global_ca import GlobalCaKeeper
 from .server import KdsServer
 
 
-def add_kds(runtime: Runtime, tls: CpTls, tokens: TokenService) -> None:
+def add_kds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager) -> None:
     cfg = runtime.config
     if cfg.mode == "global":
+        # The meshes' CAs are made here (one trust root per mesh) and sent to the zones; one instance does it.
+        runtime.add(GlobalCaKeeper(runtime.store, ca, runtime.supervisor), leader_only=True)
         kds = cfg.multizone.global_.kds
         runtime.add(KdsServer(runtime.store, tokens, interface=kds.interface, port=kds.grpc_port,
                               key_cert_pairs=tls.grpc_key_cert_pairs(), max_bytes=kds.max_msg_size,

@@ -16,11 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.test_kds_cp import api, wait_for
-from tests.integration.test_kuma_dp_support import DpMesh, DpProcess, dp_factory  # noqa: F401  (fixture)
+from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory: fixture)
+    ALLOW_ALL,
+    MTLS_MESH,
+    DpMesh,
+    DpProcess,
+    dp_factory,
+    http,
+)
 from tests.ports import free_port
 
 # A value no default carries, so finding it in a config dump proves the policy got there.
@@ -67,16 +75,15 @@ def zone_insight_names(glob: CpProcess, zone: str) -> set[str]:
             if i.get("labels", {}).get("kuma.io/zone") == zone}
 
 
-def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global_is_down(
-        tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
-        dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
+def start_global_and_zones(tmp_path: Path, started: list[CpProcess], *names: str
+                           ) -> tuple[CpProcess, dict[str, CpProcess], dict[str, str]]:
     kds_port = free_port()
     global_env = {"KUMA_MODE": "global", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(kds_port),
                   "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE": "127.0.0.1"}
     glob = start_cp(tmp_path / "global", **global_env)
     started.append(glob)
     zones: dict[str, CpProcess] = {}
-    for name in ("zone-1", "zone-2"):
+    for name in names:
         token = api(glob, "POST", "/tokens/zone", {"zone": name, "scope": ["cp"]})
         assert token.status == 200, token.raw
         (tmp_path / f"{name}.token").write_bytes(token.raw)
@@ -90,6 +97,14 @@ def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global
     for zone in zones.values():  # the zones have no mesh of their own: global's default arrives over KDS
         wait_for("global's default mesh reaching the zone",
                  lambda z=zone: api(z, "GET", "/meshes/default").status == 200, *all_cps)
+    return glob, zones, global_env
+
+
+def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global_is_down(
+        tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
+        dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
+    glob, zones, global_env = start_global_and_zones(tmp_path, started, "zone-1", "zone-2")
+    all_cps = (glob, *zones.values())
 
     # One caller per zone, with an outbound to a service of its zone, run by a real kuma-dp.
     meshes = {name: DpMesh(zone, app_factory, dp_factory) for name, zone in zones.items()}
@@ -127,3 +142,38 @@ def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global
     started.append(again)
     wait_for("the dataplane registered while global was down reaching it",
              lambda: "late-1" in zone_dataplanes(again, "zone-1"), again, *zones.values())
+
+
+def secret_data(cp: CpProcess, name: str) -> str | None:
+    r = api(cp, "GET", f"/meshes/default/secrets/{name}")
+    return r.json["data"] if r.status == 200 else None
+
+
+def test_one_mesh_has_one_trust_root_in_every_zone(tmp_path: Path, started: list[CpProcess],
+                                                  app_factory: Callable[..., App],
+                                                  dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
+    glob, zones, _ = start_global_and_zones(tmp_path, started, "zone-1", "zone-2")
+    all_cps = (glob, *zones.values())
+    for doc in (MTLS_MESH, ALLOW_ALL):
+        body = yaml.safe_load(doc)
+        path = "/meshes/default" if body["type"] == "Mesh" else "/meshes/default/meshtrafficpermissions/allow-all"
+        assert api(glob, "PUT", path, body).status in (200, 201)
+    # The CA is made on global and the same pair reaches both zones (and nothing else of global's secrets).
+    cert = wait_for("the mesh CA made on global", lambda: secret_data(glob, "default.ca-builtin-cert-ca-1"), glob)
+    key = secret_data(glob, "default.ca-builtin-key-ca-1")
+    for name, zone in zones.items():
+        wait_for(f"global's CA pair in {name}",
+                 lambda z=zone: secret_data(z, "default.ca-builtin-cert-ca-1") == cert
+                 and secret_data(z, "default.ca-builtin-key-ca-1") == key, *all_cps)
+        held = {i["name"] for i in api(zone, "GET", "/meshes/default/secrets").json["items"]
+                if i.get("labels", {}).get("kuma.io/origin") == "global"}
+        assert held == {"default.ca-builtin-cert-ca-1", "default.ca-builtin-key-ca-1"}, held
+    # mTLS traffic in each zone runs on identities signed by that CA (the zones made none of their own).
+    for name, zone in zones.items():
+        mesh = DpMesh(zone, app_factory, dp_factory)
+        mesh.service("backend", name=f"backend-{name}")
+        port = mesh.service("web", name=f"web-{name}", outbounds={"backend": 0}).outbounds["backend"]
+        _, body = wait_for(f"web -> backend over mTLS in {name}",
+                           lambda p=port: (r := http(p)) and r[0] == 200 and r, *all_cps)
+        assert "URI=spiffe://default/web" in body["headers"]["x-forwarded-client-cert"]
+        assert "builtin CA created" not in zone.logs(100000)
