@@ -9,6 +9,7 @@ from controlplane.api.ownership import Ownership
 from controlplane.api.policies_view import PoliciesView
 from controlplane.api.server import ApiContext, ApiServer
 from controlplane.api.tokens import TokenApi, user_authenticator
+from controlplane.api.zones import ZonesApi
 from controlplane.ca import CaManager
 from controlplane.config import Config
 from controlplane.defaults import AdminUserToken, DefaultMesh
@@ -80,7 +81,10 @@ async def build_runtime(cfg: Config) -> Runtime:
     defaults_enabled = not (cfg.mode == "zone" and cfg.multizone.zone.global_address)
     api_ctx = ApiContext(config=cfg, store=store, registry=registry, instance_id=runtime.instance_id,
                          authenticate=user_authenticator(tokens), ssl_context=tls.server_ssl_context(),
-                         extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes],
+                         extra_routes=[TokenApi(tokens).add_routes, PoliciesView(store).add_routes,
+                                       ZonesApi(store, mode=cfg.mode,
+                                                flush=cfg.multizone.global_.kds.zone_insight_flush,
+                                                grace=cfg.multizone.global_.kds.zone_offline_grace).add_routes],
                          checks=WriteChecks(store, ca, default_policies=defaults_enabled, ownership=Ownership(
                              cfg.mode, federated=bool(cfg.multizone.zone.global_address),
                              zone=cfg.multizone.zone.name)))
@@ -96,7 +100,8 @@ async def build_runtime(cfg: Config) -> Runtime:
         runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), None,
                              [RefuseDataplanes()], handshake_timeout=cfg.dp_server.handshake_timeout,
                              idle_timeout=cfg.dp_server.idle_timeout, max_connections=cfg.dp_server.max_connections))
-    add_kds(runtime, tls, tokens, ca)  # multi-zone: KDS server on global, leader-only client on a zone under one
+    # multi-zone: KDS server on global, leader-only client on a zone under one; GET / says how this one is linked
+    api_ctx.index_fields.append(add_kds(runtime, tls, tokens, ca))
     runtime.add(ApiServer(api_ctx))
     # Before DefaultMesh, so the default mesh gets Kuma's default policies too (none on a zone under a global).
     runtime.add(DefaultMeshPolicies(store, enabled=defaults_enabled, supervisor=runtime.supervisor), leader_only=True)

@@ -209,6 +209,13 @@ class KdsServerConfig:
     grpc_port: int = setting(5685, "grpcPort", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT", check="port")
     max_msg_size: int = setting(4 << 20, "maxMsgSize", "KUMA_MULTIZONE_GLOBAL_KDS_MAX_MSG_SIZE", check="positive",
                                 doc="bytes per KDS message; one type's changes are split to stay under it")
+    zone_insight_flush: float = setting(10.0, "zoneInsightFlushInterval",
+                                        "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL", check="positive",
+                                        doc="seconds between writes of a connected zone's ZoneInsight (its heartbeat)")
+    zone_offline_grace: float = setting(30.0, "zoneOfflineGracePeriod",
+                                        "KUMA_MULTIZONE_GLOBAL_KDS_ZONE_OFFLINE_GRACE_PERIOD", check="positive",
+                                        doc="seconds a zone without a stream still shows Online (a reconnect is not "
+                                            "an outage)")
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +45,8 @@ class ApiContext:
     ssl_context: ssl.SSLContext | None
     extra_routes: list[Any]  # callables taking the app: other components' endpoints (tokens, ...)
     checks: WriteChecks | None = None
+    # More fields for GET / (a zone's name and its link to global), computed per request.
+    index_fields: list[Callable[[], dict[str, Any]]] = field(default_factory=list)
 
 
 def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
@@ -56,10 +59,11 @@ def build_app(ctx: ApiContext, *, admin: bool) -> web.Application:
     doc = openapi.build(ctx.registry)
 
     async def index(request: web.Request) -> web.Response:
-        return web.json_response({
-            "hostname": socket.gethostname(), "tagline": "kuma-vm", "version": __version__,
-            "instanceId": ctx.instance_id, "mode": ctx.config.mode, "store": ctx.store.backend,
-        })
+        doc = {"hostname": socket.gethostname(), "tagline": "kuma-vm", "version": __version__,
+               "instanceId": ctx.instance_id, "mode": ctx.config.mode, "store": ctx.store.backend}
+        for fields in ctx.index_fields:
+            doc.update(fields())
+        return web.json_response(doc)
 
     async def openapi_doc(request: web.Request) -> web.Response:
         return web.json_response(doc)

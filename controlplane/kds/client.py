@@ -15,7 +15,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -126,7 +128,7 @@ class KdsClient:
         if not token:
             raise KdsConfigError(f"the zone token file {str(self.token_file)!r} is empty")
         return (("authorization", f"Bearer {token}"), ("client-id", self.zone), ("kds-version", "v2"),
-                ("version", __version__))
+                ("version", __version__), ("environment", "universal"))
 
     def _credentials(self) -> grpc.ChannelCredentials:
         try:
@@ -206,6 +208,22 @@ class KdsZoneComponent:
     def __init__(self, client: KdsClient, supervisor: Supervisor) -> None:
         self.client, self.supervisor = client, supervisor
         self._task: asyncio.Task[None] | None = None
+
+    def status(self) -> dict[str, Any]:
+        """This zone's link to global, for GET /: connected, connecting, disconnected (with the last error), or
+        standby on an instance that is not the zone's leader (the leader syncs)."""
+        c = self.client
+        doc: dict[str, Any] = {"address": f"grpcs://{c.address.target}"}
+        if self._task is None:
+            doc["state"] = "standby"
+            doc["reason"] = "another instance of this zone is the leader and syncs with global"
+            return doc
+        doc["state"] = c.state
+        if c.connected_since is not None:
+            doc["connectedSince"] = datetime.fromtimestamp(c.connected_since, UTC).isoformat().replace("+00:00", "Z")
+        if c.state != "connected" and c.last_error:
+            doc["lastError"] = c.last_error
+        return doc
 
     async def start(self) -> None:
         self._task = self.supervisor.spawn(self.name, self.client.run)

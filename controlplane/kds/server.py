@@ -26,12 +26,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.resources.base import Meta, Resource
 from controlplane.resources.zone import ZONE, ZoneSpec
 from controlplane.store.base import AlreadyExists, NotFound, ResourceStore
+from controlplane.supervise import Supervisor
 from controlplane.tokens.errors import TokenError
 from controlplane.tokens.validator import verify_zone_identity
 
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
 from .sync import FromZone, Receiver, Sender, TypeStats, run_receiver, run_sender
 from .types import global_sends, zone_to_global_types
+from .zone_insights import ZoneInsights
 
 log = logging.getLogger("kuma.kds")
 
@@ -74,7 +76,7 @@ class KdsServer:
 
     def __init__(self, store: ResourceStore, tokens: ZoneTokens, *, interface: str, port: int,
                  key_cert_pairs: Sequence[tuple[bytes, bytes]], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 instance: str = "") -> None:
+                 instance: str = "", insight_flush: float = 10.0, supervisor: Supervisor | None = None) -> None:
         self.store, self.tokens, self.interface, self.port = store, tokens, interface, port
         self.key_cert_pairs, self.max_bytes, self.instance = list(key_cert_pairs), max_bytes, instance
         self._server: grpc.aio.Server | None = None
@@ -83,6 +85,7 @@ class KdsServer:
         self._receivers: dict[str, Receiver] = {}
         self._watcher: asyncio.Task[None] | None = None
         self.bound_port = 0
+        self.insights = ZoneInsights(store, instance, self.zone_status, flush=insight_flush, supervisor=supervisor)
 
     def handler(self) -> grpc.GenericRpcHandler:
         req, resp = discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse
@@ -108,9 +111,11 @@ class KdsServer:
         await server.start()
         self._server, self.bound_port = server, bound
         self._watcher = asyncio.create_task(self._watch_zones(), name="kds-zone-watch")
+        await self.insights.start()
         log.info("KDS server listening", extra={"address": f"{self.interface}:{bound}", "tls": True})
 
     async def stop(self) -> None:
+        await self.insights.stop()
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,6 +166,9 @@ class KdsServer:
                         extra={"zone": zone, "stream": kind, "old_peer": previous.peer, "new_peer": session.peer})
             await previous.ended.wait()
         self._sessions[(zone, kind)] = session
+        if sum(1 for z, _ in self._sessions if z == zone) == 1:  # the zone's first stream here: a new connection
+            md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+            self.insights.opened(zone, version=md.get("version", ""), environment=md.get("environment", "universal"))
         await context.send_initial_metadata((("kds-global-instance", self.instance or "global"),))
         log.info("KDS zone stream open", extra={"zone": zone, "stream": kind, "peer": session.peer})
         work = asyncio.ensure_future(run)
@@ -175,6 +183,8 @@ class KdsServer:
             # pending on a call the zone already left can take a while to notice.
             if self._sessions.get((zone, kind)) is session:
                 del self._sessions[(zone, kind)]
+                if not any(z == zone for z, _ in self._sessions):
+                    self.insights.closed(zone)
             session.ended.set()
             for t in (work, kicked):
                 t.cancel()

@@ -12,7 +12,7 @@ import click
 from .client import ApiClient
 from .context import global_options, mesh_option, state
 from .output import OUTPUT_OPTION, render, render_table
-from .tables import dataplane_overview_table, mesh_insights_table
+from .tables import dataplane_overview_table, mesh_insights_table, zone_overview_table
 
 
 def _all(client: ApiClient, path: str) -> dict[str, Any]:
@@ -49,6 +49,18 @@ def inspect_dataplanes(mesh: str, output: str) -> None:
     result = _all(state().client(), f"/meshes/{urllib.parse.quote(mesh, safe='')}/dataplanes/_overview")
     if output == "table":
         click.echo(dataplane_overview_table(result["items"]), nl=False)
+    else:
+        click.echo(render(result, output), nl=False)
+
+
+@inspect_group.command("zones")
+@OUTPUT_OPTION
+@global_options
+def inspect_zones(output: str) -> None:
+    """The zones global knows: Online/Offline, last connection, KDS counts, version (on global only)."""
+    result = _all(state().client(), "/zones/_overview")
+    if output == "table":
+        click.echo(zone_overview_table(result["items"]), nl=False)
     else:
         click.echo(render(result, output), nl=False)
 

@@ -112,3 +112,25 @@ def dataplane_overview_table(items: Sequence[Mapping[str, Any]]) -> str:
         rows.append([it.get("mesh") or dp.get("mesh", ""), it.get("name") or dp.get("name", ""),
                      it.get("status") or "offline", dataplane_services(dp), dataplane_address(dp)])
     return render_table(["MESH", "NAME", "STATUS", "SERVICES", "ADDRESS"], rows)
+
+
+def zone_overview_table(items: Sequence[Mapping[str, Any]]) -> str:
+    """`kumactl inspect zones`: each zone's status, its last connection, what its newest connection synced
+    (responses sent/ACKed/NACKed by the zone, and resources from the zone global rejected), version and
+    environment."""
+    rows = []
+    for it in items:
+        insight = it.get("zoneInsight") or {}
+        subs = insight.get("subscriptions") or []
+        newest = max(subs, key=lambda s: str(s.get("connectTime", ""))) if subs else {}
+        total = _get(newest, "status", "total") or {}
+        kds = (f"{total.get('responsesSent', 0)}/{total.get('responsesAcknowledged', 0)}/"
+               f"{total.get('responsesRejected', 0)}/{total.get('resourcesRejected', 0)}") if newest else "-"
+        enabled = _get(it, "zone", "enabled")
+        status = it.get("status") or "Offline"
+        if enabled is False:
+            status += " (disabled)"
+        rows.append([it.get("name", ""), status, newest.get("connectTime", "never"), kds,
+                     _get(newest, "version", "kumaCp", "version") or "-", insight.get("environment") or "-"])
+    return render_table(["NAME", "STATUS", "LAST CONNECTED", "KDS SENT/ACKED/NACKED/REJECTED", "VERSION",
+                         "ENVIRONMENT"], rows)

@@ -64,3 +64,48 @@ ZONE_INGRESS = register(ResourceType(
     spec_cls=ZoneIngressSpec, flat=True,
     description="A zone's ingress proxy and the services reachable through it.",
 ))
+
+
+class KdsTypeStats(Spec):
+    responses_sent: int = 0
+    resources_sent: int = 0
+    responses_acknowledged: int = 0
+    responses_rejected: int = 0
+    responses_received: int = 0  # zone -> global
+    resources_rejected: int = 0  # zone -> global: resources global refused (NACKed)
+    last_nack: str | None = None
+
+
+class KdsSubscriptionStatus(Spec):
+    last_update_time: str | None = None
+    total: KdsTypeStats = KdsTypeStats()
+    stat: dict[str, KdsTypeStats] = {}
+
+
+class KumaCpVersion(Spec):
+    version: str = ""
+
+
+class ZoneVersion(Spec):
+    kuma_cp: KumaCpVersion = KumaCpVersion()
+
+
+class ZoneSubscription(Spec):
+    id: str
+    global_instance_id: str
+    connect_time: str
+    disconnect_time: str | None = None
+    status: KdsSubscriptionStatus = KdsSubscriptionStatus()
+    version: ZoneVersion = ZoneVersion()
+
+
+class ZoneInsightSpec(Spec):
+    subscriptions: list[ZoneSubscription] = []
+    environment: str | None = None  # universal | kubernetes, as the zone says
+
+
+ZONE_INSIGHT = register(ResourceType(
+    name="ZoneInsight", plural="zone-insights", singular="zone-insight", scope=Scope.GLOBAL,
+    spec_cls=ZoneInsightSpec, flat=True, readonly=True,
+    description="A zone's KDS connections to global, kept by the global control plane.",
+))

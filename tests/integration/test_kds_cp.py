@@ -215,7 +215,8 @@ def test_a_standalone_zone_joins_global_adopting_its_mesh_and_a_resource_global_
 
     kds_port = free_port()
     glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
-                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1",
+                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1")
     started.append(glob)
     token_file = tmp_path / "zone-1.token"
     token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
@@ -245,6 +246,13 @@ def test_a_standalone_zone_joins_global_adopting_its_mesh_and_a_resource_global_
              and "mesh 'legacy' does not exist here" in zone.logs(400), glob, zone)
     assert api(glob, "GET", "/meshes/legacy").status == 404
     assert "create the mesh on global" in glob.logs(400)
+    # ... and global's ZoneInsight records the rejection with its reason.
+    nack = wait_for("the rejection in zone-1's ZoneInsight",
+                    lambda: (r := api(glob, "GET", "/zones/zone-1/_overview")).status == 200
+                    and r.json["zoneInsight"]["subscriptions"][-1]["status"]["stat"].get("Dataplane", {})
+                    .get("resourcesRejected") and r.json["zoneInsight"]["subscriptions"][-1]["status"]["stat"]
+                    ["Dataplane"], glob, zone)
+    assert "mesh 'legacy' does not exist here" in nack["lastNack"]
     # The fix the refusal names: the mesh made on global. The zone sends the refused dataplane again (after
     # its back-off) although it did not change, and global takes it.
     assert api(glob, "PUT", "/meshes/legacy", {"type": "Mesh", "name": "legacy"}).status in (200, 201)
@@ -272,3 +280,55 @@ def test_global_serves_no_dataplanes_and_says_where_to_go(cp_factory: Callable[.
     # No DNS server and no VIP allocation on global.
     assert "DNS server listening" not in glob.logs(400) and "vip" not in glob.logs(400).lower()
     assert api(glob, "GET", "/meshes/default/vips").status == 404
+
+
+def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_path: Path,
+                                                                         started: list[CpProcess]) -> None:
+    from tests.integration.test_kumactl import failed, kumactl, ok
+
+    kds_port = free_port()
+    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
+                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1",
+                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1",
+                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_OFFLINE_GRACE_PERIOD="2")
+    started.append(glob)
+    token_file = tmp_path / "zone-1.token"
+    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
+    zone = start_cp(tmp_path / "zone", KUMA_MULTIZONE_ZONE_NAME="zone-1",
+                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
+                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
+                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    started.append(zone)
+    link = wait_for("the zone connected, in its GET /",
+                    lambda: (d := api(zone, "GET", "/").json)["global"]["state"] == "connected" and d, glob, zone)
+    assert link["mode"] == "zone" and link["zone"] == "zone-1"
+    assert link["global"]["address"] == f"grpcs://127.0.0.1:{kds_port}" and link["global"]["connectedSince"]
+    assert api(glob, "GET", "/").json["mode"] == "global"
+
+    def overview() -> dict[str, Any]:
+        r = api(glob, "GET", "/zones/zone-1/_overview")
+        return r.json if r.status == 200 else {}
+    item = wait_for("zone-1 Online on global, with what was synced",
+                    lambda: (o := overview()).get("status") == "Online"
+                    and (o["zoneInsight"].get("subscriptions") or [{}])[-1].get("status", {}).get("stat", {})
+                    .get("Mesh", {}).get("responsesAcknowledged") and o, glob, zone)
+    insight = item["zoneInsight"]
+    assert insight["environment"] == "universal"
+    [sub] = insight["subscriptions"]
+    assert sub["globalInstanceId"] and sub["version"]["kumaCp"]["version"] and "disconnectTime" not in sub
+
+    config = tmp_path / "kumactl.yaml"
+    ok(kumactl("config", "control-planes", "add", "--name", "global", "--address", glob.http_url, config=config))
+    table = ok(kumactl("inspect", "zones", config=config))
+    assert "zone-1" in table and "Online" in table and "universal" in table, table
+    zone_config = tmp_path / "kumactl-zone.yaml"
+    ok(kumactl("config", "control-planes", "add", "--name", "zone", "--address", zone.http_url, config=zone_config))
+    assert "known to the global control plane" in failed(kumactl("inspect", "zones", config=zone_config))
+
+    # The zone goes away: its subscription ends, and after the grace period the zone is Offline.
+    os.kill(zone.pid, signal.SIGKILL)
+    zone.proc.wait()
+    item = wait_for("zone-1 Offline after the grace period", lambda: (o := overview()).get("status") == "Offline"
+                    and o, glob)
+    assert item["zoneInsight"]["subscriptions"][-1]["disconnectTime"]
+    assert "Offline" in ok(kumactl("inspect", "zones", config=config))
