@@ -27,6 +27,7 @@ from controlplane.store.base import ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
+from . import metrics
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
 from .server import GLOBAL_TO_ZONE, SERVICE, ZONE_TO_GLOBAL, grpc_options
 from .sync import FromGlobal, Receiver, Sender, first_of, run_receiver, run_sender
@@ -166,6 +167,8 @@ class KdsClient:
                                                                    "global": self.address.target})
                     yield r
 
+            for kind in (GLOBAL_TO_ZONE, ZONE_TO_GLOBAL):
+                metrics.STREAMS_OPEN.labels("zone", kind).inc()
             try:
                 await first_of(run_receiver(self.receiver, responses(), g2z.write),
                                 run_sender(self.sender, aiter(z2g), z2g.write), name=f"kds-zone-{self.zone}")
@@ -176,6 +179,8 @@ class KdsClient:
             finally:
                 g2z.cancel()
                 z2g.cancel()
+                for kind in (GLOBAL_TO_ZONE, ZONE_TO_GLOBAL):
+                    metrics.STREAMS_OPEN.labels("zone", kind).dec()
 
 
 _LOCAL_WRITE_FAILURE = "Internal error from Core"  # what grpcio reports for a write to a call already ended

@@ -30,6 +30,7 @@ from controlplane.supervise import Supervisor
 from controlplane.tokens.errors import TokenError
 from controlplane.tokens.validator import verify_zone_identity
 
+from . import metrics
 from .codec import DEFAULT_MAX_MESSAGE_BYTES
 from .sync import FromZone, Receiver, Sender, TypeStats, run_receiver, run_sender
 from .types import global_sends, zone_to_global_types
@@ -171,6 +172,7 @@ class KdsServer:
             self.insights.opened(zone, version=md.get("version", ""), environment=md.get("environment", "universal"))
         await context.send_initial_metadata((("kds-global-instance", self.instance or "global"),))
         log.info("KDS zone stream open", extra={"zone": zone, "stream": kind, "peer": session.peer})
+        metrics.STREAMS_OPEN.labels("global", kind).inc()
         work = asyncio.ensure_future(run)
         kicked = asyncio.ensure_future(session.kick.wait())
         # A zone that goes away while this side only waits (no read or write pending on the call) is noticed
@@ -186,6 +188,7 @@ class KdsServer:
                 if not any(z == zone for z, _ in self._sessions):
                     self.insights.closed(zone)
             session.ended.set()
+            metrics.STREAMS_OPEN.labels("global", kind).dec()
             for t in (work, kicked):
                 t.cancel()
             _, stuck = await asyncio.wait([work, kicked], timeout=5.0)

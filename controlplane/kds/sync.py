@@ -36,6 +36,7 @@ from controlplane.resources.base import Resource, ResourceType
 from controlplane.store.base import Conflict, ListQuery, MeshNotFound, NotFound, ResourceStore, StoreError
 from kuma_shared.logs import ErrorLog
 
+from . import metrics
 from .codec import DEFAULT_MAX_MESSAGE_BYTES, KdsDecodeError, WireResource, batch, decode, encode
 from .naming import (
     DISPLAY_NAME_LABEL,
@@ -153,6 +154,8 @@ class SendType:
     select: Callable[[Resource], bool] = lambda _r: True
     # When the choice depends on other resources (the Secrets a Mesh uses): makes `select` anew for each diff.
     prepare: Callable[[ResourceStore], Awaitable[Callable[[Resource], bool]]] | None = None
+    # What the peer gets of a selected resource, when not all of it (a DataplaneInsight's summary).
+    transform: Callable[[Resource], Resource] | None = None
 
 
 @dataclass(slots=True)
@@ -173,6 +176,7 @@ class _SendState:
     subscribed: bool = False
     has: dict[str, str] = field(default_factory=dict)  # what the peer holds (as far as we sent): key -> version
     pending: dict[str, list[str]] = field(default_factory=dict)  # nonce -> keys sent in it, until ACK/NACK
+    changed_at: dict[str, float] = field(default_factory=dict)  # nonce -> when the store change it carries came
     rejected: set[str] = field(default_factory=set)  # keys of NACKed responses, re-sent at `retry_at`
     retry_at: float | None = None  # time.monotonic()
     backoff: float = 0.0
@@ -187,6 +191,7 @@ class Sender:
         self.types = {t.rtype.name: t for t in types}
         self._state = {name: _SendState() for name in self.types}
         self._nonce = 0
+        self.side = metrics.side_of(peer)
         self.retry_scheduled = asyncio.Event()  # set when a NACK schedules a re-send (run_sender waits on it)
 
     def stats(self) -> dict[str, TypeStats]:
@@ -201,7 +206,9 @@ class Sender:
             return []
         if req.response_nonce:
             keys = state.pending.pop(req.response_nonce, None)
+            changed_at = state.changed_at.pop(req.response_nonce, None)
             if req.HasField("error_detail"):
+                metrics.NACKS_RECEIVED.labels(self.side, req.type_url).inc()
                 state.stats.nacked += 1
                 state.stats.last_nack = req.error_detail.message
                 state.backoff = min(max(state.backoff * 2, NACK_RETRY_MIN), NACK_RETRY_MAX)
@@ -214,6 +221,8 @@ class Sender:
             elif keys is not None:
                 state.stats.acked += 1
                 state.backoff = 0.0
+                if changed_at is not None:
+                    metrics.SYNC_LAG.labels(self.side, req.type_url).observe(time.monotonic() - changed_at)
             return []
         state.subscribed = True
         state.has = dict(req.initial_resource_versions)
@@ -239,12 +248,18 @@ class Sender:
                 out += await self._diff(name, initial=False)
         return out
 
-    async def changed(self, type_names: Iterable[str] | None = None) -> list[discovery_pb2.DeltaDiscoveryResponse]:
-        """Responses for what changed in the store since the last call, for subscribed types (all if None)."""
+    async def changed(self, type_names: Iterable[str] | None = None, *, changed_at: float | None = None
+                      ) -> list[discovery_pb2.DeltaDiscoveryResponse]:
+        """Responses for what changed in the store since the last call, for subscribed types (all if None);
+        `changed_at` (time.monotonic()) is when the change was seen, for the sync-lag metric."""
         out: list[discovery_pb2.DeltaDiscoveryResponse] = []
         for name in self.types if type_names is None else [n for n in self.types if n in set(type_names)]:
             if self._state[name].subscribed:
-                out += await self._diff(name, initial=False)
+                responses = await self._diff(name, initial=False)
+                if changed_at is not None:
+                    for resp in responses:
+                        self._state[name].changed_at[resp.nonce] = changed_at
+                out += responses
         return out
 
     async def _diff(self, type_name: str, *, initial: bool) -> list[discovery_pb2.DeltaDiscoveryResponse]:
@@ -258,7 +273,7 @@ class Sender:
             key = wire_key(r.type, r.meta.name, r.meta.mesh)
             cached = state.cache.get(key)
             if cached is None or cached[0] != r.meta.version:
-                cached = (r.meta.version, encode(r))
+                cached = (r.meta.version, encode(spec.transform(r) if spec.transform else r))
                 state.cache[key] = cached
             now[key] = cached[1]
         for gone in set(state.cache) - set(now):
@@ -288,9 +303,12 @@ class Sender:
             state.pending[resp.nonce] = [r.name for r in resp.resources]
             state.stats.responses_sent += 1
             state.stats.resources_sent += len(resp.resources)
+            metrics.RESPONSES_SENT.labels(self.side, type_name).inc()
+            metrics.RESOURCES_SENT.labels(self.side, type_name).inc(len(resp.resources))
         if len(state.pending) > 1000:  # a peer that never ACKs must not grow this without bound
             for nonce in list(state.pending)[:-1000]:
                 del state.pending[nonce]
+                state.changed_at.pop(nonce, None)
         return responses
 
 
@@ -343,6 +361,8 @@ class Receiver:
                         f"(this side takes {', '.join(sorted(self.types))})"))
             return ack
         state.stats.responses_received += 1
+        side = metrics.side_of(self.origin.peer)
+        metrics.RESPONSES_RECEIVED.labels(side, resp.type_url).inc()
         if state.index is None:
             state.index = await self._index(rtype)
         errors: list[str] = []
@@ -359,6 +379,7 @@ class Receiver:
                 state.initial, state.seen = False, set()
         if errors:
             state.stats.rejected += len(errors)
+            metrics.NACKS_SENT.labels(side, resp.type_url).inc()
             # The NACK itself must stay small whatever the batch held: the first reasons and a count.
             shown = errors[:MAX_NACK_REASONS]
             message = "; ".join(shown) + (f"; and {len(errors) - len(shown)} more" if len(errors) > len(shown) else "")
@@ -450,12 +471,13 @@ async def run_sender(sender: Sender, requests: AsyncIterator[discovery_pb2.Delta
         async def push_changes() -> None:
             while True:
                 first = await events.get()
+                seen = time.monotonic()
                 await asyncio.sleep(debounce)  # coalesce a burst of writes into one diff per type
                 batch_ = [first]
                 while not events.empty():
                     batch_.append(events.get_nowait())
                 names = None if any(e.op == "resync" for e in batch_) else {e.type for e in batch_}
-                await emit(await sender.changed(names))
+                await emit(await sender.changed(names, changed_at=seen))
 
         async def read_requests() -> None:
             async for req in requests:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from controlplane.resources import load_all
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
-from controlplane.resources.insights import DATAPLANE_INSIGHT
+from controlplane.resources.insights import DATAPLANE_INSIGHT, DataplaneInsightSpec, SubscriptionStatus
 from controlplane.resources.mesh import MESH
 from controlplane.resources.secret import SECRET
 from controlplane.resources.zone import ZONE_INGRESS
@@ -64,4 +64,23 @@ def zone_sends(zone: str) -> list[SendType]:
         labels = r.meta.labels
         return labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL and labels.get(ZONE_LABEL) in (None, zone)
 
-    return [SendType(t, own) for t in zone_to_global_types()]
+    return [SendType(t, own, transform=summarise_insight if t is DATAPLANE_INSIGHT else None)
+            for t in zone_to_global_types()]
+
+
+SUMMARY_SUBSCRIPTIONS = 2
+
+
+def summarise_insight(r: Resource) -> Resource:
+    """What global needs of a DataplaneInsight: online/offline (connect and disconnect times, and the heartbeat
+    that tells a live zone instance from a dead one), versions, the last NACK, certificate state and host DNS;
+    not the xDS counters, which change on every push (each push in the zone would become a KDS message to
+    global). The two newest subscriptions."""
+    spec = r.spec
+    if not isinstance(spec, DataplaneInsightSpec):
+        return r
+    subs = []
+    for sub in sorted(spec.subscriptions, key=lambda s: s.connect_time)[-SUMMARY_SUBSCRIPTIONS:]:
+        status = SubscriptionStatus(last_update_time=sub.status.last_update_time)
+        subs.append(sub.model_copy(update={"status": status}))
+    return Resource(r.type, r.meta, spec.model_copy(update={"subscriptions": subs}))

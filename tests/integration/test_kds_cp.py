@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,6 +317,23 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
     assert insight["environment"] == "universal"
     [sub] = insight["subscriptions"]
     assert sub["globalInstanceId"] and sub["version"]["kumaCp"]["version"] and "disconnectTime" not in sub
+
+    # Metrics on both sides: open streams, responses, and the lag from a change on global to the zone's ACK.
+    policy = {"type": "MeshTimeout", "mesh": "default", "name": "lagged",
+              "spec": {"targetRef": {"kind": "Mesh"},
+                       "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "7s"}}]}}
+    assert api(glob, "PUT", "/meshes/default/meshtimeouts/lagged", policy).status in (200, 201)
+
+    def metric(cp: CpProcess, name: str) -> float:
+        text = urllib.request.urlopen(cp.diagnostics_url + "/metrics", timeout=5).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+    wait_for("the policy's sync lag measured on global",
+             lambda: metric(glob, 'kuma_cp_kds_sync_lag_seconds_count{side="global",type="MeshTimeout"}') >= 1,
+             glob, zone)
+    assert metric(glob, 'kuma_cp_kds_streams_open{side="global"') == 2
+    assert metric(zone, 'kuma_cp_kds_streams_open{side="zone"') == 2
+    assert metric(zone, 'kuma_cp_kds_responses_received_total{side="zone",type="Mesh"}') >= 1
+    assert metric(zone, 'kuma_cp_kds_responses_sent_total{side="zone",type="Dataplane"}') >= 1
 
     config = tmp_path / "kumactl.yaml"
     ok(kumactl("config", "control-planes", "add", "--name", "global", "--address", glob.http_url, config=config))

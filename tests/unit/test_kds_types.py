@@ -37,3 +37,25 @@ def test_a_zone_sends_only_its_own_resources() -> None:
     assert own(ingress("zi-1", {}))
     assert not own(ingress("zi-2", {"kuma.io/origin": "zone", "kuma.io/zone": "zone-2"}))  # forwarded by global
     assert not own(ingress("zi-3", {"kuma.io/origin": "global"}))
+
+
+def test_a_dataplane_insight_goes_to_global_summarised() -> None:
+    from controlplane.kds.types import summarise_insight
+    from controlplane.resources.base import Meta, Resource
+    from controlplane.resources.insights import DATAPLANE_INSIGHT, DataplaneInsightSpec
+
+    def sub(i: int) -> dict[str, object]:
+        return {"id": str(i), "controlPlaneInstanceId": "a", "connectTime": f"2026-01-0{i}T00:00:00Z",
+                "disconnectTime": None if i == 4 else f"2026-01-0{i}T01:00:00Z", "kumaDpVersion": "1.0",
+                "lastNack": {"type": "CDS", "version": "v", "errorDetail": "bad", "time": "2026-01-04T00:00:00Z"},
+                "status": {"lastUpdateTime": "2026-01-04T00:00:10Z", "total": {"responsesSent": 99},
+                           "cds": {"responsesSent": 50}}}
+    spec = DataplaneInsightSpec.model_validate({"subscriptions": [sub(i) for i in (1, 2, 3, 4)],
+                                                "mTLS": {"certificateRegenerations": 3}})
+    summary = summarise_insight(Resource(DATAPLANE_INSIGHT, Meta(name="web-1", mesh="default"), spec)).spec
+    assert isinstance(summary, DataplaneInsightSpec)
+    assert [s.id for s in summary.subscriptions] == ["3", "4"]
+    newest = summary.subscriptions[-1]
+    assert newest.status.total.responses_sent == 0 and newest.status.cds.responses_sent == 0  # counters dropped
+    assert newest.status.last_update_time == "2026-01-04T00:00:10Z" and newest.last_nack is not None
+    assert summary.m_tls is not None and summary.m_tls.certificate_regenerations == 3
