@@ -57,6 +57,7 @@ INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's res
 GRPC_INVALID_ARGUMENT = 3
 MAX_NACK_REASONS = 20
 NACK_RETRY_MIN, NACK_RETRY_MAX = 5.0, 300.0  # re-sending what a peer rejected
+STUCK_AFTER = 5.0  # seconds a stream's tasks get to stop once it ends
 
 
 # ---------------------------------------------------------------------------------------------------- origins
@@ -368,8 +369,17 @@ class Receiver:
         errors: list[str] = []
         for key in resp.removed_resources:
             await self._remove(rtype, state, key, errors)
+        fresh: list[tuple[discovery_pb2.Resource, Resource]] = []  # not held from the peer yet: created together
         for res in resp.resources:
-            await self._upsert(rtype, state, res, errors)
+            if res.name in state.index:
+                await self._upsert(rtype, state, res, errors)
+                continue
+            try:
+                fresh.append((res, self.origin.to_local(decode(rtype, res))))
+            except KdsDecodeError as e:
+                errors.append(str(e))
+        if fresh:
+            await self._create_fresh(rtype, state, fresh, errors)
         if state.initial:
             state.seen.update(r.name for r in resp.resources)
             if resp.system_version_info != INITIAL_MORE:
@@ -389,6 +399,21 @@ class Receiver:
                         extra={"peer": self.origin.peer, "type": rtype.name, "rejected": len(errors),
                                "errors": shown})
         return ack
+
+    async def _create_fresh(self, rtype: ResourceType, state: _RecvState,
+                            fresh: list[tuple[discovery_pb2.Resource, Resource]], errors: list[str]) -> None:
+        """New resources in one transaction (a first sync of thousands is one write, not thousands); if any
+        cannot be created as it is (a local one of that name, a missing mesh), each goes its own way."""
+        assert state.index is not None
+        try:
+            await self.store.create_all([local for _, local in fresh])
+        except StoreError:
+            for res, _ in fresh:
+                await self._upsert(rtype, state, res, errors)
+            return
+        for res, local in fresh:
+            state.index[res.name] = (local.meta.name, local.meta.mesh)
+            state.versions[res.name] = res.version
 
     async def _index(self, rtype: ResourceType) -> dict[str, tuple[str, str]]:
         listed = await self.store.list(rtype, ListQuery())
@@ -506,7 +531,15 @@ async def first_of(*coros: Awaitable[None], name: str) -> None:
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)  # every outcome retrieved, none left dangling
+        # Bounded: a task stuck in a call that ignores cancellation (a gRPC read on a dead connection) must not
+        # keep the caller from reconnecting; it is left to finish on its own, and said so.
+        _, stuck = await asyncio.wait(tasks, timeout=STUCK_AFTER)
+        if stuck:
+            log.warning("KDS stream tasks did not stop within %g s of the stream's end; going on without them",
+                        STUCK_AFTER, extra={"tasks": sorted(t.get_name() for t in stuck)})
+        for t in tasks:
+            if t.done() and not t.cancelled():
+                t.exception()  # retrieved, so none is reported as never retrieved
     for t in done:
         t.result()
 
