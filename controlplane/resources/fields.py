@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from .errors import Violations
+from .paths import key_path
 
 # DNS-1123 subdomain: what Kubernetes accepts as an object name, so names survive the trip to a k8s zone.
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -49,21 +50,22 @@ def check_key(v: Violations, path: str, key: str) -> None:
 
 def check_labels(v: Violations, path: str, labels: dict[str, str]) -> None:
     for key, value in labels.items():
-        check_key(v, f"{path}[{key!r}]" if path else key, key)
+        check_key(v, key_path(path, key) if path else key, key)
         if len(value) > 63 or (value and not _KEY_NAME.match(value)):
-            v.add(f"{path}[{key!r}]", f"value {value!r} must be at most 63 letters, digits, '-', '_' or '.'")
+            v.add(key_path(path, key) if path else key,
+                  f"value {value!r} must be at most 63 letters, digits, '-', '_' or '.'")
 
 
 def check_tags(v: Violations, path: str, tags: dict[str, str], *, required: tuple[str, ...] = ()) -> None:
     for key in required:
         if not tags.get(key):
-            v.add(f'{path}["{key}"]', "tag is required")
+            v.add(key_path(path, key), "tag is required")
     for key, value in tags.items():
-        check_key(v, f'{path}["{key}"]', key)
+        check_key(v, key_path(path, key), key)
         if not value:
-            v.add(f'{path}["{key}"]', "tag value cannot be empty")
+            v.add(key_path(path, key), "tag value cannot be empty")
         elif not _TAG_VALUE.match(value):
-            v.add(f'{path}["{key}"]', f"tag value {value!r} cannot contain whitespace")
+            v.add(key_path(path, key), f"tag value {value!r} cannot contain whitespace")
 
 
 # The longest duration anything takes: Envoy's protobuf Duration must fit int64 nanoseconds in whole seconds,

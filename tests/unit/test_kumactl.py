@@ -272,7 +272,7 @@ def test_apply_reports_yaml_syntax_errors(tmp_path: Path) -> None:
     f.write_text("type: Mesh\nname: a\n---\ntype: Mesh\nname: [b\n")
     r = run("apply", "-f", str(f), config=tmp_path / "cfg")
     assert r.exit_code == 1
-    assert "document 2: not valid YAML (line" in err(r)
+    assert "document 2: not valid YAML: " in err(r) and "(line 6, column 1)" in err(r)
 
 
 def test_apply_reads_stdin_and_skips_empty_documents(tmp_path: Path) -> None:
