@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope
 from .errors import InvalidParameter, ResourceValidationError, Violations, join_path, pydantic_violations
 from .fields import check_labels, check_name
+from .partial import checks_despite
 
 META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
 
@@ -62,7 +63,8 @@ def parse_spec(rtype: ResourceType, body: Any, prefix: str) -> tuple[Any, list[I
     try:
         spec = rtype.spec_cls.model_validate(body)
     except ValidationError as e:
-        return None, _merged(numbers.items, pydantic_violations(e, prefix, rtype.spec_cls))
+        structural = _merged(numbers.items, pydantic_violations(e, prefix, rtype.spec_cls))
+        return None, _merged(structural, checks_despite(rtype.spec_cls, body, e, prefix))
     v = Violations()
     spec.check(v, prefix)
     problems = _merged(numbers.items, v.items)

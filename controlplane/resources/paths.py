@@ -73,11 +73,20 @@ def _union_member(tp: Any, part: str) -> Any | None:
 
 def walk(model: Any, prefix: str, loc: Iterable[str | int]) -> tuple[str, Any]:
     """The path of `loc` under `prefix`, and the type at its parent (the model a last field belongs to)."""
+    path, parent, _ = walk_raw(model, prefix, loc)
+    return path, parent
+
+
+def walk_raw(model: Any, prefix: str, loc: Iterable[str | int]) -> tuple[str, Any, tuple[str | int, ...]]:
+    """`walk`, plus the location in the document itself (pydantic's names for unions and validators left
+    out), which is what a caller needs to find the value again."""
     path, tp, parent = prefix, model, None
+    raw: list[str | int] = []
     for part in loc:
         tp = _unwrap(tp)
         parent = tp
         if isinstance(part, int):
+            raw.append(part)
             path += f"[{part}]"
             args = typing.get_args(tp)
             tp = args[0] if typing.get_origin(tp) in (list, tuple, set, frozenset) and args else None
@@ -88,6 +97,7 @@ def walk(model: Any, prefix: str, loc: Iterable[str | int]) -> tuple[str, Any]:
         if member is not None:
             tp = member
             continue
+        raw.append(part)
         if _is_model(tp):
             found = model_field(tp, part)
             path = field_path(path, found[0] if found else part)
@@ -100,7 +110,55 @@ def walk(model: Any, prefix: str, loc: Iterable[str | int]) -> tuple[str, Any]:
             path, tp = field_path(path, part), None
         else:
             path, tp = key_path(path, part), None
-    return path, _unwrap(parent)
+    return path, _unwrap(parent), tuple(raw)
+
+
+def field_required(container: Any, name: str) -> bool:
+    """Whether `name` must be present in `container` (a model type); unknown fields and maps: no."""
+    container = _unwrap(container)
+    if not _is_model(container):
+        return False
+    for py_name, info in container.model_fields.items():
+        if name in (info.alias, py_name):
+            return info.is_required()
+    return False
+
+
+def type_at(model: Any, raw: Iterable[str | int]) -> Any:
+    """The schema type of the value at document location `raw` (None outside the schema)."""
+    tp = model
+    for part in raw:
+        tp = _unwrap(tp)
+        if isinstance(part, int):
+            args = typing.get_args(tp)
+            tp = args[0] if typing.get_origin(tp) in (list, tuple, set, frozenset) and args else None
+        elif _is_model(tp):
+            found = model_field(tp, part)
+            tp = found[1] if found else None
+        elif typing.get_origin(tp) in (dict, Mapping):
+            args = typing.get_args(tp)
+            tp = args[1] if len(args) == 2 else None
+        else:
+            tp = None
+    return _unwrap(tp)
+
+
+_TOKEN = re.compile(r'\.?([^.\[\]"]+)|\[(\d+)\]|\["(.*?)"\](?=[.\[]|$)')
+
+
+def parse_path(path: str) -> list[str | int] | None:
+    """'networking.inbound[0].tags["kuma.io/service"]' -> ['networking', 'inbound', 0, 'tags',
+    'kuma.io/service']; None when `path` is not in this module's spelling."""
+    out: list[str | int] = []
+    pos = 0
+    while pos < len(path):
+        m = _TOKEN.match(path, pos)
+        if m is None or m.end() == pos:
+            return None
+        name, index, key = m.groups()
+        out.append(int(index) if index is not None else (key if key is not None else name))
+        pos = m.end()
+    return out
 
 
 def unknown_field_reason(parent: Any, name: str) -> str:
