@@ -97,6 +97,10 @@ class Gateway(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        proto = self.tags.get(PROTOCOL_TAG)
+        if proto is not None and proto != "tcp":  # Kuma: a gateway's own traffic is TCP; routes say more
+            v.add(f'{path}.tags["{PROTOCOL_TAG}"]', f"a gateway's protocol tag must be 'tcp' (or left out), not "
+                                                    f"{proto!r}")
 
 
 class Admin(Spec):
@@ -126,15 +130,18 @@ class Networking(Spec):
     transparent_proxying: TransparentProxying | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        check_address(v, f"{path}.address", self.address)
+        check_dataplane_address(v, f"{path}.address", self.address)
         check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
         if not self.inbound and self.gateway is None:
             v.add(f"{path}.inbound", "a dataplane needs at least one inbound (or a gateway)")
         if self.inbound and self.gateway is not None:
-            v.add(f"{path}.gateway", "a gateway dataplane cannot also have inbounds")
+            v.add(f"{path}.inbound", f"inbound cannot be defined for {self.gateway.type.lower()} gateways")
+        if self.outbound and self.gateway is not None and self.gateway.type == "BUILTIN":
+            v.add(f"{path}.outbound", "outbound cannot be defined for builtin gateways")
         seen: dict[tuple[str, int], int] = {}
         for i, inbound in enumerate(self.inbound):
             inbound.check(v, f"{path}.inbound[{i}]")
+            check_no_loop(v, f"{path}.inbound[{i}]", inbound, self.address)
             key = (inbound.address or self.address, inbound.port)
             if key in seen:
                 v.add(f"{path}.inbound[{i}].port",
@@ -152,8 +159,53 @@ class Networking(Spec):
             self.gateway.check(v, f"{path}.gateway")
         if self.admin:
             self.admin.check(v, f"{path}.admin")
+            self.check_admin_port(v, f"{path}.admin.port", self.admin.port)
         if self.transparent_proxying:
             self.transparent_proxying.check(v, f"{path}.transparentProxying")
+
+    def check_admin_port(self, v: Violations, path: str, port: int) -> None:
+        """Kuma: Envoy's admin listens on 127.0.0.1:port, so no inbound (its own address or its workload's)
+        and no outbound may use that port on 127.0.0.1 or a wildcard address. The workload's address without
+        serviceAddress is 127.0.0.1 here (Kuma: the dataplane's address), as the inbound cluster uses it."""
+        for i, inbound in enumerate(self.inbound):
+            dataplane_ip = inbound.address or self.address
+            workload_ip = inbound.service_address or LOOPBACK
+            if (port == inbound.port and _overlaps_loopback(dataplane_ip)) or \
+                    (port == inbound.workload_port and _overlaps_loopback(workload_ip)):
+                v.add(path, f"must differ from inbound: inbound[{i}] uses port {port} on {LOOPBACK}")
+                return
+        for i, outbound in enumerate(self.outbound):
+            if port == outbound.port and _overlaps_loopback(outbound.address or LOOPBACK):
+                v.add(path, f"must differ from outbound: outbound[{i}] uses port {port} on {LOOPBACK}")
+                return
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _overlaps_loopback(address: str) -> bool:
+    return address in (LOOPBACK, "0.0.0.0", "::")
+
+
+def check_dataplane_address(v: Violations, path: str, address: str) -> None:
+    """Kuma: required, an IP or a DNS name, and never a wildcard (others must be able to reach it there)."""
+    if address in ("0.0.0.0", "::"):
+        v.add(path, f"must not be 0.0.0.0 or ::: give the address other dataplanes reach this one at, not "
+                    f"{address!r}")
+        return
+    check_address(v, path, address)
+
+
+def check_no_loop(v: Violations, path: str, inbound: Inbound, dataplane_address: str) -> None:
+    """Kuma: an inbound whose application address:port is its own address:port would send traffic back into
+    Envoy. Kuma compares serviceAddress with the dataplane's address and with the inbound's own address."""
+    if not inbound.service_address:
+        return
+    same_port = inbound.service_port is None or inbound.service_port == inbound.port
+    if same_port and inbound.service_address in (dataplane_address, inbound.address):
+        v.add(f"{path}.serviceAddress", f"serviceAddress and servicePort must differ from address and port: "
+                                        f"{inbound.service_address}:{inbound.workload_port} is the inbound itself, "
+                                        "so traffic would loop back into Envoy")
 
 
 class DataplaneSpec(Spec):

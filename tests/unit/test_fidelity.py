@@ -74,3 +74,129 @@ def test_a_missing_required_top_field_reports_what_it_can() -> None:
     found = problems({"type": "Dataplane", "mesh": "default", "name": "dp-1", "networks": {}})
     assert found["networking"] == "field is required"
     assert "did you mean 'networking'" in found["networks"]
+
+
+# --- Dataplane: Kuma's dataplane_validator.go rules (issue item 2) ------------------------------------------
+
+SVC = {"kuma.io/service": "web"}
+
+
+def inbound(port: int = 10001, **fields: Any) -> dict[str, Any]:
+    return {"port": port, "tags": dict(SVC), **fields}
+
+
+def net(address: str = "10.0.0.1", inbounds: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    return {"address": address, "inbound": [inbound()] if inbounds is None else inbounds, **fields}
+
+
+GATEWAY = {"tags": {"kuma.io/service": "edge"}}
+
+# (case id, networking, None to accept or the field path Kuma names)
+DATAPLANE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("plain", net(), None),
+    ("hostname-address", net("web-1.dc1.internal"), None),
+    ("ipv6-address", net("fd00::1"), None),
+    ("wildcard-v4-address", net("0.0.0.0"), "networking.address"),
+    ("wildcard-v6-address", net("::"), "networking.address"),
+    ("not-an-address", net("web 1!"), "networking.address"),
+    ("empty-address", net(""), "networking.address"),
+    # admin port: Envoy's admin is on 127.0.0.1
+    ("admin-elsewhere", net(admin={"port": 9901}), None),
+    ("admin-on-workload-port", net(inbounds=[inbound(10001, servicePort=9901)], admin={"port": 9901}),
+     "networking.admin.port"),
+    ("admin-on-loopback-inbound", net(inbounds=[inbound(9901, address="127.0.0.1", servicePort=8080)],
+                                      admin={"port": 9901}), "networking.admin.port"),
+    ("admin-same-port-other-ip", net(inbounds=[inbound(9901, servicePort=8080)], admin={"port": 9901}), None),
+    ("admin-on-outbound", net(outbound=[{"port": 9901, "tags": {"kuma.io/service": "db"}}], admin={"port": 9901}),
+     "networking.admin.port"),
+    ("admin-outbound-other-ip", net(outbound=[{"port": 9901, "address": "127.0.0.2",
+                                               "tags": {"kuma.io/service": "db"}}], admin={"port": 9901}), None),
+    ("admin-port-range", net(admin={"port": 70000}), "networking.admin.port"),
+    # an inbound that points at itself
+    ("loop-default-port", net(inbounds=[inbound(10001, serviceAddress="10.0.0.1")]),
+     "networking.inbound[0].serviceAddress"),
+    ("loop-same-port", net(inbounds=[inbound(10001, serviceAddress="10.0.0.1", servicePort=10001)]),
+     "networking.inbound[0].serviceAddress"),
+    ("loop-inbound-address", net(inbounds=[inbound(10001, address="10.0.0.7", serviceAddress="10.0.0.7")]),
+     "networking.inbound[0].serviceAddress"),
+    ("no-loop-other-port", net(inbounds=[inbound(10001, serviceAddress="10.0.0.1", servicePort=8080)]), None),
+    ("no-loop-other-ip", net(inbounds=[inbound(10001, serviceAddress="10.0.0.2")]), None),
+    ("service-address-hostname", net(inbounds=[inbound(serviceAddress="app.local")]),
+     "networking.inbound[0].serviceAddress"),
+    # ports
+    ("port-zero", net(inbounds=[inbound(0)]), "networking.inbound[0].port"),
+    ("port-too-big", net(inbounds=[inbound(65536)]), "networking.inbound[0].port"),
+    ("service-port-too-big", net(inbounds=[inbound(servicePort=65536)]), "networking.inbound[0].servicePort"),
+    ("outbound-port-zero", net(outbound=[{"port": 0, "tags": {"kuma.io/service": "db"}}]),
+     "networking.outbound[0].port"),
+    # tags: Kuma's character sets, the same as the policies' tag matchers
+    ("tag-value-colon", net(inbounds=[inbound(tags={**SVC, "version": "v1:beta"})]), None),
+    ("tag-key-colon-slash", net(inbounds=[inbound(tags={**SVC, "team.io/x:y": "a"})]), None),
+    ("tag-key-uppercase-prefix", net(inbounds=[inbound(tags={**SVC, "Team.IO/Owner": "a"})]), None),
+    ("tag-value-slash", net(inbounds=[inbound(tags={**SVC, "version": "v1/beta"})]),
+     'networking.inbound[0].tags["version"]'),
+    ("tag-value-space", net(inbounds=[inbound(tags={**SVC, "version": "v 1"})]),
+     'networking.inbound[0].tags["version"]'),
+    ("tag-value-star", net(inbounds=[inbound(tags={**SVC, "version": "*"})]),
+     'networking.inbound[0].tags["version"]'),
+    ("tag-value-empty", net(inbounds=[inbound(tags={**SVC, "version": ""})]),
+     'networking.inbound[0].tags["version"]'),
+    ("tag-key-space", net(inbounds=[inbound(tags={**SVC, "my tag": "a"})]),
+     'networking.inbound[0].tags["my tag"]'),
+    ("service-value-slash", net(inbounds=[inbound(tags={"kuma.io/service": "web/v1"})]),
+     'networking.inbound[0].tags["kuma.io/service"]'),
+    ("service-missing", net(inbounds=[inbound(tags={"version": "v1"})]),
+     'networking.inbound[0].tags["kuma.io/service"]'),
+    ("protocol-unknown", net(inbounds=[inbound(tags={**SVC, "kuma.io/protocol": "udp"})]),
+     'networking.inbound[0].tags["kuma.io/protocol"]'),
+    ("protocol-grpc", net(inbounds=[inbound(tags={**SVC, "kuma.io/protocol": "grpc"})]), None),
+    # gateways
+    ("delegated-gateway", net(inbounds=[], gateway=GATEWAY), None),
+    ("delegated-gateway-with-outbound", net(inbounds=[], gateway=GATEWAY,
+                                            outbound=[{"port": 33033, "tags": {"kuma.io/service": "db"}}]), None),
+    ("gateway-with-inbound", net(gateway=GATEWAY), "networking.inbound"),
+    ("builtin-gateway-with-outbound", net(inbounds=[], gateway={**GATEWAY, "type": "BUILTIN"},
+                                          outbound=[{"port": 33033, "tags": {"kuma.io/service": "db"}}]),
+     "networking.outbound"),
+    ("gateway-protocol-tcp", net(inbounds=[], gateway={"tags": {**GATEWAY["tags"], "kuma.io/protocol": "tcp"}}),
+     None),
+    ("gateway-protocol-http", net(inbounds=[], gateway={"tags": {**GATEWAY["tags"], "kuma.io/protocol": "http"}}),
+     'networking.gateway.tags["kuma.io/protocol"]'),
+    # service probes (Kuma: durations and thresholds positive)
+    ("probe", net(inbounds=[inbound(serviceProbe={"interval": "5s", "timeout": "1s", "healthyThreshold": 1,
+                                                  "tcp": {}})]), None),
+    ("probe-zero-threshold", net(inbounds=[inbound(serviceProbe={"unhealthyThreshold": 0})]),
+     "networking.inbound[0].serviceProbe.unhealthyThreshold"),
+    ("probe-zero-interval", net(inbounds=[inbound(serviceProbe={"interval": "0s"})]),
+     "networking.inbound[0].serviceProbe.interval"),
+]
+
+
+@pytest.mark.parametrize("networking, field", [c[1:] for c in DATAPLANE_CASES], ids=[c[0] for c in DATAPLANE_CASES])
+def test_dataplane_verdicts_match_kuma(networking: dict[str, Any], field: str | None) -> None:
+    doc = dataplane(networking)
+    if field is None:
+        from_wire(doc, REGISTRY)
+    else:
+        found = problems(doc)
+        assert field in found, found
+
+
+TAG_PAIRS = [("version", "v1"), ("version", "v1:beta"), ("version", "v1/beta"), ("version", "v 1"), ("version", ""),
+             ("version", "*"), ("team.io/x:y", "a"), ("my tag", "a"), ("Team.IO/Owner", "a"), ("ver", "ü")]
+
+
+@pytest.mark.parametrize("key, value", TAG_PAIRS)
+def test_a_dataplane_tag_is_valid_exactly_when_a_policy_can_select_it(key: str, value: str) -> None:
+    def accepted(doc: dict[str, Any]) -> bool:
+        try:
+            from_wire(doc, REGISTRY)
+        except ResourceValidationError:
+            return False
+        return True
+
+    dp = dataplane(net(inbounds=[inbound(tags={**SVC, key: value})]))
+    policy = {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
+        "targetRef": {"kind": "MeshSubset", "tags": {key: value}},
+        "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}}
+    assert accepted(dp) == accepted(policy)

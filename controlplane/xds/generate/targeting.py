@@ -15,7 +15,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from controlplane.resources.base import Resource, Spec
 from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec
 from controlplane.resources.errors import Violations
-from controlplane.resources.fields import check_labels, check_name
+from controlplane.resources.fields import TAG_KEY_RE, TAG_VALUE_RE, check_labels, check_name
 
 # --- targetRef ------------------------------------------------------------------------------------
 
@@ -44,8 +44,7 @@ TOP_LEVEL_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET, DATAPLA
 
 # Kuma's character sets (pkg/core/resources/apis/mesh validators).
 _REF_NAME = re.compile(r"^[0-9a-z.\-_]+$")
-_TAG_KEY = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
-_TAG_VALUE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
+_TAG_KEY, _TAG_VALUE = TAG_KEY_RE, TAG_VALUE_RE  # one definition: a Dataplane's tags follow the same rules
 _SELECTOR_VALUE = re.compile(r"^([a-zA-Z0-9.\-_:/]+|\*)$")
 _SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
