@@ -162,6 +162,8 @@ class Conf(Spec):
 
 
 class MeshCircuitBreakerSpec(Spec):
+    kuma_unsupported = frozenset({"rules"})
+
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None

@@ -316,6 +316,8 @@ class LocalityAwareness(Spec):
 
 
 class Conf(Spec):
+    kuma_unsupported = frozenset({"hashPolicies"})  # Kuma 2.14's top-level hash policies (outside loadBalancer)
+
     locality_awareness: LocalityAwareness | None = None
     load_balancer: LoadBalancer | None = None
 

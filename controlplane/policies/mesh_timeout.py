@@ -114,6 +114,8 @@ class Conf(Spec):
 
 
 class MeshTimeoutSpec(Spec):
+    kuma_unsupported = frozenset({"rules"})
+
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None

@@ -47,6 +47,8 @@ class Health(Spec):
 
 
 class Inbound(Spec):
+    kuma_unsupported = frozenset({"name", "protocol"})
+
     port: int
     service_port: int | None = None
     service_address: str | None = None
@@ -77,6 +79,8 @@ class Inbound(Spec):
 
 
 class Outbound(Spec):
+    kuma_unsupported = frozenset({"backendRef"})
+
     port: int
     address: str | None = None
     tags: dict[str, str]
@@ -111,6 +115,8 @@ class Admin(Spec):
 
 
 class TransparentProxying(Spec):
+    kuma_unsupported = frozenset({"reachableServices", "reachableBackends", "ipFamilyMode"})
+
     redirect_port_inbound: int | None = None
     redirect_port_outbound: int | None = None
     direct_access_services: list[str] | None = None
@@ -121,6 +127,8 @@ class TransparentProxying(Spec):
 
 
 class Networking(Spec):
+    kuma_unsupported = frozenset({"listeners"})
+
     address: str
     advertised_address: str | None = None
     inbound: list[Inbound] = []
@@ -209,6 +217,8 @@ def check_no_loop(v: Violations, path: str, inbound: Inbound, dataplane_address:
 
 
 class DataplaneSpec(Spec):
+    kuma_unsupported = frozenset({"metrics", "probes"})
+
     networking: Networking
 
     def check(self, v: Violations, path: str) -> None:

@@ -168,9 +168,15 @@ def unknown_field_reason(parent: Any, name: str) -> str:
     if name in getattr(parent, "kuma_unsupported", ()):
         return f"a Kuma field kuma-vm does not support yet: {name} (remove it; the README lists what is missing)"
     valid = wire_names(parent)
-    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
+    unsupported = sorted(getattr(parent, "kuma_unsupported", ()))
+    candidates = valid + unsupported
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
     if not close:  # a case slip ('Port', 'servicePORT') is a near miss too
-        close = [v for v in valid if v.lower() == name.lower()][:1]
-    hint = f": did you mean {close[0]!r}?" if close else \
-        (f"; valid fields here: {', '.join(sorted(valid))}" if valid else "; nothing else belongs here")
+        close = [c for c in candidates if c.lower() == name.lower()][:1]
+    if close and close[0] in unsupported:
+        hint = f": did you mean {close[0]!r}? (a Kuma field kuma-vm does not support yet)"
+    elif close:
+        hint = f": did you mean {close[0]!r}?"
+    else:
+        hint = f"; valid fields here: {', '.join(sorted(valid))}" if valid else "; nothing else belongs here"
     return f"unknown field: not a field of this resource{hint}"

@@ -200,3 +200,60 @@ def test_a_dataplane_tag_is_valid_exactly_when_a_policy_can_select_it(key: str, 
         "targetRef": {"kind": "MeshSubset", "tags": {key: value}},
         "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}}
     assert accepted(dp) == accepted(policy)
+
+
+# --- unknown fields: Kuma fields kuma-vm lacks vs typos (issue item 4) --------------------------------------
+
+NOT_YET = "a Kuma field kuma-vm does not support yet: "
+
+UNSUPPORTED_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("dataplane-probes", {**dataplane(net()), "probes": {"port": 9000}}, "probes", "probes"),
+    ("dataplane-metrics", {**dataplane(net()), "metrics": {"type": "prometheus"}}, "metrics", "metrics"),
+    ("inbound-protocol", dataplane(net(inbounds=[inbound(protocol="http")])), "networking.inbound[0].protocol",
+     "protocol"),
+    ("inbound-name", dataplane(net(inbounds=[inbound(name="main")])), "networking.inbound[0].name", "name"),
+    ("outbound-backend-ref", dataplane(net(outbound=[{"port": 8080, "backendRef": {"kind": "MeshService",
+                                                                                   "name": "db"}}])),
+     "networking.outbound[0].backendRef", "backendRef"),
+    ("listeners", dataplane(net(listeners=[])), "networking.listeners", "listeners"),
+    ("tproxy-reachable-backends", dataplane(net(transparentProxying={"reachableBackends": {"refs": []}})),
+     "networking.transparentProxying.reachableBackends", "reachableBackends"),
+    ("mesh-tracing", {"type": "Mesh", "name": "m", "tracing": {"backends": []}}, "tracing", "tracing"),
+    ("mesh-constraints", {"type": "Mesh", "name": "m", "constraints": {}}, "constraints", "constraints"),
+    ("mesh-mtls-skip-validation", {"type": "Mesh", "name": "m", "mtls": {"skipValidation": True}},
+     "mtls.skipValidation", "skipValidation"),
+    ("meshtimeout-rules", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
+        "targetRef": {"kind": "Mesh"}, "rules": [{"default": {"idleTimeout": "1s"}}]}}, "spec.rules", "rules"),
+    ("meshcircuitbreaker-rules", {"type": "MeshCircuitBreaker", "mesh": "default", "name": "c", "spec": {
+        "targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}}, "spec.rules", "rules"),
+    ("mlbs-hash-policies", {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "l", "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
+            "hashPolicies": [{"type": "Header", "header": {"name": "x"}}]}}]}},
+     "spec.to[0].default.hashPolicies", "hashPolicies"),
+]
+
+
+@pytest.mark.parametrize("doc, field, name", [c[1:] for c in UNSUPPORTED_CASES], ids=[c[0] for c in UNSUPPORTED_CASES])
+def test_kuma_fields_we_lack_say_so(doc: dict[str, Any], field: str, name: str) -> None:
+    found = problems(doc)
+    assert found[field].startswith(NOT_YET + name), found
+
+
+@pytest.mark.parametrize("doc, field, suggestion", [
+    (dataplane(net(inbounds=[inbound(servicePrt=8080)])), "networking.inbound[0].servicePrt", "'servicePort'"),
+    (dataplane(net(inbounds=[inbound(Port=8080)])), "networking.inbound[0].Port", "'port'"),
+    (dataplane(net(adress="10.0.0.2")), "networking.adress", "'address'"),
+    ({"type": "Mesh", "name": "m", "mtsl": {}}, "mtsl", "'mtls'"),
+    ({"type": "Mesh", "name": "m", "colour": "red"}, "colour", None),
+    ({"type": "Mesh", "name": "m", "loging": {}}, "loging", "'logging'? (a Kuma field kuma-vm does not support yet)"),
+    ({"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
+        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimout": "1s"}}]}},
+     "spec.to[0].default.idleTimout", "'idleTimeout'"),
+])
+def test_typos_are_not_fields_and_get_the_closest_name(doc: dict[str, Any], field: str,
+                                                       suggestion: str | None) -> None:
+    found = problems(doc)
+    if suggestion is None:  # far from every field name: the valid ones are listed
+        assert found[field].startswith("unknown field: not a field of this resource; valid fields here: mtls, ")
+        return
+    assert found[field].startswith("unknown field: not a field of this resource: did you mean " + suggestion), found
