@@ -72,9 +72,9 @@ class ConnectionLimits(Spec):
     max_requests: int | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if require_some(v, path, self, LIMITS):
-            for f in LIMITS:
-                check_int(v, f"{path}.{camel(f)}", getattr(self, f), minimum=1)
+        # Kuma accepts `connectionLimits: {}` (nothing changes: Envoy's defaults, or what another policy set).
+        for f in LIMITS:
+            check_int(v, f"{path}.{camel(f)}", getattr(self, f), minimum=1)
 
 
 class Consecutive(Spec):
@@ -144,8 +144,8 @@ class OutlierDetection(Spec):
         check_percentage(v, f"{path}.healthyPanicThreshold", self.healthy_panic_threshold)
         if self.detectors is not None:
             self.detectors.check(v, f"{path}.detectors")
-        elif not self.disabled:
-            v.add(f"{path}.detectors", "must be set: configure at least one detector (or set disabled: true)")
+        else:  # Kuma requires detectors even with disabled: true
+            v.add(f"{path}.detectors", "must be set: configure at least one detector")
 
 
 class Conf(Spec):

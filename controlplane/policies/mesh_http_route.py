@@ -365,8 +365,6 @@ class To(Spec):
                     check_wildcard_hostname(v, f"{path}.hostnames[{i}]", h)
                     if h in self.hostnames[:i]:
                         v.add(f"{path}.hostnames[{i}]", f"{h!r} is listed twice: remove the duplicate")
-        if not self.rules:
-            v.add(f"{path}.rules", "needs at least one rule")
         seen: dict[Any, int] = {}
         for i, rule in enumerate(self.rules or ()):
             rule.check_in(v, f"{path}.rules[{i}]", top=top)
@@ -385,8 +383,6 @@ class MeshHTTPRouteSpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
         for i, item in enumerate(self.to or ()):
             item.check_in(v, f"{path}.to[{i}]", top=top)
 

@@ -260,8 +260,6 @@ class MeshRetrySpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +

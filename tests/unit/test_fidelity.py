@@ -257,3 +257,75 @@ def test_typos_are_not_fields_and_get_the_closest_name(doc: dict[str, Any], fiel
         assert found[field].startswith("unknown field: not a field of this resource; valid fields here: mtls, ")
         return
     assert found[field].startswith("unknown field: not a field of this resource: did you mean " + suggestion), found
+
+
+# --- policies: what Kuma accepts (issue item 1, the parts done) ----------------------------------------------
+
+def policy(kind: str, spec: dict[str, Any], name: str = "p") -> dict[str, Any]:
+    return {"type": kind, "mesh": "default", "name": name, "spec": spec}
+
+
+MESH = {"kind": "Mesh"}
+SERVICE_B = {"kind": "MeshService", "name": "b"}
+
+POLICY_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    # Kuma requires something in to/from (MeshTimeout, MeshCircuitBreaker) or from/rules (MeshTrafficPermission)
+    ("timeout-to-empty", policy("MeshTimeout", {"targetRef": MESH, "to": []}), "spec"),
+    ("mtp-from-empty", policy("MeshTrafficPermission", {"targetRef": MESH, "from": []}), "spec.from"),
+    ("cb-nothing", policy("MeshCircuitBreaker", {"targetRef": MESH}), "spec"),
+    # ... but not in these: a policy with an empty `to` is valid and does nothing
+    ("retry-to-empty", policy("MeshRetry", {"targetRef": MESH, "to": []}), None),
+    ("healthcheck-no-to", policy("MeshHealthCheck", {"targetRef": MESH}), None),
+    ("mlbs-to-empty", policy("MeshLoadBalancingStrategy", {"targetRef": MESH, "to": []}), None),
+    ("httproute-to-empty", policy("MeshHTTPRoute", {"targetRef": MESH, "to": []}), None),
+    ("httproute-rules-empty", policy("MeshHTTPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B,
+                                                                                  "rules": []}]}), None),
+    # MeshTCPRoute: `to` needs an item (schema minItems 1); at most one rule, none switches an inherited one off
+    ("tcproute-to-empty", policy("MeshTCPRoute", {"targetRef": MESH, "to": []}), "spec.to"),
+    ("tcproute-rules-empty", policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B,
+                                                                                "rules": []}]}), None),
+    ("tcproute-two-rules", policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B, "rules": [
+        {"default": {"backendRefs": [SERVICE_B]}}, {"default": {"backendRefs": [SERVICE_B]}}]}]}),
+     "spec.to[0].rules"),
+    # empty objects
+    ("cb-connection-limits-empty", policy("MeshCircuitBreaker", {"targetRef": MESH, "to": [
+        {"targetRef": MESH, "default": {"connectionLimits": {}}}]}), None),
+    ("cb-outlier-without-detectors", policy("MeshCircuitBreaker", {"targetRef": MESH, "to": [
+        {"targetRef": MESH, "default": {"outlierDetection": {"disabled": True}}}]}),
+     "spec.to[0].default.outlierDetection.detectors"),
+    ("cb-connection-limit-zero", policy("MeshCircuitBreaker", {"targetRef": MESH, "to": [
+        {"targetRef": MESH, "default": {"connectionLimits": {"maxConnections": 0}}}]}),
+     "spec.to[0].default.connectionLimits.maxConnections"),
+    ("retry-http-empty", policy("MeshRetry", {"targetRef": MESH, "to": [{"targetRef": MESH,
+                                                                         "default": {"http": {}}}]}),
+     "spec.to[0].default.http"),
+]
+
+
+@pytest.mark.parametrize("doc, field", [c[1:] for c in POLICY_CASES], ids=[c[0] for c in POLICY_CASES])
+def test_policy_verdicts_match_kuma(doc: dict[str, Any], field: str | None) -> None:
+    if field is None:
+        from_wire(doc, REGISTRY)
+    else:
+        found = problems(doc)
+        assert field in found, found
+
+
+def test_empty_tcp_rules_switch_an_inherited_route_off() -> None:
+    from tests.unit.test_policy_plugins import listener_of, snapshots
+
+    route = from_wire(policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": {
+        "kind": "MeshService", "name": "batch"}, "rules": [{"default": {"backendRefs": [
+            {"kind": "MeshService", "name": "reports"}]}}]}]}, name="batch-to-reports"), REGISTRY)
+    # More specific top level (MeshSubset beats Mesh), so it is merged over the route above: its empty rules
+    # replace the inherited ones and the outbound goes to batch itself again.
+    off = from_wire(policy("MeshTCPRoute", {"targetRef": {"kind": "MeshSubset", "tags": {
+        "kuma.io/service": "frontend"}}, "to": [{"targetRef": {"kind": "MeshService", "name": "batch"},
+                                                 "rules": []}]}, name="batch-default"), REGISTRY)
+
+    def cluster(policies: list[Any]) -> str:
+        f = listener_of(snapshots(policies)["frontend-1"], "batch")["filter_chains"][0]["filters"]
+        return str(f[0]["typed_config"].get("cluster"))
+
+    assert cluster([route]) == "reports"
+    assert cluster([route, off]) == cluster([]) != "reports"
