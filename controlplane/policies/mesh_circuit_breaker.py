@@ -44,6 +44,7 @@ from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
@@ -179,7 +180,7 @@ class MeshCircuitBreakerSpec(Spec):
             check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=(MESH,),
                              where=f"spec.from[].targetRef of {POLICY}", inbound=True)
             item.default.check(v, f"{p}.default")
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

@@ -63,6 +63,7 @@ from controlplane.xds.generate.targeting import (
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     TargetRef,
     check_target_ref,
@@ -353,7 +354,7 @@ class To(Spec):
     rules: list[Rule] | None = None
 
     def check_in(self, v: Violations, path: str, *, top: str) -> None:
-        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE,)
+        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_target_ref(v, f"{path}.targetRef", self.target_ref, allowed=allowed,
                          where=f"spec.to[].targetRef of {POLICY}" +
                                (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

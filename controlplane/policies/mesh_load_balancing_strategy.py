@@ -52,6 +52,7 @@ from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
+    MESH_MULTI_ZONE_SERVICE,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
     Item,
@@ -337,7 +338,7 @@ class MeshLoadBalancingStrategySpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_MULTI_ZONE_SERVICE)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

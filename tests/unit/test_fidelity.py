@@ -329,3 +329,58 @@ def test_empty_tcp_rules_switch_an_inherited_route_off() -> None:
 
     assert cluster([route]) == "reports"
     assert cluster([route, off]) == cluster([]) != "reports"
+
+
+KIND_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("timeout-to-external", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "httpbin"}, "default": {"idleTimeout": "5s"}}]}), None),
+    ("timeout-to-multizone", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshMultiZoneService", "labels": {"app": "db"}}, "default": {"idleTimeout": "5s"}}]}),
+     None),
+    ("retry-to-external", policy("MeshRetry", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "x"}, "default": {"tcp": {"maxConnectAttempt": 2}}}]}),
+     None),
+    ("cb-to-multizone", policy("MeshCircuitBreaker", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshMultiZoneService", "name": "x"}, "default": {"connectionLimits": {}}}]}), None),
+    ("mlbs-to-multizone", policy("MeshLoadBalancingStrategy", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshMultiZoneService", "name": "x"}, "default": {
+            "loadBalancer": {"type": "RoundRobin"}}}]}), None),
+    ("mlbs-to-external", policy("MeshLoadBalancingStrategy", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "x"}, "default": {
+            "loadBalancer": {"type": "RoundRobin"}}}]}), "spec.to[0].targetRef.kind"),
+    ("httproute-to-external", policy("MeshHTTPRoute", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "x"}, "rules": []}]}), None),
+    ("tcproute-to-multizone", policy("MeshTCPRoute", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshMultiZoneService", "name": "x"}, "rules": []}]}), None),
+    ("external-needs-a-name", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService"}, "default": {"idleTimeout": "5s"}}]}),
+     "spec.to[0].targetRef.name"),
+    ("external-at-top-level", policy("MeshTimeout", {"targetRef": {"kind": "MeshExternalService", "name": "x"},
+                                                     "to": [{"targetRef": MESH, "default": {"idleTimeout": "5s"}}]}),
+     "spec.targetRef.kind"),
+    ("external-in-mtp-from", policy("MeshTrafficPermission", {"targetRef": MESH, "from": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "x"}, "default": {"action": "Allow"}}]}),
+     "spec.from[0].targetRef.kind"),
+]
+
+
+@pytest.mark.parametrize("doc, field", [c[1:] for c in KIND_CASES], ids=[c[0] for c in KIND_CASES])
+def test_target_ref_kinds_match_kuma(doc: dict[str, Any], field: str | None) -> None:
+    if field is None:
+        from_wire(doc, REGISTRY)
+    else:
+        found = problems(doc)
+        assert field in found, found
+
+
+def test_kinds_without_a_resource_yet_select_nothing() -> None:
+    from controlplane.xds.resources import TYPE_ORDER
+    from tests.unit.test_policy_plugins import snapshots
+
+    refs = [policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": kind, "name": "backend"}, "default": {"idleTimeout": "7s", "connectionTimeout": "7s"}}
+    ]}, name=f"t-{kind.lower()}") for kind in ("MeshExternalService", "MeshMultiZoneService")]
+    base = snapshots([])
+    with_refs = snapshots([from_wire(d, REGISTRY) for d in refs])
+    for proxy, snap in base.items():
+        assert all(with_refs[proxy].version(t) == snap.version(t) for t in TYPE_ORDER), proxy
