@@ -60,10 +60,15 @@ class Inbound(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         check_port(v, f"{path}.port", self.port)
-        check_port(v, f"{path}.servicePort", self.service_port, required=False)
+        if self.service_port != 0:  # Kuma: 0 means "not set" (the workload listens on `port`)
+            check_port(v, f"{path}.servicePort", self.service_port, required=False)
         check_address(v, f"{path}.serviceAddress", self.service_address, required=False, ip_only=True)
         check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
-        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        if not self.tags:
+            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode) is not supported by kuma-vm "
+                                  f"yet: give it tags with {SERVICE_TAG}")
+        else:
+            check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
         check_protocol_tag(v, f"{path}.tags", self.tags)
         if self.service_probe:
             self.service_probe.check(v, f"{path}.serviceProbe")
@@ -141,7 +146,8 @@ class Networking(Spec):
         check_dataplane_address(v, f"{path}.address", self.address)
         check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
         if not self.inbound and self.gateway is None:
-            v.add(f"{path}.inbound", "a dataplane needs at least one inbound (or a gateway)")
+            v.add(f"{path}.inbound", "a dataplane without inbounds (Kuma allows one with transparent proxying) is not "
+                                     "supported by kuma-vm yet: add an inbound, or make it a gateway")
         if self.inbound and self.gateway is not None:
             v.add(f"{path}.inbound", f"inbound cannot be defined for {self.gateway.type.lower()} gateways")
         if self.outbound and self.gateway is not None and self.gateway.type == "BUILTIN":
@@ -209,7 +215,7 @@ def check_no_loop(v: Violations, path: str, inbound: Inbound, dataplane_address:
     Envoy. Kuma compares serviceAddress with the dataplane's address and with the inbound's own address."""
     if not inbound.service_address:
         return
-    same_port = inbound.service_port is None or inbound.service_port == inbound.port
+    same_port = not inbound.service_port or inbound.service_port == inbound.port
     if same_port and inbound.service_address in (dataplane_address, inbound.address):
         v.add(f"{path}.serviceAddress", f"serviceAddress and servicePort must differ from address and port: "
                                         f"{inbound.service_address}:{inbound.workload_port} is the inbound itself, "

@@ -125,6 +125,9 @@ DATAPLANE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
      "networking.inbound[0].serviceAddress"),
     # ports
     ("port-zero", net(inbounds=[inbound(0)]), "networking.inbound[0].port"),
+    ("service-port-zero-is-unset", net(inbounds=[inbound(servicePort=0)]), None),
+    ("inbound-without-tags", net(inbounds=[inbound(tags={})]), "networking.inbound[0].tags"),
+    ("no-inbounds", net(inbounds=[]), "networking.inbound"),
     ("port-too-big", net(inbounds=[inbound(65536)]), "networking.inbound[0].port"),
     ("service-port-too-big", net(inbounds=[inbound(servicePort=65536)]), "networking.inbound[0].servicePort"),
     ("outbound-port-zero", net(outbound=[{"port": 0, "tags": {"kuma.io/service": "db"}}]),
