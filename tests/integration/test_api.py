@@ -74,7 +74,7 @@ def test_create_update_get_with_versions(api: Callable[..., Reply]) -> None:
 def test_field_level_errors_and_nothing_written(api: Callable[..., Reply]) -> None:
     bad = dataplane("bad-1")
     bad["networking"]["inbound"][0]["port"] = 70000
-    bad["networking"]["inbound"][0]["tags"] = {}
+    bad["networking"]["inbound"][0]["tags"] = {"version": "v1"}
     r = api("PUT", "/meshes/default/dataplanes/bad-1", bad)
     assert r.status == 400
     assert r.json["title"] == "Resource is not valid"
