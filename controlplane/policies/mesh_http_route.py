@@ -17,9 +17,10 @@ Regular expressions are checked with Python's `re` as an approximation of Envoy'
 constructs Python lacks are refused, Python-only constructs RE2 lacks are refused, and the RE2 program
 size is estimated and held to Envoy's default limit.
 
-Refused as conflicting (Gateway API and Envoy semantics): RequestRedirect together with backendRefs or
-URLRewrite (a redirect answers the request itself); a filter type other than RequestMirror given twice;
-identical matches within a rule, and two rules with identical matches in one `to[]` entry.
+Accepted as Kuma accepts them: RequestRedirect together with backendRefs or URLRewrite (the redirect answers
+the request itself, so the others have no effect). Refused as conflicting: a filter type other than
+RequestMirror given twice; identical matches within a rule, and two rules with identical matches in one
+`to[]` entry.
 
 Envoy effect (end of this module): the routes of the outbound HTTP listener of each `to[]` service. Rules of
 all applying policies merge by their `matches` (Kuma's rule: a later policy's rule with the same matches
@@ -312,14 +313,8 @@ class RuleConf(Spec):
             if f.type in SINGLE_USE_FILTERS and f.type in types:
                 v.add(f"{p}.type", f"a {f.type} filter is already given at filters[{types[f.type]}]: merge them")
             types.setdefault(f.type, i)
-        if "RequestRedirect" in types:
-            if "URLRewrite" in types:
-                v.add(f"{path}.filters[{types['URLRewrite']}].type",
-                      "URLRewrite cannot be combined with RequestRedirect (a redirect answers the request itself): "
-                      "remove one")
-            if self.backend_refs is not None:
-                v.add(f"{path}.backendRefs", "cannot be combined with a RequestRedirect filter (the request is "
-                                             "redirected, never forwarded): remove backendRefs or the redirect")
+        # Kuma accepts RequestRedirect next to URLRewrite or backendRefs; the redirect answers the request
+        # itself, so those have no effect (see envoy_route).
         if self.backend_refs is not None:
             check_backend_refs(v, f"{path}.backendRefs", self.backend_refs,
                                where=f"default.backendRefs of {POLICY}")

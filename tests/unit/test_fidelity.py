@@ -387,3 +387,21 @@ def test_kinds_without_a_resource_yet_select_nothing() -> None:
     with_refs = snapshots([from_wire(d, REGISTRY) for d in refs])
     for proxy, snap in base.items():
         assert all(with_refs[proxy].version(t) == snap.version(t) for t in TYPE_ORDER), proxy
+
+
+@pytest.mark.parametrize("extra", [
+    {"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "other.internal"}}]},
+    {"backendRefs": [{"kind": "MeshService", "name": "reports"}]},
+], ids=["with-rewrite", "with-backends"])
+def test_redirect_next_to_a_rewrite_or_backends_is_accepted_and_wins(extra: dict[str, Any]) -> None:
+    from tests.unit.test_policy_plugins import routes_of, snapshots
+
+    redirect = {"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}
+    default = {**extra, "filters": [redirect, *extra.get("filters", [])]}
+    route = from_wire(policy("MeshHTTPRoute", {"targetRef": MESH, "to": [{"targetRef": {
+        "kind": "MeshService", "name": "backend"}, "rules": [{"matches": [{"path": {"type": "PathPrefix",
+                                                                                   "value": "/old"}}],
+                                                         "default": default}]}]}), REGISTRY)
+    routes = routes_of(snapshots([route])["frontend-1"], "backend")
+    old = next(r for r in routes if r["match"].get("path_separated_prefix") == "/old")
+    assert old["redirect"]["scheme_redirect"] == "https" and "route" not in old
