@@ -128,6 +128,10 @@ class MeshSpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.mtls:
             self.mtls.check(v, f"{path}.mtls" if path else "mtls")
+        if self.routing is not None and self.routing.zone_egress and not (self.mtls and self.mtls.enabled_backend):
+            # Kuma: zone egress identifies the services behind it by their mTLS certificates
+            v.add(f"{path}.mtls" if path else "mtls", "has to be set when zoneEgress is enabled: enable mTLS "
+                                                      "(mtls.enabledBackend) or turn routing.zoneEgress off")
 
 
 MESH = register(ResourceType(

@@ -405,3 +405,22 @@ def test_redirect_next_to_a_rewrite_or_backends_is_accepted_and_wins(extra: dict
     routes = routes_of(snapshots([route])["frontend-1"], "backend")
     old = next(r for r in routes if r["match"].get("path_separated_prefix") == "/old")
     assert old["redirect"]["scheme_redirect"] == "https" and "route" not in old
+
+
+# --- Mesh (issue item 3, the rule done) -------------------------------------------------------------------
+
+BUILTIN = {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"type": "Mesh", "name": "m", "routing": {"zoneEgress": True}}, "mtls"),
+    ({"type": "Mesh", "name": "m", "routing": {"zoneEgress": True}, "mtls": {"backends": BUILTIN["backends"]}},
+     "mtls"),
+    ({"type": "Mesh", "name": "m", "routing": {"zoneEgress": True}, "mtls": BUILTIN}, None),
+    ({"type": "Mesh", "name": "m", "routing": {"zoneEgress": False, "localityAwareLoadBalancing": True}}, None),
+], ids=["egress-without-mtls", "egress-mtls-not-enabled", "egress-with-mtls", "no-egress"])
+def test_mesh_zone_egress_needs_mtls(doc: dict[str, Any], field: str | None) -> None:
+    if field is None:
+        from_wire(doc, REGISTRY)
+    else:
+        assert "zoneEgress" in problems(doc)[field]
