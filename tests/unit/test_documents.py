@@ -177,3 +177,13 @@ def test_kumactl_apply_refuses_hostile_yaml_before_sending_anything(tmp_path: An
                            catch_exceptions=False)
     out = r.stderr if hasattr(r, "stderr") else r.output
     assert r.exit_code == 1 and expected in out and "cannot reach" not in out
+
+
+def test_kuma_dp_dataplane_file_is_bounded_too() -> None:
+    from agent.dataplane import DefinitionError, parse
+
+    with pytest.raises(DefinitionError, match=f"dp.yaml: not valid YAML or JSON at line 1, column .*: nested deeper "
+                                              f"than {MAX_DEPTH} levels"):
+        parse("x: " + "[" * DEEP + "]" * DEEP, "dp.yaml")
+    with pytest.raises(DefinitionError, match="expand to more than"):
+        parse(alias_bomb(), "dp.yaml")
