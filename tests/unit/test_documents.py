@@ -187,3 +187,22 @@ def test_kuma_dp_dataplane_file_is_bounded_too() -> None:
         parse("x: " + "[" * DEEP + "]" * DEEP, "dp.yaml")
     with pytest.raises(DefinitionError, match="expand to more than"):
         parse(alias_bomb(), "dp.yaml")
+
+
+def test_kds_peer_specs_are_bounded_too() -> None:
+    from envoy.service.discovery.v3 import discovery_pb2
+    from google.protobuf import any_pb2
+
+    from controlplane.kds import kds_pb2
+    from controlplane.kds.codec import KUMA_RESOURCE_TYPE_URL, KdsDecodeError, decode, encode
+
+    registry = load_all()
+    mesh_type = registry.by_name("Mesh")
+    assert mesh_type is not None
+    w = encode(from_wire({"type": "Mesh", "name": "m"}, registry))
+    kr = kds_pb2.KumaResource.FromString(w.message.resource.value)
+    kr.spec.value = b'{"routing": ' + nested_json(DEEP).encode() + b"}"
+    bad = discovery_pb2.Resource(name=w.key, version="x", resource=any_pb2.Any(
+        type_url=KUMA_RESOURCE_TYPE_URL, value=kr.SerializeToString()))
+    with pytest.raises(KdsDecodeError, match=f"nested deeper than {MAX_DEPTH} levels"):
+        decode(mesh_type, bad)
