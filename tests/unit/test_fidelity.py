@@ -358,6 +358,15 @@ KIND_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("external-needs-a-name", policy("MeshTimeout", {"targetRef": MESH, "to": [
         {"targetRef": {"kind": "MeshExternalService"}, "default": {"idleTimeout": "5s"}}]}),
      "spec.to[0].targetRef.name"),
+    ("external-with-section-name", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshExternalService", "name": "x", "sectionName": "http"},
+         "default": {"idleTimeout": "5s"}}]}), "spec.to[0].targetRef.sectionName"),
+    ("route-with-section-name", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshHTTPRoute", "name": "r", "sectionName": "http"},
+         "default": {"http": {"requestTimeout": "5s"}}}]}), "spec.to[0].targetRef.sectionName"),
+    ("service-with-section-name", policy("MeshTimeout", {"targetRef": MESH, "to": [
+        {"targetRef": {"kind": "MeshService", "name": "b", "sectionName": "http"},
+         "default": {"idleTimeout": "5s"}}]}), None),
     ("external-at-top-level", policy("MeshTimeout", {"targetRef": {"kind": "MeshExternalService", "name": "x"},
                                                      "to": [{"targetRef": MESH, "default": {"idleTimeout": "5s"}}]}),
      "spec.targetRef.kind"),

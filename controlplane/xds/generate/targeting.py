@@ -203,7 +203,10 @@ def check_target_ref(v: Violations, path: str, ref: TargetRef, *, allowed: Colle
             v.add(f"{path}.labels", "cannot be empty: remove it or give at least one label")
         _check_ref_name(v, f"{path}.name", ref.name)
         _check_namespace(v, f"{path}.namespace", ref.namespace)
-        _check_section_name(v, f"{path}.sectionName", ref.section_name)
+        if kind in (MESH_HTTP_ROUTE, MESH_EXTERNAL_SERVICE):  # Kuma: a route or external service has no ports
+            forbid("section_name", ref.section_name)
+        else:
+            _check_section_name(v, f"{path}.sectionName", ref.section_name)
     elif kind in (MESH_SERVICE_SUBSET, MESH_GATEWAY):
         for f in ("labels", "namespace", "section_name"):
             forbid(f, getattr(ref, f))
