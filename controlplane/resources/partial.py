@@ -33,18 +33,23 @@ def checks_despite(model: type[BaseModel], body: Any, err: ValidationError, pref
         if cut is None:
             return []  # a required field of the document itself: nothing sensible is left to check
         cuts.add(cut)
-    outermost = [c for c in sorted(cuts, key=len) if not any(c[:len(o)] == o for o in cuts if o != c)]
+    # Linear in the number of cuts (a 10 MB body can hold 100,000 of them): sets of locations, not pairs.
+    outermost = {c for c in cuts if not any(c[:k] in cuts for k in range(1, len(c)))}
     trimmed = copy.deepcopy(body)
-    removed: dict[Loc, list[int]] = {}
-    # Deepest first, and later list positions before earlier ones, so no cut moves another.
-    for cut in sorted(outermost, key=lambda c: (len(c), c), reverse=True):
-        container = _at(trimmed, cut[:-1])
-        last = cut[-1]
-        if isinstance(last, int) and isinstance(container, list) and last < len(container):
-            del container[last]
-            removed.setdefault(cut[:-1], []).append(last)
-        elif isinstance(last, str) and isinstance(container, dict):
-            container.pop(last, None)
+    by_parent: dict[Loc, set[str | int]] = {}
+    for cut in outermost:
+        by_parent.setdefault(cut[:-1], set()).add(cut[-1])
+    survivors: dict[Loc, list[int]] = {}  # list location -> original positions still there, in order
+    # Deepest parents first, so no cut moves the location of another.
+    for parent in sorted(by_parent, key=len, reverse=True):
+        container, gone = _at(trimmed, parent), by_parent[parent]
+        if isinstance(container, list) and all(isinstance(g, int) for g in gone):
+            kept = [i for i in range(len(container)) if i not in gone]
+            container[:] = [container[i] for i in kept]
+            survivors[parent] = kept
+        elif isinstance(container, dict):
+            for key in gone:
+                container.pop(key, None)
         else:
             return []
     try:
@@ -56,12 +61,11 @@ def checks_despite(model: type[BaseModel], body: Any, err: ValidationError, pref
     if check is None:
         return []
     check(v, prefix)
+    around = {c[:k] for c in outermost for k in range(len(c) + 1)}  # every cut and everything above one
     out = []
     for item in v.items:
-        original = _original_loc(item.field, prefix, removed)
-        if original is None:
-            continue
-        if any(original[:len(c)] == c or c[:len(original)] == original for c in outermost):
+        original = _original_loc(item.field, prefix, survivors)
+        if original is None or original in around or any(original[:k] in outermost for k in range(len(original))):
             continue
         out.append(InvalidParameter(join_path(prefix, original, model), item.reason))
     return out
@@ -92,7 +96,7 @@ def _at(doc: Any, loc: Loc) -> Any:
     return doc
 
 
-def _original_loc(path: str, prefix: str, removed: dict[Loc, list[int]]) -> Loc | None:
+def _original_loc(path: str, prefix: str, survivors: dict[Loc, list[int]]) -> Loc | None:
     """A path found in the trimmed copy, as a location in the user's document (list positions shifted back)."""
     tokens, head = parse_path(path), parse_path(prefix)
     if tokens is None or head is None or tokens[:len(head)] != head:
@@ -100,8 +104,10 @@ def _original_loc(path: str, prefix: str, removed: dict[Loc, list[int]]) -> Loc 
     out: list[str | int] = []
     for part in tokens[len(head):]:
         if isinstance(part, int):
-            for gone in sorted(removed.get(tuple(out), ())):
-                if gone <= part:
-                    part += 1
+            kept = survivors.get(tuple(out))
+            if kept is not None:
+                if part >= len(kept):
+                    return None
+                part = kept[part]
         out.append(part)
     return tuple(out)

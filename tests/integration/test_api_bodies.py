@@ -108,5 +108,12 @@ def test_ten_megabytes_within_a_raised_limit_get_a_capped_400(cp_factory: Callab
     assert r.status == 400 and len(r.json["invalid_parameters"]) == 101
     assert r.json["invalid_parameters"][-1]["reason"].startswith("and 129900 more")
     assert_not_stored(api, "huge")
+    # The same size with a structural mistake in every inbound (each is cut out before the range checks run)
+    structural = [{"port": str(80 + i % 1000), "tags": {"kuma.io/service": f"svc-{i:07d}", "version": "v1"}}
+                  for i in range(130_000)]
+    r = api("PUT", PATH.format(name="huge"), raw=json.dumps(dataplane("huge", structural)).encode(), timeout=SLOW)
+    assert r.status == 400 and len(r.json["invalid_parameters"]) == 101
+    assert r.json["invalid_parameters"][0]["field"].startswith("networking.inbound[")
+    assert_not_stored(api, "huge")
     assert api("GET", "/meshes/default/dataplanes").json["total"] == 0
     assert "Traceback" not in cp.logs()
