@@ -12,6 +12,7 @@ inbound was cut) are dropped, since they would describe the copy, not the user's
 from __future__ import annotations
 
 import copy
+import logging
 import typing
 from collections.abc import Mapping
 from typing import Any
@@ -22,10 +23,20 @@ from .errors import InvalidParameter, Violations, join_path
 from .paths import field_required, parse_path, type_at, walk_raw
 
 Loc = tuple[str | int, ...]
+log = logging.getLogger("kuma.resources")
 
 
 def checks_despite(model: type[BaseModel], body: Any, err: ValidationError, prefix: str) -> list[InvalidParameter]:
     """The spec checks' findings on `body` without the parts `err` refused; [] when nothing can be checked."""
+    try:
+        return _checks_despite(model, body, err, prefix)
+    except Exception:  # an extra for the user: it must never turn the 400 being answered into a 500
+        log.exception("range checks of a partly invalid document failed; answering the structural errors only",
+                      extra={"type": model.__name__})
+        return []
+
+
+def _checks_despite(model: type[BaseModel], body: Any, err: ValidationError, prefix: str) -> list[InvalidParameter]:
     cuts: set[Loc] = set()
     for e in err.errors(include_url=False):
         _, _, raw = walk_raw(model, prefix, e["loc"])
