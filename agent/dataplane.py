@@ -64,17 +64,13 @@ def render(template: str, variables: dict[str, str], source: str = "the dataplan
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
-    import yaml
+    from controlplane.resources.documents import DocumentError, load_yaml_all
 
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
-        if context and cmark is not None:
-            problem += f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})"
+    try:  # bounded like API bodies: no nesting past 100 levels, no alias bombs
+        docs = [d for d in load_yaml_all(text) if d is not None]
+    except DocumentError as e:
+        where = f" at line {e.line}, column {e.column}" if e.line is not None else ""
+        problem = e.reason.removeprefix("not valid YAML: ")
         raise DefinitionError(f"{source}: not valid YAML or JSON{where}: {problem}") from None
     if not docs:
         raise DefinitionError(f"{source}: empty: it must hold one Dataplane (type: Dataplane, mesh, name, "

@@ -17,15 +17,14 @@ Without it, PUT replaces what is stored (as kumactl apply does), still never mer
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from controlplane.resources.base import Registry, Resource, ResourceType, Scope
 from controlplane.resources.codec import from_wire, to_wire
+from controlplane.resources.documents import DocumentError, load_json, load_yaml
 from controlplane.resources.errors import InvalidParameter, ResourceValidationError
 from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound, ResourceStore
 
@@ -226,11 +225,10 @@ async def read_document(request: web.Request) -> Any:
     ctype = request.content_type
     try:
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
-            return yaml.safe_load(raw)
-        return json.loads(raw)
-    except (ValueError, yaml.YAMLError) as e:
-        raise ApiError(400, "Malformed body", f"the body is not valid {'YAML' if 'yaml' in ctype else 'JSON'}: {e}",
-                       [InvalidParameter("", str(e))]) from None
+            return load_yaml(raw)
+        return load_json(raw)
+    except DocumentError as e:
+        raise ApiError(400, "Malformed body", f"the body is {e}", [InvalidParameter("", f"the body is {e}")]) from None
 
 
 def next_page_url(request: web.Request, next_offset: int | None, size: int) -> str | None:

@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.codec import from_wire
+from controlplane.resources.documents import DocumentError, load_json
 from controlplane.resources.errors import ResourceValidationError
 
 from . import kds_pb2
@@ -108,9 +109,9 @@ def decode(rtype: ResourceType, res: discovery_pb2.Resource) -> Resource:
                                   "specs as JSON with an empty type URL (a Kuma zone's protobuf specs for this "
                                   "type are not supported yet)")
     try:
-        spec = json.loads(kr.spec.value or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise KdsDecodeError(key, f"{where}: spec is not valid JSON: {e}") from None
+        spec = load_json(kr.spec.value or b"{}")  # bounded depth, as API bodies
+    except DocumentError as e:
+        raise KdsDecodeError(key, f"{where}: spec is {e}") from None
     if not isinstance(spec, Mapping):
         raise KdsDecodeError(key, f"{where}: spec must be a JSON object")
     doc: dict[str, object] = {"type": rtype.name, "name": kr.meta.name, "labels": dict(kr.meta.labels)}

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
-import yaml
 
 from controlplane.resources import load_all
 from controlplane.resources.base import Registry, Resource, ResourceType, Scope
 from controlplane.resources.codec import from_wire
+from controlplane.resources.documents import DocumentError, load_yaml_all
 from controlplane.resources.errors import ResourceValidationError
 
 from .client import ApiClient, ApiError
@@ -107,15 +107,12 @@ def parse_documents(text: str) -> list[Document]:
     docs: list[Document] = []
     position = 0
     try:
-        for body in yaml.safe_load_all(text):
+        for body in load_yaml_all(text):
             position += 1
             if body is not None:
                 docs.append(Document(position, body))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise KumactlError(f"document {position + 1}: not valid YAML{where}: {problem}") from None
+    except DocumentError as e:
+        raise KumactlError(f"document {position + 1}: {e}") from None
     if not docs:
         raise KumactlError("nothing to apply: the input holds no YAML documents")
     return docs

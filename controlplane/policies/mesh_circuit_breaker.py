@@ -44,6 +44,7 @@ from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
@@ -72,9 +73,9 @@ class ConnectionLimits(Spec):
     max_requests: int | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if require_some(v, path, self, LIMITS):
-            for f in LIMITS:
-                check_int(v, f"{path}.{camel(f)}", getattr(self, f), minimum=1)
+        # Kuma accepts `connectionLimits: {}` (nothing changes: Envoy's defaults, or what another policy set).
+        for f in LIMITS:
+            check_int(v, f"{path}.{camel(f)}", getattr(self, f), minimum=1)
 
 
 class Consecutive(Spec):
@@ -144,8 +145,8 @@ class OutlierDetection(Spec):
         check_percentage(v, f"{path}.healthyPanicThreshold", self.healthy_panic_threshold)
         if self.detectors is not None:
             self.detectors.check(v, f"{path}.detectors")
-        elif not self.disabled:
-            v.add(f"{path}.detectors", "must be set: configure at least one detector (or set disabled: true)")
+        else:  # Kuma requires detectors even with disabled: true
+            v.add(f"{path}.detectors", "must be set: configure at least one detector")
 
 
 class Conf(Spec):
@@ -162,6 +163,8 @@ class Conf(Spec):
 
 
 class MeshCircuitBreakerSpec(Spec):
+    kuma_unsupported = frozenset({"rules"})
+
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
@@ -177,7 +180,7 @@ class MeshCircuitBreakerSpec(Spec):
             check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=(MESH,),
                              where=f"spec.from[].targetRef of {POLICY}", inbound=True)
             item.default.check(v, f"{p}.default")
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

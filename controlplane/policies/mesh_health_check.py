@@ -46,6 +46,7 @@ from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
@@ -202,9 +203,7 @@ class MeshHealthCheckSpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

@@ -17,9 +17,10 @@ Regular expressions are checked with Python's `re` as an approximation of Envoy'
 constructs Python lacks are refused, Python-only constructs RE2 lacks are refused, and the RE2 program
 size is estimated and held to Envoy's default limit.
 
-Refused as conflicting (Gateway API and Envoy semantics): RequestRedirect together with backendRefs or
-URLRewrite (a redirect answers the request itself); a filter type other than RequestMirror given twice;
-identical matches within a rule, and two rules with identical matches in one `to[]` entry.
+Accepted as Kuma accepts them: RequestRedirect together with backendRefs or URLRewrite (the redirect answers
+the request itself, so the others have no effect). Refused as conflicting: a filter type other than
+RequestMirror given twice; identical matches within a rule, and two rules with identical matches in one
+`to[]` entry.
 
 Envoy effect (end of this module): the routes of the outbound HTTP listener of each `to[]` service. Rules of
 all applying policies merge by their `matches` (Kuma's rule: a later policy's rule with the same matches
@@ -63,6 +64,7 @@ from controlplane.xds.generate.targeting import (
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     TargetRef,
     check_target_ref,
@@ -311,14 +313,8 @@ class RuleConf(Spec):
             if f.type in SINGLE_USE_FILTERS and f.type in types:
                 v.add(f"{p}.type", f"a {f.type} filter is already given at filters[{types[f.type]}]: merge them")
             types.setdefault(f.type, i)
-        if "RequestRedirect" in types:
-            if "URLRewrite" in types:
-                v.add(f"{path}.filters[{types['URLRewrite']}].type",
-                      "URLRewrite cannot be combined with RequestRedirect (a redirect answers the request itself): "
-                      "remove one")
-            if self.backend_refs is not None:
-                v.add(f"{path}.backendRefs", "cannot be combined with a RequestRedirect filter (the request is "
-                                             "redirected, never forwarded): remove backendRefs or the redirect")
+        # Kuma accepts RequestRedirect next to URLRewrite or backendRefs; the redirect answers the request
+        # itself, so those have no effect (see envoy_route).
         if self.backend_refs is not None:
             check_backend_refs(v, f"{path}.backendRefs", self.backend_refs,
                                where=f"default.backendRefs of {POLICY}")
@@ -353,7 +349,7 @@ class To(Spec):
     rules: list[Rule] | None = None
 
     def check_in(self, v: Violations, path: str, *, top: str) -> None:
-        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE,)
+        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_target_ref(v, f"{path}.targetRef", self.target_ref, allowed=allowed,
                          where=f"spec.to[].targetRef of {POLICY}" +
                                (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
@@ -365,8 +361,6 @@ class To(Spec):
                     check_wildcard_hostname(v, f"{path}.hostnames[{i}]", h)
                     if h in self.hostnames[:i]:
                         v.add(f"{path}.hostnames[{i}]", f"{h!r} is listed twice: remove the duplicate")
-        if not self.rules:
-            v.add(f"{path}.rules", "needs at least one rule")
         seen: dict[Any, int] = {}
         for i, rule in enumerate(self.rules or ()):
             rule.check_in(v, f"{path}.rules[{i}]", top=top)
@@ -385,8 +379,6 @@ class MeshHTTPRouteSpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
         for i, item in enumerate(self.to or ()):
             item.check_in(v, f"{path}.to[{i}]", top=top)
 

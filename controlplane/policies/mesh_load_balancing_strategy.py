@@ -52,6 +52,7 @@ from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
+    MESH_MULTI_ZONE_SERVICE,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
     Item,
@@ -316,6 +317,8 @@ class LocalityAwareness(Spec):
 
 
 class Conf(Spec):
+    kuma_unsupported = frozenset({"hashPolicies"})  # Kuma 2.14's top-level hash policies (outside loadBalancer)
+
     locality_awareness: LocalityAwareness | None = None
     load_balancer: LoadBalancer | None = None
 
@@ -335,9 +338,7 @@ class MeshLoadBalancingStrategySpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_MULTI_ZONE_SERVICE)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

@@ -59,6 +59,7 @@ from controlplane.xds.generate.targeting import (
     MESH_GATEWAY,
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
@@ -260,9 +261,7 @@ class MeshRetrySpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        if not self.to:
-            v.add(f"{path}.to", "needs at least one item")
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE, *SELECTS_NOTHING_YET)
         check_items(v, f"{path}.to", self.to, allowed=to_kinds,
                     where=f"spec.to[].targetRef of {POLICY}" +
                           (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))

@@ -1,7 +1,8 @@
 """MeshTCPRoute: weighted routing of outbound TCP connections.
 
-Each `to[]` entry names a destination (`targetRef` MeshService; Mesh under a MeshGateway) and exactly one
-rule (Kuma allows at most one, as there is nothing to match on in TCP): `rules[0].default.backendRefs[]`
+Each `to[]` entry names a destination (`targetRef` MeshService; Mesh under a MeshGateway) and at most one
+rule (Kuma allows at most one, as there is nothing to match on in TCP; `rules: []` turns an inherited
+route off): `rules[0].default.backendRefs[]`
 of MeshService / MeshServiceSubset with `name`, `tags`, `weight` (>= 0, default 1, not all 0) and `port`.
 
 A MeshHTTPRoute for the same destination takes precedence over a MeshTCPRoute (Kuma's rule, applied by
@@ -31,6 +32,7 @@ from controlplane.xds.generate.targeting import (
     MESH_GATEWAY,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     TargetRef,
     check_target_ref,
@@ -66,12 +68,12 @@ class To(Spec):
     rules: list[Rule]
 
     def check_in(self, v: Violations, path: str, *, top: str) -> None:
-        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE,)
+        allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_target_ref(v, f"{path}.targetRef", self.target_ref, allowed=allowed,
                          where=f"spec.to[].targetRef of {POLICY}" +
                                (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
-        if len(self.rules) != 1:
-            v.add(f"{path}.rules", f"must have exactly one rule (got {len(self.rules)}): TCP has nothing to match "
+        if len(self.rules) > 1:  # Kuma: at most one; `rules: []` switches an inherited route off
+            v.add(f"{path}.rules", f"must have at most one rule (got {len(self.rules)}): TCP has nothing to match "
                                    "on")
         for i, rule in enumerate(self.rules):
             rule.check(v, f"{path}.rules[{i}]")

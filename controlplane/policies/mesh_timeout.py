@@ -57,6 +57,7 @@ from controlplane.xds.generate.targeting import (
     MESH_GATEWAY,
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
+    SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
@@ -114,6 +115,8 @@ class Conf(Spec):
 
 
 class MeshTimeoutSpec(Spec):
+    kuma_unsupported = frozenset({"rules"})
+
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
@@ -131,7 +134,8 @@ class MeshTimeoutSpec(Spec):
             check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=(MESH,),
                              where=f"spec.from[].targetRef of {POLICY}", inbound=True)
             item.default.check(v, f"{p}.default")
-        to_kinds = (MESH,) if top in (MESH_GATEWAY, MESH_HTTP_ROUTE) else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE)
+        to_kinds = (MESH,) if top in (MESH_GATEWAY, MESH_HTTP_ROUTE) else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE,
+                                                                            *SELECTS_NOTHING_YET)
         for i, item in enumerate(self.to or ()):
             p = f"{path}.to[{i}]"
             check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=to_kinds,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .base import REGISTRY, Meta, Registry, Resource, ResourceType, Scope
 from .errors import InvalidParameter, ResourceValidationError, Violations, join_path, pydantic_violations
 from .fields import check_labels, check_name
+from .partial import checks_despite
 
 META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTime")
 
@@ -22,31 +23,31 @@ META_FIELDS = ("type", "name", "mesh", "labels", "creationTime", "modificationTi
 INT_MIN, INT_MAX = -(2**31), 2**32 - 1
 
 
-def check_numbers(v: Violations, body: Any, prefix: str) -> None:
+def check_numbers(v: Violations, body: Any, prefix: str, model: Any = None) -> None:
     """Integers within [INT_MIN, INT_MAX], floats finite, and no number or duration written with digits other
     than ASCII 0-9 (Python's int() and float() read Arabic-Indic or fullwidth digits too)."""
     stack: list[tuple[Any, list[str | int]]] = [(body, [])]
     while stack:
         value, loc = stack.pop()
+        problem = None
         if isinstance(value, bool):
             continue
         if isinstance(value, int):
             if not INT_MIN <= value <= INT_MAX:
-                v.add(join_path(prefix, loc), f"{value} is out of range: numbers are at most {INT_MAX} and at "
-                                              f"least {INT_MIN}")
+                problem = f"{value} is out of range: numbers are at most {INT_MAX} and at least {INT_MIN}"
         elif isinstance(value, float):
             if not math.isfinite(value) or not INT_MIN <= value <= INT_MAX:
-                v.add(join_path(prefix, loc), f"{value} is out of range: numbers are finite, at most {INT_MAX} and "
-                                              f"at least {INT_MIN}")
+                problem = f"{value} is out of range: numbers are finite, at most {INT_MAX} and at least {INT_MIN}"
         elif isinstance(value, str):
             if not value.isascii() and _NON_ASCII_NUMBER.fullmatch(value.strip()) and not _ASCII_NUMBER.fullmatch(
                     value.strip()):
-                v.add(join_path(prefix, loc), f"{value!r} uses digits other than 0-9: write numbers and durations "
-                                              "with ASCII digits")
+                problem = f"{value!r} uses digits other than 0-9: write numbers and durations with ASCII digits"
         elif isinstance(value, Mapping):
             stack.extend((item, [*loc, str(key)]) for key, item in value.items())
         elif isinstance(value, list | tuple):
             stack.extend((item, [*loc, i]) for i, item in enumerate(value))
+        if problem:
+            v.add(join_path(prefix, loc, model), problem)
 
 
 _NON_ASCII_NUMBER = re.compile(r"[+-]?[\d.]+\s*[a-zA-Zµμ%]*")
@@ -58,11 +59,12 @@ def parse_spec(rtype: ResourceType, body: Any, prefix: str) -> tuple[Any, list[I
     if not isinstance(body, Mapping):
         return None, [InvalidParameter(prefix or "spec", "must be an object")]
     numbers = Violations()
-    check_numbers(numbers, body, prefix)
+    check_numbers(numbers, body, prefix, rtype.spec_cls)
     try:
         spec = rtype.spec_cls.model_validate(body)
     except ValidationError as e:
-        return None, _merged(numbers.items, pydantic_violations(e, prefix))
+        structural = _merged(numbers.items, pydantic_violations(e, prefix, rtype.spec_cls))
+        return None, _merged(structural, checks_despite(rtype.spec_cls, body, e, prefix))
     v = Violations()
     spec.check(v, prefix)
     problems = _merged(numbers.items, v.items)

@@ -47,6 +47,8 @@ class Health(Spec):
 
 
 class Inbound(Spec):
+    kuma_unsupported = frozenset({"name", "protocol"})
+
     port: int
     service_port: int | None = None
     service_address: str | None = None
@@ -58,10 +60,15 @@ class Inbound(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         check_port(v, f"{path}.port", self.port)
-        check_port(v, f"{path}.servicePort", self.service_port, required=False)
+        if self.service_port != 0:  # Kuma: 0 means "not set" (the workload listens on `port`)
+            check_port(v, f"{path}.servicePort", self.service_port, required=False)
         check_address(v, f"{path}.serviceAddress", self.service_address, required=False, ip_only=True)
         check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
-        check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        if not self.tags:
+            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode) is not supported by kuma-vm "
+                                  f"yet: give it tags with {SERVICE_TAG}")
+        else:
+            check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
         check_protocol_tag(v, f"{path}.tags", self.tags)
         if self.service_probe:
             self.service_probe.check(v, f"{path}.serviceProbe")
@@ -77,6 +84,8 @@ class Inbound(Spec):
 
 
 class Outbound(Spec):
+    kuma_unsupported = frozenset({"backendRef"})
+
     port: int
     address: str | None = None
     tags: dict[str, str]
@@ -97,6 +106,10 @@ class Gateway(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
+        proto = self.tags.get(PROTOCOL_TAG)
+        if proto is not None and proto != "tcp":  # Kuma: a gateway's own traffic is TCP; routes say more
+            v.add(f'{path}.tags["{PROTOCOL_TAG}"]', f"a gateway's protocol tag must be 'tcp' (or left out), not "
+                                                    f"{proto!r}")
 
 
 class Admin(Spec):
@@ -107,6 +120,8 @@ class Admin(Spec):
 
 
 class TransparentProxying(Spec):
+    kuma_unsupported = frozenset({"reachableServices", "reachableBackends", "ipFamilyMode"})
+
     redirect_port_inbound: int | None = None
     redirect_port_outbound: int | None = None
     direct_access_services: list[str] | None = None
@@ -117,6 +132,8 @@ class TransparentProxying(Spec):
 
 
 class Networking(Spec):
+    kuma_unsupported = frozenset({"listeners"})
+
     address: str
     advertised_address: str | None = None
     inbound: list[Inbound] = []
@@ -126,15 +143,19 @@ class Networking(Spec):
     transparent_proxying: TransparentProxying | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        check_address(v, f"{path}.address", self.address)
+        check_dataplane_address(v, f"{path}.address", self.address)
         check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
         if not self.inbound and self.gateway is None:
-            v.add(f"{path}.inbound", "a dataplane needs at least one inbound (or a gateway)")
+            v.add(f"{path}.inbound", "a dataplane without inbounds (Kuma allows one with transparent proxying) is not "
+                                     "supported by kuma-vm yet: add an inbound, or make it a gateway")
         if self.inbound and self.gateway is not None:
-            v.add(f"{path}.gateway", "a gateway dataplane cannot also have inbounds")
+            v.add(f"{path}.inbound", f"inbound cannot be defined for {self.gateway.type.lower()} gateways")
+        if self.outbound and self.gateway is not None and self.gateway.type == "BUILTIN":
+            v.add(f"{path}.outbound", "outbound cannot be defined for builtin gateways")
         seen: dict[tuple[str, int], int] = {}
         for i, inbound in enumerate(self.inbound):
             inbound.check(v, f"{path}.inbound[{i}]")
+            check_no_loop(v, f"{path}.inbound[{i}]", inbound, self.address)
             key = (inbound.address or self.address, inbound.port)
             if key in seen:
                 v.add(f"{path}.inbound[{i}].port",
@@ -152,11 +173,58 @@ class Networking(Spec):
             self.gateway.check(v, f"{path}.gateway")
         if self.admin:
             self.admin.check(v, f"{path}.admin")
+            self.check_admin_port(v, f"{path}.admin.port", self.admin.port)
         if self.transparent_proxying:
             self.transparent_proxying.check(v, f"{path}.transparentProxying")
 
+    def check_admin_port(self, v: Violations, path: str, port: int) -> None:
+        """Kuma: Envoy's admin listens on 127.0.0.1:port, so no inbound (its own address or its workload's)
+        and no outbound may use that port on 127.0.0.1 or a wildcard address. The workload's address without
+        serviceAddress is 127.0.0.1 here (Kuma: the dataplane's address), as the inbound cluster uses it."""
+        for i, inbound in enumerate(self.inbound):
+            dataplane_ip = inbound.address or self.address
+            workload_ip = inbound.service_address or LOOPBACK
+            if (port == inbound.port and _overlaps_loopback(dataplane_ip)) or \
+                    (port == inbound.workload_port and _overlaps_loopback(workload_ip)):
+                v.add(path, f"must differ from inbound: inbound[{i}] uses port {port} on {LOOPBACK}")
+                return
+        for i, outbound in enumerate(self.outbound):
+            if port == outbound.port and _overlaps_loopback(outbound.address or LOOPBACK):
+                v.add(path, f"must differ from outbound: outbound[{i}] uses port {port} on {LOOPBACK}")
+                return
+
+
+LOOPBACK = "127.0.0.1"
+
+
+def _overlaps_loopback(address: str) -> bool:
+    return address in (LOOPBACK, "0.0.0.0", "::")
+
+
+def check_dataplane_address(v: Violations, path: str, address: str) -> None:
+    """Kuma: required, an IP or a DNS name, and never a wildcard (others must be able to reach it there)."""
+    if address in ("0.0.0.0", "::"):
+        v.add(path, f"must not be 0.0.0.0 or ::: give the address other dataplanes reach this one at, not "
+                    f"{address!r}")
+        return
+    check_address(v, path, address)
+
+
+def check_no_loop(v: Violations, path: str, inbound: Inbound, dataplane_address: str) -> None:
+    """Kuma: an inbound whose application address:port is its own address:port would send traffic back into
+    Envoy. Kuma compares serviceAddress with the dataplane's address and with the inbound's own address."""
+    if not inbound.service_address:
+        return
+    same_port = not inbound.service_port or inbound.service_port == inbound.port
+    if same_port and inbound.service_address in (dataplane_address, inbound.address):
+        v.add(f"{path}.serviceAddress", f"serviceAddress and servicePort must differ from address and port: "
+                                        f"{inbound.service_address}:{inbound.workload_port} is the inbound itself, "
+                                        "so traffic would loop back into Envoy")
+
 
 class DataplaneSpec(Spec):
+    kuma_unsupported = frozenset({"metrics", "probes"})
+
     networking: Networking
 
     def check(self, v: Violations, path: str) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .paths import unknown_field_reason, walk
+
 
 @dataclass(frozen=True, slots=True)
 class InvalidParameter:
@@ -18,11 +20,20 @@ class InvalidParameter:
         return {"field": self.field, "reason": self.reason}
 
 
+# One answer names at most this many problems (a 5,000-item list with one typo each must not produce a
+# megabyte of errors); the rest are counted in a last "and N more" entry.
+MAX_REPORTED = 100
+
+
 class ResourceValidationError(Exception):
-    """A resource (or request) that cannot be accepted; names every bad field and why."""
+    """A resource (or request) that cannot be accepted; names every bad field (up to MAX_REPORTED) and why."""
 
     def __init__(self, invalid: Sequence[InvalidParameter], title: str = "Resource is not valid") -> None:
-        self.invalid = list(invalid)
+        self.omitted = max(0, len(invalid) - MAX_REPORTED)
+        self.invalid = list(invalid[:MAX_REPORTED])
+        if self.omitted:
+            self.invalid.append(InvalidParameter("", f"and {self.omitted} more: fix the problems above and send "
+                                                     "it again to see the rest"))
         self.title = title
         super().__init__(self.details)
 
@@ -58,29 +69,25 @@ class Violations:
             raise ResourceValidationError(self.items, title)
 
 
-def join_path(prefix: str, loc: Iterable[str | int]) -> str:
-    """('networking', 'inbound', 0, 'port') -> 'networking.inbound[0].port' (under an optional prefix)."""
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out = f"{out}.{part}" if out else str(part)
-    return out
+def join_path(prefix: str, loc: Iterable[str | int], model: Any = None) -> str:
+    """('networking', 'inbound', 0, 'port') -> 'networking.inbound[0].port' (under an optional prefix);
+    map keys as `tags["kuma.io/service"]`, told apart from fields by `model`'s schema (see paths.py)."""
+    return walk(model, prefix, loc)[0]
 
 
-_REASONS = {
-    "extra_forbidden": "unknown field: remove it or check its spelling against the documentation",
-    "missing": "field is required",
-}
-
-
-def pydantic_violations(err: ValidationError, prefix: str) -> list[InvalidParameter]:
+def pydantic_violations(err: ValidationError, prefix: str, model: Any = None) -> list[InvalidParameter]:
+    """pydantic's errors as field problems, spelled by `model`'s schema (the class that was validated)."""
     out = []
     for e in err.errors(include_url=False):
-        reason = _REASONS.get(e["type"]) or e["msg"]
-        if e["type"] not in _REASONS and "input" in e and not isinstance(e["input"], dict | list):
-            reason = f"{reason} (got {e['input']!r})"
-        loc = [p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        out.append(InvalidParameter(join_path(prefix, loc), reason))
+        path, parent = walk(model, prefix, e["loc"])
+        if e["type"] == "extra_forbidden":
+            reason = unknown_field_reason(parent, str(e["loc"][-1]))
+        elif e["type"] == "missing":
+            reason = "field is required"
+        else:
+            reason = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict | list):
+                shown = repr(e["input"])
+                reason = f"{reason} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        out.append(InvalidParameter(path, reason))
     return out

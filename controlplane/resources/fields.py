@@ -7,6 +7,7 @@ import re
 from datetime import timedelta
 
 from .errors import Violations
+from .paths import key_path
 
 # DNS-1123 subdomain: what Kubernetes accepts as an object name, so names survive the trip to a k8s zone.
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -16,7 +17,12 @@ _HOSTNAME = re.compile(
 )
 # Label/tag keys: an optional DNS prefix and a name, as Kubernetes and Kuma tags use (kuma.io/service).
 _KEY_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_TAG_VALUE = re.compile(r"^[^\s]+$")
+# Kuma's tag rules (validators.go), the same for a Dataplane's tags and the policies' tag matchers, so a
+# dataplane never registers with a tag no policy can select.
+TAG_KEY_RE = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
+TAG_VALUE_RE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
+TAG_KEY_RULE = "tag name must be non-empty and consist of letters, digits, '.', '-', '_', ':' and '/'"
+TAG_VALUE_CHARS = "letters, digits, '.', '-', '_' and ':'"
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h|d|y)")  # ASCII digits: \d takes any script's
 _UNIT_SECONDS = {
     "ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0,
@@ -49,21 +55,26 @@ def check_key(v: Violations, path: str, key: str) -> None:
 
 def check_labels(v: Violations, path: str, labels: dict[str, str]) -> None:
     for key, value in labels.items():
-        check_key(v, f"{path}[{key!r}]" if path else key, key)
+        check_key(v, key_path(path, key) if path else key, key)
         if len(value) > 63 or (value and not _KEY_NAME.match(value)):
-            v.add(f"{path}[{key!r}]", f"value {value!r} must be at most 63 letters, digits, '-', '_' or '.'")
+            v.add(key_path(path, key) if path else key,
+                  f"value {value!r} must be at most 63 letters, digits, '-', '_' or '.'")
 
 
 def check_tags(v: Violations, path: str, tags: dict[str, str], *, required: tuple[str, ...] = ()) -> None:
     for key in required:
         if not tags.get(key):
-            v.add(f'{path}["{key}"]', "tag is required")
-    for key, value in tags.items():
-        check_key(v, f'{path}["{key}"]', key)
+            v.add(key_path(path, key), f"mandatory tag {key!r} is missing" if key not in tags else
+                  "tag value must be non-empty")
+    for key in sorted(tags):
+        value = tags[key]
+        if not TAG_KEY_RE.match(key):
+            v.add(key_path(path, key), TAG_KEY_RULE)
         if not value:
-            v.add(f'{path}["{key}"]', "tag value cannot be empty")
-        elif not _TAG_VALUE.match(value):
-            v.add(f'{path}["{key}"]', f"tag value {value!r} cannot contain whitespace")
+            if key not in required:
+                v.add(key_path(path, key), "tag value must be non-empty")
+        elif not TAG_VALUE_RE.match(value):
+            v.add(key_path(path, key), f"tag value {value!r} must consist of {TAG_VALUE_CHARS}")
 
 
 # The longest duration anything takes: Envoy's protobuf Duration must fit int64 nanoseconds in whole seconds,

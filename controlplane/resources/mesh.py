@@ -53,6 +53,8 @@ _CONF_BY_TYPE: dict[str, type[Spec]] = {"builtin": BuiltinConf, "provided": Prov
 
 
 class MtlsBackend(Spec):
+    kuma_unsupported = frozenset({"rootChain"})
+
     name: str
     type: Literal["builtin", "provided"]
     mode: Literal["STRICT", "PERMISSIVE"] = "STRICT"
@@ -80,6 +82,8 @@ class MtlsBackend(Spec):
 
 
 class Mtls(Spec):
+    kuma_unsupported = frozenset({"skipValidation"})
+
     enabled_backend: str | None = None
     backends: list[MtlsBackend] = []
 
@@ -113,6 +117,8 @@ class Routing(Spec):
 
 
 class MeshSpec(Spec):
+    kuma_unsupported = frozenset({"tracing", "logging", "metrics", "constraints", "meshServices"})
+
     mtls: Mtls | None = None
     networking: MeshNetworking | None = None
     routing: Routing | None = None
@@ -122,6 +128,10 @@ class MeshSpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.mtls:
             self.mtls.check(v, f"{path}.mtls" if path else "mtls")
+        if self.routing is not None and self.routing.zone_egress and not (self.mtls and self.mtls.enabled_backend):
+            # Kuma: zone egress identifies the services behind it by their mTLS certificates
+            v.add(f"{path}.mtls" if path else "mtls", "has to be set when zoneEgress is enabled: enable mTLS "
+                                                      "(mtls.enabledBackend) or turn routing.zoneEgress off")
 
 
 MESH = register(ResourceType(

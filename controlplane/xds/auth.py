@@ -15,7 +15,6 @@ token's `kid` (or exists at all): the dp-server is reachable without credentials
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -26,6 +25,7 @@ from google.protobuf import json_format
 
 from controlplane.resources import REGISTRY, Resource, ResourceValidationError, from_wire
 from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.documents import DocumentError, load_json
 from controlplane.store.base import NotFound, ResourceStore
 from controlplane.tokens.errors import InvalidSignature, SigningKeyNotFound, TokenError
 from controlplane.tokens.service import TokenService
@@ -136,10 +136,10 @@ class DataplaneAuthenticator:
         raw = meta.get(DATAPLANE_METADATA)
         if raw is not None:
             try:
-                definition = json.loads(raw) if isinstance(raw, str) else raw
-            except ValueError:
+                definition = load_json(raw) if isinstance(raw, str) else raw  # bounded depth, as API bodies
+            except DocumentError as e:
                 raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"node metadata {DATAPLANE_METADATA} is not JSON") from None
+                                   f"node metadata {DATAPLANE_METADATA} is {e}") from None
         proxy_type = meta.get(PROXY_TYPE_METADATA, "dataplane")
         if proxy_type not in PROXY_TYPES:
             raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from controlplane import __version__
+from controlplane.resources.documents import DocumentError, load_json
 
 ADS_CLUSTER = "ads_cluster"
 DATAPLANE_METADATA = "dataplane.resource"  # node metadata key Kuma uses for the registering Dataplane
@@ -55,9 +55,9 @@ class BootstrapRequest:
     def from_json(cls, raw: bytes, default_api_type: str = "delta") -> BootstrapRequest:
         """Parse kuma-dp's request; `apiType` absent means the control plane's choice (KUMA_DP_SERVER_API_TYPE)."""
         try:
-            doc = json.loads(raw)
-        except ValueError as e:
-            raise BootstrapRequestError("body", f"not valid JSON: {e}") from None
+            doc = load_json(raw)  # bounded: a deeply nested body is refused, not a RecursionError
+        except DocumentError as e:
+            raise BootstrapRequestError("body", str(e)) from None
         if not isinstance(doc, dict):
             raise BootstrapRequestError("body", "must be a JSON object")
         known = {"mesh", "name", "dataplaneToken", "adminPort", "adminAddress", "cpHost", "cpPort", "dataplane",

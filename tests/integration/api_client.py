@@ -28,7 +28,8 @@ class Reply:
 
 
 def call(method: str, url: str, body: Any = None, *, headers: dict[str, str] | None = None,
-         ca_file: Path | None = None, raw: bytes | None = None, token: str | None = None) -> Reply:
+         ca_file: Path | None = None, raw: bytes | None = None, token: str | None = None,
+         timeout: float = 10) -> Reply:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -39,7 +40,7 @@ def call(method: str, url: str, body: Any = None, *, headers: dict[str, str] | N
         req.add_header("Authorization", f"Bearer {token}")
     ctx = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     try:
-        with urllib.request.urlopen(req, timeout=10, context=ctx) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as resp:
             return Reply(resp.status, dict(resp.headers), resp.read())
     except urllib.error.HTTPError as e:
         return Reply(e.code, dict(e.headers), e.read())

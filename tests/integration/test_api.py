@@ -74,12 +74,12 @@ def test_create_update_get_with_versions(api: Callable[..., Reply]) -> None:
 def test_field_level_errors_and_nothing_written(api: Callable[..., Reply]) -> None:
     bad = dataplane("bad-1")
     bad["networking"]["inbound"][0]["port"] = 70000
-    bad["networking"]["inbound"][0]["tags"] = {}
+    bad["networking"]["inbound"][0]["tags"] = {"version": "v1"}
     r = api("PUT", "/meshes/default/dataplanes/bad-1", bad)
     assert r.status == 400
     assert r.json["title"] == "Resource is not valid"
     assert "range [1, 65535]" in r.fields["networking.inbound[0].port"]
-    assert r.fields['networking.inbound[0].tags["kuma.io/service"]'] == "tag is required"
+    assert r.fields['networking.inbound[0].tags["kuma.io/service"]'] == "mandatory tag 'kuma.io/service' is missing"
     assert api("GET", "/meshes/default/dataplanes/bad-1").status == 404
 
     wrong_type = dataplane("bad-2")

@@ -86,12 +86,12 @@ networking:
     tags: {}
 """)
     assert "port 70000 must be in the range [1, 65535]" in problems["networking.inbound[0].port"]
-    assert problems['networking.inbound[0].tags["kuma.io/service"]'] == "tag is required"
+    assert problems['networking.inbound[0].tags["kuma.io/service"]'] == "mandatory tag 'kuma.io/service' is missing"
     assert "not a known protocol" in problems['networking.inbound[0].tags["kuma.io/protocol"]']
-    assert "cannot be empty" in problems['networking.inbound[0].tags["version"]']
+    assert "must be non-empty" in problems['networking.inbound[0].tags["version"]']
     assert "not a valid IP address or hostname" in problems["networking.address"]
     assert "networking.outbound[0].port" in problems
-    assert problems['networking.outbound[0].tags["kuma.io/service"]'] == "tag is required"
+    assert problems['networking.outbound[0].tags["kuma.io/service"]'] == "mandatory tag 'kuma.io/service' is missing"
 
 
 def test_dataplane_needs_an_inbound() -> None:

@@ -15,7 +15,7 @@ from typing import Any, Final, Generic, Literal, TypeVar
 from controlplane.resources.base import Resource, Spec
 from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec
 from controlplane.resources.errors import Violations
-from controlplane.resources.fields import check_labels, check_name
+from controlplane.resources.fields import TAG_KEY_RE, TAG_VALUE_RE, check_labels, check_name
 
 # --- targetRef ------------------------------------------------------------------------------------
 
@@ -26,16 +26,21 @@ MESH_SERVICE_SUBSET: Final = "MeshServiceSubset"
 MESH_GATEWAY: Final = "MeshGateway"
 MESH_HTTP_ROUTE: Final = "MeshHTTPRoute"
 DATAPLANE: Final = "Dataplane"
+MESH_EXTERNAL_SERVICE: Final = "MeshExternalService"
+MESH_MULTI_ZONE_SERVICE: Final = "MeshMultiZoneService"
+# Kinds Kuma accepts in `to` that kuma-vm has no resource for yet: accepted (YAML written for Kuma applies),
+# and they select nothing; the README lists them.
+SELECTS_NOTHING_YET: Final = (MESH_EXTERNAL_SERVICE, MESH_MULTI_ZONE_SERVICE)
 
 TargetRefKind = Literal["Mesh", "MeshSubset", "MeshService", "MeshServiceSubset", "MeshGateway",
-                        "MeshHTTPRoute", "Dataplane"]
+                        "MeshHTTPRoute", "Dataplane", "MeshExternalService", "MeshMultiZoneService"]
 ProxyType = Literal["Sidecar", "Gateway"]
 
 # Kuma's precedence of kinds (api/common/v1alpha1/targetref.go): a policy whose top-level targetRef is more
 # specific (higher rank) is merged later and so wins over a less specific one.
 KIND_ORDER: dict[str, int] = {
-    MESH: 1, DATAPLANE: 2, MESH_SUBSET: 3, MESH_GATEWAY: 4, MESH_SERVICE: 5, MESH_SERVICE_SUBSET: 8,
-    MESH_HTTP_ROUTE: 9,
+    MESH: 1, DATAPLANE: 2, MESH_SUBSET: 3, MESH_GATEWAY: 4, MESH_SERVICE: 5, MESH_EXTERNAL_SERVICE: 6,
+    MESH_MULTI_ZONE_SERVICE: 7, MESH_SERVICE_SUBSET: 8, MESH_HTTP_ROUTE: 9,
 }
 
 # Top-level kinds every policy accepts on a sidecar (MeshService/MeshServiceSubset are deprecated at the top
@@ -44,8 +49,7 @@ TOP_LEVEL_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET, DATAPLA
 
 # Kuma's character sets (pkg/core/resources/apis/mesh validators).
 _REF_NAME = re.compile(r"^[0-9a-z.\-_]+$")
-_TAG_KEY = re.compile(r"^[a-zA-Z0-9.\-_:/]+$")
-_TAG_VALUE = re.compile(r"^[a-zA-Z0-9.\-_:]+$")
+_TAG_KEY, _TAG_VALUE = TAG_KEY_RE, TAG_VALUE_RE  # one definition: a Dataplane's tags follow the same rules
 _SELECTOR_VALUE = re.compile(r"^([a-zA-Z0-9.\-_:/]+|\*)$")
 _SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -183,7 +187,7 @@ def check_target_ref(v: Violations, path: str, ref: TargetRef, *, allowed: Colle
         for f in ("name", "labels", "namespace", "section_name"):
             forbid(f, getattr(ref, f))
         _check_ref_tags(v, f"{path}.tags", ref.tags or {}, selector=False)
-    elif kind in (MESH_SERVICE, MESH_HTTP_ROUTE):
+    elif kind in (MESH_SERVICE, MESH_HTTP_ROUTE, *SELECTS_NOTHING_YET):
         forbid("tags", ref.tags, f"cannot be set with kind {kind}: use MeshServiceSubset to select by tags"
                if kind == MESH_SERVICE else "")
         if ref.labels:
@@ -193,13 +197,16 @@ def check_target_ref(v: Violations, path: str, ref: TargetRef, *, allowed: Colle
                 v.add(f"{path}.sectionName", "cannot be combined with labels: select by name instead")
             check_labels(v, f"{path}.labels", ref.labels)
         elif ref.name is None:
-            v.add(f"{path}.name", f"must be set with kind {kind}: name the "
-                                  f"{'service (its kuma.io/service tag)' if kind == MESH_SERVICE else 'route'}")
+            named = {MESH_SERVICE: "service (its kuma.io/service tag)", MESH_HTTP_ROUTE: "route"}.get(kind, kind)
+            v.add(f"{path}.name", f"must be set with kind {kind}: name the {named}")
         elif ref.labels is not None:
             v.add(f"{path}.labels", "cannot be empty: remove it or give at least one label")
         _check_ref_name(v, f"{path}.name", ref.name)
         _check_namespace(v, f"{path}.namespace", ref.namespace)
-        _check_section_name(v, f"{path}.sectionName", ref.section_name)
+        if kind in (MESH_HTTP_ROUTE, MESH_EXTERNAL_SERVICE):  # Kuma: a route or external service has no ports
+            forbid("section_name", ref.section_name)
+        else:
+            _check_section_name(v, f"{path}.sectionName", ref.section_name)
     elif kind in (MESH_SERVICE_SUBSET, MESH_GATEWAY):
         for f in ("labels", "namespace", "section_name"):
             forbid(f, getattr(ref, f))
