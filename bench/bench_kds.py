@@ -12,7 +12,7 @@ timing free of process start-up and lets the bench read both stores' change even
   p50/p99 over rounds. Target p99 <= 100 ms.
 - reconnect: the zone's connection drops, global changes C policies, the same zone process connects again:
   resources global sends on the new stream (target: exactly C, only what changed) and the time to converge.
-  (A restarted zone process declares nothing it holds yet, so global sends it everything once.)
+  (A restarted zone process declares what its store holds, with the versions global gives them, too.)
 
     .venv/bin/python bench/bench_kds.py [--resources 10000] [--dataplanes 5000] [--rounds 30] [--changes 100]
                                        [--quick] [--json-only]

@@ -23,6 +23,7 @@ Which stored resources belong to the peer, and what they are called here, is an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -91,6 +92,11 @@ class Origin(Protocol):
         """Whether a local resource with the name of an incoming one is replaced by it (else: NACKed clash)."""
         ...
 
+    def to_peer(self, stored: Resource) -> Resource:
+        """A stored copy as the peer sent it (its name and labels undone), so its content version can be
+        declared after a restart of this process; a mismatch only means the peer sends it again."""
+        ...
+
     def peer_key(self, stored: Resource) -> str:
         """The Delta key the peer knows a stored resource of its own by."""
         ...
@@ -123,6 +129,12 @@ class FromGlobal:
         # ZoneIngresses are never local.
         return stored.meta.labels.get(ORIGIN_LABEL) is None and stored.type.name != "ZoneIngress"
 
+    def to_peer(self, stored: Resource) -> Resource:
+        labels = dict(stored.meta.labels)
+        if labels.get(ORIGIN_LABEL) == ORIGIN_GLOBAL:  # added here by to_local; global's own carry none
+            del labels[ORIGIN_LABEL]
+        return stored.with_meta(labels=labels)
+
     def peer_key(self, stored: Resource) -> str:
         return wire_key(stored.type, stored.meta.name, stored.meta.mesh)
 
@@ -149,6 +161,11 @@ class FromZone:
 
     def adopts(self, stored: Resource) -> bool:
         return False  # a zone's resources have zone-qualified names: a clash is a resource of global's own
+
+    def to_peer(self, stored: Resource) -> Resource:
+        labels = {k: v for k, v in stored.meta.labels.items()
+                  if k not in (ORIGIN_LABEL, ZONE_LABEL, DISPLAY_NAME_LABEL)}
+        return stored.with_meta(name=stored.meta.labels.get(DISPLAY_NAME_LABEL, stored.meta.name), labels=labels)
 
     def peer_key(self, stored: Resource) -> str:
         return wire_key(stored.type, stored.meta.labels.get(DISPLAY_NAME_LABEL, stored.meta.name), stored.meta.mesh)
@@ -383,16 +400,19 @@ class _RecvState:
     versions: dict[str, str] = field(default_factory=dict)  # what we hold from the peer: key -> version
     declared: set[str] = field(default_factory=set)  # keys we told the peer we hold at subscription
     initial: bool = True  # the first answer on this stream is not complete yet
+    restored: bool = False  # versions were read back from the store once (after a restart of this process)
     seen: set[str] = field(default_factory=set)  # keys the first answer sent or kept
     index: dict[str, tuple[str, str]] | None = None  # key -> (local name, mesh) of what we hold from the peer
     stats: TypeStats = field(default_factory=TypeStats)
 
 
 class Receiver:
-    def __init__(self, store: ResourceStore, types: Sequence[ResourceType], origin: Origin, *, node_id: str) -> None:
+    def __init__(self, store: ResourceStore, types: Sequence[ResourceType], origin: Origin, *, node_id: str,
+                 restore_versions: bool = True) -> None:
         self.store, self.origin, self.node_id = store, origin, node_id
         self.types = {t.name: t for t in types}
-        self._state = {name: _RecvState() for name in self.types}
+        # restore_versions=False: declare only what this process received (a first subscription declares nothing)
+        self._state = {name: _RecvState(restored=not restore_versions) for name in self.types}
 
     def stats(self) -> dict[str, TypeStats]:
         return {name: s.stats for name, s in self._state.items()}
@@ -403,6 +423,9 @@ class Receiver:
         declared, so the peer sends it again if it still has it)."""
         out = []
         for name, state in self._state.items():
+            if not state.restored:
+                state.versions = await self._stored_versions(self.types[name])
+                state.restored = True
             state.index = await self._index(self.types[name])
             state.versions = {k: v for k, v in state.versions.items() if k in state.index}
             state.declared = set(state.versions)
@@ -477,6 +500,16 @@ class Receiver:
         for res, local in fresh:
             state.index[res.name] = (local.meta.name, local.meta.mesh)
             state.versions[res.name] = res.version
+
+    async def _stored_versions(self, rtype: ResourceType) -> dict[str, str]:
+        """What this side holds from the peer, with the content versions the peer would give them: a zone
+        process that restarts is sent what changed, not everything again."""
+        out: dict[str, str] = {}
+        for r in (await self.store.list(rtype, ListQuery())).items:
+            if self.origin.owns(r):
+                with contextlib.suppress(Exception):  # a copy that cannot be encoded: the peer sends it again
+                    out[self.origin.peer_key(r)] = encode(self.origin.to_peer(r)).version
+        return out
 
     async def _index(self, rtype: ResourceType) -> dict[str, tuple[str, str]]:
         listed = await self.store.list(rtype, ListQuery())

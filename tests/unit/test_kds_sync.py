@@ -89,10 +89,30 @@ async def connect(sender: Sender, receiver: Receiver) -> list[discovery_pb2.Delt
     return answers
 
 
-def global_to_zone(glob: ResourceStore, zone: ResourceStore, *, max_bytes: int = 4 << 20) -> tuple[Sender, Receiver]:
+def global_to_zone(glob: ResourceStore, zone: ResourceStore, *, max_bytes: int = 4 << 20,
+                   restore_versions: bool = True) -> tuple[Sender, Receiver]:
     types = [MESH, MESH_TIMEOUT]
     sender = Sender(glob, [SendType(t) for t in types], peer="zone 'zone-1'", max_bytes=max_bytes)
-    return sender, Receiver(zone, types, FromGlobal("zone-1"), node_id="zone-1")
+    return sender, Receiver(zone, types, FromGlobal("zone-1"), node_id="zone-1", restore_versions=restore_versions)
+
+
+async def test_a_restarted_zone_declares_what_it_holds_and_is_sent_only_what_changed(
+        stores: tuple[ResourceStore, ResourceStore]) -> None:
+    glob, zone = stores
+    await glob.create(mesh())
+    for i in range(5):
+        await glob.create(timeout(f"t{i}"))
+    await connect(*global_to_zone(glob, zone))
+    t1 = await glob.get(MESH_TIMEOUT, "t1", "default")
+    await glob.update(timeout("t1", idle="9s").with_meta(version=t1.meta.version))
+    # A new zone process: a new receiver on the same store, and global sees a new stream.
+    sender, receiver = global_to_zone(glob, zone)
+    subs = {s.type_url: s for s in await receiver.subscriptions()}
+    assert set(subs["MeshTimeout"].initial_resource_versions) == {f"t{i}.default" for i in range(5)}
+    first = await sender.handle(subs["MeshTimeout"])
+    assert [r.name for resp in first for r in resp.resources] == ["t1.default"]  # only what changed
+    await exchange(sender, receiver, first)
+    assert (await zone.get(MESH_TIMEOUT, "t1", "default")).spec == timeout("t1", idle="9s").spec
 
 
 async def test_global_resources_reach_the_zone_labelled_and_changes_and_deletions_follow(
@@ -139,6 +159,12 @@ async def test_zone_resources_are_stored_on_global_zone_qualified_and_deletions_
     assert set(got) == {qualified, zone_qualified_name("web-1.kuma-demo", "default", "zone-1")}
     assert dict(got[qualified].meta.labels) == {"kuma.io/origin": "zone", "kuma.io/zone": "zone-1",
                                                 "kuma.io/display-name": "backend-1"}
+    # A restarted global declares the zone's resources with the versions the zone gives them: nothing re-sent.
+    restarted = Receiver(glob, [DATAPLANE], FromZone("zone-1"), node_id="global")
+    [sub] = await restarted.subscriptions()
+    assert set(sub.initial_resource_versions) == {"backend-1.default", "web-1.kuma-demo.default"}
+    again = Sender(zone, [SendType(DATAPLANE)], peer="global")
+    assert [r for resp in await again.handle(sub) for r in resp.resources] == []
     await zone.delete(DATAPLANE, "backend-1", "default")
     await exchange(sender, receiver, await sender.changed(["Dataplane"]))
     assert set(await names(glob, DATAPLANE)) == {zone_qualified_name("web-1.kuma-demo", "default", "zone-1")}
@@ -155,7 +181,8 @@ async def test_a_big_first_answer_spans_responses_and_full_replacement_waits_for
     await zone.create(timeout("stale", labels={"kuma.io/origin": "global"}))
     await zone.create(timeout("local"))  # the zone's own: never touched
     one = encode(await glob.get(MESH_TIMEOUT, "t00", "default")).message.ByteSize()
-    sender, receiver = global_to_zone(glob, zone, max_bytes=one * 5 + 600)
+    # A receiver that declares only what it received in this process: the stale one is not declared.
+    sender, receiver = global_to_zone(glob, zone, max_bytes=one * 5 + 600, restore_versions=False)
     subs = {s.type_url: s for s in await receiver.subscriptions()}
     await exchange(sender, receiver, await sender.handle(subs["Mesh"]))
     first = await sender.handle(subs["MeshTimeout"])
