@@ -80,13 +80,16 @@ class KdsClient:
         self._sleep = sleep
         self.receiver = Receiver(store, global_to_zone_types(), FromGlobal(zone), node_id=zone)
         self.sender: Sender | None = None
-        self.state = "disconnected"  # for GET / and inspect: connected | connecting | disconnected
+        # for GET / and inspect: connected | connecting | refused (global said no: last_error says why) |
+        # disconnected
+        self.state = "disconnected"
         self.last_error = ""
         self.connected_since: float | None = None
 
     async def run(self) -> None:
         """Until cancelled: connect, sync, and on any end back off (jittered) and connect again."""
         while True:
+            refused = False
             try:
                 await self.connect_once()
                 self.last_error = "global closed the streams"
@@ -94,6 +97,7 @@ class KdsClient:
                 raise
             except grpc.aio.AioRpcError as e:
                 self.last_error = f"{e.code().name}: {e.details()}"
+                refused = e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
                 self._report(e)
             except KdsConfigError as e:
                 self.last_error = str(e)
@@ -103,7 +107,8 @@ class KdsClient:
                 self.last_error = str(e) or type(e).__name__
                 self.refusals.report(("error", type(e).__name__), "KDS sync with global failed", error=e,
                                      extra={"zone": self.zone})
-            self.state, self.connected_since = "disconnected", None
+            # A refusal stays visible through the back-off: retrying will not help until the operator acts.
+            self.state, self.connected_since = ("refused" if refused else "disconnected"), None
             delay = self.retry.failed(_RETRY_KEY, time.monotonic())
             await self._sleep(delay * random.uniform(0.5, 1.0))
 

@@ -274,7 +274,7 @@ async def test_a_refused_zone_backs_off_with_jitter_and_logs_the_refusal_once(
         assert nominal / 2 <= delay <= nominal  # doubling, each jittered down by up to half
     refusals = [r for r in caplog.records if r.getMessage() == "global refused this zone's KDS connection"]
     assert len(refusals) == 1 and "not 'zone-1'" in refusals[0].reason  # type: ignore[attr-defined]
-    assert client.state == "disconnected" and "PERMISSION_DENIED" in client.last_error
+    assert client.state == "refused" and "PERMISSION_DENIED" in client.last_error
 
 
 async def test_a_zones_ingress_reaches_the_other_zone_through_global_and_not_back(lab: Lab, running: list) -> None:  # type: ignore[type-arg]
