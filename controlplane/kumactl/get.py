@@ -14,7 +14,7 @@ from .client import ApiClient, ApiError
 from .context import global_options, mesh_option, state
 from .errors import KumactlError
 from .output import OUTPUT_OPTION, render
-from .tables import resource_table
+from .tables import resource_table, zones_table
 
 
 def resolve_type(word: str) -> ResourceType:
@@ -104,7 +104,11 @@ def get_cmd(type_word: str, name: str | None, mesh: str, output: str, size: int 
             click.echo(render(resource, output), nl=False)
         return
     result = fetch_list(client, rtype, mesh, size, offset)
-    if output == "table":
+    if output == "table" and rtype.name == "Zone" and result["items"]:
+        # Zones are listed on global, which has their status in the overviews.
+        overviews = {o.get("name"): o for page in client.list_all("/zones/_overview") for o in page["items"]}
+        click.echo(zones_table(result["items"], overviews), nl=False)
+    elif output == "table":
         click.echo(resource_table(rtype, result["items"]), nl=False)
     else:
         click.echo(render(result, output), nl=False)

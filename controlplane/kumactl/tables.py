@@ -134,3 +134,11 @@ def zone_overview_table(items: Sequence[Mapping[str, Any]]) -> str:
                      _get(newest, "version", "kumaCp", "version") or "-", insight.get("environment") or "-"])
     return render_table(["NAME", "STATUS", "LAST CONNECTED", "KDS SENT/ACKED/NACKED/REJECTED", "VERSION",
                          "ENVIRONMENT"], rows)
+
+
+def zones_table(zones: Sequence[Mapping[str, Any]], overviews: Mapping[str, Mapping[str, Any]],
+                now: datetime | None = None) -> str:
+    """`kumactl get zones` on global: the resource's columns with each zone's STATUS (from its overview)."""
+    rows = [[z.get("name", ""), _enabled(z), (overviews.get(str(z.get("name"))) or {}).get("status") or "Offline",
+             age(z.get("creationTime"), now)] for z in zones]
+    return render_table(["NAME", "ENABLED", "STATUS", "AGE"], rows)

@@ -339,6 +339,9 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
     ok(kumactl("config", "control-planes", "add", "--name", "global", "--address", glob.http_url, config=config))
     table = ok(kumactl("inspect", "zones", config=config))
     assert "zone-1" in table and "Online" in table and "universal" in table, table
+    listed = ok(kumactl("get", "zones", config=config)).splitlines()
+    assert listed[0].split()[:3] == ["NAME", "ENABLED", "STATUS"] and listed[1].split()[:3] == ["zone-1", "true",
+                                                                                              "Online"], listed
     zone_config = tmp_path / "kumactl-zone.yaml"
     ok(kumactl("config", "control-planes", "add", "--name", "zone", "--address", zone.http_url, config=zone_config))
     assert "known to the global control plane" in failed(kumactl("inspect", "zones", config=zone_config))
@@ -350,3 +353,4 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
                     and o, glob)
     assert item["zoneInsight"]["subscriptions"][-1]["disconnectTime"]
     assert "Offline" in ok(kumactl("inspect", "zones", config=config))
+    assert ok(kumactl("get", "zones", config=config)).splitlines()[1].split()[:3] == ["zone-1", "true", "Offline"]
