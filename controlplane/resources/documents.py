@@ -87,7 +87,10 @@ def load_yaml_all(raw: bytes | str) -> Iterator[Any]:
         raise
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
-        problem = " ".join(p for p in (e.context, e.problem) if p) or str(e)
+        context = e.context
+        if context and e.context_mark is not None:  # where the construct that failed began
+            context += f" at line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
+        problem = ": ".join(p for p in (context, e.problem) if p) or str(e)
         raise DocumentError(f"not valid YAML: {problem}", line=mark.line + 1 if mark else None,
                             column=mark.column + 1 if mark else None) from None
     except yaml.YAMLError as e:

@@ -5,6 +5,7 @@ value holding HTML is shown as text."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,7 +19,15 @@ from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness
 from tests.requirements import unavailable
 
-XSS = "<img/src=x/onerror=document.title=`pwned`>"  # tag values may not hold whitespace
+XSS = "<img/src=x/onerror=document.title=`pwned`>"
+# Tags, labels and names follow Kuma's character rules, so free text reaches the GUI through a policy: a header
+# value a MeshHTTPRoute sets, shown on the policies page.
+_SET_HEADER = {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-note", "value": XSS}]}}
+XSS_ROUTE = {"type": "MeshHTTPRoute", "mesh": "default", "name": "xss",
+             "spec": {"targetRef": {"kind": "Mesh"},
+                      "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                              "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                         "default": {"filters": [_SET_HEADER]}}]}]}}
 REFRESH_TIMEOUT_MS = 30_000  # several refresh intervals (5 s): the browser polls, nothing else to wait for
 PAGES = ["", "meshes", "services", "dataplanes", "policies", "zone-ingresses"]
 
@@ -54,7 +63,8 @@ def test_pages_counts_offline_and_xss(tmp_path: Path, envoy_factory: Callable[..
     with start_cp(tmp_path) as cp:
         mesh = MeshHarness(cp, envoy_factory, app_factory)
         backend = mesh.app("echo_http", "--name", "backend")
-        b1 = mesh.dataplane("backend-1", "backend", app_port=backend.port, extra_tags={"note": XSS})
+        b1 = mesh.dataplane("backend-1", "backend", app_port=backend.port)
+        mesh.apply(json.dumps(XSS_ROUTE))
         mesh.dataplane("web-1", "web", app_port=backend.port, outbounds={"backend": 0})
         with launch_browser() as browser:
             check_pages(cp.http_url, tmp_path, browser, b1.envoy)
@@ -81,12 +91,14 @@ def check_pages(url: str, tmp_path: Path, browser: Any, backend_envoy: EnvoyProc
         shot = tmp_path / f"gui-{name or 'overview'}.png"
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
-    page.goto(f"{url}/gui#/dataplanes")
-    expect(page.locator("#dpcount")).to_have_text("2 dataplanes")
-    # The tag value is text on the page, not an element, and its handler never ran.
+    page.goto(f"{url}/gui#/policies")
+    expect(page.locator("main")).to_contain_text("x-note")
+    # The header value is text on the page, not an element, and its handler never ran.
     assert XSS in page.inner_text("main")
     assert page.locator("main img").count() == 0
     assert page.title() != "pwned"
+    page.goto(f"{url}/gui#/dataplanes")
+    expect(page.locator("#dpcount")).to_have_text("2 dataplanes")
     page.goto(f"{url}/gui#/dataplanes/default/backend-1")
     page.wait_for_selector("text=Policies that apply")
     expect(page.locator("main table").last).to_contain_text("mesh-timeout-all-default")
