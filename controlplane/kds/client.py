@@ -23,6 +23,7 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from controlplane import __version__
+from controlplane.resources.codec import wire_time
 from controlplane.store.base import ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
@@ -230,7 +231,7 @@ class KdsZoneComponent:
             return doc
         doc["state"] = c.state
         if c.connected_since is not None:
-            doc["connectedSince"] = datetime.fromtimestamp(c.connected_since, UTC).isoformat().replace("+00:00", "Z")
+            doc["connectedSince"] = wire_time(datetime.fromtimestamp(c.connected_since, UTC))
         if c.state != "connected" and c.last_error:
             doc["lastError"] = c.last_error
         return doc

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.resources.base import Meta, Resource
+from controlplane.resources.codec import now_text
 from controlplane.resources.zone import ZONE_INSIGHT, ZoneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
+from controlplane.xds.liveness import last_seen
 from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma.kds")
@@ -30,26 +32,13 @@ MAX_SUBSCRIPTIONS = 5
 STALE_FLUSHES = 3  # missed flushes before an open subscription counts as gone
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def zone_status(spec: ZoneInsightSpec | None, *, flush: float, grace: float, now: datetime | None = None) -> str:
     """"Online" or "Offline" (see the module doc)."""
     if spec is None or not spec.subscriptions:
         return "Offline"
     now = now or datetime.now(UTC)
     newest = max(spec.subscriptions, key=lambda s: s.connect_time)
-    seen = _time(newest.disconnect_time) or _time(newest.status.last_update_time) or _time(newest.connect_time)
+    seen = last_seen(newest)
     if seen is None:
         return "Offline"
     age = (now - seen).total_seconds()
@@ -98,8 +87,8 @@ class ZoneInsights:
 
     def opened(self, zone: str, *, version: str, environment: str) -> None:
         """The zone's first stream on this instance opened."""
-        sub = {"id": uuid.uuid4().hex[:12], "globalInstanceId": self.instance, "connectTime": _now(),
-               "status": {"lastUpdateTime": _now()}, "version": {"kumaCp": {"version": version[:100]}}}
+        sub = {"id": uuid.uuid4().hex[:12], "globalInstanceId": self.instance, "connectTime": now_text(),
+               "status": {"lastUpdateTime": now_text()}, "version": {"kumaCp": {"version": version[:100]}}}
         self._zones[zone] = _Open(sub, environment if environment in ("universal", "kubernetes") else "universal")
         self._wake.set()
 
@@ -107,7 +96,7 @@ class ZoneInsights:
         """The zone's last stream on this instance closed."""
         entry = self._zones.get(zone)
         if entry is not None:
-            entry.sub["disconnectTime"] = _now()
+            entry.sub["disconnectTime"] = now_text()
             entry.dirty = True
             self._wake.set()
 
@@ -143,7 +132,7 @@ class ZoneInsights:
                 continue
             entry.dirty = False
             if "disconnectTime" not in entry.sub:
-                entry.sub["status"] = {"lastUpdateTime": _now(), **stats_doc(status.get(zone, {}))}
+                entry.sub["status"] = {"lastUpdateTime": now_text(), **stats_doc(status.get(zone, {}))}
             try:
                 await self._write(zone, entry)
             except Exception as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -156,8 +156,8 @@ def to_wire(resource: Resource, *, redact: bool = False) -> dict[str, Any]:
     if rtype.scope is Scope.MESH:
         out["mesh"] = meta.mesh
     out["name"] = meta.name
-    out["creationTime"] = _ts(meta.creation_time)
-    out["modificationTime"] = _ts(meta.modification_time)
+    out["creationTime"] = wire_time(meta.creation_time)
+    out["modificationTime"] = wire_time(meta.modification_time)
     if meta.labels:
         out["labels"] = dict(meta.labels)
     spec = resource.spec.to_wire()
@@ -175,5 +175,11 @@ def spec_from_store(rtype: ResourceType, data: Mapping[str, Any]) -> Any:
     return rtype.spec_cls.model_validate(data, strict=False)
 
 
-def _ts(t: datetime | None) -> str | None:
+def wire_time(t: datetime | None) -> str | None:
+    """A time as the API and the insights write it: RFC 3339 in UTC with a `Z`."""
     return t.isoformat().replace("+00:00", "Z") if t else None
+
+
+def now_text() -> str:
+    """Now, as `wire_time` writes it."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

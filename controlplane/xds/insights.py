@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
@@ -15,6 +14,7 @@ from google.protobuf import json_format
 
 from controlplane.ca import IdentityCert
 from controlplane.resources import REGISTRY, Meta, Resource, ResourceType
+from controlplane.resources.codec import now_text, wire_time
 from controlplane.resources.insights import DataplaneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 from controlplane.supervise import Supervisor
@@ -26,10 +26,6 @@ from .resources import SHORT_NAMES
 log = logging.getLogger("kuma.xds")
 
 MAX_SUBSCRIPTIONS = 5
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -72,8 +68,8 @@ class InsightsRecorder:
     def on_stream_open(self, stream_id: int, node_id: str, node: Node) -> None:
         meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
         sub: dict[str, Any] = {
-            "id": str(stream_id), "controlPlaneInstanceId": self.instance_id, "connectTime": _now(),
-            "status": {"lastUpdateTime": _now()},
+            "id": str(stream_id), "controlPlaneInstanceId": self.instance_id, "connectTime": now_text(),
+            "status": {"lastUpdateTime": now_text()},
         }
         if meta.get("kuma.io/dp-version"):
             sub["kumaDpVersion"] = str(meta["kuma.io/dp-version"])
@@ -89,7 +85,7 @@ class InsightsRecorder:
     def on_stream_closed(self, stream_id: int, node_id: str) -> None:
         sub = self._stream_sub.pop(stream_id, None)
         if sub is not None:
-            sub["disconnectTime"] = _now()
+            sub["disconnectTime"] = now_text()
             self._touch(node_id)
 
     def _count(self, node_id: str, type_url: str, counter: str) -> dict[str, Any] | None:
@@ -97,7 +93,7 @@ class InsightsRecorder:
         if sub is None:
             return None
         status = sub.setdefault("status", {})
-        status["lastUpdateTime"] = _now()
+        status["lastUpdateTime"] = now_text()
         for key in ("total", SHORT_NAMES.get(type_url, "other")[:3].lower()):
             bucket = status.setdefault(key, {})
             bucket[counter] = bucket.get(counter, 0) + 1
@@ -119,21 +115,21 @@ class InsightsRecorder:
         sub = self._count(node_id, type_url, "responsesRejected")
         if sub is not None:
             sub["lastNack"] = {"type": SHORT_NAMES.get(type_url, type_url), "version": version,
-                               "errorDetail": error_detail[:2000], "time": _now()}
+                               "errorDetail": error_detail[:2000], "time": now_text()}
 
     def on_identity(self, node_id: str, cert: IdentityCert) -> None:
         doc = self._record(node_id).doc
         mtls = doc.setdefault("mTLS", {"certificateRegenerations": 0})
-        expiry = cert.not_after.isoformat().replace("+00:00", "Z")
+        expiry = wire_time(cert.not_after)
         if mtls.get("certificateExpirationTime") != expiry:
             mtls["certificateExpirationTime"] = expiry
-            mtls["lastCertificateRegeneration"] = cert.issued_at.isoformat().replace("+00:00", "Z")
+            mtls["lastCertificateRegeneration"] = wire_time(cert.issued_at)
             mtls["certificateRegenerations"] = mtls.get("certificateRegenerations", 0) + 1
             self._touch(node_id)
 
     def on_host_dns(self, node_id: str, state: str, message: str) -> None:
         """kuma-dp's report on its host's resolver (controlplane/xds/status_service.py)."""
-        self._record(node_id).doc["hostDns"] = {"state": state, "message": message, "time": _now()}
+        self._record(node_id).doc["hostDns"] = {"state": state, "message": message, "time": now_text()}
         self._touch(node_id)
 
     # --- flushing ------------------------------------------------------------------------------------------------
@@ -149,14 +145,14 @@ class InsightsRecorder:
         # Record disconnects we know of before going away (best effort: the store may be closing).
         with contextlib.suppress(Exception):
             for sub in self._stream_sub.values():
-                sub["disconnectTime"] = _now()
+                sub["disconnectTime"] = now_text()
             for rec in self._records.values():
                 rec.dirty = True
             await asyncio.wait_for(self.flush(), 2)
 
     def _beat(self) -> None:
         """Refresh this instance's open subscriptions: the heartbeat others read (controlplane/xds/liveness.py)."""
-        now = _now()
+        now = now_text()
         for sub in self._stream_sub.values():
             sub.setdefault("status", {})["lastUpdateTime"] = now
         for rec in self._records.values():

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controlplane.resources.insights import DataplaneInsightSpec, Subscription
+from controlplane.resources.zone import ZoneSubscription
 
 STALE_HEARTBEATS = 3  # missed heartbeats before an open subscription counts as gone
 
@@ -31,8 +32,9 @@ def newest(spec: DataplaneInsightSpec) -> Subscription | None:
     return max(spec.subscriptions, key=lambda s: s.connect_time, default=None)
 
 
-def last_seen(sub: Subscription) -> datetime | None:
-    """When the subscription was last known to be true: its disconnect, else its instance's last refresh."""
+def last_seen(sub: Subscription | ZoneSubscription) -> datetime | None:
+    """When the subscription (a dataplane's or a zone's) was last known to be true: its disconnect, else its
+    instance's last refresh."""
     return parse_time(sub.disconnect_time) or parse_time(sub.status.last_update_time) or parse_time(
         sub.connect_time)
 
