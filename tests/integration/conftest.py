@@ -4,5 +4,5 @@ pytest refuses `pytest_plugins` in a conftest below the root (`pytest tests` fai
 modules' fixtures are imported here instead; add one import line per plugin.
 """
 
-from tests.integration.cp_process import cp_factory, cp_process  # noqa: F401
+from tests.integration.cp_process import cp_factory, cp_process, started  # noqa: F401
 from tests.integration.envoy_harness import app_factory, envoy_factory  # noqa: F401

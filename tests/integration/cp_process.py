@@ -210,3 +210,13 @@ def cp_factory(tmp_path: Path) -> Iterator[Callable[..., CpProcess]]:
     finally:
         for cp in started:
             cp.stop()
+
+
+@pytest.fixture
+def started() -> Iterator[list[CpProcess]]:
+    """Control planes a test started itself with start_cp (a state directory it restarts from, chosen ports):
+    stopped at the end of the test."""
+    cps: list[CpProcess] = []
+    yield cps
+    for cp in cps:
+        cp.stop()

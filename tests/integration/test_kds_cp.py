@@ -4,53 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controlplane.store.postgres_config import PostgresConfig
-from tests.integration.api_client import Reply, call
 from tests.integration.cp_process import CpProcess, start_cp
+from tests.integration.kds_harness import api, global_env, wait_for, zone_env
 from tests.integration.test_cp_postgres import is_leader, pg_env
 from tests.ports import free_port
-
-WAIT = 60.0  # a bound on a hung test (two processes on a shared 2-core machine), not a timing assertion
-
-
-def wait_for(what: str, check: Callable[[], Any], *cps: CpProcess) -> Any:
-    """Poll another process's API until `check()` is truthy; there is no event to wait on across processes."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            logs = "\n\n".join(cp.logs(40) for cp in cps)
-            raise AssertionError(f"{what} did not happen within {WAIT:g}s:\n{logs}")
-        time.sleep(0.2)
-
-
-def api(cp: CpProcess, method: str, path: str, body: Any = None) -> Reply:
-    return call(method, cp.http_url + path, body)
 
 
 def test_a_zone_joins_global_and_resources_flow_both_ways(cp_factory: Callable[..., CpProcess],
                                                           tmp_path: Path) -> None:
     kds_port = free_port()
-    glob = cp_factory(KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
-                      KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
-    r = api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]})
-    assert r.status == 200, r.raw
-    token_file = tmp_path / "zone-1.token"
-    token_file.write_bytes(r.raw)
-    zone = cp_factory(KUMA_MULTIZONE_ZONE_NAME="zone-1",
-                      KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
-                      KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
-                      KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    glob = cp_factory(**global_env(kds_port))
+    zone = cp_factory(**zone_env(glob, kds_port, "zone-1", tmp_path))
 
     policy = {"type": "MeshTimeout", "mesh": "default", "name": "t1",
               "spec": {"targetRef": {"kind": "Mesh"},
@@ -91,14 +63,6 @@ def test_a_zone_joins_global_and_resources_flow_both_ways(cp_factory: Callable[.
     wait_for("the dataplane's deletion reaching global", lambda: not zone_dataplanes(), glob, zone)
 
 
-@pytest.fixture
-def started() -> Iterator[list[CpProcess]]:
-    cps: list[CpProcess] = []
-    yield cps
-    for cp in cps:
-        cp.stop()
-
-
 def zone_timeouts(zone: CpProcess) -> set[str]:
     """Global's MeshTimeouts as the zone has them (global's default mesh brings Kuma's default policies too)."""
     r = api(zone, "GET", "/meshes/default/meshtimeouts")
@@ -116,16 +80,9 @@ def zone_dataplane_names(glob: CpProcess) -> set[str]:
 def test_a_zone_keeps_working_while_global_is_killed_and_converges_when_it_returns(
         tmp_path: Path, started: list[CpProcess]) -> None:
     kds_port = free_port()
-    global_env = {"KUMA_MODE": "global", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(kds_port),
-                  "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE": "127.0.0.1"}
-    glob = start_cp(tmp_path / "global", **global_env)
+    glob = start_cp(tmp_path / "global", **global_env(kds_port))
     started.append(glob)
-    token_file = tmp_path / "zone-1.token"
-    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
-    zone = start_cp(tmp_path / "zone", KUMA_MULTIZONE_ZONE_NAME="zone-1",
-                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
-                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
-                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    zone = start_cp(tmp_path / "zone", **zone_env(glob, kds_port, "zone-1", tmp_path))
     started.append(zone)
     for name in ("t1", "t2"):
         policy = {"type": "MeshTimeout", "mesh": "default", "name": name,
@@ -150,7 +107,7 @@ def test_a_zone_keeps_working_while_global_is_killed_and_converges_when_it_retur
     assert api(zone, "DELETE", "/meshes/default/dataplanes/old-1").status == 200
 
     # the same global again: same state directory, same ports
-    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **global_env})
+    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **global_env(kds_port)})
     started.append(again)
     wait_for("the zone's changes made while global was down reaching it",
              lambda: zone_dataplane_names(again) == {"new-1"}, again, zone)
@@ -164,18 +121,12 @@ def test_a_zone_keeps_working_while_global_is_killed_and_converges_when_it_retur
 def test_two_zone_instances_on_postgres_only_the_leader_syncs_and_the_other_takes_over(
         postgres_migrated_config: PostgresConfig, tmp_path: Path, started: list[CpProcess]) -> None:
     kds_port = free_port()
-    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
-                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+    glob = start_cp(tmp_path / "global", **global_env(kds_port))
     started.append(glob)
-    token_file = tmp_path / "zone-1.token"
-    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
-    zone_env = {**pg_env(postgres_migrated_config), "KUMA_MULTIZONE_ZONE_NAME": "zone-1",
-                "KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS": f"grpcs://127.0.0.1:{kds_port}",
-                "KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE": str(glob.ca_file),
-                "KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH": str(token_file)}
-    a = start_cp(tmp_path / "zone-a", **zone_env)
+    env = zone_env(glob, kds_port, "zone-1", tmp_path, **pg_env(postgres_migrated_config))
+    a = start_cp(tmp_path / "zone-a", **env)
     started.append(a)
-    b = start_cp(tmp_path / "zone-b", **zone_env)
+    b = start_cp(tmp_path / "zone-b", **env)
     started.append(b)
     wait_for("a zone leader", lambda: is_leader(a) or is_leader(b), a, b)
     leader, follower = (a, b) if is_leader(a) else (b, a)
@@ -215,17 +166,11 @@ def test_a_standalone_zone_joins_global_adopting_its_mesh_and_a_resource_global_
     standalone.stop()
 
     kds_port = free_port()
-    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
-                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1",
-                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1")
+    glob = start_cp(tmp_path / "global",
+                    **global_env(kds_port, KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1"))
     started.append(glob)
-    token_file = tmp_path / "zone-1.token"
-    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
-    zone = start_cp(tmp_path / "zone", **{k: str(v) for k, v in standalone.ports.items()},
-                    KUMA_MULTIZONE_ZONE_NAME="zone-1",
-                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
-                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
-                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    zone = start_cp(tmp_path / "zone", **zone_env(glob, kds_port, "zone-1", tmp_path,
+                                                   **{k: str(v) for k, v in standalone.ports.items()}))
     started.append(zone)
 
     # The zone's own `default` mesh is global's now (one definition in every zone), and so are the default
@@ -266,10 +211,11 @@ def test_global_serves_no_dataplanes_and_says_where_to_go(cp_factory: Callable[.
                                                            tmp_path: Path) -> None:
     from tests.integration.test_kuma_dp_support import dataplane_doc, start_kuma_dp
 
-    glob = cp_factory(KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(free_port()),
-                      KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1")
+    glob = cp_factory(**global_env(free_port()))
+    # A valid token for the dataplane (global can issue one): the refusal is about where kuma-dp connects.
     token = api(glob, "POST", "/tokens/dataplane", {"mesh": "default", "name": "web-1"})
-    dp = start_kuma_dp(tmp_path / "dp", name="web-1", cp=glob, token=token.raw.decode() if token.status == 200 else "x",
+    assert token.status == 200, token.raw
+    dp = start_kuma_dp(tmp_path / "dp", name="web-1", cp=glob, token=token.raw.decode(),
                        definition=dataplane_doc("web-1", "web", app_port=free_port(), inbound_port=free_port()))
     try:
         status = dp.wait_exit(60)
@@ -288,17 +234,11 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
     from tests.integration.test_kumactl import failed, kumactl, ok
 
     kds_port = free_port()
-    glob = start_cp(tmp_path / "global", KUMA_MODE="global", KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT=str(kds_port),
-                    KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE="127.0.0.1",
-                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1",
-                    KUMA_MULTIZONE_GLOBAL_KDS_ZONE_OFFLINE_GRACE_PERIOD="2")
+    glob = start_cp(tmp_path / "global",
+                    **global_env(kds_port, KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="1",
+                                 KUMA_MULTIZONE_GLOBAL_KDS_ZONE_OFFLINE_GRACE_PERIOD="2"))
     started.append(glob)
-    token_file = tmp_path / "zone-1.token"
-    token_file.write_bytes(api(glob, "POST", "/tokens/zone", {"zone": "zone-1", "scope": ["cp"]}).raw)
-    zone = start_cp(tmp_path / "zone", KUMA_MULTIZONE_ZONE_NAME="zone-1",
-                    KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
-                    KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
-                    KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(token_file))
+    zone = start_cp(tmp_path / "zone", **zone_env(glob, kds_port, "zone-1", tmp_path))
     started.append(zone)
     link = wait_for("the zone connected, in its GET /",
                     lambda: (d := api(zone, "GET", "/").json)["global"]["state"] == "connected" and d, glob, zone)

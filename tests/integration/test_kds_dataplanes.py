@@ -11,16 +11,15 @@ import json
 import os
 import signal
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
-from tests.integration.test_kds_cp import api, wait_for
+from tests.integration.kds_harness import api, global_env, wait_for, zone_env
 from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory: fixture)
     ALLOW_ALL,
     MTLS_MESH,
@@ -36,14 +35,6 @@ IDLE = "4321s"
 POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
           "spec": {"targetRef": {"kind": "Mesh"},
                    "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": IDLE}}]}}
-
-
-@pytest.fixture
-def started() -> Iterator[list[CpProcess]]:
-    cps: list[CpProcess] = []
-    yield cps
-    for cp in cps:
-        cp.stop()
 
 
 def config_dump(dp: DpProcess) -> str:
@@ -78,32 +69,25 @@ def zone_insight_names(glob: CpProcess, zone: str) -> set[str]:
 def start_global_and_zones(tmp_path: Path, started: list[CpProcess], *names: str
                            ) -> tuple[CpProcess, dict[str, CpProcess], dict[str, str]]:
     kds_port = free_port()
-    global_env = {"KUMA_MODE": "global", "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT": str(kds_port),
-                  "KUMA_MULTIZONE_GLOBAL_KDS_INTERFACE": "127.0.0.1"}
-    glob = start_cp(tmp_path / "global", **global_env)
+    env = global_env(kds_port)
+    glob = start_cp(tmp_path / "global", **env)
     started.append(glob)
     zones: dict[str, CpProcess] = {}
     for name in names:
-        token = api(glob, "POST", "/tokens/zone", {"zone": name, "scope": ["cp"]})
-        assert token.status == 200, token.raw
-        (tmp_path / f"{name}.token").write_bytes(token.raw)
-        zones[name] = start_cp(tmp_path / name, KUMA_MULTIZONE_ZONE_NAME=name,
-                               KUMA_MULTIZONE_ZONE_GLOBAL_ADDRESS=f"grpcs://127.0.0.1:{kds_port}",
-                               KUMA_MULTIZONE_ZONE_KDS_ROOT_CA_FILE=str(glob.ca_file),
-                               KUMA_MULTIZONE_ZONE_KDS_AUTH_CP_TOKEN_PATH=str(tmp_path / f"{name}.token"),
-                               KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1")
+        zones[name] = start_cp(tmp_path / name, **zone_env(glob, kds_port, name, tmp_path,
+                                                            KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1"))
         started.append(zones[name])
     all_cps = (glob, *zones.values())
     for zone in zones.values():  # the zones have no mesh of their own: global's default arrives over KDS
         wait_for("global's default mesh reaching the zone",
                  lambda z=zone: api(z, "GET", "/meshes/default").status == 200, *all_cps)
-    return glob, zones, global_env
+    return glob, zones, env
 
 
 def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global_is_down(
         tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
         dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
-    glob, zones, global_env = start_global_and_zones(tmp_path, started, "zone-1", "zone-2")
+    glob, zones, env = start_global_and_zones(tmp_path, started, "zone-1", "zone-2")
     all_cps = (glob, *zones.values())
 
     # One caller per zone, with an outbound to a service of its zone, run by a real kuma-dp.
@@ -138,7 +122,7 @@ def test_global_policy_reaches_envoys_in_two_zones_and_a_zone_works_while_global
     assert json.loads(api(zones["zone-1"], "GET", "/meshes/default/dataplanes/late-1").raw)["name"] == "late-1"
 
     # Global back (same state, same ports): it learns of the new dataplane.
-    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **global_env})
+    again = start_cp(tmp_path / "global", **{**{k: str(v) for k, v in glob.ports.items()}, **env})
     started.append(again)
     wait_for("the dataplane registered while global was down reaching it",
              lambda: "late-1" in zone_dataplanes(again, "zone-1"), again, *zones.values())
