@@ -5,6 +5,7 @@ is rewritten, restored on stop, and recovered after a kill -9."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -16,9 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from dnslib import RCODE
 
+from agent.bootstrap_client import BootstrapError, CpAddress
+from agent.vips_client import REPORT_METHOD, report_host_dns
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.test_kuma_dp_support import (
@@ -150,15 +154,21 @@ def dns_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-def test_resolv_conf_is_restored_on_stop_and_recovered_after_kill_9(
-        cp_factory: Callable[..., CpProcess], app_factory: Callable[..., App],
-        dp_factory: Callable[..., DpProcess], upstream: TestUpstream, tmp_path: Path) -> None:  # noqa: F811
+def resolv_conf_of_test(tmp_path: Path, content: bytes) -> Path:
+    """A resolv.conf of the test's (never the host's) for the stub on 127.0.0.1:53, which it must then name."""
     if not can_bind_53():
         unavailable("port53", "127.0.0.1:53 is taken here (resolv.conf can only name a stub on port 53)")
     conf = tmp_path / "etc" / "resolv.conf"
     conf.parent.mkdir()
+    conf.write_bytes(content)
+    return conf
+
+
+def test_resolv_conf_is_restored_on_stop_and_recovered_after_kill_9(
+        cp_factory: Callable[..., CpProcess], app_factory: Callable[..., App],
+        dp_factory: Callable[..., DpProcess], upstream: TestUpstream, tmp_path: Path) -> None:  # noqa: F811
     original = b"# the host's\nnameserver 192.0.2.53\nsearch corp.example\n"
-    conf.write_bytes(original)
+    conf = resolv_conf_of_test(tmp_path, original)
     state = tmp_path / "dns"
     args = dns_args("127.0.0.1:53", upstream, state, "--dns-host-config", "auto", "--dns-resolv-conf", str(conf))
     mesh = DpMesh(cp_factory(), app_factory, dp_factory)
@@ -199,11 +209,7 @@ def host_dns(mesh: DpMesh, name: str) -> dict[str, Any] | None:
 def test_the_host_resolver_state_reaches_the_dataplane_insight(
         cp_factory: Callable[..., CpProcess], app_factory: Callable[..., App],
         dp_factory: Callable[..., DpProcess], upstream: TestUpstream, tmp_path: Path) -> None:  # noqa: F811
-    if not can_bind_53():
-        unavailable("port53", "127.0.0.1:53 is taken here (resolv.conf can only name a stub on port 53)")
-    conf = tmp_path / "etc" / "resolv.conf"
-    conf.parent.mkdir()
-    conf.write_text("nameserver 192.0.2.53\n")
+    conf = resolv_conf_of_test(tmp_path, b"nameserver 192.0.2.53\n")
     args = dns_args("127.0.0.1:53", upstream, tmp_path / "dns", "--dns-host-config", "resolv.conf",
                     "--dns-resolv-conf", str(conf))
     mesh = DpMesh(cp_factory(), app_factory, dp_factory)
@@ -224,13 +230,6 @@ def test_the_host_resolver_state_reaches_the_dataplane_insight(
 def test_bad_host_dns_reports_are_refused_with_the_reason(cp_factory: Callable[..., CpProcess],
                                                           app_factory: Callable[..., App],
                                                           dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
-    import asyncio
-
-    import grpc
-
-    from agent.bootstrap_client import BootstrapError, CpAddress
-    from agent.vips_client import REPORT_METHOD, report_host_dns
-
     mesh = DpMesh(cp_factory(), app_factory, dp_factory)
     mesh.service("web")
     cp = CpAddress("127.0.0.1", mesh.cp.ports["KUMA_DP_SERVER_PORT"])

@@ -255,15 +255,22 @@ async def test_a_bad_resource_is_nacked_with_its_reason_while_the_rest_applies(
     assert receiver.stats()["MeshTimeout"].rejected == 1
 
 
-async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
-        stores: tuple[ResourceStore, ResourceStore]) -> None:
-    glob, zone = stores
+async def policy_before_its_mesh(glob: ResourceStore, zone: ResourceStore
+                                 ) -> tuple[Sender, Receiver, dict[str, Req], list[Req]]:
+    """Global has a mesh and a policy in it; the zone is answered MeshTimeout before Mesh, so it NACKs the
+    policy (its mesh does not exist there yet). Returns the pair, the zone's subscriptions and its answers."""
     await glob.create(mesh())
     await glob.create(timeout("t1"))
     sender, receiver = global_to_zone(glob, zone)
-    # the zone has no mesh 'default' when the policy arrives: MeshTimeout is answered before Mesh
     subs = {s.type_url: s for s in await receiver.subscriptions()}
     answers = await exchange(sender, receiver, await sender.handle(subs["MeshTimeout"]))
+    return sender, receiver, subs, answers
+
+
+async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
+        stores: tuple[ResourceStore, ResourceStore]) -> None:
+    glob, zone = stores
+    sender, receiver, subs, answers = await policy_before_its_mesh(glob, zone)
     assert answers[0].HasField("error_detail") and "mesh 'default' does not exist here" in \
         answers[0].error_detail.message
     stats = sender.stats()["MeshTimeout"]
@@ -279,13 +286,8 @@ async def test_a_nack_is_recorded_and_the_same_version_is_not_resent(
 async def test_rejected_resources_are_resent_after_a_backoff_without_changing(
         stores: tuple[ResourceStore, ResourceStore]) -> None:
     glob, zone = stores
-    await glob.create(mesh())
-    await glob.create(timeout("t1"))
-    sender, receiver = global_to_zone(glob, zone)
-    subs = {s.type_url: s for s in await receiver.subscriptions()}
-    # MeshTimeout answered before its mesh exists in the zone: NACKed.
-    await exchange(sender, receiver, await sender.handle(subs["MeshTimeout"]))
-    assert sender.retry_scheduled.is_set()
+    sender, receiver, subs, answers = await policy_before_its_mesh(glob, zone)
+    assert answers[0].HasField("error_detail") and sender.retry_scheduled.is_set()
     due = sender.next_retry()
     assert due is not None
     assert await sender.retry_rejected(now=due - 1) == []  # not before the back-off
