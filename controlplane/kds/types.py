@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from controlplane.ca import used_secrets
 from controlplane.resources import load_all
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
@@ -32,8 +33,6 @@ async def ca_secrets(store: ResourceStore) -> Callable[[Resource], bool]:
     """Which mesh Secrets go to zones: those a Mesh's CA backends use (Kuma's UsedSecrets), i.e. the builtin
     CAs' certificate and key (a zone signs its dataplanes' identities with the key, so it must have it) and the
     secrets of provided CAs. Every other Secret stays on global (dataplane token signing keys are per zone)."""
-    from controlplane.ca import used_secrets  # the CA package imports the store layer: keep this import lazy
-
     meshes = (await store.list(MESH, ListQuery())).items
     wanted = {(m.meta.name, name) for m in meshes for name in used_secrets(m)}
     return lambda r: (r.meta.mesh, r.meta.name) in wanted

@@ -23,13 +23,12 @@ from controlplane.resources.codec import now_text
 from controlplane.resources.zone import ZONE_INSIGHT, ZoneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
-from controlplane.xds.liveness import last_seen
+from controlplane.xds.liveness import STALE_HEARTBEATS, last_seen
 from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma.kds")
 
 MAX_SUBSCRIPTIONS = 5
-STALE_FLUSHES = 3  # missed flushes before an open subscription counts as gone
 
 
 def zone_status(spec: ZoneInsightSpec | None, *, flush: float, grace: float, now: datetime | None = None) -> str:
@@ -42,7 +41,7 @@ def zone_status(spec: ZoneInsightSpec | None, *, flush: float, grace: float, now
     if seen is None:
         return "Offline"
     age = (now - seen).total_seconds()
-    if newest.disconnect_time is None and age <= flush * STALE_FLUSHES:
+    if newest.disconnect_time is None and age <= flush * STALE_HEARTBEATS:
         return "Online"
     return "Online" if age <= grace else "Offline"
 

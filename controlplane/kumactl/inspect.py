@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -22,6 +23,12 @@ def _all(client: ApiClient, path: str) -> dict[str, Any]:
     return {"total": len(items), "items": items, "next": None}
 
 
+def _show_list(path: str, table: Callable[[list[Any]], str], output: str) -> None:
+    """Every page of a list endpoint, as the table or in the output format asked for."""
+    result = _all(state().client(), path)
+    click.echo(table(result["items"]) if output == "table" else render(result, output), nl=False)
+
+
 @click.group("inspect")
 @global_options
 def inspect_group() -> None:
@@ -33,11 +40,7 @@ def inspect_group() -> None:
 @global_options
 def inspect_meshes(output: str) -> None:
     """Every mesh: dataplanes online/total, policies, mTLS backend."""
-    result = _all(state().client(), "/mesh-insights")
-    if output == "table":
-        click.echo(mesh_insights_table(result["items"]), nl=False)
-    else:
-        click.echo(render(result, output), nl=False)
+    _show_list("/mesh-insights", mesh_insights_table, output)
 
 
 @inspect_group.command("dataplanes")
@@ -46,11 +49,7 @@ def inspect_meshes(output: str) -> None:
 @global_options
 def inspect_dataplanes(mesh: str, output: str) -> None:
     """The dataplanes of one mesh with their status (online/offline), services and address."""
-    result = _all(state().client(), f"/meshes/{urllib.parse.quote(mesh, safe='')}/dataplanes/_overview")
-    if output == "table":
-        click.echo(dataplane_overview_table(result["items"]), nl=False)
-    else:
-        click.echo(render(result, output), nl=False)
+    _show_list(f"/meshes/{urllib.parse.quote(mesh, safe='')}/dataplanes/_overview", dataplane_overview_table, output)
 
 
 @inspect_group.command("zones")
@@ -58,11 +57,7 @@ def inspect_dataplanes(mesh: str, output: str) -> None:
 @global_options
 def inspect_zones(output: str) -> None:
     """The zones global knows: Online/Offline, last connection, KDS counts, version (on global only)."""
-    result = _all(state().client(), "/zones/_overview")
-    if output == "table":
-        click.echo(zone_overview_table(result["items"]), nl=False)
-    else:
-        click.echo(render(result, output), nl=False)
+    _show_list("/zones/_overview", zone_overview_table, output)
 
 
 INSPECT_TYPES = ("policies",)

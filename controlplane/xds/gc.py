@@ -22,6 +22,7 @@ from controlplane.supervise import Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE
+from .bootstrap import node_id
 from .lifecycle import delete_insight
 from .liveness import STALE_HEARTBEATS, offline_since
 
@@ -67,9 +68,10 @@ class DataplaneGc:
         dataplanes = {(d.meta.mesh, d.meta.name): d
                       for d in (await self.store.list(dp_type, ListQuery(labels={MANAGED_LABEL: MANAGED_VALUE}))).items}
         deleted = []
+        served = self.served()
         for key, dp in dataplanes.items():
             gone = self._gone_for(insights.get(key), dp, now)
-            if gone is None or f"{key[0]}.{key[1]}" in self.served():
+            if gone is None or node_id(*key) in served:
                 continue
             try:
                 await self.store.delete(dp_type, dp.meta.name, dp.meta.mesh, version=dp.meta.version)
