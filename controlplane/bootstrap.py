@@ -27,6 +27,7 @@ from controlplane.xds.bootstrap_service import BootstrapService
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.dpserver import DpServer, FanoutCallbacks, RefuseDataplanes
 from controlplane.xds.gc import DataplaneGc
+from controlplane.xds.ingress_services import IngressServices
 from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
@@ -41,11 +42,12 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     """A zone control plane serves Envoy: reconciler, insights, the dp-server (ADS, bootstrap, VIP watch)."""
     cfg, store = runtime.config, runtime.store
     cache = SnapshotCache()
-    reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor)
+    zone = cfg.multizone.zone.name
+    reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor, zone=zone)
     insights = InsightsRecorder(store, runtime.instance_id, heartbeat=cfg.dp_server.heartbeat,
                                 supervisor=runtime.supervisor)
     reconciler.on_identity.append(insights.on_identity)
-    auth = DataplaneAuthenticator(store, tokens)
+    auth = DataplaneAuthenticator(store, tokens, zone=zone)
     lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace,
                                    instance_id=runtime.instance_id, heartbeat=cfg.dp_server.heartbeat)
     ads = AdsServicer(cache, auth, FanoutCallbacks([lifecycle, insights]), nack_backoff=cfg.dp_server.nack_backoff)
@@ -58,6 +60,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.
     runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
                             supervisor=runtime.supervisor, served=lifecycle.served), leader_only=True)
+    if zone:  # what this zone's ingresses offer other zones
+        runtime.add(IngressServices(store, zone, supervisor=runtime.supervisor), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
                          [bootstrap.handler(), VipsService(vips, tokens).handler(),
                           StatusService(auth, insights).handler()], on_stop=lifecycle.stop,

@@ -14,7 +14,7 @@ from controlplane.kds.naming import ORIGIN_GLOBAL, ORIGIN_LABEL, ORIGIN_ZONE, ZO
 from controlplane.resources import ResourceType
 
 # What zones create and send to global (controlplane/kds/types.py's zone -> global direction).
-ZONE_OWNED = frozenset({"Dataplane", "DataplaneInsight", "ZoneIngress"})
+ZONE_OWNED = frozenset({"Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight"})
 
 
 def global_owned(rtype: ResourceType) -> bool:

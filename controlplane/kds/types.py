@@ -8,7 +8,13 @@ from controlplane.ca import used_secrets
 from controlplane.resources import load_all
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
-from controlplane.resources.insights import DATAPLANE_INSIGHT, DataplaneInsightSpec, SubscriptionStatus
+from controlplane.resources.insights import (
+    DATAPLANE_INSIGHT,
+    ZONE_INGRESS_INSIGHT,
+    DataplaneInsightSpec,
+    SubscriptionStatus,
+    ZoneIngressInsightSpec,
+)
 from controlplane.resources.mesh import MESH
 from controlplane.resources.secret import SECRET
 from controlplane.resources.zone import ZONE_INGRESS
@@ -39,7 +45,7 @@ async def ca_secrets(store: ResourceStore) -> Callable[[Resource], bool]:
 
 
 def zone_to_global_types() -> list[ResourceType]:
-    return [DATAPLANE, DATAPLANE_INSIGHT, ZONE_INGRESS]
+    return [DATAPLANE, DATAPLANE_INSIGHT, ZONE_INGRESS, ZONE_INGRESS_INSIGHT]
 
 
 def _from_zone(r: Resource) -> bool:
@@ -63,7 +69,7 @@ def zone_sends(zone: str) -> list[SendType]:
         labels = r.meta.labels
         return labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL and labels.get(ZONE_LABEL) in (None, zone)
 
-    return [SendType(t, own, transform=summarise_insight if t is DATAPLANE_INSIGHT else None)
+    return [SendType(t, own, transform=summarise_insight if t in (DATAPLANE_INSIGHT, ZONE_INGRESS_INSIGHT) else None)
             for t in zone_to_global_types()]
 
 
@@ -76,7 +82,7 @@ def summarise_insight(r: Resource) -> Resource:
     not the xDS counters, which change on every push (each push in the zone would become a KDS message to
     global). The two newest subscriptions."""
     spec = r.spec
-    if not isinstance(spec, DataplaneInsightSpec):
+    if not isinstance(spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
         return r
     subs = []
     for sub in sorted(spec.subscriptions, key=lambda s: s.connect_time)[-SUMMARY_SUBSCRIPTIONS:]:

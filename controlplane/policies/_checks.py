@@ -23,6 +23,7 @@ from pydantic import Field
 from controlplane.resources.base import Spec
 from controlplane.resources.errors import Violations
 from controlplane.resources.fields import MAX_DURATION_NS, MAX_DURATION_TEXT, check_name
+from controlplane.xds.generate.plugins import Backend
 from controlplane.xds.generate.targeting import (
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
@@ -417,6 +418,11 @@ class BackendRef(TargetRef):
 
 
 BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET)
+
+
+def backend_of(ref: BackendRef) -> Backend:
+    """The destination a route's backendRef names: the service, or its subset with these tags."""
+    return Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None)
 
 
 def check_backend_refs(v: Violations, path: str, refs: Sequence[BackendRef], *, where: str) -> None:

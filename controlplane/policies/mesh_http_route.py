@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -53,7 +53,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from envoy.type.v3 import percent_pb2
 
-from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, seconds, update_filters
@@ -78,6 +78,7 @@ from controlplane.xds.generate.targeting import (
 from ._checks import (
     BackendRef,
     HeaderMatch,
+    backend_of,
     check_backend_refs,
     check_header_matches,
     check_header_name,
@@ -456,10 +457,6 @@ def rule_hash(rule: Rule) -> str:
     return matches_hash([m.to_wire() for m in rule.matches])
 
 
-def backend_of(ref: BackendRef) -> Backend:
-    return Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None)
-
-
 def _has_redirect(rule: Rule) -> bool:
     return any(f.type == "RequestRedirect" for f in rule.default.filters or ())
 
@@ -644,6 +641,14 @@ class HTTPRoutePlugin(PolicyPlugin):
     def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
         merged = _merged(ctx, service)
         return None if merged is None else merged.json
+
+    def mesh_destinations(self, policies: Sequence[Resource]) -> Iterable[Backend]:
+        for policy in policies:
+            spec = policy.spec
+            assert isinstance(spec, MeshHTTPRouteSpec)
+            for to in spec.to or ():
+                for rule in to.rules or ():
+                    yield from (backend_of(r) for r in rule.default.backend_refs or ())
 
     def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
         assert isinstance(key, str)

@@ -17,12 +17,12 @@ listener becomes a plain TCP proxy, as in Kuma.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 
-from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, pack, stat_name
@@ -31,7 +31,6 @@ from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
     MESH_SERVICE,
-    MESH_SERVICE_SUBSET,
     SELECTS_NOTHING_YET,
     TOP_LEVEL_KINDS,
     TargetRef,
@@ -40,7 +39,7 @@ from controlplane.xds.generate.targeting import (
     effective_target_ref,
 )
 
-from ._checks import BackendRef, check_backend_refs
+from ._checks import BackendRef, backend_of, check_backend_refs
 
 POLICY = "MeshTCPRoute"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -122,8 +121,7 @@ def _weighted(key: str) -> list[tuple[Backend, int]]:
     for raw in json.loads(key):
         ref = BackendRef.model_validate(raw)
         if ref.effective_weight > 0:
-            out.append((Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None),
-                        ref.effective_weight))
+            out.append((backend_of(ref), ref.effective_weight))
     return out
 
 
@@ -134,6 +132,14 @@ class TCPRoutePlugin(PolicyPlugin):
     def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
         refs = _backend_refs(ctx, service)
         return None if refs is None else json.dumps(refs, sort_keys=True, separators=(",", ":"))
+
+    def mesh_destinations(self, policies: Sequence[Resource]) -> Iterable[Backend]:
+        for policy in policies:
+            spec = policy.spec
+            assert isinstance(spec, MeshTCPRouteSpec)
+            for to in spec.to or ():
+                for rule in to.rules:
+                    yield from (backend_of(r) for r in rule.default.backend_refs or ())
 
     def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
         assert isinstance(key, str)

@@ -81,3 +81,26 @@ DATAPLANE_INSIGHT = register(ResourceType(
     spec_cls=DataplaneInsightSpec, flat=True, readonly=True,
     description="Connection state of a dataplane, kept by the control plane.",
 ))
+
+
+class ZoneIngressInsightSpec(Spec):
+    """A zone ingress's connections to its zone control plane (Kuma's ZoneIngressInsight)."""
+
+    subscriptions: list[Subscription] = []
+
+    @property
+    def online(self) -> bool:
+        return bool(self.subscriptions) and self.subscriptions[-1].disconnect_time is None
+
+
+ZONE_INGRESS_INSIGHT = register(ResourceType(
+    name="ZoneIngressInsight", plural="zone-ingress-insights", singular="zone-ingress-insight", scope=Scope.GLOBAL,
+    spec_cls=ZoneIngressInsightSpec, flat=True, readonly=True,
+    description="Connection state of a zone ingress, kept by its zone control plane.",
+))
+
+
+def insight_type_of(rtype_name: str) -> ResourceType:
+    """The insight kept for a proxy resource type: DataplaneInsight for a Dataplane, ZoneIngressInsight for a
+    ZoneIngress."""
+    return ZONE_INGRESS_INSIGHT if rtype_name == "ZoneIngress" else DATAPLANE_INSIGHT

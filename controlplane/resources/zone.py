@@ -35,15 +35,23 @@ class IngressNetworking(Spec):
 
 
 class AvailableService(Spec):
+    """One distinct tag set of a service the ingress fronts, as Kuma lists it (tags, instances, mesh,
+    externalService), plus `ports`: the apps' real ports (a kuma-vm addition), so callers in other zones open
+    `<service>.mesh:<port>` as well as port 80. Kept current by the zone (controlplane/xds/ingress_services.py)."""
+
     tags: dict[str, str]
     instances: int = 1
     mesh: str
+    external_service: bool = False
+    ports: list[int] = []
 
     def check(self, v: Violations, path: str) -> None:
         check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
         check_name(v, f"{path}.mesh", self.mesh, label=True)
         if self.instances < 0:
             v.add(f"{path}.instances", "cannot be negative")
+        for i, port in enumerate(self.ports):
+            check_port(v, f"{path}.ports[{i}]", port)
 
 
 class ZoneIngressSpec(Spec):

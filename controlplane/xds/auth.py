@@ -26,13 +26,22 @@ from google.protobuf import json_format
 from controlplane.resources import REGISTRY, Resource, ResourceValidationError, from_wire
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.resources.documents import DocumentError, load_json
+from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import NotFound, ResourceStore
 from controlplane.tokens.errors import InvalidSignature, SigningKeyNotFound, TokenError
 from controlplane.tokens.service import TokenService
-from controlplane.tokens.validator import verify_dataplane_identity
+from controlplane.tokens.validator import verify_dataplane_identity, verify_zone_identity
 
-from .bootstrap import DATAPLANE_METADATA, PROXY_TYPE_METADATA, PROXY_TYPES, VIP_LISTENERS_METADATA, split_node_id
+from .bootstrap import (
+    DATAPLANE_METADATA,
+    PROXY_TYPE_METADATA,
+    PROXY_TYPES,
+    VIP_LISTENERS_METADATA,
+    ingress_name,
+    split_node_id,
+)
 from .callbacks import XdsAuthError
+from .remote_endpoints import ingress_zone
 
 log = logging.getLogger("kuma.xds")
 
@@ -70,8 +79,9 @@ def parse_dataplane(doc: object, mesh: str, name: str) -> Resource:
 
 
 class DataplaneAuthenticator:
-    def __init__(self, store: ResourceStore, tokens: TokenService) -> None:
+    def __init__(self, store: ResourceStore, tokens: TokenService, *, zone: str = "") -> None:
         self.store, self.tokens = store, tokens
+        self.zone = zone  # the zone this control plane serves: the only zone its ingresses may belong to
         # The caller of each authenticated node id, for the lifecycle (which registers the Dataplane when
         # the stream opens). Entries are replaced on reconnect and removed by the lifecycle.
         self.callers: dict[str, Caller] = {}
@@ -80,6 +90,8 @@ class DataplaneAuthenticator:
                        proxy_type: str = "dataplane") -> Caller:
         """Validate the token for `mesh`, find the Dataplane (sent, or stored) and check the token may speak
         for it, and for the Dataplane stored under that name. Raises XdsAuthError saying what to fix."""
+        if proxy_type == "ingress":
+            return await self.identify_ingress(name, token, definition)
         try:
             claims = await self.tokens.validate_dataplane_token(token, mesh)
         except (InvalidSignature, SigningKeyNotFound):
@@ -117,6 +129,60 @@ class DataplaneAuthenticator:
                                "--dataplane-file to use the stored one as it is")
         return Caller(mesh, name, dataplane, definition is not None)
 
+    async def identify_ingress(self, name: str, token: str, definition: object | None) -> Caller:
+        """A zone ingress proves its zone with a zone token of scope `ingress` issued by this zone's control plane
+        (Kuma's zone token for zone proxies); the ZoneIngress (sent, or stored) must be of this zone."""
+        fix = f"kumactl generate zone-token --zone {self.zone or 'ZONE'} --scope ingress"
+        if not self.zone:
+            raise XdsAuthError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "this control plane has no zone name, and a zone ingress is its zone's entry point: "
+                               "set KUMA_MULTIZONE_ZONE_NAME (multizone.zone.name)")
+        try:
+            claims = await self.tokens.validate_zone_token(token)
+        except (InvalidSignature, SigningKeyNotFound):
+            raise XdsAuthError(grpc.StatusCode.UNAUTHENTICATED,
+                               f"zone ingress token rejected: its signature does not verify with this zone control "
+                               f"plane's zone signing keys (a dataplane token, altered, or issued elsewhere): generate "
+                               f"one against this zone control plane with {fix}") from None
+        except TokenError as e:
+            raise XdsAuthError(grpc.StatusCode.UNAUTHENTICATED, f"zone ingress token rejected: {e}") from None
+        try:
+            verify_zone_identity(claims, self.zone, "ingress")
+        except TokenError as e:
+            raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED, f"zone ingress {name}: {e}") from None
+        stored = await self._stored_ingress(name)
+        if stored is not None and ingress_zone(stored) not in (None, self.zone):
+            raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED,
+                               f"ZoneIngress {name!r} here is zone {ingress_zone(stored)!r}'s (synced from global): "
+                               "give this ingress another name")
+        if definition is not None:
+            try:
+                ingress = from_wire(definition, REGISTRY, rtype=ZONE_INGRESS, name=name)
+            except ResourceValidationError as e:
+                raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"the ZoneIngress definition is not valid: {e.details}") from None
+            spec = ingress.spec
+            assert isinstance(spec, ZoneIngressSpec)
+            if spec.zone not in (None, self.zone):
+                raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"the ZoneIngress definition says zone {spec.zone!r}, but this control plane "
+                                   f"serves zone {self.zone!r}: fix `zone` or connect to that zone's control plane")
+            # The zone control plane owns `zone` and `availableServices` (ingress_services.py keeps them).
+            ingress = replace(ingress, spec=spec.model_copy(update={"zone": self.zone, "available_services": []}))
+        elif stored is not None:
+            ingress = stored
+        else:
+            raise XdsAuthError(grpc.StatusCode.NOT_FOUND,
+                               f"ZoneIngress {name!r} does not exist: pass its definition to kuma-dp "
+                               "(--dataplane-file, type: ZoneIngress) or create it with kumactl apply")
+        return Caller("", name, ingress, definition is not None)
+
+    async def _stored_ingress(self, name: str) -> Resource | None:
+        try:
+            return await self.store.get(ZONE_INGRESS, name)
+        except NotFound:
+            return None
+
     async def _stored(self, mesh: str, name: str) -> Resource | None:
         dp_type = REGISTRY.by_name("Dataplane")
         assert dp_type is not None
@@ -126,11 +192,16 @@ class DataplaneAuthenticator:
             return None
 
     async def authenticate(self, node: Node, metadata: Mapping[str, str], peer: str) -> str:
-        """ADS: the node id is `<mesh>.<name>`; a registering kuma-dp put its Dataplane in node metadata."""
-        try:
-            mesh, name = split_node_id(node.id)
-        except ValueError as e:
-            raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        """ADS: the node id is `<mesh>.<name>` (a zone ingress: `ingress:<name>`); a registering kuma-dp put its
+        Dataplane (or ZoneIngress) in node metadata."""
+        ingress = ingress_name(node.id)
+        if ingress is not None:
+            mesh, name = "", ingress
+        else:
+            try:
+                mesh, name = split_node_id(node.id)
+            except ValueError as e:
+                raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
         definition = None
         meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
         raw = meta.get(DATAPLANE_METADATA)
@@ -144,9 +215,13 @@ class DataplaneAuthenticator:
         if proxy_type not in PROXY_TYPES:
             raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"node metadata {PROXY_TYPE_METADATA} must be one of {', '.join(PROXY_TYPES)}")
+        if (proxy_type == "ingress") != (ingress is not None):
+            raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"node id {node.id!r} and node metadata {PROXY_TYPE_METADATA}={proxy_type!r} disagree: "
+                               "a zone ingress's node id is 'ingress:<name>', a dataplane's '<mesh>.<name>'")
         caller = await self.identify(mesh, name, bearer(metadata), definition, proxy_type=proxy_type)
         caller = replace(caller, vip_listeners=meta.get(VIP_LISTENERS_METADATA) is True)
         self.callers[node.id] = caller
-        log.info("dataplane authenticated", extra={"mesh": mesh, "dataplane": name, "peer": peer,
-                                                   "registering": caller.registering})
+        log.info("zone ingress authenticated" if ingress else "dataplane authenticated",
+                 extra={"mesh": mesh, "dataplane": name, "peer": peer, "registering": caller.registering})
         return node.id

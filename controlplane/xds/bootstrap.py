@@ -107,7 +107,7 @@ class BootstrapRequest:
 
     @property
     def node_id(self) -> str:
-        return node_id(self.mesh, self.name)
+        return ingress_node_id(self.name) if self.proxy_type == "ingress" else node_id(self.mesh, self.name)
 
 
 def node_id(mesh: str, name: str) -> str:
@@ -115,7 +115,22 @@ def node_id(mesh: str, name: str) -> str:
     return f"{mesh}.{name}"
 
 
+# A zone ingress belongs to no mesh: its node id is `ingress:<name>` (a colon never appears in a mesh name).
+INGRESS_NODE_PREFIX = "ingress:"
+
+
+def ingress_node_id(name: str) -> str:
+    return f"{INGRESS_NODE_PREFIX}{name}"
+
+
+def ingress_name(value: str) -> str | None:
+    """The ZoneIngress a node id names, or None for a dataplane's."""
+    return value[len(INGRESS_NODE_PREFIX):] if value.startswith(INGRESS_NODE_PREFIX) else None
+
+
 def split_node_id(value: str) -> tuple[str, str]:
+    if value.startswith(INGRESS_NODE_PREFIX):
+        raise ValueError(f"node id {value!r} is a zone ingress's, not '<mesh>.<dataplane name>'")
     mesh, dot, name = value.partition(".")
     if not dot or not mesh or not name:
         raise ValueError(f"node id {value!r} is not '<mesh>.<dataplane name>'")

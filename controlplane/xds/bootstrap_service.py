@@ -54,18 +54,19 @@ class BootstrapService:
         except StoreError as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane store unavailable: {e}")
             raise
-        if not await self._mesh_exists(req.mesh):  # a valid token for a mesh deleted since
+        ingress = req.proxy_type == "ingress"  # a zone ingress belongs to no mesh and runs no DNS
+        if not ingress and not await self._mesh_exists(req.mesh):  # a valid token for a mesh deleted since
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"mesh {req.mesh!r} does not exist: create it first (kumactl apply)")
         spec = caller.dataplane.spec
-        assert isinstance(spec, DataplaneSpec)
-        services = spec.services()
+        services = spec.services() if isinstance(spec, DataplaneSpec) else []
         dataplane_json = json.dumps(to_wire(caller.dataplane)) if caller.registering else None
         bootstrap = render(req, ca_pem=self.ca_pem, service=services[0] if services else req.name,
                            dataplane_json=dataplane_json)
-        log.info("bootstrap served", extra={"mesh": req.mesh, "dataplane": req.name, "api": req.api_type})
+        log.info("bootstrap served", extra={"mesh": caller.mesh, "dataplane": req.name, "proxyType": req.proxy_type,
+                                            "api": req.api_type})
         answer: dict[str, Any] = {"nodeId": req.node_id, "bootstrap": bootstrap}
-        if self.vips is not None:
+        if self.vips is not None and not ingress:
             # The DNS stub's first table, so `.mesh` names resolve before its VIP watch is connected.
             answer["vips"] = self.vips.mesh(req.mesh).to_json()
         return json.dumps(answer).encode()

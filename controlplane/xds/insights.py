@@ -13,13 +13,13 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
 from controlplane.ca import IdentityCert
-from controlplane.resources import REGISTRY, Meta, Resource, ResourceType
+from controlplane.resources import Meta, Resource, ResourceType
 from controlplane.resources.codec import now_text, wire_time
-from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.resources.insights import DATAPLANE_INSIGHT, ZONE_INGRESS_INSIGHT
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 from controlplane.supervise import Supervisor
 
-from .bootstrap import split_node_id
+from .bootstrap import ingress_name, split_node_id
 from .liveness import merge_subscriptions
 from .resources import SHORT_NAMES
 
@@ -177,16 +177,19 @@ class InsightsRecorder:
             await asyncio.sleep(self.interval)
 
     async def flush(self) -> None:
-        rtype = REGISTRY.by_name("DataplaneInsight")
-        assert rtype is not None
         for node_id, rec in list(self._records.items()):
             if not rec.dirty:
                 continue
             rec.dirty = False
-            try:
-                mesh, name = split_node_id(node_id)
-            except ValueError:
-                continue
+            ingress = ingress_name(node_id)
+            if ingress is not None:
+                rtype, mesh, name = ZONE_INGRESS_INSIGHT, "", ingress
+            else:
+                rtype = DATAPLANE_INSIGHT
+                try:
+                    mesh, name = split_node_id(node_id)
+                except ValueError:
+                    continue
             try:
                 await self._write(rtype, mesh, name, rec.doc)
             except (AlreadyExists, Conflict):
@@ -212,7 +215,7 @@ class InsightsRecorder:
             # The newest report wins: the kuma-dp may have reported to another instance since.
             if "hostDns" in doc and doc["hostDns"]["time"] >= stored.get("hostDns", {}).get("time", ""):
                 merged["hostDns"] = doc["hostDns"]
-            spec = DataplaneInsightSpec.model_validate(merged)
+            spec = rtype.spec_cls.model_validate(merged)
             try:
                 if current is None:
                     await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))

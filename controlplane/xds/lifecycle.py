@@ -16,12 +16,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
 
-from controlplane.resources import REGISTRY, Resource
-from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.resources import Resource
+from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec, insight_type_of
+from controlplane.resources.zone import ZoneIngressSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE, Caller, DataplaneAuthenticator
@@ -87,8 +89,8 @@ class DataplaneLifecycle:
     # --- store work ----------------------------------------------------------------------------------------------
 
     async def _register(self, caller: Caller) -> None:
-        dp_type = REGISTRY.by_name("Dataplane")
-        assert dp_type is not None
+        dp_type = caller.dataplane.type  # Dataplane, or ZoneIngress (mesh "")
+        kind = _kind(caller)
         wanted = caller.dataplane
         for _ in range(5):
             try:
@@ -97,16 +99,20 @@ class DataplaneLifecycle:
                 try:
                     labels = {**wanted.meta.labels, MANAGED_LABEL: MANAGED_VALUE}
                     await self.store.create(wanted.with_meta(labels=labels, version=0))
-                    log.info("dataplane registered", extra={"mesh": caller.mesh, "dataplane": caller.name})
+                    log.info(f"{kind} registered", extra={"mesh": caller.mesh, "dataplane": caller.name})
                     return
                 except AlreadyExists:
                     continue
                 except MeshNotFound as e:
-                    log.error("dataplane not registered", extra={"mesh": caller.mesh, "dataplane": caller.name,
-                                                                 "error": str(e)})
+                    log.error(f"{kind} not registered", extra={"mesh": caller.mesh, "dataplane": caller.name,
+                                                               "error": str(e)})
                     return
             labels = dict(wanted.meta.labels)
             managed = current.meta.labels.get(MANAGED_LABEL) == MANAGED_VALUE
+            if isinstance(current.spec, ZoneIngressSpec) and isinstance(wanted.spec, ZoneIngressSpec):
+                # Its available services are the zone's to keep (ingress_services.py), not the definition's.
+                wanted = replace(wanted, spec=wanted.spec.model_copy(
+                    update={"available_services": current.spec.available_services}))
             if managed:
                 labels[MANAGED_LABEL] = MANAGED_VALUE
             unchanged = current.spec == wanted.spec and dict(current.meta.labels) == labels
@@ -118,11 +124,11 @@ class DataplaneLifecycle:
             try:
                 await self.store.update(_replace(wanted, labels, current.meta.version))
                 if not unchanged:
-                    log.info("dataplane updated on connect", extra={"mesh": caller.mesh, "dataplane": caller.name})
+                    log.info(f"{kind} updated on connect", extra={"mesh": caller.mesh, "dataplane": caller.name})
                 return
             except (Conflict, NotFound):
                 continue
-        log.error("dataplane kept changing while being registered; giving up",
+        log.error(f"{kind} kept changing while being registered; giving up",
                   extra={"mesh": caller.mesh, "dataplane": caller.name})
 
     async def _delete_later(self, caller: Caller, node_id: str) -> None:
@@ -130,35 +136,33 @@ class DataplaneLifecycle:
         self._pending_delete.pop(node_id, None)
         if node_id in self._streams:
             return
-        dp_type = REGISTRY.by_name("Dataplane")
-        assert dp_type is not None
+        dp_type, kind = caller.dataplane.type, _kind(caller)
         try:
             current = await self.store.get(dp_type, caller.name, caller.mesh)
             if current.meta.labels.get(MANAGED_LABEL) != MANAGED_VALUE:
                 return  # an operator's Dataplane: theirs to delete
-            elsewhere = await self._connected_elsewhere(caller.mesh, caller.name)
+            elsewhere = await self._connected_elsewhere(caller)
             if elsewhere:
-                log.info("dataplane not unregistered: it reconnected to another instance",
+                log.info(f"{kind} not unregistered: it reconnected to another instance",
                          extra={"mesh": caller.mesh, "dataplane": caller.name, "instance": elsewhere})
                 return
             await self.store.delete(dp_type, caller.name, caller.mesh, version=current.meta.version)
-            log.info("dataplane unregistered after disconnect",
+            log.info(f"{kind} unregistered after disconnect",
                      extra={"mesh": caller.mesh, "dataplane": caller.name, "grace_s": self.grace})
-            await delete_insight(self.store, caller.mesh, caller.name)
+            await delete_insight(self.store, caller.mesh, caller.name, dp_type.name)
         except (NotFound, Conflict):
             pass  # gone already, or changed meanwhile (re-registered): leave it
         finally:
             self.auth.callers.pop(node_id, None)
 
-    async def _connected_elsewhere(self, mesh: str, name: str) -> str | None:
+    async def _connected_elsewhere(self, caller: Caller) -> str | None:
         """The instance holding the dataplane's newest subscription, if that is another, live one."""
-        rtype = REGISTRY.by_name("DataplaneInsight")
-        assert rtype is not None
+        rtype = insight_type_of(caller.dataplane.type.name)
         try:
-            insight = await self.store.get(rtype, name, mesh)
+            insight = await self.store.get(rtype, caller.name, caller.mesh)
         except NotFound:
             return None
-        if not isinstance(insight.spec, DataplaneInsightSpec):
+        if not isinstance(insight.spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
             return None
         sub = newest(insight.spec)
         if sub is not None and sub.control_plane_instance_id != self.instance_id and connected(sub, self.heartbeat):
@@ -174,12 +178,15 @@ class DataplaneLifecycle:
                 await task
 
 
-async def delete_insight(store: ResourceStore, mesh: str, name: str) -> None:
-    """Delete a dataplane's insight (after its Dataplane); already gone is fine."""
-    rtype = REGISTRY.by_name("DataplaneInsight")
-    assert rtype is not None
+async def delete_insight(store: ResourceStore, mesh: str, name: str, proxy_type: str = "Dataplane") -> None:
+    """Delete a dataplane's (or zone ingress's) insight, after the proxy's resource; already gone is fine."""
+    rtype = insight_type_of(proxy_type)
     with contextlib.suppress(NotFound):
         await store.delete(rtype, name, mesh)
+
+
+def _kind(caller: Caller) -> str:
+    return "zone ingress" if caller.dataplane.type.name == "ZoneIngress" else "dataplane"
 
 
 def _replace(wanted: Resource, labels: dict[str, str], version: int) -> Resource:

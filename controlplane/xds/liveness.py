@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from controlplane.resources.insights import DataplaneInsightSpec, Subscription
+from controlplane.resources.insights import DataplaneInsightSpec, Subscription, ZoneIngressInsightSpec
 from controlplane.resources.zone import ZoneSubscription
 
 STALE_HEARTBEATS = 3  # missed heartbeats before an open subscription counts as gone
@@ -28,7 +28,7 @@ def parse_time(value: str | None) -> datetime | None:
         return None
 
 
-def newest(spec: DataplaneInsightSpec) -> Subscription | None:
+def newest(spec: DataplaneInsightSpec | ZoneIngressInsightSpec) -> Subscription | None:
     return max(spec.subscriptions, key=lambda s: s.connect_time, default=None)
 
 

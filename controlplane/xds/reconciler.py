@@ -22,13 +22,15 @@ from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
 from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
-from .bootstrap import split_node_id
+from .bootstrap import ingress_name, split_node_id
 from .cache import SnapshotCache
 from .generate.context import Identity, ProxyContext
+from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
 from .snapshot import InconsistentSnapshot
@@ -38,14 +40,16 @@ log = logging.getLogger("kuma.xds")
 
 # Types whose changes can alter Envoy config (insights and tokens' secrets do not... except CA secrets).
 _RELEVANT = {"Mesh", "Dataplane", "Secret"}
+INGRESS = "ZoneIngress"  # other zones' ingresses are endpoints of every mesh; ours have their own config
 
 
 class Reconciler:
     name = "xds-reconciler"
 
     def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
-                 vips: VipView | None = None, supervisor: Supervisor | None = None) -> None:
+                 vips: VipView | None = None, supervisor: Supervisor | None = None, zone: str = "") -> None:
         self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
+        self.zone = zone  # this control plane's zone: the kuma.io/zone of its dataplanes; others' are remote
         self.supervisor = supervisor or Supervisor()
         self.mesh_retries = RetrySchedule()  # meshes whose last rebuild failed
         self.node_retries = RetrySchedule()  # proxies whose last build failed
@@ -63,6 +67,8 @@ class Reconciler:
         self._dirty_all: set[str] = set()  # meshes whose every proxy must be regenerated (VIPs, resync)
         self._dirty_nodes: set[str] = set()
         self.uses: dict[str, set[str]] = {}  # node id -> destination services its config holds
+        self.ingress_nodes: set[str] = set()  # connected zone ingresses (their config spans every mesh)
+        self.ingress_memo = ResourceMemo()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -84,6 +90,8 @@ class Reconciler:
 
     def proxy_connected(self, node_id: str, *, vip_listeners: bool = False) -> None:
         self.connected[node_id] = self.connected.get(node_id, 0) + 1
+        if ingress_name(node_id) is not None:
+            self.ingress_nodes.add(node_id)
         if vip_listeners:
             self.vip_nodes.add(node_id)
         else:
@@ -98,6 +106,9 @@ class Reconciler:
             return
         self.connected.pop(node_id, None)
         self.vip_nodes.discard(node_id)
+        if node_id in self.ingress_nodes:
+            self.ingress_nodes.discard(node_id)
+            self.ingress_memo.forget(node_id)
         self.uses.pop(node_id, None)
         self.cache.clear(node_id)
         self.node_retries.succeeded(node_id)
@@ -130,6 +141,10 @@ class Reconciler:
                     self._dirty_all.update(self.topologies)
                 elif event.type == "Mesh":
                     self._dirty.add(event.name)
+                elif event.type == INGRESS:
+                    # Another zone's ingress: remote endpoints of every mesh; ours: its own listener.
+                    self._dirty.update(self.topologies)
+                    self._dirty_nodes.update(self.ingress_nodes)
                 elif event.type in _RELEVANT or event.type in policy_types:
                     self._dirty.add(event.mesh)
                 else:
@@ -164,7 +179,12 @@ class Reconciler:
         self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
         for mesh in sorted(meshes):
             await self._rebuild_mesh_guarded(mesh, everything=mesh in everything)
+        if meshes:
+            nodes |= self.ingress_nodes  # an ingress fronts every mesh's local services
         for node_id in sorted(nodes):
+            if node_id in self.ingress_nodes:
+                await self._rebuild_ingress(node_id)
+                continue
             try:
                 mesh, _ = split_node_id(node_id)
             except ValueError:
@@ -215,6 +235,7 @@ class Reconciler:
         except NotFound:
             return None
         dataplanes = (await self.store.list(dp_type, ListQuery(mesh=mesh_name))).items
+        ingresses = (await self.store.list(ZONE_INGRESS)).items
         policies: dict[str, list[Resource]] = {}
         for rtype in REGISTRY.all():
             if rtype.is_policy:
@@ -226,7 +247,8 @@ class Reconciler:
         ca = await self.ca.get_ca(mesh)
         bundle = ca.trust_bundle_pem if ca else None
         self._generation += 1
-        return build_topology(mesh, dataplanes, policies, self._generation, bundle)
+        return build_topology(mesh, dataplanes, policies, self._generation, bundle, zone=self.zone,
+                              ingresses=ingresses)
 
     async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False) -> None:
         try:
@@ -313,6 +335,36 @@ class Reconciler:
                                "cannot build config for dataplane, keeping the previous one", error=e,
                                extra={"mesh": mesh_name, "dataplane": name, "retry_in": delay},
                                traceback=not isinstance(e, CaError | InconsistentSnapshot))
+            return 0
+        self.node_retries.succeeded(node_id)
+        return 1 if self.cache.set_snapshot(node_id, snapshot) else 0
+
+    async def _rebuild_ingress(self, node_id: str) -> int:
+        """A zone ingress's config from every mesh's topology (loading the meshes no dataplane here uses)."""
+        name = ingress_name(node_id)
+        assert name is not None
+        try:
+            try:
+                ingress = await self.store.get(ZONE_INGRESS, name)
+            except NotFound:
+                return 0  # not registered yet (or deleted): nothing to serve
+            mesh_type = REGISTRY.by_name("Mesh")
+            assert mesh_type is not None
+            meshes = [m.meta.name for m in (await self.store.list(mesh_type)).items]
+            for mesh in meshes:
+                if mesh not in self.topologies:
+                    await self._rebuild_mesh_guarded(mesh)
+            topologies = [self.topologies[m] for m in meshes if m in self.topologies]
+            with self.ingress_memo.for_proxy(node_id):
+                snapshot = generate_ingress(ingress, topologies, self.ingress_memo)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            delay = self.node_retries.failed(node_id, time.monotonic())
+            self.errors.report(("ingress", name, type(e).__name__),
+                               "cannot build config for zone ingress, keeping the previous one", error=e,
+                               extra={"zoneIngress": name, "retry_in": delay},
+                               traceback=not isinstance(e, InconsistentSnapshot))
             return 0
         self.node_retries.succeeded(node_id)
         return 1 if self.cache.set_snapshot(node_id, snapshot) else 0

@@ -11,20 +11,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.resources.base import Resource
-from controlplane.resources.dataplane import PROTOCOL_TAG, DataplaneSpec, Inbound
+from controlplane.resources.dataplane import PROTOCOL_TAG, ZONE_TAG, DataplaneSpec, Inbound
 from controlplane.resources.mesh import MeshSpec, MtlsBackend
 
+from .remote_endpoints import LOCAL_PRIORITY, REMOTE_PRIORITY, remote_services
 from .resources import content_hash
 
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One healthy inbound of a service: where other proxies send its traffic (the inbound listener)."""
+    """Where other proxies send a service's traffic: one healthy inbound of a local dataplane (its inbound
+    listener), or another zone's ingress fronting `weight` instances of it (priority 1: failover)."""
 
     address: str
     port: int
-    dataplane: str
+    dataplane: str  # the dataplane, or the other zone's ZoneIngress
     tags: tuple[tuple[str, str], ...]  # sorted items: hashable, so endpoints can be part of memo keys
+    zone: str = ""  # "" in a zone without a name
+    priority: int = LOCAL_PRIORITY
+    weight: int = 1
+
+    @property
+    def remote(self) -> bool:
+        return self.priority != LOCAL_PRIORITY
 
     @property
     def key(self) -> tuple[str, int]:
@@ -42,6 +51,7 @@ class MeshTopology:
     service_ports: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # service -> its apps' real ports
     endpoint_keys: Mapping[str, str] = field(default_factory=dict)  # service -> content key of its endpoints
     ca_bundle_pem: bytes | None = None  # the mesh CA(s) proxies trust; None: mTLS off
+    zone: str = ""  # the zone this control plane serves ("" when unnamed)
 
     @property
     def name(self) -> str:
@@ -80,7 +90,11 @@ def endpoint_address(dp: DataplaneSpec, inbound: Inbound) -> str:
 
 
 def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Mapping[str, Sequence[Resource]],
-                   generation: int, ca_bundle_pem: bytes | None) -> MeshTopology:
+                   generation: int, ca_bundle_pem: bytes | None, *, zone: str = "",
+                   ingresses: Sequence[Resource] = ()) -> MeshTopology:
+    """`zone`: this control plane's zone; every local endpoint carries it as its `kuma.io/zone` tag (whatever the
+    Dataplane claims), which is what routes split zones by. `ingresses`: the stored ZoneIngresses; other zones'
+    ones become remote endpoints, in a mesh with mTLS on."""
     endpoints: dict[str, list[Endpoint]] = defaultdict(list)
     protocols: dict[str, set[str]] = defaultdict(set)
     ports: dict[str, set[int]] = defaultdict(set)
@@ -91,10 +105,20 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
             protocols[inbound.service].add(inbound.tags.get(PROTOCOL_TAG, "tcp"))
             ports[inbound.service].add(inbound.workload_port)
             if is_healthy(inbound):
+                tags = {**inbound.tags, ZONE_TAG: zone} if zone else inbound.tags
                 endpoints[inbound.service].append(
                     Endpoint(endpoint_address(spec, inbound), inbound.port, dp.meta.name,
-                             tuple(sorted(inbound.tags.items()))))
-    ordered = {svc: sorted(endpoints.get(svc, ()), key=lambda e: (e.address, e.port)) for svc in protocols}
+                             tuple(sorted(tags.items())), zone))
+    spec = mesh.spec
+    assert isinstance(spec, MeshSpec)
+    if ca_bundle_pem is not None and spec.mtls is not None and spec.mtls.enabled() is not None:
+        for service, remote in remote_services(mesh.meta.name, zone or None, ingresses).items():
+            protocols[service].update(remote.protocols)
+            ports[service].update(remote.ports)
+            endpoints[service].extend(Endpoint(address, port, "", tags, rzone, REMOTE_PRIORITY, weight)
+                                      for address, port, rzone, weight, tags in remote.endpoints)
+    ordered = {svc: sorted(endpoints.get(svc, ()), key=lambda e: (e.priority, e.zone, e.address, e.port))
+               for svc in protocols}
     # Services whose instances disagree on the protocol fall back to TCP, as Kuma does.
     agreed = {svc: next(iter(p)) if len(p) == 1 else "tcp" for svc, p in protocols.items()}
     return MeshTopology(
@@ -107,4 +131,5 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
         service_ports={svc: tuple(sorted(p)) for svc, p in ports.items()},
         policies={t: sorted(ps, key=lambda p: p.meta.name) for t, ps in policies.items()},
         ca_bundle_pem=ca_bundle_pem,
+        zone=zone,
     )

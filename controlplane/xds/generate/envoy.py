@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
@@ -52,9 +52,12 @@ def spiffe_id(mesh: str, service: str) -> str:
     return f"spiffe://{mesh}/{service}"
 
 
-def sni(mesh: str, service: str) -> str:
-    """Kuma's SNI for mesh traffic, which a zone ingress will route by."""
-    return f"{service}{{mesh={mesh}}}"
+def sni(mesh: str, service: str, tags: Iterable[tuple[str, str]] = ()) -> str:
+    """Kuma's SNI for mesh traffic, which a zone ingress routes by: the service, then the mesh and the subset's
+    tags as `key=value` sorted by key (Kuma's `SNIFromTags`): `billing{mesh=default}`,
+    `invoices{kuma.io/zone=zone-2,mesh=default,version=v2}`. Both sides use this one helper."""
+    pairs = sorted({"mesh": mesh, **{k: v for k, v in tags if k != "kuma.io/service"}}.items())
+    return f"{service}{{{','.join(f'{k}={v}' for k, v in pairs)}}}"
 
 
 def _common_tls(mesh: str, *, peer_sans: list[str] | None) -> tls_pb2.CommonTlsContext:
@@ -80,9 +83,10 @@ def downstream_mtls(mesh: str) -> base_pb2.TransportSocket:
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
 
 
-def upstream_mtls(mesh: str, service: str) -> base_pb2.TransportSocket:
-    """Outbound: present our identity, and accept only the destination service's SPIFFE ID."""
-    ctx = tls_pb2.UpstreamTlsContext(sni=sni(mesh, service),
+def upstream_mtls(mesh: str, service: str, tags: Iterable[tuple[str, str]] = ()) -> base_pb2.TransportSocket:
+    """Outbound: present our identity, and accept only the destination service's SPIFFE ID. The SNI names the
+    destination (and the subset, for a split by tags) for a zone ingress on the way."""
+    ctx = tls_pb2.UpstreamTlsContext(sni=sni(mesh, service, tags),
                                      common_tls_context=_common_tls(mesh, peer_sans=[spiffe_id(mesh, service)]))
     return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=pack(ctx))
 

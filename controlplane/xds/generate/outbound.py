@@ -35,7 +35,8 @@ HTTP2 = ("http2", "grpc")
 DEFAULT_OUTBOUND_ADDRESS = "127.0.0.1"
 
 
-def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tuple[Hashable, ...]) -> XdsResource:
+def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tuple[Hashable, ...],
+                    cross_zone: bool = False) -> XdsResource:
     service, name = backend.service, backend.cluster_name
     cluster = cluster_pb2.Cluster(
         name=name, type=cluster_pb2.Cluster.EDS, connect_timeout=seconds(5),
@@ -50,8 +51,15 @@ def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tu
             pack(options))
     refs = [Ref(ENDPOINT, name)]
     if ctx.mtls:
-        cluster.transport_socket.CopyFrom(upstream_mtls(ctx.mesh, service))
+        cluster.transport_socket.CopyFrom(upstream_mtls(ctx.mesh, service, backend.tags))
         refs += [Ref(SECRET, IDENTITY_SECRET.format(mesh=ctx.mesh)), Ref(SECRET, CA_SECRET.format(mesh=ctx.mesh))]
+    if cross_zone:
+        # Other zones' ingresses are endpoints here: one that goes away (or whose zone loses the service)
+        # is ejected after a few failed connections, before the zone's KDS update removes it.
+        cluster.outlier_detection.consecutive_5xx.value = 3
+        cluster.outlier_detection.interval.CopyFrom(seconds(5))
+        cluster.outlier_detection.base_ejection_time.CopyFrom(seconds(30))
+        cluster.outlier_detection.max_ejection_percent.value = 100
     for plugin, key in zip(plugins(), keys, strict=True):
         if key is not None:
             plugin.apply_outbound_cluster(ctx, service, cluster, key)
@@ -59,13 +67,29 @@ def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tu
 
 
 def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> XdsResource:
+    """Endpoints grouped by (priority, zone): one group in a single zone; with other zones' ingresses, the local
+    zone at priority 0 and each other zone at priority 1 weighted by the instances it fronts, so Envoy uses
+    them only as local instances fail (locality failover)."""
+    groups: dict[tuple[int, str], dict[tuple[str, int], int]] = {}
+    for e in endpoints:
+        # An ingress listing several tag sets of one service is one endpoint, weighted by all its instances.
+        weights = groups.setdefault((e.priority, e.zone), {})
+        weights[e.key] = weights.get(e.key, 0) + e.weight
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
-        endpoint_components_pb2.LocalityLbEndpoints(lb_endpoints=[
-            endpoint_components_pb2.LbEndpoint(
-                endpoint=endpoint_components_pb2.Endpoint(address=socket_address(e.address, e.port)),
-                health_status=health_check_pb2.HEALTHY)
-            for e in endpoints])])
+        endpoint_components_pb2.LocalityLbEndpoints(
+            locality=base_pb2.Locality(zone=zone) if zone else None, priority=priority,
+            lb_endpoints=[_lb_endpoint(address, port, weight) for (address, port), weight in group.items()])
+        for (priority, zone), group in sorted(groups.items())])
     return XdsResource.of(ENDPOINT, name, cla)
+
+
+def _lb_endpoint(address: str, port: int, weight: int) -> endpoint_components_pb2.LbEndpoint:
+    lb = endpoint_components_pb2.LbEndpoint(
+        endpoint=endpoint_components_pb2.Endpoint(address=socket_address(address, port)),
+        health_status=health_check_pb2.HEALTHY)
+    if weight != 1:
+        lb.load_balancing_weight.value = weight
+    return lb
 
 
 def subset_load_assignment(name: str, endpoints: tuple[Endpoint, ...], tags: tuple[tuple[str, str], ...]
@@ -177,8 +201,9 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         if ckeys is None:
             ckeys = cluster_keys[service] = rules.cached(("cluster-keys", signature, service),
                                                          partial(cluster_plan, ctx, service))
-        out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys),
-                                partial(service_cluster, ctx, backend, protocol, ckeys)))
+        cross_zone = any(e.remote for e in topo.endpoints.get(service, ()))
+        out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys, cross_zone),
+                                partial(service_cluster, ctx, backend, protocol, ckeys, cross_zone)))
         out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, "")),
                                 partial(subset_load_assignment, name, tuple(topo.endpoints.get(service, ())),
                                         backend.tags)))

@@ -22,13 +22,14 @@ proxies whose rules are the same share one computation of them. Inbound: the lis
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
 
+from controlplane.resources.base import Resource
 from controlplane.resources.dataplane import Inbound
 
 from .context import ProxyContext
@@ -106,6 +107,13 @@ class PolicyPlugin:
     def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
                                key: Hashable) -> None:
         pass
+
+    # --- zone ingress ---
+
+    def mesh_destinations(self, policies: Sequence[Resource]) -> Iterable[Backend]:
+        """Every destination this policy type's resources (`policies`, one mesh's) can send traffic to, when
+        the plugin routes: a zone ingress offers a filter chain for each subset a caller may name in its SNI."""
+        return ()
 
     def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
                                 key: Hashable) -> None:
