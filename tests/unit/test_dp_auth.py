@@ -82,9 +82,50 @@ async def test_the_tokens_proxy_type_is_enforced(rig: Any) -> None:
     ingress_token = await tokens.issuer.issue_dataplane_token("demo", "web-1", type="ingress")
     e = await refused(auth, "demo", "web-1", ingress_token, dataplane("web-1", "web"))
     assert e.code == grpc.StatusCode.PERMISSION_DENIED and "type 'ingress', not 'dataplane'" in e.message
+    # A zone ingress proves its zone with a zone token: a dataplane token does not run one.
     dp_token = await tokens.issuer.issue_dataplane_token("demo", "web-1")
-    e = await refused(auth, "demo", "web-1", dp_token, dataplane("web-1", "web"), proxy_type="ingress")
-    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "not 'ingress'" in e.message
+    zoned = DataplaneAuthenticator(auth.store, tokens, zone="zone-1")
+    e = await refused(zoned, "", "ingress-1", dp_token, ingress("ingress-1"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.UNAUTHENTICATED and "--zone zone-1 --scope ingress" in e.message
+
+
+def ingress(name: str, zone: str | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"type": "ZoneIngress", "name": name, "networking": {
+        "address": "10.0.0.9", "port": 10001, "advertisedAddress": "198.18.0.9", "advertisedPort": 443}}
+    if zone:
+        doc["zone"] = zone
+    return doc
+
+
+async def test_a_zone_ingress_needs_a_zone_token_of_its_zone_with_the_ingress_scope(rig: Any) -> None:
+    store, tokens, _ = rig
+    auth = DataplaneAuthenticator(store, tokens, zone="zone-1")
+    good = await tokens.issuer.issue_zone_token("zone-1", ["ingress"])
+    caller = await auth.identify("", "ingress-1", good, ingress("ingress-1"), proxy_type="ingress")
+    # The zone control plane fills in its zone; available services are its to compute, never the definition's.
+    assert caller.registering and caller.mesh == "" and caller.dataplane.type.name == "ZoneIngress"
+    assert caller.dataplane.spec.zone == "zone-1" and caller.dataplane.spec.available_services == []
+    other_zone = await tokens.issuer.issue_zone_token("zone-2", ["ingress"])
+    e = await refused(auth, "", "ingress-1", other_zone, ingress("ingress-1"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "'zone-2', not 'zone-1'" in e.message
+    cp_only = await tokens.issuer.issue_zone_token("zone-1", ["cp"])
+    e = await refused(auth, "", "ingress-1", cp_only, ingress("ingress-1"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "does not include 'ingress'" in e.message
+    e = await refused(auth, "", "ingress-1", good, ingress("ingress-1", zone="zone-2"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT and "zone 'zone-2'" in e.message
+    bad = ingress("ingress-1")
+    bad["networking"]["port"] = 0
+    e = await refused(auth, "", "ingress-1", good, bad, proxy_type="ingress")
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT and "networking.port" in e.message
+    # Another zone's ingress, synced here from global, cannot be taken over under its name.
+    await store.create(from_wire(ingress("remote-1", zone="zone-2")))
+    e = await refused(auth, "", "remote-1", good, ingress("remote-1"), proxy_type="ingress")
+    assert e.code == grpc.StatusCode.PERMISSION_DENIED and "zone 'zone-2'" in e.message
+    # Without a definition, the stored one runs; a zone without a name serves no ingress.
+    await store.create(from_wire(ingress("ingress-2", zone="zone-1")))
+    assert not (await auth.identify("", "ingress-2", good, None, proxy_type="ingress")).registering
+    e = await refused(DataplaneAuthenticator(store, tokens), "", "ingress-2", good, None, proxy_type="ingress")
+    assert e.code == grpc.StatusCode.FAILED_PRECONDITION and "KUMA_MULTIZONE_ZONE_NAME" in e.message
 
 
 def forged(mesh: str) -> str:

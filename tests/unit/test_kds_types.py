@@ -32,7 +32,7 @@ def test_global_sends_meshes_first_then_policies_then_other_zones_ingresses() ->
 
 def test_a_zone_sends_only_its_own_resources() -> None:
     sends = zone_sends("zone-1")
-    assert [s.rtype.name for s in sends] == ["Dataplane", "DataplaneInsight", "ZoneIngress"]
+    assert [s.rtype.name for s in sends] == ["Dataplane", "DataplaneInsight", "ZoneIngress", "ZoneIngressInsight"]
     own = selector(sends, "ZoneIngress")
     assert own(ingress("zi-1", {}))
     assert not own(ingress("zi-2", {"kuma.io/origin": "zone", "kuma.io/zone": "zone-2"}))  # forwarded by global
