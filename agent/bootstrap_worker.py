@@ -82,6 +82,11 @@ def _reason(e: OSError) -> str:
 def refusal(e: BootstrapError, request: dict[str, Any]) -> str:
     mesh, name = request.get("mesh"), request.get("name")
     code = e.code.name if hasattr(e.code, "name") else str(e.code)
+    if request.get("proxyType") == "ingress":  # a zone token, and the control plane's message says which
+        if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+            return (f"the control plane refused the zone ingress token ({e.message}); pass the token with "
+                    "--dataplane-token-file TOKEN_FILE")
+        return f"the control plane cannot run this zone ingress ({code}): {e.message}"
     if code == "UNAUTHENTICATED":
         return (f"the control plane rejected the dataplane token ({e.message}): generate one with "
                 f"kumactl generate dataplane-token --mesh {mesh} --name {name} > TOKEN_FILE and pass "

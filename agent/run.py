@@ -64,8 +64,9 @@ class Inputs:
 
 
 def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
-    fix = (f"generate one with: kumactl generate dataplane-token --mesh {definition.mesh} "
-           f"--name {definition.name} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE")
+    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if cfg.proxy_type == "ingress"
+               else f"kumactl generate dataplane-token --mesh {definition.mesh} --name {definition.name}")
+    fix = f"generate one with: {command} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE"
     if cfg.token:
         return cfg.token.strip()
     if not cfg.token_file:

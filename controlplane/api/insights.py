@@ -12,7 +12,7 @@ from aiohttp import web
 
 from controlplane.resources.base import Registry
 from controlplane.resources.codec import to_wire
-from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
 from controlplane.xds.liveness import online
 
@@ -29,6 +29,7 @@ class InsightsApi:
         app.router.add_get("/mesh-insights", self.mesh_insights)
         app.router.add_get("/mesh-insights/{mesh}", self.mesh_insight)
         app.router.add_get("/meshes/{mesh}/dataplanes/_overview", self.dataplanes_overview)
+        app.router.add_get("/zoneingresses/_overview", self.zone_ingresses_overview)
 
     def _t(self, name: str) -> Any:
         rtype = self.registry.by_name(name)
@@ -87,3 +88,25 @@ class InsightsApi:
                   "status": "online" if dp.meta.name in online else "offline"} for dp in dps.items]
         return web.json_response({"total": dps.total, "items": items,
                                   "next": next_page_url(request, dps.next_offset, size)})
+
+    async def zone_ingresses_overview(self, request: web.Request) -> web.Response:
+        """Kuma's `GET /zoneingresses/_overview`: each ZoneIngress with its insight and status. An ingress is
+        online while its newest subscription is open and fresh; another zone's ingress synced here has no
+        insight in this zone (its own zone keeps it), so its status is `remote`."""
+        size = int_param(request.query, "size", DEFAULT_PAGE, 1, MAX_PAGE)
+        offset = int_param(request.query, "offset", 0, 0, None)
+        ingresses = await self.store.list(self._t("ZoneIngress"), ListQuery(offset=offset, size=size))
+        insights = {i.meta.name: i for i in (await self.store.list(self._t("ZoneIngressInsight"))).items}
+        items = []
+        for ingress in ingresses.items:
+            insight = insights.get(ingress.meta.name)
+            spec = insight.spec if insight is not None else None
+            if isinstance(spec, ZoneIngressInsightSpec):
+                status = "online" if online(spec, self.heartbeat) else "offline"
+            else:
+                status = "offline" if ingress.meta.labels.get("kuma.io/origin") is None else "remote"
+            items.append({"type": "ZoneIngressOverview", "name": ingress.meta.name, "zoneIngress": to_wire(ingress),
+                          "zoneIngressInsight": to_wire(insight) if insight is not None else None,
+                          "status": status})
+        return web.json_response({"total": ingresses.total, "items": items,
+                                  "next": next_page_url(request, ingresses.next_offset, size)})

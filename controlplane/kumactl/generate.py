@@ -133,6 +133,19 @@ def zone_token(zone: str, scope: tuple[str, ...], valid_for: str | None) -> None
     _issue("/tokens/zone", body, "zone")
 
 
+@generate_group.command("zone-ingress-token")
+@click.option("--zone", required=True, help="name of the zone the ingress runs in")
+@valid_for_option(required=False)
+@global_options
+def zone_ingress_token(zone: str, valid_for: str | None) -> None:
+    """Generate a token for a zone ingress (Kuma's older command: the same as zone-token --scope ingress). Run it
+    against the zone's control plane, which checks the ingress's token."""
+    body: dict[str, Any] = {"zone": zone, "scope": ["ingress"]}
+    if valid_for:
+        body["validFor"] = valid_for
+    _issue("/tokens/zone", body, "zone ingress")
+
+
 @generate_group.command("user-token")
 @click.option("--name", required=True, help="name of the user")
 @click.option("--group", "group", multiple=True, metavar="GROUP",

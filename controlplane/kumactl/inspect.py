@@ -13,7 +13,7 @@ import click
 from .client import ApiClient
 from .context import global_options, mesh_option, state
 from .output import OUTPUT_OPTION, render, render_table
-from .tables import dataplane_overview_table, mesh_insights_table, zone_overview_table
+from .tables import dataplane_overview_table, mesh_insights_table, zone_ingress_overview_table, zone_overview_table
 
 
 def _all(client: ApiClient, path: str) -> dict[str, Any]:
@@ -58,6 +58,15 @@ def inspect_dataplanes(mesh: str, output: str) -> None:
 def inspect_zones(output: str) -> None:
     """The zones global knows: Online/Offline, last connection, KDS counts, version (on global only)."""
     _show_list("/zones/_overview", zone_overview_table, output)
+
+
+@inspect_group.command("zoneingresses")
+@OUTPUT_OPTION
+@global_options
+def inspect_zone_ingresses(output: str) -> None:
+    """The zone ingresses: zone, address, advertised address, status (online/offline; `remote` for another
+    zone's, synced here) and the services each offers to other zones."""
+    _show_list("/zoneingresses/_overview", zone_ingress_overview_table, output)
 
 
 INSPECT_TYPES = ("policies",)

@@ -142,3 +142,17 @@ def zones_table(zones: Sequence[Mapping[str, Any]], overviews: Mapping[str, Mapp
     rows = [[z.get("name", ""), _enabled(z), (overviews.get(str(z.get("name"))) or {}).get("status") or "Offline",
              age(z.get("creationTime"), now)] for z in zones]
     return render_table(["NAME", "ENABLED", "STATUS", "AGE"], rows)
+
+
+def zone_ingress_overview_table(items: Sequence[Mapping[str, Any]]) -> str:
+    """`kumactl inspect zoneingresses`: NAME, ZONE, ADDRESS, ADVERTISED, STATUS, SERVICES (mesh/service list)."""
+    rows = []
+    for item in items:
+        ingress = item.get("zoneIngress") or {}
+        networking = ingress.get("networking") or {}
+        services = sorted({f"{s.get('mesh', '')}/{(s.get('tags') or {}).get('kuma.io/service', '')}"
+                           for s in ingress.get("availableServices") or ()})
+        rows.append([item.get("name", ""), ingress.get("zone") or "", _address(networking, "address", "port"),
+                     _address(networking, "advertisedAddress", "advertisedPort"), item.get("status", ""),
+                     ",".join(services)])
+    return render_table(["NAME", "ZONE", "ADDRESS", "ADVERTISED", "STATUS", "SERVICES"], rows)

@@ -135,10 +135,16 @@ class Registry:
     def lookup(self, word: str) -> ResourceType | None:
         """A type by any of its spellings, as kumactl accepts them (dataplane, dataplanes, Dataplane)."""
         return self._by_singular.get(word) or self._by_plural.get(word) or self._by_name.get(word) \
-            or self._by_name.get(_case_insensitive(self._by_name, word) or "")
+            or self._by_name.get(_case_insensitive(self._by_name, word) or "") \
+            or self._by_plural.get(_without_dashes(self._by_plural, word) or "")
 
     def all(self) -> list[ResourceType]:
         return list(self._by_name.values())
+
+
+def _without_dashes(index: Mapping[str, ResourceType], word: str) -> str | None:
+    """Kuma's kumactl spells some plurals both ways: `zone-ingresses` and `zoneingresses`."""
+    return next((k for k in index if k.replace("-", "") == word.lower()), None)
 
 
 def _case_insensitive(index: Mapping[str, ResourceType], word: str) -> str | None:

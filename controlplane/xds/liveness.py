@@ -47,7 +47,7 @@ def connected(sub: Subscription | None, heartbeat: float, now: datetime | None =
     return seen is not None and (now - seen).total_seconds() <= heartbeat * STALE_HEARTBEATS
 
 
-def online(spec: DataplaneInsightSpec, heartbeat: float, now: datetime | None = None) -> bool:
+def online(spec: DataplaneInsightSpec | ZoneIngressInsightSpec, heartbeat: float, now: datetime | None = None) -> bool:
     return connected(newest(spec), heartbeat, now)
 
 
