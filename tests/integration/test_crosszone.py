@@ -1,0 +1,200 @@
+"""Cross-zone traffic through zone ingresses, the seed's picture with real processes on loopback: a global, two
+zones, an ingress in zone-1 and two in zone-2 (each a real kuma-dp --proxy-type ingress + Envoy), `users` and
+`invoices` in zone-1, `invoices` and `billing` in zone-2, mTLS on.
+
+From users: billing (only in zone-2) answers through zone-2's ingress with users' SPIFFE ID in XFCC (the mTLS
+session runs from users' Envoy to billing's; the ingress routes by SNI without terminating it); invoices
+answers from zone-1 only, and from zone-2 once zone-1's instance stops (locality failover); a deny
+MeshTrafficPermission on billing applied on global refuses users across the zone boundary; one of zone-2's
+ingresses stopping leaves the other; killing global leaves cross-zone traffic running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from tests.apps.runner import App
+from tests.integration.cp_process import CpProcess, start_cp
+from tests.integration.kds_harness import api, global_env, wait_for, zone_env
+from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory: fixture)
+    ALLOW_ALL,
+    MTLS_MESH,
+    DpMesh,
+    DpProcess,
+    dp_factory,
+    http,
+)
+from tests.ports import free_port
+
+DENY_BILLING = {"type": "MeshTrafficPermission", "mesh": "default", "name": "deny-users-to-billing",
+                "spec": {"targetRef": {"kind": "MeshService", "name": "billing"},
+                         "from": [{"targetRef": {"kind": "MeshService", "name": "users"},
+                                   "default": {"action": "Deny"}}]}}
+
+
+def start_ingress(zone: CpProcess, zone_name: str, name: str, factory: Callable[..., DpProcess]
+                  ) -> tuple[DpProcess, int]:
+    token = api(zone, "POST", "/tokens/zone", {"zone": zone_name, "scope": ["ingress"]})
+    assert token.status == 200, token.raw
+    port = free_port()
+    doc = {"type": "ZoneIngress", "name": name,
+           "networking": {"address": "127.0.0.1", "port": port,
+                          "advertisedAddress": "127.0.0.1", "advertisedPort": port}}
+    dp = factory(name=name, cp=zone, definition=doc, token=token.raw.decode(),
+                    args=["--proxy-type", "ingress", "--drain-time", "1s", "--envoy-log-level", "warning"])
+    return dp, port
+
+
+def offered(cp: CpProcess, ingress: str) -> set[str]:
+    """The services an ingress offers, as its zone computed them."""
+    r = api(cp, "GET", f"/zone-ingresses/{ingress}")
+    if r.status != 200:
+        return set()
+    return {s["tags"]["kuma.io/service"] for s in r.json.get("availableServices", [])}
+
+
+def remote_ingresses(cp: CpProcess, zone: str) -> list[dict[str, Any]]:
+    r = api(cp, "GET", "/zone-ingresses")
+    return [i for i in r.json["items"] if i.get("zone") == zone] if r.status == 200 else []
+
+
+def answer(port: int) -> tuple[int, Any]:
+    try:
+        return http(port, "/", timeout=5.0)
+    except OSError as e:
+        return 0, str(e)
+
+
+def served_by(port: int) -> str | None:
+    status, body = answer(port)
+    return body.get("service") if status == 200 and isinstance(body, dict) else None
+
+
+@pytest.fixture
+def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
+         dp_factory: Callable[..., DpProcess]) -> dict[str, Any]:  # noqa: F811
+    kds_port = free_port()
+    glob = start_cp(tmp_path / "global", **global_env(kds_port))
+    started.append(glob)
+    zones = {}
+    for name in ("zone-1", "zone-2"):
+        zones[name] = start_cp(tmp_path / name, **zone_env(glob, kds_port, name, tmp_path,
+                                                            KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1"))
+        started.append(zones[name])
+    cps = (glob, *zones.values())
+    on_global = DpMesh(glob, app_factory, dp_factory)
+    on_global.mtls()
+    for zone in zones.values():
+        wait_for("global's mTLS mesh reaching the zone",
+                 lambda z=zone: (r := api(z, "GET", "/meshes/default")).status == 200 and r.json.get("mtls"), *cps)
+    meshes = {name: DpMesh(zone, app_factory, dp_factory) for name, zone in zones.items()}
+    ingresses = {"zone-1": [start_ingress(zones["zone-1"], "zone-1", "ingress-z1", dp_factory)],
+                 "zone-2": [start_ingress(zones["zone-2"], "zone-2", f"ingress-z2-{i}", dp_factory) for i in (1, 2)]}
+    # The echo app answers with its service and instance (its address); dataplane names say their zone.
+    meshes["zone-2"].service("billing", name="billing-zone-2")
+    meshes["zone-2"].service("invoices", name="invoices-zone-2")
+    meshes["zone-1"].service("invoices", name="invoices-zone-1")
+    users = meshes["zone-1"].service("users", name="users-zone-1", outbounds={"billing": 0, "invoices": 0})
+    for ingress in ("ingress-z2-1", "ingress-z2-2"):
+        wait_for(f"zone-2 listing billing and invoices on {ingress}",
+                 lambda i=ingress: offered(zones["zone-2"], i) == {"billing", "invoices"}, *cps)
+    wait_for("zone-2's ingresses reaching zone-1 through global",
+             lambda: len([i for i in remote_ingresses(zones["zone-1"], "zone-2")
+                          if {s["tags"]["kuma.io/service"] for s in i.get("availableServices", [])}
+                          == {"billing", "invoices"}]) == 2, *cps)
+    return {"global": glob, "zones": zones, "meshes": meshes, "ingresses": ingresses, "users": users, "cps": cps}
+
+
+def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[str, Any]) -> None:
+    zones, users, cps = seed["zones"], seed["users"], seed["cps"]
+    billing, invoices = users.outbounds["billing"], users.outbounds["invoices"]
+
+    # billing lives only in zone-2: reached through its ingress, with users' identity intact.
+    wait_for("users reaching billing in zone-2", lambda: served_by(billing) == "billing", *cps)
+    status, body = answer(billing)
+    assert status == 200 and body["service"] == "billing"
+    assert "URI=spiffe://default/users" in body["headers"]["x-forwarded-client-cert"]
+    # Every dataplane carries its zone; billing's name resolves in zone-1 too (a VIP, like local services).
+    vips = wait_for("a VIP for billing in zone-1",
+                    lambda: (r := api(zones["zone-1"], "GET", "/meshes/default/vips")).status == 200
+                    and "billing" in str(r.json) and r.json, *cps)
+    assert "billing" in str(vips)
+
+    # invoices runs in both zones: zone-1's own instance serves, zone-2 is failover only.
+    instances = set()
+    for _ in range(20):
+        status, body = answer(invoices)
+        assert status == 200, body
+        instances.add(body["instance"])
+    assert len(instances) == 1, instances
+    seed["meshes"]["zone-1"].dp("invoices-zone-1").stop()
+    wait_for("invoices failing over to zone-2",
+             lambda: (r := answer(invoices))[0] == 200 and r[1]["instance"] not in instances, *cps)
+
+
+def test_permission_ingress_loss_and_global_loss(seed: dict[str, Any]) -> None:
+    glob, users, cps, ingresses = seed["global"], seed["users"], seed["cps"], seed["ingresses"]
+    billing = users.outbounds["billing"]
+    wait_for("users reaching billing in zone-2", lambda: served_by(billing) == "billing", *cps)
+
+    # A deny on global applies at billing's Envoy in zone-2: the ingress does not weaken it.
+    assert api(glob, "PUT", "/meshes/default/meshtrafficpermissions/deny-users-to-billing",
+               DENY_BILLING).status in (200, 201)
+    wait_for("billing refusing users across the zone boundary", lambda: answer(billing)[0] == 403, *cps)
+    assert api(glob, "DELETE", "/meshes/default/meshtrafficpermissions/deny-users-to-billing").status == 200
+    wait_for("billing serving users again", lambda: served_by(billing) == "billing", *cps)
+
+    # One of zone-2's two ingresses stops: traffic continues through the other.
+    first, _ = ingresses["zone-2"][0]
+    first.stop()
+    wait_for("zone-1 dropping the stopped ingress",
+             lambda: {i["name"] for i in remote_ingresses(seed["zones"]["zone-1"], "zone-2")} and len(
+                 remote_ingresses(seed["zones"]["zone-1"], "zone-2")) == 1, *cps)
+    for _ in range(10):
+        assert served_by(billing) == "billing"
+
+    # Global killed: zones keep what they know, cross-zone traffic continues.
+    os.kill(glob.pid, signal.SIGKILL)
+    glob.proc.wait()
+    for _ in range(10):
+        assert served_by(billing) == "billing"
+
+
+def presented_identity(port: int, server_name: str) -> str:
+    """The URI SANs (SPIFFE ID first) of the certificate that answers a TLS handshake with this SNI at the
+    ingress, comma-separated, or why none did."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+            der = tls.getpeercert(binary_form=True)
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {type(e).__name__}"
+    assert der is not None
+    cert = x509.load_der_x509_certificate(der)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return ",".join(sans.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def test_the_ingress_passes_tls_through_by_sni_and_refuses_unknown_names(seed: dict[str, Any]) -> None:
+    (_, port), = seed["ingresses"]["zone-1"]
+    wait_for("zone-1's ingress offering invoices and users",
+             lambda: offered(seed["zones"]["zone-1"], "ingress-z1") == {"invoices", "users"}, *seed["cps"])
+    # The certificate that answers is invoices' own (its Envoy terminates mTLS), not the ingress's.
+    wait_for("a handshake through the ingress",
+             lambda: "spiffe://default/invoices" in presented_identity(port, "invoices{mesh=default}").split(","),
+             *seed["cps"])
+    assert presented_identity(port, "nothing{mesh=default}").startswith("refused")
+    assert presented_identity(port, "billing{mesh=default}").startswith("refused")  # zone-2's, not here
+
