@@ -15,7 +15,7 @@ import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from cryptography import x509
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.kds_harness import api, global_env, wait_for, zone_env
+from tests.integration.mesh_harness import http as vip_http
+from tests.integration.test_dns_stub import dns_args, get_via_name, resolve
 from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory: fixture)
     ALLOW_ALL,
     MTLS_MESH,
@@ -34,11 +36,23 @@ from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory:
     http,
 )
 from tests.ports import free_port
+from tests.unit.test_dns_stub_support import TestUpstream
 
 DENY_BILLING = {"type": "MeshTrafficPermission", "mesh": "default", "name": "deny-users-to-billing",
                 "spec": {"targetRef": {"kind": "MeshService", "name": "billing"},
                          "from": [{"targetRef": {"kind": "MeshService", "name": "users"},
                                    "default": {"action": "Deny"}}]}}
+
+
+SPLIT = {"type": "MeshHTTPRoute", "mesh": "default", "name": "invoices-by-zone",
+         "spec": {"targetRef": {"kind": "Mesh"},
+                  "to": [{"targetRef": {"kind": "MeshService", "name": "invoices"},
+                          "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                     "default": {"backendRefs": [
+                                         {"kind": "MeshServiceSubset", "name": "invoices",
+                                          "tags": {"kuma.io/zone": "zone-1"}, "weight": 80},
+                                         {"kind": "MeshServiceSubset", "name": "invoices",
+                                          "tags": {"kuma.io/zone": "zone-2"}, "weight": 20}]}}]}]}}
 
 
 def start_ingress(zone: CpProcess, zone_name: str, name: str, factory: Callable[..., DpProcess]
@@ -80,8 +94,15 @@ def served_by(port: int) -> str | None:
 
 
 @pytest.fixture
+def upstream() -> Iterator[TestUpstream]:
+    up = TestUpstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture
 def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
-         dp_factory: Callable[..., DpProcess]) -> dict[str, Any]:  # noqa: F811
+         dp_factory: Callable[..., DpProcess], upstream: TestUpstream) -> dict[str, Any]:  # noqa: F811
     kds_port = free_port()
     glob = start_cp(tmp_path / "global", **global_env(kds_port))
     started.append(glob)
@@ -103,7 +124,10 @@ def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., Ap
     meshes["zone-2"].service("billing", name="billing-zone-2")
     meshes["zone-2"].service("invoices", name="invoices-zone-2")
     meshes["zone-1"].service("invoices", name="invoices-zone-1")
-    users = meshes["zone-1"].service("users", name="users-zone-1", outbounds={"billing": 0, "invoices": 0})
+    # users owns its host's `.mesh` names (its kuma-dp runs the DNS stub and the VIP:80 listeners).
+    stub = free_port()
+    users = meshes["zone-1"].service("users", name="users-zone-1", outbounds={"billing": 0, "invoices": 0},
+                                     args=dns_args(f"127.0.0.1:{stub}", upstream, tmp_path / "dns"))
     for ingress in ("ingress-z2-1", "ingress-z2-2"):
         wait_for(f"zone-2 listing billing and invoices on {ingress}",
                  lambda i=ingress: offered(zones["zone-2"], i) == {"billing", "invoices"}, *cps)
@@ -111,11 +135,12 @@ def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., Ap
              lambda: len([i for i in remote_ingresses(zones["zone-1"], "zone-2")
                           if {s["tags"]["kuma.io/service"] for s in i.get("availableServices", [])}
                           == {"billing", "invoices"}]) == 2, *cps)
-    return {"global": glob, "zones": zones, "meshes": meshes, "ingresses": ingresses, "users": users, "cps": cps}
+    return {"global": glob, "zones": zones, "meshes": meshes, "ingresses": ingresses, "users": users, "cps": cps,
+            "stub": stub}
 
 
 def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[str, Any]) -> None:
-    zones, users, cps = seed["zones"], seed["users"], seed["cps"]
+    glob, users, cps = seed["global"], seed["users"], seed["cps"]
     billing, invoices = users.outbounds["billing"], users.outbounds["invoices"]
 
     # billing lives only in zone-2: reached through its ingress, with users' identity intact.
@@ -123,11 +148,16 @@ def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[
     status, body = answer(billing)
     assert status == 200 and body["service"] == "billing"
     assert "URI=spiffe://default/users" in body["headers"]["x-forwarded-client-cert"]
-    # Every dataplane carries its zone; billing's name resolves in zone-1 too (a VIP, like local services).
-    vips = wait_for("a VIP for billing in zone-1",
-                    lambda: (r := api(zones["zone-1"], "GET", "/meshes/default/vips")).status == 200
-                    and "billing" in str(r.json) and r.json, *cps)
-    assert "billing" in str(vips)
+    # `curl http://billing.mesh/` from zone-1: the name resolves (a VIP, like a local service's), and VIP:80 and
+    # VIP:<billing's real port, which zone-2's ingress advertises> both reach billing in zone-2.
+    vip = wait_for("billing.mesh resolving in zone-1", lambda: resolve(seed["stub"], "billing.mesh"), *cps)
+    body = wait_for("http://billing.mesh/ from zone-1", lambda: get_via_name(seed["stub"], "billing.mesh"), *cps)
+    assert body["service"] == "billing" and "URI=spiffe://default/users" in body["headers"]["x-forwarded-client-cert"]
+    real_port = int(body["instance"].rsplit(":", 1)[1])
+    assert real_port != 80
+    status, body = wait_for(f"billing.mesh:{real_port}", lambda: (r := vip_http(real_port, host=vip))[0] and r,
+                            *cps)
+    assert status == 200 and body["service"] == "billing"
 
     # invoices runs in both zones: zone-1's own instance serves, zone-2 is failover only.
     instances = set()
@@ -136,6 +166,20 @@ def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[
         assert status == 200, body
         instances.add(body["instance"])
     assert len(instances) == 1, instances
+
+    # A MeshHTTPRoute on global splits invoices 80/20 between the zones by kuma.io/zone: zone-2's share goes
+    # through its ingress, under the subset's SNI. 400 requests: 80 expected for zone-2, sd 8; +-40 is 5 sd.
+    assert api(glob, "PUT", "/meshes/default/meshhttproutes/invoices-by-zone", SPLIT).status in (200, 201)
+    wait_for("the split reaching zone-2", lambda: answer(invoices)[1]["instance"] not in instances, *cps)
+    remote = 0
+    for _ in range(400):
+        status, body = answer(invoices)
+        assert status == 200, body
+        remote += body["instance"] not in instances
+    assert 40 <= remote <= 120, remote
+    assert api(glob, "DELETE", "/meshes/default/meshhttproutes/invoices-by-zone").status == 200
+    wait_for("invoices local-only again", lambda: all(answer(invoices)[1]["instance"] in instances
+                                                      for _ in range(20)), *cps)
     seed["meshes"]["zone-1"].dp("invoices-zone-1").stop()
     wait_for("invoices failing over to zone-2",
              lambda: (r := answer(invoices))[0] == 200 and r[1]["instance"] not in instances, *cps)
