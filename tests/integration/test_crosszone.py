@@ -35,6 +35,7 @@ from tests.integration.test_kuma_dp_support import (  # noqa: F401  (dp_factory:
     dp_factory,
     http,
 )
+from tests.integration.test_kumactl import kumactl, ok
 from tests.ports import free_port
 from tests.unit.test_dns_stub_support import TestUpstream
 
@@ -185,7 +186,7 @@ def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[
              lambda: (r := answer(invoices))[0] == 200 and r[1]["instance"] not in instances, *cps)
 
 
-def test_permission_ingress_loss_and_global_loss(seed: dict[str, Any]) -> None:
+def test_permission_ingress_loss_and_global_loss(seed: dict[str, Any], tmp_path: Path) -> None:
     glob, users, cps, ingresses = seed["global"], seed["users"], seed["cps"], seed["ingresses"]
     billing = users.outbounds["billing"]
     wait_for("users reaching billing in zone-2", lambda: served_by(billing) == "billing", *cps)
@@ -196,6 +197,18 @@ def test_permission_ingress_loss_and_global_loss(seed: dict[str, Any]) -> None:
     wait_for("billing refusing users across the zone boundary", lambda: answer(billing)[0] == 403, *cps)
     assert api(glob, "DELETE", "/meshes/default/meshtrafficpermissions/deny-users-to-billing").status == 200
     wait_for("billing serving users again", lambda: served_by(billing) == "billing", *cps)
+
+    # kumactl shows the ingresses with their zone, status and services, in their zone and on global.
+    zone2 = seed["zones"]["zone-2"]
+    config = tmp_path / "kumactl.yaml"
+    for name, cp in (("zone-2", zone2), ("global", glob)):
+        ok(kumactl("config", "control-planes", "add", "--name", name, "--address", cp.http_url, "--overwrite",
+                   config=config))
+        rows = wait_for(f"both zone-2 ingresses online in kumactl inspect zoneingresses on {name}", lambda: len(
+            found := [line.split() for line in ok(kumactl("inspect", "zoneingresses", config=config)).splitlines()
+                      if " zone-2 " in line and " online " in line]) == 2 and found, *cps)
+        assert all(row[-1] == "default/billing,default/invoices" for row in rows), rows
+        assert "zone-2" in ok(kumactl("get", "zoneingresses", config=config))
 
     # One of zone-2's two ingresses stops: traffic continues through the other.
     first, _ = ingresses["zone-2"][0]

@@ -43,12 +43,13 @@ def dataplane(name: str, service: str, *, port: int, service_port: int, address:
 
 
 def topology(mesh_res: Resource, dataplanes: Sequence[Resource], policies: Sequence[Resource] = (),
-             generation: int = 1) -> MeshTopology:
+             generation: int = 1, *, zone: str = "", ingresses: Sequence[Resource] = ()) -> MeshTopology:
     by_type: dict[str, list[Resource]] = {}
     for p in policies:
         by_type.setdefault(p.type.name, []).append(p)
     mtls_on = bool(mesh_res.spec.mtls and mesh_res.spec.mtls.enabled())  # type: ignore[attr-defined]
-    return build_topology(mesh_res, dataplanes, by_type, generation, CA_PEM if mtls_on else None)
+    return build_topology(mesh_res, dataplanes, by_type, generation, CA_PEM if mtls_on else None, zone=zone,
+                          ingresses=ingresses)
 
 
 def context(topo: MeshTopology, dp_name: str, memo: ResourceMemo | None = None) -> ProxyContext:
