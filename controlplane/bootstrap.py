@@ -59,7 +59,7 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
         runtime.add(component)
     # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.
     runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
-                            supervisor=runtime.supervisor, served=lifecycle.served), leader_only=True)
+                            supervisor=runtime.supervisor, served=lifecycle.served, zone=zone), leader_only=True)
     if zone:  # what this zone's ingresses offer other zones
         runtime.add(IngressServices(store, zone, supervisor=runtime.supervisor), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,

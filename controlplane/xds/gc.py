@@ -15,16 +15,20 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from controlplane.resources import REGISTRY, Resource
-from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.kds.naming import ORIGIN_LABEL
+from controlplane.resources import Resource, ResourceType
+from controlplane.resources.dataplane import DATAPLANE
+from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec, insight_type_of
+from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.base import Conflict, ListQuery, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE
-from .bootstrap import node_id
+from .bootstrap import ingress_node_id, node_id
 from .lifecycle import delete_insight
 from .liveness import STALE_HEARTBEATS, offline_since
+from .remote_endpoints import ingress_zone
 
 log = logging.getLogger("kuma.xds.gc")
 
@@ -34,8 +38,9 @@ class DataplaneGc:
 
     def __init__(self, store: ResourceStore, *, grace: float = 10.0, heartbeat: float = 10.0,
                  interval: float | None = None, supervisor: Supervisor | None = None,
-                 served: Callable[[], frozenset[str]] = frozenset) -> None:
+                 served: Callable[[], frozenset[str]] = frozenset, zone: str = "") -> None:
         self.store, self.grace, self.heartbeat = store, grace, heartbeat
+        self.zone = zone  # this zone: its ZoneIngresses are cleaned up here, other zones' are not
         # Node ids (`<mesh>.<name>`) with a stream open on this instance: never offline, whatever the insight
         # says (its subscription is written at the next flush).
         self.served = served
@@ -60,40 +65,53 @@ class DataplaneGc:
                 self._errors.report("sweep", "dataplane cleanup pass failed; will retry", error=e)
 
     async def sweep(self, now: datetime | None = None) -> list[tuple[str, str]]:
-        """One pass; returns the (mesh, name) of the Dataplanes deleted."""
+        """One pass over Dataplanes and this zone's ZoneIngresses; returns the (mesh, name) of those deleted
+        (mesh "" for an ingress)."""
         now = now or datetime.now(UTC)
-        dp_type, insight_type = REGISTRY.by_name("Dataplane"), REGISTRY.by_name("DataplaneInsight")
-        assert dp_type is not None and insight_type is not None
-        insights = {(i.meta.mesh, i.meta.name): i for i in (await self.store.list(insight_type)).items}
-        dataplanes = {(d.meta.mesh, d.meta.name): d
-                      for d in (await self.store.list(dp_type, ListQuery(labels={MANAGED_LABEL: MANAGED_VALUE}))).items}
-        deleted = []
         served = self.served()
-        for key, dp in dataplanes.items():
-            gone = self._gone_for(insights.get(key), dp, now)
-            if gone is None or node_id(*key) in served:
+        deleted = await self._sweep(DATAPLANE, now, served, lambda r: node_id(r.meta.mesh, r.meta.name))
+        # Other zones' ingresses are synced here from global: theirs to clean up, never ours.
+        deleted += await self._sweep(ZONE_INGRESS, now, served, lambda r: ingress_node_id(r.meta.name),
+                                     keep=lambda r: ingress_zone(r) in (None, self.zone))
+        return deleted
+
+    async def _sweep(self, rtype: ResourceType, now: datetime, served: frozenset[str],
+                     node: Callable[[Resource], str], keep: Callable[[Resource], bool] = lambda r: True,
+                     ) -> list[tuple[str, str]]:
+        insight_type = insight_type_of(rtype.name)
+        kind = "zone ingress" if rtype is ZONE_INGRESS else "dataplane"
+        insights = {(i.meta.mesh, i.meta.name): i for i in (await self.store.list(insight_type)).items}
+        proxies = {(d.meta.mesh, d.meta.name): d
+                   for d in (await self.store.list(rtype, ListQuery(labels={MANAGED_LABEL: MANAGED_VALUE}))).items
+                   if keep(d)}
+        deleted = []
+        for key, proxy in proxies.items():
+            gone = self._gone_for(insights.get(key), proxy, now)
+            if gone is None or node(proxy) in served:
                 continue
             try:
-                await self.store.delete(dp_type, dp.meta.name, dp.meta.mesh, version=dp.meta.version)
+                await self.store.delete(rtype, proxy.meta.name, proxy.meta.mesh, version=proxy.meta.version)
             except (NotFound, Conflict):
                 continue  # changed meanwhile (re-registered) or deleted by its instance: next pass decides
-            log.info("offline dataplane cleaned up", extra={
-                "mesh": dp.meta.mesh, "dataplane": dp.meta.name, "offline_s": round(gone, 1),
+            log.info(f"offline {kind} cleaned up", extra={
+                "mesh": proxy.meta.mesh, "dataplane": proxy.meta.name, "offline_s": round(gone, 1),
                 "grace_s": self.grace})
             deleted.append(key)
-            await delete_insight(self.store, dp.meta.mesh, dp.meta.name)
+            await delete_insight(self.store, proxy.meta.mesh, proxy.meta.name, rtype.name)
         for key, insight in insights.items():
-            if key in dataplanes or not isinstance(insight.spec, DataplaneInsightSpec):
+            if key in proxies or not isinstance(insight.spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
                 continue
+            if insight.meta.labels.get(ORIGIN_LABEL) is not None:
+                continue  # another zone's, synced here
             gone = offline_since(insight.spec, self.heartbeat, now)
-            if gone is not None and gone > self.grace and not await self._dataplane_exists(key):
-                await delete_insight(self.store, *key)
-                log.info("insight of a deleted dataplane cleaned up", extra={"mesh": key[0], "dataplane": key[1]})
+            if gone is not None and gone > self.grace and not await self._exists(rtype, key):
+                await delete_insight(self.store, key[0], key[1], rtype.name)
+                log.info(f"insight of a deleted {kind} cleaned up", extra={"mesh": key[0], "dataplane": key[1]})
         return deleted
 
     def _gone_for(self, insight: Resource | None, dp: Resource, now: datetime) -> float | None:
         """Seconds past the grace period the dataplane has been offline, or None to keep it."""
-        if insight is None or not isinstance(insight.spec, DataplaneInsightSpec):
+        if insight is None or not isinstance(insight.spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
             # Registered but no subscription ever stored (its instance died before the first flush): judge by
             # the Dataplane's age, allowing for the heartbeats that would have written one.
             created = dp.meta.creation_time
@@ -111,11 +129,9 @@ class DataplaneGc:
                 gone = min(gone, (now - dp.meta.modification_time).total_seconds())
         return gone if gone > self.grace else None
 
-    async def _dataplane_exists(self, key: tuple[str, str]) -> bool:
-        dp_type = REGISTRY.by_name("Dataplane")
-        assert dp_type is not None
+    async def _exists(self, rtype: ResourceType, key: tuple[str, str]) -> bool:
         try:
-            await self.store.get(dp_type, key[1], key[0])
+            await self.store.get(rtype, key[1], key[0])
             return True
         except NotFound:
             return False

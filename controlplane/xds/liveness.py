@@ -51,7 +51,8 @@ def online(spec: DataplaneInsightSpec | ZoneIngressInsightSpec, heartbeat: float
     return connected(newest(spec), heartbeat, now)
 
 
-def offline_since(spec: DataplaneInsightSpec, heartbeat: float, now: datetime | None = None) -> float | None:
+def offline_since(spec: DataplaneInsightSpec | ZoneIngressInsightSpec, heartbeat: float,
+                  now: datetime | None = None) -> float | None:
     """Seconds the dataplane has been offline (None while online): since its newest subscription ended, or,
     for one left open by a dead instance, since that instance's last refresh."""
     now = now or datetime.now(UTC)

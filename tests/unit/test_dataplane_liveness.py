@@ -9,7 +9,7 @@ import pytest
 from envoy.config.core.v3.base_pb2 import Node
 
 from controlplane.resources import REGISTRY, Meta, Resource, from_wire
-from controlplane.resources.insights import DataplaneInsightSpec
+from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec
 from controlplane.store.base import Conflict
 from controlplane.store.memory import MemoryStore
 from controlplane.xds.auth import Caller
@@ -150,3 +150,30 @@ async def test_reconnect_rewrites_the_managed_dataplane_so_the_leaders_cleanup_s
     gc = DataplaneGc(store, grace=10, heartbeat=2)
     assert await gc.sweep(after.meta.modification_time + timedelta(seconds=5)) == []
     assert await gc.sweep(NOW) == [("default", "back")]  # a day later, still offline: cleaned up
+
+
+def ingress_spec(*subs: dict[str, Any]) -> ZoneIngressInsightSpec:
+    return ZoneIngressInsightSpec.model_validate({"subscriptions": list(subs)})
+
+
+async def test_gc_cleans_up_this_zones_offline_ingresses_and_never_another_zones() -> None:
+    store = MemoryStore()
+    await store.start()
+    ingress_type, insight_type = REGISTRY.by_name("ZoneIngress"), REGISTRY.by_name("ZoneIngressInsight")
+    assert ingress_type is not None and insight_type is not None
+    managed = {"kuma.io/managed-by": "kuma-dp"}
+    for name, zone, insight in (("gone", "zone-1", ingress_spec(sub("a", "1", 120, disconnected_ago=60))),
+                                ("up", "zone-1", ingress_spec(sub("a", "1", 120, seen_ago=1))),
+                                ("theirs", "zone-2", None)):  # synced from global: no insight here
+        await store.create(from_wire({"type": "ZoneIngress", "name": name, "zone": zone, "labels": managed,
+                                      "networking": {"address": "10.0.0.1", "port": 10001}}))
+        if insight is not None:
+            await store.create(Resource(insight_type, Meta(name=name), insight))
+    gc = DataplaneGc(store, grace=10, heartbeat=2, zone="zone-1")
+    assert await gc.sweep(NOW) == [("", "gone")]
+    assert {i.meta.name for i in (await store.list(ingress_type)).items} == {"up", "theirs"}
+    assert {i.meta.name for i in (await store.list(insight_type)).items} == {"up"}
+    served = DataplaneGc(store, grace=10, heartbeat=2, zone="zone-1", served=lambda: frozenset({"ingress:up"}))
+    await store.update(Resource(insight_type, (await store.get(insight_type, "up")).meta,
+                                ingress_spec(sub("a", "1", 120, disconnected_ago=60))))
+    assert await served.sweep(NOW) == []  # its stream is open here, whatever the insight says
