@@ -5,7 +5,10 @@ from PyPI: a bookworm host runs the global control plane; another bookworm host 
 DNS). From bare hosts to traffic in one run, with zone-1's dataplanes on global and a policy applied on
 global in the zone; a second run changes nothing; --check --diff on the converged fleet reports nothing; a
 changed dataplane restarts only its own unit; a lost dataplane token and a zone token revoked on global are
-issued again; a bad variable fails before any host is touched. Never against this machine."""
+issued again; a bad variable fails before any host is touched. Cross-zone: a third bookworm host runs zone-2's
+control plane, `billing` and zone-2's ingress (kuma-dp@ingress-z2), zone-1's ingress runs beside `web`; with
+mTLS on the mesh, `curl http://billing.mesh/` on the trixie host of zone-1 reaches billing in zone-2 through
+the host's resolver, zone-1's Envoy and zone-2's ingress. Never against this machine."""
 
 from __future__ import annotations
 
@@ -33,9 +36,9 @@ ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/an
 
 
 class Fleet:
-    def __init__(self, lab: Lab, glob: LabHost, cp: LabHost, other: LabHost, workdir: Path,
+    def __init__(self, lab: Lab, glob: LabHost, cp: LabHost, other: LabHost, z2: LabHost, workdir: Path,
                  packages: dict[str, Path]) -> None:
-        self.lab, self.glob, self.cp, self.other, self.workdir = lab, glob, cp, other, workdir
+        self.lab, self.glob, self.cp, self.other, self.z2, self.workdir = lab, glob, cp, other, z2, workdir
         self.packages = packages
         self.web_tags: dict[str, str] = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
 
@@ -48,6 +51,10 @@ class Fleet:
             "address": self.other.address,
             "inbound": [{"port": 20002, "servicePort": 8080,
                          "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}
+        billing = {"name": "billing", "networking": {
+            "address": self.z2.address,
+            "inbound": [{"port": 20003, "servicePort": 8082,
+                         "tags": {"kuma.io/service": "billing", "kuma.io/protocol": "http"}}]}}
         state = self.lab.state
         common = {"ansible_user": "root", "ansible_ssh_private_key_file": state.ssh_key,
                   "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={state.known_hosts}"
@@ -59,10 +66,14 @@ class Fleet:
                   "kuma_dp_drain_time": "1s"}
         doc = {"all": {"vars": common, "children": {
             "kuma_global": {"hosts": {self.glob.name: {"ansible_host": self.glob.address}}},
-            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address, "kuma_zone": "zone-1"}}},
+            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address, "kuma_zone": "zone-1"},
+                                       self.z2.name: {"ansible_host": self.z2.address, "kuma_zone": "zone-2"}}},
             "kuma_dataplanes": {"hosts": {
-                self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web]},
-                self.other.name: {"ansible_host": self.other.address, "kuma_dp_dataplanes": [backend]}}}}}}
+                self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web, ingress(self.cp, "z1")]},
+                self.other.name: {"ansible_host": self.other.address, "kuma_zone": "zone-1",
+                                  "kuma_dp_dataplanes": [backend]},
+                self.z2.name: {"ansible_host": self.z2.address,
+                               "kuma_dp_dataplanes": [billing, ingress(self.z2, "z2")]}}}}}}
         path = self.workdir / "inventory.yml"
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
@@ -89,6 +100,20 @@ class Fleet:
     def zone_dataplanes(self) -> set[str]:
         items = (self.api(self.glob, "/meshes/default/dataplanes") or {}).get("items", [])
         return {i["labels"]["kuma.io/display-name"] for i in items if i["labels"].get("kuma.io/zone") == "zone-1"}
+
+
+def ingress(host: LabHost, zone: str) -> dict[str, Any]:
+    """A zone ingress on `host`, reachable by the other zone's hosts at the host's address."""
+    return {"name": f"ingress-{zone}", "proxy_type": "ingress",
+            "networking": {"address": host.address, "port": 10100, "advertisedAddress": host.address,
+                           "advertisedPort": 10100}}
+
+
+MTLS = [{"type": "Mesh", "name": "default",
+         "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}},
+        {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-all",
+         "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+                                                           "default": {"action": "Allow"}}]}}]
 
 
 TIMEOUT_POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
@@ -120,12 +145,12 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     # A private copy: another test session may rebuild the shared cache's files while this module runs.
     own = tmp_path_factory.mktemp("packages")
     packages = {kind: Path(shutil.copy(path, own)) for kind, path in build_release("1").items()}
-    glob, cp = lab.add_hosts(2, release="bookworm")
+    glob, cp, z2 = lab.add_hosts(3, release="bookworm")
     (other,) = lab.add_hosts(1, release="trixie", resolved=True)
-    for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080))):
+    for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080)), (z2, ("billing", 8082))):
         host.copy(ECHO_APP, "/root/echo_http.py")
         host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
-    return Fleet(lab, glob, cp, other, tmp_path_factory.mktemp("ansible"), packages)
+    return Fleet(lab, glob, cp, other, z2, tmp_path_factory.mktemp("ansible"), packages)
 
 
 def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
@@ -154,16 +179,35 @@ def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
                .get("kuma.io/origin") == "global", timeout=60, message="global's policy in zone-1")
 
 
+def test_billing_mesh_on_a_zone_1_host_reaches_billing_in_zone_2_through_its_ingress(fleet: Fleet) -> None:
+    cp, other, z2 = fleet.cp, fleet.other, fleet.z2
+    assert cp.ssh("systemctl is-active kuma-dp@ingress-z1").stdout.strip() == "active"
+    assert z2.ssh("systemctl is-active kuma-cp kuma-dp@billing kuma-dp@ingress-z2").stdout.split() == ["active"] * 3
+    # The ingress's token is a zone token of its zone, issued by its zone's control plane.
+    claims = token_claims(z2.ssh("cat /etc/kuma/dataplanes/ingress-z2.token").stdout.strip())
+    assert claims["Zone"] == "zone-2" and "ingress" in claims["Scope"]
+    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump_all(MTLS))  # cross-zone traffic needs mTLS
+    eventually(lambda: {s["tags"]["kuma.io/service"] for i in (fleet.api(cp, "/zone-ingresses") or {}).get(
+        "items", []) if i.get("zone") == "zone-2" for s in i.get("availableServices", [])} == {"billing"},
+        timeout=90, message="zone-2's ingress and its services in zone-1")
+    # `curl http://billing.mesh/` on a zone-1 host: the host's resolver, its Envoy, zone-2's ingress, billing.
+    body = eventually(lambda: other.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
+                      message="http://billing.mesh/ from zone-1")
+    answer = json.loads(body)
+    assert answer["service"] == "billing"
+    assert "URI=spiffe://default/backend" in answer["headers"]["x-forwarded-client-cert"]
+
+
 def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
     proc = fleet.play()
     assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
-        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0}, proc.stdout[-6000:]
+        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0, fleet.z2.name: 0}, proc.stdout[-6000:]
 
 
 def test_check_mode_on_the_converged_fleet_reports_nothing(fleet: Fleet) -> None:
     proc = fleet.play("--check", "--diff")
     assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
-        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0}, proc.stdout[-6000:]
+        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0, fleet.z2.name: 0}, proc.stdout[-6000:]
 
 
 def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:

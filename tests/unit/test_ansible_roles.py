@@ -111,6 +111,14 @@ def test_token_claims_and_time_left() -> None:
     assert f.kuma_dp_unit({"name": "b", "primary": True}) == "kuma-dp.service"
 
 
+def test_a_hosts_dataplanes_join_the_control_plane_of_its_zone() -> None:
+    f = load_filters()
+    hostvars = {"cp-1": {"kuma_zone": "zone-1"}, "cp-2": {"kuma_zone": "zone-2"}}
+    assert f.kuma_zone_control_plane(["cp-1", "cp-2"], hostvars, "zone-2") == "cp-2"
+    assert f.kuma_zone_control_plane(["cp-1", "cp-2"], hostvars, "") == "cp-1"  # a single-zone inventory
+    assert f.kuma_zone_control_plane([], hostvars, "zone-1") == ""
+
+
 def test_revoked_ids_from_a_revocations_secret() -> None:
     f = load_filters()
     secret = json.dumps({"type": "GlobalSecret", "name": "zone-token-revocations",

@@ -73,8 +73,18 @@ def kuma_dp_unit(dataplane: dict[str, Any] | str) -> str:
     return "kuma-dp.service" if stem == "primary" else f"kuma-dp@{stem}.service"
 
 
+def kuma_zone_control_plane(zone_cps: list[str], hostvars: Any, zone: str | None) -> str:
+    """The zone control plane host a host's dataplanes join: the one of `kuma_zone_cp` whose `kuma_zone` is the
+    host's `zone`, else the first of the group ('' for none): a single-zone inventory names no zones."""
+    for host in zone_cps:
+        if zone and hostvars[host].get("kuma_zone") == zone:
+            return host
+    return zone_cps[0] if zone_cps else ""
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"kuma_newest_package": kuma_newest_package, "kuma_token_claims": kuma_token_claims,
                 "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
-                "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids}
+                "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids,
+                "kuma_zone_control_plane": kuma_zone_control_plane}
