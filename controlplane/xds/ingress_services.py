@@ -2,10 +2,11 @@
 
 Computed from this zone's own Dataplanes only (never from other zones' services: an ingress fronts its zone),
 one entry per mesh and distinct tag set of healthy inbounds, with how many instances carry it and their apps'
-real ports; `kuma.io/zone` is this zone's. Store changes are debounced (a second by default, as Kuma refreshes
-its ingresses) and an ingress is written only when its list changed, with the version it was read at (a
-concurrent write, e.g. its kuma-dp re-registering, makes the next round try again). KDS then carries the
-ingress to global and on to every other zone, where it becomes remote endpoints (remote_endpoints.py).
+real ports; `kuma.io/zone` is this zone's. Store changes are debounced (100 ms: Kuma refreshes its ingresses
+on a 1 s tick; a burst of registrations still becomes one write) and an ingress is written only when its list
+changed, with the version it was read at (a concurrent write, e.g. its kuma-dp re-registering, makes the next
+round try again). KDS then carries the ingress to global and on to every other zone, where it becomes remote
+endpoints (remote_endpoints.py).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def available_services(dataplanes: Iterable[Resource], zone: str) -> list[Availa
 class IngressServices:
     name = "ingress-services"
 
-    def __init__(self, store: ResourceStore, zone: str, *, debounce: float = 1.0,
+    def __init__(self, store: ResourceStore, zone: str, *, debounce: float = 0.1,
                  supervisor: Supervisor | None = None) -> None:
         self.store, self.zone, self.debounce = store, zone, debounce
         self.supervisor = supervisor or Supervisor()
