@@ -91,9 +91,9 @@ def dns_command(args: tuple[str, ...]) -> None:
               help="the Dataplane (or ZoneIngress) definition to check")
 @click.option("--dataplane-var", "-v", "dataplane_vars", multiple=True, metavar="KEY=VALUE",
               help="KEY=VALUE for {{ KEY }} in the definition (repeat)")
-@click.option("--proxy-type", "proxy_type", type=click.Choice(["dataplane", "ingress"]), default="dataplane",
-              show_default=True, help="what the definition is for")
-def validate_command(dataplane_file: str, dataplane_vars: tuple[str, ...], proxy_type: str) -> None:
+@click.option("--proxy-type", "proxy_type", type=click.Choice(["dataplane", "ingress"]), default=None,
+              help="what the definition is for (default: what its `type` says, else dataplane)")
+def validate_command(dataplane_file: str, dataplane_vars: tuple[str, ...], proxy_type: str | None) -> None:
     """Check a dataplane definition as `kuma-dp run` would, without the control plane: exit 0 when it is
     valid, 2 with every bad field by its path (for Ansible's `validate:` and CI)."""
     from dataclasses import replace
@@ -103,15 +103,16 @@ def validate_command(dataplane_file: str, dataplane_vars: tuple[str, ...], proxy
 
     try:
         variables = parse_vars(list(dataplane_vars)) if dataplane_vars else {}
-        cfg = replace(DpConfig(), dataplane_file=dataplane_file, dataplane_vars=variables, proxy_type=proxy_type)
+        cfg = replace(DpConfig(), dataplane_file=dataplane_file, dataplane_vars=variables,
+                      proxy_type=proxy_type or "dataplane", proxy_type_given=proxy_type is not None)
         definition = dataplane.load(cfg)
-        dataplane.validate(definition, proxy_type)
+        dataplane.validate(definition, definition.proxy_type)
     except (ConfigError, dataplane.DefinitionError) as e:
         click.echo(f"kuma-dp validate: {e}", err=True)
         sys.exit(EXIT_USAGE)
     for warning in definition.warnings:
         click.echo(f"kuma-dp validate: warning: {warning}", err=True)
-    click.echo(f"kuma-dp validate: {dataplane_file}: a valid {dataplane.TYPE_FOR_PROXY[proxy_type]} "
+    click.echo(f"kuma-dp validate: {dataplane_file}: a valid {dataplane.TYPE_FOR_PROXY[definition.proxy_type]} "
                f"{definition.mesh}/{definition.name}")
 
 

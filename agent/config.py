@@ -63,6 +63,7 @@ class DpConfig:
     mesh: str | None = None
     name: str | None = None
     proxy_type: str = "dataplane"
+    proxy_type_given: bool = False  # set explicitly; if not, a `type: ZoneIngress` definition runs an ingress
     drain_time: float = 30.0
     admin_port: PortRange | None = None  # None: derived from the dataplane's name, probed free
     readiness_port: int | None = None  # None: derived from the name, probed free; 0: no readiness server
@@ -378,6 +379,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], file_doc: Mapping[
             values[s.attr] = s.parse(raw)
         except ValueError as e:
             problems.append(f"{origin}: {e}")
+    values["proxy_type_given"] = "proxy_type" in values
     if values.get("metrics_port") == 0:
         values["metrics_port"] = None
     if values.get("concurrency") == 0:

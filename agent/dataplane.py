@@ -30,6 +30,7 @@ class Definition:
     mesh: str
     name: str
     warnings: list[str] = field(default_factory=list)
+    proxy_type: str = "dataplane"  # what it runs: `--proxy-type`, else what the definition's `type` says
 
     @property
     def admin_port(self) -> int | None:
@@ -86,8 +87,9 @@ def parse(text: str, source: str) -> dict[str, Any]:
 
 def load(cfg: DpConfig) -> Definition:
     """The definition from the flags, templated and parsed, with its mesh and name checked against
-    `--mesh`/`--name` when those are given too."""
-    expected_type = TYPE_FOR_PROXY[cfg.proxy_type]
+    `--mesh`/`--name` when those are given too. Without an explicit `--proxy-type`, a definition of `type:
+    ZoneIngress` runs a zone ingress (so one packaged unit, kuma-dp@NAME, runs either)."""
+    proxy_type = cfg.proxy_type
     if cfg.dataplane_file:
         source = f"--dataplane-file {cfg.dataplane_file}"
         try:
@@ -107,18 +109,21 @@ def load(cfg: DpConfig) -> Definition:
         source, template = "--dataplane", cfg.dataplane
     else:
         assert cfg.name is not None
-        return Definition("--name", None, cfg.mesh or "default", cfg.name)
+        return Definition("--name", None, cfg.mesh or "default", cfg.name, proxy_type=proxy_type)
     text, warnings = render(template, cfg.dataplane_vars, source)
     doc = parse(text, source)
     problems = []
     rtype = doc.get("type")
+    if not cfg.proxy_type_given and rtype == TYPE_FOR_PROXY["ingress"]:
+        proxy_type = "ingress"
+    expected_type = TYPE_FOR_PROXY[proxy_type]
     if rtype != expected_type:
         if rtype is None:
             problems.append(f"type: field is required (type: {expected_type})")
         elif rtype in TYPE_FOR_PROXY.values():
-            problems.append(f"type: is {rtype!r} but --proxy-type {cfg.proxy_type} runs a {expected_type}")
+            problems.append(f"type: is {rtype!r} but --proxy-type {proxy_type} runs a {expected_type}")
         else:
-            problems.append(f"type: is {rtype!r}; kuma-dp --proxy-type {cfg.proxy_type} runs a {expected_type}")
+            problems.append(f"type: is {rtype!r}; kuma-dp --proxy-type {proxy_type} runs a {expected_type}")
     name = doc.get("name")
     if not isinstance(name, str) or not name:
         problems.append("name: field is required" if name is None else "name: must be a non-empty string")
@@ -140,7 +145,7 @@ def load(cfg: DpConfig) -> Definition:
         mesh = cfg.mesh or "default"  # a ZoneIngress belongs to no mesh; the request still names one
     if problems:
         raise DefinitionError(f"{source} is not a valid {expected_type}:\n  " + "\n  ".join(problems))
-    return Definition(source, doc, str(mesh), str(name), warnings)
+    return Definition(source, doc, str(mesh), str(name), warnings, proxy_type)
 
 
 def validate(definition: Definition, proxy_type: str) -> None:

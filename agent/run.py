@@ -64,7 +64,7 @@ class Inputs:
 
 
 def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
-    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if cfg.proxy_type == "ingress"
+    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if definition.proxy_type == "ingress"
                else f"kumactl generate dataplane-token --mesh {definition.mesh} --name {definition.name}")
     fix = f"generate one with: {command} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE"
     if cfg.token:
@@ -126,6 +126,9 @@ def check_inputs(cfg: DpConfig) -> Inputs:
         raise Fatal(str(e), EXIT_USAGE) from None
     for warning in definition.warnings:
         log.warning(warning)
+    if definition.proxy_type == "ingress" and cfg.dns_enabled:
+        raise Fatal(f"{definition.source} is a ZoneIngress and DNS is enabled: a zone ingress runs no DNS stub "
+                    "(run it as kuma-dp@NAME, or set KUMA_DNS_ENABLED=false)", EXIT_USAGE)
     token = read_token(cfg, definition)
     ca_pem, ca_source = read_ca(cfg)
     try:
@@ -312,17 +315,18 @@ class Agent:
             except EnvoyBinaryError as e:
                 raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
             log.info("starting", extra={"version": agent.__version__, "dataplane": d.name, "mesh": d.mesh,
-                                        "proxy_type": cfg.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
+                                        "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
                                         "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
                                         "readiness": self.readiness_address or "off"})
             request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
-                       "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": cfg.proxy_type,
+                       "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
                        "version": {"kumaDp": agent.__version__, "envoy": envoy_ver}}
             if self.dns is not None:
                 request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
             payload = {"cp": cfg.cp_address, "caPem": inputs.ca_pem.decode(), "caSource": inputs.ca_source,
-                       "request": request, "proxyType": cfg.proxy_type,
-                       "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name},
+                       "request": request, "proxyType": d.proxy_type,
+                       "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name,
+                                      "proxy_type": d.proxy_type},
                        "retryBackoff": cfg.retry_backoff, "retryMaxDuration": cfg.retry_max_duration,
                        "logLevel": cfg.log_level, "logFormat": cfg.log_format}
             self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
@@ -413,7 +417,7 @@ class Agent:
                                                            cfg.envoy_start_timeout, cfg.envoy_liveness_timeout))
         self.metrics.info.info({"version": agent.__version__, "envoy_version": envoy_ver,
                                 "mesh": inputs.definition.mesh, "dataplane": inputs.definition.name,
-                                "proxy_type": cfg.proxy_type})
+                                "proxy_type": inputs.definition.proxy_type})
 
         ready_generation = [0]
 

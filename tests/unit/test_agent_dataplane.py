@@ -70,7 +70,8 @@ def test_load_without_definition_uses_name_and_mesh() -> None:
 
 @pytest.mark.parametrize(("text", "flags", "message"), [
     ("type: Mesh\nname: x\n", {}, "type: is 'Mesh'; kuma-dp --proxy-type dataplane runs a Dataplane"),
-    ("type: ZoneIngress\nname: x\n", {}, "type: is 'ZoneIngress' but --proxy-type dataplane runs a Dataplane"),
+    ("type: ZoneIngress\nname: x\n", {"proxy_type_given": True},
+     "type: is 'ZoneIngress' but --proxy-type dataplane runs a Dataplane"),
     ("mesh: default\nname: x\n", {}, "type: field is required"),
     ("type: Dataplane\nmesh: default\n", {}, "name: field is required"),
     ("type: Dataplane\nname: web-1\n", {}, "mesh: field is required"),
@@ -112,6 +113,16 @@ def test_validate_reports_field_paths() -> None:
     message = str(e.value)
     assert message.startswith("--dataplane-file web.yaml is not a valid Dataplane:")
     assert "networking.inbound[0].port" in message and "networking.inbound[0].tags" in message
+
+
+def test_a_zone_ingress_definition_runs_an_ingress_unless_the_proxy_type_says_otherwise() -> None:
+    """One packaged unit (kuma-dp@NAME) runs dataplanes and ingresses: the definition's type decides."""
+    doc = {"type": "ZoneIngress", "name": "ingress-1", "networking": {"address": "10.0.0.1", "port": 10001}}
+    assert load(cfg(dataplane=__import__("json").dumps(doc))).proxy_type == "ingress"
+    dp = {"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {"address": "10.0.0.1"}}
+    assert load(cfg(dataplane=__import__("json").dumps(dp))).proxy_type == "dataplane"
+    with pytest.raises(DefinitionError, match="ZoneIngress' but --proxy-type dataplane"):
+        load(cfg(dataplane=__import__("json").dumps(doc), proxy_type_given=True))
 
 
 def test_validate_ingress_as_zone_ingress() -> None:
