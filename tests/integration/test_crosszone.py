@@ -11,10 +11,14 @@ ingresses stopping leaves the other; killing global leaves cross-zone traffic ru
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
 import ssl
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,14 +60,51 @@ SPLIT = {"type": "MeshHTTPRoute", "mesh": "default", "name": "invoices-by-zone",
                                           "tags": {"kuma.io/zone": "zone-2"}, "weight": 20}]}}]}]}}
 
 
-def start_ingress(zone: CpProcess, zone_name: str, name: str, factory: Callable[..., DpProcess]
-                  ) -> tuple[DpProcess, int]:
+class PortForward:
+    """A NAT's public side for the tests: connections to 127.0.0.1:`port` are relayed to 127.0.0.1:`target`."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.relayed = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self.relayed += 1
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def start_ingress(zone: CpProcess, zone_name: str, name: str, factory: Callable[..., DpProcess],
+                  advertised_port: int | None = None) -> tuple[DpProcess, int]:
     token = api(zone, "POST", "/tokens/zone", {"zone": zone_name, "scope": ["ingress"]})
     assert token.status == 200, token.raw
     port = free_port()
     doc = {"type": "ZoneIngress", "name": name,
            "networking": {"address": "127.0.0.1", "port": port,
-                          "advertisedAddress": "127.0.0.1", "advertisedPort": port}}
+                          "advertisedAddress": "127.0.0.1", "advertisedPort": advertised_port or port}}
     dp = factory(name=name, cp=zone, definition=doc, token=token.raw.decode(),
                     args=["--proxy-type", "ingress", "--drain-time", "1s", "--envoy-log-level", "warning"])
     return dp, port
@@ -80,6 +121,14 @@ def offered(cp: CpProcess, ingress: str) -> set[str]:
 def remote_ingresses(cp: CpProcess, zone: str) -> list[dict[str, Any]]:
     r = api(cp, "GET", "/zone-ingresses")
     return [i for i in r.json["items"] if i.get("zone") == zone] if r.status == 200 else []
+
+
+def endpoint_ports(dp: DpProcess, cluster: str) -> set[int]:
+    """The ports of a cluster's endpoints in a kuma-dp's Envoy."""
+    with urllib.request.urlopen(dp.admin_url() + "/clusters?format=json", timeout=5) as resp:
+        doc = json.loads(resp.read())
+    return {h["address"]["socket_address"]["port_value"] for c in doc.get("cluster_statuses", [])
+            if c.get("name") == cluster for h in c.get("host_statuses", [])}
 
 
 def answer(port: int) -> tuple[int, Any]:
@@ -103,7 +152,8 @@ def upstream() -> Iterator[TestUpstream]:
 
 @pytest.fixture
 def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., App],
-         dp_factory: Callable[..., DpProcess], upstream: TestUpstream) -> dict[str, Any]:  # noqa: F811
+         dp_factory: Callable[..., DpProcess], upstream: TestUpstream,  # noqa: F811
+         request: pytest.FixtureRequest) -> dict[str, Any]:
     kds_port = free_port()
     glob = start_cp(tmp_path / "global", **global_env(kds_port))
     started.append(glob)
@@ -119,8 +169,13 @@ def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., Ap
         wait_for("global's mTLS mesh reaching the zone",
                  lambda z=zone: (r := api(z, "GET", "/meshes/default")).status == 200 and r.json.get("mtls"), *cps)
     meshes = {name: DpMesh(zone, app_factory, dp_factory) for name, zone in zones.items()}
+    # zone-2's second ingress is behind a NAT: other zones reach it at its advertised port, relayed to its own.
+    nat = PortForward(0)
+    request.addfinalizer(nat.close)
+    behind_nat = start_ingress(zones["zone-2"], "zone-2", "ingress-z2-2", dp_factory, advertised_port=nat.port)
+    nat.target = behind_nat[1]
     ingresses = {"zone-1": [start_ingress(zones["zone-1"], "zone-1", "ingress-z1", dp_factory)],
-                 "zone-2": [start_ingress(zones["zone-2"], "zone-2", f"ingress-z2-{i}", dp_factory) for i in (1, 2)]}
+                 "zone-2": [start_ingress(zones["zone-2"], "zone-2", "ingress-z2-1", dp_factory), behind_nat]}
     # The echo app answers with its service and instance (its address); dataplane names say their zone.
     meshes["zone-2"].service("billing", name="billing-zone-2")
     meshes["zone-2"].service("invoices", name="invoices-zone-2")
@@ -137,7 +192,7 @@ def seed(tmp_path: Path, started: list[CpProcess], app_factory: Callable[..., Ap
                           if {s["tags"]["kuma.io/service"] for s in i.get("availableServices", [])}
                           == {"billing", "invoices"}]) == 2, *cps)
     return {"global": glob, "zones": zones, "meshes": meshes, "ingresses": ingresses, "users": users, "cps": cps,
-            "stub": stub}
+            "stub": stub, "nat": nat, "global_env": global_env(kds_port), "tmp": tmp_path, "started": started}
 
 
 def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[str, Any]) -> None:
@@ -213,17 +268,29 @@ def test_permission_ingress_loss_and_global_loss(seed: dict[str, Any], tmp_path:
     # One of zone-2's two ingresses stops: traffic continues through the other.
     first, _ = ingresses["zone-2"][0]
     first.stop()
-    wait_for("zone-1 dropping the stopped ingress",
-             lambda: {i["name"] for i in remote_ingresses(seed["zones"]["zone-1"], "zone-2")} and len(
-                 remote_ingresses(seed["zones"]["zone-1"], "zone-2")) == 1, *cps)
+    zone1 = seed["zones"]["zone-1"]
+    wait_for("zone-1 dropping the stopped ingress", lambda: len(remote_ingresses(zone1, "zone-2")) == 1, *cps)
+    # The one left is behind the NAT: users' Envoy reaches it at its advertised port.
+    wait_for("users' billing endpoints down to the NAT's port",
+             lambda: endpoint_ports(users.dp, "billing") == {seed["nat"].port}, *cps)
     for _ in range(10):
         assert served_by(billing) == "billing"
+    assert seed["nat"].relayed > 0  # the one left is behind the NAT: reached at its advertised address
 
     # Global killed: zones keep what they know, cross-zone traffic continues.
     os.kill(glob.pid, signal.SIGKILL)
     glob.proc.wait()
     for _ in range(10):
         assert served_by(billing) == "billing"
+
+    # Global back (same state): the zones resync, and a service new in zone-2 becomes known in zone-1.
+    again = start_cp(seed["tmp"] / "global", **seed["global_env"])
+    seed["started"].append(again)
+    late = seed["meshes"]["zone-2"].service("late", name="late-zone-2")
+    wait_for("zone-2's new service reaching zone-1 after global's return",
+             lambda: "late" in {s["tags"]["kuma.io/service"] for i in remote_ingresses(zone1, "zone-2")
+                                for s in i.get("availableServices", [])}, again, *seed["zones"].values())
+    assert late.dp.alive() and served_by(billing) == "billing"
 
 
 def presented_identity(port: int, server_name: str) -> str:
