@@ -24,7 +24,9 @@ Envoy effect (end of this module): the clusters of the destination get `lb_polic
 XX_HASH/MURMUR_HASH_2), RANDOM or MAGLEV (`maglev_lb_config.table_size`); the hash policies of RingHash/Maglev
 go on the routes of the outbound listener (`hash_policy`: header, cookie, connection source IP, query
 parameter, filter state; terminal) or, for a TCP proxy, its source-IP/filter-state `hash_policy`.
-`localityAwareness` is accepted and kept for multi-zone; it does not change single-zone config yet.
+`localityAwareness.disabled: true` puts a destination's endpoints in every zone at one Envoy priority (spread by
+instances across zones) instead of local first and other zones as failover; `localZone` and `crossZone` are
+accepted and kept, and do not change the config yet.
 """
 
 from __future__ import annotations
@@ -437,6 +439,10 @@ class LoadBalancingPlugin(PolicyPlugin):
                                key: Hashable) -> None:
         assert isinstance(key, str)
         apply_lb(cluster, json.loads(key))
+
+    def spreads_across_zones(self, ctx: ProxyContext, service: str) -> bool:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        return merged is not None and (merged.data.get("localityAwareness") or {}).get("disabled") is True
 
     def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
                                 key: Hashable) -> None:

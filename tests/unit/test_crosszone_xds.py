@@ -169,3 +169,22 @@ def test_an_ingress_serves_only_meshes_with_mtls() -> None:
     plain = topology(mesh(), zone2_dataplanes(), zone="zone-2")
     snap = generate_ingress(ZONE_2[0], [plain], ResourceMemo())
     assert not snap.of_type(LISTENER) and not snap.of_type(CLUSTER)  # no SNI to route by
+
+
+def test_locality_awareness_disabled_spreads_a_destination_over_every_zone_at_one_priority() -> None:
+    spread = res("""
+type: MeshLoadBalancingStrategy
+mesh: default
+name: spread-invoices
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: invoices}
+    default: {localityAwareness: {disabled: true}}
+""")
+    topo = topology(mesh(mtls="STRICT"), zone1_dataplanes(), [spread], zone="zone-1", ingresses=ZONE_2)
+    snap = generate_snapshot(context(topo, "users-1"))
+    invoices = as_dict(snap.of_type(ENDPOINT)["invoices"])["endpoints"]
+    assert [(g.get("priority", 0), g["locality"]["zone"]) for g in invoices] == [(0, "zone-1"), (0, "zone-2")]
+    billing = as_dict(snap.of_type(ENDPOINT)["billing"])["endpoints"]
+    assert [g.get("priority", 0) for g in billing] == [1]  # the policy names invoices only

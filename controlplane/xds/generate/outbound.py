@@ -66,14 +66,15 @@ def service_cluster(ctx: ProxyContext, backend: Backend, protocol: str, keys: tu
     return XdsResource.of(CLUSTER, name, cluster, refs)
 
 
-def load_assignment(name: str, endpoints: tuple[Endpoint, ...]) -> XdsResource:
+def load_assignment(name: str, endpoints: tuple[Endpoint, ...], *, one_priority: bool = False) -> XdsResource:
     """Endpoints grouped by (priority, zone): one group in a single zone; with other zones' ingresses, the local
     zone at priority 0 and each other zone at priority 1 weighted by the instances it fronts, so Envoy uses
-    them only as local instances fail (locality failover)."""
+    them only as local instances fail (locality failover). `one_priority`: every zone at priority 0
+    (MeshLoadBalancingStrategy `localityAwareness.disabled`)."""
     groups: dict[tuple[int, str], dict[tuple[str, int], int]] = {}
     for e in endpoints:
         # An ingress listing several tag sets of one service is one endpoint, weighted by all its instances.
-        weights = groups.setdefault((e.priority, e.zone), {})
+        weights = groups.setdefault((0 if one_priority else e.priority, e.zone), {})
         weights[e.key] = weights.get(e.key, 0) + e.weight
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=name, endpoints=[
         endpoint_components_pb2.LocalityLbEndpoints(
@@ -92,13 +93,13 @@ def _lb_endpoint(address: str, port: int, weight: int) -> endpoint_components_pb
     return lb
 
 
-def subset_load_assignment(name: str, endpoints: tuple[Endpoint, ...], tags: tuple[tuple[str, str], ...]
-                           ) -> XdsResource:
+def subset_load_assignment(name: str, endpoints: tuple[Endpoint, ...], tags: tuple[tuple[str, str], ...],
+                           one_priority: bool = False) -> XdsResource:
     """The endpoints of a destination: all of the service's, or those whose tags match the subset's."""
     if tags:
         want = dict(tags)
         endpoints = tuple(e for e in endpoints if tags_match(want, dict(e.tags)))
-    return load_assignment(name, endpoints)
+    return load_assignment(name, endpoints, one_priority=one_priority)
 
 
 def outbound_listener(ctx: ProxyContext, address: str, port: int, service: str, protocol: str,
@@ -204,7 +205,14 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         cross_zone = any(e.remote for e in topo.endpoints.get(service, ()))
         out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys, cross_zone),
                                 partial(service_cluster, ctx, backend, protocol, ckeys, cross_zone)))
-        out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, "")),
+        one_priority = cross_zone and rules.cached(
+            ("one-priority", signature, service),
+            partial(_spreads_across_zones, ctx, service))
+        out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, ""), one_priority),
                                 partial(subset_load_assignment, name, tuple(topo.endpoints.get(service, ())),
-                                        backend.tags)))
+                                        backend.tags, one_priority)))
     return out
+
+
+def _spreads_across_zones(ctx: ProxyContext, service: str) -> bool:
+    return any(p.spreads_across_zones(ctx, service) for p in plugins())

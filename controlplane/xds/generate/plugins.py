@@ -108,6 +108,12 @@ class PolicyPlugin:
                                key: Hashable) -> None:
         pass
 
+    def spreads_across_zones(self, ctx: ProxyContext, service: str) -> bool:
+        """Whether this policy puts the destination's endpoints in every zone at one priority (Kuma's
+        MeshLoadBalancingStrategy `localityAwareness.disabled`), instead of local first, other zones as failover.
+        Depends only on the proxy's `to[]` rules, like the outbound summaries."""
+        return False
+
     # --- zone ingress ---
 
     def mesh_destinations(self, policies: Sequence[Resource]) -> Iterable[Backend]:
