@@ -17,104 +17,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.packages import REPO, build_release
+from tests.e2e.packages import build_release
 from tests.integration.mesh_harness import eventually
-from tests.lab.fixtures import Lab, LabHost
+from tests.lab.fixtures import Lab
+from tests.lab.fleet import ANSIBLE_PLAYBOOK, Fleet, boot
 from tests.requirements import unavailable
 
 pytestmark = pytest.mark.e2e
-
-ECHO_APP = REPO / "tests/apps/echo_http.py"
-ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/ansible-playbook"
-
-
-class Fleet:
-    def __init__(self, lab: Lab, glob: LabHost, cp: LabHost, other: LabHost, z2: LabHost, workdir: Path,
-                 packages: dict[str, Path]) -> None:
-        self.lab, self.glob, self.cp, self.other, self.z2, self.workdir = lab, glob, cp, other, z2, workdir
-        self.packages = packages
-        self.web_tags: dict[str, str] = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
-
-    def inventory(self) -> Path:
-        web = {"name": "web", "networking": {
-            "address": self.cp.address,
-            "inbound": [{"port": 20001, "servicePort": 8081, "tags": self.web_tags}],
-            "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
-        backend = {"name": "backend", "primary": True, "networking": {
-            "address": self.other.address,
-            "inbound": [{"port": 20002, "servicePort": 8080,
-                         "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}
-        billing = {"name": "billing", "networking": {
-            "address": self.z2.address,
-            "inbound": [{"port": 20003, "servicePort": 8082,
-                         "tags": {"kuma.io/service": "billing", "kuma.io/protocol": "http"}}]}}
-        state = self.lab.state
-        common = {"ansible_user": "root", "ansible_ssh_private_key_file": state.ssh_key,
-                  "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={state.known_hosts}"
-                                             " -o IdentitiesOnly=yes",
-                  "ansible_python_interpreter": "/usr/bin/python3",
-                  # The files of this source tree (the directory may hold other builds too).
-                  "kuma_cp_package_file": str(self.packages["kuma-cp.deb"]),
-                  "kuma_dp_package_file": str(self.packages["kuma-dp.deb"]),
-                  "kuma_dp_drain_time": "1s"}
-        doc = {"all": {"vars": common, "children": {
-            "kuma_global": {"hosts": {self.glob.name: {"ansible_host": self.glob.address}}},
-            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address, "kuma_zone": "zone-1"},
-                                       self.z2.name: {"ansible_host": self.z2.address, "kuma_zone": "zone-2"}}},
-            "kuma_dataplanes": {"hosts": {
-                self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web, ingress(self.cp, "z1")]},
-                self.other.name: {"ansible_host": self.other.address, "kuma_zone": "zone-1",
-                                  "kuma_dp_dataplanes": [backend]},
-                self.z2.name: {"ansible_host": self.z2.address,
-                               "kuma_dp_dataplanes": [billing, ingress(self.z2, "z2")]}}}}}}
-        path = self.workdir / "inventory.yml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
-
-    def play(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_HOST_KEY_CHECKING": "False",
-               "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-        proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory()), "playbooks/site.yml", *args],
-                              cwd=REPO, env=env, text=True, capture_output=True, timeout=1200)
-        (self.workdir / "last-run.log").write_text(proc.stdout + proc.stderr)
-        if check:
-            assert proc.returncode == 0, \
-                f"ansible-playbook {' '.join(args)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr}"
-        return proc
-
-    def unit_pid(self, host: LabHost, unit: str) -> str:
-        return host.ssh(f"systemctl show -p MainPID --value {unit}").stdout.strip()
-
-    def api(self, host: LabHost, path: str) -> Any:
-        """GET on a control plane's local API (admin on loopback), from the host itself."""
-        proc = host.ssh(f"curl -sf http://127.0.0.1:5681{path}", check=False)
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-    def zone_dataplanes(self) -> set[str]:
-        items = (self.api(self.glob, "/meshes/default/dataplanes") or {}).get("items", [])
-        return {i["labels"]["kuma.io/display-name"] for i in items if i["labels"].get("kuma.io/zone") == "zone-1"}
-
-
-def ingress(host: LabHost, zone: str) -> dict[str, Any]:
-    """A zone ingress on `host`, reachable by the other zone's hosts at the host's address."""
-    return {"name": f"ingress-{zone}", "proxy_type": "ingress",
-            "networking": {"address": host.address, "port": 10100, "advertisedAddress": host.address,
-                           "advertisedPort": 10100}}
-
-
-MTLS = [{"type": "Mesh", "name": "default",
-         "mtls": {"enabledBackend": "ca-1", "backends": [{"name": "ca-1", "type": "builtin"}]}},
-        {"type": "MeshTrafficPermission", "mesh": "default", "name": "allow-all",
-         "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-                                                           "default": {"action": "Allow"}}]}}]
-
 
 TIMEOUT_POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
                   "spec": {"targetRef": {"kind": "Mesh"},
@@ -145,12 +60,7 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     # A private copy: another test session may rebuild the shared cache's files while this module runs.
     own = tmp_path_factory.mktemp("packages")
     packages = {kind: Path(shutil.copy(path, own)) for kind, path in build_release("1").items()}
-    glob, cp, z2 = lab.add_hosts(3, release="bookworm")
-    (other,) = lab.add_hosts(1, release="trixie", resolved=True)
-    for host, (service, port) in ((cp, ("web", 8081)), (other, ("backend", 8080)), (z2, ("billing", 8082))):
-        host.copy(ECHO_APP, "/root/echo_http.py")
-        host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
-    return Fleet(lab, glob, cp, other, z2, tmp_path_factory.mktemp("ansible"), packages)
+    return boot(lab, tmp_path_factory.mktemp("ansible"), packages)
 
 
 def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
@@ -186,10 +96,9 @@ def test_billing_mesh_on_a_zone_1_host_reaches_billing_in_zone_2_through_its_ing
     # The ingress's token is a zone token of its zone, issued by its zone's control plane.
     claims = token_claims(z2.ssh("cat /etc/kuma/dataplanes/ingress-z2.token").stdout.strip())
     assert claims["Zone"] == "zone-2" and "ingress" in claims["Scope"]
-    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump_all(MTLS))  # cross-zone traffic needs mTLS
-    eventually(lambda: {s["tags"]["kuma.io/service"] for i in (fleet.api(cp, "/zone-ingresses") or {}).get(
-        "items", []) if i.get("zone") == "zone-2" for s in i.get("availableServices", [])} == {"billing"},
-        timeout=90, message="zone-2's ingress and its services in zone-1")
+    fleet.enable_mtls()  # cross-zone traffic needs mTLS
+    eventually(lambda: fleet.zone2_services_in_zone1() == {"billing"}, timeout=90,
+               message="zone-2's ingress and its services in zone-1")
     # `curl http://billing.mesh/` on a zone-1 host: the host's resolver, its Envoy, zone-2's ingress, billing.
     body = eventually(lambda: other.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
                       message="http://billing.mesh/ from zone-1")
