@@ -13,6 +13,8 @@ from aiohttp import web
 from controlplane.resources.base import Registry
 from controlplane.resources.codec import to_wire
 from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec
+from controlplane.resources.mesh import MeshSpec
+from controlplane.resources.zone import ZoneIngressSpec
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
 from controlplane.xds.liveness import online
 
@@ -97,6 +99,9 @@ class InsightsApi:
         offset = int_param(request.query, "offset", 0, 0, None)
         ingresses = await self.store.list(self._t("ZoneIngress"), ListQuery(offset=offset, size=size))
         insights = {i.meta.name: i for i in (await self.store.list(self._t("ZoneIngressInsight"))).items}
+        # Cross-zone traffic is routed by the TLS SNI, so a mesh without mTLS gets none: say which.
+        no_mtls = sorted(m.meta.name for m in (await self.store.list(self._t("Mesh"))).items
+                         if isinstance(m.spec, MeshSpec) and not (m.spec.mtls and m.spec.mtls.enabled()))
         items = []
         for ingress in ingresses.items:
             insight = insights.get(ingress.meta.name)
@@ -105,8 +110,10 @@ class InsightsApi:
                 status = "online" if online(spec, self.heartbeat) else "offline"
             else:
                 status = "offline" if ingress.meta.labels.get("kuma.io/origin") is None else "remote"
+            assert isinstance(ingress.spec, ZoneIngressSpec)
+            meshes = {s.mesh for s in ingress.spec.available_services}
             items.append({"type": "ZoneIngressOverview", "name": ingress.meta.name, "zoneIngress": to_wire(ingress),
                           "zoneIngressInsight": to_wire(insight) if insight is not None else None,
-                          "status": status})
+                          "status": status, "meshesWithoutMtls": [m for m in no_mtls if m in meshes]})
         return web.json_response({"total": ingresses.total, "items": items,
                                   "next": next_page_url(request, ingresses.next_offset, size)})

@@ -145,12 +145,15 @@ def zones_table(zones: Sequence[Mapping[str, Any]], overviews: Mapping[str, Mapp
 
 
 def zone_ingress_overview_table(items: Sequence[Mapping[str, Any]]) -> str:
-    """`kumactl inspect zoneingresses`: NAME, ZONE, ADDRESS, ADVERTISED, STATUS, SERVICES (mesh/service list)."""
+    """`kumactl inspect zoneingresses`: NAME, ZONE, ADDRESS, ADVERTISED, STATUS, SERVICES (mesh/service list;
+    those of a mesh without mTLS marked: cross-zone traffic needs it)."""
     rows = []
     for item in items:
         ingress = item.get("zoneIngress") or {}
         networking = ingress.get("networking") or {}
+        plain = set(item.get("meshesWithoutMtls") or ())  # no SNI to route by: not reachable from other zones
         services = sorted({f"{s.get('mesh', '')}/{(s.get('tags') or {}).get('kuma.io/service', '')}"
+                           + (" (mesh without mTLS: not routed)" if s.get("mesh") in plain else "")
                            for s in ingress.get("availableServices") or ()})
         rows.append([item.get("name", ""), ingress.get("zone") or "", _address(networking, "address", "port"),
                      _address(networking, "advertisedAddress", "advertisedPort"), item.get("status", ""),
