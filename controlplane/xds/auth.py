@@ -24,7 +24,7 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
 from controlplane.resources import REGISTRY, Resource, ResourceValidationError, from_wire
-from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.dataplane import ZONE_TAG, DataplaneSpec
 from controlplane.resources.documents import DocumentError, load_json
 from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import NotFound, ResourceStore
@@ -78,6 +78,19 @@ def parse_dataplane(doc: object, mesh: str, name: str) -> Resource:
             from None
 
 
+def with_zone_tag(dataplane: Resource, zone: str) -> Resource:
+    """The Dataplane as its zone control plane registers it: every inbound tagged `kuma.io/zone` with this zone,
+    whatever the definition claims (Kuma's zone control plane does the same), so policies can select by zone and
+    routes split by it. Unchanged without a zone name."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    if not zone or all(i.tags.get(ZONE_TAG) == zone for i in spec.networking.inbound):
+        return dataplane
+    inbound = [i.model_copy(update={"tags": {**i.tags, ZONE_TAG: zone}}) for i in spec.networking.inbound]
+    networking = spec.networking.model_copy(update={"inbound": inbound})
+    return replace(dataplane, spec=spec.model_copy(update={"networking": networking}))
+
+
 class DataplaneAuthenticator:
     def __init__(self, store: ResourceStore, tokens: TokenService, *, zone: str = "") -> None:
         self.store, self.tokens = store, tokens
@@ -104,7 +117,7 @@ class DataplaneAuthenticator:
             raise XdsAuthError(grpc.StatusCode.UNAUTHENTICATED, f"dataplane token rejected: {e}") from None
         stored = await self._stored(mesh, name)
         if definition is not None:
-            dataplane = parse_dataplane(definition, mesh, name)
+            dataplane = with_zone_tag(parse_dataplane(definition, mesh, name), self.zone)
         elif stored is not None:
             dataplane = stored
         else:
@@ -121,7 +134,7 @@ class DataplaneAuthenticator:
                 which = "the stored Dataplane" if resource is stored and len(checked) > 1 else "the Dataplane"
                 raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED, f"{which} {mesh}/{name}: {e}") from None
         if (stored is not None and definition is not None and stored.meta.labels.get(MANAGED_LABEL) != MANAGED_VALUE
-                and stored.spec != dataplane.spec and claims.name != name):
+                and with_zone_tag(stored, self.zone).spec != dataplane.spec and claims.name != name):
             raise XdsAuthError(grpc.StatusCode.PERMISSION_DENIED,
                                f"Dataplane {mesh}/{name} was created by an operator, and this kuma-dp sends a "
                                f"different definition: only a token bound to its name may replace it (kumactl "

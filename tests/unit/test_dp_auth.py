@@ -147,3 +147,17 @@ async def test_a_bad_signature_reads_the_same_whatever_the_mesh(rig: Any) -> Non
     assert answers[0][0] == grpc.StatusCode.UNAUTHENTICATED
 
 
+
+
+async def test_a_zone_control_plane_tags_every_inbound_with_its_zone(rig: Any) -> None:
+    store, tokens, _ = rig
+    auth = DataplaneAuthenticator(store, tokens, zone="zone-1")
+    token = await tokens.issuer.issue_dataplane_token("demo", "web-1")
+    claimed = dataplane("web-1", "web")
+    claimed["networking"]["inbound"][0]["tags"]["kuma.io/zone"] = "elsewhere"
+    caller = await auth.identify("demo", "web-1", token, claimed)
+    assert caller.dataplane.spec.networking.inbound[0].tags == {"kuma.io/service": "web", "kuma.io/zone": "zone-1"}
+    # An operator's Dataplane without the tag is the same Dataplane: a kuma-dp sending it runs with any token.
+    await store.create(from_wire(dataplane("web-2", "web")))
+    service_token = await tokens.issuer.issue_dataplane_token("demo", tags={"kuma.io/service": ["web"]})
+    assert (await auth.identify("demo", "web-2", service_token, dataplane("web-2", "web"))).registering
