@@ -179,7 +179,8 @@ def main() -> None:
             body = _until(f"http://{target}/ from the zone-1 host", lambda t=target: fleet.other.ssh(
                 f"curl -sf http://{t}/", check=False).stdout)
             answer = json.loads(body)
-            caller = answer["headers"].get("x-forwarded-client-cert", "").split("URI=")[-1].split(";")[0]
+            xfcc = answer["headers"].get("x-forwarded-client-cert", "")
+            caller = next((p[4:] for p in xfcc.split(";") if p.startswith("URI=spiffe://")), "no client certificate")
             print(f"    curl http://{target}/ on {fleet.other.name} (zone-1): answered by {answer['service']!r}, "
                   f"which saw the caller {caller}", flush=True)
         print("\nThe fleet is up. Hosts (ssh: python -m tests.lab ssh --name " + name + " HOST):")
