@@ -27,7 +27,7 @@ from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceSt
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
-from .bootstrap import ingress_name, split_node_id
+from .bootstrap import ingress_name, ingress_node_id, split_node_id
 from .cache import SnapshotCache
 from .generate.context import Identity, ProxyContext
 from .generate.ingress import generate_ingress
@@ -142,9 +142,11 @@ class Reconciler:
                 elif event.type == "Mesh":
                     self._dirty.add(event.name)
                 elif event.type == INGRESS:
-                    # Another zone's ingress: remote endpoints of every mesh; ours: its own listener.
-                    self._dirty.update(self.topologies)
+                    # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
+                    # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
                     self._dirty_nodes.update(self.ingress_nodes)
+                    if ingress_node_id(event.name) not in self.ingress_nodes:
+                        self._dirty.update(self.topologies)
                 elif event.type in _RELEVANT or event.type in policy_types:
                     self._dirty.add(event.mesh)
                 else:
