@@ -7,6 +7,7 @@ from __future__ import annotations
 from controlplane.ca import CaManager, used_secrets
 from controlplane.policies._defaults import default_policies
 from controlplane.resources import REGISTRY, Resource, ResourceType
+from controlplane.resources.dataplane import with_zone_tag
 from controlplane.resources.errors import InvalidParameter
 from controlplane.store.base import NotFound, ResourceStore
 
@@ -32,6 +33,12 @@ class WriteChecks:
         except NotFound:
             pass
         return self.ownership.refusal(rtype, labels)
+
+    def prepare(self, resource: Resource) -> Resource:
+        """What this control plane stores for a written resource: a zone's Dataplanes carry its kuma.io/zone."""
+        if resource.type.name == "Dataplane" and self.ownership.mode == "zone":
+            return with_zone_tag(resource, self.ownership.zone)
+        return resource
 
     def created_with(self, resource: Resource) -> list[Resource]:
         """What is created in the same transaction as `resource` when it is new: a Mesh's default policies

@@ -130,6 +130,7 @@ class ResourceApi:
         doc = await read_document(request)
         resource = from_wire(doc, self.registry, rtype=rtype, name=name, mesh=mesh or None)
         if self.checks is not None:
+            resource = self.checks.prepare(resource)
             refusal = await self.checks.not_ours(rtype, name, mesh, dict(resource.meta.labels))
             if refusal:
                 raise ApiError(400, "Bad Request", refusal)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Literal
 
-from .base import ResourceType, Scope, Spec, register
+from .base import Resource, ResourceType, Scope, Spec, register
 from .errors import Violations
 from .fields import check_address, check_duration, check_port, check_tags
 
@@ -252,3 +253,16 @@ DATAPLANE = register(ResourceType(
     spec_cls=DataplaneSpec, flat=True,
     description="One proxy and the service instances (inbounds) behind it.",
 ))
+
+
+def with_zone_tag(dataplane: Resource, zone: str) -> Resource:
+    """The Dataplane as its zone control plane stores it: every inbound tagged `kuma.io/zone` with this zone,
+    whatever the definition claims (Kuma's zone control plane does the same), so policies can select by zone and
+    routes split by it. Unchanged without a zone name."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    if not zone or all(i.tags.get(ZONE_TAG) == zone for i in spec.networking.inbound):
+        return dataplane
+    inbound = [i.model_copy(update={"tags": {**i.tags, ZONE_TAG: zone}}) for i in spec.networking.inbound]
+    networking = spec.networking.model_copy(update={"inbound": inbound})
+    return replace(dataplane, spec=spec.model_copy(update={"networking": networking}))

@@ -24,7 +24,7 @@ from envoy.config.core.v3.base_pb2 import Node
 from google.protobuf import json_format
 
 from controlplane.resources import REGISTRY, Resource, ResourceValidationError, from_wire
-from controlplane.resources.dataplane import ZONE_TAG, DataplaneSpec
+from controlplane.resources.dataplane import DataplaneSpec, with_zone_tag
 from controlplane.resources.documents import DocumentError, load_json
 from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import NotFound, ResourceStore
@@ -76,19 +76,6 @@ def parse_dataplane(doc: object, mesh: str, name: str) -> Resource:
     except ResourceValidationError as e:
         raise XdsAuthError(grpc.StatusCode.INVALID_ARGUMENT, f"the Dataplane definition is not valid: {e.details}")\
             from None
-
-
-def with_zone_tag(dataplane: Resource, zone: str) -> Resource:
-    """The Dataplane as its zone control plane registers it: every inbound tagged `kuma.io/zone` with this zone,
-    whatever the definition claims (Kuma's zone control plane does the same), so policies can select by zone and
-    routes split by it. Unchanged without a zone name."""
-    spec = dataplane.spec
-    assert isinstance(spec, DataplaneSpec)
-    if not zone or all(i.tags.get(ZONE_TAG) == zone for i in spec.networking.inbound):
-        return dataplane
-    inbound = [i.model_copy(update={"tags": {**i.tags, ZONE_TAG: zone}}) for i in spec.networking.inbound]
-    networking = spec.networking.model_copy(update={"inbound": inbound})
-    return replace(dataplane, spec=spec.model_copy(update={"networking": networking}))
 
 
 class DataplaneAuthenticator:

@@ -57,3 +57,19 @@ def test_refusals_say_where_to_make_the_change() -> None:
     assert on_zone and "zone control plane 'zone-1'" in on_zone and "global control plane" in on_zone
     on_global = GLOBAL.refusal(t("Dataplane"), FROM_ZONE_2)
     assert on_global and "change it in zone 'zone-2'" in on_global
+
+
+def test_a_zone_stores_its_dataplanes_with_its_zone_tag() -> None:
+    from controlplane.api.checks import WriteChecks
+    from controlplane.resources import from_wire
+
+    doc = {"type": "Dataplane", "mesh": "default", "name": "web-1", "networking": {
+        "address": "10.0.0.1", "inbound": [{"port": 10001, "tags": {"kuma.io/service": "web", "kuma.io/zone": "x"}},
+                                           {"port": 10002, "tags": {"kuma.io/service": "api"}}]}}
+    dp = from_wire(doc)
+    stored = WriteChecks(None, None, ownership=ZONE).prepare(dp)  # type: ignore[arg-type]
+    assert [i.tags["kuma.io/zone"] for i in stored.spec.networking.inbound] == ["zone-1", "zone-1"]
+    assert WriteChecks(None, None, ownership=STANDALONE).prepare(dp) is dp  # no zone name: as written
+    assert WriteChecks(None, None, ownership=GLOBAL).prepare(dp) is dp
+    mesh = from_wire({"type": "Mesh", "name": "default"})
+    assert WriteChecks(None, None, ownership=ZONE).prepare(mesh) is mesh  # type: ignore[arg-type]
