@@ -32,6 +32,7 @@ POLICIES = {
     "MeshHealthCheck": ("meshhealthchecks", "meshhealthcheck"),
     "MeshCircuitBreaker": ("meshcircuitbreakers", "meshcircuitbreaker"),
     "MeshLoadBalancingStrategy": ("meshloadbalancingstrategies", "meshloadbalancingstrategy"),
+    "MeshFaultInjection": ("meshfaultinjections", "meshfaultinjection"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))
