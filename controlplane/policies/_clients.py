@@ -32,6 +32,13 @@ XFCC = "x-forwarded-client-cert"
 # ((service, merged conf JSON), ...) sorted by service, and the conf JSON for every other client (or None).
 ClientRules = tuple[tuple[tuple[str, str], ...], str | None]
 
+# Policy types whose `from[]` entries merge per client (the inspect API shows their rules per client).
+PER_CLIENT_TYPES: set[str] = set()
+
+
+def register_per_client(policy_type: str) -> None:
+    PER_CLIENT_TYPES.add(policy_type)
+
 
 def check_client_ref(v: Violations, path: str, ref: TargetRef, policy: str) -> None:
     """Only tags an inbound can verify: the client's kuma.io/service (from its certificate)."""
@@ -66,6 +73,17 @@ def client_rules(entries: Sequence[Entry]) -> ClientRules | None:
         per_service.append((service, _canonical(merged) or "{}"))
     everyone = [e.conf for e in entries if client_service(e.ref) is None]
     return tuple(per_service), _canonical(merge_confs(everyone)) if everyone else None
+
+
+def describe(rules: ClientRules | None) -> list[dict[str, Any]]:
+    """The rules as the inspect API shows them: one item per client service, then every other client."""
+    if rules is None:
+        return []
+    per_service, everyone = rules
+    out: list[dict[str, Any]] = [{"clients": {SERVICE_TAG: s}, "conf": json.loads(conf)} for s, conf in per_service]
+    if everyone is not None:
+        out.append({"clients": "every other client" if per_service else "every client", "conf": json.loads(everyone)})
+    return out
 
 
 def client_matchers(mesh: str, service: str | None, others: Sequence[str]) -> list[route_components_pb2.HeaderMatcher]:

@@ -55,7 +55,7 @@ from controlplane.xds.generate.targeting import (
 )
 
 from ._checks import check_duration, check_percentage, parse_decimal, parse_go_duration
-from ._clients import ClientRules, check_client_ref, client_matchers, client_rules
+from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
 
 POLICY = "MeshFaultInjection"
 FROM_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
@@ -155,6 +155,8 @@ RESOURCE_TYPE = register(ResourceType(
     spec_cls=MeshFaultInjectionSpec, flat=False, is_policy=True,
     description="Injects HTTP aborts, delays and response bandwidth limits on inbound traffic, by client.",
 ))
+
+register_per_client(POLICY)
 
 # --- Envoy effect -----------------------------------------------------------------------------------
 
