@@ -56,11 +56,11 @@ from controlplane.xds.generate.targeting import (
 
 from ._checks import check_duration, check_percentage, parse_decimal, parse_go_duration
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
+from ._http_filters import insert_before_router
 
 POLICY = "MeshFaultInjection"
 FROM_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
 FAULT_FILTER = "envoy.filters.http.fault"
-ROUTER_FILTER = "envoy.filters.http.router"
 
 _BANDWIDTH = re.compile(r"^([0-9]+)(Gbps|Mbps|kbps|bps)$")
 _KBPS = {"Gbps": 1_000_000, "Mbps": 1_000, "kbps": 1}
@@ -202,12 +202,6 @@ def fault_filters(mesh: str, rules: ClientRules) -> list[hcm_pb2.HttpFilter]:
             config.headers.extend(matchers)
             out.append(hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(config)))
     return out
-
-
-def insert_before_router(manager: hcm_pb2.HttpConnectionManager, filters: list[hcm_pb2.HttpFilter]) -> None:
-    at = next((i for i, f in enumerate(manager.http_filters) if f.name == ROUTER_FILTER), len(manager.http_filters))
-    for offset, f in enumerate(filters):
-        manager.http_filters.insert(at + offset, f)
 
 
 class FaultInjectionPlugin(PolicyPlugin):

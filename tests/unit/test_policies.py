@@ -33,6 +33,7 @@ POLICIES = {
     "MeshCircuitBreaker": ("meshcircuitbreakers", "meshcircuitbreaker"),
     "MeshLoadBalancingStrategy": ("meshloadbalancingstrategies", "meshloadbalancingstrategy"),
     "MeshFaultInjection": ("meshfaultinjections", "meshfaultinjection"),
+    "MeshRateLimit": ("meshratelimits", "meshratelimit"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))
