@@ -34,6 +34,7 @@ POLICIES = {
     "MeshLoadBalancingStrategy": ("meshloadbalancingstrategies", "meshloadbalancingstrategy"),
     "MeshFaultInjection": ("meshfaultinjections", "meshfaultinjection"),
     "MeshRateLimit": ("meshratelimits", "meshratelimit"),
+    "MeshAccessLog": ("meshaccesslogs", "meshaccesslog"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))
