@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from controlplane.policies._clients import client_rules, describe
@@ -144,3 +145,17 @@ def test_rate_limits_render_and_a_more_specific_policy_disables_http() -> None:
     both = [mesh_wide, res(FRONTEND_UNLIMITED)]
     assert [f["name"] for f in http_filters(both)] == ["envoy.filters.http.router"]
     assert network_filters(both, "frontend-1", INBOUND)[0] == "envoy.filters.network.local_ratelimit"
+
+
+def test_client_matchers_are_valid_re2_for_any_service_name() -> None:
+    from controlplane.policies._checks import regex_problem
+    from controlplane.policies._clients import client_matchers
+
+    for service in ("web", "my-svc.v1_x", "a:b", "billing_grpc-2"):
+        (matcher,) = client_matchers("mesh-1", service, ())
+        regex = matcher.string_match.safe_regex.regex
+        assert regex_problem(regex) is None, regex
+        value = f"By=spiffe://mesh-1/backend;Hash=ab;URI=spiffe://mesh-1/{service};URI=kuma://kuma.io/service/{service}"
+        assert re.fullmatch(regex, value)
+        assert not re.fullmatch(regex, value.replace(f"mesh-1/{service};", f"mesh-1/{service}x;"))
+        assert not re.fullmatch(regex, f"By=spiffe://mesh-1/{service};Hash=ab;URI=spiffe://mesh-1/other")
