@@ -4,7 +4,8 @@ share of one client's requests and delays every other client's, each client gett
 Tolerance of the abort share: 200 requests at 50%; the share is binomial with a standard deviation of 3.5
 percentage points, and the test accepts 50 +- 14 (4 standard deviations: a false failure about once in
 16,000 runs). Delays are checked by Envoy's own counters and by a lower bound on the elapsed time (a delay
-cannot make a request faster), never by an upper bound.
+cannot make a request faster; Envoy's timer may fire a few ms early, see TIMER_SLACK_S), never by an upper
+bound.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ REQUESTS = 200
 SHARE = 0.5
 TOLERANCE = 4 * math.sqrt(SHARE * (1 - SHARE) / REQUESTS)  # 0.14
 DELAY_S = 0.4
+# Envoy arms its delay timer from the event loop's cached "now", taken when the loop iteration began, so the
+# timer may fire up to one iteration early (seen: 4 ms); 50 ms covers that and proves the delay all the same.
+TIMER_SLACK_S = 0.05
 
 FAULTS = f"""
 type: MeshFaultInjection
@@ -111,7 +115,7 @@ def test_faults_abort_one_clients_share_and_delay_the_others(pmesh: MeshHarness,
         started = time.monotonic()
         status, _ = http(other)
         assert status == 200
-        assert time.monotonic() - started >= DELAY_S
+        assert time.monotonic() - started >= DELAY_S - TIMER_SLACK_S
     assert envoy.stat(f"{prefix}.delays_injected") == 3
     assert envoy.stat(f"{prefix}.aborts_injected") - aborted_before == counts[418], "other is never aborted"
 
