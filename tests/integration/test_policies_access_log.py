@@ -62,6 +62,11 @@ spec:
 """
 
 
+# Envoy flushes access log files every 10 s (its --file-flush-interval-msec default) or when its buffer fills:
+# a line may take that long to appear.
+FLUSH_WAIT_S = 30.0
+
+
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
@@ -90,21 +95,21 @@ def test_access_logs_are_written_in_the_configured_format(pmesh: MeshHarness, tm
 
     # Outbound HTTP, Kuma's default format: mesh, request line, status, source and destination services.
     http_line = eventually(lambda: next((x for x in lines(outbound_log) if "/hello?x=1" in x), None),
-                           message=f"outbound line in {outbound_log}")
+                           timeout=FLUSH_WAIT_S, message=f"outbound line in {outbound_log}")
     assert ' default "GET /hello?x=1 HTTP/1.1" 200 ' in http_line, http_line
     assert '"web" "backend" "127.0.0.1"' in http_line, http_line
     # Outbound TCP, Kuma's default TCP format (written when the connection closes).
     tcp_line = eventually(lambda: next((x for x in lines(outbound_log) if "->" in x), None),
-                          message=f"outbound TCP line in {outbound_log}")
+                          timeout=FLUSH_WAIT_S, message=f"outbound TCP line in {outbound_log}")
     assert " default 127.0.0.1(web)->127.0.0.1:" in tcp_line and "(db) took " in tcp_line, tcp_line
     assert tcp_line.endswith("received: 5 bytes"), tcp_line  # "ping\n" from the client
     # Inbound, custom JSON: one object per line, from the backend's proxy (and the db's TCP inbound).
     records = eventually(lambda: [json.loads(x) for x in lines(inbound_log) if '"/hello?x=1"' in x],
-                         message=f"inbound line in {inbound_log}")
+                         timeout=FLUSH_WAIT_S, message=f"inbound line in {inbound_log}")
     assert records[0] == {"method": "GET", "path": "/hello?x=1", "status": 200, "destination": "backend",
                           "direction": "INBOUND", "mesh": "default"}, records
     tcp_records = eventually(lambda: [json.loads(x) for x in lines(inbound_log) if '"db"' in x],
-                             message="db's inbound line")
+                             timeout=FLUSH_WAIT_S, message="db's inbound line")
     assert tcp_records[0]["direction"] == "INBOUND" and tcp_records[0]["mesh"] == "default", tcp_records
 
     shown = inspected(mesh, "web-1", "MeshAccessLog")
