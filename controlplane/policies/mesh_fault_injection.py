@@ -54,7 +54,7 @@ from controlplane.xds.generate.targeting import (
     check_top_level,
 )
 
-from ._checks import check_duration, check_percentage, parse_decimal, parse_go_duration
+from ._checks import IntOrString, check_duration, check_percentage, parse_decimal, parse_go_duration
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
 from ._http_filters import insert_before_router
 
@@ -78,7 +78,7 @@ def bandwidth_kbps(text: str) -> int | None:
 
 class Abort(Spec):
     http_status: int
-    percentage: int | str
+    percentage: IntOrString
 
     def check(self, v: Violations, path: str) -> None:
         if not 200 <= self.http_status <= 599:
@@ -89,7 +89,7 @@ class Abort(Spec):
 
 class Delay(Spec):
     value: str
-    percentage: int | str
+    percentage: IntOrString
 
     def check(self, v: Violations, path: str) -> None:
         check_duration(v, f"{path}.value", self.value)
@@ -98,7 +98,7 @@ class Delay(Spec):
 
 class ResponseBandwidth(Spec):
     limit: str
-    percentage: int | str
+    percentage: IntOrString
 
     def check(self, v: Violations, path: str) -> None:
         if bandwidth_kbps(self.limit) is None:
