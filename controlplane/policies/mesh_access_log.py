@@ -280,9 +280,6 @@ class AccessLogPlugin(PolicyPlugin):
             return None
         return (merged.json, ctx.mesh, _own_service(ctx))
 
-    def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
-        return None
-
     def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
                                 key: Hashable) -> None:
         assert isinstance(key, tuple)
