@@ -3,9 +3,11 @@
 `default.backends` lists where each request (HTTP) or connection (TCP) is logged:
 
 - `type: File`, `file.path` (absolute; Envoy appends to it, creating it) and an optional `file.format`;
-- `type: Tcp` and `type: OpenTelemetry` are refused for now ("not supported by kuma-vm yet"): Kuma's TCP
-  backend needs kuma-dp to forward Envoy's lines to the address, and the OpenTelemetry one a collector
-  cluster, neither of which kuma-vm has yet.
+- `type: Tcp`, `tcp.address` (host:port) and an optional `tcp.format`: as in Kuma, Envoy writes
+  `{address, message}` JSON lines to the dataplane's pipe (`kuma_shared.access_logs`) and kuma-dp sends each
+  message as a line to the address (agent/access_logs.py); a dataplane whose Envoy runs without kuma-dp
+  gets those lines in a plain file at that path instead;
+- `type: OpenTelemetry` is refused for now ("not supported by kuma-vm yet": it needs a collector cluster).
 
 `format` is `type: Plain` with `plain: "<Envoy format string>"`, or `type: Json` with `json: [{key, value}]`
 (and `omitEmptyValues`). Without a format, Kuma's default line for HTTP or TCP traffic is written. Envoy's
@@ -45,6 +47,7 @@ from pydantic import Field
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import SERVICE_TAG, Inbound
 from controlplane.resources.errors import Violations
+from controlplane.resources.fields import check_address
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
@@ -58,6 +61,7 @@ from controlplane.xds.generate.targeting import (
     check_items,
     check_top_level,
 )
+from kuma_shared.access_logs import access_log_pipe
 
 POLICY = "MeshAccessLog"
 FILE_LOGGER = "envoy.access_loggers.file"
@@ -75,7 +79,7 @@ DEFAULT_HTTP_FORMAT = ('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-
 KUMA_PLACEHOLDERS = ("KUMA_MESH", "KUMA_SOURCE_SERVICE", "KUMA_DESTINATION_SERVICE", "KUMA_SOURCE_ADDRESS",
                      "KUMA_SOURCE_ADDRESS_WITHOUT_PORT", "KUMA_TRAFFIC_DIRECTION")
 _KUMA_PLACEHOLDER = re.compile(r"%(KUMA_[A-Z0-9_]*)%")
-NOT_YET = "is not supported by kuma-vm yet: use a File backend"
+NOT_YET = "is not supported by kuma-vm yet: use a File or Tcp backend"
 OUTBOUND_SOURCE_ADDRESS = "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
 
 
@@ -141,6 +145,16 @@ class TcpBackend(Spec):
     address: str
     format: Format | None = None
 
+    def check(self, v: Violations, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            v.add(f"{path}.address", f"{self.address!r} is not host:port: give e.g. 127.0.0.1:5000 or "
+                                     "logstash.internal:5000")
+        else:
+            check_address(v, f"{path}.address", host.strip("[]"))
+        if self.format is not None:
+            self.format.check(v, f"{path}.format")
+
 
 class Backend(Spec):
     type: Literal["Tcp", "File", "OpenTelemetry"]
@@ -149,10 +163,13 @@ class Backend(Spec):
     open_telemetry: dict[str, Any] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if self.type == "Tcp":
-            v.add(f"{path}.type", f"the Tcp access log backend {NOT_YET}")
-        elif self.type == "OpenTelemetry":
+        if self.type == "OpenTelemetry":
             v.add(f"{path}.type", f"the OpenTelemetry access log backend {NOT_YET}")
+        elif self.type == "Tcp":
+            if self.tcp is None:
+                v.add(f"{path}.tcp", "must be set with type Tcp: give at least 'address'")
+            else:
+                self.tcp.check(v, f"{path}.tcp")
         elif self.file is None:
             v.add(f"{path}.file", "must be set with type File: give at least 'path'")
         else:
@@ -200,27 +217,37 @@ def interpolate(text: str, values: dict[str, str]) -> str:
     return _KUMA_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
-def access_logs(backends: list[dict[str, Any]], default_format: str,
-                values: dict[str, str]) -> list[accesslog_pb2.AccessLog]:
+def access_logs(backends: list[dict[str, Any]], default_format: str, values: dict[str, str],
+                pipe: str) -> list[accesslog_pb2.AccessLog]:
+    """One file logger per backend: File writes the line to its path; Tcp writes {address, message} JSON to
+    the dataplane's pipe, which kuma-dp forwards to the address (agent/access_logs.py)."""
     out = []
     for backend in backends:
-        file = backend.get("file")
-        if backend.get("type") != "File" or file is None:
+        kind = backend.get("type")
+        target = backend.get("file") if kind == "File" else backend.get("tcp") if kind == "Tcp" else None
+        if target is None:
             continue  # refused at validation; never reached
-        fmt = file.get("format") or {}
-        config = file_pb2.FileAccessLog(path=file["path"])
+        fmt = target.get("format") or {}
         log_format = substitution_format_string_pb2.SubstitutionFormatString()
         if fmt.get("type") == "Json":
-            fields = struct_pb2.Struct()
+            message = struct_pb2.Struct()
             for kv in fmt["json"]:
-                fields.fields[kv["key"]].string_value = interpolate(kv["value"], values)
-            log_format.json_format.CopyFrom(fields)
+                message.fields[kv["key"]].string_value = interpolate(kv["value"], values)
+            if kind == "Tcp":
+                log_format.json_format.fields["address"].string_value = target["address"]
+                log_format.json_format.fields["message"].struct_value.CopyFrom(message)
+            else:
+                log_format.json_format.CopyFrom(message)
         else:
-            text = interpolate(fmt.get("plain") or default_format, values) + "\n"
-            log_format.text_format_source.CopyFrom(base_pb2.DataSource(inline_string=text))
+            text = interpolate(fmt.get("plain") or default_format, values)
+            if kind == "Tcp":
+                log_format.json_format.fields["address"].string_value = target["address"]
+                log_format.json_format.fields["message"].string_value = text
+            else:
+                log_format.text_format_source.CopyFrom(base_pb2.DataSource(inline_string=text + "\n"))
         if fmt.get("omitEmptyValues"):
             log_format.omit_empty_values = True
-        config.log_format.CopyFrom(log_format)
+        config = file_pb2.FileAccessLog(path=target["path"] if kind == "File" else pipe, log_format=log_format)
         typed = any_pb2.Any()
         typed.Pack(config, deterministic=True)  # a JSON format is a map: same content, same bytes, same hash
         out.append(accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=typed))
@@ -228,12 +255,12 @@ def access_logs(backends: list[dict[str, Any]], default_format: str,
 
 
 def add_access_logs(listener: listener_pb2.Listener, backends: list[dict[str, Any]],
-                    values: dict[str, str]) -> None:
+                    values: dict[str, str], pipe: str) -> None:
     def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
-        manager.access_log.extend(access_logs(backends, DEFAULT_HTTP_FORMAT, values))
+        manager.access_log.extend(access_logs(backends, DEFAULT_HTTP_FORMAT, values, pipe))
 
     def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
-        proxy.access_log.extend(access_logs(backends, DEFAULT_TCP_FORMAT, values))
+        proxy.access_log.extend(access_logs(backends, DEFAULT_TCP_FORMAT, values, pipe))
 
     update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
     update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
@@ -243,6 +270,14 @@ def _values(mesh: str, source: str, destination: str, address: str, direction: s
     return {"KUMA_MESH": mesh, "KUMA_SOURCE_SERVICE": source, "KUMA_DESTINATION_SERVICE": destination,
             "KUMA_SOURCE_ADDRESS": f"{address}:0", "KUMA_SOURCE_ADDRESS_WITHOUT_PORT": address,
             "KUMA_TRAFFIC_DIRECTION": direction}
+
+
+def _pipe(ctx: ProxyContext, conf: dict[str, Any]) -> str:
+    """The dataplane's access log pipe when a Tcp backend needs it ('' otherwise, so that proxies without
+    one keep sharing resources)."""
+    if any(b.get("type") == "Tcp" for b in conf.get("backends") or ()):
+        return access_log_pipe(ctx.dataplane.meta.name, ctx.mesh)
+    return ""
 
 
 def _own_service(ctx: ProxyContext) -> str:
@@ -261,31 +296,37 @@ class AccessLogPlugin(PolicyPlugin):
         merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
         if merged is None or not merged.data.get("backends"):
             return None
-        return (merged.json, ctx.mesh, inbound.service, ctx.spec.networking.address)
+        return (merged.json, ctx.mesh, inbound.service, ctx.spec.networking.address, _pipe(ctx, merged.data))
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:
         assert isinstance(key, tuple)
-        conf, mesh, service, address = key
-        add_access_logs(listener, json.loads(conf)["backends"], _values(mesh, "*", service, address, "INBOUND"))
+        conf, mesh, service, address, pipe = key
+        add_access_logs(listener, json.loads(conf)["backends"], _values(mesh, "*", service, address, "INBOUND"),
+                        pipe)
 
     # --- outbound: the proxy's own service is part of the line, so it splits the sharing between services ---
 
     def outbound_source_key(self, ctx: ProxyContext) -> Hashable:
-        return _own_service(ctx) if ctx.rules.matched(POLICY, ctx.dataplane) else None
+        matched = ctx.rules.matched(POLICY, ctx.dataplane)
+        if not matched:
+            return None
+        tcp = any(b.type == "Tcp" for p in matched for item in getattr(p.spec, "to", None) or ()
+                  for b in item.default.backends or ())
+        return (_own_service(ctx), ctx.dataplane.meta.name if tcp else "")
 
     def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
         merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
         if merged is None or not merged.data.get("backends"):
             return None
-        return (merged.json, ctx.mesh, _own_service(ctx))
+        return (merged.json, ctx.mesh, _own_service(ctx), _pipe(ctx, merged.data))
 
     def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
                                 key: Hashable) -> None:
         assert isinstance(key, tuple)
-        conf, mesh, source = key
+        conf, mesh, source, pipe = key
         add_access_logs(listener, json.loads(conf)["backends"],
-                        _values(mesh, source, service, OUTBOUND_SOURCE_ADDRESS, "OUTBOUND"))
+                        _values(mesh, source, service, OUTBOUND_SOURCE_ADDRESS, "OUTBOUND"), pipe)
 
 
 PLUGIN = register_plugin(AccessLogPlugin())

@@ -159,3 +159,32 @@ def test_client_matchers_are_valid_re2_for_any_service_name() -> None:
         assert re.fullmatch(regex, value)
         assert not re.fullmatch(regex, value.replace(f"mesh-1/{service};", f"mesh-1/{service}x;"))
         assert not re.fullmatch(regex, f"By=spiffe://mesh-1/{service};Hash=ab;URI=spiffe://mesh-1/other")
+
+
+TCP_LOG = """
+type: MeshAccessLog
+mesh: default
+name: tcp-log
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: MeshService, name: backend}
+    default:
+      backends:
+      - {type: Tcp, tcp: {address: "logs.internal:5000"}}
+      - {type: File, file: {path: /dev/stdout, format: {type: Json, json: [{key: up, value: "%UPSTREAM_HOST%"}]}}}
+"""
+
+
+def test_tcp_access_log_writes_address_and_message_to_the_dataplanes_pipe() -> None:
+    snap = snapshots([res(TCP_LOG)])["frontend-1"]
+    listener = as_dict(snap.of_type(LISTENER)["outbound:127.0.0.1:20000"])  # frontend-1's outbound to backend
+    manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    tcp, file = (log["typed_config"] for log in manager["access_log"])
+    assert tcp["path"] == "/tmp/kuma-al-frontend-1-default.sock"
+    fields = tcp["log_format"]["json_format"]
+    assert fields["address"] == "logs.internal:5000"
+    assert fields["message"].startswith("[%START_TIME%] default \"%REQ(:METHOD)%")
+    assert '"frontend" "backend" "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"' in fields["message"]
+    assert file == {"@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                    "path": "/dev/stdout", "log_format": {"json_format": {"up": "%UPSTREAM_HOST%"}}}
