@@ -10,7 +10,7 @@ Answer:
         "type": "MeshTimeout",
         "policies": [{"name", "targetRef", "why", "precedence"}],        # lowest precedence first
         "inbounds": [{"inbound": "ip:port", "service", "entries": [...], "conf": {...}, "origins": [...]}],
-        # per-client policies (MeshFaultInjection, MeshRateLimit): "clients": [{"clients", "conf"}] instead
+        # per-client policies (MeshFaultInjection): "clients": [{"clients", "conf"}] instead of conf and origins
         "outbounds": [{"service", "entries": [...], "conf": {...}, "origins": [...],
                        "routes": [{"route": <rule hash>, "matches": [...], "conf": {...}, "origins": [...]}]}]}]}
 
