@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import agent
 from agent import dataplane, ports, prestart, rundir
+from agent.access_logs import AccessLogStreamer
 from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
 from agent.bootstrap_client import CpAddress
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
@@ -40,6 +41,7 @@ from agent.notify import Notifier, child_environment
 from agent.proc import Child, adopt, process_is
 from agent.readiness import DpState, Monitor, envoy_hung
 from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
+from kuma_shared.access_logs import access_log_pipe
 
 if TYPE_CHECKING:
     from agent.dns.component import HostDns  # DNS (agent/dns): imported only when --dns-enabled
@@ -176,6 +178,7 @@ class Agent:
     admin_port_fixed: bool = False
     readiness_address: str = ""
     dns: HostDns | None = None  # DNS: the host's .mesh stub, with --dns-enabled
+    access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -370,6 +373,7 @@ class Agent:
         assert runtime is not None and admin is not None
         bootstrap = answer["bootstrap"]
         bootstrap_file = runtime.file(rundir.BOOTSTRAP)
+        self.start_access_logs(inputs.definition.name, inputs.definition.mesh)
         self.kill_stale_envoy(bootstrap_file)
 
         def write_bootstrap() -> None:
@@ -528,6 +532,17 @@ class Agent:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def start_access_logs(self, name: str, mesh: str) -> None:
+        pipe = access_log_pipe(name, mesh)
+        try:
+            streamer = AccessLogStreamer(pipe)
+            streamer.start()
+        except OSError as e:
+            log.warning("could not create the access log pipe: MeshAccessLog Tcp backends will not reach their "
+                        "address from this dataplane", extra={"path": pipe, "error": str(e)})
+            return
+        self.access_logs = streamer
+
     async def close(self) -> None:
         if self.dns is not None:  # DNS: the host's resolver put back first, then the stub stopped
             with contextlib.suppress(TimeoutError):
@@ -545,6 +560,8 @@ class Agent:
         if self.supervisor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.supervisor.stop(timeout=2.0), 10.0)
+        if self.access_logs is not None:  # after Envoy: it writes there until it exits
+            self.access_logs.stop()
         if self.runtime is not None:
             self.runtime.cleanup()
 

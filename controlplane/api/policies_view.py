@@ -10,6 +10,7 @@ Answer:
         "type": "MeshTimeout",
         "policies": [{"name", "targetRef", "why", "precedence"}],        # lowest precedence first
         "inbounds": [{"inbound": "ip:port", "service", "entries": [...], "conf": {...}, "origins": [...]}],
+        # per-client policies (MeshFaultInjection): "clients": [{"clients", "conf"}] instead of conf and origins
         "outbounds": [{"service", "entries": [...], "conf": {...}, "origins": [...],
                        "routes": [{"route": <rule hash>, "matches": [...], "conf": {...}, "origins": [...]}]}]}]}
 
@@ -24,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.policies._clients import PER_CLIENT_TYPES, client_rules, describe
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ListQuery, ResourceStore
@@ -113,7 +115,9 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
                 continue
             item: dict[str, Any] = {"inbound": f"{inbound.address or spec.networking.address}:{inbound.port}",
                                     "service": inbound.service, "entries": _entries(entries)}
-            if rtype.name != "MeshTrafficPermission":  # its entries match clients, they do not merge into one
+            if rtype.name in PER_CLIENT_TYPES:  # merged per client service, as the plugin renders them
+                item["clients"] = describe(client_rules(entries))
+            elif rtype.name != "MeshTrafficPermission":  # its entries match clients, they do not merge into one
                 merged = rules.from_conf(rtype.name, dataplane, inbound)
                 if merged is not None:
                     item.update(conf=merged.data, origins=list(merged.origins))

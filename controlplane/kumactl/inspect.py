@@ -108,13 +108,19 @@ def policies_table(result: dict[str, Any]) -> str:
     confs = []
     for section in result.get("policyTypes", []):
         for item in section.get("inbounds", []):
-            if "conf" in item:
+            origins = ", ".join(dict.fromkeys(e["policy"] for e in item["entries"]))
+            if "clients" in item:
+                for rule in item["clients"]:
+                    who = rule["clients"] if isinstance(rule["clients"], str) else _compact(rule["clients"])
+                    confs.append([section["type"], f"inbound {item['inbound']} from {who}", _compact(rule["conf"]),
+                                  origins])
+            elif "conf" in item:
                 confs.append([section["type"], f"inbound {item['inbound']}", _compact(item["conf"]),
                               ", ".join(item["origins"])])
             else:
                 confs.append([section["type"], f"inbound {item['inbound']}",
                               _compact([{"from": e["targetRef"], "default": e["default"]} for e in item["entries"]]),
-                              ", ".join(dict.fromkeys(e["policy"] for e in item["entries"]))])
+                              origins])
         for item in section.get("outbounds", []):
             if "conf" in item:
                 confs.append([section["type"], f"outbound {item['service']}", _compact(item["conf"]),

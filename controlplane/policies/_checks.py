@@ -16,9 +16,9 @@ import re
 import warnings
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from controlplane.resources.base import Spec
 from controlplane.resources.errors import Violations
@@ -127,6 +127,17 @@ def check_decimal(v: Violations, path: str, value: int | str | None, *, minimum:
         v.add(path, f"{value!r} is out of range: must be {rng}")
         return None
     return d
+
+
+def _no_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError(f"{value!r} is a YAML/JSON number with a fraction, which Kuma's integer-or-string fields "
+                         f"do not take: quote it, e.g. \"{value}\"")
+    return value
+
+
+# Kuma's IntOrString decimal: 50 or "62.5"; an unquoted 62.5 is refused with a message that says to quote it.
+IntOrString = Annotated[int | str, BeforeValidator(_no_float)]
 
 
 def check_percentage(v: Violations, path: str, value: int | str | None) -> Decimal | None:

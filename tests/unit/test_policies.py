@@ -32,6 +32,9 @@ POLICIES = {
     "MeshHealthCheck": ("meshhealthchecks", "meshhealthcheck"),
     "MeshCircuitBreaker": ("meshcircuitbreakers", "meshcircuitbreaker"),
     "MeshLoadBalancingStrategy": ("meshloadbalancingstrategies", "meshloadbalancingstrategy"),
+    "MeshFaultInjection": ("meshfaultinjections", "meshfaultinjection"),
+    "MeshRateLimit": ("meshratelimits", "meshratelimit"),
+    "MeshAccessLog": ("meshaccesslogs", "meshaccesslog"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))

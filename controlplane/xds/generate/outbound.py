@@ -178,7 +178,8 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
     rules = ctx.rules
     # Plugins' outbound summaries depend only on the proxy's `to[]` rules (and the mesh): proxies with the same
     # rules share them, computed once per mesh generation.
-    signature = rules.outbound_signature(ctx.dataplane, policy_types())
+    signature = (rules.outbound_signature(ctx.dataplane, policy_types()),
+                 tuple(p.outbound_source_key(ctx) for p in plugins()))
     plans: dict[str, tuple[tuple[Hashable, ...], tuple[Backend, ...]]] = {}
     destinations: dict[str, Backend] = {}
     for address, port, service in outbound_targets(ctx):

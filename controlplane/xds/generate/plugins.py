@@ -15,7 +15,8 @@ Outbound traffic has two kinds of resources with their own summaries:
 
 Both default to `outbound_key`, for plugins that shape the two the same way. Outbound summaries must depend
 only on the proxy's `to[]` rules (`ctx.rules.to_rules`) and the mesh topology, never on the proxy itself:
-proxies whose rules are the same share one computation of them. Inbound: the listener
+proxies whose rules are the same share one computation of them (unless `outbound_source_key` says which
+part of the proxy a plugin reads, e.g. MeshAccessLog's source service and address). Inbound: the listener
 (`inbound_key`/`apply_inbound`) and the local cluster behind it (`local_cluster_key`/`apply_local_cluster`).
 """
 
@@ -98,6 +99,12 @@ class PolicyPlugin:
 
     def cluster_key(self, ctx: ProxyContext, service: str) -> Hashable:
         return self.outbound_key(ctx, service)
+
+    def outbound_source_key(self, ctx: ProxyContext) -> Hashable:
+        """What of the proxy itself (not its rules) this plugin's outbound summaries read, e.g. its services
+        and address for an access log format; proxies differing here do not share outbound summaries. Keep it
+        None unless needed: it splits the sharing."""
+        return None
 
     def backends(self, ctx: ProxyContext, service: str, key: Hashable) -> Sequence[Backend] | None:
         """The destinations the outbound listener of `service` sends to, when this plugin decides them

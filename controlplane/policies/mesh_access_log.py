@@ -1,0 +1,332 @@
+"""MeshAccessLog: Envoy access logs for inbound (`from[]`) and outbound (`to[]`) traffic, HTTP and TCP.
+
+`default.backends` lists where each request (HTTP) or connection (TCP) is logged:
+
+- `type: File`, `file.path` (absolute; Envoy appends to it, creating it) and an optional `file.format`;
+- `type: Tcp`, `tcp.address` (host:port) and an optional `tcp.format`: as in Kuma, Envoy writes
+  `{address, message}` JSON lines to the dataplane's pipe (`kuma_shared.access_logs`) and kuma-dp sends each
+  message as a line to the address (agent/access_logs.py); a dataplane whose Envoy runs without kuma-dp
+  gets those lines in a plain file at that path instead;
+- `type: OpenTelemetry` is refused for now ("not supported by kuma-vm yet": it needs a collector cluster).
+
+`format` is `type: Plain` with `plain: "<Envoy format string>"`, or `type: Json` with `json: [{key, value}]`
+(and `omitEmptyValues`). Without a format, Kuma's default line for HTTP or TCP traffic is written. Envoy's
+command operators (`%START_TIME%`, `%REQ(X)%`...) work as in Envoy; Kuma's placeholders are filled in by
+kuma-vm: `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`, `%KUMA_DESTINATION_SERVICE%`,
+`%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%` (and the deprecated `%KUMA_SOURCE_ADDRESS%`, `<ip>:0`),
+`%KUMA_TRAFFIC_DIRECTION%` (INBOUND/OUTBOUND). As in Kuma, on an inbound the source service is `*` and the
+source address is the dataplane's own. On an outbound the source address is Envoy's
+`%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%` (the address the proxy's connection leaves from: the dataplane's
+address on a host with one), so that replicas of a service still share one outbound listener; the source
+service is the proxy's own (its first inbound's), which does split the sharing between services. Any other
+`%KUMA_...%` placeholder is refused.
+
+Positions: top-level Mesh, MeshSubset, MeshService, MeshServiceSubset or Dataplane; `from[]` kind Mesh
+(an inbound's log covers every client, as in Kuma); `to[]` Mesh or MeshService (and Kuma's kinds kuma-vm
+has no resource for, which select nothing). `backends` lists are replaced, not appended, when policies merge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Hashable
+from typing import Any, Literal
+
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from google.protobuf import any_pb2, struct_pb2
+from pydantic import Field
+
+from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.dataplane import SERVICE_TAG, Inbound
+from controlplane.resources.errors import Violations
+from controlplane.resources.fields import check_address
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, update_filters
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
+    MESH,
+    MESH_SERVICE,
+    SELECTS_NOTHING_YET,
+    TOP_LEVEL_KINDS,
+    Item,
+    TargetRef,
+    check_items,
+    check_top_level,
+)
+from kuma_shared.access_logs import access_log_pipe
+
+POLICY = "MeshAccessLog"
+FILE_LOGGER = "envoy.access_loggers.file"
+
+# Kuma's defaults (pkg/plugins/policies/meshaccesslog/plugin/xds/configurer.go).
+DEFAULT_TCP_FORMAT = ("[%START_TIME%] %RESPONSE_FLAGS% %KUMA_MESH% %KUMA_SOURCE_ADDRESS_WITHOUT_PORT%"
+                      "(%KUMA_SOURCE_SERVICE%)->%UPSTREAM_HOST%(%KUMA_DESTINATION_SERVICE%) took %DURATION%ms, "
+                      "sent %BYTES_SENT% bytes, received: %BYTES_RECEIVED% bytes")
+DEFAULT_HTTP_FORMAT = ('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+                       "%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% "
+                       '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+                       '"%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
+                       '"%KUMA_SOURCE_SERVICE%" "%KUMA_DESTINATION_SERVICE%" "%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%" '
+                       '"%UPSTREAM_HOST%"')
+KUMA_PLACEHOLDERS = ("KUMA_MESH", "KUMA_SOURCE_SERVICE", "KUMA_DESTINATION_SERVICE", "KUMA_SOURCE_ADDRESS",
+                     "KUMA_SOURCE_ADDRESS_WITHOUT_PORT", "KUMA_TRAFFIC_DIRECTION")
+_KUMA_PLACEHOLDER = re.compile(r"%(KUMA_[A-Z0-9_]*)%")
+NOT_YET = "is not supported by kuma-vm yet: use a File or Tcp backend"
+OUTBOUND_SOURCE_ADDRESS = "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
+
+
+def check_format_text(v: Violations, path: str, text: str) -> None:
+    for name in _KUMA_PLACEHOLDER.findall(text):
+        if name not in KUMA_PLACEHOLDERS:
+            v.add(path, f"%{name}% is not a Kuma placeholder kuma-vm can fill in: use one of "
+                        f"{', '.join(f'%{p}%' for p in KUMA_PLACEHOLDERS)}, or an Envoy command operator")
+    if "\n" in text or "\r" in text:
+        v.add(path, "cannot contain a line break: kuma-vm ends every line itself")
+
+
+class JsonValue(Spec):
+    key: str
+    value: str
+
+
+class Format(Spec):
+    type: Literal["Plain", "Json"]
+    plain: str | None = None
+    json_: list[JsonValue] | None = Field(default=None, alias="json")
+    omit_empty_values: bool | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.type == "Plain":
+            if self.json_ is not None:
+                v.add(f"{path}.json", "cannot be set with type Plain: use type Json, or 'plain'")
+            if not self.plain:
+                v.add(f"{path}.plain", "must be set with type Plain: give the line's format, e.g. "
+                                       "'[%START_TIME%] %KUMA_MESH% %UPSTREAM_HOST%'")
+            else:
+                check_format_text(v, f"{path}.plain", self.plain)
+        else:
+            if self.plain is not None:
+                v.add(f"{path}.plain", "cannot be set with type Json: use type Plain, or 'json'")
+            if not self.json_:
+                v.add(f"{path}.json", "must list at least one {key, value} with type Json")
+            seen: set[str] = set()
+            for i, kv in enumerate(self.json_ or ()):
+                if not kv.key:
+                    v.add(f"{path}.json[{i}].key", "cannot be empty")
+                elif kv.key in seen:
+                    v.add(f"{path}.json[{i}].key", f"{kv.key!r} is listed twice: keep one")
+                seen.add(kv.key)
+                check_format_text(v, f"{path}.json[{i}].value", kv.value)
+
+
+class FileBackend(Spec):
+    path: str
+    format: Format | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.path.startswith("/"):
+            v.add(f"{path}.path", f"{self.path!r} is not an absolute path: give one, e.g. /var/log/kuma/access.log "
+                                  "(Envoy would resolve a relative one against its working directory)")
+        elif "\x00" in self.path:
+            v.add(f"{path}.path", "cannot contain a NUL character")
+        if self.format is not None:
+            self.format.check(v, f"{path}.format")
+
+
+class TcpBackend(Spec):
+    address: str
+    format: Format | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        host, sep, port = self.address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            v.add(f"{path}.address", f"{self.address!r} is not host:port: give e.g. 127.0.0.1:5000 or "
+                                     "logstash.internal:5000")
+        else:
+            check_address(v, f"{path}.address", host.strip("[]"))
+        if self.format is not None:
+            self.format.check(v, f"{path}.format")
+
+
+class Backend(Spec):
+    type: Literal["Tcp", "File", "OpenTelemetry"]
+    tcp: TcpBackend | None = None
+    file: FileBackend | None = None
+    open_telemetry: dict[str, Any] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.type == "OpenTelemetry":
+            v.add(f"{path}.type", f"the OpenTelemetry access log backend {NOT_YET}")
+        elif self.type == "Tcp":
+            if self.tcp is None:
+                v.add(f"{path}.tcp", "must be set with type Tcp: give at least 'address'")
+            else:
+                self.tcp.check(v, f"{path}.tcp")
+        elif self.file is None:
+            v.add(f"{path}.file", "must be set with type File: give at least 'path'")
+        else:
+            self.file.check(v, f"{path}.file")
+        for field, alias, kind in (("tcp", "tcp", "Tcp"), ("file", "file", "File"),
+                                   ("open_telemetry", "openTelemetry", "OpenTelemetry")):
+            if getattr(self, field) is not None and self.type != kind:
+                v.add(f"{path}.{alias}", f"cannot be set with type {self.type}: set type {kind} or remove it")
+
+
+class Conf(Spec):
+    backends: list[Backend] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for i, backend in enumerate(self.backends or ()):
+            backend.check(v, f"{path}.backends[{i}]")
+
+
+class MeshAccessLogSpec(Spec):
+    target_ref: TargetRef | None = None
+    from_: list[Item[Conf]] | None = Field(default=None, alias="from")
+    to: list[Item[Conf]] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
+                        inbound=bool(self.from_))
+        if not self.from_ and not self.to:
+            v.add(path, "at least one of 'from' or 'to' must have an item")
+        check_items(v, f"{path}.from", self.from_, allowed=(MESH,), where=f"spec.from[].targetRef of {POLICY}",
+                    inbound=True)
+        check_items(v, f"{path}.to", self.to, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET),
+                    where=f"spec.to[].targetRef of {POLICY}")
+
+
+RESOURCE_TYPE = register(ResourceType(
+    name=POLICY, plural="meshaccesslogs", singular="meshaccesslog", scope=Scope.MESH,
+    spec_cls=MeshAccessLogSpec, flat=False, is_policy=True,
+    description="Writes an access log line per request or connection, inbound and outbound.",
+))
+
+# --- Envoy effect -----------------------------------------------------------------------------------
+
+
+def interpolate(text: str, values: dict[str, str]) -> str:
+    return _KUMA_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def access_logs(backends: list[dict[str, Any]], default_format: str, values: dict[str, str],
+                pipe: str) -> list[accesslog_pb2.AccessLog]:
+    """One file logger per backend: File writes the line to its path; Tcp writes {address, message} JSON to
+    the dataplane's pipe, which kuma-dp forwards to the address (agent/access_logs.py)."""
+    out = []
+    for backend in backends:
+        kind = backend.get("type")
+        target = backend.get("file") if kind == "File" else backend.get("tcp") if kind == "Tcp" else None
+        if target is None:
+            continue  # refused at validation; never reached
+        fmt = target.get("format") or {}
+        log_format = substitution_format_string_pb2.SubstitutionFormatString()
+        if fmt.get("type") == "Json":
+            message = struct_pb2.Struct()
+            for kv in fmt["json"]:
+                message.fields[kv["key"]].string_value = interpolate(kv["value"], values)
+            if kind == "Tcp":
+                log_format.json_format.fields["address"].string_value = target["address"]
+                log_format.json_format.fields["message"].struct_value.CopyFrom(message)
+            else:
+                log_format.json_format.CopyFrom(message)
+        else:
+            text = interpolate(fmt.get("plain") or default_format, values)
+            if kind == "Tcp":
+                log_format.json_format.fields["address"].string_value = target["address"]
+                log_format.json_format.fields["message"].string_value = text
+            else:
+                log_format.text_format_source.CopyFrom(base_pb2.DataSource(inline_string=text + "\n"))
+        if fmt.get("omitEmptyValues"):
+            log_format.omit_empty_values = True
+        config = file_pb2.FileAccessLog(path=target["path"] if kind == "File" else pipe, log_format=log_format)
+        typed = any_pb2.Any()
+        typed.Pack(config, deterministic=True)  # a JSON format is a map: same content, same bytes, same hash
+        out.append(accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=typed))
+    return out
+
+
+def add_access_logs(listener: listener_pb2.Listener, backends: list[dict[str, Any]],
+                    values: dict[str, str], pipe: str) -> None:
+    def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
+        manager.access_log.extend(access_logs(backends, DEFAULT_HTTP_FORMAT, values, pipe))
+
+    def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
+        proxy.access_log.extend(access_logs(backends, DEFAULT_TCP_FORMAT, values, pipe))
+
+    update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
+    update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
+
+
+def _values(mesh: str, source: str, destination: str, address: str, direction: str) -> dict[str, str]:
+    return {"KUMA_MESH": mesh, "KUMA_SOURCE_SERVICE": source, "KUMA_DESTINATION_SERVICE": destination,
+            "KUMA_SOURCE_ADDRESS": f"{address}:0", "KUMA_SOURCE_ADDRESS_WITHOUT_PORT": address,
+            "KUMA_TRAFFIC_DIRECTION": direction}
+
+
+def _pipe(ctx: ProxyContext, conf: dict[str, Any]) -> str:
+    """The dataplane's access log pipe when a Tcp backend needs it ('' otherwise, so that proxies without
+    one keep sharing resources)."""
+    if any(b.get("type") == "Tcp" for b in conf.get("backends") or ()):
+        return access_log_pipe(ctx.dataplane.meta.name, ctx.mesh)
+    return ""
+
+
+def _own_service(ctx: ProxyContext) -> str:
+    """The proxy's service as Kuma's source service: its first inbound's kuma.io/service."""
+    inbounds = ctx.spec.networking.inbound
+    return inbounds[0].tags.get(SERVICE_TAG, "") if inbounds else ""
+
+
+class AccessLogPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 90
+
+    # --- inbound: the inbound's service, its dataplane's address, every client ('*') ---
+
+    def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
+        if merged is None or not merged.data.get("backends"):
+            return None
+        return (merged.json, ctx.mesh, inbound.service, ctx.spec.networking.address, _pipe(ctx, merged.data))
+
+    def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
+                      key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        conf, mesh, service, address, pipe = key
+        add_access_logs(listener, json.loads(conf)["backends"], _values(mesh, "*", service, address, "INBOUND"),
+                        pipe)
+
+    # --- outbound: the proxy's own service is part of the line, so it splits the sharing between services ---
+
+    def outbound_source_key(self, ctx: ProxyContext) -> Hashable:
+        matched = ctx.rules.matched(POLICY, ctx.dataplane)
+        if not matched:
+            return None
+        tcp = any(b.type == "Tcp" for p in matched for item in getattr(p.spec, "to", None) or ()
+                  for b in item.default.backends or ())
+        return (_own_service(ctx), ctx.dataplane.meta.name if tcp else "")
+
+    def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
+        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
+        if merged is None or not merged.data.get("backends"):
+            return None
+        return (merged.json, ctx.mesh, _own_service(ctx), _pipe(ctx, merged.data))
+
+    def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
+                                key: Hashable) -> None:
+        assert isinstance(key, tuple)
+        conf, mesh, source, pipe = key
+        add_access_logs(listener, json.loads(conf)["backends"],
+                        _values(mesh, source, service, OUTBOUND_SOURCE_ADDRESS, "OUTBOUND"), pipe)
+
+
+PLUGIN = register_plugin(AccessLogPlugin())

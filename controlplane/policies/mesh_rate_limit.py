@@ -1,0 +1,246 @@
+"""MeshRateLimit: local rate limits on the selected proxies' inbounds, per proxy (no shared rate limit service).
+
+`from[]` entries (kind Mesh: every client, as in Kuma 2.x) give `default.local` with either or both of:
+
+- `http`: `requestRate` (`num` requests per `interval`), `onRateLimit` (`status`, default 429, and response
+  `headers` to `set` or `add`), `disabled` (turns a less specific policy's limit off);
+- `tcp`: `connectionRate` (`num` connections per `interval`), `disabled`.
+
+Intervals are Go durations of at least 50ms (Envoy's token bucket refills no faster); `num` is 1 or more.
+`onRateLimit.status` must be a status Envoy's HttpStatus knows, 400 or above (Envoy answers 429 for
+anything lower, which would silently differ from the policy). `to[]` (Kuma's builtin-gateway form) and
+MeshHTTPRoute/MeshGateway top-level references are refused: kuma-vm has no builtin gateway.
+
+Envoy effect (end of this module): HTTP inbounds get `envoy.filters.http.local_ratelimit` before the router
+(a token bucket of `num` tokens refilled with `num` every `interval`, enabled and enforced for 100% of
+requests); every inbound, HTTP or TCP, with a `tcp` limit gets `envoy.filters.network.local_ratelimit`
+before its connection manager or TCP proxy (after RBAC: a refused client does not spend a token).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from envoy.extensions.filters.network.local_ratelimit.v3 import local_rate_limit_pb2 as net_rl_pb2
+from envoy.type.v3 import http_status_pb2, percent_pb2, token_bucket_pb2
+from pydantic import Field
+
+from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.dataplane import Inbound
+from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, stat_name, update_filters
+from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.targeting import (
+    MESH,
+    TOP_LEVEL_KINDS,
+    Item,
+    TargetRef,
+    check_items,
+    check_top_level,
+)
+
+from ._checks import INT32_MAX, check_duration, check_header_name, check_header_value, check_int, parse_go_duration
+from ._http_filters import insert_before_router
+
+POLICY = "MeshRateLimit"
+MIN_INTERVAL_NS = 50_000_000
+HTTP_FILTER = "envoy.filters.http.local_ratelimit"
+NETWORK_FILTER = "envoy.filters.network.local_ratelimit"
+_ENVOY_STATUSES = frozenset(http_status_pb2.StatusCode.values()) - {0}
+
+
+class Rate(Spec):
+    num: int
+    interval: str
+
+    def check(self, v: Violations, path: str) -> None:
+        check_int(v, f"{path}.num", self.num, minimum=1, maximum=INT32_MAX)
+        ns = check_duration(v, f"{path}.interval", self.interval)
+        if ns is not None and ns < MIN_INTERVAL_NS:
+            v.add(f"{path}.interval", f"{self.interval!r} is too short: Envoy refills its token bucket at most every "
+                                      "50ms, so give 50ms or more")
+
+
+class HeaderValue(Spec):
+    name: str
+    value: str
+
+
+class HeaderModifier(Spec):
+    set: list[HeaderValue] | None = None
+    add: list[HeaderValue] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for op in ("set", "add"):
+            items = getattr(self, op) or []
+            if len(items) > 16:
+                v.add(f"{path}.{op}", f"has {len(items)} headers: Kuma allows at most 16")
+            seen: set[str] = set()
+            for i, h in enumerate(items):
+                check_header_name(v, f"{path}.{op}[{i}].name", h.name, modifiable=True)
+                check_header_value(v, f"{path}.{op}[{i}].value", h.value)
+                if op == "set" and h.name in seen:
+                    v.add(f"{path}.{op}[{i}].name", f"{h.name!r} is set twice: keep one entry")
+                seen.add(h.name)
+
+
+class OnRateLimit(Spec):
+    status: int | None = None
+    headers: HeaderModifier | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.status is not None and (self.status < 400 or self.status not in _ENVOY_STATUSES):
+            v.add(f"{path}.status", f"{self.status} cannot be the answer to a rate-limited request: use a 4xx or 5xx "
+                                    "status Envoy knows (e.g. 429, 503); Envoy answers 429 for anything below 400")
+        if self.headers is not None:
+            self.headers.check(v, f"{path}.headers")
+
+
+class LocalHTTP(Spec):
+    disabled: bool | None = None
+    request_rate: Rate | None = None
+    on_rate_limit: OnRateLimit | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.disabled is None and self.request_rate is None and self.on_rate_limit is None:
+            v.add(path, "must have at least one defined: disabled, requestRate, onRateLimit")
+        if self.request_rate is not None:
+            self.request_rate.check(v, f"{path}.requestRate")
+        if self.on_rate_limit is not None:
+            self.on_rate_limit.check(v, f"{path}.onRateLimit")
+
+
+class LocalTCP(Spec):
+    disabled: bool | None = None
+    connection_rate: Rate | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.disabled is None and self.connection_rate is None:
+            v.add(path, "must have at least one defined: disabled, connectionRate")
+        if self.connection_rate is not None:
+            self.connection_rate.check(v, f"{path}.connectionRate")
+
+
+class Local(Spec):
+    http: LocalHTTP | None = None
+    tcp: LocalTCP | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.http is None and self.tcp is None:
+            v.add(path, "must have at least one defined: tcp, http")
+        if self.http is not None:
+            self.http.check(v, f"{path}.http")
+        if self.tcp is not None:
+            self.tcp.check(v, f"{path}.tcp")
+
+
+class Conf(Spec):
+    local: Local | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.local is None:
+            v.add(f"{path}.local", "must be defined: kuma-vm rate limits locally (local.http and/or local.tcp)")
+        else:
+            self.local.check(v, f"{path}.local")
+
+
+class MeshRateLimitSpec(Spec):
+    target_ref: TargetRef | None = None
+    from_: list[Item[Conf]] | None = Field(default=None, alias="from")
+    to: list[Item[Conf]] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
+                        inbound=True)
+        if self.to is not None:
+            v.add(f"{path}.to", "kuma-vm rate limits on the destination's inbounds only (Kuma's 'to' is for "
+                                "builtin gateways): use 'from' on the destination's proxies")
+        if not self.from_:
+            v.add(f"{path}.from", "needs at least one item: the limits for the selected proxies' inbounds")
+        check_items(v, f"{path}.from", self.from_, allowed=(MESH,), where=f"spec.from[].targetRef of {POLICY}",
+                    inbound=True)
+
+
+RESOURCE_TYPE = register(ResourceType(
+    name=POLICY, plural="meshratelimits", singular="meshratelimit", scope=Scope.MESH,
+    spec_cls=MeshRateLimitSpec, flat=False, is_policy=True,
+    description="Limits the rate of HTTP requests and TCP connections an inbound accepts.",
+))
+
+# --- Envoy effect -----------------------------------------------------------------------------------
+
+_ALWAYS = base_pb2.RuntimeFractionalPercent(default_value=percent_pb2.FractionalPercent(
+    numerator=100, denominator=percent_pb2.FractionalPercent.HUNDRED))
+
+
+def token_bucket(rate: dict[str, Any]) -> token_bucket_pb2.TokenBucket:
+    return token_bucket_pb2.TokenBucket(max_tokens=rate["num"], tokens_per_fill={"value": rate["num"]},
+                                        fill_interval=duration(parse_go_duration(rate["interval"])))
+
+
+def http_limit(conf: dict[str, Any], prefix: str) -> http_rl_pb2.LocalRateLimit | None:
+    http = (conf.get("local") or {}).get("http") or {}
+    rate = http.get("requestRate")
+    if http.get("disabled") or rate is None:
+        return None
+    on_limit = http.get("onRateLimit") or {}
+    limit = http_rl_pb2.LocalRateLimit(stat_prefix=prefix, token_bucket=token_bucket(rate),
+                                       filter_enabled=_ALWAYS, filter_enforced=_ALWAYS)
+    limit.status.code = on_limit.get("status") or 429
+    headers = on_limit.get("headers") or {}
+    for op, action in (("set", base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD),
+                       ("add", base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD)):
+        for h in headers.get(op) or ():
+            limit.response_headers_to_add.append(base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=h["name"], value=h["value"]), append_action=action))
+    return limit
+
+
+def tcp_limit(conf: dict[str, Any], prefix: str) -> net_rl_pb2.LocalRateLimit | None:
+    tcp = (conf.get("local") or {}).get("tcp") or {}
+    rate = tcp.get("connectionRate")
+    if tcp.get("disabled") or rate is None:
+        return None
+    return net_rl_pb2.LocalRateLimit(stat_prefix=prefix, token_bucket=token_bucket(rate))
+
+
+def _insert_network_filter(chain: listener_components_pb2.FilterChain, f: listener_components_pb2.Filter) -> None:
+    """Just before the terminal filter (connection manager or TCP proxy), so after RBAC."""
+    at = next((i for i, x in enumerate(chain.filters) if x.name in (HCM_FILTER, TCP_PROXY_FILTER)), len(chain.filters))
+    chain.filters.insert(at, f)
+
+
+class RateLimitPlugin(PolicyPlugin):
+    policy_type = POLICY
+    order = 85
+
+    def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
+        return self.from_conf_key(ctx, inbound)
+
+    def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
+                      key: Hashable) -> None:
+        assert isinstance(key, str)
+        conf = json.loads(key)
+        prefix = stat_name(f"{listener.name}_rate_limit")
+        http = http_limit(conf, prefix)
+        if http is not None:
+            filters = [hcm_pb2.HttpFilter(name=HTTP_FILTER, typed_config=pack(http))]
+            update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
+                           lambda manager: insert_before_router(manager, filters))
+        tcp = tcp_limit(conf, prefix)
+        if tcp is not None:
+            for chain in listener.filter_chains:
+                _insert_network_filter(chain, listener_components_pb2.Filter(name=NETWORK_FILTER,
+                                                                             typed_config=pack(tcp)))
+
+
+PLUGIN = register_plugin(RateLimitPlugin())
