@@ -32,6 +32,7 @@ POLICIES = {
     "MeshHealthCheck": ("meshhealthchecks", "meshhealthcheck"),
     "MeshCircuitBreaker": ("meshcircuitbreakers", "meshcircuitbreaker"),
     "MeshLoadBalancingStrategy": ("meshloadbalancingstrategies", "meshloadbalancingstrategy"),
+    "MeshMetric": ("meshmetrics", "meshmetric"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))
