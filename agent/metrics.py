@@ -4,9 +4,21 @@ kuma-dp's own series (prefix `kuma_dp_`) say what Envoy cannot say about itself:
 often kuma-dp restarted it, whether the dataplane is ready and connected, the bootstrap attempts, Envoy's
 resident memory, plus `process_*` for kuma-dp itself. Served on the readiness port's `/metrics` (loopback)
 and, with `--metrics-port`, on a listener of its own for a Prometheus elsewhere.
+
+With a MeshMetric selecting the dataplane (`MetricsPolicy`, from the control plane: agent/metrics_watch.py),
+Envoy's series are filtered as its `sidecar` says and labelled with the dataplane's service, zone and mesh,
+then served on each Prometheus backend's port and path. Filtering, as in Kuma: a metric family is kept when
+an `include` matches it, else dropped when an `exclude` matches it, else kept when an appended profile keeps
+it (`All`, the default when no profile is named; `Basic`; `None`). Matching is on the Prometheus family name
+(`envoy_cluster_upstream_rq_total`).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -61,13 +73,16 @@ class DpMetrics:
     def own(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def merged(self, admin: AdminClient | None) -> bytes:
-        """Envoy's series followed by kuma-dp's; when Envoy cannot answer, kuma-dp's alone (and a comment)."""
+    async def merged(self, admin: AdminClient | None, policy: MetricsPolicy | None = None) -> bytes:
+        """Envoy's series (filtered and labelled as `policy` says) followed by kuma-dp's; when Envoy cannot
+        answer, kuma-dp's alone (and a comment)."""
         envoy = b""
         if admin is not None and self.state.envoy_pid is not None:
             try:
-                r = await admin.get("/stats/prometheus", timeout=5.0)
-                if r.status == 200:
+                r = await admin.get(policy.stats_path if policy else "/stats/prometheus", timeout=5.0)
+                if r.status == 200 and policy is not None:
+                    envoy = policy.apply(r.body)
+                elif r.status == 200:
                     envoy = r.body if r.body.endswith(b"\n") or not r.body else r.body + b"\n"
                 else:
                     envoy = f"# Envoy admin /stats/prometheus answered {r.status}\n".encode()
@@ -76,3 +91,116 @@ class DpMetrics:
         else:
             envoy = b"# Envoy is not running\n"
         return envoy + self.own()
+
+
+# --- MeshMetric: which Envoy families are published, with which labels --------------------------------
+
+# Kuma's Basic profile keeps what its dashboards use; here the families below (a prefix list: request and
+# connection counters and timings, health of clusters and listeners, Envoy's own server state).
+BASIC_PREFIXES = (
+    "envoy_cluster_upstream_rq", "envoy_cluster_upstream_cx", "envoy_cluster_membership_",
+    "envoy_cluster_health_check_", "envoy_http_downstream_rq", "envoy_http_downstream_cx",
+    "envoy_listener_downstream_cx", "envoy_server_", "envoy_tcp_downstream_cx", "envoy_cluster_external_upstream_rq",
+    "envoy_cluster_internal_upstream_rq",
+)
+
+
+def _matcher(entry: Mapping[str, Any]) -> Callable[[str], bool]:
+    kind, text = str(entry.get("type", "")), str(entry.get("match", ""))
+    if kind == "Regex":
+        pattern = re.compile(text)
+        return lambda name: pattern.fullmatch(name) is not None
+    if kind == "Prefix":
+        return lambda name: name.startswith(text)
+    if kind == "Exact":
+        return lambda name: name == text
+    return lambda name: text in name  # Contains
+
+
+@dataclass
+class MetricsPolicy:
+    """What kuma-dp publishes of Envoy's stats: the merged MeshMetric of its dataplane (the control plane's
+    `/kuma.vm.dp.v1.Metrics/Get` answer)."""
+
+    profiles: tuple[str, ...] = ("All",)
+    include: list[Callable[[str], bool]] = field(default_factory=list)
+    exclude: list[Callable[[str], bool]] = field(default_factory=list)
+    include_unused: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    _kept: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def from_answer(cls, answer: Mapping[str, Any]) -> MetricsPolicy:
+        conf = answer.get("conf") or {}
+        sidecar = conf.get("sidecar") or {}
+        profiles = sidecar.get("profiles") or {}
+        names = tuple(str(p.get("name")) for p in profiles.get("appendProfiles") or ()) or ("All",)
+        labels = {"mesh": str(answer.get("mesh", "")), "kuma_io_service": str(answer.get("service", "")),
+                  "kuma_io_zone": str(answer.get("zone", ""))}
+        return cls(profiles=names, include=[_matcher(e) for e in profiles.get("include") or ()],
+                   exclude=[_matcher(e) for e in profiles.get("exclude") or ()],
+                   include_unused=bool(sidecar.get("includeUnused", False)),
+                   labels={k: v for k, v in labels.items() if v})
+
+    def keeps(self, family: str) -> bool:
+        found = self._kept.get(family)
+        if found is None:
+            if any(m(family) for m in self.include):
+                found = True
+            elif any(m(family) for m in self.exclude):
+                found = False
+            else:
+                found = "All" in self.profiles or ("Basic" in self.profiles and family.startswith(BASIC_PREFIXES))
+            self._kept[family] = found
+        return found
+
+    @property
+    def stats_path(self) -> str:
+        return "/stats/prometheus" if self.include_unused else "/stats/prometheus?usedonly"
+
+    def apply(self, text: bytes) -> bytes:
+        """Envoy's Prometheus text with only the kept families, each sample labelled."""
+        extra = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.labels.items()))
+        out: list[str] = []
+        family = ""
+        for line in text.decode("utf-8", "replace").splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("TYPE", "HELP"):
+                    family = parts[2]
+                    if self.keeps(family):
+                        out.append(line)
+                continue
+            name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=len(line))
+            name = line[:name_end]
+            if not (family and name.startswith(family)):
+                family = name
+            if self.keeps(family):
+                out.append(_with_labels(line, name_end, extra) if extra else line)
+        return ("\n".join(out) + "\n").encode() if out else b""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _with_labels(line: str, name_end: int, extra: str) -> str:
+    """`name{a="b"} 1` -> `name{a="b",extra} 1`; `name 1` -> `name{extra} 1` (quotes in values respected)."""
+    if name_end >= len(line) or line[name_end] != "{":
+        return f"{line[:name_end]}{{{extra}}}{line[name_end:]}"
+    i, quoted = name_end + 1, False
+    while i < len(line):
+        c = line[i]
+        if quoted and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "}" and not quoted:
+            break
+        i += 1
+    inner = line[name_end + 1:i]
+    joined = f"{inner},{extra}" if inner.strip() else extra
+    return f"{line[:name_end]}{{{joined}}}{line[i + 1:]}"

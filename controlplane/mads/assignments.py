@@ -57,7 +57,8 @@ class DataplaneMetrics:
     mesh: str
     name: str
     service: str
-    address: str
+    address: str  # where Prometheus reaches it (the advertised address, if any)
+    listen: str  # where kuma-dp listens (networking.address)
     conf: dict[str, Any]
     labels: dict[str, str]
 
@@ -91,7 +92,8 @@ def compute(dataplanes: list[Resource], policies: dict[str, list[Resource]], zon
                    (net.inbound[0].tags if net.inbound else {})).get(SERVICE_TAG, "")
         out[(dp.meta.mesh, dp.meta.name)] = DataplaneMetrics(
             mesh=dp.meta.mesh, name=dp.meta.name, service=service,
-            address=net.advertised_address or net.address, conf=conf, labels=scrape_labels(dp, zone))
+            address=net.advertised_address or net.address, listen=net.address, conf=conf,
+            labels=scrape_labels(dp, zone))
     return out
 
 

@@ -3,7 +3,7 @@
 kuma-dp asks with its dataplane token and the version it has; the answer comes when the version differs
 (at once for a first call) or after WAIT seconds with the same version, so kuma-dp follows policy changes
 without polling. The answer: `{"version", "conf" (merged MeshMetric default, or null), "service", "zone",
-"backends" (Prometheus backends with Kuma's defaults filled in)}`.
+"address" (to listen on), "labels" (the target's), "backends" (Prometheus backends, Kuma's defaults filled in)}`.
 """
 
 from __future__ import annotations
@@ -38,9 +38,12 @@ class MetricsConfigService:
 
     def answer(self, mesh: str, name: str) -> dict[str, Any]:
         found = self.assignments.of(mesh, name)
-        body: dict[str, Any] = {"conf": found.conf if found else None, "service": found.service if found else "",
-                                "zone": self.zone, "backends": prometheus_backends(found.conf if found else None)}
+        conf = found.conf if found else None
+        body: dict[str, Any] = {"conf": conf, "service": found.service if found else "", "zone": self.zone,
+                                "address": found.listen if found else "", "labels": found.labels if found else {},
+                                "backends": prometheus_backends(conf)}
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        body["mesh"] = mesh
         body["version"] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
         return body
 
