@@ -11,6 +11,7 @@ APT_PACKAGES=(
   lintian rpmlint rpm                   # packaging: checks of dist/*.deb and dist/*.rpm (tests/e2e/test_packages.py)
   curl
   chromium                              # the GUI's browser tests (tests/integration/test_gui.py)
+  prometheus                            # MeshMetric's test: a real Prometheus (kuma_sd_configs), run by the test
 )
 
 missing=()
