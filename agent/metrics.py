@@ -160,7 +160,7 @@ class MetricsPolicy:
 
     def apply(self, text: bytes) -> bytes:
         """Envoy's Prometheus text with only the kept families, each sample labelled."""
-        extra = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(self.labels.items()))
+        extra = [(k, f'{k}="{_escape(v)}"') for k, v in sorted(self.labels.items())]
         out: list[str] = []
         family = ""
         for line in text.decode("utf-8", "replace").splitlines():
@@ -182,14 +182,17 @@ class MetricsPolicy:
         return ("\n".join(out) + "\n").encode() if out else b""
 
 
+_LABEL_NAME = re.compile(r'(?:^|,)\s*([a-zA-Z_][a-zA-Z0-9_]*)="')
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _with_labels(line: str, name_end: int, extra: str) -> str:
+def _with_labels(line: str, name_end: int, labels: list[tuple[str, str]]) -> str:
     """`name{a="b"} 1` -> `name{a="b",extra} 1`; `name 1` -> `name{extra} 1` (quotes in values respected)."""
     if name_end >= len(line) or line[name_end] != "{":
-        return f"{line[:name_end]}{{{extra}}}{line[name_end:]}"
+        return f"{line[:name_end]}{{{','.join(text for _n, text in labels)}}}{line[name_end:]}"
     i, quoted = name_end + 1, False
     while i < len(line):
         c = line[i]
@@ -202,5 +205,9 @@ def _with_labels(line: str, name_end: int, extra: str) -> str:
             break
         i += 1
     inner = line[name_end + 1:i]
+    present = set(_LABEL_NAME.findall(inner))  # a label Envoy set (its `mesh` stats tag) is kept, not doubled
+    extra = ",".join(text for name, text in labels if name not in present)
+    if not extra:
+        return line
     joined = f"{inner},{extra}" if inner.strip() else extra
     return f"{line[:name_end]}{{{joined}}}{line[i + 1:]}"

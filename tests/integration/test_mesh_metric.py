@@ -4,6 +4,7 @@ kuma-dp serves on the port and path the MeshMetric names, filtered and labelled 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.error
 import urllib.request
@@ -15,7 +16,8 @@ import pytest
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
-from tests.integration.prometheus_server import running_prometheus
+from tests.integration.kuma_sd import KumaSdBridge, supports_kuma_sd
+from tests.integration.prometheus_server import prometheus_binary, running_prometheus
 from tests.integration.test_kuma_dp_support import (
     DpMesh,
     DpProcess,
@@ -93,7 +95,7 @@ def test_prometheus_discovers_and_scrapes_every_dataplane(mesh: DpMesh, tmp_path
     assert targets["backend-1"]["labels"]["kuma.io/service"] == "backend"
     assert targets["backend-1"]["labels"]["kuma.io/zone"] == "zone-1"
     # The same version again: the long poll ends with 304 when nothing changes.
-    status, answer = mads_fetch(mads_port)
+    _status, answer = mads_fetch(mads_port)
     assert mads_fetch(mads_port, answer["versionInfo"], timeout="1s")[0] == 304
 
     # kuma-dp serves the filtered, labelled stats on the policy's port and path.
@@ -109,13 +111,24 @@ def test_prometheus_discovers_and_scrapes_every_dataplane(mesh: DpMesh, tmp_path
     assert "kuma_dp_envoy_up" in text  # kuma-dp's own series
     assert "envoy_runtime_load_success" not in text  # not in the Basic profile
 
-    scrape = [{"job_name": "kuma-dataplanes", "scrape_interval": "1s", "scrape_timeout": "1s",
-               "kuma_sd_configs": [{"server": f"http://127.0.0.1:{mads_port}", "refresh_interval": "1s",
-                                    "fetch_timeout": "5s", "client_id": "test-prometheus"}]}]
-    with running_prometheus(tmp_path / "prometheus", scrape) as prom:
+    # Prometheus' own kuma_sd_configs when this build has it; Debian's lacks it (tests/integration/kuma_sd.py),
+    # then the same protocol is spoken by KumaSdBridge and the targets reach Prometheus through file_sd.
+    prometheus_binary()
+    server = f"http://127.0.0.1:{mads_port}"
+    sd_file = tmp_path / "kuma-sd.json"
+    native = supports_kuma_sd(tmp_path / "probe")
+    sd: dict[str, Any] = ({"kuma_sd_configs": [{"server": server, "refresh_interval": "1s", "fetch_timeout": "5s",
+                                                 "client_id": "test-prometheus"}]} if native
+                          else {"file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}]})
+    scrape = [{"job_name": "kuma-dataplanes", "scrape_interval": "1s", "scrape_timeout": "1s", **sd}]
+    bridge = KumaSdBridge(server, sd_file, client_id="test-prometheus")
+    with contextlib.ExitStack() as stack:
+        if not native:
+            stack.enter_context(bridge)
+        prom = stack.enter_context(running_prometheus(tmp_path / "prometheus", scrape))
         def up() -> dict[str, dict[str, Any]]:
             found = {t["labels"]["instance"]: t for t in prom.targets()}
-            assert set(found) == {"web-1", "backend-1"}, found
+            assert set(found) == {"web-1", "backend-1"}, (found, bridge.errors)
             assert all(t["health"] == "up" for t in found.values()), found
             return found
 
@@ -147,10 +160,11 @@ def test_prometheus_discovers_and_scrapes_every_dataplane(mesh: DpMesh, tmp_path
 
         def gone() -> bool:
             names = {t["labels"]["instance"] for t in prom.targets()}
-            assert names == {"web-1"}, names
+            assert names == {"web-1"}, (names, bridge.errors)
             return True
 
         eventually(gone, timeout=60, message="backend-1 left Prometheus' targets")
+        assert not bridge.errors, bridge.errors
 
 
 def test_mads_refuses_other_resource_types(mesh: DpMesh) -> None:
