@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.kumactl.inspect import policies_table
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
 from tests.integration.kuma_sd import KumaSdBridge, supports_kuma_sd
@@ -78,6 +79,18 @@ def test_prometheus_discovers_and_scrapes_every_dataplane(mesh: DpMesh, tmp_path
     for name, port in (("web-1", web_port), ("backend-1", backend_port)):
         put(mesh, mesh_metric(f"metrics-{name}", {"kind": "Dataplane", "name": name}, {
             "backends": [{"type": "Prometheus", "prometheus": {"port": port, "path": "/mesh-metrics"}}]}))
+
+    # `kumactl inspect dataplane web-1 --type policies`: both MeshMetrics, the Dataplane one last (it wins), and
+    # the merged conf of the whole proxy.
+    r = mesh.api("GET", "/meshes/default/dataplanes/web-1/policies")
+    assert r.status == 200, r.raw
+    section = next(s for s in json.loads(r.raw)["policyTypes"] if s["type"] == "MeshMetric")
+    assert [p["name"] for p in section["policies"]] == ["metrics-default", "metrics-web-1"]
+    assert section["proxy"]["conf"]["backends"][0]["prometheus"]["port"] == web_port
+    assert section["proxy"]["conf"]["sidecar"]["profiles"]["appendProfiles"] == [{"name": "Basic"}]
+    table = policies_table(json.loads(r.raw))
+    row = next(line for line in table.splitlines() if line.split()[:2] == ["MeshMetric", "proxy"])
+    assert row.rstrip().endswith("metrics-default, metrics-web-1"), row
 
     # MADS, asked directly as Prometheus asks: both dataplanes, at their port and path, with their tags.
     mads_port = mesh.cp.ports[MADS]
