@@ -102,8 +102,11 @@ async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, na
             raise
         except (BootstrapError, ValueError, OSError) as e:
             # Before Envoy's first connection the Dataplane may not be registered yet (NOT_FOUND): retry.
-            problem = f"{getattr(getattr(e, 'code', None), 'name', '')} {getattr(e, 'message', e)}".strip()
-            (log.debug if failing else log.warning)(
+            code = getattr(getattr(e, "code", None), "name", "")
+            problem = f"{code} {getattr(e, 'message', e)}".strip()
+            # NOT_FOUND before Envoy's first connection registers the Dataplane is expected: not a warning.
+            quiet = failing or (code == "NOT_FOUND" and not version)
+            (log.debug if quiet else log.warning)(
                 "MeshMetric config unavailable; serving the last one", extra={"cp": cp, "error": problem})
             failing = True
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
