@@ -151,3 +151,47 @@ async def test_mads_long_poll_as_prometheus_asks(tmp_path: Path) -> None:
         await server.stop()
         await assignments.stop()
         await store.close()
+
+
+# --- kuma-dp's listeners follow the MeshMetric -----------------------------------------------------------------
+
+async def _get(port: int, path: str) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_kuma_dp_listeners_follow_the_policy() -> None:
+    from agent.metrics_watch import MeshMetricServer
+
+    seen: list[MetricsPolicy | None] = []
+
+    async def render(policy: MetricsPolicy | None) -> bytes:
+        seen.append(policy)
+        return b"envoy_server_live 1\n"
+
+    server = MeshMetricServer(render=render)
+    first, second = free_port(), free_port()
+    answer = {**ANSWER, "address": "127.0.0.1", "conf": prometheus(port=first),
+              "backends": [{"port": first, "path": "/metrics"}]}
+    try:
+        await server.apply(answer)
+        assert await _get(first, "/metrics") == (200, b"envoy_server_live 1\n")
+        assert seen[-1] is not None and seen[-1].labels["kuma_io_service"] == "web"
+        assert (await _get(first, "/other"))[0] == 404
+        # The port and path change: the old listener closes, the new one serves.
+        await server.apply({**answer, "backends": [{"port": second, "path": "/stats"}]})
+        assert (await _get(second, "/stats"))[0] == 200
+        with pytest.raises(OSError):
+            await _get(first, "/metrics")
+        # No MeshMetric selects the dataplane any more: nothing is served.
+        await server.apply({**ANSWER, "conf": None, "backends": []})
+        assert server.listeners == {} and server.policy is None
+        with pytest.raises(OSError):
+            await _get(second, "/stats")
+    finally:
+        await server.close()
