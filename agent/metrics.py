@@ -9,8 +9,8 @@ With a MeshMetric selecting the dataplane (`MetricsPolicy`, from the control pla
 Envoy's series are filtered as its `sidecar` says and labelled with the dataplane's service, zone and mesh,
 then served on each Prometheus backend's port and path. Filtering, as in Kuma: a metric family is kept when
 an `include` matches it, else dropped when an `exclude` matches it, else kept when an appended profile keeps
-it (`All`, the default when no profile is named; `Basic`; `None`). Matching is on the Prometheus family name
-(`envoy_cluster_upstream_rq_total`).
+it (`All`; `Basic`, the default when no profile is named; `None`). Matching is on the Prometheus family name
+(`envoy_cluster_upstream_rq_total`); a Regex matches anywhere in it, as Go's MatchString does in Kuma.
 """
 
 from __future__ import annotations
@@ -95,21 +95,28 @@ class DpMetrics:
 
 # --- MeshMetric: which Envoy families are published, with which labels --------------------------------
 
-# Kuma's Basic profile keeps what its dashboards use; here the families below (a prefix list: request and
-# connection counters and timings, health of clusters and listeners, Envoy's own server state).
-BASIC_PREFIXES = (
-    "envoy_cluster_upstream_rq", "envoy_cluster_upstream_cx", "envoy_cluster_membership_",
-    "envoy_cluster_health_check_", "envoy_http_downstream_rq", "envoy_http_downstream_cx",
-    "envoy_listener_downstream_cx", "envoy_server_", "envoy_tcp_downstream_cx", "envoy_cluster_external_upstream_rq",
-    "envoy_cluster_internal_upstream_rq",
+# Kuma's Basic profile (kuma-dp's profiles.go): the golden signals, what Kuma's dashboards chart, and DNS stats.
+# A family is kept when its name contains, starts with or equals one of these.
+BASIC_CONTAINS = (
+    "rq_time", "cx_length_ms", "cx_count", "_rq", "bytes", "timeout", "health_check", "lb_healthy_panic",
+    "cx_destroy", "error", "fail", "reset", "eject", "overflow", "cancelled", "max_duration_reached", "no_cluster",
+    "no_route", "no_filter_chain", "reject", "denied", "days_until_first_cert_expiring", "rbac", "cx_active",
+    "cx_connect", "circuit_breakers", "cx_total", "ssl_handshake", "ssl_context_update_by_sds",
 )
+BASIC_PREFIXES = ("envoy_server", "envoy_control_plane", "envoy_dns_filter", "envoy_dns_cares", "kuma_dp_dns")
+BASIC_EXACT = frozenset({"envoy_cluster_membership_degraded", "envoy_cluster_membership_healthy",
+                         "envoy_cluster_ssl_handshake", "envoy_cluster_membership_total"})
+
+
+def in_basic_profile(family: str) -> bool:
+    return family in BASIC_EXACT or family.startswith(BASIC_PREFIXES) or any(c in family for c in BASIC_CONTAINS)
 
 
 def _matcher(entry: Mapping[str, Any]) -> Callable[[str], bool]:
     kind, text = str(entry.get("type", "")), str(entry.get("match", ""))
     if kind == "Regex":
         pattern = re.compile(text)
-        return lambda name: pattern.fullmatch(name) is not None
+        return lambda name: pattern.search(name) is not None  # Go's MatchString: anywhere in the name
     if kind == "Prefix":
         return lambda name: name.startswith(text)
     if kind == "Exact":
@@ -122,7 +129,7 @@ class MetricsPolicy:
     """What kuma-dp publishes of Envoy's stats: the merged MeshMetric of its dataplane (the control plane's
     `/kuma.vm.dp.v1.Metrics/Get` answer)."""
 
-    profiles: tuple[str, ...] = ("All",)
+    profiles: tuple[str, ...] = ("Basic",)
     include: list[Callable[[str], bool]] = field(default_factory=list)
     exclude: list[Callable[[str], bool]] = field(default_factory=list)
     include_unused: bool = False
@@ -134,7 +141,7 @@ class MetricsPolicy:
         conf = answer.get("conf") or {}
         sidecar = conf.get("sidecar") or {}
         profiles = sidecar.get("profiles") or {}
-        names = tuple(str(p.get("name")) for p in profiles.get("appendProfiles") or ()) or ("All",)
+        names = tuple(str(p.get("name")) for p in profiles.get("appendProfiles") or ()) or ("Basic",)
         labels = {"mesh": str(answer.get("mesh", "")), "kuma_io_service": str(answer.get("service", "")),
                   "kuma_io_zone": str(answer.get("zone", ""))}
         return cls(profiles=names, include=[_matcher(e) for e in profiles.get("include") or ()],
@@ -150,7 +157,7 @@ class MetricsPolicy:
             elif any(m(family) for m in self.exclude):
                 found = False
             else:
-                found = "All" in self.profiles or ("Basic" in self.profiles and family.startswith(BASIC_PREFIXES))
+                found = "All" in self.profiles or ("Basic" in self.profiles and in_basic_profile(family))
             self._kept[family] = found
         return found
 

@@ -39,13 +39,14 @@ def check_golden(name: str, text: str) -> None:
 
 ANSWER = {"mesh": "default", "service": "web", "zone": "zone-1"}
 POLICIES = {
-    "all": {},
+    "default-basic": {},
+    "all": {"sidecar": {"profiles": {"appendProfiles": [{"name": "All"}]}}},
     "basic-exclude-include": {"sidecar": {"profiles": {
         "appendProfiles": [{"name": "Basic"}],
         "exclude": [{"type": "Prefix", "match": "envoy_cluster_upstream_cx_"}],
         "include": [{"type": "Exact", "match": "envoy_cluster_upstream_cx_total"}]}}},
     "none-regex": {"sidecar": {"profiles": {"appendProfiles": [{"name": "None"}],
-                                            "include": [{"type": "Regex", "match": "envoy_.*_rq_(total|xx)"}]}}},
+                                            "include": [{"type": "Regex", "match": "_rq_(total|xx)$"}]}}},
 }
 
 
