@@ -4,9 +4,21 @@ kuma-dp's own series (prefix `kuma_dp_`) say what Envoy cannot say about itself:
 often kuma-dp restarted it, whether the dataplane is ready and connected, the bootstrap attempts, Envoy's
 resident memory, plus `process_*` for kuma-dp itself. Served on the readiness port's `/metrics` (loopback)
 and, with `--metrics-port`, on a listener of its own for a Prometheus elsewhere.
+
+With a MeshMetric selecting the dataplane (`MetricsPolicy`, from the control plane: agent/metrics_watch.py),
+Envoy's series are filtered as its `sidecar` says and labelled with the dataplane's service, zone and mesh,
+then served on each Prometheus backend's port and path. Filtering, as in Kuma: a metric family is kept when
+an `include` matches it, else dropped when an `exclude` matches it, else kept when an appended profile keeps
+it (`All`; `Basic`, the default when no profile is named; `None`). Matching is on the Prometheus family name
+(`envoy_cluster_upstream_rq_total`); a Regex matches anywhere in it, as Go's MatchString does in Kuma.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 from prometheus_client import (
@@ -61,13 +73,16 @@ class DpMetrics:
     def own(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def merged(self, admin: AdminClient | None) -> bytes:
-        """Envoy's series followed by kuma-dp's; when Envoy cannot answer, kuma-dp's alone (and a comment)."""
+    async def merged(self, admin: AdminClient | None, policy: MetricsPolicy | None = None) -> bytes:
+        """Envoy's series (filtered and labelled as `policy` says) followed by kuma-dp's; when Envoy cannot
+        answer, kuma-dp's alone (and a comment)."""
         envoy = b""
         if admin is not None and self.state.envoy_pid is not None:
             try:
-                r = await admin.get("/stats/prometheus", timeout=5.0)
-                if r.status == 200:
+                r = await admin.get(policy.stats_path if policy else "/stats/prometheus", timeout=5.0)
+                if r.status == 200 and policy is not None:
+                    envoy = policy.apply(r.body)
+                elif r.status == 200:
                     envoy = r.body if r.body.endswith(b"\n") or not r.body else r.body + b"\n"
                 else:
                     envoy = f"# Envoy admin /stats/prometheus answered {r.status}\n".encode()
@@ -76,3 +91,130 @@ class DpMetrics:
         else:
             envoy = b"# Envoy is not running\n"
         return envoy + self.own()
+
+
+# --- MeshMetric: which Envoy families are published, with which labels --------------------------------
+
+# Kuma's Basic profile (kuma-dp's profiles.go): the golden signals, what Kuma's dashboards chart, and DNS stats.
+# A family is kept when its name contains, starts with or equals one of these.
+BASIC_CONTAINS = (
+    "rq_time", "cx_length_ms", "cx_count", "_rq", "bytes", "timeout", "health_check", "lb_healthy_panic",
+    "cx_destroy", "error", "fail", "reset", "eject", "overflow", "cancelled", "max_duration_reached", "no_cluster",
+    "no_route", "no_filter_chain", "reject", "denied", "days_until_first_cert_expiring", "rbac", "cx_active",
+    "cx_connect", "circuit_breakers", "cx_total", "ssl_handshake", "ssl_context_update_by_sds",
+)
+BASIC_PREFIXES = ("envoy_server", "envoy_control_plane", "envoy_dns_filter", "envoy_dns_cares", "kuma_dp_dns")
+BASIC_EXACT = frozenset({"envoy_cluster_membership_degraded", "envoy_cluster_membership_healthy",
+                         "envoy_cluster_ssl_handshake", "envoy_cluster_membership_total"})
+
+
+def in_basic_profile(family: str) -> bool:
+    return family in BASIC_EXACT or family.startswith(BASIC_PREFIXES) or any(c in family for c in BASIC_CONTAINS)
+
+
+def _matcher(entry: Mapping[str, Any]) -> Callable[[str], bool]:
+    kind, text = str(entry.get("type", "")), str(entry.get("match", ""))
+    if kind == "Regex":
+        pattern = re.compile(text)
+        return lambda name: pattern.search(name) is not None  # Go's MatchString: anywhere in the name
+    if kind == "Prefix":
+        return lambda name: name.startswith(text)
+    if kind == "Exact":
+        return lambda name: name == text
+    return lambda name: text in name  # Contains
+
+
+@dataclass
+class MetricsPolicy:
+    """What kuma-dp publishes of Envoy's stats: the merged MeshMetric of its dataplane (the control plane's
+    `/kuma.vm.dp.v1.Metrics/Get` answer)."""
+
+    profiles: tuple[str, ...] = ("Basic",)
+    include: list[Callable[[str], bool]] = field(default_factory=list)
+    exclude: list[Callable[[str], bool]] = field(default_factory=list)
+    include_unused: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    _kept: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def from_answer(cls, answer: Mapping[str, Any]) -> MetricsPolicy:
+        conf = answer.get("conf") or {}
+        sidecar = conf.get("sidecar") or {}
+        profiles = sidecar.get("profiles") or {}
+        names = tuple(str(p.get("name")) for p in profiles.get("appendProfiles") or ()) or ("Basic",)
+        labels = {"mesh": str(answer.get("mesh", "")), "kuma_io_service": str(answer.get("service", "")),
+                  "kuma_io_zone": str(answer.get("zone", ""))}
+        return cls(profiles=names, include=[_matcher(e) for e in profiles.get("include") or ()],
+                   exclude=[_matcher(e) for e in profiles.get("exclude") or ()],
+                   include_unused=bool(sidecar.get("includeUnused", False)),
+                   labels={k: v for k, v in labels.items() if v})
+
+    def keeps(self, family: str) -> bool:
+        found = self._kept.get(family)
+        if found is None:
+            if any(m(family) for m in self.include):
+                found = True
+            elif any(m(family) for m in self.exclude):
+                found = False
+            else:
+                found = "All" in self.profiles or ("Basic" in self.profiles and in_basic_profile(family))
+            self._kept[family] = found
+        return found
+
+    @property
+    def stats_path(self) -> str:
+        return "/stats/prometheus" if self.include_unused else "/stats/prometheus?usedonly"
+
+    def apply(self, text: bytes) -> bytes:
+        """Envoy's Prometheus text with only the kept families, each sample labelled."""
+        extra = [(k, f'{k}="{_escape(v)}"') for k, v in sorted(self.labels.items())]
+        out: list[str] = []
+        family = ""
+        for line in text.decode("utf-8", "replace").splitlines():
+            if not line:
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("TYPE", "HELP"):
+                    family = parts[2]
+                    if self.keeps(family):
+                        out.append(line)
+                continue
+            name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=len(line))
+            name = line[:name_end]
+            if not (family and name.startswith(family)):
+                family = name
+            if self.keeps(family):
+                out.append(_with_labels(line, name_end, extra) if extra else line)
+        return ("\n".join(out) + "\n").encode() if out else b""
+
+
+_LABEL_NAME = re.compile(r'(?:^|,)\s*([a-zA-Z_][a-zA-Z0-9_]*)="')
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _with_labels(line: str, name_end: int, labels: list[tuple[str, str]]) -> str:
+    """`name{a="b"} 1` -> `name{a="b",extra} 1`; `name 1` -> `name{extra} 1` (quotes in values respected)."""
+    if name_end >= len(line) or line[name_end] != "{":
+        return f"{line[:name_end]}{{{','.join(text for _n, text in labels)}}}{line[name_end:]}"
+    i, quoted = name_end + 1, False
+    while i < len(line):
+        c = line[i]
+        if quoted and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "}" and not quoted:
+            break
+        i += 1
+    inner = line[name_end + 1:i]
+    present = set(_LABEL_NAME.findall(inner))  # a label Envoy set (its `mesh` stats tag) is kept, not doubled
+    extra = ",".join(text for name, text in labels if name not in present)
+    if not extra:
+        return line
+    joined = f"{inner},{extra}" if inner.strip() else extra
+    return f"{line[:name_end]}{{{joined}}}{line[i + 1:]}"

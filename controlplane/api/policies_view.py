@@ -42,6 +42,7 @@ from controlplane.xds.generate.targeting import (
     MESH_SUBSET,
     TargetRef,
     kind_rank,
+    merge_confs,
     top_level_detail,
 )
 from controlplane.xds.topology import MeshTopology, build_topology
@@ -108,6 +109,10 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
         section: dict[str, Any] = {"type": rtype.name, "policies": [
             {"name": p.meta.name, "targetRef": rules.top_level(p).to_wire(), "why": why(rules, p, dataplane),
              "precedence": precedence(rules.top_level(p))} for p in matched]}
+        # Policies with one top-level `default` (MeshMetric) apply to the whole proxy: show what they merge into.
+        whole = [(p.meta.name, d.to_wire()) for p in matched if (d := getattr(p.spec, "default", None)) is not None]
+        if whole and (merged_top := merge_confs(conf for _name, conf in whole)) is not None:
+            section["proxy"] = {"conf": merged_top, "origins": [name for name, _conf in whole]}
         inbounds = []
         for inbound in spec.networking.inbound:
             entries = rules.from_entries(rtype.name, dataplane, inbound)

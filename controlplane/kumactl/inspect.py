@@ -107,6 +107,9 @@ def policies_table(result: dict[str, Any]) -> str:
     out = render_table(["TYPE", "ORDER", "NAME", "TARGETREF", "WHY"], rows)
     confs = []
     for section in result.get("policyTypes", []):
+        if "proxy" in section:  # a policy of the whole proxy (MeshMetric)
+            confs.append([section["type"], "proxy", _compact(section["proxy"]["conf"]),
+                          ", ".join(section["proxy"]["origins"])])
         for item in section.get("inbounds", []):
             origins = ", ".join(dict.fromkeys(e["policy"] for e in item["entries"]))
             if "clients" in item:

@@ -43,6 +43,7 @@ PORT_VARS = (
     "KUMA_DIAGNOSTICS_SERVER_PORT",
     "KUMA_DNS_SERVER_PORT",
     "KUMA_MULTIZONE_GLOBAL_KDS_GRPC_PORT",
+    "KUMA_MONITORING_ASSIGNMENT_SERVER_PORT",
 )
 
 
@@ -147,6 +148,7 @@ def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, nofile: int | No
         "KUMA_API_SERVER_HTTP_INTERFACE": "127.0.0.1",
         "KUMA_API_SERVER_HTTPS_INTERFACE": "127.0.0.1",
         "KUMA_DIAGNOSTICS_INTERFACE": "127.0.0.1",
+        "KUMA_MONITORING_ASSIGNMENT_SERVER_INTERFACE": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
         **{name: str(port) for name, port in ports.items()},
     })

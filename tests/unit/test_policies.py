@@ -35,6 +35,7 @@ POLICIES = {
     "MeshFaultInjection": ("meshfaultinjections", "meshfaultinjection"),
     "MeshRateLimit": ("meshratelimits", "meshratelimit"),
     "MeshAccessLog": ("meshaccesslogs", "meshaccesslog"),
+    "MeshMetric": ("meshmetrics", "meshmetric"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))

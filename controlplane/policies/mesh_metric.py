@@ -1,0 +1,201 @@
+"""MeshMetric: which Envoy stats a dataplane publishes, and where Prometheus scrapes them.
+
+Kuma's YAML (`kuma.io/v1alpha1`, Kuma 2.9): a top-level targetRef (Mesh, MeshSubset, MeshService,
+MeshServiceSubset, Dataplane) and one `default`:
+
+    default:
+      sidecar:
+        includeUnused: false          # Envoy stats never updated are left out (Envoy's `usedonly`)
+        profiles:
+          appendProfiles: [{name: All|Basic|None}]
+          exclude: [{type: Regex|Prefix|Exact|Contains, match: ...}]
+          include: [...]              # include wins over exclude and the profiles
+      backends:
+        - type: Prometheus
+          prometheus: {clientId: ..., port: 5670, path: /metrics, tls: {mode: Disabled}}
+
+Policies that select a dataplane merge in Kuma's precedence order (JSON merge patch: `backends` and the
+lists are replaced whole, objects merge key by key).
+
+What each side does with the merged conf:
+
+- kuma-dp (agent/metrics.py) fetches it from the dp-server (`/kuma.vm.dp.v1.Metrics/Get`, see
+  `controlplane/mads/dp_config.py`), serves Envoy's stats filtered as the profiles say, plus its own
+  `kuma_dp_*` series, on every Prometheus backend's port and path, with `kuma_io_service`, `kuma_io_zone`
+  and `mesh` labels on Envoy's series;
+- the control plane's MADS (controlplane/mads/) lists that port and path for Prometheus' `kuma_sd_configs`.
+
+Not implemented yet, refused with "not supported by kuma-vm yet: FIELD": the OpenTelemetry backend,
+`applications` (scraping the application's own metrics), Prometheus `tls` other than `Disabled`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
+from controlplane.resources.errors import Violations
+from controlplane.xds.generate.targeting import (
+    TOP_LEVEL_KINDS,
+    TargetRef,
+    check_top_level,
+    merge_confs,
+)
+
+from ._checks import check_regex
+
+POLICY = "MeshMetric"
+DEFAULT_PORT = 5670  # Kuma's default Prometheus backend port
+DEFAULT_PATH = "/metrics"
+PROFILES = ("All", "Basic", "None")
+MATCH_TYPES = ("Regex", "Prefix", "Exact", "Contains")
+
+
+def not_supported(field: str) -> str:
+    return f"not supported by kuma-vm yet: {field} (remove it)"
+
+
+class Profile(Spec):
+    name: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.name not in PROFILES:
+            v.add(f"{path}.name", f"unknown profile {self.name!r}: use one of {', '.join(PROFILES)}")
+
+
+class MetricMatch(Spec):
+    type: str
+    match: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.type not in MATCH_TYPES:
+            v.add(f"{path}.type", f"unknown match type {self.type!r}: use one of {', '.join(MATCH_TYPES)}")
+        if not self.match:
+            v.add(f"{path}.match", "cannot be empty: name the metrics to match")
+        elif self.type == "Regex":
+            # RE2 as in Kuma; check_regex parses with Python's re, which kuma-dp matches with
+            check_regex(v, f"{path}.match", self.match)
+
+
+class Profiles(Spec):
+    append_profiles: list[Profile] | None = None
+    exclude: list[MetricMatch] | None = None
+    include: list[MetricMatch] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for i, p in enumerate(self.append_profiles or ()):
+            p.check(v, f"{path}.appendProfiles[{i}]")
+        for field in ("exclude", "include"):
+            for i, m in enumerate(getattr(self, field) or ()):
+                m.check(v, f"{path}.{field}[{i}]")
+
+
+class Sidecar(Spec):
+    include_unused: bool | None = None
+    profiles: Profiles | None = None
+    # Kuma 2.6's deprecated `regex`/`usedOnly` are not accepted: profiles say the same
+
+
+class PrometheusTls(Spec):
+    mode: str = "Disabled"
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.mode in ("ProvidedTLS", "ActiveMTLSBackend"):
+            v.add(f"{path}.mode", not_supported(f"tls mode {self.mode}") + ": use Disabled")
+        elif self.mode != "Disabled":
+            v.add(f"{path}.mode", f"unknown TLS mode {self.mode!r}: use Disabled (ProvidedTLS and "
+                                  "ActiveMTLSBackend are not supported by kuma-vm yet)")
+
+
+class PrometheusBackend(Spec):
+    client_id: str | None = None
+    port: int | None = None
+    path: str | None = None
+    tls: PrometheusTls | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.port is not None and not 1 <= self.port <= 65535:
+            v.add(f"{path}.port", f"{self.port} is not a port: use 1-65535 (Kuma's default is {DEFAULT_PORT})")
+        if self.path is not None and (not self.path.startswith("/") or any(c in self.path for c in " ?#")):
+            v.add(f"{path}.path", f"{self.path!r} is not an HTTP path: start it with '/', no spaces, '?' or '#'")
+        if self.tls is not None:
+            self.tls.check(v, f"{path}.tls")
+
+
+class Backend(Spec):
+    kuma_unsupported = frozenset({"openTelemetry"})
+
+    type: str
+    prometheus: PrometheusBackend | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.type == "OpenTelemetry":
+            v.add(f"{path}.type", not_supported("the OpenTelemetry backend") + ": use type Prometheus")
+        elif self.type != "Prometheus":
+            v.add(f"{path}.type", f"unknown backend type {self.type!r}: use Prometheus")
+        elif self.prometheus is None:
+            v.add(f"{path}.prometheus", "required for a Prometheus backend: give at least {} (port 5670, "
+                                        "path /metrics)")
+        if self.prometheus is not None:
+            self.prometheus.check(v, f"{path}.prometheus")
+
+
+class Conf(Spec):
+    kuma_unsupported = frozenset({"applications"})
+
+    sidecar: Sidecar | None = None
+    backends: list[Backend] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.sidecar is not None and self.sidecar.profiles is not None:
+            self.sidecar.profiles.check(v, f"{path}.sidecar.profiles")
+        seen: dict[tuple[str | None, int], int] = {}
+        for i, b in enumerate(self.backends or ()):
+            b.check(v, f"{path}.backends[{i}]")
+            if b.prometheus is not None:
+                key = (b.prometheus.client_id, b.prometheus.port or DEFAULT_PORT)
+                if key in seen:
+                    v.add(f"{path}.backends[{i}].prometheus", f"same clientId and port as backends[{seen[key]}]: "
+                                                              "give each Prometheus backend its own clientId")
+                seen.setdefault(key, i)
+
+
+class MeshMetricSpec(Spec):
+    target_ref: TargetRef | None = None
+    default: Conf | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY)
+        if self.default is None:
+            v.add(f"{path}.default", "required: say which metrics to publish (sidecar) and where (backends)")
+        else:
+            self.default.check(v, f"{path}.default")
+
+
+RESOURCE_TYPE = register(ResourceType(
+    name=POLICY, plural="meshmetrics", singular="meshmetric", scope=Scope.MESH, spec_cls=MeshMetricSpec,
+    flat=False, is_policy=True,
+    description="Which Envoy stats a dataplane publishes and where Prometheus scrapes them.",
+))
+
+
+# --- the merged conf of one dataplane (read by the dp-server for kuma-dp and by MADS) ----------------
+
+def merged_conf(policies: list[Resource]) -> dict[str, Any] | None:
+    """The `default`s of the MeshMetrics selecting a dataplane (lowest precedence first), merged."""
+    return merge_confs(p.spec.default.to_wire() for p in policies
+                       if isinstance(p.spec, MeshMetricSpec) and p.spec.default is not None)
+
+
+def prometheus_backends(conf: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The Prometheus backends of a merged conf, with Kuma's defaults filled in (port 5670, /metrics)."""
+    out = []
+    for backend in (conf or {}).get("backends") or ():
+        if backend.get("type") != "Prometheus":
+            continue
+        prom = dict(backend.get("prometheus") or {})
+        prom.setdefault("port", DEFAULT_PORT)
+        prom.setdefault("path", DEFAULT_PATH)
+        out.append(prom)
+    return out
+
