@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import Counter, Gauge
 
@@ -112,6 +113,35 @@ async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
     except asyncio.CancelledError:
         if (current := asyncio.current_task()) is not None and current.cancelling():
             raise  # we are being cancelled ourselves, not just the task
+
+
+async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `event` is set, at most `timeout` seconds (None: no limit); True when it is set.
+
+    Loops use this, never `asyncio.wait_for(event.wait(), t)`: on Python 3.11, wait_for returns normally when
+    the task is cancelled just as the event gets set, swallowing the cancellation, so a loop woken by its own
+    stop() ran on and stop() waited forever (seen as rare hangs of the KDS tests' teardown).
+    `asyncio.timeout()` keeps the cancellation."""
+    if event.is_set():
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+async def stop_grpc_server(server: Any, grace: float, name: str, *, bound: float = 5.0) -> None:
+    """`server.stop(grace)` of a grpc.aio server, bounded: grpcio's shutdown has been seen to wait forever for a
+    stream whose handler was cancelled while reading (about 1 run in 5 of the KDS replaced-stream tests under
+    load). Past grace + `bound` seconds the server is left to the garbage collector, said in the log, and the
+    control plane's stop goes on instead of hanging."""
+    try:
+        await asyncio.wait_for(asyncio.shield(server.stop(grace)), grace + bound)
+    except TimeoutError:
+        log.warning("gRPC server did not finish stopping; going on without it",
+                    extra={"server": name, "waited_s": grace + bound})
 
 
 class RetrySchedule:

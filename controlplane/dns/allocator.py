@@ -22,7 +22,6 @@ Rules of `plan()`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -43,7 +42,7 @@ from controlplane.resources.vip import (
 )
 from controlplane.resources.zone import ZONE_INGRESS, ZoneIngressSpec
 from controlplane.store.base import AlreadyExists, Conflict, ListQuery, NotFound, ResourceStore
-from controlplane.supervise import Supervisor, cancel_and_wait
+from controlplane.supervise import Supervisor, cancel_and_wait, wait_set
 from kuma_shared.logs import ErrorLog
 
 from .ranges import VipRange, int_to_ip, ip_to_int
@@ -246,8 +245,7 @@ class VipAllocator:
             timeout = None
             if self._next_release is not None:
                 timeout = max(0.0, (self._next_release - self.clock()).total_seconds()) + 0.01
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await wait_set(self._wake, timeout)
             await asyncio.sleep(self.debounce)
             self._wake.clear()
             try:

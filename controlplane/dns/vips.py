@@ -17,7 +17,6 @@ for the release grace period, so it gets the same VIP if it comes back in time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ from typing import Any
 
 from controlplane.resources.vip import VIP_ALLOCATION, VIP_ALLOCATION_NAME, VipAllocationSpec
 from controlplane.store.base import ChangeEvent, NotFound, ResourceStore
-from controlplane.supervise import Supervisor, cancel_and_wait
+from controlplane.supervise import Supervisor, cancel_and_wait, wait_set
 
 from .names import mesh_names
 
@@ -137,8 +136,7 @@ class VipView:
             if current.version != version or left <= 0:
                 return current
             changed = self._changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), left)
+            await wait_set(changed, left)
 
     async def start(self) -> None:
         loaded: asyncio.Future[None] = asyncio.get_running_loop().create_future()

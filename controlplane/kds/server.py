@@ -26,7 +26,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from controlplane.resources.base import Meta, Resource
 from controlplane.resources.zone import ZONE, ZoneSpec
 from controlplane.store.base import AlreadyExists, NotFound, ResourceStore
-from controlplane.supervise import Supervisor
+from controlplane.supervise import Supervisor, stop_grpc_server
 from controlplane.tokens.errors import TokenError
 from controlplane.tokens.validator import verify_zone_identity
 
@@ -123,7 +123,7 @@ class KdsServer:
                 await self._watcher
             self._watcher = None
         if self._server is not None:
-            await self._server.stop(grace=1.0)
+            await stop_grpc_server(self._server, 1.0, "kds-server")
             self._server = None
 
     def zone_status(self) -> dict[str, dict[str, Any]]:

@@ -43,6 +43,7 @@ from controlplane.store.base import (
     ResourceStore,
     StoreError,
 )
+from controlplane.supervise import wait_set
 from kuma_shared.logs import ErrorLog
 
 from . import metrics
@@ -607,10 +608,8 @@ async def run_sender(sender: Sender, requests: AsyncIterator[discovery_pb2.Delta
             while True:
                 sender.retry_scheduled.clear()  # before reading the schedule: a NACK after this wakes us
                 due = sender.next_retry()
-                try:
-                    await asyncio.wait_for(sender.retry_scheduled.wait(),
-                                           None if due is None else max(0.0, due - time.monotonic()))
-                except TimeoutError:
+                if not await wait_set(sender.retry_scheduled,
+                                      None if due is None else max(0.0, due - time.monotonic())):
                     await emit(await sender.retry_rejected())
 
         await first_of(read_requests(), push_changes(), retry_rejected(), name=f"kds-send-{sender.peer}")

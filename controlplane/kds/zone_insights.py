@@ -22,7 +22,7 @@ from controlplane.resources.base import Meta, Resource
 from controlplane.resources.codec import now_text
 from controlplane.resources.zone import ZONE_INSIGHT, ZoneInsightSpec
 from controlplane.store.base import AlreadyExists, Conflict, NotFound, ResourceStore
-from controlplane.supervise import Supervisor, cancel_and_wait
+from controlplane.supervise import Supervisor, cancel_and_wait, wait_set
 from controlplane.xds.liveness import STALE_HEARTBEATS, last_seen
 from kuma_shared.logs import ErrorLog
 
@@ -114,8 +114,7 @@ class ZoneInsights:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.flush_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_beat - loop.time()))
+            await wait_set(self._wake, max(0.0, next_beat - loop.time()))
             self._wake.clear()
             if loop.time() >= next_beat:
                 for entry in self._zones.values():

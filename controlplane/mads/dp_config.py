@@ -9,7 +9,6 @@ without polling. The answer: `{"version", "conf" (merged MeshMetric default, or 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any
 import grpc
 
 from controlplane.policies.mesh_metric import prometheus_backends
+from controlplane.supervise import wait_set
 from controlplane.xds.auth import DataplaneAuthenticator
 from controlplane.xds.callbacks import XdsAuthError
 
@@ -68,6 +68,5 @@ class MetricsConfigService:
             remaining = deadline - asyncio.get_running_loop().time()
             if body["version"] != version or remaining <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            await wait_set(changed, remaining)
         return json.dumps(body).encode()

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.supervise import wait_set
+
 from .assignments import TYPE_URL, Assignments
 
 log = logging.getLogger("kuma.mads")
@@ -94,9 +96,7 @@ class MadsServer:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return web.Response(status=304)
-            try:
-                await asyncio.wait_for(changed.wait(), remaining)
-            except TimeoutError:
+            if not await wait_set(changed, remaining):
                 return web.Response(status=304)
         log.debug("monitoring assignments sent", extra={"client": client, "version": current,
                                                         "assignments": len(resources)})

@@ -35,6 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 from controlplane.resources import load_all
 from controlplane.resources.base import Meta, Resource, ResourceType
 from controlplane.resources.codec import spec_from_store
+from controlplane.supervise import wait_set
 
 from . import migrations
 from ._sql import MESH_TYPE, conflict, next_offset, spec_json, total_from_page
@@ -559,9 +560,7 @@ class PostgresLeaderElector(LeaderElector):
 
     async def _sleep(self, seconds: float) -> bool:
         """Sleep unless stopped; True when stop() was called."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        return self._stop.is_set()
+        return await wait_set(self._stop, seconds)
 
     async def _connect(self) -> AsyncConn:
         """The lock session, set up as a lease (see the class docstring)."""

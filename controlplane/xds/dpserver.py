@@ -10,6 +10,7 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 
 from controlplane.netguard import ConnectionBudget, chosen, current_nofile
+from controlplane.supervise import stop_grpc_server
 
 from .server import AdsServicer
 
@@ -128,5 +129,5 @@ class DpServer:
             await self.on_stop()
         if self._server is not None:
             # Stop accepting, give streams a moment; Envoys keep their config and reconnect to the next one.
-            await self._server.stop(grace=1.0)
+            await stop_grpc_server(self._server, 1.0, "dp-server")
             self._server = None

@@ -17,7 +17,7 @@ from controlplane.resources import Meta, Resource, ResourceType
 from controlplane.resources.codec import now_text, wire_time
 from controlplane.resources.insights import DATAPLANE_INSIGHT, ZONE_INGRESS_INSIGHT
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
-from controlplane.supervise import Supervisor
+from controlplane.supervise import Supervisor, wait_set
 
 from .bootstrap import ingress_name, split_node_id
 from .liveness import merge_subscriptions
@@ -164,8 +164,7 @@ class InsightsRecorder:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_beat - loop.time()))
+            await wait_set(self._wake, max(0.0, next_beat - loop.time()))
             self._wake.clear()
             if loop.time() >= next_beat:
                 self._beat()

@@ -24,7 +24,7 @@ from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
-from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
+from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait, wait_set
 from kuma_shared.logs import ErrorLog
 
 from .bootstrap import ingress_name, ingress_node_id, split_node_id
@@ -162,8 +162,7 @@ class Reconciler:
             # starve certificate renewals and retries.
             timeout = self._next_deadline_in()
             if not self._wake.is_set() and (timeout is None or timeout > 0):
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                await wait_set(self._wake, timeout)
             await asyncio.sleep(self.debounce)  # let a burst of events coalesce
             self._wake.clear()
             await self.reconcile_once()
