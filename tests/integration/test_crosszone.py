@@ -94,6 +94,8 @@ class PortForward:
             dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the thread: close() alone does not
         self.listener.close()
 
 
