@@ -39,26 +39,13 @@ from tests.integration.cp_process import CpProcess, start_cp
 from tests.integration.envoy_harness import EnvoyProcess, start_envoy
 from tests.integration.kds_harness import global_env, zone_env
 from tests.integration.mesh_harness import MeshHarness
+from tests.integration.test_kuma_dp_support import ALLOW_ALL, MTLS_MESH
 from tests.ports import free_port
 
 TARGET_P99_MS = 500.0
 POLL = 0.003
 WAIT = 60.0
 HOPS = ("zone-2", "kds-up", "kds-down", "zone-1")
-MESH = """
-type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends: [{name: ca-1, type: builtin}]
----
-type: MeshTrafficPermission
-mesh: default
-name: allow-all
-spec:
-  targetRef: {kind: Mesh}
-  from: [{targetRef: {kind: Mesh}, default: {action: Allow}}]
-"""
 
 
 def api(cp: CpProcess, method: str, path: str, body: Any = None) -> Any:
@@ -110,7 +97,7 @@ def run(args: argparse.Namespace, cleanup: Cleanup, tmp: Path) -> dict[str, Any]
     for name in ("zone-1", "zone-2"):
         zones[name] = start_cp(tmp / name, **zone_env(glob, kds_port, name, tmp))
         cleanup.push(zones[name].stop, f"{name} kuma-cp")
-    mesh, allow = yaml.safe_load_all(MESH)
+    mesh, allow = yaml.safe_load(MTLS_MESH), yaml.safe_load(ALLOW_ALL)
     api(glob, "PUT", "/meshes/default", mesh)
     api(glob, "PUT", "/meshes/default/meshtrafficpermissions/allow-all", allow)
     for zone in zones.values():
