@@ -166,6 +166,9 @@ def main() -> None:
     packages = build_release("1")
     lab = Lab(name, owner_pid=os.getpid())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps it so:
+    # restore the handler so an interrupt sent by PID tears the lab down like Ctrl-C does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print(f"--- booting 4 lab hosts (lab {name!r})", flush=True)
         fleet = boot(lab, workdir, packages)
