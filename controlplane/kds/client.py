@@ -13,11 +13,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -36,6 +36,7 @@ from .types import global_to_zone_types, zone_sends
 
 log = logging.getLogger("kuma.kds")
 _RETRY_KEY = "global"
+_T = TypeVar("_T")
 
 
 class KdsConfigError(Exception):
@@ -155,12 +156,13 @@ class KdsClient:
                                    response_deserializer=resp.FromString)(metadata=metadata)
             z2g = ch.stream_stream(f"/{SERVICE}/{ZONE_TO_GLOBAL}", request_serializer=resp.SerializeToString,
                                    response_deserializer=req.FromString)(metadata=metadata)
+            peer = PeerStatus(g2z, z2g)
             # Global answers each stream with headers once it has authenticated the zone, or ends it with the
             # refusal; writing before that would race the refusal and hide its reason behind a local error.
             for call in (g2z, z2g):
                 await call.initial_metadata()
                 if call.done():
-                    raise await _call_status(call) or grpc.aio.AioRpcError(
+                    raise peer.reason() or grpc.aio.AioRpcError(
                         grpc.StatusCode.UNAVAILABLE, None, None, details="global ended the stream at once")
             self.sender = Sender(self.store, zone_sends(self.zone), peer="global", max_bytes=self.max_bytes)
 
@@ -181,7 +183,7 @@ class KdsClient:
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.RpcError) as e:
                 # A write to a call global already ended fails with a local error ("Internal error from
                 # Core"); the call's own status says why global ended it (a refusal, a newer stream).
-                raise await _call_status(g2z, z2g, seen=e) or e from None
+                raise peer.reason(seen=e) or e from None
             finally:
                 g2z.cancel()
                 z2g.cancel()
@@ -192,22 +194,45 @@ class KdsClient:
 _LOCAL_WRITE_FAILURE = "Internal error from Core"  # what grpcio reports for a write to a call already ended
 
 
-async def _call_status(*calls: grpc.aio.StreamStreamCall, seen: BaseException | None = None
-                       ) -> grpc.aio.AioRpcError | None:
-    """Why global ended the calls: the first status that is global's own word (not OK or CANCELLED, and
-    not the local error a write to an ended call gets)."""
-    found: list[grpc.aio.AioRpcError] = [seen] if isinstance(seen, grpc.aio.AioRpcError) else []
-    for call in calls:
-        try:
-            code = await asyncio.wait_for(call.code(), 5.0)
-        except (TimeoutError, asyncio.CancelledError):
-            continue
-        found.append(grpc.aio.AioRpcError(code, await call.initial_metadata(), await call.trailing_metadata(),
-                                          details=await call.details()))
-    for e in found:
-        if e.code() not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) and e.details() != _LOCAL_WRITE_FAILURE:
-            return e
-    return None
+class PeerStatus:
+    """Global's own reason for ending a connection's calls, kept as each call ends.
+
+    grpcio loses it in a race: a write in flight when global's status arrives fails locally and then
+    overwrites the call's status with "Internal error from Core", and cancelling the task that waited on the
+    other call cancels that call locally too. The status a call ends with first is global's word, so it is
+    recorded from the call's done callback, before anything can overwrite it."""
+
+    def __init__(self, *calls: grpc.aio.StreamStreamCall) -> None:
+        self.calls, self.first = calls, list[grpc.aio.AioRpcError]()
+        for call in calls:
+            call.add_done_callback(self._ended)
+
+    def _ended(self, call: grpc.aio.Call) -> None:
+        # The status is set when done callbacks run, so these coroutines complete without suspending.
+        code, details = _completed(call.code()), _completed(call.details())
+        self.first.append(grpc.aio.AioRpcError(code, None, None, details=details))
+
+    def reason(self, seen: BaseException | None = None) -> grpc.aio.AioRpcError | None:
+        """The first status that is global's own word (not OK or CANCELLED, and not a local write failure).
+        A write that failed before global's status arrived leaves the local error first; global's status then
+        replaces it on the call, so the calls' current statuses are looked at too."""
+        now = [grpc.aio.AioRpcError(_completed(c.code()), None, None, details=_completed(c.details()))
+               for c in self.calls if c.done()]
+        found = self.first + now + ([seen] if isinstance(seen, grpc.aio.AioRpcError) else [])
+        for e in found:
+            if e.code() not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED) and e.details() != _LOCAL_WRITE_FAILURE:
+                return e
+        return None
+
+
+def _completed(coro: Coroutine[Any, Any, _T]) -> _T:
+    """The value of a coroutine that finishes without suspending (grpcio's status getters of a finished call)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return cast(_T, done.value)
+    coro.close()
+    raise RuntimeError("the call's status is not set yet")
 
 
 class KdsZoneComponent:
