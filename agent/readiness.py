@@ -72,8 +72,13 @@ class DpState:
 
 class Monitor:
     def __init__(self, state: DpState, admin: Callable[[], AdminClient | None], *,
-                 on_locally_ready: Callable[[], None], on_cp_change: Callable[[bool, bool], None]) -> None:
+                 on_locally_ready: Callable[[], None], on_cp_change: Callable[[bool, bool], None],
+                 liveness_timeout: float = 30.0) -> None:
         self.state = state
+        # A LIVE Envoy counts as hung once its last LIVE answer is older than the liveness timeout, so a steady
+        # Envoy must be asked several times within it: a poll interval near the timeout would find a healthy
+        # Envoy "hung" whenever one answer came a little late.
+        self.steady_poll = min(SLOW_POLL, liveness_timeout / 4)
         self.admin = admin
         self.on_locally_ready = on_locally_ready
         self.on_cp_change = on_cp_change  # (connected, first time for this Envoy)
@@ -124,7 +129,7 @@ class Monitor:
             if s.envoy_generation != generation:
                 generation, since = s.envoy_generation, loop.time()
             if s.locally_ready and s.connected_generation == s.envoy_generation:
-                interval = SLOW_POLL
+                interval = self.steady_poll
             elif loop.time() - since < 5.0:
                 interval = FAST_POLL  # Envoy is starting: notice READY within tens of milliseconds
             else:

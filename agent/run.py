@@ -455,7 +455,7 @@ class Agent:
                             f"control plane at {cfg.cp_address} lost, reconnecting", logging.WARNING)
 
         self.monitor = monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
-                                         on_cp_change=on_cp_change)
+                                         on_cp_change=on_cp_change, liveness_timeout=cfg.envoy_liveness_timeout)
         if self.stop_requested.is_set():
             return self._stopped_exit()
         if self.dns is not None:  # DNS: serve .mesh (its map came with the bootstrap), then point the host at it

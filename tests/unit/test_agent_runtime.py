@@ -316,3 +316,42 @@ def test_envoy_hung_verdicts() -> None:
     state.last_live_at = now - 31
     assert envoy_hung(state, 3, now - 600, start_timeout=60,
                       liveness_timeout=30) == "its admin API has not answered LIVE for 30s"
+
+
+async def test_a_steady_envoy_is_asked_often_enough_never_to_look_hung() -> None:
+    """The monitor asks a steady Envoy several times per liveness timeout: asking only once a second would let a
+    1 s timeout find a healthy Envoy hung whenever an answer came a little late."""
+    import json
+
+    from agent.readiness import Monitor
+
+    async def ready() -> tuple[int, str, bytes]:  # a LIVE, connected Envoy's admin API
+        return 200, "text/plain", b"LIVE"
+
+    async def stats() -> tuple[int, str, bytes]:
+        body = {"stats": [{"name": "listener_manager.workers_started", "value": 1},
+                          {"name": "control_plane.connected_state", "value": 1}]}
+        return 200, "application/json", json.dumps(body).encode()
+
+    sock = listen("127.0.0.1", 0)
+    server = await serve(sock, {"/ready": ready, "/stats": stats})
+    client = AdminClient("127.0.0.1", sock.getsockname()[1])
+    state = DpState()
+    state.envoy_started(100, 1)
+    started = time.monotonic()
+    monitor = Monitor(state, lambda: client, on_locally_ready=lambda: None, on_cp_change=lambda *_: None,
+                      liveness_timeout=1.0)
+    assert monitor.steady_poll <= 0.25
+    task = asyncio.create_task(monitor.run())
+    try:
+        deadline = time.monotonic() + 8.0  # past the first 5 s of fast polls, into the steady interval
+        verdicts = []
+        while time.monotonic() < deadline:
+            verdicts.append(envoy_hung(state, 1, started, start_timeout=60, liveness_timeout=1.0))
+            await asyncio.sleep(0.05)
+        assert state.live_generation == 1 and state.connected_generation == 1
+        assert [v for v in verdicts if v is not None] == []
+    finally:
+        monitor.stop()
+        await task
+        server.close()
