@@ -14,7 +14,7 @@ import binascii
 import importlib
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
@@ -27,9 +27,40 @@ from controlplane.xds.generate.plugins import Backend
 from controlplane.xds.generate.targeting import (
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    Item,
     TargetRef,
+    check_items,
     check_target_ref,
 )
+
+# --- from[] and to[] lists ---------------------------------------------------------------------------
+
+
+def check_from(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, policy: str,
+               allowed: Collection[str], required: str | None = None) -> None:
+    """A policy's `from[]` (inbound) list at `{path}.from`: each entry's targetRef among `allowed` kinds in an
+    inbound position, then its `default`. `required` is the reason given when the list is missing or empty,
+    for policies where `from` is the only place their configuration can go."""
+    if required is not None and not items:
+        v.add(f"{path}.from", required)
+    check_items(v, f"{path}.from", items, allowed=allowed, where=f"spec.from[].targetRef of {policy}", inbound=True)
+
+
+def check_to(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, policy: str,
+             allowed: Collection[str], under: str | None = None) -> None:
+    """A policy's `to[]` (outbound) list at `{path}.to`; `under` names a top-level kind that narrows the
+    allowed kinds (e.g. MeshGateway), so the reason says why."""
+    check_items(v, f"{path}.to", items, allowed=allowed,
+                where=f"spec.to[].targetRef of {policy}" + (f" under a top-level {under}" if under else ""))
+
+
+def refuse_to(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, doing: str) -> None:
+    """Policies kuma-vm applies on the destination's inbounds only: Kuma's `to[]` form of them configures
+    builtin gateways, which kuma-vm does not run, so any `to` (even an empty one) is refused."""
+    if items is not None:
+        v.add(f"{path}.to", f"kuma-vm {doing} on the destination's inbounds only (Kuma's 'to' is for builtin "
+                            "gateways): use 'from' on the destination's proxies")
+
 
 # --- durations (Go / Kubernetes metav1.Duration, as Kuma reads them) ---------------------------------
 

@@ -58,10 +58,11 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_top_level,
 )
 from kuma_shared.access_logs import access_log_pipe
+
+from ._checks import check_from, check_to
 
 POLICY = "MeshAccessLog"
 FILE_LOGGER = "envoy.access_loggers.file"
@@ -198,10 +199,8 @@ class MeshAccessLogSpec(Spec):
                         inbound=bool(self.from_))
         if not self.from_ and not self.to:
             v.add(path, "at least one of 'from' or 'to' must have an item")
-        check_items(v, f"{path}.from", self.from_, allowed=(MESH,), where=f"spec.from[].targetRef of {POLICY}",
-                    inbound=True)
-        check_items(v, f"{path}.to", self.to, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET),
-                    where=f"spec.to[].targetRef of {POLICY}")
+        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
+        check_to(v, path, self.to, policy=POLICY, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET))
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -49,14 +49,21 @@ from controlplane.xds.generate.targeting import (
     Item,
     TargetRef,
     camel,
-    check_items,
-    check_target_ref,
     check_top_level,
     effective_target_ref,
     require_some,
 )
 
-from ._checks import check_decimal, check_duration, check_int, check_percentage, parse_decimal, parse_go_duration
+from ._checks import (
+    check_decimal,
+    check_duration,
+    check_from,
+    check_int,
+    check_percentage,
+    check_to,
+    parse_decimal,
+    parse_go_duration,
+)
 
 POLICY = "MeshCircuitBreaker"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -175,15 +182,9 @@ class MeshCircuitBreakerSpec(Spec):
                         inbound=bool(self.from_), listener_tags=True)
         if not self.from_ and not self.to:
             v.add(path, "at least one of 'from' or 'to' must have an item")
-        for i, item in enumerate(self.from_ or ()):
-            p = f"{path}.from[{i}]"
-            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=(MESH,),
-                             where=f"spec.from[].targetRef of {POLICY}", inbound=True)
-            item.default.check(v, f"{p}.default")
+        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
-        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
-                    where=f"spec.to[].targetRef of {POLICY}" +
-                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
 
 
 RESOURCE_TYPE = register(ResourceType(

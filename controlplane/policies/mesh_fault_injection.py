@@ -50,11 +50,18 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_top_level,
 )
 
-from ._checks import IntOrString, check_duration, check_percentage, parse_decimal, parse_go_duration
+from ._checks import (
+    IntOrString,
+    check_duration,
+    check_from,
+    check_percentage,
+    parse_decimal,
+    parse_go_duration,
+    refuse_to,
+)
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
 from ._http_filters import insert_before_router
 
@@ -139,13 +146,9 @@ class MeshFaultInjectionSpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
                         inbound=True)
-        if self.to is not None:
-            v.add(f"{path}.to", "kuma-vm injects faults on the destination's inbounds only (Kuma's 'to' is for "
-                                "builtin gateways): use 'from' on the destination's proxies")
-        if not self.from_:
-            v.add(f"{path}.from", "needs at least one item: which clients get which faults")
-        check_items(v, f"{path}.from", self.from_, allowed=FROM_KINDS, where=f"spec.from[].targetRef of {POLICY}",
-                    inbound=True)
+        refuse_to(v, path, self.to, doing="injects faults")
+        check_from(v, path, self.from_, policy=POLICY, allowed=FROM_KINDS,
+                   required="needs at least one item: which clients get which faults")
         for i, item in enumerate(self.from_ or ()):
             check_client_ref(v, f"{path}.from[{i}].targetRef", item.target_ref, POLICY)
 

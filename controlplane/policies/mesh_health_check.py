@@ -50,7 +50,6 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_top_level,
     effective_target_ref,
     require_some,
@@ -64,6 +63,7 @@ from ._checks import (
     check_http_status,
     check_int,
     check_percentage,
+    check_to,
     parse_decimal,
     parse_go_duration,
 )
@@ -204,9 +204,7 @@ class MeshHealthCheckSpec(Spec):
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
-        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
-                    where=f"spec.to[].targetRef of {POLICY}" +
-                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
 
 
 RESOURCE_TYPE = register(ResourceType(

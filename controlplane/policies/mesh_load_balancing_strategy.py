@@ -59,14 +59,21 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_tag_key,
     check_top_level,
     effective_target_ref,
     require_some,
 )
 
-from ._checks import check_decimal, check_duration, check_header_name, check_int, parse_decimal, parse_go_duration
+from ._checks import (
+    check_decimal,
+    check_duration,
+    check_header_name,
+    check_int,
+    check_to,
+    parse_decimal,
+    parse_go_duration,
+)
 
 POLICY = "MeshLoadBalancingStrategy"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
@@ -341,9 +348,7 @@ class MeshLoadBalancingStrategySpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_MULTI_ZONE_SERVICE)
-        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
-                    where=f"spec.to[].targetRef of {POLICY}" +
-                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -44,11 +44,19 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_top_level,
 )
 
-from ._checks import INT32_MAX, check_duration, check_header_name, check_header_value, check_int, parse_go_duration
+from ._checks import (
+    INT32_MAX,
+    check_duration,
+    check_from,
+    check_header_name,
+    check_header_value,
+    check_int,
+    parse_go_duration,
+    refuse_to,
+)
 from ._http_filters import insert_before_router
 
 POLICY = "MeshRateLimit"
@@ -161,13 +169,9 @@ class MeshRateLimitSpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
                         inbound=True)
-        if self.to is not None:
-            v.add(f"{path}.to", "kuma-vm rate limits on the destination's inbounds only (Kuma's 'to' is for "
-                                "builtin gateways): use 'from' on the destination's proxies")
-        if not self.from_:
-            v.add(f"{path}.from", "needs at least one item: the limits for the selected proxies' inbounds")
-        check_items(v, f"{path}.from", self.from_, allowed=(MESH,), where=f"spec.from[].targetRef of {POLICY}",
-                    inbound=True)
+        refuse_to(v, path, self.to, doing="rate limits")
+        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,),
+                   required="needs at least one item: the limits for the selected proxies' inbounds")
 
 
 RESOURCE_TYPE = register(ResourceType(

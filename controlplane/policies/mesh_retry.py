@@ -63,7 +63,6 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_tag_key,
     check_top_level,
     effective_target_ref,
@@ -77,6 +76,7 @@ from ._checks import (
     check_header_matches,
     check_header_name,
     check_int,
+    check_to,
     parse_go_duration,
 )
 
@@ -262,9 +262,7 @@ class MeshRetrySpec(Spec):
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE, *SELECTS_NOTHING_YET)
-        check_items(v, f"{path}.to", self.to, allowed=to_kinds,
-                    where=f"spec.to[].targetRef of {POLICY}" +
-                          (" under a top-level MeshGateway" if top == MESH_GATEWAY else ""))
+        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
 
 
 RESOURCE_TYPE = register(ResourceType(

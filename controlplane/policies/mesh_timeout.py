@@ -68,7 +68,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._checks import check_duration, parse_go_duration
+from ._checks import check_duration, check_from, parse_go_duration
 
 POLICY = "MeshTimeout"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)
@@ -129,11 +129,7 @@ class MeshTimeoutSpec(Spec):
             v.add(path, "at least one of 'from' or 'to' must have an item")
         if self.from_ and top in (MESH_GATEWAY, MESH_HTTP_ROUTE):
             v.add(f"{path}.from", f"cannot be used with a top-level {top}: use 'to'")
-        for i, item in enumerate(self.from_ or ()):
-            p = f"{path}.from[{i}]"
-            check_target_ref(v, f"{p}.targetRef", item.target_ref, allowed=(MESH,),
-                             where=f"spec.from[].targetRef of {POLICY}", inbound=True)
-            item.default.check(v, f"{p}.default")
+        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         to_kinds = (MESH,) if top in (MESH_GATEWAY, MESH_HTTP_ROUTE) else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE,
                                                                             *SELECTS_NOTHING_YET)
         for i, item in enumerate(self.to or ()):

@@ -43,13 +43,14 @@ from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
-    check_items,
     check_top_level,
     effective_target_ref,
     in_precedence_order,
     precedence_key,
     selects_inbound,
 )
+
+from ._checks import check_from
 
 POLICY = "MeshTrafficPermission"
 Action = Literal["Allow", "Deny", "AllowWithShadowDeny"]
@@ -121,8 +122,7 @@ class MeshTrafficPermissionSpec(Spec):
             v.add(f"{path}.from", "needs at least one item (or give 'rules' with SPIFFE ID matchers)")
         allowed = RULES_TOP_LEVEL_KINDS if self.rules is not None else TOP_LEVEL_KINDS
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=allowed, policy=POLICY, inbound=True)
-        check_items(v, f"{path}.from", self.from_, allowed=FROM_KINDS,
-                    where=f"spec.from[].targetRef of {POLICY}", inbound=True)
+        check_from(v, path, self.from_, policy=POLICY, allowed=FROM_KINDS)
         for i, rule in enumerate(self.rules or ()):
             rule.check(v, f"{path}.rules[{i}]")
 
