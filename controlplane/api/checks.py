@@ -7,11 +7,25 @@ from __future__ import annotations
 from controlplane.ca import CaManager, used_secrets
 from controlplane.policies._defaults import default_policies
 from controlplane.resources import REGISTRY, Resource, ResourceType
-from controlplane.resources.dataplane import with_zone_tag
+from controlplane.resources.dataplane import DataplaneSpec, with_zone_tag
 from controlplane.resources.errors import InvalidParameter
+from controlplane.resources.mesh import MeshSpec, membership_refusal
 from controlplane.store.base import NotFound, ResourceStore
 
 from .ownership import Ownership
+
+
+async def dataplane_membership_refusal(store: ResourceStore, dataplane: Resource) -> str | None:
+    """Why the Dataplane may not join its mesh (the Mesh's constraints.dataplaneProxy), or None. A missing
+    mesh is the store's to refuse."""
+    mesh_type = REGISTRY.by_name("Mesh")
+    assert mesh_type is not None
+    try:
+        mesh = await store.get(mesh_type, dataplane.meta.mesh)
+    except NotFound:
+        return None
+    assert isinstance(mesh.spec, MeshSpec) and isinstance(dataplane.spec, DataplaneSpec)
+    return membership_refusal(mesh.spec, mesh.meta.name, dataplane.spec.tag_sets())
 
 
 class WriteChecks:
@@ -50,6 +64,9 @@ class WriteChecks:
     async def before_write(self, resource: Resource) -> list[InvalidParameter]:
         if resource.type.name == "Mesh":
             return await self.ca.validate_backend(resource)
+        if resource.type.name == "Dataplane":
+            refusal = await dataplane_membership_refusal(self.store, resource)
+            return [InvalidParameter("networking", refusal)] if refusal else []
         return []
 
     async def after_write(self, resource: Resource) -> None:

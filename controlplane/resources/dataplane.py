@@ -236,6 +236,13 @@ class DataplaneSpec(Spec):
             return [self.networking.gateway.tags[SERVICE_TAG]]
         return [i.service for i in self.networking.inbound]
 
+    def tag_sets(self) -> list[dict[str, str]]:
+        """Each inbound's tags, and the gateway's (what a Mesh's dataplane constraints are checked against)."""
+        sets = [dict(i.tags) for i in self.networking.inbound]
+        if self.networking.gateway:
+            sets.append(dict(self.networking.gateway.tags))
+        return sets
+
     def tags(self) -> dict[str, set[str]]:
         """Every tag value over all inbounds (what a dataplane token's tags are checked against)."""
         out: dict[str, set[str]] = {}

@@ -77,6 +77,22 @@ def check_tags(v: Violations, path: str, tags: dict[str, str], *, required: tupl
             v.add(key_path(path, key), f"tag value {value!r} must consist of {TAG_VALUE_CHARS}")
 
 
+SELECTOR_VALUE_RE = re.compile(r"^([a-zA-Z0-9.\-_:/]+|\*)$")
+
+
+def check_selector(v: Violations, path: str, tags: dict[str, str]) -> None:
+    """Kuma's tag selector (ValidateSelector): tag names as in check_tags; values may also hold '/' or be '*'."""
+    for key in sorted(tags):
+        value = tags[key]
+        if not TAG_KEY_RE.match(key):
+            v.add(key_path(path, key), TAG_KEY_RULE)
+        if not value:
+            v.add(key_path(path, key), "tag value must be non-empty")
+        elif not SELECTOR_VALUE_RE.match(value):
+            v.add(key_path(path, key), f"tag value {value!r} must consist of letters, digits, '.', '-', '_', ':' "
+                                       "and '/', or be '*'")
+
+
 # The longest duration anything takes: Envoy's protobuf Duration must fit int64 nanoseconds in whole seconds,
 # which is also just under the largest Go time.Duration Kuma can hold (about 292 years). Bounding every
 # duration here means nothing stored can overflow a date or an Envoy field later.

@@ -1,16 +1,23 @@
-"""Mesh: a tenant with its own CA, identities and policies."""
+"""Mesh: a tenant with its own CA, identities and policies.
+
+Validation follows Kuma 2.14's mesh_validator.go: at most one mTLS backend (Kuma's open-source limit), unique
+backend names, `enabledBackend` naming one of them, zone egress only with mTLS on, and `constraints`
+selectors with at least one tag each. `constraints.dataplaneProxy` is enforced when a Dataplane is written
+(`membership_refusal`, Kuma's membership validator). The older mesh-wide `logging`, `tracing` and `metrics`
+sections are refused with the policy that replaces each.
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
 from .base import ResourceType, Scope, Spec, parse_spec_model, register
 from .datasource import DataSource
 from .errors import Violations
-from .fields import check_duration, check_name
+from .fields import check_duration, check_name, check_selector
 
 
 class Rotation(Spec):
@@ -81,6 +88,9 @@ class MtlsBackend(Spec):
         return ProvidedConf.model_validate(self.conf or {})
 
 
+MAX_MTLS_BACKENDS = 1  # Kuma's AllowedMTLSBackends (open source)
+
+
 class Mtls(Spec):
     kuma_unsupported = frozenset({"skipValidation"})
 
@@ -88,6 +98,9 @@ class Mtls(Spec):
     backends: list[MtlsBackend] = []
 
     def check(self, v: Violations, path: str) -> None:
+        if len(self.backends) > MAX_MTLS_BACKENDS:
+            v.add(f"{path}.backends", f"cannot have more than {MAX_MTLS_BACKENDS} backend (Kuma's limit): keep the "
+                                      "one you enable; to change CA, replace it")
         seen: set[str] = set()
         for i, b in enumerate(self.backends):
             b.check(v, f"{path}.backends[{i}]")
@@ -116,10 +129,70 @@ class Routing(Spec):
     default_forbid_mesh_external_service_access: bool | None = None
 
 
+class ConstraintRule(Spec):
+    tags: dict[str, str] = {}
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.tags:
+            v.add(f"{path}.tags", "must have at least one tag")
+        check_selector(v, f"{path}.tags", self.tags)
+
+    def matches(self, tags: dict[str, str]) -> bool:
+        """Kuma's matchTags: every tag of the rule is on the set; a '*' value needs the tag with any value."""
+        return all((tags.get(k, "") != "") if want == "*" else tags.get(k) == want for k, want in self.tags.items())
+
+
+class DataplaneProxyConstraints(Spec):
+    requirements: list[ConstraintRule] | None = None
+    restrictions: list[ConstraintRule] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        for name in ("requirements", "restrictions"):
+            for i, rule in enumerate(getattr(self, name) or ()):
+                rule.check(v, f"{path}.{name}[{i}]")
+
+
+class Constraints(Spec):
+    dataplane_proxy: DataplaneProxyConstraints | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.dataplane_proxy is not None:
+            self.dataplane_proxy.check(v, f"{path}.dataplaneProxy")
+
+
+def _tag_set(tags: dict[str, str]) -> str:
+    return " ".join(f"{k}={tags[k]}" for k in sorted(tags))
+
+
+def membership_refusal(mesh: MeshSpec, mesh_name: str, tag_sets: list[dict[str, str]]) -> str | None:
+    """Why a dataplane with these tag sets (one per inbound, or its gateway's) may not join the mesh, or None
+    (Kuma's membership validator): each set must match a requirement when there are any, and none of the
+    restrictions."""
+    rules = mesh.constraints.dataplane_proxy if mesh.constraints else None
+    if rules is None:
+        return None
+    for tags in tag_sets:
+        if rules.requirements and not any(r.matches(tags) for r in rules.requirements):
+            return (f"dataplane cannot be a member of mesh {mesh_name!r}: its tags '{_tag_set(tags)}' fulfil none "
+                    "of the mesh's constraints.dataplaneProxy.requirements")
+        denied = next((r for r in rules.restrictions or () if r.matches(tags)), None)
+        if denied is not None:
+            return (f"dataplane cannot be a member of mesh {mesh_name!r}: its tags '{_tag_set(tags)}' match the "
+                    f"restricted tags '{_tag_set(denied.tags)}' of the mesh's constraints.dataplaneProxy")
+    return None
+
+
 class MeshSpec(Spec):
-    kuma_unsupported = frozenset({"tracing", "logging", "metrics", "constraints", "meshServices"})
+    kuma_unsupported = frozenset({"tracing", "logging", "metrics", "meshServices"})
+    # The older mesh-wide sections and the policies that replaced them in Kuma (and exist in kuma-vm).
+    kuma_unsupported_fix: ClassVar[dict[str, str]] = {
+        "logging": "Kuma's older mesh-wide access logs: use a MeshAccessLog policy instead",
+        "tracing": "Kuma's older mesh-wide tracing: use a MeshTrace policy instead",
+        "metrics": "Kuma's older mesh-wide metrics: use a MeshMetric policy instead",
+    }
 
     mtls: Mtls | None = None
+    constraints: Constraints | None = None
     networking: MeshNetworking | None = None
     routing: Routing | None = None
     # Kuma creates default policies in a new mesh unless told not to ("*" skips all).
@@ -128,6 +201,8 @@ class MeshSpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.mtls:
             self.mtls.check(v, f"{path}.mtls" if path else "mtls")
+        if self.constraints:
+            self.constraints.check(v, f"{path}.constraints" if path else "constraints")
         if self.routing is not None and self.routing.zone_egress and not (self.mtls and self.mtls.enabled_backend):
             # Kuma: zone egress identifies the services behind it by their mTLS certificates
             v.add(f"{path}.mtls" if path else "mtls", "has to be set when zoneEgress is enabled: enable mTLS "

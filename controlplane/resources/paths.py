@@ -166,7 +166,8 @@ def unknown_field_reason(parent: Any, name: str) -> str:
     if not _is_model(parent):
         return "unknown field: not a field of this resource; remove it or check its spelling"
     if name in getattr(parent, "kuma_unsupported", ()):
-        return f"a Kuma field kuma-vm does not support yet: {name} (remove it; the README lists what is missing)"
+        fix = getattr(parent, "kuma_unsupported_fix", {}).get(name, "remove it; the README lists what is missing")
+        return f"a Kuma field kuma-vm does not support yet: {name} ({fix})"
     valid = wire_names(parent)
     unsupported = sorted(getattr(parent, "kuma_unsupported", ()))
     candidates = valid + unsupported

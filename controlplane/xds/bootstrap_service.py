@@ -10,9 +10,10 @@ from typing import Any
 import grpc
 
 from controlplane.dns.vips import VipView
-from controlplane.resources import REGISTRY
+from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.codec import to_wire
 from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.mesh import MeshSpec, membership_refusal
 from controlplane.store.base import NotFound, ResourceStore, StoreError
 
 from .auth import DataplaneAuthenticator
@@ -55,10 +56,16 @@ class BootstrapService:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"control plane store unavailable: {e}")
             raise
         ingress = req.proxy_type == "ingress"  # a zone ingress belongs to no mesh and runs no DNS
-        if not ingress and not await self._mesh_exists(req.mesh):  # a valid token for a mesh deleted since
+        mesh = None if ingress else await self._mesh(req.mesh)
+        if not ingress and mesh is None:  # a valid token for a mesh deleted since
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"mesh {req.mesh!r} does not exist: create it first (kumactl apply)")
         spec = caller.dataplane.spec
+        if mesh is not None and isinstance(mesh.spec, MeshSpec) and isinstance(spec, DataplaneSpec):
+            refusal = membership_refusal(mesh.spec, req.mesh, spec.tag_sets())  # Kuma: the mesh's constraints
+            if refusal:
+                log.warning("bootstrap refused", extra={"mesh": req.mesh, "dataplane": req.name, "reason": refusal})
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         services = spec.services() if isinstance(spec, DataplaneSpec) else []
         dataplane_json = json.dumps(to_wire(caller.dataplane)) if caller.registering else None
         bootstrap = render(req, ca_pem=self.ca_pem, service=services[0] if services else req.name,
@@ -71,11 +78,10 @@ class BootstrapService:
             answer["vips"] = self.vips.mesh(req.mesh).to_json()
         return json.dumps(answer).encode()
 
-    async def _mesh_exists(self, mesh: str) -> bool:
+    async def _mesh(self, mesh: str) -> Resource | None:
         mesh_type = REGISTRY.by_name("Mesh")
         assert mesh_type is not None
         try:
-            await self.store.get(mesh_type, mesh)
-            return True
+            return await self.store.get(mesh_type, mesh)
         except NotFound:
-            return False
+            return None

@@ -222,7 +222,8 @@ UNSUPPORTED_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("tproxy-reachable-backends", dataplane(net(transparentProxying={"reachableBackends": {"refs": []}})),
      "networking.transparentProxying.reachableBackends", "reachableBackends"),
     ("mesh-tracing", {"type": "Mesh", "name": "m", "tracing": {"backends": []}}, "tracing", "tracing"),
-    ("mesh-constraints", {"type": "Mesh", "name": "m", "constraints": {}}, "constraints", "constraints"),
+    ("mesh-logging", {"type": "Mesh", "name": "m", "logging": {"backends": []}}, "logging", "logging"),
+    ("mesh-metrics", {"type": "Mesh", "name": "m", "metrics": {"backends": []}}, "metrics", "metrics"),
     ("mesh-mtls-skip-validation", {"type": "Mesh", "name": "m", "mtls": {"skipValidation": True}},
      "mtls.skipValidation", "skipValidation"),
     ("meshtimeout-rules", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
@@ -257,7 +258,7 @@ def test_typos_are_not_fields_and_get_the_closest_name(doc: dict[str, Any], fiel
                                                        suggestion: str | None) -> None:
     found = problems(doc)
     if suggestion is None:  # far from every field name: the valid ones are listed
-        assert found[field].startswith("unknown field: not a field of this resource; valid fields here: mtls, ")
+        assert found[field].startswith("unknown field: not a field of this resource; valid fields here: constraints, mtls, ")
         return
     assert found[field].startswith("unknown field: not a field of this resource: did you mean " + suggestion), found
 
@@ -433,3 +434,96 @@ def test_mesh_zone_egress_needs_mtls(doc: dict[str, Any], field: str | None) -> 
         from_wire(doc, REGISTRY)
     else:
         assert "zoneEgress" in problems(doc)[field]
+
+
+# --- Mesh: Kuma 2.14's mesh_validator.go (issue item 3) ---------------------------------------------------
+
+def mesh(**spec: Any) -> dict[str, Any]:
+    return {"type": "Mesh", "name": "m", **spec}
+
+
+CONSTRAINTS_OK = {"dataplaneProxy": {"requirements": [{"tags": {"kuma.io/zone": "east"}}],
+                                     "restrictions": [{"tags": {"team": "*"}}]}}
+
+MESH_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("one-backend", mesh(mtls=BUILTIN), None),
+    ("two-backends", mesh(mtls={"enabledBackend": "ca-1", "backends": [
+        {"name": "ca-1", "type": "builtin"}, {"name": "ca-2", "type": "builtin"}]}), "mtls.backends"),
+    ("same-name-twice", mesh(mtls={"backends": [{"name": "ca-1", "type": "builtin"},
+                                                {"name": "ca-1", "type": "builtin"}]}), "mtls.backends[1].name"),
+    ("enabled-backend-unknown", mesh(mtls={"enabledBackend": "ca-2", "backends": BUILTIN["backends"]}),
+     "mtls.enabledBackend"),
+    ("backends-without-enabled", mesh(mtls={"backends": BUILTIN["backends"]}), None),
+    ("constraints", mesh(constraints=CONSTRAINTS_OK), None),
+    ("constraints-empty", mesh(constraints={}), None),
+    ("constraints-dpp-empty", mesh(constraints={"dataplaneProxy": {}}), None),
+    ("requirement-without-tags", mesh(constraints={"dataplaneProxy": {"requirements": [{"tags": {}}]}}),
+     "constraints.dataplaneProxy.requirements[0].tags"),
+    ("restriction-without-tags", mesh(constraints={"dataplaneProxy": {"restrictions": [{}]}}),
+     "constraints.dataplaneProxy.restrictions[0].tags"),
+    ("requirement-empty-value", mesh(constraints={"dataplaneProxy": {"requirements": [{"tags": {"team": ""}}]}}),
+     'constraints.dataplaneProxy.requirements[0].tags["team"]'),
+    ("requirement-bad-key", mesh(constraints={"dataplaneProxy": {"requirements": [{"tags": {"my team": "a"}}]}}),
+     'constraints.dataplaneProxy.requirements[0].tags["my team"]'),
+    ("requirement-slash-value", mesh(constraints={"dataplaneProxy": {"requirements": [{"tags": {"v": "a/b"}}]}}),
+     None),
+    ("requirement-space-value", mesh(constraints={"dataplaneProxy": {"restrictions": [{"tags": {"v": "a b"}}]}}),
+     'constraints.dataplaneProxy.restrictions[0].tags["v"]'),
+    ("constraints-typo", mesh(constraints={"dataplaneProxies": {}}), "constraints.dataplaneProxies"),
+    ("egress-with-mtls", mesh(routing={"zoneEgress": True}, mtls=BUILTIN), None),
+    ("egress-without-mtls", mesh(routing={"zoneEgress": True}), "mtls"),
+]
+
+
+@pytest.mark.parametrize("doc, field", [c[1:] for c in MESH_CASES], ids=[c[0] for c in MESH_CASES])
+def test_mesh_verdicts_match_kuma(doc: dict[str, Any], field: str | None) -> None:
+    if field is None:
+        from_wire(doc, REGISTRY)
+    else:
+        found = problems(doc)
+        assert field in found, found
+
+
+def test_two_mtls_backends_say_kumas_limit() -> None:
+    found = problems(mesh(mtls={"backends": [{"name": "a", "type": "builtin"}, {"name": "b", "type": "builtin"}]}))
+    assert "cannot have more than 1 backend" in found["mtls.backends"]
+
+
+@pytest.mark.parametrize("section, policy", [("logging", "MeshAccessLog"), ("tracing", "MeshTrace"),
+                                             ("metrics", "MeshMetric")])
+def test_old_mesh_observability_sections_name_the_policy_to_use(section: str, policy: str) -> None:
+    reason = problems(mesh(**{section: {"backends": []}}))[section]
+    assert reason.startswith(NOT_YET + section) and f"use a {policy} policy instead" in reason
+
+
+# Kuma's membership validator: (tag sets of the dataplane, None to join or a word of the refusal)
+MEMBERSHIP_CASES: list[tuple[str, dict[str, Any], list[dict[str, str]], str | None]] = [
+    ("no-constraints", {}, [{"kuma.io/service": "web"}], None),
+    ("meets-requirement", CONSTRAINTS_OK, [{"kuma.io/service": "web", "kuma.io/zone": "east"}], None),
+    ("misses-requirement", CONSTRAINTS_OK, [{"kuma.io/service": "web", "kuma.io/zone": "west"}], "requirements"),
+    ("one-inbound-misses", CONSTRAINTS_OK, [{"kuma.io/service": "web", "kuma.io/zone": "east"},
+                                            {"kuma.io/service": "admin"}], "requirements"),
+    ("restricted-by-wildcard", CONSTRAINTS_OK, [{"kuma.io/service": "web", "kuma.io/zone": "east",
+                                                 "team": "x"}], "restricted"),
+    ("any-requirement-will-do", {"dataplaneProxy": {"requirements": [{"tags": {"a": "1"}}, {"tags": {"b": "*"}}]}},
+     [{"kuma.io/service": "web", "b": "2"}], None),
+    ("restrictions-only", {"dataplaneProxy": {"restrictions": [{"tags": {"kuma.io/service": "legacy"}}]}},
+     [{"kuma.io/service": "web"}], None),
+    ("restricted-service", {"dataplaneProxy": {"restrictions": [{"tags": {"kuma.io/service": "legacy"}}]}},
+     [{"kuma.io/service": "legacy"}], "restricted"),
+]
+
+
+@pytest.mark.parametrize("constraints, tag_sets, refusal", [c[1:] for c in MEMBERSHIP_CASES],
+                         ids=[c[0] for c in MEMBERSHIP_CASES])
+def test_dataplane_membership_follows_the_mesh_constraints(constraints: dict[str, Any],
+                                                           tag_sets: list[dict[str, str]], refusal: str | None) -> None:
+    from controlplane.resources.mesh import MeshSpec, membership_refusal
+
+    resource = from_wire(mesh(constraints=constraints) if constraints else mesh(), REGISTRY)
+    assert isinstance(resource.spec, MeshSpec)
+    reason = membership_refusal(resource.spec, "m", tag_sets)
+    if refusal is None:
+        assert reason is None
+    else:
+        assert reason is not None and refusal in reason and "mesh 'm'" in reason
