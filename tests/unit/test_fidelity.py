@@ -258,7 +258,8 @@ def test_typos_are_not_fields_and_get_the_closest_name(doc: dict[str, Any], fiel
                                                        suggestion: str | None) -> None:
     found = problems(doc)
     if suggestion is None:  # far from every field name: the valid ones are listed
-        assert found[field].startswith("unknown field: not a field of this resource; valid fields here: constraints, mtls, ")
+        listed = "unknown field: not a field of this resource; valid fields here: constraints, mtls, "
+        assert found[field].startswith(listed)
         return
     assert found[field].startswith("unknown field: not a field of this resource: did you mean " + suggestion), found
 
