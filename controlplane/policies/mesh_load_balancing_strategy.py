@@ -8,9 +8,10 @@
   min <= max), hashPolicies[]}`;
 - `Maglev`: `maglev.{tableSize (a prime up to 5000011, as Envoy requires), hashPolicies[]}`.
 
-`hashPolicies[]` entries have a `type` (Header, Cookie, Connection, QueryParameter, FilterState), the
-matching settings block (`header.name`, `cookie.{name, ttl, path}`, `connection.sourceIP`,
-`queryParameter.name`, `filterState.key`) and `terminal`.
+`default.hashPolicies[]` (Kuma 2.14) applies to whichever load balancer is in effect and wins over the
+lists inside `ringHash`/`maglev` (one policy may not give both). `hashPolicies[]` entries have a `type`
+(Header, Cookie, Connection, QueryParameter, FilterState), the matching settings block (`header.name`,
+`cookie.{name, ttl, path}`, `connection.sourceIP`, `queryParameter.name`, `filterState.key`) and `terminal`.
 
 `default.localityAwareness` keeps Kuma's schema for multi-zone: `disabled`, `localZone.affinityTags[]`
 (`key`, `weight` >= 1, all or none weighted), `crossZone.failover[]` (`from.zones`, `to.type`
@@ -51,14 +52,17 @@ from controlplane.resources.fields import check_name
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.rules import listener_confs
 from controlplane.xds.generate.targeting import (
     MESH,
     MESH_GATEWAY,
+    MESH_HTTP_ROUTE,
     MESH_MULTI_ZONE_SERVICE,
     MESH_SERVICE,
     TOP_LEVEL_KINDS,
     Item,
     TargetRef,
+    camel,
     check_tag_key,
     check_top_level,
     effective_target_ref,
@@ -326,18 +330,25 @@ class LocalityAwareness(Spec):
 
 
 class Conf(Spec):
-    kuma_unsupported = frozenset({"hashPolicies"})  # Kuma 2.14's top-level hash policies (outside loadBalancer)
-
     locality_awareness: LocalityAwareness | None = None
     load_balancer: LoadBalancer | None = None
+    # Kuma 2.14: hash policies for whatever load balancer applies; they win over the ones inside
+    # loadBalancer.ringHash/maglev (which one policy may not set together with these).
+    hash_policies: list[HashPolicy] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if not require_some(v, path, self, ("load_balancer", "locality_awareness")):
+        if not require_some(v, path, self, ("load_balancer", "locality_awareness", "hash_policies")):
             return
         if self.load_balancer is not None:
             self.load_balancer.check(v, f"{path}.loadBalancer")
         if self.locality_awareness is not None:
             self.locality_awareness.check(v, f"{path}.localityAwareness")
+        _check_hash_policies(v, f"{path}.hashPolicies", self.hash_policies)
+        if self.hash_policies is not None and self.load_balancer is not None:
+            for name, block in (("ringHash", self.load_balancer.ring_hash), ("maglev", self.load_balancer.maglev)):
+                if block is not None and block.hash_policies is not None:
+                    v.add(f"{path}.loadBalancer.{name}.hashPolicies",
+                          "hashPolicies are already given at the root of default: keep one of the two lists")
 
 
 class MeshLoadBalancingStrategySpec(Spec):
@@ -347,7 +358,13 @@ class MeshLoadBalancingStrategySpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_MULTI_ZONE_SERVICE)
+        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE, MESH_MULTI_ZONE_SERVICE)
+        for i, item in enumerate(self.to or ()):
+            if item.target_ref.kind == MESH_HTTP_ROUTE:  # Kuma: a route's requests take hash policies only
+                for name in ("load_balancer", "locality_awareness"):
+                    if getattr(item.default, name) is not None:
+                        v.add(f"{path}.to[{i}].default.{camel(name)}", "is not allowed when targetRef.kind is "
+                              "MeshHTTPRoute: only hashPolicies apply to a route's requests")
         check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
 
 
@@ -396,7 +413,12 @@ def apply_lb(cluster: cluster_pb2.Cluster, lb: dict[str, Any]) -> None:
             cluster.maglev_lb_config.table_size.value = conf["tableSize"]
 
 
-def hash_policies(lb: dict[str, Any]) -> list[dict[str, Any]]:
+def hash_policies(conf: dict[str, Any]) -> list[dict[str, Any]]:
+    """The hash policies of a merged conf: its root `hashPolicies`, else those of its RingHash/Maglev
+    load balancer (Kuma's getHashPolicies)."""
+    if conf.get("hashPolicies") is not None:
+        return list(conf["hashPolicies"])
+    lb = conf.get("loadBalancer") or {}
     kind = lb.get("type")
     block = lb.get("ringHash") if kind == "RingHash" else lb.get("maglev") if kind == "Maglev" else None
     return list((block or {}).get("hashPolicies") or ())
@@ -434,11 +456,19 @@ class LoadBalancingPlugin(PolicyPlugin):
         return json.dumps(merged.data["loadBalancer"], sort_keys=True)
 
     def listener_key(self, ctx: ProxyContext, service: str) -> Hashable:
-        merged = ctx.rules.to_conf(POLICY, ctx.dataplane, service)
-        if merged is None:
+        """(the destination's hash policies, ((route name, that route's hash policies), ...)) as JSON, for
+        routes a `to[]` entry of kind MeshHTTPRoute gives other ones; None when there are none at all."""
+        confs = listener_confs(ctx, POLICY, service)
+        if confs is None:
             return None
-        policies = hash_policies(merged.data.get("loadBalancer") or {})
-        return json.dumps(policies, sort_keys=True) if policies else None
+        base_json, per_route_json = confs
+        base = hash_policies(json.loads(base_json)) if base_json else []
+        routes = tuple((name, policies) for name, text in per_route_json
+                       if (policies := hash_policies(json.loads(text))) != base)
+        if not base and not routes:
+            return None
+        return (json.dumps(base, sort_keys=True),
+                tuple((name, json.dumps(policies, sort_keys=True)) for name, policies in routes))
 
     def apply_outbound_cluster(self, ctx: ProxyContext, service: str, cluster: cluster_pb2.Cluster,
                                key: Hashable) -> None:
@@ -451,16 +481,18 @@ class LoadBalancingPlugin(PolicyPlugin):
 
     def apply_outbound_listener(self, ctx: ProxyContext, service: str, listener: listener_pb2.Listener,
                                 key: Hashable) -> None:
-        assert isinstance(key, str)
-        policies = json.loads(key)
+        assert isinstance(key, tuple)
+        base_json, per_route_json = key
+        policies = json.loads(base_json)
         route_policies = [route_hash_policy(hp) for hp in policies]
+        per_route = {name: [route_hash_policy(hp) for hp in json.loads(text)] for name, text in per_route_json}
 
         def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
             for vhost in manager.route_config.virtual_hosts:
                 for route in vhost.routes:
                     if route.HasField("route"):
                         del route.route.hash_policy[:]
-                        route.route.hash_policy.extend(route_policies)
+                        route.route.hash_policy.extend(per_route.get(route.name, route_policies))
 
         def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
             del proxy.hash_policy[:]

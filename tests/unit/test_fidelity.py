@@ -230,10 +230,6 @@ UNSUPPORTED_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "targetRef": {"kind": "Mesh"}, "rules": [{"default": {"idleTimeout": "1s"}}]}}, "spec.rules", "rules"),
     ("meshcircuitbreaker-rules", {"type": "MeshCircuitBreaker", "mesh": "default", "name": "c", "spec": {
         "targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}}, "spec.rules", "rules"),
-    ("mlbs-hash-policies", {"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "l", "spec": {
-        "targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"}, "default": {
-            "hashPolicies": [{"type": "Header", "header": {"name": "x"}}]}}]}},
-     "spec.to[0].default.hashPolicies", "hashPolicies"),
 ]
 
 

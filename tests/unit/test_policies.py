@@ -340,7 +340,7 @@ def test_fields_next_to_spec_are_refused() -> None:
     ("MeshCircuitBreaker", {"from": [{"targetRef": {"kind": "MeshService", "name": "web"},
                                       "default": {"connectionLimits": {"maxConnections": 1}}}]},
      "spec.from[0].targetRef.kind"),
-    ("MeshLoadBalancingStrategy", {"to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
+    ("MeshLoadBalancingStrategy", {"to": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}},
                                            "default": {"loadBalancer": {"type": "Random"}}}]},
      "spec.to[0].targetRef.kind"),
     ("MeshHTTPRoute", {"to": [{"targetRef": {"kind": "Mesh"}, "rules": []}]}, "spec.to[0].targetRef.kind"),
