@@ -16,7 +16,7 @@ import re
 import warnings
 from collections.abc import Collection, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field
 
@@ -25,6 +25,7 @@ from controlplane.resources.errors import Violations
 from controlplane.resources.fields import MAX_DURATION_NS, MAX_DURATION_TEXT, check_name
 from controlplane.xds.generate.plugins import Backend
 from controlplane.xds.generate.targeting import (
+    MESH,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
     Item,
@@ -60,6 +61,33 @@ def refuse_to(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, do
     if items is not None:
         v.add(f"{path}.to", f"kuma-vm {doing} on the destination's inbounds only (Kuma's 'to' is for builtin "
                             "gateways): use 'from' on the destination's proxies")
+
+
+# Kuma 2.14's `rules[]` form of inbound policies (MeshTimeout, MeshCircuitBreaker): a `default` for all of a
+# proxy's inbound traffic, in place of `from[]`. kuma-vm merges each rule as a `from` entry of kind Mesh.
+RuleConf = TypeVar("RuleConf", bound=Spec)
+
+
+class InboundRule(Spec, Generic[RuleConf]):
+    kuma_unsupported = frozenset({"matches"})  # MeshTimeout's per-SPIFFE-ID/SNI matches
+
+    default: RuleConf
+
+
+def check_rules(v: Violations, path: str, rules: Sequence[InboundRule[Any]] | None, *,
+                other: Sequence[Any] | None) -> None:
+    """Kuma: `rules` replaces `from` and `to` (`other`: the two, concatenated); each rule's default is checked
+    as a `from` entry's is."""
+    if rules and other:
+        v.add(path, "fields 'to' and 'from' must be empty when 'rules' is defined")
+    for i, rule in enumerate(rules or ()):
+        rule.default.check(v, f"{path}.rules[{i}].default")
+
+
+def rules_as_from(rules: Sequence[InboundRule[Any]] | None) -> list[Item[Any]]:
+    """The rules as the `from[]` entries (kind Mesh: every client) they merge as."""
+    return [Item.model_construct(target_ref=TargetRef.model_construct(kind=MESH), default=r.default)
+            for r in rules or ()]
 
 
 # --- durations (Go / Kubernetes metav1.Duration, as Kuma reads them) ---------------------------------

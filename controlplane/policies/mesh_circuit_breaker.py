@@ -55,14 +55,17 @@ from controlplane.xds.generate.targeting import (
 )
 
 from ._checks import (
+    InboundRule,
     check_decimal,
     check_duration,
     check_from,
     check_int,
     check_percentage,
+    check_rules,
     check_to,
     parse_decimal,
     parse_go_duration,
+    rules_as_from,
 )
 
 POLICY = "MeshCircuitBreaker"
@@ -170,21 +173,25 @@ class Conf(Spec):
 
 
 class MeshCircuitBreakerSpec(Spec):
-    kuma_unsupported = frozenset({"rules"})
-
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
+    rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
-                        inbound=bool(self.from_), listener_tags=True)
-        if not self.from_ and not self.to:
-            v.add(path, "at least one of 'from' or 'to' must have an item")
+                        inbound=bool(self.from_ or self.rules), listener_tags=True)
+        if not self.from_ and not self.to and not self.rules:
+            v.add(path, "at least one of 'from', 'to' or 'rules' must have an item")
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
+        check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
         to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
         check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
+
+
+    def inbound_items(self) -> list[Item[Conf]]:
+        return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
 RESOURCE_TYPE = register(ResourceType(

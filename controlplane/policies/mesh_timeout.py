@@ -68,7 +68,7 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._checks import check_duration, check_from, parse_go_duration
+from ._checks import InboundRule, check_duration, check_from, check_rules, parse_go_duration, rules_as_from
 
 POLICY = "MeshTimeout"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)
@@ -115,21 +115,22 @@ class Conf(Spec):
 
 
 class MeshTimeoutSpec(Spec):
-    kuma_unsupported = frozenset({"rules"})
-
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
+    rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
-                        inbound=bool(self.from_), listener_tags=True)
-        if not self.from_ and not self.to:
-            v.add(path, "at least one of 'from' or 'to' must have an item")
-        if self.from_ and top in (MESH_GATEWAY, MESH_HTTP_ROUTE):
-            v.add(f"{path}.from", f"cannot be used with a top-level {top}: use 'to'")
+                        inbound=bool(self.from_ or self.rules), listener_tags=True)
+        if not self.from_ and not self.to and not self.rules:
+            v.add(path, "at least one of 'from', 'to' or 'rules' must have an item")
+        for name, items in (("from", self.from_), ("rules", self.rules)):
+            if items and top in (MESH_GATEWAY, MESH_HTTP_ROUTE):
+                v.add(f"{path}.{name}", f"cannot be used with a top-level {top}: use 'to'")
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
+        check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
         to_kinds = (MESH,) if top in (MESH_GATEWAY, MESH_HTTP_ROUTE) else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE,
                                                                             *SELECTS_NOTHING_YET)
         for i, item in enumerate(self.to or ()):
@@ -140,6 +141,10 @@ class MeshTimeoutSpec(Spec):
             item.default.check(v, f"{p}.default")
             if top == MESH_HTTP_ROUTE or item.target_ref.kind == MESH_HTTP_ROUTE:
                 item.default.check_for_route(v, f"{p}.default")
+
+
+    def inbound_items(self) -> list[Item[Conf]]:
+        return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -226,10 +226,9 @@ UNSUPPORTED_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("mesh-metrics", {"type": "Mesh", "name": "m", "metrics": {"backends": []}}, "metrics", "metrics"),
     ("mesh-mtls-skip-validation", {"type": "Mesh", "name": "m", "mtls": {"skipValidation": True}},
      "mtls.skipValidation", "skipValidation"),
-    ("meshtimeout-rules", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
-        "targetRef": {"kind": "Mesh"}, "rules": [{"default": {"idleTimeout": "1s"}}]}}, "spec.rules", "rules"),
-    ("meshcircuitbreaker-rules", {"type": "MeshCircuitBreaker", "mesh": "default", "name": "c", "spec": {
-        "targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}}, "spec.rules", "rules"),
+    ("meshtimeout-rule-matches", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
+        "targetRef": {"kind": "Mesh"}, "rules": [{"matches": [{"sni": "a"}], "default": {"idleTimeout": "1s"}}]}},
+     "spec.rules[0].matches", "matches"),
 ]
 
 

@@ -143,6 +143,12 @@ def _wire_default(item: Any) -> dict[str, Any]:
     return data
 
 
+def _inbound_items(spec: Any) -> Sequence[Any]:
+    """A policy's `from[]` entries; policies with Kuma's `rules[]` form say what they merge as (inbound_items)."""
+    items = getattr(spec, "inbound_items", None)
+    return items() if items is not None else (getattr(spec, "from_", None) or ())
+
+
 class PolicyRules:
     """Everything policy-related the generators ask about one topology (built lazily, cached)."""
 
@@ -355,7 +361,7 @@ class PolicyRules:
         if found is None:
             entries = [Entry(policy.meta.name, self.top_level(policy), i, item.target_ref, _wire_default(item))
                        for policy in self.in_order(policy_type) if self._ref_key(policy) in selecting
-                       for i, item in enumerate(getattr(policy.spec, "from_", None) or ())]
+                       for i, item in enumerate(_inbound_items(policy.spec))]
             found = self._from_by_refs[by_set] = in_precedence_order(
                 entries, key=lambda e: precedence_key(e.top, e.ref), name=lambda e: e.policy)
         return found
