@@ -80,6 +80,8 @@ class SpiffeIDMatch(Spec):
 
 
 class Match(Spec):
+    kuma_unsupported = frozenset({"sni"})  # Kuma 2.14 matches the SNI of the client's TLS too
+
     spiffe_id: SpiffeIDMatch | None = Field(default=None, alias="spiffeID")
 
     def check(self, v: Violations, path: str) -> None:
@@ -116,7 +118,7 @@ class MeshTrafficPermissionSpec(Spec):
     rules: list[Rule] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if self.from_ is not None and self.rules is not None:
+        if self.from_ and self.rules:  # Kuma: an empty list counts as not given
             v.add(path, "use either 'from' or 'rules', not both")
         elif not self.from_ and not self.rules:
             v.add(f"{path}.from", "needs at least one item (or give 'rules' with SPIFFE ID matchers)")

@@ -80,3 +80,31 @@ def test_rules_verdicts_match_kuma(kind: str, spec: dict[str, Any], field: str |
     with pytest.raises(ResourceValidationError) as e:
         from_wire(doc, REGISTRY)
     assert field in {p.field for p in e.value.invalid}, e.value.invalid
+
+
+SPIFFE = {"spiffeID": {"type": "Exact", "value": "spiffe://default/frontend"}}
+MTP_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("rules", {"rules": [{"default": {"allow": [SPIFFE]}}]}, None),
+    ("rules-and-empty-from", {"from": [], "rules": [{"default": {"allow": [SPIFFE]}}]}, None),
+    ("rules-and-from", {"from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}],
+                        "rules": [{"default": {"allow": [SPIFFE]}}]}, "spec"),
+    ("rules-empty-default", {"rules": [{"default": {}}]}, "spec.rules[0].default"),
+    ("rules-sni", {"rules": [{"default": {"allow": [{"sni": {"type": "Exact", "value": "a.b"}}]}}]},
+     "spec.rules[0].default.allow[0].sni"),
+    ("rules-bad-spiffe", {"rules": [{"default": {"deny": [{"spiffeID": {"type": "Exact", "value": "x"}}]}}]},
+     "spec.rules[0].default.deny[0].spiffeID.value"),
+]
+
+
+@pytest.mark.parametrize("spec, field", [c[1:] for c in MTP_CASES], ids=[c[0] for c in MTP_CASES])
+def test_traffic_permission_rules_verdicts_match_kuma(spec: dict[str, Any], field: str | None) -> None:
+    doc = policy("MeshTrafficPermission", {"targetRef": {"kind": "Mesh"}, **spec})
+    if field is None:
+        from_wire(doc, REGISTRY)
+        return
+    with pytest.raises(ResourceValidationError) as e:
+        from_wire(doc, REGISTRY)
+    found = {p.field: p.reason for p in e.value.invalid}
+    assert field in found, found
+    if field.endswith(".sni"):
+        assert found[field].startswith("a Kuma field kuma-vm does not support yet: sni")
