@@ -147,8 +147,11 @@ class Networking(Spec):
         check_dataplane_address(v, f"{path}.address", self.address)
         check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
         if not self.inbound and self.gateway is None:
-            v.add(f"{path}.inbound", "a dataplane without inbounds (Kuma allows one with transparent proxying) is not "
-                                     "supported by kuma-vm yet: add an inbound, or make it a gateway")
+            # Kuma 2.14 accepts it; kuma-vm takes a proxy's mTLS identity and what policies select from the
+            # kuma.io/service of its inbounds (or gateway), so such a proxy would have neither.
+            v.add(f"{path}.inbound", "a dataplane without inbounds or a gateway (Kuma accepts one) is not supported "
+                                     "by kuma-vm yet: kuma-vm gives a proxy its mTLS identity from an inbound's "
+                                     "kuma.io/service; add an inbound for the service it runs, or make it a gateway")
         if self.inbound and self.gateway is not None:
             v.add(f"{path}.inbound", f"inbound cannot be defined for {self.gateway.type.lower()} gateways")
         if self.outbound and self.gateway is not None and self.gateway.type == "BUILTIN":
