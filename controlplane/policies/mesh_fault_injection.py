@@ -139,6 +139,8 @@ class Conf(Spec):
 
 
 class MeshFaultInjectionSpec(Spec):
+    kuma_unsupported = frozenset({"rules"})  # Kuma 2.14's rules[] form (with SPIFFE ID / SNI matches)
+
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None

@@ -108,3 +108,11 @@ def test_traffic_permission_rules_verdicts_match_kuma(spec: dict[str, Any], fiel
     assert field in found, found
     if field.endswith(".sni"):
         assert found[field].startswith("a Kuma field kuma-vm does not support yet: sni")
+
+
+@pytest.mark.parametrize("kind", ["MeshFaultInjection", "MeshRateLimit", "MeshAccessLog"])
+def test_rules_of_other_inbound_policies_are_kuma_fields_not_supported_yet(kind: str) -> None:
+    with pytest.raises(ResourceValidationError) as e:
+        from_wire(policy(kind, {"targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}), REGISTRY)
+    found = {p.field: p.reason for p in e.value.invalid}
+    assert found["spec.rules"].startswith("a Kuma field kuma-vm does not support yet: rules"), found
