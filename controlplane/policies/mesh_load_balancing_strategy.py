@@ -83,8 +83,10 @@ POLICY = "MeshLoadBalancingStrategy"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
 MAX_RING_SIZE = 8_000_000
 MAX_MAGLEV_TABLE = 5_000_011
-HASH_POLICY_BLOCKS = {"Header": "header", "Cookie": "cookie", "Connection": "connection",
+# SourceIP is Kuma's deprecated name for Connection (same `connection` block); kuma-vm renders it as Connection.
+HASH_POLICY_BLOCKS = {"Header": "header", "Cookie": "cookie", "Connection": "connection", "SourceIP": "connection",
                       "QueryParameter": "query_parameter", "FilterState": "filter_state"}
+CONNECTION_TYPES = ("Connection", "SourceIP")
 LB_BLOCKS = {"RoundRobin": "round_robin", "LeastRequest": "least_request", "RingHash": "ring_hash",
              "Random": "random", "Maglev": "maglev"}
 
@@ -147,7 +149,7 @@ class FilterState(Spec):
 
 
 class HashPolicy(Spec):
-    type: Literal["Header", "Cookie", "Connection", "QueryParameter", "FilterState"]
+    type: Literal["Header", "Cookie", "Connection", "SourceIP", "QueryParameter", "FilterState"]
     terminal: bool | None = None
     header: Header | None = None
     cookie: Cookie | None = None
@@ -157,7 +159,7 @@ class HashPolicy(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         want = HASH_POLICY_BLOCKS[self.type]
-        for field in HASH_POLICY_BLOCKS.values():
+        for field in dict.fromkeys(HASH_POLICY_BLOCKS.values()):
             block = getattr(self, field)
             alias = "queryParameter" if field == "query_parameter" else "filterState" if field == "filter_state" \
                 else field
@@ -171,8 +173,7 @@ class HashPolicy(Spec):
 
 
 def _check_hash_policies(v: Violations, path: str, policies: list[HashPolicy] | None) -> None:
-    if policies is not None and not policies:
-        v.add(path, "cannot be empty: list at least one hash policy or remove the field")
+    # An empty list is valid (Kuma): at the root of `default` it switches hashing off for what it covers.
     for i, hp in enumerate(policies or ()):
         hp.check(v, f"{path}[{i}]")
 
@@ -436,7 +437,7 @@ def route_hash_policy(hp: dict[str, Any]) -> rc.RouteAction.HashPolicy:
             out.cookie.ttl.CopyFrom(duration(parse_go_duration(cookie["ttl"])))
         if cookie.get("path"):
             out.cookie.path = cookie["path"]
-    elif kind == "Connection":
+    elif kind in CONNECTION_TYPES:
         out.connection_properties.source_ip = bool(hp["connection"].get("sourceIP"))
     elif kind == "QueryParameter":
         out.query_parameter.name = hp["queryParameter"]["name"]
@@ -497,7 +498,7 @@ class LoadBalancingPlugin(PolicyPlugin):
         def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
             del proxy.hash_policy[:]
             for hp in policies:  # a TCP proxy can hash on the client address or filter state only
-                if hp["type"] == "Connection" and (hp.get("connection") or {}).get("sourceIP"):
+                if hp["type"] in CONNECTION_TYPES and (hp.get("connection") or {}).get("sourceIP"):
                     proxy.hash_policy.append(hash_policy_pb2.HashPolicy(source_ip={}))
                 elif hp["type"] == "FilterState":
                     proxy.hash_policy.append(hash_policy_pb2.HashPolicy(

@@ -53,14 +53,32 @@ def test_route_hash_policies_apply_to_that_routes_requests_only() -> None:
     assert ["x-session"] in names and ["x-a"] in names  # the canary route's, and the catch-all's
 
 
+def test_an_empty_root_list_switches_inherited_hashing_off() -> None:
+    ring = mlbs("ring", [backend({"loadBalancer": RING_B})])
+    frontend = {"kind": "MeshSubset", "tags": {"kuma.io/service": "frontend"}}
+    off = mlbs("off", [backend({"hashPolicies": []})], top=frontend)
+    routes = routes_of(snapshots([ring, off])["frontend-1"], "backend")
+    assert routes and all("hash_policy" not in r["route"] for r in routes)
+
+
+def test_source_ip_is_kumas_old_name_for_connection() -> None:
+    source_ip = mlbs("sip", [backend({"hashPolicies": [{"type": "SourceIP", "connection": {"sourceIP": True}}]})])
+    routes = routes_of(snapshots([source_ip])["frontend-1"], "backend")
+    assert all(r["route"]["hash_policy"] == [{"connection_properties": {"source_ip": True}}] for r in routes)
+
+
 @pytest.mark.parametrize("default, field", [
     ({"hashPolicies": [HEADER_A]}, None),
     ({"hashPolicies": [HEADER_A], "loadBalancer": RING_B}, "loadBalancer.ringHash.hashPolicies"),
     ({"hashPolicies": [HEADER_A], "loadBalancer": {"type": "Maglev", "maglev": {"hashPolicies": [HEADER_A]}}},
      "loadBalancer.maglev.hashPolicies"),
-    ({"hashPolicies": []}, "hashPolicies"),
+    ({"hashPolicies": []}, None),
+    ({"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": []}}}, None),
+    ({"hashPolicies": [{"type": "SourceIP", "connection": {"sourceIP": True}}]}, None),
+    ({"hashPolicies": [{"type": "SourceIP"}]}, "hashPolicies[0].connection"),
     ({"hashPolicies": [{"type": "Cookie"}]}, "hashPolicies[0].cookie"),
-], ids=["root-only", "root-and-ring", "root-and-maglev", "root-empty", "root-incomplete"])
+], ids=["root-only", "root-and-ring", "root-and-maglev", "root-empty", "ring-empty", "source-ip", "source-ip-no-block",
+     "root-incomplete"])
 def test_root_hash_policy_verdicts(default: dict[str, Any], field: str | None) -> None:
     if field is None:
         mlbs("p", [backend(default)])
