@@ -9,9 +9,11 @@
 - `Maglev`: `maglev.{tableSize (a prime up to 5000011, as Envoy requires), hashPolicies[]}`.
 
 `default.hashPolicies[]` (Kuma 2.14) applies to whichever load balancer is in effect and wins over the
-lists inside `ringHash`/`maglev` (one policy may not give both). `hashPolicies[]` entries have a `type`
-(Header, Cookie, Connection, QueryParameter, FilterState), the matching settings block (`header.name`,
-`cookie.{name, ttl, path}`, `connection.sourceIP`, `queryParameter.name`, `filterState.key`) and `terminal`.
+lists inside `ringHash`/`maglev` (one policy may not give both); an empty list switches hashing off. Entries
+have a `type` (Header, Cookie, Connection, QueryParameter, FilterState; SourceIP, Kuma's deprecated name for
+Connection), the matching settings block (`header.name`, `cookie.{name, ttl, path}`, `connection.sourceIP`,
+`queryParameter.name`, `filterState.key`) and `terminal`. A `to[]` entry of kind MeshHTTPRoute takes
+`hashPolicies` only, for that route's requests.
 
 `default.localityAwareness` keeps Kuma's schema for multi-zone: `disabled`, `localZone.affinityTags[]`
 (`key`, `weight` >= 1, all or none weighted), `crossZone.failover[]` (`from.zones`, `to.type`
