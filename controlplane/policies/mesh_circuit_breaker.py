@@ -11,7 +11,7 @@
   `failurePercentage.{minimumHosts, requestVolume (>= 1), threshold (0-100)}`.
 
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
-(with listener tags); `from[]` Mesh; `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
+(with listener tags); `from[]` Mesh; `to[]` Mesh or MeshService (Kuma 2.14: under any top level).
 
 Envoy effect (end of this module): on the clusters of a destination (`to[]`) or the local cluster of an
 inbound (`from[]`): `circuit_breakers.thresholds` (default priority) with the limits given, and
@@ -50,7 +50,6 @@ from controlplane.xds.generate.targeting import (
     TargetRef,
     camel,
     check_top_level,
-    effective_target_ref,
     require_some,
 )
 
@@ -179,15 +178,14 @@ class MeshCircuitBreakerSpec(Spec):
     rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         inbound=bool(self.from_ or self.rules), listener_tags=True)
         if not self.from_ and not self.to and not self.rules:
             v.add(path, "at least one of 'from', 'to' or 'rules' must have an item")
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
-        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
+        # Kuma 2.14: the same kinds under every top level (a MeshGateway one selects nothing in kuma-vm yet)
+        check_to(v, path, self.to, policy=POLICY, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET))
 
 
     def inbound_items(self) -> list[Item[Conf]]:

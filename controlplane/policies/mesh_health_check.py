@@ -12,7 +12,7 @@ thresholds (`unhealthyThreshold` default 5, `healthyThreshold` default 1, both >
 - `grpc`: `disabled`, `serviceName`, `authority`.
 
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
-(with listener tags); `to[]` Mesh or MeshService (only Mesh under a MeshGateway).
+(with listener tags); `to[]` Mesh or MeshService (Kuma 2.14: under any top level).
 
 Envoy effect (end of this module): one active health check on every cluster of the destination, chosen as
 Kuma does: HTTP for a service speaking http/http2 and gRPC for grpc when that checker is configured and not
@@ -51,7 +51,6 @@ from controlplane.xds.generate.targeting import (
     Item,
     TargetRef,
     check_top_level,
-    effective_target_ref,
     require_some,
 )
 
@@ -147,8 +146,8 @@ class GrpcHealthCheck(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.service_name is not None:
             check_header_value(v, f"{path}.serviceName", self.service_name)
-        if self.authority is not None:
-            if not self.authority or any(c.isspace() for c in self.authority):
+        if self.authority:  # Kuma: "" is the default (the cluster's name)
+            if any(c.isspace() for c in self.authority):
                 v.add(f"{path}.authority", "must be a host name (optionally with :port), without spaces")
             else:
                 check_header_value(v, f"{path}.authority", self.authority)
@@ -200,11 +199,10 @@ class MeshHealthCheckSpec(Spec):
     to: list[Item[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, *SELECTS_NOTHING_YET)
-        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
+        # Kuma 2.14: the same kinds under every top level (a MeshGateway one selects nothing in kuma-vm yet)
+        check_to(v, path, self.to, policy=POLICY, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET))
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -20,7 +20,8 @@ Connection), the matching settings block (`header.name`, `cookie.{name, ttl, pat
 None|Only|Any|AnyExcept, `to.zones` for Only/AnyExcept) and `crossZone.failoverThreshold.percentage`.
 
 Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway;
-`to[]` Mesh or MeshService (only Mesh under a MeshGateway).
+`to[]` Mesh, MeshService, MeshMultiZoneService or MeshHTTPRoute (under a MeshGateway: no MeshHTTPRoute, and
+only Mesh in an entry that sets a loadBalancer).
 
 Envoy effect (end of this module): the clusters of the destination get `lb_policy` ROUND_ROBIN, LEAST_REQUEST
 (`least_request_lb_config`: choice count, active request bias), RING_HASH (`ring_hash_lb_config`: ring sizes,
@@ -66,6 +67,7 @@ from controlplane.xds.generate.targeting import (
     TargetRef,
     camel,
     check_tag_key,
+    check_target_ref,
     check_top_level,
     effective_target_ref,
     require_some,
@@ -361,14 +363,24 @@ class MeshLoadBalancingStrategySpec(Spec):
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE, MESH_MULTI_ZONE_SERVICE)
         for i, item in enumerate(self.to or ()):
             if item.target_ref.kind == MESH_HTTP_ROUTE:  # Kuma: a route's requests take hash policies only
                 for name in ("load_balancer", "locality_awareness"):
                     if getattr(item.default, name) is not None:
                         v.add(f"{path}.to[{i}].default.{camel(name)}", "is not allowed when targetRef.kind is "
                               "MeshHTTPRoute: only hashPolicies apply to a route's requests")
-        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
+        if top != MESH_GATEWAY:
+            check_to(v, path, self.to, policy=POLICY,
+                     allowed=(MESH, MESH_SERVICE, MESH_HTTP_ROUTE, MESH_MULTI_ZONE_SERVICE))
+            return
+        # Kuma 2.14 under a MeshGateway: only Mesh when the entry sets a loadBalancer (it is the gateway's own)
+        for i, item in enumerate(self.to or ()):
+            lb = item.default.load_balancer is not None
+            check_target_ref(v, f"{path}.to[{i}].targetRef", item.target_ref,
+                             allowed=(MESH,) if lb else (MESH, MESH_SERVICE, MESH_MULTI_ZONE_SERVICE),
+                             where=f"spec.to[].targetRef of {POLICY} under a top-level MeshGateway" +
+                                   (" when loadBalancer is set" if lb else ""))
+            item.default.check(v, f"{path}.to[{i}].default")
 
 
 RESOURCE_TYPE = register(ResourceType(

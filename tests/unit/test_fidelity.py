@@ -379,6 +379,23 @@ KIND_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("external-at-top-level", policy("MeshTimeout", {"targetRef": {"kind": "MeshExternalService", "name": "x"},
                                                      "to": [{"targetRef": MESH, "default": {"idleTimeout": "5s"}}]}),
      "spec.targetRef.kind"),
+    # Kuma 2.14: to[] kinds no longer narrowed under a top-level MeshGateway (MeshLoadBalancingStrategy: only
+    # when the entry sets a loadBalancer)
+    ("cb-gateway-to-service", policy("MeshCircuitBreaker", {"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                                                            "to": [{"targetRef": SERVICE_B,
+                                                                    "default": {"connectionLimits": {}}}]}), None),
+    ("hc-gateway-to-service", policy("MeshHealthCheck", {"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                                                         "to": [{"targetRef": SERVICE_B, "default": {"tcp": {}}}]}),
+     None),
+    ("mlbs-gateway-to-service-locality", policy("MeshLoadBalancingStrategy", {
+        "targetRef": {"kind": "MeshGateway", "name": "edge"},
+        "to": [{"targetRef": SERVICE_B, "default": {"localityAwareness": {"disabled": True}}}]}), None),
+    ("mlbs-gateway-to-service-lb", policy("MeshLoadBalancingStrategy", {
+        "targetRef": {"kind": "MeshGateway", "name": "edge"},
+        "to": [{"targetRef": SERVICE_B, "default": {"loadBalancer": {"type": "Random"}}}]}),
+     "spec.to[0].targetRef.kind"),
+    ("hc-grpc-empty-authority", policy("MeshHealthCheck", {"targetRef": MESH, "to": [
+        {"targetRef": SERVICE_B, "default": {"grpc": {"authority": ""}}}]}), None),
     ("external-in-mtp-from", policy("MeshTrafficPermission", {"targetRef": MESH, "from": [
         {"targetRef": {"kind": "MeshExternalService", "name": "x"}, "default": {"action": "Allow"}}]}),
      "spec.from[0].targetRef.kind"),
