@@ -203,9 +203,7 @@ class HTTP(_Common):
         seen: set[str] = set()
         for i, item in enumerate(self.retry_on or ()):
             p = f"{path}.retryOn[{i}]"
-            if isinstance(item, int):
-                v.add(p, f"write status codes as strings: \"{item}\"")
-                continue
+            item = str(item)  # Kuma takes a status code unquoted (500) as well as quoted ("500")
             key = HTTP_RETRY_ON_ALIASES.get(item, item)
             if key not in HTTP_RETRY_ON and not (item.isdigit() and int(item) in _KNOWN_STATUS):
                 v.add(p, f"unknown item {item!r}: use one of {', '.join(HTTP_RETRY_ON)} or an HTTP status code "
@@ -323,7 +321,7 @@ def http_retry_policy(section: dict[str, Any] | None) -> rc.RetryPolicy | None:
     policy = rc.RetryPolicy(retry_on=HTTP_RETRY_ON_DEFAULT)
     _common(policy, section)
     retry_on, codes, methods = [], [], []
-    for item in section.get("retryOn") or ():
+    for item in map(str, section.get("retryOn") or ()):
         if item.isdigit():
             codes.append(int(item))
         elif item.startswith("HttpMethod"):

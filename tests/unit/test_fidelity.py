@@ -308,6 +308,10 @@ POLICY_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("cb-connection-limit-zero", policy("MeshCircuitBreaker", {"targetRef": MESH, "to": [
         {"targetRef": MESH, "default": {"connectionLimits": {"maxConnections": 0}}}]}),
      "spec.to[0].default.connectionLimits.maxConnections"),
+    ("retry-on-unquoted-status", policy("MeshRetry", {"targetRef": MESH, "to": [
+        {"targetRef": MESH, "default": {"http": {"retryOn": [500, "409", "5xx"]}}}]}), None),
+    ("retry-on-status-twice", policy("MeshRetry", {"targetRef": MESH, "to": [
+        {"targetRef": MESH, "default": {"http": {"retryOn": [503, "503"]}}}]}), "spec.to[0].default.http.retryOn[1]"),
     ("retry-http-empty", policy("MeshRetry", {"targetRef": MESH, "to": [{"targetRef": MESH,
                                                                          "default": {"http": {}}}]}),
      "spec.to[0].default.http"),
@@ -552,3 +556,14 @@ def test_dataplane_membership_follows_the_mesh_constraints(constraints: dict[str
         assert reason is None
     else:
         assert reason is not None and refusal in reason and "mesh 'm'" in reason
+
+
+def test_unquoted_retry_status_codes_are_status_codes() -> None:
+    from tests.unit.test_policy_plugins import routes_of, snapshots
+
+    retry = from_wire(policy("MeshRetry", {"targetRef": MESH, "to": [{"targetRef": {"kind": "MeshService",
+                                                                                    "name": "backend"},
+                                                                     "default": {"http": {"retryOn": [503, 409]}}}]}),
+                      REGISTRY)
+    route = routes_of(snapshots([retry])["frontend-1"], "backend")[0]["route"]
+    assert route["retry_policy"]["retriable_status_codes"] == [503, 409]
