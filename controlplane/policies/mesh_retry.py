@@ -14,8 +14,9 @@
 - `grpc`: `numRetries`, `perTryTimeout`, `backOff`, `rateLimitedBackOff`, `retryOn[]` (Canceled,
   DeadlineExceeded, Internal, ResourceExhausted, Unavailable).
 
-Positions (Kuma 2.9): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane or MeshGateway
-(with listener tags); `to[]` Mesh, MeshService or MeshHTTPRoute (only Mesh under a MeshGateway).
+Positions (Kuma 2.14): top-level Mesh, MeshSubset, MeshService, MeshServiceSubset, Dataplane, MeshGateway (with
+listener tags) or MeshHTTPRoute (its routes' requests, as a `to[]` entry naming that route would); `to[]` Mesh,
+MeshService or MeshHTTPRoute (under a MeshGateway or MeshHTTPRoute: Mesh, or MeshExternalService).
 
 Envoy effect (end of this module), as Kuma renders it: every route of the outbound listener gets a
 `retry_policy` from the `http` section (services speaking http/http2) or the `grpc` section (grpc):
@@ -56,6 +57,7 @@ from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.rules import listener_confs
 from controlplane.xds.generate.targeting import (
     MESH,
+    MESH_EXTERNAL_SERVICE,
     MESH_GATEWAY,
     MESH_HTTP_ROUTE,
     MESH_SERVICE,
@@ -81,7 +83,7 @@ from ._checks import (
 )
 
 POLICY = "MeshRetry"
-TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY)
+TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)
 
 # Kuma's retryOn names and the Envoy retry_on value each becomes.
 HTTP_RETRY_ON: dict[str, str] = {
@@ -259,8 +261,11 @@ class MeshRetrySpec(Spec):
         top = effective_target_ref(self.target_ref).kind
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
                         listener_tags=True)
-        to_kinds = (MESH,) if top == MESH_GATEWAY else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE, *SELECTS_NOTHING_YET)
-        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=MESH_GATEWAY if top == MESH_GATEWAY else None)
+        # Kuma 2.14: under a MeshGateway or MeshHTTPRoute top level, Mesh (and MeshExternalService)
+        narrow = top in (MESH_GATEWAY, MESH_HTTP_ROUTE)
+        to_kinds = (MESH, MESH_EXTERNAL_SERVICE) if narrow else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE,
+                                                                  *SELECTS_NOTHING_YET)
+        check_to(v, path, self.to, policy=POLICY, allowed=to_kinds, under=top if narrow else None)
 
 
 RESOURCE_TYPE = register(ResourceType(

@@ -116,3 +116,30 @@ def test_rules_of_other_inbound_policies_are_kuma_fields_not_supported_yet(kind:
         from_wire(policy(kind, {"targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}), REGISTRY)
     found = {p.field: p.reason for p in e.value.invalid}
     assert found["spec.rules"].startswith("a Kuma field kuma-vm does not support yet: rules"), found
+
+
+def test_meshretry_under_a_top_level_route_equals_a_to_entry_for_that_route() -> None:
+    from tests.unit.test_policy_plugins import EXAMPLES, load
+
+    route = load(EXAMPLES / "meshhttproute" / "traffic-split.yaml")  # MeshHTTPRoute backend-canary
+    retry = {"http": {"numRetries": 2, "retryOn": ["ConnectFailure", "502"]}}
+    top = from_wire(policy("MeshRetry", {"targetRef": {"kind": "MeshHTTPRoute", "name": "backend-canary"},
+                                         "to": [{"targetRef": {"kind": "Mesh"}, "default": retry}]}), REGISTRY)
+    entry = from_wire(policy("MeshRetry", {"targetRef": {"kind": "Mesh"}, "to": [
+        {"targetRef": {"kind": "MeshHTTPRoute", "name": "backend-canary"}, "default": retry}]}), REGISTRY)
+    by_top, by_entry, base = snapshots([route, top]), snapshots([route, entry]), snapshots([route])
+    assert config(by_top["frontend-1"]) == config(by_entry["frontend-1"]) != config(base["frontend-1"])
+
+
+@pytest.mark.parametrize("to_kind, field", [("Mesh", None), ("MeshExternalService", None),
+                                            ("MeshService", "spec.to[0].targetRef.kind")])
+def test_meshretry_to_kinds_under_a_top_level_route(to_kind: str, field: str | None) -> None:
+    doc = policy("MeshRetry", {"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}, "to": [
+        {"targetRef": {"kind": to_kind, "name": "x"} if to_kind != "Mesh" else {"kind": "Mesh"},
+         "default": {"http": {"numRetries": 1}}}]})
+    if field is None:
+        from_wire(doc, REGISTRY)
+        return
+    with pytest.raises(ResourceValidationError) as e:
+        from_wire(doc, REGISTRY)
+    assert "under a top-level MeshHTTPRoute" in {p.field: p.reason for p in e.value.invalid}[field]
