@@ -122,6 +122,9 @@ class Format(Spec):
             for i, kv in enumerate(self.json_ or ()):
                 if not kv.key:
                     v.add(f"{path}.json[{i}].key", "cannot be empty")
+                elif any(c in '"\\' or ord(c) < 0x20 for c in kv.key):  # Kuma writes keys into JSON text unescaped
+                    v.add(f"{path}.json[{i}].key", f"{kv.key!r} would not make a valid JSON object: a key cannot "
+                                                   "hold '\"', '\\' or control characters")
                 elif kv.key in seen:
                     v.add(f"{path}.json[{i}].key", f"{kv.key!r} is listed twice: keep one")
                 seen.add(kv.key)

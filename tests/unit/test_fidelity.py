@@ -567,3 +567,15 @@ def test_unquoted_retry_status_codes_are_status_codes() -> None:
                       REGISTRY)
     route = routes_of(snapshots([retry])["frontend-1"], "backend")[0]["route"]
     assert route["retry_policy"]["retriable_status_codes"] == [503, 409]
+
+
+@pytest.mark.parametrize("key, ok", [("time", True), ("kuma.io/service", True), ('"', False), ("a\\b", False),
+                                     ("tab\there", False)])
+def test_access_log_json_keys_kuma_can_write(key: str, ok: bool) -> None:
+    doc = policy("MeshAccessLog", {"targetRef": MESH, "from": [{"targetRef": MESH, "default": {"backends": [
+        {"type": "File", "file": {"path": "/tmp/a.log", "format": {"type": "Json", "json": [
+            {"key": key, "value": "%START_TIME%"}]}}}]}}]})
+    if ok:
+        from_wire(doc, REGISTRY)
+    else:
+        assert "valid JSON object" in problems(doc)["spec.from[0].default.backends[0].file.format.json[0].key"]
