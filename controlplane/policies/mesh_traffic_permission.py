@@ -16,7 +16,7 @@ the peer certificate's URI SAN (see the "Envoy effect" section at the end of thi
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Literal
+from typing import Any, Literal
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -80,12 +80,14 @@ class SpiffeIDMatch(Spec):
 
 
 class Match(Spec):
-    kuma_unsupported = frozenset({"sni"})  # Kuma 2.14 matches the SNI of the client's TLS too
-
     spiffe_id: SpiffeIDMatch | None = Field(default=None, alias="spiffeID")
+    # Kuma 2.14 matches the SNI of the client's TLS too; kept here only to say so (and not to ask for a spiffeID)
+    sni: dict[str, Any] | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if self.spiffe_id is None:
+        if self.sni is not None:
+            v.add(f"{path}.sni", "a Kuma field kuma-vm does not support yet: sni (match clients by spiffeID)")
+        elif self.spiffe_id is None:
             v.add(f"{path}.spiffeID", "is required: an empty matcher would match nothing useful")
         else:
             self.spiffe_id.check(v, f"{path}.spiffeID")
