@@ -38,12 +38,9 @@ from controlplane.xds.generate.targeting import (
 
 
 def check_from(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, policy: str,
-               allowed: Collection[str], required: str | None = None) -> None:
+               allowed: Collection[str]) -> None:
     """A policy's `from[]` (inbound) list at `{path}.from`: each entry's targetRef among `allowed` kinds in an
-    inbound position, then its `default`. `required` is the reason given when the list is missing or empty,
-    for policies where `from` is the only place their configuration can go."""
-    if required is not None and not items:
-        v.add(f"{path}.from", required)
+    inbound position, then its `default`."""
     check_items(v, f"{path}.from", items, allowed=allowed, where=f"spec.from[].targetRef of {policy}", inbound=True)
 
 

@@ -172,8 +172,8 @@ class MeshRateLimitSpec(Spec):
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
                         inbound=True)
         refuse_to(v, path, self.to, doing="rate limits")
-        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,),
-                   required="needs at least one item: the limits for the selected proxies' inbounds")
+        # Kuma 2.14 takes a policy without `from` entries (it configures nothing)
+        check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
 
 
 RESOURCE_TYPE = register(ResourceType(

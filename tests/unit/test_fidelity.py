@@ -287,6 +287,9 @@ POLICY_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("cb-nothing", policy("MeshCircuitBreaker", {"targetRef": MESH}), "spec"),
     # ... but not in these: a policy with an empty `to` is valid and does nothing
     ("retry-to-empty", policy("MeshRetry", {"targetRef": MESH, "to": []}), None),
+    ("faults-from-empty", policy("MeshFaultInjection", {"targetRef": MESH, "from": []}), None),
+    ("faults-nothing", policy("MeshFaultInjection", {"targetRef": MESH}), None),
+    ("rate-limit-from-empty", policy("MeshRateLimit", {"targetRef": MESH, "from": []}), None),
     ("healthcheck-no-to", policy("MeshHealthCheck", {"targetRef": MESH}), None),
     ("mlbs-to-empty", policy("MeshLoadBalancingStrategy", {"targetRef": MESH, "to": []}), None),
     ("httproute-to-empty", policy("MeshHTTPRoute", {"targetRef": MESH, "to": []}), None),
@@ -579,3 +582,14 @@ def test_access_log_json_keys_kuma_can_write(key: str, ok: bool) -> None:
         from_wire(doc, REGISTRY)
     else:
         assert "valid JSON object" in problems(doc)["spec.from[0].default.backends[0].file.format.json[0].key"]
+
+
+@pytest.mark.parametrize("kind", ["MeshFaultInjection", "MeshRateLimit"])
+def test_an_inbound_policy_without_from_entries_configures_nothing(kind: str) -> None:
+    from controlplane.xds.resources import TYPE_ORDER
+    from tests.unit.test_policy_plugins import snapshots
+
+    base = snapshots([])
+    empty = snapshots([from_wire(policy(kind, {"targetRef": MESH, "from": []}), REGISTRY)])
+    for proxy, snap in base.items():
+        assert all(empty[proxy].version(t) == snap.version(t) for t in TYPE_ORDER), proxy
