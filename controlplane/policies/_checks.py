@@ -28,6 +28,7 @@ from controlplane.xds.generate.targeting import (
     MESH,
     MESH_SERVICE,
     MESH_SERVICE_SUBSET,
+    SELECTS_NOTHING_YET,
     Item,
     TargetRef,
     check_items,
@@ -487,6 +488,16 @@ class BackendRef(TargetRef):
 BACKEND_KINDS = (MESH_SERVICE, MESH_SERVICE_SUBSET)
 
 
+def refuse_backend_kind_not_supported(v: Violations, path: str, ref: TargetRef) -> bool:
+    """Kuma routes to MeshExternalService and MeshMultiZoneService backends too; kuma-vm has no such resources
+    to send traffic to, so it says so (rather than "not allowed"). True when refused."""
+    if ref.kind not in SELECTS_NOTHING_YET:
+        return False
+    v.add(f"{path}.kind", f"a {ref.kind} backend is not supported by kuma-vm yet (it has no {ref.kind} "
+                          "resources): use a MeshService or MeshServiceSubset")
+    return True
+
+
 def backend_of(ref: BackendRef) -> Backend:
     """The destination a route's backendRef names: the service, or its subset with these tags."""
     return Backend.of(ref.name or "", ref.tags if ref.kind == MESH_SERVICE_SUBSET else None)
@@ -501,6 +512,8 @@ def check_backend_refs(v: Violations, path: str, refs: Sequence[BackendRef], *, 
     seen: dict[tuple[Any, ...], int] = {}
     for i, ref in enumerate(refs):
         p = f"{path}[{i}]"
+        if refuse_backend_kind_not_supported(v, p, ref):
+            continue
         check_target_ref(v, p, ref, allowed=BACKEND_KINDS, where=where)
         if ref.weight is not None and ref.weight < 0:
             v.add(f"{p}.weight", f"{ref.weight} is negative: weights must be 0 or more")

@@ -88,6 +88,7 @@ from ._checks import (
     check_regex,
     check_wildcard_hostname,
     parse_decimal,
+    refuse_backend_kind_not_supported,
 )
 
 POLICY = "MeshHTTPRoute"
@@ -256,6 +257,8 @@ class RequestMirror(Spec):
     percentage: int | str | None = None
 
     def check(self, v: Violations, path: str) -> None:
+        if refuse_backend_kind_not_supported(v, f"{path}.backendRef", self.backend_ref):
+            return
         check_target_ref(v, f"{path}.backendRef", self.backend_ref, allowed=(MESH_SERVICE, MESH_SERVICE_SUBSET),
                          where="a RequestMirror backendRef")
         if self.backend_ref.weight is not None:

@@ -362,7 +362,8 @@ class MeshLoadBalancingStrategySpec(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
-        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY)
+        check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_KINDS, policy=POLICY,
+                        listener_tags=True)
         for i, item in enumerate(self.to or ()):
             if item.target_ref.kind == MESH_HTTP_ROUTE:  # Kuma: a route's requests take hash policies only
                 for name in ("load_balancer", "locality_awareness"):

@@ -21,6 +21,7 @@ from collections.abc import Hashable, Iterable, Sequence
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from pydantic import Field
 
 from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
@@ -64,7 +65,8 @@ class Rule(Spec):
 
 class To(Spec):
     target_ref: TargetRef
-    rules: list[Rule]
+    # Kuma 2.14 takes an entry without rules; its missing rules merge as null, i.e. as `rules: []`
+    rules: list[Rule] = Field(default_factory=list)
 
     def check_in(self, v: Violations, path: str, *, top: str) -> None:
         allowed = (MESH,) if top == MESH_GATEWAY else (MESH_SERVICE, *SELECTS_NOTHING_YET)

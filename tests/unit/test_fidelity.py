@@ -299,6 +299,11 @@ POLICY_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("tcproute-to-empty", policy("MeshTCPRoute", {"targetRef": MESH, "to": []}), "spec.to"),
     ("tcproute-rules-empty", policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B,
                                                                                 "rules": []}]}), None),
+    ("tcproute-to-without-rules", policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B}]}),
+     None),
+    ("mlbs-gateway-listener-tags", policy("MeshLoadBalancingStrategy", {
+        "targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"port": "8080"}},
+        "to": [{"targetRef": MESH, "default": {"loadBalancer": {"type": "Random"}}}]}), None),
     ("tcproute-two-rules", policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": SERVICE_B, "rules": [
         {"default": {"backendRefs": [SERVICE_B]}}, {"default": {"backendRefs": [SERVICE_B]}}]}]}),
      "spec.to[0].rules"),
@@ -593,3 +598,37 @@ def test_an_inbound_policy_without_from_entries_configures_nothing(kind: str) ->
     empty = snapshots([from_wire(policy(kind, {"targetRef": MESH, "from": []}), REGISTRY)])
     for proxy, snap in base.items():
         assert all(empty[proxy].version(t) == snap.version(t) for t in TYPE_ORDER), proxy
+
+
+@pytest.mark.parametrize("kind, rules, field", [
+    ("MeshHTTPRoute", [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                        "default": {"backendRefs": [{"kind": "MeshMultiZoneService", "name": "db", "port": 80}]}}],
+     "spec.to[0].rules[0].default.backendRefs[0].kind"),
+    ("MeshTCPRoute", [{"default": {"backendRefs": [{"kind": "MeshExternalService", "name": "db"}]}}],
+     "spec.to[0].rules[0].default.backendRefs[0].kind"),
+    ("MeshHTTPRoute", [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                        "default": {"filters": [{"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"kind": "MeshExternalService", "name": "shadow"}}}], "backendRefs": [SERVICE_B]}}],
+     "spec.to[0].rules[0].default.filters[0].requestMirror.backendRef.kind"),
+], ids=["http-multizone", "tcp-external", "mirror-external"])
+def test_backends_without_a_resource_yet_are_not_supported_rather_than_not_allowed(
+        kind: str, rules: list[dict[str, Any]], field: str) -> None:
+    found = problems(policy(kind, {"targetRef": MESH, "to": [{"targetRef": SERVICE_B, "rules": rules}]}))
+    assert set(found) == {field} and "not supported by kuma-vm yet" in found[field], found
+
+
+def test_a_tcp_route_entry_without_rules_switches_an_inherited_route_off() -> None:
+    from tests.unit.test_policy_plugins import listener_of, snapshots
+
+    route = from_wire(policy("MeshTCPRoute", {"targetRef": MESH, "to": [{"targetRef": {
+        "kind": "MeshService", "name": "batch"}, "rules": [{"default": {"backendRefs": [
+            {"kind": "MeshService", "name": "reports"}]}}]}]}, name="batch-to-reports"), REGISTRY)
+    off = from_wire(policy("MeshTCPRoute", {"targetRef": {"kind": "MeshSubset", "tags": {
+        "kuma.io/service": "frontend"}}, "to": [{"targetRef": {"kind": "MeshService", "name": "batch"}}]},
+        name="batch-default"), REGISTRY)
+
+    def cluster(policies: list[Any]) -> str:
+        f = listener_of(snapshots(policies)["frontend-1"], "batch")["filter_chains"][0]["filters"]
+        return str(f[0]["typed_config"].get("cluster"))
+
+    assert cluster([route, off]) == cluster([]) != cluster([route])
