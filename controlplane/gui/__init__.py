@@ -1,6 +1,6 @@
 """The read-only web GUI at /gui: static files served from the kuma-cp package, data from the public API.
 
-The browser loads one HTML shell, one vanilla JS module and one CSS file from ``static/`` (no build step, no
+The browser loads one HTML shell, a few vanilla JS modules and one CSS file from ``static/`` (no build step, no
 CDN: nothing leaves the control plane's host) and then reads the same HTTP endpoints kumactl uses.
 """
 
@@ -16,6 +16,8 @@ ASSETS: dict[str, tuple[str, str]] = {
     "/gui": ("index.html", "text/html; charset=utf-8"),
     "/gui/": ("index.html", "text/html; charset=utf-8"),
     "/gui/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/gui/ui.js": ("ui.js", "text/javascript; charset=utf-8"),
+    "/gui/zones.js": ("zones.js", "text/javascript; charset=utf-8"),
     "/gui/app.css": ("app.css", "text/css; charset=utf-8"),
     "/gui/favicon.svg": ("favicon.svg", "image/svg+xml"),  # else the browser asks for /favicon.ico: a 404
 }

@@ -1,11 +1,13 @@
 // kuma-vm GUI: reads the public API (the endpoints kumactl uses) and renders escaped strings.
 // Data layer: one list request per resource kind per refresh, never one request per dataplane.
-// Hook for multi-zone: add "zones" and "zone-insights" to ZONE_KINDS once the API serves them.
+// Multi-zone: a global lists every zone (GET /zones/_overview) and holds every zone's dataplanes (synced over
+// KDS, labelled with their zone); a zone control plane shows its own.
+import { $, dpLink, dpsLink, esc, match, statusCell, table, tags, yaml, zoneLink } from "./ui.js";
+import { ingressRows, zoneDetail, zoneIngresses, zones } from "./zones.js";
+
 const REFRESH_MS = 5000;
-const ZONE_KINDS = []; // e.g. ["zones", "zone-insights"]: each becomes state.data[kind] and can get a page
-const $ = (id) => document.getElementById(id);
-const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;",
-  '"': "&quot;", "'": "&#39;" })[c]);
+const ZONE_LABEL = "kuma.io/zone";
+const DISPLAY_NAME = "kuma.io/display-name"; // a zone's dataplane on global is stored as <name>-<hash>
 const state = { data: null, error: null };
 
 class ApiError extends Error { constructor(status, msg) { super(msg); this.status = status; } }
@@ -43,9 +45,9 @@ async function load() {
       ...kinds.map((k) => listAll(base + "/" + k).catch(() => []))]);
     return { mesh: m, overview, insights, policies: pols.flat().map((p) => ({ ...p, mesh: p.mesh || m.name })) };
   }));
-  const ingresses = await listAll("/zone-ingresses").catch(() => []);
-  const zones = {};
-  for (const k of ZONE_KINDS) zones[k] = await listAll("/" + k);
+  const [ingresses, zones] = await Promise.all([listAll("/zoneingresses/_overview"),
+    index.mode === "global" ? listAll("/zones/_overview") : []]);
+  const localZone = index.mode === "global" ? "" : index.zone || "";
   const insightByKey = new Map();
   const dataplanes = [];
   for (const m of perMesh) {
@@ -55,44 +57,27 @@ async function load() {
       const inbound = net.inbound || [];
       const unhealthy = inbound.filter((i) => i.health && i.health.ready === false).length;
       const status = o.status === "offline" ? "offline" : unhealthy ? "partially healthy" : "online";
-      dataplanes.push({ mesh: o.mesh, name: o.name, dp, status, inbound, outbound: net.outbound || [],
+      const labels = dp.labels || {};
+      dataplanes.push({ mesh: o.mesh, name: o.name, display: labels[DISPLAY_NAME] || o.name, dp, status, inbound,
+        outbound: net.outbound || [], zone: labels[ZONE_LABEL] || localZone,
         insight: insightByKey.get(o.mesh + "/" + o.name),
         services: [...new Set(inbound.map((i) => (i.tags || {})["kuma.io/service"]).filter(Boolean))] });
     }
   }
   return { index, meshes: perMesh.map((m) => m.mesh), policies: perMesh.flatMap((m) => m.policies), dataplanes,
-    ingresses, zones };
+    ingresses: ingressRows(ingresses, localZone), zones };
 }
 
 function services(d) {
   const by = new Map();
   for (const dp of d.dataplanes) for (const s of dp.services) {
     const key = dp.mesh + "/" + s;
-    const e = by.get(key) || { mesh: dp.mesh, name: s, total: 0, online: 0 };
+    const e = by.get(key) || { mesh: dp.mesh, name: s, total: 0, online: 0, zones: new Set() };
     e.total++; if (dp.status === "online") e.online++;
+    if (dp.zone) e.zones.add(dp.zone);
     by.set(key, e);
   }
   return [...by.values()];
-}
-
-const q = () => $("search").value.trim().toLowerCase();
-const match = (...vals) => !q() || vals.some((v) => JSON.stringify(v ?? "").toLowerCase().includes(q()));
-const dpLink = (m, n) => `<a href="#/dataplanes/${encodeURIComponent(m)}/${encodeURIComponent(n)}">${esc(n)}</a>`;
-const table = (head, rows) => `<table><thead><tr>${head.map((h) => `<th scope="col">${esc(h)}</th>`).join("")}`
-  + `</tr></thead><tbody>${rows.join("") || `<tr><td colspan="${head.length}">Nothing here.</td></tr>`}</tbody></table>`;
-const tags = (t) => Object.entries(t || {}).map(([k, v]) => `<code>${esc(k)}=${esc(v)}</code>`).join(" ");
-
-// YAML as kumactl prints it (block style); strings are quoted (JSON style, valid YAML) when plain would be ambiguous.
-function yaml(v, indent = "") {
-  const scalar = (x) => typeof x === "string" && /^[A-Za-z0-9_./-][A-Za-z0-9_./ :-]*$/.test(x) && !/: |:$/.test(x)
-    && !/^(true|false|null|yes|no|~|[-+]?[0-9.]+)$/i.test(x) ? x : JSON.stringify(x);
-  if (Array.isArray(v)) return v.length ? v.map((x) => `${indent}- ` + (x && typeof x === "object"
-    ? yaml(x, indent + "  ").trimStart() : scalar(x))).join("\n") : indent + "[]";
-  if (v && typeof v === "object") return Object.keys(v).length ? Object.entries(v).map(([k, x]) =>
-    x && typeof x === "object" && Object.keys(x).length ? `${indent}${scalar(k)}:\n${yaml(x, indent + "  ")}`
-      : `${indent}${scalar(k)}: ${x && typeof x === "object" ? (Array.isArray(x) ? "[]" : "{}") : scalar(x)}`)
-    .join("\n") : indent + "{}";
-  return indent + scalar(v);
 }
 
 // The dataplanes a policy's top-level targetRef selects (null when its kind is not one evaluated here).
@@ -106,63 +91,72 @@ function selected(d, p) {
   return null;
 }
 
+const card = (label, n, cls = "", href = "") => `<div class="card"><div class="n ${cls}" data-count="${esc(label)}">`
+  + `${href ? `<a href="${href}">${esc(n)}</a>` : esc(n)}</div>${esc(label)}</div>`;
+
 const pages = {
   overview(d) {
     const c = (s) => d.dataplanes.filter((x) => x.status === s).length;
-    // Until multi-zone lands `GET /` names no zone: a zone-mode control plane alone is "standalone".
-    const zone = d.index.mode === "global" ? "global" : d.index.zone || "standalone";
-    const card = (label, n, cls = "") => `<div class="card"><div class="n ${cls}" data-count="${esc(label)}">`
-      + `${esc(n)}</div>${esc(label)}</div>`;
+    const global = d.index.mode === "global";
+    const zone = global ? "global" : d.index.zone || "standalone";
+    const zc = (s) => d.zones.filter((z) => z.status === s).length;
+    const zoneCards = global ? `<div class="cards">${card("zones online", zc("Online"), "online", "#/zones")}`
+      + `${card("zones offline", zc("Offline"), "offline", "#/zones")}</div>` : d.index.zone
+      ? `<p>Link to global: <code>${esc((d.index.global || {}).state || "none")}</code></p>` : "";
     return `<h2>Overview</h2><p>Control plane version ${esc(d.index.version)}, mode ${esc(d.index.mode)}.</p>
-      <section aria-labelledby="zh"><h3 id="zh">Zones</h3><p id="zone">${esc(zone)}</p></section>
-      <div class="cards">${card("meshes", d.meshes.length)}${card("services", services(d).length)}
-      ${card("dataplanes", d.dataplanes.length)}${card("online", c("online"), "online")}
-      ${card("offline", c("offline"), "offline")}${card("partially healthy", c("partially healthy"), "partial")}
-      </div>`;
+      <section aria-labelledby="zh"><h3 id="zh">Zones</h3><p id="zone">${esc(zone)}</p>${zoneCards}</section>
+      <div class="cards">${card("meshes", d.meshes.length, "", "#/meshes")}
+      ${card("services", services(d).length, "", "#/services")}
+      ${card("dataplanes", d.dataplanes.length, "", "#/dataplanes")}
+      ${card("online", c("online"), "online", "#/dataplanes?status=online")}
+      ${card("offline", c("offline"), "offline", "#/dataplanes?status=offline")}
+      ${card("partially healthy", c("partially healthy"), "partial", "#/dataplanes?status=partially+healthy")}
+      ${card("zone ingresses", d.ingresses.length, "", "#/zone-ingresses")}</div>`;
   },
+  zones,
   meshes(d) {
-    return "<h2>Meshes</h2>" + table(["Mesh", "mTLS", "Enabled backend", "Dataplanes"], d.meshes.filter((m) =>
-      match(m.name)).map((m) => {
-      const mtls = m.mtls;
-      return `<tr><td>${esc(m.name)}</td><td>${mtls && mtls.enabledBackend ? "on" : "off"}</td>`
-        + `<td>${esc(mtls && mtls.enabledBackend)}</td><td><a href="#/dataplanes?mesh=${encodeURIComponent(m.name)}">`
-        + `${d.dataplanes.filter((x) => x.mesh === m.name).length}</a></td></tr>`;
-    }));
+    return "<h2>Meshes</h2>" + table(["Mesh", "mTLS", "Enabled backend", "CA type", "Dataplanes"], d.meshes
+      .filter((m) => match(m.name, m.mtls)).map((m) => {
+        const mtls = m.mtls || {}, on = mtls.enabledBackend;
+        const ca = ((mtls.backends || []).find((b) => b.name === on) || {}).type;
+        return `<tr><td>${esc(m.name)}</td><td>${on ? "on" : "off"}</td><td>${esc(on)}</td><td>${esc(ca)}</td>`
+          + `<td>${dpsLink({ mesh: m.name }, d.dataplanes.filter((x) => x.mesh === m.name).length)}</td></tr>`;
+      }));
   },
   services(d) {
-    return "<h2>Services</h2>" + table(["Service", "Mesh", "Instances", "Online"], services(d).filter((s) =>
-      match(s.name, s.mesh)).map((s) => `<tr><td><a href="#/dataplanes?service=${encodeURIComponent(s.name)}`
-      + `&mesh=${encodeURIComponent(s.mesh)}">${esc(s.name)}</a></td><td>${esc(s.mesh)}</td><td>${s.total}</td>`
-      + `<td class="${s.online === s.total ? "online" : "offline"}">${s.online}/${s.total}</td></tr>`));
+    return "<h2>Services</h2>" + table(["Service", "Mesh", "Zones", "Instances", "Online"], services(d)
+      .filter((s) => match(s.name, s.mesh, [...s.zones])).map((s) => `<tr><td>${dpsLink({ service: s.name,
+        mesh: s.mesh }, s.name)}</td><td>${esc(s.mesh)}</td><td>${[...s.zones].sort().map((z) => zoneLink(d, z))
+        .join(", ")}</td><td>${s.total}</td><td class="${s.online === s.total ? "online" : "offline"}">`
+      + `${s.online}/${s.total}</td></tr>`));
   },
   dataplanes(d, params) {
-    const f = { mesh: params.get("mesh") || "", service: params.get("service") || "", status: params.get("status") || "" };
+    const f = Object.fromEntries(["mesh", "service", "zone", "status"].map((k) => [k, params.get(k) || ""]));
     const rows = d.dataplanes.filter((x) => (!f.mesh || x.mesh === f.mesh) && (!f.service || x.services.includes(f.service))
-      && (!f.status || x.status === f.status) && match(x.name, x.dp));
-    const opt = (vals, cur) => ["", ...vals].map((v) => `<option value="${esc(v)}"${v === cur ? " selected" : ""}>`
+      && (!f.zone || x.zone === f.zone) && (!f.status || x.status === f.status) && match(x.name, x.zone, x.dp));
+    const opt = (vals, cur) => ["", ...new Set(vals)].map((v) => `<option value="${esc(v)}"${v === cur ? " selected" : ""}>`
       + `${esc(v || "any")}</option>`).join("");
+    const zoneNames = [...d.zones.map((z) => z.name), ...d.dataplanes.map((x) => x.zone).filter(Boolean)].sort();
     return `<h2>Dataplanes</h2><form class="filters" id="dpfilter">
       <label>Mesh <select name="mesh">${opt(d.meshes.map((m) => m.name), f.mesh)}</select></label>
-      <label>Service <select name="service">${opt(services(d).map((s) => s.name), f.service)}</select></label>
+      <label>Service <select name="service">${opt(services(d).map((s) => s.name).sort(), f.service)}</select></label>
+      <label>Zone <select name="zone">${opt(zoneNames, f.zone)}</select></label>
       <label>Status <select name="status">${opt(["online", "offline", "partially healthy"], f.status)}</select></label>
-      </form><p id="dpcount">${rows.length} dataplanes</p>` + table(["Name", "Mesh", "Status", "Tags"], rows.map((x) =>
-      `<tr><td>${dpLink(x.mesh, x.name)}</td><td>${esc(x.mesh)}</td><td class="${x.status.split(" ")[0]}">`
-      + `${esc(x.status)}</td><td>${x.inbound.map((i) => tags(i.tags)).join("<br>")}</td></tr>`));
+      </form><p id="dpcount">${rows.length} dataplanes</p>` + table(["Name", "Mesh", "Zone", "Status", "Tags"],
+      rows.map((x) => `<tr><td>${dpLink(x.mesh, x.name, x.display)}</td><td>${esc(x.mesh)}</td>`
+        + `<td>${zoneLink(d, x.zone)}</td>${statusCell(x.status)}<td>${x.inbound.map((i) => tags(i.tags))
+          .join("<br>")}</td></tr>`));
   },
   policies(d) {
     const list = d.policies.filter((p) => match(p)).map((p) => {
       const sel = selected(d, p);
       return `<section><h3>${esc(p.type)} ${esc(p.name)} <small>(mesh ${esc(p.mesh)})</small></h3>`
         + `<p>Selects ${sel === null ? "dataplanes by a rule the GUI does not evaluate" : sel.length + " dataplanes: "
-        + sel.map((x) => dpLink(x.mesh, x.name)).join(", ")}</p><pre>${esc(yaml(p))}</pre></section>`;
+        + sel.map((x) => dpLink(x.mesh, x.name, x.display)).join(", ")}</p><pre>${esc(yaml(p))}</pre></section>`;
     });
     return "<h2>Policies</h2>" + (list.join("") || "<p>No policies.</p>");
   },
-  "zone-ingresses"(d) {
-    return "<h2>Zone ingresses</h2>" + table(["Name", "Available services"], d.ingresses.filter((z) => match(z))
-      .map((z) => `<tr><td>${esc(z.name)}</td><td>${((z.availableServices) || []).map((s) => tags(s.tags))
-      .join("<br>")}</td></tr>`));
-  },
+  "zone-ingresses": zoneIngresses,
 };
 
 async function dataplaneDetail(d, mesh, name) {
@@ -178,8 +172,9 @@ async function dataplaneDetail(d, mesh, name) {
     pol = table(["Type", "Policy", "Why", "Precedence"], rows)
       + `<details><summary>Resolved configuration</summary><pre>${esc(JSON.stringify(r, null, 2))}</pre></details>`;
   } catch (e) { pol = `<p class="error">${esc(e.message)}</p>`; }
-  return `<h2>Dataplane ${esc(name)}</h2><dl><dt>Mesh</dt><dd>${esc(mesh)}</dd><dt>Status</dt>
-    <dd class="${x.status.split(" ")[0]}">${esc(x.status)}</dd>
+  return `<h2>Dataplane ${esc(x.display)}</h2><dl><dt>Mesh</dt><dd>${esc(mesh)}</dd>
+    <dt>Zone</dt><dd>${zoneLink(d, x.zone) || "none"}</dd><dt>Stored as</dt><dd>${esc(name)}</dd><dt>Status</dt>
+    <dd class="${x.status.split(" ")[0]}" data-dp-status>${esc(x.status)}</dd>
     <dt>Certificate expiry</dt><dd>${esc(mtls.certificateExpirationTime || "none")}</dd>
     <dt>Last config push</dt><dd>${esc(last.status && last.status.lastUpdateTime || last.connectTime || "never")}</dd>
     <dt>ACK / NACK</dt><dd>${esc(last.status ? JSON.stringify(last.status.total || last.status) : "none")}</dd></dl>
@@ -208,6 +203,7 @@ async function render() {
   $("login").hidden = true;
   if (!state.data) { main.innerHTML = "<p>Loading...</p>"; return; }
   if (page === "dataplanes" && parts.length === 3) { main.innerHTML = await dataplaneDetail(state.data, parts[1], parts[2]); return; }
+  if (page === "zones" && parts.length === 2) { main.innerHTML = zoneDetail(state.data, parts[1]); return; }
   const fn = pages[page];
   main.innerHTML = fn ? fn(state.data, new URLSearchParams(query || "")) : `<p class="error">No page ${esc(page)}.</p>`;
   const form = $("dpfilter");
