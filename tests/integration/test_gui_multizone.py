@@ -189,8 +189,10 @@ def check_keyboard_and_phone(glob: CpProcess, tmp_path: Path, browser: Any) -> N
     phone.on("pageerror", lambda e: errors.append(str(e)))
     phone.goto(glob.http_url + "/gui#/zones")
     expect(phone.locator("main tbody tr", has_text=ZONE)).to_contain_text("Online", timeout=REFRESH_TIMEOUT_MS)
-    # Rows stack on a phone: nothing wider than the screen.
+    # Rows stack on a phone, nothing wider than the screen, each cell labelled with its column.
     assert phone.evaluate("document.documentElement.scrollWidth") <= 390
+    expect(phone.locator("main tbody tr", has_text=ZONE).locator('td[data-label="Sent / ACKed / NACKed"]')) \
+        .to_be_visible()
     shot(phone, tmp_path, "zones-phone")
     phone.goto(glob.http_url + "/gui")
     expect(phone.locator('[data-count="dataplanes"]')).to_have_text("3", timeout=REFRESH_TIMEOUT_MS)

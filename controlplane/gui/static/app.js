@@ -33,11 +33,20 @@ async function listAll(path) {
   return items;
 }
 
+// Policy kinds come from the API's own description: mesh-scoped types named mesh* (MeshTrafficPermission...).
+// Read once per page load: the kinds a control plane serves do not change while it runs.
+let policyKinds = null;
+async function kindsOf() {
+  if (!policyKinds) {
+    const doc = await api("/openapi.json");
+    policyKinds = Object.keys(doc.paths || {}).map((p) => p.match(/^\/meshes\/\{mesh\}\/(mesh[a-z]+)$/))
+      .filter(Boolean).map((m) => m[1]);
+  }
+  return policyKinds;
+}
+
 async function load() {
-  const [index, meshes, doc] = await Promise.all([api("/"), listAll("/meshes"), api("/openapi.json")]);
-  // Policy kinds come from the API's own description: mesh-scoped types named mesh* (MeshTrafficPermission...).
-  const kinds = Object.keys(doc.paths || {}).map((p) => p.match(/^\/meshes\/\{mesh\}\/(mesh[a-z]+)$/))
-    .filter(Boolean).map((m) => m[1]);
+  const [index, meshes, kinds] = await Promise.all([api("/"), listAll("/meshes"), kindsOf()]);
   const perMesh = await Promise.all(meshes.map(async (m) => {
     const base = "/meshes/" + encodeURIComponent(m.name);
     const [overview, insights, ...pols] = await Promise.all([
@@ -183,6 +192,14 @@ async function dataplaneDetail(d, mesh, name) {
     <h3>Policies that apply</h3>${pol}`;
 }
 
+// On a phone the tables stack their cells (app.css): each cell shows its column's name, from the header.
+function labelCells(root) {
+  for (const t of root.querySelectorAll("table")) {
+    const names = [...t.querySelectorAll("thead th")].map((th) => th.textContent);
+    for (const row of t.tBodies[0].rows) for (let i = 0; i < row.cells.length; i++) row.cells[i].dataset.label = names[i] || "";
+  }
+}
+
 async function render() {
   const [path, query] = (location.hash.slice(1) || "/").split("?");
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
@@ -202,10 +219,13 @@ async function render() {
   }
   $("login").hidden = true;
   if (!state.data) { main.innerHTML = "<p>Loading...</p>"; return; }
-  if (page === "dataplanes" && parts.length === 3) { main.innerHTML = await dataplaneDetail(state.data, parts[1], parts[2]); return; }
-  if (page === "zones" && parts.length === 2) { main.innerHTML = zoneDetail(state.data, parts[1]); return; }
-  const fn = pages[page];
-  main.innerHTML = fn ? fn(state.data, new URLSearchParams(query || "")) : `<p class="error">No page ${esc(page)}.</p>`;
+  if (page === "dataplanes" && parts.length === 3) main.innerHTML = await dataplaneDetail(state.data, parts[1], parts[2]);
+  else if (page === "zones" && parts.length === 2) main.innerHTML = zoneDetail(state.data, parts[1]);
+  else {
+    const fn = pages[page];
+    main.innerHTML = fn ? fn(state.data, new URLSearchParams(query || "")) : `<p class="error">No page ${esc(page)}.</p>`;
+  }
+  labelCells(main);
   const form = $("dpfilter");
   if (form) form.addEventListener("change", () => {
     const p = new URLSearchParams([...new FormData(form)].filter(([, v]) => v));
