@@ -29,7 +29,7 @@ XSS_ROUTE = {"type": "MeshHTTPRoute", "mesh": "default", "name": "xss",
                               "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
                                          "default": {"filters": [_SET_HEADER]}}]}]}}
 REFRESH_TIMEOUT_MS = 30_000  # several refresh intervals (5 s): the browser polls, nothing else to wait for
-PAGES = ["", "meshes", "services", "dataplanes", "policies", "zone-ingresses"]
+PAGES = ["", "zones", "meshes", "services", "dataplanes", "policies", "zone-ingresses"]
 
 
 @contextmanager
@@ -85,6 +85,8 @@ def check_pages(url: str, tmp_path: Path, browser: Any, backend_envoy: EnvoyProc
     for name in PAGES:
         page.goto(f"{url}/gui#/{name}")
         page.wait_for_selector("main h2")
+        if name == "zones":  # zones are a global's to list
+            expect(page.locator("main")).to_contain_text("This is a standalone control plane")
         if name == "policies":  # the default policies, as YAML, each with the dataplanes it selects
             expect(page.locator("main")).to_contain_text("type: MeshTimeout")
             expect(page.locator("main")).to_contain_text("Selects 2 dataplanes")

@@ -3,7 +3,8 @@ dataplanes (Envoys bootstrapped from the zone's dp-server) and a real zone ingre
 ingress) in the zone, in Debian's chromium: every page of the global loads without console errors and shows
 the zone's counts, the zone page its KDS connection and per-type counts, a stopped dataplane turns offline on
 the global's page, the keyboard reaches every page, the phone viewport renders, the token login works against
-the global's HTTPS API, and the zone's own GUI names its zone. Screenshots of each page are saved."""
+the global's HTTPS API, the zone's own GUI names its zone and says so when that control plane stops.
+Screenshots of each page are saved."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ def test_global_gui_shows_the_zone(tmp_path: Path, started: list[CpProcess], env
         check_keyboard_and_phone(glob, tmp_path, browser)
         check_zone_gui(zone, tmp_path, browser)
         check_https_login(glob, tmp_path, browser)
+        check_zone_down(zone, tmp_path, browser)  # last: the zone control plane stops
 
 
 def check_global(glob: CpProcess, tmp_path: Path, browser: Any, backend_envoy: EnvoyProcess,
@@ -235,3 +237,20 @@ def check_https_login(glob: CpProcess, tmp_path: Path, browser: Any) -> None:
     shot(page, tmp_path, "https-zones")
     page.context.close()
     assert [e for e in errors if "401" not in e] == [], errors
+
+
+def check_zone_down(zone: CpProcess, tmp_path: Path, browser: Any) -> None:
+    """A control plane that stops answering is said to be unreachable on the open page, not shown as empty."""
+    from playwright.sync_api import expect
+
+    errors: list[str] = []
+    page = open_page(browser, errors)
+    page.goto(zone.http_url + "/gui#/dataplanes")
+    expect(page.locator("#dpcount")).to_have_text("3 dataplanes", timeout=REFRESH_TIMEOUT_MS)
+    zone.stop()
+    expect(page.locator('#error[data-status="0"]')).to_contain_text("Control plane unreachable",
+                                                                     timeout=REFRESH_TIMEOUT_MS)
+    shot(page, tmp_path, "zone-cp-down")
+    page.context.close()
+    # The browser logs the refused fetches; nothing else may be there.
+    assert [e for e in errors if "ERR_CONNECTION_REFUSED" not in e] == [], errors

@@ -95,8 +95,10 @@ function selected(d, p) {
   const inMesh = d.dataplanes.filter((x) => x.mesh === p.mesh);
   if (ref.kind === "Mesh") return inMesh;
   if (ref.kind === "MeshService") return inMesh.filter((x) => x.services.includes(ref.name));
-  if (ref.kind === "MeshSubset") return inMesh.filter((x) => x.inbound.some((i) =>
-    Object.entries(ref.tags || {}).every(([k, v]) => (i.tags || {})[k] === v)));
+  const tagged = (i) => Object.entries(ref.tags || {}).every(([k, v]) => (i.tags || {})[k] === v);
+  if (ref.kind === "MeshSubset") return inMesh.filter((x) => x.inbound.some(tagged));
+  if (ref.kind === "MeshServiceSubset") return inMesh.filter((x) => x.inbound.some((i) =>
+    (i.tags || {})["kuma.io/service"] === ref.name && tagged(i)));
   return null;
 }
 
