@@ -175,16 +175,35 @@ def check_keyboard_and_phone(glob: CpProcess, tmp_path: Path, browser: Any) -> N
     page = open_page(browser, errors)
     page.goto(glob.http_url + "/gui")
     expect(page.locator('[data-count="zones online"]')).to_have_text("1", timeout=REFRESH_TIMEOUT_MS)  # zone-2 stopped
+    focused = page.locator(":focus")
     page.keyboard.press("Tab")
-    expect(page.locator(":focus")).to_have_text("Skip to content")
-    for label, h2 in (("Zones", "Zones"), ("Services", "Services"), ("Zone ingresses", "Zone ingresses")):
-        for _ in range(20):  # onward from the link followed last: the nav is in page order
+    expect(focused).to_have_text("Skip to content")
+    page.keyboard.press("Enter")
+    expect(focused).to_have_id("main")
+    expect(page.locator("main h2")).to_have_text("Overview")
+
+    def tab_to(what: str, test: Callable[[Any], bool]) -> None:
+        for _ in range(40):  # onward from the current focus in the page's tab order (past its end: the browser's)
             page.keyboard.press("Tab")
-            if page.locator(":focus").text_content() == label:
-                break
-        expect(page.locator(":focus")).to_have_text(label)
+            if focused.count() and test(focused):
+                return
+        raise AssertionError(f"Tab never reached {what}")
+
+    for label in ("Zones", "Services", "Dataplanes"):
+        tab_to(label, lambda f, label=label: f.text_content() == label)
         page.keyboard.press("Enter")
-        expect(page.locator("main h2")).to_have_text(h2)
+        expect(page.locator("main h2")).to_have_text(label)
+    # A filter changed from the keyboard applies and keeps the focus (the page is rebuilt under it).
+    tab_to("the zone filter", lambda f: f.get_attribute("name") == "zone")
+    page.keyboard.press("ArrowDown")
+    expect(page).to_have_url(re.compile(f"zone={ZONE}$"))
+    expect(page.locator("#dpcount")).to_have_text("3 dataplanes")
+    expect(focused).to_have_attribute("name", "zone")
+    # Into the table: the first dataplane's link opens it.
+    tab_to("a dataplane", lambda f: (f.get_attribute("href") or "").startswith("#/dataplanes/"))
+    page.keyboard.press("Enter")
+    expect(page.locator("main h2")).to_contain_text("Dataplane ")
+    shot(page, tmp_path, "keyboard-dataplane")
     page.context.close()
 
     phone = browser.new_context(viewport={"width": 390, "height": 844}).new_page()

@@ -235,26 +235,37 @@ async function render() {
   });
 }
 
+// Rendering rebuilds <main>. Keyboard focus stays on the same link or filter when the new content has it (an
+// auto-refresh, a filter changed from the keyboard); else focus that was in <main> goes to <main> itself, so Tab
+// continues in the new page. Focus in the header (nav, search) is never touched.
+async function renderKeepingFocus() {
+  const el = document.activeElement;
+  const inMain = Boolean(el && el.closest("main"));
+  const key = inMain ? (el.getAttribute("href") ? `a[href="${CSS.escape(el.getAttribute("href"))}"]`
+    : el.name ? `[name="${CSS.escape(el.name)}"]` : null) : null;
+  await render();
+  const again = key && $("main").querySelector(key);
+  if (again) again.focus();
+  else if (inMain && !$("main").contains(document.activeElement)) $("main").focus();
+}
+
 async function refresh() {
   try { state.data = await load(); state.error = null; $("status").textContent = "Updated " + new Date().toLocaleTimeString(); }
   catch (e) { state.error = e instanceof ApiError ? e : new ApiError(-1, e.message); }
   const first = !state.shown;
   if (first) performance.mark("kuma-data"); // the first load's API calls are done (bench/bench_gui.py reads these)
   $("logout").hidden = !sessionStorage.getItem("kuma-token");
-  // A refresh rebuilds <main>: keep keyboard focus on the same link or filter so auto-refresh never moves it.
-  const el = document.activeElement;
-  const key = el && el.closest("main") ? (el.getAttribute("href") ? `a[href="${CSS.escape(el.getAttribute("href"))}"]`
-    : el.name ? `[name="${CSS.escape(el.name)}"]` : null) : null;
-  await render();
-  if (key) { const again = $("main").querySelector(key); if (again) again.focus(); }
+  await renderKeepingFocus();
   if (first) { state.shown = true; performance.mark("kuma-rendered"); }
 }
 
 $("login").addEventListener("submit", (ev) => {
   ev.preventDefault(); sessionStorage.setItem("kuma-token", $("token").value.trim()); $("token").value = ""; refresh();
 });
+// The skip link moves focus to the content; followed as a link it would make "#main" the route.
+document.querySelector(".skip").addEventListener("click", (ev) => { ev.preventDefault(); $("main").focus(); });
 $("logout").addEventListener("click", () => { sessionStorage.removeItem("kuma-token"); refresh(); });
 $("search").addEventListener("input", render);
-window.addEventListener("hashchange", render);
+window.addEventListener("hashchange", renderKeepingFocus);
 refresh();
 setInterval(refresh, REFRESH_MS);
