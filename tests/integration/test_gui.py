@@ -6,6 +6,7 @@ value holding HTML is shown as text."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,6 +105,9 @@ def check_pages(url: str, tmp_path: Path, browser: Any, backend_envoy: EnvoyProc
     page.goto(f"{url}/gui#/dataplanes/default/backend-1")
     page.wait_for_selector("text=Policies that apply")
     expect(page.locator("main table").last).to_contain_text("mesh-timeout-all-default")
+    # The xDS responses of its current connection, from its DataplaneInsight (written every heartbeat).
+    expect(page.locator("main dl")).to_contain_text(re.compile(r"sent [1-9][0-9]*, ACKed [1-9][0-9]*, NACKed 0"),
+                                                    timeout=REFRESH_TIMEOUT_MS)
     page.screenshot(path=str(tmp_path / "gui-dataplane.png"), full_page=True)
     print(f"screenshot: {tmp_path / 'gui-dataplane.png'}")
 

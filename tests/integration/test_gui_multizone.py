@@ -140,6 +140,7 @@ def check_global(glob: CpProcess, tmp_path: Path, browser: Any, backend_envoy: E
     main.get_by_role("link", name="backend-2", exact=True).click()
     expect(main.locator("h2")).to_have_text("Dataplane backend-2")
     expect(page.locator("[data-dp-status]")).to_have_text("online")
+    expect(main.locator("dl")).to_contain_text(f"kept by zone {ZONE}")  # global holds a summary insight
     expect(main).to_contain_text("Policies that apply")
     shot(page, tmp_path, "dataplane")
 

@@ -170,6 +170,15 @@ const pages = {
   "zone-ingresses": zoneIngresses,
 };
 
+// xDS responses of the current connection. A global holds a zone's insights as a summary (KDS leaves the
+// counters out, as each push would be a message to global): say where the counts are rather than show zeros.
+function ackNack(d, x, last) {
+  if (d.index.mode === "global" && x.zone) return `kept by zone ${x.zone} (its control plane's GUI shows them)`;
+  const t = (last.status || {}).total;
+  if (!t) return "none";
+  return `sent ${t.responsesSent ?? 0}, ACKed ${t.responsesAcknowledged ?? 0}, NACKed ${t.responsesRejected ?? 0}`;
+}
+
 async function dataplaneDetail(d, mesh, name) {
   const x = d.dataplanes.find((y) => y.mesh === mesh && y.name === name);
   if (!x) return `<h2>Dataplane ${esc(name)}</h2><p class="error">No dataplane ${esc(name)} in mesh ${esc(mesh)}.</p>`;
@@ -188,7 +197,7 @@ async function dataplaneDetail(d, mesh, name) {
     <dd class="${x.status.split(" ")[0]}" data-dp-status>${esc(x.status)}</dd>
     <dt>Certificate expiry</dt><dd>${esc(mtls.certificateExpirationTime || "none")}</dd>
     <dt>Last config push</dt><dd>${esc(last.status && last.status.lastUpdateTime || last.connectTime || "never")}</dd>
-    <dt>ACK / NACK</dt><dd>${esc(last.status ? JSON.stringify(last.status.total || last.status) : "none")}</dd></dl>
+    <dt>ACK / NACK</dt><dd>${esc(ackNack(d, x, last))}</dd></dl>
     <h3>Inbound</h3>${table(["Port", "Tags"], x.inbound.map((i) => `<tr><td>${esc(i.port)}</td><td>${tags(i.tags)}</td></tr>`))}
     <h3>Outbound</h3>${table(["Port", "Tags"], x.outbound.map((o) => `<tr><td>${esc(o.port)}</td><td>${tags(o.tags)}</td></tr>`))}
     <h3>Policies that apply</h3>${pol}`;
