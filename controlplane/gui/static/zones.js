@@ -8,7 +8,8 @@ const subs = (z) => [...((z.zoneInsight || {}).subscriptions || [])]
 const newest = (z) => subs(z).at(-1);
 const total = (s) => ((s || {}).status || {}).total || {};
 // Global -> zone counts: responses sent, ACKed and NACKed by the zone; zone -> global resources global refused.
-const counts = (t) => `${t.responsesSent ?? 0} / ${t.responsesAcknowledged ?? 0} / ${t.responsesRejected ?? 0}`;
+const counts = (t) => esc(`${t.responsesSent ?? 0} / ${t.responsesAcknowledged ?? 0} / ${t.responsesRejected ?? 0}`);
+const num = (v) => esc(v ?? "");
 function lastNack(z) {
   for (const s of subs(z).reverse()) {
     for (const [type, st] of Object.entries((s.status || {}).stat || {})) {
@@ -46,9 +47,9 @@ export function zoneDetail(d, name) {
     || "connected")}</td><td>${esc(s.globalInstanceId)}</td><td>${esc(((s.version || {}).kumaCp || {}).version)}</td>`
     + `<td>${counts(total(s))}</td></tr>`);
   const stat = Object.entries(((newest(z) || {}).status || {}).stat || {}).filter(([t, st]) => match(t, st))
-    .map(([t, st]) => `<tr><td>${esc(t)}</td><td>${st.responsesSent ?? ""}</td><td>${st.resourcesSent ?? ""}</td>`
-      + `<td>${st.responsesAcknowledged ?? ""}</td><td>${st.responsesRejected ?? ""}</td>`
-      + `<td>${st.responsesReceived ?? ""}</td><td>${st.resourcesRejected ?? ""}</td>`
+    .map(([t, st]) => `<tr><td>${esc(t)}</td><td>${num(st.responsesSent)}</td><td>${num(st.resourcesSent)}</td>`
+      + `<td>${num(st.responsesAcknowledged)}</td><td>${num(st.responsesRejected)}</td>`
+      + `<td>${num(st.responsesReceived)}</td><td>${num(st.resourcesRejected)}</td>`
       + `<td class="nack">${esc(st.lastNack)}</td></tr>`);
   const ingresses = d.ingresses.filter((i) => i.zone === name).map((i) => `<a href="#/zone-ingresses">${esc(i.name)}</a>`);
   return `<h2>Zone ${esc(name)}</h2><dl><dt>Status</dt><dd class="${esc(z.status.toLowerCase())}"`
