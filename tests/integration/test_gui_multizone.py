@@ -43,16 +43,26 @@ def start_global_and_zones(tmp_path: Path, started: list[CpProcess]) -> tuple[Cp
     """A global, ZONE (where the dataplanes run) and OTHER_ZONE (stopped later: it turns Offline). Unlike
     test_kds_dataplanes' setup, ZONE keeps a dataplane whose Envoy stopped (a long grace period), so it turns
     offline rather than being deregistered; global writes ZoneInsights often and calls a zone without a stream
-    offline after a second, so the test waits on the browser, not on those intervals."""
+    offline after a second, so the test waits on the browser, not on those intervals.
+
+    OTHER_ZONE ran standalone first, with a mesh global does not have and a dataplane in it: global refuses
+    that dataplane (a real NACK, as in test_kds_cp), which the zones page shows as the zone's last NACK."""
     kds_port = free_port()
     glob = start_cp(tmp_path / "global", **global_env(kds_port,
                                                           KUMA_MULTIZONE_GLOBAL_KDS_ZONE_INSIGHT_FLUSH_INTERVAL="2",
                                                           KUMA_MULTIZONE_GLOBAL_KDS_ZONE_OFFLINE_GRACE_PERIOD="1"))
     started.append(glob)
+    standalone = start_cp(tmp_path / OTHER_ZONE)
+    started.append(standalone)
+    assert api(standalone, "PUT", "/meshes/legacy", {"type": "Mesh", "name": "legacy"}).status in (200, 201)
+    legacy_dp = {"type": "Dataplane", "mesh": "legacy", "name": "old-app", "networking": {
+        "address": "127.0.0.1", "inbound": [{"port": 8080, "tags": {"kuma.io/service": "old-app"}}]}}
+    assert api(standalone, "PUT", "/meshes/legacy/dataplanes/old-app", legacy_dp).status in (200, 201)
+    standalone.stop()
     zones = []
-    for name in (ZONE, OTHER_ZONE):
+    for name, more in ((ZONE, {}), (OTHER_ZONE, {k: str(v) for k, v in standalone.ports.items()})):
         zone = start_cp(tmp_path / name, **zone_env(glob, kds_port, name, tmp_path,
-                                                    KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="3600"))
+                                                    KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="3600", **more))
         started.append(zone)
         wait_for(f"global's default mesh reaching {name}",
                  lambda z=zone: api(z, "GET", "/meshes/default").status == 200, glob, zone)
@@ -113,6 +123,17 @@ def check_global(glob: CpProcess, tmp_path: Path, browser: Any, backend_envoy: E
     # writes them into the ZoneInsight every flush interval (the first write, on connect, has none yet).
     expect(row.locator("td").nth(7)).to_have_text(re.compile(r"^[1-9][0-9]* / [1-9][0-9]* / 0$"),
                                                   timeout=REFRESH_TIMEOUT_MS)
+    # OTHER_ZONE's dataplane in a mesh global lacks was refused: global's reason is its last NACK.
+    expect(main.locator("tbody tr", has_text=OTHER_ZONE).locator("td.nack")).to_contain_text(
+        "mesh 'legacy' does not exist here", timeout=REFRESH_TIMEOUT_MS)
+    page.goto(f"{glob.http_url}/gui#/zones/{OTHER_ZONE}")  # by type: the Dataplane refused, with the reason
+    dataplanes = main.locator("table").last.locator("tbody tr").filter(
+        has=page.locator("td:first-child", has_text=re.compile("^Dataplane$")))
+    # The zone re-sends it after a back-off, refused each time: one or more.
+    expect(dataplanes.locator('td[data-label="Refused from zone"]')).to_have_text(re.compile("^[1-9][0-9]*$"))
+    expect(dataplanes.locator("td.nack")).to_contain_text("mesh 'legacy' does not exist here")
+    shot(page, tmp_path, "zone-nack")
+    page.goto(f"{glob.http_url}/gui#/zones")
     row.get_by_role("link", name=ZONE).click()
     expect(main.locator("h2")).to_have_text(f"Zone {ZONE}")
     expect(page.locator("[data-zone-status]")).to_have_text("Online")

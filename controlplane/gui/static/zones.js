@@ -18,6 +18,8 @@ function lastNack(z) {
   }
   return "";
 }
+// API times (RFC 3339, microseconds) as "2026-12-05 20:02:53 UTC": shorter, and still exact to the second.
+const when = (t) => t ? String(t).replace("T", " ").replace(/\.\d+/, "").replace(/(Z|\+00:00)$/, " UTC") : "";
 const dpsIn = (d, zone) => d.dataplanes.filter((x) => x.zone === zone).length;
 
 export function zones(d) {
@@ -32,7 +34,7 @@ export function zones(d) {
     return `<tr><td>${zoneLink(d, z.name)}</td>${statusCell(z.status)}`
       + `<td>${(z.zone || {}).enabled === false ? "disabled" : "enabled"}</td>`
       + `<td>${esc(((s.version || {}).kumaCp || {}).version)}</td><td>${dpsLink({ zone: z.name }, dpsIn(d, z.name))}</td>`
-      + `<td>${esc(s.connectTime || "never")}</td><td>${esc(s.disconnectTime || (s.connectTime ? "connected" : ""))}</td>`
+      + `<td>${esc(when(s.connectTime) || "never")}</td><td>${esc(when(s.disconnectTime) || (s.connectTime ? "connected" : ""))}</td>`
       + `<td>${counts(total(s))}</td><td class="nack">${esc(lastNack(z))}</td></tr>`;
   });
   return "<h2>Zones</h2>" + table(["Zone", "Status", "Enabled", "kuma-cp", "Dataplanes", "Connected", "Disconnected",
@@ -43,7 +45,7 @@ export function zoneDetail(d, name) {
   const z = d.zones.find((x) => x.name === name);
   if (!z) return `<h2>Zone ${esc(name)}</h2><p class="error">Global knows no zone ${esc(name)} (a zone appears on`
     + " its first connection).</p>";
-  const history = subs(z).reverse().map((s) => `<tr><td>${esc(s.connectTime)}</td><td>${esc(s.disconnectTime
+  const history = subs(z).reverse().map((s) => `<tr><td>${esc(when(s.connectTime))}</td><td>${esc(when(s.disconnectTime)
     || "connected")}</td><td>${esc(s.globalInstanceId)}</td><td>${esc(((s.version || {}).kumaCp || {}).version)}</td>`
     + `<td>${counts(total(s))}</td></tr>`);
   const stat = Object.entries(((newest(z) || {}).status || {}).stat || {}).filter(([t, st]) => match(t, st))
