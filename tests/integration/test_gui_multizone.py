@@ -1,10 +1,11 @@
-"""The GUI of a real global kuma-cp with a real zone joined over KDS (tests/integration/kds_harness.py), with real
+"""The GUI of a real global kuma-cp with two real zones joined over KDS (tests/integration/kds_harness.py), real
 dataplanes (Envoys bootstrapped from the zone's dp-server) and a real zone ingress (kuma-dp --proxy-type
-ingress) in the zone, in Debian's chromium: every page of the global loads without console errors and shows
-the zone's counts, the zone page its KDS connection and per-type counts, a stopped dataplane turns offline on
-the global's page, the keyboard reaches every page, the phone viewport renders, the token login works against
-the global's HTTPS API, the zone's own GUI names its zone and says so when that control plane stops.
-Screenshots of each page are saved."""
+ingress) in one zone, in Debian's chromium: every page of the global loads without console errors and shows
+the zones' counts; the zone pages show their KDS connections, per-type counts and a real NACK (global refusing
+a zone's dataplane); a stopped dataplane and a stopped zone turn offline on the open page; the keyboard reaches
+every page, a filter and a dataplane; the phone viewport renders; the token login works against the global's
+HTTPS API; the zone's own GUI names its zone and says so when that control plane stops. Screenshots of each
+page are saved in the test's tmp_path (their paths are printed)."""
 
 from __future__ import annotations
 
