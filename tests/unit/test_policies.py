@@ -36,6 +36,7 @@ POLICIES = {
     "MeshRateLimit": ("meshratelimits", "meshratelimit"),
     "MeshAccessLog": ("meshaccesslogs", "meshaccesslog"),
     "MeshMetric": ("meshmetrics", "meshmetric"),
+    "MeshTrace": ("meshtraces", "meshtrace"),
 }
 
 VALID = sorted(p for p in EXAMPLES.glob("*/*.yaml"))

@@ -23,7 +23,7 @@ part of the proxy a plugin reads, e.g. MeshAccessLog's source service and addres
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,6 +33,7 @@ from envoy.config.listener.v3 import listener_pb2
 from controlplane.resources.base import Resource
 from controlplane.resources.dataplane import Inbound
 
+from ..resources import XdsResource
 from .context import ProxyContext
 
 
@@ -132,6 +133,13 @@ class PolicyPlugin:
                                 key: Hashable) -> None:
         pass
 
+    # --- resources of the proxy's own (a collector's cluster) ---
+
+    def proxy_resources(self, ctx: ProxyContext) -> Sequence[tuple[Hashable, Callable[[], XdsResource]]]:
+        """Resources this policy adds beside the listeners and clusters the generators build, e.g. the cluster
+        of a tracing collector: (memo key, builder) pairs, so proxies with equal keys share one built resource."""
+        return ()
+
 
 _registered: dict[str, PolicyPlugin] = {}
 
@@ -141,6 +149,12 @@ def register_plugin(plugin: PolicyPlugin) -> PolicyPlugin:
     imports them all): the framework never imports a policy."""
     _registered[plugin.policy_type] = plugin
     return plugin
+
+
+def generate_proxy_resources(ctx: ProxyContext) -> list[XdsResource]:
+    """The plugins' own resources for one proxy (the generator after outbound)."""
+    return [ctx.memo.get(("plugin", plugin.policy_type, key), build)
+            for plugin in plugins() for key, build in plugin.proxy_resources(ctx)]
 
 
 def plugins() -> list[PolicyPlugin]:
