@@ -1,8 +1,7 @@
 """MeshTrace between real Envoys on loopback (mTLS): the caller's Envoy (its outbound listener) and the
 callee's (its inbound listener) both report a span of the same trace to a Zipkin-compatible receiver the test
 runs, with the policy's tags and sampling; the OpenTelemetry backend's spans reach a gRPC OTLP receiver the
-test runs (grpcio's generic handler; OTLP's messages are decoded here from the protobuf wire format, since
-opentelemetry-proto is not a dependency).
+test runs (grpcio's generic handler; OTLP's messages from the opentelemetry-proto modules xds-protos ships).
 
 Sampling is shown by Envoy's decisions, not by shares: with `random: 0` and `client: 100`, a request is
 traced exactly when it carries `x-client-trace-id`. Envoy posts every buffered span at each flush, so once a
@@ -21,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
@@ -181,65 +181,19 @@ spec:
 
 # --- OpenTelemetry: a gRPC OTLP receiver ---------------------------------------------------------------------
 
-OTLP_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of one protobuf message: varints as ints, length-delimited as bytes."""
-    i = 0
-
-    def varint() -> int:
-        nonlocal i
-        shift = result = 0
-        while True:
-            b = data[i]
-            i += 1
-            result |= (b & 0x7F) << shift
-            if b < 0x80:
-                return result
-            shift += 7
-
-    while i < len(data):
-        key = varint()
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            yield number, wire, varint()
-        elif wire == 1:
-            yield number, wire, data[i:i + 8]
-            i += 8
-        elif wire == 2:
-            n = varint()
-            yield number, wire, data[i:i + n]
-            i += n
-        elif wire == 5:
-            yield number, wire, data[i:i + 4]
-            i += 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-
-
 def otlp_spans(request: bytes) -> list[dict[str, Any]]:
-    """ExportTraceServiceRequest -> [{service, trace_id, span_id, name, kind}] (field numbers of OTLP's
-    trace.proto: ResourceSpans 1 = resource, 2 = scope_spans; Span 1 trace_id, 2 span_id, 5 name, 6 kind)."""
+    """ExportTraceServiceRequest -> [{service, trace_id, span_id, name, kind}]."""
+    message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
     out = []
-    for n, _, resource_spans in _fields(request):
-        if n != 1:
-            continue
-        service = ""
-        for rn, _, value in _fields(resource_spans):
-            if rn == 1:  # Resource: attributes (KeyValue key=1, value=2 AnyValue string_value=1)
-                for an, _, kv in _fields(value):
-                    if an == 1:
-                        parts = {k: v for k, _, v in _fields(kv)}
-                        if parts.get(1) == b"service.name":
-                            service = dict((k, v) for k, _, v in _fields(parts[2])).get(1, b"").decode()
-            elif rn == 2:  # ScopeSpans: spans = 2
-                for sn, _, span in _fields(value):
-                    if sn == 2:
-                        f = {k: v for k, _, v in _fields(span)}
-                        out.append({"service": service, "trace_id": f.get(1, b"").hex(),
-                                    "span_id": f.get(2, b"").hex(), "name": f.get(5, b"").decode(),
-                                    "kind": f.get(6, 0)})
+    for resource_spans in message.resource_spans:
+        service = next((a.value.string_value for a in resource_spans.resource.attributes
+                        if a.key == "service.name"), "")
+        # xds-protos ships an OTLP version from before the rename: its instrumentation_library_spans is field 2,
+        # today's scope_spans, with spans at field 2 as well, so the bytes Envoy sends read the same.
+        for scope in resource_spans.instrumentation_library_spans:
+            for span in scope.spans:
+                out.append({"service": service, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
+                            "name": span.name, "kind": span.kind})
     return out
 
 
@@ -252,7 +206,7 @@ class OtlpReceiver:
         def export(request: bytes, context: grpc.ServicerContext) -> bytes:
             with self._lock:
                 self.spans.extend(otlp_spans(request))
-            return b""  # an empty ExportTraceServiceResponse
+            return trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
         handler = grpc.method_handlers_generic_handler(
             "opentelemetry.proto.collector.trace.v1.TraceService",
