@@ -7,7 +7,13 @@
   `{address, message}` JSON lines to the dataplane's pipe (`kuma_shared.access_logs`) and kuma-dp sends each
   message as a line to the address (agent/access_logs.py); a dataplane whose Envoy runs without kuma-dp
   gets those lines in a plain file at that path instead;
-- `type: OpenTelemetry` is refused for now ("not supported by kuma-vm yet": it needs a collector cluster).
+- `type: OpenTelemetry`, `openTelemetry.endpoint` (`host:port` of an OTLP/gRPC collector; 4317 when it names no
+  port), an optional `body` (OTLP's AnyValue in its JSON form: `stringValue`, `kvlistValue`, ...; Kuma's default
+  line as a `stringValue` when not given; Envoy formats only `stringValue`, `kvlistValue` and `arrayValue`, so
+  Kuma's `boolValue`, `intValue`, `doubleValue` and `bytesValue` are refused) and `attributes`
+  (`[{key, value}]`): Envoy's `envoy.access_loggers.open_telemetry` sends each record to the collector
+  through a cluster of the proxy's own, `meshaccesslog:opentelemetry:<host>:<port>`. Placeholders work in the
+  body's strings and the attributes' values.
 
 `format` is `type: Plain` with `plain: "<Envoy format string>"`, or `type: Json` with `json: [{key, value}]`
 (and `omitEmptyValues`). Without a format, Kuma's default line for HTTP or TCP traffic is written. Envoy's
@@ -30,21 +36,25 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from functools import partial
 from typing import Any, Literal
 
 from envoy.config.accesslog.v3 import accesslog_pb2
-from envoy.config.core.v3 import base_pb2, substitution_format_string_pb2
+from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2
+from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
-from google.protobuf import any_pb2, struct_pb2
+from google.protobuf import any_pb2, json_format, struct_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 from pydantic import Field
 
-from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import SERVICE_TAG, Inbound
 from controlplane.resources.errors import Violations
 from controlplane.resources.fields import check_address
@@ -60,9 +70,11 @@ from controlplane.xds.generate.targeting import (
     TargetRef,
     check_top_level,
 )
+from controlplane.xds.resources import XdsResource
 from kuma_shared.access_logs import access_log_pipe
 
 from ._checks import check_from, check_to
+from ._collectors import check_endpoint, collector_cluster, endpoint_of
 
 POLICY = "MeshAccessLog"
 FILE_LOGGER = "envoy.access_loggers.file"
@@ -80,7 +92,8 @@ DEFAULT_HTTP_FORMAT = ('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-
 KUMA_PLACEHOLDERS = ("KUMA_MESH", "KUMA_SOURCE_SERVICE", "KUMA_DESTINATION_SERVICE", "KUMA_SOURCE_ADDRESS",
                      "KUMA_SOURCE_ADDRESS_WITHOUT_PORT", "KUMA_TRAFFIC_DIRECTION")
 _KUMA_PLACEHOLDER = re.compile(r"%(KUMA_[A-Z0-9_]*)%")
-NOT_YET = "is not supported by kuma-vm yet: use a File or Tcp backend"
+OTEL_LOGGER = "envoy.access_loggers.open_telemetry"
+OTEL_CLUSTER_PREFIX = "meshaccesslog:opentelemetry:"
 OUTBOUND_SOURCE_ADDRESS = "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
 
 
@@ -160,15 +173,94 @@ class TcpBackend(Spec):
             self.format.check(v, f"{path}.format")
 
 
+class OtelBackend(Spec):
+    endpoint: str
+    body: Any = None
+    attributes: list[JsonValue] | None = None
+
+    def check(self, v: Violations, path: str) -> None:
+        check_endpoint(v, f"{path}.endpoint", self.endpoint, "otel-collector:4317")
+        if "://" in self.endpoint:
+            v.add(f"{path}.endpoint", "give host:port: Envoy sends access logs to an OpenTelemetry collector over "
+                                      "gRPC (OTLP/gRPC, e.g. otel-collector:4317), not to a URL")
+        if self.body is not None:
+            try:
+                json_format.ParseDict(self.body, common_pb2.AnyValue())
+            except (json_format.ParseError, TypeError, ValueError) as e:
+                v.add(f"{path}.body", f"is not an OpenTelemetry AnyValue ({e}): give e.g. "
+                                      "{stringValue: '%START_TIME% %KUMA_MESH%'} or {kvlistValue: {values: [...]}}")
+            else:
+                unsupported = _unsupported_body_values(self.body)
+                if unsupported:
+                    v.add(f"{path}.body", f"{', '.join(unsupported)} cannot be sent: Envoy's OpenTelemetry access "
+                                          "logger formats only stringValue, kvlistValue and arrayValue (use a "
+                                          "stringValue)")
+                for text in _body_strings(self.body):
+                    check_format_text(v, f"{path}.body", text)
+        seen: set[str] = set()
+        for i, kv in enumerate(self.attributes or ()):
+            if not kv.key:
+                v.add(f"{path}.attributes[{i}].key", "cannot be empty")
+            elif kv.key in seen:
+                v.add(f"{path}.attributes[{i}].key", f"{kv.key!r} is listed twice: keep one")
+            seen.add(kv.key)
+            check_format_text(v, f"{path}.attributes[{i}].value", kv.value)
+
+
+def _body_strings(body: Any) -> list[str]:
+    """Every `stringValue` of an AnyValue's JSON form (where placeholders go)."""
+    out: list[str] = []
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key == "stringValue" and isinstance(value, str):
+                out.append(value)
+            else:
+                out.extend(_body_strings(value))
+    elif isinstance(body, list):
+        for item in body:
+            out.extend(_body_strings(item))
+    return out
+
+
+def _unsupported_body_values(body: Any) -> list[str]:
+    """The AnyValue kinds in a body that Envoy's formatter refuses (it NACKs the listener)."""
+    found: list[str] = []
+    if isinstance(body, dict):
+        for key, value in body.items():
+            if key in ("boolValue", "intValue", "doubleValue", "bytesValue") and key not in found:
+                found.append(key)
+            for kind in _unsupported_body_values(value):
+                if kind not in found:
+                    found.append(kind)
+    elif isinstance(body, list):
+        for item in body:
+            for kind in _unsupported_body_values(item):
+                if kind not in found:
+                    found.append(kind)
+    return found
+
+
+def _interpolate_body(body: Any, values: dict[str, str]) -> Any:
+    if isinstance(body, dict):
+        return {k: interpolate(x, values) if k == "stringValue" and isinstance(x, str) else _interpolate_body(x, values)
+                for k, x in body.items()}
+    if isinstance(body, list):
+        return [_interpolate_body(x, values) for x in body]
+    return body
+
+
 class Backend(Spec):
     type: Literal["Tcp", "File", "OpenTelemetry"]
     tcp: TcpBackend | None = None
     file: FileBackend | None = None
-    open_telemetry: dict[str, Any] | None = None
+    open_telemetry: OtelBackend | None = None
 
     def check(self, v: Violations, path: str) -> None:
         if self.type == "OpenTelemetry":
-            v.add(f"{path}.type", f"the OpenTelemetry access log backend {NOT_YET}")
+            if self.open_telemetry is None:
+                v.add(f"{path}.openTelemetry", "must be set with type OpenTelemetry: give at least 'endpoint'")
+            else:
+                self.open_telemetry.check(v, f"{path}.openTelemetry")
         elif self.type == "Tcp":
             if self.tcp is None:
                 v.add(f"{path}.tcp", "must be set with type Tcp: give at least 'address'")
@@ -228,6 +320,9 @@ def access_logs(backends: list[dict[str, Any]], default_format: str, values: dic
     out = []
     for backend in backends:
         kind = backend.get("type")
+        if kind == "OpenTelemetry":
+            out.append(otel_access_log(backend["openTelemetry"], default_format, values))
+            continue
         target = backend.get("file") if kind == "File" else backend.get("tcp") if kind == "Tcp" else None
         if target is None:
             continue  # refused at validation; never reached
@@ -256,6 +351,35 @@ def access_logs(backends: list[dict[str, Any]], default_format: str, values: dic
         typed.Pack(config, deterministic=True)  # a JSON format is a map: same content, same bytes, same hash
         out.append(accesslog_pb2.AccessLog(name=FILE_LOGGER, typed_config=typed))
     return out
+
+
+def otel_cluster_name(endpoint: str) -> str:
+    return OTEL_CLUSTER_PREFIX + endpoint_of(endpoint).authority
+
+
+def otel_access_log(otel: dict[str, Any], default_format: str, values: dict[str, str]) -> accesslog_pb2.AccessLog:
+    cluster = otel_cluster_name(otel["endpoint"])
+    config = logs_service_pb2.OpenTelemetryAccessLogConfig(common_config=als_pb2.CommonGrpcAccessLogConfig(
+        log_name=cluster, transport_api_version=config_source_pb2.V3,
+        grpc_service=grpc_service_pb2.GrpcService(
+            envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name=cluster))))
+    body = otel.get("body")
+    json_format.ParseDict(_interpolate_body(body, values) if body is not None
+                          else {"stringValue": interpolate(default_format, values)}, config.body)
+    for kv in otel.get("attributes") or ():
+        config.attributes.values.append(common_pb2.KeyValue(
+            key=kv["key"], value=common_pb2.AnyValue(string_value=interpolate(kv["value"], values))))
+    typed = any_pb2.Any()
+    typed.Pack(config, deterministic=True)
+    return accesslog_pb2.AccessLog(name=OTEL_LOGGER, typed_config=typed)
+
+
+def otel_endpoints(policies: Iterable[Resource]) -> list[str]:
+    """The OpenTelemetry endpoints of these policies' backends (each needs a cluster), in a fixed order."""
+    found = {b.open_telemetry.endpoint for p in policies
+             for item in [*(getattr(p.spec, "from_", None) or ()), *(getattr(p.spec, "to", None) or ())]
+             for b in item.default.backends or () if b.open_telemetry is not None}
+    return sorted(found)
 
 
 def add_access_logs(listener: listener_pb2.Listener, backends: list[dict[str, Any]],
@@ -331,6 +455,20 @@ class AccessLogPlugin(PolicyPlugin):
         conf, mesh, source, pipe = key
         add_access_logs(listener, json.loads(conf)["backends"],
                         _values(mesh, source, service, OUTBOUND_SOURCE_ADDRESS, "OUTBOUND"), pipe)
+
+
+    # --- the collectors' clusters ---
+
+    def proxy_resources(self, ctx: ProxyContext) -> Sequence[tuple[Hashable, Callable[[], XdsResource]]]:
+        matched = ctx.rules.matched(POLICY, ctx.dataplane)
+        if not matched:
+            return ()
+        out: list[tuple[Hashable, Callable[[], XdsResource]]] = []
+        for endpoint in otel_endpoints(matched):
+            name, collector = otel_cluster_name(endpoint), endpoint_of(endpoint)
+            out.append((("collector", name, collector, True),
+                        partial(collector_cluster, name, collector, http2=True)))
+        return out
 
 
 PLUGIN = register_plugin(AccessLogPlugin())

@@ -1,7 +1,7 @@
 """MeshTrace between real Envoys on loopback (mTLS): the caller's Envoy (its outbound listener) and the
 callee's (its inbound listener) both report a span of the same trace to a Zipkin-compatible receiver the test
 runs, with the policy's tags and sampling; the OpenTelemetry backend's spans reach a gRPC OTLP receiver the
-test runs (grpcio's generic handler; OTLP's messages from the opentelemetry-proto modules xds-protos ships).
+test runs (tests/integration/otlp_receiver.py).
 
 Sampling is shown by Envoy's decisions, not by shares: with `random: 0` and `client: 100`, a request is
 traced exactly when it carries `x-client-trace-id`. Envoy posts every buffered span at each flush, so once a
@@ -13,19 +13,17 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness, eventually, http
+from tests.integration.otlp_receiver import OtlpReceiver
 from tests.integration.test_policies_envoy import ALLOW_ALL, MTLS_MESH, policy_mesh
 from tests.integration.test_policies_faults import inspected, kumactl_inspect
 from tests.ports import free_port
@@ -181,48 +179,6 @@ spec:
 
 # --- OpenTelemetry: a gRPC OTLP receiver ---------------------------------------------------------------------
 
-def otlp_spans(request: bytes) -> list[dict[str, Any]]:
-    """ExportTraceServiceRequest -> [{service, trace_id, span_id, name, kind}]."""
-    message = trace_service_pb2.ExportTraceServiceRequest.FromString(request)
-    out = []
-    for resource_spans in message.resource_spans:
-        service = next((a.value.string_value for a in resource_spans.resource.attributes
-                        if a.key == "service.name"), "")
-        # xds-protos ships an OTLP version from before the rename: its instrumentation_library_spans is field 2,
-        # today's scope_spans, with spans at field 2 as well, so the bytes Envoy sends read the same.
-        for scope in resource_spans.instrumentation_library_spans:
-            for span in scope.spans:
-                out.append({"service": service, "trace_id": span.trace_id.hex(), "span_id": span.span_id.hex(),
-                            "name": span.name, "kind": span.kind})
-    return out
-
-
-class OtlpReceiver:
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-
-        def export(request: bytes, context: grpc.ServicerContext) -> bytes:
-            with self._lock:
-                self.spans.extend(otlp_spans(request))
-            return trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
-
-        handler = grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService",
-            {"Export": grpc.unary_unary_rpc_method_handler(export)})
-        self.server.add_generic_rpc_handlers((handler,))
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{free_port()}")
-        self.server.start()
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.spans)
-
-    def close(self) -> None:
-        self.server.stop(grace=None).wait(5)
-
-
 @pytest.fixture
 def otlp() -> Iterator[OtlpReceiver]:
     receiver = OtlpReceiver()
@@ -255,7 +211,7 @@ spec:
 
     def both_sides() -> bool:
         by_trace: dict[str, set[str]] = {}
-        for s in otlp.snapshot():
+        for s in otlp.snapshot_spans():
             by_trace.setdefault(s["trace_id"], set()).add(s["service"])
         assert any(services >= {"web", "backend"} for services in by_trace.values()), by_trace
         return True
