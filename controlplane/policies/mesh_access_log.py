@@ -20,7 +20,10 @@
 command operators (`%START_TIME%`, `%REQ(X)%`...) work as in Envoy; Kuma's placeholders are filled in by
 kuma-vm: `%KUMA_MESH%`, `%KUMA_SOURCE_SERVICE%`, `%KUMA_DESTINATION_SERVICE%`,
 `%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%` (and the deprecated `%KUMA_SOURCE_ADDRESS%`, `<ip>:0`),
-`%KUMA_TRAFFIC_DIRECTION%` (INBOUND/OUTBOUND). As in Kuma, on an inbound the source service is `*` and the
+`%KUMA_TRAFFIC_DIRECTION%` (INBOUND/OUTBOUND). Operators are checked at the API (`_access_log_format`): an
+unknown one, a `%` that starts none, or arguments where an operator takes none are refused naming the field and
+the operator; a JSON format's `key` and `value` cannot be empty and, as in Kuma, must form a JSON object when
+written as `{"key": "value"}`. As in Kuma, on an inbound the source service is `*` and the
 source address is the dataplane's own. On an outbound the source address is Envoy's
 `%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%` (the address the proxy's connection leaves from: the dataplane's
 address on a host with one), so that replicas of a service still share one outbound listener; the source
@@ -35,7 +38,6 @@ has no resource for, which select nothing). `backends` lists are replaced, not a
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from functools import partial
 from typing import Any, Literal
@@ -73,6 +75,7 @@ from controlplane.xds.generate.targeting import (
 from controlplane.xds.resources import XdsResource
 from kuma_shared.access_logs import access_log_pipe
 
+from ._access_log_format import check_format_text, interpolate
 from ._checks import check_from, check_to
 from ._collectors import check_endpoint, collector_cluster, endpoint_of
 
@@ -89,21 +92,9 @@ DEFAULT_HTTP_FORMAT = ('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-
                        '"%REQ(X-B3-TRACEID?X-DATADOG-TRACEID)%" "%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" '
                        '"%KUMA_SOURCE_SERVICE%" "%KUMA_DESTINATION_SERVICE%" "%KUMA_SOURCE_ADDRESS_WITHOUT_PORT%" '
                        '"%UPSTREAM_HOST%"')
-KUMA_PLACEHOLDERS = ("KUMA_MESH", "KUMA_SOURCE_SERVICE", "KUMA_DESTINATION_SERVICE", "KUMA_SOURCE_ADDRESS",
-                     "KUMA_SOURCE_ADDRESS_WITHOUT_PORT", "KUMA_TRAFFIC_DIRECTION")
-_KUMA_PLACEHOLDER = re.compile(r"%(KUMA_[A-Z0-9_]*)%")
 OTEL_LOGGER = "envoy.access_loggers.open_telemetry"
 OTEL_CLUSTER_PREFIX = "meshaccesslog:opentelemetry:"
 OUTBOUND_SOURCE_ADDRESS = "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
-
-
-def check_format_text(v: Violations, path: str, text: str) -> None:
-    for name in _KUMA_PLACEHOLDER.findall(text):
-        if name not in KUMA_PLACEHOLDERS:
-            v.add(path, f"%{name}% is not a Kuma placeholder kuma-vm can fill in: use one of "
-                        f"{', '.join(f'%{p}%' for p in KUMA_PLACEHOLDERS)}, or an Envoy command operator")
-    if "\n" in text or "\r" in text:
-        v.add(path, "cannot contain a line break: kuma-vm ends every line itself")
 
 
 class JsonValue(Spec):
@@ -141,7 +132,20 @@ class Format(Spec):
                 elif kv.key in seen:
                     v.add(f"{path}.json[{i}].key", f"{kv.key!r} is listed twice: keep one")
                 seen.add(kv.key)
+                if not kv.value:
+                    v.add(f"{path}.json[{i}].value", "cannot be empty: give the value's format, e.g. %START_TIME%")
+                elif not _json_string(kv.value):  # Kuma checks {"key": "value"} is JSON: the value is written raw too
+                    v.add(f"{path}.json[{i}].value", f"{kv.value!r} would not make a valid JSON object: remove the "
+                                                     "double quotes and backslashes (or escape them as \\\" and \\\\)")
                 check_format_text(v, f"{path}.json[{i}].value", kv.value)
+
+
+def _json_string(value: str) -> bool:
+    try:
+        json.loads(f'"{value}"')
+    except ValueError:
+        return False
+    return True
 
 
 class FileBackend(Spec):
@@ -307,10 +311,6 @@ RESOURCE_TYPE = register(ResourceType(
 ))
 
 # --- Envoy effect -----------------------------------------------------------------------------------
-
-
-def interpolate(text: str, values: dict[str, str]) -> str:
-    return _KUMA_PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
 
 
 def access_logs(backends: list[dict[str, Any]], default_format: str, values: dict[str, str],
