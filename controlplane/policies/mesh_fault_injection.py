@@ -40,7 +40,7 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
-from controlplane.xds.generate.envoy import HCM_FILTER, duration, pack, update_filters
+from controlplane.xds.generate.envoy import duration, pack
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import (
     MESH,
@@ -63,7 +63,7 @@ from ._checks import (
     refuse_to,
 )
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
-from ._http_filters import insert_before_router
+from ._http_filters import add_http_filters
 
 POLICY = "MeshFaultInjection"
 FROM_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
@@ -221,10 +221,7 @@ class FaultInjectionPlugin(PolicyPlugin):
                       key: Hashable) -> None:
         assert isinstance(key, tuple)
         mesh, rules = key
-        filters = fault_filters(mesh, rules)
-        if filters:
-            update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
-                           lambda manager: insert_before_router(manager, filters))
+        add_http_filters(listener, fault_filters(mesh, rules))
 
 
 PLUGIN = register_plugin(FaultInjectionPlugin())

@@ -37,7 +37,7 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
-from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, stat_name, update_filters
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, stat_name
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import (
     MESH,
@@ -57,7 +57,7 @@ from ._checks import (
     parse_go_duration,
     refuse_to,
 )
-from ._http_filters import insert_before_router
+from ._http_filters import add_http_filters
 
 POLICY = "MeshRateLimit"
 MIN_INTERVAL_NS = 50_000_000
@@ -239,9 +239,7 @@ class RateLimitPlugin(PolicyPlugin):
         prefix = stat_name(f"{listener.name}_rate_limit")
         http = http_limit(conf, prefix)
         if http is not None:
-            filters = [hcm_pb2.HttpFilter(name=HTTP_FILTER, typed_config=pack(http))]
-            update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
-                           lambda manager: insert_before_router(manager, filters))
+            add_http_filters(listener, [hcm_pb2.HttpFilter(name=HTTP_FILTER, typed_config=pack(http))])
         tcp = tcp_limit(conf, prefix)
         if tcp is not None:
             for chain in listener.filter_chains:
