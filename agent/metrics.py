@@ -7,14 +7,19 @@ and, with `--metrics-port`, on a listener of its own for a Prometheus elsewhere.
 
 With a MeshMetric selecting the dataplane (`MetricsPolicy`, from the control plane: agent/metrics_watch.py),
 Envoy's series are filtered as its `sidecar` says and labelled with the dataplane's service, zone and mesh,
-then served on each Prometheus backend's port and path. Filtering, as in Kuma: a metric family is kept when
-an `include` matches it, else dropped when an `exclude` matches it, else kept when an appended profile keeps
-it (`All`; `Basic`, the default when no profile is named; `None`). Matching is on the Prometheus family name
-(`envoy_cluster_upstream_rq_total`); a Regex matches anywhere in it, as Go's MatchString does in Kuma.
+then served on each Prometheus backend's port and path, followed by each of its `applications`' own metrics
+(fetched from the application on every scrape and passed on unchanged, as Kuma's metrics hijacker does; an
+application that does not answer leaves a comment saying so, and the rest is served). Filtering, as in
+Kuma: a metric family is kept when an `include` matches it, else dropped when an `exclude` matches it, else
+kept when an appended profile keeps it (`All`; `Basic`, the default when no profile is named; `None`).
+Matching is on the Prometheus family name (`envoy_cluster_upstream_rq_total`); a Regex matches anywhere in
+it, as Go's MatchString does in Kuma.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +40,8 @@ from agent.envoy.admin import AdminClient, AdminError
 from agent.readiness import DpState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+log = logging.getLogger("kuma-dp.metrics")
 
 disable_created_metrics()  # no `*_created` series: they double the output and nobody scrapes them here
 
@@ -90,7 +97,10 @@ class DpMetrics:
                 envoy = f"# Envoy stats unavailable: {e}\n".encode()
         else:
             envoy = b"# Envoy is not running\n"
-        return envoy + self.own()
+        apps = b""
+        if policy is not None and policy.applications:
+            apps = b"".join(await asyncio.gather(*(scrape(app) for app in policy.applications)))
+        return envoy + apps + self.own()
 
 
 # --- MeshMetric: which Envoy families are published, with which labels --------------------------------
@@ -106,6 +116,39 @@ BASIC_CONTAINS = (
 BASIC_PREFIXES = ("envoy_server", "envoy_control_plane", "envoy_dns_filter", "envoy_dns_cares", "kuma_dp_dns")
 BASIC_EXACT = frozenset({"envoy_cluster_membership_degraded", "envoy_cluster_membership_healthy",
                          "envoy_cluster_ssl_handshake", "envoy_cluster_membership_total"})
+
+
+@dataclass(frozen=True)
+class Application:
+    """An application endpoint kuma-dp scrapes (MeshMetric `applications`)."""
+
+    name: str
+    address: str
+    port: int
+    path: str
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}{self.path}"
+
+
+APPLICATION_TIMEOUT = 5.0  # a Prometheus scrape times out after 10 s by default
+
+
+async def scrape(app: Application) -> bytes:
+    """The application's metrics text, or a comment saying why there is none (the scrape goes on)."""
+    try:
+        r = await AdminClient(app.address, app.port).get(app.path, timeout=APPLICATION_TIMEOUT)
+    except AdminError as e:
+        log.warning("application metrics unavailable", extra={"application": app.name, "url": app.where,
+                                                               "error": str(e)})
+        return f"# application {app.name or app.where} metrics unavailable: {e}\n".encode()
+    if r.status != 200:
+        log.warning("application metrics unavailable", extra={"application": app.name, "url": app.where,
+                                                               "status": r.status})
+        return f"# application {app.name or app.where} answered {r.status}\n".encode()
+    return r.body if r.body.endswith(b"\n") or not r.body else r.body + b"\n"
 
 
 def in_basic_profile(family: str) -> bool:
@@ -134,6 +177,7 @@ class MetricsPolicy:
     exclude: list[Callable[[str], bool]] = field(default_factory=list)
     include_unused: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    applications: tuple[Application, ...] = ()
     _kept: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
@@ -144,10 +188,13 @@ class MetricsPolicy:
         names = tuple(str(p.get("name")) for p in profiles.get("appendProfiles") or ()) or ("Basic",)
         labels = {"mesh": str(answer.get("mesh", "")), "kuma_io_service": str(answer.get("service", "")),
                   "kuma_io_zone": str(answer.get("zone", ""))}
+        apps = tuple(Application(str(a.get("name") or ""), str(a.get("address") or "127.0.0.1"), int(a["port"]),
+                                 str(a.get("path") or "/metrics/prometheus"))
+                     for a in conf.get("applications") or ())
         return cls(profiles=names, include=[_matcher(e) for e in profiles.get("include") or ()],
                    exclude=[_matcher(e) for e in profiles.get("exclude") or ()],
                    include_unused=bool(sidecar.get("includeUnused", False)),
-                   labels={k: v for k, v in labels.items() if v})
+                   labels={k: v for k, v in labels.items() if v}, applications=apps)
 
     def keeps(self, family: str) -> bool:
         found = self._kept.get(family)

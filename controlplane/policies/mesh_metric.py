@@ -10,6 +10,8 @@ MeshServiceSubset, Dataplane) and one `default`:
           appendProfiles: [{name: All|Basic|None}]
           exclude: [{type: Regex|Prefix|Exact|Contains, match: ...}]
           include: [...]              # include wins over exclude and the profiles
+      applications:                   # kuma-dp scrapes these and serves them with Envoy's (Kuma's hijacker)
+        - {name: app, port: 8888, path: /metrics/prometheus, address: 127.0.0.1}
       backends:
         - type: Prometheus
           prometheus: {clientId: ..., port: 5670, path: /metrics, tls: {mode: Disabled}}
@@ -22,11 +24,14 @@ What each side does with the merged conf:
 - kuma-dp (agent/metrics.py) fetches it from the dp-server (`/kuma.vm.dp.v1.Metrics/Get`, see
   `controlplane/mads/dp_config.py`), serves Envoy's stats filtered as the profiles say, plus its own
   `kuma_dp_*` series, on every Prometheus backend's port and path, with `kuma_io_service`, `kuma_io_zone`
-  and `mesh` labels on Envoy's series;
+  and `mesh` labels on Envoy's series, and each application's own metrics (`applications`: fetched from
+  `http://ADDRESS:PORT/PATH` on every scrape, unchanged, as Kuma's kuma-dp does; `path` defaults to Kuma's
+  `/metrics/prometheus`, `address` to 127.0.0.1, the application beside kuma-dp);
 - the control plane's MADS (controlplane/mads/) lists that port and path for Prometheus' `kuma_sd_configs`.
 
-Not implemented yet, refused with "not supported by kuma-vm yet: FIELD": the OpenTelemetry backend,
-`applications` (scraping the application's own metrics), Prometheus `tls` other than `Disabled`.
+Not implemented yet, refused with "not supported by kuma-vm yet: FIELD": the OpenTelemetry backend (Envoy
+pushes stats over OTLP only from a stats sink in its bootstrap, which xDS cannot change; Kuma has kuma-dp
+push them instead), Prometheus `tls` other than `Disabled`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 
 from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.resources.fields import check_address
 from controlplane.xds.generate.targeting import (
     TOP_LEVEL_KINDS,
     TargetRef,
@@ -140,15 +146,41 @@ class Backend(Spec):
             self.prometheus.check(v, f"{path}.prometheus")
 
 
-class Conf(Spec):
-    kuma_unsupported = frozenset({"applications"})
+DEFAULT_APPLICATION_PATH = "/metrics/prometheus"  # Kuma's default
+DEFAULT_APPLICATION_ADDRESS = "127.0.0.1"
 
+
+class Application(Spec):
+    name: str | None = None
+    path: str | None = None
+    address: str | None = None
+    port: int
+
+    def check(self, v: Violations, path: str) -> None:
+        if not 1 <= self.port <= 65535:
+            v.add(f"{path}.port", f"{self.port} is not a port: give the port the application serves metrics on")
+        if self.path is not None and (not self.path.startswith("/") or any(c in self.path for c in " ?#")):
+            v.add(f"{path}.path", f"{self.path!r} is not an HTTP path: start it with '/', no spaces, '?' or '#'")
+        if self.address is not None:
+            check_address(v, f"{path}.address", self.address)
+
+
+class Conf(Spec):
     sidecar: Sidecar | None = None
+    applications: list[Application] | None = None
     backends: list[Backend] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         if self.sidecar is not None and self.sidecar.profiles is not None:
             self.sidecar.profiles.check(v, f"{path}.sidecar.profiles")
+        apps: dict[tuple[str, int, str], int] = {}
+        for i, app in enumerate(self.applications or ()):
+            app.check(v, f"{path}.applications[{i}]")
+            endpoint = (app.address or DEFAULT_APPLICATION_ADDRESS, app.port, app.path or DEFAULT_APPLICATION_PATH)
+            if endpoint in apps:
+                v.add(f"{path}.applications[{i}]", f"scrapes the same endpoint as applications[{apps[endpoint]}]: "
+                                                   "remove one")
+            apps.setdefault(endpoint, i)
         seen: dict[tuple[str | None, int], int] = {}
         for i, b in enumerate(self.backends or ()):
             b.check(v, f"{path}.backends[{i}]")

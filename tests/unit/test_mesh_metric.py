@@ -196,3 +196,54 @@ async def test_kuma_dp_listeners_follow_the_policy() -> None:
             await _get(second, "/stats")
     finally:
         await server.close()
+
+
+# --- applications: kuma-dp scrapes the application and serves its metrics with Envoy's ----------------------
+
+async def _app_server(body: bytes, status: int = 200) -> tuple[asyncio.Server, int, list[str]]:
+    """A real HTTP server on loopback standing in for an application's metrics endpoint."""
+    paths: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        paths.append(request.split()[1].decode())
+        writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], paths
+
+
+async def test_applications_are_scraped_and_served_after_envoys_series() -> None:
+    from agent.metrics import DpMetrics
+    from agent.readiness import DpState
+
+    app, port, paths = await _app_server(b"# TYPE app_requests_total counter\napp_requests_total 7")
+    down = free_port()  # nothing listens here
+    try:
+        policy = MetricsPolicy.from_answer({**ANSWER, "conf": {"applications": [
+            {"name": "app", "port": port}, {"name": "gone", "port": down, "path": "/m"}]}})
+        assert [(a.address, a.path) for a in policy.applications] == [("127.0.0.1", "/metrics/prometheus"),
+                                                                       ("127.0.0.1", "/m")]
+        text = (await DpMetrics(DpState()).merged(None, policy)).decode()
+        assert paths == ["/metrics/prometheus"]
+        # Envoy's part (not running here), then the application's text unchanged, then kuma-dp's own series.
+        assert text.index("# Envoy is not running") < text.index("app_requests_total 7\n") < text.index("kuma_dp_")
+        assert "# application gone metrics unavailable" in text
+    finally:
+        app.close()
+        await app.wait_closed()
+
+
+def test_application_checks() -> None:
+    from controlplane.resources.errors import ResourceValidationError
+
+    doc = {"type": "MeshMetric", "mesh": "default", "name": "m", "spec": {"default": {"applications": [
+        {"port": 8888}, {"port": 8888, "path": "/metrics/prometheus", "address": "127.0.0.1"},
+        {"port": 9, "path": "metrics"}]}}}
+    with pytest.raises(ResourceValidationError) as e:
+        from_wire(doc)
+    got = {(p.field, p.reason.split(":")[0]) for p in e.value.invalid}
+    assert ("spec.default.applications[1]", "scrapes the same endpoint as applications[0]") in got
+    assert ("spec.default.applications[2].path", "'metrics' is not an HTTP path") in got
