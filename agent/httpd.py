@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("kuma-dp.http")
@@ -19,7 +20,8 @@ _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Re
             500: "Internal Server Error"}
 
 
-async def serve(sock: socket.socket, routes: dict[str, Handler]) -> asyncio.Server:
+async def serve(sock: socket.socket, routes: dict[str, Handler], *,
+                ssl: ssl_module.SSLContext | None = None) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5.0)
@@ -54,7 +56,7 @@ async def serve(sock: socket.socket, routes: dict[str, Handler]) -> asyncio.Serv
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    return await asyncio.start_server(handle, sock=sock)
+    return await asyncio.start_server(handle, sock=sock, ssl=ssl)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -4,8 +4,11 @@ The control plane answers `/kuma.vm.dp.v1.Metrics/Get` (controlplane/mads/dp_con
 kuma-dp holds is no longer current (or after its wait), so this loop follows policy changes without polling.
 For each Prometheus backend kuma-dp listens on the dataplane's address and the backend's port and serves the
 merged Envoy + kuma-dp metrics, filtered and labelled (agent/metrics.py's MetricsPolicy), on its path. Those
-are the address, port and path the control plane's MADS gives Prometheus. While the control plane is away,
-the last configuration stays served.
+are the address, port and path the control plane's MADS gives Prometheus. A backend with
+`tls: {mode: ProvidedTLS}` is served over TLS with the certificate and key kuma-dp was given
+(KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH / _KEY_PATH), and MADS tells Prometheus `https`; without them it is
+served in plain HTTP, as Kuma does, with an error in the log. While the control plane is away, the last
+configuration stays served.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,34 +54,62 @@ async def get_config(cp: str, ca_pem: bytes, mesh: str, name: str, token: str, v
     return answer
 
 
+PROVIDED_TLS = "ProvidedTLS"
+
+
 @dataclass
 class MeshMetricServer:
     """The listeners of the current MeshMetric's Prometheus backends, replaced when it changes."""
 
     render: Render
+    cert_path: str | None = None  # for backends with tls mode ProvidedTLS
+    key_path: str | None = None
     policy: MetricsPolicy | None = None
-    listeners: dict[tuple[str, int], tuple[str, asyncio.Server]] = field(default_factory=dict)
+    # (address, port) -> ((path, TLS?), server)
+    listeners: dict[tuple[str, int], tuple[tuple[str, bool], asyncio.Server]] = field(default_factory=dict)
+
+    def _tls(self, backend: dict[str, Any]) -> bool:
+        return (backend.get("tls") or {}).get("mode") == PROVIDED_TLS
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not (self.cert_path and self.key_path):
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_path, self.key_path)  # read at each (re)open: a renewed pair is used
+        return context
 
     async def apply(self, answer: dict[str, Any]) -> None:
         self.policy = MetricsPolicy.from_answer(answer) if answer.get("conf") is not None else None
         address = str(answer.get("address") or "127.0.0.1")
-        wanted = {(address, int(b["port"])): str(b["path"]) for b in answer.get("backends") or ()}
+        wanted = {(address, int(b["port"])): (str(b["path"]), self._tls(b)) for b in answer.get("backends") or ()}
         for key in [k for k in self.listeners if k not in wanted or self.listeners[k][0] != wanted[k]]:
             _path, server = self.listeners.pop(key)
             server.close()
             await server.wait_closed()
             log.info("MeshMetric listener closed", extra={"address": f"{key[0]}:{key[1]}"})
-        for key, path in wanted.items():
+        for key, (path, tls) in wanted.items():
             if key in self.listeners:
                 continue
+            context = None
+            if tls:
+                try:
+                    context = self._ssl_context()
+                except (OSError, ssl.SSLError) as e:
+                    log.error("cannot load the metrics certificate: serving MeshMetric's backend in plain HTTP",
+                              extra={"cert": self.cert_path, "key": self.key_path, "error": str(e)})
+                if context is None and not (self.cert_path and self.key_path):
+                    log.error("MeshMetric asks for ProvidedTLS but kuma-dp has no certificate: serving plain HTTP; "
+                              "set KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH and _KEY_PATH",
+                              extra={"address": f"{key[0]}:{key[1]}"})
             try:
                 sock = listen(*key)
             except OSError as e:
                 log.error("cannot serve MeshMetric's Prometheus backend: choose another port in the MeshMetric",
                           extra={"address": f"{key[0]}:{key[1]}", "error": str(e)})
                 continue
-            self.listeners[key] = (path, await serve(sock, {path: self._metrics}))
-            log.info("MeshMetric listener serving", extra={"address": f"{key[0]}:{key[1]}", "path": path})
+            self.listeners[key] = ((path, tls), await serve(sock, {path: self._metrics}, ssl=context))
+            log.info("MeshMetric listener serving", extra={"address": f"{key[0]}:{key[1]}", "path": path,
+                                                          "tls": context is not None})
 
     async def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, await self.render(self.policy)

@@ -184,7 +184,8 @@ class Agent:
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
         # MeshMetric: the Prometheus backends' listeners, following the control plane (agent/metrics_watch.py)
-        self.mesh_metric = MeshMetricServer(render=lambda policy: self.metrics.merged(self.admin, policy))
+        self.mesh_metric = MeshMetricServer(render=lambda policy: self.metrics.merged(self.admin, policy),
+                                            cert_path=self.cfg.metrics_cert_path, key_path=self.cfg.metrics_key_path)
 
     # --- status --------------------------------------------------------------------------------------
 

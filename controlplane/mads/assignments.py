@@ -65,12 +65,18 @@ class DataplaneMetrics:
     def assignment(self, backend: dict[str, Any]) -> dict[str, Any]:
         """A MonitoringAssignment (kuma.observability.v1) in proto3 JSON, as an Any."""
         return {"@type": TYPE_URL, "mesh": self.mesh, "service": self.service, "labels": {},
-                "targets": [{"name": self.name, "scheme": "http", "address": f"{_host(self.address)}:{backend['port']}",
-                             "metricsPath": backend["path"], "labels": self.labels}]}
+                "targets": [{"name": self.name, "scheme": _scheme(backend),
+                             "address": f"{_host(self.address)}:{backend['port']}", "metricsPath": backend["path"],
+                             "labels": self.labels}]}
 
     def for_client(self, client_id: str) -> list[dict[str, Any]]:
         return [self.assignment(b) for b in prometheus_backends(self.conf)
                 if not b.get("clientId") or b.get("clientId") == client_id]
+
+
+def _scheme(backend: dict[str, Any]) -> str:
+    """kuma-dp serves a ProvidedTLS backend over TLS (agent/metrics_watch.py)."""
+    return "https" if (backend.get("tls") or {}).get("mode") == "ProvidedTLS" else "http"
 
 
 def _host(address: str) -> str:

@@ -31,7 +31,9 @@ What each side does with the merged conf:
 
 Not implemented yet, refused with "not supported by kuma-vm yet: FIELD": the OpenTelemetry backend (Envoy
 pushes stats over OTLP only from a stats sink in its bootstrap, which xDS cannot change; Kuma has kuma-dp
-push them instead), Prometheus `tls` other than `Disabled`.
+push them instead), Prometheus `tls` mode `ActiveMTLSBackend`. `ProvidedTLS`: kuma-dp serves the backend
+over TLS with the certificate and key it is given (KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH / _KEY_PATH) and
+MADS gives Prometheus the `https` scheme.
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ class PrometheusTls(Spec):
     mode: str = "Disabled"
 
     def check(self, v: Violations, path: str) -> None:
-        if self.mode in ("ProvidedTLS", "ActiveMTLSBackend"):
-            v.add(f"{path}.mode", not_supported(f"tls mode {self.mode}") + ": use Disabled")
-        elif self.mode != "Disabled":
-            v.add(f"{path}.mode", f"unknown TLS mode {self.mode!r}: use Disabled (ProvidedTLS and "
-                                  "ActiveMTLSBackend are not supported by kuma-vm yet)")
+        if self.mode == "ActiveMTLSBackend":
+            v.add(f"{path}.mode", not_supported(f"tls mode {self.mode}") + ": use ProvidedTLS or Disabled")
+        elif self.mode not in ("Disabled", "ProvidedTLS"):
+            v.add(f"{path}.mode", f"unknown TLS mode {self.mode!r}: use Disabled or ProvidedTLS (ActiveMTLSBackend "
+                                  "is not supported by kuma-vm yet)")
 
 
 class PrometheusBackend(Spec):

@@ -6,6 +6,7 @@ assignments each dataplane gets (precedence, clientId), and the MADS server as P
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -247,3 +248,54 @@ def test_application_checks() -> None:
     got = {(p.field, p.reason.split(":")[0]) for p in e.value.invalid}
     assert ("spec.default.applications[1]", "scrapes the same endpoint as applications[0]") in got
     assert ("spec.default.applications[2].path", "'metrics' is not an HTTP path") in got
+
+
+# --- Prometheus tls mode ProvidedTLS -----------------------------------------------------------------------------
+
+def test_provided_tls_backends_are_https_targets() -> None:
+    dps = [dataplane("web-1", "web")]
+    policies = {"default": [mesh_metric("tls", {"kind": "Mesh"}, {"backends": [
+        {"type": "Prometheus", "prometheus": {"port": 5670, "tls": {"mode": "ProvidedTLS"}}},
+        {"type": "Prometheus", "prometheus": {"port": 5671, "clientId": "plain"}}]})]}
+    found = compute(dps, policies, "zone-1")[("default", "web-1")].for_client("plain")
+    assert [(a["targets"][0]["address"], a["targets"][0]["scheme"]) for a in found] == [
+        ("10.0.0.1:5670", "https"), ("10.0.0.1:5671", "http")]
+
+
+async def test_kuma_dp_serves_provided_tls_backends_over_tls(tmp_path: Path) -> None:
+    import ssl
+
+    from agent.metrics_watch import MeshMetricServer
+    from tests.unit.test_kumactl import self_signed
+
+    async def render(policy: MetricsPolicy | None) -> bytes:
+        return b"envoy_server_live 1\n"
+
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    port = free_port()
+    answer = {**ANSWER, "address": "127.0.0.1", "conf": prometheus(port=port),
+              "backends": [{"port": port, "path": "/metrics", "tls": {"mode": "ProvidedTLS"}}]}
+    server = MeshMetricServer(render=render, cert_path=str(cert), key_path=str(key))
+    try:
+        await server.apply(answer)
+        client = ssl.create_default_context(cafile=str(cert))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"envoy_server_live 1\n"), raw
+        # Plain HTTP on the TLS listener gets no metrics.
+        status_line = b""
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            plain_reader, plain_writer = await asyncio.open_connection("127.0.0.1", port)
+            plain_writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await plain_writer.drain()
+            status_line = await plain_reader.read()
+            plain_writer.close()
+        assert b"envoy_server_live" not in status_line
+        # Back to Disabled: the listener is reopened in plain HTTP.
+        await server.apply({**answer, "backends": [{"port": port, "path": "/metrics"}]})
+        assert await _get(port, "/metrics") == (200, b"envoy_server_live 1\n")
+    finally:
+        await server.close()
