@@ -24,6 +24,7 @@ from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness, eventually, http
 from tests.integration.otlp_receiver import OtlpReceiver
+from tests.integration.otlp_receiver import spans as otlp_spans
 from tests.integration.test_policies_envoy import ALLOW_ALL, MTLS_MESH, policy_mesh
 from tests.integration.test_policies_faults import inspected, kumactl_inspect
 from tests.ports import free_port
@@ -38,11 +39,13 @@ def pmesh(cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., Env
 # --- a Zipkin-compatible receiver ----------------------------------------------------------------------------
 
 class ZipkinReceiver:
-    """Records the spans Envoy POSTs to /api/v2/spans (Zipkin's JSON v2 list) and answers 202, as Zipkin does."""
+    """Records the spans Envoy POSTs to /api/v2/spans (Zipkin's JSON v2 list) and answers 202, as Zipkin does;
+    any other POST's body is kept as it came (`bodies`: an OTLP/HTTP collector's /v1/traces)."""
 
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
         self.posts: list[tuple[str, str]] = []  # (path, content type)
+        self.bodies: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
         receiver = self
 
@@ -53,6 +56,8 @@ class ZipkinReceiver:
                     receiver.posts.append((self.path, self.headers.get("Content-Type", "")))
                     if self.path == "/api/v2/spans":
                         receiver.spans.extend(json.loads(body))
+                    else:
+                        receiver.bodies.append((self.path, body))
                 self.send_response(202)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -78,6 +83,10 @@ class ZipkinReceiver:
     def snapshot(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.spans)
+
+    def snapshot_bodies(self) -> list[tuple[str, bytes]]:
+        with self._lock:
+            return list(self.bodies)
 
     def close(self) -> None:
         self.server.shutdown()
@@ -219,3 +228,37 @@ spec:
     for _ in range(5):
         assert http(port)[0] == 200
     eventually(both_sides, timeout=30, message="spans of both Envoys at the OTLP receiver")
+
+
+def test_opentelemetry_over_http_reaches_an_otlp_http_collector(pmesh: MeshHarness, zipkin: ZipkinReceiver) -> None:
+    """`openTelemetry.endpoint` as a URL: Envoy posts OTLP/HTTP (protobuf) to its path, /v1/traces by default."""
+    mesh = pmesh
+    mesh.apply(f"""
+type: MeshTrace
+mesh: default
+name: otel-http
+spec:
+  default:
+    backends:
+    - type: OpenTelemetry
+      openTelemetry: {{endpoint: "http://127.0.0.1:{zipkin.port}"}}
+    sampling: {{overall: 100, random: 100}}
+""")
+    mesh.dataplane("backend-1", "backend", app_port=mesh.app("echo_http", "--name", "backend").port)
+    web = mesh.dataplane("web-1", "web", app_port=mesh.app("echo_http", "--name", "web").port,
+                         outbounds={"backend": 0})
+    port = web.outbounds["backend"]
+    eventually(lambda: http(port)[0] == 200, message="web reaches backend")
+
+    def both_sides() -> bool:
+        by_trace: dict[str, set[str]] = {}
+        for path, body in zipkin.snapshot_bodies():
+            assert path == "/v1/traces", path
+            for s in otlp_spans(body):
+                by_trace.setdefault(s["trace_id"], set()).add(s["service"])
+        assert any(services >= {"web", "backend"} for services in by_trace.values()), by_trace
+        return True
+
+    for _ in range(5):
+        assert http(port)[0] == 200
+    eventually(both_sides, timeout=30, message="OTLP/HTTP spans of both Envoys")
