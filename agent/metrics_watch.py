@@ -14,6 +14,7 @@ configuration stays served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -65,6 +66,8 @@ class MeshMetricServer:
     cert_path: str | None = None  # for backends with tls mode ProvidedTLS
     key_path: str | None = None
     policy: MetricsPolicy | None = None
+    # OpenTelemetry backends: (endpoint, interval) -> the task pushing to it (agent/metrics_otel.py)
+    pushers: dict[tuple[str, float], asyncio.Task[None]] = field(default_factory=dict)
     # (address, port) -> ((path, TLS?), server)
     listeners: dict[tuple[str, int], tuple[tuple[str, bool], asyncio.Server]] = field(default_factory=dict)
 
@@ -80,6 +83,7 @@ class MeshMetricServer:
 
     async def apply(self, answer: dict[str, Any]) -> None:
         self.policy = MetricsPolicy.from_answer(answer) if answer.get("conf") is not None else None
+        await self._apply_pushers(answer)
         address = str(answer.get("address") or "127.0.0.1")
         wanted = {(address, int(b["port"])): (str(b["path"]), self._tls(b)) for b in answer.get("backends") or ()}
         for key in [k for k in self.listeners if k not in wanted or self.listeners[k][0] != wanted[k]]:
@@ -111,10 +115,31 @@ class MeshMetricServer:
             log.info("MeshMetric listener serving", extra={"address": f"{key[0]}:{key[1]}", "path": path,
                                                           "tls": context is not None})
 
+    async def _apply_pushers(self, answer: dict[str, Any]) -> None:
+        wanted = {(str(b["endpoint"]), float(b["interval"])) for b in answer.get("openTelemetry") or ()}
+        for key in [k for k in self.pushers if k not in wanted]:
+            task = self.pushers.pop(key)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            log.info("MeshMetric OpenTelemetry push stopped", extra={"endpoint": key[0]})
+        if not wanted - set(self.pushers):
+            return
+        from agent.metrics_otel import OtelPusher  # loaded only when a MeshMetric pushes (kuma-dp stays small)
+
+        resource = {"service.name": str(answer.get("service", "")), "mesh": str(answer.get("mesh", "")),
+                    "kuma.io/zone": str(answer.get("zone", ""))}
+        for endpoint, interval in sorted(wanted - set(self.pushers)):
+            pusher = OtelPusher(endpoint, interval, lambda: self.render(self.policy),
+                                {k: v for k, v in resource.items() if v})
+            self.pushers[(endpoint, interval)] = asyncio.create_task(pusher.run(), name=f"otel-push {endpoint}")
+            log.info("MeshMetric OpenTelemetry push started", extra={"endpoint": endpoint, "interval_s": interval})
+
     async def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, await self.render(self.policy)
 
     async def close(self) -> None:
+        await self._apply_pushers({})
         for _path, server in self.listeners.values():
             server.close()
         for _path, server in self.listeners.values():

@@ -3,7 +3,8 @@
 kuma-dp asks with its dataplane token and the version it has; the answer comes when the version differs
 (at once for a first call) or after WAIT seconds with the same version, so kuma-dp follows policy changes
 without polling. The answer: `{"version", "conf" (merged MeshMetric default, or null), "service", "zone",
-"address" (to listen on), "labels" (the target's), "backends" (Prometheus backends, Kuma's defaults filled in)}`.
+"address" (to listen on), "labels" (the target's), "backends" (Prometheus backends, Kuma's defaults filled in),
+"openTelemetry" (OpenTelemetry backends: {endpoint, interval seconds})}`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.policies.mesh_metric import prometheus_backends
+from controlplane.policies.mesh_metric import opentelemetry_backends, prometheus_backends
 from controlplane.supervise import wait_set
 from controlplane.xds.auth import DataplaneAuthenticator
 from controlplane.xds.callbacks import XdsAuthError
@@ -41,7 +42,7 @@ class MetricsConfigService:
         conf = found.conf if found else None
         body: dict[str, Any] = {"conf": conf, "service": found.service if found else "", "zone": self.zone,
                                 "address": found.listen if found else "", "labels": found.labels if found else {},
-                                "backends": prometheus_backends(conf)}
+                                "backends": prometheus_backends(conf), "openTelemetry": opentelemetry_backends(conf)}
         text = json.dumps(body, sort_keys=True, separators=(",", ":"))
         body["mesh"] = mesh
         body["version"] = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -29,9 +29,10 @@ What each side does with the merged conf:
   `/metrics/prometheus`, `address` to 127.0.0.1, the application beside kuma-dp);
 - the control plane's MADS (controlplane/mads/) lists that port and path for Prometheus' `kuma_sd_configs`.
 
-Not implemented yet, refused with "not supported by kuma-vm yet: FIELD": the OpenTelemetry backend (Envoy
-pushes stats over OTLP only from a stats sink in its bootstrap, which xDS cannot change; Kuma has kuma-dp
-push them instead), Prometheus `tls` mode `ActiveMTLSBackend`. `ProvidedTLS`: kuma-dp serves the backend
+OpenTelemetry backend (`openTelemetry: {endpoint: host:port, refreshInterval: 1m}`): kuma-dp pushes the same
+metrics over OTLP/gRPC every refreshInterval (agent/metrics_otel.py; Envoy pushes stats only from a bootstrap
+stats sink, which xDS cannot change, so Kuma has kuma-dp do it too). Not implemented yet, refused with "not
+supported by kuma-vm yet: FIELD": Prometheus `tls` mode `ActiveMTLSBackend`. `ProvidedTLS`: kuma-dp serves the backend
 over TLS with the certificate and key it is given (KUMA_DATAPLANE_RUNTIME_METRICS_CERT_PATH / _KEY_PATH) and
 MADS gives Prometheus the `https` scheme.
 """
@@ -50,11 +51,13 @@ from controlplane.xds.generate.targeting import (
     merge_confs,
 )
 
-from ._checks import check_regex
+from ._checks import check_duration, check_regex, parse_go_duration
+from ._collectors import check_endpoint
 
 POLICY = "MeshMetric"
 DEFAULT_PORT = 5670  # Kuma's default Prometheus backend port
 DEFAULT_PATH = "/metrics"
+MIN_REFRESH_NS = 1_000_000_000
 PROFILES = ("All", "Basic", "None")
 MATCH_TYPES = ("Regex", "Prefix", "Exact", "Contains")
 
@@ -130,22 +133,45 @@ class PrometheusBackend(Spec):
             self.tls.check(v, f"{path}.tls")
 
 
-class Backend(Spec):
-    kuma_unsupported = frozenset({"openTelemetry"})
+class OpenTelemetryBackend(Spec):
+    endpoint: str
+    refresh_interval: str | None = None
 
+    def check(self, v: Violations, path: str) -> None:
+        if "://" in self.endpoint:
+            v.add(f"{path}.endpoint", "give host:port: kuma-dp pushes metrics to an OpenTelemetry collector over "
+                                      "OTLP/gRPC (e.g. otel-collector:4317), not to a URL")
+        else:
+            check_endpoint(v, f"{path}.endpoint", self.endpoint, "otel-collector:4317")
+        if self.refresh_interval is not None:
+            ns = check_duration(v, f"{path}.refreshInterval", self.refresh_interval, allow_zero=False)
+            if ns is not None and ns < MIN_REFRESH_NS:
+                v.add(f"{path}.refreshInterval", f"{self.refresh_interval} is too often: push at most every second")
+
+
+class Backend(Spec):
     type: str
     prometheus: PrometheusBackend | None = None
+    open_telemetry: OpenTelemetryBackend | None = None
 
     def check(self, v: Violations, path: str) -> None:
         if self.type == "OpenTelemetry":
-            v.add(f"{path}.type", not_supported("the OpenTelemetry backend") + ": use type Prometheus")
+            if self.open_telemetry is None:
+                v.add(f"{path}.openTelemetry", "required for an OpenTelemetry backend: give at least 'endpoint'")
         elif self.type != "Prometheus":
-            v.add(f"{path}.type", f"unknown backend type {self.type!r}: use Prometheus")
+            v.add(f"{path}.type", f"unknown backend type {self.type!r}: use Prometheus or OpenTelemetry")
         elif self.prometheus is None:
             v.add(f"{path}.prometheus", "required for a Prometheus backend: give at least {} (port 5670, "
                                         "path /metrics)")
         if self.prometheus is not None:
+            if self.type != "Prometheus":
+                v.add(f"{path}.prometheus", f"cannot be set with type {self.type}: set type Prometheus or remove it")
             self.prometheus.check(v, f"{path}.prometheus")
+        if self.open_telemetry is not None:
+            if self.type != "OpenTelemetry":
+                v.add(f"{path}.openTelemetry", f"cannot be set with type {self.type}: set type OpenTelemetry or "
+                                               "remove it")
+            self.open_telemetry.check(v, f"{path}.openTelemetry")
 
 
 DEFAULT_APPLICATION_PATH = "/metrics/prometheus"  # Kuma's default
@@ -219,6 +245,18 @@ def merged_conf(policies: list[Resource]) -> dict[str, Any] | None:
     """The `default`s of the MeshMetrics selecting a dataplane (lowest precedence first), merged."""
     return merge_confs(p.spec.default.to_wire() for p in policies
                        if isinstance(p.spec, MeshMetricSpec) and p.spec.default is not None)
+
+
+def opentelemetry_backends(conf: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The OpenTelemetry backends of a merged conf: {endpoint, interval (seconds)} (Kuma's 1m by default)."""
+    out = []
+    for backend in (conf or {}).get("backends") or ():
+        otel = backend.get("openTelemetry")
+        if backend.get("type") != "OpenTelemetry" or not otel:
+            continue
+        interval = parse_go_duration(otel["refreshInterval"]) / 1e9 if otel.get("refreshInterval") else 60.0
+        out.append({"endpoint": otel["endpoint"], "interval": interval})
+    return out
 
 
 def prometheus_backends(conf: dict[str, Any] | None) -> list[dict[str, Any]]:

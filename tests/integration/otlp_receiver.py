@@ -1,5 +1,5 @@
-"""An OpenTelemetry collector for tests: a gRPC server on loopback that answers OTLP's TraceService and
-LogsService Export calls and records what Envoy sends, decoded with the opentelemetry-proto modules
+"""An OpenTelemetry collector for tests: a gRPC server on loopback that answers OTLP's TraceService,
+LogsService and MetricsService Export calls and records what Envoy sends, decoded with the opentelemetry-proto modules
 xds-protos ships.
 
 That OTLP version is from before the `scope_*` rename: its `instrumentation_library_spans`/`_logs` are field
@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -50,10 +51,29 @@ def log_records(request: bytes) -> list[dict[str, Any]]:
             for rl in message.resource_logs for scope in rl.instrumentation_library_logs for record in scope.logs]
 
 
+def metric_points(request: bytes) -> list[dict[str, Any]]:
+    """ExportMetricsServiceRequest -> [{resource, name, kind, attributes, value}] (value: a number point's value,
+    or a histogram's/summary's count)."""
+    message = metrics_service_pb2.ExportMetricsServiceRequest.FromString(request)
+    out = []
+    for rm in message.resource_metrics:
+        resource = {kv.key: plain(kv.value) for kv in rm.resource.attributes}
+        for scope in rm.instrumentation_library_metrics:
+            for metric in scope.metrics:
+                kind = metric.WhichOneof("data")
+                for point in getattr(metric, kind).data_points:
+                    value: Any = point.count if kind in ("histogram", "summary") else \
+                        getattr(point, point.WhichOneof("value") or "as_int")
+                    out.append({"resource": resource, "name": metric.name, "kind": kind, "value": value,
+                                "attributes": {kv.key: plain(kv.value) for kv in point.attributes}})
+    return out
+
+
 class OtlpReceiver:
     def __init__(self) -> None:
         self.spans: list[dict[str, Any]] = []
         self.logs: list[dict[str, Any]] = []
+        self.metrics: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
 
@@ -73,6 +93,10 @@ class OtlpReceiver:
             grpc.method_handlers_generic_handler("opentelemetry.proto.collector.logs.v1.LogsService", {
                 "Export": grpc.unary_unary_rpc_method_handler(export(
                     self.logs, log_records, logs_service_pb2.ExportLogsServiceResponse().SerializeToString()))}),
+            grpc.method_handlers_generic_handler("opentelemetry.proto.collector.metrics.v1.MetricsService", {
+                "Export": grpc.unary_unary_rpc_method_handler(export(
+                    self.metrics, metric_points,
+                    metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()))}),
         ))
         self.port = self.server.add_insecure_port(f"127.0.0.1:{free_port()}")
         self.server.start()
@@ -84,6 +108,10 @@ class OtlpReceiver:
     def snapshot_logs(self) -> list[dict[str, Any]]:
         with self._lock:
             return list(self.logs)
+
+    def snapshot_metrics(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.metrics)
 
     def close(self) -> None:
         self.server.stop(grace=None).wait(5)

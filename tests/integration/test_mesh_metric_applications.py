@@ -1,6 +1,7 @@
-"""MeshMetric `applications` through a real kuma-dp and its real Envoy: kuma-dp scrapes the application's
-metrics endpoint (an HTTP server the test runs, serving Prometheus text) and serves it, unchanged, after
-Envoy's filtered and labelled series on the backend's port and path."""
+"""MeshMetric through a real kuma-dp and its real Envoy: `applications` (kuma-dp scrapes the application's
+metrics endpoint, an HTTP server the test runs serving Prometheus text, and serves it unchanged after Envoy's
+filtered and labelled series on the backend's port and path) and the OpenTelemetry backend (kuma-dp pushes the
+same to a gRPC OTLP collector the test runs)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess
+from tests.integration.otlp_receiver import OtlpReceiver
 from tests.integration.test_kuma_dp_support import (
     DpMesh,
     DpProcess,
@@ -77,3 +79,35 @@ def test_kuma_dp_serves_the_applications_metrics_with_envoys(mesh: DpMesh,
     assert APP_METRICS.decode() in text, "the application's text is passed on unchanged"
     assert 'envoy_server_live{' in text and 'kuma_io_service="web"' in text
     assert text.index("envoy_server_live") < text.index("app_orders_total") < text.index("kuma_dp_envoy_up")
+
+
+@pytest.fixture
+def otlp() -> Iterator[OtlpReceiver]:
+    receiver = OtlpReceiver()
+    yield receiver
+    receiver.close()
+
+
+def test_kuma_dp_pushes_metrics_to_an_otlp_collector(mesh: DpMesh, otlp: OtlpReceiver,
+                                                     app_metrics: tuple[int, list[str]]) -> None:
+    """The OpenTelemetry backend: kuma-dp pushes what it would serve Prometheus (Envoy's filtered, labelled
+    series and the application's) to the collector every refreshInterval."""
+    app_port, _paths = app_metrics
+    put(mesh, mesh_metric("otel", {"kind": "Mesh"}, {
+        "applications": [{"name": "orders", "port": app_port}],
+        "backends": [{"type": "OpenTelemetry",
+                      "openTelemetry": {"endpoint": f"127.0.0.1:{otlp.port}", "refreshInterval": "1s"}}]}))
+    mesh.service("web")
+
+    def pushed() -> list[dict[str, Any]]:
+        points = otlp.snapshot_metrics()
+        names = {p["name"] for p in points}
+        assert {"envoy_server_live", "app_orders"} <= names, sorted(names)[:20]
+        return points
+
+    points = eventually(pushed, timeout=30, message="kuma-dp pushes to the OTLP collector")
+    live = next(p for p in points if p["name"] == "envoy_server_live")
+    assert live["resource"]["service.name"] == "web" and live["resource"]["mesh"] == "default"
+    assert live["attributes"]["kuma_io_service"] == "web" and live["kind"] == "gauge" and live["value"] == 1
+    orders = next(p for p in points if p["name"] == "app_orders")
+    assert orders["kind"] == "sum" and orders["value"] == 42
