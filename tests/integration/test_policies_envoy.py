@@ -66,8 +66,11 @@ spec:
 
 def policy_mesh(cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
                 app_factory: Callable[..., App]) -> MeshHarness:
+    # The API's per-client rate limit (100/s, burst 500) is not under test here, and `expected_versions` reads
+    # every policy type after each change: the examples tests make thousands of calls from one client.
     cp = cp_factory(KUMA_DEFAULTS_SKIP_MESH_CREATION="true", KUMA_DP_SERVER_DATAPLANE_GRACE_PERIOD="1",
-                    KUMA_DP_SERVER_NACK_BACKOFF="1")
+                    KUMA_DP_SERVER_NACK_BACKOFF="1", KUMA_API_SERVER_RATE_LIMIT_RPS="100000",
+                    KUMA_API_SERVER_RATE_LIMIT_BURST="100000")
     harness = MeshHarness(cp, envoy_factory, app_factory)
     harness.apply(PLAIN_MESH)
     return harness
