@@ -4,8 +4,8 @@ where they are (parsed and checked once, at the API) and the cluster Envoy reach
 An address is a URL (`http://zipkin:9411/api/v2/spans`, `https://otel:4318/v1/traces`) or, for gRPC
 OpenTelemetry, `host:port` (`otel-collector:4317`; the port defaults to 4317 as in Kuma). The cluster is
 STATIC for an IP and STRICT_DNS for a hostname (Kuma's ProvidedEndpointCluster); `https` adds TLS with the
-hostname as SNI, verified against the system's trust store only when Envoy has one (as Kuma, it does not
-pin a CA: Kuma's ClientSideTLS without a CA is server-authentication-free TLS).
+hostname as SNI. The policies name no CA for a collector, so its certificate is not verified: the traffic is
+encrypted, the collector is not authenticated (say so to operators who need that).
 """
 
 from __future__ import annotations
