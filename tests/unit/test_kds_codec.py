@@ -101,13 +101,13 @@ def test_decode_refuses_malformed_envelopes(mutate: object, expected: str) -> No
     assert expected in str(e.value)
 
 
-def test_decode_refuses_protobuf_specs_with_a_reason() -> None:
-    w = encode(from_wire({"type": "Mesh", "name": "m"}))
+def test_decode_refuses_a_protobuf_spec_for_a_json_type_with_a_reason() -> None:
+    w = encode(timeout())
     kr = kds_pb2.KumaResource.FromString(w.message.resource.value)
-    kr.spec.type_url = "type.googleapis.com/kuma.mesh.v1alpha1.Mesh"
+    kr.spec.type_url = "type.googleapis.com/kuma.mesh.v1alpha1.MeshTimeout"
     w.message.resource.value = kr.SerializeToString()
-    with pytest.raises(KdsDecodeError, match=r"protobuf message .* not supported yet"):
-        decode(MESH, w.message)
+    with pytest.raises(KdsDecodeError, match=r"protobuf message .* must be JSON with an empty type URL"):
+        decode(MESH_TIMEOUT, w.message)
 
 
 def test_wire_keys() -> None:
