@@ -27,8 +27,8 @@ def add(fd) -> None:  # dependencies first, as protoc wants them
     fd.CopyToProto(out.file.add())
 
 add(discovery_pb2.DESCRIPTOR)
-from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
-for well_known in (any_pb2, duration_pb2, struct_pb2, wrappers_pb2):
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+for well_known in (any_pb2, duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2):
     add(well_known.DESCRIPTOR)
 open(sys.argv[1], "wb").write(out.SerializeToString())
 PYEOF

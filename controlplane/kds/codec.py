@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -26,10 +27,14 @@ from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.codec import from_wire
 from controlplane.resources.documents import MAX_DEPTH, DocumentError, load_json
 from controlplane.resources.errors import ResourceValidationError
+from kuma_shared.logs import ErrorLog
 
 from . import kds_pb2
 from .naming import BadWireKey, parse_wire_key, wire_key
 from .proto_specs import ProtoSpecError, from_proto, spec_message, to_proto, type_url
+
+log = logging.getLogger("kuma.kds")
+_unfit = ErrorLog(log)
 
 KUMA_RESOURCE_TYPE_URL = "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -61,10 +66,18 @@ def spec_json(resource: Resource) -> bytes:
 def spec_any(resource: Resource) -> any_pb2.Any:
     """The spec as Kuma packs it: its protobuf message where Kuma has one, else JSON with an empty type URL."""
     message = spec_message(resource.type.name)
-    if message is None:
-        return any_pb2.Any(type_url="", value=spec_json(resource))
-    packed = to_proto(resource.type.name, resource.spec.to_wire())
-    return any_pb2.Any(type_url=type_url(message), value=packed.SerializeToString(deterministic=True))
+    if message is not None:
+        try:
+            packed = to_proto(resource.type.name, resource.spec.to_wire())
+            return any_pb2.Any(type_url=type_url(message), value=packed.SerializeToString(deterministic=True))
+        except ProtoSpecError as e:
+            # Stored before a rule our model now has (an insight's time written another way, say): sent as JSON,
+            # which kuma-vm peers read for every type, rather than not at all.
+            _unfit.report((resource.type.name, resource.meta.mesh, resource.meta.name),
+                          "KDS resource does not fit Kuma's protobuf message; sent as JSON", level=logging.WARNING,
+                          traceback=False, error=e, extra={"type": resource.type.name, "mesh": resource.meta.mesh,
+                                                           "resource": resource.meta.name})
+    return any_pb2.Any(type_url="", value=spec_json(resource))
 
 
 def to_kuma_resource(resource: Resource) -> kds_pb2.KumaResource:

@@ -3,6 +3,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf import wrappers_pb2 as _wrappers_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -292,3 +293,149 @@ class ZoneIngress(_message.Message):
     networking: ZoneIngress.Networking
     availableServices: _containers.RepeatedCompositeFieldContainer[ZoneIngress.AvailableService]
     def __init__(self, zone: _Optional[str] = ..., networking: _Optional[_Union[ZoneIngress.Networking, _Mapping]] = ..., availableServices: _Optional[_Iterable[_Union[ZoneIngress.AvailableService, _Mapping]]] = ...) -> None: ...
+
+class DataplaneInsight(_message.Message):
+    __slots__ = ("subscriptions", "mTLS", "metadata", "openTelemetry", "hostDns")
+    class MTLS(_message.Message):
+        __slots__ = ("certificate_expiration_time", "last_certificate_regeneration", "certificate_regenerations", "issuedBackend", "supportedBackends")
+        CERTIFICATE_EXPIRATION_TIME_FIELD_NUMBER: _ClassVar[int]
+        LAST_CERTIFICATE_REGENERATION_FIELD_NUMBER: _ClassVar[int]
+        CERTIFICATE_REGENERATIONS_FIELD_NUMBER: _ClassVar[int]
+        ISSUEDBACKEND_FIELD_NUMBER: _ClassVar[int]
+        SUPPORTEDBACKENDS_FIELD_NUMBER: _ClassVar[int]
+        certificate_expiration_time: _timestamp_pb2.Timestamp
+        last_certificate_regeneration: _timestamp_pb2.Timestamp
+        certificate_regenerations: int
+        issuedBackend: str
+        supportedBackends: _containers.RepeatedScalarFieldContainer[str]
+        def __init__(self, certificate_expiration_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_certificate_regeneration: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., certificate_regenerations: _Optional[int] = ..., issuedBackend: _Optional[str] = ..., supportedBackends: _Optional[_Iterable[str]] = ...) -> None: ...
+    class HostDns(_message.Message):
+        __slots__ = ("state", "message", "time")
+        STATE_FIELD_NUMBER: _ClassVar[int]
+        MESSAGE_FIELD_NUMBER: _ClassVar[int]
+        TIME_FIELD_NUMBER: _ClassVar[int]
+        state: str
+        message: str
+        time: _timestamp_pb2.Timestamp
+        def __init__(self, state: _Optional[str] = ..., message: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MTLS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    OPENTELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    HOSTDNS_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[DiscoverySubscription]
+    mTLS: DataplaneInsight.MTLS
+    metadata: _struct_pb2.Struct
+    openTelemetry: Unsupported
+    hostDns: DataplaneInsight.HostDns
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[DiscoverySubscription, _Mapping]]] = ..., mTLS: _Optional[_Union[DataplaneInsight.MTLS, _Mapping]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., openTelemetry: _Optional[_Union[Unsupported, _Mapping]] = ..., hostDns: _Optional[_Union[DataplaneInsight.HostDns, _Mapping]] = ...) -> None: ...
+
+class ZoneIngressInsight(_message.Message):
+    __slots__ = ("subscriptions", "metadata")
+    SUBSCRIPTIONS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    subscriptions: _containers.RepeatedCompositeFieldContainer[DiscoverySubscription]
+    metadata: _struct_pb2.Struct
+    def __init__(self, subscriptions: _Optional[_Iterable[_Union[DiscoverySubscription, _Mapping]]] = ..., metadata: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class DiscoverySubscription(_message.Message):
+    __slots__ = ("id", "control_plane_instance_id", "connect_time", "disconnect_time", "status", "version", "generation", "configVersion", "lastNack")
+    class LastNack(_message.Message):
+        __slots__ = ("type", "version", "errorDetail", "time")
+        TYPE_FIELD_NUMBER: _ClassVar[int]
+        VERSION_FIELD_NUMBER: _ClassVar[int]
+        ERRORDETAIL_FIELD_NUMBER: _ClassVar[int]
+        TIME_FIELD_NUMBER: _ClassVar[int]
+        type: str
+        version: str
+        errorDetail: str
+        time: _timestamp_pb2.Timestamp
+        def __init__(self, type: _Optional[str] = ..., version: _Optional[str] = ..., errorDetail: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_PLANE_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIME_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECT_TIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    CONFIGVERSION_FIELD_NUMBER: _ClassVar[int]
+    LASTNACK_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    control_plane_instance_id: str
+    connect_time: _timestamp_pb2.Timestamp
+    disconnect_time: _timestamp_pb2.Timestamp
+    status: DiscoverySubscriptionStatus
+    version: Version
+    generation: int
+    configVersion: str
+    lastNack: DiscoverySubscription.LastNack
+    def __init__(self, id: _Optional[str] = ..., control_plane_instance_id: _Optional[str] = ..., connect_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., disconnect_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[DiscoverySubscriptionStatus, _Mapping]] = ..., version: _Optional[_Union[Version, _Mapping]] = ..., generation: _Optional[int] = ..., configVersion: _Optional[str] = ..., lastNack: _Optional[_Union[DiscoverySubscription.LastNack, _Mapping]] = ...) -> None: ...
+
+class DiscoverySubscriptionStatus(_message.Message):
+    __slots__ = ("last_update_time", "total", "cds", "eds", "lds", "rds", "sds")
+    LAST_UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CDS_FIELD_NUMBER: _ClassVar[int]
+    EDS_FIELD_NUMBER: _ClassVar[int]
+    LDS_FIELD_NUMBER: _ClassVar[int]
+    RDS_FIELD_NUMBER: _ClassVar[int]
+    SDS_FIELD_NUMBER: _ClassVar[int]
+    last_update_time: _timestamp_pb2.Timestamp
+    total: DiscoveryServiceStats
+    cds: DiscoveryServiceStats
+    eds: DiscoveryServiceStats
+    lds: DiscoveryServiceStats
+    rds: DiscoveryServiceStats
+    sds: DiscoveryServiceStats
+    def __init__(self, last_update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ..., cds: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ..., eds: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ..., lds: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ..., rds: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ..., sds: _Optional[_Union[DiscoveryServiceStats, _Mapping]] = ...) -> None: ...
+
+class DiscoveryServiceStats(_message.Message):
+    __slots__ = ("responses_sent", "responses_acknowledged", "responses_rejected")
+    RESPONSES_SENT_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_ACKNOWLEDGED_FIELD_NUMBER: _ClassVar[int]
+    RESPONSES_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    responses_sent: int
+    responses_acknowledged: int
+    responses_rejected: int
+    def __init__(self, responses_sent: _Optional[int] = ..., responses_acknowledged: _Optional[int] = ..., responses_rejected: _Optional[int] = ...) -> None: ...
+
+class Version(_message.Message):
+    __slots__ = ("kumaDp", "envoy", "dependencies")
+    class DependenciesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KUMADP_FIELD_NUMBER: _ClassVar[int]
+    ENVOY_FIELD_NUMBER: _ClassVar[int]
+    DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    kumaDp: KumaDpVersion
+    envoy: EnvoyVersion
+    dependencies: _containers.ScalarMap[str, str]
+    def __init__(self, kumaDp: _Optional[_Union[KumaDpVersion, _Mapping]] = ..., envoy: _Optional[_Union[EnvoyVersion, _Mapping]] = ..., dependencies: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class KumaDpVersion(_message.Message):
+    __slots__ = ("version", "gitTag", "gitCommit", "buildDate", "kumaCpCompatible")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    GITTAG_FIELD_NUMBER: _ClassVar[int]
+    GITCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    BUILDDATE_FIELD_NUMBER: _ClassVar[int]
+    KUMACPCOMPATIBLE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    gitTag: str
+    gitCommit: str
+    buildDate: str
+    kumaCpCompatible: bool
+    def __init__(self, version: _Optional[str] = ..., gitTag: _Optional[str] = ..., gitCommit: _Optional[str] = ..., buildDate: _Optional[str] = ..., kumaCpCompatible: _Optional[bool] = ...) -> None: ...
+
+class EnvoyVersion(_message.Message):
+    __slots__ = ("version", "build", "kumaDpCompatible")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    KUMADPCOMPATIBLE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    build: str
+    kumaDpCompatible: bool
+    def __init__(self, version: _Optional[str] = ..., build: _Optional[str] = ..., kumaDpCompatible: _Optional[bool] = ...) -> None: ...

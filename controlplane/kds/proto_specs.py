@@ -1,7 +1,8 @@
 """Specs Kuma defines in protobuf, converted between our camelCase wire dict and Kuma's messages.
 
-Kuma sends Mesh, Dataplane, ZoneIngress, Secret and GlobalSecret as their protobuf messages in `KumaResource.spec`
-(`pkg/core/resources/model.ToAny`: a deterministic `anypb.New`), and the targetRef policies as JSON. Our pydantic
+Kuma sends Mesh, Dataplane, ZoneIngress, DataplaneInsight, ZoneIngressInsight, Secret and GlobalSecret as their
+protobuf messages in `KumaResource.spec` (`pkg/core/resources/model.ToAny`: a deterministic `anypb.New`), and the
+targetRef policies as JSON. Our pydantic
 specs' wire dicts have the shape of Kuma's protobuf JSON (camelCase json names), so the conversion is the protobuf
 JSON mapping plus the few places where our model and proto3 disagree:
 
@@ -13,24 +14,29 @@ JSON mapping plus the few places where our model and proto3 disagree:
   (our conf models are typed strictly: `RSAbits: 2048`).
 - Defaults: our inbound `health.ready` defaults to true and an available service's `instances` to 1, where
   proto3 has false and 0; a message read without them means proto3's zero, as Kuma reads it.
+- Times: ours are RFC 3339 text (`wire_time`), Kuma's insights hold Timestamps; read back as `wire_time` writes
+  them. A subscription's `kumaDpVersion`/`envoyVersion` are Kuma's `version.kumaDp.version`/`version.envoy.version`.
 - proto3 scalars have no presence: an empty string, a zero port or an empty list reads back as unset (Kuma gives
   them the same meaning).
 
-Reading a message never drops a field silently: fields Kuma has and kuma-vm does not implement are declared in the
-.proto (as `Unsupported` stand-ins where their shape does not matter) and reach our model, which refuses them
-with a message naming the field.
+Reading a message never drops a configuration field silently: fields Kuma has and kuma-vm does not implement are
+declared in the .proto (as `Unsupported` stand-ins where their shape does not matter) and reach our model, which
+refuses them with a message naming the field. Only the insights drop what kuma-vm's summary of them does not keep
+(`_INSIGHT_EXTRAS`). Fields kuma-vm adds (numbered from 1001) are kept as unknown fields by a Kuma peer.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from controlplane.resources.codec import wire_time
 from controlplane.resources.fields import parse_duration
 
 from . import kuma_mesh_specs_pb2 as mesh_pb
@@ -41,14 +47,26 @@ SPEC_MESSAGES: dict[str, type[Message]] = {
     "Mesh": mesh_pb.Mesh,
     "Dataplane": mesh_pb.Dataplane,
     "ZoneIngress": mesh_pb.ZoneIngress,
+    "DataplaneInsight": mesh_pb.DataplaneInsight,
+    "ZoneIngressInsight": mesh_pb.ZoneIngressInsight,
     "Secret": system_pb.Secret,
     "GlobalSecret": system_pb.Secret,
 }
 
 _DURATION = "google.protobuf.Duration"
 _STRUCT = "google.protobuf.Struct"
+_TIMESTAMP = "google.protobuf.Timestamp"
 _BYTES_VALUE = "google.protobuf.BytesValue"
 _WRAPPERS = "google.protobuf."  # the other wrappers (BoolValue, UInt32Value): {value: ...}
+_SUBSCRIPTION = "kuma.mesh.v1alpha1.DiscoverySubscription"
+# Parts of Kuma's insights kuma-vm's summary does not keep: dropped on reading rather than refused (an insight
+# is the zone's report of its proxies, not configuration).
+_INSIGHT_EXTRAS: dict[str, tuple[str, ...]] = {
+    "kuma.mesh.v1alpha1.DataplaneInsight": ("metadata", "openTelemetry"),
+    "kuma.mesh.v1alpha1.DataplaneInsight.MTLS": ("issuedBackend", "supportedBackends"),
+    "kuma.mesh.v1alpha1.ZoneIngressInsight": ("metadata",),
+    _SUBSCRIPTION: ("generation",),
+}
 # proto3 scalars whose zero value our model's default is not: a message read without them means the zero value.
 _PROTO3_ZEROS: dict[str, dict[str, Any]] = {
     "kuma.mesh.v1alpha1.Dataplane.Networking.Inbound.Health": {"ready": False},
@@ -88,6 +106,8 @@ def _fill(msg: Message, data: Any, path: str) -> None:
     if not isinstance(data, dict):
         raise ProtoSpecError(f"{path or 'spec'}: must be an object for {desc.full_name}")
     fields = _json_fields(desc)
+    if desc.full_name == _SUBSCRIPTION:
+        data = _versions_nested(data)
     for key, value in data.items():
         where = f"{path}.{key}" if path else key
         field = fields.get(key)
@@ -122,6 +142,11 @@ def _fill_message(sub: Message, value: Any, where: str) -> None:
         except (ValueError, AttributeError) as e:
             raise ProtoSpecError(f"{where}: {e}") from None
         sub.FromNanoseconds(micros * 1000)
+    elif name == _TIMESTAMP:
+        try:
+            sub.FromDatetime(datetime.fromisoformat(value))
+        except (TypeError, ValueError) as e:
+            raise ProtoSpecError(f"{where}: {value!r} is not an RFC 3339 time: {e}") from None
     elif name == _STRUCT:
         sub.update(value)
     elif name == _BYTES_VALUE:
@@ -142,7 +167,9 @@ def _read(msg: Message) -> dict[str, Any]:
             out[field.json_name] = [_read_value(field, v) for v in value]
         else:
             out[field.json_name] = _read_value(field, value)
-    return out
+    for extra in _INSIGHT_EXTRAS.get(desc.full_name, ()):
+        out.pop(extra, None)
+    return _versions_flat(out) if desc.full_name == _SUBSCRIPTION else out
 
 
 def _read_value(field: FieldDescriptor, value: Any) -> Any:
@@ -154,6 +181,8 @@ def _read_value(field: FieldDescriptor, value: Any) -> Any:
     name = field.message_type.full_name
     if name == _DURATION:
         return go_duration(value.ToNanoseconds())
+    if name == _TIMESTAMP:
+        return wire_time(value.ToDatetime(tzinfo=UTC))
     if name == _STRUCT:
         return _integral_floats_as_ints(json_format.MessageToDict(value))
     if name == _BYTES_VALUE:
@@ -161,6 +190,31 @@ def _read_value(field: FieldDescriptor, value: Any) -> Any:
     if name.startswith(_WRAPPERS):
         return value.value
     return _read(value)
+
+
+def _versions_nested(sub: dict[str, Any]) -> dict[str, Any]:
+    """Our subscription's `kumaDpVersion` and `envoyVersion` as Kuma's `version: {kumaDp: {version}, envoy:
+    {version}}`."""
+    if "kumaDpVersion" not in sub and "envoyVersion" not in sub:
+        return sub
+    out = {k: v for k, v in sub.items() if k not in ("kumaDpVersion", "envoyVersion")}
+    version: dict[str, Any] = {}
+    if "kumaDpVersion" in sub:
+        version["kumaDp"] = {"version": sub["kumaDpVersion"]}
+    if "envoyVersion" in sub:
+        version["envoy"] = {"version": sub["envoyVersion"]}
+    out["version"] = version
+    return out
+
+
+def _versions_flat(sub: dict[str, Any]) -> dict[str, Any]:
+    """Kuma's `version` of a subscription as our `kumaDpVersion` and `envoyVersion` (the rest is dropped)."""
+    version = sub.pop("version", None) or {}
+    if "version" in version.get("kumaDp", {}):
+        sub["kumaDpVersion"] = version["kumaDp"]["version"]
+    if "version" in version.get("envoy", {}):
+        sub["envoyVersion"] = version["envoy"]["version"]
+    return sub
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from controlplane.kds import kuma_mesh_specs_pb2 as mesh_pb
 from controlplane.kds import kuma_system_specs_pb2 as system_pb
 from controlplane.kds.codec import KdsDecodeError, decode, encode
 from controlplane.kds.proto_specs import SPEC_MESSAGES, go_duration
+from controlplane.kds.types import summarise_insight
 from controlplane.resources import from_wire, load_all
 from controlplane.resources.base import REGISTRY, Resource
 from controlplane.resources.mesh import MESH
@@ -73,6 +74,27 @@ RICH: list[dict[str, Any]] = [
     {"type": "Secret", "name": "ca-cert", "mesh": "default", "data": base64.b64encode(b"-----BEGIN").decode()},
     {"type": "Secret", "name": "empty", "mesh": "default", "data": ""},
     {"type": "GlobalSecret", "name": "zone-token-signing-key-1", "data": base64.b64encode(bytes(range(256))).decode()},
+    {"type": "DataplaneInsight", "name": "backend-1.kuma-demo", "mesh": "default",
+     "subscriptions": [
+         {"id": "7", "controlPlaneInstanceId": "cp-1", "connectTime": "2026-06-01T12:00:00Z",
+          "disconnectTime": "2026-06-01T12:05:00.250000Z",
+          "status": {"lastUpdateTime": "2026-06-01T12:04:59.123456Z",
+                     "total": {"responsesSent": 9, "responsesAcknowledged": 8, "responsesRejected": 1},
+                     "cds": {"responsesSent": 2, "responsesAcknowledged": 2}, "sds": {"responsesSent": 4}},
+          "configVersion": "CDS:a1,LDS:b2", "kumaDpVersion": "2.9.0", "envoyVersion": "1.31.2",
+          "lastNack": {"type": "LDS", "version": "b3", "errorDetail": "bad listener",
+                       "time": "2026-06-01T12:01:00.000001Z"}},
+         {"id": "8", "controlPlaneInstanceId": "cp-2", "connectTime": "2026-06-01T12:06:00Z",
+          "status": {"lastUpdateTime": "2026-06-01T12:06:01Z"}, "envoyVersion": "1.31.2"}],
+     "mTLS": {"certificateExpirationTime": "2026-06-02T12:00:00Z",
+              "lastCertificateRegeneration": "2026-06-01T12:00:00Z", "certificateRegenerations": 3},
+     "hostDns": {"state": "configured", "message": "systemd-resolved: ~mesh", "time": "2026-06-01T12:00:01Z"}},
+    {"type": "DataplaneInsight", "name": "empty", "mesh": "default"},
+    {"type": "DataplaneInsight", "name": "no-certs-yet", "mesh": "default", "mTLS": {"certificateRegenerations": 0},
+     "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp-1", "connectTime": "2026-06-01T12:00:00Z"}]},
+    {"type": "ZoneIngressInsight", "name": "ingress-1",
+     "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp-1", "connectTime": "2026-06-01T12:00:00Z",
+                        "status": {"total": {"responsesSent": 1}}, "kumaDpVersion": "2.9.0"}]},
 ]
 
 
@@ -82,6 +104,7 @@ def _examples() -> list[Resource]:
     for path in sorted(EXAMPLES.rglob("*.yaml")):
         text = path.read_text().replace("{{ name }}", path.stem).replace("{{ address }}", "10.9.9.9")
         out += [from_wire(d) for d in yaml.safe_load_all(text) if d and d.get("type") in SPEC_MESSAGES]
+    out += [summarise_insight(r) for r in out if r.type.name.endswith("Insight")]  # what a zone sends
     out += [xds_fixtures.mesh(), xds_fixtures.mesh("m2", mtls="STRICT"),
             xds_fixtures.dataplane("web-1", "web", port=15001, service_port=18001, protocol="http",
                                    outbounds=[(10002, "backend")], extra_tags={"version": "v2"})]
@@ -118,6 +141,8 @@ def test_names_and_numbers_are_kumas() -> None:
     assert {t: m.DESCRIPTOR.full_name for t, m in SPEC_MESSAGES.items()} == {
         "Mesh": "kuma.mesh.v1alpha1.Mesh", "Dataplane": "kuma.mesh.v1alpha1.Dataplane",
         "ZoneIngress": "kuma.mesh.v1alpha1.ZoneIngress", "Secret": "kuma.system.v1alpha1.Secret",
+        "DataplaneInsight": "kuma.mesh.v1alpha1.DataplaneInsight",
+        "ZoneIngressInsight": "kuma.mesh.v1alpha1.ZoneIngressInsight",
         "GlobalSecret": "kuma.system.v1alpha1.Secret"}
 
     def numbers(desc: Any) -> dict[str, int]:
@@ -139,6 +164,16 @@ def test_names_and_numbers_are_kumas() -> None:
     assert numbers(mesh_pb.ZoneIngress.AvailableService.DESCRIPTOR) == {
         "tags": 1, "instances": 2, "mesh": 3, "externalService": 4, "ports": 1001}  # 1001: kuma-vm's own
     assert numbers(system_pb.Secret.DESCRIPTOR) == {"data": 1}
+    assert numbers(mesh_pb.DataplaneInsight.DESCRIPTOR) == {
+        "subscriptions": 1, "mTLS": 2, "metadata": 3, "openTelemetry": 4, "hostDns": 1001}
+    assert numbers(mesh_pb.ZoneIngressInsight.DESCRIPTOR) == {"subscriptions": 1, "metadata": 2}
+    assert numbers(mesh_pb.DiscoverySubscription.DESCRIPTOR) == {
+        "id": 1, "control_plane_instance_id": 2, "connect_time": 3, "disconnect_time": 4, "status": 5, "version": 6,
+        "generation": 7, "configVersion": 1001, "lastNack": 1002}
+    assert numbers(mesh_pb.DiscoverySubscriptionStatus.DESCRIPTOR) == {
+        "last_update_time": 1, "total": 2, "cds": 3, "eds": 4, "lds": 5, "rds": 6, "sds": 1001}
+    assert numbers(mesh_pb.DiscoveryServiceStats.DESCRIPTOR) == {
+        "responses_sent": 1, "responses_acknowledged": 2, "responses_rejected": 3}
 
 
 def test_bytes_are_kumas() -> None:
@@ -178,6 +213,30 @@ def test_a_kuma_peers_message_is_read() -> None:
     dp = mesh_pb.Dataplane(networking=mesh_pb.Dataplane.Networking(address="10.0.0.1", inbound=[inbound]))
     got = _kuma_peer_sends("Dataplane", dp, "b-1", "default").spec.to_wire()
     assert got["networking"]["inbound"][0]["serviceProbe"] == {"interval": "1m30s"}
+
+
+def test_a_kuma_zones_insight_is_read_keeping_what_our_summary_holds() -> None:
+    sub = mesh_pb.DiscoverySubscription(id="s1", control_plane_instance_id="cp", generation=4)
+    sub.connect_time.FromSeconds(1_780_000_000)
+    sub.version.kumaDp.version, sub.version.kumaDp.gitTag = "2.9.0", "v2.9.0"
+    sub.version.envoy.version = "1.31.2"
+    sub.status.total.responses_sent = 70_000  # uint64 counters are numbers
+    insight = mesh_pb.DataplaneInsight(subscriptions=[sub])
+    insight.metadata.update({"from": "kuma"})
+    insight.mTLS.issuedBackend = "ca-1"
+    got = _kuma_peer_sends("DataplaneInsight", insight, "b-1.ns", "default").spec.to_wire()
+    [s] = got["subscriptions"]
+    assert s["kumaDpVersion"] == "2.9.0" and s["envoyVersion"] == "1.31.2" and "generation" not in s
+    assert s["connectTime"] == "2026-05-28T20:26:40Z" and s["status"]["total"]["responsesSent"] == 70_000
+    assert "metadata" not in got and got["mTLS"] == {"certificateRegenerations": 0}
+
+
+def test_a_spec_that_does_not_fit_kumas_message_is_sent_as_json() -> None:
+    r = from_wire({"type": "ZoneIngressInsight", "name": "zi",
+                   "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp", "connectTime": "yesterday"}]})
+    kr = kds_pb2.KumaResource.FromString(encode(r).message.resource.value)
+    assert kr.spec.type_url == ""
+    assert decode(r.type, encode(r).message).spec == r.spec
 
 
 @pytest.mark.parametrize(("rtype", "msg", "field"), [
