@@ -1,10 +1,10 @@
 """Our `Resource` <-> the KDS wire form (`KumaResource` in a Delta `Resource`), and batching under a byte cap.
 
-Spec encoding, as Kuma's `model.ToAny`: the specs Kuma defines in protobuf (Mesh, Dataplane, ZoneIngress,
-Secret, GlobalSecret) travel as those messages in `KumaResource.spec` (type URL
-`type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...; see proto_specs.py), every other spec (the targetRef policies,
-insights) as its camelCase JSON in `Any.value` with an empty type URL. A spec that arrives as JSON is read whatever
-its type (what kuma-vm releases before the protobuf forms sent).
+Spec encoding, as Kuma's `model.ToAny`: the specs Kuma defines in protobuf (Mesh, Dataplane, ZoneIngress, the
+insights, Secret, GlobalSecret) travel as those messages in `KumaResource.spec` (type URL
+`type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...; see proto_specs.py), every other spec (the targetRef policies)
+as its camelCase JSON in `Any.value` with an empty type URL. A spec that arrives as JSON is read whatever its type
+(what kuma-vm releases before the protobuf forms sent).
 
 Version. A Delta `Resource.version` is a hash of the deterministic serialisation of its KumaResource, so equal
 content has an equal version in every process and a reconnecting peer is re-sent only what changed.
@@ -152,8 +152,8 @@ def _spec_of(rtype: ResourceType, key: str, where: str, packed: any_pb2.Any) -> 
         raw = packed.value or b"{}"
         try:
             if raw.count(b"{") + raw.count(b"[") < MAX_DEPTH:
-                # It cannot nest deeper than it has brackets: the depth walk (a fifth of decoding a policy,
-                # on every resource of a first sync) is skipped.
+                # It cannot nest deeper than it has brackets: the depth walk, on every resource of a first
+                # sync, is skipped.
                 with contextlib.suppress(ValueError):  # not JSON: load_json says why
                     return json.loads(raw)
             return load_json(raw)  # bounded depth, as API bodies
