@@ -95,7 +95,10 @@ def to_proto(type_name: str, wire: dict[str, Any]) -> Message:
 
 def from_proto(msg: Message) -> dict[str, Any]:
     """Kuma's message as our spec's wire dict (validated afterwards by the resource model)."""
-    return _read(msg)
+    try:
+        return _read(msg)
+    except (ValueError, OverflowError, json_format.Error) as e:  # a Timestamp past 9999, a NaN in a Struct
+        raise ProtoSpecError(f"spec does not convert from {msg.DESCRIPTOR.full_name}: {e}") from None
 
 
 # Built by hand rather than with json_format.ParseDict/MessageToDict, which follow the same JSON mapping but

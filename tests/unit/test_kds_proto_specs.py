@@ -231,6 +231,21 @@ def test_a_kuma_zones_insight_is_read_keeping_what_our_summary_holds() -> None:
     assert "metadata" not in got and got["mTLS"] == {"certificateRegenerations": 0}
 
 
+@pytest.mark.parametrize("seconds", [2**62, -(2**62)])
+def test_a_peers_impossible_time_is_refused_not_a_crash(seconds: int) -> None:
+    sub = mesh_pb.DiscoverySubscription(id="s1", control_plane_instance_id="cp")
+    sub.connect_time.seconds = seconds
+    with pytest.raises(KdsDecodeError, match=r"does not convert from kuma\.mesh\.v1alpha1\.ZoneIngressInsight"):
+        _kuma_peer_sends("ZoneIngressInsight", mesh_pb.ZoneIngressInsight(subscriptions=[sub]), "zi")
+
+
+def test_a_peers_nan_in_a_ca_conf_is_refused_not_a_crash() -> None:
+    backend = mesh_pb.CertificateAuthorityBackend(name="ca-1", type="builtin")
+    backend.conf.update({"caCert": {"RSAbits": float("nan")}})
+    with pytest.raises(KdsDecodeError, match="Mesh"):
+        _kuma_peer_sends("Mesh", mesh_pb.Mesh(mtls=mesh_pb.Mesh.Mtls(backends=[backend])), "m")
+
+
 def test_a_spec_that_does_not_fit_kumas_message_is_sent_as_json() -> None:
     r = from_wire({"type": "ZoneIngressInsight", "name": "zi",
                    "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp", "connectTime": "yesterday"}]})
