@@ -29,6 +29,30 @@ class Mesh(_message.Message):
         backends: _containers.RepeatedCompositeFieldContainer[CertificateAuthorityBackend]
         skipValidation: bool
         def __init__(self, enabledBackend: _Optional[str] = ..., backends: _Optional[_Iterable[_Union[CertificateAuthorityBackend, _Mapping]]] = ..., skipValidation: _Optional[bool] = ...) -> None: ...
+    class Constraints(_message.Message):
+        __slots__ = ("dataplaneProxy",)
+        DATAPLANEPROXY_FIELD_NUMBER: _ClassVar[int]
+        dataplaneProxy: Mesh.DataplaneProxyConstraints
+        def __init__(self, dataplaneProxy: _Optional[_Union[Mesh.DataplaneProxyConstraints, _Mapping]] = ...) -> None: ...
+    class DataplaneProxyConstraints(_message.Message):
+        __slots__ = ("requirements", "restrictions")
+        class Rules(_message.Message):
+            __slots__ = ("tags",)
+            class TagsEntry(_message.Message):
+                __slots__ = ("key", "value")
+                KEY_FIELD_NUMBER: _ClassVar[int]
+                VALUE_FIELD_NUMBER: _ClassVar[int]
+                key: str
+                value: str
+                def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+            TAGS_FIELD_NUMBER: _ClassVar[int]
+            tags: _containers.ScalarMap[str, str]
+            def __init__(self, tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
+        REQUIREMENTS_FIELD_NUMBER: _ClassVar[int]
+        RESTRICTIONS_FIELD_NUMBER: _ClassVar[int]
+        requirements: _containers.RepeatedCompositeFieldContainer[Mesh.DataplaneProxyConstraints.Rules]
+        restrictions: _containers.RepeatedCompositeFieldContainer[Mesh.DataplaneProxyConstraints.Rules]
+        def __init__(self, requirements: _Optional[_Iterable[_Union[Mesh.DataplaneProxyConstraints.Rules, _Mapping]]] = ..., restrictions: _Optional[_Iterable[_Union[Mesh.DataplaneProxyConstraints.Rules, _Mapping]]] = ...) -> None: ...
     MTLS_FIELD_NUMBER: _ClassVar[int]
     TRACING_FIELD_NUMBER: _ClassVar[int]
     LOGGING_FIELD_NUMBER: _ClassVar[int]
@@ -44,10 +68,10 @@ class Mesh(_message.Message):
     metrics: Unsupported
     networking: Networking
     routing: Routing
-    constraints: Unsupported
+    constraints: Mesh.Constraints
     skipCreatingInitialPolicies: _containers.RepeatedScalarFieldContainer[str]
     meshServices: Unsupported
-    def __init__(self, mtls: _Optional[_Union[Mesh.Mtls, _Mapping]] = ..., tracing: _Optional[_Union[Unsupported, _Mapping]] = ..., logging: _Optional[_Union[Unsupported, _Mapping]] = ..., metrics: _Optional[_Union[Unsupported, _Mapping]] = ..., networking: _Optional[_Union[Networking, _Mapping]] = ..., routing: _Optional[_Union[Routing, _Mapping]] = ..., constraints: _Optional[_Union[Unsupported, _Mapping]] = ..., skipCreatingInitialPolicies: _Optional[_Iterable[str]] = ..., meshServices: _Optional[_Union[Unsupported, _Mapping]] = ...) -> None: ...
+    def __init__(self, mtls: _Optional[_Union[Mesh.Mtls, _Mapping]] = ..., tracing: _Optional[_Union[Unsupported, _Mapping]] = ..., logging: _Optional[_Union[Unsupported, _Mapping]] = ..., metrics: _Optional[_Union[Unsupported, _Mapping]] = ..., networking: _Optional[_Union[Networking, _Mapping]] = ..., routing: _Optional[_Union[Routing, _Mapping]] = ..., constraints: _Optional[_Union[Mesh.Constraints, _Mapping]] = ..., skipCreatingInitialPolicies: _Optional[_Iterable[str]] = ..., meshServices: _Optional[_Union[Unsupported, _Mapping]] = ...) -> None: ...
 
 class CertificateAuthorityBackend(_message.Message):
     __slots__ = ("name", "type", "dpCert", "conf", "mode", "rootChain")

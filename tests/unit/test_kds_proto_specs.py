@@ -35,13 +35,18 @@ RICH: list[dict[str, Any]] = [
      "mtls": {"enabledBackend": "ca-1", "backends": [
          {"name": "ca-1", "type": "builtin", "mode": "PERMISSIVE",
           "dpCert": {"rotation": {"expiration": "1d"}, "requestTimeout": "1m"},
-          "conf": {"caCert": {"RSAbits": 2048, "expiration": "10y"}}},
-         {"name": "ca-2", "type": "provided",
-          "conf": {"cert": {"secret": "ca-cert"}, "key": {"inline": base64.b64encode(b"pem").decode()}}}]},
+          "conf": {"caCert": {"RSAbits": 2048, "expiration": "10y"}}}]},
      "networking": {"outbound": {"passthrough": False}},
      "routing": {"localityAwareLoadBalancing": True, "zoneEgress": True,
                  "defaultForbidMeshExternalServiceAccess": True},
+     "constraints": {"dataplaneProxy": {"requirements": [{"tags": {"kuma.io/zone": "zone-1"}}],
+                                        "restrictions": [{"tags": {"team": "*"}}, {"tags": {"env": "dev"}}]}},
      "skipCreatingInitialPolicies": ["*"]},
+    {"type": "Mesh", "name": "provided-ca",
+     "mtls": {"enabledBackend": "ca-2", "backends": [
+         {"name": "ca-2", "type": "provided",
+          "conf": {"cert": {"secret": "ca-cert"}, "key": {"inline": base64.b64encode(b"pem").decode()}}}]},
+     "constraints": {"dataplaneProxy": {"requirements": [{"tags": {"kuma.io/service": "*"}}]}}},
     {"type": "Mesh", "name": "passthrough-on", "networking": {"outbound": {"passthrough": True}}},
     {"type": "Dataplane", "name": "backend-1.kuma-demo", "mesh": "default", "labels": {"team": "a"},
      "networking": {
