@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates controlplane/kds/kds_pb2.py (+ .pyi) from controlplane/kds/kds.proto.
+# Regenerates controlplane/kds/*_pb2.py (+ .pyi) from controlplane/kds/*.proto (the KDS service and envelope, and
+# the specs Kuma sends as protobuf).
 #
 # Needs grpcio-tools (pip install -e '.[dev]'); the runtime does not. kds.proto imports Envoy's discovery.proto,
 # whose .proto sources xds-protos does not ship: we hand protoc the compiled descriptors of the installed
@@ -26,15 +27,15 @@ def add(fd) -> None:  # dependencies first, as protoc wants them
     fd.CopyToProto(out.file.add())
 
 add(discovery_pb2.DESCRIPTOR)
-from google.protobuf import any_pb2, duration_pb2
-add(any_pb2.DESCRIPTOR)
-add(duration_pb2.DESCRIPTOR)
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+for well_known in (any_pb2, duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2):
+    add(well_known.DESCRIPTOR)
 open(sys.argv[1], "wb").write(out.SerializeToString())
 PYEOF
 "$PY" -m grpc_tools.protoc -I . --descriptor_set_in="$tmp/deps.pb" \
-  --python_out=. --pyi_out=. controlplane/kds/kds.proto
+  --python_out=. --pyi_out=. controlplane/kds/*.proto
 # Generated code is not ours to lint.
-for f in controlplane/kds/kds_pb2.py controlplane/kds/kds_pb2.pyi; do
+for f in controlplane/kds/*_pb2.py controlplane/kds/*_pb2.pyi; do
   { echo "# ruff: noqa"; cat "$f"; } > "$tmp/f" && cat "$tmp/f" > "$f"
 done
-echo "generated controlplane/kds/kds_pb2.py and kds_pb2.pyi"
+echo "generated" controlplane/kds/*_pb2.py controlplane/kds/*_pb2.pyi

@@ -1,12 +1,10 @@
 """Our `Resource` <-> the KDS wire form (`KumaResource` in a Delta `Resource`), and batching under a byte cap.
 
-Spec encoding. Kuma packs the specs it defines in protobuf (Mesh, Dataplane, ZoneIngress, insights, Secret) as
-those protobuf messages in `KumaResource.spec` (type URL `type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...),
-and the targetRef policies as their camelCase JSON in `Any.value` with an empty type URL. kuma-vm defines every
-spec as a pydantic model whose JSON is that same camelCase shape, and it has no protobuf for Kuma's older
-types, so it sends every spec as JSON with an empty type URL. A Kuma peer decodes our policies as it decodes
-its own; for Mesh, Dataplane, ZoneIngress, insights and secrets it would expect the protobuf message, which
-kuma-vm does not speak yet (it refuses such a spec with a message saying so rather than misreading it).
+Spec encoding, as Kuma's `model.ToAny`: the specs Kuma defines in protobuf (Mesh, Dataplane, ZoneIngress, the
+insights, Secret, GlobalSecret) travel as those messages in `KumaResource.spec` (type URL
+`type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...; see proto_specs.py), every other spec (the targetRef policies)
+as its camelCase JSON in `Any.value` with an empty type URL. A spec that arrives as JSON is read whatever its type
+(what kuma-vm releases before the protobuf forms sent).
 
 Version. A Delta `Resource.version` is a hash of the deterministic serialisation of its KumaResource, so equal
 content has an equal version in every process and a reconnecting peer is re-sent only what changed.
@@ -14,8 +12,10 @@ content has an equal version in every process and a reconnecting peer is re-sent
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -25,11 +25,16 @@ from google.protobuf.message import DecodeError
 
 from controlplane.resources.base import Resource, ResourceType
 from controlplane.resources.codec import from_wire
-from controlplane.resources.documents import DocumentError, load_json
+from controlplane.resources.documents import MAX_DEPTH, DocumentError, load_json
 from controlplane.resources.errors import ResourceValidationError
+from kuma_shared.logs import ErrorLog
 
 from . import kds_pb2
 from .naming import BadWireKey, parse_wire_key, wire_key
+from .proto_specs import ProtoSpecError, from_proto, spec_message, to_proto, type_url
+
+log = logging.getLogger("kuma.kds")
+_unfit = ErrorLog(log)
 
 KUMA_RESOURCE_TYPE_URL = "type.googleapis.com/kuma.mesh.v1alpha1.KumaResource"
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -58,12 +63,29 @@ def spec_json(resource: Resource) -> bytes:
     return json.dumps(resource.spec.to_wire(), sort_keys=True, separators=(",", ":")).encode()
 
 
+def spec_any(resource: Resource) -> any_pb2.Any:
+    """The spec as Kuma packs it: its protobuf message where Kuma has one, else JSON with an empty type URL."""
+    message = spec_message(resource.type.name)
+    if message is not None:
+        try:
+            packed = to_proto(resource.type.name, resource.spec.to_wire())
+            return any_pb2.Any(type_url=type_url(message), value=packed.SerializeToString(deterministic=True))
+        except ProtoSpecError as e:
+            # Stored before a rule our model now has (an insight's time written another way, say): sent as JSON,
+            # which kuma-vm peers read for every type, rather than not at all.
+            _unfit.report((resource.type.name, resource.meta.mesh, resource.meta.name),
+                          "KDS resource does not fit Kuma's protobuf message; sent as JSON", level=logging.WARNING,
+                          traceback=False, error=e, extra={"type": resource.type.name, "mesh": resource.meta.mesh,
+                                                           "resource": resource.meta.name})
+    return any_pb2.Any(type_url="", value=spec_json(resource))
+
+
 def to_kuma_resource(resource: Resource) -> kds_pb2.KumaResource:
     meta = resource.meta
     return kds_pb2.KumaResource(
         meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, version=str(meta.version),
                                        labels=dict(meta.labels)),
-        spec=any_pb2.Any(type_url="", value=spec_json(resource)),
+        spec=spec_any(resource),
     )
 
 
@@ -104,14 +126,7 @@ def decode(rtype: ResourceType, res: discovery_pb2.Resource) -> Resource:
     if (kr.meta.name, kr.meta.mesh) != (key_name, key_mesh):
         raise KdsDecodeError(key, f"{where}: meta names {kr.meta.name!r} in mesh {kr.meta.mesh!r}, but the "
                                   "Delta key says otherwise: the two must agree")
-    if kr.spec.type_url:
-        raise KdsDecodeError(key, f"{where}: spec is the protobuf message {kr.spec.type_url!r}; kuma-vm reads "
-                                  "specs as JSON with an empty type URL (a Kuma zone's protobuf specs for this "
-                                  "type are not supported yet)")
-    try:
-        spec = load_json(kr.spec.value or b"{}")  # bounded depth, as API bodies
-    except DocumentError as e:
-        raise KdsDecodeError(key, f"{where}: spec is {e}") from None
+    spec = _spec_of(rtype, key, where, kr.spec)
     if not isinstance(spec, Mapping):
         raise KdsDecodeError(key, f"{where}: spec must be a JSON object")
     doc: dict[str, object] = {"type": rtype.name, "name": kr.meta.name, "labels": dict(kr.meta.labels)}
@@ -129,6 +144,36 @@ def decode(rtype: ResourceType, res: discovery_pb2.Resource) -> Resource:
     except ResourceValidationError as e:
         problems = "; ".join(f"{p.field or '(resource)'}: {p.reason}" for p in e.invalid)
         raise KdsDecodeError(key, f"{where} is not valid: {problems}") from None
+
+
+def _spec_of(rtype: ResourceType, key: str, where: str, packed: any_pb2.Any) -> object:
+    """The spec in our wire-dict form, from Kuma's protobuf message or from JSON (empty type URL)."""
+    if not packed.type_url:
+        raw = packed.value or b"{}"
+        try:
+            if raw.count(b"{") + raw.count(b"[") < MAX_DEPTH:
+                # It cannot nest deeper than it has brackets: the depth walk, on every resource of a first
+                # sync, is skipped.
+                with contextlib.suppress(ValueError):  # not JSON: load_json says why
+                    return json.loads(raw)
+            return load_json(raw)  # bounded depth, as API bodies
+        except DocumentError as e:
+            raise KdsDecodeError(key, f"{where}: spec is {e}") from None
+    message = spec_message(rtype.name)
+    if message is None or packed.type_url != type_url(message):
+        expected = repr(type_url(message)) if message else "JSON with an empty type URL"
+        raise KdsDecodeError(key, f"{where}: spec is the protobuf message {packed.type_url!r}; a {rtype.name} "
+                                  f"spec must be {expected}")
+    msg = message()
+    try:
+        msg.ParseFromString(packed.value)
+    except DecodeError as e:
+        raise KdsDecodeError(key, f"{where}: spec is not a valid {message.DESCRIPTOR.full_name} message: {e}") \
+            from None
+    try:
+        return from_proto(msg)
+    except ProtoSpecError as e:
+        raise KdsDecodeError(key, f"{where}: {e}") from None
 
 
 def batch(type_url: str, upserts: Iterable[WireResource], removals: Iterable[str], *,

@@ -245,7 +245,7 @@ class KdsServer:
         await context.abort(code, reason)
 
     async def _watch_zones(self) -> None:
-        """Disabling a zone (or deleting its Zone) ends its open streams."""
+        """Disabling a zone (or deleting its Zone) ends its open streams; deleting it also deletes its ZoneInsight."""
         async with self.store.watch() as events:
             while True:
                 e = await events.get()
@@ -259,8 +259,16 @@ class KdsServer:
                         enabled = False
                 if enabled:
                     continue
+                if e.op == "delete":
+                    self.insights.forget(e.name)
                 for (zone, _), session in list(self._sessions.items()):
                     if zone == e.name:
                         session.reason = (f"zone {zone!r} was disabled on global" if e.op == "update"
                                           else f"zone {zone!r} was deleted on global")
                         session.kick.set()
+                if e.op == "delete":
+                    try:
+                        await self.insights.remove(e.name)
+                    except Exception as err:  # the store is down: the insight stays until it is deleted by hand
+                        log.warning("KDS could not delete the insight of a deleted zone",
+                                    extra={"zone": e.name, "error": str(err)})

@@ -424,10 +424,9 @@ class Receiver:
         declared, so the peer sends it again if it still has it)."""
         out = []
         for name, state in self._state.items():
-            if not state.restored:
-                state.versions = await self._stored_versions(self.types[name])
-                state.restored = True
-            state.index = await self._index(self.types[name])
+            state.index, stored = await self._held(self.types[name], versions=not state.restored)
+            if stored is not None:
+                state.versions, state.restored = stored, True
             state.versions = {k: v for k, v in state.versions.items() if k in state.index}
             state.declared = set(state.versions)
             state.initial, state.seen = True, set()
@@ -502,19 +501,25 @@ class Receiver:
             state.index[res.name] = (local.meta.name, local.meta.mesh)
             state.versions[res.name] = res.version
 
-    async def _stored_versions(self, rtype: ResourceType) -> dict[str, str]:
-        """What this side holds from the peer, with the content versions the peer would give them: a zone
-        process that restarts is sent what changed, not everything again."""
-        out: dict[str, str] = {}
+    async def _held(self, rtype: ResourceType, *, versions: bool
+                    ) -> tuple[dict[str, tuple[str, str]], dict[str, str] | None]:
+        """What this side holds from the peer, from one listing: key -> (local name, mesh), and with `versions`
+        the content versions the peer would give them (a zone process that restarts is sent what changed, not
+        everything again)."""
+        index: dict[str, tuple[str, str]] = {}
+        out: dict[str, str] | None = {} if versions else None
         for r in (await self.store.list(rtype, ListQuery())).items:
-            if self.origin.owns(r):
+            if not self.origin.owns(r):
+                continue
+            key = self.origin.peer_key(r)
+            index[key] = (r.meta.name, r.meta.mesh)
+            if out is not None:
                 with contextlib.suppress(Exception):  # a copy that cannot be encoded: the peer sends it again
-                    out[self.origin.peer_key(r)] = encode(self.origin.to_peer(r)).version
-        return out
+                    out[key] = encode(self.origin.to_peer(r)).version
+        return index, out
 
     async def _index(self, rtype: ResourceType) -> dict[str, tuple[str, str]]:
-        listed = await self.store.list(rtype, ListQuery())
-        return {self.origin.peer_key(r): (r.meta.name, r.meta.mesh) for r in listed.items if self.origin.owns(r)}
+        return (await self._held(rtype, versions=False))[0]
 
     async def _remove(self, rtype: ResourceType, state: _RecvState, key: str, errors: list[str]) -> None:
         assert state.index is not None

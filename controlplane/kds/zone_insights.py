@@ -83,6 +83,9 @@ class ZoneInsights:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._errors = ErrorLog(log)
+        # Held around each write and around a removal, so a write that read the insight before its Zone was
+        # deleted cannot create it again afterwards.
+        self._writing = asyncio.Lock()
 
     def opened(self, zone: str, *, version: str, environment: str) -> None:
         """The zone's first stream on this instance opened."""
@@ -132,7 +135,10 @@ class ZoneInsights:
             if "disconnectTime" not in entry.sub:
                 entry.sub["status"] = {"lastUpdateTime": now_text(), **stats_doc(status.get(zone, {}))}
             try:
-                await self._write(zone, entry)
+                async with self._writing:
+                    if self._zones.get(zone) is not entry:
+                        continue  # the zone was removed (or connected anew) meanwhile
+                    await self._write(zone, entry)
             except Exception as e:
                 entry.dirty = True
                 self._errors.report((zone, type(e).__name__), "cannot write the zone's insight; will retry",
@@ -140,6 +146,29 @@ class ZoneInsights:
                 continue
             if "disconnectTime" in entry.sub and self._zones.get(zone) is entry:
                 del self._zones[zone]
+
+    def forget(self, zone: str) -> None:
+        """The zone's Zone was deleted: this instance writes no more of the zone's current connection (the
+        subscription its closing streams would record). Called as the deletion is seen, before any await, so a
+        connection the zone opens afterwards (it registers anew) is not the one forgotten."""
+        self._zones.pop(zone, None)
+
+    async def remove(self, zone: str) -> bool:
+        """Delete the insight of a deleted Zone, history and all. A zone still running reconnects and registers
+        as a new Zone: if it already has (its connection opened after forget()), its subscription is written
+        again at once into a fresh insight. True if an insight was deleted."""
+        async with self._writing:  # a write that read the insight before the deletion cannot recreate it after
+            try:
+                await self.store.delete(ZONE_INSIGHT, zone)
+                deleted = True
+            except NotFound:
+                deleted = False
+            if (entry := self._zones.get(zone)) is not None:
+                entry.dirty = True
+                self._wake.set()
+        if deleted:
+            log.info("KDS deleted the zone's insight with its Zone", extra={"zone": zone})
+        return deleted
 
     async def _write(self, zone: str, entry: _Open) -> None:
         for attempt in range(5):

@@ -286,6 +286,17 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
     ok(kumactl("config", "control-planes", "add", "--name", "zone", "--address", zone.http_url, config=zone_config))
     assert "known to the global control plane" in failed(kumactl("inspect", "zones", config=zone_config))
 
+    # Deleting the Zone of a connected zone closes its streams and deletes its insight (subscription history
+    # included); the zone, still running with a valid token, registers again as a new Zone with a new insight.
+    old_ids = {sub["id"] for sub in api(glob, "GET", "/zone-insights/zone-1").json["subscriptions"]}
+    assert api(glob, "DELETE", "/zones/zone-1").status == 200
+    wait_for("the deleted zone's streams closed", lambda: "was deleted on global" in glob.logs(400), glob, zone)
+    wait_for("the zone's old insight deleted", lambda: "deleted the zone's insight with its Zone" in glob.logs(400),
+             glob, zone)
+    item = wait_for("zone-1 registered again, Online, with a new insight",
+                    lambda: (o := overview()).get("status") == "Online" and o, glob, zone)
+    assert not {sub["id"] for sub in item["zoneInsight"]["subscriptions"]} & old_ids, item
+
     # The zone goes away: its subscription ends, and after the grace period the zone is Offline.
     os.kill(zone.pid, signal.SIGKILL)
     zone.proc.wait()
@@ -294,3 +305,10 @@ def test_zone_status_on_both_sides_zone_insight_and_kumactl_inspect_zones(tmp_pa
     assert item["zoneInsight"]["subscriptions"][-1]["disconnectTime"]
     assert "Offline" in ok(kumactl("inspect", "zones", config=config))
     assert ok(kumactl("get", "zones", config=config)).splitlines()[1].split()[:3] == ["zone-1", "true", "Offline"]
+
+    # Deleting an offline zone's Zone deletes its insight too.
+    assert api(glob, "DELETE", "/zones/zone-1").status == 200
+    wait_for("the offline zone's insight deleted", lambda: api(glob, "GET", "/zone-insights/zone-1").status == 404,
+             glob)
+    assert api(glob, "GET", "/zones/zone-1/_overview").status == 404
+    assert "zone-1" not in ok(kumactl("inspect", "zones", config=config))

@@ -101,13 +101,13 @@ def test_decode_refuses_malformed_envelopes(mutate: object, expected: str) -> No
     assert expected in str(e.value)
 
 
-def test_decode_refuses_protobuf_specs_with_a_reason() -> None:
-    w = encode(from_wire({"type": "Mesh", "name": "m"}))
+def test_decode_refuses_a_protobuf_spec_for_a_json_type_with_a_reason() -> None:
+    w = encode(timeout())
     kr = kds_pb2.KumaResource.FromString(w.message.resource.value)
-    kr.spec.type_url = "type.googleapis.com/kuma.mesh.v1alpha1.Mesh"
+    kr.spec.type_url = "type.googleapis.com/kuma.mesh.v1alpha1.MeshTimeout"
     w.message.resource.value = kr.SerializeToString()
-    with pytest.raises(KdsDecodeError, match=r"protobuf message .* not supported yet"):
-        decode(MESH, w.message)
+    with pytest.raises(KdsDecodeError, match=r"protobuf message .* must be JSON with an empty type URL"):
+        decode(MESH_TIMEOUT, w.message)
 
 
 def test_wire_keys() -> None:
@@ -168,3 +168,17 @@ def test_batching_reports_a_resource_over_the_cap_and_sends_the_rest() -> None:
 def test_an_empty_change_is_one_empty_response() -> None:
     responses, too_big = batch("Mesh", [], [])
     assert len(responses) == 1 and not responses[0].resources and not too_big
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b'{"targetRef":' * 150 + b"{}" + b"}" * 150, "nested deeper than 100 levels"),
+    (b'{"targetRef": ', "not valid JSON"),
+    (b'{"a": "\xff"}', "not UTF-8"),
+])
+def test_json_specs_too_deep_or_broken_are_refused_with_the_reason(value: bytes, expected: str) -> None:
+    w = encode(timeout())
+    kr = kds_pb2.KumaResource.FromString(w.message.resource.value)
+    kr.spec.value = value
+    w.message.resource.value = kr.SerializeToString()
+    with pytest.raises(KdsDecodeError, match=expected):
+        decode(MESH_TIMEOUT, w.message)

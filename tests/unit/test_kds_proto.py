@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 from google.protobuf.descriptor import FieldDescriptor
 
 from controlplane.kds import kds_pb2
@@ -35,3 +42,28 @@ def test_sync_service_streams_envoy_delta_messages_both_ways() -> None:
     assert (g2z.input_type.full_name, g2z.output_type.full_name) == (req, resp)
     assert (z2g.input_type.full_name, z2g.output_type.full_name) == (resp, req)
     assert g2z.client_streaming and g2z.server_streaming and z2g.client_streaming and z2g.server_streaming
+
+
+def test_checked_in_code_is_what_the_generator_makes_of_the_protos(tmp_path: Path) -> None:
+    """scripts/gen-kds-proto.sh, run on a copy of the .proto files, writes exactly the checked-in *_pb2 files."""
+    root = Path(__file__).resolve().parents[2]
+    kds = root / "controlplane" / "kds"
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(root / "scripts" / "gen-kds-proto.sh", tmp_path / "scripts")
+    (tmp_path / "controlplane" / "kds").mkdir(parents=True)
+    for proto in kds.glob("*.proto"):
+        shutil.copy(proto, tmp_path / "controlplane" / "kds")
+    subprocess.run(["bash", str(tmp_path / "scripts" / "gen-kds-proto.sh")], check=True, capture_output=True,
+                   env={**os.environ, "PYTHON": sys.executable})
+    generated = sorted(p.name for p in (tmp_path / "controlplane" / "kds").glob("*_pb2.py"))
+    assert generated == sorted(p.name for p in kds.glob("*_pb2.py")) and generated
+    for name in generated:
+        # The descriptor, not the whole file: the header names the protobuf version that generated it.
+        assert _descriptor_bytes(tmp_path / "controlplane" / "kds" / name) == _descriptor_bytes(kds / name), (
+            f"{name} is stale: run scripts/gen-kds-proto.sh")
+
+
+def _descriptor_bytes(path: Path) -> str:
+    found = re.search(r"AddSerializedFile\((b'.*?')\)\n", path.read_text())
+    assert found, f"{path.name} has no serialized descriptor"
+    return found.group(1)
