@@ -32,7 +32,14 @@ service is the proxy's own (its first inbound's), which does split the sharing b
 
 Positions: top-level Mesh, MeshSubset, MeshService, MeshServiceSubset or Dataplane; `from[]` kind Mesh
 (an inbound's log covers every client, as in Kuma); `to[]` Mesh or MeshService (and Kuma's kinds kuma-vm
-has no resource for, which select nothing). `backends` lists are replaced, not appended, when policies merge.
+has no resource for, which select nothing); Kuma 2.10+'s `rules[]` (`rules: [{default: {backends: [...]}}]`),
+inbound traffic from every client, exactly as a `from` entry of kind Mesh. A policy with `rules` cannot also
+have `from` or `to`; a rule's `matches` (by client SPIFFE ID or SNI) are not supported yet.
+
+Merging follows Kuma 2.14: on an outbound the most specific `to` entry's `backends` replace the others'; on an
+inbound every `from` entry and rule logs to its own backends (Kuma treats MeshAccessLog's `from` entries as
+rules and fans each request out to every rule's backends), so the lists add up, less specific policies first
+(an empty list adds nothing: it cannot switch a less specific policy's log off).
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ from controlplane.resources.fields import check_address
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.rules import Entry
 from controlplane.xds.generate.targeting import (
     MESH,
     MESH_SERVICE,
@@ -76,7 +84,7 @@ from controlplane.xds.resources import XdsResource
 from kuma_shared.access_logs import access_log_pipe
 
 from ._access_log_format import check_format_text, interpolate
-from ._checks import check_from, check_to
+from ._checks import InboundRule, check_from, check_rules, check_to, rules_as_from
 from ._collectors import check_endpoint, collector_cluster, endpoint_of
 
 POLICY = "MeshAccessLog"
@@ -289,19 +297,22 @@ class Conf(Spec):
 
 
 class MeshAccessLogSpec(Spec):
-    kuma_unsupported = frozenset({"rules"})  # Kuma 2.14's rules[] form (with SPIFFE ID / SNI matches)
-
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
+    rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
-                        inbound=bool(self.from_))
-        if not self.from_ and not self.to:
-            v.add(path, "at least one of 'from' or 'to' must have an item")
+                        inbound=bool(self.from_ or self.rules))
+        if not self.from_ and not self.to and not self.rules:
+            v.add(path, "at least one of 'from', 'to' or 'rules' must have an item")
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         check_to(v, path, self.to, policy=POLICY, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET))
+        check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
+
+    def inbound_items(self) -> list[Item[Conf]]:
+        return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
 RESOURCE_TYPE = register(ResourceType(
@@ -377,7 +388,7 @@ def otel_access_log(otel: dict[str, Any], default_format: str, values: dict[str,
 def otel_endpoints(policies: Iterable[Resource]) -> list[str]:
     """The OpenTelemetry endpoints of these policies' backends (each needs a cluster), in a fixed order."""
     found = {b.open_telemetry.endpoint for p in policies
-             for item in [*(getattr(p.spec, "from_", None) or ()), *(getattr(p.spec, "to", None) or ())]
+             for item in [*p.spec.inbound_items(), *(p.spec.to or ())]  # type: ignore[attr-defined]
              for b in item.default.backends or () if b.open_telemetry is not None}
     return sorted(found)
 
@@ -408,6 +419,13 @@ def _pipe(ctx: ProxyContext, conf: dict[str, Any]) -> str:
     return ""
 
 
+def inbound_backends(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """Kuma 2.14 (MeshAccessLog is `is_from_as_rules`): every `from` entry and rule selecting an inbound logs to
+    its own backends, so the lists add up (policies in precedence order, entries in written order) instead of
+    the most specific replacing the others, as they do for `to`."""
+    return [backend for e in entries for backend in e.conf.get("backends") or ()]
+
+
 def _own_service(ctx: ProxyContext) -> str:
     """The proxy's service as Kuma's source service: its first inbound's kuma.io/service."""
     inbounds = ctx.spec.networking.inbound
@@ -421,10 +439,12 @@ class AccessLogPlugin(PolicyPlugin):
     # --- inbound: the inbound's service, its dataplane's address, every client ('*') ---
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
-        if merged is None or not merged.data.get("backends"):
+        backends = inbound_backends(ctx.rules.from_entries(POLICY, ctx.dataplane, inbound))
+        if not backends:
             return None
-        return (merged.json, ctx.mesh, inbound.service, ctx.spec.networking.address, _pipe(ctx, merged.data))
+        conf = {"backends": backends}
+        return (json.dumps(conf, sort_keys=True, separators=(",", ":")), ctx.mesh, inbound.service,
+                ctx.spec.networking.address, _pipe(ctx, conf))
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:

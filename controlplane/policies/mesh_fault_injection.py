@@ -15,6 +15,13 @@ filter accepts 200-599 only; Kuma passes them through and Envoy NACKs); a fault 
 responseBandwidth is refused; `to[]` (Kuma's builtin-gateway form) is refused; clients are told apart by
 their certificate's kuma.io/service (see `_clients`), so selecting them by other tags is refused.
 
+Kuma 2.10+'s `rules[]` form (`rules: [{default: {http: [...]}}]`) injects faults for every client. As in Kuma
+2.14, where MeshFaultInjection's `from` entries are not rules, rules are not merged: each rule's faults are
+added after the previous rule's (policies in precedence order, rules in written order), and once a policy with
+rules selects an inbound, `from` entries of other policies are ignored there. One rule gives the Envoy config of
+a `from` entry of kind Mesh with the same default. A policy with `rules` cannot also have `from`; a rule's
+`matches` (by client SPIFFE ID or SNI) are not supported yet.
+
 Envoy effect (end of this module): on each inbound HTTP connection manager, one `envoy.filters.http.fault`
 per fault, before the router, with a header match on the client's SPIFFE ID for per-service rules.
 """
@@ -23,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -42,6 +49,7 @@ from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import duration, pack
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
+from controlplane.xds.generate.rules import Entry
 from controlplane.xds.generate.targeting import (
     MESH,
     MESH_SERVICE,
@@ -54,13 +62,16 @@ from controlplane.xds.generate.targeting import (
 )
 
 from ._checks import (
+    InboundRule,
     IntOrString,
     check_duration,
     check_from,
     check_percentage,
+    check_rules,
     parse_decimal,
     parse_go_duration,
     refuse_to,
+    rules_as_from,
 )
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
 from ._http_filters import add_http_filters
@@ -139,20 +150,25 @@ class Conf(Spec):
 
 
 class MeshFaultInjectionSpec(Spec):
-    kuma_unsupported = frozenset({"rules"})  # Kuma 2.14's rules[] form (with SPIFFE ID / SNI matches)
-
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
+    rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
                         inbound=True)
         refuse_to(v, path, self.to, doing="injects faults")
-        # Kuma 2.14 takes a policy without `from` entries (it configures nothing)
+        # Kuma 2.14 takes a policy without `from` entries or rules (it configures nothing)
         check_from(v, path, self.from_, policy=POLICY, allowed=FROM_KINDS)
         for i, item in enumerate(self.from_ or ()):
             check_client_ref(v, f"{path}.from[{i}].targetRef", item.target_ref, POLICY)
+        if self.rules and self.from_:  # unlike its other inbound policies, Kuma lets `to` be (gateways) here
+            v.add(path, "field 'from' must be empty when 'rules' is defined")
+        check_rules(v, path, self.rules, other=None)
+
+    def inbound_items(self) -> list[Item[Conf]]:
+        return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
 RESOURCE_TYPE = register(ResourceType(
@@ -209,17 +225,39 @@ def fault_filters(mesh: str, rules: ClientRules) -> list[hcm_pb2.HttpFilter]:
     return out
 
 
+def rule_fault_filters(confs: Sequence[str]) -> list[hcm_pb2.HttpFilter]:
+    """Kuma 2.14's `rules`: every rule's faults, rule after rule, for every client (rules are not merged)."""
+    return [hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_config(fault)))
+            for conf in confs for fault in json.loads(conf).get("http") or ()]
+
+
+def _rule_confs(ctx: ProxyContext, entries: Sequence[Entry]) -> tuple[str, ...]:
+    """The defaults of the rules (not `from` entries) among these entries, in precedence order."""
+    with_rules = {p.meta.name for p in ctx.rules.matched(POLICY, ctx.dataplane) if getattr(p.spec, "rules", None)}
+    return tuple(json.dumps(e.conf, sort_keys=True, separators=(",", ":")) for e in entries
+                 if e.policy in with_rules)
+
+
 class FaultInjectionPlugin(PolicyPlugin):
     policy_type = POLICY
     order = 80
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        rules = client_rules(ctx.rules.from_entries(POLICY, ctx.dataplane, inbound))
+        entries = ctx.rules.from_entries(POLICY, ctx.dataplane, inbound)
+        # Kuma 2.14 (MeshFaultInjection is not `is_from_as_rules`): once a policy with rules selects the
+        # inbound, its faults come from the rules alone, and `from` entries of other policies are ignored.
+        rule_confs = _rule_confs(ctx, entries)
+        if rule_confs:
+            return ("rules", rule_confs)
+        rules = client_rules(entries)
         return None if rules is None else (ctx.mesh, rules)
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:
         assert isinstance(key, tuple)
+        if key[0] == "rules":
+            add_http_filters(listener, rule_fault_filters(key[1]))
+            return
         mesh, rules = key
         add_http_filters(listener, fault_filters(mesh, rules))
 

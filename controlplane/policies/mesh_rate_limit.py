@@ -11,6 +11,11 @@ Intervals are Go durations of at least 50ms (Envoy's token bucket refills no fas
 anything lower, which would silently differ from the policy). `to[]` (Kuma's builtin-gateway form) and
 MeshHTTPRoute/MeshGateway top-level references are refused: kuma-vm has no builtin gateway.
 
+Kuma 2.10+'s `rules[]` form (`rules: [{default: {local: ...}}]`) is the same configuration for all of a proxy's
+inbound traffic; as in Kuma 2.14 (where `from` entries count as rules) each rule merges as a `from` entry of kind
+Mesh, in precedence order, so a policy written either way gives the same Envoy config. A policy with `rules`
+cannot also have `from` or `to`; a rule's `matches` (by client SPIFFE ID or SNI) are not supported yet.
+
 Envoy effect (end of this module): HTTP inbounds get `envoy.filters.http.local_ratelimit` before the router
 (a token bucket of `num` tokens refilled with `num` every `interval`, enabled and enforced for 100% of
 requests); every inbound, HTTP or TCP, with a `tcp` limit gets `envoy.filters.network.local_ratelimit`
@@ -49,13 +54,16 @@ from controlplane.xds.generate.targeting import (
 
 from ._checks import (
     INT32_MAX,
+    InboundRule,
     check_duration,
     check_from,
     check_header_name,
     check_header_value,
     check_int,
+    check_rules,
     parse_go_duration,
     refuse_to,
+    rules_as_from,
 )
 from ._http_filters import add_http_filters
 
@@ -162,18 +170,23 @@ class Conf(Spec):
 
 
 class MeshRateLimitSpec(Spec):
-    kuma_unsupported = frozenset({"rules"})  # Kuma 2.14's rules[] form (with SPIFFE ID / SNI matches)
-
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
+    rules: list[InboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
                         inbound=True)
         refuse_to(v, path, self.to, doing="rate limits")
-        # Kuma 2.14 takes a policy without `from` entries (it configures nothing)
+        # Kuma 2.14 takes a policy without `from` entries or rules (it configures nothing)
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
+        check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
+
+    def inbound_items(self) -> list[Item[Conf]]:
+        """Kuma 2.14 (`is_from_as_rules`): `from` entries and rules are one list of inbound rules, and the ones
+        matching all traffic merge in precedence order, as `from` entries of kind Mesh do."""
+        return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
 RESOURCE_TYPE = register(ResourceType(

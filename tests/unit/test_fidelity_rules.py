@@ -110,14 +110,6 @@ def test_traffic_permission_rules_verdicts_match_kuma(spec: dict[str, Any], fiel
         assert found[field].startswith("a Kuma field kuma-vm does not support yet: sni")
 
 
-@pytest.mark.parametrize("kind", ["MeshFaultInjection", "MeshRateLimit", "MeshAccessLog"])
-def test_rules_of_other_inbound_policies_are_kuma_fields_not_supported_yet(kind: str) -> None:
-    with pytest.raises(ResourceValidationError) as e:
-        from_wire(policy(kind, {"targetRef": {"kind": "Mesh"}, "rules": [{"default": {}}]}), REGISTRY)
-    found = {p.field: p.reason for p in e.value.invalid}
-    assert found["spec.rules"].startswith("a Kuma field kuma-vm does not support yet: rules"), found
-
-
 def test_meshretry_under_a_top_level_route_equals_a_to_entry_for_that_route() -> None:
     from tests.unit.test_policy_plugins import EXAMPLES, load
 

@@ -1,0 +1,241 @@
+"""Kuma 2.14's `rules[]` form of MeshAccessLog, MeshFaultInjection and MeshRateLimit (inbound configuration for
+every client of the selected proxies, in place of `from[]`).
+
+What Kuma 2.14 does, and so kuma-vm (facts from kumahq/kuma v2.14.3, pkg/plugins/policies/*):
+- one rule gives the Envoy config of a `from` entry of kind Mesh with the same `default`;
+- MeshRateLimit (`is_from_as_rules`): rules and `from` entries merge in precedence order, the later overriding;
+- MeshAccessLog (`is_from_as_rules`): every inbound rule and `from` entry logs to its own backends, so the
+  backends of all of them add up (on outbounds, `to` still replaces);
+- MeshFaultInjection (not `is_from_as_rules`): every rule's faults run, rule after rule; once a policy with rules
+  selects an inbound, other policies' `from` entries are ignored there;
+- `rules` excludes `from` and `to` (MeshFaultInjection: `from` only); a rule's `matches` are not supported yet.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from controlplane.resources import Resource, ResourceValidationError, from_wire, load_all
+from controlplane.xds.resources import LISTENER, TYPE_ORDER
+from tests.unit.test_policy_plugins import as_dict, snapshots
+
+REGISTRY = load_all()
+FRONTEND = {"kind": "MeshService", "name": "frontend"}
+INBOUND = "inbound:127.0.0.1:10001"
+LOG = {"backends": [{"type": "File", "file": {"path": "/tmp/frontend-in.log"}}]}
+FAULTS = {"http": [{"abort": {"httpStatus": 503, "percentage": 25}}, {"delay": {"value": "2s", "percentage": 10}}]}
+LIMIT = {"local": {"http": {"requestRate": {"num": 7, "interval": "1s"}, "onRateLimit": {"status": 423}},
+                   "tcp": {"connectionRate": {"num": 9, "interval": "1s"}}}}
+DEFAULTS = {"MeshAccessLog": LOG, "MeshFaultInjection": FAULTS, "MeshRateLimit": LIMIT}
+SPIFFE = [{"spiffeID": {"type": "Exact", "value": "spiffe://default/frontend"}}]
+
+
+def policy(kind: str, spec: dict[str, Any], name: str = "p") -> Resource:
+    return from_wire({"type": kind, "mesh": "default", "name": name, "spec": spec}, REGISTRY)
+
+
+def config(snap: Any) -> dict[str, dict[str, Any]]:
+    return {t: {n: as_dict(r) for n, r in snap.of_type(t).items()} for t in TYPE_ORDER}
+
+
+def inbound(policies: list[Resource]) -> str:
+    return json.dumps(as_dict(snapshots(policies)["frontend-1"].of_type(LISTENER)[INBOUND]))
+
+
+def file_logs(policies: list[Resource], listener: str = INBOUND) -> list[str]:
+    """The paths of the file access logs on a listener of frontend-1, in order."""
+    found = as_dict(snapshots(policies)["frontend-1"].of_type(LISTENER)[listener])
+    out: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("name") == "envoy.access_loggers.file":
+                out.append(node["typed_config"]["path"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(found)
+    return out
+
+
+def log(path: str) -> dict[str, Any]:
+    return {"backends": [{"type": "File", "file": {"path": path}}]}
+
+
+# --- one rule = one `from` entry of kind Mesh ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(DEFAULTS))
+def test_a_rule_gives_the_config_of_a_from_entry_of_kind_mesh(kind: str) -> None:
+    default = DEFAULTS[kind]
+    rules = policy(kind, {"targetRef": FRONTEND, "rules": [{"default": default}]})
+    from_ = policy(kind, {"targetRef": FRONTEND, "from": [{"targetRef": {"kind": "Mesh"}, "default": default}]})
+    base, by_rules, by_from = snapshots([]), snapshots([rules]), snapshots([from_])
+    assert config(by_rules["frontend-1"]) == config(by_from["frontend-1"]) != config(base["frontend-1"])
+    assert config(by_rules["cache-client-1"]) == config(base["cache-client-1"])  # not selected
+
+
+# --- MeshRateLimit: rules merge, the later (more specific) overriding --------------------------------------------
+
+
+def test_rate_limit_rules_merge_as_from_entries_do() -> None:
+    wide = {"local": {"http": {"requestRate": {"num": 100, "interval": "1s"}}}}
+    narrow = {"local": {"http": {"requestRate": {"num": 3, "interval": "1s"}}}}
+    mesh_rules = policy("MeshRateLimit", {"rules": [{"default": wide}]}, "mesh-wide")
+    frontend_rules = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [{"default": narrow}]}, "frontend")
+    mesh_from = policy("MeshRateLimit", {"from": [{"targetRef": {"kind": "Mesh"}, "default": wide}]}, "mesh-wide")
+    two_rules = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [{"default": wide}, {"default": narrow}]})
+    got = inbound([mesh_rules, frontend_rules])
+    assert '"max_tokens": 3' in got and '"max_tokens": 100' not in got
+    assert got == inbound([mesh_from, frontend_rules]) == inbound([two_rules])
+
+
+# --- MeshAccessLog: inbound backends add up, outbound `to` replaces ---------------------------------------------
+
+
+def test_access_log_inbound_backends_of_every_rule_and_policy_add_up() -> None:
+    mesh_wide = policy("MeshAccessLog", {"rules": [{"default": log("/tmp/a-mesh.log")}]}, "mesh-wide")
+    frontend = policy("MeshAccessLog", {"targetRef": FRONTEND, "rules": [
+        {"default": log("/tmp/b-first.log")}, {"default": log("/tmp/c-second.log")}]}, "frontend")
+    # less specific policy first, then the rules in written order (Kuma's order of inbound rules)
+    assert file_logs([frontend, mesh_wide]) == ["/tmp/a-mesh.log", "/tmp/b-first.log", "/tmp/c-second.log"]
+
+
+def test_access_log_from_entries_add_up_too_and_equal_rules() -> None:
+    """Kuma 2.14 treats MeshAccessLog's `from` entries as rules: the same fan-out, the same Envoy config."""
+    def both(form: str) -> list[Resource]:
+        def item(path: str) -> dict[str, Any]:
+            return {"default": log(path)} if form == "rules" else {"targetRef": {"kind": "Mesh"}, "default": log(path)}
+        return [policy("MeshAccessLog", {form: [item("/tmp/a-mesh.log")]}, "mesh-wide"),
+                policy("MeshAccessLog", {"targetRef": FRONTEND, form: [item("/tmp/b.log")]}, "frontend")]
+    assert file_logs(both("from")) == ["/tmp/a-mesh.log", "/tmp/b.log"]
+    assert inbound(both("from")) == inbound(both("rules"))
+
+
+def test_access_log_equal_specificity_orders_by_name_descending() -> None:
+    a = policy("MeshAccessLog", {"rules": [{"default": log("/tmp/from-a.log")}]}, "a")
+    b = policy("MeshAccessLog", {"rules": [{"default": log("/tmp/from-b.log")}]}, "b")
+    assert file_logs([a, b]) == file_logs([b, a]) == ["/tmp/from-b.log", "/tmp/from-a.log"]
+
+
+def test_access_log_outbound_to_still_replaces() -> None:
+    mesh_wide = policy("MeshAccessLog", {"to": [{"targetRef": {"kind": "Mesh"}, "default": log("/tmp/out-mesh.log")}]},
+                       "mesh-wide")
+    frontend = policy("MeshAccessLog", {"targetRef": FRONTEND, "to": [
+        {"targetRef": {"kind": "Mesh"}, "default": log("/tmp/out-frontend.log")}]}, "frontend")
+    assert file_logs([mesh_wide, frontend], "outbound:127.0.0.1:20000") == ["/tmp/out-frontend.log"]
+
+
+def test_access_log_rules_with_an_otel_backend_get_the_collector_cluster() -> None:
+    otel = {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "127.0.0.1:4317"}}]}
+    snap = snapshots([policy("MeshAccessLog", {"targetRef": FRONTEND, "rules": [{"default": otel}]})])["frontend-1"]
+    clusters = config(snap)
+    assert any("meshaccesslog:opentelemetry:127.0.0.1:4317" in names for names in clusters.values())
+
+
+# --- MeshFaultInjection: every rule's faults; rules make other policies' `from` entries moot -------------------
+
+
+def fault_count(policies: list[Resource]) -> int:
+    return inbound(policies).count('"name": "envoy.filters.http.fault"')
+
+
+def test_fault_injection_rules_add_up_in_order() -> None:
+    abort = {"http": [{"abort": {"httpStatus": 500, "percentage": 50}}]}
+    delay = {"http": [{"delay": {"value": "3s", "percentage": 20}}]}
+    two_rules = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [{"default": abort},
+                                                                              {"default": delay}]})
+    got = inbound([two_rules])
+    assert fault_count([two_rules]) == 2 and got.index('"http_status": 500') < got.index('"fixed_delay": "3s"')
+    # the same as one rule listing both faults (each fault is its own filter either way)
+    one_rule = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [
+        {"default": {"http": [*abort["http"], *delay["http"]]}}]})
+    assert got == inbound([one_rule])
+
+
+def test_fault_injection_from_entries_are_ignored_where_a_policy_with_rules_applies() -> None:
+    by_rules = policy("MeshFaultInjection", {"rules": [{"default": {"http": [
+        {"abort": {"httpStatus": 500, "percentage": 50}}]}}]}, "by-rules")
+    by_from = policy("MeshFaultInjection", {"targetRef": FRONTEND, "from": [
+        {"targetRef": {"kind": "MeshService", "name": "web"},
+         "default": {"http": [{"delay": {"value": "9s", "percentage": 100}}]}}]}, "by-from")
+    got = inbound([by_rules, by_from])
+    assert '"fixed_delay": "9s"' not in got and '"http_status": 500' in got
+    assert got == inbound([by_rules])
+    assert '"fixed_delay": "9s"' in inbound([by_from])  # alone, the `from` policy does apply
+
+
+# --- verdicts, with the field paths Kuma 2.14 reports -------------------------------------------------------------
+
+NOT_YET = "a Kuma field kuma-vm does not support yet"
+CASES: list[tuple[str, str, dict[str, Any], str | None, str | None]] = [
+    # MeshAccessLog
+    ("mal-rules", "MeshAccessLog", {"rules": [{"default": LOG}]}, None, None),
+    ("mal-rules-dataplane", "MeshAccessLog", {"targetRef": {"kind": "Dataplane", "labels": {"app": "frontend"}},
+                                              "rules": [{"default": LOG}]}, None, None),
+    ("mal-rules-empty-backends", "MeshAccessLog", {"rules": [{"default": {"backends": []}}]}, None, None),
+    ("mal-rules-and-to", "MeshAccessLog", {"rules": [{"default": LOG}], "to": [
+        {"targetRef": {"kind": "Mesh"}, "default": LOG}]}, "spec", "fields 'to' and 'from' must be empty"),
+    ("mal-rules-and-from", "MeshAccessLog", {"rules": [{"default": LOG}], "from": [
+        {"targetRef": {"kind": "Mesh"}, "default": LOG}]}, "spec", "fields 'to' and 'from' must be empty"),
+    ("mal-rules-empty", "MeshAccessLog", {"rules": []}, "spec", "at least one of 'from', 'to' or 'rules'"),
+    ("mal-rule-matches", "MeshAccessLog", {"rules": [{"matches": SPIFFE, "default": LOG}]},
+     "spec.rules[0].matches", NOT_YET),
+    ("mal-rule-bad-backend", "MeshAccessLog", {"rules": [{"default": {"backends": [{"type": "File"}]}}]},
+     "spec.rules[0].default.backends[0].file", "must be set with type File"),
+    ("mal-rule-bad-format", "MeshAccessLog", {"rules": [{"default": {"backends": [{"type": "File", "file": {
+        "path": "/tmp/x.log", "format": {"type": "Plain", "plain": "%NOT_AN_OPERATOR%"}}}]}}]},
+     "spec.rules[0].default.backends[0].file.format.plain", None),
+    ("mal-rule-no-default", "MeshAccessLog", {"rules": [{}]}, "spec.rules[0].default", None),
+    ("mal-rules-top-gateway", "MeshAccessLog", {"targetRef": {"kind": "MeshGateway", "name": "edge"},
+                                                "rules": [{"default": LOG}]}, "spec.targetRef.kind", None),
+    # MeshFaultInjection
+    ("mfi-rules", "MeshFaultInjection", {"rules": [{"default": FAULTS}]}, None, None),
+    ("mfi-rules-and-from", "MeshFaultInjection", {"rules": [{"default": FAULTS}], "from": [
+        {"targetRef": {"kind": "Mesh"}, "default": FAULTS}]}, "spec", "field 'from' must be empty"),
+    ("mfi-rules-and-empty-from", "MeshFaultInjection", {"rules": [{"default": FAULTS}], "from": []}, None, None),
+    ("mfi-rule-matches", "MeshFaultInjection", {"rules": [{"matches": SPIFFE, "default": FAULTS}]},
+     "spec.rules[0].matches", NOT_YET),
+    ("mfi-rule-bad-status", "MeshFaultInjection", {"rules": [{"default": {"http": [
+        {"abort": {"httpStatus": 99, "percentage": 5}}]}}]}, "spec.rules[0].default.http[0].abort.httpStatus", None),
+    ("mfi-rule-bad-percentage", "MeshFaultInjection", {"rules": [{"default": {"http": [
+        {"delay": {"value": "1s", "percentage": 101}}]}}]}, "spec.rules[0].default.http[0].delay.percentage", None),
+    ("mfi-rule-empty-fault", "MeshFaultInjection", {"rules": [{"default": {"http": [{}]}}]},
+     "spec.rules[0].default.http[0]", "this fault does nothing"),
+    # MeshRateLimit
+    ("mrl-rules", "MeshRateLimit", {"rules": [{"default": LIMIT}]}, None, None),
+    ("mrl-rules-and-from", "MeshRateLimit", {"rules": [{"default": LIMIT}], "from": [
+        {"targetRef": {"kind": "Mesh"}, "default": LIMIT}]}, "spec", "fields 'to' and 'from' must be empty"),
+    ("mrl-rule-matches", "MeshRateLimit", {"rules": [{"matches": SPIFFE, "default": LIMIT}]},
+     "spec.rules[0].matches", NOT_YET),
+    ("mrl-rule-no-local", "MeshRateLimit", {"rules": [{"default": {}}]}, "spec.rules[0].default.local",
+     "must be defined"),
+    ("mrl-rule-short-interval", "MeshRateLimit", {"rules": [{"default": {"local": {"tcp": {
+        "connectionRate": {"num": 1, "interval": "10ms"}}}}}]},
+     "spec.rules[0].default.local.tcp.connectionRate.interval", None),
+    ("mrl-rule-empty-http", "MeshRateLimit", {"rules": [{"default": {"local": {"http": {}}}}]},
+     "spec.rules[0].default.local.http", "must have at least one defined"),
+    ("mrl-rules-top-route", "MeshRateLimit", {"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
+                                              "rules": [{"default": LIMIT}]}, "spec.targetRef.kind", None),
+]
+
+
+@pytest.mark.parametrize("kind, spec, field, reason", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_rules_verdicts_match_kuma(kind: str, spec: dict[str, Any], field: str | None, reason: str | None) -> None:
+    doc = {"type": kind, "mesh": "default", "name": "p", "spec": spec}
+    if field is None:
+        from_wire(doc, REGISTRY)
+        return
+    with pytest.raises(ResourceValidationError) as e:
+        from_wire(doc, REGISTRY)
+    found = {p.field: p.reason for p in e.value.invalid}
+    assert field in found, found
+    if reason is not None:
+        assert reason in found[field], found
+    if reason == NOT_YET:
+        assert found[field].startswith(f"{NOT_YET}: matches"), found
