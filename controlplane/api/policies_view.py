@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.policies._clients import PER_CLIENT_TYPES, client_rules, describe
+from controlplane.policies._inbound_view import INBOUND_VIEWS
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ListQuery, ResourceStore
@@ -120,7 +121,9 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
                 continue
             item: dict[str, Any] = {"inbound": f"{inbound.address or spec.networking.address}:{inbound.port}",
                                     "service": inbound.service, "entries": _entries(entries)}
-            if rtype.name in PER_CLIENT_TYPES:  # merged per client service, as the plugin renders them
+            if (view := INBOUND_VIEWS.get(rtype.name)) is not None:  # entries that add up rather than merge
+                item.update(view(entries, matched))
+            elif rtype.name in PER_CLIENT_TYPES:  # merged per client service, as the plugin renders them
                 item["clients"] = describe(client_rules(entries))
             elif rtype.name != "MeshTrafficPermission":  # its entries match clients, they do not merge into one
                 merged = rules.from_conf(rtype.name, dataplane, inbound)

@@ -86,6 +86,7 @@ from kuma_shared.access_logs import access_log_pipe
 from ._access_log_format import check_format_text, interpolate
 from ._checks import InboundRule, check_from, check_rules, check_to, rules_as_from
 from ._collectors import check_endpoint, collector_cluster, endpoint_of
+from ._inbound_view import origins, register_inbound_view
 
 POLICY = "MeshAccessLog"
 FILE_LOGGER = "envoy.access_loggers.file"
@@ -424,6 +425,13 @@ def inbound_backends(entries: Sequence[Entry]) -> list[dict[str, Any]]:
     its own backends, so the lists add up (policies in precedence order, entries in written order) instead of
     the most specific replacing the others, as they do for `to`."""
     return [backend for e in entries for backend in e.conf.get("backends") or ()]
+
+
+def _inbound_view(entries: Sequence[Entry], matched: Sequence[Resource]) -> dict[str, Any]:
+    return {"conf": {"backends": inbound_backends(entries)}, "origins": origins(entries)}
+
+
+register_inbound_view(POLICY, _inbound_view)
 
 
 def _own_service(ctx: ProxyContext) -> str:

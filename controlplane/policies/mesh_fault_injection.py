@@ -43,7 +43,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.type.v3 import percent_pb2
 from pydantic import Field
 
-from controlplane.resources.base import ResourceType, Scope, Spec, register
+from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
@@ -73,8 +73,9 @@ from ._checks import (
     refuse_to,
     rules_as_from,
 )
-from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, register_per_client
+from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, describe, register_per_client
 from ._http_filters import add_http_filters
+from ._inbound_view import origins, register_inbound_view
 
 POLICY = "MeshFaultInjection"
 FROM_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
@@ -231,11 +232,21 @@ def rule_fault_filters(confs: Sequence[str]) -> list[hcm_pb2.HttpFilter]:
             for conf in confs for fault in json.loads(conf).get("http") or ()]
 
 
-def _rule_confs(ctx: ProxyContext, entries: Sequence[Entry]) -> tuple[str, ...]:
-    """The defaults of the rules (not `from` entries) among these entries, in precedence order."""
-    with_rules = {p.meta.name for p in ctx.rules.matched(POLICY, ctx.dataplane) if getattr(p.spec, "rules", None)}
-    return tuple(json.dumps(e.conf, sort_keys=True, separators=(",", ":")) for e in entries
-                 if e.policy in with_rules)
+def rule_entries(entries: Sequence[Entry], matched: Sequence[Resource]) -> list[Entry]:
+    """The entries that are rules (of policies with `rules`), in precedence order."""
+    with_rules = {p.meta.name for p in matched if getattr(p.spec, "rules", None)}
+    return [e for e in entries if e.policy in with_rules]
+
+
+def _inbound_view(entries: Sequence[Entry], matched: Sequence[Resource]) -> dict[str, Any]:
+    rules = rule_entries(entries, matched)
+    if not rules:
+        return {"clients": describe(client_rules(entries))}
+    faults = [fault for e in rules for fault in e.conf.get("http") or ()]
+    return {"clients": [{"clients": "every client", "conf": {"http": faults}}], "origins": origins(rules)}
+
+
+register_inbound_view(POLICY, _inbound_view)
 
 
 class FaultInjectionPlugin(PolicyPlugin):
@@ -246,9 +257,9 @@ class FaultInjectionPlugin(PolicyPlugin):
         entries = ctx.rules.from_entries(POLICY, ctx.dataplane, inbound)
         # Kuma 2.14 (MeshFaultInjection is not `is_from_as_rules`): once a policy with rules selects the
         # inbound, its faults come from the rules alone, and `from` entries of other policies are ignored.
-        rule_confs = _rule_confs(ctx, entries)
-        if rule_confs:
-            return ("rules", rule_confs)
+        rules_only = rule_entries(entries, ctx.rules.matched(POLICY, ctx.dataplane))
+        if rules_only:
+            return ("rules", tuple(json.dumps(e.conf, sort_keys=True, separators=(",", ":")) for e in rules_only))
         rules = client_rules(entries)
         return None if rules is None else (ctx.mesh, rules)
 

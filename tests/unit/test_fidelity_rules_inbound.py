@@ -239,3 +239,38 @@ def test_rules_verdicts_match_kuma(kind: str, spec: dict[str, Any], field: str |
         assert reason in found[field], found
     if reason == NOT_YET:
         assert found[field].startswith(f"{NOT_YET}: matches"), found
+
+
+# --- the inspect API shows what the inbound gets, not a merge Kuma does not do ------------------------------------
+
+
+def inspected(policies: list[Resource], kind: str) -> dict[str, Any]:
+    from controlplane.api.policies_view import inspect
+    from tests.unit.test_policy_plugins import fixture_dataplanes
+    from tests.unit.xds_fixtures import mesh, topology
+
+    dataplanes = fixture_dataplanes()
+    frontend = next(d for d in dataplanes if d.meta.name == "frontend-1")
+    sections = {s["type"]: s for s in inspect(topology(mesh(), dataplanes, policies), frontend)["policyTypes"]}
+    inbounds = sections[kind]["inbounds"]
+    assert len(inbounds) == 1
+    return dict(inbounds[0])
+
+
+def test_inspect_shows_access_log_backends_added_up() -> None:
+    mesh_wide = policy("MeshAccessLog", {"rules": [{"default": log("/tmp/a-mesh.log")}]}, "mesh-wide")
+    frontend = policy("MeshAccessLog", {"targetRef": FRONTEND, "rules": [{"default": log("/tmp/b.log")}]}, "frontend")
+    shown = inspected([mesh_wide, frontend], "MeshAccessLog")
+    assert shown["conf"] == {"backends": [*log("/tmp/a-mesh.log")["backends"], *log("/tmp/b.log")["backends"]]}
+    assert shown["origins"] == ["mesh-wide", "frontend"]
+
+
+def test_inspect_shows_fault_injection_rules_in_order_for_every_client() -> None:
+    by_rules = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [{"default": FAULTS}]}, "by-rules")
+    by_from = policy("MeshFaultInjection", {"from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": [
+        {"delay": {"value": "9s", "percentage": 100}}]}}]}, "by-from")
+    shown = inspected([by_rules, by_from], "MeshFaultInjection")
+    assert shown["clients"] == [{"clients": "every client", "conf": FAULTS}]
+    assert shown["origins"] == ["by-rules"]
+    assert inspected([by_from], "MeshFaultInjection")["clients"] == [
+        {"clients": "every client", "conf": {"http": [{"delay": {"value": "9s", "percentage": 100}}]}}]
