@@ -293,6 +293,8 @@ class Conf(Spec):
     backends: list[Backend] | None = None
 
     def check(self, v: Violations, path: str) -> None:
+        if self.backends is None:  # Kuma 2.14 too ('must be defined')
+            v.add(f"{path}.backends", "must be defined: list the backends to log to (an empty list logs nothing)")
         for i, backend in enumerate(self.backends or ()):
             backend.check(v, f"{path}.backends[{i}]")
 

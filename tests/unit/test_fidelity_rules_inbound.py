@@ -192,6 +192,10 @@ CASES: list[tuple[str, str, dict[str, Any], str | None, str | None]] = [
         "path": "/tmp/x.log", "format": {"type": "Plain", "plain": "%NOT_AN_OPERATOR%"}}}]}}]},
      "spec.rules[0].default.backends[0].file.format.plain", None),
     ("mal-rule-no-default", "MeshAccessLog", {"rules": [{}]}, "spec.rules[0].default", None),
+    ("mal-rule-no-backends", "MeshAccessLog", {"rules": [{"default": {}}]}, "spec.rules[0].default.backends",
+     "must be defined"),
+    ("mal-to-no-backends", "MeshAccessLog", {"to": [{"targetRef": {"kind": "Mesh"}, "default": {}}]},
+     "spec.to[0].default.backends", "must be defined"),
     ("mal-rules-top-gateway", "MeshAccessLog", {"targetRef": {"kind": "MeshGateway", "name": "edge"},
                                                 "rules": [{"default": LOG}]}, "spec.targetRef.kind", None),
     # MeshFaultInjection
