@@ -10,7 +10,8 @@ of an updated EDS cluster is sent again. ACKs are read and otherwise ignored (a 
     python bench/bare_ads.py --spec SPEC.json --cert server.crt --key server.key
 
 SPEC.json: {"resources": [R, ...], "nodes": {node_id: {"clusters": [name, ...], "listeners": [name, ...]}},
-            "default": {"clusters": [...], "listeners": [...]}}   (default: nodes not listed)
+            "default": {"clusters": [...], "listeners": [...]}, "prebuild": [R, ...]}
+(default: for nodes not listed; prebuild: descriptions the changes will set, built and serialised at start)
 R: {"type": "cluster", "name": N, "http2": bool}          an EDS cluster over ADS (its CLA is named N)
    {"type": "endpoints", "name": N, "ports": [p, ...]}    a ClusterLoadAssignment, 127.0.0.1:p each
    {"type": "listener", "name": N, "port": p, "cluster": C, "http2": bool}   HTTP connection manager -> C
@@ -59,6 +60,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 from google.protobuf.any_pb2 import Any as AnyPb
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.wrappers_pb2 import BoolValue
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -90,9 +92,11 @@ def build(spec: dict[str, Any]) -> bytes:
         hcm = HttpConnectionManager(
             stat_prefix=name,
             codec_type=HttpConnectionManager.HTTP2 if spec.get("http2") else HttpConnectionManager.AUTO,
-            route_config=RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
-                name=name, domains=["*"],
-                routes=[Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=spec["cluster"]))])]),
+            # not validated: an inbound listener routes to its local application, which has no cluster here
+            route_config=RouteConfiguration(
+                name=name, validate_clusters=BoolValue(value=False),
+                virtual_hosts=[VirtualHost(name=name, domains=["*"], routes=[
+                    Route(match=RouteMatch(prefix="/"), route=RouteAction(cluster=spec["cluster"]))])]),
             http_filters=[HttpFilter(name="envoy.filters.http.router", typed_config=router)])
         typed = AnyPb()
         typed.Pack(hcm)
@@ -124,6 +128,8 @@ class State:
         self.nonce = ""
         self.new_nonce()
         self.set(spec.get("resources", []))
+        for other in spec.get("prebuild", []):  # what the changes will set: built now, not while measured
+            self.built(other)
 
     def new_nonce(self) -> None:
         """One nonce per push: a nonce only needs to be unique on its stream, so every stream that gets the
@@ -131,14 +137,17 @@ class State:
         self.nonce = str(next(self._nonce))
         self.responses.clear()
 
+    def built(self, spec: dict[str, Any]) -> Res:
+        key = json.dumps(spec, sort_keys=True)
+        res = self._built.get(key)
+        if res is None:
+            body = build(spec)
+            res = self._built[key] = Res(spec["name"], body, hashlib.blake2b(body, digest_size=8).hexdigest())
+        return res
+
     def set(self, specs: list[dict[str, Any]]) -> None:
         for spec in specs:
-            key = json.dumps(spec, sort_keys=True)
-            res = self._built.get(key)
-            if res is None:
-                body = build(spec)
-                res = self._built[key] = Res(spec["name"], body, hashlib.blake2b(body, digest_size=8).hexdigest())
-            self.resources[TYPE_OF[spec["type"]]][res.name] = res
+            self.resources[TYPE_OF[spec["type"]]][spec["name"]] = self.built(spec)
 
     def wildcard_names(self, node_id: str, type_url: str) -> list[str]:
         sets = self.nodes.get(node_id, self.default)
