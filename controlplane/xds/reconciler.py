@@ -23,7 +23,7 @@ from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.resources.zone import ZONE_INGRESS
-from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
+from controlplane.store.base import ChangeEvent, NotFound, ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait, wait_set
 from kuma_shared.logs import ErrorLog
 
@@ -34,6 +34,7 @@ from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
 from .snapshot import InconsistentSnapshot
+from .store_view import ALL_MESHES, StoreView
 from .topology import MeshTopology, build_topology
 
 log = logging.getLogger("kuma.xds")
@@ -49,6 +50,7 @@ class Reconciler:
     def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
                  vips: VipView | None = None, supervisor: Supervisor | None = None, zone: str = "") -> None:
         self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
+        self.view = StoreView(store)  # what rebuilds list, kept current from the watch below
         self.zone = zone  # this control plane's zone: the kuma.io/zone of its dataplanes; others' are remote
         self.supervisor = supervisor or Supervisor()
         self.mesh_retries = RetrySchedule()  # meshes whose last rebuild failed
@@ -130,28 +132,36 @@ class Reconciler:
     async def _watch(self) -> None:
         policy_types = {t.name for t in REGISTRY.all() if t.is_policy}
         async with self.store.watch() as events:
-            # A restart after a crash may have missed events: look at every mesh again.
-            self._dirty.update(self.topologies)
-            self._dirty_all.update(self.topologies)
-            self._wake.set()
-            while True:
-                event: ChangeEvent = await events.get()
-                if event.op == "resync":
+            self.view.start_watching()
+            try:
+                await self._consume(events, policy_types)
+            finally:
+                self.view.stop_watching()
+
+    async def _consume(self, events: asyncio.Queue[ChangeEvent], policy_types: set[str]) -> None:
+        # A restart after a crash may have missed events: look at every mesh again.
+        self._dirty.update(self.topologies)
+        self._dirty_all.update(self.topologies)
+        self._wake.set()
+        while True:
+            event: ChangeEvent = await events.get()
+            self.view.on_event(event)  # before the wake-up: the rebuild it causes reads the change
+            if event.op == "resync":
+                self._dirty.update(self.topologies)
+                self._dirty_all.update(self.topologies)
+            elif event.type == "Mesh":
+                self._dirty.add(event.name)
+            elif event.type == INGRESS:
+                # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
+                # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
+                self._dirty_nodes.update(self.ingress_nodes)
+                if ingress_node_id(event.name) not in self.ingress_nodes:
                     self._dirty.update(self.topologies)
-                    self._dirty_all.update(self.topologies)
-                elif event.type == "Mesh":
-                    self._dirty.add(event.name)
-                elif event.type == INGRESS:
-                    # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
-                    # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
-                    self._dirty_nodes.update(self.ingress_nodes)
-                    if ingress_node_id(event.name) not in self.ingress_nodes:
-                        self._dirty.update(self.topologies)
-                elif event.type in _RELEVANT or event.type in policy_types:
-                    self._dirty.add(event.mesh)
-                else:
-                    continue
-                self._wake.set()
+            elif event.type in _RELEVANT or event.type in policy_types:
+                self._dirty.add(event.mesh)
+            else:
+                continue
+            self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -235,12 +245,12 @@ class Reconciler:
             mesh = await self.store.get(mesh_type, mesh_name)
         except NotFound:
             return None
-        dataplanes = (await self.store.list(dp_type, ListQuery(mesh=mesh_name))).items
-        ingresses = (await self.store.list(ZONE_INGRESS)).items
+        dataplanes = await self.view.list(dp_type, mesh_name)
+        ingresses = await self.view.list(ZONE_INGRESS, ALL_MESHES)
         policies: dict[str, list[Resource]] = {}
         for rtype in REGISTRY.all():
             if rtype.is_policy:
-                found = (await self.store.list(rtype, ListQuery(mesh=mesh_name))).items
+                found = await self.view.list(rtype, mesh_name)
                 if found:
                     policies[rtype.name] = found
         # Without a CA there is no safe config for an mTLS mesh: a CaError fails the rebuild, and the proxies
