@@ -77,6 +77,7 @@ class Reconciler:
         self._generation = 0
         self.on_identity: list[Callable[[str, IdentityCert], None]] = []  # for insights
         self.rebuilds = 0  # mesh rebuilds done (for tests and metrics)
+        self.last_pass_at = time.monotonic()  # when the latest pass that rebuilt something ended (gc_pacing)
 
     # --- component -----------------------------------------------------------------------------------------------
 
@@ -188,6 +189,13 @@ class Reconciler:
         self._dirty_nodes.update(self._renewals_due())
         meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
         self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
+        try:
+            await self._reconcile(meshes, nodes, everything)
+        finally:
+            if meshes or nodes:
+                self.last_pass_at = time.monotonic()
+
+    async def _reconcile(self, meshes: set[str], nodes: set[str], everything: set[str]) -> None:
         for mesh in sorted(meshes):
             await self._rebuild_mesh_guarded(mesh, everything=mesh in everything)
         if meshes:
