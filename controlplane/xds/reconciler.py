@@ -42,6 +42,9 @@ log = logging.getLogger("kuma.xds")
 # Types whose changes can alter Envoy config (insights and tokens' secrets do not... except CA secrets).
 _RELEVANT = {"Mesh", "Dataplane", "Secret"}
 INGRESS = "ZoneIngress"  # other zones' ingresses are endpoints of every mesh; ours have their own config
+# A mesh rebuild lets the event loop run after this many proxies, so the streams of the proxies done so far
+# start sending (gRPC encrypts and writes in its own threads, on the other core) while the rest are built.
+YIELD_EVERY = 50
 
 
 class Reconciler:
@@ -299,7 +302,9 @@ class Reconciler:
         memo = self.memos[mesh_name]
         memo.reset_counters()
         changed = 0
-        for node_id in affected:
+        for i, node_id in enumerate(affected):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             changed += await self._rebuild_proxy(node_id)
         self.rebuilds += 1
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
@@ -329,6 +334,8 @@ class Reconciler:
         return out
 
     async def _rebuild_proxy(self, node_id: str) -> int:
+        if node_id not in self.connected:
+            return 0  # disconnected while the pass ran (it yields): nothing to keep for it
         mesh_name, name = split_node_id(node_id)
         topo = self.topologies.get(mesh_name)
         if topo is None:
@@ -339,6 +346,8 @@ class Reconciler:
         memo = self.memos[mesh_name]
         try:
             identity = await self._identity(topo, dataplane, node_id)
+            if node_id not in self.connected:
+                return 0  # disconnected while its certificate was issued
             vips = self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
             ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=memo, vips=vips)
             with memo.for_proxy(node_id):

@@ -209,3 +209,35 @@ async def test_the_reconciler_rereads_only_the_dataplane_a_change_names() -> Non
     finally:
         await reconciler.stop()
         await store.close()
+
+
+async def test_a_proxy_that_disconnects_while_a_rebuild_yields_gets_nothing_and_holds_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mesh rebuild lets the streams run every few proxies; a proxy that disconnects meanwhile must not get a
+    snapshot (nobody would clear it) nor keep resources in the memo."""
+    from controlplane.xds import reconciler as reconciler_module
+
+    monkeypatch.setattr(reconciler_module, "YIELD_EVERY", 1)
+    store = MemoryStore()
+    await store.start()
+    cache = SnapshotCache()
+    reconciler = Reconciler(store, cache, CaManager(store), debounce=0.001)
+    try:
+        await store.create(mesh("m"))
+        for i in range(5):
+            await store.create(dataplane(f"dp-{i}", f"svc-{i}", port=10000 + i, service_port=11000 + i,
+                                         mesh_name="m", outbounds=((20000, "svc-0"),)))
+            reconciler.proxy_connected(f"m.dp-{i}")
+        task = asyncio.create_task(reconciler.reconcile_once())
+        async with asyncio.timeout(5):
+            while cache.get_snapshot("m.dp-0") is None:
+                await asyncio.sleep(0)
+        assert cache.get_snapshot("m.dp-4") is None  # not built yet: the pass is between proxies
+        reconciler.proxy_disconnected("m.dp-4")
+        await task
+        assert all(cache.get_snapshot(f"m.dp-{i}") is not None for i in range(4))
+        assert cache.get_snapshot("m.dp-4") is None
+        assert "m.dp-4" not in reconciler.memos["m"]._by_proxy
+        assert "m.dp-4" not in reconciler.uses
+    finally:
+        await store.close()
