@@ -9,6 +9,12 @@ collection itself once the reconciler has been quiet for `quiet` seconds after a
 `min_interval` seconds, and only when a pass ran since the last one (an idle control plane spends nothing).
 A control plane that is never quiet still gets one every `max_interval` seconds, so cyclic garbage stays
 bounded. Stopping restores the thresholds it found.
+
+A full collection then freezes what survived it (`gc.freeze()`, as the runtime does once at start), so the
+next one scans only what was allocated since, not every long-lived dataplane, snapshot and stream again (a
+full collection of a 1000-proxy heap was 300-700 ms of CPU). A frozen object that later becomes part of
+unreachable cycle stays until the next unfrozen collection: every `thaw_every`-th collection unfreezes
+everything first, so such garbage is bounded too.
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ class CollectionPacer:
     name = "gc-pacer"
 
     def __init__(self, last_activity: Callable[[], float], *, quiet: float = 1.0, min_interval: float = 10.0,
-                 max_interval: float = 120.0, supervisor: Supervisor | None = None) -> None:
-        if not (quiet > 0 and 0 < min_interval <= max_interval):
-            raise ValueError("gc pacing needs 0 < quiet and 0 < min_interval <= max_interval")
+                 max_interval: float = 120.0, thaw_every: int = 30, supervisor: Supervisor | None = None) -> None:
+        if not (quiet > 0 and 0 < min_interval <= max_interval and thaw_every >= 1):
+            raise ValueError("gc pacing needs 0 < quiet, 0 < min_interval <= max_interval and thaw_every >= 1")
+        self.thaw_every = thaw_every
         self.last_activity = last_activity  # monotonic time of the reconciler's latest pass
         self.quiet, self.min_interval, self.max_interval = quiet, min_interval, max_interval
         self.supervisor = supervisor or Supervisor()
@@ -69,12 +76,16 @@ class CollectionPacer:
     def collect(self) -> None:
         self._seen_activity = self.last_activity()
         started = time.perf_counter()
+        thaw = self.collections % self.thaw_every == 0
+        if thaw:
+            gc.unfreeze()
         found = gc.collect()
+        gc.freeze()
         self.last_pause_ms = (time.perf_counter() - started) * 1000
         self._last_full = time.monotonic()
         self.collections += 1
         log.debug("full garbage collection between pushes", extra={"ms": round(self.last_pause_ms, 1),
-                                                                     "collected": found})
+                                                                     "collected": found, "thawed": thaw})
 
     async def _loop(self) -> None:
         while True:

@@ -1,6 +1,7 @@
 """The collection pacer: full collections only after the reconciler has been quiet (and not more often than
-its minimum interval), never when nothing happened, always within the maximum interval; it switches the
-automatic full collections off while it runs and restores the thresholds it found."""
+its minimum interval), never when nothing happened, always within the maximum interval; survivors are frozen
+and every thaw_every-th collection unfreezes first; it switches the automatic full collections off while it
+runs and restores the thresholds it found."""
 
 from __future__ import annotations
 
@@ -39,9 +40,25 @@ def test_a_full_collection_waits_for_a_quiet_reconciler_and_the_minimum_interval
     clock.activity = 10.5
     assert not p.due(11.0)  # a pass ended 0.5 s ago: pushes may be going out
     assert p.due(11.6)
-    p.collect()
+    try:
+        p.collect()
+        assert gc.get_freeze_count() > 0  # what survived is out of the next collections' way
+    finally:
+        gc.unfreeze()
     assert p.collections == 1
     assert not p.due(50.0)  # no pass since
+
+
+def test_every_thaw_every_th_collection_unfreezes_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "collect", lambda: calls.append("collect") or 0)
+    p = CollectionPacer(lambda: 0.0, thaw_every=3)
+    for _ in range(6):
+        p.collect()
+    assert calls == ["unfreeze", "collect", "freeze", "collect", "freeze", "collect", "freeze",
+                     "unfreeze", "collect", "freeze", "collect", "freeze", "collect", "freeze"]
 
 
 def test_a_never_quiet_control_plane_still_collects_within_the_maximum_interval() -> None:
@@ -68,3 +85,5 @@ async def test_start_turns_automatic_full_collections_off_and_stop_restores_them
 def test_bad_intervals_are_refused() -> None:
     with pytest.raises(ValueError, match="min_interval"):
         CollectionPacer(lambda: 0.0, min_interval=10.0, max_interval=5.0)
+    with pytest.raises(ValueError, match="thaw_every"):
+        CollectionPacer(lambda: 0.0, thaw_every=0)
