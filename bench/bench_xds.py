@@ -1268,7 +1268,8 @@ def target_table(rows: list[dict[str, Any]]) -> str:
             if "aim" in row:
                 target += f" (aim {row['aim']:g}: {row['aim_verdict']})"
             if "aim" in row and row.get("x_run_floor") is not None:  # (a): the verdict is the same-run ratio
-                target = f"<= {TARGET_X_RUN_FLOOR:g}x bare (<= {row['target']:g} ms: {verdict(row['value'], row['target'])})"
+                absolute = verdict(row["value"], row["target"])
+                target = f"<= {TARGET_X_RUN_FLOOR:g}x bare (<= {row['target']:g} ms: {absolute})"
         table.append([
             row["what"], row.get("clock", ""), fmt_ms(row.get("p50")) if "p50" in row else "", value,
             row.get("unit", ""), target, row["verdict"],
