@@ -6,9 +6,9 @@ one off, so most changes had one inside (bench/bench_xds.py logs them). Here the
 are turned off (generation 0 and 1 still run, with a larger generation 0: fewer, still short, young
 collections during a push) and this component runs the full
 collection itself once the reconciler has been quiet for `quiet` seconds after a pass: at most every
-`min_interval` seconds, and only when a pass ran since the last one (an idle control plane spends nothing).
-A control plane that is never quiet still gets one every `max_interval` seconds, so cyclic garbage stays
-bounded. Stopping restores the thresholds it found.
+`min_interval` seconds, and only when a pass ran since the last one. Every `max_interval` seconds one runs
+whatever happened (a control plane that is never quiet, or one whose garbage comes from the API, insights or
+KDS rather than pushes), so cyclic garbage stays bounded. Stopping restores the thresholds it found.
 
 A full collection then freezes what survived it (`gc.freeze()`, as the runtime does once at start), so the
 next one scans only what was allocated since, not every long-lived dataplane, snapshot and stream again (a
@@ -65,12 +65,14 @@ class CollectionPacer:
             self._saved = None
 
     def due(self, now: float) -> bool:
-        activity = self.last_activity()
-        if activity == self._seen_activity:
-            return False  # nothing happened since the last full collection
         since_full = now - self._last_full
         if since_full >= self.max_interval:
+            # Also when no pass ran: other components (the API, insights, KDS) leave cyclic garbage too, and
+            # with automatic full collections off nothing else would ever collect it.
             return True
+        activity = self.last_activity()
+        if activity == self._seen_activity:
+            return False  # no push since the last full collection: wait for max_interval
         return since_full >= self.min_interval and now - activity >= self.quiet
 
     def collect(self) -> None:
