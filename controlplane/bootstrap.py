@@ -28,6 +28,7 @@ from controlplane.xds.bootstrap_service import BootstrapService
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.dpserver import DpServer, FanoutCallbacks, RefuseDataplanes
 from controlplane.xds.gc import DataplaneGc
+from controlplane.xds.gc_pacing import CollectionPacer
 from controlplane.xds.ingress_services import IngressServices
 from controlplane.xds.insights import InsightsRecorder
 from controlplane.xds.lifecycle import DataplaneLifecycle
@@ -58,6 +59,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                  vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
+    # full garbage collections between pushes, not inside them
+    runtime.add(CollectionPacer(lambda: reconciler.last_pass_at, supervisor=runtime.supervisor))
     # MeshMetric: where Prometheus scrapes each dataplane (MADS, port 5676) and what each kuma-dp publishes
     metrics_config = add_mads(runtime, auth)
     # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.

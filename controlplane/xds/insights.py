@@ -1,5 +1,9 @@
 """DataplaneInsight upkeep: stream callbacks update an in-memory record per dataplane; a flusher writes the
-changed ones to the store at most once per interval (an ACK per proxy per push must not be a store write)."""
+changed ones to the store at most once per interval (an ACK per proxy per push must not be a store write).
+
+The flusher waits one interval after the first change before writing, so the writes a push's responses and
+ACKs cause go out after the push instead of competing with it for the CPU (a push to 1000 proxies takes a
+few hundred ms)."""
 
 from __future__ import annotations
 
@@ -165,6 +169,8 @@ class InsightsRecorder:
         next_beat = loop.time() + self.heartbeat
         while True:
             await wait_set(self._wake, max(0.0, next_beat - loop.time()))
+            # Let the rest of the push (and its ACKs) happen first: one write per insight after it.
+            await asyncio.sleep(self.interval)
             self._wake.clear()
             if loop.time() >= next_beat:
                 self._beat()
@@ -173,7 +179,6 @@ class InsightsRecorder:
                 await self.flush()
             except Exception:
                 log.exception("writing dataplane insights failed; will retry")
-            await asyncio.sleep(self.interval)
 
     async def flush(self) -> None:
         for node_id, rec in list(self._records.items()):

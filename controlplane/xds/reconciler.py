@@ -23,7 +23,7 @@ from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.resources.zone import ZONE_INGRESS
-from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceStore
+from controlplane.store.base import ChangeEvent, NotFound, ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait, wait_set
 from kuma_shared.logs import ErrorLog
 
@@ -34,6 +34,7 @@ from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
 from .snapshot import InconsistentSnapshot
+from .store_view import ALL_MESHES, StoreView
 from .topology import MeshTopology, build_topology
 
 log = logging.getLogger("kuma.xds")
@@ -41,6 +42,9 @@ log = logging.getLogger("kuma.xds")
 # Types whose changes can alter Envoy config (insights and tokens' secrets do not... except CA secrets).
 _RELEVANT = {"Mesh", "Dataplane", "Secret"}
 INGRESS = "ZoneIngress"  # other zones' ingresses are endpoints of every mesh; ours have their own config
+# A mesh rebuild lets the event loop run after this many proxies, so the streams of the proxies done so far
+# start sending (gRPC encrypts and writes in its own threads, on the other core) while the rest are built.
+YIELD_EVERY = 50
 
 
 class Reconciler:
@@ -49,6 +53,7 @@ class Reconciler:
     def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
                  vips: VipView | None = None, supervisor: Supervisor | None = None, zone: str = "") -> None:
         self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
+        self.view = StoreView(store)  # what rebuilds list, kept current from the watch below
         self.zone = zone  # this control plane's zone: the kuma.io/zone of its dataplanes; others' are remote
         self.supervisor = supervisor or Supervisor()
         self.mesh_retries = RetrySchedule()  # meshes whose last rebuild failed
@@ -75,6 +80,7 @@ class Reconciler:
         self._generation = 0
         self.on_identity: list[Callable[[str, IdentityCert], None]] = []  # for insights
         self.rebuilds = 0  # mesh rebuilds done (for tests and metrics)
+        self.last_pass_at = time.monotonic()  # when the latest pass that rebuilt something ended (gc_pacing)
 
     # --- component -----------------------------------------------------------------------------------------------
 
@@ -130,28 +136,36 @@ class Reconciler:
     async def _watch(self) -> None:
         policy_types = {t.name for t in REGISTRY.all() if t.is_policy}
         async with self.store.watch() as events:
-            # A restart after a crash may have missed events: look at every mesh again.
-            self._dirty.update(self.topologies)
-            self._dirty_all.update(self.topologies)
-            self._wake.set()
-            while True:
-                event: ChangeEvent = await events.get()
-                if event.op == "resync":
+            self.view.start_watching()
+            try:
+                await self._consume(events, policy_types)
+            finally:
+                self.view.stop_watching()
+
+    async def _consume(self, events: asyncio.Queue[ChangeEvent], policy_types: set[str]) -> None:
+        # A restart after a crash may have missed events: look at every mesh again.
+        self._dirty.update(self.topologies)
+        self._dirty_all.update(self.topologies)
+        self._wake.set()
+        while True:
+            event: ChangeEvent = await events.get()
+            self.view.on_event(event)  # before the wake-up: the rebuild it causes reads the change
+            if event.op == "resync":
+                self._dirty.update(self.topologies)
+                self._dirty_all.update(self.topologies)
+            elif event.type == "Mesh":
+                self._dirty.add(event.name)
+            elif event.type == INGRESS:
+                # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
+                # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
+                self._dirty_nodes.update(self.ingress_nodes)
+                if ingress_node_id(event.name) not in self.ingress_nodes:
                     self._dirty.update(self.topologies)
-                    self._dirty_all.update(self.topologies)
-                elif event.type == "Mesh":
-                    self._dirty.add(event.name)
-                elif event.type == INGRESS:
-                    # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
-                    # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
-                    self._dirty_nodes.update(self.ingress_nodes)
-                    if ingress_node_id(event.name) not in self.ingress_nodes:
-                        self._dirty.update(self.topologies)
-                elif event.type in _RELEVANT or event.type in policy_types:
-                    self._dirty.add(event.mesh)
-                else:
-                    continue
-                self._wake.set()
+            elif event.type in _RELEVANT or event.type in policy_types:
+                self._dirty.add(event.mesh)
+            else:
+                continue
+            self._wake.set()
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -178,6 +192,13 @@ class Reconciler:
         self._dirty_nodes.update(self._renewals_due())
         meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
         self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
+        try:
+            await self._reconcile(meshes, nodes, everything)
+        finally:
+            if meshes or nodes:
+                self.last_pass_at = time.monotonic()
+
+    async def _reconcile(self, meshes: set[str], nodes: set[str], everything: set[str]) -> None:
         for mesh in sorted(meshes):
             await self._rebuild_mesh_guarded(mesh, everything=mesh in everything)
         if meshes:
@@ -235,12 +256,12 @@ class Reconciler:
             mesh = await self.store.get(mesh_type, mesh_name)
         except NotFound:
             return None
-        dataplanes = (await self.store.list(dp_type, ListQuery(mesh=mesh_name))).items
-        ingresses = (await self.store.list(ZONE_INGRESS)).items
+        dataplanes = await self.view.list(dp_type, mesh_name)
+        ingresses = await self.view.list(ZONE_INGRESS, ALL_MESHES)
         policies: dict[str, list[Resource]] = {}
         for rtype in REGISTRY.all():
             if rtype.is_policy:
-                found = (await self.store.list(rtype, ListQuery(mesh=mesh_name))).items
+                found = await self.view.list(rtype, mesh_name)
                 if found:
                     policies[rtype.name] = found
         # Without a CA there is no safe config for an mTLS mesh: a CaError fails the rebuild, and the proxies
@@ -281,7 +302,9 @@ class Reconciler:
         memo = self.memos[mesh_name]
         memo.reset_counters()
         changed = 0
-        for node_id in affected:
+        for i, node_id in enumerate(affected):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             changed += await self._rebuild_proxy(node_id)
         self.rebuilds += 1
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
@@ -311,6 +334,8 @@ class Reconciler:
         return out
 
     async def _rebuild_proxy(self, node_id: str) -> int:
+        if node_id not in self.connected:
+            return 0  # disconnected while the pass ran (it yields): nothing to keep for it
         mesh_name, name = split_node_id(node_id)
         topo = self.topologies.get(mesh_name)
         if topo is None:
@@ -321,6 +346,8 @@ class Reconciler:
         memo = self.memos[mesh_name]
         try:
             identity = await self._identity(topo, dataplane, node_id)
+            if node_id not in self.connected:
+                return 0  # disconnected while its certificate was issued
             vips = self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
             ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=memo, vips=vips)
             with memo.for_proxy(node_id):

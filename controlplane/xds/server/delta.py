@@ -25,6 +25,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, Delt
 
 from ..resources import CLUSTER, ENDPOINT, XdsResource
 from ..snapshot import WILDCARD_TYPES
+from .encoded import with_nonce
 from .stream import Stream, in_type_order, is_known, log
 
 WILDCARD = "*"
@@ -159,13 +160,21 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
     async def _respond(self, type_url: str, st: _TypeState, version: str, changed: list[XdsResource],
                        removed: list[str]) -> None:
         nonce = self.next_nonce()
-        response = DeltaDiscoveryResponse(system_version_info=version, type_url=type_url, nonce=nonce,
-                                          removed_resources=removed)
-        add = response.resources.add
+
+        def build() -> DeltaDiscoveryResponse:
+            response = DeltaDiscoveryResponse(system_version_info=version, type_url=type_url,
+                                              removed_resources=removed)
+            add = response.resources.add
+            for r in changed:
+                item = add(name=r.name, version=r.hash)
+                item.resource.type_url = type_url
+                item.resource.value = r.body
+            return response
+
+        # Every stream that gets this content shares its bytes; only the nonce is its own.
+        key = ("delta", type_url, version, tuple((r.name, r.hash) for r in changed), tuple(removed))
+        body = with_nonce(self.settings.responses.get(key, build), nonce)
         for r in changed:
-            item = add(name=r.name, version=r.hash)
-            item.resource.type_url = type_url
-            item.resource.value = r.body
             if type_url == CLUSTER and r.name in st.client:
                 self._rewarm(r)
             st.client[r.name] = r.hash
@@ -174,7 +183,7 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         st.outstanding[nonce] = version
         if len(st.outstanding) > _MAX_OUTSTANDING:
             del st.outstanding[next(iter(st.outstanding))]
-        await self.send(response, type_url, version, nonce, len(changed))
+        await self.send(body, type_url, version, nonce, len(changed))
 
     def _rewarm(self, cluster: XdsResource) -> None:
         """Envoy re-warms an updated EDS cluster and waits for its ClusterLoadAssignment to be sent again even

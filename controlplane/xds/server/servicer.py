@@ -6,15 +6,16 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
 from ..cache import SnapshotCache
 from ..callbacks import Authenticator, NoopCallbacks, StreamCallbacks
 from .delta import DeltaStream
+from .encoded import serialize
 from .sotw import SotwStream
 from .stream import Settings, Stream
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 # Kuma waits this long after a NACK before sending the same type again.
 DEFAULT_NACK_BACKOFF = 5.0
 
@@ -36,7 +37,18 @@ class AdsServicer:
         self._streams: set[Stream[Any]] = set()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        """What the generated `add_AggregatedDiscoveryServiceServicer_to_server` does, with a response
+        serializer that writes a stream's already encoded bytes (shared responses, see `encoded`) as they are."""
+        handlers = {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.StreamAggregatedResources, request_deserializer=DiscoveryRequest.FromString,
+                response_serializer=serialize),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.DeltaAggregatedResources, request_deserializer=DeltaDiscoveryRequest.FromString,
+                response_serializer=serialize),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(ADS_SERVICE, handlers),))
+        server.add_registered_method_handlers(ADS_SERVICE, handlers)
 
     @property
     def stream_count(self) -> int:

@@ -24,6 +24,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, Discovery
 
 from ..resources import CLUSTER, ENDPOINT, XdsResource
 from ..snapshot import WILDCARD_TYPES, Snapshot
+from .encoded import with_nonce
 from .stream import Stream, in_type_order, is_known, log
 
 WILDCARD = "*"
@@ -183,9 +184,15 @@ class SotwStream(Stream[DiscoveryRequest]):
     async def _respond(self, type_url: str, st: _TypeState, version: str, resources: list[XdsResource],
                        key: Any) -> None:
         nonce = self.next_nonce()
-        response = DiscoveryResponse(version_info=version, type_url=type_url, nonce=nonce)
-        add = response.resources.add
-        for r in resources:
-            add(type_url=type_url, value=r.body)
+
+        def build() -> DiscoveryResponse:
+            response = DiscoveryResponse(version_info=version, type_url=type_url)
+            add = response.resources.add
+            for r in resources:
+                add(type_url=type_url, value=r.body)
+            return response
+
+        # Every stream that gets this content shares its bytes; only the nonce is its own.
+        shared = self.settings.responses.get(("sotw", type_url, version, tuple(r.hash for r in resources)), build)
         st.nonce, st.sent_version, st.sent_key = nonce, version, key
-        await self.send(response, type_url, version, nonce, len(resources))
+        await self.send(with_nonce(shared, nonce), type_url, version, nonce, len(resources))

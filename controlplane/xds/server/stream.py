@@ -18,7 +18,7 @@ import itertools
 import logging
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 import grpc
@@ -28,6 +28,7 @@ from ..cache import SnapshotCache
 from ..callbacks import Authenticator, StreamCallbacks, XdsAuthError
 from ..resources import LISTENER, ROUTE, SHORT_NAMES, TYPE_ORDER
 from ..snapshot import Snapshot
+from .encoded import EncodedResponses
 
 log = logging.getLogger("kuma.xds")
 
@@ -53,6 +54,7 @@ class Settings:
     authenticator: Authenticator
     callbacks: StreamCallbacks
     nack_backoff: float
+    responses: EncodedResponses = field(default_factory=EncodedResponses)  # shared by every stream
 
 
 class StreamError(Exception):
@@ -251,12 +253,14 @@ class Stream(abc.ABC, Generic[RequestT]):
         self._timer_at = math.inf
         self._wake.set()
 
-    async def send(self, response: Any, type_url: str, version: str, nonce: str, resource_count: int) -> None:
-        """Write one response (state for its nonce must already be recorded: its ACK may race the write)."""
-        size = response.ByteSize()
+    async def send(self, response: bytes, type_url: str, version: str, nonce: str, resource_count: int) -> None:
+        """Write one encoded response (`encoded.with_nonce`); state for its nonce must already be recorded:
+        its ACK may race the write."""
+        size = len(response)
         self._safe(self.callbacks.on_response_sent, self.node_id, type_url, version, nonce, resource_count, size)
-        log.debug("xds response sent", extra={**self._extra(type_url, version, nonce),
-                                              "resources": resource_count, "bytes": size})
+        if log.isEnabledFor(logging.DEBUG):  # a push writes to every stream: no log record built for nothing
+            log.debug("xds response sent", extra={**self._extra(type_url, version, nonce),
+                                                  "resources": resource_count, "bytes": size})
         await self.context.write(response)
 
     def acked(self, type_url: str, version: str, nonce: str) -> None:
