@@ -19,11 +19,13 @@ Kuma 2.10+'s `rules[]` form (`rules: [{default: {http: [...]}}]`) injects faults
 2.14, where MeshFaultInjection's `from` entries are not rules, rules are not merged: each rule's faults are
 added after the previous rule's (policies in precedence order, rules in written order), and once a policy with
 rules selects an inbound, `from` entries of other policies are ignored there. One rule gives the Envoy config of
-a `from` entry of kind Mesh with the same default. A policy with `rules` cannot also have `from`; a rule's
-`matches` (by client SPIFFE ID or SNI) are not supported yet.
+a `from` entry of kind Mesh with the same default. A policy with `rules` cannot also have `from`. A rule's
+`matches` (Kuma 2.13+: `[{spiffeID: {type: Exact|Prefix, value}}]`, see `_rule_matches`) limit its faults to
+the callers any of them selects; Kuma's `sni` matcher is refused.
 
 Envoy effect (end of this module): on each inbound HTTP connection manager, one `envoy.filters.http.fault`
-per fault, before the router, with a header match on the client's SPIFFE ID for per-service rules.
+per fault, before the router, with a header match on the client's SPIFFE ID for per-service entries and for
+rules with matches.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ from controlplane.xds.generate.targeting import (
 )
 
 from ._checks import (
-    InboundRule,
     IntOrString,
     check_duration,
     check_from,
@@ -76,6 +77,14 @@ from ._checks import (
 from ._clients import ClientRules, check_client_ref, client_matchers, client_rules, describe, register_per_client
 from ._http_filters import add_http_filters
 from ._inbound_view import origins, register_inbound_view
+from ._rule_matches import (
+    MatchingInboundRule,
+    MatchKey,
+    caller_matcher,
+    check_rule_matches,
+    describe_matches,
+    match_key,
+)
 
 POLICY = "MeshFaultInjection"
 FROM_KINDS = (MESH, MESH_SUBSET, MESH_SERVICE, MESH_SERVICE_SUBSET)
@@ -154,7 +163,7 @@ class MeshFaultInjectionSpec(Spec):
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
-    rules: list[InboundRule[Conf]] | None = None
+    rules: list[MatchingInboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
@@ -167,6 +176,7 @@ class MeshFaultInjectionSpec(Spec):
         if self.rules and self.from_:  # unlike its other inbound policies, Kuma lets `to` be (gateways) here
             v.add(path, "field 'from' must be empty when 'rules' is defined")
         check_rules(v, path, self.rules, other=None)
+        check_rule_matches(v, path, self.rules)
 
     def inbound_items(self) -> list[Item[Conf]]:
         return [*(self.from_ or ()), *rules_as_from(self.rules)]
@@ -226,10 +236,21 @@ def fault_filters(mesh: str, rules: ClientRules) -> list[hcm_pb2.HttpFilter]:
     return out
 
 
-def rule_fault_filters(confs: Sequence[str]) -> list[hcm_pb2.HttpFilter]:
-    """Kuma 2.14's `rules`: every rule's faults, rule after rule, for every client (rules are not merged)."""
-    return [hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(fault_config(fault)))
-            for conf in confs for fault in json.loads(conf).get("http") or ()]
+# A rule as it renders: its `default` (canonical JSON) and the callers it applies to.
+RuleKey = tuple[str, MatchKey]
+
+
+def rule_fault_filters(rules: Sequence[RuleKey]) -> list[hcm_pb2.HttpFilter]:
+    """Kuma 2.14's `rules`: every rule's faults, rule after rule (rules are not merged), each for the callers its
+    matches select (every caller without matches)."""
+    out = []
+    for conf, matches in rules:
+        for fault in json.loads(conf).get("http") or ():
+            config = fault_config(fault)
+            if matches is not None:
+                config.headers.append(caller_matcher(matches))
+            out.append(hcm_pb2.HttpFilter(name=FAULT_FILTER, typed_config=pack(config)))
+    return out
 
 
 def rule_entries(entries: Sequence[Entry], matched: Sequence[Resource]) -> list[Entry]:
@@ -238,12 +259,24 @@ def rule_entries(entries: Sequence[Entry], matched: Sequence[Resource]) -> list[
     return [e for e in entries if e.policy in with_rules]
 
 
+def rule_keys(entries: Sequence[Entry], matched: Sequence[Resource]) -> list[RuleKey]:
+    """Each rule entry with its matches (an entry's index is its rule's: a policy with rules has no `from`)."""
+    by_name = {p.meta.name: p for p in matched}
+    out: list[RuleKey] = []
+    for e in rule_entries(entries, matched):
+        spec = by_name[e.policy].spec
+        assert isinstance(spec, MeshFaultInjectionSpec) and spec.rules is not None  # rule_entries: has rules
+        rules = spec.rules
+        out.append((json.dumps(e.conf, sort_keys=True, separators=(",", ":")), match_key(rules[e.index])))
+    return out
+
+
 def _inbound_view(entries: Sequence[Entry], matched: Sequence[Resource]) -> dict[str, Any]:
     rules = rule_entries(entries, matched)
     if not rules:
         return {"clients": describe(client_rules(entries))}
-    faults = [fault for e in rules for fault in e.conf.get("http") or ()]
-    return {"clients": [{"clients": "every client", "conf": {"http": faults}}], "origins": origins(rules)}
+    return {"clients": [{"clients": describe_matches(matches), "conf": json.loads(conf)}
+                        for conf, matches in rule_keys(entries, matched)], "origins": origins(rules)}
 
 
 register_inbound_view(POLICY, _inbound_view)
@@ -257,9 +290,9 @@ class FaultInjectionPlugin(PolicyPlugin):
         entries = ctx.rules.from_entries(POLICY, ctx.dataplane, inbound)
         # Kuma 2.14 (MeshFaultInjection is not `is_from_as_rules`): once a policy with rules selects the
         # inbound, its faults come from the rules alone, and `from` entries of other policies are ignored.
-        rules_only = rule_entries(entries, ctx.rules.matched(POLICY, ctx.dataplane))
+        rules_only = rule_keys(entries, ctx.rules.matched(POLICY, ctx.dataplane))
         if rules_only:
-            return ("rules", tuple(json.dumps(e.conf, sort_keys=True, separators=(",", ":")) for e in rules_only))
+            return ("rules", tuple(rules_only))
         rules = client_rules(entries)
         return None if rules is None else (ctx.mesh, rules)
 

@@ -8,12 +8,15 @@ What Kuma 2.14 does, and so kuma-vm (facts from kumahq/kuma v2.14.3, pkg/plugins
   backends of all of them add up (on outbounds, `to` still replaces);
 - MeshFaultInjection (not `is_from_as_rules`): every rule's faults run, rule after rule; once a policy with rules
   selects an inbound, other policies' `from` entries are ignored there;
-- `rules` excludes `from` and `to` (MeshFaultInjection: `from` only); a rule's `matches` are not supported yet.
+- `rules` excludes `from` and `to` (MeshFaultInjection: `from` only);
+- a rule's `matches` (`spiffeID` Exact/Prefix) limit a MeshFaultInjection rule to the callers they select; they are
+  not supported yet for MeshAccessLog and MeshRateLimit, nor is the `sni` matcher anywhere.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -170,6 +173,56 @@ def test_fault_injection_from_entries_are_ignored_where_a_policy_with_rules_appl
     assert '"fixed_delay": "9s"' in inbound([by_from])  # alone, the `from` policy does apply
 
 
+def fault_filters_of(policies: list[Resource]) -> list[dict[str, Any]]:
+    found = json.loads(inbound(policies))
+    out: list[dict[str, Any]] = []
+    for chain in found["filter_chains"]:
+        for f in chain["filters"]:
+            for h in f.get("typed_config", {}).get("http_filters", ()):
+                if h["name"] == "envoy.filters.http.fault":
+                    out.append(h["typed_config"])
+    return out
+
+
+def xfcc(uri: str) -> str:
+    """What the inbound's SANITIZE_SET writes for a caller whose first URI SAN is `uri`."""
+    return f"By=spiffe://default/frontend;Hash=0123abcd;URI={uri}"
+
+
+def test_fault_injection_rule_matches_limit_the_faults_to_those_callers() -> None:
+    abort = {"http": [{"abort": {"httpStatus": 503, "percentage": 100}}]}
+    delay = {"http": [{"delay": {"value": "2s", "percentage": 100}}]}
+    p = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [
+        {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}},
+                     {"spiffeID": {"type": "Prefix", "value": "spiffe://default/batch-"}}], "default": abort},
+        {"default": delay}]})
+    matched, everyone = fault_filters_of([p])
+    assert matched["abort"]["http_status"] == 503 and "headers" not in everyone  # written order, catch-all bare
+    [header] = matched["headers"]
+    assert header["name"] == "x-forwarded-client-cert" and header["treat_missing_header_as_empty"] is True
+    regex = re.compile(header["string_match"]["safe_regex"]["regex"])
+    selected = ["spiffe://default/web", "spiffe://default/batch-1", "spiffe://default/batch-"]
+    others = ["spiffe://default/web2", "spiffe://default/webx", "spiffe://default/batch", "spiffe://other/web",
+              "spiffe://default/frontend"]  # the last: our own `By=` never counts
+    assert all(regex.fullmatch(xfcc(uri)) for uri in selected)
+    assert not any(regex.fullmatch(xfcc(uri)) for uri in others)
+    assert not regex.fullmatch("")  # no mTLS, no header: the rule applies to nobody
+
+
+def test_fault_injection_rule_with_empty_matches_is_for_every_caller() -> None:
+    with_empty = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [{"matches": [], "default": FAULTS}]})
+    without = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [{"default": FAULTS}]})
+    assert inbound([with_empty]) == inbound([without])
+
+
+def test_fault_injection_rule_matches_shown_by_the_inspect_api() -> None:
+    p = policy("MeshFaultInjection", {"targetRef": FRONTEND, "rules": [{"matches": SPIFFE, "default": FAULTS},
+                                                                      {"default": FAULTS}]})
+    clients = inspected([p], "MeshFaultInjection")["clients"]
+    assert [c["clients"] for c in clients] == [SPIFFE, "every client"]
+    assert all(c["conf"] == FAULTS for c in clients)
+
+
 # --- verdicts, with the field paths Kuma 2.14 reports -------------------------------------------------------------
 
 NOT_YET = "a Kuma field kuma-vm does not support yet"
@@ -203,8 +256,24 @@ CASES: list[tuple[str, str, dict[str, Any], str | None, str | None]] = [
     ("mfi-rules-and-from", "MeshFaultInjection", {"rules": [{"default": FAULTS}], "from": [
         {"targetRef": {"kind": "Mesh"}, "default": FAULTS}]}, "spec", "field 'from' must be empty"),
     ("mfi-rules-and-empty-from", "MeshFaultInjection", {"rules": [{"default": FAULTS}], "from": []}, None, None),
-    ("mfi-rule-matches", "MeshFaultInjection", {"rules": [{"matches": SPIFFE, "default": FAULTS}]},
-     "spec.rules[0].matches", NOT_YET),
+    ("mfi-rule-matches", "MeshFaultInjection", {"rules": [{"matches": SPIFFE, "default": FAULTS}]}, None, None),
+    ("mfi-rule-matches-prefix", "MeshFaultInjection", {"rules": [{"matches": [
+        {"spiffeID": {"type": "Prefix", "value": "spiffe://default/"}}], "default": FAULTS}]}, None, None),
+    ("mfi-rule-matches-empty", "MeshFaultInjection", {"rules": [{"matches": [], "default": FAULTS}]}, None, None),
+    ("mfi-rule-matches-sni", "MeshFaultInjection", {"rules": [{"matches": [
+        {"sni": {"type": "Exact", "value": "backend.mesh"}}], "default": FAULTS}]}, "spec.rules[0].matches[0].sni",
+     "a Kuma field kuma-vm does not support yet: sni"),
+    ("mfi-rule-matches-no-spiffe-id", "MeshFaultInjection", {"rules": [{"matches": [{}], "default": FAULTS}]},
+     "spec.rules[0].matches[0].spiffeID", "is required"),
+    ("mfi-rule-matches-not-spiffe", "MeshFaultInjection", {"rules": [{"matches": [
+        {"spiffeID": {"type": "Exact", "value": "https://web"}}], "default": FAULTS}]},
+     "spec.rules[0].matches[0].spiffeID.value", "is not a SPIFFE ID"),
+    ("mfi-rule-matches-quoted-chars", "MeshFaultInjection", {"rules": [{"matches": [
+        {"spiffeID": {"type": "Exact", "value": "spiffe://default/web;x=1"}}], "default": FAULTS}]},
+     "spec.rules[0].matches[0].spiffeID.value", "is not a SPIFFE ID"),
+    ("mfi-rule-matches-bad-type", "MeshFaultInjection", {"rules": [{"matches": [
+        {"spiffeID": {"type": "PathPrefix", "value": "spiffe://default/web"}}], "default": FAULTS}]},
+     "spec.rules[0].matches[0].spiffeID.type", None),
     ("mfi-rule-bad-status", "MeshFaultInjection", {"rules": [{"default": {"http": [
         {"abort": {"httpStatus": 99, "percentage": 5}}]}}]}, "spec.rules[0].default.http[0].abort.httpStatus", None),
     ("mfi-rule-bad-percentage", "MeshFaultInjection", {"rules": [{"default": {"http": [

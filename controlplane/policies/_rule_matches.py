@@ -1,0 +1,100 @@
+"""Kuma 2.13+'s `rules[].matches` of inbound policies: which callers a rule applies to, by SPIFFE ID.
+
+Kuma's shape (api/common/v1alpha1 Match): `matches: [{spiffeID: {type: Exact|Prefix, value: spiffe://...}}]`;
+a rule applies to a caller that any of its matches selects, and a rule without `matches` to every caller.
+`Prefix` is a plain string prefix of the ID (as MeshTrafficPermission's). Kuma's other matcher, `sni`, is
+refused: kuma-vm's inbounds tell callers apart by their certificate.
+
+kuma-vm's callers present `spiffe://<mesh>/<service>` as the first URI SAN of their mTLS certificate, and the
+inbound connection manager writes it into `x-forwarded-client-cert` (SANITIZE_SET: a caller cannot forge it;
+see `_clients`). A rule's matches become one regex header matcher on that header, so an HTTP filter that takes
+header matchers (the fault filter) applies only to those callers. Without mTLS there is no header, and a rule
+with matches applies to nobody.
+
+Values are limited to the characters of a SPIFFE ID (letters, digits, '.', '-', '_', '/'; RFC: trust domain
+and path segments): Envoy quotes XFCC values holding ',', ';' or '=', which the matcher could not match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar
+
+from envoy.config.route.v3 import route_components_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from pydantic import Field
+
+from controlplane.resources.base import Spec
+from controlplane.resources.errors import Violations
+
+from ._checks import InboundRule
+from ._clients import XFCC
+
+RuleConf = TypeVar("RuleConf", bound=Spec)
+
+_SPIFFE_ID = re.compile(r"^spiffe://[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-/]*)?$")
+
+# A rule's matches as a memo key: ((type, value), ...) in written order; None for every caller.
+MatchKey = tuple[tuple[str, str], ...] | None
+
+
+class SpiffeIDMatch(Spec):
+    type: Literal["Exact", "Prefix"]
+    value: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if not _SPIFFE_ID.match(self.value):
+            v.add(f"{path}.value", f"{self.value!r} is not a SPIFFE ID kuma-vm can match: write 'spiffe://', a trust "
+                                   "domain and a path of letters, digits, '.', '-', '_' and '/' (kuma-vm's callers "
+                                   "are spiffe://<mesh>/<service>, e.g. spiffe://default/web)")
+
+
+class RuleMatch(Spec):
+    spiffe_id: SpiffeIDMatch | None = Field(default=None, alias="spiffeID")
+    sni: dict[str, Any] | None = None  # Kuma's SNI matcher: kept only to refuse it by name
+
+    def check(self, v: Violations, path: str) -> None:
+        if self.sni is not None:
+            v.add(f"{path}.sni", "a Kuma field kuma-vm does not support yet: sni (match callers by spiffeID)")
+        elif self.spiffe_id is None:
+            v.add(f"{path}.spiffeID", "is required: give the caller's SPIFFE ID (type Exact or Prefix, and value)")
+        else:
+            self.spiffe_id.check(v, f"{path}.spiffeID")
+
+
+class MatchingInboundRule(InboundRule[RuleConf]):
+    """An inbound rule whose `matches` kuma-vm renders (for the policies that take them)."""
+
+    kuma_unsupported = frozenset()
+    matches: list[RuleMatch] | None = None
+
+
+def check_rule_matches(v: Violations, path: str, rules: Sequence[MatchingInboundRule[Any]] | None) -> None:
+    for i, rule in enumerate(rules or ()):
+        for j, match in enumerate(rule.matches or ()):
+            match.check(v, f"{path}.rules[{i}].matches[{j}]")
+
+
+def match_key(rule: MatchingInboundRule[Any]) -> MatchKey:
+    if not rule.matches:
+        return None
+    return tuple((m.spiffe_id.type, m.spiffe_id.value) for m in rule.matches if m.spiffe_id is not None)
+
+
+def describe_matches(key: MatchKey) -> str | list[dict[str, Any]]:
+    """The callers a rule applies to, as the inspect API shows them."""
+    if key is None:
+        return "every client"
+    return [{"spiffeID": {"type": t, "value": value}} for t, value in key]
+
+
+def caller_matcher(key: tuple[tuple[str, str], ...]) -> route_components_pb2.HeaderMatcher:
+    """One header matcher for the callers any of the (validated) matches selects."""
+    # SANITIZE_SET writes `By=<ours>;Hash=<hash>;URI=<caller's first URI SAN>`: match the URI element, never
+    # our own `By=`, up to the next element or the end.
+    alternatives = [re.escape(value) + ("" if kind == "Exact" else "[^;,]*") for kind, value in key]
+    regex = f"(.*;)?URI=({'|'.join(alternatives)})([;,].*)?"
+    return route_components_pb2.HeaderMatcher(
+        name=XFCC, treat_missing_header_as_empty=True,
+        string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex)))
