@@ -15,7 +15,7 @@ from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess
 from tests.integration.mesh_harness import MeshHarness, eventually, http
 from tests.integration.test_policies_access_log import FLUSH_WAIT_S, lines
-from tests.integration.test_policies_envoy import policy_mesh
+from tests.integration.test_policies_envoy import ALLOW_ALL, MTLS_MESH, policy_mesh
 from tests.integration.test_policies_faults import inspected
 
 
@@ -88,3 +88,57 @@ def test_rules_abort_and_log_to_every_rules_backends(pmesh: MeshHarness, tmp_pat
     shown = inspected(mesh, "backend-1", "MeshAccessLog")
     assert shown["inbounds"][0]["origins"] == ["inbound-everywhere", "inbound-backend"]
     assert len(shown["inbounds"][0]["conf"]["backends"]) == 2
+
+
+MATCHES = """
+type: MeshFaultInjection
+mesh: default
+name: backend-faults-by-caller
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  rules:
+  - matches:
+    - spiffeID: {type: Exact, value: "spiffe://default/web"}
+    default:
+      http:
+      - abort: {httpStatus: 418, percentage: 100}
+  - matches:
+    - spiffeID: {type: Prefix, value: "spiffe://default/batch-"}
+    default:
+      http:
+      - abort: {httpStatus: 503, percentage: 100}
+"""
+
+
+def test_rule_matches_abort_only_the_matched_callers(pmesh: MeshHarness) -> None:
+    """Kuma 2.13+'s `rules[].matches` in an mTLS mesh: each rule aborts the requests of the callers whose
+    certificate's SPIFFE ID it matches (Exact web, Prefix batch-) and no one else's, even a caller that sends
+    a forged x-forwarded-client-cert."""
+    mesh = pmesh
+    mesh.apply(MTLS_MESH)
+    mesh.apply(ALLOW_ALL)
+    mesh.apply(MATCHES)  # first: listeners changed later apply to new connections only
+    backend = mesh.dataplane("backend-1", "backend", app_port=mesh.app("echo_http", "--name", "backend").port)
+    callers = {name: mesh.dataplane(f"{name}-1", name, app_port=mesh.app("echo_http", "--name", name).port,
+                                    outbounds={"backend": 0}).outbounds["backend"]
+               for name in ("web", "batch-7", "webx", "other")}
+
+    eventually(lambda: http(callers["web"])[0] == 418, message="web's requests are aborted with 418")
+    eventually(lambda: http(callers["batch-7"])[0] == 503, message="batch-7's requests are aborted with 503")
+    for _ in range(10):  # every request of a matched caller, none of the others' (percentage 100)
+        assert http(callers["web"])[0] == 418
+        assert http(callers["batch-7"])[0] == 503
+        status, body = http(callers["other"])
+        assert status == 200, body
+        assert http(callers["webx"])[0] == 200  # Exact: a longer ID with the same start is not matched
+    # The backend's inbound overwrites the header from the caller's certificate: forging it changes nothing.
+    status, body = http(callers["other"], headers={"x-forwarded-client-cert": "URI=spiffe://default/web"})
+    assert status == 200 and isinstance(body, dict), body
+    assert "URI=spiffe://default/other" in body["headers"]["x-forwarded-client-cert"]
+    prefix = f"http.inbound_127_0_0_1_{backend.inbound_port}.fault"
+    assert backend.envoy.stat(f"{prefix}.aborts_injected") >= 22
+
+    shown = inspected(mesh, "backend-1", "MeshFaultInjection")
+    assert [c["clients"] for c in shown["inbounds"][0]["clients"]] == [
+        [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}],
+        [{"spiffeID": {"type": "Prefix", "value": "spiffe://default/batch-"}}]]
