@@ -1,18 +1,22 @@
-"""playbooks/site.yml with the kuma_cp and kuma_dp roles against booted lab hosts, over ssh, with ansible-core
-from PyPI: a bookworm host runs the global control plane; another bookworm host the control plane of zone-1
-(joined to global: global's CA and a zone token issued on global, both placed by the role) and the dataplane
-`web` (kuma-dp@web); trixie (with systemd-resolved) the primary dataplane `backend` (kuma-dp.service, .mesh
-DNS). From bare hosts to traffic in one run, with zone-1's dataplanes on global and a policy applied on
-global in the zone; a second run changes nothing; --check --diff on the converged fleet reports nothing; a
-changed dataplane restarts only its own unit; a lost dataplane token and a zone token revoked on global are
-issued again; a bad variable fails before any host is touched. Cross-zone: a third bookworm host runs zone-2's
-control plane, `billing` and zone-2's ingress (kuma-dp@ingress-z2), zone-1's ingress runs beside `web`; with
-mTLS on the mesh, `curl http://billing.mesh/` on the trixie host of zone-1 reaches billing in zone-2 through
-the host's resolver, zone-1's Envoy and zone-2's ingress. Never against this machine."""
+"""playbooks/site.yml with the kuma_cp and kuma_dp roles against seven booted lab hosts (tests/lab/fleet.py's
+LAYOUT), over ssh, with ansible-core from PyPI and the inventory users run (`python -m tests.lab status --inventory
+lab`: hosts.yml next to playbooks/inventories/lab/group_vars): the global control plane; zone-1's and zone-2's
+control planes (joined to global: global's CA and a zone token issued on global, both placed by the role); one
+zone ingress per zone; in zone-1 a trixie host (systemd-resolved) with `backend` (the primary dataplane,
+kuma-dp.service, .mesh DNS) and `web` (kuma-dp@web); in zone-2 a bookworm host with `billing`.
+
+From bare hosts to traffic in one run, with zone-1's dataplanes on global and a policy applied on global in the
+zone; with mTLS on the mesh, `curl http://billing.mesh/` on the zone-1 host reaches billing in zone-2 through the
+host's resolver, zone-1's Envoy and zone-2's ingress. A second run changes nothing; --check --diff on the converged
+fleet reports nothing; a changed dataplane restarts only its own unit; a changed control plane variable restarts
+only that control plane, one zone at a time, while cross-zone requests keep succeeding; a lost dataplane token, a
+dataplane token revoked on its zone control plane and a zone token revoked on global are issued again; a bad
+variable fails before any host is touched. Never against this machine."""
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -26,7 +30,7 @@ import yaml
 from tests.e2e.packages import build_release
 from tests.integration.mesh_harness import eventually
 from tests.lab.fixtures import Lab
-from tests.lab.fleet import ANSIBLE_PLAYBOOK, Fleet, boot
+from tests.lab.fleet import ANSIBLE_PLAYBOOK, WEB_TAGS, Fleet, boot, echo_dataplane
 from tests.requirements import unavailable
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +38,15 @@ pytestmark = pytest.mark.e2e
 TIMEOUT_POLICY = {"type": "MeshTimeout", "mesh": "default", "name": "from-global",
                   "spec": {"targetRef": {"kind": "Mesh"},
                            "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "77s"}}]}}
+
+# Requests from the zone-1 host to billing in zone-2, one after the other until /root/loop.stop exists: one line
+# per request, "ok|fail UNIX_NANOSECONDS".
+REQUEST_LOOP = """#!/bin/sh
+while [ ! -e /root/loop.stop ]; do
+  if curl -sf -m 5 -o /dev/null http://billing.mesh/; then r=ok; else r=fail; fi
+  echo "$r $(date +%s%N)" >> /root/loop.log
+done
+"""
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -51,6 +64,15 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def changed(fleet: Fleet, output: str) -> dict[str, int]:
+    return {h: r["changed"] for h, r in recap(output).items() if h in {x.name for x in fleet.all}}
+
+
+def zone1_dataplanes(web_tags: dict[str, str], address: str) -> dict[str, Any]:
+    """host_vars of the zone-1 host: its dataplanes with web's tags changed."""
+    return {"kuma_dp_dataplanes": [echo_dataplane("web", address, web_tags), echo_dataplane("backend", address)]}
+
+
 @pytest.fixture(scope="module")
 def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     if os.geteuid() != 0:
@@ -60,47 +82,54 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     # A private copy: another test session may rebuild the shared cache's files while this module runs.
     own = tmp_path_factory.mktemp("packages")
     packages = {kind: Path(shutil.copy(path, own)) for kind, path in build_release("1").items()}
-    return boot(lab, tmp_path_factory.mktemp("ansible"), packages)
+    workdir = tmp_path_factory.mktemp("ansible")
+    return boot(lab, workdir, packages, workdir / "inventory")
 
 
 def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
     proc = fleet.play()
-    assert all(r["failed"] == 0 and r["unreachable"] == 0 for r in recap(proc.stdout).values())
-    cp, other = fleet.cp, fleet.other
-    assert cp.ssh("systemctl is-active kuma-cp kuma-dp@web").stdout.split() == ["active", "active"]
-    assert other.ssh("systemctl is-active kuma-dp").stdout.strip() == "active"
-    assert cp.ssh("systemctl is-enabled kuma-cp kuma-dp@web").stdout.split() == ["enabled", "enabled"]
-    # Tokens: 0640 root:kuma, bound to their dataplane.
-    assert other.ssh("stat -c '%a %U %G' /etc/kuma/dataplanes/primary.token").stdout.strip() == "640 root kuma"
-    # web -> backend through both Envoys, across the hosts; backend.mesh on the primary dataplane's host.
-    body = eventually(lambda: cp.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout, timeout=90,
+    assert {h: (r["failed"], r["unreachable"]) for h, r in recap(proc.stdout).items()} == \
+        {h.name: (0, 0) for h in fleet.all}
+    z1 = fleet.z1
+    for host, units in ((fleet.glob, "kuma-cp"), (fleet.cp1, "kuma-cp"), (fleet.cp2, "kuma-cp"),
+                        (fleet.in1, "kuma-dp@ingress-zone-1"), (fleet.in2, "kuma-dp@ingress-zone-2"),
+                        (z1, "kuma-dp kuma-dp@web"), (fleet.z2, "kuma-dp@billing")):
+        assert host.ssh(f"systemctl is-active {units}").stdout.split() == ["active"] * len(units.split()), host
+        assert host.ssh(f"systemctl is-enabled {units}").stdout.split() == ["enabled"] * len(units.split()), host
+    # Tokens: 0640 root:kuma.
+    assert z1.ssh("stat -c '%a %U %G' /etc/kuma/dataplanes/primary.token /etc/kuma/dataplanes/web.token") \
+        .stdout.split("\n")[:2] == ["640 root kuma"] * 2
+    # web -> backend through both Envoys; backend.mesh in the host's resolver (the primary dataplane's stub).
+    body = eventually(lambda: z1.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout, timeout=90,
                       message="web's outbound to backend")
     assert '"backend"' in body
-    addr = eventually(lambda: (r := other.ssh("getent hosts backend.mesh", check=False)).returncode == 0
+    addr = eventually(lambda: (r := z1.ssh("getent hosts backend.mesh", check=False)).returncode == 0
                       and r.stdout.split()[0], timeout=60, message="backend.mesh on the trixie host")
     assert addr.startswith("127.2")
-    # zone-1 joined global: its dataplanes are there, and a policy applied on global reaches the zone.
-    assert fleet.glob.ssh("systemctl is-active kuma-cp").stdout.strip() == "active"
-    assert cp.ssh("stat -c '%a %U %G' /etc/kuma/zone.token").stdout.strip() == "640 root kuma"
-    eventually(lambda: fleet.zone_dataplanes() == {"web", "backend"}, timeout=60,
+    # The zones joined global: their dataplanes are there, and a policy applied on global reaches both.
+    assert fleet.cp1.ssh("stat -c '%a %U %G' /etc/kuma/zone.token").stdout.strip() == "640 root kuma"
+    eventually(lambda: fleet.zone_dataplanes("zone-1") == {"web", "backend"}, timeout=60,
                message="zone-1's dataplanes on global")
+    eventually(lambda: fleet.zone_dataplanes("zone-2") == {"billing"}, timeout=60,
+               message="zone-2's dataplanes on global")
     fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(TIMEOUT_POLICY))
-    eventually(lambda: (fleet.api(cp, "/meshes/default/meshtimeouts/from-global") or {}).get("labels", {})
-               .get("kuma.io/origin") == "global", timeout=60, message="global's policy in zone-1")
+    def from_global(cp: Any) -> bool:
+        policy = fleet.api(cp, "/meshes/default/meshtimeouts/from-global") or {}
+        return bool(policy.get("labels", {}).get("kuma.io/origin") == "global")
+
+    for cp in (fleet.cp1, fleet.cp2):
+        eventually(functools.partial(from_global, cp), timeout=60, message=f"global's policy in the zone of {cp.name}")
 
 
 def test_billing_mesh_on_a_zone_1_host_reaches_billing_in_zone_2_through_its_ingress(fleet: Fleet) -> None:
-    cp, other, z2 = fleet.cp, fleet.other, fleet.z2
-    assert cp.ssh("systemctl is-active kuma-dp@ingress-z1").stdout.strip() == "active"
-    assert z2.ssh("systemctl is-active kuma-cp kuma-dp@billing kuma-dp@ingress-z2").stdout.split() == ["active"] * 3
     # The ingress's token is a zone token of its zone, issued by its zone's control plane.
-    claims = token_claims(z2.ssh("cat /etc/kuma/dataplanes/ingress-z2.token").stdout.strip())
+    claims = token_claims(fleet.in2.ssh("cat /etc/kuma/dataplanes/ingress-zone-2.token").stdout.strip())
     assert claims["Zone"] == "zone-2" and "ingress" in claims["Scope"]
     fleet.enable_mtls()  # cross-zone traffic needs mTLS
     eventually(lambda: fleet.zone2_services_in_zone1() == {"billing"}, timeout=90,
                message="zone-2's ingress and its services in zone-1")
     # `curl http://billing.mesh/` on a zone-1 host: the host's resolver, its Envoy, zone-2's ingress, billing.
-    body = eventually(lambda: other.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
+    body = eventually(lambda: fleet.z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
                       message="http://billing.mesh/ from zone-1")
     answer = json.loads(body)
     assert answer["service"] == "billing"
@@ -109,57 +138,106 @@ def test_billing_mesh_on_a_zone_1_host_reaches_billing_in_zone_2_through_its_ing
 
 def test_a_second_run_changes_nothing(fleet: Fleet) -> None:
     proc = fleet.play()
-    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
-        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0, fleet.z2.name: 0}, proc.stdout[-6000:]
+    assert changed(fleet, proc.stdout) == {h.name: 0 for h in fleet.all}, proc.stdout[-6000:]
 
 
 def test_check_mode_on_the_converged_fleet_reports_nothing(fleet: Fleet) -> None:
     proc = fleet.play("--check", "--diff")
-    assert {h: r["changed"] for h, r in recap(proc.stdout).items()} == \
-        {fleet.glob.name: 0, fleet.cp.name: 0, fleet.other.name: 0, fleet.z2.name: 0}, proc.stdout[-6000:]
+    assert changed(fleet, proc.stdout) == {h.name: 0 for h in fleet.all}, proc.stdout[-6000:]
 
 
 def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:
-    cp, other = fleet.cp, fleet.other
-    before = {"cp": fleet.unit_pid(cp, "kuma-cp"), "web": fleet.unit_pid(cp, "kuma-dp@web"),
-              "backend": fleet.unit_pid(other, "kuma-dp")}
-    fleet.web_tags = {**fleet.web_tags, "version": "v2"}
-    fleet.play()
-    assert "version: v2" in cp.ssh("cat /etc/kuma/dataplanes/web.yaml").stdout
-    after = {"cp": fleet.unit_pid(cp, "kuma-cp"), "web": fleet.unit_pid(cp, "kuma-dp@web"),
-             "backend": fleet.unit_pid(other, "kuma-dp")}
-    assert after["web"] != before["web"] and after["cp"] == before["cp"] and after["backend"] == before["backend"]
-    eventually(lambda: '"backend"' in cp.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
+    z1 = fleet.z1
+    units = [(fleet.cp1, "kuma-cp"), (z1, "kuma-dp@web"), (z1, "kuma-dp"), (fleet.in1, "kuma-dp@ingress-zone-1")]
+    before = [fleet.unit_pid(h, u) for h, u in units]
+    fleet.host_vars(z1, zone1_dataplanes({**WEB_TAGS, "version": "v2"}, z1.address))
+    proc = fleet.play()
+    assert "version: v2" in z1.ssh("cat /etc/kuma/dataplanes/web.yaml").stdout
+    after = [fleet.unit_pid(h, u) for h, u in units]
+    assert [b != a for b, a in zip(before, after, strict=True)] == [False, True, False, False], (before, after)
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name}, proc.stdout[-6000:]
+    eventually(lambda: '"backend"' in z1.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
                timeout=60, message="traffic after web's restart")
 
 
+def test_a_zone_control_plane_restarts_alone_while_cross_zone_traffic_flows(fleet: Fleet) -> None:
+    """A changed setting of zone-2's control plane: only its kuma-cp restarts (the zone control plane play runs one
+    host at a time), and requests from zone-1 to billing in zone-2 keep succeeding throughout (Envoys keep
+    serving their last configuration while their control plane restarts)."""
+    z1, cp2 = fleet.z1, fleet.cp2
+    units = [(fleet.glob, "kuma-cp"), (fleet.cp1, "kuma-cp"), (cp2, "kuma-cp"), (fleet.in2, "kuma-dp@ingress-zone-2"),
+             (fleet.z2, "kuma-dp@billing"), (z1, "kuma-dp")]
+    before = [fleet.unit_pid(h, u) for h, u in units]
+    z1.ssh("rm -f /root/loop.stop /root/loop.log && cat > /root/loop.sh && chmod 755 /root/loop.sh",
+           input=REQUEST_LOOP)
+    z1.ssh("systemd-run --unit=billing-loop --collect /root/loop.sh")
+    try:
+        eventually(lambda: z1.ssh("grep -c ^ok /root/loop.log", check=False).stdout.strip() not in ("", "0"),
+                   timeout=60, message="the first request of the loop")
+        fleet.host_vars(cp2, {"kuma_cp_log_level": "debug"})  # kept: later runs change nothing more
+        proc = fleet.play()
+    finally:
+        z1.ssh("touch /root/loop.stop")
+        eventually(lambda: z1.ssh("systemctl is-active billing-loop", check=False).stdout.strip() != "active",
+                   timeout=30, message="the request loop to stop")
+    after = [fleet.unit_pid(h, u) for h, u in units]
+    assert [b != a for b, a in zip(before, after, strict=True)] == [False, False, True, False, False, False], \
+        (before, after)
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {cp2.name}, proc.stdout[-6000:]
+    restarted = int(cp2.ssh("systemctl show -p ExecMainStartTimestamp --timestamp=unix --value kuma-cp")
+                    .stdout.strip().lstrip("@"))
+    results = [line.split() for line in z1.ssh("cat /root/loop.log").stdout.splitlines()]
+    failed = [ts for r, ts in results if r != "ok"]
+    assert not failed, f"{len(failed)} of {len(results)} requests to billing.mesh failed during the restart"
+    # The loop ran across the restart: requests succeeded after the new kuma-cp started (while it became ready
+    # and synced with global, which the play waited for).
+    assert any(int(ts) // 10**9 > restarted for _, ts in results), (restarted, results[-3:])
+
+
 def test_a_lost_token_is_issued_again_and_only_its_unit_restarts(fleet: Fleet) -> None:
-    cp, other = fleet.cp, fleet.other
-    web_before, backend_before = fleet.unit_pid(cp, "kuma-dp@web"), fleet.unit_pid(other, "kuma-dp")
-    other.ssh("rm /etc/kuma/dataplanes/primary.token")
+    z1 = fleet.z1
+    web_before, backend_before = fleet.unit_pid(z1, "kuma-dp@web"), fleet.unit_pid(z1, "kuma-dp")
+    z1.ssh("rm /etc/kuma/dataplanes/primary.token")
     proc = fleet.play()
-    changed = {h: r["changed"] for h, r in recap(proc.stdout).items()}
-    assert changed[fleet.other.name] > 0
-    assert other.ssh("test -s /etc/kuma/dataplanes/primary.token", check=False).returncode == 0
-    assert fleet.unit_pid(other, "kuma-dp") != backend_before and fleet.unit_pid(cp, "kuma-dp@web") == web_before
+    assert changed(fleet, proc.stdout)[z1.name] > 0
+    assert z1.ssh("test -s /etc/kuma/dataplanes/primary.token", check=False).returncode == 0
+    assert fleet.unit_pid(z1, "kuma-dp") != backend_before and fleet.unit_pid(z1, "kuma-dp@web") == web_before
     assert "eyJ" not in proc.stdout  # no token in the output
 
 
-def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet) -> None:
-    cp = fleet.cp
-    old = cp.ssh("cat /etc/kuma/zone.token").stdout.strip()
-    jti = token_claims(old)["jti"]
-    revocations = {"type": "GlobalSecret", "name": "zone-token-revocations",
-                   "data": base64.b64encode(jti.encode()).decode()}
-    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
-    before = fleet.unit_pid(cp, "kuma-cp")
+def test_a_dataplane_token_revoked_on_its_zone_control_plane_is_replaced_by_the_next_run(fleet: Fleet) -> None:
+    z2 = fleet.z2
+    old = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
+    revocations = {"type": "Secret", "mesh": "default", "name": "dataplane-token-revocations-default",
+                   "data": base64.b64encode(token_claims(old)["jti"].encode()).decode()}
+    fleet.cp2.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
+    before = fleet.unit_pid(z2, "kuma-dp@billing"), fleet.unit_pid(fleet.in2, "kuma-dp@ingress-zone-2")
     proc = fleet.play()
-    new = cp.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    new = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
+    assert new != old and token_claims(new)["Name"] == "billing"
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z2.name}, proc.stdout[-6000:]
+    after = fleet.unit_pid(z2, "kuma-dp@billing"), fleet.unit_pid(fleet.in2, "kuma-dp@ingress-zone-2")
+    assert after[0] != before[0] and after[1] == before[1]
+    assert "eyJ" not in proc.stdout
+    body = eventually(lambda: fleet.z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
+                      message="billing.mesh from zone-1 with billing's new token")
+    assert json.loads(body)["service"] == "billing"
+
+
+def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet) -> None:
+    cp1 = fleet.cp1
+    old = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    revocations = {"type": "GlobalSecret", "name": "zone-token-revocations",
+                   "data": base64.b64encode(token_claims(old)["jti"].encode()).decode()}
+    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
+    before = fleet.unit_pid(cp1, "kuma-cp")
+    proc = fleet.play()
+    new = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
     assert new != old and token_claims(new)["Zone"] == "zone-1"
-    assert fleet.unit_pid(cp, "kuma-cp") != before  # restarted with the new token
+    assert fleet.unit_pid(cp1, "kuma-cp") != before  # restarted with the new token
     assert "eyJ" not in proc.stdout
     # The zone syncs again with its new token: a dataplane change in zone-1 reaches global.
-    fleet.web_tags = {**fleet.web_tags, "version": "v3"}
+    fleet.host_vars(fleet.z1, zone1_dataplanes({**WEB_TAGS, "version": "v3"}, fleet.z1.address))
     fleet.play()
     eventually(lambda: any(i["labels"].get("kuma.io/display-name") == "web"
                            and i["networking"]["inbound"][0]["tags"].get("version") == "v3"

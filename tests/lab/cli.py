@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import core, inventory, naming
 from .system import LabError
@@ -41,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="show a lab's hosts, or print an Ansible inventory")
     st.add_argument("--name", help="the lab (default: the only one)")
     st.add_argument("--json", action="store_true")
-    st.add_argument("--inventory", nargs="?", const="ini", choices=("ini", "yaml"), help="Ansible inventory")
+    st.add_argument("--inventory", nargs="?", const="ini", choices=("ini", "yaml", "lab"),
+                    help="print an Ansible inventory of the lab's hosts (ini, yaml), or write the inventory of the "
+                    "fleet booted by scripts/fleet-up.sh (lab: hosts.yml into --out)")
+    st.add_argument("--out", default=None,
+                    help="with --inventory lab: the inventory directory (default playbooks/inventories/lab)")
 
     ssh = sub.add_parser("ssh", help="run a command on a host over ssh (exit status passed through)")
     ssh.add_argument("--name", help="the lab (default: the only one)")
@@ -94,7 +99,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "status":
         lab = core.get(args.name)
-        if args.inventory == "yaml":
+        if args.inventory == "lab":
+            from . import fleet  # the fleet's layout and its dataplanes
+
+            out = fleet.write_inventory(lab, Path(args.out) if args.out else fleet.LAB_INVENTORY)
+            print(f"wrote {out / 'hosts.yml'} (ansible-playbook -i {out} playbooks/site.yml)")
+        elif args.inventory == "yaml":
             sys.stdout.write(inventory.render_yaml(lab))
         elif args.inventory == "ini":
             sys.stdout.write(inventory.render_ini(lab))

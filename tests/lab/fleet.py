@@ -1,11 +1,15 @@
 """A multi-zone mesh on lab hosts, deployed by `playbooks/site.yml`: what the README's first command
 (`scripts/fleet-up.sh`) runs and what the Ansible e2e tests (tests/e2e/test_ansible.py) check.
 
-Four booted hosts: a bookworm host runs the global control plane; a bookworm host the control plane of zone-1,
-the dataplane `web` (kuma-dp@web) and zone-1's ingress (kuma-dp@ingress-z1); a trixie host with
-systemd-resolved zone-1's primary dataplane `backend` (kuma-dp.service, `.mesh` names in the host's resolver);
-a bookworm host zone-2's control plane, `billing` and zone-2's ingress. Each service is a small echo app that
-answers with its name and the headers it got (tests/apps/echo_http.py).
+Seven booted hosts (LAYOUT): the global control plane; the control planes of zone-1 and zone-2; one zone ingress
+per zone (group kuma_ingress); in zone-1 a trixie host with systemd-resolved running `backend` (the primary
+dataplane, kuma-dp.service, `.mesh` names in the host's resolver) and `web` (kuma-dp@web); in zone-2 a bookworm
+host running `billing` (kuma-dp@billing). Each service is a small echo app that answers with its name and the
+headers it got (tests/apps/echo_http.py).
+
+The fleet records which host plays which part in the lab's directory (fleet.json); `python -m tests.lab status
+--inventory lab` turns that and the lab's state into `playbooks/inventories/lab/hosts.yml` (render_hosts_yml),
+next to the committed group_vars/. fleet-up and the e2e tests run site.yml with exactly that inventory.
 
     python -m tests.lab.fleet    # (root) boot, build the packages, run site.yml, show traffic; Ctrl-C tears down
 """
@@ -18,15 +22,46 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .inventory import ssh_common_args
+from .state import LabState
+
 REPO = Path(__file__).resolve().parents[2]
 ECHO_APP = REPO / "tests/apps/echo_http.py"
 ANSIBLE_PLAYBOOK = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin/ansible-playbook"
-APPS = {"cp": ("web", 8081), "other": ("backend", 8080), "z2": ("billing", 8082)}
+LAB_INVENTORY = REPO / "playbooks/inventories/lab"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One host of the fleet: its part, Debian release, inventory group, zone and echo apps (name, port)."""
+
+    part: str
+    release: str
+    group: str
+    zone: str = ""
+    resolved: bool = False
+    apps: tuple[tuple[str, int], ...] = ()
+
+
+# Booted in this order (bookworm hosts together, then the trixie one); the inventory lists them in this order.
+LAYOUT = (
+    Part("global", "bookworm", "kuma_global"),
+    Part("zone-1 control plane", "bookworm", "kuma_zone_cp", "zone-1"),
+    Part("zone-2 control plane", "bookworm", "kuma_zone_cp", "zone-2"),
+    Part("zone-1 ingress", "bookworm", "kuma_ingress", "zone-1"),
+    Part("zone-2 ingress", "bookworm", "kuma_ingress", "zone-2"),
+    Part("zone-2 billing", "bookworm", "kuma_dataplanes", "zone-2", apps=(("billing", 8082),)),
+    Part("zone-1 backend (primary, .mesh DNS) and web", "trixie", "kuma_dataplanes", "zone-1", resolved=True,
+         apps=(("backend", 8080), ("web", 8081))),
+)
+GROUPS = ("kuma_global", "kuma_zone_cp", "kuma_ingress", "kuma_dataplanes")
+RECORD = "fleet.json"
 
 # Cross-zone traffic needs mTLS (the ingress routes by the TLS SNI): applied on global.
 MTLS = [{"type": "Mesh", "name": "default",
@@ -35,70 +70,117 @@ MTLS = [{"type": "Mesh", "name": "default",
          "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
                                                            "default": {"action": "Allow"}}]}}]
 
+WEB_TAGS = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
 
-def ingress(host: Any, zone: str) -> dict[str, Any]:
-    """A zone ingress on `host`, reachable by the other zone's hosts at the host's address."""
-    return {"name": f"ingress-{zone}", "proxy_type": "ingress",
-            "networking": {"address": host.address, "port": 10100, "advertisedAddress": host.address,
-                           "advertisedPort": 10100}}
+
+def echo_dataplane(app: str, address: str, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """The definition of one echo app's dataplane (an entry of kuma_dp_dataplanes)."""
+    if app == "web":
+        return {"name": "web", "networking": {
+            "address": address,
+            "inbound": [{"port": 20001, "servicePort": 8081, "tags": tags or WEB_TAGS}],
+            "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
+    if app == "backend":
+        return {"name": "backend", "primary": True, "networking": {
+            "address": address,
+            "inbound": [{"port": 20002, "servicePort": 8080,
+                         "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}
+    if app == "billing":
+        return {"name": "billing", "networking": {
+            "address": address,
+            "inbound": [{"port": 20003, "servicePort": 8082,
+                         "tags": {"kuma.io/service": "billing", "kuma.io/protocol": "http"}}]}}
+    raise ValueError(f"no dataplane definition for the echo app {app!r}")
+
+
+def read_record(lab: LabState) -> dict[str, Any]:
+    """The fleet's record in the lab's directory: {"hosts": {part: host name}, "packages": {...}}."""
+    path = Path(lab.dir) / RECORD
+    if not path.exists():
+        raise ValueError(f"lab {lab.name!r} has no fleet ({path} is missing): scripts/fleet-up.sh boots one; "
+                         "`status --inventory yaml` prints a plain inventory of any lab")
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record
+
+
+def render_hosts_yml(lab: LabState, record: dict[str, Any]) -> str:
+    """hosts.yml of the lab's fleet: the groups site.yml deploys, each host's address, zone and dataplanes, and
+    how Ansible reaches the hosts (the lab's ssh key). Everything else is in the committed group_vars/."""
+    by_part: dict[str, str] = record["hosts"]
+    address = {h.name: h.address for h in lab.hosts}
+    missing = [p.part for p in LAYOUT if by_part.get(p.part) not in address]
+    if missing:
+        raise ValueError(f"lab {lab.name!r}: the fleet's hosts for {', '.join(missing)} are gone; "
+                         "boot the fleet again (scripts/fleet-up.sh)")
+    groups: dict[str, dict[str, Any]] = {g: {"hosts": {}} for g in GROUPS}
+    for p in LAYOUT:
+        name = by_part[p.part]
+        hostvars: dict[str, Any] = {"ansible_host": address[name]}
+        if p.zone:
+            hostvars["kuma_zone"] = p.zone
+        if p.apps:
+            hostvars["kuma_dp_dataplanes"] = [echo_dataplane(app, address[name]) for app, _ in p.apps]
+        groups[p.group]["hosts"][name] = hostvars
+    common: dict[str, Any] = {"ansible_user": "root", "ansible_ssh_private_key_file": lab.ssh_key,
+                              "ansible_ssh_common_args": ssh_common_args(lab),
+                              "ansible_python_interpreter": "/usr/bin/python3"}
+    # The packages the fleet was booted with (else group_vars' default: the newest in dist/, `make packages`).
+    for kind, var in (("kuma-cp.deb", "kuma_cp_package_file"), ("kuma-dp.deb", "kuma_dp_package_file")):
+        if record.get("packages", {}).get(kind):
+            common[var] = record["packages"][kind]
+    header = (f"# Generated from lab {lab.name!r} by `python -m tests.lab status --name {lab.name} --inventory lab`:"
+              "\n# do not edit (host_vars/HOST.yml next to it overrides a host's variables).\n"
+              "# " + "; ".join(f"{by_part[p.part]}: {p.part}" for p in LAYOUT) + "\n")
+    return header + yaml.safe_dump({"all": {"vars": common, "children": groups}}, sort_keys=False, width=120)
+
+
+def write_inventory(lab: LabState, out: Path) -> Path:
+    """Write hosts.yml of the lab's fleet into `out`; an `out` other than playbooks/inventories/lab gets a link
+    to its group_vars, so that every copy runs with the same settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "hosts.yml").write_text(render_hosts_yml(lab, read_record(lab)))
+    group_vars = out / "group_vars"
+    if out.resolve() != LAB_INVENTORY.resolve() and not group_vars.exists():
+        group_vars.symlink_to(LAB_INVENTORY / "group_vars", target_is_directory=True)
+    return out
 
 
 class Fleet:
     """The hosts, the inventory site.yml runs with, and ways to look at the result. `lab` is a
     tests.lab.fixtures.Lab, hosts are its LabHosts."""
 
-    def __init__(self, lab: Any, glob: Any, cp: Any, other: Any, z2: Any, workdir: Path,
-                 packages: dict[str, Path]) -> None:
-        self.lab, self.glob, self.cp, self.other, self.z2, self.workdir = lab, glob, cp, other, z2, workdir
-        self.packages = packages
-        self.web_tags: dict[str, str] = {"kuma.io/service": "web", "kuma.io/protocol": "http"}
+    def __init__(self, lab: Any, hosts: dict[str, Any], inventory: Path, workdir: Path) -> None:
+        self.lab, self.by_part, self.inventory, self.workdir = lab, hosts, inventory, workdir
+        self.glob = hosts["global"]
+        self.cp1, self.cp2 = hosts["zone-1 control plane"], hosts["zone-2 control plane"]
+        self.in1, self.in2 = hosts["zone-1 ingress"], hosts["zone-2 ingress"]
+        self.z1, self.z2 = hosts["zone-1 backend (primary, .mesh DNS) and web"], hosts["zone-2 billing"]
 
     @property
-    def hosts(self) -> dict[str, Any]:
-        return {"global": self.glob, "zone-1 control plane, web, ingress": self.cp,
-                "zone-1 backend (primary, .mesh DNS)": self.other, "zone-2 control plane, billing, ingress": self.z2}
+    def all(self) -> list[Any]:
+        return list(self.by_part.values())
 
-    def inventory(self) -> Path:
-        web = {"name": "web", "networking": {
-            "address": self.cp.address,
-            "inbound": [{"port": 20001, "servicePort": 8081, "tags": self.web_tags}],
-            "outbound": [{"port": 10001, "tags": {"kuma.io/service": "backend"}}]}}
-        backend = {"name": "backend", "primary": True, "networking": {
-            "address": self.other.address,
-            "inbound": [{"port": 20002, "servicePort": 8080,
-                         "tags": {"kuma.io/service": "backend", "kuma.io/protocol": "http"}}]}}
-        billing = {"name": "billing", "networking": {
-            "address": self.z2.address,
-            "inbound": [{"port": 20003, "servicePort": 8082,
-                         "tags": {"kuma.io/service": "billing", "kuma.io/protocol": "http"}}]}}
-        state = self.lab.state
-        common = {"ansible_user": "root", "ansible_ssh_private_key_file": state.ssh_key,
-                  "ansible_ssh_common_args": f"-o StrictHostKeyChecking=no -o UserKnownHostsFile={state.known_hosts}"
-                                             " -o IdentitiesOnly=yes",
-                  "ansible_python_interpreter": "/usr/bin/python3",
-                  # The files of this source tree (the directory may hold other builds too).
-                  "kuma_cp_package_file": str(self.packages["kuma-cp.deb"]),
-                  "kuma_dp_package_file": str(self.packages["kuma-dp.deb"]),
-                  "kuma_dp_drain_time": "1s"}
-        doc = {"all": {"vars": common, "children": {
-            "kuma_global": {"hosts": {self.glob.name: {"ansible_host": self.glob.address}}},
-            "kuma_zone_cp": {"hosts": {self.cp.name: {"ansible_host": self.cp.address, "kuma_zone": "zone-1"},
-                                       self.z2.name: {"ansible_host": self.z2.address, "kuma_zone": "zone-2"}}},
-            "kuma_dataplanes": {"hosts": {
-                self.cp.name: {"ansible_host": self.cp.address, "kuma_dp_dataplanes": [web, ingress(self.cp, "z1")]},
-                self.other.name: {"ansible_host": self.other.address, "kuma_zone": "zone-1",
-                                  "kuma_dp_dataplanes": [backend]},
-                self.z2.name: {"ansible_host": self.z2.address,
-                               "kuma_dp_dataplanes": [billing, ingress(self.z2, "z2")]}}}}}}
-        path = self.workdir / "inventory.yml"
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
+    def regenerate(self) -> None:
+        """hosts.yml again, by the command users run (`python -m tests.lab status --inventory lab`)."""
+        proc = subprocess.run([sys.executable, "-m", "tests.lab", "status", "--name", self.lab.name,
+                               "--inventory", "lab", "--out", str(self.inventory)],
+                              cwd=REPO, text=True, capture_output=True, timeout=60)
+        assert proc.returncode == 0, f"status --inventory lab failed:\n{proc.stdout}\n{proc.stderr}"
+
+    def host_vars(self, host: Any, values: dict[str, Any] | None) -> None:
+        """Override variables of one host (host_vars/HOST.yml beside hosts.yml), or drop the override (None)."""
+        path = self.inventory / "host_vars" / f"{host.name}.yml"
+        if values is None:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("---\n" + yaml.safe_dump(values, sort_keys=False))
 
     def play(self, *args: str, check: bool = True, stream: bool = False) -> subprocess.CompletedProcess[str]:
-        """ansible-playbook site.yml with this fleet's inventory; `stream` shows its output as it runs."""
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_HOST_KEY_CHECKING": "False",
+        """ansible-playbook -i INVENTORY playbooks/site.yml; `stream` shows its output as it runs."""
+        env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
                "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
-        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory()), "playbooks/site.yml", *args]
+        argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), "playbooks/site.yml", *args]
         if stream:
             code = subprocess.run(argv, cwd=REPO, env=env, timeout=1800).returncode
             proc = subprocess.CompletedProcess(argv, code, "", "")
@@ -118,28 +200,38 @@ class Fleet:
         proc = host.ssh(f"curl -sf http://127.0.0.1:5681{path}", check=False)
         return json.loads(proc.stdout) if proc.returncode == 0 else None
 
-    def zone_dataplanes(self) -> set[str]:
+    def zone_dataplanes(self, zone: str = "zone-1") -> set[str]:
         items = (self.api(self.glob, "/meshes/default/dataplanes") or {}).get("items", [])
-        return {i["labels"]["kuma.io/display-name"] for i in items if i["labels"].get("kuma.io/zone") == "zone-1"}
+        return {i["labels"]["kuma.io/display-name"] for i in items if i["labels"].get("kuma.io/zone") == zone}
 
     def enable_mtls(self) -> None:
         self.glob.ssh("kumactl apply -f -", input=yaml.safe_dump_all(MTLS))
 
     def zone2_services_in_zone1(self) -> set[str]:
-        items = (self.api(self.cp, "/zone-ingresses") or {}).get("items", [])
+        items = (self.api(self.cp1, "/zone-ingresses") or {}).get("items", [])
         return {s["tags"]["kuma.io/service"] for i in items if i.get("zone") == "zone-2"
                 for s in i.get("availableServices", [])}
 
 
-def boot(lab: Any, workdir: Path, packages: dict[str, Path]) -> Fleet:
-    """Four new lab hosts with the echo apps running (systemd-run), nothing of kuma-vm yet."""
-    glob, cp, z2 = lab.add_hosts(3, release="bookworm")
-    (other,) = lab.add_hosts(1, release="trixie", resolved=True)
-    for role, host in (("cp", cp), ("other", other), ("z2", z2)):
-        service, port = APPS[role]
-        host.copy(ECHO_APP, "/root/echo_http.py")
-        host.ssh(f"systemd-run --unit=echo-{service} python3 /root/echo_http.py --port {port} --name {service}")
-    return Fleet(lab, glob, cp, other, z2, workdir, packages)
+def boot(lab: Any, workdir: Path, packages: dict[str, Path], inventory: Path) -> Fleet:
+    """The LAYOUT's hosts booted into `lab` with the echo apps running (systemd-run), nothing of kuma-vm yet; the
+    fleet recorded in the lab's directory and its inventory written into `inventory`."""
+    hosts: dict[str, Any] = {}
+    for release, resolved in dict.fromkeys((p.release, p.resolved) for p in LAYOUT):
+        parts = [p for p in LAYOUT if (p.release, p.resolved) == (release, resolved)]
+        for p, host in zip(parts, lab.add_hosts(len(parts), release=release, resolved=resolved), strict=True):
+            hosts[p.part] = host
+    for p in LAYOUT:
+        for app, port in p.apps:
+            hosts[p.part].copy(ECHO_APP, "/root/echo_http.py")
+            hosts[p.part].ssh(f"systemd-run --unit=echo-{app} python3 /root/echo_http.py --port {port} --name {app}")
+    hosts = {p.part: hosts[p.part] for p in LAYOUT}
+    record = {"hosts": {part: h.name for part, h in hosts.items()},
+              "packages": {kind: str(path) for kind, path in packages.items()}}
+    (Path(lab.state.dir) / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    fleet = Fleet(lab, hosts, inventory, workdir)
+    fleet.regenerate()
+    return fleet
 
 
 def _until(what: str, check: Any, timeout: float = 120.0) -> Any:
@@ -170,27 +262,30 @@ def main() -> None:
     # restore the handler so an interrupt sent by PID tears the lab down like Ctrl-C does.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        print(f"--- booting 4 lab hosts (lab {name!r})", flush=True)
-        fleet = boot(lab, workdir, packages)
-        print("--- ansible-playbook playbooks/site.yml: global, zone-1, zone-2, their ingresses and dataplanes",
-              flush=True)
+        print(f"--- booting {len(LAYOUT)} lab hosts (lab {name!r})", flush=True)
+        fleet = boot(lab, workdir, packages, LAB_INVENTORY)
+        print(f"--- python -m tests.lab status --name {name} --inventory lab: wrote "
+              f"{LAB_INVENTORY.relative_to(REPO)}/hosts.yml", flush=True)
+        print("--- ansible-playbook -i playbooks/inventories/lab playbooks/site.yml: global, zone-1, zone-2, "
+              "their ingresses and dataplanes", flush=True)
         fleet.play(stream=True)
         print("--- mTLS on the default mesh, applied on global (cross-zone traffic needs it)", flush=True)
         fleet.enable_mtls()
         _until("zone-2's ingress reaching zone-1", lambda: "billing" in fleet.zone2_services_in_zone1())
         for target in ("backend.mesh", "billing.mesh"):
-            body = _until(f"http://{target}/ from the zone-1 host", lambda t=target: fleet.other.ssh(
+            body = _until(f"http://{target}/ from the zone-1 host", lambda t=target: fleet.z1.ssh(
                 f"curl -sf http://{t}/", check=False).stdout)
             answer = json.loads(body)
             xfcc = answer["headers"].get("x-forwarded-client-cert", "")
             caller = next((p[4:] for p in xfcc.split(";") if p.startswith("URI=spiffe://")), "no client certificate")
-            print(f"    curl http://{target}/ on {fleet.other.name} (zone-1): answered by {answer['service']!r}, "
+            print(f"    curl http://{target}/ on {fleet.z1.name} (zone-1): answered by {answer['service']!r}, "
                   f"which saw the caller {caller}", flush=True)
         print("\nThe fleet is up. Hosts (ssh: python -m tests.lab ssh --name " + name + " HOST):")
-        for what, host in fleet.hosts.items():
-            print(f"    {host.name:<14} {host.address:<14} {what}")
-        print(f"Inventory: {workdir / 'inventory.yml'} (re-run: .venv/bin/ansible-playbook -i that playbooks/site.yml)")
-        print("Ctrl-C tears the lab down.", flush=True)
+        for part, host in fleet.by_part.items():
+            print(f"    {host.name:<14} {host.address:<14} {part}")
+        print("Re-run: .venv/bin/ansible-playbook -i playbooks/inventories/lab playbooks/site.yml")
+        print(f"Ctrl-C tears the lab down (or, from another shell: python -m tests.lab down --name {name}).",
+              flush=True)
         signal.pause()
     except KeyboardInterrupt:
         pass

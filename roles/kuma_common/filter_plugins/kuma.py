@@ -73,6 +73,16 @@ def kuma_dp_unit(dataplane: dict[str, Any] | str) -> str:
     return "kuma-dp.service" if stem == "primary" else f"kuma-dp@{stem}.service"
 
 
+def kuma_dp_revocation_list(dataplane: dict[str, Any]) -> str:
+    """Where the zone control plane lists the revoked tokens of a dataplane, as `kumactl get` arguments joined by
+    "/": a dataplane token's mesh Secret `dataplane-token-revocations-MESH`, a zone ingress's zone token's
+    GlobalSecret `zone-token-revocations`."""
+    if dataplane.get("proxy_type", "dataplane") == "ingress":
+        return "global-secret/zone-token-revocations"
+    mesh = str(dataplane.get("mesh") or "default")
+    return f"secret/dataplane-token-revocations-{mesh}/--mesh/{mesh}"
+
+
 def kuma_zone_control_plane(zone_cps: list[str], hostvars: Any, zone: str | None) -> str:
     """The zone control plane host a host's dataplanes join: the one of `kuma_zone_cp` whose `kuma_zone` is the
     host's `zone`, else the first of the group ('' for none): a single-zone inventory names no zones."""
@@ -87,4 +97,5 @@ class FilterModule:
         return {"kuma_newest_package": kuma_newest_package, "kuma_token_claims": kuma_token_claims,
                 "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
                 "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids,
-                "kuma_zone_control_plane": kuma_zone_control_plane}
+                "kuma_zone_control_plane": kuma_zone_control_plane,
+                "kuma_dp_revocation_list": kuma_dp_revocation_list}
