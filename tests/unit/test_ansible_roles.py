@@ -127,3 +127,73 @@ def test_revoked_ids_from_a_revocations_secret() -> None:
     assert f.kuma_revoked_ids("") == []  # none revoked yet: the secret does not exist
     with pytest.raises(Exception, match="not a revocations secret"):
         f.kuma_revoked_ids("not json")
+
+
+def test_revocation_lists_a_dataplane_token_is_checked_against() -> None:
+    f = load_filters()
+    assert f.kuma_dp_revocation_list({"name": "web"}) == \
+        "secret/dataplane-token-revocations-default/--mesh/default"
+    assert f.kuma_dp_revocation_list({"name": "web", "mesh": "payments"}) == \
+        "secret/dataplane-token-revocations-payments/--mesh/payments"
+    assert f.kuma_dp_revocation_list({"name": "ingress-z1", "proxy_type": "ingress"}) == \
+        "global-secret/zone-token-revocations"
+
+
+def test_the_package_plan_by_os_family_and_architecture() -> None:
+    f = load_filters()
+    assert f.kuma_package_plan("Debian", "kuma-cp", "x86_64") == \
+        {"format": "deb", "file_pattern": "kuma-cp_*_amd64.deb", "repository_name": "kuma-cp"}
+    assert f.kuma_package_plan("RedHat", "kuma-dp", "aarch64", "0.2.0") == \
+        {"format": "rpm", "file_pattern": "kuma-dp-*.aarch64.rpm", "repository_name": "kuma-dp-0.2.0"}
+    assert f.kuma_package_plan("Debian", "kuma-dp", "aarch64", "0.2.0-1")["repository_name"] == "kuma-dp=0.2.0-1"
+    with pytest.raises(Exception, match="os_family 'Suse'.*RHEL family"):
+        f.kuma_package_plan("Suse", "kuma-cp", "x86_64")
+    with pytest.raises(Exception, match="architecture 'ppc64le'"):
+        f.kuma_package_plan("RedHat", "kuma-cp", "ppc64le")
+    # Each format has its tasks file, with the package managers of its family.
+    modules = {fmt: {key for task in yaml.safe_load((REPO / f"roles/kuma_common/tasks/package-{fmt}.yml").read_text())
+                     for t in [task, *task.get("block", [])] for key in t if key.startswith("ansible.builtin.")}
+               for fmt in ("deb", "rpm")}
+    assert modules["deb"] >= {"ansible.builtin.apt", "ansible.builtin.apt_repository"}
+    assert modules["rpm"] >= {"ansible.builtin.dnf", "ansible.builtin.yum_repository"}
+    assert not modules["deb"] & {"ansible.builtin.dnf", "ansible.builtin.yum_repository"}
+    assert not modules["rpm"] & {"ansible.builtin.apt", "ansible.builtin.apt_repository"}
+
+
+PLAN_PLAYBOOK = """
+- name: Plan the kuma-cp installation as the role does, without touching the host
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Plan
+      ansible.builtin.include_role:
+        name: kuma_common
+        tasks_from: plan.yml
+      vars:
+        kuma_common_package: kuma-cp
+    - name: Show the plan
+      ansible.builtin.debug:
+        msg: "PLAN {{ kuma_common_plan | to_json }} TASKS package-{{ kuma_common_plan.format }}.yml"
+"""
+
+
+@pytest.mark.parametrize(("family", "arch", "expect"), [
+    ("RedHat", "x86_64", {"format": "rpm", "file_pattern": "kuma-cp-*.x86_64.rpm", "repository_name": "kuma-cp"}),
+    ("Debian", "x86_64", {"format": "deb", "file_pattern": "kuma-cp_*_amd64.deb", "repository_name": "kuma-cp"}),
+])
+def test_the_role_picks_the_tasks_of_the_hosts_os_family(tmp_path: Path, family: str, arch: str,
+                                                         expect: dict[str, str]) -> None:
+    """kuma_common's plan.yml, the step package.yml takes before anything is installed, run by ansible-playbook on
+    the controller alone (nothing in it connects: the facts it reads are given, as a host would report them)."""
+    playbook = tmp_path / "plan.yml"
+    playbook.write_text(PLAN_PLAYBOOK)
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "ANSIBLE_ROLES_PATH": str(REPO / "roles")}
+    proc = subprocess.run([tool("ansible-playbook"), "-i", str(write_inventory(tmp_path)), str(playbook),
+                           "-e", json.dumps({"kuma_common_os_family": family, "kuma_common_architecture": arch})],
+                          cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    plan = json.loads(proc.stdout.split('"PLAN ', 1)[1].split(" TASKS ", 1)[0].replace('\\"', '"'))
+    assert plan == expect
+    assert (REPO / "roles/kuma_common/tasks" / f"package-{plan['format']}.yml").exists()
+    assert "UNREACHABLE" not in proc.stdout

@@ -27,6 +27,30 @@ def kuma_newest_package(paths: list[str]) -> str:
     return max(paths, key=_version_key) if paths else ""
 
 
+# Package formats by Ansible's os_family: Debian 12/13 take the .deb, the RHEL family (RHEL, Rocky, Alma, CentOS
+# Stream, Fedora: os_family RedHat) the .rpm. Architectures as `uname -m` says them, named as each format does.
+_FORMATS = {"Debian": "deb", "RedHat": "rpm"}
+_ARCH = {"deb": {"x86_64": "amd64", "aarch64": "arm64"}, "rpm": {"x86_64": "x86_64", "aarch64": "aarch64"}}
+
+
+def kuma_package_plan(os_family: str, package: str, architecture: str, version: str = "") -> dict[str, str]:
+    """How kuma_common installs `package` on a host: its format (the tasks file package-FORMAT.yml), the file
+    name pattern of a local build (`make packages` output) and the name to ask a repository for."""
+    fmt = _FORMATS.get(str(os_family))
+    if fmt is None:
+        raise AnsibleFilterError(f"{package}: no package for os_family {os_family!r}: kuma-vm ships .deb packages "
+                                 "for the Debian family and .rpm packages for the RHEL family (os_family RedHat)")
+    arch = _ARCH[fmt].get(str(architecture))
+    if arch is None:
+        raise AnsibleFilterError(f"{package}: no package for the architecture {architecture!r} (built for "
+                                 f"{', '.join(_ARCH[fmt])})")
+    if fmt == "deb":
+        return {"format": fmt, "file_pattern": f"{package}_*_{arch}.deb",
+                "repository_name": f"{package}={version}" if version else package}
+    return {"format": fmt, "file_pattern": f"{package}-*.{arch}.rpm",
+            "repository_name": f"{package}-{version}" if version else package}
+
+
 def kuma_token_claims(token: str) -> dict[str, Any]:
     """The claims of a JWT, not verified (the control plane verifies it; this only tells whether to renew):
     {} for anything that is not a JWT."""
@@ -98,4 +122,4 @@ class FilterModule:
                 "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
                 "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids,
                 "kuma_zone_control_plane": kuma_zone_control_plane,
-                "kuma_dp_revocation_list": kuma_dp_revocation_list}
+                "kuma_dp_revocation_list": kuma_dp_revocation_list, "kuma_package_plan": kuma_package_plan}
