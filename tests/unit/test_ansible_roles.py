@@ -8,6 +8,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -146,7 +147,7 @@ def test_the_package_plan_by_os_family_and_architecture() -> None:
     assert f.kuma_package_plan("RedHat", "kuma-dp", "aarch64", "0.2.0") == \
         {"format": "rpm", "file_pattern": "kuma-dp-*.aarch64.rpm", "repository_name": "kuma-dp-0.2.0"}
     assert f.kuma_package_plan("Debian", "kuma-dp", "aarch64", "0.2.0-1")["repository_name"] == "kuma-dp=0.2.0-1"
-    with pytest.raises(Exception, match="os_family 'Suse'.*RHEL family"):
+    with pytest.raises(Exception, match=r"os_family 'Suse'.*RHEL family"):
         f.kuma_package_plan("Suse", "kuma-cp", "x86_64")
     with pytest.raises(Exception, match="architecture 'ppc64le'"):
         f.kuma_package_plan("RedHat", "kuma-cp", "ppc64le")
@@ -196,4 +197,33 @@ def test_the_role_picks_the_tasks_of_the_hosts_os_family(tmp_path: Path, family:
     plan = json.loads(proc.stdout.split('"PLAN ', 1)[1].split(" TASKS ", 1)[0].replace('\\"', '"'))
     assert plan == expect
     assert (REPO / "roles/kuma_common/tasks" / f"package-{plan['format']}.yml").exists()
+    assert "UNREACHABLE" not in proc.stdout
+
+
+def test_the_example_inventory_passes_the_pre_flight_checks(tmp_path: Path) -> None:
+    """playbooks/inventories/example: every host in its group, every variable valid for its role (site.yml's first
+    play, which runs on the controller alone; the hosts' addresses are replaced by one nothing answers at)."""
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")}
+    listed = subprocess.run([tool("ansible-inventory"), "-i", "playbooks/inventories/example", "--list"],
+                            cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    groups = json.loads(listed.stdout)
+    members = {g: set(groups[g].get("hosts", [])) | {h for c in groups[g].get("children", [])
+                                                     for h in groups.get(c, {}).get("hosts", [])}
+               for g in ("kuma_global", "kuma_zone_cp", "kuma_ingress", "kuma_dataplanes")}
+    assert [len(members[g]) for g in members] == [1, 3, 2, 3]
+    hostvars = groups["_meta"]["hostvars"]
+    assert {hostvars[h]["kuma_zone"] for h in members["kuma_zone_cp"]} == {"zone-1", "zone-2"}
+    assert {h for h in members["kuma_zone_cp"] if hostvars[h].get("kuma_cp_store_type") == "postgres"} == \
+        {"cp-1.zone-2.example.internal", "cp-2.zone-2.example.internal"}
+    preflight = yaml.safe_load((REPO / "playbooks/site.yml").read_text())[:1]
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "roles").symlink_to(REPO / "roles")
+    (tmp_path / "playbooks/preflight.yml").write_text(yaml.safe_dump(preflight))
+    proc = subprocess.run([tool("ansible-playbook"), "-i", "playbooks/inventories/example",
+                           str(tmp_path / "playbooks/preflight.yml"), "-e", "ansible_host=198.19.255.1",
+                           "-e", "vault_kuma_cp_postgres_password=from-the-vault"],
+                          cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.findall(r"^(\S+)\s+: ok=(\d+)", proc.stdout, re.M) and "failed=0" in proc.stdout
     assert "UNREACHABLE" not in proc.stdout
