@@ -176,10 +176,13 @@ class Fleet:
         path.parent.mkdir(exist_ok=True)
         path.write_text("---\n" + yaml.safe_dump(values, sort_keys=False))
 
-    def play(self, *args: str, check: bool = True, stream: bool = False) -> subprocess.CompletedProcess[str]:
-        """ansible-playbook -i INVENTORY playbooks/site.yml; `stream` shows its output as it runs."""
+    def play(self, *args: str, check: bool = True, stream: bool = False,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """ansible-playbook -i INVENTORY playbooks/site.yml; `stream` shows its output as it runs; `env` adds to
+        its environment."""
         env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
-               "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+               "ANSIBLE_LOCAL_TEMP": str(self.workdir / "ansible-tmp"), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+               **(env or {})}
         argv = [str(ANSIBLE_PLAYBOOK), "-i", str(self.inventory), "playbooks/site.yml", *args]
         if stream:
             code = subprocess.run(argv, cwd=REPO, env=env, timeout=1800).returncode
