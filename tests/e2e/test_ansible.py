@@ -146,82 +146,73 @@ def test_check_mode_on_the_converged_fleet_reports_nothing(fleet: Fleet) -> None
     assert changed(fleet, proc.stdout) == {h.name: 0 for h in fleet.all}, proc.stdout[-6000:]
 
 
-def test_a_changed_dataplane_restarts_only_its_own_unit(fleet: Fleet) -> None:
-    z1 = fleet.z1
-    units = [(fleet.cp1, "kuma-cp"), (z1, "kuma-dp@web"), (z1, "kuma-dp"), (fleet.in1, "kuma-dp@ingress-zone-1")]
-    before = [fleet.unit_pid(h, u) for h, u in units]
-    fleet.host_vars(z1, zone1_dataplanes({**WEB_TAGS, "version": "v2"}, z1.address))
-    proc = fleet.play()
-    assert "version: v2" in z1.ssh("cat /etc/kuma/dataplanes/web.yaml").stdout
-    after = [fleet.unit_pid(h, u) for h, u in units]
-    assert [b != a for b, a in zip(before, after, strict=True)] == [False, True, False, False], (before, after)
-    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name}, proc.stdout[-6000:]
-    eventually(lambda: '"backend"' in z1.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
-               timeout=60, message="traffic after web's restart")
-
-
-def test_a_zone_control_plane_restarts_alone_while_cross_zone_traffic_flows(fleet: Fleet) -> None:
-    """A changed setting of zone-2's control plane: only its kuma-cp restarts (the zone control plane play runs one
-    host at a time), and requests from zone-1 to billing in zone-2 keep succeeding throughout (Envoys keep
-    serving their last configuration while their control plane restarts)."""
+def test_changed_variables_restart_exactly_their_units_while_cross_zone_traffic_flows(fleet: Fleet) -> None:
+    """Two changed variables in one run: web's tags (zone-1's service host) and the log level of zone-2's control
+    plane. Exactly kuma-dp@web and zone-2's kuma-cp restart (the zone control plane play runs one host at a time),
+    and requests from zone-1 to billing in zone-2 keep succeeding throughout (Envoys keep serving their last
+    configuration while their control plane restarts)."""
     z1, cp2 = fleet.z1, fleet.cp2
-    units = [(fleet.glob, "kuma-cp"), (fleet.cp1, "kuma-cp"), (cp2, "kuma-cp"), (fleet.in2, "kuma-dp@ingress-zone-2"),
-             (fleet.z2, "kuma-dp@billing"), (z1, "kuma-dp")]
-    before = [fleet.unit_pid(h, u) for h, u in units]
+    units = {"global": (fleet.glob, "kuma-cp"), "cp1": (fleet.cp1, "kuma-cp"), "cp2": (cp2, "kuma-cp"),
+             "ingress-1": (fleet.in1, "kuma-dp@ingress-zone-1"), "ingress-2": (fleet.in2, "kuma-dp@ingress-zone-2"),
+             "backend": (z1, "kuma-dp"), "web": (z1, "kuma-dp@web"), "billing": (fleet.z2, "kuma-dp@billing")}
+    before = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
     z1.ssh("rm -f /root/loop.stop /root/loop.log && cat > /root/loop.sh && chmod 755 /root/loop.sh",
            input=REQUEST_LOOP)
     z1.ssh("systemd-run --unit=billing-loop --collect /root/loop.sh")
     try:
         eventually(lambda: z1.ssh("grep -c ^ok /root/loop.log", check=False).stdout.strip() not in ("", "0"),
                    timeout=60, message="the first request of the loop")
+        fleet.host_vars(z1, zone1_dataplanes({**WEB_TAGS, "version": "v2"}, z1.address))
         fleet.host_vars(cp2, {"kuma_cp_log_level": "debug"})  # kept: later runs change nothing more
         proc = fleet.play()
     finally:
         z1.ssh("touch /root/loop.stop")
         eventually(lambda: z1.ssh("systemctl is-active billing-loop", check=False).stdout.strip() != "active",
                    timeout=30, message="the request loop to stop")
-    after = [fleet.unit_pid(h, u) for h, u in units]
-    assert [b != a for b, a in zip(before, after, strict=True)] == [False, False, True, False, False, False], \
-        (before, after)
-    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {cp2.name}, proc.stdout[-6000:]
+    assert "version: v2" in z1.ssh("cat /etc/kuma/dataplanes/web.yaml").stdout
+    after = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
+    assert {k for k in units if after[k] != before[k]} == {"cp2", "web"}, (before, after)
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name, cp2.name}, proc.stdout[-6000:]
     restarted = int(cp2.ssh("systemctl show -p ExecMainStartTimestamp --timestamp=unix --value kuma-cp")
                     .stdout.strip().lstrip("@"))
     results = [line.split() for line in z1.ssh("cat /root/loop.log").stdout.splitlines()]
     failed = [ts for r, ts in results if r != "ok"]
-    assert not failed, f"{len(failed)} of {len(results)} requests to billing.mesh failed during the restart"
+    assert not failed, f"{len(failed)} of {len(results)} requests to billing.mesh failed during the run"
     # The loop ran across the restart: requests succeeded after the new kuma-cp started (while it became ready
     # and synced with global, which the play waited for).
     assert any(int(ts) // 10**9 > restarted for _, ts in results), (restarted, results[-3:])
+    eventually(lambda: '"backend"' in z1.ssh("curl -sf http://127.0.0.1:10001/", check=False).stdout,
+               timeout=60, message="web's traffic after its restart")
 
 
-def test_a_lost_token_is_issued_again_and_only_its_unit_restarts(fleet: Fleet) -> None:
-    z1 = fleet.z1
-    web_before, backend_before = fleet.unit_pid(z1, "kuma-dp@web"), fleet.unit_pid(z1, "kuma-dp")
+def test_a_lost_token_and_a_token_revoked_on_the_zone_control_plane_are_issued_again(fleet: Fleet) -> None:
+    """zone-1's host lost backend's token; billing's was revoked on zone-2's control plane. One run issues both
+    again and restarts exactly their two units, printing no token."""
+    z1, z2 = fleet.z1, fleet.z2
+    units = {"backend": (z1, "kuma-dp"), "web": (z1, "kuma-dp@web"), "billing": (z2, "kuma-dp@billing"),
+             "ingress-2": (fleet.in2, "kuma-dp@ingress-zone-2")}
+    before = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
     z1.ssh("rm /etc/kuma/dataplanes/primary.token")
-    proc = fleet.play()
-    assert changed(fleet, proc.stdout)[z1.name] > 0
-    assert z1.ssh("test -s /etc/kuma/dataplanes/primary.token", check=False).returncode == 0
-    assert fleet.unit_pid(z1, "kuma-dp") != backend_before and fleet.unit_pid(z1, "kuma-dp@web") == web_before
-    assert "eyJ" not in proc.stdout  # no token in the output
-
-
-def test_a_dataplane_token_revoked_on_its_zone_control_plane_is_replaced_by_the_next_run(fleet: Fleet) -> None:
-    z2 = fleet.z2
     old = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
     revocations = {"type": "Secret", "mesh": "default", "name": "dataplane-token-revocations-default",
                    "data": base64.b64encode(token_claims(old)["jti"].encode()).decode()}
     fleet.cp2.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
-    before = fleet.unit_pid(z2, "kuma-dp@billing"), fleet.unit_pid(fleet.in2, "kuma-dp@ingress-zone-2")
     proc = fleet.play()
+    assert token_claims(z1.ssh("cat /etc/kuma/dataplanes/primary.token").stdout.strip())["Name"] == "backend"
     new = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
     assert new != old and token_claims(new)["Name"] == "billing"
-    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z2.name}, proc.stdout[-6000:]
-    after = fleet.unit_pid(z2, "kuma-dp@billing"), fleet.unit_pid(fleet.in2, "kuma-dp@ingress-zone-2")
-    assert after[0] != before[0] and after[1] == before[1]
-    assert "eyJ" not in proc.stdout
-    body = eventually(lambda: fleet.z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
-                      message="billing.mesh from zone-1 with billing's new token")
+    after = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
+    assert {k for k in units if after[k] != before[k]} == {"backend", "billing"}, (before, after)
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name, z2.name}, proc.stdout[-6000:]
+    assert "eyJ" not in proc.stdout  # no token in the output
+    body = eventually(lambda: z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
+                      message="billing.mesh from zone-1 with the new tokens")
     assert json.loads(body)["service"] == "billing"
+
+
+PROBE = {"type": "Dataplane", "mesh": "default", "name": "probe",
+         "networking": {"address": "198.18.255.254",
+                        "inbound": [{"port": 1, "tags": {"kuma.io/service": "probe"}}]}}
 
 
 def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet) -> None:
@@ -236,13 +227,13 @@ def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet
     assert new != old and token_claims(new)["Zone"] == "zone-1"
     assert fleet.unit_pid(cp1, "kuma-cp") != before  # restarted with the new token
     assert "eyJ" not in proc.stdout
-    # The zone syncs again with its new token: a dataplane change in zone-1 reaches global.
-    fleet.host_vars(fleet.z1, zone1_dataplanes({**WEB_TAGS, "version": "v3"}, fleet.z1.address))
-    fleet.play()
-    eventually(lambda: any(i["labels"].get("kuma.io/display-name") == "web"
-                           and i["networking"]["inbound"][0]["tags"].get("version") == "v3"
-                           for i in (fleet.api(fleet.glob, "/meshes/default/dataplanes") or {}).get("items", [])),
-               timeout=60, message="zone-1's change on global after the new zone token")
+    # The zone syncs again with its new token: a Dataplane registered in zone-1 reaches global.
+    cp1.ssh("kumactl apply -f -", input=yaml.safe_dump(PROBE))
+    try:
+        eventually(lambda: "probe" in fleet.zone_dataplanes("zone-1"), timeout=60,
+                   message="a new dataplane of zone-1 on global after the new zone token")
+    finally:
+        cp1.ssh("kumactl delete dataplane probe -m default")
 
 
 def test_a_bad_variable_fails_before_any_host_is_touched(fleet: Fleet) -> None:
