@@ -227,3 +227,11 @@ def test_the_example_inventory_passes_the_pre_flight_checks(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.findall(r"^(\S+)\s+: ok=(\d+)", proc.stdout, re.M) and "failed=0" in proc.stdout
     assert "UNREACHABLE" not in proc.stdout
+
+
+def test_the_version_of_a_package_file_as_the_package_manager_reports_it() -> None:
+    f = load_filters()
+    assert f.kuma_package_version("/d/kuma-cp_0.1.0-12_amd64.deb") == "0.1.0-12"
+    assert f.kuma_package_version("kuma-dp-0.10.0-3.x86_64.rpm") == "0.10.0-3"
+    with pytest.raises(Exception, match="not a kuma-cp/kuma-dp package"):
+        f.kuma_package_version("/d/other_1.0-1_amd64.deb")

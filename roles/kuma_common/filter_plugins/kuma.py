@@ -22,6 +22,14 @@ def _version_key(path: str) -> tuple[tuple[int, ...], int]:
     return tuple(int(p) for p in m.group("version").split(".") if p), int(m.group("release"))
 
 
+def kuma_package_version(path: str) -> str:
+    """VERSION-RELEASE of a package file, as dpkg-query and rpm -q report the installed package."""
+    _version_key(path)  # a clear error for a name that is not a kuma-vm package
+    m = _PACKAGE.match(path.rsplit("/", 1)[-1])
+    assert m is not None
+    return f"{m.group('version')}-{m.group('release')}"
+
+
 def kuma_newest_package(paths: list[str]) -> str:
     """The file with the highest version and release ('' for none): 0.1.0-10 is newer than 0.1.0-9."""
     return max(paths, key=_version_key) if paths else ""
@@ -122,4 +130,5 @@ class FilterModule:
                 "kuma_token_seconds_left": kuma_token_seconds_left, "kuma_dp_stem": kuma_dp_stem,
                 "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids,
                 "kuma_zone_control_plane": kuma_zone_control_plane,
-                "kuma_dp_revocation_list": kuma_dp_revocation_list, "kuma_package_plan": kuma_package_plan}
+                "kuma_dp_revocation_list": kuma_dp_revocation_list, "kuma_package_plan": kuma_package_plan,
+                "kuma_package_version": kuma_package_version}
