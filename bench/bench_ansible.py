@@ -8,7 +8,7 @@ and trixie: not timed as part of the mesh), then times:
               answered by billing in zone-2 (target <= 300 s on this 2-core machine)
   re-run      the same command on the converged fleet, which must report changed=0 everywhere (target <= 60 s)
 with the slowest tasks of each run from our callback (bench/callback_plugins/task_times.py: ansible-core has no
-profile_tasks). Prints a table and JSON, and the machine's load average before and after (the machine is shared:
+profile_tasks). Prints JSON and a table, and the machine's load average before and after (the machine is shared:
 a loaded machine makes every number larger). Root only (the lab).
 
     .venv/bin/python bench/bench_ansible.py [--top 12] [--json-only]
@@ -119,9 +119,9 @@ def main() -> None:
         raise SystemExit(f"bench_ansible: the lab cannot run here: {reason}")
     install_signal_handlers()  # Ctrl-C and SIGTERM end the run through `finally`: the lab is torn down
     doc = run(args.top)
+    print(dump_json(doc), flush=True)
     if not args.json_only:
-        print(report(doc), flush=True)
-    print(dump_json(doc))
+        print(report(doc))
 
 
 if __name__ == "__main__":
