@@ -128,7 +128,8 @@ def render_hosts_yml(lab: LabState, record: dict[str, Any]) -> str:
     for kind, var in (("kuma-cp.deb", "kuma_cp_package_file"), ("kuma-dp.deb", "kuma_dp_package_file")):
         if record.get("packages", {}).get(kind):
             common[var] = record["packages"][kind]
-    header = ("---\n" f"# Generated from lab {lab.name!r} by `python -m tests.lab status --name {lab.name} --inventory lab`:"
+    header = (f"---\n# Generated from lab {lab.name!r} by "
+              f"`python -m tests.lab status --name {lab.name} --inventory lab`:"
               "\n# do not edit (host_vars/HOST.yml next to it overrides a host's variables).\n"
               "# " + "; ".join(f"{by_part[p.part]}: {p.part}" for p in LAYOUT) + "\n")
     return header + yaml.safe_dump({"all": {"vars": common, "children": groups}}, sort_keys=False, width=120)
