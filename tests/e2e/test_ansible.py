@@ -86,6 +86,17 @@ def fleet(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return boot(lab, workdir, packages, workdir / "inventory")
 
 
+def test_check_mode_on_bare_hosts_says_what_it_would_do_and_fails_nothing(fleet: Fleet) -> None:
+    """--check --diff before anything is installed: tasks that need what earlier tasks would make (the package,
+    the control planes' APIs, tokens) must be skipped or predicted, not fail."""
+    proc = fleet.play("--check", "--diff", check=False)
+    assert proc.returncode == 0, f"check mode on bare hosts failed:\n{proc.stdout[-8000:]}\n{proc.stderr}"
+    results = recap(proc.stdout)
+    assert {h: (r["failed"], r["unreachable"]) for h, r in results.items()} == {h.name: (0, 0) for h in fleet.all}
+    assert all(results[h.name]["changed"] > 0 for h in fleet.all)  # it says what it would do on every host
+    assert fleet.glob.ssh("systemctl list-unit-files 'kuma-*'", check=False).stdout.count("kuma-") == 0
+
+
 def test_site_yml_takes_bare_hosts_to_a_working_mesh(fleet: Fleet) -> None:
     proc = fleet.play()
     assert {h: (r["failed"], r["unreachable"]) for h, r in recap(proc.stdout).items()} == \
