@@ -40,8 +40,21 @@ MatchKey = tuple[tuple[str, str], ...] | None
 
 
 class SpiffeIDMatch(Spec):
+    """Kuma's client SPIFFE ID matcher (MeshTrafficPermission's rules and inbound policies' `rules[].matches`)."""
+
     type: Literal["Exact", "Prefix"]
     value: str
+
+    def check(self, v: Violations, path: str) -> None:
+        if not self.value.startswith("spiffe://") or len(self.value) <= len("spiffe://"):
+            v.add(f"{path}.value", f"{self.value!r} is not a SPIFFE ID: it starts with 'spiffe://' and a trust "
+                                   "domain, e.g. spiffe://default.zone-1.mesh.local/ns/demo/sa/client")
+        elif any(c.isspace() for c in self.value):
+            v.add(f"{path}.value", "cannot contain whitespace")
+
+
+class HeaderSpiffeIDMatch(SpiffeIDMatch):
+    """A SPIFFE ID matched in `x-forwarded-client-cert` (see the module's docstring): its characters only."""
 
     def check(self, v: Violations, path: str) -> None:
         if not _SPIFFE_ID.match(self.value):
@@ -50,9 +63,11 @@ class SpiffeIDMatch(Spec):
                                    "are spiffe://<mesh>/<service>, e.g. spiffe://default/web)")
 
 
-class RuleMatch(Spec):
+class Match(Spec):
+    """One of Kuma's client matchers: a SPIFFE ID (Kuma's `sni` is kept only to refuse it by name)."""
+
     spiffe_id: SpiffeIDMatch | None = Field(default=None, alias="spiffeID")
-    sni: dict[str, Any] | None = None  # Kuma's SNI matcher: kept only to refuse it by name
+    sni: dict[str, Any] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         if self.sni is not None:
@@ -61,6 +76,10 @@ class RuleMatch(Spec):
             v.add(f"{path}.spiffeID", "is required: give the caller's SPIFFE ID (type Exact or Prefix, and value)")
         else:
             self.spiffe_id.check(v, f"{path}.spiffeID")
+
+
+class RuleMatch(Match):
+    spiffe_id: HeaderSpiffeIDMatch | None = Field(default=None, alias="spiffeID")
 
 
 class MatchingInboundRule(InboundRule[RuleConf]):

@@ -16,7 +16,7 @@ the peer certificate's URI SAN (see the "Envoy effect" section at the end of thi
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Literal
+from typing import Literal
 
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.rbac.v3 import rbac_pb2
@@ -51,6 +51,7 @@ from controlplane.xds.generate.targeting import (
 )
 
 from ._checks import check_from
+from ._rule_matches import Match
 
 POLICY = "MeshTrafficPermission"
 Action = Literal["Allow", "Deny", "AllowWithShadowDeny"]
@@ -65,32 +66,6 @@ class Conf(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.action is None:
             v.add(f"{path}.action", "must be set: Allow, Deny or AllowWithShadowDeny")
-
-
-class SpiffeIDMatch(Spec):
-    type: Literal["Exact", "Prefix"]
-    value: str
-
-    def check(self, v: Violations, path: str) -> None:
-        if not self.value.startswith("spiffe://") or len(self.value) <= len("spiffe://"):
-            v.add(f"{path}.value", f"{self.value!r} is not a SPIFFE ID: it starts with 'spiffe://' and a trust "
-                                   "domain, e.g. spiffe://default.zone-1.mesh.local/ns/demo/sa/client")
-        elif any(c.isspace() for c in self.value):
-            v.add(f"{path}.value", "cannot contain whitespace")
-
-
-class Match(Spec):
-    spiffe_id: SpiffeIDMatch | None = Field(default=None, alias="spiffeID")
-    # Kuma 2.14 matches the SNI of the client's TLS too; kept here only to say so (and not to ask for a spiffeID)
-    sni: dict[str, Any] | None = None
-
-    def check(self, v: Violations, path: str) -> None:
-        if self.sni is not None:
-            v.add(f"{path}.sni", "a Kuma field kuma-vm does not support yet: sni (match clients by spiffeID)")
-        elif self.spiffe_id is None:
-            v.add(f"{path}.spiffeID", "is required: an empty matcher would match nothing useful")
-        else:
-            self.spiffe_id.check(v, f"{path}.spiffeID")
 
 
 class RuleConf(Spec):
