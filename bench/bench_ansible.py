@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from bench._common import dump_json, install_signal_handlers, render_table, verdict
 from tests.e2e.packages import build_release
 from tests.lab.fixtures import Lab, lab_skip_reason
-from tests.lab.fleet import LAYOUT, Fleet, boot
+from tests.lab.fleet import LAYOUT, Fleet, boot, until
 
 CALLBACKS = Path(__file__).resolve().parent / "callback_plugins"
 TARGET_MESH_UP_S, TARGET_RERUN_S = 300.0, 60.0
@@ -48,17 +48,6 @@ def timed_play(fleet: Fleet, label: str) -> dict[str, Any]:
     changed = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)",
                                                                   proc.stdout, re.M)}
     return {"wall_s": wall, "changed": changed, **json.loads(times.read_text())}
-
-
-def until(what: str, check: Any, timeout: float) -> Any:
-    """Poll `check` (a real state: an HTTP answer) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.2)
-    raise SystemExit(f"bench_ansible: {what} did not happen within {timeout:g}s")
 
 
 def run(top: int) -> dict[str, Any]:
@@ -77,7 +66,7 @@ def run(top: int) -> dict[str, Any]:
         first = timed_play(fleet, "first")
         fleet.enable_mtls()
         body = until("billing.mesh answered from zone-1", lambda: fleet.z1.ssh(
-            "curl -sf http://billing.mesh/", check=False).stdout, timeout=300)
+            "curl -sf http://billing.mesh/", check=False).stdout, timeout=300, who="bench_ansible", interval=0.2)
         mesh_up_s = time.monotonic() - start
         assert json.loads(body)["service"] == "billing", body
         rerun = timed_play(fleet, "rerun")

@@ -238,14 +238,15 @@ def boot(lab: Any, workdir: Path, packages: dict[str, Path], inventory: Path) ->
     return fleet
 
 
-def _until(what: str, check: Any, timeout: float = 120.0) -> Any:
+def until(what: str, check: Any, timeout: float = 120.0, *, who: str = "fleet-up", interval: float = 1.0) -> Any:
+    """Poll `check` (a real state of the fleet) until it returns something true; else exit naming `what`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
         if result:
             return result
-        time.sleep(1)
-    raise SystemExit(f"fleet-up: {what} did not happen within {timeout:g}s")
+        time.sleep(interval)
+    raise SystemExit(f"{who}: {what} did not happen within {timeout:g}s")
 
 
 def main() -> None:
@@ -275,9 +276,9 @@ def main() -> None:
         fleet.play(stream=True)
         print("--- mTLS on the default mesh, applied on global (cross-zone traffic needs it)", flush=True)
         fleet.enable_mtls()
-        _until("zone-2's ingress reaching zone-1", lambda: "billing" in fleet.zone2_services_in_zone1())
+        until("zone-2's ingress reaching zone-1", lambda: "billing" in fleet.zone2_services_in_zone1())
         for target in ("backend.mesh", "billing.mesh"):
-            body = _until(f"http://{target}/ from the zone-1 host", lambda t=target: fleet.z1.ssh(
+            body = until(f"http://{target}/ from the zone-1 host", lambda t=target: fleet.z1.ssh(
                 f"curl -sf http://{t}/", check=False).stdout)
             answer = json.loads(body)
             xfcc = answer["headers"].get("x-forwarded-client-cert", "")
