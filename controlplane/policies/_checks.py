@@ -14,7 +14,7 @@ import binascii
 import importlib
 import re
 import warnings
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -118,6 +118,21 @@ def parse_go_duration(text: str) -> int:
         raise ValueError(f"{text!r} is not a duration: use numbers with units ns, us, ms, s, m or h, "
                          f"e.g. '10s', '1m30s', '500ms'{hint}")
     return sign * int(total)
+
+
+def check_type_blocks(v: Violations, path: str, chosen: str,
+                      blocks: Mapping[str, tuple[str, Spec | None, str]]) -> None:
+    """A `type` that selects one of several blocks (a backend's `zipkin`, `file`, `prometheus`...): the chosen
+    block must be set and is checked, the others must not be set. `blocks`: type -> (field alias, the block,
+    what to give when it is missing, or "")."""
+    for kind, (alias, block, hint) in blocks.items():
+        if kind == chosen:
+            if block is None:
+                v.add(f"{path}.{alias}", f"must be set with type {kind}" + (f": {hint}" if hint else ""))
+            else:
+                block.check(v, f"{path}.{alias}")
+        elif block is not None:
+            v.add(f"{path}.{alias}", f"cannot be set with type {chosen}: set type {kind} or remove it")
 
 
 def check_duration(v: Violations, path: str, text: str | None, *, allow_zero: bool = True) -> int | None:

@@ -84,7 +84,7 @@ from controlplane.xds.resources import XdsResource
 from kuma_shared.access_logs import access_log_pipe
 
 from ._access_log_format import check_format_text, interpolate
-from ._checks import InboundRule, check_from, check_rules, check_to, rules_as_from
+from ._checks import InboundRule, check_from, check_rules, check_to, check_type_blocks, rules_as_from
 from ._collectors import check_endpoint, collector_cluster, endpoint_of
 from ._inbound_view import origins, register_inbound_view
 
@@ -269,24 +269,10 @@ class Backend(Spec):
     open_telemetry: OtelBackend | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if self.type == "OpenTelemetry":
-            if self.open_telemetry is None:
-                v.add(f"{path}.openTelemetry", "must be set with type OpenTelemetry: give at least 'endpoint'")
-            else:
-                self.open_telemetry.check(v, f"{path}.openTelemetry")
-        elif self.type == "Tcp":
-            if self.tcp is None:
-                v.add(f"{path}.tcp", "must be set with type Tcp: give at least 'address'")
-            else:
-                self.tcp.check(v, f"{path}.tcp")
-        elif self.file is None:
-            v.add(f"{path}.file", "must be set with type File: give at least 'path'")
-        else:
-            self.file.check(v, f"{path}.file")
-        for field, alias, kind in (("tcp", "tcp", "Tcp"), ("file", "file", "File"),
-                                   ("open_telemetry", "openTelemetry", "OpenTelemetry")):
-            if getattr(self, field) is not None and self.type != kind:
-                v.add(f"{path}.{alias}", f"cannot be set with type {self.type}: set type {kind} or remove it")
+        check_type_blocks(v, path, self.type, {
+            "Tcp": ("tcp", self.tcp, "give at least 'address'"),
+            "File": ("file", self.file, "give at least 'path'"),
+            "OpenTelemetry": ("openTelemetry", self.open_telemetry, "give at least 'endpoint'")})
 
 
 class Conf(Spec):

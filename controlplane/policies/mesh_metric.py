@@ -51,7 +51,7 @@ from controlplane.xds.generate.targeting import (
     merge_confs,
 )
 
-from ._checks import check_duration, check_regex, parse_go_duration
+from ._checks import check_duration, check_regex, check_type_blocks, parse_go_duration
 from ._collectors import check_endpoint
 
 POLICY = "MeshMetric"
@@ -155,23 +155,11 @@ class Backend(Spec):
     open_telemetry: OpenTelemetryBackend | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        if self.type == "OpenTelemetry":
-            if self.open_telemetry is None:
-                v.add(f"{path}.openTelemetry", "required for an OpenTelemetry backend: give at least 'endpoint'")
-        elif self.type != "Prometheus":
+        if self.type not in ("Prometheus", "OpenTelemetry"):
             v.add(f"{path}.type", f"unknown backend type {self.type!r}: use Prometheus or OpenTelemetry")
-        elif self.prometheus is None:
-            v.add(f"{path}.prometheus", "required for a Prometheus backend: give at least {} (port 5670, "
-                                        "path /metrics)")
-        if self.prometheus is not None:
-            if self.type != "Prometheus":
-                v.add(f"{path}.prometheus", f"cannot be set with type {self.type}: set type Prometheus or remove it")
-            self.prometheus.check(v, f"{path}.prometheus")
-        if self.open_telemetry is not None:
-            if self.type != "OpenTelemetry":
-                v.add(f"{path}.openTelemetry", f"cannot be set with type {self.type}: set type OpenTelemetry or "
-                                               "remove it")
-            self.open_telemetry.check(v, f"{path}.openTelemetry")
+        check_type_blocks(v, path, self.type, {
+            "Prometheus": ("prometheus", self.prometheus, "give at least {} (port 5670, path /metrics)"),
+            "OpenTelemetry": ("openTelemetry", self.open_telemetry, "give at least 'endpoint'")})
 
 
 DEFAULT_APPLICATION_PATH = "/metrics/prometheus"  # Kuma's default

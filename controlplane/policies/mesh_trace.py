@@ -55,7 +55,7 @@ from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import TOP_LEVEL_KINDS, TargetRef, check_top_level, merge_confs
 from controlplane.xds.resources import XdsResource
 
-from ._checks import IntOrString, check_percentage, parse_decimal
+from ._checks import IntOrString, check_percentage, check_type_blocks, parse_decimal
 from ._collectors import check_endpoint, check_url, collector_cluster, endpoint_of, parse_url
 
 POLICY = "MeshTrace"
@@ -115,19 +115,11 @@ class Backend(Spec):
     open_telemetry: OpenTelemetryBackend | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        fields = {"Zipkin": ("zipkin", "zipkin"), "Datadog": ("datadog", "datadog"),
-                  "OpenTelemetry": ("open_telemetry", "openTelemetry")}
         if self.type not in BACKEND_TYPES:
             v.add(f"{path}.type", f"unknown backend type {self.type!r}: use one of {', '.join(BACKEND_TYPES)}")
-        for kind, (field, alias) in fields.items():
-            value = getattr(self, field)
-            if kind == self.type:
-                if value is None:
-                    v.add(f"{path}.{alias}", f"must be set with type {kind}")
-                else:
-                    value.check(v, f"{path}.{alias}")
-            elif value is not None:
-                v.add(f"{path}.{alias}", f"cannot be set with type {self.type}: set type {kind} or remove it")
+        check_type_blocks(v, path, self.type, {"Zipkin": ("zipkin", self.zipkin, ""),
+                                               "Datadog": ("datadog", self.datadog, ""),
+                                               "OpenTelemetry": ("openTelemetry", self.open_telemetry, "")})
 
 
 class HeaderTag(Spec):

@@ -65,7 +65,7 @@ def test_backend_checks_and_defaults() -> None:
          "give host:port"),
         ({"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317", "refreshInterval": "100ms"}},
          "openTelemetry.refreshInterval", "too often"),
-        ({"type": "OpenTelemetry"}, "openTelemetry", "required for an OpenTelemetry backend"),
+        ({"type": "OpenTelemetry"}, "openTelemetry", "must be set with type OpenTelemetry"),
         ({"type": "Prometheus", "openTelemetry": {"endpoint": "otel:4317"}, "prometheus": {}}, "openTelemetry",
          "cannot be set with type Prometheus"),
     ]:
