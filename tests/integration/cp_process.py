@@ -201,7 +201,8 @@ def cp_factory(tmp_path: Path) -> Iterator[Callable[..., CpProcess]]:
 
     def factory(**env: str) -> CpProcess:
         try:
-            cp = start_cp(tmp_path / f"cp{len(started)}", timeout=START_TIMEOUT, **env)
+            # nofile named, so that env (KUMA_* strings only) is not read as a candidate for it
+            cp = start_cp(tmp_path / f"cp{len(started)}", timeout=START_TIMEOUT, nofile=None, **env)
         except CpStartError as e:
             pytest.fail(str(e), pytrace=False)
         started.append(cp)
