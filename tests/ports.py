@@ -20,6 +20,7 @@ import random
 import socket
 import tempfile
 from pathlib import Path
+from typing import IO
 
 REGISTRY = Path(tempfile.gettempdir()) / "kuma-vm-test-ports.json"
 LOWEST = 20000
@@ -53,6 +54,22 @@ def _bindable(port: int, host: str) -> bool:
     return True
 
 
+def _read(f: IO[str]) -> dict[str, int]:
+    f.seek(0)
+    try:
+        held: dict[str, int] = json.loads(f.read() or "{}")
+    except ValueError:  # never written, or written by an older layout
+        return {}
+    return held
+
+
+def registry() -> dict[str, int]:
+    """The registry's port -> pid entries, read under its lock (a writer truncates before it writes)."""
+    with open(REGISTRY, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return _read(f)
+
+
 def free_port(host: str = "127.0.0.1", taken: set[int] | None = None) -> int:
     """A port reserved for this process (TCP and UDP free on `host` now); also added to `taken` if given."""
     high = _ephemeral_low() - 1
@@ -62,12 +79,7 @@ def free_port(host: str = "127.0.0.1", taken: set[int] | None = None) -> int:
     me = os.getpid()
     with open(REGISTRY, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
-        f.seek(0)
-        try:
-            held: dict[str, int] = json.loads(f.read() or "{}")
-        except ValueError:
-            held = {}
-        held = {port: pid for port, pid in held.items() if pid == me or _alive(pid)}
+        held = {port: pid for port, pid in _read(f).items() if pid == me or _alive(pid)}
         start = random.randint(LOWEST, high)
         span = high - LOWEST + 1
         for i in range(span):

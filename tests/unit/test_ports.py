@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ def test_ports_are_outside_the_ephemeral_range_distinct_and_registered() -> None
     got = [free_port() for _ in range(50)]
     assert len(set(got)) == 50
     assert all(ports.LOWEST <= p < ports._ephemeral_low() for p in got)
-    held = json.loads(ports.REGISTRY.read_text())
+    held = ports.registry()  # under the lock: another test process may be rewriting the file
     assert all(held[str(p)] == ports.os.getpid() for p in got)
     taken: set[int] = set()
     p = free_port(taken=taken)
