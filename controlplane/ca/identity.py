@@ -4,10 +4,14 @@ The certificate follows Kuma's workload certificate (`pkg/core/ca/issuer`): empt
 `spiffe://<mesh>/<service>` for every `kuma.io/service` (sorted, deduplicated), then `kuma://<tag>/<value>` for
 every tag and value of the dataplane (tags sorted, values sorted and deduplicated; `kuma.io/service` included);
 keyUsage digitalSignature + keyEncipherment + keyAgreement and extKeyUsage serverAuth + clientAuth (the same
-certificate serves inbound and outbound mTLS); default lifetime 24h (`dpCert.rotation.expiration`); renewed
-when 4/5 of its lifetime, counted from issuance, has passed (Kuma's `ExpiringSoon`: generation + 4/5 *
-(expiration - generation)). Where we differ: notBefore is backdated one minute (Kuma: 10 s) and notAfter never
-passes the CA's own notAfter (a leaf cannot be verified past its CA anyway, and renewal then comes early).
+certificate serves inbound and outbound mTLS). An outbound-only dataplane (no inbounds, no gateway) has no
+`kuma.io/service`; as in Kuma 2.14 (`identityTags`) its identity is its `kuma.io/workload` label, as if it were
+the service: `spiffe://<mesh>/<workload>` and `kuma://kuma.io/service/<workload>` (callers pass those tags, see
+`controlplane.resources.dataplane.identity_tags`); without the label it has none. Default lifetime 24h
+(`dpCert.rotation.expiration`); renewed when 4/5 of its lifetime, counted from issuance, has passed (Kuma's
+`ExpiringSoon`: generation + 4/5 * (expiration - generation)). Where we differ: notBefore is backdated one
+minute (Kuma: 10 s) and notAfter never passes the CA's own notAfter (a leaf cannot be verified past its CA
+anyway, and renewal then comes early).
 
 Keys are EC P-256, where Kuma uses RSA 2048: every dataplane gets a fresh key at every renewal, and an RSA-2048
 key costs tens of milliseconds of CPU to generate against about 0.1 ms for P-256; thousands of dataplanes
@@ -41,6 +45,7 @@ log = logging.getLogger("kuma.ca")
 DEFAULT_LIFETIME = timedelta(hours=24)
 CLOCK_SKEW = timedelta(minutes=1)
 SERVICE_TAG = "kuma.io/service"
+WORKLOAD_LABEL = "kuma.io/workload"
 # A SPIFFE ID path segment: letters, digits, '.', '-', '_' (what go-spiffe, and so Kuma, accepts).
 _SPIFFE_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 # RFC 3986 characters a URI path keeps as they are; anything else in a tag value is percent-encoded.
@@ -91,7 +96,10 @@ class IdentityCert:
 def _normalise_services(mesh: str, services: Iterable[str]) -> tuple[str, ...]:
     out = tuple(sorted(set(services)))
     if not out:
-        raise IdentityError(f"a dataplane needs at least one '{SERVICE_TAG}' to have an identity", mesh=mesh)
+        # Kuma 2.14 (identityTags): an outbound-only dataplane takes its identity from its kuma.io/workload
+        # label; one with neither that label nor a service has none, and mTLS cannot work for it.
+        raise IdentityError(f"a dataplane needs a '{SERVICE_TAG}' (an inbound or a gateway) or, outbound-only, a "
+                            f"'{WORKLOAD_LABEL}' label to have an identity: add the label", mesh=mesh)
     bad = [s for s in out if not _SPIFFE_SEGMENT.match(s)]
     if bad:
         raise IdentityError(f"service name(s) {', '.join(map(repr, bad))} cannot go into a SPIFFE ID: use letters, "

@@ -51,6 +51,7 @@ from google.protobuf import struct_pb2
 
 from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.errors import Violations
+from controlplane.resources.fields import PolicyTags
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
@@ -152,7 +153,7 @@ class RateLimitedBackOff(Spec):
 
 class Predicate(Spec):
     predicate: Literal["OmitPreviousHosts", "OmitHostsWithTags", "OmitPreviousPriorities"]
-    tags: dict[str, str] | None = None
+    tags: PolicyTags | None = None
     # Kuma's default is 2.
     update_frequency: int | None = None
 

@@ -12,6 +12,10 @@ from .fields import check_address, check_duration, check_port, check_tags
 SERVICE_TAG = "kuma.io/service"
 PROTOCOL_TAG = "kuma.io/protocol"
 ZONE_TAG = "kuma.io/zone"
+# Kuma 2.14: the label that names an outbound-only (or tag-free) dataplane's workload, and so its identity.
+WORKLOAD_LABEL = "kuma.io/workload"
+# Kuma's name for "this proxy has no service" (mesh_proto.ServiceUnknown), in metrics, MADS and insights.
+SERVICE_UNKNOWN = "unknown"
 PROTOCOLS = ("tcp", "http", "http2", "grpc", "kafka")
 
 
@@ -66,8 +70,13 @@ class Inbound(Spec):
         check_address(v, f"{path}.serviceAddress", self.service_address, required=False, ip_only=True)
         check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
         if not self.tags:
-            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode) is not supported by kuma-vm "
-                                  f"yet: give it tags with {SERVICE_TAG}")
+            # Kuma 2.14 accepts it only in its MeshService mode (Experimental.InboundTagsDisabled): callers reach
+            # the inbound through a MeshService resource that selects the dataplane's labels, and the inbound is
+            # named (`name`). kuma-vm has neither MeshService resources nor inbound names, so no caller could
+            # ever address such an inbound; refusing says so instead of serving an unreachable listener.
+            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode, where callers reach it through "
+                                  "a MeshService resource) is not supported by kuma-vm yet: kuma-vm has no "
+                                  f"MeshService resources, so give the inbound tags with {SERVICE_TAG}")
         else:
             check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
         check_protocol_tag(v, f"{path}.tags", self.tags)
@@ -146,12 +155,8 @@ class Networking(Spec):
     def check(self, v: Violations, path: str) -> None:
         check_dataplane_address(v, f"{path}.address", self.address)
         check_address(v, f"{path}.advertisedAddress", self.advertised_address, required=False)
-        if not self.inbound and self.gateway is None:
-            # Kuma 2.14 accepts it; kuma-vm takes a proxy's mTLS identity and what policies select from the
-            # kuma.io/service of its inbounds (or gateway), so such a proxy would have neither.
-            v.add(f"{path}.inbound", "a dataplane without inbounds or a gateway (Kuma accepts one) is not supported "
-                                     "by kuma-vm yet: kuma-vm gives a proxy its mTLS identity from an inbound's "
-                                     "kuma.io/service; add an inbound for the service it runs, or make it a gateway")
+        # Kuma 2.14 accepts a dataplane with neither inbounds nor a gateway: an outbound-only proxy (a batch job,
+        # a client VM, usually with transparentProxying). Its identity: see `identity_service` below.
         if self.inbound and self.gateway is not None:
             v.add(f"{path}.inbound", f"inbound cannot be defined for {self.gateway.type.lower()} gateways")
         if self.outbound and self.gateway is not None and self.gateway.type == "BUILTIN":
@@ -256,6 +261,39 @@ class DataplaneSpec(Spec):
             for k, value in tags.items():
                 out.setdefault(k, set()).add(value)
         return out
+
+
+def identity_tags(dataplane: Resource) -> dict[str, set[str]]:
+    """The tags a dataplane's mTLS identity carries (its certificate's SPIFFE IDs and kuma:// URIs), as Kuma
+    2.14's `identityTags`: its inbounds' (or gateway's) tags when they name a `kuma.io/service`; otherwise,
+    for an outbound-only dataplane, `kuma.io/service` = its `kuma.io/workload` label; otherwise none (with mTLS
+    on, Kuma then cannot give it an identity; kuma-vm refuses its bootstrap saying so)."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    tags = spec.tags()
+    if tags.get(SERVICE_TAG):
+        return tags
+    workload = dataplane.meta.labels.get(WORKLOAD_LABEL)
+    return {SERVICE_TAG: {workload}} if workload else {}
+
+
+def identifying_service(dataplane: Resource) -> str:
+    """The one service name a proxy is shown and measured under (Kuma's IdentifyingName): its first
+    `kuma.io/service` (inbounds or gateway, else the workload label), or Kuma's "unknown"."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    services = spec.services()  # the first inbound's, in the document's order, as Kuma
+    return services[0] if services else dataplane.meta.labels.get(WORKLOAD_LABEL) or SERVICE_UNKNOWN
+
+
+def no_identity_reason(dataplane: Resource) -> str | None:
+    """Why a dataplane cannot get an mTLS identity (None when it can): the bootstrap and the xDS layer say it."""
+    if identity_tags(dataplane).get(SERVICE_TAG):
+        return None
+    return (f"dataplane {dataplane.meta.name!r} has no inbound or gateway with a {SERVICE_TAG} tag and no "
+            f"{WORKLOAD_LABEL!r} label, so it cannot have an mTLS identity in mesh {dataplane.meta.mesh!r} (as "
+            f"in Kuma 2.14): add the label `{WORKLOAD_LABEL}: <name>` to the Dataplane (its SPIFFE ID becomes "
+            f"spiffe://{dataplane.meta.mesh}/<name>), or an inbound")
 
 
 DATAPLANE = register(ResourceType(

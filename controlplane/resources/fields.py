@@ -5,6 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import timedelta
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from .errors import Violations
 from .paths import key_path
@@ -161,3 +164,30 @@ def check_address(v: Violations, path: str, address: str | None, *, required: bo
         pass
     if ip_only or not _HOSTNAME.match(address):
         v.add(path, f"{address!r} is not a valid {'IP address' if ip_only else 'IP address or hostname'}")
+
+
+def coerce_tag_values(value: object) -> object:
+    """Scalar values of a policy's tag (or label) map as the strings Kuma reads them as.
+
+    Kuma's policies are Go structs decoded with sigs.k8s.io/yaml, which converts a YAML scalar into the string
+    a `map[string]string` wants: `port: 8080` is the tag "8080", `enabled: true` is "true", `ratio: 0.5` is
+    "0.5" (Kuma's own MeshTCPRoute tests select a gateway listener with an unquoted `port: 6000`). Lists, maps
+    and null are left as they are, so they are refused as not a string. A Dataplane's tags are not coerced:
+    Kuma decodes Dataplanes as protobuf JSON, which refuses a number where a string goes."""
+    if not isinstance(value, dict):
+        return value
+    return {k: _scalar_text(v) for k, v in value.items()}
+
+
+def _scalar_text(value: object) -> object:
+    if isinstance(value, bool):  # before int: bool is an int in Python
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):  # Go's FormatFloat(f, 'g', -1): 8080.0 -> "8080", 0.5 -> "0.5"
+        return str(int(value)) if value.is_integer() and abs(value) < 1e21 else repr(value)
+    return value
+
+
+# The type of a policy's tag and label maps (targetRef tags/labels, retry predicates): see coerce_tag_values.
+PolicyTags = Annotated[dict[str, str], BeforeValidator(coerce_tag_values)]

@@ -12,7 +12,7 @@ import grpc
 from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.codec import to_wire
-from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.dataplane import DataplaneSpec, identifying_service, no_identity_reason
 from controlplane.resources.mesh import MeshSpec, membership_refusal
 from controlplane.store.base import NotFound, ResourceStore, StoreError
 
@@ -66,9 +66,13 @@ class BootstrapService:
             if refusal:
                 log.warning("bootstrap refused", extra={"mesh": req.mesh, "dataplane": req.name, "reason": refusal})
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-        services = spec.services() if isinstance(spec, DataplaneSpec) else []
+            no_identity = no_identity_reason(caller.dataplane) if mesh.spec.mtls and mesh.spec.mtls.enabled() else None
+            if no_identity:  # an outbound-only proxy in an mTLS mesh needs a kuma.io/workload label
+                log.warning("bootstrap refused", extra={"mesh": req.mesh, "dataplane": req.name, "reason": no_identity})
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, no_identity)
+        service = identifying_service(caller.dataplane) if isinstance(spec, DataplaneSpec) else req.name
         dataplane_json = json.dumps(to_wire(caller.dataplane)) if caller.registering else None
-        bootstrap = render(req, ca_pem=self.ca_pem, service=services[0] if services else req.name,
+        bootstrap = render(req, ca_pem=self.ca_pem, service=service,
                            dataplane_json=dataplane_json)
         log.info("bootstrap served", extra={"mesh": caller.mesh, "dataplane": req.name, "proxyType": req.proxy_type,
                                             "api": req.api_type})

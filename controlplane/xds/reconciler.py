@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
 from controlplane.dns.vips import VipView
 from controlplane.resources import REGISTRY, Resource
-from controlplane.resources.dataplane import DataplaneSpec
+from controlplane.resources.dataplane import SERVICE_TAG, identity_tags
 from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.base import ChangeEvent, NotFound, ResourceStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait, wait_set
@@ -400,10 +400,9 @@ class Reconciler:
     async def _identity(self, topo: MeshTopology, dataplane: Resource, node_id: str) -> Identity | None:
         if topo.ca_bundle_pem is None:
             return None
-        spec = dataplane.spec
-        assert isinstance(spec, DataplaneSpec)
-        cert = await self.identities.identity_for(topo.mesh, (topo.name, dataplane.meta.name), spec.services(),
-                                                  spec.tags())
+        tags = identity_tags(dataplane)  # inbounds' tags, or an outbound-only proxy's kuma.io/workload label
+        cert = await self.identities.identity_for(topo.mesh, (topo.name, dataplane.meta.name),
+                                                  tags.get(SERVICE_TAG, ()), tags)
         if cert is None:
             return None
         for callback in self.on_identity:

@@ -253,7 +253,7 @@ def test_apply_validates_every_document_before_contacting_the_cp(tmp_path: Path,
         "type: Mesh\nname: demo",
         DP.format(mesh="demo", name="web-1", port=70000),
         DP.format(mesh="demo", name="web-2", port=8080),
-        "type: Dataplane\nmesh: demo\nname: Bad_Name\nnetworking:\n  address: 10.0.0.3\n  inbound: []",
+        "type: Dataplane\nmesh: demo\nname: Bad_Name\nnetworking:\n  address: 0.0.0.0\n  inbound: []",
         "type: Nonsense\nname: x",
     ]))
     r = run("apply", "-f", str(f), config=cfg)
@@ -261,7 +261,7 @@ def test_apply_validates_every_document_before_contacting_the_cp(tmp_path: Path,
     out = err(r)
     assert "document 2 (Dataplane web-1): networking.inbound[0].port: port 70000 must be in the range" in out
     assert "document 4 (Dataplane Bad_Name): name:" in out
-    assert "document 4 (Dataplane Bad_Name): networking.inbound: a dataplane without inbounds" in out
+    assert "document 4 (Dataplane Bad_Name): networking.address: must not be 0.0.0.0" in out
     assert "document 5 (Nonsense x): type: unknown resource type 'Nonsense'; known types:" in out
     assert "document 1" not in out and "document 3" not in out
     assert "cannot reach" not in out  # nothing was sent

@@ -13,9 +13,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final, Generic, Literal, TypeVar
 
 from controlplane.resources.base import Resource, Spec
-from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec
+from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec, identity_tags
 from controlplane.resources.errors import Violations
-from controlplane.resources.fields import TAG_KEY_RE, TAG_VALUE_RE, check_labels, check_name
+from controlplane.resources.fields import TAG_KEY_RE, TAG_VALUE_RE, PolicyTags, check_labels, check_name
 
 # --- targetRef ------------------------------------------------------------------------------------
 
@@ -62,11 +62,11 @@ class TargetRef(Spec):
     # resource's name.
     name: str | None = None
     # MeshSubset/MeshServiceSubset (and MeshGateway listener tags where the policy allows them).
-    tags: dict[str, str] | None = None
+    tags: PolicyTags | None = None
     # Reserved by Kuma for cross-mesh references: never accepted.
     mesh: str | None = None
     namespace: str | None = None
-    labels: dict[str, str] | None = None
+    labels: PolicyTags | None = None
     section_name: str | None = None
     proxy_types: list[ProxyType] | None = None
 
@@ -108,6 +108,12 @@ class TargetRef(Spec):
         if self.proxy_types and proxy_type not in self.proxy_types:
             return False
         tag_sets = [gateway.tags] if gateway is not None else [i.tags for i in spec.networking.inbound]
+        if not tag_sets:
+            # An outbound-only proxy: selected by what its identity carries (its kuma.io/workload label as
+            # kuma.io/service, or nothing), so Mesh and a tag-less MeshSubset select it, and MeshService names
+            # its workload. Kuma 2.14's matcher selects proxies through their inbounds, so there no targetRef
+            # selects such a proxy; kuma-vm follows Kuma's documentation ("Mesh: every proxy of the mesh").
+            tag_sets = [{k: min(vs) for k, vs in identity_tags(dataplane).items()}]
         if self.kind == MESH:
             return True
         if self.kind == MESH_SUBSET:
