@@ -17,7 +17,7 @@ from typing import Any
 
 from controlplane.policies.mesh_metric import POLICY, merged_conf, prometheus_backends
 from controlplane.resources.base import REGISTRY, Resource
-from controlplane.resources.dataplane import SERVICE_TAG, DataplaneSpec
+from controlplane.resources.dataplane import DataplaneSpec, identifying_service
 from controlplane.store.base import ListQuery, ResourceStore
 from controlplane.supervise import Supervisor
 from controlplane.xds.generate.targeting import effective_target_ref, in_precedence_order, precedence_key
@@ -94,8 +94,7 @@ def compute(dataplanes: list[Resource], policies: dict[str, list[Resource]], zon
         if conf is None:
             continue
         net = spec.networking
-        service = (net.gateway.tags if net.gateway is not None else
-                   (net.inbound[0].tags if net.inbound else {})).get(SERVICE_TAG, "")
+        service = identifying_service(dp)  # Kuma: an outbound-only proxy's workload label, else "unknown"
         out[(dp.meta.mesh, dp.meta.name)] = DataplaneMetrics(
             mesh=dp.meta.mesh, name=dp.meta.name, service=service,
             address=net.advertised_address or net.address, listen=net.address, conf=conf,
