@@ -581,7 +581,7 @@ async def test_identity_certificate(mesh_ca: MeshCa) -> None:
 
 
 async def test_identity_refuses_bad_input(mesh_ca: MeshCa) -> None:
-    with pytest.raises(IdentityError, match="at least one"):
+    with pytest.raises(IdentityError, match="label to have an identity"):
         issue_identity(mesh_ca, "m", [], timedelta(hours=1))
     with pytest.raises(IdentityError, match="SPIFFE"):
         issue_identity(mesh_ca, "m", ["web/evil"], timedelta(hours=1))
