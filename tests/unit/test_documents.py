@@ -141,7 +141,7 @@ def test_map_keys_are_spelled_one_way_in_every_kind_of_error() -> None:
                         "labels": {"team": "a b"}})
     assert 'labels["team"]' in problems
     problems = _fields({"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
-        "targetRef": {"kind": "MeshService", "name": "web", "tags": {"version": 1}},
+        "targetRef": {"kind": "MeshService", "name": "web", "tags": {"version": [1]}},  # 1 reads as "1" (Kuma)
         "to": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1s"}}]}})
     assert any(f.startswith('spec.targetRef.tags["version"]') for f in problems), problems
 
