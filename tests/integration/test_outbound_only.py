@@ -4,6 +4,7 @@ denies it by the identity Kuma 2.14 gives it (its `kuma.io/workload` label: spif
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -129,3 +130,28 @@ def test_outbound_only_dataplane_without_mtls_needs_no_identity(mesh: MeshHarnes
     envoy.wait_listener(f"outbound:127.0.0.1:{port}", timeout=20)
     _, body = eventually(lambda: (r := http(port, "/plain")) and r[0] == 200 and r, message="job -> backend")
     assert isinstance(body, dict) and body["service"] == "backend"
+
+
+def test_outbound_only_transparent_proxy_reaches_a_service_by_its_vip(
+        cp_factory: Callable[..., CpProcess], envoy_factory: Callable[..., EnvoyProcess],
+        app_factory: Callable[..., App]) -> None:
+    # A client VM as Kuma users write it: no inbounds, no outbounds, transparentProxying. kuma-vm's `.mesh`
+    # names go to loopback VIPs its Envoy listens on (kuma-dp --dns-enabled), with no iptables; a VIP range of
+    # this test's own keeps it apart from other control planes on the machine.
+    cidr = f"127.{random.randrange(100, 200)}.{random.randrange(256)}.0/24"
+    mesh = MeshHarness(cp_factory(KUMA_DNS_SERVER_CIDR=cidr), envoy_factory, app_factory)
+    mesh.apply(MTLS_MESH % "24h")
+    mesh.apply(ALLOW_BATCH)
+    backend = mesh.app("echo_http", "--name", "backend")
+    mesh.dataplane("backend-1", "backend", app_port=backend.port)
+    doc = {"type": "Dataplane", "mesh": "default", "name": "vm-1", "labels": {"kuma.io/workload": "batch"},
+           "networking": {"address": "127.0.0.1",
+                          "transparentProxying": {"redirectPortInbound": 15006, "redirectPortOutbound": 15001}}}
+    envoy = mesh.envoy_factory(mesh.bootstrap("vm-1", mesh.token("vm-1"), doc, vip_listeners=True), name="vm-1")
+    vip = eventually(lambda: mesh.api("GET", "/meshes/default/vips").json["vips"].get("backend"),
+                     message="backend has a VIP")
+    assert "batch" not in mesh.api("GET", "/meshes/default/vips").json["vips"]  # a client is no service
+    envoy.wait_listener(f"outbound:{vip}:80", timeout=20)
+    _, body = eventually(lambda: (r := http(80, "/vm", host=vip)) and r[0] == 200 and r, message="vm -> backend.mesh")
+    assert isinstance(body, dict) and body["service"] == "backend"
+    assert "URI=spiffe://default/batch" in body["headers"]["x-forwarded-client-cert"]
