@@ -113,6 +113,10 @@ def test_outbound_only_dataplane_calls_a_service_with_mtls(mesh: MeshHarness) ->
     insight = eventually(lambda: (r := mesh.api("GET", "/meshes/default/dataplane-insights/job-1")).status == 200
                          and r.json)
     assert insight["mTLS"]["certificateExpirationTime"]
+    # What applies to it, as kumactl inspect and the GUI ask: its outbound, and no inbound section.
+    policies = mesh.api("GET", "/meshes/default/dataplanes/job-1/policies")
+    assert policies.status == 200, policies.raw
+    assert "inbounds" not in policies.raw.decode()
 
 
 def test_outbound_only_dataplane_without_an_identity_is_refused_in_an_mtls_mesh(mesh: MeshHarness) -> None:

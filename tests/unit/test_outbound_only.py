@@ -15,6 +15,7 @@ from controlplane.ca.manager import MeshCa
 from controlplane.mads.assignments import compute
 from controlplane.resources import Resource, ResourceValidationError, from_wire, load_all
 from controlplane.resources.dataplane import identifying_service, identity_tags, no_identity_reason
+from controlplane.resources.mesh import membership_refusal
 from controlplane.xds.generate.proxy import generate_snapshot
 from controlplane.xds.generate.targeting import TargetRef
 from tests.unit.test_ca import mesh_ca, store  # noqa: F401  (fixtures)
@@ -65,6 +66,14 @@ async def test_the_certificate_names_the_workload(mesh_ca: MeshCa) -> None:  # n
     uris = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert uris.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://m/batch",
                                                                         "kuma://kuma.io/service/batch"]
+
+
+def test_mesh_constraints_do_not_keep_it_out_as_in_kuma() -> None:
+    # Kuma's membership validator checks each inbound's (or the gateway's) tag set: an outbound-only proxy has
+    # none, so requirements and restrictions do not apply to it.
+    constrained = from_wire({"type": "Mesh", "name": "default", "constraints": {"dataplaneProxy": {
+        "requirements": [{"tags": {"kuma.io/zone": "east"}}], "restrictions": [{"tags": {"kuma.io/service": "*"}}]}}})
+    assert membership_refusal(constrained.spec, "default", job().spec.tag_sets()) is None  # type: ignore[arg-type]
 
 
 # --- what policies select ---------------------------------------------------------------------------------------
