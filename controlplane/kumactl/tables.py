@@ -27,8 +27,12 @@ def dataplane_services(dp: Mapping[str, Any]) -> str:
     gateway = networking.get("gateway")
     if isinstance(gateway, Mapping):
         return str(_get(gateway, "tags", "kuma.io/service") or "")
+    inbounds = networking.get("inbound") or []
+    if not inbounds:  # an outbound-only proxy (Kuma 2.14) serves nothing; its workload label names it
+        workload = _get(dp, "labels", "kuma.io/workload")
+        return f"(outbound only: {workload})" if workload else "(outbound only)"
     services = []
-    for inbound in networking.get("inbound") or []:
+    for inbound in inbounds:
         service = _get(inbound, "tags", "kuma.io/service")
         if service and service not in services:
             services.append(str(service))

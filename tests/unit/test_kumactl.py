@@ -572,6 +572,13 @@ def test_inspect_tables() -> None:
     dp = yaml.safe_load(DP.format(mesh="demo", name="web-1", port=8080))
     dps = dataplane_overview_table([{"mesh": "demo", "name": "web-1", "status": "online", "dataplane": dp}])
     assert dps.splitlines()[1].split() == ["demo", "web-1", "online", "web", "10.0.0.1"]
+    # Outbound-only proxies (Kuma 2.14) have no service: the column says so, with the workload naming them.
+    job = {"type": "Dataplane", "mesh": "demo", "name": "job-1", "labels": {"kuma.io/workload": "batch"},
+           "networking": {"address": "10.0.0.9", "outbound": [{"port": 1, "tags": {"kuma.io/service": "web"}}]}}
+    client = {**job, "name": "vm-1", "labels": {}}
+    dps = dataplane_overview_table([{"name": d["name"], "status": "online", "dataplane": d} for d in (job, client)])
+    assert dps.splitlines()[1].split("   ")[3].strip() == "(outbound only: batch)"
+    assert dps.splitlines()[2].split("   ")[3].strip() == "(outbound only)"
 
 
 # --- errors ---------------------------------------------------------------------------------------------------
