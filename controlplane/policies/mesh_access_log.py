@@ -64,7 +64,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from pydantic import Field
 
 from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
-from controlplane.resources.dataplane import SERVICE_TAG, Inbound
+from controlplane.resources.dataplane import Inbound, identifying_service
 from controlplane.resources.errors import Violations
 from controlplane.resources.fields import check_address
 from controlplane.xds.generate.context import ProxyContext
@@ -423,9 +423,9 @@ register_inbound_view(POLICY, _inbound_view)
 
 
 def _own_service(ctx: ProxyContext) -> str:
-    """The proxy's service as Kuma's source service: its first inbound's kuma.io/service."""
-    inbounds = ctx.spec.networking.inbound
-    return inbounds[0].tags.get(SERVICE_TAG, "") if inbounds else ""
+    """The proxy's service as Kuma's source service (IdentifyingName): its first inbound's kuma.io/service; an
+    outbound-only proxy's kuma.io/workload label, else "unknown"."""
+    return identifying_service(ctx.dataplane)
 
 
 class AccessLogPlugin(PolicyPlugin):

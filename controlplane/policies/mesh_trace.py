@@ -47,7 +47,7 @@ from google.protobuf import any_pb2
 from pydantic import Field
 
 from controlplane.resources.base import Resource, ResourceType, Scope, Spec, register
-from controlplane.resources.dataplane import SERVICE_TAG, Inbound
+from controlplane.resources.dataplane import Inbound, identifying_service
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
 from controlplane.xds.generate.envoy import HCM_FILTER, seconds, update_filters
@@ -223,8 +223,9 @@ def proxy_conf(ctx: ProxyContext) -> str | None:
 
 
 def _own_service(ctx: ProxyContext) -> str:
-    inbounds = ctx.spec.networking.inbound
-    return inbounds[0].tags.get(SERVICE_TAG, "") if inbounds else ""
+    """The proxy's service as Kuma's source service (IdentifyingName): its first inbound's kuma.io/service; an
+    outbound-only proxy's kuma.io/workload label, else "unknown"."""
+    return identifying_service(ctx.dataplane)
 
 
 # --- Envoy effect --------------------------------------------------------------------------------------------

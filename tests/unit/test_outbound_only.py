@@ -3,6 +3,7 @@ the config they get (golden files), what MADS calls them; and policy tag maps re
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -211,3 +212,34 @@ def test_a_dataplane_tag_is_not_coerced_as_kuma_decodes_dataplanes_as_protobuf_j
     with pytest.raises(ResourceValidationError) as e:
         from_wire(doc, REGISTRY)
     assert [p.field for p in e.value.invalid] == ['networking.inbound[0].tags["version"]']
+
+
+def test_policies_tell_outbound_only_proxies_apart_by_their_workload() -> None:
+    # Selections are cached per tag signature; two outbound-only proxies differ by their identity, not by
+    # inbounds (they have none), so a policy on one workload must not reach the other.
+    topo = topology(mesh(), [*demo_dataplanes(), job("job-1", BATCH), job("job-2", {"kuma.io/workload": "other"}),
+                             job("job-3")], [TIMEOUT])
+    timeouts = {name: '"2s"' in json.dumps(as_json(generate_snapshot(context(topo, name))))
+                for name in ("job-1", "job-2", "job-3")}
+    assert timeouts == {"job-1": True, "job-2": False, "job-3": False}
+
+
+ACCESS_LOG = res("""
+type: MeshAccessLog
+mesh: default
+name: outbound-logs
+spec:
+  targetRef: {kind: Mesh}
+  to:
+  - targetRef: {kind: Mesh}
+    default:
+      backends:
+      - type: File
+        file: {path: /dev/stdout, format: {type: Plain, plain: "%KUMA_SOURCE_SERVICE%->%KUMA_DESTINATION_SERVICE%"}}
+""")
+
+
+@pytest.mark.parametrize("labels, source", [(BATCH, "batch->backend"), ({}, "unknown->backend")])
+def test_access_logs_name_the_source_as_kuma_does(labels: dict[str, str], source: str) -> None:
+    topo = topology(mesh(), [*demo_dataplanes(), job(labels=labels)], [ACCESS_LOG])
+    assert source in json.dumps(as_json(generate_snapshot(context(topo, "job-1"))))

@@ -34,6 +34,7 @@ from controlplane.xds.generate.targeting import (
     matches_hash,
     merge_confs,
     precedence_key,
+    selector_tag_sets,
     selects_inbound,
 )
 
@@ -225,7 +226,7 @@ class PolicyRules:
             spec = dataplane.spec
             assert isinstance(spec, DataplaneSpec)
             gateway = spec.networking.gateway
-            tag_sets = [gateway.tags] if gateway is not None else [i.tags for i in spec.networking.inbound]
+            tag_sets = selector_tag_sets(dataplane)  # an outbound-only proxy's: its identity's (workload label)
             found = self._signatures[dataplane.meta.name] = (
                 gateway.type if gateway is not None else None, tuple(tuple(sorted(t.items())) for t in tag_sets))
         return found

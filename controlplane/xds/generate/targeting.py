@@ -107,13 +107,7 @@ class TargetRef(Spec):
         proxy_type = "Gateway" if gateway is not None and gateway.type == "BUILTIN" else "Sidecar"
         if self.proxy_types and proxy_type not in self.proxy_types:
             return False
-        tag_sets = [gateway.tags] if gateway is not None else [i.tags for i in spec.networking.inbound]
-        if not tag_sets:
-            # An outbound-only proxy: selected by what its identity carries (its kuma.io/workload label as
-            # kuma.io/service, or nothing), so Mesh and a tag-less MeshSubset select it, and MeshService names
-            # its workload. Kuma 2.14's matcher selects proxies through their inbounds, so there no targetRef
-            # selects such a proxy; kuma-vm follows Kuma's documentation ("Mesh: every proxy of the mesh").
-            tag_sets = [{k: min(vs) for k, vs in identity_tags(dataplane).items()}]
+        tag_sets = selector_tag_sets(dataplane)
         if self.kind == MESH:
             return True
         if self.kind == MESH_SUBSET:
@@ -135,6 +129,24 @@ class TargetRef(Spec):
         if self.section_name is None:
             return True
         return self.section_name == name or self.section_name == str(port)
+
+
+def selector_tag_sets(dataplane: Resource) -> list[Mapping[str, str]]:
+    """The tag sets a tag-based top-level targetRef (Mesh, MeshSubset, MeshService, MeshServiceSubset) is
+    matched against: each inbound's tags, or the gateway's.
+
+    An outbound-only proxy has neither: it is matched by what its identity carries (its `kuma.io/workload`
+    label as `kuma.io/service`, or nothing), so `Mesh` and a MeshSubset without tags select it, and
+    `MeshService <workload>` names it. Kuma 2.14's matcher selects proxies only through their inbounds, so
+    there no targetRef selects such a proxy; kuma-vm follows Kuma's documentation ("Mesh: every proxy")."""
+    spec = dataplane.spec
+    assert isinstance(spec, DataplaneSpec)
+    gateway = spec.networking.gateway
+    if gateway is not None:
+        return [gateway.tags]
+    if spec.networking.inbound:
+        return [i.tags for i in spec.networking.inbound]
+    return [{k: min(values) for k, values in identity_tags(dataplane).items()}]
 
 
 def kind_rank(kind: str) -> int:
