@@ -159,3 +159,44 @@ def test_outbound_only_transparent_proxy_reaches_a_service_by_its_vip(
     _, body = eventually(lambda: (r := http(80, "/vm", host=vip)) and r[0] == 200 and r, message="vm -> backend.mesh")
     assert isinstance(body, dict) and body["service"] == "backend"
     assert "URI=spiffe://default/batch" in body["headers"]["x-forwarded-client-cert"]
+
+
+TIMEOUT_ON_BATCH = """
+type: MeshTimeout
+mesh: default
+name: batch-timeouts
+spec:
+  targetRef: {kind: MeshService, name: batch}
+  to:
+  - targetRef: {kind: Mesh}
+    default: {connectionTimeout: 2s}
+"""
+
+
+def test_the_gui_lists_an_outbound_only_proxy_and_what_selects_it(mesh: MeshHarness) -> None:
+    from playwright.sync_api import expect
+
+    from tests.integration.test_gui import REFRESH_TIMEOUT_MS, launch_browser, open_page
+
+    backend = mesh.app("echo_http", "--name", "backend")
+    mesh.dataplane("backend-1", "backend", app_port=backend.port)
+    port = free_port()
+    envoy = mesh.envoy_factory(mesh.bootstrap("job-1", mesh.token("job-1"),
+                                              job("job-1", port, {"kuma.io/workload": "batch"})), name="job-1")
+    envoy.wait_listener(f"outbound:127.0.0.1:{port}", timeout=20)
+    mesh.apply(TIMEOUT_ON_BATCH)
+    url = mesh.cp.http_url
+    with launch_browser() as browser:
+        errors: list[str] = []
+        page = open_page(browser, errors)
+        page.goto(url + "/gui")
+        expect(page.locator('[data-count="online"]')).to_have_text("2", timeout=REFRESH_TIMEOUT_MS)
+        assert page.text_content('[data-count="services"]') == "1"  # a client is no service
+        page.goto(url + "/gui#/policies")
+        page.wait_for_selector("main h2")
+        expect(page.locator("main")).to_contain_text("batch-timeouts")
+        expect(page.locator("main")).to_contain_text("Selects 1 dataplane")  # the job, by its workload
+        page.goto(url + "/gui#/dataplanes/default/job-1")
+        page.wait_for_selector("text=Policies that apply")
+        expect(page.locator("main table").last).to_contain_text("batch-timeouts")
+        assert errors == [], errors

@@ -67,8 +67,13 @@ async function load() {
       const unhealthy = inbound.filter((i) => i.health && i.health.ready === false).length;
       const status = o.status === "offline" ? "offline" : unhealthy ? "partially healthy" : "online";
       const labels = dp.labels || {};
+      // The tag sets a tag-based targetRef matches: its inbounds'; an outbound-only proxy's identity (its
+      // kuma.io/workload label as kuma.io/service), as the control plane selects it.
+      const workload = labels["kuma.io/workload"];
+      const selectors = inbound.length || net.gateway ? inbound.map((i) => i.tags || {})
+        : [workload ? { "kuma.io/service": workload } : {}];
       dataplanes.push({ mesh: o.mesh, name: o.name, display: labels[DISPLAY_NAME] || o.name, dp, status, inbound,
-        outbound: net.outbound || [], zone: labels[ZONE_LABEL] || localZone,
+        selectors, outbound: net.outbound || [], zone: labels[ZONE_LABEL] || localZone,
         insight: insightByKey.get(o.mesh + "/" + o.name),
         services: [...new Set(inbound.map((i) => (i.tags || {})["kuma.io/service"]).filter(Boolean))] });
     }
@@ -94,11 +99,11 @@ function selected(d, p) {
   const ref = (p.spec || p).targetRef || { kind: "Mesh" };
   const inMesh = d.dataplanes.filter((x) => x.mesh === p.mesh);
   if (ref.kind === "Mesh") return inMesh;
-  if (ref.kind === "MeshService") return inMesh.filter((x) => x.services.includes(ref.name));
-  const tagged = (i) => Object.entries(ref.tags || {}).every(([k, v]) => (i.tags || {})[k] === v);
-  if (ref.kind === "MeshSubset") return inMesh.filter((x) => x.inbound.some(tagged));
-  if (ref.kind === "MeshServiceSubset") return inMesh.filter((x) => x.inbound.some((i) =>
-    (i.tags || {})["kuma.io/service"] === ref.name && tagged(i)));
+  const named = (t) => t["kuma.io/service"] === ref.name;
+  const tagged = (t) => Object.entries(ref.tags || {}).every(([k, v]) => t[k] === v);
+  if (ref.kind === "MeshService") return inMesh.filter((x) => x.selectors.some(named));
+  if (ref.kind === "MeshSubset") return inMesh.filter((x) => x.selectors.some(tagged));
+  if (ref.kind === "MeshServiceSubset") return inMesh.filter((x) => x.selectors.some((t) => named(t) && tagged(t)));
   return null;
 }
 
