@@ -70,13 +70,15 @@ class Inbound(Spec):
         check_address(v, f"{path}.serviceAddress", self.service_address, required=False, ip_only=True)
         check_address(v, f"{path}.address", self.address, required=False, ip_only=True)
         if not self.tags:
-            # Kuma 2.14 accepts it only in its MeshService mode (Experimental.InboundTagsDisabled): callers reach
-            # the inbound through a MeshService resource that selects the dataplane's labels, and the inbound is
-            # named (`name`). kuma-vm has neither MeshService resources nor inbound names, so no caller could
-            # ever address such an inbound; refusing says so instead of serving an unreachable listener.
-            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode, where callers reach it through "
-                                  "a MeshService resource) is not supported by kuma-vm yet: kuma-vm has no "
-                                  f"MeshService resources, so give the inbound tags with {SERVICE_TAG}")
+            # Kuma 2.14 accepts it for its MeshService mode (Experimental.InboundTagsDisabled): the inbound,
+            # named by `name` and typed by `protocol`, becomes a port of a MeshService generated from the
+            # dataplane's kuma.io/workload label, which callers reach through that MeshService. kuma-vm has no
+            # MeshService resources (nor inbound `name`/`protocol`), so no caller could ever address such an
+            # inbound; refusing says so instead of serving an unreachable listener.
+            v.add(f"{path}.tags", "an inbound without tags (Kuma's MeshService mode: a port of the MeshService "
+                                  "generated from the dataplane's kuma.io/workload label) is not supported by "
+                                  "kuma-vm yet, which has no MeshService resources: give the inbound tags with "
+                                  f"{SERVICE_TAG}")
         else:
             check_tags(v, f"{path}.tags", self.tags, required=(SERVICE_TAG,))
         check_protocol_tag(v, f"{path}.tags", self.tags)
