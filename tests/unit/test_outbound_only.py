@@ -13,8 +13,9 @@ from cryptography import x509
 
 from controlplane.ca import issue_identity
 from controlplane.ca.manager import MeshCa
+from controlplane.kds.codec import decode, encode
 from controlplane.mads.assignments import compute
-from controlplane.resources import Resource, ResourceValidationError, from_wire, load_all
+from controlplane.resources import Resource, ResourceValidationError, from_wire, load_all, to_wire
 from controlplane.resources.dataplane import identifying_service, identity_tags, no_identity_reason
 from controlplane.resources.mesh import membership_refusal
 from controlplane.xds.generate.proxy import generate_snapshot
@@ -243,3 +244,12 @@ spec:
 def test_access_logs_name_the_source_as_kuma_does(labels: dict[str, str], source: str) -> None:
     topo = topology(mesh(), [*demo_dataplanes(), job(labels=labels)], [ACCESS_LOG])
     assert source in json.dumps(as_json(generate_snapshot(context(topo, "job-1"))))
+
+
+def test_it_crosses_kds_unchanged() -> None:
+    # A zone sends its Dataplanes to global over KDS (Kuma's protobuf specs): no inbounds and the workload
+    # label survive the trip, so global's listings see the same outbound-only proxy.
+    dp = job(labels=BATCH, transparent=True)
+    rtype = REGISTRY.by_name("Dataplane")
+    assert rtype is not None
+    assert to_wire(decode(rtype, encode(dp).message)) == to_wire(dp)
