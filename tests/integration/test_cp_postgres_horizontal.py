@@ -1,0 +1,157 @@
+"""Horizontal zone control planes: two kuma-cp zone instances on one PostgreSQL, each serving real Envoys.
+
+What an operator relies on when a zone outgrows one machine: a change made through either instance's API
+reaches the proxies of both; a dataplane registered at one instance is an endpoint for proxies at the other;
+either API shows every proxy's insight; both serve the same VIPs (allocated by the leader only); and when
+the leader dies, the survivor takes over the leader-only work and its proxies keep getting changes.
+
+The two instances share the dp-server's TLS certificate (B is started with A's, as an operator gives both
+the same KUMA_GENERAL_TLS_* files), so one `--ca-cert-file` works against either.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from dnslib import QTYPE, DNSRecord
+
+from controlplane.store.postgres_config import PostgresConfig
+from tests.apps.runner import App
+from tests.integration.api_client import call
+from tests.integration.cp_process import CpProcess
+from tests.integration.envoy_harness import EnvoyProcess
+from tests.integration.mesh_harness import MeshHarness, eventually, http
+from tests.integration.test_cp_postgres import is_leader, pg_env
+from tests.ports import free_port
+
+pytestmark = pytest.mark.postgres
+
+CLUSTER = "backend"  # the outbound cluster of service `backend` in every Envoy
+
+
+def two_zone_instances(cp_factory: Callable[..., CpProcess], cfg: PostgresConfig) -> tuple[CpProcess, CpProcess]:
+    env = {**pg_env(cfg), "KUMA_DNS_SERVER_INTERFACE": "127.0.0.1"}
+    a = cp_factory(**env)
+    tls = a.work_dir / "tls"
+    b = cp_factory(**env, KUMA_GENERAL_TLS_CERT_FILE=str(tls / "server.crt"),
+                   KUMA_GENERAL_TLS_KEY_FILE=str(tls / "server.key"), KUMA_GENERAL_TLS_CA_FILE=str(tls / "ca.crt"))
+    # What a kuma-dp at B is given as --ca-cert-file (the harness reads it from B's state directory).
+    b.ca_file.parent.mkdir(mode=0o700, exist_ok=True)
+    shutil.copyfile(a.ca_file, b.ca_file)
+    eventually(lambda: call("GET", a.http_url + "/meshes/default").status == 200, timeout=20,
+               message="the leader created the default mesh")
+    eventually(lambda: [is_leader(a), is_leader(b)].count(True) == 1, timeout=20, message="exactly one leader")
+    return a, b
+
+
+def endpoint_ports(envoy: EnvoyProcess, cluster: str = CLUSTER) -> set[int]:
+    c = envoy.clusters().get(cluster, {})
+    return {h["address"]["socket_address"]["port_value"] for h in c.get("host_statuses", [])}
+
+
+def put_dataplane(cp: CpProcess, name: str, service: str, port: int) -> None:
+    doc = {"type": "Dataplane", "mesh": "default", "name": name,
+           "networking": {"address": "127.0.0.1",
+                          "inbound": [{"port": port, "servicePort": port + 1,
+                                       "tags": {"kuma.io/service": service, "kuma.io/protocol": "http"}}]}}
+    r = call("PUT", f"{cp.http_url}/meshes/default/dataplanes/{name}", doc)
+    assert r.status in (200, 201), r.raw
+
+
+def delete_dataplane(cp: CpProcess, name: str) -> None:
+    r = call("DELETE", f"{cp.http_url}/meshes/default/dataplanes/{name}")
+    assert r.status == 200, r.raw
+
+
+def overview(cp: CpProcess) -> dict[str, str]:
+    items = call("GET", cp.http_url + "/meshes/default/dataplanes/_overview").json["items"]
+    return {i["name"]: i["status"] for i in items}
+
+
+def vips(cp: CpProcess) -> dict[str, Any]:
+    doc: dict[str, Any] = call("GET", cp.http_url + "/meshes/default/vips").json
+    return doc
+
+
+def resolve(cp: CpProcess, name: str) -> list[str]:
+    q = DNSRecord.question(name, "A")
+    reply = DNSRecord.parse(q.send("127.0.0.1", cp.ports["KUMA_DNS_SERVER_PORT"], timeout=2))
+    return [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+
+
+def reaches_everyone(proxies: dict[str, EnvoyProcess], ports: set[int], what: str) -> None:
+    for name, envoy in proxies.items():
+        eventually(lambda e=envoy: endpoint_ports(e) == ports, timeout=20,
+                   message=f"{what}: {name}'s Envoy has backend endpoints {sorted(ports)}")
+
+
+def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
+        postgres_migrated_config: PostgresConfig, cp_factory: Callable[..., CpProcess],
+        envoy_factory: Callable[..., EnvoyProcess], app_factory: Callable[..., App]) -> None:
+    a, b = two_zone_instances(cp_factory, postgres_migrated_config)
+    at_a = MeshHarness(a, envoy_factory, app_factory)
+    at_b = MeshHarness(b, envoy_factory, app_factory)
+    backend = at_b.app("echo_http", "--name", "backend")
+    web_app = at_a.app("echo_http", "--name", "web")
+
+    # A dataplane registered at B is an endpoint for proxies at A (and at B).
+    backend_dp = at_b.dataplane("backend-1", "backend", app_port=backend.port)
+    web_a = at_a.dataplane("web-a", "web", app_port=web_app.port, outbounds={"backend": 0})
+    web_b = at_b.dataplane("web-b", "web", app_port=web_app.port, outbounds={"backend": 0})
+    proxies = {"web-a (at A)": web_a.envoy, "web-b (at B)": web_b.envoy}
+    base = {backend_dp.inbound_port}
+    reaches_everyone(proxies, base, "backend-1 registered at B")
+    for dp in (web_a, web_b):
+        _, body = eventually(lambda p=dp.outbounds["backend"]: (r := http(p)) and r[0] == 200 and r,
+                                  message=f"{dp.name} -> backend through its Envoy")
+        assert isinstance(body, dict) and body["service"] == "backend"
+
+    # A change through A's API reaches the proxies of both; then one through B's API, the other way.
+    extra_a, extra_b = free_port(), free_port()
+    put_dataplane(a, "backend-extra-a", "backend", extra_a)
+    reaches_everyone(proxies, base | {extra_a}, "added through A's API")
+    put_dataplane(b, "backend-extra-b", "backend", extra_b)
+    reaches_everyone(proxies, base | {extra_a, extra_b}, "added through B's API")
+    delete_dataplane(b, "backend-extra-a")
+    reaches_everyone(proxies, base | {extra_b}, "removed through B's API")
+    delete_dataplane(a, "backend-extra-b")
+    reaches_everyone(proxies, base, "removed through A's API")
+
+    # Either API shows every proxy online, wherever it is connected.
+    names = {"backend-1", "web-a", "web-b"}
+    for cp in (a, b):
+        eventually(lambda c=cp: all(overview(c).get(n) == "online" for n in names),
+                   message=f"every proxy online through {cp.http_url}")
+    insight_a = call("GET", a.http_url + "/meshes/default/dataplane-insights/web-b").json
+    insight_b = call("GET", b.http_url + "/meshes/default/dataplane-insights/web-b").json
+    assert insight_a["subscriptions"][-1]["controlPlaneInstanceId"] == \
+        insight_b["subscriptions"][-1]["controlPlaneInstanceId"]
+
+    # VIPs are allocated by the leader only; both instances serve the same map, over the API and DNS.
+    eventually(lambda: {"backend", "web"} <= vips(a)["vips"].keys() and vips(a) == vips(b),
+               message="both instances serve the leader's VIPs")
+    vip = vips(a)["vips"]["backend"]
+    for cp in (a, b):
+        eventually(lambda c=cp: resolve(c, "backend.mesh") == [vip], message=f"backend.mesh -> {vip} at {cp.http_url}")
+
+    # The leader dies without a goodbye: the survivor takes over the leader-only work, its proxies keep
+    # getting changes made through its API.
+    leader, survivor = (a, b) if is_leader(a) else (b, a)
+    survivor_proxies = {n: e for n, e in proxies.items() if n.endswith("(at A)" if survivor is a else "(at B)")}
+    os.kill(leader.pid, signal.SIGKILL)
+    leader.stop()
+    eventually(lambda: is_leader(survivor), timeout=30, message="the survivor became the leader")
+    extra = free_port()
+    put_dataplane(survivor, "backend-after-failover", "backend", extra)
+    reaches_everyone(survivor_proxies, base | {extra}, "added through the survivor after the failover")
+    # A new service gets its VIP from the new leader's allocator.
+    put_dataplane(survivor, "billing-1", "billing", free_port())
+    billing = eventually(lambda: vips(survivor)["vips"].get("billing"), timeout=20,
+                         message="the new leader allocated billing's VIP")
+    eventually(lambda: resolve(survivor, "billing.mesh") == [billing], message="billing.mesh resolves")
+    assert vips(survivor)["vips"]["backend"] == vip  # the failover kept every VIP
