@@ -31,6 +31,20 @@ from tests.ports import free_port
 
 pytestmark = pytest.mark.postgres
 
+MTLS = """
+type: Mesh
+name: default
+mtls:
+  enabledBackend: ca-1
+  backends: [{name: ca-1, type: builtin}]
+---
+type: MeshTrafficPermission
+mesh: default
+name: allow-all
+spec:
+  targetRef: {kind: Mesh}
+  from: [{targetRef: {kind: Mesh}, default: {action: Allow}}]
+"""
 CLUSTER = "backend"  # the outbound cluster of service `backend` in every Envoy
 
 
@@ -73,6 +87,12 @@ def overview(cp: CpProcess) -> dict[str, str]:
     return {i["name"]: i["status"] for i in items}
 
 
+def serving_instance(cp: CpProcess, name: str) -> str:
+    """The instance a proxy's current ADS subscription is with, as an instance's API reports it."""
+    insight = call("GET", f"{cp.http_url}/meshes/default/dataplane-insights/{name}").json
+    return str(insight["subscriptions"][-1]["controlPlaneInstanceId"])
+
+
 def vips(cp: CpProcess) -> dict[str, Any]:
     doc: dict[str, Any] = call("GET", cp.http_url + "/meshes/default/vips").json
     return doc
@@ -96,6 +116,8 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     a, b = two_zone_instances(cp_factory, postgres_migrated_config)
     at_a = MeshHarness(a, envoy_factory, app_factory)
     at_b = MeshHarness(b, envoy_factory, app_factory)
+    # mTLS through B's API: each instance issues its own proxies' identity certificates, from one mesh CA.
+    at_b.apply(MTLS)
     backend = at_b.app("echo_http", "--name", "backend")
     web_app = at_a.app("echo_http", "--name", "web")
 
@@ -110,6 +132,7 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
         _, body = eventually(lambda p=dp.outbounds["backend"]: (r := http(p)) and r[0] == 200 and r,
                                   message=f"{dp.name} -> backend through its Envoy")
         assert isinstance(body, dict) and body["service"] == "backend"
+        assert "URI=spiffe://default/web" in body["headers"]["x-forwarded-client-cert"]
 
     # A change through A's API reaches the proxies of both; then one through B's API, the other way.
     extra_a, extra_b = free_port(), free_port()
@@ -127,10 +150,9 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     for cp in (a, b):
         eventually(lambda c=cp: all(overview(c).get(n) == "online" for n in names),
                    message=f"every proxy online through {cp.http_url}")
-    insight_a = call("GET", a.http_url + "/meshes/default/dataplane-insights/web-b").json
-    insight_b = call("GET", b.http_url + "/meshes/default/dataplane-insights/web-b").json
-    assert insight_a["subscriptions"][-1]["controlPlaneInstanceId"] == \
-        insight_b["subscriptions"][-1]["controlPlaneInstanceId"]
+    served_by = {cp.http_url: {n: serving_instance(cp, n) for n in ("web-a", "web-b")} for cp in (a, b)}
+    assert served_by[a.http_url] == served_by[b.http_url], served_by
+    assert served_by[a.http_url]["web-a"] != served_by[a.http_url]["web-b"], served_by  # one per instance
 
     # VIPs are allocated by the leader only; both instances serve the same map, over the API and DNS.
     eventually(lambda: {"backend", "web"} <= vips(a)["vips"].keys() and vips(a) == vips(b),
