@@ -37,11 +37,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make the repository importable
 
-from bench._common import Cleanup, cpu_seconds, dump_json, render_table, summary, wait_quiet
+from bench._common import Cleanup, PySpy, cpu_seconds, dump_json, profile_breakdown, render_table, summary, wait_quiet
 from bench.bench_xds import (
     BACKEND_PORTS,
     BACKENDS,
     GROUPS,
+    PROFILE_CATEGORIES,
     Api,
     Worker,
     bounded,
@@ -53,6 +54,14 @@ from bench.bench_xds import (
 )
 
 SETUPS = {"single": 1, "dual": 2}  # instances per setup
+# bench_xds's categories, then what only a postgres-backed instance has (the first match in a stack wins).
+HZONE_PROFILE_CATEGORIES = [
+    ("paced full GC", ("CollectionPacer.collect",)),
+    *PROFILE_CATEGORIES,
+    ("postgres: change notifications in", ("PostgresStore._listen_loop", "PostgresStore._dispatch")),
+    ("postgres: queries (psycopg)", ("PostgresStore.get", "PostgresStore.list", "PostgresStore._conn")),
+    ("leader election", ("PostgresLeaderElector._run",)),
+]
 WORKERS = 2  # client processes, in both setups
 
 
@@ -205,9 +214,17 @@ async def run_setup(name: str, count: int, pg: Any, args: argparse.Namespace, tm
         await asyncio.sleep(args.settle)
         out["rss_mb"] = [process_rss(p) / 2**20 for p in pids]
         load_before = os.getloadavg()[0]
+        profilers = [PySpy(args.py_spy, p, directory / f"profile-{'AB'[i]}.txt", rate=args.py_spy_rate)
+                     for i, p in enumerate(pids)] if args.py_spy else []
+        for prof in profilers:
+            cleanup.push(prof.stop, f"py-spy pid {prof.proc.pid}")
         cpu0 = [cpu_seconds(p) for p in pids]
         rounds = [await split_round(r, apis, workers, [len(h) for h in halves], pids, args)
                   for r in range(args.rounds)]
+        for prof in profilers:
+            prof.stop()
+        if profilers:
+            out["profiles"] = [profile_breakdown(prof.out, HZONE_PROFILE_CATEGORIES) for prof in profilers]
         all_in = [(cpu_seconds(p) - c0) * 1000 / max(1, args.rounds) for p, c0 in zip(pids, cpu0, strict=True)]
         out["loadavg_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
         out["summary"] = summarise(rounds, all_in)
@@ -282,6 +299,15 @@ def table(results: dict[str, Any]) -> str:
         "\np99 of fewer than 100 rounds is their maximum; read the ratios (2 shared cores)."
 
 
+def profile_table(results: dict[str, Any]) -> str:
+    rows: list[list[Any]] = [["kuma-cp profile (py-spy, GIL samples, rounds and gaps)", "% of samples"]]
+    for name, setup in results["setups"].items():
+        for i, prof in enumerate(setup.get("profiles", [])):
+            rows.append([f"{name}, kuma-cp {'AB'[i]}: {prof['samples']} samples", ""])
+            rows.extend([f"  {k}", f"{v:.1f}"] for k, v in prof["percent_by_category"].items())
+    return render_table(rows) if len(rows) > 1 else ""
+
+
 # --- main -----------------------------------------------------------------------------------------------------------
 
 async def amain(args: argparse.Namespace, cleanup: Cleanup) -> dict[str, Any]:
@@ -325,6 +351,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="throwaway PostgreSQL with fsync/synchronous_commit on (default) or off")
     parser.add_argument("--cp-env", action="append", default=[], metavar="KUMA_X=V",
                         help="extra setting for every kuma-cp (repeatable)")
+    parser.add_argument("--py-spy", metavar="PATH", default=None,
+                        help="profile every kuma-cp during the rounds (gaps included) with this py-spy binary; it "
+                             "slows them down: take no latencies from a profiled run")
+    parser.add_argument("--py-spy-rate", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 clients, 4 rounds")
     parser.add_argument("--json-only", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (kuma-cp and client logs)")
@@ -356,6 +386,9 @@ def main() -> None:
     if not args.json_only:
         print()
         print(table(results))
+        if profiles := profile_table(results):
+            print()
+            print(profiles)
 
 
 if __name__ == "__main__":

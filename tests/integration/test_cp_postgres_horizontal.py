@@ -6,7 +6,10 @@ either API shows every proxy's insight; both serve the same VIPs (allocated by t
 the leader dies, the survivor takes over the leader-only work and its proxies keep getting changes.
 
 The two instances share the dp-server's TLS certificate (B is started with A's, as an operator gives both
-the same KUMA_GENERAL_TLS_* files), so one `--ca-cert-file` works against either.
+the same KUMA_GENERAL_TLS_* files), so one `--ca-cert-file` works against either. One proxy reaches the
+control plane through a TCP load balancer in front of both dp-servers (a real Envoy: the leader's address
+first, the other's as the fallback, TCP health checks), as kuma-dp does with `--cp-address` naming the
+balancer: when the leader dies, that proxy's Envoy reconnects to the survivor and keeps getting changes.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import pytest
 from dnslib import QTYPE, DNSRecord
 
 from controlplane.store.postgres_config import PostgresConfig
+from controlplane.xds.bootstrap import ADS_CLUSTER
 from tests.apps.runner import App
 from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess
-from tests.integration.envoy_harness import EnvoyProcess
+from tests.integration.envoy_harness import EnvoyProcess, static_bootstrap, tcp_proxy_listener
 from tests.integration.mesh_harness import MeshHarness, eventually, http
 from tests.integration.test_cp_postgres import is_leader, pg_env
 from tests.ports import free_port
@@ -88,9 +92,11 @@ def overview(cp: CpProcess) -> dict[str, str]:
 
 
 def serving_instance(cp: CpProcess, name: str) -> str:
-    """The instance a proxy's current ADS subscription is with, as an instance's API reports it."""
-    insight = call("GET", f"{cp.http_url}/meshes/default/dataplane-insights/{name}").json
-    return str(insight["subscriptions"][-1]["controlPlaneInstanceId"])
+    """The instance a proxy's current ADS subscription is with, as an instance's API reports it ("" before its
+    first insight is written)."""
+    r = call("GET", f"{cp.http_url}/meshes/default/dataplane-insights/{name}")
+    subscriptions = r.json.get("subscriptions", []) if r.status == 200 else []
+    return str(subscriptions[-1]["controlPlaneInstanceId"]) if subscriptions else ""
 
 
 def vips(cp: CpProcess) -> dict[str, Any]:
@@ -102,6 +108,41 @@ def resolve(cp: CpProcess, name: str) -> list[str]:
     q = DNSRecord.question(name, "A")
     reply = DNSRecord.parse(q.send("127.0.0.1", cp.ports["KUMA_DNS_SERVER_PORT"], timeout=2))
     return [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+
+
+def dp_server_balancer(envoy_factory: Callable[..., EnvoyProcess], first: CpProcess, then: CpProcess) -> int:
+    """A TCP load balancer (Envoy) for two dp-servers: `first` while its port answers, else `then`; its port."""
+    port = free_port()
+    endpoints = [{"priority": prio, "lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+        "address": "127.0.0.1", "port_value": cp.ports["KUMA_DP_SERVER_PORT"]}}}}]}
+        for prio, cp in enumerate((first, then))]
+    cluster = {"name": "kuma-cp", "type": "STATIC", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
+               "load_assignment": {"cluster_name": "kuma-cp", "endpoints": endpoints},
+               "health_checks": [{"timeout": "1s", "interval": "0.2s", "no_traffic_interval": "0.2s",
+                                  "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]}
+    envoy_factory(static_bootstrap([tcp_proxy_listener("dp-server", port, "kuma-cp")], [cluster]),
+                  name="dp-server-balancer")
+    return port
+
+
+def balanced_dataplane(harness: MeshHarness, envoy_factory: Callable[..., EnvoyProcess], name: str,
+                       app_port: int, balancer_port: int) -> tuple[EnvoyProcess, int]:
+    """A `web` proxy calling `backend`, whose Envoy reaches the control plane through the balancer (its
+    bootstrap is what kuma-dp gets with --cp-address https://127.0.0.1:<balancer port>); (Envoy, outbound)."""
+    inbound, outbound = free_port(), free_port()
+    doc = {"type": "Dataplane", "mesh": "default", "name": name,
+           "networking": {"address": "127.0.0.1",
+                          "inbound": [{"port": inbound, "servicePort": app_port,
+                                       "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
+                          "outbound": [{"port": outbound, "tags": {"kuma.io/service": "backend"}}]}}
+    bootstrap = harness.bootstrap(name, harness.token(name), doc)
+    ads = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == ADS_CLUSTER)
+    address = ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert address["address"] == "127.0.0.1", address  # the certificate's IP SAN still matches
+    address["port_value"] = balancer_port
+    envoy = envoy_factory(bootstrap, name=name)
+    envoy.wait_listener(f"outbound:127.0.0.1:{outbound}", timeout=20)
+    return envoy, outbound
 
 
 def reaches_everyone(proxies: dict[str, EnvoyProcess], ports: set[int], what: str) -> None:
@@ -161,16 +202,31 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     for cp in (a, b):
         eventually(lambda c=cp: resolve(c, "backend.mesh") == [vip], message=f"backend.mesh -> {vip} at {cp.http_url}")
 
-    # The leader dies without a goodbye: the survivor takes over the leader-only work, its proxies keep
-    # getting changes made through its API.
+    # A proxy behind the balancer is served by the leader for now.
     leader, survivor = (a, b) if is_leader(a) else (b, a)
-    survivor_proxies = {n: e for n, e in proxies.items() if n.endswith("(at A)" if survivor is a else "(at B)")}
+    leader_id = served_by[a.http_url]["web-a" if leader is a else "web-b"]
+    survivor_id = served_by[a.http_url]["web-b" if leader is a else "web-a"]
+    balancer = dp_server_balancer(envoy_factory, leader, survivor)
+    web_lb, web_lb_outbound = balanced_dataplane(at_a, envoy_factory, "web-lb", web_app.port, balancer)
+    reaches_everyone({"web-lb": web_lb}, base, "web-lb behind the balancer")
+    eventually(lambda: serving_instance(survivor, "web-lb") == leader_id, message="web-lb is at the leader")
+
+    # The leader dies without a goodbye: the survivor takes over the leader-only work; its own proxies and
+    # the one behind the balancer (now reconnected to it) keep getting changes made through its API.
     os.kill(leader.pid, signal.SIGKILL)
     leader.stop()
     eventually(lambda: is_leader(survivor), timeout=30, message="the survivor became the leader")
+    eventually(lambda: serving_instance(survivor, "web-lb") == survivor_id, timeout=30,
+               message="web-lb's Envoy reconnected to the survivor through the balancer")
+    survivor_proxies = {n: e for n, e in proxies.items() if n.endswith("(at A)" if survivor is a else "(at B)")}
+    survivor_proxies["web-lb (moved)"] = web_lb
     extra = free_port()
     put_dataplane(survivor, "backend-after-failover", "backend", extra)
     reaches_everyone(survivor_proxies, base | {extra}, "added through the survivor after the failover")
+    eventually(lambda: overview(survivor).get("web-lb") == "online", message="web-lb online at the survivor")
+    _, body = eventually(lambda: (r := http(web_lb_outbound)) and r[0] == 200 and r,
+                         message="web-lb -> backend after the move")
+    assert isinstance(body, dict) and body["service"] == "backend"
     # A new service gets its VIP from the new leader's allocator.
     put_dataplane(survivor, "billing-1", "billing", free_port())
     billing = eventually(lambda: vips(survivor)["vips"].get("billing"), timeout=20,
