@@ -8,15 +8,17 @@ the leader dies, the survivor takes over the leader-only work and its proxies ke
 The two instances share the dp-server's TLS certificate (B is started with A's, as an operator gives both
 the same KUMA_GENERAL_TLS_* files), so one `--ca-cert-file` works against either. One proxy reaches the
 control plane through a TCP load balancer in front of both dp-servers (a real Envoy: the leader's address
-first, the other's as the fallback, TCP health checks), as kuma-dp does with `--cp-address` naming the
-balancer: when the leader dies, that proxy's Envoy reconnects to the survivor and keeps getting changes.
+first, the other's as the fallback, TCP health checks): a real kuma-dp whose `--cp-address` names the
+balancer; when the leader dies, its Envoy reconnects to the survivor and keeps getting changes.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +26,17 @@ import pytest
 from dnslib import QTYPE, DNSRecord
 
 from controlplane.store.postgres_config import PostgresConfig
-from controlplane.xds.bootstrap import ADS_CLUSTER
 from tests.apps.runner import App
 from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess
 from tests.integration.envoy_harness import EnvoyProcess, static_bootstrap, tcp_proxy_listener
 from tests.integration.mesh_harness import MeshHarness, eventually, http
 from tests.integration.test_cp_postgres import is_leader, pg_env
+from tests.integration.test_kuma_dp_support import (
+    DpProcess,
+    dataplane_doc,
+    dp_factory,  # noqa: F401  (fixture)
+)
 from tests.ports import free_port
 
 pytestmark = pytest.mark.postgres
@@ -67,9 +73,12 @@ def two_zone_instances(cp_factory: Callable[..., CpProcess], cfg: PostgresConfig
     return a, b
 
 
-def endpoint_ports(envoy: EnvoyProcess, cluster: str = CLUSTER) -> set[int]:
-    c = envoy.clusters().get(cluster, {})
-    return {h["address"]["socket_address"]["port_value"] for h in c.get("host_statuses", [])}
+def endpoint_ports(admin_url: str, cluster: str = CLUSTER) -> set[int]:
+    """The ports of a cluster's endpoints in the Envoy with this admin address."""
+    with urllib.request.urlopen(admin_url + "/clusters?format=json", timeout=5) as resp:
+        doc = json.loads(resp.read())
+    return {h["address"]["socket_address"]["port_value"] for c in doc.get("cluster_statuses", [])
+            if c.get("name") == cluster for h in c.get("host_statuses", [])}
 
 
 def put_dataplane(cp: CpProcess, name: str, service: str, port: int) -> None:
@@ -125,35 +134,17 @@ def dp_server_balancer(envoy_factory: Callable[..., EnvoyProcess], first: CpProc
     return port
 
 
-def balanced_dataplane(harness: MeshHarness, envoy_factory: Callable[..., EnvoyProcess], name: str,
-                       app_port: int, balancer_port: int) -> tuple[EnvoyProcess, int]:
-    """A `web` proxy calling `backend`, whose Envoy reaches the control plane through the balancer (its
-    bootstrap is what kuma-dp gets with --cp-address https://127.0.0.1:<balancer port>); (Envoy, outbound)."""
-    inbound, outbound = free_port(), free_port()
-    doc = {"type": "Dataplane", "mesh": "default", "name": name,
-           "networking": {"address": "127.0.0.1",
-                          "inbound": [{"port": inbound, "servicePort": app_port,
-                                       "tags": {"kuma.io/service": "web", "kuma.io/protocol": "http"}}],
-                          "outbound": [{"port": outbound, "tags": {"kuma.io/service": "backend"}}]}}
-    bootstrap = harness.bootstrap(name, harness.token(name), doc)
-    ads = next(c for c in bootstrap["static_resources"]["clusters"] if c["name"] == ADS_CLUSTER)
-    address = ads["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
-    assert address["address"] == "127.0.0.1", address  # the certificate's IP SAN still matches
-    address["port_value"] = balancer_port
-    envoy = envoy_factory(bootstrap, name=name)
-    envoy.wait_listener(f"outbound:127.0.0.1:{outbound}", timeout=20)
-    return envoy, outbound
-
-
-def reaches_everyone(proxies: dict[str, EnvoyProcess], ports: set[int], what: str) -> None:
-    for name, envoy in proxies.items():
-        eventually(lambda e=envoy: endpoint_ports(e) == ports, timeout=20,
+def reaches_everyone(proxies: dict[str, Callable[[], str]], ports: set[int], what: str) -> None:
+    """Every proxy (name -> its Envoy's admin URL) gets exactly these `backend` endpoints."""
+    for name, admin_url in proxies.items():
+        eventually(lambda u=admin_url: endpoint_ports(u()) == ports, timeout=20,
                    message=f"{what}: {name}'s Envoy has backend endpoints {sorted(ports)}")
 
 
 def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
         postgres_migrated_config: PostgresConfig, cp_factory: Callable[..., CpProcess],
-        envoy_factory: Callable[..., EnvoyProcess], app_factory: Callable[..., App]) -> None:
+        envoy_factory: Callable[..., EnvoyProcess], app_factory: Callable[..., App],
+        dp_factory: Callable[..., DpProcess]) -> None:  # noqa: F811
     a, b = two_zone_instances(cp_factory, postgres_migrated_config)
     at_a = MeshHarness(a, envoy_factory, app_factory)
     at_b = MeshHarness(b, envoy_factory, app_factory)
@@ -166,7 +157,8 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     backend_dp = at_b.dataplane("backend-1", "backend", app_port=backend.port)
     web_a = at_a.dataplane("web-a", "web", app_port=web_app.port, outbounds={"backend": 0})
     web_b = at_b.dataplane("web-b", "web", app_port=web_app.port, outbounds={"backend": 0})
-    proxies = {"web-a (at A)": web_a.envoy, "web-b (at B)": web_b.envoy}
+    proxies: dict[str, Callable[[], str]] = {"web-a (at A)": lambda: web_a.envoy.admin_url,
+                                             "web-b (at B)": lambda: web_b.envoy.admin_url}
     base = {backend_dp.inbound_port}
     reaches_everyone(proxies, base, "backend-1 registered at B")
     for dp in (web_a, web_b):
@@ -202,13 +194,18 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     for cp in (a, b):
         eventually(lambda c=cp: resolve(c, "backend.mesh") == [vip], message=f"backend.mesh -> {vip} at {cp.http_url}")
 
-    # A proxy behind the balancer is served by the leader for now.
+    # A kuma-dp whose --cp-address is the balancer is served by the leader for now.
     leader, survivor = (a, b) if is_leader(a) else (b, a)
     leader_id = served_by[a.http_url]["web-a" if leader is a else "web-b"]
     survivor_id = served_by[a.http_url]["web-b" if leader is a else "web-a"]
     balancer = dp_server_balancer(envoy_factory, leader, survivor)
-    web_lb, web_lb_outbound = balanced_dataplane(at_a, envoy_factory, "web-lb", web_app.port, balancer)
-    reaches_everyone({"web-lb": web_lb}, base, "web-lb behind the balancer")
+    web_lb_outbound = free_port()
+    web_lb = dp_factory(name="web-lb", cp_address=f"https://127.0.0.1:{balancer}", ca_file=a.ca_file,
+                        definition=dataplane_doc("web-lb", "web", app_port=web_app.port, inbound_port=free_port(),
+                                                 outbounds={"backend": web_lb_outbound}),
+                        token=at_a.token("web-lb"), args=["--drain-time", "1s", "--envoy-log-level", "warning"])
+    web_lb.wait_ready()
+    reaches_everyone({"web-lb": web_lb.admin_url}, base, "web-lb behind the balancer")
     eventually(lambda: serving_instance(survivor, "web-lb") == leader_id, message="web-lb is at the leader")
 
     # The leader dies without a goodbye: the survivor takes over the leader-only work; its own proxies and
@@ -218,8 +215,8 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     eventually(lambda: is_leader(survivor), timeout=30, message="the survivor became the leader")
     eventually(lambda: serving_instance(survivor, "web-lb") == survivor_id, timeout=30,
                message="web-lb's Envoy reconnected to the survivor through the balancer")
-    survivor_proxies = {n: e for n, e in proxies.items() if n.endswith("(at A)" if survivor is a else "(at B)")}
-    survivor_proxies["web-lb (moved)"] = web_lb
+    survivor_proxies = {n: u for n, u in proxies.items() if n.endswith("(at A)" if survivor is a else "(at B)")}
+    survivor_proxies["web-lb (moved)"] = web_lb.admin_url
     extra = free_port()
     put_dataplane(survivor, "backend-after-failover", "backend", extra)
     reaches_everyone(survivor_proxies, base | {extra}, "added through the survivor after the failover")
