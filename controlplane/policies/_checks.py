@@ -14,7 +14,7 @@ import binascii
 import importlib
 import re
 import warnings
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -88,6 +88,21 @@ def rules_as_from(rules: Sequence[InboundRule[Any]] | None) -> list[Item[Any]]:
             for r in rules or ()]
 
 
+# --- entries that must be unique in a list ------------------------------------------------------------
+
+Key = TypeVar("Key", bound=Hashable)
+Where = TypeVar("Where")
+
+
+def seen_before(seen: dict[Key, Where], key: Key, here: Where) -> Where | None:
+    """Where `key` was first given (an index or a path) if it was, else None; records `here` for the next call.
+    The one loop behind every "X is already given at Y" message, which each caller words itself."""
+    if key in seen:
+        return seen[key]
+    seen[key] = here
+    return None
+
+
 # --- durations (Go / Kubernetes metav1.Duration, as Kuma reads them) ---------------------------------
 
 _NS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
@@ -121,18 +136,34 @@ def parse_go_duration(text: str) -> int:
 
 
 def check_type_blocks(v: Violations, path: str, chosen: str,
-                      blocks: Mapping[str, tuple[str, Spec | None, str]]) -> None:
-    """A `type` that selects one of several blocks (a backend's `zipkin`, `file`, `prometheus`...): the chosen
-    block must be set and is checked, the others must not be set. `blocks`: type -> (field alias, the block,
-    what to give when it is missing, or "")."""
+                      blocks: Mapping[str, tuple[str, Spec | None, str]], *, required: bool = True,
+                      check: Callable[[Any, str], None] | None = None,
+                      missing: str = "must be set with type {chosen}", unused: str = "") -> None:
+    """A `type` that selects one of several blocks (a backend's `zipkin`, a load balancer's `ringHash`, a route
+    filter's `urlRewrite`...): the chosen block is checked (and must be set unless not `required`), the others
+    must not be set. `blocks`: type -> (field alias, the block, what to give when it is missing, or ""); types
+    may share a block (hash policies' Connection and SourceIP). `check(block, path)` checks the chosen block
+    (default: its `check(v, path)`); `missing` and `unused` word the two refusals ({chosen}: the type given,
+    {owner}: a type that takes the unused block; default "cannot be set with type {chosen}: set type {owner}
+    or remove it")."""
+    unused = unused or "cannot be set with type {chosen}: set type {owner} or remove it"
+    want = blocks[chosen][0] if chosen in blocks else None  # an unknown type is refused by the caller
+    done: set[str] = set()
     for kind, (alias, block, hint) in blocks.items():
-        if kind == chosen:
+        if alias in done:
+            continue
+        done.add(alias)
+        if alias == want:
+            hint = blocks[chosen][2]  # the chosen type's (a shared block's first type may say otherwise)
             if block is None:
-                v.add(f"{path}.{alias}", f"must be set with type {kind}" + (f": {hint}" if hint else ""))
+                if required:
+                    v.add(f"{path}.{alias}", missing.format(chosen=chosen) + (f": {hint}" if hint else ""))
+            elif check is not None:
+                check(block, f"{path}.{alias}")
             else:
                 block.check(v, f"{path}.{alias}")
         elif block is not None:
-            v.add(f"{path}.{alias}", f"cannot be set with type {chosen}: set type {kind} or remove it")
+            v.add(f"{path}.{alias}", unused.format(chosen=chosen, owner=kind))
 
 
 def check_duration(v: Violations, path: str, text: str | None, *, allow_zero: bool = True) -> int | None:
@@ -478,13 +509,12 @@ class HeaderMatch(Spec):
 
 
 def check_header_matches(v: Violations, path: str, matches: Sequence[HeaderMatch] | None) -> None:
-    seen: dict[str, int] = {}
+    seen: dict[Hashable, int] = {}
     for i, m in enumerate(matches or ()):
         m.check(v, f"{path}[{i}]")
-        if m.name in seen:
-            v.add(f"{path}[{i}].name", f"header {m.name!r} is already matched by entry [{seen[m.name]}]: "
+        if (earlier := seen_before(seen, m.name, i)) is not None:
+            v.add(f"{path}[{i}].name", f"header {m.name!r} is already matched by entry [{earlier}]: "
                                        "combine them into one")
-        seen.setdefault(m.name, i)
 
 
 # --- backend references (routes) ----------------------------------------------------------------------
@@ -524,7 +554,7 @@ def check_backend_refs(v: Violations, path: str, refs: Sequence[BackendRef], *, 
         v.add(path, "cannot be empty: list at least one backend, or remove backendRefs")
         return
     total = 0
-    seen: dict[tuple[Any, ...], int] = {}
+    seen: dict[Hashable, int] = {}
     for i, ref in enumerate(refs):
         p = f"{path}[{i}]"
         if refuse_backend_kind_not_supported(v, p, ref):
@@ -543,10 +573,9 @@ def check_backend_refs(v: Violations, path: str, refs: Sequence[BackendRef], *, 
                 v.add(f"{p}.port", f"port {ref.port} must be in the range [1, 65535]")
         key = (ref.kind, ref.name, tuple(sorted((ref.tags or {}).items())), ref.port, ref.section_name,
                tuple(sorted((ref.labels or {}).items())), ref.namespace)
-        if key in seen:
-            v.add(p, f"is the same backend as entry [{seen[key]}]: merge them into one entry with the summed "
+        if (earlier := seen_before(seen, key, i)) is not None:
+            v.add(p, f"is the same backend as entry [{earlier}]: merge them into one entry with the summed "
                      "weight")
-        seen.setdefault(key, i)
     if all(r.weight is not None and 0 <= r.weight <= UINT32_MAX for r in refs) and total == 0:
         v.add(path, "all weights are 0, so no traffic could be sent: give at least one backend a weight "
                     "above 0")

@@ -65,6 +65,7 @@ from ._checks import (
     check_to,
     parse_decimal,
     parse_go_duration,
+    seen_before,
 )
 
 POLICY = "MeshHealthCheck"
@@ -88,7 +89,7 @@ class HeaderModifier(Spec):
     def check(self, v: Violations, path: str) -> None:
         if not require_some(v, path, self, ("set", "add")):
             return
-        seen: dict[str, str] = {}
+        seen: dict[Hashable, str] = {}
         for field in ("set", "add"):
             items = getattr(self, field) or []
             if len(items) > MAX_HEADERS:
@@ -96,10 +97,8 @@ class HeaderModifier(Spec):
             for i, kv in enumerate(items):
                 p = f"{path}.{field}[{i}]"
                 kv.check(v, p)
-                if kv.name in seen:
-                    v.add(f"{p}.name", f"header {kv.name!r} is already given at {seen[kv.name]}: give each header "
-                                       "once")
-                seen.setdefault(kv.name, p)
+                if (earlier := seen_before(seen, kv.name, p)) is not None:
+                    v.add(f"{p}.name", f"header {kv.name!r} is already given at {earlier}: give each header once")
 
 
 class HttpHealthCheck(Spec):

@@ -86,9 +86,11 @@ from ._checks import (
     check_percentage,
     check_precise_hostname,
     check_regex,
+    check_type_blocks,
     check_wildcard_hostname,
     parse_decimal,
     refuse_backend_kind_not_supported,
+    seen_before,
 )
 
 POLICY = "MeshHTTPRoute"
@@ -140,12 +142,11 @@ class Match(Spec):
     def check(self, v: Violations, path: str) -> None:
         if self.path is not None:
             self.path.check(v, f"{path}.path")
-        seen: dict[str, int] = {}
+        seen: dict[Hashable, int] = {}
         for i, q in enumerate(self.query_params or ()):
             q.check(v, f"{path}.queryParams[{i}]")
-            if q.name in seen:
+            if seen_before(seen, q.name, i) is not None:
                 v.add(f"{path}.queryParams[{i}].name", f"multiple entries for name {q.name}: combine them")
-            seen.setdefault(q.name, i)
         check_header_matches(v, f"{path}.headers", self.headers)
 
     def key(self) -> Any:
@@ -171,12 +172,11 @@ class HeaderModifier(Spec):
     def check(self, v: Violations, path: str) -> None:
         if not require_some(v, path, self, ("set", "add", "remove")):
             return
-        seen: dict[str, str] = {}
+        seen: dict[Hashable, str] = {}
 
         def once(name: str, p: str) -> None:
-            if name in seen:
-                v.add(p, f"header {name!r} is already modified at {seen[name]}: only one action per header")
-            seen.setdefault(name, p)
+            if (earlier := seen_before(seen, name, p)) is not None:
+                v.add(p, f"header {name!r} is already modified at {earlier}: only one action per header")
 
         for field in ("set", "add", "remove"):
             items = getattr(self, field) or []
@@ -287,22 +287,18 @@ class Filter(Spec):
     request_mirror: RequestMirror | None = None
 
     def check_in(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
-        want = FILTER_FIELDS[self.type]
-        for field, alias in FILTER_ALIASES.items():
-            block = getattr(self, field)
-            p = f"{path}.{alias}"
-            if field != want:
-                if block is not None:
-                    v.add(p, f"does not apply to a filter of type {self.type}: remove it")
-                continue
-            if block is None:
-                v.add(p, f"must be set for a filter of type {self.type}")
-            elif isinstance(block, HeaderModifier | RequestMirror):
+        def check(block: Any, p: str) -> None:
+            if isinstance(block, HeaderModifier | RequestMirror):
                 block.check(v, p)
             elif isinstance(block, RequestRedirect):
                 block.check_in(v, p, all_prefix=all_prefix)
             else:
                 block.check_in(v, p, all_prefix=all_prefix, top=top)
+
+        check_type_blocks(v, path, self.type, {
+            kind: (FILTER_ALIASES[field], getattr(self, field), "") for kind, field in FILTER_FIELDS.items()},
+            check=check, missing="must be set for a filter of type {chosen}",
+            unused="does not apply to a filter of type {chosen}: remove it")
 
 
 class RuleConf(Spec):
@@ -310,13 +306,13 @@ class RuleConf(Spec):
     backend_refs: list[BackendRef] | None = None
 
     def check_in(self, v: Violations, path: str, *, all_prefix: bool, top: str) -> None:
-        types: dict[str, int] = {}
+        types: dict[Hashable, int] = {}
         for i, f in enumerate(self.filters or ()):
             p = f"{path}.filters[{i}]"
             f.check_in(v, p, all_prefix=all_prefix, top=top)
-            if f.type in SINGLE_USE_FILTERS and f.type in types:
-                v.add(f"{p}.type", f"a {f.type} filter is already given at filters[{types[f.type]}]: merge them")
-            types.setdefault(f.type, i)
+            earlier = seen_before(types, f.type, i)
+            if f.type in SINGLE_USE_FILTERS and earlier is not None:
+                v.add(f"{p}.type", f"a {f.type} filter is already given at filters[{earlier}]: merge them")
         # Kuma accepts RequestRedirect next to URLRewrite or backendRefs; the redirect answers the request
         # itself, so those have no effect (see envoy_route).
         if self.backend_refs is not None:
@@ -333,13 +329,11 @@ class Rule(Spec):
     def check_in(self, v: Violations, path: str, *, top: str) -> None:
         if not self.matches:
             v.add(f"{path}.matches", "needs at least one match (use path PathPrefix '/' to match everything)")
-        seen: dict[Any, int] = {}
+        seen: dict[Hashable, int] = {}
         for i, m in enumerate(self.matches):
             m.check(v, f"{path}.matches[{i}]")
-            key = m.key()
-            if key in seen:
-                v.add(f"{path}.matches[{i}]", f"is identical to matches[{seen[key]}]: remove the duplicate")
-            seen.setdefault(key, i)
+            if (earlier := seen_before(seen, m.key(), i)) is not None:
+                v.add(f"{path}.matches[{i}]", f"is identical to matches[{earlier}]: remove the duplicate")
         all_prefix = all(m.path is not None and m.path.type == "PathPrefix" for m in self.matches)
         self.default.check_in(v, f"{path}.default", all_prefix=all_prefix, top=top)
 
@@ -365,14 +359,13 @@ class To(Spec):
                     check_wildcard_hostname(v, f"{path}.hostnames[{i}]", h)
                     if h in self.hostnames[:i]:
                         v.add(f"{path}.hostnames[{i}]", f"{h!r} is listed twice: remove the duplicate")
-        seen: dict[Any, int] = {}
+        seen: dict[Hashable, int] = {}
         for i, rule in enumerate(self.rules or ()):
             rule.check_in(v, f"{path}.rules[{i}]", top=top)
-            key = rule.matches_key()
-            if rule.matches and key in seen:
-                v.add(f"{path}.rules[{i}].matches", f"are the same as rules[{seen[key]}].matches: merge the two "
+            earlier = seen_before(seen, rule.matches_key(), i)
+            if rule.matches and earlier is not None:
+                v.add(f"{path}.rules[{i}].matches", f"are the same as rules[{earlier}].matches: merge the two "
                                                     "rules")
-            seen.setdefault(key, i)
 
 
 class MeshHTTPRouteSpec(Spec):

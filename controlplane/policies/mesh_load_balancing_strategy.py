@@ -79,6 +79,7 @@ from ._checks import (
     check_header_name,
     check_int,
     check_to,
+    check_type_blocks,
     parse_decimal,
     parse_go_duration,
 )
@@ -90,9 +91,16 @@ MAX_MAGLEV_TABLE = 5_000_011
 # SourceIP is Kuma's deprecated name for Connection (same `connection` block); kuma-vm renders it as Connection.
 HASH_POLICY_BLOCKS = {"Header": "header", "Cookie": "cookie", "Connection": "connection", "SourceIP": "connection",
                       "QueryParameter": "query_parameter", "FilterState": "filter_state"}
+HASH_POLICY_ALIASES = {"header": "header", "cookie": "cookie", "connection": "connection",
+                       "query_parameter": "queryParameter", "filter_state": "filterState"}
 CONNECTION_TYPES = ("Connection", "SourceIP")
 LB_BLOCKS = {"RoundRobin": "round_robin", "LeastRequest": "least_request", "RingHash": "ring_hash",
              "Random": "random", "Maglev": "maglev"}
+LB_ALIASES = {"round_robin": "roundRobin", "least_request": "leastRequest", "ring_hash": "ringHash",
+              "random": "random", "maglev": "maglev"}
+# The wording of a type's block refusals in this policy (check_type_blocks)
+MUST_BE_SET = "must be set for type {chosen}"
+DOES_NOT_APPLY = "does not apply to type {chosen}: remove it"
 
 
 def _is_prime(n: int) -> bool:
@@ -162,18 +170,9 @@ class HashPolicy(Spec):
     filter_state: FilterState | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        want = HASH_POLICY_BLOCKS[self.type]
-        for field in dict.fromkeys(HASH_POLICY_BLOCKS.values()):
-            block = getattr(self, field)
-            alias = "queryParameter" if field == "query_parameter" else "filterState" if field == "filter_state" \
-                else field
-            if field == want:
-                if block is None:
-                    v.add(f"{path}.{alias}", f"must be set for type {self.type}")
-                else:
-                    block.check(v, f"{path}.{alias}")
-            elif block is not None:
-                v.add(f"{path}.{alias}", f"does not apply to type {self.type}: remove it")
+        check_type_blocks(v, path, self.type, {
+            kind: (HASH_POLICY_ALIASES[field], getattr(self, field), "") for kind, field in HASH_POLICY_BLOCKS.items()},
+            missing=MUST_BE_SET, unused=DOES_NOT_APPLY)
 
 
 def _check_hash_policies(v: Violations, path: str, policies: list[HashPolicy] | None) -> None:
@@ -240,17 +239,9 @@ class LoadBalancer(Spec):
     maglev: Maglev | None = None
 
     def check(self, v: Violations, path: str) -> None:
-        want = LB_BLOCKS[self.type]
-        for field in LB_BLOCKS.values():
-            block = getattr(self, field)
-            alias = {"round_robin": "roundRobin", "least_request": "leastRequest", "ring_hash": "ringHash"}.get(
-                field, field)
-            if block is None:
-                continue
-            if field != want:
-                v.add(f"{path}.{alias}", f"does not apply to type {self.type}: remove it")
-            else:
-                block.check(v, f"{path}.{alias}")
+        check_type_blocks(v, path, self.type, {
+            kind: (LB_ALIASES[field], getattr(self, field), "") for kind, field in LB_BLOCKS.items()},
+            required=False, unused=DOES_NOT_APPLY)
 
 
 class AffinityTag(Spec):

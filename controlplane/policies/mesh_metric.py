@@ -51,7 +51,7 @@ from controlplane.xds.generate.targeting import (
     merge_confs,
 )
 
-from ._checks import check_duration, check_regex, check_type_blocks, parse_go_duration
+from ._checks import check_duration, check_regex, check_type_blocks, parse_go_duration, seen_before
 from ._collectors import check_endpoint
 
 POLICY = "MeshMetric"
@@ -193,19 +193,17 @@ class Conf(Spec):
         for i, app in enumerate(self.applications or ()):
             app.check(v, f"{path}.applications[{i}]")
             endpoint = (app.address or DEFAULT_APPLICATION_ADDRESS, app.port, app.path or DEFAULT_APPLICATION_PATH)
-            if endpoint in apps:
-                v.add(f"{path}.applications[{i}]", f"scrapes the same endpoint as applications[{apps[endpoint]}]: "
+            if (earlier := seen_before(apps, endpoint, i)) is not None:
+                v.add(f"{path}.applications[{i}]", f"scrapes the same endpoint as applications[{earlier}]: "
                                                    "remove one")
-            apps.setdefault(endpoint, i)
         seen: dict[tuple[str | None, int], int] = {}
         for i, b in enumerate(self.backends or ()):
             b.check(v, f"{path}.backends[{i}]")
             if b.prometheus is not None:
                 key = (b.prometheus.client_id, b.prometheus.port or DEFAULT_PORT)
-                if key in seen:
-                    v.add(f"{path}.backends[{i}].prometheus", f"same clientId and port as backends[{seen[key]}]: "
+                if (earlier := seen_before(seen, key, i)) is not None:
+                    v.add(f"{path}.backends[{i}].prometheus", f"same clientId and port as backends[{earlier}]: "
                                                               "give each Prometheus backend its own clientId")
-                seen.setdefault(key, i)
 
 
 class MeshMetricSpec(Spec):

@@ -55,7 +55,7 @@ from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import TOP_LEVEL_KINDS, TargetRef, check_top_level, merge_confs
 from controlplane.xds.resources import XdsResource
 
-from ._checks import IntOrString, check_percentage, check_type_blocks, parse_decimal
+from ._checks import IntOrString, check_percentage, check_type_blocks, parse_decimal, seen_before
 from ._collectors import check_endpoint, check_url, collector_cluster, endpoint_of, parse_url
 
 POLICY = "MeshTrace"
@@ -172,9 +172,8 @@ class Conf(Spec):
         seen: dict[str, int] = {}
         for i, tag in enumerate(self.tags or ()):
             tag.check(v, f"{path}.tags[{i}]")
-            if tag.name in seen:
-                v.add(f"{path}.tags[{i}].name", f"{tag.name!r} is already tags[{seen[tag.name]}]: keep one")
-            seen.setdefault(tag.name, i)
+            if (earlier := seen_before(seen, tag.name, i)) is not None:
+                v.add(f"{path}.tags[{i}].name", f"{tag.name!r} is already tags[{earlier}]: keep one")
 
 
 class MeshTraceSpec(Spec):
