@@ -17,8 +17,9 @@ and path segments): Envoy quotes XFCC values holding ',', ';' or '=', which the 
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2
@@ -26,7 +27,10 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from pydantic import Field
 
 from controlplane.resources.base import Spec
+from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
+from controlplane.xds.generate.context import ProxyContext
+from controlplane.xds.generate.targeting import merge_confs, selects_inbound
 
 from ._checks import InboundRule
 from ._clients import XFCC
@@ -35,8 +39,12 @@ RuleConf = TypeVar("RuleConf", bound=Spec)
 
 _SPIFFE_ID = re.compile(r"^spiffe://[A-Za-z0-9._\-]+(/[A-Za-z0-9._\-/]*)?$")
 
+# One spiffeID match: (type, value).
+Caller = tuple[str, str]
 # A rule's matches as a memo key: ((type, value), ...) in written order; None for every caller.
-MatchKey = tuple[tuple[str, str], ...] | None
+MatchKey = tuple[Caller, ...] | None
+# Per caller match, the merged `default` (canonical JSON), most specific match first (see `per_caller_confs`).
+CallerConfs = tuple[tuple[Caller, str], ...]
 
 
 class SpiffeIDMatch(Spec):
@@ -117,3 +125,50 @@ def caller_matcher(key: tuple[tuple[str, str], ...]) -> route_components_pb2.Hea
     return route_components_pb2.HeaderMatcher(
         name=XFCC, treat_missing_header_as_empty=True,
         string_match=string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=regex)))
+
+
+def without_matches(rules: Sequence[MatchingInboundRule[Any]] | None) -> list[MatchingInboundRule[Any]]:
+    """The rules for every caller (Kuma's catch-all rules: no `matches`, or an empty list)."""
+    return [r for r in rules or () if not r.matches]
+
+
+def matched_rules(ctx: ProxyContext, policy_type: str, inbound: Inbound) -> list[tuple[Caller, dict[str, Any]]]:
+    """Every match of the rules with matches of the policies selecting this inbound, each with its rule's
+    `default` (wire JSON): policies lowest precedence first, rules and matches in written order (Kuma's inbound
+    rules carry one match each)."""
+    out: list[tuple[Caller, dict[str, Any]]] = []
+    for policy in ctx.rules.matched(policy_type, ctx.dataplane):
+        if not selects_inbound(ctx.rules.top_level(policy), ctx.dataplane, inbound.tags, inbound.port):
+            continue
+        for rule in getattr(policy.spec, "rules", None) or ():
+            for caller in match_key(rule) or ():
+                out.append((caller, rule.default.to_wire()))
+    return out
+
+
+def _specificity(caller: Caller) -> tuple[int, int]:
+    """Kuma's order of spiffeID matches: Exact before Prefix, a longer prefix before a shorter one."""
+    kind, value = caller
+    return (2, 0) if kind == "Exact" else (1, len(value))
+
+
+def _covers(candidate: Caller, target: Caller) -> bool:
+    """Does a match select every caller `target` selects (Exact: the same ID; Prefix: every longer ID)?"""
+    kind, value = candidate
+    return candidate == target if kind == "Exact" else target[1].startswith(value)
+
+
+def per_caller_confs(rules: Sequence[tuple[Caller, Mapping[str, Any]]]) -> CallerConfs:
+    """Kuma 2.14's per-caller inbound configuration (MeshTimeout's matched routes): for each distinct match, most
+    specific first, the merge of every rule whose match covers it, least specific first (the more specific wins;
+    at equal specificity the later, higher precedence one). `rules`: lowest precedence first."""
+    ordered = sorted(rules, key=lambda r: _specificity(r[0]), reverse=True)  # sorted() is stable, also reversed
+    out: list[tuple[Caller, str]] = []
+    for caller, _conf in ordered:
+        if any(c == caller for c, _ in out):
+            continue
+        covering = sorted((r for r in rules if _covers(r[0], caller)), key=lambda r: _specificity(r[0]))
+        merged = merge_confs(conf for _c, conf in covering)
+        if merged is not None:
+            out.append((caller, json.dumps(merged, sort_keys=True, separators=(",", ":"))))
+    return tuple(out)

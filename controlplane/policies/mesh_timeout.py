@@ -68,11 +68,23 @@ from controlplane.xds.generate.targeting import (
     require_some,
 )
 
-from ._checks import InboundRule, check_duration, check_from, check_rules, parse_go_duration, rules_as_from
+from ._checks import check_duration, check_from, check_rules, parse_go_duration, rules_as_from
+from ._rule_matches import (
+    CallerConfs,
+    MatchingInboundRule,
+    caller_matcher,
+    check_rule_matches,
+    matched_rules,
+    per_caller_confs,
+    without_matches,
+)
 
 POLICY = "MeshTimeout"
 TOP_KINDS = (*TOP_LEVEL_KINDS, MESH_GATEWAY, MESH_HTTP_ROUTE)
 ROUTE_ONLY = "cannot be set for a MeshHTTPRoute (it applies per connection, not per route): remove it"
+# Kuma 2.14: a rule matching callers by spiffeID sets only what a route can set per caller.
+PER_CALLER_ONLY = ("can't be specified when matches contain spiffeID because this field cannot be conditioned on "
+                   "source identity: keep http.requestTimeout and http.streamIdleTimeout, or remove the matches")
 
 
 class Http(Spec):
@@ -104,6 +116,15 @@ class Conf(Spec):
         if self.http is not None:
             self.http.check(v, f"{path}.http")
 
+    def check_for_callers(self, v: Violations, path: str) -> None:
+        for f in ("connection_timeout", "idle_timeout"):
+            if getattr(self, f) is not None:
+                v.add(f"{path}.{camel(f)}", PER_CALLER_ONLY)
+        if self.http is not None:
+            for f in ("request_headers_timeout", "max_stream_duration", "max_connection_duration"):
+                if getattr(self.http, f) is not None:
+                    v.add(f"{path}.http.{camel(f)}", PER_CALLER_ONLY)
+
     def check_for_route(self, v: Violations, path: str) -> None:
         for f in ("connection_timeout", "idle_timeout"):
             if getattr(self, f) is not None:
@@ -118,7 +139,7 @@ class MeshTimeoutSpec(Spec):
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
-    rules: list[InboundRule[Conf]] | None = None
+    rules: list[MatchingInboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         top = effective_target_ref(self.target_ref).kind
@@ -131,6 +152,10 @@ class MeshTimeoutSpec(Spec):
                 v.add(f"{path}.{name}", f"cannot be used with a top-level {top}: use 'to'")
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
+        check_rule_matches(v, path, self.rules)
+        for i, rule in enumerate(self.rules or ()):
+            if any(m.spiffe_id is not None for m in rule.matches or ()):
+                rule.default.check_for_callers(v, f"{path}.rules[{i}].default")
         to_kinds = (MESH,) if top in (MESH_GATEWAY, MESH_HTTP_ROUTE) else (MESH, MESH_SERVICE, MESH_HTTP_ROUTE,
                                                                             *SELECTS_NOTHING_YET)
         for i, item in enumerate(self.to or ()):
@@ -144,7 +169,8 @@ class MeshTimeoutSpec(Spec):
 
 
     def inbound_items(self) -> list[Item[Conf]]:
-        return [*(self.from_ or ()), *rules_as_from(self.rules)]
+        """What applies to every caller (Kuma's catch-all rules); rules with matches apply per caller."""
+        return [*(self.from_ or ()), *rules_as_from(without_matches(self.rules))]
 
 
 RESOURCE_TYPE = register(ResourceType(
@@ -205,6 +231,28 @@ def _manager_timeouts(manager: hcm_pb2.HttpConnectionManager, conf: dict[str, An
         manager.request_headers_timeout.CopyFrom(duration(_get(conf, "requestHeadersTimeout")))
 
 
+def _caller_routes(manager: hcm_pb2.HttpConnectionManager, callers: CallerConfs) -> None:
+    """Kuma 2.14's matched routes: before each route, one copy per caller match (most specific first) that only
+    that match's callers take (their SPIFFE ID in x-forwarded-client-cert) with the match's request and stream
+    idle timeouts; other callers fall through to the route itself. Runs after the catch-all timeouts are set, so
+    a copy keeps the catch-all request timeout where the match's conf does not set its own."""
+    for vhost in manager.route_config.virtual_hosts:
+        routes = list(vhost.routes)
+        del vhost.routes[:]
+        for route in routes:
+            if route.HasField("route"):
+                for caller, conf_json in callers:
+                    conf = json.loads(conf_json)
+                    copy = vhost.routes.add()
+                    copy.CopyFrom(route)
+                    copy.match.headers.append(caller_matcher((caller,)))
+                    if _has(conf, "requestTimeout"):
+                        copy.route.timeout.CopyFrom(duration(_get(conf, "requestTimeout")))
+                    if _has(conf, "streamIdleTimeout"):
+                        copy.route.idle_timeout.CopyFrom(duration(_get(conf, "streamIdleTimeout")))
+            vhost.routes.add().CopyFrom(route)
+
+
 class TimeoutPlugin(PolicyPlugin):
     policy_type = POLICY
     order = 30
@@ -254,7 +302,9 @@ class TimeoutPlugin(PolicyPlugin):
     # --- inbound ---
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        return self.from_conf_key(ctx, inbound)
+        base = self.from_conf_key(ctx, inbound)
+        callers = per_caller_confs(matched_rules(ctx, POLICY, inbound))
+        return None if base is None and not callers else (base, callers)
 
     def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
@@ -267,8 +317,17 @@ class TimeoutPlugin(PolicyPlugin):
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:
-        assert isinstance(key, str)
-        conf = json.loads(key)
+        assert isinstance(key, tuple)
+        base_json, callers = key
+        if base_json is not None:
+            self._apply_inbound_conf(listener, json.loads(base_json))
+        if callers:  # after: a caller's route starts from the catch-all one
+            update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
+                           lambda manager: _caller_routes(manager, callers))
+
+    @staticmethod
+    def _apply_inbound_conf(listener: listener_pb2.Listener, conf: dict[str, Any]) -> None:
+        """The conf for every caller (from entries and rules without matches), with Kuma's defaults."""
 
         def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
             _manager_timeouts(manager, conf)

@@ -16,6 +16,8 @@ from tests.unit.test_policy_plugins import LISTENER, as_dict, snapshots
 REGISTRY = load_all()
 FRONTEND = {"kind": "MeshService", "name": "frontend"}
 TIMEOUT = {"idleTimeout": "20m", "http": {"requestTimeout": "7s", "streamIdleTimeout": "45s"}}
+PER_CALLER = {"http": {"requestTimeout": "7s", "streamIdleTimeout": "45s"}}
+WEB_ID = {"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}
 BREAKER = {"connectionLimits": {"maxConnections": 512},
            "outlierDetection": {"detectors": {"totalFailures": {"consecutive": 7}}}}
 
@@ -65,8 +67,26 @@ RULE_CASES: list[tuple[str, str, dict[str, Any], str | None]] = [
         "maxConnections": 0}}}]}, "spec.rules[0].default.connectionLimits.maxConnections"),
     ("timeout-rule-under-route", "MeshTimeout", {"targetRef": {"kind": "MeshHTTPRoute", "name": "r"},
                                                  "rules": [{"default": TIMEOUT}]}, "spec.rules"),
-    ("timeout-rule-matches", "MeshTimeout", {"rules": [{"matches": [{"spiffeID": {"type": "Exact", "value": "x"}}],
-                                                        "default": TIMEOUT}]}, "spec.rules[0].matches"),
+    # Kuma 2.14: a rule's matches narrow it to callers; with a spiffeID match only per-request timeouts
+    ("timeout-rule-matches", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": PER_CALLER}]}, None),
+    ("timeout-rule-matches-empty", "MeshTimeout", {"rules": [{"matches": [], "default": TIMEOUT}]}, None),
+    ("timeout-rule-matches-bad-id", "MeshTimeout", {"rules": [{"matches": [
+        {"spiffeID": {"type": "Exact", "value": "x"}}], "default": PER_CALLER}]},
+     "spec.rules[0].matches[0].spiffeID.value"),
+    ("timeout-rule-matches-idle", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": TIMEOUT}]},
+     "spec.rules[0].default.idleTimeout"),
+    ("timeout-rule-matches-connect", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": {
+        "connectionTimeout": "1s"}}]}, "spec.rules[0].default.connectionTimeout"),
+    ("timeout-rule-matches-headers", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": {"http": {
+        "requestHeadersTimeout": "1s"}}}]}, "spec.rules[0].default.http.requestHeadersTimeout"),
+    ("timeout-rule-matches-max-stream", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": {"http": {
+        "maxStreamDuration": "1s"}}}]}, "spec.rules[0].default.http.maxStreamDuration"),
+    ("timeout-rule-matches-max-conn", "MeshTimeout", {"rules": [{"matches": [WEB_ID], "default": {"http": {
+        "maxConnectionDuration": "1s"}}}]}, "spec.rules[0].default.http.maxConnectionDuration"),
+    ("timeout-rule-matches-no-matcher", "MeshTimeout", {"rules": [{"matches": [{}], "default": PER_CALLER}]},
+     "spec.rules[0].matches[0].spiffeID"),
+    ("timeout-rule-matches-sni", "MeshTimeout", {"rules": [{"matches": [{"sni": {"type": "Exact", "value": "a.b"}}],
+                                                            "default": TIMEOUT}]}, "spec.rules[0].matches[0].sni"),
     ("breaker-rule-typo", "MeshCircuitBreaker", {"rules": [{"defaults": BREAKER}]}, "spec.rules[0].defaults"),
 ]
 

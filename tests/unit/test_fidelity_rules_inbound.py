@@ -347,3 +347,82 @@ def test_inspect_shows_fault_injection_rules_in_order_for_every_client() -> None
     assert shown["origins"] == ["by-rules"]
     assert inspected([by_from], "MeshFaultInjection")["clients"] == [
         {"clients": "every client", "conf": {"http": [{"delay": {"value": "9s", "percentage": 100}}]}}]
+
+
+# --- MeshTimeout: rules with matches set per-request timeouts per caller (Kuma 2.14's matched routes) -------------
+
+
+def inbound_routes(policies: list[Resource]) -> list[tuple[str | None, dict[str, Any]]]:
+    """The frontend inbound's routes: (the XFCC regex a route needs, or None; its route action)."""
+    found = json.loads(inbound(policies))
+    manager = found["filter_chains"][0]["filters"][-1]["typed_config"]
+    out = []
+    for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+        headers = route["match"].get("headers") or [{}]
+        out.append((headers[0].get("string_match", {}).get("safe_regex", {}).get("regex"), route["route"]))
+    return out
+
+
+def exact(service: str) -> dict[str, Any]:
+    return {"spiffeID": {"type": "Exact", "value": f"spiffe://default/{service}"}}
+
+
+def prefix(value: str) -> dict[str, Any]:
+    return {"spiffeID": {"type": "Prefix", "value": f"spiffe://default/{value}"}}
+
+
+def request_timeout(value: str) -> dict[str, Any]:
+    return {"http": {"requestTimeout": value}}
+
+
+def test_timeout_matches_route_callers_most_specific_first_with_covering_rules_merged() -> None:
+    p = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"default": {"http": {"requestTimeout": "7s"}}},
+        {"matches": [prefix("")], "default": {"http": {"streamIdleTimeout": "1m"}}},
+        {"matches": [prefix("b")], "default": request_timeout("5s")},
+        {"matches": [exact("web"), prefix("batch-")], "default": request_timeout("2s")}]})
+    routes = inbound_routes([p])
+    assert [r for r, _ in routes] == [
+        "(.*;)?URI=(spiffe://default/web)([;,].*)?",      # Exact first
+        "(.*;)?URI=(spiffe://default/batch\\-[^;,]*)([;,].*)?",  # then the longer prefix
+        "(.*;)?URI=(spiffe://default/b[^;,]*)([;,].*)?",
+        "(.*;)?URI=(spiffe://default/[^;,]*)([;,].*)?",
+        None]                                              # every other caller: the route itself
+    timeouts = [(action["timeout"], action.get("idle_timeout")) for _, action in routes]
+    # each copy merges every rule covering its match (shorter prefixes first), on top of the catch-all route
+    assert timeouts == [("2s", "60s"), ("2s", "60s"), ("5s", "60s"), ("7s", "60s"), ("7s", None)]
+
+
+def test_timeout_matches_of_a_higher_precedence_policy_win_for_the_same_callers() -> None:
+    mesh_wide = policy("MeshTimeout", {"rules": [{"matches": [exact("web")], "default": request_timeout("9s")}]},
+                       "mesh-wide")
+    frontend = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"matches": [exact("web")], "default": request_timeout("3s")}]}, "frontend")
+    routes = inbound_routes([frontend, mesh_wide])
+    # no catch-all rule: every other caller keeps kuma-vm's bare inbound route
+    assert [(r is not None, a["timeout"]) for r, a in routes] == [(True, "3s"), (False, "0s")]
+
+
+def test_timeout_rules_with_matches_leave_every_other_callers_config_alone() -> None:
+    """Only what a route sets can depend on the caller: the catch-all config is that of the rules without
+    matches, and a policy of only matched rules changes nothing else (cluster, connection manager)."""
+    catch_all = {"default": {"idleTimeout": "20m", "http": {"requestTimeout": "7s"}}}
+    plain = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [catch_all]})
+    with_matches = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        catch_all, {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    base, by_plain, by_matches = (snapshots(ps)["frontend-1"] for ps in ([], [plain], [with_matches]))
+    without_routes = {t: v for t, v in config(by_matches).items() if t != LISTENER}
+    assert without_routes == {t: v for t, v in config(by_plain).items() if t != LISTENER}
+    routes = inbound_routes([with_matches])
+    assert len(routes) == 2 and routes[1] == (None, inbound_routes([plain])[0][1])
+    only_matched = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    assert {t: v for t, v in config(snapshots([only_matched])["frontend-1"]).items() if t != LISTENER} == \
+        {t: v for t, v in config(base).items() if t != LISTENER}
+    assert inbound_routes([only_matched])[1] == inbound_routes([])[0]
+
+
+def test_timeout_matches_of_a_policy_for_another_service_do_not_apply() -> None:
+    other = policy("MeshTimeout", {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+        {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    assert inbound([other]) == inbound([])
