@@ -142,3 +142,44 @@ def test_rule_matches_abort_only_the_matched_callers(pmesh: MeshHarness) -> None
     assert [c["clients"] for c in shown["inbounds"][0]["clients"]] == [
         [{"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}],
         [{"spiffeID": {"type": "Prefix", "value": "spiffe://default/batch-"}}]]
+
+
+TIMEOUT_MATCHES = """
+type: MeshTimeout
+mesh: default
+name: backend-timeouts-by-caller
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  rules:
+  - default:
+      http: {requestTimeout: 30s}
+  - matches:
+    - spiffeID: {type: Exact, value: "spiffe://default/web"}
+    default:
+      http: {requestTimeout: 200ms}
+"""
+
+
+def test_timeout_rule_matches_cut_only_the_matched_callers_requests(pmesh: MeshHarness) -> None:
+    """Kuma 2.14's MeshTimeout `rules[].matches` in an mTLS mesh: the backend's inbound gives web's requests 200ms
+    (a 1.5s answer is cut with a 504) while every other caller gets the catch-all 30s (the same answer is a 200),
+    even one that forges web's ID in x-forwarded-client-cert."""
+    mesh = pmesh
+    mesh.apply(MTLS_MESH)
+    mesh.apply(ALLOW_ALL)
+    mesh.apply(TIMEOUT_MATCHES)  # first: listeners changed later apply to new connections only
+    backend = mesh.dataplane("backend-1", "backend", app_port=mesh.app("echo_http", "--name", "backend").port)
+    callers = {name: mesh.dataplane(f"{name}-1", name, app_port=mesh.app("echo_http", "--name", name).port,
+                                    outbounds={"backend": 0}).outbounds["backend"]
+               for name in ("web", "other")}
+
+    eventually(lambda: http(callers["web"], "/ready")[0] == 200, message="web reaches the backend")
+    eventually(lambda: http(callers["other"], "/ready")[0] == 200, message="other reaches the backend")
+    status, body = http(callers["web"], "/delay/1500")
+    assert status == 504 and "upstream request timeout" in str(body), (status, body)
+    status, body = http(callers["other"], "/delay/1500")
+    assert status == 200, (status, body)
+    forged = http(callers["other"], "/delay/1500", headers={"x-forwarded-client-cert": "URI=spiffe://default/web"})
+    assert forged[0] == 200, forged
+    cut = backend.envoy.stats(filter=r"^cluster\.localhost_[0-9]+\.upstream_rq_timeout$")
+    assert list(cut.values()) == [1], cut  # the backend's inbound cut web's request, and only that one
