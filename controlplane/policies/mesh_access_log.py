@@ -53,6 +53,7 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2, grpc_service_pb2, substitution_format_string_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2
 from envoy.extensions.access_loggers.open_telemetry.v3 import logs_service_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -68,7 +69,7 @@ from controlplane.resources.dataplane import Inbound, identifying_service
 from controlplane.resources.errors import Violations
 from controlplane.resources.fields import check_address
 from controlplane.xds.generate.context import ProxyContext
-from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, update_filters
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, pack, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.rules import Entry
 from controlplane.xds.generate.targeting import (
@@ -84,9 +85,10 @@ from controlplane.xds.resources import XdsResource
 from kuma_shared.access_logs import access_log_pipe
 
 from ._access_log_format import check_format_text, interpolate
-from ._checks import InboundRule, check_from, check_rules, check_to, check_type_blocks, rules_as_from
+from ._checks import check_from, check_rules, check_to, check_type_blocks, rules_as_from
 from ._collectors import check_endpoint, collector_cluster, endpoint_of
 from ._inbound_view import origins, register_inbound_view
+from ._rule_matches import Caller, MatchingInboundRule, check_rule_matches, match_key
 
 POLICY = "MeshAccessLog"
 FILE_LOGGER = "envoy.access_loggers.file"
@@ -104,6 +106,7 @@ DEFAULT_HTTP_FORMAT = ('[%START_TIME%] %KUMA_MESH% "%REQ(:METHOD)% %REQ(X-ENVOY-
 OTEL_LOGGER = "envoy.access_loggers.open_telemetry"
 OTEL_CLUSTER_PREFIX = "meshaccesslog:opentelemetry:"
 OUTBOUND_SOURCE_ADDRESS = "%UPSTREAM_LOCAL_ADDRESS_WITHOUT_PORT%"
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 
 
 class JsonValue(Spec):
@@ -289,7 +292,7 @@ class MeshAccessLogSpec(Spec):
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
-    rules: list[InboundRule[Conf]] | None = None
+    rules: list[MatchingInboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
@@ -299,8 +302,10 @@ class MeshAccessLogSpec(Spec):
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         check_to(v, path, self.to, policy=POLICY, allowed=(MESH, MESH_SERVICE, *SELECTS_NOTHING_YET))
         check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
+        check_rule_matches(v, path, self.rules)
 
     def inbound_items(self) -> list[Item[Conf]]:
+        """`from` entries and rules (with or without matches: see `inbound_logs`), an entry's index its rule's."""
         return [*(self.from_ or ()), *rules_as_from(self.rules)]
 
 
@@ -383,12 +388,19 @@ def otel_endpoints(policies: Iterable[Resource]) -> list[str]:
 
 
 def add_access_logs(listener: listener_pb2.Listener, backends: list[dict[str, Any]],
-                    values: dict[str, str], pipe: str) -> None:
+                    values: dict[str, str], pipe: str, only: accesslog_pb2.AccessLogFilter | None = None) -> None:
+    """Loggers for the backends on the listener's connection manager or TCP proxy; `only`: which traffic."""
+    def logs(default_format: str) -> list[accesslog_pb2.AccessLog]:
+        out = access_logs(backends, default_format, values, pipe)
+        for log in out if only is not None else ():
+            log.filter.CopyFrom(only)
+        return out
+
     def edit_manager(manager: hcm_pb2.HttpConnectionManager) -> None:
-        manager.access_log.extend(access_logs(backends, DEFAULT_HTTP_FORMAT, values, pipe))
+        manager.access_log.extend(logs(DEFAULT_HTTP_FORMAT))
 
     def edit_proxy(proxy: tcp_proxy_pb2.TcpProxy) -> None:
-        proxy.access_log.extend(access_logs(backends, DEFAULT_TCP_FORMAT, values, pipe))
+        proxy.access_log.extend(logs(DEFAULT_TCP_FORMAT))
 
     update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager, edit_manager)
     update_filters(listener, TCP_PROXY_FILTER, tcp_proxy_pb2.TcpProxy, edit_proxy)
@@ -408,15 +420,54 @@ def _pipe(ctx: ProxyContext, conf: dict[str, Any]) -> str:
     return ""
 
 
-def inbound_backends(entries: Sequence[Entry]) -> list[dict[str, Any]]:
+# An inbound's logs: (the callers a group logs, None for every caller; its backends), in Envoy's order.
+InboundLogs = list[tuple[Caller | None, list[dict[str, Any]]]]
+
+
+def _specificity(caller: Caller | None) -> int:
+    """Kuma's order of inbound rules (SortRules): Exact spiffeID matches, then Prefix, then rules for everyone."""
+    return 0 if caller is None else 2 if caller[0] == "Exact" else 1
+
+
+def inbound_logs(entries: Sequence[Entry], matched: Sequence[Resource]) -> InboundLogs:
     """Kuma 2.14 (MeshAccessLog is `is_from_as_rules`): every `from` entry and rule selecting an inbound logs to
     its own backends, so the lists add up (policies in precedence order, entries in written order) instead of
-    the most specific replacing the others, as they do for `to`."""
-    return [backend for e in entries for backend in e.conf.get("backends") or ()]
+    the most specific replacing the others, as they do for `to`. A rule with matches is one rule per match (Kuma
+    splits them), each logging only its callers' traffic; rules with matches come first, Exact before Prefix."""
+    by_name = {p.meta.name: p for p in matched}
+    groups: InboundLogs = []
+    for e in entries:
+        backends = list(e.conf.get("backends") or ())
+        rules = getattr(by_name[e.policy].spec, "rules", None) if e.policy in by_name else None
+        callers = match_key(rules[e.index]) if rules else None  # a policy with rules has no `from`
+        groups.extend([(c, backends) for c in callers] if callers else [(None, backends)])
+    ordered = sorted(groups, key=lambda g: _specificity(g[0]), reverse=True)  # stable, also reversed
+    return [g for g in ordered if g[1]]
+
+
+def inbound_backends(entries: Sequence[Entry], matched: Sequence[Resource]) -> list[dict[str, Any]]:
+    return [backend for _caller, backends in inbound_logs(entries, matched) for backend in backends]
 
 
 def _inbound_view(entries: Sequence[Entry], matched: Sequence[Resource]) -> dict[str, Any]:
-    return {"conf": {"backends": inbound_backends(entries)}, "origins": origins(entries)}
+    view: dict[str, Any] = {"conf": {"backends": inbound_backends(entries, matched)}, "origins": origins(entries)}
+    groups = inbound_logs(entries, matched)
+    if any(caller is not None for caller, _ in groups):
+        view["clients"] = [{"clients": "every client" if caller is None else
+                            [{"spiffeID": {"type": caller[0], "value": caller[1]}}], "conf": {"backends": backends}}
+                           for caller, backends in groups]
+    return view
+
+
+def caller_filter(caller: Caller) -> accesslog_pb2.AccessLogFilter:
+    """Kuma's access log filter for a spiffeID match: a CEL expression on the caller's certificate's URI SAN
+    (the connection's, so it holds for TCP inbounds too; without mTLS there is none and nothing is logged)."""
+    kind, value = caller
+    quoted = json.dumps(value)  # a validated SPIFFE ID: no character CEL would read differently from JSON
+    expression = (f"connection.uri_san_peer_certificate == {quoted}" if kind == "Exact"
+                  else f"connection.uri_san_peer_certificate.startsWith({quoted})")
+    return accesslog_pb2.AccessLogFilter(extension_filter=accesslog_pb2.ExtensionFilter(
+        name=CEL_FILTER, typed_config=pack(cel_pb2.ExpressionFilter(expression=expression))))
 
 
 register_inbound_view(POLICY, _inbound_view)
@@ -435,19 +486,22 @@ class AccessLogPlugin(PolicyPlugin):
     # --- inbound: the inbound's service, its dataplane's address, every client ('*') ---
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        backends = inbound_backends(ctx.rules.from_entries(POLICY, ctx.dataplane, inbound))
-        if not backends:
+        groups = inbound_logs(ctx.rules.from_entries(POLICY, ctx.dataplane, inbound),
+                              ctx.rules.matched(POLICY, ctx.dataplane))
+        if not groups:
             return None
-        conf = {"backends": backends}
-        return (json.dumps(conf, sort_keys=True, separators=(",", ":")), ctx.mesh, inbound.service,
+        conf = {"backends": [b for _caller, backends in groups for b in backends]}
+        return (json.dumps(groups, sort_keys=True, separators=(",", ":")), ctx.mesh, inbound.service,
                 ctx.spec.networking.address, _pipe(ctx, conf))
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:
         assert isinstance(key, tuple)
-        conf, mesh, service, address, pipe = key
-        add_access_logs(listener, json.loads(conf)["backends"], _values(mesh, "*", service, address, "INBOUND"),
-                        pipe)
+        groups, mesh, service, address, pipe = key
+        values = _values(mesh, "*", service, address, "INBOUND")
+        for caller, backends in json.loads(groups):
+            add_access_logs(listener, backends, values, pipe,
+                            None if caller is None else caller_filter((caller[0], caller[1])))
 
     # --- outbound: the proxy's own service is part of the line, so it splits the sharing between services ---
 

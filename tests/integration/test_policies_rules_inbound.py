@@ -183,3 +183,53 @@ def test_timeout_rule_matches_cut_only_the_matched_callers_requests(pmesh: MeshH
     assert forged[0] == 200, forged
     cut = backend.envoy.stats(filter=r"^cluster\.localhost_[0-9]+\.upstream_rq_timeout$")
     assert list(cut.values()) == [1], cut  # the backend's inbound cut web's request, and only that one
+
+
+def access_log_matches(web_log: Path, everyone_log: Path) -> str:
+    return f"""
+type: MeshAccessLog
+mesh: default
+name: backend-logs-by-caller
+spec:
+  targetRef: {{kind: MeshService, name: backend}}
+  rules:
+  - matches:
+    - spiffeID: {{type: Exact, value: "spiffe://default/web"}}
+    default:
+      backends:
+      - type: File
+        file: {{path: "{web_log}", format: {{type: Plain, plain: "%REQ(:PATH)% %RESPONSE_CODE%"}}}}
+  - default:
+      backends:
+      - type: File
+        file: {{path: "{everyone_log}", format: {{type: Plain, plain: "%REQ(:PATH)% %RESPONSE_CODE%"}}}}
+"""
+
+
+def test_access_log_rule_matches_log_only_the_matched_callers(pmesh: MeshHarness, tmp_path: Path) -> None:
+    """Kuma 2.14's MeshAccessLog `rules[].matches` in an mTLS mesh: the backend's inbound logs web's requests to
+    the matched rule's file and every caller's to the catch-all rule's; another caller's requests (even one that
+    forges web's x-forwarded-client-cert) never reach the matched file."""
+    mesh = pmesh
+    web_log, everyone_log = tmp_path / "from-web.log", tmp_path / "everyone.log"
+    mesh.apply(MTLS_MESH)
+    mesh.apply(ALLOW_ALL)
+    mesh.apply(access_log_matches(web_log, everyone_log))  # first: listeners changed later apply to new connections
+    mesh.dataplane("backend-1", "backend", app_port=mesh.app("echo_http", "--name", "backend").port)
+    callers = {name: mesh.dataplane(f"{name}-1", name, app_port=mesh.app("echo_http", "--name", name).port,
+                                    outbounds={"backend": 0}).outbounds["backend"]
+               for name in ("web", "other")}
+
+    eventually(lambda: http(callers["web"], "/ready")[0] == 200, message="web reaches the backend")
+    eventually(lambda: http(callers["other"], "/ready")[0] == 200, message="other reaches the backend")
+    assert http(callers["other"], "/from-other")[0] == 200
+    assert http(callers["other"], "/forged", headers={"x-forwarded-client-cert": "URI=spiffe://default/web"})[0] == 200
+    eventually(lambda: {"/from-other 200", "/forged 200"} <= set(lines(everyone_log)), timeout=FLUSH_WAIT_S,
+               message=f"other's lines in {everyone_log}")
+    # Both loggers of a request run at once, so other's lines, had they matched, are already in web_log's buffer,
+    # ahead of any line logged from now on: once web's next line is in the file, theirs would be too.
+    assert http(callers["web"], "/from-web")[0] == 200
+    eventually(lambda: "/from-web 200" in lines(web_log), timeout=FLUSH_WAIT_S, message=f"web's line in {web_log}")
+    assert not any(x.startswith(("/from-other", "/forged")) for x in lines(web_log)), lines(web_log)
+    eventually(lambda: "/from-web 200" in lines(everyone_log), timeout=FLUSH_WAIT_S,
+               message=f"web's line in {everyone_log} (the rule without matches logs every caller)")

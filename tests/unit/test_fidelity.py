@@ -244,9 +244,10 @@ UNSUPPORTED_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("mesh-metrics", {"type": "Mesh", "name": "m", "metrics": {"backends": []}}, "metrics", "metrics"),
     ("mesh-mtls-skip-validation", {"type": "Mesh", "name": "m", "mtls": {"skipValidation": True}},
      "mtls.skipValidation", "skipValidation"),
-    ("meshtimeout-rule-matches", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
-        "targetRef": {"kind": "Mesh"}, "rules": [{"matches": [{"sni": "a"}], "default": {"idleTimeout": "1s"}}]}},
-     "spec.rules[0].matches", "matches"),
+    ("meshtimeout-rule-matches-sni", {"type": "MeshTimeout", "mesh": "default", "name": "t", "spec": {
+        "targetRef": {"kind": "Mesh"}, "rules": [{"matches": [{"sni": {"type": "Exact", "value": "a.b"}}],
+                                                  "default": {"idleTimeout": "1s"}}]}},
+     "spec.rules[0].matches[0].sni", "sni"),
 ]
 
 

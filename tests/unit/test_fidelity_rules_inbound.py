@@ -9,8 +9,8 @@ What Kuma 2.14 does, and so kuma-vm (facts from kumahq/kuma v2.14.3, pkg/plugins
 - MeshFaultInjection (not `is_from_as_rules`): every rule's faults run, rule after rule; once a policy with rules
   selects an inbound, other policies' `from` entries are ignored there;
 - `rules` excludes `from` and `to` (MeshFaultInjection: `from` only);
-- a rule's `matches` (`spiffeID` Exact/Prefix) limit a MeshFaultInjection rule to the callers they select; they are
-  not supported yet for MeshAccessLog and MeshRateLimit, nor is the `sni` matcher anywhere.
+- a rule's `matches` (`spiffeID` Exact/Prefix) limit a MeshFaultInjection or MeshAccessLog rule to the callers they
+  select (MeshTimeout's: tests/unit/test_fidelity_rules.py and below); the `sni` matcher is not supported yet.
 """
 
 from __future__ import annotations
@@ -237,8 +237,13 @@ CASES: list[tuple[str, str, dict[str, Any], str | None, str | None]] = [
     ("mal-rules-and-from", "MeshAccessLog", {"rules": [{"default": LOG}], "from": [
         {"targetRef": {"kind": "Mesh"}, "default": LOG}]}, "spec", "fields 'to' and 'from' must be empty"),
     ("mal-rules-empty", "MeshAccessLog", {"rules": []}, "spec", "at least one of 'from', 'to' or 'rules'"),
-    ("mal-rule-matches", "MeshAccessLog", {"rules": [{"matches": SPIFFE, "default": LOG}]},
-     "spec.rules[0].matches", NOT_YET),
+    ("mal-rule-matches", "MeshAccessLog", {"rules": [{"matches": SPIFFE, "default": LOG}]}, None, None),
+    ("mal-rule-matches-sni", "MeshAccessLog", {"rules": [{"matches": [
+        {"sni": {"type": "Exact", "value": "backend.mesh"}}], "default": LOG}]}, "spec.rules[0].matches[0].sni",
+     "a Kuma field kuma-vm does not support yet: sni"),
+    ("mal-rule-matches-not-spiffe", "MeshAccessLog", {"rules": [{"matches": [
+        {"spiffeID": {"type": "Exact", "value": "https://web"}}], "default": LOG}]},
+     "spec.rules[0].matches[0].spiffeID.value", "is not a SPIFFE ID"),
     ("mal-rule-bad-backend", "MeshAccessLog", {"rules": [{"default": {"backends": [{"type": "File"}]}}]},
      "spec.rules[0].default.backends[0].file", "must be set with type File"),
     ("mal-rule-bad-format", "MeshAccessLog", {"rules": [{"default": {"backends": [{"type": "File", "file": {
@@ -426,3 +431,44 @@ def test_timeout_matches_of_a_policy_for_another_service_do_not_apply() -> None:
     other = policy("MeshTimeout", {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
         {"matches": [exact("web")], "default": request_timeout("2s")}]})
     assert inbound([other]) == inbound([])
+
+
+# --- MeshAccessLog: rules with matches log only their callers' traffic (Kuma 2.14's CEL filter) -----------------
+
+
+def inbound_loggers(policies: list[Resource], proxy: str = "frontend-1",
+                    listener: str = INBOUND) -> list[tuple[str, str | None]]:
+    """(file path, CEL expression or None) of every access logger on a listener, in order."""
+    found = as_dict(snapshots(policies)[proxy].of_type(LISTENER)[listener])
+    out = []
+    for f in found["filter_chains"][0]["filters"]:
+        for log in f["typed_config"].get("access_log") or ():
+            cel = log.get("filter", {}).get("extension_filter", {})
+            assert cel.get("name", "envoy.access_loggers.extension_filters.cel") == \
+                "envoy.access_loggers.extension_filters.cel"
+            out.append((log["typed_config"]["path"], cel.get("typed_config", {}).get("expression")))
+    return out
+
+
+def test_access_log_matches_log_only_their_callers_matched_rules_first() -> None:
+    mesh_wide = policy("MeshAccessLog", {"rules": [{"default": log("/tmp/a-everyone.log")}]}, "mesh-wide")
+    frontend = policy("MeshAccessLog", {"targetRef": FRONTEND, "rules": [
+        {"matches": [prefix("batch-")], "default": log("/tmp/b-batch.log")},
+        {"default": log("/tmp/c-everyone.log")},
+        {"matches": [exact("web"), exact("api")], "default": log("/tmp/d-web-api.log")}]}, "frontend")
+    # Kuma: one rule per match; Exact matches, then Prefix, then rules for everyone, each in precedence order
+    assert inbound_loggers([frontend, mesh_wide]) == [
+        ("/tmp/d-web-api.log", 'connection.uri_san_peer_certificate == "spiffe://default/web"'),
+        ("/tmp/d-web-api.log", 'connection.uri_san_peer_certificate == "spiffe://default/api"'),
+        ("/tmp/b-batch.log", 'connection.uri_san_peer_certificate.startsWith("spiffe://default/batch-")'),
+        ("/tmp/a-everyone.log", None), ("/tmp/c-everyone.log", None)]
+    # without matches nothing changes: every rule for everyone, in precedence order
+    assert file_logs([frontend, mesh_wide]) == [path for path, _ in inbound_loggers([frontend, mesh_wide])]
+
+
+def test_access_log_matches_filter_tcp_inbounds_too() -> None:
+    """The CEL filter reads the connection's peer certificate, so a TCP inbound's log is narrowed the same way."""
+    p = policy("MeshAccessLog", {"targetRef": {"kind": "MeshService", "name": "cache-client"}, "rules": [
+        {"matches": [exact("web")], "default": log("/tmp/tcp-web.log")}]})
+    assert inbound_loggers([p], "cache-client-1", "inbound:127.0.0.1:10002") == [
+        ("/tmp/tcp-web.log", 'connection.uri_san_peer_certificate == "spiffe://default/web"')]
