@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 from envoy.config.route.v3 import route_components_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from pydantic import Field
 
@@ -158,17 +161,38 @@ def _covers(candidate: Caller, target: Caller) -> bool:
     return candidate == target if kind == "Exact" else target[1].startswith(value)
 
 
-def per_caller_confs(rules: Sequence[tuple[Caller, Mapping[str, Any]]]) -> CallerConfs:
-    """Kuma 2.14's per-caller inbound configuration (MeshTimeout's matched routes): for each distinct match, most
-    specific first, the merge of every rule whose match covers it, least specific first (the more specific wins;
-    at equal specificity the later, higher precedence one). `rules`: lowest precedence first."""
+def per_caller_confs(rules: Sequence[tuple[Caller, Mapping[str, Any]]],
+                     base: Mapping[str, Any] | None = None) -> CallerConfs:
+    """Kuma 2.14's per-caller inbound configuration (MeshTimeout's and MeshRateLimit's matched routes): for each
+    distinct match, most specific first, the merge of every rule whose match covers it, least specific first (the
+    more specific wins; at equal specificity the later, higher precedence one), on top of `base` (MeshRateLimit:
+    the conf for every caller). `rules`: lowest precedence first."""
     ordered = sorted(rules, key=lambda r: _specificity(r[0]), reverse=True)  # sorted() is stable, also reversed
     out: list[tuple[Caller, str]] = []
     for caller, _conf in ordered:
         if any(c == caller for c, _ in out):
             continue
         covering = sorted((r for r in rules if _covers(r[0], caller)), key=lambda r: _specificity(r[0]))
-        merged = merge_confs(conf for _c, conf in covering)
+        merged = merge_confs([*([base] if base is not None else []), *(conf for _c, conf in covering)])
         if merged is not None:
             out.append((caller, json.dumps(merged, sort_keys=True, separators=(",", ":"))))
     return tuple(out)
+
+
+def copy_routes_per_caller(manager: hcm_pb2.HttpConnectionManager, callers: CallerConfs,
+                           edit: Callable[[route_components_pb2.Route, dict[str, Any]], None]) -> None:
+    """Kuma 2.14's matched routes: before each route, one copy per caller match (most specific first) that only that
+    match's callers take (their SPIFFE ID in x-forwarded-client-cert), edited with the match's merged conf; other
+    callers fall through to the route itself. Policies that do this one after the other (MeshTimeout, then
+    MeshRateLimit) copy each other's copies, so a caller matched by both gets both."""
+    for vhost in manager.route_config.virtual_hosts:
+        routes = list(vhost.routes)
+        del vhost.routes[:]
+        for route in routes:
+            if route.HasField("route"):
+                for caller, conf_json in callers:
+                    copy = vhost.routes.add()
+                    copy.CopyFrom(route)
+                    copy.match.headers.append(caller_matcher((caller,)))
+                    edit(copy, json.loads(conf_json))
+            vhost.routes.add().CopyFrom(route)

@@ -30,6 +30,7 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2 as http_rl_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
@@ -42,7 +43,7 @@ from controlplane.resources.base import ResourceType, Scope, Spec, register
 from controlplane.resources.dataplane import Inbound
 from controlplane.resources.errors import Violations
 from controlplane.xds.generate.context import ProxyContext
-from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, stat_name
+from controlplane.xds.generate.envoy import HCM_FILTER, TCP_PROXY_FILTER, duration, pack, stat_name, update_filters
 from controlplane.xds.generate.plugins import PolicyPlugin, register_plugin
 from controlplane.xds.generate.targeting import (
     MESH,
@@ -54,7 +55,6 @@ from controlplane.xds.generate.targeting import (
 
 from ._checks import (
     INT32_MAX,
-    InboundRule,
     check_duration,
     check_from,
     check_header_name,
@@ -66,11 +66,22 @@ from ._checks import (
     rules_as_from,
 )
 from ._http_filters import add_http_filters
+from ._rule_matches import (
+    MatchingInboundRule,
+    check_rule_matches,
+    copy_routes_per_caller,
+    matched_rules,
+    per_caller_confs,
+    without_matches,
+)
 
 POLICY = "MeshRateLimit"
 MIN_INTERVAL_NS = 50_000_000
 HTTP_FILTER = "envoy.filters.http.local_ratelimit"
 NETWORK_FILTER = "envoy.filters.network.local_ratelimit"
+# Kuma 2.14: a rule matching callers by spiffeID limits HTTP requests per caller, not TCP connections.
+PER_CALLER_ONLY = ("can't be specified when matches contain spiffeID because this field cannot be conditioned on "
+                   "source identity: limit the callers' HTTP requests (local.http), or remove the matches")
 _ENVOY_STATUSES = frozenset(http_status_pb2.StatusCode.values()) - {0}
 
 
@@ -173,7 +184,7 @@ class MeshRateLimitSpec(Spec):
     target_ref: TargetRef | None = None
     from_: list[Item[Conf]] | None = Field(default=None, alias="from")
     to: list[Item[Conf]] | None = None
-    rules: list[InboundRule[Conf]] | None = None
+    rules: list[MatchingInboundRule[Conf]] | None = None
 
     def check(self, v: Violations, path: str) -> None:
         check_top_level(v, f"{path}.targetRef", self.target_ref, allowed=TOP_LEVEL_KINDS, policy=POLICY,
@@ -182,11 +193,18 @@ class MeshRateLimitSpec(Spec):
         # Kuma 2.14 takes a policy without `from` entries or rules (it configures nothing)
         check_from(v, path, self.from_, policy=POLICY, allowed=(MESH,))
         check_rules(v, path, self.rules, other=[*(self.from_ or ()), *(self.to or ())])
+        check_rule_matches(v, path, self.rules)
+        for i, rule in enumerate(self.rules or ()):
+            local = rule.default.local
+            if local is not None and local.tcp is not None and any(m.spiffe_id is not None
+                                                                   for m in rule.matches or ()):
+                v.add(f"{path}.rules[{i}].default.local.tcp", PER_CALLER_ONLY)
 
     def inbound_items(self) -> list[Item[Conf]]:
         """Kuma 2.14 (`is_from_as_rules`): `from` entries and rules are one list of inbound rules, and the ones
-        matching all traffic merge in precedence order, as `from` entries of kind Mesh do."""
-        return [*(self.from_ or ()), *rules_as_from(self.rules)]
+        matching all traffic (no `matches`) merge in precedence order, as `from` entries of kind Mesh do; rules
+        with matches apply per caller (`inbound_key`)."""
+        return [*(self.from_ or ()), *rules_as_from(without_matches(self.rules))]
 
 
 RESOURCE_TYPE = register(ResourceType(
@@ -224,6 +242,12 @@ def http_limit(conf: dict[str, Any], prefix: str) -> http_rl_pb2.LocalRateLimit 
     return limit
 
 
+def unlimited(prefix: str) -> http_rl_pb2.LocalRateLimit:
+    """A route's config for callers whose limit is disabled: Envoy requires a token bucket in a per-route config,
+    and without `filter_enabled` (0% of requests, Envoy's default) the bucket is never consulted."""
+    return http_rl_pb2.LocalRateLimit(stat_prefix=prefix, token_bucket=token_bucket({"num": 1, "interval": "1s"}))
+
+
 def tcp_limit(conf: dict[str, Any], prefix: str) -> net_rl_pb2.LocalRateLimit | None:
     tcp = (conf.get("local") or {}).get("tcp") or {}
     rate = tcp.get("connectionRate")
@@ -243,16 +267,32 @@ class RateLimitPlugin(PolicyPlugin):
     order = 85
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
-        return self.from_conf_key(ctx, inbound)
+        base = self.from_conf_key(ctx, inbound)
+        base_conf = json.loads(base) if base is not None else {}
+        # Kuma 2.14's matched routes: the rules with an HTTP limit, each caller's on top of the catch-all's
+        callers = per_caller_confs(
+            [(c, conf) for c, conf in matched_rules(ctx, POLICY, inbound) if (conf.get("local") or {}).get("http")],
+            base_conf if (base_conf.get("local") or {}).get("http") else None)
+        return None if base is None and not callers else (base, callers)
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,
                       key: Hashable) -> None:
-        assert isinstance(key, str)
-        conf = json.loads(key)
+        assert isinstance(key, tuple)
+        base, callers = key
+        conf = json.loads(base) if base is not None else {}
         prefix = stat_name(f"{listener.name}_rate_limit")
         http = http_limit(conf, prefix)
+        if http is None and callers:  # the filter the callers' routes configure, limiting nothing by itself
+            http = http_rl_pb2.LocalRateLimit(stat_prefix=prefix)
         if http is not None:
             add_http_filters(listener, [hcm_pb2.HttpFilter(name=HTTP_FILTER, typed_config=pack(http))])
+        if callers:
+            def per_route(route: route_components_pb2.Route, caller_conf: dict[str, Any]) -> None:
+                limit = http_limit(caller_conf, prefix) or unlimited(prefix)
+                route.typed_per_filter_config[HTTP_FILTER].CopyFrom(pack(limit))
+
+            update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
+                           lambda manager: copy_routes_per_caller(manager, callers, per_route))
         tcp = tcp_limit(conf, prefix)
         if tcp is not None:
             for chain in listener.filter_chains:

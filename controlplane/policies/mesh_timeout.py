@@ -33,6 +33,7 @@ from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_components_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
@@ -70,10 +71,9 @@ from controlplane.xds.generate.targeting import (
 
 from ._checks import check_duration, check_from, check_rules, parse_go_duration, rules_as_from
 from ._rule_matches import (
-    CallerConfs,
     MatchingInboundRule,
-    caller_matcher,
     check_rule_matches,
+    copy_routes_per_caller,
     matched_rules,
     per_caller_confs,
     without_matches,
@@ -231,26 +231,13 @@ def _manager_timeouts(manager: hcm_pb2.HttpConnectionManager, conf: dict[str, An
         manager.request_headers_timeout.CopyFrom(duration(_get(conf, "requestHeadersTimeout")))
 
 
-def _caller_routes(manager: hcm_pb2.HttpConnectionManager, callers: CallerConfs) -> None:
-    """Kuma 2.14's matched routes: before each route, one copy per caller match (most specific first) that only
-    that match's callers take (their SPIFFE ID in x-forwarded-client-cert) with the match's request and stream
-    idle timeouts; other callers fall through to the route itself. Runs after the catch-all timeouts are set, so
-    a copy keeps the catch-all request timeout where the match's conf does not set its own."""
-    for vhost in manager.route_config.virtual_hosts:
-        routes = list(vhost.routes)
-        del vhost.routes[:]
-        for route in routes:
-            if route.HasField("route"):
-                for caller, conf_json in callers:
-                    conf = json.loads(conf_json)
-                    copy = vhost.routes.add()
-                    copy.CopyFrom(route)
-                    copy.match.headers.append(caller_matcher((caller,)))
-                    if _has(conf, "requestTimeout"):
-                        copy.route.timeout.CopyFrom(duration(_get(conf, "requestTimeout")))
-                    if _has(conf, "streamIdleTimeout"):
-                        copy.route.idle_timeout.CopyFrom(duration(_get(conf, "streamIdleTimeout")))
-            vhost.routes.add().CopyFrom(route)
+def _caller_timeouts(route: route_components_pb2.Route, conf: dict[str, Any]) -> None:
+    """A caller's route copy (see `copy_routes_per_caller`): the match's request and stream idle timeouts; the
+    catch-all request timeout stays where the match's conf sets none."""
+    if _has(conf, "requestTimeout"):
+        route.route.timeout.CopyFrom(duration(_get(conf, "requestTimeout")))
+    if _has(conf, "streamIdleTimeout"):
+        route.route.idle_timeout.CopyFrom(duration(_get(conf, "streamIdleTimeout")))
 
 
 class TimeoutPlugin(PolicyPlugin):
@@ -323,7 +310,7 @@ class TimeoutPlugin(PolicyPlugin):
             self._apply_inbound_conf(listener, json.loads(base_json))
         if callers:  # after: a caller's route starts from the catch-all one
             update_filters(listener, HCM_FILTER, hcm_pb2.HttpConnectionManager,
-                           lambda manager: _caller_routes(manager, callers))
+                           lambda manager: copy_routes_per_caller(manager, callers, _caller_timeouts))
 
     @staticmethod
     def _apply_inbound_conf(listener: listener_pb2.Listener, conf: dict[str, Any]) -> None:

@@ -9,8 +9,8 @@ What Kuma 2.14 does, and so kuma-vm (facts from kumahq/kuma v2.14.3, pkg/plugins
 - MeshFaultInjection (not `is_from_as_rules`): every rule's faults run, rule after rule; once a policy with rules
   selects an inbound, other policies' `from` entries are ignored there;
 - `rules` excludes `from` and `to` (MeshFaultInjection: `from` only);
-- a rule's `matches` (`spiffeID` Exact/Prefix) limit a MeshFaultInjection or MeshAccessLog rule to the callers they
-  select (MeshTimeout's: tests/unit/test_fidelity_rules.py and below); the `sni` matcher is not supported yet.
+- a rule's `matches` (`spiffeID` Exact/Prefix) limit a MeshFaultInjection, MeshAccessLog or MeshRateLimit (HTTP
+  only) rule to the callers they select (MeshTimeout's: below); the `sni` matcher is not supported yet.
 """
 
 from __future__ import annotations
@@ -289,8 +289,13 @@ CASES: list[tuple[str, str, dict[str, Any], str | None, str | None]] = [
     ("mrl-rules", "MeshRateLimit", {"rules": [{"default": LIMIT}]}, None, None),
     ("mrl-rules-and-from", "MeshRateLimit", {"rules": [{"default": LIMIT}], "from": [
         {"targetRef": {"kind": "Mesh"}, "default": LIMIT}]}, "spec", "fields 'to' and 'from' must be empty"),
-    ("mrl-rule-matches", "MeshRateLimit", {"rules": [{"matches": SPIFFE, "default": LIMIT}]},
-     "spec.rules[0].matches", NOT_YET),
+    ("mrl-rule-matches", "MeshRateLimit", {"rules": [{"matches": SPIFFE, "default": {"local": {
+        "http": LIMIT["local"]["http"]}}}]}, None, None),
+    ("mrl-rule-matches-tcp", "MeshRateLimit", {"rules": [{"matches": SPIFFE, "default": LIMIT}]},
+     "spec.rules[0].default.local.tcp", "can't be specified when matches contain spiffeID"),
+    ("mrl-rule-matches-sni", "MeshRateLimit", {"rules": [{"matches": [
+        {"sni": {"type": "Exact", "value": "backend.mesh"}}], "default": LIMIT}]}, "spec.rules[0].matches[0].sni",
+     "a Kuma field kuma-vm does not support yet: sni"),
     ("mrl-rule-no-local", "MeshRateLimit", {"rules": [{"default": {}}]}, "spec.rules[0].default.local",
      "must be defined"),
     ("mrl-rule-short-interval", "MeshRateLimit", {"rules": [{"default": {"local": {"tcp": {
@@ -472,3 +477,67 @@ def test_access_log_matches_filter_tcp_inbounds_too() -> None:
         {"matches": [exact("web")], "default": log("/tmp/tcp-web.log")}]})
     assert inbound_loggers([p], "cache-client-1", "inbound:127.0.0.1:10002") == [
         ("/tmp/tcp-web.log", 'connection.uri_san_peer_certificate == "spiffe://default/web"')]
+
+
+# --- MeshRateLimit: rules with matches limit each caller match's requests on its own route ----------------------
+
+
+def rate_limits(policies: list[Resource]) -> tuple[dict[str, Any] | None, list[tuple[str | None, Any]]]:
+    """The inbound's local_ratelimit filter config, and per route (XFCC regex or None) its own limit: the bucket's
+    size, "off" for a config that never limits (no filter_enabled), None for none (the filter's applies)."""
+    found = json.loads(inbound(policies))
+    manager = found["filter_chains"][0]["filters"][-1]["typed_config"]
+    name = "envoy.filters.http.local_ratelimit"
+    filters = [f["typed_config"] for f in manager["http_filters"] if f["name"] == name]
+    routes = []
+    for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+        headers = route["match"].get("headers") or [{}]
+        per_route = (route.get("typed_per_filter_config") or {}).get(name)
+        limit = None if per_route is None else \
+            per_route["token_bucket"]["max_tokens"] if "filter_enabled" in per_route else "off"
+        routes.append((headers[0].get("string_match", {}).get("safe_regex", {}).get("regex"), limit))
+    return (filters[0] if filters else None), routes
+
+
+def http_rate(num: int, **extra: Any) -> dict[str, Any]:
+    return {"local": {"http": {"requestRate": {"num": num, "interval": "1s"}, **extra}}}
+
+
+def test_rate_limit_matches_give_each_caller_match_its_own_bucket_on_top_of_the_catch_all() -> None:
+    p = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [
+        {"default": {"local": {"http": {"requestRate": {"num": 100, "interval": "1s"},
+                                        "onRateLimit": {"status": 503}},
+                               "tcp": {"connectionRate": {"num": 9, "interval": "1s"}}}}},
+        {"matches": [prefix("batch-")], "default": http_rate(5)},
+        {"matches": [exact("web")], "default": {"local": {"http": {"disabled": True}}}}]})
+    base, routes = rate_limits([p])
+    assert base is not None and base["token_bucket"]["max_tokens"] == 100  # every other caller: the catch-all
+    assert routes == [("(.*;)?URI=(spiffe://default/web)([;,].*)?", "off"),  # disabled for web
+                      ("(.*;)?URI=(spiffe://default/batch\\-[^;,]*)([;,].*)?", 5), (None, None)]
+    got = json.loads(inbound([p]))
+    per_route = got["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"][1]["typed_per_filter_config"]["envoy.filters.http.local_ratelimit"]
+    assert per_route["status"]["code"] == "ServiceUnavailable"  # the catch-all's onRateLimit carries over
+    assert '"envoy.filters.network.local_ratelimit"' in inbound([p])  # TCP stays for every caller
+
+
+def test_rate_limit_matches_alone_add_a_filter_that_limits_only_their_routes() -> None:
+    p = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [
+        {"matches": [exact("web")], "default": http_rate(3)}]})
+    base, routes = rate_limits([p])
+    assert base is not None and "token_bucket" not in base
+    assert routes == [("(.*;)?URI=(spiffe://default/web)([;,].*)?", 3), (None, None)]
+
+
+def test_timeout_and_rate_limit_matches_combine_per_caller() -> None:
+    """Each policy copies the routes the other made, so a caller both match gets both, in the most specific copy."""
+    timeouts = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    limits = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [
+        {"matches": [prefix("")], "default": http_rate(4)}]})
+    found = json.loads(inbound([timeouts, limits]))
+    routes = found["filter_chains"][0]["filters"][-1]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    summary = [([h["string_match"]["safe_regex"]["regex"] for h in r["match"].get("headers", ())],
+                r["route"]["timeout"], "typed_per_filter_config" in r) for r in routes]
+    web, anyone = "(.*;)?URI=(spiffe://default/web)([;,].*)?", "(.*;)?URI=(spiffe://default/[^;,]*)([;,].*)?"
+    assert summary == [([web, anyone], "2s", True), ([web], "2s", False), ([anyone], "0s", True), ([], "0s", False)]
