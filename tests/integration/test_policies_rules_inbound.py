@@ -233,3 +233,42 @@ def test_access_log_rule_matches_log_only_the_matched_callers(pmesh: MeshHarness
     assert not any(x.startswith(("/from-other", "/forged")) for x in lines(web_log)), lines(web_log)
     eventually(lambda: "/from-web 200" in lines(everyone_log), timeout=FLUSH_WAIT_S,
                message=f"web's line in {everyone_log} (the rule without matches logs every caller)")
+
+
+RATE_LIMIT_MATCHES = """
+type: MeshRateLimit
+mesh: default
+name: backend-limits-by-caller
+spec:
+  targetRef: {kind: MeshService, name: backend}
+  rules:
+  - matches:
+    - spiffeID: {type: Exact, value: "spiffe://default/web"}
+    default:
+      local:
+        http:
+          requestRate: {num: 2, interval: 1h}
+          onRateLimit: {status: 429}
+"""
+
+
+def test_rate_limit_rule_matches_limit_only_the_matched_callers(pmesh: MeshHarness) -> None:
+    """Kuma 2.14's MeshRateLimit `rules[].matches` in an mTLS mesh: web's requests into the backend share a bucket
+    of 2 an hour (then 429), while another caller, even one that forges web's x-forwarded-client-cert, is not
+    limited at all (the policy has no rule for every caller)."""
+    mesh = pmesh
+    mesh.apply(MTLS_MESH)
+    mesh.apply(ALLOW_ALL)
+    mesh.apply(RATE_LIMIT_MATCHES)  # first: listeners changed later apply to new connections only
+    mesh.dataplane("backend-1", "backend", app_port=mesh.app("echo_http", "--name", "backend").port)
+    callers = {name: mesh.dataplane(f"{name}-1", name, app_port=mesh.app("echo_http", "--name", name).port,
+                                    outbounds={"backend": 0}).outbounds["backend"]
+               for name in ("web", "other")}
+
+    eventually(lambda: http(callers["web"])[0] == 429, message="web's bucket of 2 runs out")
+    for _ in range(10):
+        status, body = http(callers["other"])
+        assert status == 200, (status, body)
+    forged = http(callers["other"], headers={"x-forwarded-client-cert": "URI=spiffe://default/web"})
+    assert forged[0] == 200, forged
+    assert http(callers["web"])[0] == 429  # still out: the bucket refills once an hour
