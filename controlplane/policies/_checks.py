@@ -61,14 +61,13 @@ def refuse_to(v: Violations, path: str, items: Sequence[Item[Any]] | None, *, do
                             "gateways): use 'from' on the destination's proxies")
 
 
-# Kuma 2.14's `rules[]` form of inbound policies (MeshTimeout, MeshCircuitBreaker): a `default` for all of a
-# proxy's inbound traffic, in place of `from[]`. kuma-vm merges each rule as a `from` entry of kind Mesh.
+# Kuma 2.14's `rules[]` form of inbound policies: a `default` for all of a proxy's inbound traffic, in place of
+# `from[]`. kuma-vm merges each rule as a `from` entry of kind Mesh. MeshCircuitBreaker's rules are just that; the
+# policies whose Kuma rules also take `matches` use _rule_matches.MatchingInboundRule.
 RuleConf = TypeVar("RuleConf", bound=Spec)
 
 
 class InboundRule(Spec, Generic[RuleConf]):
-    kuma_unsupported = frozenset({"matches"})  # MeshTimeout's per-SPIFFE-ID/SNI matches
-
     default: RuleConf
 
 

@@ -3,7 +3,7 @@
 Kuma's shape (api/common/v1alpha1 Match): `matches: [{spiffeID: {type: Exact|Prefix, value: spiffe://...}}]`;
 a rule applies to a caller that any of its matches selects, and a rule without `matches` to every caller.
 `Prefix` is a plain string prefix of the ID (as MeshTrafficPermission's). Kuma's other matcher, `sni`, is
-refused: kuma-vm's inbounds tell callers apart by their certificate.
+refused (SNI_NOT_YET says why): kuma-vm's inbounds tell callers apart by their certificate.
 
 kuma-vm's callers present `spiffe://<mesh>/<service>` as the first URI SAN of their mTLS certificate, and the
 inbound connection manager writes it into `x-forwarded-client-cert` (SANITIZE_SET: a caller cannot forge it;
@@ -50,6 +50,15 @@ MatchKey = tuple[Caller, ...] | None
 CallerConfs = tuple[tuple[Caller, str], ...]
 
 
+# Kuma 2.14's `sni` matcher compares the TLS server name a caller asked for with a DNS name (Kuma validates it as
+# one), which Kuma's callers send for MeshService destinations. kuma-vm has no MeshService resources: its proxies
+# send Kuma's tag form `<service>{mesh=<mesh>}`, which no valid `sni` value equals, so an sni rule would silently
+# select no caller of the mesh. Refused until kuma-vm names destinations the MeshService way.
+SNI_NOT_YET = ("a Kuma field kuma-vm does not support yet: sni (Kuma matches the DNS-style SNI of MeshService "
+               "traffic; kuma-vm's proxies send `<service>{mesh=<mesh>}`, which no sni value matches): match "
+               "callers by spiffeID")
+
+
 class SpiffeIDMatch(Spec):
     """Kuma's client SPIFFE ID matcher (MeshTrafficPermission's rules and inbound policies' `rules[].matches`)."""
 
@@ -82,7 +91,7 @@ class Match(Spec):
 
     def check(self, v: Violations, path: str) -> None:
         if self.sni is not None:
-            v.add(f"{path}.sni", "a Kuma field kuma-vm does not support yet: sni (match callers by spiffeID)")
+            v.add(f"{path}.sni", SNI_NOT_YET)
         elif self.spiffe_id is None:
             v.add(f"{path}.spiffeID", "is required: give the caller's SPIFFE ID (type Exact or Prefix, and value)")
         else:
@@ -96,7 +105,6 @@ class RuleMatch(Match):
 class MatchingInboundRule(InboundRule[RuleConf]):
     """An inbound rule whose `matches` kuma-vm renders (for the policies that take them)."""
 
-    kuma_unsupported = frozenset()
     matches: list[RuleMatch] | None = None
 
 
