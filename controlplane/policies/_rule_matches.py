@@ -1,4 +1,5 @@
-"""Kuma 2.13+'s `rules[].matches` of inbound policies: which callers a rule applies to, by SPIFFE ID.
+"""Kuma 2.13+'s `rules[].matches` of inbound policies (MeshFaultInjection, MeshTimeout, MeshRateLimit,
+MeshAccessLog; MeshTrafficPermission's rules use `Match`): which callers a rule applies to, by SPIFFE ID.
 
 Kuma's shape (api/common/v1alpha1 Match): `matches: [{spiffeID: {type: Exact|Prefix, value: spiffe://...}}]`;
 a rule applies to a caller that any of its matches selects, and a rule without `matches` to every caller.
@@ -8,8 +9,10 @@ refused (SNI_NOT_YET says why): kuma-vm's inbounds tell callers apart by their c
 kuma-vm's callers present `spiffe://<mesh>/<service>` as the first URI SAN of their mTLS certificate, and the
 inbound connection manager writes it into `x-forwarded-client-cert` (SANITIZE_SET: a caller cannot forge it;
 see `_clients`). A rule's matches become one regex header matcher on that header, so an HTTP filter that takes
-header matchers (the fault filter) applies only to those callers. Without mTLS there is no header, and a rule
-with matches applies to nobody.
+header matchers (the fault filter) applies only to those callers, and so does a copy of a route (MeshTimeout's and
+MeshRateLimit's per-caller routes, `copy_routes_per_caller`, with Kuma 2.14's merge of covering rules,
+`per_caller_confs`). MeshAccessLog reads the certificate itself (a CEL filter), as Kuma does. Without mTLS there
+is no header, and a rule with matches applies to nobody.
 
 Values are limited to the characters of a SPIFFE ID (letters, digits, '.', '-', '_', '/'; RFC: trust domain
 and path segments): Envoy quotes XFCC values holding ',', ';' or '=', which the matcher could not match.

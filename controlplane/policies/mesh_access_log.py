@@ -34,7 +34,11 @@ Positions: top-level Mesh, MeshSubset, MeshService, MeshServiceSubset or Datapla
 (an inbound's log covers every client, as in Kuma); `to[]` Mesh or MeshService (and Kuma's kinds kuma-vm
 has no resource for, which select nothing); Kuma 2.10+'s `rules[]` (`rules: [{default: {backends: [...]}}]`),
 inbound traffic from every client, exactly as a `from` entry of kind Mesh. A policy with `rules` cannot also
-have `from` or `to`; a rule's `matches` (by client SPIFFE ID or SNI) are not supported yet.
+have `from` or `to`. A rule's `matches` (Kuma 2.13+: `[{spiffeID: {type: Exact|Prefix, value}}]`, see
+`_rule_matches`) log only the traffic of the callers any of them selects: as in Kuma 2.14, each match is a rule of
+its own whose loggers carry Envoy's CEL filter on the connection's peer certificate (`connection.
+uri_san_peer_certificate`, so TCP inbounds too; without mTLS nothing is logged), and rules with matches come
+first (Exact, then Prefix); Kuma's `sni` matcher is refused.
 
 Merging follows Kuma 2.14: on an outbound the most specific `to` entry's `backends` replace the others'; on an
 inbound every `from` entry and rule logs to its own backends (Kuma treats MeshAccessLog's `from` entries as

@@ -14,12 +14,19 @@ MeshHTTPRoute/MeshGateway top-level references are refused: kuma-vm has no built
 Kuma 2.10+'s `rules[]` form (`rules: [{default: {local: ...}}]`) is the same configuration for all of a proxy's
 inbound traffic; as in Kuma 2.14 (where `from` entries count as rules) each rule merges as a `from` entry of kind
 Mesh, in precedence order, so a policy written either way gives the same Envoy config. A policy with `rules`
-cannot also have `from` or `to`; a rule's `matches` (by client SPIFFE ID or SNI) are not supported yet.
+cannot also have `from` or `to`. A rule's `matches` (Kuma 2.13+: `[{spiffeID: {type: Exact|Prefix, value}}]`, see
+`_rule_matches`) limit the HTTP requests of the callers they select instead (a TCP limit cannot depend on the
+caller and is refused there, as in Kuma): as Kuma 2.14 does, each distinct match gets its own token bucket,
+configured by the merge of the rules for every caller and every rule whose match covers it (a Prefix covers the
+longer IDs), the more specific winning; Kuma's `sni` matcher is refused.
 
 Envoy effect (end of this module): HTTP inbounds get `envoy.filters.http.local_ratelimit` before the router
 (a token bucket of `num` tokens refilled with `num` every `interval`, enabled and enforced for 100% of
 requests); every inbound, HTTP or TCP, with a `tcp` limit gets `envoy.filters.network.local_ratelimit`
-before its connection manager or TCP proxy (after RBAC: a refused client does not spend a token).
+before its connection manager or TCP proxy (after RBAC: a refused client does not spend a token). Rules with
+matches copy each inbound route once per match, most specific first, with an XFCC header match on the callers'
+SPIFFE ID and the match's limit as the route's `typed_per_filter_config` (a disabled limit: a bucket the filter
+never consults); the filter is added without a bucket of its own when no rule applies to every caller.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ under a MeshGateway or MeshHTTPRoute top-level). Under a route only per-request 
 `connectionTimeout`, `idleTimeout`, `http.maxStreamDuration` and `http.maxConnectionDuration` are refused
 there.
 
+Kuma 2.14's `rules[]` (not with `from`/`to`) configure inbound traffic: rules without `matches` merge as `from`
+entries of kind Mesh. A rule's `matches` (`[{spiffeID: {type: Exact|Prefix, value}}]`, see `_rule_matches`)
+narrow it to the callers any of them selects; as in Kuma, such a rule may set only `http.requestTimeout` and
+`http.streamIdleTimeout` (the others apply per connection, before the caller is known, and are refused), and each
+distinct match gets the merge of every rule whose match covers it (a Prefix covers the longer IDs), the more
+specific winning. Kuma's `sni` matcher is refused.
+
 Envoy effect (end of this module), with Kuma's defaults for fields a matching policy leaves unset (connect 5s,
 idle 1h, request 15s, stream idle 30m, max stream/connection duration 0 = none):
 
@@ -22,7 +29,9 @@ idle 1h, request 15s, stream idle 30m, max stream/connection duration 0 = none):
   names, `idle_timeout` (stream idle);
 - inbound (`from[]`): the local cluster's `connect_timeout` and HTTP options, the inbound TCP proxy's
   `idle_timeout`, or the connection manager's `stream_idle_timeout`, `request_headers_timeout`,
-  `common_http_protocol_options` (idle, max connection and stream duration) and the route `timeout`.
+  `common_http_protocol_options` (idle, max connection and stream duration) and the route `timeout`; rules with
+  matches copy each inbound route once per match, most specific first, with an XFCC header match on the callers'
+  SPIFFE ID and the match's `timeout`/`idle_timeout` (Kuma's matched routes).
 """
 
 from __future__ import annotations
