@@ -11,6 +11,7 @@ Answer:
         "policies": [{"name", "targetRef", "why", "precedence"}],        # lowest precedence first
         "inbounds": [{"inbound": "ip:port", "service", "entries": [...], "conf": {...}, "origins": [...]}],
         # per-client policies (MeshFaultInjection): "clients": [{"clients", "conf"}] instead of conf and origins
+        # rules with matches (MeshTimeout, MeshRateLimit): "clients" per caller match, beside the conf for all
         "outbounds": [{"service", "entries": [...], "conf": {...}, "origins": [...],
                        "routes": [{"route": <rule hash>, "matches": [...], "conf": {...}, "origins": [...]}]}]}]}
 
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from controlplane.policies._clients import PER_CLIENT_TYPES, client_rules, describe
 from controlplane.policies._inbound_view import INBOUND_VIEWS
+from controlplane.policies._rule_matches import CALLER_CONFS, describe_caller_confs
 from controlplane.resources import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec
 from controlplane.store.base import ListQuery, ResourceStore
@@ -117,7 +119,9 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
         inbounds = []
         for inbound in spec.networking.inbound:
             entries = rules.from_entries(rtype.name, dataplane, inbound)
-            if not entries:
+            callers_of = CALLER_CONFS.get(rtype.name)  # rules with matches: per-caller routes
+            callers = callers_of(ctx, inbound) if callers_of is not None else ()
+            if not entries and not callers:
                 continue
             item: dict[str, Any] = {"inbound": f"{inbound.address or spec.networking.address}:{inbound.port}",
                                     "service": inbound.service, "entries": _entries(entries)}
@@ -129,6 +133,8 @@ def inspect(topology: MeshTopology, dataplane: Resource) -> dict[str, Any]:
                 merged = rules.from_conf(rtype.name, dataplane, inbound)
                 if merged is not None:
                     item.update(conf=merged.data, origins=list(merged.origins))
+            if callers:
+                item["clients"] = describe_caller_confs(callers)
             inbounds.append(item)
         if inbounds:
             section["inbounds"] = inbounds

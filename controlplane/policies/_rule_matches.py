@@ -190,6 +190,22 @@ def per_caller_confs(rules: Sequence[tuple[Caller, Mapping[str, Any]]],
     return tuple(out)
 
 
+# Per policy type that renders per-caller routes (MeshTimeout, MeshRateLimit): its `per_caller_confs` for an
+# inbound, the one computation both its plugin and the inspect API use.
+CallerConfsOf = Callable[[ProxyContext, Inbound], CallerConfs]
+CALLER_CONFS: dict[str, CallerConfsOf] = {}
+
+
+def register_caller_confs(policy_type: str, confs_of: CallerConfsOf) -> CallerConfsOf:
+    CALLER_CONFS[policy_type] = confs_of
+    return confs_of
+
+
+def describe_caller_confs(callers: CallerConfs) -> list[dict[str, Any]]:
+    """Per caller match, its merged conf, as the inspect API shows them (most specific match first)."""
+    return [{"clients": describe_matches((caller,)), "conf": json.loads(conf)} for caller, conf in callers]
+
+
 def copy_routes_per_caller(manager: hcm_pb2.HttpConnectionManager, callers: CallerConfs,
                            edit: Callable[[route_components_pb2.Route, dict[str, Any]], None]) -> None:
     """Kuma 2.14's matched routes: before each route, one copy per caller match (most specific first) that only that

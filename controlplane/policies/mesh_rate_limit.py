@@ -74,11 +74,13 @@ from ._checks import (
 )
 from ._http_filters import add_http_filters
 from ._rule_matches import (
+    CallerConfs,
     MatchingInboundRule,
     check_rule_matches,
     copy_routes_per_caller,
     matched_rules,
     per_caller_confs,
+    register_caller_confs,
     without_matches,
 )
 
@@ -269,17 +271,26 @@ def _insert_network_filter(chain: listener_components_pb2.FilterChain, f: listen
     chain.filters.insert(at, f)
 
 
+def caller_confs(ctx: ProxyContext, inbound: Inbound) -> CallerConfs:
+    """Kuma 2.14's matched routes of the inbound: the rules with an HTTP limit, each caller's merged on top of the
+    catch-all's (the conf for every caller)."""
+    merged = ctx.rules.from_conf(POLICY, ctx.dataplane, inbound)
+    base_conf = json.loads(merged.json) if merged is not None else {}
+    return per_caller_confs(
+        [(c, conf) for c, conf in matched_rules(ctx, POLICY, inbound) if (conf.get("local") or {}).get("http")],
+        base_conf if (base_conf.get("local") or {}).get("http") else None)
+
+
+register_caller_confs(POLICY, caller_confs)
+
+
 class RateLimitPlugin(PolicyPlugin):
     policy_type = POLICY
     order = 85
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         base = self.from_conf_key(ctx, inbound)
-        base_conf = json.loads(base) if base is not None else {}
-        # Kuma 2.14's matched routes: the rules with an HTTP limit, each caller's on top of the catch-all's
-        callers = per_caller_confs(
-            [(c, conf) for c, conf in matched_rules(ctx, POLICY, inbound) if (conf.get("local") or {}).get("http")],
-            base_conf if (base_conf.get("local") or {}).get("http") else None)
+        callers = caller_confs(ctx, inbound)
         return None if base is None and not callers else (base, callers)
 
     def apply_inbound(self, ctx: ProxyContext, inbound: Inbound, listener: listener_pb2.Listener,

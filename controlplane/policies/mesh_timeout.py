@@ -80,11 +80,13 @@ from controlplane.xds.generate.targeting import (
 
 from ._checks import check_duration, check_from, check_rules, parse_go_duration, rules_as_from
 from ._rule_matches import (
+    CallerConfs,
     MatchingInboundRule,
     check_rule_matches,
     copy_routes_per_caller,
     matched_rules,
     per_caller_confs,
+    register_caller_confs,
     without_matches,
 )
 
@@ -94,6 +96,14 @@ ROUTE_ONLY = "cannot be set for a MeshHTTPRoute (it applies per connection, not 
 # Kuma 2.14: a rule matching callers by spiffeID sets only what a route can set per caller.
 PER_CALLER_ONLY = ("can't be specified when matches contain spiffeID because this field cannot be conditioned on "
                    "source identity: keep http.requestTimeout and http.streamIdleTimeout, or remove the matches")
+
+
+def caller_confs(ctx: ProxyContext, inbound: Inbound) -> CallerConfs:
+    """Kuma 2.14's matched routes of the inbound: per caller match, the merge of the rules covering it."""
+    return per_caller_confs(matched_rules(ctx, POLICY, inbound))
+
+
+register_caller_confs(POLICY, caller_confs)
 
 
 class Http(Spec):
@@ -299,7 +309,7 @@ class TimeoutPlugin(PolicyPlugin):
 
     def inbound_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:
         base = self.from_conf_key(ctx, inbound)
-        callers = per_caller_confs(matched_rules(ctx, POLICY, inbound))
+        callers = caller_confs(ctx, inbound)
         return None if base is None and not callers else (base, callers)
 
     def local_cluster_key(self, ctx: ProxyContext, inbound: Inbound) -> Hashable:

@@ -541,3 +541,30 @@ def test_timeout_and_rate_limit_matches_combine_per_caller() -> None:
                 r["route"]["timeout"], "typed_per_filter_config" in r) for r in routes]
     web, anyone = "(.*;)?URI=(spiffe://default/web)([;,].*)?", "(.*;)?URI=(spiffe://default/[^;,]*)([;,].*)?"
     assert summary == [([web, anyone], "2s", True), ([web], "2s", False), ([anyone], "0s", True), ([], "0s", False)]
+
+
+def test_inspect_shows_timeout_and_rate_limit_confs_per_caller_match() -> None:
+    """The inspect API shows what the per-caller routes carry: per match, most specific first, the merge of the
+    rules covering it (MeshRateLimit's on top of the catch-all), beside the conf for every caller."""
+    timeouts = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"default": request_timeout("7s")},
+        {"matches": [prefix("")], "default": {"http": {"streamIdleTimeout": "1m"}}},
+        {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    shown = inspected([timeouts], "MeshTimeout")
+    assert shown["conf"] == request_timeout("7s")
+    assert shown["clients"] == [
+        {"clients": [exact("web")], "conf": {"http": {"requestTimeout": "2s", "streamIdleTimeout": "1m"}}},
+        {"clients": [prefix("")], "conf": {"http": {"streamIdleTimeout": "1m"}}}]
+    # a policy of matched rules only: no conf for every caller, and still shown
+    only_matched = policy("MeshTimeout", {"targetRef": FRONTEND, "rules": [
+        {"matches": [exact("web")], "default": request_timeout("2s")}]})
+    shown = inspected([only_matched], "MeshTimeout")
+    assert "conf" not in shown and shown["entries"] == []
+    assert shown["clients"] == [{"clients": [exact("web")], "conf": request_timeout("2s")}]
+    web_limit = {"local": {"http": {"requestRate": {"num": 1, "interval": "1s"}}}}
+    limits = policy("MeshRateLimit", {"targetRef": FRONTEND, "rules": [
+        {"default": LIMIT}, {"matches": [exact("web")], "default": web_limit}]})
+    shown = inspected([limits], "MeshRateLimit")
+    assert shown["conf"] == LIMIT
+    merged = {"local": {**LIMIT["local"], "http": {**LIMIT["local"]["http"], **web_limit["local"]["http"]}}}
+    assert shown["clients"] == [{"clients": [exact("web")], "conf": merged}]
