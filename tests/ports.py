@@ -9,6 +9,10 @@ probe may get it, and a server started a moment later fails with EADDRINUSE once
 - a registry file shared by every test process on the machine (under an flock) records which process holds
   which port; entries of processes that have exited are reclaimed, so a killed session leaks nothing;
 - a port must also bind on 127.0.0.1 for TCP and UDP right now, so one some other program listens on is skipped.
+
+The same registry hands out `.mesh` VIP ranges (`free_vip_cidr`): every test control plane's proxies bind
+VIP:80 on loopback, so two test sessions on one machine whose control planes both start at 127.240.0.1 took
+each other's VIP listeners (a request for backend.mesh answered by another session's billing).
 """
 
 from __future__ import annotations
@@ -68,6 +72,61 @@ def registry() -> dict[str, int]:
     with open(REGISTRY, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         return _read(f)
+
+
+def _reserve(key: str) -> bool:
+    """Record `key` for this process unless a live process holds it; under the lock."""
+    me = os.getpid()
+    with open(REGISTRY, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed
+        held = {k: pid for k, pid in _read(f).items() if pid == me or _alive(pid)}
+        if key in held:
+            return False
+        held[key] = me
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(held))
+        f.flush()
+    return True
+
+
+# The VIP blocks: /20s (4094 VIPs each) of 127.240.0.0/13, within kuma-cp's default 127.240.0.0/12, so VIPs look
+# as usual. A process keeps the blocks it reserved until it exits and reuses the ones its stopped control planes
+# gave back, so a whole test session needs as many as it runs control planes at once.
+VIP_BLOCKS = 128
+_vips_free: list[str] = []  # reserved by this process, used by none of its running control planes
+_vips_used: set[str] = set()
+
+
+def take_vip_cidr() -> str:
+    """A VIP range (for KUMA_DNS_SERVER_CIDR) no other test process and no running control plane of this one
+    uses; `give_back_vip_cidr` when that control plane stopped."""
+    if _vips_free:
+        cidr = _vips_free.pop()
+    else:
+        start = random.randrange(VIP_BLOCKS)
+        for i in range(VIP_BLOCKS):
+            block = (start + i) % VIP_BLOCKS
+            cidr = f"127.{240 + block // 16}.{block % 16 * 16}.0/20"
+            if _reserve(f"vip:{cidr}"):
+                break
+        else:
+            raise RuntimeError("no free loopback VIP range in 127.240.0.0/13: too many test processes hold one")
+    _vips_used.add(cidr)
+    return cidr
+
+
+def claim_vip_cidr(cidr: str) -> None:
+    """A control plane starts again with a range of this process's (a restart with the same settings)."""
+    if cidr in _vips_free:
+        _vips_free.remove(cidr)
+        _vips_used.add(cidr)
+
+
+def give_back_vip_cidr(cidr: str) -> None:
+    if cidr in _vips_used:
+        _vips_used.discard(cidr)
+        _vips_free.append(cidr)
 
 
 def free_port(host: str = "127.0.0.1", taken: set[int] | None = None) -> int:

@@ -6,6 +6,12 @@ subscriptions stay "connected". Here the leader deletes every kuma-dp-managed Da
 subscription has been disconnected, or left open by an instance that stopped refreshing it
 (controlplane/xds/liveness.py), for longer than the grace period, and then its insight; plus insights left
 without a Dataplane. A Dataplane an operator created (no `kuma.io/managed-by: kuma-dp`) is never touched.
+
+No proxy is judged by time that passed before this cleanup started (this instance became leader): after the
+control plane was down (restarted, or every instance gone for a while), every subscription looks stale, yet the
+proxies are alive and reconnecting with their back-off. From the start, a proxy gets the allowance a registration
+without any subscription gets (STALE_HEARTBEATS heartbeats) plus the grace period before it can be deleted;
+without that, an outage longer than the grace period deleted every Dataplane not yet reconnected.
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ class DataplaneGc:
         self.served = served
         self.interval = interval if interval is not None else max(1.0, min(grace, heartbeat))
         self.supervisor = supervisor or Supervisor()
+        self.started_at: datetime | None = None  # when this cleanup started judging (None: sweep() alone)
         self._task: asyncio.Task[None] | None = None
         self._errors = ErrorLog(log)
 
     async def start(self) -> None:
+        self.started_at = datetime.now(UTC)
         self._task = self.supervisor.spawn("dataplane-gc", self._loop)
 
     async def stop(self) -> None:
@@ -127,6 +135,8 @@ class DataplaneGc:
             # subscription reaches the insight: offline at most since that write.
             if dp.meta.modification_time is not None:
                 gone = min(gone, (now - dp.meta.modification_time).total_seconds())
+        if self.started_at is not None:  # no offline time counts from before we started watching (see top)
+            gone = min(gone, (now - self.started_at).total_seconds() - self.heartbeat * STALE_HEARTBEATS)
         return gone if gone > self.grace else None
 
     async def _exists(self, rtype: ResourceType, key: tuple[str, str]) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.ports import free_port
+from tests.ports import claim_vip_cidr, free_port, give_back_vip_cidr, take_vip_cidr
 from tests.processes import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +99,7 @@ class CpProcess:
             return self.returncode
         self._stopped = True
         self.returncode = stop_process(self.proc, timeout)
+        give_back_vip_cidr(self.env.get("KUMA_DNS_SERVER_CIDR", ""))
         return self.returncode
 
     def __enter__(self) -> CpProcess:
@@ -153,6 +154,11 @@ def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, nofile: int | No
         **{name: str(port) for name, port in ports.items()},
     })
     full_env.update({k: str(v) for k, v in env.items()})
+    # Its own VIP range: proxies bind VIP:80, which another test session's control plane may also hand out.
+    if "KUMA_DNS_SERVER_CIDR" in env:
+        claim_vip_cidr(full_env["KUMA_DNS_SERVER_CIDR"])
+    else:
+        full_env["KUMA_DNS_SERVER_CIDR"] = take_vip_cidr()
     for name in PORT_VARS:
         ports[name] = int(full_env[name])
     full_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), full_env.get("PYTHONPATH")) if p)

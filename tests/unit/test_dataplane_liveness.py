@@ -177,3 +177,29 @@ async def test_gc_cleans_up_this_zones_offline_ingresses_and_never_another_zones
     await store.update(Resource(insight_type, (await store.get(insight_type, "up")).meta,
                                 ingress_spec(sub("a", "1", 120, disconnected_ago=60))))
     assert await served.sweep(NOW) == []  # its stream is open here, whatever the insight says
+
+
+async def test_gc_counts_no_offline_time_from_before_it_started() -> None:
+    """After the control plane was down for longer than the grace period, every stored subscription looks stale,
+    yet the proxies are reconnecting: none is deleted before it had STALE_HEARTBEATS heartbeats plus the grace
+    period from the cleanup's start to come back; then the ones that did not are."""
+    store = await _store_with(
+        ("left-open", True, spec(sub("a", "1", 600, seen_ago=300))),  # its instance was down for 5 minutes
+        ("closed", True, spec(sub("a", "1", 600, disconnected_ago=300))),
+    )
+    gc = DataplaneGc(store, grace=10, heartbeat=2)
+    gc.started_at = NOW - timedelta(seconds=15)  # 3 heartbeats + grace = 16 s
+    assert await gc.sweep(NOW) == []
+    gc.started_at = NOW - timedelta(seconds=17)
+    assert sorted(await gc.sweep(NOW)) == [("default", "closed"), ("default", "left-open")]
+
+
+async def test_gc_started_by_the_runtime_records_when() -> None:
+    store = await _store_with()
+    gc = DataplaneGc(store, grace=10, heartbeat=2, interval=3600)
+    before = datetime.now(UTC)
+    await gc.start()
+    try:
+        assert gc.started_at is not None and before <= gc.started_at <= datetime.now(UTC)
+    finally:
+        await gc.stop()

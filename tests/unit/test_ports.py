@@ -1,7 +1,8 @@
-"""The test port allocator: ports below the ephemeral range, never handed out twice across processes."""
+"""The test port and VIP range allocator: ports below the ephemeral range, never handed out twice across processes."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import subprocess
 import sys
@@ -55,3 +56,24 @@ def test_concurrent_processes_never_get_the_same_port_while_they_live() -> None:
             p.communicate(timeout=60)
     all_ports = [int(x) for out in outputs for x in out] + mine
     assert len(all_ports) == 500 and len(set(all_ports)) == 500
+
+
+def test_vip_ranges_are_distinct_across_processes_and_reused_within_one() -> None:
+    code = ("import sys; from tests.ports import take_vip_cidr; "
+            "print(' '.join(take_vip_cidr() for _ in range(3)), flush=True); sys.stdin.read()")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    try:
+        theirs = [c for p in procs if p.stdout is not None for c in p.stdout.readline().split()]
+        mine = [ports.take_vip_cidr() for _ in range(3)]  # while the others still hold theirs
+    finally:
+        for p in procs:
+            p.communicate(timeout=60)
+    assert len(theirs) == 9 and len(set(theirs + mine)) == 12
+    assert all(ipaddress.ip_network(c).subnet_of(ipaddress.ip_network("127.240.0.0/13")) for c in theirs + mine)
+    # a stopped control plane's range goes to the next one of this process, and a restart claims its own back
+    ports.give_back_vip_cidr(mine[0])
+    assert ports.take_vip_cidr() == mine[0]
+    ports.give_back_vip_cidr(mine[1])
+    ports.claim_vip_cidr(mine[1])
+    assert ports.take_vip_cidr() not in mine
