@@ -65,7 +65,7 @@ def render(template: str, variables: dict[str, str], source: str = "the dataplan
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
-    from controlplane.resources.documents import DocumentError, load_yaml_all
+    from kuma_shared.documents import DocumentError, load_yaml_all  # not controlplane's: no pydantic here
 
     try:  # bounded like API bodies: no nesting past 100 levels, no alias bombs
         docs = [d for d in load_yaml_all(text) if d is not None]
