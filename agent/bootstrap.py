@@ -22,15 +22,21 @@ class BootstrapFailed(Exception):
         self.message, self.exit_code, self.kind = message, exit_code, kind
 
 
-def take_worker(env: dict[str, str]) -> BootstrapWorker:
-    """The worker `kuma-dp run` pre-started (agent/prestart.py), else a new one."""
-    proc = prestart.take_worker()
-    return BootstrapWorker(adopt(proc)) if proc is not None else BootstrapWorker.start(env)
+def take_worker(env: dict[str, str], payload: dict[str, Any] | None) -> BootstrapWorker:
+    """The worker `kuma-dp run` pre-started (agent/prestart.py) when it was given `payload` or nothing yet,
+    else a new one."""
+    proc, submitted = prestart.take_worker()
+    if proc is not None and submitted in (None, payload):
+        return BootstrapWorker(adopt(proc), sent=submitted is not None)
+    if proc is not None:  # it validates another definition (the file changed meanwhile)
+        proc.kill()
+        proc.wait()
+    return BootstrapWorker.start(env)
 
 
 class BootstrapWorker:
-    def __init__(self, child: Child) -> None:
-        self.child = child
+    def __init__(self, child: Child, *, sent: bool = False) -> None:
+        self.child, self.sent = child, sent
 
     @classmethod
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
@@ -40,9 +46,11 @@ class BootstrapWorker:
         """Send `payload` (definition, proxyType, logLevel, logFormat) and wait for the verdict."""
         proc = self.child.proc
         assert proc.stdin is not None and proc.stdout is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write((json.dumps(payload) + "\n").encode())
-            proc.stdin.close()
+        if not self.sent:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write((json.dumps(payload) + "\n").encode())
+                proc.stdin.close()
+            self.sent = True
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)

@@ -300,13 +300,10 @@ class Agent:
         label = f"dataplane {d.name!r} (mesh {d.mesh})"
         self.state.phase = "bootstrapping"
         self.cp_channel = CpChannel(inputs.cp, inputs.ca_pem)
-        worker = take_worker(child_environment(self.env))
-        validation: asyncio.Task[None] | None = None
-        if d.doc is not None:  # the worker validates while kuma-dp prepares the rest (no definition: nothing to check)
-            validation = asyncio.create_task(worker.validate({
-                "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name,
-                               "proxy_type": d.proxy_type},
-                "proxyType": d.proxy_type, "logLevel": cfg.log_level, "logFormat": cfg.log_format}))
+        # The worker validates while kuma-dp prepares the rest (no definition given: nothing to validate).
+        payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
+        worker = take_worker(child_environment(self.env), payload)
+        validation = asyncio.create_task(worker.validate(payload)) if payload is not None else None
         try:
             key = f"{d.mesh}/{d.name}"
             try:
