@@ -23,8 +23,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Modules kuma-dp must not load before Envoy is spawned, and why.
 NOT_BEFORE_SPAWN = {
-    "pydantic": "the resource model: only the definition's full validation needs it",
-    "controlplane.resources": "the resource model: the dataplane file is parsed with kuma_shared.documents",
+    "pydantic": "the resource model: only the bootstrap worker's validation needs it",
+    "controlplane": "the resource model: the dataplane file is parsed with kuma_shared.documents",
+    "prometheus_client": "kuma-dp's own metrics: loaded on the first scrape (agent/metrics.py)",
+    "psutil": "only to find processes (an Envoy left behind, a child's descendants, Envoy's RSS)",
+    "cryptography": "kuma-dp checks the CA with ssl; nothing of it needs cryptography",
+    "opentelemetry": "MeshMetric's OpenTelemetry backends (agent/metrics_otel.py), loaded when one pushes",
+    "agent.metrics_otel": "MeshMetric's OpenTelemetry backends, loaded when one pushes",
+    "agent.dns.component": "the host's DNS stub: loaded only with --dns-enabled",
+    "agent.vips_client": "the VIP watch runs in the DNS worker, not in kuma-dp",
 }
 
 _SCRIPT = textwrap.dedent("""
