@@ -8,15 +8,15 @@ do not load it."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from agent.cp_channel import CpAddress, CpChannel
 
 if TYPE_CHECKING:
     import grpc
 
-    from agent.cp_channel import CpChannel
+__all__ = ["METHOD", "BootstrapError", "CpAddress", "fetch_bootstrap", "read_ca"]  # CpAddress: kept importable here
 
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
@@ -36,33 +36,12 @@ class BootstrapError(Exception):
         return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-@dataclass(frozen=True)
-class CpAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> CpAddress:
-        parts = urlsplit(url if "://" in url else f"https://{url}")
-        if parts.scheme != "https":
-            raise ValueError(f"--cp-address {url!r}: the dp-server speaks TLS only: use https://HOST:5678")
-        if not parts.hostname:
-            raise ValueError(f"--cp-address {url!r}: no host in it (expected https://HOST:5678)")
-        return cls(parts.hostname, parts.port or 5678)
-
-    @property
-    def target(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
                           timeout: float = 10.0, channel: CpChannel | None = None) -> dict[str, Any]:
     """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}. On `channel` when
     given (kuma-dp's shared one, dropped after a connection failure), else on a channel of its own."""
     import grpc
     import grpc.aio
-
-    from agent.cp_channel import CpChannel
 
     body = json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
     own = channel is None

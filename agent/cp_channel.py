@@ -1,4 +1,4 @@
-"""kuma-dp's one gRPC channel to the control plane's dp-server.
+"""The control plane's dp-server address, and kuma-dp's one gRPC channel to it.
 
 The bootstrap call and the MeshMetric follow (agent/metrics_watch.py) share it: one TCP connection and one
 TLS handshake instead of one per call (the MeshMetric long poll re-asks every 30 s, and its first call lands
@@ -14,12 +14,33 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import grpc.aio
 
-    from agent.bootstrap_client import CpAddress
+
+@dataclass(frozen=True)
+class CpAddress:
+    """The dp-server's address, from --cp-address (https://HOST:PORT)."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, url: str) -> CpAddress:
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        if parts.scheme != "https":
+            raise ValueError(f"--cp-address {url!r}: the dp-server speaks TLS only: use https://HOST:5678")
+        if not parts.hostname:
+            raise ValueError(f"--cp-address {url!r}: no host in it (expected https://HOST:5678)")
+        return cls(parts.hostname, parts.port or 5678)
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class CpChannel:
