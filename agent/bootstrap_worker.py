@@ -19,8 +19,8 @@ import sys
 from typing import Any
 
 import controlplane.resources  # noqa: F401  (imported now, while kuma-dp prepares the request)
-from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from agent.dataplane import Definition, DefinitionError, validate
+from agent.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 
 
 def emit(**message: Any) -> None:

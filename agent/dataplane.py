@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import DpConfig
+if TYPE_CHECKING:
+    from agent.config import DpConfig  # not at run time: the bootstrap worker loads this module without it
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 TYPE_FOR_PROXY = {"dataplane": "Dataplane", "ingress": "ZoneIngress"}

@@ -73,3 +73,24 @@ def test_start_up_path_does_not_import_what_it_does_not_need(tmp_path: Path) -> 
     loaded = {name: why for name, why in NOT_BEFORE_SPAWN.items()
               if name in modules or any(m.startswith(name + ".") for m in modules)}
     assert loaded == {}, f"imported before Envoy is spawned (make these imports lazy): {loaded}"
+
+
+# Modules the bootstrap worker (on the critical path until its verdict) must not load, and why.
+NOT_IN_WORKER = {
+    "grpc": "kuma-dp makes the bootstrap call itself; the worker only validates",
+    "asyncio": "the worker validates and answers, nothing to wait for",
+    "agent.config": "kuma-dp's settings table: the worker needs the exit codes only (agent/exit_codes.py)",
+    "prometheus_client": "kuma-dp's own metrics",
+}
+
+
+def test_bootstrap_worker_imports_only_what_validation_needs() -> None:
+    code = ("import json, sys; import agent.bootstrap_worker; "
+            "print(json.dumps(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    modules = set(json.loads(out.stdout))
+    assert "controlplane.resources" in modules  # the worker does load the model it validates with
+    loaded = {name: why for name, why in NOT_IN_WORKER.items()
+              if name in modules or any(m.startswith(name + ".") for m in modules)}
+    assert loaded == {}, f"imported by the bootstrap worker: {loaded}"
