@@ -325,21 +325,24 @@ class Agent:
                 self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
             admin_port = self.choose_admin_port(key, d)
             self.admin = AdminClient("127.0.0.1", admin_port)
+            # grpcio and kuma-dp's version load now, while `envoy --version` and the worker still run (the
+            # channel connects only on the bootstrap call, after the definition was found valid).
+            self.cp_channel.get()
+            kuma_dp_version = agent.__version__
             try:
                 envoy_ver = await envoy_version_of(inputs.binary)
             except EnvoyBinaryError as e:
                 raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
-            log.info("starting", extra={"version": agent.__version__, "dataplane": d.name, "mesh": d.mesh,
+            log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,
                                         "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
                                         "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
                                         "readiness": self.readiness_address or "off"})
             request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
                        "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
-                       "version": {"kumaDp": agent.__version__, "envoy": envoy_ver}}
+                       "version": {"kumaDp": kuma_dp_version, "envoy": envoy_ver}}
             if self.dns is not None:
                 request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
             self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
-            self.cp_channel.get()  # grpcio loads now, while the worker may still be validating (no connection yet)
             answer = await self._bootstrap(validation, inputs.ca_source, request)
         finally:
             if validation is not None and not validation.done():
