@@ -1,12 +1,14 @@
-"""kuma-dp's side of the bootstrap: start the worker early (`agent.bootstrap_worker`), hand it the request,
-relay its status lines, and return the control plane's answer or a precise failure."""
+"""kuma-dp's side of the bootstrap worker (agent/bootstrap_worker.py): take the worker started early, hand it
+the definition, and return when it is valid, or raise BootstrapFailed with every bad field (exit 2).
+
+The bootstrap call itself is agent/bootstrap_fetch.py; it runs only after this said the definition is valid.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
 from typing import Any
 
 from agent import prestart
@@ -20,66 +22,58 @@ class BootstrapFailed(Exception):
         self.message, self.exit_code, self.kind = message, exit_code, kind
 
 
-def take_worker(env: dict[str, str]) -> BootstrapWorker:
-    """The worker `kuma-dp run` pre-started (agent/prestart.py), else a new one."""
-    proc = prestart.take_worker()
-    return BootstrapWorker(adopt(proc)) if proc is not None else BootstrapWorker.start(env)
+def take_worker(env: dict[str, str], payload: dict[str, Any] | None) -> BootstrapWorker:
+    """The worker `kuma-dp run` pre-started (agent/prestart.py) when it was given `payload` or nothing yet,
+    else a new one."""
+    proc, submitted = prestart.take_worker()
+    if proc is not None and submitted in (None, payload):
+        return BootstrapWorker(adopt(proc), sent=submitted is not None)
+    if proc is not None:  # it validates another definition (the file changed meanwhile)
+        proc.kill()
+        proc.wait()
+    return BootstrapWorker.start(env)
 
 
 class BootstrapWorker:
-    def __init__(self, child: Child) -> None:
-        self.child = child
+    def __init__(self, child: Child, *, sent: bool = False) -> None:
+        self.child, self.sent = child, sent
 
     @classmethod
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
         return cls(adopt(prestart.start_worker(env)))
 
-    async def run(self, payload: dict[str, Any], on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    async def validate(self, payload: dict[str, Any]) -> None:
+        """Send `payload` (definition, proxyType, logLevel, logFormat) and wait for the verdict."""
         proc = self.child.proc
         assert proc.stdin is not None and proc.stdout is not None
-        try:
-            proc.stdin.write((json.dumps(payload) + "\n").encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        if not self.sent:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write((json.dumps(payload) + "\n").encode())
+                proc.stdin.close()
+            self.sent = True
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)
-        result: dict[str, Any] | None = None
-        failure: BootstrapFailed | None = None
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
+            while line := await reader.readline():
                 try:
                     message = json.loads(line)
                 except ValueError:
                     continue
-                if "bootstrap" in message:
-                    result = message["bootstrap"]
-                    break
+                if message.get("valid") is True:
+                    return  # the worker finishes exiting meanwhile (see stop())
                 if "error" in message:
-                    failure = BootstrapFailed(message["error"], int(message.get("exit", EXIT_FAILURE)),
-                                              message.get("kind", ""))
-                    break
-                if "status" in message:
-                    on_status(message)
+                    raise BootstrapFailed(message["error"], int(message.get("exit", EXIT_FAILURE)),
+                                          message.get("kind", ""))
         finally:
             transport.close()
-        if result is not None:
-            return result  # Envoy can start now; the worker finishes exiting meanwhile (see stop())
         status = await self.child.wait()
         self.child.close()
-        if failure is not None:
-            raise failure
-        if result is None or status != 0:
-            raise BootstrapFailed(f"the bootstrap worker exited with status {status} without an answer "
-                                  "(its error is logged above)")
-        return result
+        raise BootstrapFailed(f"the bootstrap worker exited with status {status} without checking the "
+                              "definition (its error is logged above)")
 
     async def stop(self) -> None:
-        """Make sure the worker is gone (it normally exits by itself after its answer)."""
+        """Make sure the worker is gone (it normally exits by itself after its verdict)."""
         with contextlib.suppress(Exception):
             await self.child.terminate(timeout=2.0)
         self.child.close()

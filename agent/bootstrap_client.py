@@ -1,20 +1,22 @@
 """kuma-dp's side of the bootstrap call: ask the zone control plane's dp-server for this dataplane's Envoy
 bootstrap (`/kuma.vm.dp.v1.Bootstrap/Get`, JSON over gRPC on the dp-server port, TLS verified with the CA).
 
-grpcio is imported only when a call is made: kuma-dp itself uses `CpAddress` and `read_ca`, and leaves the
-call to its short-lived bootstrap worker (see agent/bootstrap_worker.py), so the long-running process never
-loads grpcio."""
+grpcio is imported only when a call is made (kuma-dp makes it on its one channel, agent/cp_channel.py, once
+its bootstrap worker has validated the definition), so commands and checks that never call the control plane
+do not load it."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from agent.cp_channel import CpAddress, CpChannel
 
 if TYPE_CHECKING:
     import grpc
+
+__all__ = ["METHOD", "BootstrapError", "CpAddress", "fetch_bootstrap", "read_ca"]  # CpAddress: kept importable here
 
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
@@ -34,39 +36,26 @@ class BootstrapError(Exception):
         return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
-@dataclass(frozen=True)
-class CpAddress:
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> CpAddress:
-        parts = urlsplit(url if "://" in url else f"https://{url}")
-        if parts.scheme != "https":
-            raise ValueError(f"--cp-address {url!r}: the dp-server speaks TLS only: use https://HOST:5678")
-        if not parts.hostname:
-            raise ValueError(f"--cp-address {url!r}: no host in it (expected https://HOST:5678)")
-        return cls(parts.hostname, parts.port or 5678)
-
-    @property
-    def target(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
-                          timeout: float = 10.0) -> dict[str, Any]:
-    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}."""
+                          timeout: float = 10.0, channel: CpChannel | None = None) -> dict[str, Any]:
+    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}. On `channel` when
+    given (kuma-dp's shared one, dropped after a connection failure), else on a channel of its own."""
     import grpc
     import grpc.aio
 
-    body = {**request, "cpHost": cp.host, "cpPort": cp.port}
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    async with grpc.aio.secure_channel(cp.target, credentials) as channel:
-        call = channel.unary_unary(METHOD)  # bytes in, bytes out
-        try:
-            raw = await call(json.dumps(body).encode(), timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            raise BootstrapError(e.code(), e.details() or str(e.code())) from None
+    body = json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
+    own = channel is None
+    shared = CpChannel(cp, ca_pem) if channel is None else channel
+    try:
+        raw = await shared.get().unary_unary(METHOD)(body, timeout=timeout)  # bytes in, bytes out
+    except grpc.aio.AioRpcError as e:
+        error = BootstrapError(e.code(), e.details() or str(e.code()))
+        if error.retryable:
+            await shared.reset()
+        raise error from None
+    finally:
+        if own:
+            await shared.close()
     answer = json.loads(raw)
     if not isinstance(answer, dict) or "bootstrap" not in answer:
         raise BootstrapError(grpc.StatusCode.INTERNAL, "the control plane's answer has no bootstrap in it")

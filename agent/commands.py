@@ -59,10 +59,8 @@ def main() -> None:
 @_run_options
 def run_command(config_file: str | None, **flags: Any) -> None:
     """Register the dataplane, fetch its Envoy bootstrap, run Envoy until SIGTERM/SIGINT."""
-    import asyncio
-
+    from agent import prestart
     from agent.config import CONFIG_FILE_ENV, load_file, resolve
-    from agent.run import run
     from kuma_shared import logs
 
     env = dict(os.environ)
@@ -74,6 +72,11 @@ def run_command(config_file: str | None, **flags: Any) -> None:
         click.echo(f"kuma-dp: {e}", err=True)
         sys.exit(EXIT_USAGE)
     logs.setup(cfg.log_level, cfg.log_format)
+    prestart.submit_definition(cfg)  # the pre-started worker validates while the rest of kuma-dp loads
+    import asyncio
+
+    from agent.run import run
+
     sys.exit(asyncio.run(run(cfg, env)))
 
 

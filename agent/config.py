@@ -24,14 +24,14 @@ from typing import Any
 from agent.dns.settings import DEFAULT_LISTEN as DNS_DEFAULT_LISTEN  # DNS settings (stdlib-only module)
 from agent.dns.settings import DEFAULT_RESOLV_CONF as DNS_DEFAULT_RESOLV_CONF
 from agent.dns.settings import parse_bool, parse_host_config, parse_listen, parse_upstreams
+from agent.exit_codes import EXIT_FAILURE as EXIT_FAILURE  # re-exported: kuma-dp's modules import them from here
+from agent.exit_codes import EXIT_OK as EXIT_OK
+from agent.exit_codes import EXIT_USAGE as EXIT_USAGE
 
 PROXY_TYPES = ("dataplane", "ingress")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 ENVOY_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
 
-EXIT_OK = 0
-EXIT_FAILURE = 1  # runtime failure: the control plane refused, Envoy kept crashing, ... (systemd restarts)
-EXIT_USAGE = 2  # bad local input: flags, dataplane file, token, CA, Envoy binary (restarting cannot help)
 
 
 class ConfigError(Exception):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.config import DpConfig
+if TYPE_CHECKING:
+    from agent.config import DpConfig  # not at run time: the bootstrap worker loads this module without it
 
 _VAR = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}\}")
 TYPE_FOR_PROXY = {"dataplane": "Dataplane", "ingress": "ZoneIngress"}
@@ -65,7 +66,7 @@ def render(template: str, variables: dict[str, str], source: str = "the dataplan
 
 
 def parse(text: str, source: str) -> dict[str, Any]:
-    from controlplane.resources.documents import DocumentError, load_yaml_all
+    from kuma_shared.documents import DocumentError, load_yaml_all  # not controlplane's: no pydantic here
 
     try:  # bounded like API bodies: no nesting past 100 levels, no alias bombs
         docs = [d for d in load_yaml_all(text) if d is not None]

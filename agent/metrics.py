@@ -23,52 +23,100 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import psutil
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Info,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+from typing import TYPE_CHECKING, Any
 
 from agent.envoy.admin import AdminClient, AdminError
 from agent.readiness import DpState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry, Counter, Info
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 log = logging.getLogger("kuma-dp.metrics")
 
-disable_created_metrics()  # no `*_created` series: they double the output and nobody scrapes them here
+
+class LazyCounter:
+    """A counter that is a number until kuma-dp's registry exists, then the Prometheus counter it names."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation = name, documentation
+        self.pending = 0.0
+        self.counter: Counter | None = None
+
+    def inc(self, amount: float = 1.0) -> None:
+        if self.counter is None:
+            self.pending += amount
+        else:
+            self.counter.inc(amount)
+
+    def attach(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter
+
+        self.counter = Counter(self.name, self.documentation, registry=registry)
+        if self.pending:
+            self.counter.inc(self.pending)
+
+
+class LazyInfo:
+    """kuma-dp's info series: its labels until the registry exists, then the Prometheus Info."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name, self.documentation = name, documentation
+        self.labels: dict[str, str] | None = None
+        self.metric: Info | None = None
+
+    def info(self, labels: dict[str, str]) -> None:
+        self.labels = labels
+        if self.metric is not None:
+            self.metric.info(labels)
+
+    def attach(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Info
+
+        self.metric = Info(self.name, self.documentation, registry=registry)
+        if self.labels is not None:
+            self.metric.info(self.labels)
 
 
 class DpMetrics:
+    """kuma-dp's own series. prometheus_client (~20 ms of imports) loads on the first scrape, not at start:
+    what is counted before then (bootstrap attempts, the info labels) is kept and handed over."""
+
     def __init__(self, state: DpState) -> None:
         self.state = state
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        r = self.registry
-        self.info = Info("kuma_dp", "kuma-dp build and the dataplane it runs", registry=r)
-        self.envoy_restarts = Counter("kuma_dp_envoy_restarts", "Envoy restarts after an unexpected exit",
-                                      registry=r)
-        self.bootstrap_attempts = Counter("kuma_dp_bootstrap_attempts", "bootstrap calls to the control plane",
-                                          registry=r)
-        self.cp_disconnects = Counter("kuma_dp_control_plane_disconnects", "times Envoy lost its ADS stream",
-                                      registry=r)
-        Gauge("kuma_dp_envoy_up", "1 while the Envoy child process runs", registry=r).set_function(
-            lambda: 1.0 if state.envoy_pid is not None else 0.0)
-        Gauge("kuma_dp_ready", "1 while /ready answers 200", registry=r).set_function(
-            lambda: 1.0 if state.ready()[0] else 0.0)
-        Gauge("kuma_dp_control_plane_connected", "1 while Envoy's ADS stream is up", registry=r).set_function(
-            lambda: 1.0 if state.cp_connected else 0.0)
-        Gauge("kuma_dp_envoy_resident_memory_bytes", "Envoy's resident memory", registry=r).set_function(
-            self._envoy_rss)
+        self._registry: CollectorRegistry | None = None
+        self.info = LazyInfo("kuma_dp", "kuma-dp build and the dataplane it runs")
+        self.envoy_restarts = LazyCounter("kuma_dp_envoy_restarts", "Envoy restarts after an unexpected exit")
+        self.bootstrap_attempts = LazyCounter("kuma_dp_bootstrap_attempts", "bootstrap calls to the control plane")
+        self.cp_disconnects = LazyCounter("kuma_dp_control_plane_disconnects", "times Envoy lost its ADS stream")
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, disable_created_metrics
+
+            disable_created_metrics()  # no `*_created` series: they double the output and nobody scrapes them here
+            state = self.state
+            r = CollectorRegistry(auto_describe=True)
+            ProcessCollector(registry=r)
+            self.info.attach(r)
+            for counter in (self.envoy_restarts, self.bootstrap_attempts, self.cp_disconnects):
+                counter.attach(r)
+            Gauge("kuma_dp_envoy_up", "1 while the Envoy child process runs", registry=r).set_function(
+                lambda: 1.0 if state.envoy_pid is not None else 0.0)
+            Gauge("kuma_dp_ready", "1 while /ready answers 200", registry=r).set_function(
+                lambda: 1.0 if state.ready()[0] else 0.0)
+            Gauge("kuma_dp_control_plane_connected", "1 while Envoy's ADS stream is up", registry=r).set_function(
+                lambda: 1.0 if state.cp_connected else 0.0)
+            Gauge("kuma_dp_envoy_resident_memory_bytes", "Envoy's resident memory", registry=r).set_function(
+                self._envoy_rss)
+            self._registry = r
+        return self._registry
 
     def _envoy_rss(self) -> float:
+        import psutil
+
         pid = self.state.envoy_pid
         if pid is None:
             return 0.0
@@ -78,6 +126,8 @@ class DpMetrics:
             return 0.0
 
     def own(self) -> bytes:
+        from prometheus_client import generate_latest
+
         return generate_latest(self.registry)
 
     async def merged(self, admin: AdminClient | None, policy: MetricsPolicy | None = None) -> bytes:

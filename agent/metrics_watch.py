@@ -21,10 +21,13 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.httpd import listen, serve
 from agent.metrics import CONTENT_TYPE, MetricsPolicy
+
+if TYPE_CHECKING:
+    from agent.cp_channel import CpChannel
 
 log = logging.getLogger("kuma-dp.metrics")
 
@@ -36,19 +39,27 @@ BACKOFF_CAP = 30.0
 Render = Callable[[MetricsPolicy | None], Awaitable[bytes]]
 
 
-async def get_config(cp: str, ca_pem: bytes, mesh: str, name: str, token: str, version: str) -> dict[str, Any]:
+async def get_config(cp: str, ca_pem: bytes, mesh: str, name: str, token: str, version: str,
+                     channel: CpChannel | None = None) -> dict[str, Any]:
+    """The dataplane's merged MeshMetric; on `channel` (kuma-dp's shared one) when given."""
     import grpc
 
     from agent.bootstrap_client import BootstrapError, CpAddress
+    from agent.cp_channel import CpChannel
 
-    address = CpAddress.parse(cp)
     request = json.dumps({"mesh": mesh, "name": name, "dataplaneToken": token, "version": version}).encode()
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    async with grpc.aio.secure_channel(address.target, credentials) as channel:
-        try:
-            raw = await channel.unary_unary(METHOD)(request, timeout=CALL_TIMEOUT)
-        except grpc.aio.AioRpcError as e:
-            raise BootstrapError(e.code(), e.details() or str(e.code())) from None
+    own = channel is None
+    shared = CpChannel(CpAddress.parse(cp), ca_pem) if channel is None else channel
+    try:
+        raw = await shared.get().unary_unary(METHOD)(request, timeout=CALL_TIMEOUT)
+    except grpc.aio.AioRpcError as e:
+        error = BootstrapError(e.code(), e.details() or str(e.code()))
+        if error.retryable:  # a connection problem: the next call opens a fresh channel
+            await shared.reset()
+        raise error from None
+    finally:
+        if own:
+            await shared.close()
     answer = json.loads(raw)
     if not isinstance(answer, dict):
         raise ValueError("the control plane's metrics config is not a JSON object")
@@ -147,14 +158,16 @@ class MeshMetricServer:
         self.listeners.clear()
 
 
-async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, name: str, token: str) -> None:
-    """Apply every new version of the dataplane's MeshMetric, forever (cancel to stop)."""
+async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, name: str, token: str, *,
+                 channel: CpChannel | None = None) -> None:
+    """Apply every new version of the dataplane's MeshMetric, forever (cancel to stop); on `channel` (kuma-dp's
+    shared one, agent/cp_channel.py) when given."""
     from agent.bootstrap_client import BootstrapError
 
     version, delay, failing = "", BACKOFF, False
     while True:
         try:
-            answer = await get_config(cp, ca_pem, mesh, name, token, version)
+            answer = await get_config(cp, ca_pem, mesh, name, token, version, channel)
         except asyncio.CancelledError:
             raise
         except (BootstrapError, ValueError, OSError) as e:

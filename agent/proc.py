@@ -23,10 +23,12 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import psutil
+from typing import TYPE_CHECKING
 
 from agent.pdeathsig import die_with_parent
+
+if TYPE_CHECKING:
+    import psutil
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Child:
 
     def kill_tree(self) -> None:
         """SIGKILL the child and all its descendants (found with psutil), now."""
+        import psutil  # loaded when needed: not on kuma-dp's start-up path
         try:
             descendants = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.Error:
@@ -131,6 +134,8 @@ def adopt(proc: subprocess.Popen[bytes]) -> Child:
 
 def process_is(pid: int, needle: str) -> psutil.Process | None:
     """The live process `pid` if its command line contains `needle` (e.g. our bootstrap path), else None."""
+    import psutil
+
     try:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:

@@ -5,7 +5,8 @@
    the Envoy binary and its version. Bad input exits 2 with a message naming the flag and the fix.
 2. The private runtime directory (0700, locked per dataplane), loopback ports that do not collide with other
    dataplanes on the host, the readiness server (503 until ready).
-3. The bootstrap call, retried with backoff and a `STATUS=` line while the control plane is unreachable;
+3. The bootstrap call (once the bootstrap worker found the definition valid), on kuma-dp's one channel to
+   the control plane, retried with backoff and a `STATUS=` line while the control plane is unreachable;
    a refusal (token, CA, Dataplane) exits 1 with the control plane's reason.
 4. Envoy, supervised (agent/supervisor.py); `READY=1` once it is live with its listeners initialised;
    watchdog pings; status lines as the control plane connection comes and goes.
@@ -30,9 +31,11 @@ from typing import TYPE_CHECKING, Any
 import agent
 from agent import dataplane, ports, prestart, rundir
 from agent.access_logs import AccessLogStreamer
-from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
+from agent.bootstrap import BootstrapFailed, take_worker
 from agent.bootstrap_client import CpAddress
+from agent.bootstrap_fetch import Retry, fetch_with_retries
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
+from agent.cp_channel import CpChannel
 from agent.envoy.admin import AdminClient, AdminError
 from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
 from agent.httpd import listen, serve
@@ -180,6 +183,7 @@ class Agent:
     readiness_address: str = ""
     dns: HostDns | None = None  # DNS: the host's .mesh stub, with --dns-enabled
     access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
+    cp_channel: CpChannel | None = None  # the bootstrap call and the MeshMetric follow share it
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -295,7 +299,11 @@ class Agent:
         d = inputs.definition
         label = f"dataplane {d.name!r} (mesh {d.mesh})"
         self.state.phase = "bootstrapping"
-        worker = take_worker(child_environment(self.env))
+        self.cp_channel = CpChannel(inputs.cp, inputs.ca_pem)
+        # The worker validates while kuma-dp prepares the rest (no definition given: nothing to validate).
+        payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
+        worker = take_worker(child_environment(self.env), payload)
+        validation = asyncio.create_task(worker.validate(payload)) if payload is not None else None
         try:
             key = f"{d.mesh}/{d.name}"
             try:
@@ -317,41 +325,54 @@ class Agent:
                 self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
             admin_port = self.choose_admin_port(key, d)
             self.admin = AdminClient("127.0.0.1", admin_port)
+            # grpcio and kuma-dp's version load now, while `envoy --version` and the worker still run (the
+            # channel connects only on the bootstrap call, after the definition was found valid).
+            self.cp_channel.get()
+            kuma_dp_version = agent.__version__
             try:
                 envoy_ver = await envoy_version_of(inputs.binary)
             except EnvoyBinaryError as e:
                 raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
-            log.info("starting", extra={"version": agent.__version__, "dataplane": d.name, "mesh": d.mesh,
+            log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,
                                         "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
                                         "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
                                         "readiness": self.readiness_address or "off"})
             request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
                        "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
-                       "version": {"kumaDp": agent.__version__, "envoy": envoy_ver}}
+                       "version": {"kumaDp": kuma_dp_version, "envoy": envoy_ver}}
             if self.dns is not None:
                 request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
-            payload = {"cp": cfg.cp_address, "caPem": inputs.ca_pem.decode(), "caSource": inputs.ca_source,
-                       "request": request, "proxyType": d.proxy_type,
-                       "definition": {"source": d.source, "doc": d.doc, "mesh": d.mesh, "name": d.name,
-                                      "proxy_type": d.proxy_type},
-                       "retryBackoff": cfg.retry_backoff, "retryMaxDuration": cfg.retry_max_duration,
-                       "logLevel": cfg.log_level, "logFormat": cfg.log_format}
             self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
-            answer = await self._bootstrap(worker, payload)
+            answer = await self._bootstrap(validation, inputs.ca_source, request)
         finally:
+            if validation is not None and not validation.done():
+                validation.cancel()
+            elif validation is not None and not validation.cancelled():
+                validation.exception()  # retrieved (a failure was reported above, or another one won)
             # Not awaited here: Envoy need not wait for the worker's interpreter to shut down.
             self.cleanups.append(asyncio.create_task(worker.stop()))
         if answer is None:
             return self._stopped_exit()
         return await self._serve(answer, inputs, envoy_ver, label)
 
-    async def _bootstrap(self, worker: BootstrapWorker, payload: dict[str, Any]) -> dict[str, Any] | None:
+    async def _bootstrap(self, validation: asyncio.Task[None] | None, ca_source: str,
+                         request: dict[str, Any]) -> dict[str, Any] | None:
+        """The control plane's answer once the definition is valid; None when stopped meanwhile."""
+        cfg, channel = self.cfg, self.cp_channel
+        assert channel is not None
+
         def on_status(message: dict[str, Any]) -> None:
             self.metrics.bootstrap_attempts.inc()
             self.status(message["status"], logging.WARNING)
             self.notifier.extend_timeout(float(message.get("retryIn", 0)) + 15.0)
 
-        fetch = asyncio.create_task(worker.run(payload, on_status))
+        async def validated_fetch() -> dict[str, Any]:
+            if validation is not None:
+                await validation  # nothing goes to the control plane before the definition is found valid
+            return await fetch_with_retries(channel, ca_source, request,
+                                            Retry(cfg.retry_backoff, cfg.retry_max_duration), on_status)
+
+        fetch = asyncio.create_task(validated_fetch())
         stop = asyncio.create_task(self.stop_requested.wait())
         try:
             done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -479,7 +500,7 @@ class Agent:
 
             self.tasks.append(asyncio.create_task(follow(
                 self.mesh_metric, cfg.cp_address, inputs.ca_pem, inputs.definition.mesh, inputs.definition.name,
-                inputs.token)))
+                inputs.token, channel=self.cp_channel)))
         if self.notifier.watchdog_interval:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())
@@ -566,6 +587,8 @@ class Agent:
         for server in self.servers:
             server.close()
         await self.mesh_metric.close()
+        if self.cp_channel is not None:  # after the tasks that use it
+            await self.cp_channel.close()
         if self.cleanups:
             await asyncio.wait(self.cleanups, timeout=5.0)
         if self.supervisor is not None:

