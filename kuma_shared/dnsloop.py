@@ -46,15 +46,14 @@ def serve_udp(sock: socket.socket, answers: Answers, miss: Miss, stopping: Calla
 
 def serve_udp_batched(sock: socket.socket, answers: Answers, miss: Miss, stopping: Callable[[], bool],
                       on_error: Callable[[BaseException], None]) -> None:
-    batch = mmsg.Batch(UDP_RECV)
-    fd = sock.fileno()
+    batch = mmsg.Batch(sock.fileno(), UDP_RECV)
     slot = batch.slot
     most = slot - 2  # a reply longer than a slot (none of ours is) goes out through sendto
     buf, iov_lens, words, stride, len_word = batch.buf, batch.iov_lens, batch.msg_words, batch.stride, batch.len_word
     recv, send, sendto = batch.recv, batch.send, sock.sendto
     while True:
         try:
-            n = recv(fd)
+            n = recv()
         except OSError:
             if stopping():
                 return
@@ -74,7 +73,7 @@ def serve_udp_batched(sock: socket.socket, answers: Answers, miss: Miss, stoppin
             # Not a known query: what came before it goes out first (replies keep their order), then it is
             # handled on its own.
             if i > first:
-                send(fd, first, i - first)
+                send(first, i - first)
             first = i + 1
             data = bytes(buf[off:end])
             if cached is not None:
@@ -92,7 +91,7 @@ def serve_udp_batched(sock: socket.socket, answers: Answers, miss: Miss, stoppin
                 with contextlib.suppress(OSError):
                     sendto(reply, batch.source(i))
         if n > first:
-            send(fd, first, n - first)
+            send(first, n - first)
 
 
 def serve_udp_plain(sock: socket.socket, answers: Answers, miss: Miss, stopping: Callable[[], bool],

@@ -160,8 +160,8 @@ def test_a_burst_of_hits_misses_and_garbage_is_answered_in_order(batched: bool,
     if batched:
         recv = mmsg.Batch.recv
 
-        def counted(self: mmsg.Batch, fd: int) -> int:
-            n = recv(self, fd)
+        def counted(self: mmsg.Batch) -> int:
+            n = recv(self)
             batches.append(n)
             return n
 
