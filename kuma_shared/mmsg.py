@@ -1,11 +1,11 @@
-"""recvmmsg/sendmmsg for the DNS answer loop (Linux, glibc or musl, through ctypes: standard library only).
+"""recvmmsg/sendmmsg for the DNS answer loop (64-bit little-endian Linux, through ctypes: standard library only).
 
 Why: with the answers precomputed, a `.mesh` reply costs little more than its two system calls, and CPython's
 `recvfrom`/`sendto` add their own work to each (a 4 KiB bytes object per datagram, the source address
 turned into a `(str, int)` tuple and parsed back for the reply, the GIL released and taken twice). One
 `recvmmsg` takes up to BATCH datagrams that are already waiting into fixed buffers, the reply overwrites
 each query in place (same id, same source address as the destination), and one `sendmmsg` sends them all.
-With one query waiting it is still two calls, so a quiet server loses nothing.
+With one query waiting it is still one call each way, so a quiet server answers as soon as before.
 
 `Batch(fd, slot)` owns the buffers for one socket; `batch.recv()` returns how many datagrams arrived (their
 bytes and lengths are in `buf`/`length(i)`), `batch.send(first, count)` sends slots first..first+count-1 with
@@ -47,7 +47,9 @@ _NAMELEN_OFFSET = _Msghdr.msg_namelen.offset
 
 
 def _libc() -> Any | None:
-    if not sys.platform.startswith("linux"):
+    # The views below read size_t and pointers as 64-bit little-endian words: other layouts use the plain loop.
+    if (not sys.platform.startswith("linux") or sys.byteorder != "little"
+            or ctypes.sizeof(ctypes.c_size_t) != 8 or ctypes.sizeof(ctypes.c_void_p) != 8):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

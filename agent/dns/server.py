@@ -1,10 +1,11 @@
 """The stub's listeners: UDP and TCP on one address (`--dns-listen`, sockets bound by the caller).
 
-UDP, the hot path, is a dedicated thread running a blocking recvfrom/sendto loop (DESIGN.md: an asyncio
-event loop, not DNS parsing, is what costs): a query answered before from the current `.mesh` zone is a
-dictionary lookup and a send; another `.mesh` query is answered from the zone's precomputed replies in the
-same thread, and so is a forwarded answer still fresh in the cache; anything else is handed to the event
-loop, where the Forwarder asks the upstreams. TCP
+UDP, the hot path, is a dedicated thread running the shared blocking loop (kuma_shared/dnsloop.py: batches
+of datagrams through recvmmsg/sendmmsg; DESIGN.md: an asyncio event loop, not DNS parsing, is what costs): a
+query answered before from the current `.mesh` zone is a dictionary lookup; another `.mesh` query is answered
+from the zone's precomputed replies in the same thread, and so is a forwarded answer still fresh in the
+cache, which the loop then serves by itself until its TTLs tick a second; anything else is handed to the
+event loop, where the Forwarder asks the upstreams. TCP
 (clients retrying a truncated answer, tools) is served by asyncio: length-prefixed messages, several per
 connection, an idle timeout and a cap on connections. The zone is replaced whole when the VIP map changes.
 
