@@ -471,12 +471,12 @@ def saturation(server: Server, names: list[str], duration: float, generators: in
 
 
 def table(doc: dict[str, Any]) -> str:
-    rows = [("server", "answers/s", "lost", "cpu srv/cli", "us cpu/answer", "half load /s", "p50 ms", "p99 ms",
+    rows = [("server", "answers/s", "lost w=/half", "cpu srv/cli", "us cpu/answer", "half load /s", "p50 ms", "p99 ms",
              "p99.9 ms", "x dnsmasq /s", "x dnsmasq cpu")]
     for name, s in doc["servers"].items():
         ratio = f"{s['answers_ratio_to_dnsmasq']:.2f}" if "answers_ratio_to_dnsmasq" in s else "-"
         cratio = f"{s['cpu_per_answer_ratio_to_dnsmasq']:.2f}" if "cpu_per_answer_ratio_to_dnsmasq" in s else "-"
-        rows.append((name, f"{s['answers_per_s']:,.0f}", str(s["lost"] + s["half_load_lost"]),
+        rows.append((name, f"{s['answers_per_s']:,.0f}", f"{s['lost']}/{s['half_load_lost']}",
                      f"{s['server_cpu']:.2f}/{s['client_cpu']:.2f}", f"{s['server_cpu_us_per_answer']:.2f}",
                      f"{s['half_load_rate']:,.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
                      f"{s['p999_ms']:.3f}", ratio, cratio))
@@ -490,7 +490,7 @@ def table(doc: dict[str, Any]) -> str:
 def saturation_line(sat: dict[str, Any]) -> str:
     return (f"load generators: {sat['server']} {sat['answers_per_s']:,.0f}/s with {sat['generators']}, "
             f"{sat['answers_per_s_plus_one']:,.0f}/s with {sat['generators_plus_one']} "
-            f"(x{sat['ratio']:.2f}: {'the server is the ceiling' if sat['ratio'] < 1.05 else 'NOT saturated'})")
+            f"(x{sat['ratio']:.2f}: {'the server is the ceiling' if sat['ratio'] <= 1.05 else 'NOT saturated'})")
 
 
 def load_line(doc: dict[str, Any]) -> str:
