@@ -471,8 +471,8 @@ def saturation(server: Server, names: list[str], duration: float, generators: in
 
 
 def table(doc: dict[str, Any]) -> str:
-    rows = [("server", "answers/s", "lost w=/half", "cpu srv/cli", "us cpu/answer", "half load /s", "p50 ms", "p99 ms",
-             "p99.9 ms", "x dnsmasq /s", "x dnsmasq cpu")]
+    rows = [("server", "answers/s", "lost full/half", "cpu srv/cli", "us cpu/answer", "half load /s", "p50 ms",
+             "p99 ms", "p99.9 ms", "x dnsmasq /s", "x dnsmasq cpu")]
     for name, s in doc["servers"].items():
         ratio = f"{s['answers_ratio_to_dnsmasq']:.2f}" if "answers_ratio_to_dnsmasq" in s else "-"
         cratio = f"{s['cpu_per_answer_ratio_to_dnsmasq']:.2f}" if "cpu_per_answer_ratio_to_dnsmasq" in s else "-"
