@@ -1,12 +1,17 @@
 """.mesh DNS over UDP on loopback: the control plane's server against dnsmasq serving the same names.
 
-For each server, in the same run: the answers per second a client keeps with a fixed window of 64 queries
-in flight (closed loop; any query not answered counts as lost, and the figure counts only with zero loss),
-then latency percentiles with queries sent at a steady half of that rate (open loop). The load generator is
-a separate process (a blocking loop over a connected UDP socket, ids patched into prebuilt queries), so it
-never shares a core's Python interpreter with the server; the control plane's server also runs in its own
-process (the DnsServer component, its event loop idle as in kuma-cp). Rounds alternate between servers and
-the median round is reported, because this machine is noisy.
+For each server, in the same run: the answers per second that N load generator processes keep together, each
+with a fixed window of 64 queries in flight (closed loop; any query not answered counts as lost, and the figure
+counts only with zero loss), the server's CPU time per answer over that window (utime + stime from
+/proc/PID/stat, every thread), then latency percentiles with queries sent at a steady half of that rate (open
+loop, split between the generators). Each generator is a process of its own (a blocking loop over a connected
+UDP socket, ids patched into prebuilt queries), so none shares a Python interpreter with the server, and there
+are enough of them that the server is the ceiling: `--generators` (default 2 on this 2-core machine kind) is
+checked every run by measuring dnsmasq with one generator more (its rate should not rise). The control
+plane's server runs in its own process (the DnsServer component, its event loop idle as in kuma-cp). Rounds
+alternate between servers; the median round is reported, and each server's answers/s and CPU per answer as
+a ratio to dnsmasq's in the same round (median of the rounds): the machine is shared and noisy, ratios and
+CPU per answer are steadier than any one rate. The load average before and after is printed.
 
 dnsmasq is Debian's (package dnsmasq-base: the binary without the service that the `dnsmasq` package would
 start on port 53); the benchmark installs it with apt-get when missing and runs it on a free loopback port:
@@ -14,7 +19,7 @@ start on port 53); the benchmark installs it with apt-get when missing and runs 
 (plus `--local=/mesh/` so unknown names are NXDOMAIN, `--local-ttl 60` as our TTL, and no config file).
 It is stopped by its PID.
 
-    .venv/bin/python bench/bench_dns.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
+    .venv/bin/python bench/bench_dns.py [--services 100] [--duration 5] [--rounds 3] [--generators 2] [--json-only]
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: make `controlplane` importable without installing
 
-WINDOW = 64
+WINDOW = 64  # queries in flight per load generator
+GENERATORS = 2  # see --generators: dnsmasq's rate does not rise with a third on 2 cores
 DOMAIN = "mesh"
 
 
@@ -75,7 +81,27 @@ def free_port() -> int:
     raise RuntimeError("no free loopback port")
 
 
-# --- the load generator (runs in its own process) ----------------------------------------------------------
+# --- the load generator (N processes of their own) ---------------------------------------------------------
+#
+# Each generator process binds its own socket, prints "ready", waits for "go" on stdin, runs its measured
+# window, prints "end" the moment that window closes (before draining what is still in flight), then its JSON.
+# The parent reads the server's CPU time between "go" and the last "end", so CPU per answer covers exactly
+# the window every generator was sending in.
+
+
+def _start_line() -> None:
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("no go line on stdin")
+
+
+def _end_line() -> None:
+    print("end", flush=True)
+
+
+def _own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def client_closed(port: int, names: list[str], window: int, duration: float) -> dict[str, Any]:
@@ -89,6 +115,8 @@ def client_closed(port: int, names: list[str], window: int, duration: float) -> 
     pending = bytearray(65536)  # 1: sent, not answered yet
     send, recv, now = sock.send, sock.recv, time.perf_counter
     nb = len(bodies)
+    _start_line()
+    cpu0 = _own_cpu()
     qid = 0
     for _ in range(window):
         send(ids[qid] + bodies[qid % nb])
@@ -118,6 +146,8 @@ def client_closed(port: int, names: list[str], window: int, duration: float) -> 
         pending[qid] = 1
         qid = (qid + 1) & 0xFFFF
     elapsed = now() - start
+    cpu = _own_cpu() - cpu0
+    _end_line()
     # Drain what is still in flight; whatever does not come back within a second is lost.
     sock.settimeout(0.2)
     deadline = now() + 1.0
@@ -130,11 +160,11 @@ def client_closed(port: int, names: list[str], window: int, duration: float) -> 
     lost = sum(pending) + reused
     sock.close()
     return {"answers": answers, "seconds": elapsed, "answers_per_s": answers / elapsed, "lost": lost,
-            "bad": bad}
+            "bad": bad, "cpu_s": cpu}
 
 
 def client_open(port: int, names: list[str], rate: float, duration: float) -> dict[str, Any]:
-    """Send at a steady `rate` regardless of replies; latency of every reply, loss of the rest."""
+    """Send at a steady `rate` regardless of replies; latency of every reply (microseconds), loss of the rest."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     sock.connect(("127.0.0.1", port))
@@ -148,6 +178,7 @@ def client_open(port: int, names: list[str], rate: float, duration: float) -> di
     interval = 1.0 / rate
     sent = lost = bad = 0
     qid = 0
+    _start_line()
     start = now()
     end = start + duration
     next_send = start
@@ -177,6 +208,7 @@ def client_open(port: int, names: list[str], rate: float, duration: float) -> di
                 sent_at[rid] = 0.0
             else:
                 bad += 1
+    _end_line()
     deadline = now() + 1.0
     while now() < deadline and len(lat) + lost < sent:
         try:
@@ -190,29 +222,84 @@ def client_open(port: int, names: list[str], rate: float, duration: float) -> di
             sent_at[rid] = 0.0
     lost += sum(1 for s in sent_at if s)
     sock.close()
-    ordered = sorted(lat)
-
-    def pct(p: float) -> float:
-        return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else float("nan")
-
-    achieved = sent / duration
-    return {"rate": rate, "sent": sent, "achieved_rate": achieved, "answers": len(lat), "lost": lost, "bad": bad,
-            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
-            "max_ms": ordered[-1] * 1000 if ordered else float("nan")}
+    return {"rate": rate, "sent": sent, "achieved_rate": sent / duration, "answers": len(lat), "lost": lost,
+            "bad": bad, "latencies_us": [round(v * 1e6) for v in lat]}
 
 
-def run_client(port: int, names: list[str], mode: str, value: float, duration: float) -> dict[str, Any]:
-    """The load generator in a process of its own; returns its JSON."""
+def run_clients(server: Server, names: list[str], mode: str, value: float, duration: float,
+                generators: int) -> dict[str, Any]:
+    """`generators` load generator processes against one server at once (closed: each keeps `value` queries
+    in flight; open: `value` queries/s split between them); their figures summed, with the server's CPU time
+    over the window they all ran in."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(names, f)
+    procs: list[subprocess.Popen[str]] = []
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed below; a file, so no pipe can fill up and block
+
+    def failed(what: str) -> RuntimeError:
+        errors.seek(0)
+        return RuntimeError(f"load generator {what}: {errors.read()[-2000:].decode(errors='replace')}")
+
     try:
-        out = subprocess.run([sys.executable, __file__, "--client", mode, "--port", str(port), "--names-file",
-                              f.name, "--value", str(value), "--duration", str(duration)],
-                             capture_output=True, text=True, timeout=duration + 60, check=True)
+        each = value if mode == "closed" else value / generators
+        for _ in range(generators):
+            procs.append(subprocess.Popen(
+                [sys.executable, __file__, "--client", mode, "--port", str(server.port), "--names-file", f.name,
+                 "--value", str(each), "--duration", str(duration)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True))
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise failed("did not start")
+        cpu0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "end":
+                raise failed("failed")
+        cpu1, t1 = cpu_seconds(server.proc.pid), time.perf_counter()
+        outs = []
+        for p in procs:
+            assert p.stdout is not None
+            out = p.stdout.read()  # the same buffered reader as the lines above: nothing read ahead is lost
+            if p.wait(duration + 60) != 0:
+                raise failed("failed")
+            outs.append(json.loads(out))
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
+        errors.close()
         os.unlink(f.name)
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    wall = t1 - t0
+    server_cpu = cpu1 - cpu0
+    if mode == "closed":
+        answers = sum(o["answers"] for o in outs)
+        return {"generators": generators, "answers": answers,
+                "answers_per_s": sum(o["answers_per_s"] for o in outs),
+                "per_generator": [o["answers_per_s"] for o in outs],
+                "lost": sum(o["lost"] for o in outs), "bad": sum(o["bad"] for o in outs),
+                "server_cpu": server_cpu / wall,  # cores busy (1.0 = one core)
+                "server_cpu_us_per_answer": server_cpu / answers * 1e6 if answers else float("nan"),
+                "client_cpu": sum(o["cpu_s"] for o in outs) / wall}
+    lat = sorted(v for o in outs for v in o["latencies_us"])
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] / 1000 if lat else float("nan")
+
+    return {"generators": generators, "rate": value, "sent": sum(o["sent"] for o in outs),
+            "achieved_rate": sum(o["achieved_rate"] for o in outs), "answers": len(lat),
+            "lost": sum(o["lost"] for o in outs), "bad": sum(o["bad"] for o in outs),
+            "server_cpu_us_per_answer": server_cpu / len(lat) * 1e6 if lat else float("nan"),
+            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99), "p999_ms": pct(0.999),
+            "max_ms": lat[-1] / 1000 if lat else float("nan")}
 
 
 # --- the servers -------------------------------------------------------------------------------------------
@@ -324,34 +411,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
-def measure(server: Server, names: list[str], duration: float) -> dict[str, Any]:
-    run_client(server.port, names, "closed", WINDOW, 1.0)  # warm up (caches, CPU frequency)
-    server_cpu, client_cpu, wall = cpu_seconds(server.proc.pid), children_cpu(), time.perf_counter()
-    closed = run_client(server.port, names, "closed", WINDOW, duration)
-    wall = time.perf_counter() - wall
-    # How busy each side was during the closed loop (1.0 = one core): the side at ~1.0 is the bottleneck.
-    closed["server_cpu"] = (cpu_seconds(server.proc.pid) - server_cpu) / wall
-    closed["client_cpu"] = (children_cpu() - client_cpu) / wall
+def measure(server: Server, names: list[str], duration: float, generators: int, window: int) -> dict[str, Any]:
+    run_clients(server, names, "closed", window, 1.0, generators)  # warm up (caches, CPU frequency)
+    closed = run_clients(server, names, "closed", window, duration, generators)
     half = closed["answers_per_s"] / 2
-    opened = run_client(server.port, names, "open", half, duration)
+    opened = run_clients(server, names, "open", half, duration, generators)
     return {"closed": closed, "open": opened}
 
 
 def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     rates = [r["closed"]["answers_per_s"] for r in rounds]
+    cpu = [r["closed"]["server_cpu_us_per_answer"] for r in rounds]
     median_round = sorted(rounds, key=lambda r: r["closed"]["answers_per_s"])[len(rounds) // 2]
     return {
         "answers_per_s": statistics.median(rates),
         "answers_per_s_rounds": rates,
+        "server_cpu_us_per_answer": statistics.median(cpu),
+        "server_cpu_us_per_answer_rounds": cpu,
         "lost": sum(r["closed"]["lost"] for r in rounds),
         "bad": sum(r["closed"]["bad"] for r in rounds),
         "server_cpu": median_round["closed"]["server_cpu"],
         "client_cpu": median_round["closed"]["client_cpu"],
+        "per_generator": median_round["closed"]["per_generator"],
         "half_load_rate": median_round["open"]["rate"],
         "half_load_achieved": median_round["open"]["achieved_rate"],
         "half_load_lost": median_round["open"]["lost"],
@@ -361,21 +442,71 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def add_ratios(servers: dict[str, dict[str, Any]], base: str = "dnsmasq") -> None:
+    """Each server's answers/s and CPU per answer as a ratio to `base`'s in the same run (per round, then the
+    median: both ran in the same minutes, so the ratio is steadier than either figure)."""
+    ref = servers.get(base)
+    if not ref:
+        return
+    for s in servers.values():
+        rates = [a / b for a, b in zip(s["answers_per_s_rounds"], ref["answers_per_s_rounds"], strict=True)]
+        cpus = [a / b for a, b in zip(s["server_cpu_us_per_answer_rounds"], ref["server_cpu_us_per_answer_rounds"],
+                                      strict=True)]
+        s["answers_ratio_to_dnsmasq"] = statistics.median(rates)
+        s["cpu_per_answer_ratio_to_dnsmasq"] = statistics.median(cpus)
+
+
+def saturation(server: Server, names: list[str], duration: float, generators: int, window: int,
+               rounds: int) -> dict[str, Any]:
+    """Is the server (dnsmasq) the ceiling with `generators` load generators? Its rate with one generator
+    more, alternated with the rate at `generators`, median of `rounds`: a ratio near 1.0 says yes."""
+    at_n: list[float] = []
+    at_more: list[float] = []
+    for _ in range(rounds):
+        at_n.append(run_clients(server, names, "closed", window, duration, generators)["answers_per_s"])
+        at_more.append(run_clients(server, names, "closed", window, duration, generators + 1)["answers_per_s"])
+    return {"server": server.name, "generators": generators, "answers_per_s": statistics.median(at_n),
+            "generators_plus_one": generators + 1, "answers_per_s_plus_one": statistics.median(at_more),
+            "ratio": statistics.median(b / a for a, b in zip(at_n, at_more, strict=True))}
+
+
 def table(doc: dict[str, Any]) -> str:
-    rows = [("server", "answers/s (w=64)", "lost", "cpu srv/cli", "half load /s", "p50 ms", "p99 ms", "p99.9 ms",
-             "x dnsmasq")]
-    base = doc["servers"].get("dnsmasq", {}).get("answers_per_s")
+    rows = [("server", "answers/s", "lost full/half", "cpu srv/cli", "us cpu/answer", "half load /s", "p50 ms",
+             "p99 ms", "p99.9 ms", "x dnsmasq /s", "x dnsmasq cpu")]
     for name, s in doc["servers"].items():
-        ratio = f"{s['answers_per_s'] / base:.2f}" if base else "-"
-        rows.append((name, f"{s['answers_per_s']:,.0f}", str(s["lost"] + s["half_load_lost"]),
-                     f"{s['server_cpu']:.2f}/{s['client_cpu']:.2f}",
+        ratio = f"{s['answers_ratio_to_dnsmasq']:.2f}" if "answers_ratio_to_dnsmasq" in s else "-"
+        cratio = f"{s['cpu_per_answer_ratio_to_dnsmasq']:.2f}" if "cpu_per_answer_ratio_to_dnsmasq" in s else "-"
+        rows.append((name, f"{s['answers_per_s']:,.0f}", f"{s['lost']}/{s['half_load_lost']}",
+                     f"{s['server_cpu']:.2f}/{s['client_cpu']:.2f}", f"{s['server_cpu_us_per_answer']:.2f}",
                      f"{s['half_load_rate']:,.0f}", f"{s['p50_ms']:.3f}", f"{s['p99_ms']:.3f}",
-                     f"{s['p999_ms']:.3f}", ratio))
+                     f"{s['p999_ms']:.3f}", ratio, cratio))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
              for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def saturation_line(sat: dict[str, Any]) -> str:
+    return (f"load generators: {sat['server']} {sat['answers_per_s']:,.0f}/s with {sat['generators']}, "
+            f"{sat['answers_per_s_plus_one']:,.0f}/s with {sat['generators_plus_one']} "
+            f"(x{sat['ratio']:.2f}: {'the server is the ceiling' if sat['ratio'] <= 1.05 else 'NOT saturated'})")
+
+
+def load_line(doc: dict[str, Any]) -> str:
+    return f"load average before {doc['load_before']}, after {doc['load_after']} ({doc['cpus']} cpus)"
+
+
+def add_load_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generators", type=int, default=GENERATORS,
+                        help="load generator processes per measurement (enough to saturate dnsmasq)")
+    parser.add_argument("--window", type=int, default=WINDOW, help="queries each generator keeps in flight")
+    parser.add_argument("--no-saturation-check", action="store_true",
+                        help="skip measuring dnsmasq with one generator more")
+
+
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
 
 
 def main() -> None:
@@ -386,6 +517,7 @@ def main() -> None:
     parser.add_argument("--no-dnsmasq", action="store_true", help="measure only the control plane's server")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install dnsmasq-base")
     parser.add_argument("--json-only", action="store_true")
+    add_load_options(parser)
     # internal: the load generator and the server processes
     parser.add_argument("--client", choices=["closed", "open"], help=argparse.SUPPRESS)
     parser.add_argument("--serve-cp", action="store_true", help=argparse.SUPPRESS)
@@ -406,9 +538,9 @@ def main() -> None:
 
     records = zone(args.services)
     names = sorted(records)
-    doc: dict[str, Any] = {"services": args.services, "names": len(names), "window": WINDOW,
-                           "duration_s": args.duration, "rounds": args.rounds, "cpus": os.cpu_count(),
-                           "servers": {}}
+    doc: dict[str, Any] = {"services": args.services, "names": len(names), "generators": args.generators,
+                           "window_per_generator": args.window, "duration_s": args.duration, "rounds": args.rounds,
+                           "cpus": os.cpu_count(), "load_before": load_average(), "servers": {}}
     dnsmasq = None if args.no_dnsmasq else find_dnsmasq(install=not args.no_install)
     if not args.no_dnsmasq and dnsmasq is None:
         doc["dnsmasq"] = "not available (not installed and apt-get install dnsmasq-base not possible)"
@@ -422,20 +554,34 @@ def main() -> None:
             results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
             for _ in range(args.rounds):
                 for s in servers:
-                    results[s.name].append(measure(s, names, args.duration))
+                    results[s.name].append(measure(s, names, args.duration, args.generators, args.window))
+            if dnsmasq and not args.no_saturation_check:
+                doc["saturation"] = saturation(servers[-1], names, args.duration, args.generators, args.window,
+                                               args.rounds)
         finally:
             for s in servers:
                 s.stop()
+    doc["load_after"] = load_average()
     for name, rounds in results.items():
         doc["servers"][name] = summarize(rounds)
+    add_ratios(doc["servers"])
     if "dnsmasq" in doc["servers"]:
-        cp, dm = doc["servers"]["kuma-cp"], doc["servers"]["dnsmasq"]
-        doc["ratio_to_dnsmasq"] = cp["answers_per_s"] / dm["answers_per_s"]
-        doc["target_ratio"] = 1.0
+        cp = doc["servers"]["kuma-cp"]
+        doc["ratio_to_dnsmasq"] = cp["answers_ratio_to_dnsmasq"]
+        doc["cpu_per_answer_ratio_to_dnsmasq"] = cp["cpu_per_answer_ratio_to_dnsmasq"]
+        doc["target"] = "answers/s ratio >= 1.0 and CPU per answer ratio < 1.0, zero loss"
+        doc["verdict"] = "PASS" if (doc["ratio_to_dnsmasq"] >= 1.0 and doc["cpu_per_answer_ratio_to_dnsmasq"] < 1.0
+                                    and cp["lost"] + cp["half_load_lost"] == 0) else "MISS"
     print(json.dumps(doc, indent=2, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
     if not args.json_only:
         print()
         print(table(doc))
+        if "saturation" in doc:
+            print(saturation_line(doc["saturation"]))
+        print(load_line(doc))
+        if "verdict" in doc:
+            print(f"kuma-cp / dnsmasq: answers/s x{doc['ratio_to_dnsmasq']:.2f}, CPU per answer "
+                  f"x{doc['cpu_per_answer_ratio_to_dnsmasq']:.2f} ({doc['target']}): {doc['verdict']}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The kuma-dp DNS stub on loopback: `.mesh` answers against dnsmasq serving the same names, and forwarded
 (cached) answers against dnsmasq forwarding to the same upstream, in the same run.
 
-The method and the load generator are bench/bench_dns.py's (imported from it): for each server, the answers per
-second a client keeps with 64 queries in flight (closed loop; the figure counts only with zero loss), then
-latency percentiles at a steady half of that rate (open loop); rounds alternate between servers and the median
-round is reported, with each server's CPU time per answer (steadier than answers/s when other work shares the
-machine's two cores). The stub runs exactly as kuma-dp runs it: the DNS worker's `serve()` (agent/dns/worker.py)
+The method and the load generators are bench/bench_dns.py's (imported from it): for each server, the answers
+per second N generator processes keep with 64 queries in flight each (closed loop; the figure counts only with
+zero loss; `--generators`, checked by running dnsmasq with one more), the server's CPU time per answer over
+that window, then latency percentiles at a steady half of that rate (open loop); rounds alternate between
+servers and the median round is reported, with answers/s and CPU per answer as ratios to dnsmasq in the same
+run (steadier than either figure when other work shares the machine's two cores) and the load average.
+The stub runs exactly as kuma-dp runs it: the DNS worker's `serve()` (agent/dns/worker.py)
 in a process of its own, on sockets bound by its parent, its zone built from a VIP map in the control plane's
 shape (same services and names as bench/bench_dns.py). kuma-cp's authoritative server is measured alongside for
 reference (`--no-cp` leaves it out).
@@ -14,7 +16,7 @@ Forwarding (`--no-forwarding` leaves it out): a dnsmasq "upstream" serves `name-
 the stub (with that upstream) and a second dnsmasq (`--server=127.0.0.1#UPSTREAM`, its cache on) both forward
 and cache; the load asks for those names, so after the first round trip both answer from their caches.
 
-    .venv/bin/python bench/bench_dns_stub.py [--services 100] [--duration 5] [--rounds 3] [--json-only]
+    .venv/bin/python bench/bench_dns_stub.py [--services 100] [--duration 5] [--rounds 3] [--generators 2] [--json-only]
 """
 
 from __future__ import annotations
@@ -80,12 +82,14 @@ def start_dnsmasq(binary: str, name: str, port: int, extra: list[str], tmp: Path
 # --- the run -----------------------------------------------------------------------------------------------
 
 
-def run_part(servers: list[base.Server], names: list[str], duration: float, rounds: int) -> dict[str, Any]:
+def run_part(servers: list[base.Server], names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
-    for _ in range(rounds):
+    for _ in range(args.rounds):
         for s in servers:
-            results[s.name].append(base.measure(s, names, duration))
-    return {name: base.summarize(r) for name, r in results.items()}
+            results[s.name].append(base.measure(s, names, args.duration, args.generators, args.window))
+    out = {name: base.summarize(r) for name, r in results.items()}
+    base.add_ratios(out)
+    return out
 
 
 def main() -> None:
@@ -98,6 +102,7 @@ def main() -> None:
     parser.add_argument("--no-forwarding", action="store_true", help="only the .mesh part")
     parser.add_argument("--no-install", action="store_true", help="do not apt-get install dnsmasq-base")
     parser.add_argument("--json-only", action="store_true")
+    base.add_load_options(parser)
     parser.add_argument("--serve-stub", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -108,8 +113,9 @@ def main() -> None:
         return
 
     dnsmasq = base.find_dnsmasq(install=not args.no_install)
-    doc: dict[str, Any] = {"services": args.services, "window": base.WINDOW, "duration_s": args.duration,
-                           "rounds": args.rounds, "cpus": os.cpu_count()}
+    doc: dict[str, Any] = {"services": args.services, "generators": args.generators,
+                           "window_per_generator": args.window, "duration_s": args.duration, "rounds": args.rounds,
+                           "cpus": os.cpu_count(), "load_before": base.load_average()}
     if dnsmasq is None:
         doc["dnsmasq"] = "not available (not installed and apt-get install dnsmasq-base not possible)"
     the_map = vip_map(args.services)
@@ -126,7 +132,10 @@ def main() -> None:
                 servers.append(base.start_dnsmasq(dnsmasq, records, tmp))
             if not args.no_cp:
                 servers.append(base.start_cp(args.services, tmp))
-            doc["mesh"] = run_part(servers, names, args.duration, args.rounds)
+            doc["mesh"] = run_part(servers, names, args)
+            if dnsmasq and not args.no_saturation_check:
+                doc["saturation"] = base.saturation(servers[1], names, args.duration, args.generators, args.window,
+                                                    args.rounds)
             for s in servers:
                 s.stop()
             servers.clear()
@@ -142,22 +151,21 @@ def main() -> None:
                             start_dnsmasq(dnsmasq, "dnsmasq", base.free_port(), [
                                 f"--server=127.0.0.1#{up_port}", "--cache-size=10000"], tmp)]
                 servers.extend(measured)
-                doc["forwarding"] = run_part(measured, sorted(fnames), args.duration, args.rounds)
+                doc["forwarding"] = run_part(measured, sorted(fnames), args)
         finally:
             for s in servers:
                 s.stop()
-    for part in ("mesh", "forwarding"):  # CPU per answer: steadier than answers/s on a shared 2-core machine
-        for s in doc.get(part, {}).values():
-            s["server_cpu_us_per_answer"] = s["server_cpu"] / s["answers_per_s"] * 1e6 if s["answers_per_s"] else None
+    doc["load_after"] = base.load_average()
     for part, key in (("mesh", "ratio_to_dnsmasq"), ("forwarding", "forwarding_ratio_to_dnsmasq")):
-        got = doc.get(part, {})
-        if "dnsmasq" in got and "kuma-dp stub" in got:
-            doc[key] = got["kuma-dp stub"]["answers_per_s"] / got["dnsmasq"]["answers_per_s"]
+        stub = doc.get(part, {}).get("kuma-dp stub", {})
+        if "answers_ratio_to_dnsmasq" in stub:
+            doc[key] = stub["answers_ratio_to_dnsmasq"]
+            doc[key.replace("ratio_to", "cpu_per_answer_ratio_to")] = stub["cpu_per_answer_ratio_to_dnsmasq"]
     if "ratio_to_dnsmasq" in doc:
         stub = doc["mesh"]["kuma-dp stub"]
-        doc["target_ratio"] = 1.0
-        doc["verdict"] = "PASS" if doc["ratio_to_dnsmasq"] >= 1.0 and stub["lost"] + stub["half_load_lost"] == 0 \
-            else "MISS"
+        doc["target"] = "answers/s ratio >= 1.0 and CPU per answer ratio < 1.0, zero loss"
+        doc["verdict"] = "PASS" if (doc["ratio_to_dnsmasq"] >= 1.0 and doc["cpu_per_answer_ratio_to_dnsmasq"] < 1.0
+                                    and stub["lost"] + stub["half_load_lost"] == 0) else "MISS"
     print(json.dumps(doc, indent=2, default=lambda v: round(v, 4) if isinstance(v, float) else str(v)))
     if not args.json_only:
         for part, title in (("mesh", ".mesh names (dnsmasq: the same names from a hosts file)"),
@@ -165,12 +173,13 @@ def main() -> None:
             if doc.get(part):
                 print(f"\n{title}")
                 print(base.table({"servers": doc[part]}))
-                print("server CPU per answer (us): " + ", ".join(
-                    f"{name} {s['server_cpu_us_per_answer']:.2f}" for name, s in doc[part].items()
-                    if s.get("server_cpu_us_per_answer")))
+        print()
+        if "saturation" in doc:
+            print(base.saturation_line(doc["saturation"]))
+        print(base.load_line(doc))
         if "verdict" in doc:
-            print(f"\n.mesh answers/s, stub / dnsmasq: {doc['ratio_to_dnsmasq']:.2f} (target >= 1.0, zero loss): "
-                  f"{doc['verdict']}")
+            print(f".mesh, stub / dnsmasq: answers/s x{doc['ratio_to_dnsmasq']:.2f}, CPU per answer "
+                  f"x{doc['cpu_per_answer_ratio_to_dnsmasq']:.2f} ({doc['target']}): {doc['verdict']}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ class Cache:
 
     def get(self, query: Query, data: bytes, limit: int) -> bytes | None:
         """The cached reply for this query, ready to send (its id, its name's case, TTLs counted down)."""
+        found = self.get_until(query, data, limit)
+        return found[0] if found is not None else None
+
+    def get_until(self, query: Query, data: bytes, limit: int) -> tuple[bytes, float] | None:
+        """`get()`, and the clock time until which those very bytes are what `get()` gives for this query:
+        the entry's next whole second of age (its TTLs count down then) or its expiry, whichever comes first.
+        The stub's UDP loop serves them by itself until then."""
         key = query.key
         with self._lock:
             entry = self.entries.get(key)
@@ -71,7 +78,7 @@ class Cache:
             for off in entry.ttl_offsets:
                 ttl = struct.unpack_from(">I", out, off)[0]
                 struct.pack_into(">I", out, off, max(ttl - elapsed, 0))
-        return bytes(out)
+        return bytes(out), min(entry.stored + elapsed + 1, entry.expires)
 
     def put(self, query: Query, reply: bytes, ttl: int | None, ttl_offsets: tuple[int, ...]) -> None:
         if ttl is None or ttl <= 0 or query.opt_options or len(reply) > self.max_bytes // 16:

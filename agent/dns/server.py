@@ -1,10 +1,11 @@
 """The stub's listeners: UDP and TCP on one address (`--dns-listen`, sockets bound by the caller).
 
-UDP, the hot path, is a dedicated thread running a blocking recvfrom/sendto loop (DESIGN.md: an asyncio
-event loop, not DNS parsing, is what costs): a query answered before from the current `.mesh` zone is a
-dictionary lookup and a send; another `.mesh` query is answered from the zone's precomputed replies in the
-same thread, and so is a forwarded answer still fresh in the cache; anything else is handed to the event
-loop, where the Forwarder asks the upstreams. TCP
+UDP, the hot path, is a dedicated thread running the shared blocking loop (kuma_shared/dnsloop.py: batches
+of datagrams through recvmmsg/sendmmsg; DESIGN.md: an asyncio event loop, not DNS parsing, is what costs): a
+query answered before from the current `.mesh` zone is a dictionary lookup; another `.mesh` query is answered
+from the zone's precomputed replies in the same thread, and so is a forwarded answer still fresh in the
+cache, which the loop then serves by itself until its TTLs tick a second; anything else is handed to the
+event loop, where the Forwarder asks the upstreams. TCP
 (clients retrying a truncated answer, tools) is served by asyncio: length-prefixed messages, several per
 connection, an idle timeout and a cap on connections. The zone is replaced whole when the VIP map changes.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import socket
 import threading
@@ -36,6 +38,7 @@ TCP_IDLE_TIMEOUT = 10.0
 TCP_MAX_CONNECTIONS = 256
 MAX_PENDING = 2048  # forwarded UDP queries waiting for an upstream
 UDP_BUFFER = 4 << 20
+ANSWERS_MAX = 8192  # replies the UDP loop serves by itself (query bytes less the id); emptied when full
 
 
 def bind(host: str, port: int) -> tuple[socket.socket, socket.socket]:
@@ -76,6 +79,12 @@ class StubServer:
         self._stopping = False
         self._tcp_server: asyncio.Server | None = None
         self._tcp_conns: set[asyncio.Task[None]] = set()
+        # What the UDP loop answers by itself, by query bytes less the id: the zone's replies, and forwarded
+        # replies from the cache for as long as their bytes stay the same (until a TTL counts down a second).
+        # Read and written by the UDP thread only; a new zone starts it afresh.
+        self._answers: dict[bytes, bytes] = {}
+        self._answers_zone: Zone | None = None
+        self._stale: list[tuple[float, bytes]] = []  # (when, key) of the forwarded replies in _answers
 
     @property
     def address(self) -> tuple[str, int]:
@@ -120,7 +129,36 @@ class StubServer:
     # --- UDP: the shared blocking loop (kuma_shared/dnsloop.py) in its own thread -------------------------
 
     def _serve_udp(self) -> None:
-        serve_udp(self.udp, lambda: self.zone.cache, self._udp_miss, lambda: self._stopping, self._udp_error)
+        serve_udp(self.udp, self._current_answers, self._udp_miss, lambda: self._stopping, self._udp_error)
+
+    def _current_answers(self) -> dict[bytes, bytes]:
+        """The loop's map for its next batch of datagrams (UDP thread): forwarded replies whose TTLs have
+        ticked since are taken out first, and a new zone empties it."""
+        if self.zone is not self._answers_zone:
+            self._answers_zone = self.zone
+            self._answers = {}
+            self._stale.clear()
+        stale = self._stale
+        if stale:
+            cache = self.forwarder.cache
+            now = cache.clock() if cache is not None else float("inf")
+            answers = self._answers
+            while stale and stale[0][0] <= now:
+                answers.pop(heapq.heappop(stale)[1], None)
+        return self._answers
+
+    def _remember(self, data: bytes, reply: bytes, until: float | None = None) -> None:
+        """Let the loop answer this very query (any id) with this reply by itself, until `until` (the cache's
+        clock) or, for a zone reply, as long as the zone stands (UDP thread)."""
+        if self.zone is not self._answers_zone:
+            return  # a new zone arrived since this batch began: _current_answers starts afresh
+        answers = self._answers
+        if len(answers) >= ANSWERS_MAX:
+            answers.clear()
+            self._stale.clear()
+        answers[data[2:]] = reply[2:]
+        if until is not None:
+            heapq.heappush(self._stale, (until, data[2:]))
 
     def _udp_error(self, e: BaseException) -> None:
         self.stats["errors"] += 1
@@ -140,7 +178,7 @@ class StubServer:
         zone = self.zone
         if zone.owns(query.name):
             reply = zone.answer(data, query, udp=True)
-            zone.remember(data, reply)
+            self._remember(data, reply)
             self._send(reply, addr)
             return None
         if query.opcode != 0:
@@ -150,9 +188,11 @@ class StubServer:
             return None
         cache = self.forwarder.cache
         if cache is not None:  # a forwarded answer still fresh in the cache: served from this thread too
-            cached = cache.get(query, data, query.udp_size)
-            if cached is not None:
-                self.forwarder.stats["cache_hits"] += 1
+            found = cache.get_until(query, data, query.udp_size)
+            if found is not None:
+                self.forwarder.stats["cache_hits"] += 1  # once a second per query: the loop serves the rest
+                cached, until = found
+                self._remember(data, cached, until)
                 self._send(cached, addr)
                 return None
         if self._queued + len(self._inflight) >= self.max_pending:

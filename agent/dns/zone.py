@@ -32,7 +32,6 @@ EDNS_SIZE = 1232
 UDP_MIN = 512
 TTL = 60
 NEGATIVE_TTL = 5
-CACHE_MAX = 4096  # replies by query bytes less the id; cleared when full
 
 _RR = struct.Struct(">HHIH")
 _QTC = {t: struct.pack(">HH", t, CLASS_IN) for t in (TYPE_A, TYPE_SOA, QTYPE_ANY)}
@@ -91,7 +90,6 @@ class Zone:
                 parent = parent[parent[0] + 1:]
         apex = Reply(QR | AA, b"\x00\x01\x00\x00", self._soa_rr(12))
         self.names[self.zone] = ({_QTC[TYPE_SOA]: apex}, self._nodata(self.zone))
-        self.cache: dict[bytes, bytes] = {}  # query less its id -> reply less its id (UDP)
 
     @classmethod
     def from_map(cls, vip_map: Mapping[str, Any] | None, domain: str = "mesh", ttl: int = TTL) -> Zone:
@@ -157,9 +155,3 @@ class Zone:
             return b"".join((data[:2], (flags | TC).to_bytes(2, "big"), b"\x00\x01\x00\x00\x00\x00", arcount,
                              query.question, opt))
         return out
-
-    def remember(self, data: bytes, reply: bytes) -> None:
-        """Keep a UDP reply for the next identical query (the hot path looks it up by `data[2:]`)."""
-        if len(self.cache) >= CACHE_MAX:
-            self.cache.clear()
-        self.cache[data[2:]] = reply[2:]

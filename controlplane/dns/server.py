@@ -1,8 +1,9 @@
 """The control plane's authoritative `.mesh` DNS server (KUMA_DNS_SERVER_PORT, UDP and TCP).
 
-UDP, the hot path, runs in a dedicated thread with a blocking recvfrom/sendto loop over precomputed replies
-(DESIGN: the asyncio event loop, not DNS parsing, is what costs; a plain thread answers several times
-faster). TCP (clients retrying a truncated answer, zone tools) is served by asyncio: length-prefixed
+UDP, the hot path, runs in a dedicated thread with the blocking loop over precomputed replies shared with
+kuma-dp's stub (kuma_shared/dnsloop.py: batches through recvmmsg/sendmmsg, the id patched in place; DESIGN:
+the asyncio event loop, not DNS parsing, is what costs; a plain thread answers several times faster).
+TCP (clients retrying a truncated answer, zone tools) is served by asyncio: length-prefixed
 messages, several per connection, an idle timeout, a cap on connections in total and per source address
 (sized from the open files limit unless configured: see controlplane/netguard.py). Both read the current
 `DnsTable`, an immutable generation swapped in whole when the VIP map changes. It never forwards anything:

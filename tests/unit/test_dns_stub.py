@@ -206,6 +206,32 @@ def test_cache_serves_until_the_ttl_runs_out_counting_it_down(upstream: TestUpst
         assert len(upstream.seen) == 3
 
 
+def test_the_udp_loop_serves_a_cached_answer_by_itself_until_its_ttl_ticks(upstream: TestUpstream) -> None:
+    """After one answer from the cache, the same query (any id) is answered by the UDP loop without the
+    cache, with the same bytes, until the entry's age reaches its next whole second; then the cache counts
+    the TTLs down again, and at expiry the upstream is asked."""
+    with stub([upstream.address]) as s:
+        assert s.cache is not None
+        clock = Clock()
+        s.cache.clock = clock
+        assert ask(s.port, "short.example").rr[0].ttl == 3  # forwarded
+        clock.now += 0.5
+        first = ask(s.port, "short.example", qid=1)  # from the cache, and now the loop's
+        hits = s.cache.hits
+        again = [ask(s.port, "short.example", qid=q) for q in (2, 3)]
+        assert s.cache.hits == hits  # the loop answered both itself
+        assert [r.header.id for r in again] == [2, 3]
+        assert {bytes(r.pack())[2:] for r in again} == {bytes(first.pack())[2:]}
+        assert [r.rr[0].ttl for r in again] == [3, 3]
+        clock.now += 0.5  # one second old: the TTL counts down, so the cache is asked again
+        assert ask(s.port, "short.example").rr[0].ttl == 2 and s.cache.hits == hits + 1
+        assert ask(s.port, "short.example").rr[0].ttl == 2 and s.cache.hits == hits + 1
+        clock.now += 0.99
+        assert ask(s.port, "short.example").rr[0].ttl == 2 and s.cache.hits == hits + 1
+        clock.now += 1.01  # 3 s old: expired
+        assert ask(s.port, "short.example").rr[0].ttl == 3 and len(upstream.seen) == 2
+
+
 def test_negative_answers_are_cached_for_the_soa_minimum(upstream: TestUpstream) -> None:
     with stub([upstream.address]) as s:
         assert s.cache is not None
