@@ -95,12 +95,20 @@ def _reserve(key: str) -> bool:
 # gave back, so a whole test session needs as many as it runs control planes at once.
 VIP_BLOCKS = 128
 _vips_free: list[str] = []  # reserved by this process, used by none of its running control planes
-_vips_used: set[str] = set()
+_vips_users: dict[str, int] = {}  # range -> running control planes of this process that use it
 
 
-def take_vip_cidr() -> str:
+_vips_of_store: dict[str, str] = {}  # a shared store (PostgreSQL database) -> the range its instances use
+
+
+def take_vip_cidr(store: str | None = None) -> str:
     """A VIP range (for KUMA_DNS_SERVER_CIDR) no other test process and no running control plane of this one
-    uses; `give_back_vip_cidr` when that control plane stopped."""
+    uses; `give_back_vip_cidr` when that control plane stopped. Instances of one shared `store` hand out the same
+    VIPs (they allocate them together), so they get one range."""
+    shared = _vips_of_store.get(store) if store is not None else None
+    if shared is not None and shared in _vips_users:
+        _vips_users[shared] += 1
+        return shared
     if _vips_free:
         cidr = _vips_free.pop()
     else:
@@ -112,20 +120,28 @@ def take_vip_cidr() -> str:
                 break
         else:
             raise RuntimeError("no free loopback VIP range in 127.240.0.0/13: too many test processes hold one")
-    _vips_used.add(cidr)
+    _vips_users[cidr] = 1
+    if store is not None:
+        _vips_of_store[store] = cidr
     return cidr
 
 
 def claim_vip_cidr(cidr: str) -> None:
-    """A control plane starts again with a range of this process's (a restart with the same settings)."""
+    """Another control plane uses a range of this process's: a restart with the same settings, or a second
+    instance sharing the first one's store (and so its VIPs)."""
     if cidr in _vips_free:
         _vips_free.remove(cidr)
-        _vips_used.add(cidr)
+        _vips_users[cidr] = 1
+    elif cidr in _vips_users:
+        _vips_users[cidr] += 1
 
 
 def give_back_vip_cidr(cidr: str) -> None:
-    if cidr in _vips_used:
-        _vips_used.discard(cidr)
+    if cidr not in _vips_users:
+        return
+    _vips_users[cidr] -= 1
+    if not _vips_users[cidr]:
+        del _vips_users[cidr]
         _vips_free.append(cidr)
 
 

@@ -157,6 +157,9 @@ def start_cp(tmp_path: Path, *, timeout: float = START_TIMEOUT, nofile: int | No
     # Its own VIP range: proxies bind VIP:80, which another test session's control plane may also hand out.
     if "KUMA_DNS_SERVER_CIDR" in env:
         claim_vip_cidr(full_env["KUMA_DNS_SERVER_CIDR"])
+    elif full_env.get("KUMA_STORE_TYPE") == "postgres":  # instances of one database share their VIPs
+        full_env["KUMA_DNS_SERVER_CIDR"] = take_vip_cidr(store="/".join(full_env.get(f"KUMA_STORE_POSTGRES_{k}", "")
+                                                                        for k in ("HOST", "PORT", "DB_NAME")))
     else:
         full_env["KUMA_DNS_SERVER_CIDR"] = take_vip_cidr()
     for name in PORT_VARS:

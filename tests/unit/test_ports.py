@@ -77,3 +77,14 @@ def test_vip_ranges_are_distinct_across_processes_and_reused_within_one() -> Non
     ports.give_back_vip_cidr(mine[1])
     ports.claim_vip_cidr(mine[1])
     assert ports.take_vip_cidr() not in mine
+
+
+def test_instances_of_one_store_share_a_vip_range_until_the_last_stops() -> None:
+    a = ports.take_vip_cidr(store="db-1")
+    b = ports.take_vip_cidr(store="db-1")
+    other = ports.take_vip_cidr(store="db-2")
+    assert a == b != other
+    ports.give_back_vip_cidr(a)
+    assert ports.take_vip_cidr() not in (a, other)  # b still uses it
+    ports.give_back_vip_cidr(b)
+    assert ports.take_vip_cidr() == a
