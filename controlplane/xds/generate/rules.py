@@ -176,6 +176,29 @@ class PolicyRules:
         self._matched_by_refs: dict[tuple[str, frozenset[str]], tuple[Resource, ...]] = {}
         self._from_by_refs: dict[tuple[str, frozenset[str]], list[Entry]] = {}
 
+    def carried(self, changed: Iterable[str]) -> PolicyRules:
+        """The rules for the next topology of the mesh when its policies are the very same objects: what
+        depends only on the policies (matching per distinct reference, merged confs, `to[]`/`from[]` rules)
+        is kept, and what was cached per proxy is kept for every dataplane but the `changed` ones (their tags,
+        ports or name-based selection may differ). Per-topology generator work (`cached`) starts empty, but
+        for the proxies' signatures. The result equals fresh rules (tests/unit/test_rules_carry_over.py)."""
+        gone = set(changed)
+        new = PolicyRules.__new__(PolicyRules)
+        new.policies, new._routes = self.policies, self._routes
+        for name in ("_top", "_ordered", "_ref_keys", "_route_ref_names", "_types_naming_routes",
+                     "_distinct_refs", "_matched_by_refs", "_from_by_refs", "_to"):
+            setattr(new, name, getattr(self, name))  # policy-only: shared with the previous rules
+        new._matched = {k: v for k, v in self._matched.items() if k[1] not in gone}
+        new._to_by_proxy = {k: v for k, v in self._to_by_proxy.items() if k[1] not in gone}
+        new._from = {k: v for k, v in self._from.items() if k[1] not in gone}
+        new._signatures = {k: v for k, v in self._signatures.items() if k not in gone}
+        # Keyed by a tag signature (shared) or by the dataplane's name, or (name, port) for an inbound.
+        new._selected = {k: v for k, v in self._selected.items() if not (isinstance(k[1], str) and k[1] in gone)}
+        new._selected_inbound = {k: v for k, v in self._selected_inbound.items() if not _names_one_of(k[1], gone)}
+        new._shared = {k: v for k, v in self._shared.items()
+                       if isinstance(k, tuple) and k[0] == "signature" and k[1] not in gone}
+        return new
+
     # --- which policies apply to a proxy --------------------------------------------------------------
 
     def route(self, name: str | None) -> Resource | None:
@@ -388,6 +411,35 @@ def rules_for(topology: MeshTopology) -> PolicyRules:
     if found is not None and found[0]() is topology:
         return found[1]
     rules = PolicyRules(topology)
+    _register(topology, rules)
+    return rules
+
+
+def _names_one_of(who: Hashable, names: set[str]) -> bool:
+    """Whether an inbound's selection key is one dataplane's (name, port), of one of `names` (else it is
+    shared: (proxy type, tags))."""
+    return isinstance(who, tuple) and len(who) == 2 and isinstance(who[1], int) and who[0] in names
+
+
+def carry_rules(old: MeshTopology, new: MeshTopology) -> bool:
+    """Give `new` (the next topology of the same mesh) the rules of `old`, minus what its changed dataplanes
+    invalidate, when both hold the very same policy objects (a change of endpoints, not of policies): the
+    proxies' policy matching is then not computed again. Whether it was carried."""
+    found = _BY_TOPOLOGY.get(id(old))
+    if found is None or found[0]() is not old or id(new) in _BY_TOPOLOGY:
+        return False
+    if old.policies.keys() != new.policies.keys() or any(
+            len(ps) != len(new.policies[t]) or any(a is not b for a, b in zip(ps, new.policies[t], strict=True))
+            for t, ps in old.policies.items()):
+        return False
+    changed = [n for n in old.dataplanes.keys() | new.dataplanes.keys()
+               if old.dataplanes.get(n) is not new.dataplanes.get(n)]
+    _register(new, found[1].carried(changed))
+    return True
+
+
+def _register(topology: MeshTopology, rules: PolicyRules) -> None:
+    key = id(topology)
 
     def forget(ref: weakref.ref[MeshTopology], key: int = key) -> None:
         entry = _BY_TOPOLOGY.get(key)
@@ -395,7 +447,6 @@ def rules_for(topology: MeshTopology) -> PolicyRules:
             del _BY_TOPOLOGY[key]
 
     _BY_TOPOLOGY[key] = (weakref.ref(topology, forget), rules)
-    return rules
 
 
 PerRoute = tuple[str | None, tuple[tuple[str, str], ...]]
