@@ -39,7 +39,7 @@ def test_carried_rules_give_the_configs_fresh_rules_give() -> None:
     sources = rnd.sample(VALID, 12)  # the policies' files: a policy written again is loaded again
     policies = [load(path) for path in sources]
     prev = topology(the_mesh, list(dataplanes.values()), policies, 1)
-    _configs(prev)
+    prev_configs = _configs(prev)
     carried = 0
     for step in range(2, 40):
         roll = rnd.random()
@@ -68,6 +68,8 @@ def test_carried_rules_give_the_configs_fresh_rules_give() -> None:
         carried += carry_rules(prev, new)
         fresh = topology(the_mesh, list(dataplanes.values()), policies, step)
         assert rules_for(fresh) is not rules_for(new) or not carried
-        assert _configs(new) == _configs(fresh), f"step {step}"
-        prev = new
+        new_configs = _configs(new)
+        assert new_configs == _configs(fresh), f"step {step}"
+        assert _configs(prev) == prev_configs, f"step {step}: the previous topology read late"
+        prev, prev_configs = new, new_configs
     assert carried >= 20  # most steps kept the policies: their rules were carried
