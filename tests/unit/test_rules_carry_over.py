@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import random
 
-from controlplane.resources import Resource
+from controlplane.resources import Resource, from_wire
 from controlplane.xds.generate.memo import ResourceMemo
 from controlplane.xds.generate.proxy import generate_snapshot
 from controlplane.xds.generate.rules import carry_rules, rules_for
@@ -22,6 +22,11 @@ SERVICES = sorted({s for s, _, _ in BACKENDS} | {"frontend", "cache-client"})
 def _random_dataplane(rnd: random.Random, name: str, port: int) -> Resource:
     service = rnd.choice(SERVICES)
     outbounds = dict(rnd.sample(sorted(OUTBOUNDS.items()), rnd.randrange(0, 4)))
+    if rnd.random() < 0.2:  # outbound-only: selected through its workload label
+        return from_wire({"type": "Dataplane", "mesh": "default", "name": name,
+                          "labels": {"kuma.io/workload": service},
+                          "networking": {"address": "127.0.0.1", "outbound": [
+                              {"port": p, "tags": {"kuma.io/service": s}} for s, p in outbounds.items()]}})
     return dp(name, service, port=port, protocol=rnd.choice(("http", "tcp", "grpc")),
               tags=rnd.choice(EXTRA_TAGS), outbounds=outbounds, labels=rnd.choice(({}, {"app": "frontend"})))
 
