@@ -10,7 +10,7 @@ import random
 from controlplane.resources import Resource, from_wire
 from controlplane.xds.generate.memo import ResourceMemo
 from controlplane.xds.generate.proxy import generate_snapshot
-from controlplane.xds.generate.rules import carry_rules, rules_for
+from controlplane.xds.generate.rules import _CARRIED, PolicyRules, carry_rules, rules_for
 from tests.unit.test_policy_plugins import BACKENDS, OUTBOUNDS, VALID, dp, fixture_dataplanes, load
 from tests.unit.test_xds_generate import as_json
 from tests.unit.xds_fixtures import context, mesh, topology
@@ -78,3 +78,10 @@ def test_carried_rules_give_the_configs_fresh_rules_give() -> None:
         assert _configs(prev) == prev_configs, f"step {step}: the previous topology read late"
         prev, prev_configs = new, new_configs
     assert carried >= 20  # most steps kept the policies: their rules were carried
+
+
+def test_every_cache_of_the_rules_is_carried_or_per_topology() -> None:
+    rules = PolicyRules(topology(mesh(), []))
+    # A new cache must be classified: policy-only or per proxy (then indexed with _index) go in _CARRIED;
+    # per topology, like _shared, must start empty in PolicyRules.carried().
+    assert set(vars(rules)) == {*_CARRIED, "policies", "_routes", "_shared"}
