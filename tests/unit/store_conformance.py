@@ -224,9 +224,12 @@ class StoreConformance:
             assert (event.name, marker.meta.name) == ("marker", "marker")  # nothing came before it
 
     async def test_update_all_is_all_or_nothing(self, store: ResourceStore) -> None:
-        await store.create(mesh())
-        dp1, dp2 = await store.create_all([dataplane("dp-1"), dataplane("dp-2")])
         async with store.watch() as events:
+            await store.create(mesh())
+            dp1, dp2 = await store.create_all([dataplane("dp-1"), dataplane("dp-2")])
+            # Their events first (postgres delivers them asynchronously): the updates' come after.
+            created = [await asyncio.wait_for(events.get(), EVENT_TIMEOUT) for _ in range(3)]
+            assert [e.op for e in created] == ["create"] * 3
             updated = await store.update_all([dataplane("dp-1", address="10.0.0.7").with_meta(version=1),
                                               dataplane("dp-2", address="10.0.0.8").with_meta(version=1)])
             assert [r.meta.version for r in updated] == [2, 2]
