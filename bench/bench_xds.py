@@ -194,6 +194,8 @@ PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
                                           "SotwStream.on_request")),
     ("ADS: other stream work", ("Stream.run",)),
     ("DataplaneInsight flush", ("InsightsRecorder._loop", "InsightsRecorder.flush")),
+    ("MADS assignments, zone ingress services", ("Assignments.refresh", "Assignments._watch",
+                                                 "IngressServices.refresh")),
     ("sqlite (its executor thread)", ("SqliteStore._list", "SqliteStore._get", "SqliteStore._resource",
                                       "SqliteStore._update", "SqliteStore._create", "_write_tx")),
     ("HTTP API", ("_handle", "ApiServer", "RequestHandler._handle_request")),
@@ -722,9 +724,14 @@ async def bench_clients(api_type: str, n: int, args: argparse.Namespace, tmp: Pa
         out["rss"] = {"before_mb": rss0 / 2**20, "connected_mb": rss1 / 2**20,
                       "per_dataplane_mb": (rss1 - rss0) / n / 2**20}
         cp_proc = psutil.Process(cp.pid)
+        # With --py-spy the idle window is profiled too (its own file): what runs when nothing changes.
+        idle_profiler = start_profiler(args, cp.pid, tmp / f"profile-idle-{api_type}-{n}.txt", cleanup)
         cp_proc.cpu_percent(None)
         await asyncio.sleep(args.idle)
         out["idle_cpu_percent"] = cp_proc.cpu_percent(None)
+        if idle_profiler is not None:
+            idle_profiler.stop()
+            out["idle_profile"] = profile_breakdown(idle_profiler.out, PROFILE_CATEGORIES)
         out["idle_seconds"] = args.idle
         log(f"RSS {out['rss']['per_dataplane_mb'] * 1024:.0f} KiB/dataplane, idle CPU {out['idle_cpu_percent']:.1f}%")
 
@@ -1366,11 +1373,12 @@ def profile_table(results: dict[str, Any]) -> str:
     rows: list[list[Any]] = [["kuma-cp profile (py-spy, GIL samples, during the rounds)", "% of samples"]]
     for part in ("envoys", "clients"):
         for mode, r in results.get(part, {}).items():
-            prof = r.get("profile")
-            if not prof:
-                continue
-            rows.append([f"({'a' if part == 'envoys' else 'b'}) {mode}: {prof['samples']} samples", ""])
-            rows.extend([f"  {k}", f"{v:.1f}"] for k, v in prof["percent_by_category"].items())
+            for key, what in (("profile", "rounds"), ("idle_profile", "idle window")):
+                prof = r.get(key)
+                if not prof:
+                    continue
+                rows.append([f"({'a' if part == 'envoys' else 'b'}) {mode}, {what}: {prof['samples']} samples", ""])
+                rows.extend([f"  {k}", f"{v:.1f}"] for k, v in prof["percent_by_category"].items())
     return render_table(rows) if len(rows) > 1 else ""
 
 

@@ -18,14 +18,14 @@ from typing import Any
 from controlplane.policies.mesh_metric import POLICY, merged_conf, prometheus_backends
 from controlplane.resources.base import REGISTRY, Resource
 from controlplane.resources.dataplane import DataplaneSpec, identifying_service
-from controlplane.store.base import ListQuery, ResourceStore
+from controlplane.store.base import ChangeEvent, ResourceStore
 from controlplane.supervise import Supervisor
 from controlplane.xds.generate.targeting import effective_target_ref, in_precedence_order, precedence_key
+from controlplane.xds.store_view import ALL_MESHES, StoreView
 
 log = logging.getLogger("kuma.mads")
 
 TYPE_URL = "type.googleapis.com/kuma.observability.v1.MonitoringAssignment"
-WATCHED_TYPES = frozenset({"Dataplane", "Mesh", POLICY})
 DEBOUNCE = 0.05  # seconds: a burst of writes (a kuma-dp registering, kumactl apply -f) is one recomputation
 
 
@@ -131,14 +131,49 @@ class Assignments:
     def of(self, mesh: str, name: str) -> DataplaneMetrics | None:
         return self.current.get((mesh, name))
 
+    def __post_init__(self) -> None:
+        # What refreshes read, kept current from the watch (controlplane/xds/store_view.py): a change re-reads
+        # the resources it names, not every Dataplane of the zone.
+        self.view = StoreView(self.store)
+        self._everything = True  # every dataplane to recompute (at start, after a Mesh or MeshMetric change)
+        self._changed_dps: set[tuple[str, str]] = set()  # else only these (mesh, name)
+        self.recomputed = 0  # dataplanes whose assignments were recomputed (tests, metrics)
+
+    def on_event(self, event: ChangeEvent) -> bool:
+        """Note a store change; whether it can change the assignments."""
+        self.view.on_event(event)
+        if event.op == "resync" or event.type in ("Mesh", POLICY):
+            self._everything = True
+        elif event.type == "Dataplane":
+            self._changed_dps.add((event.mesh, event.name))
+        else:
+            return False
+        return True
+
     async def refresh(self) -> None:
+        """Recompute what the changes noted since the last refresh can have changed."""
         dp_type, policy_type = REGISTRY.by_name("Dataplane"), REGISTRY.by_name(POLICY)
         assert dp_type is not None and policy_type is not None
-        dataplanes = (await self.store.list(dp_type, ListQuery())).items
+        everything, changed = self._everything, self._changed_dps
+        self._everything, self._changed_dps = False, set()  # changes from now on: the next refresh
         policies: dict[str, list[Resource]] = {}
-        for p in (await self.store.list(policy_type, ListQuery())).items:
+        for p in await self.view.list(policy_type, ALL_MESHES):
             policies.setdefault(p.meta.mesh, []).append(p)
-        new = compute(dataplanes, policies, self.zone)
+        if not policies:
+            new: dict[tuple[str, str], DataplaneMetrics] = {}  # no MeshMetric: no dataplane to read
+            self._everything = True  # the dataplanes' changes were not followed meanwhile
+        elif everything:
+            dataplanes = await self.view.list(dp_type, ALL_MESHES)
+            new = compute(dataplanes, policies, self.zone)
+            self.recomputed += len(dataplanes)
+        else:
+            by_key = {(d.meta.mesh, d.meta.name): d for d in await self.view.list(dp_type, ALL_MESHES)}
+            new = dict(self.current)
+            for key in changed:
+                new.pop(key, None)
+                if (dp := by_key.get(key)) is not None:
+                    new.update(compute([dp], policies, self.zone))
+            self.recomputed += len(changed)
         if new != self.current or not self._ready.is_set():
             self.current = new
             event, self._changed = self._changed, asyncio.Event()
@@ -148,15 +183,19 @@ class Assignments:
 
     async def _watch(self) -> None:
         async with self.store.watch() as events:
-            await self.refresh()  # after subscribing: nothing written meanwhile is missed
-            while True:
-                event = await events.get()
-                if event.type not in WATCHED_TYPES and event.op != "resync":
-                    continue
-                await asyncio.sleep(DEBOUNCE)
-                while not events.empty():
-                    events.get_nowait()
-                await self.refresh()
+            self.view.start_watching()
+            self._everything = True
+            try:
+                await self.refresh()  # after subscribing: nothing written meanwhile is missed
+                while True:
+                    if not self.on_event(await events.get()):
+                        continue
+                    await asyncio.sleep(DEBOUNCE)
+                    while not events.empty():
+                        self.on_event(events.get_nowait())
+                    await self.refresh()
+            finally:
+                self.view.stop_watching()
 
     async def start(self) -> None:
         self._task = self.supervisor.spawn(self.name, self._watch)

@@ -3,6 +3,7 @@
 One conformance suite (tests/unit/store_conformance.py) runs against all of them. The rules:
 - create() takes a resource with version 0 and stores version 1; update() takes the version it read and
   stores version+1, or raises Conflict if the stored version differs (never merges, never overwrites);
+  create_all() and update_all() do the same for several resources in one transaction (all or none);
 - a mesh-scoped resource can only be written while its mesh exists (checked in the same transaction);
 - deleting a Mesh deletes everything in it, in one transaction;
 - every committed write emits one ChangeEvent to every watcher (on every instance, for postgres).
@@ -155,6 +156,13 @@ class ResourceStore(ABC):
 
     @abstractmethod
     async def update(self, resource: Resource) -> Resource: ...
+
+    @abstractmethod
+    async def update_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        """Update several resources in one transaction, each from the version it was read at (as update()):
+        all of them, or (NotFound, Conflict for the first that cannot be) none. One resource named twice is a
+        Conflict (its second write would start from a version the first replaced). For writers of many small
+        records at once (DataplaneInsights): one commit and one round trip instead of one per resource."""
 
     @abstractmethod
     async def delete(self, rtype: ResourceType, name: str, mesh: str = "", *,

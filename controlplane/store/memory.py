@@ -78,6 +78,26 @@ class MemoryStore(ResourceStore):
                                         version))
         return stored
 
+    async def update_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        # Check everything first (no await in between: nothing else runs), then write everything.
+        seen: set[tuple[str, str, str]] = set()
+        for r in resources:
+            current = self._data.get(r.key)
+            if current is None:
+                raise NotFound(f"{describe(r.type, r.meta.name, r.meta.mesh)} does not exist")
+            if current.meta.version != r.meta.version or r.key in seen:
+                raise Conflict(f"{describe(r.type, r.meta.name, r.meta.mesh)} was changed (version "
+                               f"{current.meta.version}, you read {r.meta.version}): read it again")
+            seen.add(r.key)
+        now = datetime.now(UTC)
+        stored = [r.with_meta(version=r.meta.version + 1, creation_time=self._data[r.key].meta.creation_time,
+                              modification_time=now) for r in resources]
+        for r in stored:
+            self._data[r.key] = r
+        for r in stored:
+            self.events.publish(ChangeEvent("update", r.type.name, r.meta.mesh, r.meta.name, r.meta.version))
+        return stored
+
     async def delete(self, rtype: ResourceType, name: str, mesh: str = "", *,
                      version: int | None = None) -> None:
         key = (rtype.name, mesh, name)

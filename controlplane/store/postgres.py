@@ -373,6 +373,14 @@ class PostgresStore(ResourceStore):
         return resource.with_meta(version=1, creation_time=now, modification_time=now)
 
     async def update(self, resource: Resource) -> Resource:
+        async with self._conn() as conn:
+            return await self._update(conn, resource)
+
+    async def update_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        async with self._conn() as conn, conn.transaction():
+            return [await self._update(conn, r) for r in resources]
+
+    async def _update(self, conn: AsyncConn, resource: Resource) -> Resource:
         rtype, meta = resource.type, resource.meta
         # The mesh row's KEY SHARE lock keeps a mesh delete from interleaving with this write. KEY SHARE, not
         # SHARE: it does not conflict with plain updates of the mesh itself (its mTLS settings, say), only
@@ -381,19 +389,19 @@ class PostgresStore(ResourceStore):
                       "AND m.name = %(mesh)s FOR KEY SHARE)" if rtype.mesh_scoped else "")
         params = {"type": rtype.name, "mesh": meta.mesh, "name": meta.name, "spec": spec_json(resource),
                   "labels": Jsonb(dict(meta.labels)), "version": meta.version}
-        async with self._conn() as conn:
-            cur = await conn.execute(
-                "UPDATE resources SET version = version + 1, spec = %(spec)s, labels = %(labels)s, "
-                "modification_time = now() "
-                "WHERE type = %(type)s AND mesh = %(mesh)s AND name = %(name)s AND version = %(version)s"
-                + mesh_check +
-                " RETURNING version, creation_time, modification_time, " + _notify_sql("update"), params)
-            row = await cur.fetchone()
-            if row is None:
-                current = await self._current_version(conn, rtype, meta.name, meta.mesh)
-                if current is None:
-                    raise NotFound(f"{describe(rtype, meta.name, meta.mesh)} does not exist")
-                raise conflict(rtype, meta.name, meta.mesh, current, meta.version)
+        # on the caller's connection: autocommit, or inside its transaction
+        cur = await conn.execute(
+            "UPDATE resources SET version = version + 1, spec = %(spec)s, labels = %(labels)s, "
+            "modification_time = now() "
+            "WHERE type = %(type)s AND mesh = %(mesh)s AND name = %(name)s AND version = %(version)s"
+            + mesh_check +
+            " RETURNING version, creation_time, modification_time, " + _notify_sql("update"), params)
+        row = await cur.fetchone()
+        if row is None:
+            current = await self._current_version(conn, rtype, meta.name, meta.mesh)
+            if current is None:
+                raise NotFound(f"{describe(rtype, meta.name, meta.mesh)} does not exist")
+            raise conflict(rtype, meta.name, meta.mesh, current, meta.version)
         return resource.with_meta(version=int(row[0]), creation_time=row[1].astimezone(UTC),
                                   modification_time=row[2].astimezone(UTC))
 

@@ -254,20 +254,43 @@ class SqliteStore(ResourceStore):
 
     def _update(self, resource: Resource, spec: str, labels: str,
                 now: str) -> tuple[tuple[int, str], list[ChangeEvent]]:
-        rtype, meta = resource.type, resource.meta
         with self._write_tx() as db:
-            row = db.execute(
-                "UPDATE resources SET version = version + 1, spec = ?, labels = ?, modification_time = ? "
-                "WHERE type = ? AND mesh = ? AND name = ? AND version = ? RETURNING version, creation_time",
-                (spec, labels, now, *resource.key, meta.version)).fetchone()
-            if row is None:
-                current = db.execute("SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
-                                     resource.key).fetchone()
-                if current is None:
-                    raise NotFound(f"{describe(rtype, meta.name, meta.mesh)} does not exist")
-                raise conflict(rtype, meta.name, meta.mesh, current[0], meta.version)
-            version = int(row[0])
-            return (version, str(row[1])), [ChangeEvent("update", rtype.name, meta.mesh, meta.name, version)]
+            return self._update_row(db, resource, spec, labels, now)
+
+    async def update_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        now = datetime.now(UTC)
+        batch = [(r, spec_json(r), labels_json(r.meta.labels)) for r in resources]
+        written = await self._write(self._update_all, batch, _ts(now))
+        return [r.with_meta(version=version, creation_time=datetime.fromisoformat(ctime), modification_time=now)
+                for r, (version, ctime) in zip(resources, written, strict=True)]
+
+    def _update_all(self, batch: list[tuple[Resource, str, str]],
+                    now: str) -> tuple[list[tuple[int, str]], list[ChangeEvent]]:
+        written: list[tuple[int, str]] = []
+        events: list[ChangeEvent] = []
+        with self._write_tx() as db:
+            for resource, spec, labels in batch:
+                row, row_events = self._update_row(db, resource, spec, labels, now)
+                written.append(row)
+                events += row_events
+        return written, events
+
+    def _update_row(self, db: sqlite3.Connection, resource: Resource, spec: str, labels: str,
+                    now: str) -> tuple[tuple[int, str], list[ChangeEvent]]:
+        rtype, meta = resource.type, resource.meta
+        # inside the caller's write transaction
+        row = db.execute(
+            "UPDATE resources SET version = version + 1, spec = ?, labels = ?, modification_time = ? "
+            "WHERE type = ? AND mesh = ? AND name = ? AND version = ? RETURNING version, creation_time",
+            (spec, labels, now, *resource.key, meta.version)).fetchone()
+        if row is None:
+            current = db.execute("SELECT version FROM resources WHERE type = ? AND mesh = ? AND name = ?",
+                                 resource.key).fetchone()
+            if current is None:
+                raise NotFound(f"{describe(rtype, meta.name, meta.mesh)} does not exist")
+            raise conflict(rtype, meta.name, meta.mesh, current[0], meta.version)
+        version = int(row[0])
+        return (version, str(row[1])), [ChangeEvent("update", rtype.name, meta.mesh, meta.name, version)]
 
     async def delete(self, rtype: ResourceType, name: str, mesh: str = "", *,
                      version: int | None = None) -> None:

@@ -12,6 +12,12 @@ control plane was down (restarted, or every instance gone for a while), every su
 proxies are alive and reconnecting with their back-off. From the start, a proxy gets the allowance a registration
 without any subscription gets (STALE_HEARTBEATS heartbeats) plus the grace period before it can be deleted;
 without that, an outage longer than the grace period deleted every Dataplane not yet reconnected.
+
+A pass runs every few seconds while nothing may have changed, so it reads little: the proxies come from a
+StoreView kept current by the store's events (not a list of every Dataplane each pass), and the insights it
+needs are only those of proxies no stream here serves and of insights without a proxy (names kept from the
+events): with every dataplane connected here, a pass reads no insight at all. Without a live watch (a pass
+called directly) it lists everything, as before.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from controlplane.resources import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec, insight_type_of
 from controlplane.resources.zone import ZONE_INGRESS
-from controlplane.store.base import Conflict, ListQuery, NotFound, ResourceStore
+from controlplane.store.base import ChangeEvent, Conflict, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
@@ -35,8 +41,11 @@ from .bootstrap import ingress_node_id, node_id
 from .lifecycle import delete_insight
 from .liveness import STALE_HEARTBEATS, offline_since
 from .remote_endpoints import ingress_zone
+from .store_view import ALL_MESHES, StoreView
 
 log = logging.getLogger("kuma.xds.gc")
+
+READ_UNDER = 100  # fewer insights than this to look at: read one by one; more: one list
 
 
 class DataplaneGc:
@@ -55,6 +64,10 @@ class DataplaneGc:
         self.started_at: datetime | None = None  # when this cleanup started judging (None: sweep() alone)
         self._task: asyncio.Task[None] | None = None
         self._errors = ErrorLog(log)
+        self.view = StoreView(store)  # the proxies, while the loop watches the store
+        # insight type -> (mesh, name) of every stored insight, from a list and the events since (None: list)
+        self._insight_keys: dict[str, set[tuple[str, str]]] = {}
+        self.insights_read = 0  # insights parsed by passes (tests, metrics)
 
     async def start(self) -> None:
         self.started_at = datetime.now(UTC)
@@ -65,12 +78,37 @@ class DataplaneGc:
         await cancel_and_wait(task)
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
+        async with self.store.watch() as events:
+            self.view.start_watching()
+            self._insight_keys.clear()
             try:
-                await self.sweep()
-            except Exception as e:
-                self._errors.report("sweep", "dataplane cleanup pass failed; will retry", error=e)
+                while True:
+                    await asyncio.sleep(self.interval)
+                    await self.watched_pass(events)
+            finally:
+                self.view.stop_watching()
+                self._insight_keys.clear()
+
+    async def watched_pass(self, events: asyncio.Queue[ChangeEvent], now: datetime | None = None) -> None:
+        """One pass of the loop: the events since the last one, then a sweep (its failure is logged)."""
+        while not events.empty():
+            self._on_event(events.get_nowait())
+        try:
+            await self.sweep(now)
+        except Exception as e:
+            self._errors.report("sweep", "dataplane cleanup pass failed; will retry", error=e)
+
+    def _on_event(self, event: ChangeEvent) -> None:
+        self.view.on_event(event)
+        if event.op == "resync":
+            self._insight_keys.clear()
+            return
+        keys = self._insight_keys.get(event.type)
+        if keys is not None:
+            if event.op == "delete":
+                keys.discard((event.mesh, event.name))
+            else:
+                keys.add((event.mesh, event.name))
 
     async def sweep(self, now: datetime | None = None) -> list[tuple[str, str]]:
         """One pass over Dataplanes and this zone's ZoneIngresses; returns the (mesh, name) of those deleted
@@ -88,10 +126,18 @@ class DataplaneGc:
                      ) -> list[tuple[str, str]]:
         insight_type = insight_type_of(rtype.name)
         kind = "zone ingress" if rtype is ZONE_INGRESS else "dataplane"
-        insights = {(i.meta.mesh, i.meta.name): i for i in (await self.store.list(insight_type)).items}
-        proxies = {(d.meta.mesh, d.meta.name): d
-                   for d in (await self.store.list(rtype, ListQuery(labels={MANAGED_LABEL: MANAGED_VALUE}))).items
-                   if keep(d)}
+        every = await self.view.list(rtype, ALL_MESHES)
+        existing = {(d.meta.mesh, d.meta.name) for d in every}
+        proxies = {(d.meta.mesh, d.meta.name): d for d in every
+                   if d.meta.labels.get(MANAGED_LABEL) == MANAGED_VALUE and keep(d)}
+        known = self._insight_keys.get(insight_type.name) if self.view.watching else None
+        if known is None:
+            insights = await self._list_insights(insight_type)
+        else:
+            # Only what a decision below reads: insights of proxies not served here, and of no proxy at all.
+            wanted = [k for k, p in proxies.items() if node(p) not in served and k in known]
+            wanted += [k for k in known if k not in existing]
+            insights = await self._read_insights(insight_type, wanted)
         deleted = []
         for key, proxy in proxies.items():
             gone = self._gone_for(insights.get(key), proxy, now)
@@ -116,6 +162,27 @@ class DataplaneGc:
                 await delete_insight(self.store, key[0], key[1], rtype.name)
                 log.info(f"insight of a deleted {kind} cleaned up", extra={"mesh": key[0], "dataplane": key[1]})
         return deleted
+
+    async def _list_insights(self, insight_type: ResourceType) -> dict[tuple[str, str], Resource]:
+        insights = {(i.meta.mesh, i.meta.name): i for i in (await self.store.list(insight_type)).items}
+        self.insights_read += len(insights)
+        if self.view.watching:
+            # Kept from the events from now on (those since the list was read included: they are queued).
+            self._insight_keys[insight_type.name] = set(insights)
+        return insights
+
+    async def _read_insights(self, insight_type: ResourceType,
+                             keys: list[tuple[str, str]]) -> dict[tuple[str, str], Resource]:
+        if len(keys) >= READ_UNDER:
+            return await self._list_insights(insight_type)
+        found = {}
+        for mesh, name in keys:
+            try:
+                found[(mesh, name)] = await self.store.get(insight_type, name, mesh)
+            except NotFound:
+                continue
+            self.insights_read += 1
+        return found
 
     def _gone_for(self, insight: Resource | None, dp: Resource, now: datetime) -> float | None:
         """Seconds past the grace period the dataplane has been offline, or None to keep it."""

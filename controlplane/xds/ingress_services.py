@@ -6,7 +6,8 @@ real ports; `kuma.io/zone` is this zone's. Store changes are debounced (100 ms: 
 on a 1 s tick; a burst of registrations still becomes one write) and an ingress is written only when its list
 changed, with the version it was read at (a concurrent write, e.g. its kuma-dp re-registering, makes the next
 round try again). KDS then carries the ingress to global and on to every other zone, where it becomes remote
-endpoints (remote_endpoints.py).
+endpoints (remote_endpoints.py). The ingresses and Dataplanes are read from a StoreView fed by the same watch,
+so a change re-reads what it names instead of listing every Dataplane of the zone again.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from controlplane.supervise import Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
 
 from .remote_endpoints import ingress_zone
+from .store_view import ALL_MESHES, StoreView
 from .topology import is_healthy
 
 log = logging.getLogger("kuma.xds.ingress")
@@ -57,6 +59,7 @@ class IngressServices:
         self._task: asyncio.Task[None] | None = None
         self._errors = ErrorLog(log)
         self.writes = 0  # ingresses updated (tests, metrics)
+        self.view = StoreView(store)  # while the loop watches the store: what refresh() reads
 
     async def start(self) -> None:
         self._task = self.supervisor.spawn(self.name, self._loop)
@@ -72,11 +75,14 @@ class IngressServices:
         async def watch() -> None:
             try:
                 async with self.store.watch() as events:
+                    self.view.start_watching()
                     while True:
                         event: ChangeEvent = await events.get()
+                        self.view.on_event(event)
                         if event.op == "resync" or event.type in _WATCHED:
                             wake.set()
             finally:
+                self.view.stop_watching()
                 wake.set()  # a failed watch wakes the loop, which raises it to the supervisor
 
         watcher = asyncio.get_running_loop().create_task(watch(), name="ingress-services-watch")
@@ -101,10 +107,10 @@ class IngressServices:
 
     async def refresh(self) -> bool:
         """One pass. Returns whether a write lost a race (the caller comes back after the debounce)."""
-        ingresses = [i for i in (await self.store.list(ZONE_INGRESS)).items if ingress_zone(i) in (None, self.zone)]
+        ingresses = [i for i in await self.view.list(ZONE_INGRESS, ALL_MESHES) if ingress_zone(i) in (None, self.zone)]
         if not ingresses:
             return False
-        wanted = available_services((await self.store.list(DATAPLANE)).items, self.zone)
+        wanted = available_services(await self.view.list(DATAPLANE, ALL_MESHES), self.zone)
         raced = False
         for ingress in ingresses:
             spec = ingress.spec

@@ -3,13 +3,20 @@ changed ones to the store at most once per interval (an ACK per proxy per push m
 
 The flusher waits one interval after the first change before writing, so the writes a push's responses and
 ACKs cause go out after the push instead of competing with it for the CPU (a push to 1000 proxies takes a
-few hundred ms)."""
+few hundred ms).
+
+A flush writes all changed insights in a few transactions (`store.update_all`, `create_all`, BATCH at a
+time) instead of one read and one write per insight: the recorder remembers what it last stored for each
+dataplane (its version and document), merges into that, and writes with that version. Another instance's
+write in between makes the batch fail as a whole (Conflict): its insights are then written one by one with
+a fresh read (the versioned read-merge-write of `_write`), which refreshes what is remembered."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +37,8 @@ from .resources import SHORT_NAMES
 log = logging.getLogger("kuma.xds")
 
 MAX_SUBSCRIPTIONS = 5
+BATCH = 500  # insights per transaction: a heartbeat of 1000 dataplanes is two commits, none holds the lock long
+LIST_OVER = 50  # more insights than this to read before a flush: one list of them instead of a read each
 
 
 @dataclass
@@ -37,6 +46,12 @@ class _Record:
     doc: dict[str, Any] = field(default_factory=lambda: {"subscriptions": []})
     dirty: bool = True
     acked: dict[str, str] = field(default_factory=dict)
+    # What this recorder last stored (or read) for the dataplane: the base of its next write, whose version
+    # the store checks. None: read it first.
+    stored: Resource | None = None
+
+
+_Pending = tuple[str, _Record, Resource]  # node id, its record, the insight to write
 
 
 class InsightsRecorder:
@@ -181,28 +196,82 @@ class InsightsRecorder:
                 log.exception("writing dataplane insights failed; will retry")
 
     async def flush(self) -> None:
+        dirty: list[tuple[str, _Record, tuple[ResourceType, str, str]]] = []
         for node_id, rec in list(self._records.items()):
             if not rec.dirty:
                 continue
             rec.dirty = False
-            ingress = ingress_name(node_id)
-            if ingress is not None:
-                rtype, mesh, name = ZONE_INGRESS_INSIGHT, "", ingress
-            else:
-                rtype = DATAPLANE_INSIGHT
-                try:
-                    mesh, name = split_node_id(node_id)
-                except ValueError:
-                    continue
-            try:
-                await self._write(rtype, mesh, name, rec.doc)
-            except (AlreadyExists, Conflict):
-                rec.dirty = True  # another instance kept winning the race: next round
-                self._wake.set()
-            except MeshNotFound:
-                self._records.pop(node_id, None)  # the mesh is gone, and its dataplanes with it
+            target = _insight_of(node_id)
+            if target is not None:
+                dirty.append((node_id, rec, target))
+        unknown = [(rec, target) for _, rec, target in dirty if rec.stored is None]
+        listed = len(unknown) > LIST_OVER
+        if listed:
+            await self._read_all(unknown)  # after a restart or a connect storm: one list, not a read each
+        creates: list[_Pending] = []
+        updates: list[_Pending] = []
+        for node_id, rec, (rtype, mesh, name) in dirty:
+            if rec.stored is None and not listed:
+                with contextlib.suppress(NotFound):
+                    rec.stored = await self.store.get(rtype, name, mesh)
+            if rec.stored is None:
+                creates.append((node_id, rec, Resource(rtype, Meta(name=name, mesh=mesh),
+                                                       self._merged(rtype, None, rec.doc))))
+                continue
+            updates.append((node_id, rec, Resource(rtype, rec.stored.meta, self._merged(rtype, rec.stored, rec.doc))))
+        for start in range(0, len(creates), BATCH):
+            await self._write_batch(creates[start:start + BATCH], self.store.create_all)
+        for start in range(0, len(updates), BATCH):
+            await self._write_batch(updates[start:start + BATCH], self.store.update_all)
 
-    async def _write(self, rtype: ResourceType, mesh: str, name: str, doc: dict[str, Any]) -> None:
+    async def _read_all(self, unknown: list[tuple[_Record, tuple[ResourceType, str, str]]]) -> None:
+        """Fill in what is stored for many records at once (a list per insight type); what is not stored
+        stays unknown (read one by one, then created)."""
+        for rtype in {target[0] for _, target in unknown}:
+            stored = {(r.meta.mesh, r.meta.name): r for r in (await self.store.list(rtype)).items}
+            for rec, (t, mesh, name) in unknown:
+                if t is rtype and rec.stored is None:
+                    rec.stored = stored.get((mesh, name))
+
+    async def _write_batch(self, batch: list[_Pending],
+                           write: Callable[[Sequence[Resource]], Awaitable[list[Resource]]]) -> None:
+        if not batch:
+            return
+        try:
+            written = await write([r for _, _, r in batch])
+        except (AlreadyExists, Conflict, NotFound, MeshNotFound):
+            # Someone else wrote one of them (another instance, the lifecycle's delete, a deleted mesh): none
+            # of the batch was written; each insight again, one by one, each from a fresh read.
+            for node_id, rec, resource in batch:
+                await self._write_one(node_id, rec, resource.type, resource.meta.mesh, resource.meta.name)
+            return
+        for (_, rec, _), stored in zip(batch, written, strict=True):
+            rec.stored = stored
+
+    async def _write_one(self, node_id: str, rec: _Record, rtype: ResourceType, mesh: str, name: str) -> None:
+        rec.stored = None
+        try:
+            rec.stored = await self._write(rtype, mesh, name, rec.doc)
+        except (AlreadyExists, Conflict):
+            rec.dirty = True  # another instance kept winning the race: next round
+            self._wake.set()
+        except MeshNotFound:
+            self._records.pop(node_id, None)  # the mesh is gone, and its dataplanes with it
+
+    def _merged(self, rtype: ResourceType, current: Resource | None, doc: dict[str, Any]) -> Any:
+        """The stored insight with our subscriptions, certificate and DNS report merged in (a spec)."""
+        stored = current.spec.model_dump(by_alias=True, exclude_none=True) if current is not None else {}
+        merged = dict(stored)
+        merged["subscriptions"] = merge_subscriptions(stored.get("subscriptions", []), doc["subscriptions"],
+                                                      self.instance_id, MAX_SUBSCRIPTIONS)
+        if "mTLS" in doc:
+            merged["mTLS"] = doc["mTLS"]
+        # The newest report wins: the kuma-dp may have reported to another instance since.
+        if "hostDns" in doc and doc["hostDns"]["time"] >= stored.get("hostDns", {}).get("time", ""):
+            merged["hostDns"] = doc["hostDns"]
+        return rtype.spec_cls.model_validate(merged)
+
+    async def _write(self, rtype: ResourceType, mesh: str, name: str, doc: dict[str, Any]) -> Resource:
         """Versioned read-merge-write: other instances' subscriptions in the stored insight are kept, ours
         replace their stored copies; a concurrent write (Conflict) makes us read and merge again."""
         for attempt in range(5):
@@ -210,22 +279,24 @@ class InsightsRecorder:
                 current: Resource | None = await self.store.get(rtype, name, mesh)
             except NotFound:
                 current = None
-            stored = current.spec.model_dump(by_alias=True, exclude_none=True) if current is not None else {}
-            merged = dict(stored)
-            merged["subscriptions"] = merge_subscriptions(stored.get("subscriptions", []), doc["subscriptions"],
-                                                          self.instance_id, MAX_SUBSCRIPTIONS)
-            if "mTLS" in doc:
-                merged["mTLS"] = doc["mTLS"]
-            # The newest report wins: the kuma-dp may have reported to another instance since.
-            if "hostDns" in doc and doc["hostDns"]["time"] >= stored.get("hostDns", {}).get("time", ""):
-                merged["hostDns"] = doc["hostDns"]
-            spec = rtype.spec_cls.model_validate(merged)
+            spec = self._merged(rtype, current, doc)
             try:
                 if current is None:
-                    await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))
-                else:
-                    await self.store.update(Resource(rtype, current.meta, spec))
-                return
+                    return await self.store.create(Resource(rtype, Meta(name=name, mesh=mesh), spec))
+                return await self.store.update(Resource(rtype, current.meta, spec))
             except (AlreadyExists, Conflict):
                 if attempt == 4:
                     raise
+        raise AssertionError("unreachable")
+
+
+def _insight_of(node_id: str) -> tuple[ResourceType, str, str] | None:
+    """(insight type, mesh, name) a proxy's insight is stored as; None for a node id that names no proxy."""
+    ingress = ingress_name(node_id)
+    if ingress is not None:
+        return ZONE_INGRESS_INSIGHT, "", ingress
+    try:
+        mesh, name = split_node_id(node_id)
+    except ValueError:
+        return None
+    return DATAPLANE_INSIGHT, mesh, name

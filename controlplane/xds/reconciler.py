@@ -33,6 +33,7 @@ from .generate.context import Identity, ProxyContext
 from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
+from .generate.rules import carry_rules
 from .snapshot import InconsistentSnapshot
 from .store_view import ALL_MESHES, StoreView
 from .topology import MeshTopology, build_topology
@@ -296,6 +297,8 @@ class Reconciler:
             self.topologies.pop(mesh_name, None)
             self.memos.pop(mesh_name, None)
             return
+        if old is not None:
+            carry_rules(old, topo)  # same policies (an endpoint change): their matching is not done again
         self.topologies[mesh_name] = topo
         nodes = [n for n in self.connected if n.startswith(f"{mesh_name}.")]
         affected = nodes if everything else self._affected(old, topo, nodes)

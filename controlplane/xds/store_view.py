@@ -5,8 +5,9 @@ of milliseconds of store reads for a one-endpoint change.
 
 A list is cached only while the view is fed by a live watch (`watching`): the first read of a (type, mesh)
 lists it from the store; every event from then on marks the named resource stale, and the next read fetches
-the stale ones by name (gone: dropped). The stale set exists before the first list starts, so an event that
-arrives while the list is in flight is re-read afterwards rather than lost. A "resync" event (changes may have
+the stale ones by name (gone: dropped), or lists again when many are stale (a reconnect storm). The stale
+set exists before the first list starts, so an event that arrives while the list is in flight is re-read
+afterwards rather than lost. A "resync" event (changes may have
 been missed) or the watch ending forgets every cached list: the next reads list again.
 
 Readers get the same resources a `store.list()` at that moment would return, ordered like the stores order
@@ -23,6 +24,7 @@ from controlplane.store.base import ChangeEvent, ListQuery, NotFound, ResourceSt
 log = logging.getLogger("kuma.xds")
 
 ALL_MESHES = None  # a list across meshes (or of a global type)
+RELIST_OVER = 64  # more stale resources than this (and than a quarter of the list): list again instead
 
 
 class StoreView:
@@ -71,12 +73,18 @@ class StoreView:
         key = (rtype.name, mesh)
         stale = self._stale.setdefault(key, set())  # events from now on are recorded, also during the list
         cached = self._lists.get(key)
+        previous: dict[tuple[str, str], Resource] = {}
+        if cached is not None and len(stale) > max(RELIST_OVER, len(cached) // 4):
+            previous, cached = cached, None  # a registration storm: one list reads them faster than a read each
         if cached is None:
             stale.clear()  # the list below reads everything committed before it
             items = (await self.store.list(rtype, ListQuery(mesh=mesh))).items
             self.listed += 1
             if not self._watching or self._stale.get(key) is not stale:
                 return items  # reset (resync, watch ended) while listing: do not keep what may be stale
+            # What did not change stays the same object (readers rely on it: controlplane/xds/generate/rules.py).
+            items = [old if (old := previous.get((r.meta.mesh, r.meta.name))) is not None
+                     and old.meta.version == r.meta.version else r for r in items]
             cached = self._lists[key] = {(r.meta.mesh, r.meta.name): r for r in items}
             self._ordered[key] = list(items)
         while stale:

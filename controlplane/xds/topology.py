@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from controlplane.resources.base import Resource
 from controlplane.resources.dataplane import PROTOCOL_TAG, ZONE_TAG, DataplaneSpec, Inbound
@@ -57,17 +58,17 @@ class MeshTopology:
     def name(self) -> str:
         return self.mesh.meta.name
 
-    @property
+    @cached_property  # asked per proxy: computed once per topology (frozen: fields never change)
     def mtls_backend(self) -> MtlsBackend | None:
         spec = self.mesh.spec
         assert isinstance(spec, MeshSpec)
         return spec.mtls.enabled() if spec.mtls else None
 
-    @property
+    @cached_property
     def mtls_enabled(self) -> bool:
         return self.mtls_backend is not None and self.ca_bundle_pem is not None
 
-    @property
+    @cached_property
     def permissive(self) -> bool:
         b = self.mtls_backend
         return b is not None and b.mode == "PERMISSIVE"

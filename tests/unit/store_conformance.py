@@ -223,6 +223,37 @@ class StoreConformance:
             event = await asyncio.wait_for(events.get(), 5)
             assert (event.name, marker.meta.name) == ("marker", "marker")  # nothing came before it
 
+    async def test_update_all_is_all_or_nothing(self, store: ResourceStore) -> None:
+        async with store.watch() as events:
+            await store.create(mesh())
+            dp1, dp2 = await store.create_all([dataplane("dp-1"), dataplane("dp-2")])
+            # Their events first (postgres delivers them asynchronously): the updates' come after.
+            created = [await asyncio.wait_for(events.get(), EVENT_TIMEOUT) for _ in range(3)]
+            assert [e.op for e in created] == ["create"] * 3
+            updated = await store.update_all([dataplane("dp-1", address="10.0.0.7").with_meta(version=1),
+                                              dataplane("dp-2", address="10.0.0.8").with_meta(version=1)])
+            assert [r.meta.version for r in updated] == [2, 2]
+            assert [r.meta.creation_time for r in updated] == [dp1.meta.creation_time, dp2.meta.creation_time]
+            assert await store.get(DATAPLANE, "dp-2", "default") == updated[1]
+            got = [await asyncio.wait_for(events.get(), EVENT_TIMEOUT) for _ in range(2)]
+            assert [(e.op, e.name, e.version) for e in got] == [("update", "dp-1", 2), ("update", "dp-2", 2)]
+            # dp-2 was read at version 1 (stale), a missing one, or one named twice: none of the batch is
+            # written, and no event says otherwise.
+            with pytest.raises(Conflict):
+                await store.update_all([dataplane("dp-1", address="10.0.0.9").with_meta(version=2),
+                                        dataplane("dp-2", address="10.0.0.9").with_meta(version=1)])
+            with pytest.raises(NotFound):
+                await store.update_all([dataplane("dp-1", address="10.0.0.9").with_meta(version=2),
+                                        dataplane("nope").with_meta(version=1)])
+            with pytest.raises(Conflict):
+                await store.update_all([dataplane("dp-1", address="10.0.0.9").with_meta(version=2),
+                                        dataplane("dp-1", address="10.0.0.10").with_meta(version=2)])
+            assert await store.get(DATAPLANE, "dp-1", "default") == updated[0]
+            assert await store.update_all([]) == []
+            marker = await store.create(mesh("marker"))
+            event = await asyncio.wait_for(events.get(), EVENT_TIMEOUT)
+            assert (event.name, marker.meta.name) == ("marker", "marker")  # nothing came before it
+
     async def test_recreate_after_delete_starts_at_version_one(self, store: ResourceStore) -> None:
         await store.create(mesh())
         await store.update(await store.create(dataplane("dp-1")))

@@ -203,3 +203,36 @@ async def test_gc_started_by_the_runtime_records_when() -> None:
         assert gc.started_at is not None and before <= gc.started_at <= datetime.now(UTC)
     finally:
         await gc.stop()
+
+
+async def test_gc_passes_fed_by_events_read_only_the_insights_they_judge() -> None:
+    served_here = {f"default.up-{i}" for i in range(150)}
+    store = await _store_with(*((f"up-{i}", True, spec(sub("a", "1", 120, seen_ago=1))) for i in range(150)))
+    insight_type = REGISTRY.by_name("DataplaneInsight")
+    assert insight_type is not None
+    gc = DataplaneGc(store, grace=10, heartbeat=2, served=lambda: frozenset(served_here))
+    async with store.watch() as events:
+        gc.view.start_watching()
+        await gc.watched_pass(events, NOW)  # the first pass lists the insights once
+        assert gc.insights_read == 150
+        gc.insights_read = 0
+        await gc.watched_pass(events, NOW)
+        assert gc.insights_read == 0  # every dataplane is served here: nothing to read
+        # One stops being served (its instance died: stale subscription), an insight loses its Dataplane,
+        # a new dataplane registers and connects here: only the first two insights are read.
+        served_here.discard("default.up-7")
+        up7 = await store.get(insight_type, "up-7", "default")
+        await store.update(Resource(insight_type, up7.meta, spec(sub("b", "1", 2 * DAY, seen_ago=2 * DAY))))
+        dp_type = REGISTRY.by_name("Dataplane")
+        assert dp_type is not None
+        await store.delete(dp_type, "up-8", "default")
+        await store.update(Resource(insight_type, (await store.get(insight_type, "up-8", "default")).meta,
+                                    spec(sub("a", "1", 2 * DAY, disconnected_ago=2 * DAY))))
+        await store.create(Resource(insight_type, Meta(name="new", mesh="default"), spec(sub("a", "2", 1))))
+        served_here.add("default.new")
+        await gc.watched_pass(events, NOW)
+        assert gc.insights_read == 3  # up-7, up-8's orphan insight, and "new" (an insight without a Dataplane)
+        left = {d.meta.name for d in (await store.list(dp_type)).items}
+        assert "up-7" not in left and len(left) == 148
+        insights = {i.meta.name for i in (await store.list(insight_type)).items}
+        assert {"up-7", "up-8"}.isdisjoint(insights) and "new" in insights  # "new" is online: kept

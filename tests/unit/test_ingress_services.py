@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from controlplane.resources import from_wire, load_all
+from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.memory import MemoryStore
 from controlplane.xds.ingress_services import IngressServices, available_services
@@ -73,3 +74,22 @@ async def test_only_this_zones_ingresses_are_written_and_only_on_change(store: M
     assert not await upkeep.refresh()
     assert upkeep.writes == 4
     assert (await store.get(ZONE_INGRESS, "mine")).spec.available_services[0].instances == 2
+
+
+async def test_fed_by_events_a_change_rereads_only_what_it_names(store: MemoryStore) -> None:
+    for doc in (ingress("mine"), *(dp(f"a-{i}", "a") for i in range(20))):
+        await store.create(from_wire(doc))
+    upkeep = IngressServices(store, "zone-1", debounce=0)
+    async with store.watch() as events:
+        upkeep.view.start_watching()
+        assert not await upkeep.refresh()
+        await store.create(from_wire(dp("b-1", "b")))
+        current = await store.get(DATAPLANE, "a-3", "default")
+        await store.update(from_wire(dp("a-3", "a", ready=False)).with_meta(version=current.meta.version))
+        while not events.empty():
+            upkeep.view.on_event(events.get_nowait())
+        assert not await upkeep.refresh()
+        assert upkeep.view.listed == 2  # the ingresses and the Dataplanes, once each
+        wanted = available_services((await store.list(DATAPLANE)).items, "zone-1")
+        assert (await store.get(ZONE_INGRESS, "mine")).spec.available_services == wanted
+        assert {s.tags["kuma.io/service"]: s.instances for s in wanted} == {"a": 19, "b": 1}

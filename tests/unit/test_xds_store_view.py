@@ -241,3 +241,25 @@ async def test_a_proxy_that_disconnects_while_a_rebuild_yields_gets_nothing_and_
         assert "m.dp-4" not in reconciler.uses
     finally:
         await store.close()
+
+
+async def test_many_stale_are_listed_again_and_the_unchanged_stay_the_same_objects() -> None:
+    rnd = random.Random(7)
+    store = MemoryStore()
+    await store.start()
+    await store.create(mesh("m1"))
+    for i in range(200):
+        await store.create(random_dp(rnd, "m1", f"dp-{i}"))
+    view = StoreView(store)
+    async with store.watch() as events:
+        view.start_watching()
+        before = {r.meta.name: r for r in await view.list(DP, "m1")}
+        for i in range(0, 200, 2):  # a reconnect storm: half of them written again
+            current = await store.get(DP, f"dp-{i}", "m1")
+            await store.update(random_dp(rnd, "m1", f"dp-{i}").with_meta(version=current.meta.version))
+        feed(view, events)
+        got = await view.list(DP, "m1")
+        assert (view.listed, view.fetched) == (2, 0)  # one list again, not 100 reads
+        assert key(got) == key((await store.list(DP, ListQuery(mesh="m1"))).items)
+        assert all((r is before[r.meta.name]) == (int(r.meta.name[3:]) % 2 == 1) for r in got)
+    await store.close()

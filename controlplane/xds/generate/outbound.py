@@ -29,7 +29,7 @@ from ..topology import Endpoint
 from .context import ProxyContext
 from .envoy import CA_SECRET, IDENTITY_SECRET, pack, seconds, socket_address, stat_name, upstream_mtls
 from .inbound import HTTP_PROTOCOLS
-from .plugins import Backend, plugins
+from .plugins import Backend, PolicyPlugin, plugins
 
 HTTP2 = ("http2", "grpc")
 DEFAULT_OUTBOUND_ADDRESS = "127.0.0.1"
@@ -134,7 +134,14 @@ def outbound_listener(ctx: ProxyContext, address: str, port: int, service: str, 
 
 
 def policy_types() -> tuple[str, ...]:
-    return tuple(p.policy_type for p in plugins() if p.policy_type)
+    ordered = plugins()
+    if _policy_types and _policy_types[0][0] is ordered:
+        return _policy_types[0][1]
+    _policy_types[:] = [(ordered, tuple(p.policy_type for p in ordered if p.policy_type))]
+    return _policy_types[0][1]
+
+
+_policy_types: list[tuple[tuple[PolicyPlugin, ...], tuple[str, ...]]] = []  # for the plugins() it was made of
 
 
 def listener_plan(ctx: ProxyContext, service: str) -> tuple[tuple[Hashable, ...], tuple[Backend, ...]]:

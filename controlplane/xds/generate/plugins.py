@@ -142,12 +142,14 @@ class PolicyPlugin:
 
 
 _registered: dict[str, PolicyPlugin] = {}
+_ordered: list[tuple[PolicyPlugin, ...]] = []  # plugins(), once per registration (asked per proxy and inbound)
 
 
 def register_plugin(plugin: PolicyPlugin) -> PolicyPlugin:
     """Called by each policy module for its `PLUGIN` when it is imported (controlplane.resources.load_all
     imports them all): the framework never imports a policy."""
     _registered[plugin.policy_type] = plugin
+    _ordered.clear()
     return plugin
 
 
@@ -157,9 +159,11 @@ def generate_proxy_resources(ctx: ProxyContext) -> list[XdsResource]:
             for plugin in plugins() for key, build in plugin.proxy_resources(ctx)]
 
 
-def plugins() -> list[PolicyPlugin]:
+def plugins() -> tuple[PolicyPlugin, ...]:
     """Every registered policy plugin, in `order` (then by policy type, so the order is fixed)."""
     if not _registered:
         raise RuntimeError("no policy plugin is registered: call controlplane.resources.load_all() first (it "
                            "imports the policy modules, which register their plugins)")
-    return sorted(_registered.values(), key=lambda p: (p.order, p.policy_type))
+    if not _ordered:
+        _ordered.append(tuple(sorted(_registered.values(), key=lambda p: (p.order, p.policy_type))))
+    return _ordered[0]

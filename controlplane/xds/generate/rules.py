@@ -153,7 +153,7 @@ def _inbound_items(spec: Any) -> Sequence[Any]:
 class PolicyRules:
     """Everything policy-related the generators ask about one topology (built lazily, cached)."""
 
-    def __init__(self, topology: MeshTopology) -> None:
+    def __init__(self, topology: MeshTopology | _Policies) -> None:
         # Not the topology itself: the cache below must not keep a topology alive.
         self.policies = topology.policies
         self._matched: dict[tuple[str, str], tuple[Resource, ...]] = {}
@@ -175,6 +175,31 @@ class PolicyRules:
         self._distinct_refs: dict[str, dict[str, Resource]] = {}
         self._matched_by_refs: dict[tuple[str, frozenset[str]], tuple[Resource, ...]] = {}
         self._from_by_refs: dict[tuple[str, frozenset[str]], list[Entry]] = {}
+        self._proxy_signatures: dict[str, tuple[int, ...]] = {}
+        # dataplane name -> the (cache, key) entries computed for it: what a change of that dataplane drops
+        self._per_proxy: dict[str, list[tuple[dict[Any, Any], Hashable]]] = {}
+
+    def _index(self, dataplane: Resource, cache: dict[Any, Any], key: Hashable) -> None:
+        self._per_proxy.setdefault(dataplane.meta.name, []).append((cache, key))
+
+    def carried(self, changed: Iterable[str]) -> PolicyRules:
+        """The rules for the next topology of the mesh when its policies are the very same objects: what
+        depends only on the policies (matching per distinct reference, merged confs, `to[]`/`from[]` rules)
+        is kept, and what was cached per proxy is kept for every dataplane but the `changed` ones (their tags,
+        ports or name-based selection may differ). Per-topology generator work (`cached`) starts empty. The
+        caches move to the new rules (no copy: a change costs what it invalidates); these rules start over
+        empty, so a late reader of the previous topology still gets right answers (recomputed).
+        The result equals fresh rules (tests/unit/test_rules_carry_over.py)."""
+        new = PolicyRules.__new__(PolicyRules)
+        new.policies, new._routes = self.policies, self._routes
+        new._shared = {}
+        for name in _CARRIED:
+            setattr(new, name, getattr(self, name))
+        for dp_name in set(changed):
+            for cache, key in new._per_proxy.pop(dp_name, ()):
+                cache.pop(key, None)
+        PolicyRules.__init__(self, _Policies(self.policies))
+        return new
 
     # --- which policies apply to a proxy --------------------------------------------------------------
 
@@ -229,6 +254,7 @@ class PolicyRules:
             tag_sets = selector_tag_sets(dataplane)  # an outbound-only proxy's: its identity's (workload label)
             found = self._signatures[dataplane.meta.name] = (
                 gateway.type if gateway is not None else None, tuple(tuple(sorted(t.items())) for t in tag_sets))
+            self._index(dataplane, self._signatures, dataplane.meta.name)
         return found
 
     def selects(self, policy: Resource, dataplane: Resource) -> bool:
@@ -243,6 +269,8 @@ class PolicyRules:
         found = self._selected.get(key)
         if found is None:
             found = self._selected[key] = top.selects_dataplane(dataplane)
+            if isinstance(who, str):
+                self._index(dataplane, self._selected, key)
         return found
 
     def _refs(self, policy_type: str) -> dict[str, Resource]:
@@ -267,6 +295,7 @@ class PolicyRules:
                 found = self._matched_by_refs[by_set] = tuple(
                     p for p in self.in_order(policy_type) if self._ref_key(p) in selecting)
             self._matched[key] = found
+            self._index(dataplane, self._matched, key)
         return found
 
     # --- to[] rules ------------------------------------------------------------------------------------
@@ -287,6 +316,7 @@ class PolicyRules:
         if rules is None:
             rules = self._to[key] = ToRules(tuple(self._to_entries(policies, dataplane)), merger_for(policy_type))
         self._to_by_proxy[by_proxy] = rules
+        self._index(dataplane, self._to_by_proxy, by_proxy)
         return rules
 
     def to_conf(self, policy_type: str, dataplane: Resource, service: str, route: str | None = None
@@ -296,10 +326,11 @@ class PolicyRules:
     def outbound_signature(self, dataplane: Resource, policy_types: Sequence[str]) -> tuple[int, ...]:
         """Proxies with the same signature have the same `to[]` rules of every type, hence the same outbound
         configuration: the generators share their per-service work between them (`cached`)."""
-        key = ("signature", dataplane.meta.name)
-        found = self._shared.get(key)
+        key = dataplane.meta.name
+        found = self._proxy_signatures.get(key)
         if found is None:
-            found = self._shared[key] = tuple(id(self.to_rules(t, dataplane)) for t in policy_types)
+            found = self._proxy_signatures[key] = tuple(id(self.to_rules(t, dataplane)) for t in policy_types)
+            self._index(dataplane, self._proxy_signatures, key)
         return tuple(found)
 
     def cached(self, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -355,6 +386,8 @@ class PolicyRules:
             selected = self._selected_inbound.get(key)
             if selected is None:
                 selected = self._selected_inbound[key] = selects_inbound(top, dataplane, inbound.tags, inbound.port)
+                if top.kind not in TAG_KINDS:
+                    self._index(dataplane, self._selected_inbound, key)
             if selected:
                 selecting.add(ref)
         by_set = (policy_type, frozenset(selecting))
@@ -375,6 +408,7 @@ class PolicyRules:
         merged = merge_confs(e.conf for e in entries) if entries else None
         result = Merged.of(merged, (e.policy for e in entries)) if merged is not None else None
         self._from[key] = result
+        self._index(dataplane, self._from, key)
         return result
 
 
@@ -388,6 +422,42 @@ def rules_for(topology: MeshTopology) -> PolicyRules:
     if found is not None and found[0]() is topology:
         return found[1]
     rules = PolicyRules(topology)
+    _register(topology, rules)
+    return rules
+
+
+# What PolicyRules.carried() moves to the next topology's rules: everything but the per-topology `_shared`.
+_CARRIED = ("_top", "_ordered", "_ref_keys", "_route_ref_names", "_types_naming_routes", "_distinct_refs",
+            "_matched_by_refs", "_from_by_refs", "_to", "_matched", "_to_by_proxy", "_from", "_signatures",
+            "_selected", "_selected_inbound", "_proxy_signatures", "_per_proxy")
+
+
+@dataclass(frozen=True)
+class _Policies:
+    """What PolicyRules reads of a topology (for rules that start over on the same policies)."""
+
+    policies: Mapping[str, Sequence[Resource]]
+
+
+def carry_rules(old: MeshTopology, new: MeshTopology) -> bool:
+    """Give `new` (the next topology of the same mesh) the rules of `old`, minus what its changed dataplanes
+    invalidate, when both hold the very same policy objects (a change of endpoints, not of policies): the
+    proxies' policy matching is then not computed again. Whether it was carried."""
+    found = _BY_TOPOLOGY.get(id(old))
+    if found is None or found[0]() is not old or id(new) in _BY_TOPOLOGY:
+        return False
+    if old.policies.keys() != new.policies.keys() or any(
+            len(ps) != len(new.policies[t]) or any(a is not b for a, b in zip(ps, new.policies[t], strict=True))
+            for t, ps in old.policies.items()):
+        return False
+    changed = [n for n in old.dataplanes.keys() | new.dataplanes.keys()
+               if old.dataplanes.get(n) is not new.dataplanes.get(n)]
+    _register(new, found[1].carried(changed))
+    return True
+
+
+def _register(topology: MeshTopology, rules: PolicyRules) -> None:
+    key = id(topology)
 
     def forget(ref: weakref.ref[MeshTopology], key: int = key) -> None:
         entry = _BY_TOPOLOGY.get(key)
@@ -395,7 +465,6 @@ def rules_for(topology: MeshTopology) -> PolicyRules:
             del _BY_TOPOLOGY[key]
 
     _BY_TOPOLOGY[key] = (weakref.ref(topology, forget), rules)
-    return rules
 
 
 PerRoute = tuple[str | None, tuple[tuple[str, str], ...]]
