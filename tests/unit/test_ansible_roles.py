@@ -120,6 +120,21 @@ def test_a_hosts_dataplanes_join_the_control_plane_of_its_zone() -> None:
     assert f.kuma_zone_control_plane([], hostvars, "zone-1") == ""
 
 
+def test_the_instances_of_a_zone_on_one_postgresql_store_and_their_names() -> None:
+    f = load_filters()
+    hostvars = {"cp-1": {"kuma_zone": "zone-1"},
+                "cp-2a": {"kuma_zone": "zone-2", "kuma_cp_store_type": "postgres", "ansible_host": "10.2.0.10"},
+                "cp-2b": {"kuma_zone": "zone-2", "kuma_cp_store_type": "postgres", "ansible_host": "10.2.0.11"},
+                "cp-2c": {"kuma_zone": "zone-2"}}  # same zone, SQLite: not sharing the store
+    cps = list(hostvars)
+    assert f.kuma_zone_instances(cps, hostvars, "zone-2", "cp-2b") == ["cp-2a", "cp-2b"]  # inventory order
+    assert f.kuma_zone_instances(cps, hostvars, "zone-2", "cp-2c") == ["cp-2c"]
+    assert f.kuma_zone_instances(cps, hostvars, "zone-1", "cp-1") == ["cp-1"]
+    assert f.kuma_zone_instances([], hostvars, "", "cp-1") == ["cp-1"]  # not in kuma_zone_cp
+    assert f.kuma_host_names(["cp-2a", "cp-2b", "cp-1"], hostvars) == ["cp-2a", "10.2.0.10", "cp-2b", "10.2.0.11",
+                                                                       "cp-1"]
+
+
 def test_revoked_ids_from_a_revocations_secret() -> None:
     f = load_filters()
     secret = json.dumps({"type": "GlobalSecret", "name": "zone-token-revocations",

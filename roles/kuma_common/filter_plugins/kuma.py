@@ -124,6 +124,30 @@ def kuma_zone_control_plane(zone_cps: list[str], hostvars: Any, zone: str | None
     return zone_cps[0] if zone_cps else ""
 
 
+def kuma_zone_instances(zone_cps: list[str], hostvars: Any, zone: str | None, host: str) -> list[str]:
+    """The instances of `host`'s zone control plane that share its PostgreSQL store, in inventory order: the hosts
+    of `kuma_zone_cp` with the same zone (`kuma_cp_zone_name`, else `kuma_zone`; none for a standalone zone) whose
+    `kuma_cp_store_type` is postgres. [host] when it is not among them (SQLite, or outside the group)."""
+    def zone_of(name: str) -> str:
+        hv = hostvars[name]
+        return str(hv.get("kuma_cp_zone_name") or hv.get("kuma_zone") or "")
+
+    found = [h for h in zone_cps
+             if zone_of(h) == (zone or "") and hostvars[h].get("kuma_cp_store_type", "sqlite") == "postgres"]
+    return found if host in found else [host]
+
+
+def kuma_host_names(hosts: list[str], hostvars: Any) -> list[str]:
+    """Each host's inventory name and address (`ansible_host`), without repeats: the names a server certificate of
+    those hosts must carry."""
+    out: list[str] = []
+    for host in hosts:
+        for name in (host, hostvars[host].get("ansible_host") or host):
+            if str(name) not in out:
+                out.append(str(name))
+    return out
+
+
 class FilterModule:
     def filters(self) -> dict[str, Any]:
         return {"kuma_newest_package": kuma_newest_package, "kuma_token_claims": kuma_token_claims,
@@ -131,4 +155,5 @@ class FilterModule:
                 "kuma_dp_unit": kuma_dp_unit, "kuma_revoked_ids": kuma_revoked_ids,
                 "kuma_zone_control_plane": kuma_zone_control_plane,
                 "kuma_dp_revocation_list": kuma_dp_revocation_list, "kuma_package_plan": kuma_package_plan,
-                "kuma_package_version": kuma_package_version}
+                "kuma_package_version": kuma_package_version, "kuma_zone_instances": kuma_zone_instances,
+                "kuma_host_names": kuma_host_names}
