@@ -94,12 +94,17 @@ def _run(cmd: list[str], cwd: Path) -> None:
 
 
 @contextlib.contextmanager
-def throwaway_server(*, fsync: bool = False) -> Iterator[PgServer]:
+def throwaway_server(*, fsync: bool = False, listen_address: str = "127.0.0.1",
+                     allow_network: str = "") -> Iterator[PgServer]:
     """Start a private cluster; stop it (immediate) and delete it on exit, whatever happened.
 
     fsync=False by default: tests do not need durability and run much faster without it. Benchmarks pass
-    fsync=True to measure what a real server would do.
+    fsync=True to measure what a real server would do. `listen_address` is the one address it listens on (the lab's
+    tests give their lab network's address on this machine, never a wildcard); `allow_network` (CIDR) lets that
+    network's hosts log in with the password too.
     """
+    if listen_address in ("", "*", "0.0.0.0", "::"):
+        raise ValueError(f"listen_address {listen_address!r}: give one address of this machine, never a wildcard")
     bin_dir = find_bin_dir()
     if bin_dir is None:
         raise FileNotFoundError("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
@@ -117,8 +122,11 @@ def throwaway_server(*, fsync: bool = False) -> Iterator[PgServer]:
         password = secrets.token_urlsafe(16)
         _run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C",
               "--auth-local=trust", "--auth-host=scram-sha-256"], cwd=root)
+        if allow_network:
+            with open(data / "pg_hba.conf", "a") as hba:
+                hba.write(f"host all all {allow_network} scram-sha-256\n")
         port = free_port()
-        opts = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={sock} "
+        opts = (f"-c listen_addresses={listen_address} -p {port} -c unix_socket_directories={sock} "
                 f"-c max_connections=300 -c fsync={'on' if fsync else 'off'} "
                 f"-c synchronous_commit={'on' if fsync else 'off'} -c full_page_writes={'on' if fsync else 'off'}")
         _run([str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(logfile), "-o", opts, "-w", "-t", "60",
@@ -130,7 +138,7 @@ def throwaway_server(*, fsync: bool = False) -> Iterator[PgServer]:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB PASSWORD {}").format(
                 sql.Identifier(TEST_USER), sql.Literal(password)))
             version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
-        yield PgServer(host="127.0.0.1", port=port, user=TEST_USER, password=password, version=version)
+        yield PgServer(host=listen_address, port=port, user=TEST_USER, password=password, version=version)
     finally:
         if started:
             with contextlib.suppress(Exception):
