@@ -98,7 +98,7 @@ class ZoneFleet:
 
 def write_inventory(lab: Lab, hosts: list[Any], pg: PgServer, db_name: str, packages: dict[str, Path],
                     out: Path) -> Path:
-    _, cp_b, svc = hosts
+    cp_a, cp_b, svc = hosts
     cp_vars = {"kuma_zone": ZONE, "kuma_cp_store_type": "postgres", "kuma_cp_postgres_host": pg.host,
                "kuma_cp_postgres_port": pg.port, "kuma_cp_postgres_user": pg.user,
                "kuma_cp_postgres_password": pg.password, "kuma_cp_postgres_db_name": db_name,
