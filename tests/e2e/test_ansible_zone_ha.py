@@ -184,11 +184,14 @@ def test_site_yml_runs_both_instances_on_one_postgresql_with_one_dp_server_certi
 
 
 def test_a_second_run_changes_nothing_and_check_mode_reports_nothing(zone: ZoneFleet) -> None:
+    """Then --check with the dataplane host pointed at B (tokens issued there, the CA read from B's configuration)
+    reports nothing either: B names the same CA, the tokens A issued are good, the zone address stays."""
     names = {h.name for h in zone.all}
     out = zone.play()
     assert {h: c for h, c in changed_on(out).items() if h in names} == dict.fromkeys(names, 0), out[-6000:]
-    out = zone.play("--check", "--diff")
+    out = zone.play("--check", "--diff", "-e", f"kuma_dp_control_plane={zone.cp_b.name}")
     assert {h: c for h, c in changed_on(out).items() if h in names} == dict.fromkeys(names, 0), out[-6000:]
+    assert f"ok: [{zone.svc.name} -> {zone.cp_b.name}" in out, out[-6000:]  # read from B indeed
 
 
 def changed_on(output: str) -> dict[str, int]:
