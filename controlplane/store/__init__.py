@@ -7,6 +7,8 @@ from .base import (
     ListQuery,
     MeshNotFound,
     NotFound,
+    RawResource,
+    RawResourceList,
     ResourceList,
     ResourceStore,
     StoreError,
@@ -14,6 +16,6 @@ from .base import (
 )
 
 __all__ = [
-    "AlreadyExists", "ChangeEvent", "Conflict", "ListQuery", "MeshNotFound", "NotFound", "ResourceList",
-    "ResourceStore", "StoreError", "StoreUnavailable",
+    "AlreadyExists", "ChangeEvent", "Conflict", "ListQuery", "MeshNotFound", "NotFound", "RawResource",
+    "RawResourceList", "ResourceList", "ResourceStore", "StoreError", "StoreUnavailable",
 ]

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controlplane.resources.base import Resource, ResourceType
+from controlplane.resources.base import Meta, Resource, ResourceType
 
 
 class StoreError(Exception):
@@ -61,6 +61,29 @@ class ChangeEvent:
 @dataclass(frozen=True, slots=True)
 class ResourceList:
     items: list[Resource]
+    total: int
+    next_offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RawResource:
+    """A stored resource without its spec model: the metadata as `get`/`list` give it and the spec's stored JSON
+    text (an object in the spec's wire form, `Spec.to_wire()`, as it was validated and written; key order and
+    spacing are the backend's). For readers that pass specs on rather than use them (KDS sends thousands at a
+    first sync): building and dumping a model per resource would be most of their work."""
+
+    type: ResourceType
+    meta: Meta
+    spec_json: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.type.name, self.meta.mesh, self.meta.name)
+
+
+@dataclass(frozen=True, slots=True)
+class RawResourceList:
+    items: list[RawResource]
     total: int
     next_offset: int | None = None
 
@@ -173,6 +196,12 @@ class ResourceStore(ABC):
 
     @abstractmethod
     async def list(self, rtype: ResourceType, query: ListQuery | None = None) -> ResourceList: ...
+
+    @abstractmethod
+    async def list_raw(self, rtype: ResourceType, query: ListQuery | None = None) -> RawResourceList:
+        """What `list` returns for the same query (the same resources, order, total and next offset, from one
+        snapshot), each as a `RawResource`: its `Meta` equals the listed resource's, and `json.loads` of its
+        `spec_json` equals `spec.to_wire()` of the listed resource. No spec model is built."""
 
     def leader_elector(self) -> LeaderElector:
         return AlwaysLeader()

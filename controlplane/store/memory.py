@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from controlplane.resources.base import Resource, ResourceType
 
+from ._sql import spec_json
 from .base import (
     AlreadyExists,
     ChangeEvent,
@@ -14,6 +15,8 @@ from .base import (
     ListQuery,
     MeshNotFound,
     NotFound,
+    RawResource,
+    RawResourceList,
     ResourceList,
     ResourceStore,
     describe,
@@ -123,7 +126,15 @@ class MemoryStore(ResourceStore):
         return found
 
     async def list(self, rtype: ResourceType, query: ListQuery | None = None) -> ResourceList:
-        q = query or ListQuery()
+        page, total, next_offset = self._page(rtype, query or ListQuery())
+        return ResourceList(page, total, next_offset)
+
+    async def list_raw(self, rtype: ResourceType, query: ListQuery | None = None) -> RawResourceList:
+        # Dumped here as the SQL backends store it: memory keeps models, so this costs what it saves elsewhere.
+        page, total, next_offset = self._page(rtype, query or ListQuery())
+        return RawResourceList([RawResource(r.type, r.meta, spec_json(r)) for r in page], total, next_offset)
+
+    def _page(self, rtype: ResourceType, q: ListQuery) -> tuple[list[Resource], int, int | None]:
         matched = sorted(
             (r for (t, m, n), r in self._data.items()
              if t == rtype.name
@@ -133,4 +144,4 @@ class MemoryStore(ResourceStore):
             key=lambda r: (r.meta.mesh, r.meta.name),
         )
         end = len(matched) if q.size is None else q.offset + q.size
-        return ResourceList(matched[q.offset:end], len(matched), end if end < len(matched) else None)
+        return matched[q.offset:end], len(matched), end if end < len(matched) else None

@@ -46,6 +46,8 @@ from .base import (
     ListQuery,
     MeshNotFound,
     NotFound,
+    RawResource,
+    RawResourceList,
     ResourceList,
     ResourceStore,
     StoreError,
@@ -328,11 +330,14 @@ class PostgresStore(ResourceStore):
             raise _unavailable(self.config, e) from e
 
     @staticmethod
-    def _resource(rtype: ResourceType, row: tuple[Any, ...]) -> Resource:
-        name, mesh, version, spec, labels, ctime, mtime = row
-        meta = Meta(name=name, mesh=mesh, version=int(version), labels=labels,
+    def _meta(row: tuple[Any, ...]) -> Meta:
+        name, mesh, version, _spec, labels, ctime, mtime = row[:7]
+        return Meta(name=name, mesh=mesh, version=int(version), labels=labels,
                     creation_time=ctime.astimezone(UTC), modification_time=mtime.astimezone(UTC))
-        return Resource(rtype, meta, spec_from_store(rtype, json.loads(spec)))
+
+    @classmethod
+    def _resource(cls, rtype: ResourceType, row: tuple[Any, ...]) -> Resource:
+        return Resource(rtype, cls._meta(row), spec_from_store(rtype, json.loads(row[3])))
 
     @staticmethod
     async def _current_version(conn: AsyncConn, rtype: ResourceType, name: str, mesh: str) -> int | None:
@@ -453,6 +458,17 @@ class PostgresStore(ResourceStore):
 
     async def list(self, rtype: ResourceType, query: ListQuery | None = None) -> ResourceList:
         q = query or ListQuery()
+        rows, total = await self._rows(rtype, q)
+        return ResourceList([self._resource(rtype, row) for row in rows], total, next_offset(q, total))
+
+    async def list_raw(self, rtype: ResourceType, query: ListQuery | None = None) -> RawResourceList:
+        q = query or ListQuery()
+        rows, total = await self._rows(rtype, q)
+        return RawResourceList([RawResource(rtype, self._meta(row), row[3]) for row in rows], total,
+                               next_offset(q, total))
+
+    async def _rows(self, rtype: ResourceType, q: ListQuery) -> tuple[list[TupleRow], int]:
+        """The page's rows (their first 7 columns are _COLUMNS) and the number of matches."""
         clauses: list[str] = ["type = %s"]
         params: list[Any] = [rtype.name]
         if q.mesh is not None:
@@ -481,8 +497,7 @@ class PostgresStore(ResourceStore):
             total = total_from_page(q, len(rows))
             if total is None:
                 total = int(rows[0][7]) if rows else await self._count(conn, where, params)
-        items = [self._resource(rtype, row[:7]) for row in rows]
-        return ResourceList(items, total, next_offset(q, total))
+        return rows, total
 
     @staticmethod
     async def _count(conn: AsyncConn, where: str, params: Sequence[Any]) -> int:

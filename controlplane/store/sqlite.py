@@ -32,6 +32,8 @@ from .base import (
     ListQuery,
     MeshNotFound,
     NotFound,
+    RawResource,
+    RawResourceList,
     ResourceList,
     ResourceStore,
     StoreUnavailable,
@@ -195,11 +197,14 @@ class SqliteStore(ResourceStore):
     # -- rows <-> resources ------------------------------------------------------------------------------
 
     @staticmethod
-    def _resource(rtype: ResourceType, row: tuple[Any, ...]) -> Resource:
-        name, mesh, version, spec, labels, ctime, mtime = row
-        meta = Meta(name=name, mesh=mesh, version=version, labels=json.loads(labels),
+    def _meta(row: tuple[Any, ...]) -> Meta:
+        name, mesh, version, _spec, labels, ctime, mtime = row
+        return Meta(name=name, mesh=mesh, version=version, labels=json.loads(labels),
                     creation_time=datetime.fromisoformat(ctime), modification_time=datetime.fromisoformat(mtime))
-        return Resource(rtype, meta, spec_from_store(rtype, json.loads(spec)))
+
+    @classmethod
+    def _resource(cls, rtype: ResourceType, row: tuple[Any, ...]) -> Resource:
+        return Resource(rtype, cls._meta(row), spec_from_store(rtype, json.loads(row[3])))
 
     def _mesh_exists(self, db: sqlite3.Connection, mesh: str) -> bool:
         return db.execute("SELECT 1 FROM resources WHERE type = ? AND mesh = '' AND name = ?",
@@ -330,6 +335,19 @@ class SqliteStore(ResourceStore):
         return await self._run(self._list, rtype, query or ListQuery())
 
     def _list(self, rtype: ResourceType, q: ListQuery) -> ResourceList:
+        rows, total = self._rows(rtype, q)
+        return ResourceList([self._resource(rtype, row) for row in rows], total, next_offset(q, total))
+
+    async def list_raw(self, rtype: ResourceType, query: ListQuery | None = None) -> RawResourceList:
+        return await self._run(self._list_raw, rtype, query or ListQuery())
+
+    def _list_raw(self, rtype: ResourceType, q: ListQuery) -> RawResourceList:
+        rows, total = self._rows(rtype, q)
+        return RawResourceList([RawResource(rtype, self._meta(row), row[3]) for row in rows], total,
+                               next_offset(q, total))
+
+    def _rows(self, rtype: ResourceType, q: ListQuery) -> tuple[list[tuple[Any, ...]], int]:
+        """The page's rows and the number of matches."""
         where, params = _where(rtype, q)
         db = self._db
         # One read transaction: the page and the count come from the same snapshot.
@@ -342,8 +360,7 @@ class SqliteStore(ResourceStore):
                 total = db.execute(f"SELECT count(*) FROM resources WHERE {where}", params).fetchone()[0]
         finally:
             db.execute("COMMIT")
-        items = [self._resource(rtype, row) for row in rows]
-        return ResourceList(items, total, next_offset(q, total))
+        return rows, total
 
 
 def _where(rtype: ResourceType, q: ListQuery) -> tuple[str, list[Any]]:

@@ -17,12 +17,15 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from controlplane.resources import Resource, from_wire, load_all
+from controlplane.resources.base import ResourceType
+from controlplane.resources.codec import spec_from_store
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.mesh import MESH
 from controlplane.resources.secret import GLOBAL_SECRET, SECRET
@@ -34,6 +37,7 @@ from controlplane.store.base import (
     ListQuery,
     MeshNotFound,
     NotFound,
+    RawResource,
     ResourceStore,
 )
 
@@ -579,3 +583,39 @@ class StoreConformance:
         got = await store.get(MESH, "default")
         assert got.spec == m.spec
         assert got.spec.to_wire() == m.spec.to_wire()
+
+    # --- raw listing ----------------------------------------------------------------------------------------
+
+    async def test_list_raw_is_list_without_spec_models(self, store: ResourceStore) -> None:
+        await store.create(mesh("a", mtls={"enabledBackend": "ca-1", "backends": [
+            {"name": "ca-1", "type": "builtin", "conf": {"caCert": {"RSAbits": 2048, "expiration": "10y"}}}]}))
+        await store.create(mesh("b", labels={"kuma.io/origin": "global"}))
+        for i in range(7):
+            await store.create(dataplane(f"dp-{i}", "a" if i % 2 else "b", inbounds=1 + i % 3,
+                                         labels={"env": "prod" if i % 3 else "dev", "kuma.io/zone": "east"}))
+        v1 = await store.create(dataplane("web-1", "a", address="10.0.0.7", service="web"))
+        await store.update(edit(v1, dataplane("web-1", "a", address="10.0.0.8", labels={"env": "prod"})))
+        await store.create(secret("s-1", "a"))
+        await store.create(global_secret("signing-key"))
+        await store.create(zone("zone-1"))
+        queries = [ListQuery(), ListQuery(mesh="a"), ListQuery(mesh="nowhere"), ListQuery(labels={"env": "prod"}),
+                   ListQuery(name_prefix="dp-"), ListQuery(size=3), ListQuery(size=3, offset=3),
+                   ListQuery(size=3, offset=6), ListQuery(size=5, offset=20), ListQuery(offset=2),
+                   ListQuery(mesh="a", labels={"env": "prod"}, name_prefix="dp-", size=1)]
+        for rtype in (MESH, DATAPLANE, SECRET, GLOBAL_SECRET, ZONE):
+            for q in queries if rtype is DATAPLANE else queries[:1]:
+                await self._same_as_list(store, rtype, q)
+        raw = (await store.list_raw(DATAPLANE, ListQuery(name_prefix="web-"))).items
+        assert [r.meta.version for r in raw] == [2] and dict(raw[0].meta.labels) == {"env": "prod"}
+        assert json.loads(raw[0].spec_json)["networking"]["address"] == "10.0.0.8"  # what the update wrote
+
+    @staticmethod
+    async def _same_as_list(store: ResourceStore, rtype: ResourceType, q: ListQuery) -> None:
+        listed, raw = await store.list(rtype, q), await store.list_raw(rtype, q)
+        assert (raw.total, raw.next_offset) == (listed.total, listed.next_offset), (rtype.name, q)
+        assert [r.meta for r in raw.items] == [r.meta for r in listed.items], (rtype.name, q)
+        for got, model in zip(raw.items, listed.items, strict=True):
+            assert isinstance(got, RawResource) and got.type is rtype and got.key == model.key
+            spec = json.loads(got.spec_json)
+            assert spec == model.spec.to_wire()
+            assert spec_from_store(rtype, spec) == model.spec
