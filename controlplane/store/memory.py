@@ -25,6 +25,9 @@ from .base import (
 MESH_TYPE = "Mesh"
 
 
+_Page = tuple[list[Resource], int, int | None]  # items, total, next offset
+
+
 class MemoryStore(ResourceStore):
     backend = "memory"
 
@@ -134,7 +137,7 @@ class MemoryStore(ResourceStore):
         page, total, next_offset = self._page(rtype, query or ListQuery())
         return RawResourceList([RawResource(r.type, r.meta, spec_json(r)) for r in page], total, next_offset)
 
-    def _page(self, rtype: ResourceType, q: ListQuery) -> tuple[list[Resource], int, int | None]:
+    def _page(self, rtype: ResourceType, q: ListQuery) -> _Page:
         matched = sorted(
             (r for (t, m, n), r in self._data.items()
              if t == rtype.name

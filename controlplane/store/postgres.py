@@ -164,6 +164,9 @@ async def _schema_version(conn: AsyncConn) -> int:
 
 # --- the store -------------------------------------------------------------------------------------------
 
+_Rows = tuple[list[TupleRow], int]  # a page's rows, the number of matches
+
+
 class PostgresStore(ResourceStore):
     backend = "postgres"
 
@@ -467,7 +470,7 @@ class PostgresStore(ResourceStore):
         return RawResourceList([RawResource(rtype, self._meta(row), row[3]) for row in rows], total,
                                next_offset(q, total))
 
-    async def _rows(self, rtype: ResourceType, q: ListQuery) -> tuple[list[TupleRow], int]:
+    async def _rows(self, rtype: ResourceType, q: ListQuery) -> _Rows:
         """The page's rows (their first 7 columns are _COLUMNS) and the number of matches."""
         clauses: list[str] = ["type = %s"]
         params: list[Any] = [rtype.name]

@@ -54,6 +54,9 @@ def _ts(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+_Rows = tuple[list[tuple[Any, ...]], int]  # a page's rows, the number of matches
+
+
 class SqliteStore(ResourceStore):
     backend = "sqlite"
 
@@ -346,7 +349,7 @@ class SqliteStore(ResourceStore):
         return RawResourceList([RawResource(rtype, self._meta(row), row[3]) for row in rows], total,
                                next_offset(q, total))
 
-    def _rows(self, rtype: ResourceType, q: ListQuery) -> tuple[list[tuple[Any, ...]], int]:
+    def _rows(self, rtype: ResourceType, q: ListQuery) -> _Rows:
         """The page's rows and the number of matches."""
         where, params = _where(rtype, q)
         db = self._db
