@@ -18,15 +18,17 @@ import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
-from controlplane.resources.base import Resource, ResourceType
+from controlplane.resources.base import Meta, Resource, ResourceType
 from controlplane.resources.codec import from_wire
 from controlplane.resources.documents import MAX_DEPTH, DocumentError, load_json
 from controlplane.resources.errors import ResourceValidationError
+from controlplane.store.base import RawResource
 from kuma_shared.logs import ErrorLog
 
 from . import kds_pb2
@@ -59,33 +61,37 @@ class WireResource:
     message: discovery_pb2.Resource
 
 
-def spec_json(resource: Resource) -> bytes:
-    return json.dumps(resource.spec.to_wire(), sort_keys=True, separators=(",", ":")).encode()
+def spec_json(spec: Mapping[str, Any]) -> bytes:
+    """A spec's wire dict as it travels in JSON: keys sorted, compact (the same bytes in every process)."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()
 
 
-def spec_any(resource: Resource) -> any_pb2.Any:
-    """The spec as Kuma packs it: its protobuf message where Kuma has one, else JSON with an empty type URL."""
-    message = spec_message(resource.type.name)
+def spec_any(rtype: ResourceType, meta: Meta, spec: dict[str, Any]) -> any_pb2.Any:
+    """The spec (its wire dict) as Kuma packs it: its protobuf message where Kuma has one, else JSON with an
+    empty type URL."""
+    message = spec_message(rtype.name)
     if message is not None:
         try:
-            packed = to_proto(resource.type.name, resource.spec.to_wire())
+            packed = to_proto(rtype.name, spec)
             return any_pb2.Any(type_url=type_url(message), value=packed.SerializeToString(deterministic=True))
         except ProtoSpecError as e:
             # Stored before a rule our model now has (an insight's time written another way, say): sent as JSON,
             # which kuma-vm peers read for every type, rather than not at all.
-            _unfit.report((resource.type.name, resource.meta.mesh, resource.meta.name),
+            _unfit.report((rtype.name, meta.mesh, meta.name),
                           "KDS resource does not fit Kuma's protobuf message; sent as JSON", level=logging.WARNING,
-                          traceback=False, error=e, extra={"type": resource.type.name, "mesh": resource.meta.mesh,
-                                                           "resource": resource.meta.name})
-    return any_pb2.Any(type_url="", value=spec_json(resource))
+                          traceback=False, error=e, extra={"type": rtype.name, "mesh": meta.mesh,
+                                                           "resource": meta.name})
+    return any_pb2.Any(type_url="", value=spec_json(spec))
 
 
 def to_kuma_resource(resource: Resource) -> kds_pb2.KumaResource:
-    meta = resource.meta
+    return _kuma_resource(resource.type, resource.meta, resource.spec.to_wire(), str(resource.meta.version))
+
+
+def _kuma_resource(rtype: ResourceType, meta: Meta, spec: dict[str, Any], version: str) -> kds_pb2.KumaResource:
     return kds_pb2.KumaResource(
-        meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, version=str(meta.version),
-                                       labels=dict(meta.labels)),
-        spec=spec_any(resource),
+        meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, version=version, labels=dict(meta.labels)),
+        spec=spec_any(rtype, meta, spec),
     )
 
 
@@ -95,13 +101,31 @@ def content_version(kr: kds_pb2.KumaResource) -> str:
     body = kds_pb2.KumaResource()
     body.CopyFrom(kr)
     body.meta.version = ""
-    return hashlib.blake2b(body.SerializeToString(deterministic=True), digest_size=10).hexdigest()
+    return _content_hash(body.SerializeToString(deterministic=True))
+
+
+def _content_hash(body: bytes) -> str:
+    return hashlib.blake2b(body, digest_size=10).hexdigest()
 
 
 def encode(resource: Resource) -> WireResource:
-    kr = to_kuma_resource(resource)
-    key = wire_key(resource.type, resource.meta.name, resource.meta.mesh)
-    version = content_version(kr)
+    """A resource (its model) as sent."""
+    return encode_spec(resource.type, resource.meta, resource.spec.to_wire())
+
+
+def encode_raw(raw: RawResource) -> WireResource:
+    """A stored row as sent, without building its spec model: the stored JSON is the spec's wire form, so these
+    are the bytes `encode` makes of the same resource read as a model (tests/unit/test_kds_raw.py shows it for
+    every type). A first sync of thousands of resources does not parse and dump each one to pydantic."""
+    return encode_spec(raw.type, raw.meta, json.loads(raw.spec_json))
+
+
+def encode_spec(rtype: ResourceType, meta: Meta, spec: dict[str, Any]) -> WireResource:
+    """A resource given as its metadata and its spec's wire dict, as sent."""
+    kr = _kuma_resource(rtype, meta, spec, "")
+    version = _content_hash(kr.SerializeToString(deterministic=True))  # = content_version(kr), without a copy
+    kr.meta.version = str(meta.version)
+    key = wire_key(rtype, meta.name, meta.mesh)
     packed = any_pb2.Any(type_url=KUMA_RESOURCE_TYPE_URL, value=kr.SerializeToString(deterministic=True))
     return WireResource(key, version, discovery_pb2.Resource(name=key, version=version, resource=packed))
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from controlplane.ca import used_secrets
 from controlplane.resources import load_all
-from controlplane.resources.base import Resource, ResourceType
+from controlplane.resources.base import Meta, Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.insights import (
     DATAPLANE_INSIGHT,
@@ -35,38 +35,38 @@ def global_to_zone_types() -> list[ResourceType]:
     return [MESH, SECRET, *policy_types(), ZONE_INGRESS]
 
 
-async def ca_secrets(store: ResourceStore) -> Callable[[Resource], bool]:
+async def ca_secrets(store: ResourceStore) -> Callable[[Meta], bool]:
     """Which mesh Secrets go to zones: those a Mesh's CA backends use (Kuma's UsedSecrets), i.e. the builtin
     CAs' certificate and key (a zone signs its dataplanes' identities with the key, so it must have it) and the
     secrets of provided CAs. Every other Secret stays on global (dataplane token signing keys are per zone)."""
     meshes = (await store.list(MESH, ListQuery())).items
     wanted = {(m.meta.name, name) for m in meshes for name in used_secrets(m)}
-    return lambda r: (r.meta.mesh, r.meta.name) in wanted
+    return lambda m: (m.mesh, m.name) in wanted
 
 
 def zone_to_global_types() -> list[ResourceType]:
     return [DATAPLANE, DATAPLANE_INSIGHT, ZONE_INGRESS, ZONE_INGRESS_INSIGHT]
 
 
-def _from_zone(r: Resource) -> bool:
-    return r.meta.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE
+def _from_zone(m: Meta) -> bool:
+    return m.labels.get(ORIGIN_LABEL) == ORIGIN_ZONE
 
 
 def global_sends(zone: str) -> list[SendType]:
     """On global, for `zone`: what global owns, and every other zone's ZoneIngresses (never the zone's own)."""
-    def other_zones_ingress(r: Resource) -> bool:
-        return _from_zone(r) and r.meta.labels.get(ZONE_LABEL) != zone
+    def other_zones_ingress(m: Meta) -> bool:
+        return _from_zone(m) and m.labels.get(ZONE_LABEL) != zone
 
     return [SendType(t, other_zones_ingress) if t is ZONE_INGRESS
             else SendType(t, prepare=ca_secrets) if t is SECRET
-            else SendType(t, lambda r: not _from_zone(r))
+            else SendType(t, lambda m: not _from_zone(m))
             for t in global_to_zone_types()]
 
 
 def zone_sends(zone: str) -> list[SendType]:
     """On a zone: its own resources only, not what global sent it."""
-    def own(r: Resource) -> bool:
-        labels = r.meta.labels
+    def own(m: Meta) -> bool:
+        labels = m.labels
         return labels.get(ORIGIN_LABEL) != ORIGIN_GLOBAL and labels.get(ZONE_LABEL) in (None, zone)
 
     return [SendType(t, own, transform=summarise_insight if t in (DATAPLANE_INSIGHT, ZONE_INGRESS_INSIGHT) else None)

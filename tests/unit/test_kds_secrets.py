@@ -30,7 +30,7 @@ async def test_only_the_secrets_a_mesh_ca_uses_go_to_zones() -> None:
                                SecretSpec.of(b"private")))
     await glob.create(Resource(SECRET, Meta(name="my-app-password", mesh="default"), SecretSpec.of(b"x")))
     select = await ca_secrets(glob)
-    sent = {r.meta.name for r in (await glob.list(SECRET, ListQuery())).items if select(r)}
+    sent = {r.meta.name for r in (await glob.list(SECRET, ListQuery())).items if select(r.meta)}
     assert sent == {"default.ca-builtin-cert-ca-1", "default.ca-builtin-key-ca-1"}
 
 

@@ -13,7 +13,8 @@ def ingress(name: str, labels: dict[str, str]) -> Resource:
 
 
 def selector(sends: list, type_name: str):  # type: ignore[no-untyped-def,type-arg]
-    return next(s.select for s in sends if s.rtype.name == type_name)
+    select = next(s.select for s in sends if s.rtype.name == type_name)
+    return lambda r: select(r.meta)
 
 
 def test_global_sends_meshes_first_then_policies_then_other_zones_ingresses() -> None:
