@@ -363,3 +363,39 @@ async def test_a_nack_of_many_resources_stays_small(stores: tuple[ResourceStore,
     message = nack.error_detail.message
     assert message.count("mesh 'nowhere' does not exist here") == 20 and message.endswith("; and 80 more")
     assert receiver.stats()["MeshTimeout"].rejected == 100
+
+
+async def test_a_resource_sent_again_unchanged_is_not_validated_again_unless_the_copy_here_differs(
+        stores: tuple[ResourceStore, ResourceStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a NACK's back-off re-sends includes the resources that were accepted: the receiver compares content
+    versions and skips decoding them, but still restores a copy that changed or went away here."""
+    import controlplane.kds.sync as sync_module
+
+    glob, zone = stores
+    await glob.create(mesh())
+    for name in ("t1", "t2", "t3"):
+        await glob.create(timeout(name))
+    sender, receiver = global_to_zone(glob, zone)
+    await connect(sender, receiver)
+    decoded: list[str] = []
+    real_decode = sync_module.decode
+
+    def counting_decode(rtype: ResourceType, res: discovery_pb2.Resource) -> Resource:
+        decoded.append(res.name)
+        return real_decode(rtype, res)
+    monkeypatch.setattr(sync_module, "decode", counting_decode)
+
+    again = [encode(await glob.get(MESH_TIMEOUT, n, "default")).message for n in ("t1", "t2", "t3")]
+    before = {n: r.meta.version for n, r in (await names(zone, MESH_TIMEOUT)).items()}
+    ack = await receiver.apply(Msg(type_url="MeshTimeout", nonce="again-1", resources=again))
+    assert not ack.HasField("error_detail") and decoded == []
+    assert {n: r.meta.version for n, r in (await names(zone, MESH_TIMEOUT)).items()} == before  # nothing written
+
+    # Here, t2 was changed behind KDS's back and t3 went away: both are stored again from what global sent.
+    t2 = await zone.get(MESH_TIMEOUT, "t2", "default")
+    await zone.update(timeout("t2", idle="1s", labels=dict(t2.meta.labels)).with_meta(version=t2.meta.version))
+    await zone.delete(MESH_TIMEOUT, "t3", "default")
+    ack = await receiver.apply(Msg(type_url="MeshTimeout", nonce="again-2", resources=again))
+    assert not ack.HasField("error_detail") and decoded == ["t2.default", "t3.default"]
+    held = await names(zone, MESH_TIMEOUT)
+    assert held["t2"].spec == timeout("t2").spec and held["t3"].spec == timeout("t3").spec
