@@ -70,6 +70,7 @@ _too_big_log = ErrorLog(log, interval=300.0)  # re-tried on every change of its 
 INITIAL_MORE = "kds-initial:more"  # system_version_info of a first answer's responses that are not its last
 GRPC_INVALID_ARGUMENT = 3
 MAX_NACK_REASONS = 20
+FRESH_CHUNK = 1000  # new resources from a peer created per transaction
 NACK_RETRY_MIN, NACK_RETRY_MAX = 5.0, 300.0  # re-sending what a peer rejected
 STUCK_AFTER = 5.0  # seconds a stream's tasks get to stop once it ends
 
@@ -480,17 +481,32 @@ class Receiver:
         errors: list[str] = []
         for key in resp.removed_resources:
             await self._remove(rtype, state, key, errors)
-        fresh: list[tuple[discovery_pb2.Resource, Resource]] = []  # not held from the peer yet: created together
-        for res in resp.resources:
-            if res.name in state.index:
-                await self._upsert(rtype, state, res, errors)
-                continue
-            try:
-                fresh.append((res, self.origin.to_local(decode(rtype, res))))
-            except KdsDecodeError as e:
-                errors.append(str(e))
-        if fresh:
-            await self._create_fresh(rtype, state, fresh, errors)
+        # What is not held from the peer yet is created a chunk at a time, in one transaction per chunk: while the
+        # store writes one chunk (on its own thread, or over the network), the next is decoded and validated
+        # here, and the event loop gets a turn between chunks instead of none for the whole response.
+        writing: asyncio.Future[None] | None = None
+        try:
+            for start in range(0, len(resp.resources), FRESH_CHUNK):
+                fresh: list[tuple[discovery_pb2.Resource, Resource]] = []
+                for res in resp.resources[start:start + FRESH_CHUNK]:
+                    if res.name in state.index:
+                        await self._upsert(rtype, state, res, errors)
+                        continue
+                    try:
+                        fresh.append((res, self.origin.to_local(decode(rtype, res))))
+                    except KdsDecodeError as e:
+                        errors.append(str(e))
+                if writing is not None:
+                    await writing
+                    writing = None
+                if fresh:
+                    writing = asyncio.ensure_future(self._create_fresh(rtype, state, fresh, errors))
+                    await asyncio.sleep(0)  # it hands its rows to the store before the next chunk is decoded
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
         if state.initial:
             state.seen.update(r.name for r in resp.resources)
             if resp.system_version_info != INITIAL_MORE:

@@ -399,3 +399,31 @@ async def test_a_resource_sent_again_unchanged_is_not_validated_again_unless_the
     assert not ack.HasField("error_detail") and decoded == ["t2.default", "t3.default"]
     held = await names(zone, MESH_TIMEOUT)
     assert held["t2"].spec == timeout("t2").spec and held["t3"].spec == timeout("t3").spec
+
+
+async def test_a_response_is_created_chunk_by_chunk_and_a_bad_resource_in_any_chunk_is_nacked_alone(
+        stores: tuple[ResourceStore, ResourceStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    import controlplane.kds.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "FRESH_CHUNK", 2)
+    glob, zone = stores
+    for s in (glob, zone):
+        await s.create(mesh())
+    sender, receiver = global_to_zone(glob, zone)
+    await connect(sender, receiver)
+    good = [encode(timeout(f"t{i}", idle=f"{i + 1}s")).message for i in range(7)]
+    bad = discovery_pb2.Resource()
+    bad.CopyFrom(encode(timeout("bad")).message)
+    kr = kds_pb2.KumaResource.FromString(bad.resource.value)
+    kr.spec.value = b'{"targetRef": {"kind": "Nope"}}'
+    bad.resource.value = kr.SerializeToString()
+    nack = await receiver.apply(Msg(type_url="MeshTimeout", nonce="n1", resources=[*good[:3], bad, *good[3:]]))
+    assert nack.HasField("error_detail") and "MeshTimeout 'bad.default'" in nack.error_detail.message
+    assert "t0" not in nack.error_detail.message and receiver.stats()["MeshTimeout"].rejected == 1
+    held = await names(zone, MESH_TIMEOUT)
+    assert set(held) == {f"t{i}" for i in range(7)}
+    assert held["t6"].spec == timeout("t6", idle="7s").spec and held["t6"].meta.labels["kuma.io/origin"] == "global"
+    # Every created one is known as the peer's: its removal deletes it here.
+    ack = await receiver.apply(Msg(type_url="MeshTimeout", nonce="n2", removed_resources=["t0.default", "t5.default"]))
+    assert not ack.HasField("error_detail")
+    assert set(await names(zone, MESH_TIMEOUT)) == {"t1", "t2", "t3", "t4", "t6"}
