@@ -4,7 +4,8 @@ Spec encoding, as Kuma's `model.ToAny`: the specs Kuma defines in protobuf (Mesh
 insights, Secret, GlobalSecret) travel as those messages in `KumaResource.spec` (type URL
 `type.googleapis.com/kuma.mesh.v1alpha1.Mesh`, ...; see proto_specs.py), every other spec (the targetRef policies)
 as its camelCase JSON in `Any.value` with an empty type URL. A spec that arrives as JSON is read whatever its type
-(what kuma-vm releases before the protobuf forms sent).
+(what kuma-vm releases before the protobuf forms sent). Everything is encoded from a spec's wire dict: a model's
+`to_wire()` (`encode`) or a stored row's JSON (`encode_raw`, the sender's listings: same bytes, no model built).
 
 Version. A Delta `Resource.version` is a hash of the deterministic serialisation of its KumaResource, so equal
 content has an equal version in every process and a reconnecting peer is re-sent only what changed.
@@ -84,28 +85,12 @@ def spec_any(rtype: ResourceType, meta: Meta, spec: dict[str, Any]) -> any_pb2.A
     return any_pb2.Any(type_url="", value=spec_json(spec))
 
 
-def to_kuma_resource(resource: Resource) -> kds_pb2.KumaResource:
-    return _kuma_resource(resource.type, resource.meta, resource.spec.to_wire(), str(resource.meta.version))
-
-
-def _kuma_resource(rtype: ResourceType, meta: Meta, spec: dict[str, Any], version: str) -> kds_pb2.KumaResource:
+def _kuma_resource(rtype: ResourceType, meta: Meta, spec: dict[str, Any]) -> kds_pb2.KumaResource:
+    """Without its store version (set by the caller once the content version is taken)."""
     return kds_pb2.KumaResource(
-        meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, version=version, labels=dict(meta.labels)),
+        meta=kds_pb2.KumaResource.Meta(name=meta.name, mesh=meta.mesh, labels=dict(meta.labels)),
         spec=spec_any(rtype, meta, spec),
     )
-
-
-def content_version(kr: kds_pb2.KumaResource) -> str:
-    """The hash of what a peer would store: the origin's store version is left out so that the same content
-    written again (or read back after a restart) has the same version and is not re-sent."""
-    body = kds_pb2.KumaResource()
-    body.CopyFrom(kr)
-    body.meta.version = ""
-    return _content_hash(body.SerializeToString(deterministic=True))
-
-
-def _content_hash(body: bytes) -> str:
-    return hashlib.blake2b(body, digest_size=10).hexdigest()
 
 
 def encode(resource: Resource) -> WireResource:
@@ -121,9 +106,11 @@ def encode_raw(raw: RawResource) -> WireResource:
 
 
 def encode_spec(rtype: ResourceType, meta: Meta, spec: dict[str, Any]) -> WireResource:
-    """A resource given as its metadata and its spec's wire dict, as sent."""
-    kr = _kuma_resource(rtype, meta, spec, "")
-    version = _content_hash(kr.SerializeToString(deterministic=True))  # = content_version(kr), without a copy
+    """A resource given as its metadata and its spec's wire dict, as sent. Its content version hashes what a peer
+    would store: the KumaResource without the origin's store version, so the same content written again (or read
+    back after a restart) has the same version and is not re-sent."""
+    kr = _kuma_resource(rtype, meta, spec)
+    version = hashlib.blake2b(kr.SerializeToString(deterministic=True), digest_size=10).hexdigest()
     kr.meta.version = str(meta.version)
     key = wire_key(rtype, meta.name, meta.mesh)
     packed = any_pb2.Any(type_url=KUMA_RESOURCE_TYPE_URL, value=kr.SerializeToString(deterministic=True))
