@@ -236,8 +236,16 @@ def test_seed_picture_billing_from_another_zone_invoices_local_first(seed: dict[
         remote += body["instance"] not in instances
     assert 40 <= remote <= 120, remote
     assert api(glob, "DELETE", "/meshes/default/meshhttproutes/invoices-by-zone").status == 200
-    wait_for("invoices local-only again", lambda: all(answer(invoices)[1]["instance"] in instances
-                                                      for _ in range(20)), *cps)
+    def local_only() -> bool:
+        for _ in range(20):
+            status, body = answer(invoices)
+            # KNOWN (issue 14/11 note): under load a request now and then gets Envoy's 503 without a body while
+            # the route goes (its cause is not found yet); this waits for the end state, it does not prove none.
+            if status != 200 or body["instance"] not in instances:
+                return False
+        return True
+
+    wait_for("invoices local-only again", local_only, *cps)
     seed["meshes"]["zone-1"].dp("invoices-zone-1").stop()
     wait_for("invoices failing over to zone-2",
              lambda: (r := answer(invoices))[0] == 200 and r[1]["instance"] not in instances, *cps)

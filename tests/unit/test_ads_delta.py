@@ -285,3 +285,24 @@ async def test_a_cluster_is_removed_only_after_the_listener_that_stops_using_it_
         srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("c", 9002), listener("l1", 15001, "c")))
         await c.send(LISTENER, nonce=second.nonce, error="rejected")
         await c.expect_nothing()  # a is not removed: the client still runs a listener from before
+
+
+async def test_a_cluster_outlives_the_ack_of_the_listener_that_stops_using_it_by_the_break_delay() -> None:
+    """Envoy serves connections it accepted on the old filter chain with the old routes: the cluster they use
+    goes `break_delay` after the new listener's ACK, not at once (at once, a request read on such a connection
+    just after the ACK found no cluster: 503)."""
+    async with ads_server(break_delay=1.5) as srv:
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
+                                                  listener("l1", 15001, "b")))
+        c = await srv.client(delta=True)
+        await c.send(CLUSTER)
+        await c.ack(await c.recv(), with_node=False)
+        await c.send(LISTENER)
+        await c.ack(await c.recv())
+        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        lds = await c.recv()
+        await c.ack(lds)
+        await c.expect_nothing(0.5)  # within the delay: b stays
+        cds = await c.recv()  # then it goes, without anything else happening
+        assert (cds.type_url, list(cds.removed_resources), len(cds.resources)) == (CLUSTER, ["b"], 0)

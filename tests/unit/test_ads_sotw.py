@@ -381,3 +381,20 @@ async def test_a_cluster_stays_in_cds_until_the_listener_that_stops_using_it_is_
         await c.ack(lds2)
         cds3 = await c.recv()
         assert (cds3.type_url, names_of(cds3)) == (CLUSTER, ["c"])
+
+
+async def test_a_cluster_outlives_the_ack_of_the_listener_that_stops_using_it_by_the_break_delay() -> None:
+    async with ads_server(break_delay=1.5) as srv:
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
+                                                  listener("l1", 15001, "b")))
+        c = await srv.client()
+        await c.send(CLUSTER)
+        await c.ack(await c.recv(), with_node=False)
+        await c.send(LISTENER)
+        await c.ack(await c.recv())
+        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        await c.ack(await c.recv())
+        await c.expect_nothing(0.5)  # within the delay: the CDS response would drop b
+        cds = await c.recv()
+        assert (cds.type_url, names_of(cds)) == (CLUSTER, ["a"])

@@ -176,11 +176,12 @@ class AdsServer:
 
 
 @contextlib.asynccontextmanager
-async def ads_server(nack_backoff: float = 0.3, *, require_token: bool = True) -> AsyncIterator[AdsServer]:
+async def ads_server(nack_backoff: float = 0.3, *, require_token: bool = True,
+                     break_delay: float = 0.0) -> AsyncIterator[AdsServer]:
     cache = SnapshotCache()
     recorder = Recorder()
     authenticator = TokenAuthenticator(require_token)
-    servicer = AdsServicer(cache, authenticator, recorder, nack_backoff=nack_backoff)
+    servicer = AdsServicer(cache, authenticator, recorder, nack_backoff=nack_backoff, break_delay=break_delay)
     server = grpc.aio.server()
     servicer.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")

@@ -18,6 +18,10 @@ from .stream import Settings, Stream
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 # Kuma waits this long after a NACK before sending the same type again.
 DEFAULT_NACK_BACKOFF = 5.0
+# Make before break: how long a cluster a new listener stopped using is kept after the client ACKed that listener.
+# Envoy serves a connection it accepted on the old filter chain with the old routes, so a request read on it just
+# after the ACK would otherwise find its cluster gone (503, "no cluster"; seen in test_crosszone under load).
+DEFAULT_BREAK_DELAY = 2.0
 
 
 class AdsServicer:
@@ -25,15 +29,17 @@ class AdsServicer:
 
     `authenticator` turns each stream's first request into its node id (the cache key); `callbacks` hear
     about stream open/close, responses, ACKs and NACKs (synchronous, see `controlplane.xds.callbacks`).
-    After a NACK, nothing new of that type is sent on that stream for `nack_backoff` seconds.
+    After a NACK, nothing new of that type is sent on that stream for `nack_backoff` seconds. A cluster (and its
+    endpoints) that new listeners and routes stopped using is removed `break_delay` seconds after their ACK.
     """
 
     def __init__(self, cache: SnapshotCache, authenticator: Authenticator, callbacks: StreamCallbacks | None = None,
-                 *, nack_backoff: float = DEFAULT_NACK_BACKOFF) -> None:
-        if nack_backoff < 0:
-            raise ValueError("nack_backoff must not be negative")
+                 *, nack_backoff: float = DEFAULT_NACK_BACKOFF, break_delay: float = DEFAULT_BREAK_DELAY) -> None:
+        if nack_backoff < 0 or break_delay < 0:
+            raise ValueError("nack_backoff and break_delay must not be negative")
         self.cache = cache
-        self._settings = Settings(cache, authenticator, callbacks or NoopCallbacks(), nack_backoff)
+        self._settings = Settings(cache, authenticator, callbacks or NoopCallbacks(), nack_backoff,
+                                  break_delay=break_delay)
         self._streams: set[Stream[Any]] = set()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:

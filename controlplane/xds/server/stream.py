@@ -54,6 +54,7 @@ class Settings:
     authenticator: Authenticator
     callbacks: StreamCallbacks
     nack_backoff: float
+    break_delay: float = 0.0  # see servicer.DEFAULT_BREAK_DELAY
     responses: EncodedResponses = field(default_factory=EncodedResponses)  # shared by every stream
 
 
@@ -104,6 +105,8 @@ class Stream(abc.ABC, Generic[RequestT]):
         self._nonce = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        # (listener and route versions, loop time they were first seen settled): see routing_settled()
+        self._routing_settled: tuple[tuple[str, ...], float] | None = None
         self._logged_unknown: set[str] = set()
 
     # -- what a protocol implements -----------------------------------------------------------------------
@@ -124,8 +127,20 @@ class Stream(abc.ABC, Generic[RequestT]):
     def routing_settled(self, snapshot: Snapshot) -> bool:
         """Make before break: a cluster (and its endpoints) may be removed only once the client has ACKed the
         snapshot's listeners and routes, the ones that stop using it; until then Envoy's old listeners still
-        route to it, and removing it first would fail those requests with "no cluster"."""
-        return all(self.type_settled(t, snapshot.version(t)) for t in (LISTENER, ROUTE) if t in snapshot.resources)
+        route to it, and removing it first would fail those requests with "no cluster". Then `break_delay` more
+        seconds: connections Envoy accepted on the old filter chain are served with the old routes."""
+        types = [t for t in (LISTENER, ROUTE) if t in snapshot.resources]
+        if not all(self.type_settled(t, snapshot.version(t)) for t in types):
+            self._routing_settled = None
+            return False
+        versions, now = tuple(snapshot.version(t) for t in types), self.now()
+        if self._routing_settled is None or self._routing_settled[0] != versions:
+            self._routing_settled = (versions, now)  # the first flush after the ACK: about when it arrived
+        ready = self._routing_settled[1] + self.settings.break_delay
+        if now < ready:
+            self.defer_until(ready)
+            return False
+        return True
 
     # -- the stream's life -------------------------------------------------------------------------------
 
