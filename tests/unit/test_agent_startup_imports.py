@@ -3,8 +3,8 @@ heavy modules it does not need there (issue 14: each costs tens of milliseconds 
 path, and the resource model ~25 MB of resident memory the long-running process would keep).
 
 Checked in a fresh interpreter (sys.modules), without timing, so a later import at module level cannot
-silently undo it. The check runs the real start-up steps: the click command module, agent.run, the checks of
-the dataplane file (YAML parsed with the shared bounded loader), the token and the CA.
+silently undo it. The check runs the real start-up steps: the entry point, the fast flag parse (no click),
+agent.run, the checks of the dataplane file (YAML parsed with the shared bounded loader), the token and the CA.
 """
 
 from __future__ import annotations
@@ -32,20 +32,22 @@ NOT_BEFORE_SPAWN = {
     "agent.metrics_otel": "MeshMetric's OpenTelemetry backends, loaded when one pushes",
     "agent.dns.component": "the host's DNS stub: loaded only with --dns-enabled",
     "agent.vips_client": "the VIP watch runs in the DNS worker, not in kuma-dp",
+    "click": "plain `kuma-dp run` flags are parsed without it (agent/run_flags.py); errors and --help use it",
     "importlib.metadata": "kuma-dp's version is read from its metadata file (agent.version(), ~20 ms less)",
 }
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
     from agent import cli  # the console script's module, as kuma-dp starts
-    import agent.commands
+    from agent import run_flags  # `kuma-dp run` with plain flags: no click
     import agent.run
-    from agent.config import DpConfig
-    from dataclasses import replace
+    from agent.config import resolve
 
     dp_file, token_file, ca_file = sys.argv[1:4]
-    cfg = replace(DpConfig(), dataplane_file=dp_file, token_file=token_file, ca_cert_file=ca_file,
-                  cp_address="https://127.0.0.1:5678")
+    flags = run_flags.parse_fast(["--dataplane-file", dp_file, "--dataplane-token-file", token_file,
+                                  "--ca-cert-file", ca_file, "--cp-address", "https://127.0.0.1:5678"])
+    flags.pop("config_file")
+    cfg = resolve(flags, {}, None, file_name="config file")
     definition = agent.run.dataplane.load(cfg)
     agent.run.read_token(cfg, definition)
     agent.run.read_ca(cfg)
