@@ -12,7 +12,8 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
   still pending, the bootstrap call, the bootstrap file, the spawn), -> READY=1 (Envoy's own start under
   kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
   after READY, and the CPU time kuma-dp and its finished helpers used up to READY.
-- "imports": once per round and tree, `python -c "import agent.cli, agent.commands, agent.run"` minus
+- "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.run"` (a tree
+  without agent/run_flags.py: agent.commands, its click commands) minus
   `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything; the same for
   `agent.bootstrap_worker`, the worker that validates the definition in parallel (kuma-dp waits for its
   verdict before the bootstrap call).
@@ -174,7 +175,9 @@ def imports(tree: Path) -> tuple[float, float]:
         subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), check=True)
         return time.perf_counter() - start
     bare = wall("pass")
-    return wall("import agent.cli, agent.commands, agent.run") - bare, wall("import agent.bootstrap_worker") - bare
+    # What `kuma-dp run` loads before it can do anything: its flags without click where the tree can.
+    flags = "agent.run_flags" if (tree / "agent" / "run_flags.py").exists() else "agent.commands"
+    return wall(f"import agent.cli, {flags}, agent.run") - bare, wall("import agent.bootstrap_worker") - bare
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
