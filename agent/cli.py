@@ -16,7 +16,7 @@ def _prestart(argv: list[str]) -> None:
     """For `kuma-dp run` (not --help), start the slow start-up steps first (agent/prestart.py)."""
     if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
         from agent import prestart
-        from agent.notify import NOTIFY_VARS
+        from agent.notify_vars import NOTIFY_VARS  # not agent.notify: logging and socket can load later
 
         prestart.prestart(argv, {k: v for k, v in os.environ.items() if k not in NOTIFY_VARS})
 
