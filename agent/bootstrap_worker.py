@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Any
 
-import controlplane.resources  # noqa: F401  (imported now, while kuma-dp prepares the request)
+import controlplane.resources.dataplane  # noqa: F401  (its model is built now, while kuma-dp prepares the request)
 from agent.dataplane import Definition, DefinitionError, validate
 from agent.exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 

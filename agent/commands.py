@@ -11,38 +11,28 @@ shows each flag with its variable.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from agent import run_flags
 from agent.config import EXIT_USAGE, SETTINGS, ConfigError, Setting
-
-_SHORT = {"dataplane_file": "-d", "dataplane_var": "-v"}
+from agent.run_flags import CONFIG_FILE_NAMES, MULTIPLE, option_names
 
 
 def _option(s: Setting) -> Callable[[Any], Any]:
-    assert s.flag is not None
-    names = [f"--{s.flag}"]
-    if s.attr == "runtime_dir":
-        names.append("--runtime-dir")
-    short = _SHORT.get(s.flag.replace("-", "_"))
-    if short:
-        names.append(short)
     env = f" [env {s.env}]" if s.env else ""
-    if s.attr == "dns_enabled":  # DNS: a flag, as Kuma's (--no-dns-enabled turns off what env/file enabled)
-        names = ["--dns-enabled/--no-dns-enabled"]
-    return click.option(*names, s.attr, default=None, multiple=s.attr in ("dataplane_vars", "dns_upstreams"),
-                        help=f"{s.help}{env}", show_default=False)
+    return click.option(*option_names(s), s.attr, default=None, multiple=s.attr in MULTIPLE, help=f"{s.help}{env}",
+                        show_default=False)
 
 
 def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
     for s in reversed(SETTINGS):
         if s.flag:
             f = _option(s)(f)
-    return click.option("-c", "--config-file", "config_file", default=None,
+    return click.option(*CONFIG_FILE_NAMES, "config_file", default=None,
                         help="kuma-dp YAML config (Kuma's keys: controlPlane.url, dataplane.name, ...) "
                              "[env KUMA_CONFIG_FILE]")(f)
 
@@ -59,25 +49,7 @@ def main() -> None:
 @_run_options
 def run_command(config_file: str | None, **flags: Any) -> None:
     """Register the dataplane, fetch its Envoy bootstrap, run Envoy until SIGTERM/SIGINT."""
-    from agent import prestart
-    from agent.config import CONFIG_FILE_ENV, load_file, resolve
-    from kuma_shared import logs
-
-    env = dict(os.environ)
-    path = config_file or env.get(CONFIG_FILE_ENV) or None
-    try:
-        doc = load_file(path) if path else None
-        cfg = resolve(flags, env, doc, file_name=path or "config file")
-    except ConfigError as e:
-        click.echo(f"kuma-dp: {e}", err=True)
-        sys.exit(EXIT_USAGE)
-    logs.setup(cfg.log_level, cfg.log_format)
-    prestart.submit_definition(cfg)  # the pre-started worker validates while the rest of kuma-dp loads
-    import asyncio
-
-    from agent.run import run
-
-    sys.exit(asyncio.run(run(cfg, env)))
+    run_flags.run_command(config_file, flags)  # plain flags skip click altogether (agent/cli.py)
 
 
 @main.command("dns", add_help_option=False, context_settings={"ignore_unknown_options": True})

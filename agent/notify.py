@@ -17,9 +17,9 @@ import os
 import socket
 from collections.abc import Mapping
 
-log = logging.getLogger("kuma-dp.notify")
+from agent.notify_vars import NOTIFY_VARS
 
-NOTIFY_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")
+log = logging.getLogger("kuma-dp.notify")
 
 
 class Notifier:

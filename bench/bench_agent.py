@@ -12,8 +12,13 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
   still pending, the bootstrap call, the bootstrap file, the spawn), -> READY=1 (Envoy's own start under
   kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
   after READY, and the CPU time kuma-dp and its finished helpers used up to READY.
-- "imports": once per round and tree, `python -c "import agent.cli, agent.commands, agent.run"` minus
-  `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything.
+- "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.run"` (a tree
+  without agent/run_flags.py: agent.commands, its click commands) minus
+  `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything; the same for
+  `agent.bootstrap_worker`, the worker that validates the definition in parallel (kuma-dp waits for its
+  verdict before the bootstrap call).
+Every module of both trees is loaded from .pyc files, as an installed kuma-dp's are (written to the run's
+temp directory by the warm-up run, PYTHONPYCACHEPREFIX; a PYTHONDONTWRITEBYTECODE of the caller is dropped).
 The variants run in alternating order. Medians over `--runs`; the overhead is kuma-dp's median minus Envoy's;
 ratios are this tree / baseline. Also shown: the fastest runs, and CPU time, which a busy machine inflates
 less than wall time (this machine is shared: the load average is printed). Targets (DESIGN.md, issue 14):
@@ -162,13 +167,17 @@ def kuma_dp(cp: CpProcess, work: Path, tree: Path) -> dict[str, float]:
         _stop(proc)
 
 
-def imports(tree: Path) -> float:
-    """Seconds kuma-dp's modules take to import (a fresh interpreter's start subtracted)."""
+def imports(tree: Path) -> tuple[float, float]:
+    """Seconds kuma-dp's modules, and the bootstrap worker's, take to import (a fresh interpreter's start
+    subtracted)."""
     def wall(code: str) -> float:
         start = time.perf_counter()
         subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), check=True)
         return time.perf_counter() - start
-    return wall("import agent.cli, agent.commands, agent.run") - wall("pass")
+    bare = wall("pass")
+    # What `kuma-dp run` loads before it can do anything: its flags without click where the tree can.
+    flags = "agent.run_flags" if (tree / "agent" / "run_flags.py").exists() else "agent.commands"
+    return wall(f"import agent.cli, {flags}, agent.run") - bare, wall("import agent.bootstrap_worker") - bare
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -193,7 +202,8 @@ def baseline_tree(ref: str, into: Path) -> tuple[Path, str]:
     return into, commit
 
 
-def variant_results(samples: list[dict[str, float]], import_s: list[float], envoy_s: list[float]) -> dict[str, float]:
+def variant_results(samples: list[dict[str, float]], import_s: list[tuple[float, float]],
+                    envoy_s: list[float]) -> dict[str, float]:
     med = statistics.median
     ready = [x["ready"] for x in samples]
     return {
@@ -201,7 +211,8 @@ def variant_results(samples: list[dict[str, float]], import_s: list[float], envo
         "overhead_ms": (med(ready) - med(envoy_s)) * 1000,
         "overhead_min_ms": (min(ready) - min(envoy_s)) * 1000,
         "kuma_dp_before_envoy_ms": med(x["spawned"] for x in samples) * 1000,
-        "split_imports_ms": med(import_s) * 1000,
+        "split_imports_ms": med(x[0] for x in import_s) * 1000,
+        "worker_imports_ms": med(x[1] for x in import_s) * 1000,
         "split_before_bootstrap_ms": med(x["requesting"] for x in samples) * 1000,
         "split_bootstrap_to_spawn_ms": med(x["spawned"] - x["requesting"] for x in samples) * 1000,
         "split_envoy_in_kuma_dp_ms": med(x["ready"] - x["spawned"] for x in samples) * 1000,
@@ -217,6 +228,7 @@ ROWS = [  # (label, key, unit)
     ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
     ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
     ("  split: imports of kuma-dp's modules (separate run)", "split_imports_ms", "ms"),
+    ("  bootstrap worker's imports (separate run, in parallel)", "worker_imports_ms", "ms"),
     ("  split: exec -> requesting the bootstrap", "split_before_bootstrap_ms", "ms"),
     ("  split: requesting -> Envoy spawned (validation, call)", "split_bootstrap_to_spawn_ms", "ms"),
     ("  split: Envoy spawned -> READY=1", "split_envoy_in_kuma_dp_ms", "ms"),
@@ -230,7 +242,8 @@ def table(doc: dict[str, Any]) -> str:
     r, variants = doc["results"], doc["results"]["variants"]
     names = list(variants)
     lines = [f"kuma-dp start-up, median of {doc['runs']} runs (Envoy {doc['envoy_version']}, {doc['cpus']} CPUs, "
-             f"load average {r['load_average_1m']:.1f} at the end; baseline {doc.get('baseline') or 'none'})",
+             f"load average {r['load_average_1m_start']:.1f} at the start, {r['load_average_1m']:.1f} at the end; "
+             f"baseline {doc.get('baseline') or 'none'})",
              f"  Envoy alone: exec -> live + workers started {r['envoy_start_ms']:.0f} ms (fastest "
              f"{r['envoy_start_min_ms']:.0f} ms); bootstrap call on a fresh channel {r['bootstrap_call_ms']:.0f} ms",
              f"  targets: overhead <= {TARGET_OVERHEAD_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB"]
@@ -253,6 +266,12 @@ def main() -> None:
     binary = find_envoy()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
+        # Both trees' modules from .pyc files, as an installed kuma-dp has them (the warm-up run writes them
+        # here, not into the trees); a PYTHONDONTWRITEBYTECODE in the caller's environment would otherwise
+        # make every kuma-dp run compile its sources again.
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        load_start = os.getloadavg()[0]
         trees = {"this": REPO}
         baseline = None
         if args.baseline != "none":
@@ -266,7 +285,7 @@ def main() -> None:
             envoy_s: list[float] = []
             call_s: list[float] = []
             samples: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
-            import_s: dict[str, list[float]] = {n: [] for n in trees}
+            import_s: dict[str, list[tuple[float, float]]] = {n: [] for n in trees}
             for i in range(args.runs):
                 e, c = envoy_alone(cp, work, binary)
                 envoy_s.append(e)
@@ -284,6 +303,7 @@ def main() -> None:
         "bootstrap_call_ms": med(call_s) * 1000,
         "variants": variants,
         "load_average_1m": os.getloadavg()[0],
+        "load_average_1m_start": load_start,
     }
     if "baseline" in variants:
         results["ratios"] = {key: variants["this"][key] / variants["baseline"][key]

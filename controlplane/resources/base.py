@@ -117,6 +117,34 @@ class Registry:
         self._by_name: dict[str, ResourceType] = {}
         self._by_plural: dict[str, ResourceType] = {}
         self._by_singular: dict[str, ResourceType] = {}
+        # Modules that register types when imported, imported on first need (see `declare`): type name ->
+        # module still to import, and each declared type's rank in `all()` (its module's place in the order
+        # the modules would have been imported eagerly).
+        self._lazy: dict[str, str] = {}
+        self._modules: list[str] = []
+        self._rank: dict[str, int] = {}
+
+    def declare(self, module: str, *names: str) -> None:
+        """`module` registers the types `names` when imported; import it on the first lookup that needs it.
+        kuma-dp's bootstrap worker validates a Dataplane only: it must not pay for building every other
+        type's pydantic model (issue 14). Any lookup that misses, and `all()`, import every declared module
+        first, so callers see exactly what eager imports registered, in the same order."""
+        if module not in self._modules:
+            self._modules.append(module)
+        for name in names:
+            self._lazy[name] = module
+            self._rank[name] = self._modules.index(module)
+
+    def _load(self, name: str | None = None) -> bool:
+        """Import the declared module of `name` (every declared module if None); False if nothing was pending."""
+        import importlib
+
+        modules = [self._lazy[name]] if name in self._lazy else [] if name is not None else self._modules
+        pending = [m for m in modules if m in self._lazy.values()]
+        for module in pending:
+            importlib.import_module(module)  # registers its types (the import lock serialises threads)
+            self._lazy = {k: m for k, m in self._lazy.items() if m != module}
+        return bool(pending)
 
     def register(self, rtype: ResourceType) -> ResourceType:
         for index, key in ((self._by_name, rtype.name), (self._by_plural, rtype.plural),
@@ -127,19 +155,28 @@ class Registry:
         return rtype
 
     def by_name(self, name: str) -> ResourceType | None:
-        return self._by_name.get(name)
+        if name in self._lazy:
+            self._load(name)
+        found = self._by_name.get(name)
+        return found if found is not None or not self._load() else self._by_name.get(name)
 
     def by_plural(self, plural: str) -> ResourceType | None:
-        return self._by_plural.get(plural)
+        found = self._by_plural.get(plural)
+        return found if found is not None or not self._load() else self._by_plural.get(plural)
 
     def lookup(self, word: str) -> ResourceType | None:
         """A type by any of its spellings, as kumactl accepts them (dataplane, dataplanes, Dataplane)."""
+        self._load()
         return self._by_singular.get(word) or self._by_plural.get(word) or self._by_name.get(word) \
             or self._by_name.get(_case_insensitive(self._by_name, word) or "") \
             or self._by_plural.get(_without_dashes(self._by_plural, word) or "")
 
     def all(self) -> list[ResourceType]:
-        return list(self._by_name.values())
+        """Every registered type: the declared modules' first (in their declared order), then the others in
+        the order they registered (sort is stable)."""
+        self._load()
+        last = len(self._modules)
+        return sorted(self._by_name.values(), key=lambda t: self._rank.get(t.name, last))
 
 
 def _without_dashes(index: Mapping[str, ResourceType], word: str) -> str | None:

@@ -3,8 +3,8 @@ heavy modules it does not need there (issue 14: each costs tens of milliseconds 
 path, and the resource model ~25 MB of resident memory the long-running process would keep).
 
 Checked in a fresh interpreter (sys.modules), without timing, so a later import at module level cannot
-silently undo it. The check runs the real start-up steps: the click command module, agent.run, the checks of
-the dataplane file (YAML parsed with the shared bounded loader), the token and the CA.
+silently undo it. The check runs the real start-up steps: the entry point, the fast flag parse (no click),
+agent.run, the checks of the dataplane file (YAML parsed with the shared bounded loader), the token and the CA.
 """
 
 from __future__ import annotations
@@ -32,22 +32,26 @@ NOT_BEFORE_SPAWN = {
     "agent.metrics_otel": "MeshMetric's OpenTelemetry backends, loaded when one pushes",
     "agent.dns.component": "the host's DNS stub: loaded only with --dns-enabled",
     "agent.vips_client": "the VIP watch runs in the DNS worker, not in kuma-dp",
+    "click": "plain `kuma-dp run` flags are parsed without it (agent/run_flags.py); errors and --help use it",
+    "importlib.metadata": "kuma-dp's version is read from its metadata file (agent.version(), ~20 ms less)",
 }
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
     from agent import cli  # the console script's module, as kuma-dp starts
-    import agent.commands
+    from agent import run_flags  # `kuma-dp run` with plain flags: no click
     import agent.run
-    from agent.config import DpConfig
-    from dataclasses import replace
+    from agent.config import resolve
 
     dp_file, token_file, ca_file = sys.argv[1:4]
-    cfg = replace(DpConfig(), dataplane_file=dp_file, token_file=token_file, ca_cert_file=ca_file,
-                  cp_address="https://127.0.0.1:5678")
+    flags = run_flags.parse_fast(["--dataplane-file", dp_file, "--dataplane-token-file", token_file,
+                                  "--ca-cert-file", ca_file, "--cp-address", "https://127.0.0.1:5678"])
+    flags.pop("config_file")
+    cfg = resolve(flags, {}, None, file_name="config file")
     definition = agent.run.dataplane.load(cfg)
     agent.run.read_token(cfg, definition)
     agent.run.read_ca(cfg)
+    agent.version()  # sent in the bootstrap request
     print(json.dumps(sorted(sys.modules)))
 """)
 
@@ -75,22 +79,89 @@ def test_start_up_path_does_not_import_what_it_does_not_need(tmp_path: Path) -> 
     assert loaded == {}, f"imported before Envoy is spawned (make these imports lazy): {loaded}"
 
 
+def test_version_is_the_installed_distributions_without_importlib_metadata() -> None:
+    code = ("import json, sys, agent; v = agent.version(); loaded = 'importlib.metadata' in sys.modules; "
+            "from importlib.metadata import version; print(json.dumps([v, version('kuma-vm'), loaded]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ours, metadata, loaded = json.loads(out.stdout)
+    assert ours == metadata and not loaded
+
+
 # Modules the bootstrap worker (on the critical path until its verdict) must not load, and why.
 NOT_IN_WORKER = {
     "grpc": "kuma-dp makes the bootstrap call itself; the worker only validates",
     "asyncio": "the worker validates and answers, nothing to wait for",
     "agent.config": "kuma-dp's settings table: the worker needs the exit codes only (agent/exit_codes.py)",
     "prometheus_client": "kuma-dp's own metrics",
+    "pkgutil": "only load_all() walks the policy modules",
+    "controlplane.policies": "policy types: the worker validates a Dataplane or a ZoneIngress",
+    "controlplane.resources.mesh": "the registry imports a type's module on its first lookup",
+    "controlplane.resources.insights": "the registry imports a type's module on its first lookup",
+    "controlplane.resources.secret": "the registry imports a type's module on its first lookup",
+    "controlplane.resources.vip": "the registry imports a type's module on its first lookup",
 }
+# ...and what it does load: the models it validates with (ZoneIngress's module only for a zone ingress).
+IN_WORKER = {"dataplane": {"controlplane.resources.dataplane"},
+             "ingress": {"controlplane.resources.dataplane", "controlplane.resources.zone"}}
 
 
 def test_bootstrap_worker_imports_only_what_validation_needs() -> None:
-    code = ("import json, sys; import agent.bootstrap_worker; "
-            "print(json.dumps(sorted(sys.modules)))")
+    definitions = {
+        "dataplane": {"type": "Dataplane", "mesh": "default", "name": "web",
+                      "networking": {"address": "127.0.0.1",
+                                     "inbound": [{"port": 20001, "servicePort": 8080,
+                                                  "tags": {"kuma.io/service": "web"}}]}},
+        "ingress": {"type": "ZoneIngress", "name": "ingress-1",
+                    "networking": {"address": "127.0.0.1", "port": 10001}},
+    }
+    # The worker's real run: its imports, then the validation of one definition of each proxy type.
+    code = textwrap.dedent("""
+        import io, json, sys
+        import agent.bootstrap_worker as worker
+        at_import = sorted(sys.modules)
+        sys.stdin, out = io.StringIO(sys.argv[1] + "\\n"), sys.stdout
+        sys.stdout = io.StringIO()
+        code = worker.main()
+        verdict = sys.stdout.getvalue()
+        print(json.dumps({"import": at_import, "run": sorted(sys.modules), "code": code, "verdict": verdict}),
+              file=out)
+    """)
+    for proxy_type, doc in definitions.items():
+        payload = {"definition": {"source": "--dataplane-file x.yaml", "doc": doc, "mesh": "default",
+                                  "name": doc["name"], "proxy_type": proxy_type},
+                   "proxyType": proxy_type, "logLevel": "info", "logFormat": "text"}
+        out = subprocess.run([sys.executable, "-c", code, json.dumps(payload)], capture_output=True, text=True,
+                             cwd=REPO, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(out.stdout)
+        assert (got["code"], json.loads(got["verdict"])) == (0, {"valid": True}), (proxy_type, got["verdict"])
+        at_import, after_run = set(got["import"]), set(got["run"])
+        assert "controlplane.resources.dataplane" in at_import  # built while kuma-dp prepares the request
+        assert IN_WORKER[proxy_type] <= after_run
+        loaded = {name: why for name, why in NOT_IN_WORKER.items()
+                  if name in after_run or any(m.startswith(name + ".") for m in after_run)}
+        assert loaded == {}, f"imported by the bootstrap worker ({proxy_type}): {loaded}"
+        if proxy_type == "dataplane":
+            assert "controlplane.resources.zone" not in after_run
+
+
+def test_the_worker_is_started_before_kuma_dp_loads_more_than_it_needs_to_start_it() -> None:
+    """The entry point spawns the bootstrap worker (on the critical path until its verdict) before it loads
+    logging, socket, click or asyncio: each would delay the worker's start."""
+    code = textwrap.dedent("""
+        import json, sys
+        from agent import cli, prestart
+        def start_worker(env):
+            print(json.dumps(sorted(sys.modules)))
+            sys.exit(0)
+        prestart.start_worker = start_worker
+        cli._prestart(["run", "--binary-path", "/nonexistent/envoy"])
+        sys.exit("the worker was not started")
+    """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     modules = set(json.loads(out.stdout))
-    assert "controlplane.resources" in modules  # the worker does load the model it validates with
-    loaded = {name: why for name, why in NOT_IN_WORKER.items()
-              if name in modules or any(m.startswith(name + ".") for m in modules)}
-    assert loaded == {}, f"imported by the bootstrap worker: {loaded}"
+    assert "agent.prestart" in modules
+    loaded = {m for m in ("logging", "socket", "click", "asyncio", "agent.notify", "agent.config") if m in modules}
+    assert loaded == set(), f"loaded before the bootstrap worker is started: {loaded}"
