@@ -33,6 +33,8 @@ from tests.integration.envoy_harness import EnvoyProcess, static_bootstrap, tcp_
 from tests.integration.mesh_harness import MeshHarness, eventually, http
 from tests.integration.test_cp_postgres import is_leader, pg_env
 from tests.integration.test_kuma_dp_support import (
+    ALLOW_ALL,
+    MTLS_MESH,
     DpProcess,
     dataplane_doc,
     dp_factory,  # noqa: F401  (fixture)
@@ -41,20 +43,6 @@ from tests.ports import free_port
 
 pytestmark = pytest.mark.postgres
 
-MTLS = """
-type: Mesh
-name: default
-mtls:
-  enabledBackend: ca-1
-  backends: [{name: ca-1, type: builtin}]
----
-type: MeshTrafficPermission
-mesh: default
-name: allow-all
-spec:
-  targetRef: {kind: Mesh}
-  from: [{targetRef: {kind: Mesh}, default: {action: Allow}}]
-"""
 CLUSTER = "backend"  # the outbound cluster of service `backend` in every Envoy
 
 
@@ -149,7 +137,7 @@ def test_two_zone_instances_serve_one_zone_and_survive_the_leader(
     at_a = MeshHarness(a, envoy_factory, app_factory)
     at_b = MeshHarness(b, envoy_factory, app_factory)
     # mTLS through B's API: each instance issues its own proxies' identity certificates, from one mesh CA.
-    at_b.apply(MTLS)
+    at_b.apply(MTLS_MESH + "---\n" + ALLOW_ALL)
     backend = at_b.app("echo_http", "--name", "backend")
     web_app = at_a.app("echo_http", "--name", "web")
 

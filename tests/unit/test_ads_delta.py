@@ -7,7 +7,16 @@ import time
 import grpc
 
 from controlplane.xds.resources import CLUSTER, ENDPOINT, LISTENER
-from tests.unit.test_ads_support import ads_server, cla, eds_cluster, listener, names_of, snapshot, static_cluster
+from tests.unit.test_ads_support import (
+    ads_server,
+    cla,
+    eds_cluster,
+    listener,
+    listener_moved_from_b_to_a,
+    names_of,
+    snapshot,
+    static_cluster,
+)
 
 NODE_KEY = "default.dp-1"
 UNKNOWN = "type.googleapis.com/envoy.service.runtime.v3.Runtime"
@@ -259,15 +268,7 @@ async def test_cla_resent_after_its_cluster_changes() -> None:
 async def test_a_cluster_is_removed_only_after_the_listener_that_stops_using_it_is_acked() -> None:
     """Make before break: Envoy's old listener routes to b until the new one (routing to a) is in place."""
     async with ads_server() as srv:
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
-                                                  listener("l1", 15001, "b")))
-        c = await srv.client(delta=True)
-        await c.send(CLUSTER)
-        await c.ack(await c.recv(), with_node=False)
-        await c.send(LISTENER)
-        await c.ack(await c.recv())
-        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        c = await listener_moved_from_b_to_a(srv, NODE_KEY, delta=True)
         lds = await c.recv()
         assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
         await c.expect_nothing()  # b is still what the client's current listener uses
@@ -292,15 +293,7 @@ async def test_a_cluster_outlives_the_ack_of_the_listener_that_stops_using_it_by
     goes `break_delay` after the new listener's ACK, not at once (at once, a request read on such a connection
     just after the ACK found no cluster: 503)."""
     async with ads_server(break_delay=1.5) as srv:
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
-                                                  listener("l1", 15001, "b")))
-        c = await srv.client(delta=True)
-        await c.send(CLUSTER)
-        await c.ack(await c.recv(), with_node=False)
-        await c.send(LISTENER)
-        await c.ack(await c.recv())
-        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        c = await listener_moved_from_b_to_a(srv, NODE_KEY, delta=True)
         lds = await c.recv()
         await c.ack(lds)
         await c.expect_nothing(0.5)  # within the delay: b stays

@@ -14,6 +14,7 @@ from tests.unit.test_ads_support import (
     cla,
     eds_cluster,
     listener,
+    listener_moved_from_b_to_a,
     names_of,
     snapshot,
     static_cluster,
@@ -354,15 +355,7 @@ async def test_a_cluster_stays_in_cds_until_the_listener_that_stops_using_it_is_
     """Make before break: a SotW CDS response removes what it omits, so it keeps b until the new listener
     (routing to a) is ACKed."""
     async with ads_server() as srv:
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
-                                                  listener("l1", 15001, "b")))
-        c = await srv.client()
-        await c.send(CLUSTER)
-        await c.ack(await c.recv(), with_node=False)
-        await c.send(LISTENER)
-        await c.ack(await c.recv())
-        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        c = await listener_moved_from_b_to_a(srv, NODE_KEY, delta=False)
         lds = await c.recv()
         assert lds.type_url == LISTENER
         await c.expect_nothing()  # CDS without b would break the listener Envoy still runs
@@ -385,15 +378,7 @@ async def test_a_cluster_stays_in_cds_until_the_listener_that_stops_using_it_is_
 
 async def test_a_cluster_outlives_the_ack_of_the_listener_that_stops_using_it_by_the_break_delay() -> None:
     async with ads_server(break_delay=1.5) as srv:
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
-                                                  listener("l1", 15001, "b")))
-        c = await srv.client()
-        await c.send(CLUSTER)
-        await c.ack(await c.recv(), with_node=False)
-        await c.send(LISTENER)
-        await c.ack(await c.recv())
-        await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
-        srv.cache.set_snapshot(NODE_KEY, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+        c = await listener_moved_from_b_to_a(srv, NODE_KEY, delta=False)
         await c.ack(await c.recv())
         await c.expect_nothing(0.5)  # within the delay: the CDS response would drop b
         cds = await c.recv()

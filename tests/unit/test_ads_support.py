@@ -296,3 +296,18 @@ def names_of(response: Any) -> list[str]:
         elif any_msg.type_url == LISTENER:
             out.append(listener_pb2.Listener.FromString(any_msg.value).name)
     return sorted(out)
+
+
+async def listener_moved_from_b_to_a(srv: AdsServer, node_key: str, *, delta: bool) -> AdsClient:
+    """The make-before-break scene: a client that runs clusters a and b with listener l1 routing to b (both
+    ACKed), then a snapshot where l1 routes to a and b is gone. Returns the client; the new LDS is on its way."""
+    srv.cache.set_snapshot(node_key, snapshot(static_cluster("a", 9000), static_cluster("b", 9001),
+                                              listener("l1", 15001, "b")))
+    c = await srv.client(delta=delta)
+    await c.send(CLUSTER)
+    await c.ack(await c.recv(), with_node=False)
+    await c.send(LISTENER)
+    await c.ack(await c.recv())
+    await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
+    srv.cache.set_snapshot(node_key, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
+    return c
