@@ -27,7 +27,7 @@ from controlplane.xds.server import AdsServicer
 from controlplane.xds.snapshot import Snapshot
 
 __all__ = ["AdsClient", "Recorder", "TokenAuthenticator", "ads_server", "cla", "eds_cluster", "listener",
-           "nack_status", "snapshot", "static_cluster"]
+           "listener_moved_to_new_cluster_b", "nack_status", "snapshot", "static_cluster"]
 
 
 # -- resources -------------------------------------------------------------------------------------------------
@@ -61,13 +61,15 @@ def static_cluster(name: str, port: int, *, connect_timeout: duration_pb2.Durati
     return XdsResource.of(CLUSTER, name, msg)
 
 
-def listener(name: str, port: int, cluster: str) -> XdsResource:
+def listener(name: str, port: int, cluster: str, *, ref: bool = False) -> XdsResource:
+    """A TCP proxy listener; `ref`: it names its cluster as a Ref, as kuma-cp's generated listeners do (the
+    server then holds it until the client has warmed that cluster)."""
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=cluster)
     network_filter = listener_components_pb2.Filter(name="envoy.filters.network.tcp_proxy")
     network_filter.typed_config.Pack(proxy)
     msg = listener_pb2.Listener(name=name, address=_address("127.0.0.1", port),
                                 filter_chains=[listener_components_pb2.FilterChain(filters=[network_filter])])
-    return XdsResource.of(LISTENER, name, msg)
+    return XdsResource.of(LISTENER, name, msg, refs=[Ref(CLUSTER, cluster)] if ref else [])
 
 
 def snapshot(*items: XdsResource) -> Snapshot:
@@ -177,11 +179,12 @@ class AdsServer:
 
 @contextlib.asynccontextmanager
 async def ads_server(nack_backoff: float = 0.3, *, require_token: bool = True,
-                     break_delay: float = 0.0) -> AsyncIterator[AdsServer]:
+                     break_delay: float = 0.0, warm_timeout: float = 5.0) -> AsyncIterator[AdsServer]:
     cache = SnapshotCache()
     recorder = Recorder()
     authenticator = TokenAuthenticator(require_token)
-    servicer = AdsServicer(cache, authenticator, recorder, nack_backoff=nack_backoff, break_delay=break_delay)
+    servicer = AdsServicer(cache, authenticator, recorder, nack_backoff=nack_backoff, break_delay=break_delay,
+                            warm_timeout=warm_timeout)
     server = grpc.aio.server()
     servicer.add_to_server(server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -311,3 +314,38 @@ async def listener_moved_from_b_to_a(srv: AdsServer, node_key: str, *, delta: bo
     await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 2)
     srv.cache.set_snapshot(node_key, snapshot(static_cluster("a", 9000), listener("l1", 15001, "a")))
     return c
+
+
+async def listener_moved_to_new_cluster_b(srv: AdsServer, node_key: str, *,
+                                          delta: bool) -> tuple[AdsClient, Any, Any]:
+    """The make-before-use scene: a client that runs EDS cluster a, its endpoints and listener l1 routing to a
+    (all ACKed), then a snapshot where l1 routes to b, a new EDS cluster. Returns the client, the CDS
+    response that adds b (not ACKed yet) and the (ACKed) EDS response of a."""
+    def snap(target: str) -> Snapshot:
+        added = (eds_cluster("b"), cla("b", 9001)) if target == "b" else ()
+        return snapshot(eds_cluster("a"), cla("a", 9000), *added, listener("l1", 15001, target, ref=True))
+
+    srv.cache.set_snapshot(node_key, snap("a"))
+    c = await srv.client(delta=delta)
+    await c.send(CLUSTER)
+    cds = await c.recv()
+    if delta:
+        await c.send(ENDPOINT, subscribe=("a",))
+    else:
+        await c.send(ENDPOINT, names=("a",))
+    await c.ack(cds, with_node=False)
+    eds = await c.recv()
+    assert eds.type_url == ENDPOINT
+    if delta:
+        await c.ack(eds)
+    else:
+        await c.ack(eds, names=("a",))
+    await c.send(LISTENER)
+    lds = await c.recv()
+    assert lds.type_url == LISTENER
+    await c.ack(lds)
+    await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 3)
+    srv.cache.set_snapshot(node_key, snap("b"))
+    cds = await c.recv()
+    assert cds.type_url == CLUSTER and "b" in names_of(cds)
+    return c, cds, eds

@@ -44,6 +44,8 @@ class _TypeState:
     outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> system version, oldest first
     nack_until: float = 0.0
     rejected: bool = False  # the latest settled response was NACKed: the client runs something older
+    sent_in: dict[str, int] = field(default_factory=dict)  # name -> nonce of the latest response carrying it
+    settled_upto: int = 0  # the latest nonce the client ACKed or NACKed (it settles every older one too)
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -80,6 +82,7 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
                 log.debug("xds ACK/NACK for an unknown nonce ignored", extra=self._extra(type_url, "", nonce))
             else:
                 # The client handles responses in order: this one settles every older one too.
+                st.settled_upto = max(st.settled_upto, int(nonce))
                 for n in list(st.outstanding):
                     del st.outstanding[n]
                     if n == nonce:
@@ -135,6 +138,9 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
             else:
                 candidates = (r for n in st.names if (r := of_type.get(n)) is not None)
             changed: list[XdsResource] = [r for r in candidates if st.client.get(r.name) != r.hash]
+            if changed and not self.clusters_warm(snapshot, type_url, changed):
+                st.dirty = True  # look again when the client ACKs those clusters' endpoints
+                continue
             removed = [n for n in st.client if n not in of_type or not st.wants(n)]
             st.dirty = False
             if removed and type_url in (CLUSTER, ENDPOINT) and not self.routing_settled(snapshot):
@@ -150,6 +156,17 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
                 continue
             st.force = False
             await self._respond(type_url, st, version, changed, removed)
+
+    def has_warmed(self, type_url: str, name: str) -> bool | None:
+        st = self.types.get(type_url)
+        if st is None:  # no endpoints subscribed yet: Envoy asks for them once it has processed the clusters
+            return False if type_url == ENDPOINT else None
+        if name not in st.client:
+            return False  # not sent yet (not subscribed yet, or re-warming after a cluster update)
+        sent = st.sent_in.get(name)
+        if sent is not None and sent > st.settled_upto:
+            return False  # in flight
+        return None if st.rejected else True  # None: the client rejected it, waiting would not help
 
     def type_settled(self, type_url: str, version: str) -> bool:
         st = self.types.get(type_url)
@@ -174,12 +191,15 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         # Every stream that gets this content shares its bytes; only the nonce is its own.
         key = ("delta", type_url, version, tuple((r.name, r.hash) for r in changed), tuple(removed))
         body = with_nonce(self.settings.responses.get(key, build), nonce)
+        sent_in = int(nonce)
         for r in changed:
             if type_url == CLUSTER and r.name in st.client:
                 self._rewarm(r)
             st.client[r.name] = r.hash
+            st.sent_in[r.name] = sent_in
         for name in removed:
             st.client.pop(name, None)
+            st.sent_in.pop(name, None)
         st.outstanding[nonce] = version
         if len(st.outstanding) > _MAX_OUTSTANDING:
             del st.outstanding[next(iter(st.outstanding))]

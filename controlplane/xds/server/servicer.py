@@ -22,6 +22,10 @@ DEFAULT_NACK_BACKOFF = 5.0
 # Envoy serves a connection it accepted on the old filter chain with the old routes, so a request read on it just
 # after the ACK would otherwise find its cluster gone (503, "no cluster"; seen in test_crosszone under load).
 DEFAULT_BREAK_DELAY = 2.0
+# Make before use: how long a listener update waits at most for the client to warm the new clusters it routes to
+# (see Stream.clusters_warm). Envoy asks for a new cluster's endpoints right after it processed the clusters, so
+# this bounds only a client that never does.
+DEFAULT_WARM_TIMEOUT = 5.0
 
 
 class AdsServicer:
@@ -30,16 +34,18 @@ class AdsServicer:
     `authenticator` turns each stream's first request into its node id (the cache key); `callbacks` hear
     about stream open/close, responses, ACKs and NACKs (synchronous, see `controlplane.xds.callbacks`).
     After a NACK, nothing new of that type is sent on that stream for `nack_backoff` seconds. A cluster (and its
-    endpoints) that new listeners and routes stopped using is removed `break_delay` seconds after their ACK.
+    endpoints) that new listeners and routes stopped using is removed `break_delay` seconds after their ACK; a
+    listener or route update that uses a cluster the client has not warmed yet waits for it (`warm_timeout` at most).
     """
 
     def __init__(self, cache: SnapshotCache, authenticator: Authenticator, callbacks: StreamCallbacks | None = None,
-                 *, nack_backoff: float = DEFAULT_NACK_BACKOFF, break_delay: float = DEFAULT_BREAK_DELAY) -> None:
-        if nack_backoff < 0 or break_delay < 0:
-            raise ValueError("nack_backoff and break_delay must not be negative")
+                 *, nack_backoff: float = DEFAULT_NACK_BACKOFF, break_delay: float = DEFAULT_BREAK_DELAY,
+                 warm_timeout: float = DEFAULT_WARM_TIMEOUT) -> None:
+        if nack_backoff < 0 or break_delay < 0 or warm_timeout < 0:
+            raise ValueError("nack_backoff, break_delay and warm_timeout must not be negative")
         self.cache = cache
         self._settings = Settings(cache, authenticator, callbacks or NoopCallbacks(), nack_backoff,
-                                  break_delay=break_delay)
+                                  break_delay=break_delay, warm_timeout=warm_timeout)
         self._streams: set[Stream[Any]] = set()
 
     def add_to_server(self, server: grpc.aio.Server) -> None:

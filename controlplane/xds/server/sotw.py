@@ -22,7 +22,7 @@ from typing import Any
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
 
-from ..resources import CLUSTER, ENDPOINT, XdsResource
+from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, XdsResource
 from ..snapshot import WILDCARD_TYPES, Snapshot
 from .encoded import with_nonce
 from .stream import Stream, in_type_order, is_known, log
@@ -46,6 +46,8 @@ class _TypeState:
     rejected: bool = False  # the latest settled response was NACKed: the client runs something older
     sent_clusters: dict[str, XdsResource] | None = None  # CDS only: what the last response had (None: unknown)
     holding: bool = False  # CDS only: the last response kept removed clusters until routing settles
+    sent_names: frozenset[str] = frozenset()  # EDS only: the resources the last response had
+    sent_hashes: dict[str, str] | None = None  # LDS/RDS only: name -> hash of what the last response had
 
 
 class SotwStream(Stream[DiscoveryRequest]):
@@ -126,6 +128,10 @@ class SotwStream(Stream[DiscoveryRequest]):
             if now < st.nack_until:
                 self.defer_until(st.nack_until)
                 continue
+            if type_url in (LISTENER, ROUTE):
+                sent = st.sent_hashes or {}
+                if not self.clusters_warm(snapshot, type_url, (r for r in resources if sent.get(r.name) != r.hash)):
+                    continue  # look again when the client ACKs those clusters' endpoints
             st.seen_version = version
             st.initial = st.resend = False
             if type_url == CLUSTER:
@@ -150,6 +156,17 @@ class SotwStream(Stream[DiscoveryRequest]):
                                                for r in resources):
             return resources, st.sent_key  # what the client already has: nothing to send yet
         return resources, (key, tuple(gone))
+
+    def has_warmed(self, type_url: str, name: str) -> bool | None:
+        st = self.types.get(type_url)
+        if st is None:  # no endpoints asked for yet: Envoy asks for them once it has processed the clusters
+            return False if type_url == ENDPOINT else None
+        # No CDS response yet on this stream: a reconnecting client that already had this version of them.
+        sent = (st.sent_clusters is None or name in st.sent_clusters) if type_url == CLUSTER else (
+            name in st.sent_names and not st.resend)
+        if not sent or st.nonce != st.settled:
+            return False  # not sent yet, or in flight
+        return None if st.rejected else True  # None: the client rejected it, waiting would not help
 
     def type_settled(self, type_url: str, version: str) -> bool:
         st = self.types.get(type_url)
@@ -195,4 +212,8 @@ class SotwStream(Stream[DiscoveryRequest]):
         # Every stream that gets this content shares its bytes; only the nonce is its own.
         shared = self.settings.responses.get(("sotw", type_url, version, tuple(r.hash for r in resources)), build)
         st.nonce, st.sent_version, st.sent_key = nonce, version, key
+        if type_url == ENDPOINT:
+            st.sent_names = frozenset(r.name for r in resources)
+        elif type_url in (LISTENER, ROUTE):
+            st.sent_hashes = {r.name: r.hash for r in resources}
         await self.send(with_nonce(shared, nonce), type_url, version, nonce, len(resources))

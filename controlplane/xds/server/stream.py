@@ -26,7 +26,7 @@ from envoy.config.core.v3.base_pb2 import Node
 
 from ..cache import SnapshotCache
 from ..callbacks import Authenticator, StreamCallbacks, XdsAuthError
-from ..resources import LISTENER, ROUTE, SHORT_NAMES, TYPE_ORDER
+from ..resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT_NAMES, TYPE_ORDER, XdsResource
 from ..snapshot import Snapshot
 from .encoded import EncodedResponses
 
@@ -55,6 +55,7 @@ class Settings:
     callbacks: StreamCallbacks
     nack_backoff: float
     break_delay: float = 0.0  # see servicer.DEFAULT_BREAK_DELAY
+    warm_timeout: float = 0.0  # see servicer.DEFAULT_WARM_TIMEOUT
     responses: EncodedResponses = field(default_factory=EncodedResponses)  # shared by every stream
 
 
@@ -107,6 +108,7 @@ class Stream(abc.ABC, Generic[RequestT]):
         self._timer_at = math.inf
         # (listener and route versions, loop time they were first seen settled): see routing_settled()
         self._routing_settled: tuple[tuple[str, ...], float] | None = None
+        self._cold_since: dict[str, float] = {}  # type -> loop time its update was first held for cold clusters
         self._logged_unknown: set[str] = set()
 
     # -- what a protocol implements -----------------------------------------------------------------------
@@ -118,6 +120,12 @@ class Stream(abc.ABC, Generic[RequestT]):
     @abc.abstractmethod
     async def flush(self) -> None:
         """Send every response that is due now (and arm back-off timers for those that are due later)."""
+
+    @abc.abstractmethod
+    def has_warmed(self, type_url: str, name: str) -> bool | None:
+        """Whether the client has processed the latest response that carried resource `name` of `type_url`
+        (it ACKed it, or had it when it connected); None when that response was rejected (NACK), or the stream
+        does not carry the type: waiting would not make it usable."""
 
     @abc.abstractmethod
     def type_settled(self, type_url: str, version: str) -> bool:
@@ -141,6 +149,43 @@ class Stream(abc.ABC, Generic[RequestT]):
             self.defer_until(ready)
             return False
         return True
+
+    def clusters_warm(self, snapshot: Snapshot, type_url: str, sending: Iterable[XdsResource]) -> bool:
+        """Make before use (Envoy's xDS docs, "eventual consistency considerations": LDS and RDS after the CDS
+        and EDS they use). A cluster Envoy has just been given is warming until its endpoints arrive, and a
+        listener that routes to it meanwhile fails requests with "no cluster" (503, NC): the EDS request for a
+        new cluster comes only after Envoy processed the CDS response, so a listener sent in the same flush
+        would arrive first. A listener or route update that references a cluster the client has not warmed
+        yet (its CDS response, and its ClusterLoadAssignment when the snapshot has one, not yet ACKed) waits
+        for those ACKs; at most `warm_timeout` seconds (a client that never asks for those endpoints)."""
+        if type_url not in (LISTENER, ROUTE) or self.settings.warm_timeout <= 0:
+            return True
+        clusters, endpoints = snapshot.of_type(CLUSTER), snapshot.of_type(ENDPOINT)
+        cold = False
+        for name in {ref.name for r in sending for ref in r.refs if ref.type_url == CLUSTER}:
+            cluster = clusters.get(name)
+            if cluster is None:
+                continue  # not in the snapshot: waiting would not bring it
+            warmed = self.has_warmed(CLUSTER, name)
+            if warmed is None:
+                continue  # rejected, or not from this stream's CDS: waiting would not warm it
+            if not warmed or any(
+                    ref.type_url == ENDPOINT and ref.name in endpoints and self.has_warmed(ENDPOINT, ref.name) is False
+                    for ref in cluster.refs):
+                cold = True
+                break
+        if not cold:
+            self._cold_since.pop(type_url, None)
+            return True
+        now = self.now()
+        until = self._cold_since.setdefault(type_url, now) + self.settings.warm_timeout
+        if now >= until:
+            log.info("xds update sent before its clusters warmed at the client (no ACK of their endpoints within "
+                     "%.1f s)", self.settings.warm_timeout, extra=self._extra(type_url))
+            self._cold_since.pop(type_url, None)
+            return True
+        self.defer_until(until)
+        return False
 
     # -- the stream's life -------------------------------------------------------------------------------
 
