@@ -59,8 +59,10 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
                                  vips=vips)
     for component in (reconciler, insights):
         runtime.add(component)
-    # full garbage collections between pushes, not inside them
-    runtime.add(CollectionPacer(lambda: reconciler.last_pass_at, supervisor=runtime.supervisor))
+    # garbage collections between pushes, not inside them
+    pacer = CollectionPacer(lambda: reconciler.last_pass_at, pending=reconciler.pending, supervisor=runtime.supervisor)
+    reconciler.on_pass_start.append(pacer.push_started)  # the collector stays off while a push goes out
+    runtime.add(pacer)
     # MeshMetric: where Prometheus scrapes each dataplane (MADS, port 5676) and what each kuma-dp publishes
     metrics_config = add_mads(runtime, auth)
     # Dataplanes of instances that died without unregistering them: one instance (the leader) cleans up.

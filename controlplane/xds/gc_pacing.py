@@ -1,20 +1,29 @@
-"""Full garbage collections between config pushes, not in the middle of them.
+"""Garbage collection kept out of config pushes.
 
-With 1000 connected proxies, CPython's automatic full (generation 2) collections scan every long-lived object
-(dataplanes, snapshots, streams) and took 150-870 ms each on 2 shared cores; a push allocates enough to set
-one off, so most changes had one inside (bench/bench_xds.py logs them). Here the automatic full collections
-are turned off (generation 0 and 1 still run, with a larger generation 0: fewer, still short, young
-collections during a push) and this component runs the full
-collection itself once the reconciler has been quiet for `quiet` seconds after a pass: at most every
-`min_interval` seconds, and only when a pass ran since the last one. Every `max_interval` seconds one runs
-whatever happened (a control plane that is never quiet, or one whose garbage comes from the API, insights or
-KDS rather than pushes), so cyclic garbage stays bounded. Stopping restores the thresholds it found.
+With 1000 connected proxies, CPython's collector stalled pushes three ways (bench/bench_xds.py logs every
+collection of kuma-cp): automatic full (generation 2) collections scanned every long-lived object (dataplanes,
+snapshots, streams: 150-870 ms on 2 shared cores); young collections during a push scanned the push's own
+survivors again and again (generation 1 at 18-30 ms, generation 0 at 5-14 ms, 15-40 ms per push); and a full
+collection that unfroze everything first scanned the whole heap (113-158 ms) just when the next change came.
 
-A full collection then freezes what survived it (`gc.freeze()`, as the runtime does once at start), so the
-next one scans only what was allocated since, not every long-lived dataplane, snapshot and stream again (a
-full collection of a 1000-proxy heap was 300-700 ms of CPU). A frozen object that later becomes part of
-unreachable cycle stays until the next unfrozen collection: every `thaw_every`-th collection unfreezes
-everything first, so such garbage is bounded too.
+So, while the pacer runs:
+- automatic full collections are off (generation 2 threshold NEVER) and the young generation is larger;
+- a push runs with the collector off: the reconciler calls `push_started()` as a pass begins, and once it has
+  been quiet for `settle` seconds (or at the latest `max_off` seconds after it went off, so a never-quiet
+  control plane does not go without young collections) everything that survived is frozen (`gc.freeze()`,
+  O(1)) and the collector is back on. Nothing a push left behind is ever scanned by a young collection: the
+  next snapshot replaces it, and reference counting frees it (frozen or not);
+- a full collection of what is not frozen (allocated outside pushes: the API, insights, KDS) runs once the
+  reconciler has been quiet for `quiet` seconds after a pass, at most every `min_interval` seconds, and every
+  `max_interval` seconds whatever happened; it then freezes what survived. It is short: little is unfrozen;
+- frozen objects are only freed by reference counting, so cyclic garbage that got frozen (made during a push,
+  or a frozen object that later joined an unreachable cycle) stays until a collection that unfreezes first.
+  That one scans the whole heap, so it runs only when the number of frozen objects has grown by `thaw_growth`
+  (a quarter) over what survived the last one: frozen garbage is then at most a quarter of the heap that
+  last one kept, plus what the live heap shrank by since, the bound CPython itself keeps for automatic full
+  collections (a full one only once the objects that survived young collections exceed a quarter of the
+  long-lived ones). It waits for a quiet reconciler and no pending change, like the others.
+Stopping restores the thresholds it found and the collector's on/off state.
 """
 
 from __future__ import annotations
@@ -30,41 +39,94 @@ from controlplane.supervise import Supervisor, cancel_and_wait
 log = logging.getLogger("kuma.xds")
 
 NEVER = 1 << 30  # a generation-2 threshold no process reaches
-# Young collections every this many net allocations instead of CPython's 700: a push to 1000 proxies
-# allocates millions of short-lived objects; most die before a larger young generation is ever scanned.
+# Young collections every this many net allocations instead of CPython's 700: outside a push (the collector is
+# off inside one) most short-lived objects die before a larger young generation is ever scanned.
 YOUNG_THRESHOLD = 10_000
+
+
+def _never_pending() -> bool:
+    return False
 
 
 class CollectionPacer:
     name = "gc-pacer"
 
-    def __init__(self, last_activity: Callable[[], float], *, quiet: float = 1.0, min_interval: float = 10.0,
-                 max_interval: float = 120.0, thaw_every: int = 30, supervisor: Supervisor | None = None) -> None:
-        if not (quiet > 0 and 0 < min_interval <= max_interval and thaw_every >= 1):
-            raise ValueError("gc pacing needs 0 < quiet, 0 < min_interval <= max_interval and thaw_every >= 1")
-        self.thaw_every = thaw_every
-        self.last_activity = last_activity  # monotonic time of the reconciler's latest pass
+    def __init__(self, last_activity: Callable[[], float], *, pending: Callable[[], bool] = _never_pending,
+                 quiet: float = 1.0, min_interval: float = 10.0, max_interval: float = 120.0,
+                 settle: float = 0.2, max_off: float = 2.0, thaw_growth: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic, supervisor: Supervisor | None = None) -> None:
+        if not (quiet > 0 and 0 < min_interval <= max_interval):
+            raise ValueError("gc pacing needs 0 < quiet and 0 < min_interval <= max_interval")
+        if not (0 < settle <= max_off):
+            raise ValueError("gc pacing needs 0 < settle <= max_off (seconds the collector stays off in a push)")
+        if not thaw_growth > 0:
+            raise ValueError("gc pacing needs thaw_growth > 0 (growth of frozen objects that forces a thaw)")
+        self.last_activity = last_activity  # clock time of the reconciler's latest pass that rebuilt something
+        self.pending = pending  # whether a change waits for the reconciler (a long collection then waits)
         self.quiet, self.min_interval, self.max_interval = quiet, min_interval, max_interval
+        self.settle, self.max_off, self.thaw_growth = settle, max_off, thaw_growth
+        self.clock = clock
         self.supervisor = supervisor or Supervisor()
         self._saved: tuple[int, int, int] | None = None
+        self._was_enabled = True
         self._task: asyncio.Task[None] | None = None
-        self._last_full = time.monotonic()
+        self._last_full = clock()
         self._seen_activity = last_activity()
+        self._off_since: float | None = None  # when a push switched the collector off (None: it is on)
+        self._frozen_kept = gc.get_freeze_count()  # frozen objects right after the last thawing collection
         self.collections = 0  # full collections run here (for tests and metrics)
+        self.thaws = 0  # of which unfroze everything first
+        self.pushes_frozen = 0  # pushes whose survivors were frozen
         self.last_pause_ms = 0.0
 
     async def start(self) -> None:
         self._saved = gc.get_threshold()
+        self._was_enabled = gc.isenabled()
         gc.set_threshold(max(self._saved[0], YOUNG_THRESHOLD), self._saved[1], NEVER)
+        self._frozen_kept = gc.get_freeze_count()  # the runtime froze what start-up loaded
         self._task = self.supervisor.spawn(self.name, self._loop)
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+        if self._off_since is not None:
+            self.end_push()
         if self._saved is not None:
             gc.set_threshold(*self._saved)
             self._saved = None
+            if self._was_enabled:
+                gc.enable()
+
+    # --- pushes: the collector off ---------------------------------------------------------------------------
+
+    def push_started(self) -> None:
+        """The reconciler begins a pass: no collection until its push settles (see end_push)."""
+        if self._saved is None or self._off_since is not None:
+            return  # not started (tests, tools), or already off for this burst of passes
+        if gc.isenabled():
+            gc.disable()
+            self._off_since = self.clock()
+
+    def push_settled(self, now: float) -> bool:
+        if self._off_since is None:
+            return False
+        if now - self._off_since >= self.max_off:
+            return True  # never quiet: young collections must still run now and then
+        # A pass in progress has not moved last_activity yet: wait until one has ended after going off.
+        ended = self.last_activity()
+        return ended >= self._off_since and now - ended >= self.settle and not self.pending()
+
+    def end_push(self) -> None:
+        """Freeze what the push left (cost independent of its size) and turn the collector back on."""
+        gc.freeze()
+        gc.enable()
+        self._off_since = None
+        self.pushes_frozen += 1
+
+    # --- full collections between pushes ---------------------------------------------------------------------
 
     def due(self, now: float) -> bool:
+        if self._off_since is not None:
+            return False  # a push is going out
         since_full = now - self._last_full
         if since_full >= self.max_interval:
             # Also when no pass ran: other components (the API, insights, KDS) leave cyclic garbage too, and
@@ -73,24 +135,38 @@ class CollectionPacer:
         activity = self.last_activity()
         if activity == self._seen_activity:
             return False  # no push since the last full collection: wait for max_interval
-        return since_full >= self.min_interval and now - activity >= self.quiet
+        return since_full >= self.min_interval and now - activity >= self.quiet and not self.pending()
+
+    def thaw_due(self) -> bool:
+        return gc.get_freeze_count() > self._frozen_kept * (1 + self.thaw_growth)
 
     def collect(self) -> None:
         self._seen_activity = self.last_activity()
         started = time.perf_counter()
-        thaw = self.collections % self.thaw_every == 0
+        # The whole-heap scan of a thaw waits for no pending change; a due one runs at the next quiet moment.
+        thaw = self.thaw_due() and not self.pending()
         if thaw:
             gc.unfreeze()
         found = gc.collect()
         gc.freeze()
+        if thaw:
+            self._frozen_kept = gc.get_freeze_count()
+            self.thaws += 1
         self.last_pause_ms = (time.perf_counter() - started) * 1000
-        self._last_full = time.monotonic()
+        self._last_full = self.clock()
         self.collections += 1
         log.debug("full garbage collection between pushes", extra={"ms": round(self.last_pause_ms, 1),
-                                                                     "collected": found, "thawed": thaw})
+                                                                     "collected": found, "thawed": thaw,
+                                                                     "frozen": gc.get_freeze_count()})
+
+    def tick(self) -> None:
+        now = self.clock()
+        if self.push_settled(now):
+            self.end_push()
+        elif self.due(now):
+            self.collect()
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.quiet / 4)
-            if self.due(time.monotonic()):
-                self.collect()
+            await asyncio.sleep(min(self.settle, self.quiet) / 4)
+            self.tick()

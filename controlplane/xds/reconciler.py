@@ -82,6 +82,7 @@ class Reconciler:
         self.on_identity: list[Callable[[str, IdentityCert], None]] = []  # for insights
         self.rebuilds = 0  # mesh rebuilds done (for tests and metrics)
         self.last_pass_at = time.monotonic()  # when the latest pass that rebuilt something ended (gc_pacing)
+        self.on_pass_start: list[Callable[[], None]] = []  # before a pass that rebuilds something (gc_pacing)
 
     # --- component -----------------------------------------------------------------------------------------------
 
@@ -168,6 +169,10 @@ class Reconciler:
                 continue
             self._wake.set()
 
+    def pending(self) -> bool:
+        """Whether a change waits for the next pass (gc_pacing defers its long collections then)."""
+        return self._wake.is_set() or bool(self._dirty or self._dirty_nodes)
+
     # --- the loop ------------------------------------------------------------------------------------------------
 
     async def _loop(self) -> None:
@@ -193,6 +198,9 @@ class Reconciler:
         self._dirty_nodes.update(self._renewals_due())
         meshes, nodes, everything = self._dirty, self._dirty_nodes, self._dirty_all
         self._dirty, self._dirty_nodes, self._dirty_all = set(), set(), set()
+        if meshes or nodes:
+            for started in self.on_pass_start:
+                started()
         try:
             await self._reconcile(meshes, nodes, everything)
         finally:
