@@ -1,9 +1,8 @@
 """The collection pacer: the collector off while a push goes out and what the push left frozen after it
 settles; full collections of what is not frozen only after the reconciler has been quiet (and not more often
 than the minimum interval, never with a change pending), never when nothing happened, always within the
-maximum interval; a collection that unfreezes everything first only once the frozen objects grew by
-thaw_growth; automatic full collections off while it runs, and the thresholds and on/off state it found back
-when it stops. Driven by a fake clock: no sleeps, no timing."""
+maximum interval; a collection that unfreezes everything first only once the heap grew by thaw_growth;
+automatic full collections off while it runs, and the thresholds and on/off state it found back when it stops. Driven by a fake clock: no sleeps, no timing."""
 
 from __future__ import annotations
 
@@ -147,20 +146,19 @@ def test_push_started_does_nothing_before_start(clock: Clock) -> None:
     assert gc.isenabled()
 
 
-async def test_a_collection_unfreezes_first_only_once_the_frozen_objects_grew_by_thaw_growth(
+async def test_a_collection_unfreezes_first_only_once_the_heap_grew_by_thaw_growth(
         clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    frozen = [1000]
-    monkeypatch.setattr(gc, "get_freeze_count", lambda: frozen[0])
+    heap = [1000]
     monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     monkeypatch.setattr(gc, "collect", lambda: calls.append("collect") or 0)
-    p = pacer(clock, thaw_growth=0.25)
+    p = CollectionPacer(clock.last_activity, pending=clock.pending, clock=clock, heap_size=lambda: heap[0])
     p.collect()
-    frozen[0] = 1250  # a quarter more: not yet
+    heap[0] = 1250  # a quarter more: not yet
     p.collect()
     assert calls == ["collect", "freeze", "collect", "freeze"]
-    frozen[0] = 1251
+    heap[0] = 1251
     clock.waiting = True
     p.collect()  # due, but a change is pending: no whole-heap scan now
     assert calls[-2:] == ["collect", "freeze"] and "unfreeze" not in calls
@@ -168,7 +166,7 @@ async def test_a_collection_unfreezes_first_only_once_the_frozen_objects_grew_by
     p.collect()
     assert calls[-3:] == ["unfreeze", "collect", "freeze"]
     assert p.thaws == 1
-    frozen[0] = 1500  # measured from what that collection kept (1251): 1500 is less than a quarter more
+    heap[0] = 1500  # measured from what that collection kept (1251): 1500 is less than a quarter more
     p.collect()
     assert calls[-2:] == ["collect", "freeze"] and p.thaws == 1
 
