@@ -2,7 +2,8 @@
 settles; full collections of what is not frozen only after the reconciler has been quiet (and not more often
 than the minimum interval, never with a change pending), never when nothing happened, always within the
 maximum interval; a collection that unfreezes everything first only once the heap grew by thaw_growth;
-automatic full collections off while it runs, and the thresholds and on/off state it found back when it stops. Driven by a fake clock: no sleeps, no timing."""
+automatic full collections off while it runs, and the thresholds and on/off state it found back when it stops.
+Driven by a fake clock: no sleeps, no timing."""
 
 from __future__ import annotations
 
