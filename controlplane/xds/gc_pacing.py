@@ -23,7 +23,8 @@ So, while the pacer runs:
   frozen garbage is then at most a quarter of the heap that last one kept, plus what the live heap shrank by
   since, the bound CPython itself keeps for automatic full collections (a full one only once the objects
   that survived young collections exceed a quarter of the long-lived ones). It waits for a quiet reconciler
-  and no pending change, like the others. (Not gc.get_freeze_count(): it walks the frozen list, 15-50 ms
+  and no pending change, like the others, unless it has been due for `max_interval` (a control plane never
+  without a pending change still gets one). (Not gc.get_freeze_count(): it walks the frozen list, 15-50 ms
   with 1000 proxies, itself a pause.)
 Stopping restores the thresholds it found and the collector's on/off state.
 """
@@ -78,6 +79,7 @@ class CollectionPacer:
         self._seen_activity = last_activity()
         self._off_since: float | None = None  # when a push switched the collector off (None: it is on)
         self._heap_kept = heap_size()  # the heap right after the last thawing collection
+        self._thaw_due_since: float | None = None  # when a thaw became due and was put off (a change pending)
         self.collections = 0  # full collections run here (for tests and metrics)
         self.thaws = 0  # of which unfroze everything first
         self.pushes_frozen = 0  # pushes whose survivors were frozen
@@ -147,14 +149,21 @@ class CollectionPacer:
     def collect(self) -> None:
         self._seen_activity = self.last_activity()
         started = time.perf_counter()
-        # The whole-heap scan of a thaw waits for no pending change; a due one runs at the next quiet moment.
-        thaw = self.thaw_due() and not self.pending()
+        # The whole-heap scan of a thaw waits for no pending change; a due one runs at the next quiet moment,
+        # or anyway once it has been put off for max_interval.
+        thaw = self.thaw_due()
+        if thaw and self.pending():
+            now = self.clock()
+            if self._thaw_due_since is None:
+                self._thaw_due_since = now
+            thaw = now - self._thaw_due_since >= self.max_interval
         if thaw:
             gc.unfreeze()
         found = gc.collect()
         gc.freeze()
         if thaw:
             self._heap_kept = self.heap_size()
+            self._thaw_due_since = None
             self.thaws += 1
         self.last_pause_ms = (time.perf_counter() - started) * 1000
         self._last_full = self.clock()

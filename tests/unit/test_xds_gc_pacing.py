@@ -170,6 +170,16 @@ async def test_a_collection_unfreezes_first_only_once_the_heap_grew_by_thaw_grow
     heap[0] = 1500  # measured from what that collection kept (1251): 1500 is less than a quarter more
     p.collect()
     assert calls[-2:] == ["collect", "freeze"] and p.thaws == 1
+    heap[0] = 2000
+    clock.waiting = True  # from now on a change is always pending
+    clock.now = 10.0
+    p.collect()
+    clock.now = 129.0
+    p.collect()
+    assert p.thaws == 1  # put off while changes are pending...
+    clock.now = 130.0  # max_interval (120 s) after it was first put off
+    p.collect()
+    assert p.thaws == 2  # ...but not for longer than max_interval
 
 
 async def test_start_turns_automatic_full_collections_off_and_stop_restores_them(clock: Clock) -> None:
