@@ -78,6 +78,7 @@ class CollectionPacer:
         self._last_full = clock()
         self._seen_activity = last_activity()
         self._off_since: float | None = None  # when a push switched the collector off (None: it is on)
+        self._pass_started = 0.0  # when the latest pass began (while the collector is off)
         self._heap_kept = heap_size()  # the heap right after the last thawing collection
         self._thaw_due_since: float | None = None  # when a thaw became due and was put off (a change pending)
         self.collections = 0  # full collections run here (for tests and metrics)
@@ -106,20 +107,22 @@ class CollectionPacer:
 
     def push_started(self) -> None:
         """The reconciler begins a pass: no collection until its push settles (see end_push)."""
-        if self._saved is None or self._off_since is not None:
-            return  # not started (tests, tools), or already off for this burst of passes
-        if gc.isenabled():
+        if self._saved is None:
+            return  # not started (tests, tools)
+        if self._off_since is not None:
+            self._pass_started = self.clock()  # another pass of the same burst: settle after it ends
+        elif gc.isenabled():
             gc.disable()
-            self._off_since = self.clock()
+            self._off_since = self._pass_started = self.clock()
 
     def push_settled(self, now: float) -> bool:
         if self._off_since is None:
             return False
         if now - self._off_since >= self.max_off:
             return True  # never quiet: young collections must still run now and then
-        # A pass in progress has not moved last_activity yet: wait until one has ended after going off.
+        # A pass in progress has not moved last_activity yet: wait until the latest one to start has ended.
         ended = self.last_activity()
-        return ended >= self._off_since and now - ended >= self.settle and not self.pending()
+        return ended >= self._pass_started and now - ended >= self.settle and not self.pending()
 
     def end_push(self) -> None:
         """Freeze what the push left (cost independent of its size) and turn the collector back on."""

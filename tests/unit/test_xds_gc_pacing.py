@@ -114,6 +114,13 @@ async def test_a_push_runs_with_the_collector_off_and_its_survivors_frozen_once_
         p.tick()
         assert not gc.isenabled()  # the next change is already waiting: its push follows with the collector off
         clock.waiting = False
+        clock.now = 1.9
+        p.push_started()  # that change's pass begins: still the same window
+        clock.now = 2.5
+        p.tick()
+        assert not gc.isenabled()  # the previous pass ended long ago, but this one is still running
+        clock.activity = 2.5
+        clock.now = 2.8
         p.tick()
         assert gc.isenabled()
         assert gc.get_freeze_count() >= frozen_before + len(survivors)
