@@ -218,3 +218,26 @@ async def test_the_memo_holds_what_current_configs_use_after_1000_endpoint_chang
 
     reconciler.proxy_disconnected(client)
     assert len(memo) == memo.referenced() < size  # what only the client used is gone with it
+
+
+async def test_the_pass_start_hook_runs_before_a_pass_that_rebuilds_and_pending_shows_a_waiting_change(
+        rig: Any) -> None:
+    """What gc_pacing relies on: the hook runs before a pass's first rebuild (not after, not for an empty
+    pass), and pending() is true from a change until the pass that takes it begins."""
+    store, cache, reconciler = rig
+    await store.create(mesh("default"))
+    await add_dp(store, "default", "a", "svc-a", 10001)
+    node = connect(reconciler, "default", "a")
+    assert reconciler.pending()  # the connect woke the loop
+    seen: list[tuple[bool, bool]] = []  # (snapshot already set, change still pending) when the hook ran
+    reconciler.on_pass_start.append(lambda: seen.append((cache.get_snapshot(node) is not None,
+                                                         reconciler.pending())))
+    reconciler._wake.clear()  # reconcile_once() is called directly here, not by the loop that clears it
+    await reconciler.reconcile_once()
+    assert seen == [(False, False)]
+    assert cache.get_snapshot(node) is not None
+    await reconciler.reconcile_once()  # nothing dirty: no rebuild, no hook
+    assert seen == [(False, False)]
+    assert not reconciler.pending()
+    reconciler.mesh_changed("default")
+    assert reconciler.pending()
