@@ -507,6 +507,9 @@ class Agent:
             if connected and not self.state.locally_ready:
                 self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for it "
                             "to get live")
+            elif connected and self.state.definition_pending:  # not "ready:" before READY=1 is
+                self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for "
+                            "the bootstrap worker's check of the definition")
             elif connected:
                 self.status(self._running_status() if first else f"{self._running_status()} (reconnected)")
             else:
