@@ -3,8 +3,10 @@ channel (agent/cp_channel.py), retrying with backoff while it is unreachable, an
 sentence that says what is wrong and how to fix it (a refusal: token, CA, Dataplane; or the reason it cannot
 be reached, told apart by a plain TCP connect and a TLS handshake of our own).
 
-It runs only after the bootstrap worker validated the definition (agent/bootstrap.py): nothing is sent to
-the control plane before kuma-dp checked its input.
+It runs alongside the bootstrap worker's validation of the definition, not after it (agent/run.py): the
+bootstrap RPC has no side effects (controlplane/xds/bootstrap_service.py only authenticates, validates the
+definition with the same model and renders; the Dataplane is registered later, on Envoy's xDS stream), and
+the control plane refuses an invalid definition itself. An invalid verdict cancels these retries (exit 2).
 """
 
 from __future__ import annotations

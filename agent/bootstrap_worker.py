@@ -1,5 +1,8 @@
 """The bootstrap worker: a short-lived child of kuma-dp that validates the dataplane definition with the
-control plane's own model before kuma-dp sends anything to the control plane, then exits.
+control plane's own model, then exits. Its verdict is off kuma-dp's critical path: the bootstrap call and
+Envoy's spawn do not wait for it (safe: the bootstrap RPC has no side effects, and the control plane
+validates the definition itself); READY=1 does, and an invalid verdict stops Envoy and exits 2 with this
+worker's message, which names every bad field (agent/run.py).
 
 Why a separate process: the validation needs the resource model (pydantic), ~100 ms of imports and ~25 MB
 of resident memory that a long-running kuma-dp would otherwise keep forever (bench/bench_agent.py measures

@@ -13,6 +13,8 @@ Two signals:
   connected to the control plane at least once (it has real config, not an initial-fetch timeout's empty
   one); 503 with the reason otherwise, and 503 as soon as kuma-dp starts draining. A control-plane outage
   after that does not fail it: Envoy keeps serving with its last config.
+Both also wait for the bootstrap worker's verdict on the definition (`DpState.definition_pending`, see
+agent/run.py): Envoy may start before it, but a bad definition never reports ready.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class DpState:
     live_generation: int = -1  # the Envoy generation that has been LIVE at least once
     last_live_at: float = 0.0  # time.monotonic() of the current Envoy's latest LIVE answer (liveness)
     draining: bool = False
+    definition_pending: bool = False  # the bootstrap worker's verdict on the definition is not in yet
 
     @property
     def locally_ready(self) -> bool:
@@ -59,6 +62,8 @@ class DpState:
             return False, "Envoy is not live yet"
         if self.connected_generation != self.envoy_generation:
             return False, "Envoy has not connected to the control plane yet"
+        if self.definition_pending:
+            return False, "the dataplane definition is still being checked"
         return True, "ready"
 
     def envoy_started(self, pid: int, generation: int) -> None:

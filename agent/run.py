@@ -1,15 +1,23 @@
 """`kuma-dp run`: the whole life of one dataplane.
 
-1. Local checks, before any call to the control plane: the definition (read, templated, parsed; then
-   validated field by field with the control plane's model in the bootstrap worker), the token, the CA,
-   the Envoy binary and its version. Bad input exits 2 with a message naming the flag and the fix.
+1. Local checks, before any call to the control plane: the definition (read, templated, parsed), the token,
+   the CA, the Envoy binary and its version. Bad input exits 2 with a message naming the flag and the fix.
+   The definition's full validation (field by field, with the control plane's model) runs meanwhile in the
+   bootstrap worker (agent/bootstrap_worker.py) and its verdict is off the critical path (see 3 and 4).
 2. The private runtime directory (0700, locked per dataplane), loopback ports that do not collide with other
    dataplanes on the host, the readiness server (503 until ready).
-3. The bootstrap call (once the bootstrap worker found the definition valid), on kuma-dp's one channel to
-   the control plane, retried with backoff and a `STATUS=` line while the control plane is unreachable;
-   a refusal (token, CA, Dataplane) exits 1 with the control plane's reason.
-4. Envoy, supervised (agent/supervisor.py); `READY=1` once it is live with its listeners initialised;
-   watchdog pings; status lines as the control plane connection comes and goes.
+3. The bootstrap call, on kuma-dp's one channel to the control plane, as soon as the request is ready: it
+   does not wait for the worker's verdict. That is safe because the bootstrap RPC has no side effects
+   (controlplane/xds/bootstrap_service.py only authenticates, validates the definition with the same model
+   and renders; the Dataplane is registered later, on Envoy's xDS stream), and the control plane refuses an
+   invalid definition itself. Retried with backoff and a `STATUS=` line while the control plane is
+   unreachable; a refusal (token, CA, Dataplane) exits 1 with the control plane's reason, unless the worker
+   finds the definition invalid: then its field-by-field message wins (exit 2), as does a verdict of
+   "invalid" that arrives while the control plane is unreachable (no endless retries for a bad file).
+4. Envoy, supervised (agent/supervisor.py), spawned once the bootstrap answer is in, verdict or not.
+   `READY=1` (and 200 on /ready) once it is live with its listeners initialised *and* the worker found the
+   definition valid; an invalid verdict stops Envoy before it was ever reported ready and exits 2.
+   Watchdog pings; status lines as the control plane connection comes and goes.
 5. SIGTERM / SIGINT: readiness fails, Envoy drains its inbound listeners for `--drain-time`, then Envoy and
    kuma-dp exit 0. A second signal stops Envoy at once (exit 128+signal).
 """
@@ -24,6 +32,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import agent
 from agent import dataplane, ports, prestart, rundir
 from agent.access_logs import AccessLogStreamer
-from agent.bootstrap import BootstrapFailed, take_worker
+from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
 from agent.bootstrap_client import CpAddress
 from agent.bootstrap_fetch import Retry, fetch_with_retries
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
@@ -184,6 +193,7 @@ class Agent:
     dns: HostDns | None = None  # DNS: the host's .mesh stub, with --dns-enabled
     access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
     cp_channel: CpChannel | None = None  # the bootstrap call and the MeshMetric follow share it
+    validation: asyncio.Task[None] | None = None  # the bootstrap worker's verdict on the definition
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -303,61 +313,63 @@ class Agent:
         # The worker validates while kuma-dp prepares the rest (no definition given: nothing to validate).
         payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
         worker = take_worker(child_environment(self.env), payload)
-        validation = asyncio.create_task(worker.validate(payload)) if payload is not None else None
+        validation = None
+        if payload is not None:
+            self.validation = validation = asyncio.create_task(worker.validate(payload))
+            self.state.definition_pending = True  # not ready (READY=1, /ready) before the verdict
+            validation.add_done_callback(self._on_verdict)
+        # Not awaited on the way to Envoy: it need not wait for the worker's interpreter to shut down.
+        self.cleanups.append(asyncio.create_task(retire_worker(worker, validation)))
+        key = f"{d.mesh}/{d.name}"
         try:
-            key = f"{d.mesh}/{d.name}"
-            try:
-                runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
-                runtime.lock(label)
-            except rundir.RuntimeDirError as e:
-                raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
-            self.runtime = runtime
-            if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
-                from agent.dns.component import DnsError, for_config
+            runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
+            runtime.lock(label)
+        except rundir.RuntimeDirError as e:
+            raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
+        self.runtime = runtime
+        if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
+            from agent.dns.component import DnsError, for_config
 
-                try:
-                    self.dns = for_config(cfg, self.env)
-                    self.dns.prepare()
-                except DnsError as e:
-                    raise Fatal(e.message, e.exit_code) from None
-            await self.start_endpoints(key)
-            if self.readiness_address:
-                self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
-            admin_port = self.choose_admin_port(key, d)
-            self.admin = AdminClient("127.0.0.1", admin_port)
-            # grpcio and kuma-dp's version load now, while `envoy --version` and the worker still run (the
-            # channel connects only on the bootstrap call, after the definition was found valid).
-            self.cp_channel.get()
-            kuma_dp_version = agent.__version__
             try:
-                envoy_ver = await envoy_version_of(inputs.binary)
-            except EnvoyBinaryError as e:
-                raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
-            log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,
-                                        "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
-                                        "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
-                                        "readiness": self.readiness_address or "off"})
-            request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
-                       "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
-                       "version": {"kumaDp": kuma_dp_version, "envoy": envoy_ver}}
-            if self.dns is not None:
-                request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
-            self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
-            answer = await self._bootstrap(validation, inputs.ca_source, request)
-        finally:
-            if validation is not None and not validation.done():
-                validation.cancel()
-            elif validation is not None and not validation.cancelled():
-                validation.exception()  # retrieved (a failure was reported above, or another one won)
-            # Not awaited here: Envoy need not wait for the worker's interpreter to shut down.
-            self.cleanups.append(asyncio.create_task(worker.stop()))
+                self.dns = for_config(cfg, self.env)
+                self.dns.prepare()
+            except DnsError as e:
+                raise Fatal(e.message, e.exit_code) from None
+        await self.start_endpoints(key)
+        if self.readiness_address:
+            self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
+        admin_port = self.choose_admin_port(key, d)
+        self.admin = AdminClient("127.0.0.1", admin_port)
+        # grpcio and kuma-dp's version load now, while `envoy --version` and the worker still run (the
+        # channel connects on the bootstrap call).
+        self.cp_channel.get()
+        kuma_dp_version = agent.__version__
+        try:
+            envoy_ver = await envoy_version_of(inputs.binary)
+        except EnvoyBinaryError as e:
+            raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
+        log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,
+                                    "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
+                                    "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
+                                    "readiness": self.readiness_address or "off"})
+        request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
+                   "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
+                   "version": {"kumaDp": kuma_dp_version, "envoy": envoy_ver}}
+        if self.dns is not None:
+            request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
+        self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
+        answer = await self._bootstrap(validation, inputs.ca_source, request)
         if answer is None:
             return self._stopped_exit()
         return await self._serve(answer, inputs, envoy_ver, label)
 
     async def _bootstrap(self, validation: asyncio.Task[None] | None, ca_source: str,
                          request: dict[str, Any]) -> dict[str, Any] | None:
-        """The control plane's answer once the definition is valid; None when stopped meanwhile."""
+        """The control plane's answer (the worker's verdict may still be pending); None when stopped meanwhile.
+
+        Every ordering of (verdict, answer, stop): a stop wins (None); an invalid verdict ends the call and its
+        retries at once (exit 2, the worker's message); a refusal waits for a pending verdict, and an invalid
+        one wins over it (it names every bad field); an answer is returned at once."""
         cfg, channel = self.cfg, self.cp_channel
         assert channel is not None
 
@@ -366,22 +378,29 @@ class Agent:
             self.status(message["status"], logging.WARNING)
             self.notifier.extend_timeout(float(message.get("retryIn", 0)) + 15.0)
 
-        async def validated_fetch() -> dict[str, Any]:
-            if validation is not None:
-                await validation  # nothing goes to the control plane before the definition is found valid
-            return await fetch_with_retries(channel, ca_source, request,
-                                            Retry(cfg.retry_backoff, cfg.retry_max_duration), on_status)
-
-        fetch = asyncio.create_task(validated_fetch())
+        fetch = asyncio.create_task(fetch_with_retries(channel, ca_source, request,
+                                                       Retry(cfg.retry_backoff, cfg.retry_max_duration), on_status))
         stop = asyncio.create_task(self.stop_requested.wait())
         try:
-            done, _ = await asyncio.wait({fetch, stop}, return_when=asyncio.FIRST_COMPLETED)
+            while not stop.done():
+                failure = self._verdict_failure()
+                if failure is not None:
+                    raise failure
+                verdict = {validation} if validation is not None and not validation.done() else set()
+                if fetch.done() and (fetch.exception() is None or not verdict):
+                    break
+                # The answer still to come, or a refusal with the verdict still to come.
+                await asyncio.wait({stop, *verdict} | (set() if fetch.done() else {fetch}),
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
-        if fetch not in done:
-            fetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BootstrapFailed):
-                await fetch
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError, BootstrapFailed):
+                    await fetch
+        if stop.done() and not stop.cancelled():
+            if fetch.done() and not fetch.cancelled():
+                fetch.exception()  # retrieved: stopping wins over it
             log.info("stopped while waiting for the bootstrap")
             return None
         self.metrics.bootstrap_attempts.inc()
@@ -389,6 +408,23 @@ class Agent:
             return fetch.result()
         except BootstrapFailed as e:
             raise Fatal(e.message, e.exit_code) from None
+
+    def _on_verdict(self, validation: asyncio.Task[None]) -> None:
+        if not validation.cancelled() and validation.exception() is None:
+            self.state.definition_pending = False
+            log.debug("the bootstrap worker found the definition valid")
+
+    def _verdict_failure(self) -> Fatal | None:
+        """The worker's verdict as the error kuma-dp exits with; None while pending, or when it is valid."""
+        validation = self.validation
+        if validation is None or not validation.done() or validation.cancelled():
+            return None
+        e = validation.exception()
+        if e is None:
+            return None
+        if isinstance(e, BootstrapFailed):
+            return Fatal(e.message, e.exit_code)
+        return Fatal(f"the bootstrap worker failed: {e}")
 
     def _stopped_exit(self) -> int:
         return 128 + self.signals_seen[-1] if self.urgent.is_set() and self.signals_seen else EXIT_OK
@@ -453,6 +489,8 @@ class Agent:
         def on_locally_ready() -> None:
             if self.state.draining or ready_generation[0] == self.state.envoy_generation:
                 return
+            if self.state.definition_pending:  # a bad definition never reports ready: the verdict first
+                return
             ready_generation[0] = self.state.envoy_generation
             text = self._running_status()
             log.info("Envoy live", extra={"envoy_pid": self.state.envoy_pid, "admin": f"127.0.0.1:{admin.port}",
@@ -469,6 +507,9 @@ class Agent:
             if connected and not self.state.locally_ready:
                 self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for it "
                             "to get live")
+            elif connected and self.state.definition_pending:  # not "ready:" before READY=1 is
+                self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for "
+                            "the bootstrap worker's check of the definition")
             elif connected:
                 self.status(self._running_status() if first else f"{self._running_status()} (reconnected)")
             else:
@@ -492,6 +533,9 @@ class Agent:
             except DnsError as e:
                 raise Fatal(e.message, e.exit_code) from None
             log.info(self.dns.summary())
+        failure = self._verdict_failure()
+        if failure is not None:  # the verdict came in meanwhile: no Envoy for an invalid definition
+            raise failure
         self.state.phase = "running"
         await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
@@ -505,18 +549,57 @@ class Agent:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())
         stop = asyncio.create_task(self.stop_requested.wait())
-        await asyncio.wait({supervise, stop}, return_when=asyncio.FIRST_COMPLETED)
+        await self._until_verdict_or_exit(supervise, stop, on_locally_ready)
         if supervise.done() and not self.stop_requested.is_set():
-            stop.cancel()
             try:
                 supervise.result()
             except EnvoyFailure as e:
                 self.state.envoy_gone()
+                await self._until_verdict_or_exit(None, stop, on_locally_ready)  # a bad definition says why
+                stop.cancel()
                 tail = "\n".join(e.tail[-10:])
                 raise Fatal(f"{e.message}" + (f"\n--- Envoy's last lines ---\n{tail}" if tail else "")) from None
+            stop.cancel()
             return EXIT_FAILURE  # pragma: no cover - run() returns only when stopping
         await self._drain(supervise)
         return self._stopped_exit()
+
+    async def _until_verdict_or_exit(self, supervise: asyncio.Task[None] | None, stop: asyncio.Task[bool],
+                                     on_locally_ready: Callable[[], None]) -> None:
+        """Wait for Envoy's supervision to end or a stop request, taking the worker's verdict on the way (if
+        `supervise` is None: only until the verdict). Valid: report ready if Envoy already is; invalid: stop
+        Envoy (it was never reported ready) and raise the worker's message (exit 2)."""
+        validation = self.validation
+        while True:
+            failure = self._verdict_failure()
+            if failure is not None:
+                await self._stop_envoy(supervise, failure.message)
+                raise failure
+            verdict = {validation} if validation is not None and not validation.done() else set()
+            if supervise is None and not verdict:
+                return
+            await asyncio.wait({stop, *verdict} | ({supervise} if supervise is not None else set()),
+                               return_when=asyncio.FIRST_COMPLETED)
+            if stop.done() or (supervise is not None and supervise.done()):
+                return
+            if validation in verdict and validation is not None and validation.done() and self.state.locally_ready:
+                self._on_verdict(validation)  # (idempotent; the task's own callback normally ran already)
+                on_locally_ready()  # it was held back until the definition was found valid
+
+    async def _stop_envoy(self, supervise: asyncio.Task[None] | None, why: str) -> None:
+        """Stop an Envoy that must not run (the normal stop path, without draining: it never was ready)."""
+        supervisor = self.supervisor
+        assert supervisor is not None
+        self.state.phase = "stopped"
+        supervisor.stopping.set()  # its exit is expected, not restarted
+        child = supervisor.child
+        log.info("stopping Envoy: the bootstrap worker found the definition invalid",
+                 extra={"envoy_pid": child.pid if child is not None else None, "reason": why.splitlines()[0]})
+        await supervisor.stop(timeout=5.0)
+        if supervise is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(supervise, 2.0)
+        self.state.envoy_gone()
 
     def _running_status(self) -> str:
         s = self.state
@@ -575,6 +658,8 @@ class Agent:
         self.access_logs = streamer
 
     async def close(self) -> None:
+        if self.validation is not None and not self.validation.done():
+            self.validation.cancel()  # kuma-dp is exiting: the verdict no longer matters
         if self.dns is not None:  # DNS: the host's resolver put back first, then the stub stopped
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.dns.stop(), 15.0)
@@ -598,6 +683,13 @@ class Agent:
             self.access_logs.stop()
         if self.runtime is not None:
             self.runtime.cleanup()
+
+
+async def retire_worker(worker: BootstrapWorker, validation: asyncio.Task[None] | None) -> None:
+    """Stop the bootstrap worker once its verdict is in (or kuma-dp gave up on it)."""
+    if validation is not None:
+        await asyncio.wait({validation})
+    await worker.stop()
 
 
 async def take_worker_if_started() -> None:

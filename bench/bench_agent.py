@@ -15,8 +15,8 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
 - "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.run"` (a tree
   without agent/run_flags.py: agent.commands, its click commands) minus
   `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything; the same for
-  `agent.bootstrap_worker`, the worker that validates the definition in parallel (kuma-dp waits for its
-  verdict before the bootstrap call).
+  `agent.bootstrap_worker`, the worker that validates the definition in parallel (off the critical path since
+  issue 14: the bootstrap call and Envoy's spawn do not wait for its verdict, only READY=1 does).
 Every module of both trees is loaded from .pyc files, as an installed kuma-dp's are (written to the run's
 temp directory by the warm-up run, PYTHONPYCACHEPREFIX; a PYTHONDONTWRITEBYTECODE of the caller is dropped).
 The variants run in alternating order. Medians over `--runs`; the overhead is kuma-dp's median minus Envoy's;

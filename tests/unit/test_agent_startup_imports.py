@@ -88,7 +88,8 @@ def test_version_is_the_installed_distributions_without_importlib_metadata() -> 
     assert ours == metadata and not loaded
 
 
-# Modules the bootstrap worker (on the critical path until its verdict) must not load, and why.
+# Modules the bootstrap worker must not load, and why (its verdict gates READY=1, and its CPU competes with
+# kuma-dp and Envoy on a small host).
 NOT_IN_WORKER = {
     "grpc": "kuma-dp makes the bootstrap call itself; the worker only validates",
     "asyncio": "the worker validates and answers, nothing to wait for",
