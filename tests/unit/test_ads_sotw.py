@@ -16,6 +16,7 @@ from tests.unit.test_ads_support import (
     listener,
     listener_moved_from_b_to_a,
     listener_moved_to_new_cluster_b,
+    listener_on_warm_cluster_a,
     names_of,
     snapshot,
     static_cluster,
@@ -423,3 +424,14 @@ async def test_a_listener_of_a_rejected_cluster_is_not_held() -> None:
         await c.send(CLUSTER, nonce=cds.nonce, version="", error="rejected")
         lds = await c.recv()
         assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
+
+
+async def test_an_updated_cluster_does_not_hold_its_listener() -> None:
+    """Envoy keeps serving an updated cluster's previous version while the new one warms: a listener update
+    that goes with it is not held back (no extra round trip for a protocol change)."""
+    async with ads_server(warm_timeout=30.0) as srv:
+        c, _ = await listener_on_warm_cluster_a(srv, NODE_KEY, delta=False)
+        srv.cache.set_snapshot(NODE_KEY, snapshot(eds_cluster("a", connect_timeout_s=2), cla("a", 9000),
+                                                  listener("l1", 15002, "a", ref=True)))
+        types = {(await c.recv()).type_url for _ in range(3)}  # no ACK in between
+        assert types == {CLUSTER, ENDPOINT, LISTENER}  # EDS: Envoy re-warms the cluster and waits for it

@@ -27,7 +27,8 @@ from controlplane.xds.server import AdsServicer
 from controlplane.xds.snapshot import Snapshot
 
 __all__ = ["AdsClient", "Recorder", "TokenAuthenticator", "ads_server", "cla", "eds_cluster", "listener",
-           "listener_moved_to_new_cluster_b", "nack_status", "snapshot", "static_cluster"]
+           "listener_moved_to_new_cluster_b",
+           "listener_on_warm_cluster_a", "nack_status", "snapshot", "static_cluster"]
 
 
 # -- resources -------------------------------------------------------------------------------------------------
@@ -316,16 +317,10 @@ async def listener_moved_from_b_to_a(srv: AdsServer, node_key: str, *, delta: bo
     return c
 
 
-async def listener_moved_to_new_cluster_b(srv: AdsServer, node_key: str, *,
-                                          delta: bool) -> tuple[AdsClient, Any, Any]:
-    """The make-before-use scene: a client that runs EDS cluster a, its endpoints and listener l1 routing to a
-    (all ACKed), then a snapshot where l1 routes to b, a new EDS cluster. Returns the client, the CDS
-    response that adds b (not ACKed yet) and the (ACKed) EDS response of a."""
-    def snap(target: str) -> Snapshot:
-        added = (eds_cluster("b"), cla("b", 9001)) if target == "b" else ()
-        return snapshot(eds_cluster("a"), cla("a", 9000), *added, listener("l1", 15001, target, ref=True))
-
-    srv.cache.set_snapshot(node_key, snap("a"))
+async def listener_on_warm_cluster_a(srv: AdsServer, node_key: str, *, delta: bool) -> tuple[AdsClient, Any]:
+    """A client that runs EDS cluster a, its endpoints and listener l1 routing to a (all ACKed). Returns the
+    client and the EDS response of a."""
+    srv.cache.set_snapshot(node_key, snapshot(eds_cluster("a"), cla("a", 9000), listener("l1", 15001, "a", ref=True)))
     c = await srv.client(delta=delta)
     await c.send(CLUSTER)
     cds = await c.recv()
@@ -345,7 +340,16 @@ async def listener_moved_to_new_cluster_b(srv: AdsServer, node_key: str, *,
     assert lds.type_url == LISTENER
     await c.ack(lds)
     await srv.recorder.wait(lambda rec: len(rec.of("ack")) == 3)
-    srv.cache.set_snapshot(node_key, snap("b"))
+    return c, eds
+
+
+async def listener_moved_to_new_cluster_b(srv: AdsServer, node_key: str, *,
+                                          delta: bool) -> tuple[AdsClient, Any, Any]:
+    """The make-before-use scene: `listener_on_warm_cluster_a`, then a snapshot where l1 routes to b, a new EDS
+    cluster. Returns the client, the CDS response that adds b (not ACKed yet) and the (ACKed) EDS response of a."""
+    c, eds = await listener_on_warm_cluster_a(srv, node_key, delta=delta)
+    srv.cache.set_snapshot(node_key, snapshot(eds_cluster("a"), cla("a", 9000), eds_cluster("b"), cla("b", 9001),
+                                              listener("l1", 15001, "b", ref=True)))
     cds = await c.recv()
     assert cds.type_url == CLUSTER and "b" in names_of(cds)
     return c, cds, eds

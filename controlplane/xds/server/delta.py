@@ -200,6 +200,8 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         for name in removed:
             st.client.pop(name, None)
             st.sent_in.pop(name, None)
+        if type_url == CLUSTER:
+            self.warm_clusters.difference_update(removed)  # added again later, it warms again
         st.outstanding[nonce] = version
         if len(st.outstanding) > _MAX_OUTSTANDING:
             del st.outstanding[next(iter(st.outstanding))]

@@ -214,6 +214,8 @@ class SotwStream(Stream[DiscoveryRequest]):
         st.nonce, st.sent_version, st.sent_key = nonce, version, key
         if type_url == ENDPOINT:
             st.sent_names = frozenset(r.name for r in resources)
+        elif type_url == CLUSTER:
+            self.warm_clusters.intersection_update(r.name for r in resources)  # left out: removed at the client
         elif type_url in (LISTENER, ROUTE):
             st.sent_hashes = {r.name: r.hash for r in resources}
         await self.send(with_nonce(shared, nonce), type_url, version, nonce, len(resources))

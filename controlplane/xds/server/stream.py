@@ -109,6 +109,9 @@ class Stream(abc.ABC, Generic[RequestT]):
         # (listener and route versions, loop time they were first seen settled): see routing_settled()
         self._routing_settled: tuple[tuple[str, ...], float] | None = None
         self._cold_since: dict[str, float] = {}  # type -> loop time its update was first held for cold clusters
+        # Clusters the client has warmed (see clusters_warm): an update of one re-warms it in Envoy while the
+        # previous version keeps serving, so only a cluster that is new to the client holds a listener back.
+        self.warm_clusters: set[str] = set()
         self._logged_unknown: set[str] = set()
 
     # -- what a protocol implements -----------------------------------------------------------------------
@@ -164,8 +167,8 @@ class Stream(abc.ABC, Generic[RequestT]):
         cold = False
         for name in {ref.name for r in sending for ref in r.refs if ref.type_url == CLUSTER}:
             cluster = clusters.get(name)
-            if cluster is None:
-                continue  # not in the snapshot: waiting would not bring it
+            if cluster is None or name in self.warm_clusters:
+                continue  # not in the snapshot (waiting would not bring it), or serving at the client already
             warmed = self.has_warmed(CLUSTER, name)
             if warmed is None:
                 continue  # rejected, or not from this stream's CDS: waiting would not warm it
@@ -174,6 +177,7 @@ class Stream(abc.ABC, Generic[RequestT]):
                     for ref in cluster.refs):
                 cold = True
                 break
+            self.warm_clusters.add(name)
         if not cold:
             self._cold_since.pop(type_url, None)
             return True
