@@ -233,6 +233,18 @@ async def quiet_start(pid: int, args: argparse.Namespace) -> None:
     await wait_quiet(pid, below=args.quiet, window=0.3, limit=10.0)
 
 
+async def wait_connect_aftermath(cp: Any, directory: Path, since_wall: float, args: argparse.Namespace) -> float:
+    """Wait (at most `--idle-wait` s) for kuma-cp's first full collection after the clients connected (logged
+    with --gc-log), then until it is quiet; returns the seconds waited."""
+    t0 = time.monotonic()
+    while args.gc_log and time.monotonic() - t0 < args.idle_wait:
+        if any(gen == 2 and start >= since_wall for start, _, gen in cp_gc_pauses(cp, directory)):
+            break
+        await asyncio.sleep(0.2)
+    await wait_quiet(cp.pid, below=args.quiet, window=0.5, limit=max(0.0, args.idle_wait - (time.monotonic() - t0)))
+    return time.monotonic() - t0
+
+
 async def cpu_after(pid: int, cpu_done: float, args: argparse.Namespace) -> float:
     """kuma-cp CPU (ms) from a round's end until it is quiet again: what the change costs in the background
     (ACK bookkeeping, DataplaneInsight writes)."""
@@ -719,11 +731,16 @@ async def bench_clients(api_type: str, n: int, args: argparse.Namespace, tmp: Pa
             f"({connected['failed']} failed)")
         if connected["ready"] < n:
             raise RuntimeError(f"only {connected['ready']}/{n} clients got their config: {connected['errors'][:3]}")
+        connected_wall = time.time()
         await asyncio.sleep(args.settle)  # insights flushed, registrations done, garbage collected
         rss1 = process_rss(cp.pid)
         out["rss"] = {"before_mb": rss0 / 2**20, "connected_mb": rss1 / 2**20,
                       "per_dataplane_mb": (rss1 - rss0) / n / 2**20}
         cp_proc = psutil.Process(cp.pid)
+        # Idle means nothing changes: the window opens once the connect's own aftermath is over (the gc pacer's
+        # first full collection, which the 1000 registrations set off, and the writes before it) and spans whole
+        # heartbeats (every instance rewrites its open subscriptions each heartbeat: that IS idle cost).
+        out["idle_wait_s"] = await wait_connect_aftermath(cp, tmp / f"cp-clients-{api_type}-{n}", connected_wall, args)
         # With --py-spy the idle window is profiled too (its own file): what runs when nothing changes.
         idle_profiler = start_profiler(args, cp.pid, tmp / f"profile-idle-{api_type}-{n}.txt", cleanup)
         cp_proc.cpu_percent(None)
@@ -1453,7 +1470,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet", type=float, default=0.1,
                         help="kuma-cp counts as quiet below this share of a core over 0.3 s (default 0.1)")
     parser.add_argument("--round-timeout", type=float, default=15.0)
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement (b)")
+    parser.add_argument("--idle", type=float, default=20.0,
+                        help="seconds of idle CPU measurement (b): whole heartbeats (kuma-cp's default is 10 s)")
+    parser.add_argument("--idle-wait", type=float, default=30.0,
+                        help="seconds (b) waits at most for the connect's aftermath before the idle window")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after connecting before RSS/idle (b)")
     parser.add_argument("--push-settle", type=float, default=1.0,
                         help="seconds to keep counting pushes after a one-endpoint change reached its proxies (c)")
@@ -1493,7 +1513,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.envoys, args.client_sizes = min(args.envoys, 10), [min(c, 100) for c in args.client_sizes]
         args.rounds, args.client_rounds, args.cds_rounds, args.push_rounds = 4, 4, 2, 2
-        args.idle, args.settle, args.push_settle, args.gap = 2.0, 1.0, 0.5, 0.3
+        args.idle, args.idle_wait, args.settle, args.push_settle, args.gap = 2.0, 5.0, 1.0, 0.5, 0.3
     return args
 
 
