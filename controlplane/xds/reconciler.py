@@ -1,6 +1,8 @@
 """Store changes -> per-mesh topology -> per-proxy snapshots, for the proxies connected to this instance.
 
-Events are debounced (tens of ms) and coalesced by mesh; each dirty mesh's topology is computed once, then
+Events are debounced and coalesced by mesh: the first change after a quiet spell waits only `first_debounce`
+(a few ms: the events of one write arrive together), changes that keep coming wait `debounce` (tens of ms) so
+that one pass takes many; each dirty mesh's topology is computed once, then
 every connected proxy of that mesh gets a snapshot built from shared resources. The cache compares content
 versions, so proxies whose config did not change get no push. Identity certificates are renewed on time
 (a deadline at the earliest renew_at, checked on every pass), and a failure for one proxy or mesh never stops
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -52,6 +55,7 @@ class Reconciler:
     name = "xds-reconciler"
 
     def __init__(self, store: ResourceStore, cache: SnapshotCache, ca: CaManager, *, debounce: float = 0.02,
+                 first_debounce: float = 0.002,
                  vips: VipView | None = None, supervisor: Supervisor | None = None, zone: str = "") -> None:
         self.store, self.cache, self.ca, self.vips = store, cache, ca, vips
         self.view = StoreView(store)  # what rebuilds list, kept current from the watch below
@@ -66,6 +70,8 @@ class Reconciler:
             vips.on_change(self._vips_changed)
         self.identities = IdentityCache(ca)
         self.debounce = debounce
+        self.first_debounce = min(first_debounce, debounce)
+        self._pass_ended = -math.inf  # time.monotonic() when the latest pass ended (any pass)
         self.topologies: dict[str, MeshTopology] = {}
         self.memos: dict[str, ResourceMemo] = defaultdict(ResourceMemo)
         self.connected: dict[str, int] = {}  # node id -> open streams on this instance
@@ -183,9 +189,16 @@ class Reconciler:
             timeout = self._next_deadline_in()
             if not self._wake.is_set() and (timeout is None or timeout > 0):
                 await wait_set(self._wake, timeout)
-            await asyncio.sleep(self.debounce)  # let a burst of events coalesce
+            # Let a burst of events coalesce. After a quiet spell the change goes almost at once (a leading edge:
+            # a single change is not held for a burst that is not coming); while changes keep coming, passes are
+            # `debounce` apart and each takes what arrived meanwhile.
+            quiet = time.monotonic() - self._pass_ended >= self.debounce
+            await asyncio.sleep(self.first_debounce if quiet else self.debounce)
             self._wake.clear()
-            await self.reconcile_once()
+            try:
+                await self.reconcile_once()
+            finally:
+                self._pass_ended = time.monotonic()
 
     async def reconcile_once(self) -> None:
         """One pass: rebuild dirty meshes, then dirty proxies (renewals and retries that are due included).

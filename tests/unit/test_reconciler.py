@@ -241,3 +241,50 @@ async def test_the_pass_start_hook_runs_before_a_pass_that_rebuilds_and_pending_
     assert not reconciler.pending()
     reconciler.mesh_changed("default")
     assert reconciler.pending()
+
+
+async def test_a_change_after_a_quiet_spell_waits_first_debounce_and_one_in_a_burst_waits_debounce(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Leading edge: a single change is not held for a burst that is not coming (the 50-Envoy EDS push paid the
+    whole 20 ms debounce); changes that keep coming are coalesced by the full debounce. The loop's waits are
+    recorded (and not slept), so this checks which wait each pass chose, not how long anything took."""
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float, *args: Any) -> Any:
+        if delay > 0:
+            waits.append(delay)
+        return await real_sleep(0, *args)
+
+    monkeypatch.setattr(reconciler_module.asyncio, "sleep", recorded)
+    store = MemoryStore()
+    await store.start()
+    cache = SnapshotCache()
+    reconciler = Reconciler(store, cache, CaManager(store), debounce=5.0, first_debounce=0.25)
+    try:
+        await store.create(mesh("default"))
+        await add_dp(store, "default", "a", "svc-a", 10001)
+        node = connect(reconciler, "default", "a")
+        await reconciler.start()
+        for _ in range(500):
+            if cache.get_snapshot(node) is not None:
+                break
+            await real_sleep(0.01)
+        assert waits == [0.25]  # the first pass: nothing ran before it
+        passes = reconciler.rebuilds
+        reconciler.mesh_changed("default")  # right after a pass: part of a burst
+        for _ in range(500):
+            if reconciler.rebuilds > passes:
+                break
+            await real_sleep(0.01)
+        assert waits == [0.25, 5.0]
+        reconciler._pass_ended -= 10.0  # as if ten quiet seconds had passed since
+        reconciler.mesh_changed("default")
+        for _ in range(500):
+            if reconciler.rebuilds > passes + 1:
+                break
+            await real_sleep(0.01)
+        assert waits == [0.25, 5.0, 0.25]
+    finally:
+        await reconciler.stop()
+        await store.close()
