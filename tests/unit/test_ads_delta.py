@@ -13,8 +13,6 @@ from tests.unit.test_ads_support import (
     eds_cluster,
     listener,
     listener_moved_from_b_to_a,
-    listener_moved_to_new_cluster_b,
-    listener_on_warm_cluster_a,
     names_of,
     snapshot,
     static_cluster,
@@ -301,53 +299,3 @@ async def test_a_cluster_outlives_the_ack_of_the_listener_that_stops_using_it_by
         await c.expect_nothing(0.5)  # within the delay: b stays
         cds = await c.recv()  # then it goes, without anything else happening
         assert (cds.type_url, list(cds.removed_resources), len(cds.resources)) == (CLUSTER, ["b"], 0)
-
-
-async def test_a_listener_waits_until_the_new_cluster_it_routes_to_has_its_endpoints() -> None:
-    """Make before use (Envoy's xDS docs: LDS after the CDS and EDS it uses): a new EDS cluster is warming at the
-    client until its endpoints arrive, and a listener routing to it meanwhile fails requests with "no cluster"
-    (the 503 seen in test_crosszone). The listener goes only once the client has ACKed the cluster and its
-    endpoints."""
-    async with ads_server() as srv:
-        c, cds, _ = await listener_moved_to_new_cluster_b(srv, NODE_KEY, delta=True)
-        await c.expect_nothing()  # not with the clusters: b has no endpoints at the client yet
-        await c.ack(cds)
-        await c.expect_nothing()  # b's endpoints not asked for yet
-        await c.send(ENDPOINT, subscribe=("b",))
-        eds = await c.recv()
-        assert eds.type_url == ENDPOINT and "b" in names_of(eds)
-        await c.expect_nothing()  # sent, not processed yet
-        await c.ack(eds)
-        lds = await c.recv()
-        assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
-
-
-async def test_a_listener_held_for_a_cluster_that_never_warms_goes_after_the_warm_timeout() -> None:
-    """A client that never asks for the new cluster's endpoints still gets the listener, `warm_timeout` later."""
-    async with ads_server(warm_timeout=1.0) as srv:
-        c, cds, _ = await listener_moved_to_new_cluster_b(srv, NODE_KEY, delta=True)
-        await c.ack(cds)
-        await c.expect_nothing(0.5)
-        lds = await c.recv(timeout=3.0)  # without anything else happening
-        assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
-
-
-async def test_a_listener_of_a_rejected_cluster_is_not_held() -> None:
-    """Waiting cannot warm a cluster the client NACKed: the listener goes on (Envoy keeps its old one if it
-    cannot use it), without waiting for the timeout."""
-    async with ads_server(warm_timeout=30.0) as srv:
-        c, cds, _ = await listener_moved_to_new_cluster_b(srv, NODE_KEY, delta=True)
-        await c.send(CLUSTER, nonce=cds.nonce, error="rejected")
-        lds = await c.recv()
-        assert (lds.type_url, names_of(lds)) == (LISTENER, ["l1"])
-
-
-async def test_an_updated_cluster_does_not_hold_its_listener() -> None:
-    """Envoy keeps serving an updated cluster's previous version while the new one warms: a listener update
-    that goes with it is not held back (no extra round trip for a protocol change)."""
-    async with ads_server(warm_timeout=30.0) as srv:
-        c, _ = await listener_on_warm_cluster_a(srv, NODE_KEY, delta=True)
-        srv.cache.set_snapshot(NODE_KEY, snapshot(eds_cluster("a", connect_timeout_s=2), cla("a", 9000),
-                                                  listener("l1", 15002, "a", ref=True)))
-        types = {(await c.recv()).type_url for _ in range(3)}  # no ACK in between
-        assert types == {CLUSTER, ENDPOINT, LISTENER}  # EDS: Envoy re-warms the cluster and waits for it
