@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+# The slowest tests at the end of the log: where a run that grows past 30 minutes spends its time.
+exec .venv/bin/python -m pytest -q --durations=25 "$@"
