@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,7 +70,6 @@ class Reconciler:
         self.identities = IdentityCache(ca)
         self.debounce = debounce
         self.first_debounce = min(first_debounce, debounce)
-        self._pass_ended = -math.inf  # time.monotonic() when the latest pass ended (any pass)
         self.topologies: dict[str, MeshTopology] = {}
         self.memos: dict[str, ResourceMemo] = defaultdict(ResourceMemo)
         self.connected: dict[str, int] = {}  # node id -> open streams on this instance
@@ -87,7 +85,8 @@ class Reconciler:
         self._generation = 0
         self.on_identity: list[Callable[[str, IdentityCert], None]] = []  # for insights
         self.rebuilds = 0  # mesh rebuilds done (for tests and metrics)
-        self.last_pass_at = time.monotonic()  # when the latest pass that rebuilt something ended (gc_pacing)
+        # When the latest pass that rebuilt something ended (the debounce's quiet spell, gc_pacing).
+        self.last_pass_at = time.monotonic()
         self.on_pass_start: list[Callable[[], None]] = []  # before a pass that rebuilds something (gc_pacing)
 
     # --- component -----------------------------------------------------------------------------------------------
@@ -192,13 +191,10 @@ class Reconciler:
             # Let a burst of events coalesce. After a quiet spell the change goes almost at once (a leading edge:
             # a single change is not held for a burst that is not coming); while changes keep coming, passes are
             # `debounce` apart and each takes what arrived meanwhile.
-            quiet = time.monotonic() - self._pass_ended >= self.debounce
+            quiet = time.monotonic() - self.last_pass_at >= self.debounce
             await asyncio.sleep(self.first_debounce if quiet else self.debounce)
             self._wake.clear()
-            try:
-                await self.reconcile_once()
-            finally:
-                self._pass_ended = time.monotonic()
+            await self.reconcile_once()
 
     async def reconcile_once(self) -> None:
         """One pass: rebuild dirty meshes, then dirty proxies (renewals and retries that are due included).

@@ -265,12 +265,13 @@ async def test_a_change_after_a_quiet_spell_waits_first_debounce_and_one_in_a_bu
         await store.create(mesh("default"))
         await add_dp(store, "default", "a", "svc-a", 10001)
         node = connect(reconciler, "default", "a")
+        reconciler.last_pass_at -= 10.0  # no pass for ten seconds: a quiet spell
         await reconciler.start()
         for _ in range(500):
             if cache.get_snapshot(node) is not None:
                 break
             await real_sleep(0.01)
-        assert waits == [0.25]  # the first pass: nothing ran before it
+        assert waits == [0.25]  # the first pass after the quiet spell
         passes = reconciler.rebuilds
         reconciler.mesh_changed("default")  # right after a pass: part of a burst
         for _ in range(500):
@@ -278,7 +279,7 @@ async def test_a_change_after_a_quiet_spell_waits_first_debounce_and_one_in_a_bu
                 break
             await real_sleep(0.01)
         assert waits == [0.25, 5.0]
-        reconciler._pass_ended -= 10.0  # as if ten quiet seconds had passed since
+        reconciler.last_pass_at -= 10.0  # as if ten quiet seconds had passed since
         reconciler.mesh_changed("default")
         for _ in range(500):
             if reconciler.rebuilds > passes + 1:
