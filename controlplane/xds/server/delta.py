@@ -44,8 +44,7 @@ class _TypeState:
     outstanding: dict[str, str] = field(default_factory=dict)  # nonce -> system version, oldest first
     nack_until: float = 0.0
     rejected: bool = False  # the latest settled response was NACKed: the client runs something older
-    sent_in: dict[str, int] = field(default_factory=dict)  # name -> nonce of the latest response carrying it
-    settled_upto: int = 0  # the latest nonce the client ACKed or NACKed (it settles every older one too)
+    sent_in: dict[str, str] = field(default_factory=dict)  # name -> nonce of the latest response carrying it
 
     def wants(self, name: str) -> bool:
         return self.wildcard or name in self.names
@@ -82,7 +81,6 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
                 log.debug("xds ACK/NACK for an unknown nonce ignored", extra=self._extra(type_url, "", nonce))
             else:
                 # The client handles responses in order: this one settles every older one too.
-                st.settled_upto = max(st.settled_upto, int(nonce))
                 for n in list(st.outstanding):
                     del st.outstanding[n]
                     if n == nonce:
@@ -163,9 +161,8 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
             return False if type_url == ENDPOINT else None
         if name not in st.client:
             return False  # not sent yet (not subscribed yet, or re-warming after a cluster update)
-        sent = st.sent_in.get(name)
-        if sent is not None and sent > st.settled_upto:
-            return False  # in flight
+        if st.sent_in.get(name) in st.outstanding:
+            return False  # in flight: the response that carried it is not ACKed yet
         return None if st.rejected else True  # None: the client rejected it, waiting would not help
 
     def type_settled(self, type_url: str, version: str) -> bool:
@@ -191,12 +188,11 @@ class DeltaStream(Stream[DeltaDiscoveryRequest]):
         # Every stream that gets this content shares its bytes; only the nonce is its own.
         key = ("delta", type_url, version, tuple((r.name, r.hash) for r in changed), tuple(removed))
         body = with_nonce(self.settings.responses.get(key, build), nonce)
-        sent_in = int(nonce)
         for r in changed:
             if type_url == CLUSTER and r.name in st.client:
                 self._rewarm(r)
             st.client[r.name] = r.hash
-            st.sent_in[r.name] = sent_in
+            st.sent_in[r.name] = nonce
         for name in removed:
             st.client.pop(name, None)
             st.sent_in.pop(name, None)
