@@ -31,6 +31,7 @@ from controlplane.xds.gc import DataplaneGc
 from controlplane.xds.gc_pacing import CollectionPacer
 from controlplane.xds.ingress_services import IngressServices
 from controlplane.xds.insights import InsightsRecorder
+from controlplane.xds.instances import InstanceRecord
 from controlplane.xds.lifecycle import DataplaneLifecycle
 from controlplane.xds.reconciler import Reconciler
 from controlplane.xds.server import AdsServicer
@@ -46,8 +47,10 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     cache = SnapshotCache()
     zone = cfg.multizone.zone.name
     reconciler = Reconciler(store, cache, ca, vips=vips, supervisor=runtime.supervisor, zone=zone)
+    # This instance's heartbeat record (one write per heartbeat) rides on the insights recorder.
+    instance = InstanceRecord(store, runtime.instance_id, mode=cfg.mode, zone=zone)
     insights = InsightsRecorder(store, runtime.instance_id, heartbeat=cfg.dp_server.heartbeat,
-                                supervisor=runtime.supervisor)
+                                supervisor=runtime.supervisor, instance=instance)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens, zone=zone)
     lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace,

@@ -1,7 +1,8 @@
 """Read views computed from the store: mesh insights and the dataplane overview.
 
-Online/offline comes from DataplaneInsight, which the xDS server writes (its issue); until a dataplane's
-Envoy has connected, it is reported offline, which is the truth.
+Online/offline comes from DataplaneInsight, which the xDS server writes, and the heartbeats of the instances
+that wrote its subscriptions (ControlPlaneInstance records; on global, those synced from the zones); until a
+dataplane's Envoy has connected, it is reported offline, which is the truth.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressIns
 from controlplane.resources.mesh import MeshSpec
 from controlplane.resources.zone import ZoneIngressSpec
 from controlplane.store.base import ListQuery, NotFound, ResourceStore
-from controlplane.xds.liveness import online
+from controlplane.xds.liveness import instance_heartbeats, online
 
 from .errors import ApiError
 from .resources import DEFAULT_PAGE, MAX_PAGE, int_param, next_page_url
@@ -25,7 +26,9 @@ from .resources import DEFAULT_PAGE, MAX_PAGE, int_param, next_page_url
 class InsightsApi:
     def __init__(self, store: ResourceStore, registry: Registry, *, heartbeat: float = 10.0) -> None:
         self.store, self.registry = store, registry
-        self.heartbeat = heartbeat  # of the instances writing subscriptions: stale ones are a dead instance's
+        # Of the instances writing subscriptions: an instance whose ControlPlaneInstance record is older than a
+        # few heartbeats is dead, and its open subscriptions with it (controlplane/xds/liveness.py).
+        self.heartbeat = heartbeat
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/mesh-insights", self.mesh_insights)
@@ -61,8 +64,9 @@ class InsightsApi:
         """Names of the mesh's dataplanes whose newest subscription is open and kept fresh by a live instance
         (controlplane/xds/liveness.py): one list, not one read per dataplane."""
         insights = await self.store.list(self._t("DataplaneInsight"), ListQuery(mesh=mesh))
+        beats = await instance_heartbeats(self.store)
         return {i.meta.name for i in insights.items
-                if isinstance(i.spec, DataplaneInsightSpec) and online(i.spec, self.heartbeat)}
+                if isinstance(i.spec, DataplaneInsightSpec) and online(i.spec, self.heartbeat, beats)}
 
     async def mesh_insights(self, request: web.Request) -> web.Response:
         meshes = await self.store.list(self._t("Mesh"))
@@ -99,6 +103,7 @@ class InsightsApi:
         offset = int_param(request.query, "offset", 0, 0, None)
         ingresses = await self.store.list(self._t("ZoneIngress"), ListQuery(offset=offset, size=size))
         insights = {i.meta.name: i for i in (await self.store.list(self._t("ZoneIngressInsight"))).items}
+        beats = await instance_heartbeats(self.store)
         # Cross-zone traffic is routed by the TLS SNI, so a mesh without mTLS gets none: say which.
         no_mtls = sorted(m.meta.name for m in (await self.store.list(self._t("Mesh"))).items
                          if isinstance(m.spec, MeshSpec) and not (m.spec.mtls and m.spec.mtls.enabled()))
@@ -107,7 +112,7 @@ class InsightsApi:
             insight = insights.get(ingress.meta.name)
             spec = insight.spec if insight is not None else None
             if isinstance(spec, ZoneIngressInsightSpec):
-                status = "online" if online(spec, self.heartbeat) else "offline"
+                status = "online" if online(spec, self.heartbeat, beats) else "offline"
             else:
                 status = "offline" if ingress.meta.labels.get("kuma.io/origin") is None else "remote"
             assert isinstance(ingress.spec, ZoneIngressSpec)

@@ -23,16 +23,19 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(controlplane/kds/kuma_system_specs.proto\x12\x14kuma.system.v1alpha1\x1a\x1egoogle/protobuf/wrappers.proto\"3\n\x06Secret\x12)\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1b.google.protobuf.BytesValueb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(controlplane/kds/kuma_system_specs.proto\x12\x14kuma.system.v1alpha1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1egoogle/protobuf/wrappers.proto\"3\n\x06Secret\x12)\n\x04\x64\x61ta\x18\x01 \x01(\x0b\x32\x1b.google.protobuf.BytesValue\"\xac\x01\n\x14\x43ontrolPlaneInstance\x12\x37\n\x13last_heartbeat_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mode\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'controlplane.kds.kuma_system_specs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SECRET']._serialized_start=98
-  _globals['_SECRET']._serialized_end=149
+  _globals['_SECRET']._serialized_start=131
+  _globals['_SECRET']._serialized_end=182
+  _globals['_CONTROLPLANEINSTANCE']._serialized_start=185
+  _globals['_CONTROLPLANEINSTANCE']._serialized_end=357
 # @@protoc_insertion_point(module_scope)

@@ -2,7 +2,8 @@
 
 Kuma sends Mesh, Dataplane, ZoneIngress, DataplaneInsight, ZoneIngressInsight, Secret and GlobalSecret as their
 protobuf messages in `KumaResource.spec` (`pkg/core/resources/model.ToAny`: a deterministic `anypb.New`), and the
-targetRef policies as JSON. Our pydantic
+targetRef policies as JSON. kuma-vm's ControlPlaneInstance (a zone instance's heartbeat, which Kuma does not
+have) travels as a message of ours beside Secret (kuma_system_specs.proto). Our pydantic
 specs' wire dicts have the shape of Kuma's protobuf JSON (camelCase json names), so the conversion is the protobuf
 JSON mapping plus the few places where our model and proto3 disagree:
 
@@ -51,6 +52,8 @@ SPEC_MESSAGES: dict[str, type[Message]] = {
     "ZoneIngressInsight": mesh_pb.ZoneIngressInsight,
     "Secret": system_pb.Secret,
     "GlobalSecret": system_pb.Secret,
+    # kuma-vm's own (Kuma has no such type): a zone instance's heartbeat, a Timestamp like the insights' times.
+    "ControlPlaneInstance": system_pb.ControlPlaneInstance,
 }
 
 _DURATION = "google.protobuf.Duration"

@@ -15,6 +15,7 @@ from controlplane.resources.insights import (
     SubscriptionStatus,
     ZoneIngressInsightSpec,
 )
+from controlplane.resources.instance import CONTROL_PLANE_INSTANCE
 from controlplane.resources.mesh import MESH
 from controlplane.resources.secret import SECRET
 from controlplane.resources.zone import ZONE_INGRESS
@@ -45,7 +46,9 @@ async def ca_secrets(store: ResourceStore) -> Callable[[Meta], bool]:
 
 
 def zone_to_global_types() -> list[ResourceType]:
-    return [DATAPLANE, DATAPLANE_INSIGHT, ZONE_INGRESS, ZONE_INGRESS_INSIGHT]
+    """The zone's instances' heartbeat records first: global judges whether the subscriptions in the insights
+    that follow are live by them (controlplane/xds/liveness.py)."""
+    return [CONTROL_PLANE_INSTANCE, DATAPLANE, DATAPLANE_INSIGHT, ZONE_INGRESS, ZONE_INGRESS_INSIGHT]
 
 
 def _from_zone(m: Meta) -> bool:
@@ -77,15 +80,15 @@ SUMMARY_SUBSCRIPTIONS = 2
 
 
 def summarise_insight(r: Resource) -> Resource:
-    """What global needs of a DataplaneInsight: online/offline (connect and disconnect times, and the heartbeat
-    that tells a live zone instance from a dead one), versions, the last NACK, certificate state and host DNS;
-    not the xDS counters, which change on every push (each push in the zone would become a KDS message to
-    global). The two newest subscriptions."""
+    """What global needs of a DataplaneInsight: online/offline (connect and disconnect times, and the instance
+    whose heartbeat record, synced too, tells a live zone instance from a dead one), versions, the last NACK,
+    certificate state and host DNS; not the xDS counters nor the subscription's last update time, which change on
+    every push and its ACKs (each push in the zone would become a KDS message to global). So an insight reaches
+    global only when something global shows changed. The two newest subscriptions."""
     spec = r.spec
     if not isinstance(spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
         return r
     subs = []
     for sub in sorted(spec.subscriptions, key=lambda s: s.connect_time)[-SUMMARY_SUBSCRIPTIONS:]:
-        status = SubscriptionStatus(last_update_time=sub.status.last_update_time)
-        subs.append(sub.model_copy(update={"status": status}))
+        subs.append(sub.model_copy(update={"status": SubscriptionStatus()}))
     return Resource(r.type, r.meta, spec.model_copy(update={"subscriptions": subs}))

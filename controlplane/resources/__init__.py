@@ -17,8 +17,8 @@ from .errors import InvalidParameter, ResourceValidationError, Violations
 
 __all__ = [
     "REGISTRY", "InvalidParameter", "Meta", "Registry", "Resource", "ResourceType", "ResourceValidationError",
-    "Scope", "Spec", "Violations", "dataplane", "from_wire", "insights", "load_all", "mesh", "register", "secret",
-    "to_wire", "vip", "zone",
+    "Scope", "Spec", "Violations", "dataplane", "from_wire", "insights", "instance", "load_all", "mesh", "register",
+    "secret", "to_wire", "vip", "zone",
 ]
 
 # The core modules, in the order they used to be imported eagerly (REGISTRY.all() keeps it), and the
@@ -30,6 +30,7 @@ CORE_TYPES = {
     "secret": ("Secret", "GlobalSecret"),
     "vip": ("VipAllocation",),
     "zone": ("Zone", "ZoneIngress", "ZoneInsight"),
+    "instance": ("ControlPlaneInstance",),
 }
 for _module, _names in CORE_TYPES.items():
     REGISTRY.declare(f"{__name__}.{_module}", *_names)

@@ -3,9 +3,10 @@
 An instance deletes the kuma-dp-managed Dataplanes of its own streams after the grace period
 (controlplane/xds/lifecycle.py), but an instance killed with -9 or a host that died deletes nothing, and its
 subscriptions stay "connected". Here the leader deletes every kuma-dp-managed Dataplane whose newest
-subscription has been disconnected, or left open by an instance that stopped refreshing it
+subscription has been disconnected, or left open by an instance whose heartbeat record went stale
 (controlplane/xds/liveness.py), for longer than the grace period, and then its insight; plus insights left
-without a Dataplane. A Dataplane an operator created (no `kuma.io/managed-by: kuma-dp`) is never touched.
+without a Dataplane. A Dataplane an operator created (no `kuma.io/managed-by: kuma-dp`) is never touched. It also
+deletes the heartbeat records of instances long dead (controlplane/xds/instances.py says when and why).
 
 No proxy is judged by time that passed before this cleanup started (this instance became leader): after the
 control plane was down (restarted, or every instance gone for a while), every subscription looks stale, yet the
@@ -17,7 +18,8 @@ A pass runs every few seconds while nothing may have changed, so it reads little
 StoreView kept current by the store's events (not a list of every Dataplane each pass), and the insights it
 needs are only those of proxies no stream here serves and of insights without a proxy (names kept from the
 events): with every dataplane connected here, a pass reads no insight at all. Without a live watch (a pass
-called directly) it lists everything, as before.
+called directly) it lists everything, as before. Every pass lists the instances' heartbeat records (one per
+kuma-cp instance).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from controlplane.kds.naming import ORIGIN_LABEL
 from controlplane.resources import Resource, ResourceType
 from controlplane.resources.dataplane import DATAPLANE
 from controlplane.resources.insights import DataplaneInsightSpec, ZoneIngressInsightSpec, insight_type_of
+from controlplane.resources.instance import CONTROL_PLANE_INSTANCE
 from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.base import ChangeEvent, Conflict, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
@@ -38,8 +41,9 @@ from kuma_shared.logs import ErrorLog
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE
 from .bootstrap import ingress_node_id, node_id
+from .instances import delete_stale_instances, retention
 from .lifecycle import delete_insight
-from .liveness import STALE_HEARTBEATS, offline_since
+from .liveness import STALE_HEARTBEATS, Heartbeats, heartbeats_of, offline_since
 from .remote_endpoints import ingress_zone
 from .store_view import ALL_MESHES, StoreView
 
@@ -53,8 +57,11 @@ class DataplaneGc:
 
     def __init__(self, store: ResourceStore, *, grace: float = 10.0, heartbeat: float = 10.0,
                  interval: float | None = None, supervisor: Supervisor | None = None,
-                 served: Callable[[], frozenset[str]] = frozenset, zone: str = "") -> None:
+                 served: Callable[[], frozenset[str]] = frozenset, zone: str = "",
+                 instance_retention: float | None = None) -> None:
         self.store, self.grace, self.heartbeat = store, grace, heartbeat
+        # How long the record of an instance that stopped beating is kept (controlplane/xds/instances.py).
+        self.instance_retention = instance_retention if instance_retention is not None else retention(heartbeat, grace)
         self.zone = zone  # this zone: its ZoneIngresses are cleaned up here, other zones' are not
         # Node ids (`<mesh>.<name>`) with a stream open on this instance: never offline, whatever the insight
         # says (its subscription is written at the next flush).
@@ -115,13 +122,17 @@ class DataplaneGc:
         (mesh "" for an ingress)."""
         now = now or datetime.now(UTC)
         served = self.served()
-        deleted = await self._sweep(DATAPLANE, now, served, lambda r: node_id(r.meta.mesh, r.meta.name))
+        # The instances' heartbeats (a few records): whose open subscriptions are still live.
+        instances = (await self.store.list(CONTROL_PLANE_INSTANCE)).items
+        beats = heartbeats_of(instances)
+        deleted = await self._sweep(DATAPLANE, now, served, beats, lambda r: node_id(r.meta.mesh, r.meta.name))
         # Other zones' ingresses are synced here from global: theirs to clean up, never ours.
-        deleted += await self._sweep(ZONE_INGRESS, now, served, lambda r: ingress_node_id(r.meta.name),
+        deleted += await self._sweep(ZONE_INGRESS, now, served, beats, lambda r: ingress_node_id(r.meta.name),
                                      keep=lambda r: ingress_zone(r) in (None, self.zone))
+        await delete_stale_instances(self.store, instances, self.instance_retention, now)
         return deleted
 
-    async def _sweep(self, rtype: ResourceType, now: datetime, served: frozenset[str],
+    async def _sweep(self, rtype: ResourceType, now: datetime, served: frozenset[str], beats: Heartbeats,
                      node: Callable[[Resource], str], keep: Callable[[Resource], bool] = lambda r: True,
                      ) -> list[tuple[str, str]]:
         insight_type = insight_type_of(rtype.name)
@@ -140,7 +151,7 @@ class DataplaneGc:
             insights = await self._read_insights(insight_type, wanted)
         deleted = []
         for key, proxy in proxies.items():
-            gone = self._gone_for(insights.get(key), proxy, now)
+            gone = self._gone_for(insights.get(key), proxy, beats, now)
             if gone is None or node(proxy) in served:
                 continue
             try:
@@ -157,7 +168,7 @@ class DataplaneGc:
                 continue
             if insight.meta.labels.get(ORIGIN_LABEL) is not None:
                 continue  # another zone's, synced here
-            gone = offline_since(insight.spec, self.heartbeat, now)
+            gone = offline_since(insight.spec, self.heartbeat, beats, now)
             if gone is not None and gone > self.grace and not await self._exists(rtype, key):
                 await delete_insight(self.store, key[0], key[1], rtype.name)
                 log.info(f"insight of a deleted {kind} cleaned up", extra={"mesh": key[0], "dataplane": key[1]})
@@ -184,7 +195,7 @@ class DataplaneGc:
             self.insights_read += 1
         return found
 
-    def _gone_for(self, insight: Resource | None, dp: Resource, now: datetime) -> float | None:
+    def _gone_for(self, insight: Resource | None, dp: Resource, beats: Heartbeats, now: datetime) -> float | None:
         """Seconds past the grace period the dataplane has been offline, or None to keep it."""
         if insight is None or not isinstance(insight.spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
             # Registered but no subscription ever stored (its instance died before the first flush): judge by
@@ -194,7 +205,7 @@ class DataplaneGc:
                 return None
             gone = (now - created).total_seconds() - self.heartbeat * STALE_HEARTBEATS
         else:
-            since = offline_since(insight.spec, self.heartbeat, now)
+            since = offline_since(insight.spec, self.heartbeat, beats, now)
             if since is None:
                 return None
             gone = since

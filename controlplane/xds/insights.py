@@ -1,6 +1,12 @@
 """DataplaneInsight upkeep: stream callbacks update an in-memory record per dataplane; a flusher writes the
 changed ones to the store at most once per interval (an ACK per proxy per push must not be a store write).
 
+An insight is written only when what it says changed (a connect or disconnect, counters, the config version, a
+NACK, the certificate, the host's DNS report): an idle fleet costs no insight writes. Whether this instance is
+alive, which tells readers its open subscriptions are (controlplane/xds/liveness.py), is its own
+ControlPlaneInstance record, written every heartbeat (one write, whatever the fleet: controlplane/xds/instances.py),
+on start, and deleted on a graceful stop after the disconnects are written.
+
 The flusher waits one interval after the first change before writing, so the writes a push's responses and
 ACKs cause go out after the push instead of competing with it for the CPU (a push to 1000 proxies takes a
 few hundred ms).
@@ -29,8 +35,10 @@ from controlplane.resources.codec import now_text, wire_time
 from controlplane.resources.insights import DATAPLANE_INSIGHT, ZONE_INGRESS_INSIGHT
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 from controlplane.supervise import Supervisor, wait_set
+from kuma_shared.logs import ErrorLog
 
 from .bootstrap import ingress_name, split_node_id
+from .instances import InstanceRecord
 from .liveness import merge_subscriptions
 from .resources import SHORT_NAMES
 
@@ -58,10 +66,12 @@ class InsightsRecorder:
     name = "dataplane-insights"
 
     def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0, heartbeat: float = 10.0,
-                 supervisor: Supervisor | None = None) -> None:
+                 supervisor: Supervisor | None = None, instance: InstanceRecord | None = None) -> None:
         self.store, self.instance_id, self.interval = store, instance_id, interval
-        # Open subscriptions are rewritten this often, so readers can tell a live instance from a killed one.
+        # This instance's record is rewritten this often, so readers can tell a live instance from a killed one.
         self.heartbeat = heartbeat
+        self.instance = instance or InstanceRecord(store, instance_id)
+        self._errors = ErrorLog(log)
         self.supervisor = supervisor or Supervisor()
         self._records: dict[str, _Record] = {}
         self._stream_sub: dict[int, dict[str, Any]] = {}
@@ -154,6 +164,9 @@ class InsightsRecorder:
     # --- flushing ------------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Before any stream opens here: a subscription of ours is never judged without our record (but see
+        # liveness's fallback, for readers that have not received it yet).
+        await self.beat()
         self._task = self.supervisor.spawn("insights-flush", self._loop)
 
     async def stop(self) -> None:
@@ -168,16 +181,20 @@ class InsightsRecorder:
             for rec in self._records.values():
                 rec.dirty = True
             await asyncio.wait_for(self.flush(), 2)
+        # Then the heartbeat goes: what is left open of ours (a write that failed) is judged by its own last
+        # update from now on (controlplane/xds/liveness.py).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.instance.delete(), 2)
 
-    def _beat(self) -> None:
-        """Refresh this instance's open subscriptions: the heartbeat others read (controlplane/xds/liveness.py)."""
-        now = now_text()
-        for sub in self._stream_sub.values():
-            sub.setdefault("status", {})["lastUpdateTime"] = now
-        for rec in self._records.values():
-            if any(s.get("disconnectTime") is None and s.get("controlPlaneInstanceId") == self.instance_id
-                   for s in rec.doc["subscriptions"]):
-                rec.dirty = True
+    async def beat(self) -> None:
+        """The heartbeat others read (controlplane/xds/liveness.py): this instance's record, one write. Its
+        insights are not touched."""
+        try:
+            await self.instance.beat()
+        except Exception as e:
+            self._errors.report("heartbeat", "writing this control plane's heartbeat failed; its dataplanes look "
+                                "offline to other instances and global if this goes on; will retry", error=e,
+                                extra={"instance": self.instance_id})
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -188,7 +205,7 @@ class InsightsRecorder:
             await asyncio.sleep(self.interval)
             self._wake.clear()
             if loop.time() >= next_beat:
-                self._beat()
+                await self.beat()
                 next_beat = loop.time() + self.heartbeat
             try:
                 await self.flush()

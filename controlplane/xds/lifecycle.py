@@ -27,7 +27,7 @@ from controlplane.resources.zone import ZoneIngressSpec
 from controlplane.store.base import AlreadyExists, Conflict, MeshNotFound, NotFound, ResourceStore
 
 from .auth import MANAGED_LABEL, MANAGED_VALUE, Caller, DataplaneAuthenticator
-from .liveness import connected, newest
+from .liveness import connected, instance_heartbeats, newest
 from .reconciler import Reconciler
 
 log = logging.getLogger("kuma.xds")
@@ -165,7 +165,9 @@ class DataplaneLifecycle:
         if not isinstance(insight.spec, DataplaneInsightSpec | ZoneIngressInsightSpec):
             return None
         sub = newest(insight.spec)
-        if sub is not None and sub.control_plane_instance_id != self.instance_id and connected(sub, self.heartbeat):
+        if sub is None or sub.control_plane_instance_id == self.instance_id:
+            return None
+        if connected(sub, self.heartbeat, await instance_heartbeats(self.store)):
             return sub.control_plane_instance_id
         return None
 

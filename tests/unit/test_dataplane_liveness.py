@@ -52,14 +52,17 @@ def test_merge_keeps_other_instances_and_replaces_ours_by_id() -> None:
 
 def test_online_is_the_newest_subscription_open_and_fresh() -> None:
     hb = 2.0
-    assert online(spec(sub("a", "1", 30, disconnected_ago=20), sub("b", "1", 10, seen_ago=1)), hb, NOW)
+    beats = {"a": NOW - timedelta(seconds=1), "b": NOW - timedelta(seconds=1)}
+    assert online(spec(sub("a", "1", 30, disconnected_ago=20), sub("b", "1", 10, seen_ago=1)), hb, beats, NOW)
     # Newest closed, even if an older one is open: offline (Kuma's rule).
-    assert not online(spec(sub("b", "1", 30, seen_ago=1), sub("a", "2", 10, disconnected_ago=5)), hb, NOW)
-    # Open but not refreshed for more than three heartbeats: its instance died.
-    dead = spec(sub("b", "1", 60, seen_ago=20))
-    assert not online(dead, hb, NOW)
-    assert offline_since(dead, hb, NOW) == 20
-    assert offline_since(spec(), hb, NOW) is None
+    assert not online(spec(sub("b", "1", 30, seen_ago=1), sub("a", "2", 10, disconnected_ago=5)), hb, beats, NOW)
+    # No record of its instance (none written yet, or not synced yet): judged by its own last update. Open but
+    # not updated for more than three heartbeats: its instance died.
+    dead = spec(sub("c", "1", 60, seen_ago=20))
+    assert not online(dead, hb, beats, NOW)
+    assert offline_since(dead, hb, beats, NOW) == 20
+    assert online(spec(sub("c", "1", 60, seen_ago=5)), hb, beats, NOW)
+    assert offline_since(spec(), hb, beats, NOW) is None
 
 
 async def _store_with(*dataplanes: tuple[str, bool, DataplaneInsightSpec | None]) -> MemoryStore:

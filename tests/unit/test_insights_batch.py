@@ -66,7 +66,13 @@ def _subs(store: MemoryStore, name: str, mesh: str = "default") -> list[tuple[st
     return [(s.control_plane_instance_id, s.id, s.disconnect_time is None) for s in spec.subscriptions]
 
 
-async def test_a_connect_storm_and_a_heartbeat_are_a_few_transactions() -> None:
+def _push(rec: InsightsRecorder, n: int) -> None:
+    """A config push ACKed by every one of `n` proxies: every insight's counters change."""
+    for i in range(n):
+        rec.on_ack(f"default.dp-{i}", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "2")
+
+
+async def test_a_connect_storm_and_a_push_are_a_few_transactions() -> None:
     store = await _store("default")
     rec = InsightsRecorder(store, "a")
     n = BATCH + LIST_OVER + 1
@@ -77,7 +83,7 @@ async def test_a_connect_storm_and_a_heartbeat_are_a_few_transactions() -> None:
     assert store.calls == {"list": 1, "create_all": 2}
     assert all(_subs(store, f"dp-{i}") == [("a", str(i), True)] for i in range(n))
     store.calls.clear()
-    rec._beat()  # every open subscription refreshed: every insight rewritten, from what was stored
+    _push(rec, n)  # every insight rewritten, from what was stored
     await rec.flush()
     assert store.calls == {"update_all": 2}
     assert all(store._data[(DATAPLANE_INSIGHT.name, "default", f"dp-{i}")].meta.version == 2 for i in range(n))
@@ -110,7 +116,9 @@ async def test_another_writer_in_between_falls_back_to_read_merge_write() -> Non
     assert _subs(store, "dp-1") == [("a", "1", False), ("b", "9", True)]  # theirs kept
     assert _subs(store, "dp-2") == [("a", "2", False), ("a", "7", True)]  # created again
     store.calls.clear()
-    rec._beat()
+    rec.on_ack("default.dp-2", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "2")
+    rec.on_host_dns("default.dp-0", "configured", "systemd-resolved: ~mesh")
+    rec.on_host_dns("default.dp-1", "configured", "systemd-resolved: ~mesh")
     await rec.flush()
     assert store.calls == {"update_all": 1}  # what was read one by one is the base of the next batch
 
@@ -123,7 +131,8 @@ async def test_an_insight_of_a_deleted_mesh_is_dropped() -> None:
     await rec.flush()
     mesh = await store.get(from_wire({"type": "Mesh", "name": "gone"}).type, "gone")
     await store.delete(mesh.type, "gone")
-    rec._beat()
+    rec.on_ack("default.dp-1", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "2")
+    rec.on_ack("gone.dp-2", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "2")
     await rec.flush()
     assert "gone.dp-2" not in rec._records
     assert _subs(store, "dp-1") == [("a", "1", True)]

@@ -100,6 +100,10 @@ RICH: list[dict[str, Any]] = [
     {"type": "ZoneIngressInsight", "name": "ingress-1",
      "subscriptions": [{"id": "1", "controlPlaneInstanceId": "cp-1", "connectTime": "2026-06-01T12:00:00Z",
                         "status": {"total": {"responsesSent": 1}}, "kumaDpVersion": "2.9.0"}]},
+    {"type": "ControlPlaneInstance", "name": "cp-host.example-1a2b3c4d", "mode": "zone", "zone": "zone-1",
+     "version": "0.1.0", "startTime": "2026-06-01T12:00:00Z", "lastHeartbeatTime": "2026-06-01T12:04:59.123456Z"},
+    {"type": "ControlPlaneInstance", "name": "standalone", "mode": "zone",  # no zone name: proto3's ""
+     "startTime": "2026-06-01T12:00:00Z", "lastHeartbeatTime": "2026-06-01T12:00:00Z"},
 ]
 
 
@@ -148,7 +152,8 @@ def test_names_and_numbers_are_kumas() -> None:
         "ZoneIngress": "kuma.mesh.v1alpha1.ZoneIngress", "Secret": "kuma.system.v1alpha1.Secret",
         "DataplaneInsight": "kuma.mesh.v1alpha1.DataplaneInsight",
         "ZoneIngressInsight": "kuma.mesh.v1alpha1.ZoneIngressInsight",
-        "GlobalSecret": "kuma.system.v1alpha1.Secret"}
+        "GlobalSecret": "kuma.system.v1alpha1.Secret",
+        "ControlPlaneInstance": "kuma.system.v1alpha1.ControlPlaneInstance"}  # kuma-vm's own
 
     def numbers(desc: Any) -> dict[str, int]:
         return {f.name: f.number for f in desc.fields}

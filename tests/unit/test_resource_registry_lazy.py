@@ -50,7 +50,7 @@ def test_all_is_complete_and_in_the_eager_order_whatever_was_looked_up_first() -
     expected = eager()
     assert [t[0] for t in expected["core"]] == [  # type: ignore[index, union-attr]
         "Dataplane", "DataplaneInsight", "ZoneIngressInsight", "Mesh", "Secret", "GlobalSecret", "VipAllocation",
-        "Zone", "ZoneIngress", "ZoneInsight"]
+        "Zone", "ZoneIngress", "ZoneInsight", "ControlPlaneInstance"]
     for first in ("", "REGISTRY.by_name('ZoneIngress')", "REGISTRY.by_plural('meshes')",
                   "REGISTRY.lookup('vip-allocations')", "load_all()"):
         got = run(f"""
@@ -92,7 +92,8 @@ def test_a_lookup_imports_only_the_module_it_needs() -> None:
         print(json.dumps(steps))
     """)
     assert got == {"package": [], "Dataplane": ["dataplane"], "ZoneIngress": ["dataplane", "zone"], "unknown": None,
-                   "after a miss": ["dataplane", "insights", "mesh", "secret", "vip", "zone"]}
+                   "after a miss": ["dataplane", "insights", "instance", "mesh", "secret", "vip",
+                                                      "zone"]}
 
 
 def test_core_modules_stay_attributes_of_the_package() -> None:
