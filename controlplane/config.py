@@ -147,8 +147,9 @@ class DpServerConfig:
     max_connections: int = setting(0, "maxConnections", "KUMA_DP_SERVER_MAX_CONNECTIONS", check="non-negative",
                                    doc="0: half of what the open files limit leaves")
     heartbeat: float = setting(10.0, "heartbeatInterval", "KUMA_DP_SERVER_HEARTBEAT_INTERVAL", check="positive",
-                               doc="seconds between refreshes of an instance's open dataplane subscriptions; "
-                                   "three missed ones (a killed instance) make its dataplanes count as offline")
+                               doc="seconds between writes of an instance's heartbeat record "
+                                   "(ControlPlaneInstance); three missed ones (a killed instance) make its "
+                                   "dataplanes count as offline")
 
 
 @dataclass
