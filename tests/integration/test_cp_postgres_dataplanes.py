@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from controlplane.store.postgres_config import PostgresConfig
+from controlplane.xds.liveness import parse_time
 from tests.apps.runner import App
 from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess
@@ -26,12 +27,19 @@ from tests.ports import free_port
 pytestmark = pytest.mark.postgres
 
 GRACE = 8  # seconds a disconnected kuma-dp keeps its Dataplane
-HEARTBEAT = 1  # an instance's open subscriptions are stale after 3 of these
+HEARTBEAT = 1  # an instance's heartbeat record (and its open subscriptions) is stale after 3 of these
 
 
 def status(cp: CpProcess, name: str) -> str | None:
     items = call("GET", cp.http_url + "/meshes/default/dataplanes/_overview").json["items"]
     return next((i["status"] for i in items if i["name"] == name), None)
+
+
+def idle_for(cp: CpProcess, instance: str, name: str) -> float:
+    """Seconds between the last write of a dataplane's insight and `instance`'s last heartbeat, through `cp`."""
+    insight = call("GET", cp.http_url + f"/meshes/default/dataplane-insights/{name}").json
+    record = call("GET", cp.http_url + f"/control-plane-instances/{instance}").json
+    return (parse_time(record["lastHeartbeatTime"]) - parse_time(insight["modificationTime"])).total_seconds()
 
 
 def two_instances(cp_factory: Callable[..., CpProcess], cfg: PostgresConfig) -> tuple[CpProcess, CpProcess]:
@@ -83,10 +91,15 @@ def test_kill_9_of_the_serving_instance_shows_offline_and_leader_cleans_up(
     app = app_factory("echo_http", "--name", "backend")
     dp = start_dp(mesh, b, dp_factory, app, free_port(), "backend-1")
     eventually(lambda: status(a, "backend-1") == "online", message="online through A")
+    # Idle, its insight is not rewritten; B's heartbeat record is, and keeps it online through A.
+    b_id = call("GET", b.http_url + "/").json["instanceId"]
+    eventually(lambda: idle_for(a, b_id, "backend-1") > 2 * 3 * HEARTBEAT, timeout=30,
+               message="B beating for two staleness windows past the insight's last write")
+    assert status(a, "backend-1") == "online"
 
     os.kill(b.pid, signal.SIGKILL)  # B never writes the disconnect
     b.stop()
-    # Its subscription stays open in the store, but B stops refreshing it: offline within a few heartbeats.
+    # Its subscription stays open in the store, but B's record stops beating: offline within a few heartbeats.
     eventually(lambda: status(a, "backend-1") == "offline", timeout=HEARTBEAT * 3 + 15, message="offline")
     dp.stop()
     # A is (or becomes) the leader; its GC deletes the kuma-dp-managed Dataplane and its insight.
