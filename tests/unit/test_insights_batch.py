@@ -137,3 +137,23 @@ async def test_an_insight_of_a_deleted_mesh_is_dropped() -> None:
     assert "gone.dp-2" not in rec._records
     assert _subs(store, "dp-1") == [("a", "1", True)]
     assert store._data[(DATAPLANE_INSIGHT.name, "default", "dp-1")].meta.version == 2
+
+
+async def test_a_heartbeat_is_one_write_whatever_the_fleet() -> None:
+    """Idle proxies cost no insight write: a beat writes this instance's ControlPlaneInstance record, nothing else."""
+    store = await _store("default")
+    rec = InsightsRecorder(store, "a")
+    await rec.beat()  # on start: the record is created (a read finds none)
+    n = LIST_OVER + 1
+    for i in range(n):
+        rec.on_stream_open(i, f"default.dp-{i}", Node(id=f"default.dp-{i}"))
+    await rec.flush()
+    for _ in range(3):
+        store.calls.clear()
+        await rec.beat()
+        await rec.flush()
+        assert store.calls == {"update": 1}  # the record, from what was written last: no read
+    _push(rec, 1)
+    store.calls.clear()
+    await rec.flush()
+    assert store.calls == {"update_all": 1}  # the one insight that changed
