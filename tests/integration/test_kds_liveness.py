@@ -59,7 +59,12 @@ def test_global_judges_a_zones_dataplanes_by_its_synced_instance_records(
     records = wait_for("the zone's instance record on global", lambda: zone_instances(glob, "zone-1"), glob, zone)
     (instance_id, record), = records.items()
     assert record["mode"] == "zone" and record["zone"] == "zone-1"
-    assert api(zone, "GET", f"/control-plane-instances/{instance_id}").status == 200  # its own, under its id
+    own = api(zone, "GET", f"/control-plane-instances/{instance_id}")  # its own, under its id
+    assert own.status == 200, own.raw
+    # Kept by the instance itself: not writable through the API (nor kumactl, which uses it).
+    for method, body in (("PUT", {**own.json, "lastHeartbeatTime": "2999-01-01T00:00:00Z"}), ("DELETE", None)):
+        refused = api(zone, method, f"/control-plane-instances/{instance_id}", body)
+        assert refused.status == 405 and "maintained by the control plane" in refused.json["details"], refused.raw
     wait_for("the zone's dataplane online on global",
              lambda: overview(glob).get("backend-1", {}).get("status") == "online", glob, zone)
 
