@@ -50,7 +50,8 @@ def add_xds(runtime: Runtime, tls: CpTls, tokens: TokenService, ca: CaManager, v
     # This instance's heartbeat record (one write per heartbeat) rides on the insights recorder.
     instance = InstanceRecord(store, runtime.instance_id, mode=cfg.mode, zone=zone)
     insights = InsightsRecorder(store, runtime.instance_id, heartbeat=cfg.dp_server.heartbeat,
-                                supervisor=runtime.supervisor, instance=instance)
+                                status_interval=cfg.dp_server.status_flush, supervisor=runtime.supervisor,
+                                instance=instance)
     reconciler.on_identity.append(insights.on_identity)
     auth = DataplaneAuthenticator(store, tokens, zone=zone)
     lifecycle = DataplaneLifecycle(store, auth, reconciler, grace=cfg.dp_server.dataplane_grace,

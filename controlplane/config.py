@@ -146,6 +146,11 @@ class DpServerConfig:
                                   doc="seconds a connection with no call open stays (an ADS stream is a call)")
     max_connections: int = setting(0, "maxConnections", "KUMA_DP_SERVER_MAX_CONNECTIONS", check="non-negative",
                                    doc="0: half of what the open files limit leaves")
+    status_flush: float = setting(10.0, "dataplaneStatusFlushInterval",
+                                  "KUMA_DP_SERVER_DATAPLANE_STATUS_FLUSH_INTERVAL", check="positive",
+                                  doc="seconds between writes of dataplane insights' xDS counters and ACKed config "
+                                      "versions (Kuma's dataplaneStatusFlushInterval); connects, disconnects, NACKs, "
+                                      "certificates and host DNS reports are written within a second")
     heartbeat: float = setting(10.0, "heartbeatInterval", "KUMA_DP_SERVER_HEARTBEAT_INTERVAL", check="positive",
                                doc="seconds between writes of an instance's heartbeat record "
                                    "(ControlPlaneInstance); three missed ones (a killed instance) make its "

@@ -7,9 +7,13 @@ alive, which tells readers its open subscriptions are (controlplane/xds/liveness
 ControlPlaneInstance record, written every heartbeat (one write, whatever the fleet: controlplane/xds/instances.py),
 on start, and deleted on a graceful stop after the disconnects are written.
 
-The flusher waits one interval after the first change before writing, so the writes a push's responses and
-ACKs cause go out after the push instead of competing with it for the CPU (a push to 1000 proxies takes a
-few hundred ms).
+Two paces. A change readers should see soon (a connect or disconnect, a NACK, a new certificate, a host DNS
+report) is written one `interval` (1 s) after it happened: the flusher waits that long so that the writes a
+push causes go out after the push instead of competing with it for the CPU (a push to 1000 proxies takes a
+few hundred ms). What every push changes in every insight it reaches (the counters of responses sent and
+ACKed, the ACKed config version) waits for the next status flush, every `status_interval` (10 s: Kuma's
+`dataplaneStatusFlushInterval`, raised from 1 s to 10 s in Kuma for the same reason): one write per
+dataplane per 10 s however often config changes, instead of one per push (1000 writes after every change).
 
 A flush writes all changed insights in a few transactions (`store.update_all`, `create_all`, BATCH at a
 time) instead of one read and one write per insight: the recorder remembers what it last stored for each
@@ -52,7 +56,8 @@ LIST_OVER = 50  # more insights than this to read before a flush: one list of th
 @dataclass
 class _Record:
     doc: dict[str, Any] = field(default_factory=lambda: {"subscriptions": []})
-    dirty: bool = True
+    dirty: bool = True  # changed since the last write
+    urgent: bool = True  # of those changes, one to write at the next flush, not the next status flush
     acked: dict[str, str] = field(default_factory=dict)
     # What this recorder last stored (or read) for the dataplane: the base of its next write, whose version
     # the store checks. None: read it first.
@@ -66,8 +71,10 @@ class InsightsRecorder:
     name = "dataplane-insights"
 
     def __init__(self, store: ResourceStore, instance_id: str, *, interval: float = 1.0, heartbeat: float = 10.0,
-                 supervisor: Supervisor | None = None, instance: InstanceRecord | None = None) -> None:
+                 status_interval: float = 10.0, supervisor: Supervisor | None = None,
+                 instance: InstanceRecord | None = None) -> None:
         self.store, self.instance_id, self.interval = store, instance_id, interval
+        self.status_interval = max(status_interval, interval)  # counters and config versions (module doc)
         # This instance's record is rewritten this often, so readers can tell a live instance from a killed one.
         self.heartbeat = heartbeat
         self.instance = instance or InstanceRecord(store, instance_id)
@@ -90,9 +97,14 @@ class InsightsRecorder:
         subs = self._record(node_id).doc["subscriptions"]
         return subs[-1] if subs else None
 
-    def _touch(self, node_id: str) -> None:
-        self._record(node_id).dirty = True
-        self._wake.set()
+    def _touch(self, node_id: str, *, urgent: bool = True) -> None:
+        """Mark the insight changed; `urgent`: written at the next flush (within `interval`), else at the next
+        status flush (within `status_interval`)."""
+        rec = self._record(node_id)
+        rec.dirty = True
+        if urgent:
+            rec.urgent = True
+            self._wake.set()
 
     def on_stream_open(self, stream_id: int, node_id: str, node: Node) -> None:
         meta = json_format.MessageToDict(node.metadata) if node.HasField("metadata") else {}
@@ -126,7 +138,7 @@ class InsightsRecorder:
         for key in ("total", SHORT_NAMES.get(type_url, "other")[:3].lower()):
             bucket = status.setdefault(key, {})
             bucket[counter] = bucket.get(counter, 0) + 1
-        self._touch(node_id)
+        self._touch(node_id, urgent=False)  # every push changes them in every insight it reaches
         return sub
 
     def on_response_sent(self, node_id: str, type_url: str, version: str, nonce: str, resource_count: int,
@@ -145,6 +157,7 @@ class InsightsRecorder:
         if sub is not None:
             sub["lastNack"] = {"type": SHORT_NAMES.get(type_url, type_url), "version": version,
                                "errorDetail": error_detail[:2000], "time": now_text()}
+            self._touch(node_id)  # an operator looking for why config does not apply should see it soon
 
     def on_identity(self, node_id: str, cert: IdentityCert) -> None:
         doc = self._record(node_id).doc
@@ -199,28 +212,45 @@ class InsightsRecorder:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.heartbeat
+        next_status = loop.time() + self.status_interval
         while True:
-            await wait_set(self._wake, max(0.0, next_beat - loop.time()))
+            await wait_set(self._wake, max(0.0, min(next_beat, next_status) - loop.time()))
             # Let the rest of the push (and its ACKs) happen first: one write per insight after it.
             await asyncio.sleep(self.interval)
             self._wake.clear()
             if loop.time() >= next_beat:
                 await self.beat()
                 next_beat = loop.time() + self.heartbeat
+            status = loop.time() >= next_status
+            if status:
+                next_status = loop.time() + self.status_interval
             try:
-                await self.flush()
+                await self.flush(urgent_only=not status)
             except Exception:
                 log.exception("writing dataplane insights failed; will retry")
 
-    async def flush(self) -> None:
+    async def flush(self, *, urgent_only: bool = False) -> None:
+        """Write the changed insights (`urgent_only`: those with a change readers should see soon; their
+        counters go along)."""
         dirty: list[tuple[str, _Record, tuple[ResourceType, str, str]]] = []
         for node_id, rec in list(self._records.items()):
-            if not rec.dirty:
+            if not rec.dirty or (urgent_only and not rec.urgent):
                 continue
-            rec.dirty = False
+            rec.dirty = rec.urgent = False
             target = _insight_of(node_id)
             if target is not None:
                 dirty.append((node_id, rec, target))
+        try:
+            await self._write_all(dirty)
+        except BaseException:
+            # Not all written (the store failed, or a stop cancelled us): again at the next flush, soon, since
+            # an insight is written only when it changes and this may have been a disconnect.
+            for _, rec, _ in dirty:
+                rec.dirty = rec.urgent = True
+            self._wake.set()
+            raise
+
+    async def _write_all(self, dirty: list[tuple[str, _Record, tuple[ResourceType, str, str]]]) -> None:
         unknown = [(rec, target) for _, rec, target in dirty if rec.stored is None]
         listed = len(unknown) > LIST_OVER
         if listed:
@@ -270,7 +300,7 @@ class InsightsRecorder:
         try:
             rec.stored = await self._write(rtype, mesh, name, rec.doc)
         except (AlreadyExists, Conflict):
-            rec.dirty = True  # another instance kept winning the race: next round
+            rec.dirty = rec.urgent = True  # another instance kept winning the race: next round
             self._wake.set()
         except MeshNotFound:
             self._records.pop(node_id, None)  # the mesh is gone, and its dataplanes with it

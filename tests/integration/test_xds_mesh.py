@@ -100,7 +100,11 @@ def test_mtls_identity_and_permissions(mesh: MeshHarness) -> None:
     insight = eventually(lambda: (r := mesh.api("GET", "/meshes/default/dataplane-insights/web-1")).status == 200
                          and r.json)
     assert insight["mTLS"]["certificateExpirationTime"]
-    assert insight["subscriptions"][-1]["status"]["total"]["responsesAcknowledged"] >= 4
+
+    def acked() -> int:  # the counters are written at least every dataplaneStatusFlushInterval (10 s)
+        doc = mesh.api("GET", "/meshes/default/dataplane-insights/web-1").json
+        return int(doc["subscriptions"][-1]["status"]["total"]["responsesAcknowledged"] >= 4)
+    eventually(acked, timeout=30, message="web-1's ACK counters in its insight")
 
 
 def test_plaintext_caller_is_refused_by_a_strict_mesh(mesh: MeshHarness) -> None:

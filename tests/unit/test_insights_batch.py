@@ -157,3 +157,91 @@ async def test_a_heartbeat_is_one_write_whatever_the_fleet() -> None:
     store.calls.clear()
     await rec.flush()
     assert store.calls == {"update_all": 1}  # the one insight that changed
+
+
+def _total(store: MemoryStore, name: str, counter: str = "responsesAcknowledged") -> int:
+    spec = store._data[(DATAPLANE_INSIGHT.name, "default", name)].spec
+    assert isinstance(spec, DataplaneInsightSpec)
+    return int(getattr(spec.subscriptions[-1].status.total, _snake(counter), 0) or 0)
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+async def test_counters_wait_for_the_status_flush_and_urgent_changes_do_not() -> None:
+    """A push changes every insight it reaches (counters, ACKed version): written at the status flush, not after
+    every push. A connect, a disconnect, a NACK, a certificate or a host DNS report go at the next flush."""
+    store = await _store("default")
+    rec = InsightsRecorder(store, "a")
+    for i in range(3):
+        rec.on_stream_open(i, f"default.dp-{i}", Node(id=f"default.dp-{i}"))
+    await rec.flush(urgent_only=True)  # connects are urgent
+    assert store.calls["create_all"] == 1 and _total(store, "dp-0") == 0
+    store.calls.clear()
+    for _ in range(5):  # five pushes, ACKed by all
+        _push(rec, 3)
+        await rec.flush(urgent_only=True)
+    assert store.calls == {}  # nothing written after each push
+    rec.on_nack("default.dp-1", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "3", "bad cluster")
+    rec.on_stream_closed(2, "default.dp-2")
+    await rec.flush(urgent_only=True)
+    assert store.calls == {"update_all": 1}
+    assert _total(store, "dp-1") == 5 and _total(store, "dp-1", "responsesRejected") == 1  # its counters went along
+    assert _subs(store, "dp-2") == [("a", "2", False)] and _total(store, "dp-0") == 0
+    store.calls.clear()
+    await rec.flush()  # the status flush: the rest
+    assert store.calls == {"update_all": 1} and _total(store, "dp-0") == 5
+    store.calls.clear()
+    await rec.flush()
+    assert store.calls == {}
+
+
+class FailingStore(CountingStore):
+    """Fails the next `failures` batch writes, as a store that went away would."""
+
+    failures = 0
+
+    async def update_all(self, resources: Sequence[Resource]) -> list[Resource]:
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database is gone")
+        return await super().update_all(resources)
+
+
+async def test_a_failed_write_is_written_again_at_the_next_flush() -> None:
+    """An insight is written only when it changes: one whose write failed (a disconnect, say) must not be
+    forgotten until its next change."""
+    store = FailingStore()
+    await store.start()
+    await store.create(from_wire({"type": "Mesh", "name": "default"}))
+    rec = InsightsRecorder(store, "a")
+    rec.on_stream_open(1, "default.dp-1", Node(id="default.dp-1"))
+    await rec.flush()
+    rec.on_stream_closed(1, "default.dp-1")
+    store.failures = 1
+    try:
+        await rec.flush(urgent_only=True)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("the store's failure was swallowed")
+    assert _subs(store, "dp-1") == [("a", "1", True)]  # not written
+    await rec.flush(urgent_only=True)  # still urgent: written at the next flush
+    assert _subs(store, "dp-1") == [("a", "1", False)]
+
+
+async def test_the_flusher_writes_counters_on_its_status_pace() -> None:
+    """The loop itself (short intervals): a connect is written, then counters arrive without any urgent change."""
+    from tests.unit.test_supervise import wait_until
+
+    store = await _store("default")
+    rec = InsightsRecorder(store, "a", interval=0.01, status_interval=0.05, heartbeat=60)
+    await rec.start()
+    try:
+        rec.on_stream_open(1, "default.dp-1", Node(id="default.dp-1"))
+        await wait_until(lambda: (DATAPLANE_INSIGHT.name, "default", "dp-1") in store._data)
+        _push(rec, 2)
+        await wait_until(lambda: _total(store, "dp-1") == 1)
+    finally:
+        await rec.stop()
