@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from controlplane.ca import CaError, CaManager, IdentityCache, IdentityCert
@@ -32,6 +32,7 @@ from kuma_shared.logs import ErrorLog
 from .bootstrap import ingress_name, ingress_node_id, split_node_id
 from .cache import SnapshotCache
 from .generate.context import Identity, ProxyContext
+from .generate.eds_patch import ProxyBuild, ServiceChanges, patch_endpoints, service_changes
 from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
@@ -77,6 +78,12 @@ class Reconciler:
         self._dirty_all: set[str] = set()  # meshes whose every proxy must be regenerated (VIPs, resync)
         self._dirty_nodes: set[str] = set()
         self.uses: dict[str, set[str]] = {}  # node id -> destination services its config holds
+        # node id -> its latest successful build, for an endpoint-only change to patch (generate/eds_patch.py);
+        # dropped when a build fails or the proxy goes, so a patch never starts from a config that is not current.
+        self.builds: dict[str, ProxyBuild] = {}
+        # How the proxies of the latest mesh rebuild got their config: "patch" or "full" (tests, debug log).
+        self.last_paths: dict[str, str] = {}
+        self.patched = self.regenerated = 0  # proxies built each way since the start (tests and metrics)
         self.ingress_nodes: set[str] = set()  # connected zone ingresses (their config spans every mesh)
         self.ingress_memo = ResourceMemo()
         self._wake = asyncio.Event()
@@ -123,6 +130,8 @@ class Reconciler:
             self.ingress_nodes.discard(node_id)
             self.ingress_memo.forget(node_id)
         self.uses.pop(node_id, None)
+        self.builds.pop(node_id, None)
+        self.last_paths.pop(node_id, None)
         self.cache.clear(node_id)
         self.node_retries.succeeded(node_id)
         with contextlib.suppress(ValueError):
@@ -218,7 +227,7 @@ class Reconciler:
 
     async def _reconcile(self, meshes: set[str], nodes: set[str], everything: set[str]) -> None:
         for mesh in sorted(meshes):
-            await self._rebuild_mesh_guarded(mesh, everything=mesh in everything)
+            await self._rebuild_mesh_guarded(mesh, everything=mesh in everything, regenerate=nodes)
         if meshes:
             nodes |= self.ingress_nodes  # an ingress fronts every mesh's local services
         for node_id in sorted(nodes):
@@ -290,9 +299,10 @@ class Reconciler:
         return build_topology(mesh, dataplanes, policies, self._generation, bundle, zone=self.zone,
                               ingresses=ingresses)
 
-    async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False) -> None:
+    async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False,
+                                    regenerate: set[str] | frozenset[str] = frozenset()) -> None:
         try:
-            await self._rebuild_mesh(mesh_name, everything=everything)
+            await self._rebuild_mesh(mesh_name, everything=everything, regenerate=regenerate)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -306,7 +316,10 @@ class Reconciler:
             self.mesh_retries.succeeded(mesh_name)
             self._retry_everything.discard(mesh_name)
 
-    async def _rebuild_mesh(self, mesh_name: str, *, everything: bool = False) -> None:
+    async def _rebuild_mesh(self, mesh_name: str, *, everything: bool = False,
+                            regenerate: set[str] | frozenset[str] = frozenset()) -> None:
+        """`everything`: regenerate every connected proxy of the mesh; `regenerate`: proxies that must get a
+        full generation whatever changed (connected, renewed or retried in this pass)."""
         started = time.perf_counter()
         old = self.topologies.get(mesh_name)
         topo = await self._load_topology(mesh_name)
@@ -318,33 +331,42 @@ class Reconciler:
             carry_rules(old, topo)  # same policies (an endpoint change): their matching is not done again
         self.topologies[mesh_name] = topo
         nodes = [n for n in self.connected if n.startswith(f"{mesh_name}.")]
-        affected = nodes if everything else self._affected(old, topo, nodes)
+        services = None if everything or old is None or _mesh_wide(old) != _mesh_wide(topo) \
+            else service_changes(old, topo)
+        affected = nodes if old is None or services is None else self._affected(old, topo, nodes, services.changed)
         memo = self.memos[mesh_name]
         memo.reset_counters()
-        changed = 0
+        self.last_paths = {}
+        changed = patched = 0
         for i, node_id in enumerate(affected):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+            touched = None
+            if services is not None and old is not None and node_id not in regenerate:
+                touched = self._endpoint_only(node_id, old, topo, services)
+            if touched is not None:
+                result = self._patch_proxy(node_id, topo, touched)
+                if result is not None:
+                    changed += result
+                    patched += 1
+                    continue
+            self.last_paths[node_id] = "full"
+            self.regenerated += 1
             changed += await self._rebuild_proxy(node_id)
         self.rebuilds += 1
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
-                                         "regenerated": len(affected), "connected": len(nodes),
+                                         "regenerated": len(affected) - patched, "patched": patched,
+                                         "connected": len(nodes),
                                          "built": memo.built, "reused": memo.reused,
                                          "ms": round((time.perf_counter() - started) * 1000, 1)})
 
-    def _affected(self, old: MeshTopology | None, new: MeshTopology, nodes: list[str]) -> list[str]:
-        """The connected proxies whose config can differ between two topologies of a mesh. Anything mesh-wide
-        (the Mesh, its policies, its CA) touches everyone; otherwise a proxy is affected when its own
-        Dataplane changed or it holds endpoints of a service whose endpoints, protocol or ports changed."""
-        if old is None or _mesh_wide(old) != _mesh_wide(new):
-            return nodes
+    def _affected(self, old: MeshTopology, new: MeshTopology, nodes: list[str],
+                  changed_services: frozenset[str]) -> list[str]:
+        """The connected proxies whose config can differ between two topologies of a mesh with the same
+        mesh-wide inputs (a mesh-wide change touches everyone): a proxy is affected when its own Dataplane
+        changed or it holds endpoints of a service whose endpoints, protocol or ports changed."""
         names = set(old.dataplanes) | set(new.dataplanes)
         changed_dps = {n for n in names if _version(old.dataplanes.get(n)) != _version(new.dataplanes.get(n))}
-        services = set(old.protocols) | set(new.protocols)
-        changed_services = {s for s in services
-                            if old.endpoint_keys.get(s) != new.endpoint_keys.get(s)
-                            or old.protocols.get(s) != new.protocols.get(s)
-                            or old.service_ports.get(s) != new.service_ports.get(s)}
         out = []
         for node_id in nodes:
             _, name = split_node_id(node_id)
@@ -352,6 +374,53 @@ class Reconciler:
             if uses is None or name in changed_dps or uses & changed_services:
                 out.append(node_id)
         return out
+
+    def _endpoint_only(self, node_id: str, old: MeshTopology, new: MeshTopology,
+                       services: ServiceChanges) -> frozenset[str] | None:
+        """The changed services whose new endpoints are all that changes for this proxy (its config can be
+        patched: generate/eds_patch.py, rules 2 and 3; rule 1 is the caller's), or None: generate it in full."""
+        build = self.builds.get(node_id)
+        uses = self.uses.get(node_id)
+        if build is None or uses is None or node_id in self.node_retries:
+            return None
+        mesh_name, name = split_node_id(node_id)
+        before, after = old.dataplanes.get(name), new.dataplanes.get(name)
+        if before is None or after is None or _version(before) != _version(after):
+            return None
+        touched = services.changed.intersection(uses)
+        if not touched or not touched <= services.endpoints_only:
+            return None
+        if build.vips != self._vips_for(node_id, mesh_name):
+            return None
+        if new.ca_bundle_pem is None:
+            if build.identity is not None:
+                return None
+        else:
+            cert = self.identities.get((mesh_name, name))
+            if cert is None or f"{cert.serial}" != build.identity or cert.renew_at <= datetime.now(UTC):
+                return None
+        return touched
+
+    def _patch_proxy(self, node_id: str, topo: MeshTopology, services: frozenset[str]) -> int | None:
+        """A proxy's new config from its latest build with new ClusterLoadAssignments for `services`: 1 when it
+        changed, 0 when not; None when the patch could not be made (the caller generates the config in full)."""
+        build = self.builds[node_id]
+        mesh_name, name = split_node_id(node_id)
+        try:
+            patched = patch_endpoints(build, topo, self.memos[mesh_name], node_id, services)
+        except Exception as e:  # a defect: the full generation is still right, so the proxy gets that
+            self.errors.report(("patch", mesh_name, type(e).__name__),
+                               "cannot patch the dataplane's endpoints, generating its config in full", error=e,
+                               extra={"mesh": mesh_name, "dataplane": name})
+            return None
+        self.builds[node_id] = patched
+        self.last_paths[node_id] = "patch"
+        self.patched += 1
+        return 1 if self.cache.set_snapshot(node_id, patched.snapshot) else 0
+
+    def _vips_for(self, node_id: str, mesh_name: str) -> Mapping[str, str] | None:
+        """The VIP map the proxy's outbound listeners are made from: only the owner of its host's VIPs has one."""
+        return self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
 
     async def _rebuild_proxy(self, node_id: str) -> int:
         if node_id not in self.connected:
@@ -368,14 +437,16 @@ class Reconciler:
             identity = await self._identity(topo, dataplane, node_id)
             if node_id not in self.connected:
                 return 0  # disconnected while its certificate was issued
-            vips = self.vips.mesh(mesh_name).vips if self.vips is not None and node_id in self.vip_nodes else None
+            vips = self._vips_for(node_id, mesh_name)
             ctx = ProxyContext(topology=topo, dataplane=dataplane, identity=identity, memo=memo, vips=vips)
             with memo.for_proxy(node_id):
                 snapshot = generate_snapshot(ctx)
             self.uses[node_id] = ctx.used_services
         except asyncio.CancelledError:
+            self.builds.pop(node_id, None)
             raise
         except Exception as e:
+            self.builds.pop(node_id, None)  # it keeps an older config: never patch that one
             delay = self.node_retries.failed(node_id, time.monotonic())
             # One line per mesh and kind of error per interval: an expired CA fails every proxy of the mesh on
             # every pass, which must not become a line per proxy per pass.
@@ -385,6 +456,8 @@ class Reconciler:
                                traceback=not isinstance(e, CaError | InconsistentSnapshot))
             return 0
         self.node_retries.succeeded(node_id)
+        self.builds[node_id] = ProxyBuild(snapshot, tuple(ctx.assignments),
+                                          identity.fingerprint if identity is not None else None, vips)
         return 1 if self.cache.set_snapshot(node_id, snapshot) else 0
 
     async def _rebuild_ingress(self, node_id: str) -> int:
@@ -430,8 +503,10 @@ class Reconciler:
         return Identity(cert_pem=cert.cert_pem, key_pem=cert.key_pem, fingerprint=f"{cert.serial}")
 
 
-def _version(resource: Resource | None) -> int:
-    return resource.meta.version if resource is not None else -1
+def _version(resource: Resource | None) -> tuple[int, object]:
+    """A stored resource's version; with its creation time, since a resource deleted and created again in one
+    debounce window starts over at version 1 (its content may differ)."""
+    return (resource.meta.version, resource.meta.creation_time) if resource is not None else (-1, None)
 
 
 def _mesh_wide(topo: MeshTopology) -> tuple[object, ...]:

@@ -14,6 +14,7 @@ from ..topology import MeshTopology
 from .memo import ResourceMemo
 
 if TYPE_CHECKING:
+    from .plugins import Backend
     from .rules import PolicyRules
 
 
@@ -24,6 +25,18 @@ class Identity:
     cert_pem: bytes
     key_pem: bytes
     fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """One ClusterLoadAssignment of a proxy's config and what it was built from: its name, the destination
+    (a service or a subset of it), whether every zone is at one priority, and its memo key. Enough to build
+    it again for new endpoints of the service without running the generators (generate/eds_patch.py)."""
+
+    name: str
+    backend: Backend
+    one_priority: bool
+    key: tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,8 @@ class ProxyContext:
     # Filled in while generating: the destination services whose endpoints this proxy's config holds. The
     # reconciler uses it to regenerate only the proxies an endpoint change affects.
     used_services: set[str] = field(default_factory=set, compare=False)
+    # Filled in while generating: every ClusterLoadAssignment of the config, as outbound.generate built it.
+    assignments: list[Assignment] = field(default_factory=list, compare=False)
 
     @property
     def mesh(self) -> str:

@@ -12,7 +12,7 @@ throw-away memo for one inspection) entries are simply kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from contextlib import contextmanager
 
 from controlplane.xds.resources import XdsResource
@@ -42,9 +42,28 @@ class ResourceMemo:
     def for_proxy(self, node_id: str) -> Iterator[None]:
         """Record what one proxy's build uses; on success that replaces what its previous build used. A build
         that raises leaves the proxy's previous references as they were (it keeps its previous config)."""
+        with self._recording(node_id, set()):
+            yield
+
+    @contextmanager
+    def patching(self, node_id: str, released: Collection[Hashable]) -> Iterator[None]:
+        """Record a patch of one proxy's latest build (eds_patch.py): it keeps every key that build used but
+        `released`, plus what is asked for inside. As with `for_proxy`, a patch that raises changes nothing."""
+        previous = self._by_proxy.get(node_id)
+        if previous is None:
+            raise RuntimeError(f"ResourceMemo.patching(): proxy {node_id!r} has no recorded build to patch")
+        with self._recording(node_id, set(previous.difference(released))):
+            yield
+
+    def used_by(self, node_id: str) -> frozenset[Hashable]:
+        """The keys the proxy's latest build used (empty when it has none)."""
+        return self._by_proxy.get(node_id, frozenset())
+
+    @contextmanager
+    def _recording(self, node_id: str, start: set[Hashable]) -> Iterator[None]:
         if self._building is not None:
             raise RuntimeError("ResourceMemo.for_proxy() does not nest")
-        self._building = set()
+        self._building = start
         try:
             yield
         except BaseException:

@@ -25,10 +25,11 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from controlplane.xds.generate.targeting import tags_match
 
 from ..resources import CLUSTER, ENDPOINT, LISTENER, SECRET, Ref, XdsResource
-from ..topology import Endpoint
-from .context import ProxyContext
+from ..topology import Endpoint, MeshTopology
+from .context import Assignment, ProxyContext
 from .envoy import CA_SECRET, IDENTITY_SECRET, pack, seconds, socket_address, stat_name, upstream_mtls
 from .inbound import HTTP_PROTOCOLS
+from .memo import ResourceMemo
 from .plugins import Backend, PolicyPlugin, plugins
 
 HTTP2 = ("http2", "grpc")
@@ -210,16 +211,32 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
         if ckeys is None:
             ckeys = cluster_keys[service] = rules.cached(("cluster-keys", signature, service),
                                                          partial(cluster_plan, ctx, service))
-        cross_zone = any(e.remote for e in topo.endpoints.get(service, ()))
+        cross_zone = is_cross_zone(topo, service)
         out.append(ctx.memo.get(("cluster", mesh, name, backend, protocol, ctx.mtls, ckeys, cross_zone),
                                 partial(service_cluster, ctx, backend, protocol, ckeys, cross_zone)))
         one_priority = cross_zone and rules.cached(
             ("one-priority", signature, service),
             partial(_spreads_across_zones, ctx, service))
-        out.append(ctx.memo.get(("endpoints", mesh, name, backend, topo.endpoint_keys.get(service, ""), one_priority),
-                                partial(subset_load_assignment, name, tuple(topo.endpoints.get(service, ())),
-                                        backend.tags, one_priority)))
+        key, assignment = endpoints_resource(ctx.memo, topo, name, backend, one_priority)
+        out.append(assignment)
+        ctx.assignments.append(Assignment(name, backend, one_priority, key))
     return out
+
+
+def endpoints_resource(memo: ResourceMemo, topo: MeshTopology, name: str, backend: Backend,
+                       one_priority: bool) -> tuple[tuple[object, ...], XdsResource]:
+    """The ClusterLoadAssignment `name` of destination `backend` in `topo`, and its memo key: the one place
+    that says how it is built, for the full generation and for an endpoint-only patch (eds_patch.py) alike."""
+    service = backend.service
+    key = ("endpoints", topo.name, name, backend, topo.endpoint_keys.get(service, ""), one_priority)
+    return key, memo.get(key, partial(subset_load_assignment, name, tuple(topo.endpoints.get(service, ())),
+                                      backend.tags, one_priority))
+
+
+def is_cross_zone(topo: MeshTopology, service: str) -> bool:
+    """Whether some of the service's endpoints are other zones' ingresses (its clusters then eject failing
+    ones, and MeshLoadBalancingStrategy may put every zone at one priority)."""
+    return any(e.remote for e in topo.endpoints.get(service, ()))
 
 
 def _spreads_across_zones(ctx: ProxyContext, service: str) -> bool:

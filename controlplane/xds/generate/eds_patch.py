@@ -1,0 +1,108 @@
+"""Endpoint-only changes: a proxy's next snapshot from its previous one, with only the ClusterLoadAssignments of
+the changed services built again (shared through the memo: every proxy calling a service gets the same new
+object), instead of running every generator and policy plugin for it.
+
+When the patch is the same as a full generation (the rule the reconciler applies, `patchable`): between the
+mesh topology the proxy's latest build saw and the new one,
+
+1. nothing mesh-wide changed (the Mesh, any policy, the CA bundle: `reconciler._mesh_wide`), and no pass-wide
+   reason to regenerate everything (VIPs, a resync) nor one of the proxy's own (a (re)connect, a certificate
+   renewal, a retry after a failed build);
+2. the proxy's own Dataplane is the same, its identity certificate is the one its build used (and not due),
+   and for the proxy owning its host's VIPs, the VIP map is the one its build used;
+3. every changed service the proxy's config uses changed ONLY its endpoints (`ServiceChanges.endpoints_only`):
+   it exists before and after (so no cluster appears or disappears), with the same agreed protocol, the same
+   real ports, and the same "has other zones' endpoints" (cross-zone) answer.
+
+Why that is enough, from what each generator reads (the full list; a new generator or plugin input that
+depends on endpoints must be added to rule 3 or to `endpoints_only`):
+
+- secrets: the identity and the CA bundle (rules 1, 2);
+- inbound listeners and local clusters: the proxy's Dataplane, mTLS and PERMISSIVE (mesh), and the plugins'
+  inbound summaries, which read the policies and the proxy's own Dataplane (rules 1, 2);
+- outbound listeners: the targets (the Dataplane's outbounds; VIPs and each service's real ports), the
+  service's protocol, and the plugins' listener plans (the proxy's `to[]` rules, i.e. policies and own
+  Dataplane, and the protocol: MeshHTTPRoute, MeshRetry). So the destinations (`Backend`s, subsets by tags
+  and by `kuma.io/zone` included), hence the set of cluster and ClusterLoadAssignment names, are the same;
+- clusters: the destination, the protocol, mTLS, the plugins' cluster summaries (rules + protocol:
+  MeshHealthCheck, MeshTimeout, MeshCircuitBreaker...) and whether the service is cross-zone (outlier
+  detection) (rules 1-3);
+- ClusterLoadAssignments: the service's endpoints (and their key), the subset's tags and `one_priority`
+  (MeshLoadBalancingStrategy, read only when cross-zone: rules 1-3 keep it): rebuilt here by the very function
+  the generator uses (`outbound.endpoints_resource`), from the `Assignment`s the full build recorded;
+- the plugins' own resources (collectors' clusters): the policies, the proxy's own Dataplane, the zone.
+
+No policy plugin reads `topology.endpoints` (only `protocol()`, `zone` and `policies`), and the zone
+ingress's config is always built in full (it is not a dataplane's). Everything else takes the full path:
+a service appearing or disappearing (a cluster would appear or go: a CDS change), a protocol or port change,
+a service becoming or ceasing to be cross-zone, a proxy whose own Dataplane changed.
+tests/unit/test_eds_patch.py checks it: after a series of changes on a rich mesh, every patched snapshot
+equals, resource by resource (bytes) and version by version, the one a full generation gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+
+from ..resources import ENDPOINT, XdsResource
+from ..snapshot import Snapshot
+from ..topology import MeshTopology
+from .context import Assignment
+from .memo import ResourceMemo
+from .outbound import endpoints_resource, is_cross_zone
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyBuild:
+    """What the reconciler keeps of a proxy's latest successful build, to patch it on an endpoint change: the
+    snapshot it produced, its ClusterLoadAssignments as built, and the inputs rule 2 compares."""
+
+    snapshot: Snapshot
+    assignments: tuple[Assignment, ...]
+    identity: str | None  # the identity certificate's fingerprint (None: mTLS off)
+    vips: Mapping[str, str] | None  # the VIP map its outbound listeners were made from (None: not the owner)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceChanges:
+    """How the services of a mesh differ between two topologies."""
+
+    changed: frozenset[str]  # endpoints, protocol or ports differ (or the service came or went)
+    endpoints_only: frozenset[str]  # of those, the ones where only the endpoints differ (rule 3)
+
+
+def service_changes(old: MeshTopology, new: MeshTopology) -> ServiceChanges:
+    changed, endpoints_only = set(), set()
+    for service in old.protocols.keys() | new.protocols.keys():
+        if (old.endpoint_keys.get(service) == new.endpoint_keys.get(service)
+                and old.protocols.get(service) == new.protocols.get(service)
+                and old.service_ports.get(service) == new.service_ports.get(service)):
+            continue
+        changed.add(service)
+        if (service in old.protocols and service in new.protocols
+                and old.protocols[service] == new.protocols[service]
+                and old.service_ports.get(service) == new.service_ports.get(service)
+                and is_cross_zone(old, service) == is_cross_zone(new, service)):
+            endpoints_only.add(service)
+    return ServiceChanges(frozenset(changed), frozenset(endpoints_only))
+
+
+def patch_endpoints(build: ProxyBuild, topo: MeshTopology, memo: ResourceMemo, node_id: str,
+                    services: Collection[str]) -> ProxyBuild:
+    """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above) built
+    for `topo`. The memo's references move with them: the proxy releases the old assignments' keys and uses
+    the new ones; everything else its build used stays referenced."""
+    replaced = [a for a in build.assignments if a.backend.service in services]
+    if not replaced:
+        return build
+    fresh: dict[str, XdsResource] = {}
+    rebuilt: dict[str, Assignment] = {}
+    with memo.patching(node_id, {a.key for a in replaced}):
+        for a in replaced:
+            key, resource = endpoints_resource(memo, topo, a.name, a.backend, a.one_priority)
+            fresh[a.name] = resource
+            rebuilt[a.name] = Assignment(a.name, a.backend, a.one_priority, key)
+    snapshot = build.snapshot.replacing(ENDPOINT, fresh)
+    assignments = tuple(rebuilt.get(a.name, a) for a in build.assignments)
+    return ProxyBuild(snapshot, assignments, build.identity, build.vips)
