@@ -103,6 +103,10 @@ class ResourceMemo:
             if key not in self._refs:
                 self._entries.pop(key, None)
 
+    def keys(self) -> frozenset[Hashable]:
+        """The keys of the entries held (tests compare them with what fresh builds use)."""
+        return frozenset(self._entries)
+
     def __len__(self) -> int:
         return len(self._entries)
 
