@@ -259,8 +259,8 @@ async def test_patched_snapshots_equal_full_generation_and_only_endpoint_changes
     # The fixture has what the patch must rebuild right: subsets (by version, by zone), assignments with every
     # zone at one priority, cross-zone services.
     assignments = [a for build in reconciler.builds.values() for a in build.assignments]
-    assert any(a.backend.tags for a in assignments) and any(a.one_priority for a in assignments)
-    assert any(dict(a.backend.tags).get("kuma.io/zone") for a in assignments)
+    assert any(a.tags for a in assignments) and any(a.one_priority for a in assignments)
+    assert any(dict(a.tags).get("kuma.io/zone") for a in assignments)
     assert is_cross_zone(reconciler.topologies[MESH], "backend")
     rnd = random.Random(2026)
     changes = Mesh(store, rnd)

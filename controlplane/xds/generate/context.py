@@ -14,7 +14,6 @@ from ..topology import MeshTopology
 from .memo import ResourceMemo
 
 if TYPE_CHECKING:
-    from .plugins import Backend
     from .rules import PolicyRules
 
 
@@ -30,11 +29,13 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class Assignment:
     """One ClusterLoadAssignment of a proxy's config and what it was built from: its name, the destination
-    (a service or a subset of it), whether every zone is at one priority, and its memo key. Enough to build
-    it again for new endpoints of the service without running the generators (generate/eds_patch.py)."""
+    (a service, or the subset of it with these tags: a `plugins.Backend`), whether every zone is at one
+    priority, and its memo key. Enough to build it again for new endpoints of the service without running
+    the generators (generate/eds_patch.py)."""
 
     name: str
-    backend: Backend
+    service: str
+    tags: tuple[tuple[str, str], ...]
     one_priority: bool
     key: tuple[object, ...]
 

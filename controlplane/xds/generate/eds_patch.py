@@ -51,6 +51,7 @@ from ..topology import MeshTopology
 from .context import Assignment
 from .memo import ResourceMemo
 from .outbound import endpoints_resource, is_cross_zone
+from .plugins import Backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,16 +94,16 @@ def patch_endpoints(build: ProxyBuild, topo: MeshTopology, memo: ResourceMemo, n
     """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above) built
     for `topo`. The memo's references move with them: the proxy releases the old assignments' keys and uses
     the new ones; everything else its build used stays referenced."""
-    replaced = [a for a in build.assignments if a.backend.service in services]
+    replaced = [a for a in build.assignments if a.service in services]
     if not replaced:
         return build
     fresh: dict[str, XdsResource] = {}
     rebuilt: dict[str, Assignment] = {}
     with memo.patching(node_id, {a.key for a in replaced}):
         for a in replaced:
-            key, resource = endpoints_resource(memo, topo, a.name, a.backend, a.one_priority)
+            key, resource = endpoints_resource(memo, topo, a.name, Backend(a.service, a.tags), a.one_priority)
             fresh[a.name] = resource
-            rebuilt[a.name] = Assignment(a.name, a.backend, a.one_priority, key)
+            rebuilt[a.name] = Assignment(a.name, a.service, a.tags, a.one_priority, key)
     snapshot = build.snapshot.replacing(ENDPOINT, fresh)
     assignments = tuple(rebuilt.get(a.name, a) for a in build.assignments)
     return ProxyBuild(snapshot, assignments, build.identity, build.vips)

@@ -219,7 +219,7 @@ def generate(ctx: ProxyContext) -> list[XdsResource]:
             partial(_spreads_across_zones, ctx, service))
         key, assignment = endpoints_resource(ctx.memo, topo, name, backend, one_priority)
         out.append(assignment)
-        ctx.assignments.append(Assignment(name, backend, one_priority, key))
+        ctx.assignments.append(Assignment(name, service, backend.tags, one_priority, key))
     return out
 
 
