@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -180,6 +181,19 @@ def wire_time(t: datetime | None) -> str | None:
     return t.isoformat().replace("+00:00", "Z") if t else None
 
 
+_now: tuple[int, str] = (-1, "")  # (millisecond, its text): the latest now_text()
+
+
 def now_text() -> str:
-    """Now, as `wire_time` writes it."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    """Now, as `wire_time` writes it, to within a millisecond: the stream callbacks ask for it per response
+    and per ACK (a thousand in a few milliseconds on a change), so the text is made once per millisecond.
+    Never earlier than a previous answer (the clock's own steps back aside)."""
+    global _now
+    t = time.time()
+    ms = int(t * 1000)
+    last = _now
+    if last[0] == ms:
+        return last[1]
+    text = datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    _now = (ms, text)
+    return text
