@@ -331,31 +331,38 @@ class Reconciler:
             carry_rules(old, topo)  # same policies (an endpoint change): their matching is not done again
         self.topologies[mesh_name] = topo
         nodes = [n for n in self.connected if n.startswith(f"{mesh_name}.")]
-        services = None if everything or old is None or _mesh_wide(old) != _mesh_wide(topo) \
-            else service_changes(old, topo)
+        # Rule 1 of generate/eds_patch.py: nothing mesh-wide, no reason to regenerate every proxy.
+        wide = "first build" if old is None else "every proxy (VIPs, resync)" if everything \
+            else "mesh-wide change" if _mesh_wide(old) != _mesh_wide(topo) else None
+        services = service_changes(old, topo) if old is not None and wide is None else None
         affected = nodes if old is None or services is None else self._affected(old, topo, nodes, services.changed)
         memo = self.memos[mesh_name]
         memo.reset_counters()
         self.last_paths = {}
         changed = patched = 0
+        full_because: dict[str, int] = {}  # why proxies were generated in full (the debug line)
         for i, node_id in enumerate(affected):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            touched = None
-            if services is not None and old is not None and node_id not in regenerate:
-                touched = self._endpoint_only(node_id, old, topo, services)
-            if touched is not None:
-                result = self._patch_proxy(node_id, topo, touched)
+            plan: frozenset[str] | str = wide or "regenerated in this pass"
+            if old is not None and services is not None and node_id not in regenerate:
+                plan = self._endpoint_only(node_id, old, topo, services)
+            if not isinstance(plan, str):
+                result = self._patch_proxy(node_id, topo, plan)
                 if result is not None:
                     changed += result
                     patched += 1
                     continue
+                plan = "the patch failed"
+            full_because[plan] = full_because.get(plan, 0) + 1
             self.last_paths[node_id] = "full"
             self.regenerated += 1
             changed += await self._rebuild_proxy(node_id)
         self.rebuilds += 1
+        why = ", ".join(f"{k}: {n}" for k, n in sorted(full_because.items()))
         log.debug("mesh rebuilt", extra={"mesh": mesh_name, "generation": topo.generation, "proxies_changed": changed,
                                          "regenerated": len(affected) - patched, "patched": patched,
+                                         "full_because": why,
                                          "connected": len(nodes),
                                          "built": memo.built, "reused": memo.reused,
                                          "ms": round((time.perf_counter() - started) * 1000, 1)})
@@ -376,29 +383,29 @@ class Reconciler:
         return out
 
     def _endpoint_only(self, node_id: str, old: MeshTopology, new: MeshTopology,
-                       services: ServiceChanges) -> frozenset[str] | None:
+                       services: ServiceChanges) -> frozenset[str] | str:
         """The changed services whose new endpoints are all that changes for this proxy (its config can be
-        patched: generate/eds_patch.py, rules 2 and 3; rule 1 is the caller's), or None: generate it in full."""
+        patched: generate/eds_patch.py, rules 2 and 3; rule 1 is the caller's), or why it is generated in full."""
         build = self.builds.get(node_id)
         uses = self.uses.get(node_id)
         if build is None or uses is None or node_id in self.node_retries:
-            return None
+            return "no current build"
         mesh_name, name = split_node_id(node_id)
         before, after = old.dataplanes.get(name), new.dataplanes.get(name)
         if before is None or after is None or _version(before) != _version(after):
-            return None
+            return "its dataplane changed"
         touched = services.changed.intersection(uses)
         if not touched or not touched <= services.endpoints_only:
-            return None
+            return "a service it uses changed more than its endpoints"
         if build.vips != self._vips_for(node_id, mesh_name):
-            return None
+            return "its VIPs changed"
         if new.ca_bundle_pem is None:
             if build.identity is not None:
-                return None
+                return "its identity changed"
         else:
             cert = self.identities.get((mesh_name, name))
             if cert is None or f"{cert.serial}" != build.identity or cert.renew_at <= datetime.now(UTC):
-                return None
+                return "its identity changed or is due"
         return touched
 
     def _patch_proxy(self, node_id: str, topo: MeshTopology, services: frozenset[str]) -> int | None:
