@@ -399,6 +399,8 @@ class Reconciler:
             return "a service it uses changed more than its endpoints"
         if build.vips != self._vips_for(node_id, mesh_name):
             return "its VIPs changed"
+        if build.vips is not None and not touched.isdisjoint(services.ports_changed):
+            return "a service it has VIP listeners for changed its ports"
         if new.ca_bundle_pem is None:
             if build.identity is not None:
                 return "its identity changed"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from controlplane.ca import CaManager
+from controlplane.dns.vips import MeshVips, VipMap, VipView
 from controlplane.resources import Resource, from_wire
 from controlplane.resources.zone import ZONE_INGRESS
 from controlplane.store.memory import MemoryStore
@@ -79,6 +80,10 @@ BY_ZONE = from_wire({"type": "MeshTCPRoute", "mesh": MESH, "name": "batch-by-zon
         for zone in (ZONE, "zone-2")]}}]}]}})
 POLICIES = [*example_policies(), SPREAD, BY_ZONE]
 
+# frontend-2 owns its host's VIPs: outbound listeners on VIP:80 and VIP:<real port> of these services.
+VIPS = {"backend": "240.0.0.1", "batch": "240.0.0.2", "cache": "240.0.0.3", "reports": "240.0.0.4"}
+VIP_OWNER = "frontend-2"
+
 # Callers besides the fixture's frontend-1 and cache-client-1: one calling a service that does not exist yet.
 CALLERS = [
     dp("frontend-2", "frontend", port=10003, address="10.9.0.2", tags={"version": "v1"},
@@ -93,14 +98,16 @@ async def rig() -> AsyncIterator[tuple[MemoryStore, SnapshotCache, Reconciler]]:
     store = MemoryStore()
     await store.start()
     cache = SnapshotCache()
-    reconciler = Reconciler(store, cache, CaManager(store), debounce=0.001, zone=ZONE,
+    vips = VipView(store)  # not started: the map below stands for the stored allocation
+    vips.map = VipMap("mesh", {MESH: MeshVips.build(MESH, VIPS, {}, "mesh")})
+    reconciler = Reconciler(store, cache, CaManager(store), debounce=0.001, zone=ZONE, vips=vips,
                             supervisor=Supervisor(backoff_min=0.05, backoff_max=0.2))
     await store.create(mesh(MESH, mtls="STRICT"))
     for policy in POLICIES:
         await store.create(policy)
     for resource in (*fixture_dataplanes(), *CALLERS):
         await store.create(resource)
-        reconciler.proxy_connected(f"{MESH}.{resource.meta.name}")
+        reconciler.proxy_connected(f"{MESH}.{resource.meta.name}", vip_listeners=resource.meta.name == VIP_OWNER)
     await store.create(zone2_ingress(2, batch=True))
     await reconciler.reconcile_once()
     yield store, cache, reconciler
@@ -114,7 +121,8 @@ def full_generation(reconciler: Reconciler, memo: ResourceMemo, node_id: str) ->
     cert = reconciler.identities.get((MESH, name))
     assert cert is not None
     identity = Identity(cert_pem=cert.cert_pem, key_pem=cert.key_pem, fingerprint=f"{cert.serial}")
-    ctx = ProxyContext(topology=topo, dataplane=topo.dataplanes[name], identity=identity, memo=memo)
+    vips = VIPS if name == VIP_OWNER else None
+    ctx = ProxyContext(topology=topo, dataplane=topo.dataplanes[name], identity=identity, memo=memo, vips=vips)
     with memo.for_proxy(node_id):
         return generate_snapshot(ctx)
 
@@ -249,8 +257,9 @@ class Mesh:
 
 
 ENDPOINT_ONLY = ("add_instance", "remove_instance", "toggle_health", "move_instance", "remote_instances")
-OTHER = ("new_service", "protocol_disagreement", "new_real_port", "cross_zone_flip", "own_dataplane",
-         "recreated_in_one_pass", "policy")
+OTHER = ("new_service", "protocol_disagreement", "cross_zone_flip", "own_dataplane", "recreated_in_one_pass",
+         "policy")
+VIP_OWNER_FULL = ("new_real_port",)  # the VIP owner's listeners change (full); for the others: endpoints only
 
 
 async def test_patched_snapshots_equal_full_generation_and_only_endpoint_changes_are_patched(rig: Any) -> None:
@@ -264,7 +273,7 @@ async def test_patched_snapshots_equal_full_generation_and_only_endpoint_changes
     assert is_cross_zone(reconciler.topologies[MESH], "backend")
     rnd = random.Random(2026)
     changes = Mesh(store, rnd)
-    kinds = [*ENDPOINT_ONLY * 4, *OTHER]  # every kind at least once, endpoint changes most often
+    kinds = [*ENDPOINT_ONLY * 4, *OTHER, *VIP_OWNER_FULL * 2]  # every kind, endpoint changes most often
     rnd.shuffle(kinds)
     patched_in_total = 0
     for step, kind in enumerate(kinds):
@@ -276,6 +285,11 @@ async def test_patched_snapshots_equal_full_generation_and_only_endpoint_changes
         paths = set(reconciler.last_paths.values())
         if kind in ENDPOINT_ONLY:  # (none, for an instance of a service every caller's routes send elsewhere)
             assert paths <= {"patch"}, f"{where}: {reconciler.last_paths}"
+            patched_in_total += len(reconciler.last_paths)
+        elif kind in VIP_OWNER_FULL:
+            owner = reconciler.last_paths.pop(f"{MESH}.{VIP_OWNER}")
+            assert owner == "full" and set(reconciler.last_paths.values()) == {"patch"}, \
+                f"{where}: {reconciler.last_paths}"
             patched_in_total += len(reconciler.last_paths)
         else:
             assert paths == {"full"}, f"{where}: {reconciler.last_paths}"
@@ -411,7 +425,9 @@ def test_service_changes_say_which_are_endpoint_only() -> None:
     moved = topology(mesh(), [dp("a-1", "a", port=1000, address="10.0.0.9"), base[1]])
     new_port = topology(mesh(), [dp("a-1", "a", port=1000, service_port=3000, address="10.0.0.1"), base[1]])
     gone = topology(mesh(), [base[0]])
-    assert eds_patch.service_changes(old, moved) == eds_patch.ServiceChanges(frozenset({"a"}), frozenset({"a"}))
-    assert eds_patch.service_changes(old, new_port) == eds_patch.ServiceChanges(frozenset({"a"}), frozenset())
-    assert eds_patch.service_changes(old, gone) == eds_patch.ServiceChanges(frozenset({"b"}), frozenset())
+    a, b, none = frozenset({"a"}), frozenset({"b"}), frozenset[str]()
+    assert eds_patch.service_changes(old, moved) == eds_patch.ServiceChanges(a, a, none)
+    # Another real port: an endpoint-only change, except for the VIP owner's listeners (the reconciler's part).
+    assert eds_patch.service_changes(old, new_port) == eds_patch.ServiceChanges(a, a, a)
+    assert eds_patch.service_changes(old, gone) == eds_patch.ServiceChanges(b, none, b)
     assert ZONE_INGRESS.name == "ZoneIngress"

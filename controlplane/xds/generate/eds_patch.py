@@ -11,8 +11,10 @@ mesh topology the proxy's latest build saw and the new one,
 2. the proxy's own Dataplane is the same, its identity certificate is the one its build used (and not due),
    and for the proxy owning its host's VIPs, the VIP map is the one its build used;
 3. every changed service the proxy's config uses changed ONLY its endpoints (`ServiceChanges.endpoints_only`):
-   it exists before and after (so no cluster appears or disappears), with the same agreed protocol, the same
-   real ports, and the same "has other zones' endpoints" (cross-zone) answer.
+   it exists before and after (so no cluster appears or disappears), with the same agreed protocol and the
+   same "has other zones' endpoints" (cross-zone) answer; and for the proxy owning its host's VIPs, the same
+   real ports (`ServiceChanges.ports_changed`: its listeners are VIP:<each real port>; no other config reads
+   them, so a new instance listening on another application port is still an endpoint-only change elsewhere).
 
 Why that is enough, from what each generator reads (the full list; a new generator or plugin input that
 depends on endpoints must be added to rule 3 or to `endpoints_only`):
@@ -20,7 +22,8 @@ depends on endpoints must be added to rule 3 or to `endpoints_only`):
 - secrets: the identity and the CA bundle (rules 1, 2);
 - inbound listeners and local clusters: the proxy's Dataplane, mTLS and PERMISSIVE (mesh), and the plugins'
   inbound summaries, which read the policies and the proxy's own Dataplane (rules 1, 2);
-- outbound listeners: the targets (the Dataplane's outbounds; VIPs and each service's real ports), the
+- outbound listeners: the targets (the Dataplane's outbounds; for the VIP owner, VIPs and each service's
+  real ports), the
   service's protocol, and the plugins' listener plans (the proxy's `to[]` rules, i.e. policies and own
   Dataplane, and the protocol: MeshHTTPRoute, MeshRetry). So the destinations (`Backend`s, subsets by tags
   and by `kuma.io/zone` included), hence the set of cluster and ClusterLoadAssignment names, are the same;
@@ -70,23 +73,25 @@ class ServiceChanges:
     """How the services of a mesh differ between two topologies."""
 
     changed: frozenset[str]  # endpoints, protocol or ports differ (or the service came or went)
-    endpoints_only: frozenset[str]  # of those, the ones where only the endpoints differ (rule 3)
+    endpoints_only: frozenset[str]  # of those, the ones where only the endpoints (and maybe ports) differ
+    ports_changed: frozenset[str] = frozenset()  # of those, the ones whose real ports differ (VIP listeners)
 
 
 def service_changes(old: MeshTopology, new: MeshTopology) -> ServiceChanges:
-    changed, endpoints_only = set(), set()
+    changed, endpoints_only, ports_changed = set(), set(), set()
     for service in old.protocols.keys() | new.protocols.keys():
+        same_ports = old.service_ports.get(service) == new.service_ports.get(service)
         if (old.endpoint_keys.get(service) == new.endpoint_keys.get(service)
-                and old.protocols.get(service) == new.protocols.get(service)
-                and old.service_ports.get(service) == new.service_ports.get(service)):
+                and old.protocols.get(service) == new.protocols.get(service) and same_ports):
             continue
         changed.add(service)
+        if not same_ports:
+            ports_changed.add(service)
         if (service in old.protocols and service in new.protocols
                 and old.protocols[service] == new.protocols[service]
-                and old.service_ports.get(service) == new.service_ports.get(service)
                 and is_cross_zone(old, service) == is_cross_zone(new, service)):
             endpoints_only.add(service)
-    return ServiceChanges(frozenset(changed), frozenset(endpoints_only))
+    return ServiceChanges(frozenset(changed), frozenset(endpoints_only), frozenset(ports_changed))
 
 
 def patch_endpoints(build: ProxyBuild, topo: MeshTopology, memo: ResourceMemo, node_id: str,
