@@ -32,7 +32,7 @@ from kuma_shared.logs import ErrorLog
 from .bootstrap import ingress_name, ingress_node_id, split_node_id
 from .cache import SnapshotCache
 from .generate.context import Identity, ProxyContext
-from .generate.eds_patch import ProxyBuild, ServiceChanges, patch_endpoints, service_changes
+from .generate.eds_patch import EndpointPatch, ProxyBuild, ServiceChanges, service_changes
 from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
@@ -341,6 +341,7 @@ class Reconciler:
         self.last_paths = {}
         changed = patched = 0
         full_because: dict[str, int] = {}  # why proxies were generated in full (the debug line)
+        patch = EndpointPatch(topo, memo)
         for i, node_id in enumerate(affected):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -348,7 +349,7 @@ class Reconciler:
             if old is not None and services is not None and node_id not in regenerate:
                 plan = self._endpoint_only(node_id, old, topo, services)
             if not isinstance(plan, str):
-                result = self._patch_proxy(node_id, topo, plan)
+                result = self._patch_proxy(node_id, patch, plan)
                 if result is not None:
                     changed += result
                     patched += 1
@@ -410,13 +411,13 @@ class Reconciler:
                 return "its identity changed or is due"
         return touched
 
-    def _patch_proxy(self, node_id: str, topo: MeshTopology, services: frozenset[str]) -> int | None:
+    def _patch_proxy(self, node_id: str, patch: EndpointPatch, services: frozenset[str]) -> int | None:
         """A proxy's new config from its latest build with new ClusterLoadAssignments for `services`: 1 when it
         changed, 0 when not; None when the patch could not be made (the caller generates the config in full)."""
         build = self.builds[node_id]
         mesh_name, name = split_node_id(node_id)
         try:
-            patched = patch_endpoints(build, topo, self.memos[mesh_name], node_id, services)
+            patched = patch.apply(build, node_id, services)
         except Exception as e:  # a defect: the full generation is still right, so the proxy gets that
             self.errors.report(("patch", mesh_name, type(e).__name__),
                                "cannot patch the dataplane's endpoints, generating its config in full", error=e,

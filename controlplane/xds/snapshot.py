@@ -40,26 +40,32 @@ class Snapshot:
             raise InconsistentSnapshot("; ".join(problems))
         return snap
 
-    def replacing(self, type_url: str, replacements: Mapping[str, XdsResource]) -> Snapshot:
-        """This snapshot with some resources of one type swapped for new ones of the same names (an
-        endpoint-only change: new ClusterLoadAssignments, generate/eds_patch.py).
+    def replacing(self, type_url: str, resources: Mapping[str, XdsResource], version: str | None = None
+                  ) -> Snapshot:
+        """This snapshot with the resources of one type swapped for `resources`, of the very same names (an
+        endpoint-only change: new ClusterLoadAssignments, generate/eds_patch.py). `version`: that of
+        `resources`, when the caller knows it (proxies sharing them compute it once).
 
         The result is consistent without checking again: `consistency_errors` reads only the names of the
-        resources and their `refs`; the names stay the same, and a replaced resource and its replacement must
-        both reference nothing (a ClusterLoadAssignment never does), so every check gives the answer it gave
-        for this snapshot, which was checked when it was built. The other types' resources, and their
-        versions, are this snapshot's own (shared, immutable)."""
+        resources and their `refs`; the names stay the same, and the replaced resources and their
+        replacements must all reference nothing (a ClusterLoadAssignment never does), so every check gives
+        the answer it gave for this snapshot, which was checked when it was built. The other types' resources,
+        and their versions, are this snapshot's own (shared, immutable). `resources` must not change later."""
         current = self.of_type(type_url)
-        for name, new in replacements.items():
-            old = current.get(name)
-            if old is None or new.type_url != type_url or new.name != name or new.refs or old.refs:
-                raise InconsistentSnapshot(f"cannot replace {type_url.rsplit('.', 1)[-1]} {name!r}: only an existing "
-                                           "resource that references nothing can be swapped for one of its name")
-        merged = dict(current)
-        merged.update(replacements)
-        resources = dict(self.resources)
-        resources[type_url] = MappingProxyType(merged)
-        return Snapshot(resources, {t: v for t, v in self._versions.items() if t != type_url})
+        if resources.keys() != current.keys():
+            raise InconsistentSnapshot(f"cannot replace the {type_url.rsplit('.', 1)[-1]} resources of a snapshot "
+                                       "with others of other names: "
+                                       f"{sorted(resources.keys() ^ current.keys())}")
+        for name, new in resources.items():
+            if new.refs or current[name].refs or new.type_url != type_url or new.name != name:
+                raise InconsistentSnapshot(f"cannot replace {type_url.rsplit('.', 1)[-1]} {name!r}: only resources "
+                                           "that reference nothing can be swapped for others of their names")
+        swapped = dict(self.resources)
+        swapped[type_url] = resources if isinstance(resources, MappingProxyType) else MappingProxyType(dict(resources))
+        versions = {t: v for t, v in self._versions.items() if t != type_url}
+        if version is not None:
+            versions[type_url] = version
+        return Snapshot(swapped, versions)
 
     def of_type(self, type_url: str) -> Mapping[str, XdsResource]:
         return self.resources.get(type_url, MappingProxyType({}))

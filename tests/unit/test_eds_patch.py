@@ -387,7 +387,7 @@ async def test_a_failing_patch_falls_back_to_the_full_generation(rig: Any, monke
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a defect in the patch")
 
-    monkeypatch.setattr("controlplane.xds.reconciler.patch_endpoints", broken)
+    monkeypatch.setattr(eds_patch.EndpointPatch, "apply", broken)
     await Mesh(store, random.Random(3)).add_instance()
     reconciler.mesh_changed(MESH)
     await reconciler.reconcile_once()
@@ -398,21 +398,24 @@ async def test_a_failing_patch_falls_back_to_the_full_generation(rig: Any, monke
 
 
 def test_replacing_keeps_names_and_refuses_what_could_break_consistency() -> None:
+    from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
 
     def cla(name: str, marker: str) -> XdsResource:
         return XdsResource.of(ENDPOINT, name, endpoint_pb2.ClusterLoadAssignment(cluster_name=name + marker))
 
-    from envoy.config.cluster.v3 import cluster_pb2
     cluster = XdsResource.of(CLUSTER, "a", cluster_pb2.Cluster(name="a"), [Ref(ENDPOINT, "a")])
     snap = Snapshot.build([cluster, cla("a", "")])
     cluster_version = snap.version(CLUSTER)
     patched = snap.replacing(ENDPOINT, {"a": cla("a", "-2")})
     assert patched.of_type(CLUSTER) is snap.of_type(CLUSTER)
     assert patched.version(CLUSTER) == cluster_version and patched.version(ENDPOINT) != snap.version(ENDPOINT)
+    assert patched.version(ENDPOINT) == Snapshot.build([cluster, cla("a", "-2")]).version(ENDPOINT)
     assert snap.of_type(ENDPOINT)["a"].body != patched.of_type(ENDPOINT)["a"].body  # the original is unchanged
     with pytest.raises(InconsistentSnapshot, match="'b'"):
         snap.replacing(ENDPOINT, {"b": cla("b", "")})  # no cluster would own it
+    with pytest.raises(InconsistentSnapshot, match="'a'"):
+        snap.replacing(ENDPOINT, {})  # the cluster would miss its endpoints
     with pytest.raises(InconsistentSnapshot, match="'a'"):
         snap.replacing(CLUSTER, {"a": cluster})  # a cluster references its endpoints
 

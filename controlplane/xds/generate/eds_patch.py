@@ -45,8 +45,9 @@ equals, resource by resource (bytes) and version by version, the one a full gene
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from ..resources import ENDPOINT, XdsResource
 from ..snapshot import Snapshot
@@ -94,21 +95,61 @@ def service_changes(old: MeshTopology, new: MeshTopology) -> ServiceChanges:
     return ServiceChanges(frozenset(changed), frozenset(endpoints_only), frozenset(ports_changed))
 
 
-def patch_endpoints(build: ProxyBuild, topo: MeshTopology, memo: ResourceMemo, node_id: str,
-                    services: Collection[str]) -> ProxyBuild:
-    """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above) built
-    for `topo`. The memo's references move with them: the proxy releases the old assignments' keys and uses
-    the new ones; everything else its build used stays referenced."""
-    replaced = [a for a in build.assignments if a.service in services]
-    if not replaced:
-        return build
-    fresh: dict[str, XdsResource] = {}
-    rebuilt: dict[str, Assignment] = {}
-    with memo.patching(node_id, {a.key for a in replaced}):
-        for a in replaced:
-            key, resource = endpoints_resource(memo, topo, a.name, Backend(a.service, a.tags), a.one_priority)
-            fresh[a.name] = resource
-            rebuilt[a.name] = Assignment(a.name, a.service, a.tags, a.one_priority, key)
-    snapshot = build.snapshot.replacing(ENDPOINT, fresh)
-    assignments = tuple(rebuilt.get(a.name, a) for a in build.assignments)
-    return ProxyBuild(snapshot, assignments, build.identity, build.vips)
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """The patch of every proxy whose build held the same assignments, for the same changed services."""
+
+    assignments: tuple[Assignment, ...]  # the new ones
+    released: frozenset[Hashable]  # memo keys of the assignments replaced
+    added: tuple[Hashable, ...]  # memo keys of their replacements
+    endpoints: Mapping[str, XdsResource]  # the proxies' new ClusterLoadAssignments, by name
+    version: str  # of those
+
+
+class EndpointPatch:
+    """The endpoint-only patches of one mesh rebuild (one new topology). Proxies whose builds hold the same
+    assignments (callers of the same services under the same policies) form a group: its new assignments,
+    its map of ClusterLoadAssignments and that map's version are made once, for the first of them; each
+    proxy then only moves its memo references (it releases the old assignments' keys, uses the new ones,
+    keeps everything else its build used) and gets its snapshot with the group's map."""
+
+    def __init__(self, topo: MeshTopology, memo: ResourceMemo) -> None:
+        self.topo, self.memo = topo, memo
+        self._groups: dict[tuple[tuple[Assignment, ...], frozenset[str]], _Group] = {}
+
+    def apply(self, build: ProxyBuild, node_id: str, services: frozenset[str]) -> ProxyBuild:
+        """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above)
+        made for this pass's topology."""
+        group = self._groups.get((build.assignments, services))
+        if group is None:
+            group = self._first(build, node_id, services)
+            if group is None:
+                return build  # none of its assignments is of these services
+            self._groups[(build.assignments, services)] = group
+        else:
+            with self.memo.patching(node_id, group.released):
+                for key in group.added:
+                    self.memo.get(key, _held)
+        snapshot = build.snapshot.replacing(ENDPOINT, group.endpoints, group.version)
+        return ProxyBuild(snapshot, group.assignments, build.identity, build.vips)
+
+    def _first(self, build: ProxyBuild, node_id: str, services: frozenset[str]) -> _Group | None:
+        replaced = [a for a in build.assignments if a.service in services]
+        if not replaced:
+            return None
+        released = frozenset(a.key for a in replaced)
+        fresh: dict[str, Assignment] = {}
+        endpoints = dict(build.snapshot.of_type(ENDPOINT))
+        with self.memo.patching(node_id, released):
+            for a in replaced:
+                backend = Backend(a.service, a.tags)
+                key, endpoints[a.name] = endpoints_resource(self.memo, self.topo, a.name, backend, a.one_priority)
+                fresh[a.name] = Assignment(a.name, a.service, a.tags, a.one_priority, key)
+        shared = MappingProxyType(endpoints)
+        version = build.snapshot.replacing(ENDPOINT, shared).version(ENDPOINT)
+        return _Group(tuple(fresh.get(a.name, a) for a in build.assignments), released,
+                      tuple(a.key for a in fresh.values()), shared, version)
+
+
+def _held() -> XdsResource:
+    raise RuntimeError("a group's new ClusterLoadAssignment left the memo while the group was being patched")
