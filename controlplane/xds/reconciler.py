@@ -297,7 +297,7 @@ class Reconciler:
         bundle = ca.trust_bundle_pem if ca else None
         self._generation += 1
         return build_topology(mesh, dataplanes, policies, self._generation, bundle, zone=self.zone,
-                              ingresses=ingresses)
+                              ingresses=ingresses, previous=self.topologies.get(mesh_name))
 
     async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False,
                                     regenerate: set[str] | frozenset[str] = frozenset()) -> None:

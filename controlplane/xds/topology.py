@@ -53,6 +53,10 @@ class MeshTopology:
     endpoint_keys: Mapping[str, str] = field(default_factory=dict)  # service -> content key of its endpoints
     ca_bundle_pem: bytes | None = None  # the mesh CA(s) proxies trust; None: mTLS off
     zone: str = ""  # the zone this control plane serves ("" when unnamed)
+    # dataplane name -> (the Dataplane, what its inbounds contribute): what the next topology reuses for the
+    # very same Dataplane objects (the store view hands out the same object while a Dataplane is unchanged).
+    contributions: Mapping[str, tuple[Resource, tuple[_Contribution, ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -80,6 +84,25 @@ class MeshTopology:
         return sorted(self.endpoints)
 
 
+# One inbound's part of the topology: its service, protocol, application port, and its endpoint (None when
+# it is not healthy).
+_Contribution = tuple[str, str, int, Endpoint | None]
+
+
+def _contributions(dp: Resource, zone: str) -> tuple[_Contribution, ...]:
+    spec = dp.spec
+    assert isinstance(spec, DataplaneSpec)
+    out = []
+    for inbound in spec.networking.inbound:
+        endpoint = None
+        if is_healthy(inbound):
+            tags = {**inbound.tags, ZONE_TAG: zone} if zone else inbound.tags
+            endpoint = Endpoint(endpoint_address(spec, inbound), inbound.port, dp.meta.name,
+                                tuple(sorted(tags.items())), zone)
+        out.append((inbound.service, inbound.tags.get(PROTOCOL_TAG, "tcp"), inbound.workload_port, endpoint))
+    return tuple(out)
+
+
 def is_healthy(inbound: Inbound) -> bool:
     if inbound.state is not None:
         return inbound.state == "Ready"
@@ -92,24 +115,26 @@ def endpoint_address(dp: DataplaneSpec, inbound: Inbound) -> str:
 
 def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Mapping[str, Sequence[Resource]],
                    generation: int, ca_bundle_pem: bytes | None, *, zone: str = "",
-                   ingresses: Sequence[Resource] = ()) -> MeshTopology:
+                   ingresses: Sequence[Resource] = (), previous: MeshTopology | None = None) -> MeshTopology:
     """`zone`: this control plane's zone; every local endpoint carries it as its `kuma.io/zone` tag (whatever the
     Dataplane claims), which is what routes split zones by. `ingresses`: the stored ZoneIngresses; other zones'
-    ones become remote endpoints, in a mesh with mTLS on."""
+    ones become remote endpoints, in a mesh with mTLS on. `previous`: the mesh's topology before this one; what
+    it computed for the very same Dataplane objects and for services whose endpoints are the same is reused
+    (the result equals a topology built without it: tests/unit/test_topology_reuse.py)."""
     endpoints: dict[str, list[Endpoint]] = defaultdict(list)
     protocols: dict[str, set[str]] = defaultdict(set)
     ports: dict[str, set[int]] = defaultdict(set)
+    reusable = previous.contributions if previous is not None and previous.zone == zone else {}
+    contributions: dict[str, tuple[Resource, tuple[_Contribution, ...]]] = {}
     for dp in dataplanes:
-        spec = dp.spec
-        assert isinstance(spec, DataplaneSpec)
-        for inbound in spec.networking.inbound:
-            protocols[inbound.service].add(inbound.tags.get(PROTOCOL_TAG, "tcp"))
-            ports[inbound.service].add(inbound.workload_port)
-            if is_healthy(inbound):
-                tags = {**inbound.tags, ZONE_TAG: zone} if zone else inbound.tags
-                endpoints[inbound.service].append(
-                    Endpoint(endpoint_address(spec, inbound), inbound.port, dp.meta.name,
-                             tuple(sorted(tags.items())), zone))
+        found = reusable.get(dp.meta.name)
+        parts = found[1] if found is not None and found[0] is dp else _contributions(dp, zone)
+        contributions[dp.meta.name] = (dp, parts)
+        for service, protocol, port, endpoint in parts:
+            protocols[service].add(protocol)
+            ports[service].add(port)
+            if endpoint is not None:
+                endpoints[service].append(endpoint)
     spec = mesh.spec
     assert isinstance(spec, MeshSpec)
     if ca_bundle_pem is not None and spec.mtls is not None and spec.mtls.enabled() is not None:
@@ -120,6 +145,13 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
                                       for address, port, rzone, weight, tags in remote.endpoints)
     ordered = {svc: sorted(endpoints.get(svc, ()), key=lambda e: (e.priority, e.zone, e.address, e.port))
                for svc in protocols}
+    keys = {}
+    for svc, eps in ordered.items():
+        # The same endpoints (mostly the very same objects: compared by identity first) keep their key.
+        if previous is not None and (before := previous.endpoints.get(svc)) is not None and before == eps:
+            keys[svc] = previous.endpoint_keys[svc]
+        else:
+            keys[svc] = content_hash(repr(eps).encode())
     # Services whose instances disagree on the protocol fall back to TCP, as Kuma does.
     agreed = {svc: next(iter(p)) if len(p) == 1 else "tcp" for svc, p in protocols.items()}
     return MeshTopology(
@@ -127,10 +159,11 @@ def build_topology(mesh: Resource, dataplanes: Sequence[Resource], policies: Map
         dataplanes={dp.meta.name: dp for dp in dataplanes},
         # Every service known in the mesh, even with no healthy instance (its cluster exists, empty).
         endpoints=ordered,
-        endpoint_keys={svc: content_hash(repr(eps).encode()) for svc, eps in ordered.items()},
+        endpoint_keys=keys,
         protocols=agreed,
         service_ports={svc: tuple(sorted(p)) for svc, p in ports.items()},
         policies={t: sorted(ps, key=lambda p: p.meta.name) for t, ps in policies.items()},
         ca_bundle_pem=ca_bundle_pem,
         zone=zone,
+        contributions=contributions,
     )
