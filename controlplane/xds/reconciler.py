@@ -4,7 +4,9 @@ Events are debounced and coalesced by mesh: the first change after a quiet spell
 (a few ms: the events of one write arrive together), changes that keep coming wait `debounce` (tens of ms) so
 that one pass takes many; each dirty mesh's topology is computed once, then
 every connected proxy of that mesh gets a snapshot built from shared resources. The cache compares content
-versions, so proxies whose config did not change get no push. Identity certificates are renewed on time
+versions, so proxies whose config did not change get no push. A proxy whose only change is new endpoints of
+services it calls is not generated again: its previous snapshot gets the new ClusterLoadAssignments
+(generate/eds_patch.py says when that equals a full generation, and why). Identity certificates are renewed on time
 (a deadline at the earliest renew_at, checked on every pass), and a failure for one proxy or mesh never stops
 the others: it is logged (at most once per interval per mesh and kind of error), the mesh or proxy keeps its
 previous config and is retried with a back-off, and the loop itself runs under a Supervisor.

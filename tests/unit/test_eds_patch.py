@@ -434,3 +434,30 @@ def test_service_changes_say_which_are_endpoint_only() -> None:
     assert eds_patch.service_changes(old, new_port) == eds_patch.ServiceChanges(a, a, a)
     assert eds_patch.service_changes(old, gone) == eds_patch.ServiceChanges(b, none, b)
     assert ZONE_INGRESS.name == "ZoneIngress"
+
+
+def test_a_group_patch_survives_its_first_proxy_going_away_mid_pass() -> None:
+    """The pass yields between proxies: the first proxy of a group may disconnect (its memo references are
+    released) before the others are patched; they still get the group's new assignment, held again."""
+    from tests.unit.xds_fixtures import topology
+
+    callers = [dp(f"web-{i}", "web", port=10000 + i, address=f"10.3.0.{i + 1}", outbounds={"backend": 20000})
+               for i in range(2)]
+    old = topology(mesh(), [*callers, dp("backend-1", "backend", port=9000, address="10.4.0.1")])
+    new = topology(mesh(), [*callers, dp("backend-1", "backend", port=9000, address="10.4.0.2")], generation=2)
+    memo = ResourceMemo()
+    builds = {}
+    for c in callers:
+        ctx = ProxyContext(topology=old, dataplane=old.dataplanes[c.meta.name], identity=None, memo=memo)
+        with memo.for_proxy(c.meta.name):
+            snapshot = generate_snapshot(ctx)
+        builds[c.meta.name] = eds_patch.ProxyBuild(snapshot, tuple(ctx.assignments), None, None)
+    patch = eds_patch.EndpointPatch(new, memo)
+    patch.apply(builds["web-0"], "web-0", frozenset({"backend"}))
+    memo.forget("web-0")  # disconnected while the pass yielded
+    patched = patch.apply(builds["web-1"], "web-1", frozenset({"backend"}))
+    fresh = ResourceMemo()
+    ctx = ProxyContext(topology=new, dataplane=new.dataplanes["web-1"], identity=None, memo=fresh)
+    with fresh.for_proxy("web-1"):
+        assert_same(patched.snapshot, generate_snapshot(ctx), "web-1")
+    assert memo.keys() == fresh.keys() and len(memo) == memo.referenced()

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from types import MappingProxyType
 
 from ..resources import ENDPOINT, XdsResource
@@ -101,7 +102,9 @@ class _Group:
 
     assignments: tuple[Assignment, ...]  # the new ones
     released: frozenset[Hashable]  # memo keys of the assignments replaced
-    added: tuple[Hashable, ...]  # memo keys of their replacements
+    # memo keys of their replacements, with the resources (put back if the memo dropped them meanwhile: the
+    # first proxy of the group disconnected while the pass yielded)
+    added: tuple[tuple[Hashable, XdsResource], ...]
     endpoints: Mapping[str, XdsResource]  # the proxies' new ClusterLoadAssignments, by name
     version: str  # of those
 
@@ -128,8 +131,8 @@ class EndpointPatch:
             self._groups[(build.assignments, services)] = group
         else:
             with self.memo.patching(node_id, group.released):
-                for key in group.added:
-                    self.memo.get(key, _held)
+                for key, resource in group.added:
+                    self.memo.get(key, partial(_same, resource))
         snapshot = build.snapshot.replacing(ENDPOINT, group.endpoints, group.version)
         return ProxyBuild(snapshot, group.assignments, build.identity, build.vips)
 
@@ -148,8 +151,8 @@ class EndpointPatch:
         shared = MappingProxyType(endpoints)
         version = build.snapshot.replacing(ENDPOINT, shared).version(ENDPOINT)
         return _Group(tuple(fresh.get(a.name, a) for a in build.assignments), released,
-                      tuple(a.key for a in fresh.values()), shared, version)
+                      tuple((a.key, endpoints[a.name]) for a in fresh.values()), shared, version)
 
 
-def _held() -> XdsResource:
-    raise RuntimeError("a group's new ClusterLoadAssignment left the memo while the group was being patched")
+def _same(resource: XdsResource) -> XdsResource:
+    return resource
