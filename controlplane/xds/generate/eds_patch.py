@@ -47,7 +47,6 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
 
 from ..resources import ENDPOINT, XdsResource
@@ -119,20 +118,27 @@ class EndpointPatch:
     def __init__(self, topo: MeshTopology, memo: ResourceMemo) -> None:
         self.topo, self.memo = topo, memo
         self._groups: dict[tuple[tuple[Assignment, ...], frozenset[str]], _Group] = {}
+        # The same, by the identity of the assignments tuple (the members of a group patched before share
+        # theirs: no hashing of assignments), with the tuple itself so that its id stays its own.
+        self._by_id: dict[tuple[int, frozenset[str]], tuple[tuple[Assignment, ...], _Group]] = {}
 
     def apply(self, build: ProxyBuild, node_id: str, services: frozenset[str]) -> ProxyBuild:
         """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above)
         made for this pass's topology."""
-        group = self._groups.get((build.assignments, services))
+        seen = self._by_id.get((id(build.assignments), services))
+        group = seen[1] if seen is not None and seen[0] is build.assignments else None
         if group is None:
-            group = self._first(build, node_id, services)
+            group = self._groups.get((build.assignments, services))
             if group is None:
-                return build  # none of its assignments is of these services
-            self._groups[(build.assignments, services)] = group
+                group = self._first(build, node_id, services)
+                if group is None:
+                    return build  # none of its assignments is of these services
+                self._groups[(build.assignments, services)] = group
+            else:
+                self.memo.repoint(node_id, group.released, group.added)
+            self._by_id[(id(build.assignments), services)] = (build.assignments, group)
         else:
-            with self.memo.patching(node_id, group.released):
-                for key, resource in group.added:
-                    self.memo.get(key, partial(_same, resource))
+            self.memo.repoint(node_id, group.released, group.added)
         snapshot = build.snapshot.replacing(ENDPOINT, group.endpoints, group.version)
         return ProxyBuild(snapshot, group.assignments, build.identity, build.vips)
 
@@ -152,7 +158,3 @@ class EndpointPatch:
         version = build.snapshot.replacing(ENDPOINT, shared).version(ENDPOINT)
         return _Group(tuple(fresh.get(a.name, a) for a in build.assignments), released,
                       tuple((a.key, endpoints[a.name]) for a in fresh.values()), shared, version)
-
-
-def _same(resource: XdsResource) -> XdsResource:
-    return resource

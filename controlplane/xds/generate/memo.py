@@ -12,7 +12,7 @@ throw-away memo for one inspection) entries are simply kept.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 
 from controlplane.xds.resources import XdsResource
@@ -54,6 +54,25 @@ class ResourceMemo:
             raise RuntimeError(f"ResourceMemo.patching(): proxy {node_id!r} has no recorded build to patch")
         with self._recording(node_id, set(previous.difference(released))):
             yield
+
+    def repoint(self, node_id: str, released: frozenset[Hashable],
+                added: Iterable[tuple[Hashable, XdsResource]]) -> None:
+        """What `patching` records when the replacements are already built (another proxy's patch made them):
+        the proxy's latest build without the `released` keys, plus the `added` ones. An added entry the memo
+        no longer holds (the proxy that made it went away meanwhile) is put back."""
+        previous = self._by_proxy.get(node_id)
+        if previous is None:
+            raise RuntimeError(f"ResourceMemo.repoint(): proxy {node_id!r} has no recorded build to patch")
+        if self._building is not None:
+            raise RuntimeError("ResourceMemo.repoint() inside a recorded build")
+        keys = []
+        for key, resource in added:
+            if key in self._entries:
+                self.reused += 1
+            else:
+                self._entries[key] = resource
+            keys.append(key)
+        self._replace(node_id, previous.difference(released).union(keys))
 
     def used_by(self, node_id: str) -> frozenset[Hashable]:
         """The keys the proxy's latest build used (empty when it has none)."""
