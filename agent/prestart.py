@@ -76,8 +76,8 @@ def prestart(argv: list[str], env: dict[str, str]) -> None:
     _worker = start_worker(env)
     try:
         binary = _binary_from(argv, env)
-        usable = binary and os.path.isfile(binary) and os.access(binary, os.X_OK)
-        if binary and usable and version_cache.lookup(binary, env) is None:
+        if (binary and os.path.isfile(binary) and os.access(binary, os.X_OK)
+                and version_cache.lookup(binary, env) is None):
             _version = (str(Path(binary).expanduser()), start_version(binary))
     except (OSError, ValueError):
         _version = None

@@ -85,7 +85,7 @@ class Reconciler:
         self.builds: dict[str, ProxyBuild] = {}
         # How the proxies of the latest mesh rebuild got their config: "patch" or "full" (tests, debug log).
         self.last_paths: dict[str, str] = {}
-        self.patched = self.regenerated = 0  # proxies built each way since the start (tests and metrics)
+        self.patched = 0  # proxies patched since the start (tests)
         self.ingress_nodes: set[str] = set()  # connected zone ingresses (their config spans every mesh)
         self.ingress_memo = ResourceMemo()
         self._wake = asyncio.Event()
@@ -359,7 +359,6 @@ class Reconciler:
                 plan = "the patch failed"
             full_because[plan] = full_because.get(plan, 0) + 1
             self.last_paths[node_id] = "full"
-            self.regenerated += 1
             changed += await self._rebuild_proxy(node_id)
         self.rebuilds += 1
         why = ", ".join(f"{k}: {n}" for k, n in sorted(full_because.items()))

@@ -125,22 +125,27 @@ class EndpointPatch:
     def apply(self, build: ProxyBuild, node_id: str, services: frozenset[str]) -> ProxyBuild:
         """`build` with the ClusterLoadAssignments of `services` (whose change is endpoint-only, see above)
         made for this pass's topology."""
-        seen = self._by_id.get((id(build.assignments), services))
-        group = seen[1] if seen is not None and seen[0] is build.assignments else None
+        group = self._group_of(build.assignments, services)
         if group is None:
-            group = self._groups.get((build.assignments, services))
+            group = self._first(build, node_id, services)
             if group is None:
-                group = self._first(build, node_id, services)
-                if group is None:
-                    return build  # none of its assignments is of these services
-                self._groups[(build.assignments, services)] = group
-            else:
-                self.memo.repoint(node_id, group.released, group.added)
+                return build  # none of its assignments is of these services
+            self._groups[(build.assignments, services)] = group
             self._by_id[(id(build.assignments), services)] = (build.assignments, group)
         else:
             self.memo.repoint(node_id, group.released, group.added)
         snapshot = build.snapshot.replacing(ENDPOINT, group.endpoints, group.version)
         return ProxyBuild(snapshot, group.assignments, build.identity, build.vips)
+
+    def _group_of(self, assignments: tuple[Assignment, ...], services: frozenset[str]) -> _Group | None:
+        """The group already patched in this pass for these assignments: by identity first, else by value."""
+        seen = self._by_id.get((id(assignments), services))
+        if seen is not None and seen[0] is assignments:
+            return seen[1]
+        group = self._groups.get((assignments, services))
+        if group is not None:
+            self._by_id[(id(assignments), services)] = (assignments, group)
+        return group
 
     def _first(self, build: ProxyBuild, node_id: str, services: frozenset[str]) -> _Group | None:
         replaced = [a for a in build.assignments if a.service in services]

@@ -74,10 +74,6 @@ class ResourceMemo:
             keys.append(key)
         self._replace(node_id, previous.difference(released).union(keys))
 
-    def used_by(self, node_id: str) -> frozenset[Hashable]:
-        """The keys the proxy's latest build used (empty when it has none)."""
-        return self._by_proxy.get(node_id, frozenset())
-
     @contextmanager
     def _recording(self, node_id: str, start: set[Hashable]) -> Iterator[None]:
         if self._building is not None:
