@@ -161,12 +161,8 @@ async def test_a_heartbeat_is_one_write_whatever_the_fleet() -> None:
 
 def _total(store: MemoryStore, name: str, counter: str = "responsesAcknowledged") -> int:
     spec = store._data[(DATAPLANE_INSIGHT.name, "default", name)].spec
-    assert isinstance(spec, DataplaneInsightSpec)
-    return int(getattr(spec.subscriptions[-1].status.total, _snake(counter), 0) or 0)
-
-
-def _snake(name: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+    doc = spec.model_dump(by_alias=True, exclude_none=True)
+    return int(doc["subscriptions"][-1]["status"].get("total", {}).get(counter, 0))
 
 
 async def test_counters_wait_for_the_status_flush_and_urgent_changes_do_not() -> None:
@@ -231,12 +227,33 @@ async def test_a_failed_write_is_written_again_at_the_next_flush() -> None:
     assert _subs(store, "dp-1") == [("a", "1", False)]
 
 
-async def test_the_flusher_writes_counters_on_its_status_pace() -> None:
-    """The loop itself (short intervals): a connect is written, then counters arrive without any urgent change."""
+async def test_the_flusher_keeps_counters_for_its_status_pace() -> None:
+    """The loop itself: a flush that an urgent change wakes (a NACK) writes that insight, not the counters other
+    insights gathered meanwhile; those go at the status flush."""
     from tests.unit.test_supervise import wait_until
 
     store = await _store("default")
-    rec = InsightsRecorder(store, "a", interval=0.01, status_interval=0.05, heartbeat=60)
+    rec = InsightsRecorder(store, "a", interval=0.01, status_interval=3600, heartbeat=3600)
+    await rec.start()
+    try:
+        for i in range(2):
+            rec.on_stream_open(i, f"default.dp-{i}", Node(id=f"default.dp-{i}"))
+        await wait_until(lambda: all((DATAPLANE_INSIGHT.name, "default", f"dp-{i}") in store._data for i in range(2)))
+        _push(rec, 2)  # counters of both change
+        rec.on_nack("default.dp-1", "type.googleapis.com/envoy.config.cluster.v3.Cluster", "3", "bad cluster")
+        await wait_until(lambda: _total(store, "dp-1", "responsesRejected") == 1)
+        assert _total(store, "dp-1") == 1  # the urgent insight's counters went along
+        assert _total(store, "dp-0") == 0  # the others wait for the status flush (an hour away here)
+    finally:
+        await rec.stop()
+
+
+async def test_the_flusher_writes_counters_on_its_status_pace() -> None:
+    """Counters reach the store with no urgent change at all: the status flush."""
+    from tests.unit.test_supervise import wait_until
+
+    store = await _store("default")
+    rec = InsightsRecorder(store, "a", interval=0.01, status_interval=0.05, heartbeat=3600)
     await rec.start()
     try:
         rec.on_stream_open(1, "default.dp-1", Node(id="default.dp-1"))
