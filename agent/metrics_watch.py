@@ -35,6 +35,11 @@ METHOD = "/kuma.vm.dp.v1.Metrics/Get"
 CALL_TIMEOUT = 60.0  # the control plane answers within 30 s (its wait) when nothing changes
 BACKOFF = 1.0
 BACKOFF_CAP = 30.0
+# Connected is not yet registered: the control plane stores the Dataplane when it takes the stream's first
+# request, moments after Envoy counts itself connected. So the first NOT_FOUNDs are retried sooner (0.1, 0.2,
+# 0.3, 0.4 s) before the backoff above.
+REGISTRATION_RETRY = 0.1
+REGISTRATION_RETRIES = 4
 
 Render = Callable[[MetricsPolicy | None], Awaitable[bytes]]
 
@@ -159,12 +164,18 @@ class MeshMetricServer:
 
 
 async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, name: str, token: str, *,
-                 channel: CpChannel | None = None) -> None:
+                 channel: CpChannel | None = None, registered: asyncio.Event | None = None) -> None:
     """Apply every new version of the dataplane's MeshMetric, forever (cancel to stop); on `channel` (kuma-dp's
-    shared one, agent/cp_channel.py) when given."""
+    shared one, agent/cp_channel.py) when given. With `registered`, the first call waits for it: kuma-dp sets it
+    when Envoy first connects, whose xDS stream registers the Dataplane. Asked before, the control plane answers
+    NOT_FOUND and the next try comes only after the backoff (a second later), and the call lands while Envoy
+    starts, on the cores Envoy's start needs."""
     from agent.bootstrap_client import BootstrapError
 
+    if registered is not None:
+        await registered.wait()
     version, delay, failing = "", BACKOFF, False
+    unregistered = 0  # NOT_FOUND answers before the first config: Envoy's stream registers it any moment
     while True:
         try:
             answer = await get_config(cp, ca_pem, mesh, name, token, version, channel)
@@ -179,6 +190,10 @@ async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, na
             (log.debug if quiet else log.warning)(
                 "MeshMetric config unavailable; serving the last one", extra={"cp": cp, "error": problem})
             failing = True
+            if code == "NOT_FOUND" and not version and unregistered < REGISTRATION_RETRIES:
+                unregistered += 1
+                await asyncio.sleep(REGISTRATION_RETRY * unregistered)
+                continue
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, BACKOFF_CAP)
             continue

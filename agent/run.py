@@ -209,6 +209,8 @@ class Agent:
     access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
     cp_channel: CpChannel | None = None  # the bootstrap call and the MeshMetric follow share it
     validation: asyncio.Task[None] | None = None  # the bootstrap worker's verdict on the definition
+    # Set when Envoy first connects to the control plane (its xDS stream registers the Dataplane).
+    registered: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -517,6 +519,8 @@ class Agent:
                 self.notifier.status(text)
 
         def on_cp_change(connected: bool, first: bool) -> None:
+            if connected:
+                self.registered.set()
             if self.state.draining:
                 return
             if connected and not self.state.locally_ready:
@@ -559,7 +563,7 @@ class Agent:
 
             self.tasks.append(asyncio.create_task(follow(
                 self.mesh_metric, cfg.cp_address, inputs.ca_pem, inputs.definition.mesh, inputs.definition.name,
-                inputs.token, channel=self.cp_channel)))
+                inputs.token, channel=self.cp_channel, registered=self.registered)))
         if self.notifier.watchdog_interval:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())

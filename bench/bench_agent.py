@@ -17,17 +17,29 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
   `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything; the same for
   `agent.bootstrap_worker`, the worker that validates the definition in parallel (off the critical path since
   issue 14: the bootstrap call and Envoy's spawn do not wait for its verdict, only READY=1 does).
-Every module of both trees is loaded from .pyc files, as an installed kuma-dp's are (written to the run's
-temp directory by the warm-up run, PYTHONPYCACHEPREFIX; a PYTHONDONTWRITEBYTECODE of the caller is dropped),
-and kuma-dp's Envoy version cache (agent/envoy/version_cache.py, CACHE_DIRECTORY in that directory too) is
-filled by the warm-up run: a host where kuma-dp ran before. A host's very first start also runs
-`envoy --version` on the way to the bootstrap call (30-40 ms on this machine).
+How kuma-dp is run (`--as`):
+- `packaged` (the default): as the kuma-dp package runs it, so that the figure is the one operators get. Each
+  tree is laid out as the package installs it (packaging/build.py's runtime: pyvenv.cfg with `home =
+  /usr/bin`, the package's own bin/python launcher, lib/python3.X/site-packages) and started through the
+  package's own /usr/bin/kuma-dp wrapper, i.e. `sh` -> launcher -> the host's /usr/bin/python3.X -I. The
+  libraries are this venv's (a path .pth in the runtime's site-packages: the tree's sources, then the venv's
+  site-packages, whose own .pth files, the editable install's import hook among them, are not run, as the
+  package has none). Differences left: the venv's shared objects are not stripped as the package's are.
+- `source`: `python -m agent.cli` with this venv's interpreter, PYTHONPATH = the tree (a development
+  checkout: another interpreter build, and the editable install's import hook runs at every start).
+Every module of both trees is loaded from .pyc files, as an installed kuma-dp's are (the package's postinst
+compiles them; here the warm-up run writes them: into the runtime's trees for `packaged`, into the run's temp
+directory for `source`; a PYTHONDONTWRITEBYTECODE of the caller is dropped), and kuma-dp's Envoy version cache
+(agent/envoy/version_cache.py, CACHE_DIRECTORY in that directory too) is filled by the warm-up run: a host
+where kuma-dp ran before. A host's very first start also runs `envoy --version` on the way to the bootstrap
+call (30-40 ms on this machine).
 The variants run in alternating order. Medians over `--runs`; the overhead is kuma-dp's median minus Envoy's;
 ratios are this tree / baseline. Also shown: the fastest runs, and CPU time, which a busy machine inflates
 less than wall time (this machine is shared: the load average is printed). Targets (DESIGN.md, issue 14):
 kuma-dp adds at most 100 ms to Envoy's start and stays under 40 MB RSS. No pass/fail here: numbers and ratios.
 
-    .venv/bin/python bench/bench_agent.py [--runs 7] [--baseline main|REF|none] [--json-only]
+    .venv/bin/python bench/bench_agent.py [--runs 7] [--baseline main|REF|none] [--as packaged|source]
+                                          [--json-only]
 """
 
 from __future__ import annotations
@@ -37,11 +49,13 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -56,6 +70,7 @@ import yaml
 
 from agent.bootstrap_client import CpAddress, fetch_bootstrap
 from agent.envoy.binary import envoy_version, find_envoy
+from bench.agent_floor import ENVOY_ARGS
 from tests.integration.api_client import call
 from tests.integration.cp_process import CpProcess, start_cp
 from tests.ports import free_port
@@ -92,41 +107,103 @@ def envoy_ready(admin: str) -> bool:
         return False
 
 
+def bootstrap_request(cp: CpProcess, kind: str) -> dict[str, Any]:
+    name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
+    return {"mesh": "default", "name": name, "dataplaneToken": token(cp, name), "adminPort": free_port(),
+            "dataplane": definition(name)}
+
+
 def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> tuple[float, float]:
     """(seconds from exec to Envoy ready, seconds of the bootstrap call on a fresh channel)."""
-    name = f"bench-envoy-{uuid.uuid4().hex[:6]}"
-    request = {"mesh": "default", "name": name, "dataplaneToken": token(cp, name), "adminPort": free_port(),
-               "dataplane": definition(name)}
+    request = bootstrap_request(cp, "envoy")
     called = time.perf_counter()
     answer = asyncio.run(fetch_bootstrap(CpAddress("127.0.0.1", cp.ports["KUMA_DP_SERVER_PORT"]),
                                          cp.ca_file.read_bytes(), request))
     call_s = time.perf_counter() - called
-    bootstrap = work / f"{name}.json"
+    bootstrap = work / f"{request['name']}.json"
     bootstrap.write_text(json.dumps(answer["bootstrap"]))
-    admin = f"http://127.0.0.1:{request['adminPort']}"
+    return until_envoy_ready([str(binary), "-c", str(bootstrap), *ENVOY_ARGS], request["adminPort"]), call_s
+
+
+def floor(cp: CpProcess, work: Path, binary: Path, install: Install) -> float:
+    """Seconds from exec to Envoy ready for bench/agent_floor.py (the least a Python agent on grpcio does),
+    with the interpreter set-up kuma-dp has."""
+    request = bootstrap_request(cp, "floor")
+    request_file = work / f"{request['name']}.request.json"
+    request_file.write_text(json.dumps({**request, "cpHost": "127.0.0.1", "cpPort": cp.ports["KUMA_DP_SERVER_PORT"]}))
+    return until_envoy_ready([*install.python, str(REPO / "bench" / "agent_floor.py"),
+                              f"127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", str(cp.ca_file), str(request_file),
+                              str(work / f"{request['name']}.json"), str(binary), str(request["adminPort"])],
+                             request["adminPort"], env=_env(install))
+
+
+def until_envoy_ready(argv: list[str], admin_port: int, env: dict[str, str] | None = None) -> float:
+    """Seconds from exec of `argv` to its Envoy ready on `admin_port` (polled every 5 ms); Envoy stopped after."""
+    admin = f"http://127.0.0.1:{admin_port}"
     start = time.perf_counter()
-    proc = subprocess.Popen([str(binary), "-c", str(bootstrap), "--disable-hot-restart", "--log-level", "warning",
-                             "--concurrency", "2", "--drain-time-s", "1"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         while not envoy_ready(admin):
             if proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {proc.returncode}")
+                raise RuntimeError(f"{argv[0]} exited with {proc.returncode}")
             if time.perf_counter() - start > 30:
                 raise RuntimeError("Envoy not ready in 30 s")
             time.sleep(0.005)
-        return time.perf_counter() - start, call_s
+        return time.perf_counter() - start
     finally:
         _stop(proc)
 
 
-def _env(tree: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUMA_")}
-    env.update({"PYTHONPATH": str(tree), **extra})
+class Install:
+    """One tree's kuma-dp, started as `--as` says: `command` runs `kuma-dp ARGS...`, `python` runs an
+    interpreter of the same set-up (for the import timings)."""
+
+    def __init__(self, tree: Path, work: Path, mode: str) -> None:
+        self.tree, self.mode = tree, mode
+        if mode == "source":
+            self.command = [sys.executable, "-m", "agent.cli"]
+            self.python = [sys.executable]
+            self.env = {"PYTHONPATH": str(tree), "PYTHONPYCACHEPREFIX": str(work / "pycache")}
+            return
+        base = work / "opt/kuma-vm/kuma-dp"
+        site = base / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        site.mkdir(parents=True)
+        # The package's lib/common (kuma-vm, pure wheels) and site-packages (compiled wheels): here the tree's
+        # sources, then this venv's libraries. A path line: the venv's own .pth files are not run.
+        (site / "kuma-vm-bench.pth").write_text(f"{tree}\n{sysconfig.get_paths()['purelib']}\n")
+        (base / "bin").mkdir()
+        shutil.copy2(_packaging_file(tree, "runtime/python"), base / "bin/python")
+        (base / "bin/python").chmod(0o755)
+        (base / "pyvenv.cfg").write_text("home = /usr/bin\ninclude-system-site-packages = false\n")
+        wrapper = work / "kuma-dp"
+        wrapper.write_text(_packaging_file(tree, "kuma-dp/kuma-dp").read_text()
+                           .replace("/opt/kuma-vm/kuma-dp", str(base)))
+        wrapper.chmod(0o755)
+        self.command = [str(wrapper)]
+        self.python = [str(base / "bin/python"), "-I"]
+        self.env = {}
+
+
+def _packaging_file(tree: Path, name: str) -> Path:
+    """The tree's own packaging file, or this tree's for a baseline from before it existed."""
+    own = tree / "packaging" / name
+    return own if own.exists() else REPO / "packaging" / name
+
+
+def packaged_python_missing() -> str | None:
+    """Why `--as packaged` cannot run here (the package runs on the host's /usr/bin/python3.X), or None."""
+    host = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    return None if host.exists() else f"{host} is missing (the package runs on the host's Python): use --as source"
+
+
+def _env(install: Install, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUMA_") and k != "PYTHONPYCACHEPREFIX"}
+    env.update({**install.env, **extra})
     return env
 
 
-def kuma_dp(cp: CpProcess, work: Path, tree: Path) -> dict[str, float]:
+def kuma_dp(cp: CpProcess, work: Path, install: Install) -> dict[str, float]:
     """One `kuma-dp run` of the sources in `tree`: seconds from exec to READY=1 and to the STATUS lines
     before the bootstrap and after the spawn, kuma-dp's RSS and USS (MB), and the CPU seconds used by kuma-dp
     and its finished helpers (bootstrap worker, `envoy --version`) up to READY."""
@@ -138,13 +215,13 @@ def kuma_dp(cp: CpProcess, work: Path, tree: Path) -> dict[str, float]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify_path))
     sock.settimeout(30)
-    argv = [sys.executable, "-m", "agent.cli", "run", "--cp-address",
+    argv = [*install.command, "run", "--cp-address",
             f"https://127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", "--ca-cert-file", str(cp.ca_file),
             "--dataplane-file", str(dp_file), "--dataplane-token-file", str(token_file),
             "--runtime-dir", str(work / f"run-{name}"), "--drain-time", "0s", "--envoy-log-level", "warning",
             "--log-level", "warning"]
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=tree, env=_env(tree, NOTIFY_SOCKET=str(notify_path)),
+    proc = subprocess.Popen(argv, cwd=install.tree, env=_env(install, NOTIFY_SOCKET=str(notify_path)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         marks: dict[str, float] = {}
@@ -170,16 +247,16 @@ def kuma_dp(cp: CpProcess, work: Path, tree: Path) -> dict[str, float]:
         _stop(proc)
 
 
-def imports(tree: Path) -> tuple[float, float]:
+def imports(install: Install) -> tuple[float, float]:
     """Seconds kuma-dp's modules, and the bootstrap worker's, take to import (a fresh interpreter's start
     subtracted)."""
     def wall(code: str) -> float:
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), check=True)
+        subprocess.run([*install.python, "-c", code], cwd=install.tree, env=_env(install), check=True)
         return time.perf_counter() - start
     bare = wall("pass")
     # What `kuma-dp run` loads before it can do anything: its flags without click where the tree can.
-    flags = "agent.run_flags" if (tree / "agent" / "run_flags.py").exists() else "agent.commands"
+    flags = "agent.run_flags" if (install.tree / "agent" / "run_flags.py").exists() else "agent.commands"
     return wall(f"import agent.cli, {flags}, agent.run") - bare, wall("import agent.bootstrap_worker") - bare
 
 
@@ -206,13 +283,14 @@ def baseline_tree(ref: str, into: Path) -> tuple[Path, str]:
 
 
 def variant_results(samples: list[dict[str, float]], import_s: list[tuple[float, float]],
-                    envoy_s: list[float]) -> dict[str, float]:
+                    envoy_s: list[float], floor_s: list[float]) -> dict[str, float]:
     med = statistics.median
     ready = [x["ready"] for x in samples]
     return {
         "kuma_dp_ready_ms": med(ready) * 1000,
         "overhead_ms": (med(ready) - med(envoy_s)) * 1000,
         "overhead_min_ms": (min(ready) - min(envoy_s)) * 1000,
+        "over_floor_ms": (med(ready) - med(floor_s)) * 1000,
         "kuma_dp_before_envoy_ms": med(x["spawned"] for x in samples) * 1000,
         "split_imports_ms": med(x[0] for x in import_s) * 1000,
         "worker_imports_ms": med(x[1] for x in import_s) * 1000,
@@ -229,6 +307,7 @@ ROWS = [  # (label, key, unit)
     ("kuma-dp: exec -> READY=1", "kuma_dp_ready_ms", "ms"),
     ("kuma-dp overhead over Envoy (median difference)", "overhead_ms", "ms"),
     ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
+    ("kuma-dp over the floor (median difference)", "over_floor_ms", "ms"),
     ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
     ("  split: imports of kuma-dp's modules (separate run)", "split_imports_ms", "ms"),
     ("  bootstrap worker's imports (separate run, in parallel)", "worker_imports_ms", "ms"),
@@ -246,9 +325,11 @@ def table(doc: dict[str, Any]) -> str:
     names = list(variants)
     lines = [f"kuma-dp start-up, median of {doc['runs']} runs (Envoy {doc['envoy_version']}, {doc['cpus']} CPUs, "
              f"load average {r['load_average_1m_start']:.1f} at the start, {r['load_average_1m']:.1f} at the end; "
-             f"baseline {doc.get('baseline') or 'none'})",
+             f"baseline {doc.get('baseline') or 'none'}; kuma-dp run as {doc['kuma_dp_as']})",
              f"  Envoy alone: exec -> live + workers started {r['envoy_start_ms']:.0f} ms (fastest "
              f"{r['envoy_start_min_ms']:.0f} ms); bootstrap call on a fresh channel {r['bootstrap_call_ms']:.0f} ms",
+             f"  floor (bench/agent_floor.py: interpreter, grpcio, the call, exec Envoy): exec -> Envoy ready "
+             f"{r['floor_start_ms']:.0f} ms, {r['floor_overhead_ms']:.0f} ms over Envoy alone",
              f"  targets: overhead <= {TARGET_OVERHEAD_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB"]
     width = max(len(label) for label, _, _ in ROWS)
     lines.append(f"  {'':<{width}}  " + "  ".join(f"{n:>12}" for n in names)
@@ -264,16 +345,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--baseline", default="main", help="git revision to compare with, or none")
+    parser.add_argument("--as", dest="mode", choices=("packaged", "source"), default="packaged",
+                        help="run kuma-dp as its package does (default), or from the sources with this venv")
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args()
+    if args.mode == "packaged" and (why := packaged_python_missing()):
+        parser.error(why)
     binary = find_envoy()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         work = Path(tmp)
-        # Both trees' modules from .pyc files, as an installed kuma-dp has them (the warm-up run writes them
-        # here, not into the trees); a PYTHONDONTWRITEBYTECODE in the caller's environment would otherwise
-        # make every kuma-dp run compile its sources again.
+        # Both trees' modules from .pyc files, as an installed kuma-dp has them (written by the warm-up run); a
+        # PYTHONDONTWRITEBYTECODE in the caller's environment would otherwise make every `--as source` run
+        # compile its sources again (`packaged` runs isolated, -I, as the package does).
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-        os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         # kuma-dp's Envoy version cache (agent/envoy/version_cache.py) here too, filled by the warm-up run, as
         # on a host where kuma-dp ran before (a host's very first start also runs `envoy --version`).
         os.environ["CACHE_DIRECTORY"] = str(work / "cache")
@@ -282,13 +366,16 @@ def main() -> None:
         baseline = None
         if args.baseline != "none":
             trees["baseline"], baseline = baseline_tree(args.baseline, work / "baseline")
+        installs = {name: Install(tree, work / f"as-{name}", args.mode) for name, tree in trees.items()}
         cp = start_cp(work / "cp", KUMA_LOG_LEVEL="warning")
         try:
             envoy_alone(cp, work, binary)  # warm caches (binary pages, CP code paths, .pyc files); not counted
-            for tree in trees.values():
-                kuma_dp(cp, work, tree)
-                imports(tree)
+            for install in installs.values():
+                kuma_dp(cp, work, install)
+                imports(install)
+            floor(cp, work, binary, installs["this"])
             envoy_s: list[float] = []
+            floor_s: list[float] = []
             call_s: list[float] = []
             samples: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
             import_s: dict[str, list[tuple[float, float]]] = {n: [] for n in trees}
@@ -296,16 +383,19 @@ def main() -> None:
                 e, c = envoy_alone(cp, work, binary)
                 envoy_s.append(e)
                 call_s.append(c)
+                floor_s.append(floor(cp, work, binary, installs["this"]))
                 for name in (list(trees) if i % 2 == 0 else list(reversed(trees))):  # alternate the order
-                    samples[name].append(kuma_dp(cp, work, trees[name]))
-                    import_s[name].append(imports(trees[name]))
+                    samples[name].append(kuma_dp(cp, work, installs[name]))
+                    import_s[name].append(imports(installs[name]))
         finally:
             cp.stop()
     med = statistics.median
-    variants = {n: variant_results(samples[n], import_s[n], envoy_s) for n in trees}
+    variants = {n: variant_results(samples[n], import_s[n], envoy_s, floor_s) for n in trees}
     results: dict[str, Any] = {
         "envoy_start_ms": med(envoy_s) * 1000,
         "envoy_start_min_ms": min(envoy_s) * 1000,
+        "floor_start_ms": med(floor_s) * 1000,
+        "floor_overhead_ms": (med(floor_s) - med(envoy_s)) * 1000,
         "bootstrap_call_ms": med(call_s) * 1000,
         "variants": variants,
         "load_average_1m": os.getloadavg()[0],
@@ -314,10 +404,11 @@ def main() -> None:
     if "baseline" in variants:
         results["ratios"] = {key: variants["this"][key] / variants["baseline"][key]
                              for _, key, _ in ROWS if variants["baseline"][key]}
-    doc = {"benchmark": "agent", "runs": args.runs, "envoy_version": envoy_version(binary), "cpus": os.cpu_count(),
-           "baseline": baseline, "results": results,
+    doc = {"benchmark": "agent", "runs": args.runs, "kuma_dp_as": args.mode, "envoy_version": envoy_version(binary),
+           "cpus": os.cpu_count(), "baseline": baseline, "results": results,
            "targets": {"overhead_ms": TARGET_OVERHEAD_MS, "rss_mb": TARGET_RSS_MB},
            "samples": {"envoy_start_ms": [s * 1000 for s in envoy_s],
+                       "floor_start_ms": [s * 1000 for s in floor_s],
                        **{f"{n}_kuma_dp_ready_ms": [x["ready"] * 1000 for x in samples[n]] for n in trees},
                        **{f"{n}_before_envoy_ms": [x["spawned"] * 1000 for x in samples[n]] for n in trees}}}
     print(json.dumps(doc, indent=2, default=lambda v: round(v, 2) if isinstance(v, float) else str(v)))
