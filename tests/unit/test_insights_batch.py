@@ -14,6 +14,7 @@ from controlplane.resources.insights import DATAPLANE_INSIGHT, DataplaneInsightS
 from controlplane.store.base import ListQuery
 from controlplane.store.memory import MemoryStore
 from controlplane.xds.insights import BATCH, LIST_OVER, InsightsRecorder
+from tests.unit.waiting import wait_until
 
 
 class CountingStore(MemoryStore):
@@ -230,7 +231,6 @@ async def test_a_failed_write_is_written_again_at_the_next_flush() -> None:
 async def test_the_flusher_keeps_counters_for_its_status_pace() -> None:
     """The loop itself: a flush that an urgent change wakes (a NACK) writes that insight, not the counters other
     insights gathered meanwhile; those go at the status flush."""
-    from tests.unit.test_supervise import wait_until
 
     store = await _store("default")
     rec = InsightsRecorder(store, "a", interval=0.01, status_interval=3600, heartbeat=3600)
@@ -250,7 +250,6 @@ async def test_the_flusher_keeps_counters_for_its_status_pace() -> None:
 
 async def test_the_flusher_writes_counters_on_its_status_pace() -> None:
     """Counters reach the store with no urgent change at all: the status flush."""
-    from tests.unit.test_supervise import wait_until
 
     store = await _store("default")
     rec = InsightsRecorder(store, "a", interval=0.01, status_interval=0.05, heartbeat=3600)

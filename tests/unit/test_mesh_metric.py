@@ -22,6 +22,7 @@ from controlplane.store.factory import create_store
 from controlplane.supervise import Supervisor
 from tests.integration.kuma_sd import KumaSdClient
 from tests.ports import free_port
+from tests.unit.waiting import wait_until
 
 load_all()
 GOLDEN = Path(__file__).parent / "golden" / "meshmetric"
@@ -310,7 +311,6 @@ async def test_kuma_dp_asks_for_its_meshmetric_once_envoy_registered_the_datapla
 
     from agent import metrics_watch
     from agent.bootstrap_client import BootstrapError
-    from tests.unit.test_supervise import wait_until
 
     loop = asyncio.get_running_loop()
     calls: list[float] = []

@@ -31,6 +31,7 @@ from controlplane.netguard import (
     warn_if_caps_overcommit,
 )
 from controlplane.tls import CpTls, ensure_cp_tls
+from tests.unit.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,20 +203,12 @@ def https_get(port: int, tls: CpTls) -> str:
     return data.decode()
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
 async def test_an_address_over_its_cap_is_reset_and_others_are_served(guarded: Callable[..., Any],
                                                                       tls: CpTls) -> None:
     g = await guarded(per_source=2)
     idle = [socket.create_connection(("127.0.0.1", g.port)) for _ in range(2)]
     try:
-        await eventually(lambda: g.listener.limits.open == 2)
+        await wait_until(lambda: g.listener.limits.open == 2, timeout=10.0)
         with socket.socket() as third:
             third.bind(("127.0.0.1", 0))
             third.connect(("127.0.0.1", g.port))
@@ -237,16 +230,16 @@ async def test_an_address_over_its_cap_is_reset_and_others_are_served(guarded: C
     finally:
         for s in idle:
             s.close()
-    await eventually(lambda: g.listener.limits.open == 0)
+    await wait_until(lambda: g.listener.limits.open == 0, timeout=10.0)
 
 
 async def test_a_client_that_never_completes_tls_is_closed_and_its_slot_freed(guarded: Callable[..., Any],
                                                                             tls: CpTls) -> None:
     g = await guarded(per_source=1, handshake=0.5)
     with socket.create_connection(("127.0.0.1", g.port)) as idle:
-        await eventually(lambda: g.listener.limits.open == 1)
+        await wait_until(lambda: g.listener.limits.open == 1, timeout=10.0)
         assert await asyncio.to_thread(closed_by_server, idle)
-    await eventually(lambda: g.listener.limits.open == 0)
+    await wait_until(lambda: g.listener.limits.open == 0, timeout=10.0)
     assert "hello" in await asyncio.to_thread(https_get, g.port, tls)  # the address's slot is back
 
 
@@ -270,7 +263,7 @@ async def test_idle_and_slowloris_connections_after_tls_are_closed(guarded: Call
     idle, slow = await asyncio.gather(asyncio.to_thread(slow_client, b""),
                                       asyncio.to_thread(slow_client, b"GET / HTTP/1.1\r\nHost: x\r\nX-A: "))
     assert idle and slow
-    await eventually(lambda: g.listener.limits.open == 0)
+    await wait_until(lambda: g.listener.limits.open == 0, timeout=10.0)
 
 
 # --- the DNS server's TCP side -----------------------------------------------------------------------------------
@@ -281,12 +274,12 @@ async def test_dns_tcp_caps_connections_per_address() -> None:
     await server.start()
     try:
         held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
-        await eventually(lambda: server.tcp_limits.open == 2)
+        await wait_until(lambda: server.tcp_limits.open == 2, timeout=10.0)
         with socket.create_connection(("127.0.0.1", server.port)) as third:
             assert await asyncio.to_thread(closed_by_server, third)
         assert server.tcp_limits.refused == 1
         for s in held:
             s.close()
-        await eventually(lambda: server.tcp_limits.open == 0)
+        await wait_until(lambda: server.tcp_limits.open == 0, timeout=10.0)
     finally:
         await server.stop()

@@ -28,6 +28,7 @@ from controlplane.xds import reconciler as reconciler_module
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.reconciler import Reconciler
 from controlplane.xds.resources import CLUSTER, ENDPOINT
+from tests.unit.waiting import wait_until
 
 from .xds_fixtures import dataplane, mesh
 
@@ -157,12 +158,6 @@ async def test_an_unexpected_error_for_one_proxy_keeps_the_others_and_the_loop_r
     await asyncio.wait_for(cache.wait_for_change(ok, before), 5)
     await asyncio.wait_for(cache.wait_for_change(bad, 0), 5)  # its retry (or the mesh's next rebuild) works
     await wait_until(lambda: bad not in reconciler.node_retries)
-
-
-async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def test_renewals_are_not_starved_by_steady_change_traffic(rig: Any) -> None:

@@ -17,17 +17,12 @@ from controlplane.store.base import AlwaysLeader
 from controlplane.store.memory import MemoryStore
 from controlplane.supervise import RetrySchedule, Supervisor, cancel_and_wait
 from kuma_shared.logs import ErrorLog
+from tests.unit.waiting import wait_until
 
 
 def metric(name: str, task: str) -> float:
     value = REGISTRY.get_sample_value(name, {"task": task})
     return value if value is not None else 0.0
-
-
-async def wait_until(predicate: object, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
-            await asyncio.sleep(0.005)
 
 
 async def test_a_crashing_task_is_logged_restarted_and_reported(caplog: pytest.LogCaptureFixture) -> None:

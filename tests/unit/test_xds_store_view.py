@@ -21,6 +21,7 @@ from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.reconciler import Reconciler
 from controlplane.xds.store_view import ALL_MESHES, StoreView
 from controlplane.xds.topology import build_topology
+from tests.unit.waiting import wait_until
 
 from .xds_fixtures import dataplane, mesh
 
@@ -189,22 +190,17 @@ async def test_the_reconciler_rereads_only_the_dataplane_a_change_names() -> Non
         for i in range(20):
             reconciler.proxy_connected(f"m.dp-{i}")
 
-        async def until(predicate: Any) -> None:
-            async with asyncio.timeout(5):
-                while not predicate():
-                    await asyncio.sleep(0.005)
-
-        await until(lambda: all(cache.get_snapshot(f"m.dp-{i}") is not None for i in range(20)))
+        await wait_until(lambda: all(cache.get_snapshot(f"m.dp-{i}") is not None for i in range(20)))
         listed, fetched = reconciler.view.listed, reconciler.view.fetched
         current = await store.get(DP, "dp-3", "m")
         changed = dataplane("dp-3", "svc", port=10100, service_port=11100, mesh_name="m",
                             outbounds=((20000, "svc"),)).with_meta(version=current.meta.version)
         await store.update(changed)
-        await until(lambda: any(e.port == 10100 for e in reconciler.topologies["m"].endpoints["svc"]))
+        await wait_until(lambda: any(e.port == 10100 for e in reconciler.topologies["m"].endpoints["svc"]))
         assert reconciler.view.listed == listed  # nothing listed again
         assert reconciler.view.fetched == fetched + 1  # only dp-3 re-read
         await store.delete(DP, "dp-5", "m")
-        await until(lambda: "dp-5" not in reconciler.topologies["m"].dataplanes)
+        await wait_until(lambda: "dp-5" not in reconciler.topologies["m"].dataplanes)
         assert reconciler.view.listed == listed
     finally:
         await reconciler.stop()
