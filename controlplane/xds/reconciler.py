@@ -39,6 +39,7 @@ from .generate.ingress import generate_ingress
 from .generate.memo import ResourceMemo
 from .generate.proxy import generate_snapshot
 from .generate.rules import carry_rules
+from .remote_endpoints import RemoteView, remote_view
 from .snapshot import InconsistentSnapshot
 from .store_view import ALL_MESHES, StoreView
 from .topology import MeshTopology, build_topology
@@ -87,6 +88,10 @@ class Reconciler:
         self.last_paths: dict[str, str] = {}
         self.patched = 0  # proxies patched since the start (tests)
         self.ingress_nodes: set[str] = set()  # connected zone ingresses (their config spans every mesh)
+        # Another zone's ZoneIngress changed: only the meshes whose remote endpoints are no longer what their
+        # topology was built from are rebuilt (checked at the next pass), not every mesh.
+        self._ingresses_changed = False
+        self._built_from: dict[str, RemoteView] = {}  # mesh -> the remote endpoints its topology holds
         self.ingress_memo = ResourceMemo()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -178,7 +183,7 @@ class Reconciler:
                 # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
                 self._dirty_nodes.update(self.ingress_nodes)
                 if ingress_node_id(event.name) not in self.ingress_nodes:
-                    self._dirty.update(self.topologies)
+                    self._ingresses_changed = True
             elif event.type in _RELEVANT or event.type in policy_types:
                 self._dirty.add(event.mesh)
             else:
@@ -187,7 +192,7 @@ class Reconciler:
 
     def pending(self) -> bool:
         """Whether a change waits for the next pass (gc_pacing defers its long collections then)."""
-        return self._wake.is_set() or bool(self._dirty or self._dirty_nodes)
+        return self._wake.is_set() or self._ingresses_changed or bool(self._dirty or self._dirty_nodes)
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -210,6 +215,9 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         """One pass: rebuild dirty meshes, then dirty proxies (renewals and retries that are due included).
         An error in one mesh or proxy is logged, scheduled for a retry with back-off, and the others go on."""
+        if self._ingresses_changed:
+            self._ingresses_changed = False
+            self._dirty.update(await self._meshes_with_other_remote_endpoints())
         now = time.monotonic()
         retried = self.mesh_retries.due(now)
         self._dirty.update(retried)
@@ -226,6 +234,13 @@ class Reconciler:
         finally:
             if meshes or nodes:
                 self.last_pass_at = time.monotonic()
+
+    async def _meshes_with_other_remote_endpoints(self) -> set[str]:
+        """The meshes whose remote endpoints (what other zones' ingresses offer in them) are no longer those
+        their topology was built from."""
+        ingresses = await self.view.list(ZONE_INGRESS, ALL_MESHES)
+        return {mesh for mesh in self.topologies
+                if self._built_from.get(mesh) != remote_view(mesh, self.zone or None, ingresses)}
 
     async def _reconcile(self, meshes: set[str], nodes: set[str], everything: set[str]) -> None:
         for mesh in sorted(meshes):
@@ -287,6 +302,7 @@ class Reconciler:
             return None
         dataplanes = await self.view.list(dp_type, mesh_name)
         ingresses = await self.view.list(ZONE_INGRESS, ALL_MESHES)
+        built_from = remote_view(mesh_name, self.zone or None, ingresses)
         policies: dict[str, list[Resource]] = {}
         for rtype in REGISTRY.all():
             if rtype.is_policy:
@@ -298,8 +314,10 @@ class Reconciler:
         ca = await self.ca.get_ca(mesh)
         bundle = ca.trust_bundle_pem if ca else None
         self._generation += 1
-        return build_topology(mesh, dataplanes, policies, self._generation, bundle, zone=self.zone,
-                              ingresses=ingresses, previous=self.topologies.get(mesh_name))
+        topology = build_topology(mesh, dataplanes, policies, self._generation, bundle, zone=self.zone,
+                                  ingresses=ingresses, previous=self.topologies.get(mesh_name))
+        self._built_from[mesh_name] = built_from
+        return topology
 
     async def _rebuild_mesh_guarded(self, mesh_name: str, *, everything: bool = False,
                                     regenerate: set[str] | frozenset[str] = frozenset()) -> None:
@@ -328,6 +346,7 @@ class Reconciler:
         if topo is None:
             self.topologies.pop(mesh_name, None)
             self.memos.pop(mesh_name, None)
+            self._built_from.pop(mesh_name, None)
             return
         if old is not None:
             carry_rules(old, topo)  # same policies (an endpoint change): their matching is not done again

@@ -67,3 +67,14 @@ def remote_services(mesh: str, local_zone: str | None, ingresses: Iterable[Resou
             if svc.mesh == mesh and svc.instances > 0 and not svc.external_service:
                 out[svc.tags[SERVICE_TAG]].add(address, port, zone, svc)
     return dict(out)
+
+
+RemoteView = dict[str, tuple[tuple[tuple[str, int, str, int, tuple[tuple[str, str], ...]], ...], tuple[str, ...],
+                             tuple[int, ...]]]
+
+
+def remote_view(mesh: str, local_zone: str | None, ingresses: Iterable[Resource]) -> RemoteView:
+    """Everything a mesh's topology takes from the ZoneIngresses (`remote_services`), in a form that compares:
+    when it is the same as before an ingress changed, the mesh's config cannot have changed either."""
+    return {service: (tuple(remote.endpoints), tuple(sorted(remote.protocols)), tuple(sorted(remote.ports)))
+            for service, remote in remote_services(mesh, local_zone, ingresses).items()}

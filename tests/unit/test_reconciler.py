@@ -5,6 +5,7 @@ by change traffic, and the resource memo holds only what current configs use."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -282,5 +283,87 @@ async def test_a_change_after_a_quiet_spell_waits_first_debounce_and_one_in_a_bu
             await real_sleep(0.01)
         assert waits == [0.25, 5.0, 0.25]
     finally:
+        await reconciler.stop()
+        await store.close()
+
+
+async def test_another_zones_ingress_rebuilds_only_the_meshes_whose_remote_endpoints_it_changes() -> None:
+    """A ZoneIngress of another zone is a remote endpoint of the services it offers, in their meshes: its change
+    rebuilds those meshes, and no other (before, every mesh of the zone was rebuilt for any of them). The store's
+    events are handed to the reconciler one by one here, and each pass is run by the test."""
+    from controlplane.resources.zone import ZONE_INGRESS
+    from controlplane.store.base import ChangeEvent
+    from tests.unit.test_crosszone_xds import ingress
+
+    def offer(mesh_name: str, service: str, instances: int) -> dict[str, Any]:
+        return {"mesh": mesh_name, "instances": instances, "tags": {"kuma.io/service": service}}
+
+    store = MemoryStore()
+    await store.start()
+    reconciler = Reconciler(store, SnapshotCache(), CaManager(store), debounce=0.001, zone="zone-1")
+    rebuilt: list[str] = []
+    rebuild = reconciler._rebuild_mesh
+
+    async def counting(mesh_name: str, **kwargs: Any) -> None:
+        rebuilt.append(mesh_name)
+        await rebuild(mesh_name, **kwargs)
+
+    reconciler._rebuild_mesh = counting  # type: ignore[method-assign]
+    events: asyncio.Queue[ChangeEvent] = asyncio.Queue()
+    consumer = asyncio.create_task(reconciler._consume(events, set()))
+
+    def remote_ports(mesh_name: str, service: str) -> set[int]:
+        return {e.port for e in reconciler.topologies[mesh_name].endpoints.get(service, ())}
+
+    async def change(resource: Resource | None, name: str = "") -> list[str]:
+        """Store the ingress (None: delete `name`), hand its event over, run one pass: the meshes rebuilt."""
+        name = resource.meta.name if resource is not None else name
+        try:
+            current = await store.get(ZONE_INGRESS, name)
+        except Exception:
+            assert resource is not None
+            stored = await store.create(resource)
+            op = "create"
+        else:
+            if resource is None:
+                await store.delete(ZONE_INGRESS, name)
+                stored, op = current, "delete"
+            else:
+                stored, op = await store.update(resource.with_meta(version=current.meta.version)), "update"
+        rebuilt.clear()
+        await events.put(ChangeEvent(op, ZONE_INGRESS.name, "", name, stored.meta.version))  # type: ignore[arg-type]
+        await wait_until(lambda: events.empty() and reconciler.pending())
+        await reconciler.reconcile_once()
+        return list(rebuilt)
+
+    try:
+        for name in ("a", "b"):
+            await store.create(mesh(name, mtls="STRICT"))
+            await add_dp(store, name, f"caller-{name}", f"caller-{name}", 10001,
+                         outbounds=((20001, "billing"), (20002, "invoices")))
+            connect(reconciler, name, f"caller-{name}")
+        await wait_until(reconciler.pending)  # the consumer's start: every mesh looked at again
+        await reconciler.reconcile_once()
+        assert {"a", "b"} <= reconciler.topologies.keys()
+        # billing in mesh a only: a is rebuilt with the remote endpoint, b is not.
+        assert await change(ingress("z2", "zone-2", [offer("a", "billing", 1)], advertised=None, port=30001)) == ["a"]
+        assert remote_ports("a", "billing") == {30001}
+        # What no mesh here takes anything from: zone-1's own ingress (local traffic goes direct), a mesh this
+        # zone does not have.
+        assert await change(ingress("z1", "zone-1", [offer("a", "billing", 3), offer("b", "invoices", 2)])) == []
+        assert await change(ingress("z3", "zone-3", [offer("elsewhere", "billing", 4)])) == []
+        # invoices in mesh b, then more instances behind z2 (its weight): one mesh each time.
+        assert await change(ingress("z2-b", "zone-2", [offer("b", "invoices", 2)], advertised=None,
+                                    port=30004)) == ["b"]
+        assert remote_ports("b", "invoices") == {30004}
+        assert await change(ingress("z2", "zone-2", [offer("a", "billing", 5)], advertised=None, port=30001)) == ["a"]
+        assert [e.weight for e in reconciler.topologies["a"].endpoints["billing"]] == [5]
+        # The ingress goes: mesh a loses its remote endpoint.
+        assert await change(None, "z2") == ["a"]
+        assert remote_ports("a", "billing") == set()
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
         await reconciler.stop()
         await store.close()
