@@ -180,7 +180,8 @@ class Reconciler:
                 self._dirty.add(event.name)
             elif event.type == INGRESS:
                 # Ours (connected here): its own config; its availableServices follow our dataplanes, whose
-                # events rebuilt the meshes already. Another zone's: remote endpoints of every mesh.
+                # events rebuilt the meshes already. Any other: remote endpoints of the meshes it offers services
+                # in, which the next pass finds (_meshes_with_other_remote_endpoints).
                 self._dirty_nodes.update(self.ingress_nodes)
                 if ingress_node_id(event.name) not in self.ingress_nodes:
                     self._ingresses_changed = True
