@@ -157,13 +157,9 @@ def check_inputs(cfg: DpConfig) -> Inputs:
 
 async def envoy_version_of(binary: Path, env: Mapping[str, str], timeout: float = 30.0) -> str:
     """The binary's version: remembered (agent/envoy/version_cache.py), else `binary --version`, from the run
-    kuma-dp pre-started when it was for this binary."""
+    kuma-dp pre-started when it was for this binary (prestart starts one only when the cache had no answer)."""
     started = prestart.take_version(str(binary))
-    known = version_cache.lookup(str(binary), env)
-    if known is not None:
-        if started is not None:
-            started.kill()
-            started.wait()
+    if started is None and (known := version_cache.lookup(str(binary), env)) is not None:
         return known
     version = await _ask_version(binary, started or prestart.start_version(str(binary)), timeout)
     version_cache.remember(str(binary), version, env)

@@ -160,7 +160,7 @@ class Install:
     interpreter of the same set-up (for the import timings)."""
 
     def __init__(self, tree: Path, work: Path, mode: str) -> None:
-        self.tree, self.mode = tree, mode
+        self.tree = tree
         if mode == "source":
             self.command = [sys.executable, "-m", "agent.cli"]
             self.python = [sys.executable]

@@ -231,7 +231,6 @@ async def test_a_failed_write_is_written_again_at_the_next_flush() -> None:
 async def test_the_flusher_keeps_counters_for_its_status_pace() -> None:
     """The loop itself: a flush that an urgent change wakes (a NACK) writes that insight, not the counters other
     insights gathered meanwhile; those go at the status flush."""
-
     store = await _store("default")
     rec = InsightsRecorder(store, "a", interval=0.01, status_interval=3600, heartbeat=3600)
     await rec.start()
@@ -250,7 +249,6 @@ async def test_the_flusher_keeps_counters_for_its_status_pace() -> None:
 
 async def test_the_flusher_writes_counters_on_its_status_pace() -> None:
     """Counters reach the store with no urgent change at all: the status flush."""
-
     store = await _store("default")
     rec = InsightsRecorder(store, "a", interval=0.01, status_interval=0.05, heartbeat=3600)
     await rec.start()
