@@ -1,9 +1,8 @@
 """kuma-dp's side of the bootstrap call: ask the zone control plane's dp-server for this dataplane's Envoy
 bootstrap (`/kuma.vm.dp.v1.Bootstrap/Get`, JSON over gRPC on the dp-server port, TLS verified with the CA).
 
-grpcio is imported only when a call is made (kuma-dp makes it on its one channel, agent/cp_channel.py, once
-its bootstrap worker has validated the definition), so commands and checks that never call the control plane
-do not load it."""
+The call is made without grpcio (agent/grpc_unary.py), so that nothing of grpcio loads before Envoy is
+spawned; `BootstrapError` is also what kuma-dp's grpcio streams (MeshMetric follow, VIP watch) raise."""
 
 from __future__ import annotations
 
@@ -11,10 +10,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.cp_channel import CpAddress, CpChannel
+import agent
+from agent.cp_channel import CpAddress
 
 if TYPE_CHECKING:
-    import grpc
+    import grpc.aio
 
 __all__ = ["METHOD", "BootstrapError", "CpAddress", "fetch_bootstrap", "read_ca"]  # CpAddress: kept importable here
 
@@ -22,43 +22,42 @@ METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
 
 
 class BootstrapError(Exception):
-    """The control plane refused (or could not be reached); `code` is the gRPC status, `retryable` says
-    whether trying again later can help (unreachable / unavailable) or the operator must fix something."""
+    """The control plane refused (or could not be reached); `code` is the gRPC status by name (e.g.
+    "UNAUTHENTICATED"), `retryable` says whether trying again later can help (unreachable / unavailable) or
+    the operator must fix something."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
+    @classmethod
+    def of(cls, e: grpc.aio.AioRpcError) -> BootstrapError:
+        """A failed grpcio call (kuma-dp's streams) as the same error."""
+        return cls(e.code().name, e.details() or e.code().name)
+
     @property
     def retryable(self) -> bool:
-        import grpc
-
-        return self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        return self.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
-                          timeout: float = 10.0, channel: CpChannel | None = None) -> dict[str, Any]:
-    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}. On `channel` when
-    given (kuma-dp's shared one, dropped after a connection failure), else on a channel of its own."""
-    import grpc
-    import grpc.aio
+                          timeout: float = 10.0) -> dict[str, Any]:
+    """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}, on a connection of
+    its own (agent/grpc_unary.py: no grpcio on the way to Envoy's spawn)."""
+    from agent import grpc_unary
 
     body = json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
-    own = channel is None
-    shared = CpChannel(cp, ca_pem) if channel is None else channel
     try:
-        raw = await shared.get().unary_unary(METHOD)(body, timeout=timeout)  # bytes in, bytes out
-    except grpc.aio.AioRpcError as e:
-        error = BootstrapError(e.code(), e.details() or str(e.code()))
-        if error.retryable:
-            await shared.reset()
-        raise error from None
-    finally:
-        if own:
-            await shared.close()
-    answer = json.loads(raw)
-    if not isinstance(answer, dict) or "bootstrap" not in answer:
-        raise BootstrapError(grpc.StatusCode.INTERNAL, "the control plane's answer has no bootstrap in it")
+        raw = await grpc_unary.call_async(cp.host, cp.port, ca_pem, METHOD, body, timeout=timeout,
+                                          user_agent=f"kuma-dp/{agent.version()}")
+    except grpc_unary.UnaryError as e:
+        raise BootstrapError(e.status, e.message) from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or not isinstance(answer.get("bootstrap"), dict):
+        raise BootstrapError("INTERNAL", "the control plane's answer has no bootstrap in it")
     return answer
 
 

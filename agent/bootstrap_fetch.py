@@ -1,7 +1,8 @@
-"""The bootstrap call, from kuma-dp itself: ask the control plane for the Envoy bootstrap on kuma-dp's one
-channel (agent/cp_channel.py), retrying with backoff while it is unreachable, and turn every failure into a
-sentence that says what is wrong and how to fix it (a refusal: token, CA, Dataplane; or the reason it cannot
-be reached, told apart by a plain TCP connect and a TLS handshake of our own).
+"""The bootstrap call, from kuma-dp itself: ask the control plane for the Envoy bootstrap
+(agent/bootstrap_client.py, on a connection of its own, without grpcio), retrying with backoff while it is
+unreachable, and turn every failure into a sentence that says what is wrong and how to fix it (a refusal:
+token, CA, Dataplane; or the reason it cannot be reached, told apart by a plain TCP connect and a TLS
+handshake of our own).
 
 It runs alongside the bootstrap worker's validation of the definition, not after it (agent/run.py): the
 bootstrap RPC has no side effects (controlplane/xds/bootstrap_service.py only authenticates, validates the
@@ -22,7 +23,6 @@ from typing import Any
 from agent.bootstrap import BootstrapFailed
 from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap
 from agent.config import EXIT_FAILURE, RETRY_BACKOFF_CAP
-from agent.cp_channel import CpChannel
 
 FETCH_TIMEOUT = 5.0
 FATAL_TLS = ("tls-verify", "tls-hostname", "tls")
@@ -68,7 +68,7 @@ def _reason(e: OSError) -> str:
 
 def refusal(e: BootstrapError, request: dict[str, Any]) -> str:
     mesh, name = request.get("mesh"), request.get("name")
-    code = e.code.name if hasattr(e.code, "name") else str(e.code)
+    code = e.code
     if request.get("proxyType") == "ingress":  # a zone token, and the control plane's message says which
         if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
             return (f"the control plane refused the zone ingress token ({e.message}); pass the token with "
@@ -94,11 +94,10 @@ class Retry:
     max_duration: float  # KUMA_CONTROL_PLANE_RETRY_MAX_DURATION: give up (exit 1) after that long
 
 
-async def fetch_with_retries(channel: CpChannel, ca_source: str, request: dict[str, Any], retry: Retry,
+async def fetch_with_retries(cp: CpAddress, ca_pem: bytes, ca_source: str, request: dict[str, Any], retry: Retry,
                              on_status: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """The control plane's answer; `on_status({"status", "retryIn", "attempt", "kind"})` before each wait;
     BootstrapFailed (exit 1) for a refusal, a TLS problem, or an unreachable control plane past the deadline."""
-    cp, ca_pem = channel.cp, channel.ca_pem
     delay = retry.backoff
     deadline = time.monotonic() + retry.max_duration
     started = time.monotonic()
@@ -106,10 +105,10 @@ async def fetch_with_retries(channel: CpChannel, ca_source: str, request: dict[s
     while True:
         attempt += 1
         try:
-            return await fetch_bootstrap(cp, ca_pem, request, timeout=FETCH_TIMEOUT, channel=channel)
+            return await fetch_bootstrap(cp, ca_pem, request, timeout=FETCH_TIMEOUT)
         except BootstrapError as e:
             if not e.retryable:
-                raise BootstrapFailed(refusal(e, request), EXIT_FAILURE, e.code.name) from None
+                raise BootstrapFailed(refusal(e, request), EXIT_FAILURE, e.code) from None
             kind, text = await diagnose(cp, ca_pem, ca_source)
             if kind in FATAL_TLS:
                 raise BootstrapFailed(text, EXIT_FAILURE, kind) from None

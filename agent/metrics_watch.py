@@ -58,7 +58,7 @@ async def get_config(cp: str, ca_pem: bytes, mesh: str, name: str, token: str, v
     try:
         raw = await shared.get().unary_unary(METHOD)(request, timeout=CALL_TIMEOUT)
     except grpc.aio.AioRpcError as e:
-        error = BootstrapError(e.code(), e.details() or str(e.code()))
+        error = BootstrapError.of(e)
         if error.retryable:  # a connection problem: the next call opens a fresh channel
             await shared.reset()
         raise error from None

@@ -203,7 +203,7 @@ class Agent:
     readiness_address: str = ""
     dns: HostDns | None = None  # DNS: the host's .mesh stub, with --dns-enabled
     access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
-    cp_channel: CpChannel | None = None  # the bootstrap call and the MeshMetric follow share it
+    cp_channel: CpChannel | None = None  # the MeshMetric follow's grpcio channel (connected after the spawn)
     validation: asyncio.Task[None] | None = None  # the bootstrap worker's verdict on the definition
     # Set when Envoy first connects to the control plane (its xDS stream registers the Dataplane).
     registered: asyncio.Event = field(default_factory=asyncio.Event)
@@ -353,9 +353,6 @@ class Agent:
             self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
         admin_port = self.choose_admin_port(key, d)
         self.admin = AdminClient("127.0.0.1", admin_port)
-        # grpcio and kuma-dp's version load now, while `envoy --version` and the worker still run (the
-        # channel connects on the bootstrap call).
-        self.cp_channel.get()
         kuma_dp_version = agent.__version__
         try:
             envoy_ver = await envoy_version_of(inputs.binary, self.env)
@@ -384,14 +381,14 @@ class Agent:
         retries at once (exit 2, the worker's message); a refusal waits for a pending verdict, and an invalid
         one wins over it (it names every bad field); an answer is returned at once."""
         cfg, channel = self.cfg, self.cp_channel
-        assert channel is not None
+        assert channel is not None  # its address and CA; the call goes on a connection of its own
 
         def on_status(message: dict[str, Any]) -> None:
             self.metrics.bootstrap_attempts.inc()
             self.status(message["status"], logging.WARNING)
             self.notifier.extend_timeout(float(message.get("retryIn", 0)) + 15.0)
 
-        fetch = asyncio.create_task(fetch_with_retries(channel, ca_source, request,
+        fetch = asyncio.create_task(fetch_with_retries(channel.cp, channel.ca_pem, ca_source, request,
                                                        Retry(cfg.retry_backoff, cfg.retry_max_duration), on_status))
         stop = asyncio.create_task(self.stop_requested.wait())
         try:

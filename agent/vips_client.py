@@ -28,7 +28,7 @@ async def watch_vips(cp: CpAddress, ca_pem: bytes, mesh: str, token: str, versio
             async for raw in call:
                 yield json.loads(raw)
         except grpc.aio.AioRpcError as e:
-            raise BootstrapError(e.code(), e.details() or str(e.code())) from None
+            raise BootstrapError.of(e) from None
 
 
 async def report_host_dns(cp: CpAddress, ca_pem: bytes, mesh: str, name: str, token: str,
@@ -41,4 +41,4 @@ async def report_host_dns(cp: CpAddress, ca_pem: bytes, mesh: str, name: str, to
         try:
             await channel.unary_unary(REPORT_METHOD)(request, timeout=REPORT_TIMEOUT)
         except grpc.aio.AioRpcError as e:
-            raise BootstrapError(e.code(), e.details() or str(e.code())) from None
+            raise BootstrapError.of(e) from None

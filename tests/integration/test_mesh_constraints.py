@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import grpc
 import pytest
 
 from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap
@@ -63,7 +62,7 @@ def test_bootstrap_refuses_a_dataplane_the_mesh_does_not_allow(api: Callable[...
     cp = CpAddress("127.0.0.1", cp_process.ports["KUMA_DP_SERVER_PORT"])
     with pytest.raises(BootstrapError) as e:
         asyncio.run(fetch_bootstrap(cp, cp_process.ca_file.read_bytes(), request))
-    assert e.value.code == grpc.StatusCode.PERMISSION_DENIED and "requirements" in e.value.message
+    assert e.value.code == "PERMISSION_DENIED" and "requirements" in e.value.message
     request["dataplane"] = dataplane("web-2", {"kuma.io/service": "web", "team": "a"})
     answer = asyncio.run(fetch_bootstrap(cp, cp_process.ca_file.read_bytes(), request))
     assert answer["bootstrap"]

@@ -34,6 +34,8 @@ NOT_BEFORE_SPAWN = {
     "agent.vips_client": "the VIP watch runs in the DNS worker, not in kuma-dp",
     "click": "plain `kuma-dp run` flags are parsed without it (agent/run_flags.py); errors and --help use it",
     "importlib.metadata": "kuma-dp's version is read from its metadata file (agent.version(), ~20 ms less)",
+    "grpc": "its Cython core costs ~50 ms: the bootstrap call goes without it (agent/grpc_unary.py); kuma-dp's "
+            "streams load it once Envoy is spawned",
 }
 
 _SCRIPT = textwrap.dedent("""
@@ -41,6 +43,7 @@ _SCRIPT = textwrap.dedent("""
     from agent import cli  # the console script's module, as kuma-dp starts
     from agent import run_flags  # `kuma-dp run` with plain flags: no click
     import agent.run
+    import agent.bootstrap_fetch, agent.grpc_unary  # the bootstrap call's modules
     from agent.config import resolve
 
     dp_file, token_file, ca_file = sys.argv[1:4]
