@@ -16,6 +16,7 @@ import logging
 import os
 from pathlib import Path
 
+from agent import access_log_pipe
 from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma-dp.access-logs")
@@ -70,14 +71,12 @@ class AccessLogStreamer:
         self._senders: dict[str, _Sender] = {}
         self._inode: int | None = None
 
-    def start(self) -> None:
-        """Create the pipe (replacing a stale one) and start reading it. Opened read-write, so it neither blocks
-        waiting for Envoy nor reads end-of-file whenever Envoy reopens it."""
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        os.mkfifo(self.path, 0o600)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
-        self._inode = os.fstat(self._fd).st_ino
+    def start(self, pipe: access_log_pipe.Pipe | None = None) -> None:
+        """Start reading the pipe: `pipe` when kuma-dp created it already (before Envoy's spawn), else a new one
+        (agent/access_log_pipe.py)."""
+        if pipe is None:
+            pipe = access_log_pipe.create(self.path)
+        self._fd, self._inode = pipe.fd, pipe.inode
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
         log.info("access log pipe ready", extra={"path": str(self.path)})
 

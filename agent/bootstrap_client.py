@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = ["METHOD", "BootstrapError", "CpAddress", "fetch_bootstrap", "read_ca"]  # CpAddress: kept importable here
 
 METHOD = "/kuma.vm.dp.v1.Bootstrap/Get"
+FETCH_TIMEOUT = 5.0  # one attempt; kuma-dp's retries are agent/bootstrap_fetch.py's
 
 
 class BootstrapError(Exception):
@@ -41,17 +42,37 @@ class BootstrapError(Exception):
 
 
 async def fetch_bootstrap(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
-                          timeout: float = 10.0) -> dict[str, Any]:
+                          timeout: float = FETCH_TIMEOUT) -> dict[str, Any]:
     """The control plane's answer: {"nodeId": ..., "bootstrap": {...Envoy bootstrap...}}, on a connection of
     its own (agent/grpc_unary.py: no grpcio on the way to Envoy's spawn)."""
     from agent import grpc_unary
 
-    body = json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
     try:
-        raw = await grpc_unary.call_async(cp.host, cp.port, ca_pem, METHOD, body, timeout=timeout,
+        raw = await grpc_unary.call_async(cp.host, cp.port, ca_pem, METHOD, _body(cp, request), timeout=timeout,
                                           user_agent=f"kuma-dp/{agent.version()}")
     except grpc_unary.UnaryError as e:
         raise BootstrapError(e.status, e.message) from None
+    return _answer(raw)
+
+
+def fetch_bootstrap_blocking(cp: CpAddress, ca_pem: bytes, request: dict[str, Any], *,
+                             timeout: float = FETCH_TIMEOUT) -> dict[str, Any]:
+    """`fetch_bootstrap` on a blocking socket, for kuma-dp's head start (agent/head_start.py: no event loop yet)."""
+    from agent import grpc_unary
+
+    try:
+        raw = grpc_unary.call(cp.host, cp.port, ca_pem, METHOD, _body(cp, request), timeout=timeout,
+                              user_agent=f"kuma-dp/{agent.version()}")
+    except grpc_unary.UnaryError as e:
+        raise BootstrapError(e.status, e.message) from None
+    return _answer(raw)
+
+
+def _body(cp: CpAddress, request: dict[str, Any]) -> bytes:
+    return json.dumps({**request, "cpHost": cp.host, "cpPort": cp.port}).encode()
+
+
+def _answer(raw: bytes) -> dict[str, Any]:
     try:
         answer = json.loads(raw)
     except ValueError:

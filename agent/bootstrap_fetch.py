@@ -21,18 +21,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.bootstrap import BootstrapFailed
-from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap
+from agent.bootstrap_client import FETCH_TIMEOUT, BootstrapError, CpAddress, fetch_bootstrap
 from agent.config import EXIT_FAILURE, RETRY_BACKOFF_CAP
 
-FETCH_TIMEOUT = 5.0
 FATAL_TLS = ("tls-verify", "tls-hostname", "tls")
 
 
 async def diagnose(cp: CpAddress, ca_pem: bytes, ca_source: str) -> tuple[str, str]:
     """Why the control plane is unavailable: ("unreachable" | "tls-verify" | "tls-hostname" | "tls" |
-    "other", a sentence). A plain TCP connect tells "cannot connect" from "connected, handshake failed"."""
+    "other", a sentence). A plain TCP connect tells "cannot connect" from "connected, handshake failed".
+
+    Timed with asyncio.timeout, not wait_for: Python 3.11's wait_for returns the inner result when a
+    cancellation arrives as the inner call ends (a refused connect ends at once), swallowing the cancellation;
+    kuma-dp cancels these retries when the worker's verdict or a stop comes, and then waits for them to end."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(cp.host, cp.port), 3.0)
+        async with asyncio.timeout(3.0):
+            _, writer = await asyncio.open_connection(cp.host, cp.port)
     except (TimeoutError, OSError) as e:
         reason = "timed out" if isinstance(e, TimeoutError) else _reason(e)
         return "unreachable", f"cannot connect to the control plane at {cp.target}: {reason}"
@@ -40,8 +44,8 @@ async def diagnose(cp: CpAddress, ca_pem: bytes, ca_source: str) -> tuple[str, s
     ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
     ctx.set_alpn_protocols(["h2"])
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(cp.host, cp.port, ssl=ctx, server_hostname=cp.host), 5.0)
+        async with asyncio.timeout(5.0):
+            _, writer = await asyncio.open_connection(cp.host, cp.port, ssl=ctx, server_hostname=cp.host)
         writer.close()
     except ssl.SSLCertVerificationError as e:
         if e.verify_code == 62 or "hostname" in str(e.verify_message).lower() or "IP address" in str(e):

@@ -19,19 +19,22 @@ HEADERS frame of a "trailers-only" answer.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import ssl
 import struct
 import time
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+
+if TYPE_CHECKING:
+    import asyncio
 
 OK = 0
 # grpc/doc/statuscodes.md: the codes kuma-dp tells apart, by number.
@@ -138,7 +141,10 @@ def call(host: str, port: int, ca_pem: bytes, method: str, body: bytes, *, timeo
 
 async def call_async(host: str, port: int, ca_pem: bytes, method: str, body: bytes, *, timeout: float,
                      user_agent: str = "kuma-dp") -> bytes:
-    """`call` on asyncio streams."""
+    """`call` on asyncio streams (asyncio imported here: kuma-dp's head start makes the blocking call before it
+    loads asyncio)."""
+    import asyncio
+
     context = tls_context(ca_pem)
     writer: asyncio.StreamWriter | None = None
     try:

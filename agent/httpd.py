@@ -13,6 +13,8 @@ import socket
 import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
+from agent.ports import listen as listen  # kept importable here: the servers and their sockets go together
+
 log = logging.getLogger("kuma-dp.http")
 
 Handler = Callable[[], Awaitable[tuple[int, str, bytes]]]  # -> (status, content type, body)
@@ -57,18 +59,3 @@ async def serve(sock: socket.socket, routes: dict[str, Handler], *,
                 await writer.wait_closed()
 
     return await asyncio.start_server(handle, sock=sock, ssl=ssl)
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (SO_REUSEADDR), or OSError naming the address."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        s.bind((host, port))
-        s.listen(128)
-    except OSError as e:
-        s.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
-    s.setblocking(False)
-    return s

@@ -71,3 +71,18 @@ def bind_listener(key: str, span: PortRange, host: str = "127.0.0.1") -> socket.
         s.setblocking(False)
         return s
     raise NoFreePort(f"no free port on {host} in {span}: {last}")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (SO_REUSEADDR), or OSError naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind((host, port))
+        s.listen(128)
+    except OSError as e:
+        s.close()
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    s.setblocking(False)
+    return s

@@ -6,7 +6,8 @@ cleanup code can run. The child also re-checks its parent after `prctl`, closing
 dies between fork and prctl. Children get their own process group: a terminal's Ctrl-C reaches only
 kuma-dp, which then drains Envoy in order instead of Envoy dying mid-request.
 
-`Child.wait()` is asynchronous without helper threads: it watches a pidfd (Linux >= 5.3) with the event
+`Child.wait()` is asynchronous without helper threads (asyncio is imported there: kuma-dp spawns Envoy before
+its event loop exists, agent/head_start.py): it watches a pidfd (Linux >= 5.3) with the event
 loop, or polls when pidfds are unavailable. (A thread-free parent matters: forking while another thread
 holds a lock can deadlock the child before exec.)
 
@@ -16,7 +17,6 @@ Note: PDEATHSIG reaches only the direct child. A `--binary-path` wrapper script 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 from agent.pdeathsig import die_with_parent
 
 if TYPE_CHECKING:
+    import asyncio
+
     import psutil
 
 
@@ -51,6 +53,8 @@ class Child:
 
     async def wait(self) -> int:
         """The exit status (negative: killed by that signal), without blocking the event loop."""
+        import asyncio
+
         if self.proc.poll() is not None:
             return self.proc.returncode
         if self._pidfd is None:
@@ -85,6 +89,8 @@ class Child:
 
     async def terminate(self, timeout: float = 5.0) -> int:
         """SIGTERM, then SIGKILL (to the child and every descendant) after `timeout`; returns the status."""
+        import asyncio
+
         if self.proc.poll() is None:
             self.send_signal(signal.SIGTERM)
             try:

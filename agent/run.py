@@ -1,24 +1,24 @@
-"""`kuma-dp run`: the whole life of one dataplane.
+"""`kuma-dp run`: the whole life of one dataplane, from where its head start left off.
 
-1. Local checks, before any call to the control plane: the definition (read, templated, parsed), the token,
-   the CA, the Envoy binary and its version. Bad input exits 2 with a message naming the flag and the fix.
-   The definition's full validation (field by field, with the control plane's model) runs meanwhile in the
-   bootstrap worker (agent/bootstrap_worker.py) and its verdict is off the critical path (see 3 and 4).
-2. The private runtime directory (0700, locked per dataplane), loopback ports that do not collide with other
-   dataplanes on the host, the readiness server (503 until ready).
-3. The bootstrap call, on kuma-dp's one channel to the control plane, as soon as the request is ready: it
-   does not wait for the worker's verdict. That is safe because the bootstrap RPC has no side effects
+1. Before this event loop exists (agent/head_start.py): the local checks (bad input exits 2 with a message
+   naming the flag and the fix), the private runtime directory, the ports, Envoy's version, one bootstrap
+   call and, with its answer, Envoy's spawn. Its failure is raised here, so that it is reported and cleaned
+   up in one place; the signals it saw are replayed here. The bootstrap worker's full validation of the
+   definition (agent/bootstrap_worker.py) runs meanwhile; its verdict is taken here.
+2. The bootstrap call, when the head start's one did not succeed, on this loop: it does not wait for the
+   worker's verdict. That is safe because the bootstrap RPC has no side effects
    (controlplane/xds/bootstrap_service.py only authenticates, validates the definition with the same model
    and renders; the Dataplane is registered later, on Envoy's xDS stream), and the control plane refuses an
    invalid definition itself. Retried with backoff and a `STATUS=` line while the control plane is
    unreachable; a refusal (token, CA, Dataplane) exits 1 with the control plane's reason, unless the worker
    finds the definition invalid: then its field-by-field message wins (exit 2), as does a verdict of
    "invalid" that arrives while the control plane is unreachable (no endless retries for a bad file).
-4. Envoy, supervised (agent/supervisor.py), spawned once the bootstrap answer is in, verdict or not.
+3. Envoy, supervised (agent/supervisor.py): the head start's, adopted, or spawned here once the bootstrap
+   answer is in (and the DNS stub started, with --dns-enabled), verdict or not.
    `READY=1` (and 200 on /ready) once it is live with its listeners initialised *and* the worker found the
    definition valid; an invalid verdict stops Envoy before it was ever reported ready and exits 2.
    Watchdog pings; status lines as the control plane connection comes and goes.
-5. SIGTERM / SIGINT: readiness fails, Envoy drains its inbound listeners for `--drain-time`, then Envoy and
+4. SIGTERM / SIGINT: readiness fails, Envoy drains its inbound listeners for `--drain-time`, then Envoy and
    kuma-dp exit 0. A second signal stops Envoy at once (exit 128+signal).
 """
 
@@ -26,37 +26,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
-import ssl
-import subprocess
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import agent
-from agent import dataplane, ports, prestart, rundir
+from agent import prestart, rundir
 from agent.access_logs import AccessLogStreamer
 from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
-from agent.bootstrap_client import CpAddress
 from agent.bootstrap_fetch import Retry, fetch_with_retries
-from agent.config import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, DpConfig
+from agent.config import EXIT_FAILURE, EXIT_OK, DpConfig
 from agent.cp_channel import CpChannel
-from agent.envoy import version_cache
 from agent.envoy.admin import AdminClient, AdminError
-from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
-from agent.httpd import listen, serve
+from agent.head_start import (
+    STOP_SIGNALS,
+    Fatal,
+    HeadStart,
+    Inputs,
+    claim_admin_port,
+    create_access_log_pipe,
+    envoy_options,
+    envoy_started_status,
+    kill_stale_envoy,
+    write_bootstrap,
+)
+from agent.httpd import serve
 from agent.metrics import CONTENT_TYPE, DpMetrics
 from agent.metrics_watch import MeshMetricServer
 from agent.notify import Notifier, child_environment
-from agent.proc import Child, adopt, process_is
+from agent.proc import Child
 from agent.readiness import DpState, Monitor, envoy_hung
-from agent.supervisor import EnvoyFailure, EnvoyOptions, Supervisor, describe_exit
-from kuma_shared.access_logs import access_log_pipe
+from agent.supervisor import EnvoyFailure, Supervisor, describe_exit
 
 if TYPE_CHECKING:
     from agent.dns.component import HostDns  # DNS (agent/dns): imported only when --dns-enabled
@@ -64,130 +66,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("kuma-dp.run")
 
 
-class Fatal(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.message, self.exit_code = message, exit_code
-
-
-@dataclass
-class Inputs:
-    definition: dataplane.Definition
-    token: str
-    ca_pem: bytes
-    ca_source: str
-    binary: Path
-    cp: CpAddress
-
-
-def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
-    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if definition.proxy_type == "ingress"
-               else f"kumactl generate dataplane-token --mesh {definition.mesh} --name {definition.name}")
-    fix = f"generate one with: {command} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE"
-    if cfg.token:
-        return cfg.token.strip()
-    if not cfg.token_file:
-        raise Fatal(f"no dataplane token: {fix}", EXIT_USAGE)
-    path = cfg.token_file
-    try:
-        token = Path(path).read_text().strip()
-    except FileNotFoundError:
-        raise Fatal(f"--dataplane-token-file {path}: no such file; {fix}", EXIT_USAGE) from None
-    except PermissionError:
-        raise Fatal(f"--dataplane-token-file {path}: permission denied (kuma-dp runs as uid {os.getuid()})",
-                    EXIT_USAGE) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise Fatal(f"--dataplane-token-file {path}: cannot read it: {getattr(e, 'strerror', None) or e}",
-                    EXIT_USAGE) from None
-    if not token:
-        raise Fatal(f"--dataplane-token-file {path} is empty; {fix}", EXIT_USAGE)
-    return token
-
-
-def read_ca(cfg: DpConfig) -> tuple[bytes, str]:
-    if cfg.ca_cert:
-        pem, source = cfg.ca_cert.encode(), "$KUMA_CONTROL_PLANE_CA_CERT"
-    elif cfg.ca_cert_file:
-        source = f"--ca-cert-file {cfg.ca_cert_file}"
-        try:
-            pem = Path(cfg.ca_cert_file).read_bytes()
-        except FileNotFoundError:
-            raise Fatal(f"{source}: no such file (it is the control plane's <workDir>/tls/ca.crt)",
-                        EXIT_USAGE) from None
-        except PermissionError:
-            raise Fatal(f"{source}: permission denied (kuma-dp runs as uid {os.getuid()})", EXIT_USAGE) from None
-        except OSError as e:
-            raise Fatal(f"{source}: cannot read it: {e.strerror or e}", EXIT_USAGE) from None
-    else:
-        raise Fatal("no CA certificate for the control plane: pass --ca-cert-file with the control plane's "
-                    "<workDir>/tls/ca.crt (the dp-server speaks TLS only)", EXIT_USAGE)
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise Fatal(f"{source}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)", EXIT_USAGE)
-    try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
-    except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
-        raise Fatal(f"{source}: not a usable CA certificate: {e}", EXIT_USAGE) from None
-    return pem, source
-
-
-def check_inputs(cfg: DpConfig) -> Inputs:
-    """Everything that can be checked without the control plane (the definition's full validation follows
-    in the worker, still before any call)."""
-    try:
-        cp = CpAddress.parse(cfg.cp_address)
-    except ValueError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    try:
-        definition = dataplane.load(cfg)
-    except dataplane.DefinitionError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    for warning in definition.warnings:
-        log.warning(warning)
-    if definition.proxy_type == "ingress" and cfg.dns_enabled:
-        raise Fatal(f"{definition.source} is a ZoneIngress and DNS is enabled: a zone ingress runs no DNS stub "
-                    "(run it as kuma-dp@NAME, or set KUMA_DNS_ENABLED=false)", EXIT_USAGE)
-    token = read_token(cfg, definition)
-    ca_pem, ca_source = read_ca(cfg)
-    try:
-        binary = find_envoy(cfg.binary_path)
-    except EnvoyBinaryError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    return Inputs(definition, token, ca_pem, ca_source, binary, cp)
-
-
-async def envoy_version_of(binary: Path, env: Mapping[str, str], timeout: float = 30.0) -> str:
-    """The binary's version: remembered (agent/envoy/version_cache.py), else `binary --version`, from the run
-    kuma-dp pre-started when it was for this binary (prestart starts one only when the cache had no answer)."""
-    started = prestart.take_version(str(binary))
-    if started is None and (known := version_cache.lookup(str(binary), env)) is not None:
-        return known
-    version = await _ask_version(binary, started or prestart.start_version(str(binary)), timeout)
-    version_cache.remember(str(binary), version, env)
-    return version
-
-
-async def _ask_version(binary: Path, proc: subprocess.Popen[bytes], timeout: float) -> str:
-    child = adopt(proc)
-    try:
-        code = await asyncio.wait_for(child.wait(), timeout)
-    except TimeoutError:
-        child.kill_tree()
-        raise EnvoyVersionError(f"{binary} --version did not answer within {timeout:g}s") from None
-    finally:
-        child.close()
-    assert proc.stdout is not None
-    output = proc.stdout.read().decode(errors="replace")
-    proc.stdout.close()
-    if code != 0:
-        raise EnvoyVersionError(f"{binary} --version exited with status {code}: {output.strip()[:500]}")
-    return parse_envoy_version(output)
-
-
 @dataclass
 class Agent:
     cfg: DpConfig
     env: dict[str, str]
     notifier: Notifier
+    head: HeadStart  # what kuma-dp did before this loop (agent/head_start.py)
     state: DpState = field(default_factory=DpState)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     urgent: asyncio.Event = field(default_factory=asyncio.Event)
@@ -255,72 +139,36 @@ class Agent:
     async def _metrics(self) -> tuple[int, str, bytes]:
         return 200, CONTENT_TYPE, await self.metrics.merged(self.admin)
 
-    async def start_endpoints(self, key: str) -> None:
-        cfg = self.cfg
-        if cfg.readiness_port != 0:
-            try:
-                sock = (ports.bind_listener(f"readiness:{key}", ports.READINESS_RANGE)
-                        if cfg.readiness_port is None else listen("127.0.0.1", cfg.readiness_port))
-            except (OSError, ports.NoFreePort) as e:
-                raise Fatal(f"--readiness-port: {e}", EXIT_USAGE) from None
-            host, port = sock.getsockname()[:2]
-            self.readiness_address = f"{host}:{port}"
-            self.servers.append(await serve(sock, {"/ready": self._ready, "/metrics": self._metrics}))
-        if cfg.metrics_port:
-            try:
-                sock = listen(cfg.metrics_address, cfg.metrics_port)
-            except OSError as e:
-                raise Fatal(f"--metrics-port: {e}", EXIT_USAGE) from None
-            self.servers.append(await serve(sock, {"/metrics": self._metrics, "/": self._metrics}))
-
-    # --- ports and files ------------------------------------------------------------------------------
-
-    def choose_admin_port(self, key: str, definition: dataplane.Definition) -> int:
-        chosen = self.cfg.admin_port
-        avoid = {int(self.readiness_address.rsplit(":", 1)[1])} if self.readiness_address else set()
-        if chosen is not None and chosen.low == chosen.high:
-            self.admin_port_fixed = True
-            if not ports.is_free(chosen.low):
-                raise Fatal(f"--admin-port {chosen.low} is taken on 127.0.0.1: choose another, or leave it unset "
-                            "(kuma-dp then picks a free one)", EXIT_USAGE)
-            return chosen.low
-        if chosen is None and definition.admin_port is not None:
-            self.admin_port_fixed = True
-            if not ports.is_free(definition.admin_port):
-                raise Fatal(f"networking.admin.port {definition.admin_port} is taken on 127.0.0.1: choose "
-                            "another, or remove it (kuma-dp then picks a free one)", EXIT_USAGE)
-            return definition.admin_port
-        try:
-            return ports.pick(f"admin:{key}", chosen or ports.ADMIN_RANGE, avoid=avoid)
-        except ports.NoFreePort as e:
-            raise Fatal(f"--admin-port: {e}", EXIT_USAGE) from None
-
-    def kill_stale_envoy(self, bootstrap_file: Path) -> None:
-        """An Envoy left by a kuma-dp that died before PR_SET_PDEATHSIG took hold: ours by its bootstrap path."""
-        assert self.runtime is not None
-        try:
-            pid = int(self.runtime.file(rundir.ENVOY_PID).read_text().strip())
-        except (OSError, ValueError):
-            return
-        p = process_is(pid, str(bootstrap_file))
-        if p is not None:
-            log.warning("killing an Envoy left behind by a previous kuma-dp", extra={"pid": pid})
-            with contextlib.suppress(Exception):
-                p.kill()
-                p.wait(5)
+    async def serve_endpoints(self) -> None:
+        """Serve the sockets the head start bound (agent/head_start.py)."""
+        head = self.head
+        if head.readiness is not None:
+            self.readiness_address = head.readiness_address
+            self.servers.append(await serve(head.readiness, {"/ready": self._ready, "/metrics": self._metrics}))
+        if head.metrics is not None:
+            self.servers.append(await serve(head.metrics, {"/metrics": self._metrics, "/": self._metrics}))
 
     # --- the run --------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.install_signals()
-        cfg = self.cfg
-        try:
-            inputs = check_inputs(cfg)
-        except Fatal:
-            await take_worker_if_started()
-            raise
+        head = self.head
+        for sig in head.signals.seen:  # those that came before this loop, in order
+            (self.on_signal if sig in STOP_SIGNALS else self.forward)(sig)
+        self.runtime, self.dns = head.runtime, head.dns  # made so far: cleaned up by close()
+        if head.failure is not None:
+            for sock in (head.readiness, head.metrics):
+                if sock is not None:
+                    sock.close()
+            if head.envoy is not None:  # (not reached: the head start spawns Envoy last)
+                head.envoy.kill_tree()
+            raise head.failure
+        await self.serve_endpoints()
+        if head.inputs is None:  # stopped before its checks were done
+            return self._stopped_exit()
+        inputs, cfg = head.inputs, self.cfg
         d = inputs.definition
-        label = f"dataplane {d.name!r} (mesh {d.mesh})"
+        label = head.label
         self.state.phase = "bootstrapping"
         self.cp_channel = CpChannel(inputs.cp, inputs.ca_pem)
         # The worker validates while kuma-dp prepares the rest (no definition given: nothing to validate).
@@ -333,45 +181,16 @@ class Agent:
             validation.add_done_callback(self._on_verdict)
         # Not awaited on the way to Envoy: it need not wait for the worker's interpreter to shut down.
         self.cleanups.append(asyncio.create_task(retire_worker(worker, validation)))
-        key = f"{d.mesh}/{d.name}"
-        try:
-            runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=self.env)
-            runtime.lock(label)
-        except rundir.RuntimeDirError as e:
-            raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
-        self.runtime = runtime
-        if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
-            from agent.dns.component import DnsError, for_config
-
-            try:
-                self.dns = for_config(cfg, self.env)
-                self.dns.prepare()
-            except DnsError as e:
-                raise Fatal(e.message, e.exit_code) from None
-        await self.start_endpoints(key)
-        if self.readiness_address:
-            self.runtime.write_private(rundir.READINESS, f"{self.readiness_address}\n".encode())
-        admin_port = self.choose_admin_port(key, d)
-        self.admin = AdminClient("127.0.0.1", admin_port)
-        kuma_dp_version = agent.__version__
-        try:
-            envoy_ver = await envoy_version_of(inputs.binary, self.env)
-        except EnvoyBinaryError as e:
-            raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
-        log.info("starting", extra={"version": kuma_dp_version, "dataplane": d.name, "mesh": d.mesh,
-                                    "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {envoy_ver}",
-                                    "runtime_dir": self.runtime.path, "admin": f"127.0.0.1:{admin_port}",
-                                    "readiness": self.readiness_address or "off"})
-        request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": admin_port,
-                   "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
-                   "version": {"kumaDp": kuma_dp_version, "envoy": envoy_ver}}
-        if self.dns is not None:
-            request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
-        self.status(f"requesting the Envoy bootstrap for {label} from {cfg.cp_address}")
-        answer = await self._bootstrap(validation, inputs.ca_source, request)
+        if not head.request:  # stopped before the request was ready
+            return self._stopped_exit()
+        self.admin = AdminClient("127.0.0.1", head.admin_port)
+        self.admin_port_fixed = head.admin_port_fixed
+        answer = head.answer
+        if answer is None:
+            answer = await self._bootstrap(validation, inputs.ca_source, head.request)
         if answer is None:
             return self._stopped_exit()
-        return await self._serve(answer, inputs, envoy_ver, label)
+        return await self._serve(answer, inputs, head.envoy_version, label)
 
     async def _bootstrap(self, validation: asyncio.Task[None] | None, ca_source: str,
                          request: dict[str, Any]) -> dict[str, Any] | None:
@@ -442,33 +261,24 @@ class Agent:
     async def _serve(self, answer: dict[str, Any], inputs: Inputs, envoy_ver: str, label: str) -> int:
         cfg, runtime, admin = self.cfg, self.runtime, self.admin
         assert runtime is not None and admin is not None
+        head, d = self.head, inputs.definition
         bootstrap = answer["bootstrap"]
-        bootstrap_file = runtime.file(rundir.BOOTSTRAP)
-        self.start_access_logs(inputs.definition.name, inputs.definition.mesh)
-        self.kill_stale_envoy(bootstrap_file)
-
-        def write_bootstrap() -> None:
-            bootstrap.setdefault("admin", {}).setdefault("address", {}).setdefault("socket_address", {}).update(
-                {"address": "127.0.0.1", "port_value": admin.port})
-            runtime.write_private(rundir.BOOTSTRAP, json.dumps(bootstrap, indent=1).encode())
+        options = envoy_options(cfg, inputs.binary, runtime)
+        self.start_access_logs(d.name, d.mesh)
+        if head.envoy is None:
+            kill_stale_envoy(runtime, options.bootstrap_file)
 
         def before_start() -> None:
-            # The admin port was free when chosen; if something took it meanwhile, move (unless it was given).
-            if not self.admin_port_fixed and not ports.is_free(admin.port):
-                old = admin.port
-                admin.port = ports.pick(f"admin:{inputs.definition.mesh}/{inputs.definition.name}:{time.time()}",
-                                        ports.ADMIN_RANGE)
-                log.warning("Envoy admin port taken; using another", extra={"old": old, "new": admin.port})
-            write_bootstrap()
-            with contextlib.suppress(OSError):
-                runtime.file(rundir.ADMIN_ADDRESS).unlink()
+            admin.port = claim_admin_port(admin.port, self.admin_port_fixed, f"{d.mesh}/{d.name}")
+            write_bootstrap(runtime, bootstrap, admin.port)
 
         def on_started(child: Child, generation: int) -> None:
             self.state.envoy_started(child.pid, generation)
-            runtime.write_private(rundir.ENVOY_PID, f"{child.pid}\n".encode())
             if generation > 1:
                 self.metrics.envoy_restarts.inc()
-            self.status(f"Envoy started (pid {child.pid}); waiting for it to get live")
+            if child is not head.envoy:  # the head start's Envoy was announced when it was spawned
+                runtime.write_private(rundir.ENVOY_PID, f"{child.pid}\n".encode())
+                self.status(envoy_started_status(child.pid))
             monitor.wake.set()
 
         def on_exited(code: int, ran: float, restart_in: float | None, failures: int) -> None:
@@ -479,11 +289,6 @@ class Agent:
                 self.status(f"Envoy {how} after {ran:.1f}s; restarting in {restart_in:.1f}s "
                             f"(failure {failures} of at most {cfg.envoy_max_restarts})", logging.WARNING)
 
-        options = EnvoyOptions(binary=inputs.binary, bootstrap_file=bootstrap_file,
-                               admin_address_file=runtime.file(rundir.ADMIN_ADDRESS),
-                               concurrency=cfg.effective_concurrency, drain_time=cfg.drain_time,
-                               log_level=cfg.effective_envoy_log_level,
-                               component_log_level=cfg.envoy_component_log_level)
         self.supervisor = supervisor = Supervisor(
             options, env=child_environment(self.env), max_restarts=cfg.envoy_max_restarts,
             backoff=cfg.envoy_restart_backoff, before_start=before_start, on_started=on_started,
@@ -531,6 +336,8 @@ class Agent:
 
         self.monitor = monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
                                          on_cp_change=on_cp_change, liveness_timeout=cfg.envoy_liveness_timeout)
+        if head.envoy is not None:  # spawned before this loop: supervised from here on (stopped by close())
+            supervisor.adopt(head.envoy, head.envoy_started_at)
         if self.stop_requested.is_set():
             return self._stopped_exit()
         if self.dns is not None:  # DNS: serve .mesh (its map came with the bootstrap), then point the host at it
@@ -549,7 +356,8 @@ class Agent:
         if failure is not None:  # the verdict came in meanwhile: no Envoy for an invalid definition
             raise failure
         self.state.phase = "running"
-        await supervisor.start()
+        if supervisor.child is None:
+            await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
         if cfg.proxy_type == "dataplane":
             from agent.metrics_watch import follow
@@ -659,15 +467,12 @@ class Agent:
             await asyncio.sleep(interval)
 
     def start_access_logs(self, name: str, mesh: str) -> None:
-        pipe = access_log_pipe(name, mesh)
-        try:
-            streamer = AccessLogStreamer(pipe)
-            streamer.start()
-        except OSError as e:
-            log.warning("could not create the access log pipe: MeshAccessLog Tcp backends will not reach their "
-                        "address from this dataplane", extra={"path": pipe, "error": str(e)})
+        """Read MeshAccessLog's pipe: the head start's (made before it spawned Envoy), else made now."""
+        pipe = self.head.access_log_pipe if self.head.envoy is not None else create_access_log_pipe(name, mesh)
+        if pipe is None:
             return
-        self.access_logs = streamer
+        self.access_logs = streamer = AccessLogStreamer(str(pipe.path))
+        streamer.start(pipe)
 
     async def close(self) -> None:
         if self.validation is not None and not self.validation.done():
@@ -704,15 +509,10 @@ async def retire_worker(worker: BootstrapWorker, validation: asyncio.Task[None] 
     await worker.stop()
 
 
-async def take_worker_if_started() -> None:
-    """Stop the pre-started processes that will not be used."""
-    prestart.discard()
-
-
-async def run(cfg: DpConfig, env: dict[str, str] | None = None) -> int:
-    env = dict(os.environ) if env is None else env
-    notifier = Notifier(env)
-    dp = Agent(cfg, env, notifier)
+async def run(head: HeadStart) -> int:
+    """The agent, from where the head start (agent/head_start.py) left off, until it exits."""
+    notifier = head.notifier
+    dp = Agent(head.cfg, head.env, notifier, head)
     try:
         code = await dp.run()
         notifier.stopping("stopped")

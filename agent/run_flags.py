@@ -91,11 +91,15 @@ def run_command(config_file: str | None, flags: dict[str, Any]) -> None:
         sys.exit(EXIT_USAGE)
     logs.setup(cfg.log_level, cfg.log_format)
     prestart.submit_definition(cfg)  # the pre-started worker validates while the rest of kuma-dp loads
+    from agent import head_start
+    from agent.notify import Notifier
+
+    head = head_start.begin(cfg, env, Notifier(env))  # up to Envoy's spawn, before asyncio is loaded
     import asyncio
 
     from agent.run import run
 
-    sys.exit(asyncio.run(run(cfg, env)))
+    sys.exit(asyncio.run(run(head)))
 
 
 def run_without_click(args: list[str]) -> None:

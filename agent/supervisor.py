@@ -23,16 +23,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import math
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from agent.config import ENVOY_RESTART_BACKOFF_CAP
+from agent.envoy.options import EnvoyOptions as EnvoyOptions  # kept importable here, beside its supervisor
 from agent.proc import Child, spawn
 
 log = logging.getLogger("kuma-dp.envoy")
@@ -76,29 +74,6 @@ def rejection_reason(tail: list[str]) -> str | None:
     return None
 
 
-@dataclass
-class EnvoyOptions:
-    binary: Path
-    bootstrap_file: Path
-    admin_address_file: Path
-    concurrency: int
-    drain_time: float
-    log_level: str
-    component_log_level: str | None = None
-
-    def argv(self) -> list[str]:
-        argv = [str(self.binary), "-c", str(self.bootstrap_file),
-                "--disable-hot-restart",
-                "--drain-time-s", str(math.ceil(self.drain_time)),
-                "--drain-strategy", "immediate",
-                "--log-level", self.log_level,
-                "--concurrency", str(self.concurrency),
-                "--admin-address-path", str(self.admin_address_file)]
-        if self.component_log_level:
-            argv += ["--component-log-level", self.component_log_level]
-        return argv
-
-
 class Supervisor:
     def __init__(self, options: EnvoyOptions, *, env: dict[str, str], max_restarts: int, backoff: float,
                  before_start: Callable[[], None] | None = None,
@@ -124,17 +99,22 @@ class Supervisor:
     async def start(self) -> Child:
         if self.before_start is not None:
             self.before_start()
+        child = spawn(self.options.argv(), env=self.env, cwd=str(self.options.bootstrap_file.parent),
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.adopt(child, time.monotonic())
+        return child
+
+    def adopt(self, child: Child, started_at: float) -> None:
+        """Supervise `child` as the next Envoy: one `start()` spawned, or the first one, spawned by kuma-dp
+        before its event loop existed (agent/head_start.py) with `options.argv()`, its output on a pipe."""
         self.tail.clear()
         self.hang_reason = None
         self.generation += 1
-        child = spawn(self.options.argv(), env=self.env, cwd=str(self.options.bootstrap_file.parent),
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        self.child, self.started_at = child, time.monotonic()
+        self.child, self.started_at = child, started_at
         self._pump = asyncio.create_task(self._pump_output(child))
         log.info("Envoy started", extra={"pid": child.pid, "generation": self.generation})
         if self.on_started is not None:
             self.on_started(child, self.generation)
-        return child
 
     async def _pump_output(self, child: Child) -> None:
         stream = child.proc.stdout

@@ -12,9 +12,11 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
   still pending, the bootstrap call, the bootstrap file, the spawn), -> READY=1 (Envoy's own start under
   kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
   after READY, and the CPU time kuma-dp and its finished helpers used up to READY.
-- "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.run"` (a tree
-  without agent/run_flags.py: agent.commands, its click commands) minus
-  `python -c pass` (wall time), what kuma-dp's own modules cost before it can do anything; the same for
+- "floors": bench/agent_floor.py, the least a Python agent does (interpreter, the call, exec Envoy), with the
+  call made over h2 (as kuma-dp's head start makes it) and over grpcio; kuma-dp is compared with the first;
+- "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.head_start,
+  agent.grpc_unary"` (a tree without the head start: agent.run; without agent/run_flags.py: agent.commands)
+  minus `python -c pass` (wall time), what kuma-dp's modules cost before Envoy's spawn; the same for
   `agent.bootstrap_worker`, the worker that validates the definition in parallel (off the critical path since
   issue 14: the bootstrap call and Envoy's spawn do not wait for its verdict, only READY=1 does).
 How kuma-dp is run (`--as`):
@@ -258,9 +260,13 @@ def imports(install: Install) -> tuple[float, float]:
         subprocess.run([*install.python, "-c", code], cwd=install.tree, env=_env(install), check=True)
         return time.perf_counter() - start
     bare = wall("pass")
-    # What `kuma-dp run` loads before it can do anything: its flags without click where the tree can.
+    # What `kuma-dp run` loads before Envoy's spawn: its flags without click where the tree can, and its head
+    # start (agent/head_start.py, with the bootstrap call's modules), or agent.run in a tree from before it.
     flags = "agent.run_flags" if (install.tree / "agent" / "run_flags.py").exists() else "agent.commands"
-    return wall(f"import agent.cli, {flags}, agent.run") - bare, wall("import agent.bootstrap_worker") - bare
+    before_spawn = ("agent.head_start, agent.grpc_unary" if (install.tree / "agent" / "head_start.py").exists()
+                    else "agent.run")
+    return (wall(f"import agent.cli, {flags}, {before_spawn}") - bare,
+            wall("import agent.bootstrap_worker") - bare)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -312,7 +318,7 @@ ROWS = [  # (label, key, unit)
     ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
     (f"kuma-dp over the {FLOORS[0]} floor (median difference)", "over_floor_ms", "ms"),
     ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
-    ("  split: imports of kuma-dp's modules (separate run)", "split_imports_ms", "ms"),
+    ("  split: imports before the spawn (separate run)", "split_imports_ms", "ms"),
     ("  bootstrap worker's imports (separate run, in parallel)", "worker_imports_ms", "ms"),
     ("  split: exec -> requesting the bootstrap", "split_before_bootstrap_ms", "ms"),
     ("  split: requesting -> Envoy spawned (validation, call)", "split_bootstrap_to_spawn_ms", "ms"),

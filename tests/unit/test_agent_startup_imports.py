@@ -4,7 +4,10 @@ path, and the resource model ~25 MB of resident memory the long-running process 
 
 Checked in a fresh interpreter (sys.modules), without timing, so a later import at module level cannot
 silently undo it. The check runs the real start-up steps: the entry point, the fast flag parse (no click),
-agent.run, the checks of the dataplane file (YAML parsed with the shared bounded loader), the token and the CA.
+and kuma-dp's head start (agent/head_start.py): the checks of the dataplane file (YAML parsed with the shared
+bounded loader), the token, the CA and the Envoy binary, the runtime directory, the readiness socket, Envoy's
+version, and the bootstrap call (to a port where nothing listens: the call is made, it fails, and the event
+loop's path would ask again).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from tests.ports import free_port
 from tests.unit.test_kumactl import self_signed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,25 +40,27 @@ NOT_BEFORE_SPAWN = {
     "importlib.metadata": "kuma-dp's version is read from its metadata file (agent.version(), ~20 ms less)",
     "grpc": "its Cython core costs ~50 ms: the bootstrap call goes without it (agent/grpc_unary.py); kuma-dp's "
             "streams load it once Envoy is spawned",
+    "asyncio": "the head start spawns Envoy before the event loop exists (agent/head_start.py)",
+    "agent.run": "the agent's event-loop half: loaded once Envoy is spawned",
 }
 
 _SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from agent import cli  # the console script's module, as kuma-dp starts
     from agent import run_flags  # `kuma-dp run` with plain flags: no click
-    import agent.run
-    import agent.bootstrap_fetch, agent.grpc_unary  # the bootstrap call's modules
+    from agent import head_start
     from agent.config import resolve
+    from agent.notify import Notifier
 
-    dp_file, token_file, ca_file = sys.argv[1:4]
+    dp_file, token_file, ca_file, runtime_dir, port = sys.argv[1:6]
     flags = run_flags.parse_fast(["--dataplane-file", dp_file, "--dataplane-token-file", token_file,
-                                  "--ca-cert-file", ca_file, "--cp-address", "https://127.0.0.1:5678"])
+                                  "--ca-cert-file", ca_file, "--cp-address", f"https://127.0.0.1:{port}",
+                                  "--runtime-dir", runtime_dir])
     flags.pop("config_file")
     cfg = resolve(flags, {}, None, file_name="config file")
-    definition = agent.run.dataplane.load(cfg)
-    agent.run.read_token(cfg, definition)
-    agent.run.read_ca(cfg)
-    agent.version()  # sent in the bootstrap request
+    head = head_start.begin(cfg, dict(os.environ), Notifier({}))
+    assert head.failure is None, repr(head.failure)
+    assert head.request and head.answer is None and head.envoy is None, "the call was made, and failed"
     print(json.dumps(sorted(sys.modules)))
 """)
 
@@ -68,15 +74,16 @@ def loaded_at_start(tmp_path: Path) -> set[str]:
     token_file = tmp_path / "web.token"
     token_file.write_text("a-token\n")
     ca_file, _ = self_signed(tmp_path / "ca", "127.0.0.1")
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(dp_file), str(token_file), str(ca_file)],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, str(dp_file), str(token_file), str(ca_file),
+                          str(tmp_path / "run"), str(free_port())], capture_output=True, text=True, cwd=REPO,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     return set(json.loads(out.stdout))
 
 
 def test_start_up_path_does_not_import_what_it_does_not_need(tmp_path: Path) -> None:
     modules = loaded_at_start(tmp_path)
-    assert "agent.run" in modules and "kuma_shared.documents" in modules  # the check ran the real path
+    assert {"agent.head_start", "kuma_shared.documents", "h2.connection"} <= modules  # it ran the real path
     loaded = {name: why for name, why in NOT_BEFORE_SPAWN.items()
               if name in modules or any(m.startswith(name + ".") for m in modules)}
     assert loaded == {}, f"imported before Envoy is spawned (make these imports lazy): {loaded}"

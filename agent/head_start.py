@@ -1,0 +1,433 @@
+"""kuma-dp's head start: what `kuma-dp run` does before its event loop exists, up to spawning Envoy.
+
+Why before the loop: on the way to Envoy's spawn, every import is time Envoy waits for. asyncio and kuma-dp's
+asynchronous modules (supervisor, readiness, metrics, HTTP server) cost ~40 ms of imports here, and grpcio
+~50 ms more; this phase loads none of them (tests/unit/test_agent_startup_imports.py keeps it so). They load
+once Envoy runs, while it starts (bench/bench_agent.py measures both).
+
+In order:
+1. Local checks: the definition (read, templated, parsed), the token, the CA, the Envoy binary. Bad input
+   exits 2 with a message naming the flag and the fix.
+2. The private runtime directory (0700, locked per dataplane); with --dns-enabled the host's DNS stub is
+   prepared (lock, crash recovery, its sockets); the readiness and metrics sockets bound (served once the
+   loop runs); the Envoy admin port; Envoy's version (remembered, or the pre-started `envoy --version`).
+3. The bootstrap call, once, blocking (agent/bootstrap_client.py over agent/grpc_unary.py). Any failure is
+   left to the loop's path (agent/bootstrap_fetch.py), which asks again: with retries while the control plane
+   is unreachable, and with the message that says what to fix when it refuses. The call has no side effects
+   (controlplane/xds/bootstrap_service.py), so asking twice is safe.
+4. With the answer, and no DNS stub to start first: the access-log pipe, the bootstrap file, and Envoy,
+   spawned as the supervisor spawns it (agent/supervisor.py adopts it as its first Envoy).
+
+The bootstrap worker's verdict on the definition is never waited for here: it comes in on the loop, and an
+invalid one stops Envoy before it is reported ready (agent/run.py), as when the loop spawns Envoy.
+
+A failure is kept (`HeadStart.failure`) and raised by the agent once its loop runs, so that it is reported
+and everything made so far is cleaned up in one place (agent/run.py). Stop and forwarded signals are recorded
+and replayed to the agent; a stop during a blocking wait (the call, `envoy --version`) ends the wait at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import agent
+from agent import access_log_pipe, dataplane, ports, prestart, rundir
+from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap_blocking
+from agent.config import EXIT_FAILURE, EXIT_USAGE, DpConfig
+from agent.envoy import version_cache
+from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
+from agent.envoy.options import EnvoyOptions
+from agent.notify import Notifier, child_environment
+from agent.proc import Child, adopt, process_is, spawn
+from kuma_shared.access_logs import access_log_pipe as access_log_path
+
+if TYPE_CHECKING:
+    from agent.dns.component import HostDns  # DNS (agent/dns): imported only when --dns-enabled
+
+log = logging.getLogger("kuma-dp.run")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)  # Envoy's, once it runs
+VERSION_TIMEOUT = 30.0
+
+
+class Fatal(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.message, self.exit_code = message, exit_code
+
+
+class Interrupted(Exception):
+    """A stop signal arrived during one of the head start's blocking waits."""
+
+
+class Signals:
+    """The signals that arrive before kuma-dp's event loop handles them, in order (the agent replays them).
+    A stop signal during `interruptible()` also ends the wait there (Interrupted): the waits inside only read
+    and write sockets and pipes, so leaving them half-way leaves nothing half-done."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self._interruptible = False
+
+    def install(self) -> None:
+        for sig in (*STOP_SIGNALS, *FORWARDED_SIGNALS):
+            signal.signal(sig, self._record)
+
+    def _record(self, sig: int, frame: FrameType | None) -> None:
+        self.seen.append(sig)
+        if self._interruptible and sig in STOP_SIGNALS:
+            self._interruptible = False
+            raise Interrupted
+
+    @property
+    def stopping(self) -> bool:
+        return any(sig in STOP_SIGNALS for sig in self.seen)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        if self.stopping:
+            raise Interrupted
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+
+
+@dataclass
+class Inputs:
+    definition: dataplane.Definition
+    token: str
+    ca_pem: bytes
+    ca_source: str
+    binary: Path
+    cp: CpAddress
+
+
+@dataclass
+class HeadStart:
+    """What kuma-dp did before its event loop, handed to the agent (agent/run.py)."""
+
+    cfg: DpConfig
+    env: dict[str, str]
+    notifier: Notifier
+    signals: Signals = field(default_factory=Signals)
+    failure: BaseException | None = None  # raised by the agent, which reports it and cleans up
+    inputs: Inputs | None = None
+    runtime: rundir.RuntimeDir | None = None
+    dns: HostDns | None = None  # DNS: prepared, started by the agent before Envoy
+    readiness: socket.socket | None = None  # bound and listening; served by the agent
+    readiness_address: str = ""
+    metrics: socket.socket | None = None
+    admin_port: int = 0
+    admin_port_fixed: bool = False  # given by a flag or the definition: never moved
+    envoy_version: str = ""
+    request: dict[str, Any] = field(default_factory=dict)
+    answer: dict[str, Any] | None = None  # None: the agent asks, with retries
+    access_log_pipe: access_log_pipe.Pipe | None = None
+    envoy: Child | None = None  # spawned here; the supervisor adopts it
+    envoy_started_at: float = 0.0  # time.monotonic() of the spawn
+
+    @property
+    def label(self) -> str:
+        d = self.inputs.definition if self.inputs is not None else None
+        return f"dataplane {d.name!r} (mesh {d.mesh})" if d is not None else "dataplane"
+
+    def status(self, text: str) -> None:
+        log.info(text)
+        self.notifier.status(text)
+
+
+def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
+    """Everything up to Envoy's spawn that needs no event loop; never raises (see `HeadStart.failure`)."""
+    head = HeadStart(cfg, env, notifier)
+    head.signals.install()
+    try:
+        prepare(head)
+        if not head.signals.stopping:
+            head.status(f"requesting the Envoy bootstrap for {head.label} from {cfg.cp_address}")
+            head.answer = ask(head)
+        if head.answer is not None and head.dns is None and not head.signals.stopping:
+            spawn_envoy(head)
+    except Interrupted:
+        log.info("stop requested before the event loop", extra={"signal": signal.Signals(head.signals.seen[-1]).name})
+    except Exception as e:  # kept for the agent, which reports it after cleaning up
+        head.failure = e
+    return head
+
+
+def prepare(head: HeadStart) -> None:
+    cfg = head.cfg
+    head.inputs = inputs = check_inputs(cfg)
+    d = inputs.definition
+    try:
+        runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=head.env)
+        runtime.lock(head.label)
+    except rundir.RuntimeDirError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
+    head.runtime = runtime
+    if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
+        from agent.dns.component import DnsError, for_config
+
+        try:
+            head.dns = for_config(cfg, head.env)
+            head.dns.prepare()
+        except DnsError as e:
+            raise Fatal(e.message, e.exit_code) from None
+    bind_endpoints(head, f"{d.mesh}/{d.name}")
+    if head.readiness_address:
+        runtime.write_private(rundir.READINESS, f"{head.readiness_address}\n".encode())
+    head.admin_port, head.admin_port_fixed = choose_admin_port(cfg, f"{d.mesh}/{d.name}", d, head.readiness_address)
+    try:
+        head.envoy_version = envoy_version_of(inputs.binary, head.env, head.signals)
+    except EnvoyBinaryError as e:
+        raise Fatal(f"{inputs.binary} is not a usable Envoy binary (--binary-path): {e}", EXIT_USAGE) from None
+    log.info("starting", extra={"version": agent.version(), "dataplane": d.name, "mesh": d.mesh,
+                                "proxy_type": d.proxy_type, "envoy": f"{inputs.binary} {head.envoy_version}",
+                                "runtime_dir": runtime.path, "admin": f"127.0.0.1:{head.admin_port}",
+                                "readiness": head.readiness_address or "off"})
+    head.request = {"mesh": d.mesh, "name": d.name, "dataplaneToken": inputs.token, "adminPort": head.admin_port,
+                    "adminAddress": "127.0.0.1", "dataplane": d.doc, "proxyType": d.proxy_type,
+                    "version": {"kumaDp": agent.version(), "envoy": head.envoy_version}}
+    if head.dns is not None:
+        head.request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
+
+
+def ask(head: HeadStart) -> dict[str, Any] | None:
+    """The control plane's answer, or None: the agent asks again, with retries and the reason."""
+    assert head.inputs is not None
+    try:
+        with head.signals.interruptible():
+            return fetch_bootstrap_blocking(head.inputs.cp, head.inputs.ca_pem, head.request)
+    except BootstrapError as e:
+        log.debug("bootstrap call before the event loop failed; asking again on it",
+                  extra={"status": e.code, "error": e.message})
+        return None
+
+
+def spawn_envoy(head: HeadStart) -> None:
+    cfg, inputs, runtime, answer = head.cfg, head.inputs, head.runtime, head.answer
+    assert inputs is not None and runtime is not None and answer is not None
+    d = inputs.definition
+    head.access_log_pipe = create_access_log_pipe(d.name, d.mesh)
+    options = envoy_options(cfg, inputs.binary, runtime)
+    kill_stale_envoy(runtime, options.bootstrap_file)
+    head.admin_port = claim_admin_port(head.admin_port, head.admin_port_fixed, f"{d.mesh}/{d.name}")
+    write_bootstrap(runtime, answer["bootstrap"], head.admin_port)
+    head.envoy = spawn(options.argv(), env=child_environment(head.env), cwd=str(options.bootstrap_file.parent),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    head.envoy_started_at = time.monotonic()
+    runtime.write_private(rundir.ENVOY_PID, f"{head.envoy.pid}\n".encode())
+    head.status(envoy_started_status(head.envoy.pid))
+
+
+# --- the steps, also used by the agent (agent/run.py) when it spawns or restarts Envoy itself ----------------
+
+def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
+    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if definition.proxy_type == "ingress"
+               else f"kumactl generate dataplane-token --mesh {definition.mesh} --name {definition.name}")
+    fix = f"generate one with: {command} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE"
+    if cfg.token:
+        return cfg.token.strip()
+    if not cfg.token_file:
+        raise Fatal(f"no dataplane token: {fix}", EXIT_USAGE)
+    path = cfg.token_file
+    try:
+        token = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise Fatal(f"--dataplane-token-file {path}: no such file; {fix}", EXIT_USAGE) from None
+    except PermissionError:
+        raise Fatal(f"--dataplane-token-file {path}: permission denied (kuma-dp runs as uid {os.getuid()})",
+                    EXIT_USAGE) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise Fatal(f"--dataplane-token-file {path}: cannot read it: {getattr(e, 'strerror', None) or e}",
+                    EXIT_USAGE) from None
+    if not token:
+        raise Fatal(f"--dataplane-token-file {path} is empty; {fix}", EXIT_USAGE)
+    return token
+
+
+def read_ca(cfg: DpConfig) -> tuple[bytes, str]:
+    if cfg.ca_cert:
+        pem, source = cfg.ca_cert.encode(), "$KUMA_CONTROL_PLANE_CA_CERT"
+    elif cfg.ca_cert_file:
+        source = f"--ca-cert-file {cfg.ca_cert_file}"
+        try:
+            pem = Path(cfg.ca_cert_file).read_bytes()
+        except FileNotFoundError:
+            raise Fatal(f"{source}: no such file (it is the control plane's <workDir>/tls/ca.crt)",
+                        EXIT_USAGE) from None
+        except PermissionError:
+            raise Fatal(f"{source}: permission denied (kuma-dp runs as uid {os.getuid()})", EXIT_USAGE) from None
+        except OSError as e:
+            raise Fatal(f"{source}: cannot read it: {e.strerror or e}", EXIT_USAGE) from None
+    else:
+        raise Fatal("no CA certificate for the control plane: pass --ca-cert-file with the control plane's "
+                    "<workDir>/tls/ca.crt (the dp-server speaks TLS only)", EXIT_USAGE)
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise Fatal(f"{source}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)", EXIT_USAGE)
+    try:
+        ssl.create_default_context(cadata=pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
+        raise Fatal(f"{source}: not a usable CA certificate: {e}", EXIT_USAGE) from None
+    return pem, source
+
+
+def check_inputs(cfg: DpConfig) -> Inputs:
+    """Everything that can be checked without the control plane (the definition's full validation runs in
+    the bootstrap worker meanwhile)."""
+    try:
+        cp = CpAddress.parse(cfg.cp_address)
+    except ValueError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    try:
+        definition = dataplane.load(cfg)
+    except dataplane.DefinitionError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    for warning in definition.warnings:
+        log.warning(warning)
+    if definition.proxy_type == "ingress" and cfg.dns_enabled:
+        raise Fatal(f"{definition.source} is a ZoneIngress and DNS is enabled: a zone ingress runs no DNS stub "
+                    "(run it as kuma-dp@NAME, or set KUMA_DNS_ENABLED=false)", EXIT_USAGE)
+    token = read_token(cfg, definition)
+    ca_pem, ca_source = read_ca(cfg)
+    try:
+        binary = find_envoy(cfg.binary_path)
+    except EnvoyBinaryError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    return Inputs(definition, token, ca_pem, ca_source, binary, cp)
+
+
+def envoy_version_of(binary: Path, env: dict[str, str], signals: Signals | None = None,
+                     timeout: float = VERSION_TIMEOUT) -> str:
+    """The binary's version: remembered (agent/envoy/version_cache.py), else `binary --version`, from the run
+    kuma-dp pre-started when it was for this binary (prestart starts one only when the cache had no answer).
+    A stop signal (`signals`) ends the wait."""
+    started = prestart.take_version(str(binary))
+    if started is None and (known := version_cache.lookup(str(binary), env)) is not None:
+        return known
+    proc = started or prestart.start_version(str(binary))
+    try:
+        with signals.interruptible() if signals is not None else contextlib.nullcontext():
+            output = proc.communicate(timeout=timeout)[0].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        raise EnvoyVersionError(f"{binary} --version did not answer within {timeout:g}s") from None
+    finally:
+        if proc.poll() is None:  # timed out, or kuma-dp was stopped meanwhile
+            adopt(proc).kill_tree()
+            proc.wait()
+    if proc.returncode != 0:
+        raise EnvoyVersionError(f"{binary} --version exited with status {proc.returncode}: {output.strip()[:500]}")
+    version = parse_envoy_version(output)
+    version_cache.remember(str(binary), version, env)
+    return version
+
+
+def bind_endpoints(head: HeadStart, key: str) -> None:
+    """The readiness socket (a free port derived from `key` unless --readiness-port; 0: none) and the metrics
+    socket (--metrics-port), bound now so that a port problem exits 2 before anything starts."""
+    cfg = head.cfg
+    if cfg.readiness_port != 0:
+        try:
+            head.readiness = (ports.bind_listener(f"readiness:{key}", ports.READINESS_RANGE)
+                              if cfg.readiness_port is None else ports.listen("127.0.0.1", cfg.readiness_port))
+        except (OSError, ports.NoFreePort) as e:
+            raise Fatal(f"--readiness-port: {e}", EXIT_USAGE) from None
+        host, port = head.readiness.getsockname()[:2]
+        head.readiness_address = f"{host}:{port}"
+    if cfg.metrics_port:
+        try:
+            head.metrics = ports.listen(cfg.metrics_address, cfg.metrics_port)
+        except OSError as e:
+            raise Fatal(f"--metrics-port: {e}", EXIT_USAGE) from None
+
+
+def choose_admin_port(cfg: DpConfig, key: str, definition: dataplane.Definition,
+                      readiness_address: str) -> tuple[int, bool]:
+    """(Envoy's admin port, whether it was given: a flag or the definition, never moved)."""
+    chosen = cfg.admin_port
+    avoid = {int(readiness_address.rsplit(":", 1)[1])} if readiness_address else set()
+    if chosen is not None and chosen.low == chosen.high:
+        if not ports.is_free(chosen.low):
+            raise Fatal(f"--admin-port {chosen.low} is taken on 127.0.0.1: choose another, or leave it unset "
+                        "(kuma-dp then picks a free one)", EXIT_USAGE)
+        return chosen.low, True
+    if chosen is None and definition.admin_port is not None:
+        if not ports.is_free(definition.admin_port):
+            raise Fatal(f"networking.admin.port {definition.admin_port} is taken on 127.0.0.1: choose "
+                        "another, or remove it (kuma-dp then picks a free one)", EXIT_USAGE)
+        return definition.admin_port, True
+    try:
+        return ports.pick(f"admin:{key}", chosen or ports.ADMIN_RANGE, avoid=avoid), False
+    except ports.NoFreePort as e:
+        raise Fatal(f"--admin-port: {e}", EXIT_USAGE) from None
+
+
+def claim_admin_port(port: int, fixed: bool, key: str) -> int:
+    """The admin port to start Envoy on: `port`, free when chosen; if something took it meanwhile, another
+    (unless it was given)."""
+    if fixed or ports.is_free(port):
+        return port
+    new = ports.pick(f"admin:{key}:{time.time()}", ports.ADMIN_RANGE)
+    log.warning("Envoy admin port taken; using another", extra={"old": port, "new": new})
+    return new
+
+
+def write_bootstrap(runtime: rundir.RuntimeDir, bootstrap: dict[str, Any], admin_port: int) -> None:
+    """The bootstrap file Envoy starts from, with its admin address; the old admin address file removed (Envoy
+    writes the new one once it listens)."""
+    bootstrap.setdefault("admin", {}).setdefault("address", {}).setdefault("socket_address", {}).update(
+        {"address": "127.0.0.1", "port_value": admin_port})
+    runtime.write_private(rundir.BOOTSTRAP, json.dumps(bootstrap, indent=1).encode())
+    with contextlib.suppress(OSError):
+        runtime.file(rundir.ADMIN_ADDRESS).unlink()
+
+
+def envoy_options(cfg: DpConfig, binary: Path, runtime: rundir.RuntimeDir) -> EnvoyOptions:
+    return EnvoyOptions(binary=binary, bootstrap_file=runtime.file(rundir.BOOTSTRAP),
+                        admin_address_file=runtime.file(rundir.ADMIN_ADDRESS),
+                        concurrency=cfg.effective_concurrency, drain_time=cfg.drain_time,
+                        log_level=cfg.effective_envoy_log_level, component_log_level=cfg.envoy_component_log_level)
+
+
+def envoy_started_status(pid: int) -> str:
+    return f"Envoy started (pid {pid}); waiting for it to get live"
+
+
+def kill_stale_envoy(runtime: rundir.RuntimeDir, bootstrap_file: Path) -> None:
+    """An Envoy left by a kuma-dp that died before PR_SET_PDEATHSIG took hold: ours by its bootstrap path."""
+    try:
+        pid = int(runtime.file(rundir.ENVOY_PID).read_text().strip())
+    except (OSError, ValueError):
+        return
+    p = process_is(pid, str(bootstrap_file))
+    if p is not None:
+        log.warning("killing an Envoy left behind by a previous kuma-dp", extra={"pid": pid})
+        with contextlib.suppress(Exception):
+            p.kill()
+            p.wait(5)
+
+
+def create_access_log_pipe(name: str, mesh: str) -> access_log_pipe.Pipe | None:
+    """MeshAccessLog's Tcp backend pipe, before Envoy starts; None (and a warning) when it cannot be made."""
+    path = access_log_path(name, mesh)
+    try:
+        return access_log_pipe.create(path)
+    except OSError as e:
+        log.warning("could not create the access log pipe: MeshAccessLog Tcp backends will not reach their "
+                    "address from this dataplane", extra={"path": path, "error": str(e)})
+        return None
