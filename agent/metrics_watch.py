@@ -164,16 +164,17 @@ class MeshMetricServer:
 
 
 async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, name: str, token: str, *,
-                 channel: CpChannel | None = None, registered: asyncio.Event | None = None) -> None:
+                 channel: CpChannel | None = None, ready: asyncio.Event | None = None) -> None:
     """Apply every new version of the dataplane's MeshMetric, forever (cancel to stop); on `channel` (kuma-dp's
-    shared one, agent/cp_channel.py) when given. With `registered`, the first call waits for it: kuma-dp sets it
-    when Envoy first connects, whose xDS stream registers the Dataplane. Asked before, the control plane answers
-    NOT_FOUND and the next try comes only after the backoff (a second later), and the call lands while Envoy
-    starts, on the cores Envoy's start needs."""
+    shared one, agent/cp_channel.py) when given. With `ready`, the first call waits for it: kuma-dp sets it
+    when it reports Envoy ready (READY=1). By then the Dataplane is registered (Envoy's listeners came from its
+    xDS stream, which registers it; asked before, the control plane answers NOT_FOUND), and the first call,
+    which loads grpcio (~50 ms of the event loop), no longer delays kuma-dp's noticing that Envoy is ready, nor
+    takes the cores Envoy's start needs."""
     from agent.bootstrap_client import BootstrapError
 
-    if registered is not None:
-        await registered.wait()
+    if ready is not None:
+        await ready.wait()
     version, delay, failing = "", BACKOFF, False
     unregistered = 0  # NOT_FOUND answers before the first config: Envoy's stream registers it any moment
     while True:
@@ -183,7 +184,7 @@ async def follow(server: MeshMetricServer, cp: str, ca_pem: bytes, mesh: str, na
             raise
         except (BootstrapError, ValueError, OSError) as e:
             # Before Envoy's first connection the Dataplane may not be registered yet (NOT_FOUND): retry.
-            code = getattr(getattr(e, "code", None), "name", "")
+            code = e.code if isinstance(e, BootstrapError) else ""
             problem = f"{code} {getattr(e, 'message', e)}".strip()
             # NOT_FOUND before Envoy's first connection registers the Dataplane is expected: not a warning.
             quiet = failing or (code == "NOT_FOUND" and not version)

@@ -89,8 +89,8 @@ class Agent:
     access_logs: AccessLogStreamer | None = None  # MeshAccessLog's Tcp backend: the pipe Envoy writes to
     cp_channel: CpChannel | None = None  # the MeshMetric follow's grpcio channel (connected after the spawn)
     validation: asyncio.Task[None] | None = None  # the bootstrap worker's verdict on the definition
-    # Set when Envoy first connects to the control plane (its xDS stream registers the Dataplane).
-    registered: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when kuma-dp reports Envoy ready (READY=1): what waits for it no longer delays that (agent/metrics_watch.py)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.metrics = DpMetrics(self.state)
@@ -315,10 +315,9 @@ class Agent:
                 self.notifier.ready_sent = True
             else:
                 self.notifier.status(text)
+            self.ready.set()
 
         def on_cp_change(connected: bool, first: bool) -> None:
-            if connected:
-                self.registered.set()
             if self.state.draining:
                 return
             if connected and not self.state.locally_ready:
@@ -364,7 +363,7 @@ class Agent:
 
             self.tasks.append(asyncio.create_task(follow(
                 self.mesh_metric, cfg.cp_address, inputs.ca_pem, inputs.definition.mesh, inputs.definition.name,
-                inputs.token, channel=self.cp_channel, registered=self.registered)))
+                inputs.token, channel=self.cp_channel, ready=self.ready)))
         if self.notifier.watchdog_interval:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())

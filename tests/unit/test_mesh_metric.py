@@ -302,19 +302,16 @@ async def test_kuma_dp_serves_provided_tls_backends_over_tls(tmp_path: Path) -> 
         await server.close()
 
 
-async def test_kuma_dp_asks_for_its_meshmetric_once_envoy_registered_the_dataplane(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """kuma-dp's follow waits for Envoy's first connection (which registers the Dataplane) before its first
-    call, and a NOT_FOUND right after it (the registration is moments behind the connection) is asked again
-    within a tenth of a second, not after the one-second backoff."""
-    import grpc
-
+async def test_kuma_dp_asks_for_its_meshmetric_once_envoy_is_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kuma-dp's follow waits for Envoy's readiness (its listeners came over the xDS stream that registers the
+    Dataplane) before its first call, and a NOT_FOUND right after it (a registration still behind) is asked
+    again within a tenth of a second, not after the one-second backoff."""
     from agent import metrics_watch
     from agent.bootstrap_client import BootstrapError
 
     loop = asyncio.get_running_loop()
     calls: list[float] = []
-    outcomes: list[Any] = [BootstrapError(grpc.StatusCode.NOT_FOUND, "Dataplane 'web' does not exist"),
+    outcomes: list[Any] = [BootstrapError("NOT_FOUND", "Dataplane 'web' does not exist"),
                            {"version": "v1", "conf": {}}]
     applied: list[dict[str, Any]] = []
 
@@ -332,19 +329,19 @@ async def test_kuma_dp_asks_for_its_meshmetric_once_envoy_registered_the_datapla
             applied.append(answer)
 
     monkeypatch.setattr(metrics_watch, "get_config", get_config)
-    registered = asyncio.Event()
+    ready = asyncio.Event()
     task = asyncio.create_task(metrics_watch.follow(
         Server(), "https://127.0.0.1:5678", b"", "default", "web", "token",  # type: ignore[arg-type]
-        registered=registered))
+        ready=ready))
     try:
         await asyncio.sleep(0.3)
-        assert calls == [], "asked before Envoy connected: the Dataplane cannot exist yet"
+        assert calls == [], "asked before Envoy was ready"
         connected_at = loop.time()
-        registered.set()
+        ready.set()
         await wait_until(lambda: applied, timeout=5.0)
         assert applied == [{"version": "v1", "conf": {}}]
         assert calls[0] - connected_at < 0.1
-        assert calls[1] - calls[0] < 0.5, "a NOT_FOUND right after connecting waited out the full backoff"
+        assert calls[1] - calls[0] < 0.5, "a NOT_FOUND right after readiness waited out the full backoff"
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
