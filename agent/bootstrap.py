@@ -1,11 +1,12 @@
 """kuma-dp's side of the bootstrap worker (agent/bootstrap_worker.py): take the worker started early, hand it
 the definition, and return when it is valid, or raise BootstrapFailed with every bad field (exit 2).
 
-The bootstrap call itself is agent/bootstrap_fetch.py. It does not wait for this verdict, and Envoy may be
-spawned before it (agent/run.py): the bootstrap RPC has no side effects (controlplane/xds/bootstrap_service.py
-only authenticates, validates the definition with the same model and renders; the Dataplane is registered
-later, on Envoy's xDS stream), and the control plane refuses an invalid definition itself. What the verdict
-still decides: an invalid definition stops Envoy before it was reported ready and exits 2 with this message.
+The bootstrap call itself (agent/head_start.py, then agent/bootstrap_fetch.py) does not wait for this verdict:
+the bootstrap RPC has no side effects (controlplane/xds/bootstrap_service.py only authenticates, validates the
+definition with the same model and renders; the Dataplane is registered later, on Envoy's xDS stream), and
+the control plane refuses an invalid definition itself. Its answer settles the definition, and the worker is
+stopped then. What the verdict decides, while no answer is in: a bad file exits 2 with this message, which
+names every bad field, whether the control plane is unreachable or has refused it (agent/run.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """The bootstrap worker: a short-lived child of kuma-dp that validates the dataplane definition with the
-control plane's own model, then exits. Its verdict is off kuma-dp's critical path: the bootstrap call and
-Envoy's spawn do not wait for it (safe: the bootstrap RPC has no side effects, and the control plane
-validates the definition itself); READY=1 does, and an invalid verdict stops Envoy and exits 2 with this
-worker's message, which names every bad field (agent/run.py).
+control plane's own model, then exits. It is off kuma-dp's critical path: the bootstrap call does not wait for
+it (safe: the bootstrap RPC has no side effects, and the control plane validates the definition itself), and
+once the control plane answered, the worker is stopped (that answer settles the definition). While no answer
+is in, an invalid verdict exits 2 with this worker's message, which names every bad field: a bad file fails
+fast while the control plane is unreachable, and says more than the control plane's refusal (agent/run.py).
 
 Why a separate process: the validation needs the resource model (pydantic), ~100 ms of imports and ~25 MB
 of resident memory that a long-running kuma-dp would otherwise keep forever (bench/bench_agent.py measures
 kuma-dp's RSS). kuma-dp starts it first thing (agent/prestart.py), so its imports overlap with kuma-dp's own
-start-up; kuma-dp meanwhile loads grpcio and then makes the bootstrap call itself (agent/bootstrap_fetch.py).
+start-up; kuma-dp meanwhile makes the bootstrap call itself (agent/head_start.py).
 
 Protocol: kuma-dp writes one JSON object on stdin (`definition`, `proxyType`, `logLevel`, `logFormat`), then
 reads one JSON line from stdout:

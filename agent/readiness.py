@@ -13,8 +13,8 @@ Two signals:
   connected to the control plane at least once (it has real config, not an initial-fetch timeout's empty
   one); 503 with the reason otherwise, and 503 as soon as kuma-dp starts draining. A control-plane outage
   after that does not fail it: Envoy keeps serving with its last config.
-Both also wait for the bootstrap worker's verdict on the definition (`DpState.definition_pending`, see
-agent/run.py): Envoy may start before it, but a bad definition never reports ready.
+Both also wait for the definition to be settled (`DpState.definition_pending`, see agent/run.py): by the
+control plane's bootstrap answer, or by the bootstrap worker's verdict; a bad definition never reports ready.
 """
 
 from __future__ import annotations

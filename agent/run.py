@@ -3,8 +3,9 @@
 1. Before this event loop exists (agent/head_start.py): the local checks (bad input exits 2 with a message
    naming the flag and the fix), the private runtime directory, the ports, Envoy's version, one bootstrap
    call and, with its answer, Envoy's spawn. Its failure is raised here, so that it is reported and cleaned
-   up in one place; the signals it saw are replayed here. The bootstrap worker's full validation of the
-   definition (agent/bootstrap_worker.py) runs meanwhile; its verdict is taken here.
+   up in one place; the signals it saw are replayed here. The control plane's answer settles the definition
+   (it validated it with the same model); without one, the bootstrap worker's field-by-field check
+   (agent/bootstrap_worker.py), running since kuma-dp's start, gives the verdict, taken here.
 2. The bootstrap call, when the head start's one did not succeed, on this loop: it does not wait for the
    worker's verdict. That is safe because the bootstrap RPC has no side effects
    (controlplane/xds/bootstrap_service.py only authenticates, validates the definition with the same model
@@ -13,10 +14,10 @@
    unreachable; a refusal (token, CA, Dataplane) exits 1 with the control plane's reason, unless the worker
    finds the definition invalid: then its field-by-field message wins (exit 2), as does a verdict of
    "invalid" that arrives while the control plane is unreachable (no endless retries for a bad file).
+   Once it answers, the worker is stopped: the answer settles the definition.
 3. Envoy, supervised (agent/supervisor.py): the head start's, adopted, or spawned here once the bootstrap
-   answer is in (and the DNS stub started, with --dns-enabled), verdict or not.
-   `READY=1` (and 200 on /ready) once it is live with its listeners initialised *and* the worker found the
-   definition valid; an invalid verdict stops Envoy before it was ever reported ready and exits 2.
+   answer is in (and the DNS stub started, with --dns-enabled).
+   `READY=1` (and 200 on /ready) once it is live with its listeners initialised.
    Watchdog pings; status lines as the control plane connection comes and goes.
 4. SIGTERM / SIGINT: readiness fails, Envoy drains its inbound listeners for `--drain-time`, then Envoy and
    kuma-dp exit 0. A second signal stops Envoy at once (exit 128+signal).
@@ -28,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -171,26 +171,37 @@ class Agent:
         label = head.label
         self.state.phase = "bootstrapping"
         self.cp_channel = CpChannel(inputs.cp, inputs.ca_pem)
-        # The worker validates while kuma-dp prepares the rest (no definition given: nothing to validate).
-        payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
-        worker = take_worker(child_environment(self.env), payload)
+        answer = head.answer  # the control plane's: it validated the definition with the same model
         validation = None
-        if payload is not None:
-            self.validation = validation = asyncio.create_task(worker.validate(payload))
-            self.state.definition_pending = True  # not ready (READY=1, /ready) before the verdict
-            validation.add_done_callback(self._on_verdict)
-        # Not awaited on the way to Envoy: it need not wait for the worker's interpreter to shut down.
-        self.cleanups.append(asyncio.create_task(retire_worker(worker, validation)))
+        if answer is None:  # the worker's verdict still counts (no definition given: nothing to validate)
+            payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
+            worker = take_worker(child_environment(self.env), payload)
+            if payload is not None:
+                self.validation = validation = asyncio.create_task(worker.validate(payload))
+                self.state.definition_pending = True  # not ready (READY=1, /ready) before the verdict
+                validation.add_done_callback(self._on_verdict)
+            # Not awaited on the way to Envoy: it need not wait for the worker's interpreter to shut down.
+            self.cleanups.append(asyncio.create_task(retire_worker(worker, validation)))
         if not head.request:  # stopped before the request was ready
             return self._stopped_exit()
         self.admin = AdminClient("127.0.0.1", head.admin_port)
         self.admin_port_fixed = head.admin_port_fixed
-        answer = head.answer
         if answer is None:
             answer = await self._bootstrap(validation, inputs.ca_source, head.request)
-        if answer is None:
-            return self._stopped_exit()
+            if answer is None:
+                return self._stopped_exit()
+            self._settled_by_the_control_plane()
         return await self._serve(answer, inputs, head.envoy_version, label)
+
+    def _settled_by_the_control_plane(self) -> None:
+        """The control plane answered the bootstrap call, so it validated the definition with the same model:
+        the worker's verdict cannot add to that, and waiting for it would hold READY=1 back (its imports take
+        ~150 ms) while it takes a core from Envoy's start. Cancelled; the worker is stopped by retire_worker."""
+        validation = self.validation
+        if validation is not None and not validation.done():
+            validation.cancel()
+            log.debug("the control plane accepted the definition; the bootstrap worker's check is not needed")
+        self.state.definition_pending = False
 
     async def _bootstrap(self, validation: asyncio.Task[None] | None, ca_source: str,
                          request: dict[str, Any]) -> dict[str, Any] | None:
@@ -304,8 +315,6 @@ class Agent:
         def on_locally_ready() -> None:
             if self.state.draining or ready_generation[0] == self.state.envoy_generation:
                 return
-            if self.state.definition_pending:  # a bad definition never reports ready: the verdict first
-                return
             ready_generation[0] = self.state.envoy_generation
             text = self._running_status()
             log.info("Envoy live", extra={"envoy_pid": self.state.envoy_pid, "admin": f"127.0.0.1:{admin.port}",
@@ -323,9 +332,6 @@ class Agent:
             if connected and not self.state.locally_ready:
                 self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for it "
                             "to get live")
-            elif connected and self.state.definition_pending:  # not "ready:" before READY=1 is
-                self.status(f"Envoy (pid {self.state.envoy_pid}) connected to the control plane; waiting for "
-                            "the bootstrap worker's check of the definition")
             elif connected:
                 self.status(self._running_status() if first else f"{self._running_status()} (reconnected)")
             else:
@@ -351,9 +357,6 @@ class Agent:
             except DnsError as e:
                 raise Fatal(e.message, e.exit_code) from None
             log.info(self.dns.summary())
-        failure = self._verdict_failure()
-        if failure is not None:  # the verdict came in meanwhile: no Envoy for an invalid definition
-            raise failure
         self.state.phase = "running"
         if supervisor.child is None:
             await supervisor.start()
@@ -368,13 +371,12 @@ class Agent:
             self.tasks.append(asyncio.create_task(self._watchdog(self.notifier.watchdog_interval)))
         supervise = asyncio.create_task(supervisor.run())
         stop = asyncio.create_task(self.stop_requested.wait())
-        await self._until_verdict_or_exit(supervise, stop, on_locally_ready)
+        await asyncio.wait({supervise, stop}, return_when=asyncio.FIRST_COMPLETED)
         if supervise.done() and not self.stop_requested.is_set():
             try:
                 supervise.result()
             except EnvoyFailure as e:
                 self.state.envoy_gone()
-                await self._until_verdict_or_exit(None, stop, on_locally_ready)  # a bad definition says why
                 stop.cancel()
                 tail = "\n".join(e.tail[-10:])
                 raise Fatal(f"{e.message}" + (f"\n--- Envoy's last lines ---\n{tail}" if tail else "")) from None
@@ -382,43 +384,6 @@ class Agent:
             return EXIT_FAILURE  # pragma: no cover - run() returns only when stopping
         await self._drain(supervise)
         return self._stopped_exit()
-
-    async def _until_verdict_or_exit(self, supervise: asyncio.Task[None] | None, stop: asyncio.Task[bool],
-                                     on_locally_ready: Callable[[], None]) -> None:
-        """Wait for Envoy's supervision to end or a stop request, taking the worker's verdict on the way (if
-        `supervise` is None: only until the verdict). Valid: report ready if Envoy already is; invalid: stop
-        Envoy (it was never reported ready) and raise the worker's message (exit 2)."""
-        validation = self.validation
-        while True:
-            failure = self._verdict_failure()
-            if failure is not None:
-                await self._stop_envoy(supervise, failure.message)
-                raise failure
-            verdict = {validation} if validation is not None and not validation.done() else set()
-            if supervise is None and not verdict:
-                return
-            await asyncio.wait({stop, *verdict} | ({supervise} if supervise is not None else set()),
-                               return_when=asyncio.FIRST_COMPLETED)
-            if stop.done() or (supervise is not None and supervise.done()):
-                return
-            if validation in verdict and validation is not None and validation.done() and self.state.locally_ready:
-                self._on_verdict(validation)  # (idempotent; the task's own callback normally ran already)
-                on_locally_ready()  # it was held back until the definition was found valid
-
-    async def _stop_envoy(self, supervise: asyncio.Task[None] | None, why: str) -> None:
-        """Stop an Envoy that must not run (the normal stop path, without draining: it never was ready)."""
-        supervisor = self.supervisor
-        assert supervisor is not None
-        self.state.phase = "stopped"
-        supervisor.stopping.set()  # its exit is expected, not restarted
-        child = supervisor.child
-        log.info("stopping Envoy: the bootstrap worker found the definition invalid",
-                 extra={"envoy_pid": child.pid if child is not None else None, "reason": why.splitlines()[0]})
-        await supervisor.stop(timeout=5.0)
-        if supervise is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(supervise, 2.0)
-        self.state.envoy_gone()
 
     def _running_status(self) -> str:
         s = self.state

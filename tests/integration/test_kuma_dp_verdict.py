@@ -1,8 +1,10 @@
-"""The bootstrap worker's verdict off kuma-dp's critical path (agent/run.py): the bootstrap call and Envoy's
-spawn do not wait for it, READY=1 and /ready do, and a bad definition still exits 2 with the worker's
-field-by-field message, never reported ready, with no Envoy left. Real kuma-cp, real Envoy, real worker;
-tests/integration/held_worker_dp.py holds the worker (SIGSTOP) so that each ordering of (verdict, bootstrap
-answer, Envoy live, stop signal) is reached on purpose rather than by luck."""
+"""The bootstrap worker's verdict off kuma-dp's critical path (agent/run.py): the bootstrap call does not
+wait for it; the control plane's answer settles the definition (it validated it with the same model), so the
+worker is stopped then and Envoy runs and is reported ready without it; without an answer (the control plane
+away, or refusing), a bad definition exits 2 with the worker's field-by-field message, never reported ready,
+with no Envoy started. Real kuma-cp, real Envoy, real worker; tests/integration/held_worker_dp.py holds the
+worker (SIGSTOP) so that each ordering of (verdict, bootstrap answer, stop signal) is reached on purpose
+rather than by luck."""
 
 from __future__ import annotations
 
@@ -56,17 +58,6 @@ def start_held(mesh: DpMesh, tmp_path: Path, doc: dict[str, object], **kwargs: o
     return dp, worker
 
 
-def held_with_envoy_live(mesh: DpMesh, tmp_path: Path) -> tuple[DpProcess, int, dict[str, object]]:
-    """A valid kuma-dp whose worker is held, once its Envoy is live: (kuma-dp, the worker's pid, definition)."""
-    app = mesh.app_factory("echo_http", "--name", "web")
-    doc = dataplane_doc("web-1", "web", app_port=app.port, inbound_port=free_port())
-    dp, worker = start_held(mesh, tmp_path, doc)
-    eventually(lambda: envoy_live(dp), message="Envoy live while the worker is held")
-    assert dp.notify is not None
-    dp.notify.wait_status("Envoy started (pid")  # what says "no Envoy was started" when it is missing
-    return dp, worker, doc
-
-
 def envoy_live(dp: DpProcess) -> bool:
     if not dp.alive():
         raise AssertionError(f"kuma-dp exited with {dp.proc.returncode}:\n{dp.logs()}")
@@ -81,32 +72,37 @@ def assert_worker_message(dp: DpProcess) -> None:
     assert "the control plane rejected the Dataplane" not in logs, logs
 
 
-def test_envoy_runs_before_the_verdict_and_ready_waits_for_it(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker, doc = held_with_envoy_live(mesh, tmp_path)
+def test_the_control_planes_answer_settles_the_definition(mesh: DpMesh, tmp_path: Path) -> None:
+    """The worker is held from its start and never gives a verdict: the answer is enough, and the worker is
+    stopped (its imports would only take a core from Envoy's start)."""
+    app = mesh.app_factory("echo_http", "--name", "web")
+    doc = dataplane_doc("web-1", "web", app_port=app.port, inbound_port=free_port())
+    dp, worker = start_held(mesh, tmp_path, doc)
     assert dp.notify is not None
-    body = eventually(lambda: (r := get(dp.readiness_url + "/ready", timeout=2))[0] == 503
-                      and "definition is still being checked" in r[1] and r[1], message="/ready says why not")
-    assert "definition" in body
-    assert dp.notify.values("READY") == [], "READY=1 before the definition was found valid"
-    os.kill(worker, signal.SIGCONT)
     dp.notify.wait_for("READY", "1")
     dp.wait_ready()
+    assert envoy_live(dp)
+    eventually(lambda: pid_gone(worker), message="the held worker stopped by kuma-dp")
     eventually(lambda: http(doc["networking"]["inbound"][0]["port"])[0] == 200,  # type: ignore[index]
                message="traffic through the inbound")
     assert dp.stop() == 0
-    assert pid_gone(worker)
 
 
-def test_a_worker_lost_after_envoy_started_stops_envoy_never_ready(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker, _ = held_with_envoy_live(mesh, tmp_path)
+def unreachable_cp() -> str:
+    return f"https://127.0.0.1:{free_port()}"
+
+
+def test_a_worker_lost_before_any_answer_exits_1(mesh: DpMesh, tmp_path: Path) -> None:
+    dp, worker = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
+                                                          inbound_port=free_port()), cp_address=unreachable_cp())
     assert dp.notify is not None
-    envoy = dp.envoy_pid()
+    dp.notify.wait_status("waiting for the control plane")
     os.kill(worker, signal.SIGKILL)
     assert dp.wait_exit(30) == 1, dp.logs()
     assert "the bootstrap worker exited with status" in dp.own_logs()
     assert dp.notify.values("READY") == []
     assert dp.notify.wait_status("failed: the bootstrap worker exited")
-    eventually(lambda: pid_gone(envoy), message="Envoy stopped with kuma-dp")
+    assert not [s for s in dp.notify.values("STATUS") if s.startswith("Envoy started")], "an Envoy was started"
 
 
 def test_refused_by_the_control_plane_then_the_verdict_names_every_field(mesh: DpMesh, tmp_path: Path) -> None:
@@ -144,10 +140,11 @@ def test_bad_definition_with_the_control_plane_down_exits_2(mesh: DpMesh, tmp_pa
 
 
 def test_stop_while_the_verdict_is_pending(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker, _ = held_with_envoy_live(mesh, tmp_path)
+    dp, worker = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
+                                                          inbound_port=free_port()), cp_address=unreachable_cp())
     assert dp.notify is not None
-    envoy = dp.envoy_pid()
+    dp.notify.wait_status("waiting for the control plane")
     dp.signal(signal.SIGTERM)
     assert dp.wait_exit(30) == 0, dp.logs()
     assert dp.notify.values("READY") == []
-    assert pid_gone(envoy) and pid_gone(worker)
+    assert pid_gone(worker)
