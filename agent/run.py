@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import agent
 from agent import prestart, rundir
 from agent.access_logs import AccessLogStreamer
-from agent.bootstrap import BootstrapFailed, BootstrapWorker, take_worker
+from agent.bootstrap import BootstrapFailed, BootstrapWorker
 from agent.bootstrap_fetch import Retry, fetch_with_retries
 from agent.config import EXIT_FAILURE, EXIT_OK, DpConfig
 from agent.cp_channel import CpChannel
@@ -173,13 +173,13 @@ class Agent:
         self.cp_channel = CpChannel(inputs.cp, inputs.ca_pem)
         answer = head.answer  # the control plane's: it validated the definition with the same model
         validation = None
-        if answer is None:  # the worker's verdict still counts (no definition given: nothing to validate)
-            payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format) if d.doc is not None else None
-            worker = take_worker(child_environment(self.env), payload)
-            if payload is not None:
-                self.validation = validation = asyncio.create_task(worker.validate(payload))
-                self.state.definition_pending = True  # not ready (READY=1, /ready) before the verdict
-                validation.add_done_callback(self._on_verdict)
+        # Without an answer the worker's verdict counts (no definition given: nothing to check).
+        if answer is None and d.doc is not None:
+            payload = prestart.worker_payload(d, cfg.log_level, cfg.log_format)
+            worker = BootstrapWorker.start(child_environment(self.env))
+            self.validation = validation = asyncio.create_task(worker.validate(payload))
+            self.state.definition_pending = True  # not ready (READY=1, /ready) before the verdict
+            validation.add_done_callback(self._on_verdict)
             # Not awaited on the way to Envoy: it need not wait for the worker's interpreter to shut down.
             self.cleanups.append(asyncio.create_task(retire_worker(worker, validation)))
         if not head.request:  # stopped before the request was ready
@@ -466,10 +466,9 @@ class Agent:
             self.runtime.cleanup()
 
 
-async def retire_worker(worker: BootstrapWorker, validation: asyncio.Task[None] | None) -> None:
+async def retire_worker(worker: BootstrapWorker, validation: asyncio.Task[None]) -> None:
     """Stop the bootstrap worker once its verdict is in (or kuma-dp gave up on it)."""
-    if validation is not None:
-        await asyncio.wait({validation})
+    await asyncio.wait({validation})
     await worker.stop()
 
 

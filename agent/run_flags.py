@@ -76,7 +76,6 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
 
 def run_command(config_file: str | None, flags: dict[str, Any]) -> None:
     """`kuma-dp run`: settings from flags, environment and file, then the agent until it exits (sys.exit)."""
-    from agent import prestart
     from agent.config import CONFIG_FILE_ENV, EXIT_USAGE, ConfigError, load_file, resolve
     from kuma_shared import logs
 
@@ -90,7 +89,6 @@ def run_command(config_file: str | None, flags: dict[str, Any]) -> None:
         sys.stderr.flush()
         sys.exit(EXIT_USAGE)
     logs.setup(cfg.log_level, cfg.log_format)
-    prestart.submit_definition(cfg)  # the pre-started worker validates while the rest of kuma-dp loads
     from agent import head_start
     from agent.notify import Notifier
 

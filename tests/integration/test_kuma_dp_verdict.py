@@ -1,10 +1,10 @@
 """The bootstrap worker's verdict off kuma-dp's critical path (agent/run.py): the bootstrap call does not
-wait for it; the control plane's answer settles the definition (it validated it with the same model), so the
-worker is stopped then and Envoy runs and is reported ready without it; without an answer (the control plane
-away, or refusing), a bad definition exits 2 with the worker's field-by-field message, never reported ready,
-with no Envoy started. Real kuma-cp, real Envoy, real worker; tests/integration/held_worker_dp.py holds the
-worker (SIGSTOP) so that each ordering of (verdict, bootstrap answer, stop signal) is reached on purpose
-rather than by luck."""
+wait for it; the control plane's answer settles the definition (it validated it with the same model), so no
+worker runs then and Envoy is reported ready without one; without an answer (the control plane away, or
+refusing), a worker is started and a bad definition exits 2 with its field-by-field message, never reported
+ready, with no Envoy started. Real kuma-cp, real Envoy, real worker; tests/integration/held_worker_dp.py holds
+the worker (SIGSTOP) so that each ordering of (verdict, refusal, stop signal) is reached on purpose rather than
+by luck."""
 
 from __future__ import annotations
 
@@ -47,15 +47,19 @@ def bad_doc() -> dict[str, object]:
     return doc
 
 
-def start_held(mesh: DpMesh, tmp_path: Path, doc: dict[str, object], **kwargs: object) -> tuple[DpProcess, int]:
-    """kuma-dp whose bootstrap worker is stopped from its start: (kuma-dp, the worker's pid)."""
+def start_held(mesh: DpMesh, tmp_path: Path, doc: dict[str, object], **kwargs: object) -> tuple[DpProcess, Path]:
+    """kuma-dp whose bootstrap worker, when it starts one, is stopped from its start: (kuma-dp, the file its
+    pid is written to then)."""
     pid_file = tmp_path / f"worker-{doc['name']}.pid"
     name = str(doc["name"])
     dp = mesh.dp_factory(name=name, cp=mesh.cp, definition=doc, token=mesh.token(name), notify=True,
                          wrapper=[sys.executable, str(HELD_WORKER), str(pid_file), "--"],
                          args=["--drain-time", "1s", "--envoy-log-level", "warning"], **kwargs)
-    worker = int(eventually(lambda: pid_file.read_text().strip(), message="the held worker's pid"))
-    return dp, worker
+    return dp, pid_file
+
+
+def held_worker(pid_file: Path) -> int:
+    return int(eventually(lambda: pid_file.exists() and pid_file.read_text().strip(), message="the held worker's pid"))
 
 
 def envoy_live(dp: DpProcess) -> bool:
@@ -73,16 +77,15 @@ def assert_worker_message(dp: DpProcess) -> None:
 
 
 def test_the_control_planes_answer_settles_the_definition(mesh: DpMesh, tmp_path: Path) -> None:
-    """The worker is held from its start and never gives a verdict: the answer is enough, and the worker is
-    stopped (its imports would only take a core from Envoy's start)."""
+    """The answer is enough: no worker is started (its imports would only take a core from Envoy's start)."""
     app = mesh.app_factory("echo_http", "--name", "web")
     doc = dataplane_doc("web-1", "web", app_port=app.port, inbound_port=free_port())
-    dp, worker = start_held(mesh, tmp_path, doc)
+    dp, pid_file = start_held(mesh, tmp_path, doc)
     assert dp.notify is not None
     dp.notify.wait_for("READY", "1")
     dp.wait_ready()
     assert envoy_live(dp)
-    eventually(lambda: pid_gone(worker), message="the held worker stopped by kuma-dp")
+    assert not pid_file.exists(), "a bootstrap worker was started although the control plane answered"
     eventually(lambda: http(doc["networking"]["inbound"][0]["port"])[0] == 200,  # type: ignore[index]
                message="traffic through the inbound")
     assert dp.stop() == 0
@@ -93,11 +96,11 @@ def unreachable_cp() -> str:
 
 
 def test_a_worker_lost_before_any_answer_exits_1(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
-                                                          inbound_port=free_port()), cp_address=unreachable_cp())
+    dp, pid_file = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
+                                                            inbound_port=free_port()), cp_address=unreachable_cp())
     assert dp.notify is not None
     dp.notify.wait_status("waiting for the control plane")
-    os.kill(worker, signal.SIGKILL)
+    os.kill(held_worker(pid_file), signal.SIGKILL)
     assert dp.wait_exit(30) == 1, dp.logs()
     assert "the bootstrap worker exited with status" in dp.own_logs()
     assert dp.notify.values("READY") == []
@@ -106,7 +109,8 @@ def test_a_worker_lost_before_any_answer_exits_1(mesh: DpMesh, tmp_path: Path) -
 
 
 def test_refused_by_the_control_plane_then_the_verdict_names_every_field(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker = start_held(mesh, tmp_path, bad_doc())
+    dp, pid_file = start_held(mesh, tmp_path, bad_doc())
+    worker = held_worker(pid_file)
     assert dp.notify is not None
     eventually(lambda: "bootstrap refused" in mesh.cp.logs(), message="the control plane refused the definition")
     assert dp.alive(), "kuma-dp exited on the refusal before the worker's verdict"
@@ -140,10 +144,11 @@ def test_bad_definition_with_the_control_plane_down_exits_2(mesh: DpMesh, tmp_pa
 
 
 def test_stop_while_the_verdict_is_pending(mesh: DpMesh, tmp_path: Path) -> None:
-    dp, worker = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
-                                                          inbound_port=free_port()), cp_address=unreachable_cp())
+    dp, pid_file = start_held(mesh, tmp_path, dataplane_doc("web-1", "web", app_port=free_port(),
+                                                            inbound_port=free_port()), cp_address=unreachable_cp())
     assert dp.notify is not None
     dp.notify.wait_status("waiting for the control plane")
+    worker = held_worker(pid_file)
     dp.signal(signal.SIGTERM)
     assert dp.wait_exit(30) == 0, dp.logs()
     assert dp.notify.values("READY") == []

@@ -1,7 +1,6 @@
-"""The bootstrap worker (a real child process, started as `kuma-dp run` starts it: without `site`, with
-kuma-dp's module path handed over): it validates the definition it was handed early, before kuma-dp imported
-the rest of itself, and answers the same verdict as `kuma-dp validate`; a worker handed another definition
-than the one kuma-dp finally loads is replaced, never trusted."""
+"""The bootstrap worker (a real child process, started as `kuma-dp run` starts it when the control plane has
+not answered: without `site`, with kuma-dp's module path handed over): it validates the definition it is
+handed and answers the same verdict as `kuma-dp validate`, every bad field named."""
 
 from __future__ import annotations
 
@@ -11,11 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from agent import prestart
-from agent.bootstrap import BootstrapFailed, take_worker
+from agent.bootstrap import BootstrapFailed, BootstrapWorker
 from agent.config import EXIT_USAGE, DpConfig
 from agent.dataplane import load
 
@@ -33,56 +31,24 @@ def config(tmp_path: Path, doc: dict[str, Any]) -> DpConfig:
 
 
 def verdict(cfg: DpConfig) -> BootstrapFailed | None:
-    """Pre-start the worker, submit the definition early (as the click command does), then take the worker
-    as agent.run does and wait for its verdict."""
-    prestart._worker = prestart.start_worker(dict(os.environ))
-    try:
-        prestart.submit_definition(cfg)
-        assert prestart._submitted is not None, "the definition was handed over early"
-        payload = prestart.worker_payload(load(cfg), cfg.log_level, cfg.log_format)
+    """Start the worker as agent.run does (the control plane has not answered) and wait for its verdict."""
+    payload = prestart.worker_payload(load(cfg), cfg.log_level, cfg.log_format)
 
-        async def run() -> BootstrapFailed | None:
-            worker = take_worker(dict(os.environ), payload)
-            assert worker.sent, "the pre-started worker, already handed this definition, is the one used"
-            try:
-                await worker.validate(payload)
-                return None
-            except BootstrapFailed as e:
-                return e
-            finally:
-                await worker.stop()
+    async def run() -> BootstrapFailed | None:
+        worker = BootstrapWorker.start(dict(os.environ))
+        try:
+            await worker.validate(payload)
+            return None
+        except BootstrapFailed as e:
+            return e
+        finally:
+            await worker.stop()
 
-        return asyncio.run(run())
-    finally:
-        prestart.discard()
+    return asyncio.run(run())
 
 
-def test_worker_validates_the_definition_handed_over_early(tmp_path: Path) -> None:
+def test_the_worker_names_every_bad_field(tmp_path: Path) -> None:
     assert verdict(config(tmp_path, definition())) is None
     failed = verdict(config(tmp_path, definition(port=99999)))
     assert failed is not None and failed.exit_code == EXIT_USAGE and failed.kind == "definition"
     assert "is not a valid Dataplane" in failed.message and "networking.inbound[0].port" in failed.message
-
-
-def test_a_worker_handed_another_definition_is_replaced(tmp_path: Path) -> None:
-    cfg = config(tmp_path, definition())
-    prestart._worker = prestart.start_worker(dict(os.environ))
-    early = prestart._worker
-    try:
-        prestart.submit_definition(cfg)
-        Path(cfg.dataplane_file or "").write_text(yaml.safe_dump(definition(port=99999)))  # changed meanwhile
-        payload = prestart.worker_payload(load(cfg), cfg.log_level, cfg.log_format)
-
-        async def run() -> None:
-            worker = take_worker(dict(os.environ), payload)
-            assert worker.child.pid != early.pid and not worker.sent
-            try:
-                with pytest.raises(BootstrapFailed, match=r"networking\.inbound\[0\]\.port"):
-                    await worker.validate(payload)
-            finally:
-                await worker.stop()
-
-        asyncio.run(run())
-        assert early.poll() is not None, "the worker with the stale definition was stopped"
-    finally:
-        prestart.discard()

@@ -155,24 +155,3 @@ def test_bootstrap_worker_imports_only_what_validation_needs() -> None:
         assert loaded == {}, f"imported by the bootstrap worker ({proxy_type}): {loaded}"
         if proxy_type == "dataplane":
             assert "controlplane.resources.zone" not in after_run
-
-
-def test_the_worker_is_started_before_kuma_dp_loads_more_than_it_needs_to_start_it() -> None:
-    """The entry point spawns the bootstrap worker (on the critical path until its verdict) before it loads
-    logging, socket, click or asyncio: each would delay the worker's start."""
-    code = textwrap.dedent("""
-        import json, sys
-        from agent import cli, prestart
-        def start_worker(env):
-            print(json.dumps(sorted(sys.modules)))
-            sys.exit(0)
-        prestart.start_worker = start_worker
-        cli._prestart(["run", "--binary-path", "/nonexistent/envoy"])
-        sys.exit("the worker was not started")
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    modules = set(json.loads(out.stdout))
-    assert "agent.prestart" in modules
-    loaded = {m for m in ("logging", "socket", "click", "asyncio", "agent.notify", "agent.config") if m in modules}
-    assert loaded == set(), f"loaded before the bootstrap worker is started: {loaded}"
