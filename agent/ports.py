@@ -59,17 +59,10 @@ def bind_listener(key: str, span: PortRange, host: str = "127.0.0.1") -> socket.
     last: OSError | None = None
     for i in range(min(size, 200)):
         port = span.low + (start - span.low + i) % size
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((host, port))
-            s.listen(128)
+            return listen(host, port)
         except OSError as e:
-            s.close()
             last = e
-            continue
-        s.setblocking(False)
-        return s
     raise NoFreePort(f"no free port on {host} in {span}: {last}")
 
 
