@@ -17,6 +17,13 @@ class Pipe:
     fd: int  # open read-write and non-blocking: see create()
     inode: int  # which pipe is ours when another kuma-dp of the same dataplane replaced it
 
+    def close(self) -> None:
+        """Close it (once), and remove it unless another kuma-dp of the same dataplane replaced it since."""
+        os.close(self.fd)
+        with contextlib.suppress(FileNotFoundError):
+            if self.path.stat().st_ino == self.inode:
+                self.path.unlink()
+
 
 def create(path: str | Path) -> Pipe:
     """Create the pipe (replacing a stale one) and open it. Read-write, so that it neither blocks waiting for

@@ -66,24 +66,23 @@ class AccessLogStreamer:
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.errors = ErrorLog(log)
-        self._fd: int | None = None
+        self._pipe: access_log_pipe.Pipe | None = None
         self._buffer = b""
         self._senders: dict[str, _Sender] = {}
-        self._inode: int | None = None
 
     def start(self, pipe: access_log_pipe.Pipe | None = None) -> None:
         """Start reading the pipe: `pipe` when kuma-dp created it already (before Envoy's spawn), else a new one
         (agent/access_log_pipe.py)."""
         if pipe is None:
             pipe = access_log_pipe.create(self.path)
-        self._fd, self._inode = pipe.fd, pipe.inode
-        asyncio.get_running_loop().add_reader(self._fd, self._readable)
+        self._pipe = pipe
+        asyncio.get_running_loop().add_reader(pipe.fd, self._readable)
         log.info("access log pipe ready", extra={"path": str(self.path)})
 
     def _readable(self) -> None:
-        assert self._fd is not None
+        assert self._pipe is not None
         try:
-            data = os.read(self._fd, 1 << 16)
+            data = os.read(self._pipe.fd, 1 << 16)
         except BlockingIOError:
             return
         *lines, self._buffer = (self._buffer + data).split(b"\n")
@@ -110,14 +109,11 @@ class AccessLogStreamer:
                                extra={"address": address}, level=logging.WARNING)
 
     def stop(self) -> None:
-        if self._fd is not None:
+        if self._pipe is not None:
             with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self._fd)
-            os.close(self._fd)
-            self._fd = None
+                asyncio.get_running_loop().remove_reader(self._pipe.fd)
+            self._pipe.close()
+            self._pipe = None
         for sender in self._senders.values():
             sender.close()
         self._senders.clear()
-        with contextlib.suppress(FileNotFoundError):
-            if self.path.stat().st_ino == self._inode:  # ours, not a newer kuma-dp's for the same dataplane
-                self.path.unlink()

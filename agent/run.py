@@ -160,8 +160,10 @@ class Agent:
             for sock in (head.readiness, head.metrics):
                 if sock is not None:
                     sock.close()
-            if head.envoy is not None:  # (not reached: the head start spawns Envoy last)
+            if head.envoy is not None:  # spawned, then its pid file could not be written
                 head.envoy.kill_tree()
+            if head.access_log_pipe is not None:  # made just before the spawn
+                head.access_log_pipe.close()
             raise head.failure
         await self.serve_endpoints()
         if head.inputs is None:  # stopped before its checks were done
