@@ -7,8 +7,8 @@ fast while the control plane is unreachable, and says more than the control plan
 
 Why a separate process: the validation needs the resource model (pydantic), ~100 ms of imports and ~25 MB
 of resident memory that a long-running kuma-dp would otherwise keep forever (bench/bench_agent.py measures
-kuma-dp's RSS). kuma-dp starts it first thing (agent/prestart.py), so its imports overlap with kuma-dp's own
-start-up; kuma-dp meanwhile makes the bootstrap call itself (agent/head_start.py).
+kuma-dp's RSS). kuma-dp starts it (agent/prestart.py's start_worker) when its head start's bootstrap call got
+no answer (agent/run.py), and keeps retrying the call meanwhile (agent/bootstrap_fetch.py).
 
 Protocol: kuma-dp writes one JSON object on stdin (`definition`, `proxyType`, `logLevel`, `logFormat`), then
 reads one JSON line from stdout:
