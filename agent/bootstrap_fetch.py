@@ -23,6 +23,7 @@ from typing import Any
 from agent.bootstrap import BootstrapFailed
 from agent.bootstrap_client import FETCH_TIMEOUT, BootstrapError, CpAddress, fetch_bootstrap
 from agent.config import EXIT_FAILURE, RETRY_BACKOFF_CAP
+from agent.grpc_unary import tls_context
 
 FATAL_TLS = ("tls-verify", "tls-hostname", "tls")
 
@@ -41,8 +42,7 @@ async def diagnose(cp: CpAddress, ca_pem: bytes, ca_source: str) -> tuple[str, s
         reason = "timed out" if isinstance(e, TimeoutError) else _reason(e)
         return "unreachable", f"cannot connect to the control plane at {cp.target}: {reason}"
     writer.close()
-    ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii", "replace"))
-    ctx.set_alpn_protocols(["h2"])
+    ctx = tls_context(ca_pem)  # as the call makes it
     try:
         async with asyncio.timeout(5.0):
             _, writer = await asyncio.open_connection(cp.host, cp.port, ssl=ctx, server_hostname=cp.host)

@@ -1,9 +1,9 @@
-"""The control plane's dp-server address, and kuma-dp's one gRPC channel to it.
+"""The control plane's dp-server address, and kuma-dp's grpcio channel to it.
 
-The bootstrap call and the MeshMetric follow (agent/metrics_watch.py) share it: one TCP connection and one
-TLS handshake instead of one per call (the MeshMetric long poll re-asks every 30 s, and its first call lands
-while Envoy starts). grpcio is imported on first use, so commands that never call the control plane do not
-pay for it.
+The MeshMetric follow (agent/metrics_watch.py) keeps it: one TCP connection and one TLS handshake instead of
+one per call (its long poll re-asks every 30 s). The bootstrap call goes without grpcio (agent/grpc_unary.py),
+and grpcio is imported on the channel's first use, once Envoy is ready, so it is never on kuma-dp's way to
+Envoy's start.
 
 A call that failed for a connection problem drops the channel (`reset`): the next call opens a fresh one at
 once, instead of waiting out the reconnect backoff gRPC keeps per channel (up to minutes), so kuma-dp's own

@@ -166,8 +166,7 @@ class Agent:
                 head.access_log_pipe.close()
             raise head.failure
         await self.serve_endpoints()
-        if head.inputs is None:  # stopped before its checks were done
-            return self._stopped_exit()
+        assert head.inputs is not None  # set before any wait a stop can interrupt
         inputs, cfg = head.inputs, self.cfg
         d = inputs.definition
         label = head.label
@@ -189,7 +188,7 @@ class Agent:
         self.admin = AdminClient("127.0.0.1", head.admin_port)
         self.admin_port_fixed = head.admin_port_fixed
         if answer is None:
-            answer = await self._bootstrap(validation, inputs.ca_source, head.request)
+            answer = await self._bootstrap(validation, inputs, head.request)
             if answer is None:
                 return self._stopped_exit()
             self._settled_by_the_control_plane()
@@ -205,22 +204,21 @@ class Agent:
             log.debug("the control plane accepted the definition; the bootstrap worker's check is not needed")
         self.state.definition_pending = False
 
-    async def _bootstrap(self, validation: asyncio.Task[None] | None, ca_source: str,
+    async def _bootstrap(self, validation: asyncio.Task[None] | None, inputs: Inputs,
                          request: dict[str, Any]) -> dict[str, Any] | None:
         """The control plane's answer (the worker's verdict may still be pending); None when stopped meanwhile.
 
         Every ordering of (verdict, answer, stop): a stop wins (None); an invalid verdict ends the call and its
         retries at once (exit 2, the worker's message); a refusal waits for a pending verdict, and an invalid
         one wins over it (it names every bad field); an answer is returned at once."""
-        cfg, channel = self.cfg, self.cp_channel
-        assert channel is not None  # its address and CA; the call goes on a connection of its own
+        cfg = self.cfg
 
         def on_status(message: dict[str, Any]) -> None:
             self.metrics.bootstrap_attempts.inc()
             self.status(message["status"], logging.WARNING)
             self.notifier.extend_timeout(float(message.get("retryIn", 0)) + 15.0)
 
-        fetch = asyncio.create_task(fetch_with_retries(channel.cp, channel.ca_pem, ca_source, request,
+        fetch = asyncio.create_task(fetch_with_retries(inputs.cp, inputs.ca_pem, inputs.ca_source, request,
                                                        Retry(cfg.retry_backoff, cfg.retry_max_duration), on_status))
         stop = asyncio.create_task(self.stop_requested.wait())
         try:
