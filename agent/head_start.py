@@ -1,22 +1,27 @@
-"""kuma-dp's head start: what `kuma-dp run` does before its event loop exists, up to spawning Envoy.
+"""kuma-dp's head start: what `kuma-dp run` does before its event loop exists, up to handing Envoy its bootstrap.
 
-Why before the loop: on the way to Envoy's spawn, every import is time Envoy waits for. asyncio and kuma-dp's
+Why before the loop: on the way to Envoy's start, every import is time Envoy waits for. asyncio and kuma-dp's
 asynchronous modules (supervisor, readiness, metrics, HTTP server) cost ~40 ms of imports here, and grpcio
 ~50 ms more; this phase loads none of them (tests/unit/test_agent_startup_imports.py keeps it so). They load
 once Envoy runs, while it starts (bench/bench_agent.py measures both).
 
 In order:
-1. Local checks: the definition (read, templated, parsed), the token, the CA, the Envoy binary. Bad input
-   exits 2 with a message naming the flag and the fix.
-2. The private runtime directory (0700, locked per dataplane); with --dns-enabled the host's DNS stub is
-   prepared (lock, crash recovery, its sockets); the readiness and metrics sockets bound (served once the
-   loop runs); the Envoy admin port; Envoy's version (remembered, or the pre-started `envoy --version`).
-3. The bootstrap call, once, blocking (agent/bootstrap_client.py over agent/grpc_unary.py). Any failure is
+1. What Envoy's spawn needs, checked: the definition (read, templated, parsed) and the Envoy binary; then the
+   private runtime directory (0700, locked per dataplane). Bad input exits 2 with a message naming the flag
+   and the fix.
+2. Envoy, spawned at once, reading its bootstrap from a pipe (agent/envoy/bootstrap_pipe.py): it spends most
+   of its own start (~45 of ~70 ms) loading and initialising before it reads one, and does that now, beside
+   kuma-dp's remaining steps, instead of after them. MeshAccessLog's pipe is made first.
+3. The remaining checks (the token, the CA); with --dns-enabled the host's DNS stub is prepared (lock, crash
+   recovery, its sockets); the readiness and metrics sockets bound (served once the loop runs); the Envoy
+   admin port; Envoy's version (remembered, or the pre-started `envoy --version`).
+4. The bootstrap call, once, blocking (agent/bootstrap_client.py over agent/grpc_unary.py). Any failure is
    left to the loop's path (agent/bootstrap_fetch.py), which asks again: with retries while the control plane
    is unreachable, and with the message that says what to fix when it refuses. The call has no side effects
    (controlplane/xds/bootstrap_service.py), so asking twice is safe.
-4. With the answer, and no DNS stub to start first: the access-log pipe, the bootstrap file, and Envoy,
-   spawned as the supervisor spawns it (agent/supervisor.py adopts it as its first Envoy).
+5. With the answer, and no DNS stub to start first: the bootstrap file written and the same bytes handed to
+   the waiting Envoy (agent/supervisor.py adopts it as its first Envoy). Otherwise the agent hands it over
+   once it has the answer and the stub runs; an Envoy never handed one is killed when kuma-dp stops.
 
 No bootstrap worker (agent/bootstrap_worker.py) runs here: when the call succeeds, the control plane validated
 the definition with the same model to answer it, and the worker's imports (~150 ms of pydantic models) would
@@ -26,17 +31,15 @@ only take a core from Envoy's start. When it fails, the agent starts the worker 
 A failure is kept (`HeadStart.failure`) and raised by the agent once its loop runs, so that it is reported
 and everything made so far is cleaned up in one place (agent/run.py). Stop and forwarded signals are recorded
 and replayed to the agent; a stop during a blocking wait (the call, `envoy --version`) ends the wait at once.
+Signals are not forwarded to the waiting Envoy: it has no config to reload or dump yet.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import signal
 import socket
-import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,14 +50,29 @@ from typing import TYPE_CHECKING, Any
 
 import agent
 from agent import access_log_pipe, dataplane, ports, prestart, rundir
-from agent.bootstrap_client import BootstrapError, CpAddress, fetch_bootstrap_blocking
-from agent.config import EXIT_FAILURE, EXIT_USAGE, DpConfig
+from agent.bootstrap_client import BootstrapError, fetch_bootstrap_blocking
+from agent.config import EXIT_USAGE, DpConfig
 from agent.envoy import version_cache
-from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, find_envoy, parse_envoy_version
-from agent.envoy.options import EnvoyOptions
+from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, parse_envoy_version
 from agent.notify import Notifier, child_environment
-from agent.proc import Child, adopt, process_is, spawn
-from kuma_shared.access_logs import access_log_pipe as access_log_path
+from agent.proc import Child, adopt, spawn
+from agent.start_steps import (
+    Fatal,
+    Inputs,
+    WaitingEnvoy,
+    abandon,
+    check_definition,
+    claim_admin_port,
+    create_access_log_pipe,
+    deliver,
+    envoy_options,
+    envoy_started_status,
+    kill_stale_envoy,
+    read_ca,
+    read_token,
+    spawn_waiting_envoy,
+    write_bootstrap,
+)
 
 if TYPE_CHECKING:
     from agent.dns.component import HostDns  # DNS (agent/dns): imported only when --dns-enabled
@@ -64,12 +82,6 @@ log = logging.getLogger("kuma-dp.run")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORWARDED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)  # Envoy's, once it runs
 VERSION_TIMEOUT = 30.0
-
-
-class Fatal(Exception):
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.message, self.exit_code = message, exit_code
 
 
 class Interrupted(Exception):
@@ -111,16 +123,6 @@ class Signals:
 
 
 @dataclass
-class Inputs:
-    definition: dataplane.Definition
-    token: str
-    ca_pem: bytes
-    ca_source: str
-    binary: Path
-    cp: CpAddress
-
-
-@dataclass
 class HeadStart:
     """What kuma-dp did before its event loop, handed to the agent (agent/run.py)."""
 
@@ -129,7 +131,8 @@ class HeadStart:
     notifier: Notifier
     signals: Signals = field(default_factory=Signals)
     failure: BaseException | None = None  # raised by the agent, which reports it and cleans up
-    inputs: Inputs | None = None
+    definition: dataplane.Definition | None = None  # checked first: the runtime directory and Envoy need it
+    inputs: Inputs | None = None  # once the token and CA are checked too
     runtime: rundir.RuntimeDir | None = None
     dns: HostDns | None = None  # DNS: prepared, started by the agent before Envoy
     readiness: socket.socket | None = None  # bound and listening; served by the agent
@@ -141,12 +144,13 @@ class HeadStart:
     request: dict[str, Any] = field(default_factory=dict)
     answer: dict[str, Any] | None = None  # None: the agent asks, with retries
     access_log_pipe: access_log_pipe.Pipe | None = None
-    envoy: Child | None = None  # spawned here; the supervisor adopts it
-    envoy_started_at: float = 0.0  # time.monotonic() of the spawn
+    envoy: Child | None = None  # spawned here; the supervisor adopts it once it has its bootstrap
+    waiting: WaitingEnvoy | None = None  # that Envoy, while it waits for its bootstrap (start_envoy)
+    envoy_started_at: float = 0.0  # time.monotonic() of its bootstrap's delivery
 
     @property
     def label(self) -> str:
-        d = self.inputs.definition if self.inputs is not None else None
+        d = self.definition
         return f"dataplane {d.name!r} (mesh {d.mesh})" if d is not None else "dataplane"
 
     def status(self, text: str) -> None:
@@ -155,7 +159,7 @@ class HeadStart:
 
 
 def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
-    """Everything up to Envoy's spawn that needs no event loop; never raises (see `HeadStart.failure`)."""
+    """Everything up to Envoy's bootstrap that needs no event loop; never raises (see `HeadStart.failure`)."""
     head = HeadStart(cfg, env, notifier)
     head.signals.install()
     try:
@@ -164,7 +168,7 @@ def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
             head.status(f"requesting the Envoy bootstrap for {head.label} from {cfg.cp_address}")
             head.answer = ask(head)
         if head.answer is not None and head.dns is None and not head.signals.stopping:
-            spawn_envoy(head)
+            start_envoy(head)
     except Interrupted:
         log.info("stop requested before the event loop", extra={"signal": signal.Signals(head.signals.seen[-1]).name})
     except Exception as e:  # kept for the agent, which reports it after cleaning up
@@ -174,14 +178,18 @@ def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
 
 def prepare(head: HeadStart) -> None:
     cfg = head.cfg
-    head.inputs = inputs = check_inputs(cfg)
-    d = inputs.definition
+    cp, d, binary = check_definition(cfg)
+    head.definition = d
     try:
         runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=head.env)
         runtime.lock(head.label)
     except rundir.RuntimeDirError as e:
         raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
     head.runtime = runtime
+    spawn_early(head, binary)
+    token = read_token(cfg, d)
+    ca_pem, ca_source = read_ca(cfg)
+    head.inputs = inputs = Inputs(d, token, ca_pem, ca_source, binary, cp)
     if cfg.dns_enabled:  # DNS: one owner per host; crash recovery and the stub's sockets before the bootstrap
         from agent.dns.component import DnsError, for_config
 
@@ -209,6 +217,23 @@ def prepare(head: HeadStart) -> None:
         head.request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
 
 
+def spawn_early(head: HeadStart, binary: Path) -> None:
+    """The first Envoy, spawned as soon as its runtime directory exists: it loads and initialises while kuma-dp
+    checks the rest and asks the control plane, then waits for its bootstrap on a pipe (start_envoy, or the
+    agent's once it has the answer and, with --dns-enabled, the DNS stub runs). MeshAccessLog's pipe is made
+    first: the bootstrap may name it."""
+    runtime = head.runtime
+    assert head.definition is not None and runtime is not None
+    d = head.definition
+    head.access_log_pipe = create_access_log_pipe(d.name, d.mesh)
+    options = envoy_options(head.cfg, binary, runtime)
+    kill_stale_envoy(runtime, options)
+    head.waiting = waiting = spawn_waiting_envoy(options, head.env)
+    head.envoy = waiting.child
+    runtime.write_private(rundir.ENVOY_PID, f"{waiting.child.pid}\n".encode())
+    log.debug("Envoy spawned; it reads its bootstrap once kuma-dp has it", extra={"pid": waiting.child.pid})
+
+
 def ask(head: HeadStart) -> dict[str, Any] | None:
     """The control plane's answer, or None: the agent asks again, with retries and the reason."""
     assert head.inputs is not None
@@ -221,98 +246,36 @@ def ask(head: HeadStart) -> dict[str, Any] | None:
         return None
 
 
-def spawn_envoy(head: HeadStart) -> None:
+def start_envoy(head: HeadStart) -> None:
+    """Envoy on its way with the control plane's answer: the waiting one handed its bootstrap or, when it could
+    not take it (or none waits), one spawned from the bootstrap file. Used by the agent too (agent/run.py), once
+    the answer and the DNS stub are in."""
     cfg, inputs, runtime, answer = head.cfg, head.inputs, head.runtime, head.answer
     assert inputs is not None and runtime is not None and answer is not None
     d = inputs.definition
-    head.access_log_pipe = create_access_log_pipe(d.name, d.mesh)
-    options = envoy_options(cfg, inputs.binary, runtime)
-    kill_stale_envoy(runtime, options.bootstrap_file)
     head.admin_port = claim_admin_port(head.admin_port, head.admin_port_fixed, f"{d.mesh}/{d.name}")
-    write_bootstrap(runtime, answer["bootstrap"], head.admin_port)
-    head.envoy = spawn(options.argv(), env=child_environment(head.env), cwd=str(options.bootstrap_file.parent),
-                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    head.envoy_started_at = time.monotonic()
-    runtime.write_private(rundir.ENVOY_PID, f"{head.envoy.pid}\n".encode())
+    waiting, head.waiting = head.waiting, None
+    if waiting is None or not deliver(waiting, runtime, answer["bootstrap"], head.admin_port):
+        options = envoy_options(cfg, inputs.binary, runtime)
+        if waiting is None:
+            kill_stale_envoy(runtime, options)
+            write_bootstrap(runtime, answer["bootstrap"], head.admin_port)
+        head.envoy = spawn(options.argv(), env=child_environment(head.env), cwd=str(options.bootstrap_file.parent),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        runtime.write_private(rundir.ENVOY_PID, f"{head.envoy.pid}\n".encode())
+    assert head.envoy is not None
+    head.envoy_started_at = time.monotonic()  # the start timeout counts from here, not from the early spawn
     head.status(envoy_started_status(head.envoy.pid))
 
 
-# --- the steps, also used by the agent (agent/run.py) when it spawns or restarts Envoy itself ----------------
-
-def read_token(cfg: DpConfig, definition: dataplane.Definition) -> str:
-    command = ("kumactl generate zone-token --zone ZONE --scope ingress" if definition.proxy_type == "ingress"
-               else f"kumactl generate dataplane-token --mesh {definition.mesh} --name {definition.name}")
-    fix = f"generate one with: {command} > TOKEN_FILE, then pass --dataplane-token-file TOKEN_FILE"
-    if cfg.token:
-        return cfg.token.strip()
-    if not cfg.token_file:
-        raise Fatal(f"no dataplane token: {fix}", EXIT_USAGE)
-    path = cfg.token_file
-    try:
-        token = Path(path).read_text().strip()
-    except FileNotFoundError:
-        raise Fatal(f"--dataplane-token-file {path}: no such file; {fix}", EXIT_USAGE) from None
-    except PermissionError:
-        raise Fatal(f"--dataplane-token-file {path}: permission denied (kuma-dp runs as uid {os.getuid()})",
-                    EXIT_USAGE) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise Fatal(f"--dataplane-token-file {path}: cannot read it: {getattr(e, 'strerror', None) or e}",
-                    EXIT_USAGE) from None
-    if not token:
-        raise Fatal(f"--dataplane-token-file {path} is empty; {fix}", EXIT_USAGE)
-    return token
+def drop_waiting_envoy(head: HeadStart) -> None:
+    """The early Envoy killed, never handed a bootstrap (kuma-dp stops, or failed before the answer)."""
+    if head.waiting is not None:
+        abandon(head.waiting)
+        head.waiting = head.envoy = None
 
 
-def read_ca(cfg: DpConfig) -> tuple[bytes, str]:
-    if cfg.ca_cert:
-        pem, source = cfg.ca_cert.encode(), "$KUMA_CONTROL_PLANE_CA_CERT"
-    elif cfg.ca_cert_file:
-        source = f"--ca-cert-file {cfg.ca_cert_file}"
-        try:
-            pem = Path(cfg.ca_cert_file).read_bytes()
-        except FileNotFoundError:
-            raise Fatal(f"{source}: no such file (it is the control plane's <workDir>/tls/ca.crt)",
-                        EXIT_USAGE) from None
-        except PermissionError:
-            raise Fatal(f"{source}: permission denied (kuma-dp runs as uid {os.getuid()})", EXIT_USAGE) from None
-        except OSError as e:
-            raise Fatal(f"{source}: cannot read it: {e.strerror or e}", EXIT_USAGE) from None
-    else:
-        raise Fatal("no CA certificate for the control plane: pass --ca-cert-file with the control plane's "
-                    "<workDir>/tls/ca.crt (the dp-server speaks TLS only)", EXIT_USAGE)
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        raise Fatal(f"{source}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)", EXIT_USAGE)
-    try:
-        ssl.create_default_context(cadata=pem.decode("ascii"))
-    except (ssl.SSLError, ValueError, UnicodeDecodeError) as e:
-        raise Fatal(f"{source}: not a usable CA certificate: {e}", EXIT_USAGE) from None
-    return pem, source
-
-
-def check_inputs(cfg: DpConfig) -> Inputs:
-    """Everything that can be checked without the control plane (the definition's full validation runs in
-    the bootstrap worker meanwhile)."""
-    try:
-        cp = CpAddress.parse(cfg.cp_address)
-    except ValueError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    try:
-        definition = dataplane.load(cfg)
-    except dataplane.DefinitionError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    for warning in definition.warnings:
-        log.warning(warning)
-    if definition.proxy_type == "ingress" and cfg.dns_enabled:
-        raise Fatal(f"{definition.source} is a ZoneIngress and DNS is enabled: a zone ingress runs no DNS stub "
-                    "(run it as kuma-dp@NAME, or set KUMA_DNS_ENABLED=false)", EXIT_USAGE)
-    token = read_token(cfg, definition)
-    ca_pem, ca_source = read_ca(cfg)
-    try:
-        binary = find_envoy(cfg.binary_path)
-    except EnvoyBinaryError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    return Inputs(definition, token, ca_pem, ca_source, binary, cp)
-
+# --- the head start's own steps ----------------------------------------------------------------------------
 
 def envoy_version_of(binary: Path, env: dict[str, str], signals: Signals | None = None,
                      timeout: float = VERSION_TIMEOUT) -> str:
@@ -379,57 +342,3 @@ def choose_admin_port(cfg: DpConfig, key: str, definition: dataplane.Definition,
         raise Fatal(f"--admin-port: {e}", EXIT_USAGE) from None
 
 
-def claim_admin_port(port: int, fixed: bool, key: str) -> int:
-    """The admin port to start Envoy on: `port`, free when chosen; if something took it meanwhile, another
-    (unless it was given)."""
-    if fixed or ports.is_free(port):
-        return port
-    new = ports.pick(f"admin:{key}:{time.time()}", ports.ADMIN_RANGE)
-    log.warning("Envoy admin port taken; using another", extra={"old": port, "new": new})
-    return new
-
-
-def write_bootstrap(runtime: rundir.RuntimeDir, bootstrap: dict[str, Any], admin_port: int) -> None:
-    """The bootstrap file Envoy starts from, with its admin address; the old admin address file removed (Envoy
-    writes the new one once it listens)."""
-    bootstrap.setdefault("admin", {}).setdefault("address", {}).setdefault("socket_address", {}).update(
-        {"address": "127.0.0.1", "port_value": admin_port})
-    runtime.write_private(rundir.BOOTSTRAP, json.dumps(bootstrap, indent=1).encode())
-    with contextlib.suppress(OSError):
-        runtime.file(rundir.ADMIN_ADDRESS).unlink()
-
-
-def envoy_options(cfg: DpConfig, binary: Path, runtime: rundir.RuntimeDir) -> EnvoyOptions:
-    return EnvoyOptions(binary=binary, bootstrap_file=runtime.file(rundir.BOOTSTRAP),
-                        admin_address_file=runtime.file(rundir.ADMIN_ADDRESS),
-                        concurrency=cfg.effective_concurrency, drain_time=cfg.drain_time,
-                        log_level=cfg.effective_envoy_log_level, component_log_level=cfg.envoy_component_log_level)
-
-
-def envoy_started_status(pid: int) -> str:
-    return f"Envoy started (pid {pid}); waiting for it to get live"
-
-
-def kill_stale_envoy(runtime: rundir.RuntimeDir, bootstrap_file: Path) -> None:
-    """An Envoy left by a kuma-dp that died before PR_SET_PDEATHSIG took hold: ours by its bootstrap path."""
-    try:
-        pid = int(runtime.file(rundir.ENVOY_PID).read_text().strip())
-    except (OSError, ValueError):
-        return
-    p = process_is(pid, str(bootstrap_file))
-    if p is not None:
-        log.warning("killing an Envoy left behind by a previous kuma-dp", extra={"pid": pid})
-        with contextlib.suppress(Exception):
-            p.kill()
-            p.wait(5)
-
-
-def create_access_log_pipe(name: str, mesh: str) -> access_log_pipe.Pipe | None:
-    """MeshAccessLog's Tcp backend pipe, before Envoy starts; None (and a warning) when it cannot be made."""
-    path = access_log_path(name, mesh)
-    try:
-        return access_log_pipe.create(path)
-    except OSError as e:
-        log.warning("could not create the access log pipe: MeshAccessLog Tcp backends will not reach their "
-                    "address from this dataplane", extra={"path": path, "error": str(e)})
-        return None

@@ -122,10 +122,10 @@ class Child:
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None,
           stdin: int | None = subprocess.DEVNULL, stdout: int | None = None,
-          stderr: int | None = None) -> Child:
+          stderr: int | None = None, pass_fds: Sequence[int] = ()) -> Child:
     """Start `argv` as a child that dies with kuma-dp, in its own process group."""
     proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                            preexec_fn=die_with_parent(), process_group=0, close_fds=True)
+                            preexec_fn=die_with_parent(), process_group=0, close_fds=True, pass_fds=pass_fds)
     return adopt(proc)
 
 

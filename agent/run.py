@@ -40,10 +40,15 @@ from agent.bootstrap_fetch import Retry, fetch_with_retries
 from agent.config import EXIT_FAILURE, EXIT_OK, DpConfig
 from agent.cp_channel import CpChannel
 from agent.envoy.admin import AdminClient, AdminError
-from agent.head_start import (
-    STOP_SIGNALS,
+from agent.head_start import STOP_SIGNALS, HeadStart, drop_waiting_envoy, start_envoy
+from agent.httpd import serve
+from agent.metrics import CONTENT_TYPE, DpMetrics
+from agent.metrics_watch import MeshMetricServer
+from agent.notify import Notifier, child_environment
+from agent.proc import Child
+from agent.readiness import DpState, Monitor, envoy_hung
+from agent.start_steps import (
     Fatal,
-    HeadStart,
     Inputs,
     claim_admin_port,
     create_access_log_pipe,
@@ -52,12 +57,6 @@ from agent.head_start import (
     kill_stale_envoy,
     write_bootstrap,
 )
-from agent.httpd import serve
-from agent.metrics import CONTENT_TYPE, DpMetrics
-from agent.metrics_watch import MeshMetricServer
-from agent.notify import Notifier, child_environment
-from agent.proc import Child
-from agent.readiness import DpState, Monitor, envoy_hung
 from agent.supervisor import EnvoyFailure, Supervisor, describe_exit
 
 if TYPE_CHECKING:
@@ -160,7 +159,8 @@ class Agent:
             for sock in (head.readiness, head.metrics):
                 if sock is not None:
                     sock.close()
-            if head.envoy is not None:  # spawned, then its pid file could not be written
+            drop_waiting_envoy(head)
+            if head.envoy is not None:  # handed its bootstrap, then something failed
                 head.envoy.kill_tree()
             if head.access_log_pipe is not None:  # made just before the spawn
                 head.access_log_pipe.close()
@@ -277,7 +277,7 @@ class Agent:
         options = envoy_options(cfg, inputs.binary, runtime)
         self.start_access_logs(d.name, d.mesh)
         if head.envoy is None:
-            kill_stale_envoy(runtime, options.bootstrap_file)
+            kill_stale_envoy(runtime, options)
 
         def before_start() -> None:
             admin.port = claim_admin_port(admin.port, self.admin_port_fixed, f"{d.mesh}/{d.name}")
@@ -341,10 +341,10 @@ class Agent:
 
         self.monitor = monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
                                          on_cp_change=on_cp_change, liveness_timeout=cfg.envoy_liveness_timeout)
-        if head.envoy is not None:  # spawned before this loop: supervised from here on (stopped by close())
+        if head.envoy is not None and head.waiting is None:  # started before this loop: supervised from here on
             supervisor.adopt(head.envoy, head.envoy_started_at)
         if self.stop_requested.is_set():
-            return self._stopped_exit()
+            return self._stopped_exit()  # a waiting Envoy is killed by close()
         if self.dns is not None:  # DNS: serve .mesh (its map came with the bootstrap), then point the host at it
             from agent.dns.component import DnsError
             from agent.dns.watch import WatchParams
@@ -358,7 +358,13 @@ class Agent:
                 raise Fatal(e.message, e.exit_code) from None
             log.info(self.dns.summary())
         self.state.phase = "running"
-        if supervisor.child is None:
+        if head.waiting is not None:  # spawned before this loop, waiting for the answer (and the DNS stub)
+            head.answer = answer
+            start_envoy(head)
+            admin.port = head.admin_port
+            assert head.envoy is not None
+            supervisor.adopt(head.envoy, head.envoy_started_at)
+        elif supervisor.child is None:
             await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
         if cfg.proxy_type == "dataplane":
@@ -432,7 +438,7 @@ class Agent:
 
     def start_access_logs(self, name: str, mesh: str) -> None:
         """Read MeshAccessLog's pipe: the head start's (made before it spawned Envoy), else made now."""
-        pipe = self.head.access_log_pipe if self.head.envoy is not None else create_access_log_pipe(name, mesh)
+        pipe = self.head.access_log_pipe or create_access_log_pipe(name, mesh)
         if pipe is None:
             return
         self.access_logs = streamer = AccessLogStreamer(str(pipe.path))
@@ -460,6 +466,7 @@ class Agent:
         if self.supervisor is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.supervisor.stop(timeout=2.0), 10.0)
+        drop_waiting_envoy(self.head)  # never handed its bootstrap: stopped or failed before
         if self.access_logs is not None:  # after Envoy: it writes there until it exits
             self.access_logs.stop()
         if self.runtime is not None:

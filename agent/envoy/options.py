@@ -18,8 +18,10 @@ class EnvoyOptions:
     log_level: str
     component_log_level: str | None = None
 
-    def argv(self) -> list[str]:
-        argv = [str(self.binary), "-c", str(self.bootstrap_file),
+    def argv(self, config_path: str | None = None) -> list[str]:
+        """Envoy's command line; `config_path` instead of the bootstrap file for the first Envoy, which reads
+        its bootstrap from a pipe (agent/envoy/bootstrap_pipe.py)."""
+        argv = [str(self.binary), "-c", config_path or str(self.bootstrap_file),
                 "--disable-hot-restart",
                 "--drain-time-s", str(math.ceil(self.drain_time)),
                 "--drain-strategy", "immediate",
