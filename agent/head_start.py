@@ -61,13 +61,14 @@ from agent.start_steps import (
     Inputs,
     WaitingEnvoy,
     abandon,
-    check_definition,
+    check_cp_and_binary,
     claim_admin_port,
     create_access_log_pipe,
     deliver,
     envoy_options,
     envoy_started_status,
     kill_stale_envoy,
+    load_definition,
     read_ca,
     read_token,
     spawn_waiting_envoy,
@@ -151,7 +152,7 @@ class HeadStart:
     @property
     def label(self) -> str:
         d = self.definition
-        return f"dataplane {d.name!r} (mesh {d.mesh})" if d is not None else "dataplane"
+        return f"dataplane {d.name!r} (mesh {d.mesh})" if d is not None else "a dataplane"
 
     def status(self, text: str) -> None:
         log.info(text)
@@ -178,15 +179,21 @@ def begin(cfg: DpConfig, env: dict[str, str], notifier: Notifier) -> HeadStart:
 
 def prepare(head: HeadStart) -> None:
     cfg = head.cfg
-    cp, d, binary = check_definition(cfg)
-    head.definition = d
+    cp, binary = check_cp_and_binary(cfg)
     try:
-        runtime = rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=head.env)
-        runtime.lock(head.label)
+        given = rundir.fixed(cfg.runtime_dir, head.env)
+        if given is not None:  # a flag's or systemd's: Envoy starts before the definition is even read
+            claim_runtime_dir(head, given)
+            spawn_early(head, binary)
+        d = head.definition = load_definition(cfg)
+        if given is None:  # named after the dataplane
+            claim_runtime_dir(head, rundir.prepare(cfg.runtime_dir, d.mesh, d.name, env=head.env))
+            spawn_early(head, binary)
     except rundir.RuntimeDirError as e:
         raise Fatal(str(e), EXIT_USAGE) from None  # and leave the directory alone: it may be in use
-    head.runtime = runtime
-    spawn_early(head, binary)
+    runtime = head.runtime
+    assert runtime is not None
+    head.access_log_pipe = create_access_log_pipe(d.name, d.mesh)  # before Envoy reads a bootstrap naming it
     token = read_token(cfg, d)
     ca_pem, ca_source = read_ca(cfg)
     head.inputs = inputs = Inputs(d, token, ca_pem, ca_source, binary, cp)
@@ -217,15 +224,18 @@ def prepare(head: HeadStart) -> None:
         head.request["vipListeners"] = True  # DNS: this proxy owns the host's VIP:80 / VIP:port listeners
 
 
+def claim_runtime_dir(head: HeadStart, runtime: rundir.RuntimeDir) -> None:
+    """The runtime directory, locked: one kuma-dp per directory (before anything is written in it)."""
+    runtime.lock(head.label)
+    head.runtime = runtime
+
+
 def spawn_early(head: HeadStart, binary: Path) -> None:
-    """The first Envoy, spawned as soon as its runtime directory exists: it loads and initialises while kuma-dp
-    checks the rest and asks the control plane, then waits for its bootstrap on a pipe (start_envoy, or the
-    agent's once it has the answer and, with --dns-enabled, the DNS stub runs). MeshAccessLog's pipe is made
-    first: the bootstrap may name it."""
+    """The first Envoy, spawned as soon as its runtime directory is ours: it loads and initialises while
+    kuma-dp checks the rest and asks the control plane, then waits for its bootstrap on a pipe (start_envoy,
+    or the agent's once it has the answer and, with --dns-enabled, the DNS stub runs)."""
     runtime = head.runtime
-    assert head.definition is not None and runtime is not None
-    d = head.definition
-    head.access_log_pipe = create_access_log_pipe(d.name, d.mesh)
+    assert runtime is not None
     options = envoy_options(head.cfg, binary, runtime)
     kill_stale_envoy(runtime, options)
     head.waiting = waiting = spawn_waiting_envoy(options, head.env)

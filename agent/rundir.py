@@ -65,8 +65,10 @@ class RuntimeDir:
                 holder = os.read(fd, 64).decode().strip() or "?"
             finally:
                 os.close(fd)
+            other = ("another name" if self.owned  # a directory named after the dataplane
+                     else "another runtime directory (--runtime-dir; systemd: another unit instance)")
             raise RuntimeDirError(f"another kuma-dp (pid {holder}) is already running {label} with runtime "
-                                  f"directory {self.path}: stop it first, or give this one another name") from None
+                                  f"directory {self.path}: stop it first, or give this one {other}") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
@@ -88,13 +90,21 @@ def _safe_component(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
 
 
-def prepare(explicit: str | None, mesh: str, name: str, *, env: dict[str, str] | None = None) -> RuntimeDir:
-    env = dict(os.environ) if env is None else env
-    leaf = _safe_component(f"{mesh}.{name}")
+def fixed(explicit: str | None, env: dict[str, str]) -> RuntimeDir | None:
+    """The directory when it does not depend on the dataplane's name (1, 2: a flag, or systemd's), made;
+    None otherwise. kuma-dp spawns Envoy in it before reading the definition (agent/head_start.py)."""
     if explicit:
         return _make(Path(explicit), owned=False)
     if env.get("RUNTIME_DIRECTORY"):
         return _make(Path(env["RUNTIME_DIRECTORY"].split(":")[0]), owned=False)
+    return None
+
+
+def prepare(explicit: str | None, mesh: str, name: str, *, env: dict[str, str] | None = None) -> RuntimeDir:
+    env = dict(os.environ) if env is None else env
+    leaf = _safe_component(f"{mesh}.{name}")
+    if (given := fixed(explicit, env)) is not None:
+        return given
     if os.geteuid() == 0:
         base = Path("/run/kuma-dp")
         base.mkdir(mode=0o755, exist_ok=True)

@@ -98,14 +98,22 @@ def read_ca(cfg: DpConfig) -> tuple[bytes, str]:
     return pem, source
 
 
-def check_definition(cfg: DpConfig) -> tuple[CpAddress, dataplane.Definition, Path]:
-    """What Envoy's early spawn needs checked first: the control plane's address, the definition (read,
-    templated, parsed; its full validation is the control plane's, or the bootstrap worker's) and the Envoy
-    binary."""
+def check_cp_and_binary(cfg: DpConfig) -> tuple[CpAddress, Path]:
+    """What Envoy's early spawn needs checked first: the control plane's address and the Envoy binary."""
     try:
         cp = CpAddress.parse(cfg.cp_address)
     except ValueError as e:
         raise Fatal(str(e), EXIT_USAGE) from None
+    try:
+        binary = find_envoy(cfg.binary_path)
+    except EnvoyBinaryError as e:
+        raise Fatal(str(e), EXIT_USAGE) from None
+    return cp, binary
+
+
+def load_definition(cfg: DpConfig) -> dataplane.Definition:
+    """The definition: read, templated, parsed (its full validation is the control plane's, or the bootstrap
+    worker's)."""
     try:
         definition = dataplane.load(cfg)
     except dataplane.DefinitionError as e:
@@ -115,16 +123,13 @@ def check_definition(cfg: DpConfig) -> tuple[CpAddress, dataplane.Definition, Pa
     if definition.proxy_type == "ingress" and cfg.dns_enabled:
         raise Fatal(f"{definition.source} is a ZoneIngress and DNS is enabled: a zone ingress runs no DNS stub "
                     "(run it as kuma-dp@NAME, or set KUMA_DNS_ENABLED=false)", EXIT_USAGE)
-    try:
-        binary = find_envoy(cfg.binary_path)
-    except EnvoyBinaryError as e:
-        raise Fatal(str(e), EXIT_USAGE) from None
-    return cp, definition, binary
+    return definition
 
 
 def check_inputs(cfg: DpConfig) -> Inputs:
     """Everything that can be checked without the control plane, in the head start's order."""
-    cp, definition, binary = check_definition(cfg)
+    cp, binary = check_cp_and_binary(cfg)
+    definition = load_definition(cfg)
     token = read_token(cfg, definition)
     ca_pem, ca_source = read_ca(cfg)
     return Inputs(definition, token, ca_pem, ca_source, binary, cp)
