@@ -1,17 +1,21 @@
 """The floor under kuma-dp's start (bench/bench_agent.py): the least a Python agent does before Envoy can
 start. Start the interpreter, make the bootstrap call (/kuma.vm.dp.v1.Bootstrap/Get, TLS verified with the
-CA), write the bootstrap, exec Envoy with the arguments bench_agent.py gives "Envoy alone". Nothing else: no
-input checks, no runtime directory, no readiness server, no retries, no supervision. bench_agent.py times it
-from exec to Envoy ready, as it times kuma-dp and Envoy alone.
+CA), hand the bootstrap to Envoy, run with the arguments bench_agent.py gives "Envoy alone". Nothing else:
+no input checks, no runtime directory, no readiness server, no retries, no supervision. bench_agent.py times
+it from exec to Envoy ready, as it times kuma-dp and Envoy alone.
 
-The call is made one of two ways (TRANSPORT):
-- `h2`: as kuma-dp's head start makes it (agent/grpc_unary.py: ssl, a socket and h2, blocking);
-- `grpcio`: on a grpcio channel, as kuma-dp made it before the head start (and still does when the head
-  start's call fails); grpcio's import loads asyncio and its Cython core.
+Three ways (MODE):
+- `early`: as kuma-dp's head start does it: Envoy spawned first, reading its bootstrap from a pipe
+  (`-c /dev/fd/N`, agent/envoy/bootstrap_pipe.py), then the call over h2 (agent/grpc_unary.py: ssl, a socket
+  and h2, blocking), then the bootstrap written to the pipe; this process then waits for Envoy;
+- `h2`: the call over h2, then the bootstrap written to a file and Envoy exec'd (kuma-dp's order before
+  Envoy was spawned early);
+- `grpcio`: the same on a grpcio channel, as kuma-dp made the call before the head start (and still does
+  when the head start's call fails); grpcio's import loads asyncio and its Cython core.
 
-    python bench/agent_floor.py TRANSPORT CP_TARGET CA_FILE REQUEST_FILE BOOTSTRAP_FILE ENVOY ADMIN_PORT
+    python bench/agent_floor.py MODE CP_TARGET CA_FILE REQUEST_FILE BOOTSTRAP_FILE ENVOY ADMIN_PORT
 
-Envoy replaces this process (exec), so it is stopped like any Envoy.
+Envoy replaces this process (exec), or is its child (`early`), dying with it (PR_SET_PDEATHSIG, as kuma-dp's).
 """
 
 from __future__ import annotations
@@ -26,12 +30,22 @@ ENVOY_ARGS = ["--disable-hot-restart", "--log-level", "warning", "--concurrency"
 
 
 def main() -> None:
-    transport, target, ca_file, request_file, bootstrap_file, envoy, admin_port = sys.argv[1:8]
+    mode, target, ca_file, request_file, bootstrap_file, envoy, admin_port = sys.argv[1:8]
+    early = None
+    if mode == "early":
+        import subprocess
+
+        from agent.pdeathsig import die_with_parent  # as kuma-dp: Envoy dies with this process when it is stopped
+
+        read_fd, write_fd = os.pipe()
+        early = subprocess.Popen([envoy, "-c", f"/dev/fd/{read_fd}", *ENVOY_ARGS], pass_fds=(read_fd,),
+                                 preexec_fn=die_with_parent())
+        os.close(read_fd)
     with open(ca_file, "rb") as f:
         ca_pem = f.read()
     with open(request_file, "rb") as f:
         request = f.read()
-    if transport == "h2":
+    if mode in ("h2", "early"):
         from agent.grpc_unary import call
 
         host, port = target.rsplit(":", 1)
@@ -44,6 +58,10 @@ def main() -> None:
     bootstrap = answer["bootstrap"]
     bootstrap.setdefault("admin", {})["address"] = {"socket_address": {"address": "127.0.0.1",
                                                                        "port_value": int(admin_port)}}
+    if early is not None:
+        with os.fdopen(write_fd, "w") as pipe:
+            json.dump(bootstrap, pipe)
+        sys.exit(early.wait())
     with open(bootstrap_file, "w") as f:
         json.dump(bootstrap, f)
     os.execv(envoy, [envoy, "-c", bootstrap_file, *ENVOY_ARGS])

@@ -8,15 +8,17 @@ One kuma-cp (sqlite, loopback, this tree). Each round, for a fresh dataplane nam
 - "kuma-dp" of each tree (this one, and the baseline's sources from `git archive REF`, run the same way
   with the same Python): time `kuma-dp run` from exec to `READY=1` on a NOTIFY_SOCKET this script listens
   on, split by the STATUS lines it sends: exec -> "requesting the Envoy bootstrap" (Python start, imports,
-  input checks, runtime dir, ports, `envoy --version`), -> "Envoy started" (the definition's validation
-  still pending, the bootstrap call, the bootstrap file, the spawn), -> READY=1 (Envoy's own start under
-  kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
+  input checks, runtime dir, ports, `envoy --version`), -> "Envoy started" (the bootstrap call, the bootstrap
+  file, and Envoy handed its bootstrap: since issue 14 Envoy is spawned early and reads it from a pipe, so
+  this is the moment Envoy has it; a baseline from before spawned Envoy here), -> READY=1 (the rest of Envoy's
+  start under kuma-dp). Also kuma-dp's resident memory (RSS and USS of the kuma-dp process alone, Envoy excluded) 2 s
   after READY, and the CPU time kuma-dp and its finished helpers used up to READY.
-- "floors": bench/agent_floor.py, the least a Python agent does (interpreter, the call, exec Envoy), with the
-  call made over h2 (as kuma-dp's head start makes it) and over grpcio; kuma-dp is compared with the first;
+- "floors": bench/agent_floor.py, the least a Python agent does (interpreter, the call, Envoy): `early` as
+  kuma-dp's head start does it (Envoy spawned first, reading its bootstrap from a pipe; the call over h2),
+  and the call first, then exec Envoy, over h2 and over grpcio; kuma-dp is compared with the first;
 - "imports": once per round and tree, `python -c "import agent.cli, agent.run_flags, agent.head_start,
   agent.grpc_unary"` (a tree without the head start: agent.run; without agent/run_flags.py: agent.commands)
-  minus `python -c pass` (wall time), what kuma-dp's modules cost before Envoy's spawn; the same for
+  minus `python -c pass` (wall time), what kuma-dp's modules cost before Envoy has its bootstrap; the same for
   `agent.bootstrap_worker`, the worker that validates the definition in parallel (off the critical path since
   issue 14: the bootstrap call and Envoy's spawn do not wait for its verdict, only READY=1 does).
 How kuma-dp is run (`--as`):
@@ -127,16 +129,19 @@ def envoy_alone(cp: CpProcess, work: Path, binary: Path) -> tuple[float, float]:
     return until_envoy_ready([str(binary), "-c", str(bootstrap), *ENVOY_ARGS], request["adminPort"]), call_s
 
 
-FLOORS = ("h2", "grpcio")  # bench/agent_floor.py's transports; the first is the floor kuma-dp is compared with
+FLOORS = ("early", "h2", "grpcio")  # bench/agent_floor.py's modes; the first is the floor kuma-dp is compared with
+FLOOR_HOW = {"early": "interpreter, Envoy spawned, the call over h2, the bootstrap piped to it",
+             "h2": "interpreter, the call over h2, exec Envoy",
+             "grpcio": "interpreter, the call over grpcio, exec Envoy"}
 
 
-def floor(cp: CpProcess, work: Path, binary: Path, install: Install, transport: str) -> float:
+def floor(cp: CpProcess, work: Path, binary: Path, install: Install, mode: str) -> float:
     """Seconds from exec to Envoy ready for bench/agent_floor.py (the least a Python agent does, its call
-    made over `transport`), with the interpreter set-up kuma-dp has."""
+    done as `mode` says), with the interpreter set-up kuma-dp has."""
     request = bootstrap_request(cp, "floor")
     request_file = work / f"{request['name']}.request.json"
     request_file.write_text(json.dumps({**request, "cpHost": "127.0.0.1", "cpPort": cp.ports["KUMA_DP_SERVER_PORT"]}))
-    return until_envoy_ready([*install.python, str(REPO / "bench" / "agent_floor.py"), transport,
+    return until_envoy_ready([*install.python, str(REPO / "bench" / "agent_floor.py"), mode,
                               f"127.0.0.1:{cp.ports['KUMA_DP_SERVER_PORT']}", str(cp.ca_file), str(request_file),
                               str(work / f"{request['name']}.json"), str(binary), str(request["adminPort"])],
                              request["adminPort"], env=_env(install))
@@ -317,12 +322,12 @@ ROWS = [  # (label, key, unit)
     ("kuma-dp overhead over Envoy (median difference)", "overhead_ms", "ms"),
     ("kuma-dp overhead (fastest runs)", "overhead_min_ms", "ms"),
     (f"kuma-dp over the {FLOORS[0]} floor (median difference)", "over_floor_ms", "ms"),
-    ("  before Envoy is spawned", "kuma_dp_before_envoy_ms", "ms"),
-    ("  split: imports before the spawn (separate run)", "split_imports_ms", "ms"),
+    ("  before Envoy has its bootstrap", "kuma_dp_before_envoy_ms", "ms"),
+    ("  split: imports before that (separate run)", "split_imports_ms", "ms"),
     ("  bootstrap worker's imports (separate run, in parallel)", "worker_imports_ms", "ms"),
     ("  split: exec -> requesting the bootstrap", "split_before_bootstrap_ms", "ms"),
-    ("  split: requesting -> Envoy spawned (validation, call)", "split_bootstrap_to_spawn_ms", "ms"),
-    ("  split: Envoy spawned -> READY=1", "split_envoy_in_kuma_dp_ms", "ms"),
+    ("  split: requesting -> Envoy has its bootstrap (the call)", "split_bootstrap_to_spawn_ms", "ms"),
+    ("  split: Envoy has its bootstrap -> READY=1", "split_envoy_in_kuma_dp_ms", "ms"),
     ("kuma-dp CPU to READY (with its helpers)", "kuma_dp_cpu_ms", "ms"),
     ("kuma-dp RSS (Envoy excluded)", "kuma_dp_rss_mb", "MB"),
     ("kuma-dp USS (memory of its own)", "kuma_dp_uss_mb", "MB"),
@@ -337,7 +342,7 @@ def table(doc: dict[str, Any]) -> str:
              f"baseline {doc.get('baseline') or 'none'}; kuma-dp run as {doc['kuma_dp_as']})",
              f"  Envoy alone: exec -> live + workers started {r['envoy_start_ms']:.0f} ms (fastest "
              f"{r['envoy_start_min_ms']:.0f} ms); bootstrap call on a fresh channel {r['bootstrap_call_ms']:.0f} ms",
-             *(f"  floor over {t} (bench/agent_floor.py: interpreter, the call, exec Envoy): exec -> Envoy ready "
+             *(f"  floor {t} (bench/agent_floor.py: {FLOOR_HOW[t]}): exec -> Envoy ready "
                f"{r['floors'][t]['start_ms']:.0f} ms, {r['floors'][t]['overhead_ms']:.0f} ms over Envoy alone"
                for t in FLOORS),
              f"  targets: overhead <= {TARGET_OVERHEAD_MS:.0f} ms, RSS < {TARGET_RSS_MB:.0f} MB"]
@@ -383,8 +388,8 @@ def main() -> None:
             for install in installs.values():
                 kuma_dp(cp, work, install)
                 imports(install)
-            for transport in FLOORS:
-                floor(cp, work, binary, installs["this"], transport)
+            for mode in FLOORS:
+                floor(cp, work, binary, installs["this"], mode)
             envoy_s: list[float] = []
             floor_s: dict[str, list[float]] = {t: [] for t in FLOORS}
             call_s: list[float] = []
@@ -394,8 +399,8 @@ def main() -> None:
                 e, c = envoy_alone(cp, work, binary)
                 envoy_s.append(e)
                 call_s.append(c)
-                for transport in FLOORS:
-                    floor_s[transport].append(floor(cp, work, binary, installs["this"], transport))
+                for mode in FLOORS:
+                    floor_s[mode].append(floor(cp, work, binary, installs["this"], mode))
                 for name in (list(trees) if i % 2 == 0 else list(reversed(trees))):  # alternate the order
                     samples[name].append(kuma_dp(cp, work, installs[name]))
                     import_s[name].append(imports(installs[name]))
