@@ -6,9 +6,10 @@ asynchronous modules (supervisor, readiness, metrics, HTTP server) cost ~40 ms o
 once Envoy runs, while it starts (bench/bench_agent.py measures both).
 
 In order:
-1. What Envoy's spawn needs, checked: the definition (read, templated, parsed) and the Envoy binary; then the
-   private runtime directory (0700, locked per dataplane). Bad input exits 2 with a message naming the flag
-   and the fix.
+1. What Envoy's spawn needs: the Envoy binary, checked, and the private runtime directory (0700, locked per
+   dataplane). A directory given (--runtime-dir, or systemd's RUNTIME_DIRECTORY) comes before the definition
+   (read, templated, parsed); the default one is named after the dataplane, so after it. Bad input exits 2
+   with a message naming the flag and the fix.
 2. Envoy, spawned at once, reading its bootstrap from a pipe (agent/envoy/bootstrap_pipe.py): it spends most
    of its own start (~45 of ~70 ms) loading and initialising before it reads one, and does that now, beside
    kuma-dp's remaining steps, instead of after them. MeshAccessLog's pipe is made first.

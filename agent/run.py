@@ -51,10 +51,8 @@ from agent.start_steps import (
     Fatal,
     Inputs,
     claim_admin_port,
-    create_access_log_pipe,
     envoy_options,
     envoy_started_status,
-    kill_stale_envoy,
     write_bootstrap,
 )
 from agent.supervisor import EnvoyFailure, Supervisor, describe_exit
@@ -275,9 +273,8 @@ class Agent:
         head, d = self.head, inputs.definition
         bootstrap = answer["bootstrap"]
         options = envoy_options(cfg, inputs.binary, runtime)
-        self.start_access_logs(d.name, d.mesh)
-        if head.envoy is None:
-            kill_stale_envoy(runtime, options)
+        self.start_access_logs()
+        assert head.envoy is not None  # the head start spawned it (waiting for its bootstrap, or handed it)
 
         def before_start() -> None:
             admin.port = claim_admin_port(admin.port, self.admin_port_fixed, f"{d.mesh}/{d.name}")
@@ -287,7 +284,7 @@ class Agent:
             self.state.envoy_started(child.pid, generation)
             if generation > 1:
                 self.metrics.envoy_restarts.inc()
-            if child is not head.envoy:  # the head start's Envoy was announced when it was spawned
+            if child is not head.envoy:  # the first Envoy was announced when it was handed its bootstrap
                 runtime.write_private(rundir.ENVOY_PID, f"{child.pid}\n".encode())
                 self.status(envoy_started_status(child.pid))
             monitor.wake.set()
@@ -341,7 +338,7 @@ class Agent:
 
         self.monitor = monitor = Monitor(self.state, lambda: self.admin, on_locally_ready=on_locally_ready,
                                          on_cp_change=on_cp_change, liveness_timeout=cfg.envoy_liveness_timeout)
-        if head.envoy is not None and head.waiting is None:  # started before this loop: supervised from here on
+        if head.waiting is None:  # handed its bootstrap before this loop: supervised from here on
             supervisor.adopt(head.envoy, head.envoy_started_at)
         if self.stop_requested.is_set():
             return self._stopped_exit()  # a waiting Envoy is killed by close()
@@ -358,14 +355,12 @@ class Agent:
                 raise Fatal(e.message, e.exit_code) from None
             log.info(self.dns.summary())
         self.state.phase = "running"
-        if head.waiting is not None:  # spawned before this loop, waiting for the answer (and the DNS stub)
+        if head.waiting is not None:  # waiting for the answer (the loop's retries) or for the DNS stub
             head.answer = answer
             start_envoy(head)
             admin.port = head.admin_port
             assert head.envoy is not None
             supervisor.adopt(head.envoy, head.envoy_started_at)
-        elif supervisor.child is None:
-            await supervisor.start()
         self.tasks.append(asyncio.create_task(monitor.run()))
         if cfg.proxy_type == "dataplane":
             from agent.metrics_watch import follow
@@ -436,9 +431,10 @@ class Agent:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    def start_access_logs(self, name: str, mesh: str) -> None:
-        """Read MeshAccessLog's pipe: the head start's (made before it spawned Envoy), else made now."""
-        pipe = self.head.access_log_pipe or create_access_log_pipe(name, mesh)
+    def start_access_logs(self) -> None:
+        """Read MeshAccessLog's pipe, made by the head start before Envoy could read a bootstrap naming it
+        (None: it could not be made, and said so)."""
+        pipe = self.head.access_log_pipe
         if pipe is None:
             return
         self.access_logs = streamer = AccessLogStreamer(str(pipe.path))

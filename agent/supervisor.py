@@ -105,8 +105,9 @@ class Supervisor:
         return child
 
     def adopt(self, child: Child, started_at: float) -> None:
-        """Supervise `child` as the next Envoy: one `start()` spawned, or the first one, spawned by kuma-dp
-        before its event loop existed (agent/head_start.py) with `options.argv()`, its output on a pipe."""
+        """Supervise `child` as the next Envoy: one `start()` spawned, or the first one, spawned by kuma-dp's
+        head start (agent/head_start.py) as `start()` spawns, its output on a pipe, but reading its bootstrap
+        from a pipe (`options.argv(config_path=...)`); `started_at` is when it was handed the bootstrap."""
         self.tail.clear()
         self.hang_reason = None
         self.generation += 1
