@@ -56,7 +56,7 @@ from agent.config import EXIT_USAGE, DpConfig
 from agent.envoy import version_cache
 from agent.envoy.binary import EnvoyBinaryError, EnvoyVersionError, parse_envoy_version
 from agent.notify import Notifier, child_environment
-from agent.proc import Child, adopt, spawn
+from agent.proc import Child, adopt
 from agent.start_steps import (
     Fatal,
     Inputs,
@@ -72,8 +72,8 @@ from agent.start_steps import (
     load_definition,
     read_ca,
     read_token,
+    spawn_envoy,
     spawn_waiting_envoy,
-    write_bootstrap,
 )
 
 if TYPE_CHECKING:
@@ -259,20 +259,17 @@ def ask(head: HeadStart) -> dict[str, Any] | None:
 
 def start_envoy(head: HeadStart) -> None:
     """Envoy on its way with the control plane's answer: the waiting one handed its bootstrap or, when it could
-    not take it (or none waits), one spawned from the bootstrap file. Used by the agent too (agent/run.py), once
+    not take it, one spawned from the bootstrap file. Used by the agent too (agent/run.py), once
     the answer and the DNS stub are in."""
     cfg, inputs, runtime, answer = head.cfg, head.inputs, head.runtime, head.answer
     assert inputs is not None and runtime is not None and answer is not None
     d = inputs.definition
     head.admin_port = claim_admin_port(head.admin_port, head.admin_port_fixed, f"{d.mesh}/{d.name}")
     waiting, head.waiting = head.waiting, None
-    if waiting is None or not deliver(waiting, runtime, answer["bootstrap"], head.admin_port):
+    assert waiting is not None  # spawned by prepare()
+    if not deliver(waiting, runtime, answer["bootstrap"], head.admin_port):  # it wrote the file: start from it
         options = envoy_options(cfg, inputs.binary, runtime)
-        if waiting is None:
-            kill_stale_envoy(runtime, options)
-            write_bootstrap(runtime, answer["bootstrap"], head.admin_port)
-        head.envoy = spawn(options.argv(), env=child_environment(head.env), cwd=str(options.bootstrap_file.parent),
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        head.envoy = spawn_envoy(options, child_environment(head.env))
         runtime.write_private(rundir.ENVOY_PID, f"{head.envoy.pid}\n".encode())
     assert head.envoy is not None
     head.envoy_started_at = time.monotonic()  # the start timeout counts from here, not from the early spawn

@@ -126,15 +126,6 @@ def load_definition(cfg: DpConfig) -> dataplane.Definition:
     return definition
 
 
-def check_inputs(cfg: DpConfig) -> Inputs:
-    """Everything that can be checked without the control plane, in the head start's order."""
-    cp, binary = check_cp_and_binary(cfg)
-    definition = load_definition(cfg)
-    token = read_token(cfg, definition)
-    ca_pem, ca_source = read_ca(cfg)
-    return Inputs(definition, token, ca_pem, ca_source, binary, cp)
-
-
 def claim_admin_port(port: int, fixed: bool, key: str) -> int:
     """The admin port to start Envoy on: `port`, free when chosen; if something took it meanwhile, another
     (unless it was given)."""
@@ -205,14 +196,19 @@ class WaitingEnvoy:
     pipe: BootstrapPipe
 
 
+def spawn_envoy(options: EnvoyOptions, child_env: dict[str, str], pipe: BootstrapPipe | None = None) -> Child:
+    """Envoy as kuma-dp runs every one: its output on a pipe (the supervisor passes it on), in the runtime
+    directory, in its own process group, dying with kuma-dp; its bootstrap from the file, or from `pipe`."""
+    return spawn(options.argv(config_path=pipe.config_path if pipe else None), env=child_env,
+                 cwd=str(options.bootstrap_file.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                 pass_fds=(pipe.read_fd,) if pipe else ())
+
+
 def spawn_waiting_envoy(options: EnvoyOptions, env: dict[str, str]) -> WaitingEnvoy:
-    """Envoy as the supervisor spawns it (its output on a pipe, its own process group, dying with kuma-dp), but
-    reading its bootstrap from a pipe that `deliver` fills."""
+    """Envoy reading its bootstrap from a pipe that `deliver` fills."""
     pipe = BootstrapPipe()
     try:
-        child = spawn(options.argv(config_path=pipe.config_path), env=child_environment(env),
-                      cwd=str(options.bootstrap_file.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                      pass_fds=(pipe.read_fd,))
+        child = spawn_envoy(options, child_environment(env), pipe)
     except BaseException:
         pipe.close()
         raise

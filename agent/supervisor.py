@@ -24,14 +24,14 @@ import collections
 import contextlib
 import logging
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 
 from agent.config import ENVOY_RESTART_BACKOFF_CAP
 from agent.envoy.options import EnvoyOptions as EnvoyOptions  # kept importable here, beside its supervisor
-from agent.proc import Child, spawn
+from agent.proc import Child
+from agent.start_steps import spawn_envoy
 
 log = logging.getLogger("kuma-dp.envoy")
 
@@ -99,8 +99,7 @@ class Supervisor:
     async def start(self) -> Child:
         if self.before_start is not None:
             self.before_start()
-        child = spawn(self.options.argv(), env=self.env, cwd=str(self.options.bootstrap_file.parent),
-                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        child = spawn_envoy(self.options, self.env)
         self.adopt(child, time.monotonic())
         return child
 
