@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from agent import access_log_pipe
+from kuma_shared.aio import within
 from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma-dp.access-logs")
@@ -44,7 +45,7 @@ class _Sender:
                 if writer is None:
                     writer = await self._connect()
                 writer.write(line)
-                await asyncio.wait_for(writer.drain(), 5.0)
+                await within(5.0, writer.drain())
             except (OSError, ValueError, TimeoutError) as e:
                 self.errors.report(("send", self.address), "could not send an access log line; dropped it",
                                    error=e, extra={"address": self.address}, traceback=False)
@@ -54,7 +55,7 @@ class _Sender:
 
     async def _connect(self) -> asyncio.StreamWriter:
         host, port = split_address(self.address)
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5.0)
+        _, writer = await within(5.0, asyncio.open_connection(host, port))
         log.info("connected to the TCP access log backend", extra={"address": self.address})
         return writer
 

@@ -14,6 +14,7 @@ import ssl as ssl_module
 from collections.abc import Awaitable, Callable
 
 from agent.ports import listen as listen  # kept importable here: the servers and their sockets go together
+from kuma_shared.aio import within
 
 log = logging.getLogger("kuma-dp.http")
 
@@ -26,8 +27,8 @@ async def serve(sock: socket.socket, routes: dict[str, Handler], *,
                 ssl: ssl_module.SSLContext | None = None) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readline(), 5.0)
-            while (await asyncio.wait_for(reader.readline(), 5.0)) not in (b"\r\n", b"\n", b""):
+            request = await within(5.0, reader.readline())
+            while (await within(5.0, reader.readline())) not in (b"\r\n", b"\n", b""):
                 pass
             parts = request.decode("latin-1").split()
             if len(parts) < 2:

@@ -26,6 +26,7 @@ import threading
 from collections import Counter
 from typing import Any
 
+from kuma_shared.aio import within
 from kuma_shared.dnsloop import serve_udp, wake
 
 from .forward import TCP_MAX, Forwarder
@@ -245,8 +246,8 @@ class StubServer:
         self._tcp_conns.add(task)
         try:
             while True:
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT), "big")
-                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT)
+                size = int.from_bytes(await within(TCP_IDLE_TIMEOUT, reader.readexactly(2)), "big")
+                data = await within(TCP_IDLE_TIMEOUT, reader.readexactly(size))
                 reply = await self._tcp_reply(data)
                 if reply is None:
                     return  # not a DNS query: RFC 7766 lets a server close the connection

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping
 
 from controlplane.netguard import ACCEPT_ERROR_INTERVAL, ConnectionBudget, ConnectionLimits, chosen, current_nofile
+from kuma_shared.aio import within
 from kuma_shared.dnsloop import serve_udp, wake
 from kuma_shared.logs import ErrorLog
 
@@ -173,8 +174,8 @@ class DnsServer:
         timeout = self.tcp_idle_timeout
         try:
             while True:
-                size = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), timeout), "big")
-                data = await asyncio.wait_for(reader.readexactly(size), timeout)
+                size = int.from_bytes(await within(timeout, reader.readexactly(2)), "big")
+                data = await within(timeout, reader.readexactly(size))
                 try:
                     reply = self.table.answer(data, udp=False)
                 except Exception:

@@ -17,6 +17,7 @@ from controlplane.ca import CaManager
 from controlplane.resources.mesh import MESH
 from controlplane.store.base import ListQuery, ResourceStore
 from controlplane.supervise import Supervisor, cancel_and_wait
+from kuma_shared.aio import within
 from kuma_shared.logs import ErrorLog
 
 log = logging.getLogger("kuma.kds")
@@ -45,7 +46,7 @@ class GlobalCaKeeper:
                 await self.ensure_all()
                 with contextlib.suppress(TimeoutError):
                     while True:  # wait for a Mesh or Secret change (or the rescan timer)
-                        event = await asyncio.wait_for(events.get(), RESCAN_SECONDS)
+                        event = await within(RESCAN_SECONDS, events.get())
                         if event.type in ("Mesh", "Secret") or event.op == "resync":
                             break
                 await asyncio.sleep(0.1)  # a burst of writes: one pass
