@@ -3,10 +3,14 @@ across test sessions and `make packages`)."""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,69 @@ def build_release(release: str) -> dict[str, Path]:
     assert proc.returncode == 0, f"packaging/build.py --release {release} failed:\n{proc.stdout}\n{proc.stderr}"
     built = [json.loads(line) for line in proc.stdout.strip().splitlines() if line.startswith("{")]
     files = next(b["files"] for b in built if b["release"] == release)
+    if release == RELEASES[0]:  # the release the static checks look at (test_packages.py)
+        lintian_in_background([dist / name for name in files if name.endswith(".deb")])
     found: dict[str, Path] = {}
     for name in files:
         pkg = "kuma-cp" if name.startswith("kuma-cp") else "kuma-dp"
         found[f"{pkg}.{name.rsplit('.', 1)[1]}"] = dist / name
     return found
+
+
+# --- lintian -----------------------------------------------------------------------------------------------
+# lintian takes ~50 s on the two .debs. It starts in the background (niced) as soon as they are built, the
+# first thing the e2e modules do, and test_packages.py's lintian test takes its verdict. A verdict on the very
+# same bytes (the overrides are inside) is kept in the build cache.
+
+_lintian: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}  # digest -> (lintian, its output file)
+
+
+def _digest(debs: list[Path]) -> str:
+    h = hashlib.sha256()
+    for deb in sorted(debs):
+        h.update(deb.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def lintian_verdict_file(debs: list[Path]) -> Path:
+    return dist_dir() / f".lintian-clean-{_digest(debs)}"
+
+
+def lintian_in_background(debs: list[Path]) -> None:
+    """Start lintian on `debs` unless its verdict is kept or it already runs."""
+    if not shutil.which("lintian") or lintian_verdict_file(debs).exists():
+        return
+    digest = _digest(debs)
+    if digest in _lintian:
+        return
+    out = Path(tempfile.mkstemp(prefix="lintian-", suffix=".log")[1])
+    with out.open("wb") as f:
+        proc = subprocess.Popen(["nice", "-n", "19", "lintian", "--fail-on", "error", "--no-tag-display-limit",
+                                 *map(str, sorted(debs))], stdout=f, stderr=subprocess.STDOUT)
+    _lintian[digest] = (proc, out)
+    atexit.register(_stop, proc, out)
+
+
+def _stop(proc: subprocess.Popen[bytes], out: Path) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    out.unlink(missing_ok=True)
+
+
+def lintian(debs: list[Path], timeout: float = 600) -> tuple[int, str]:
+    """(exit status, output) of lintian on `debs`: the background run's, else one run now; (0, kept verdict)
+    when the same bytes passed before."""
+    verdict = lintian_verdict_file(debs)
+    if verdict.exists():
+        return 0, verdict.read_text()
+    lintian_in_background(debs)
+    proc, out = _lintian.pop(_digest(debs))
+    code = proc.wait(timeout)
+    text = out.read_text(errors="replace")
+    out.unlink(missing_ok=True)
+    if code == 0 and not any(line.startswith("E:") for line in text.splitlines()):
+        for old in verdict.parent.glob(".lintian-clean-*"):
+            old.unlink(missing_ok=True)
+        verdict.write_text(text)
+    return code, text

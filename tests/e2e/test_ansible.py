@@ -196,55 +196,54 @@ def test_changed_variables_restart_exactly_their_units_while_cross_zone_traffic_
                timeout=60, message="web's traffic after its restart")
 
 
-def test_a_lost_token_and_a_token_revoked_on_the_zone_control_plane_are_issued_again(fleet: Fleet) -> None:
-    """zone-1's host lost backend's token; billing's was revoked on zone-2's control plane. One run issues both
-    again and restarts exactly their two units, printing no token."""
-    z1, z2 = fleet.z1, fleet.z2
-    units = {"backend": (z1, "kuma-dp"), "web": (z1, "kuma-dp@web"), "billing": (z2, "kuma-dp@billing"),
-             "ingress-2": (fleet.in2, "kuma-dp@ingress-zone-2")}
-    before = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
-    z1.ssh("rm /etc/kuma/dataplanes/primary.token")
-    old = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
-    revocations = {"type": "Secret", "mesh": "default", "name": "dataplane-token-revocations-default",
-                   "data": base64.b64encode(token_claims(old)["jti"].encode()).decode()}
-    fleet.cp2.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
-    proc = fleet.play()
-    assert token_claims(z1.ssh("cat /etc/kuma/dataplanes/primary.token").stdout.strip())["Name"] == "backend"
-    new = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
-    assert new != old and token_claims(new)["Name"] == "billing"
-    after = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
-    assert {k for k in units if after[k] != before[k]} == {"backend", "billing"}, (before, after)
-    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name, z2.name}, proc.stdout[-6000:]
-    assert "eyJ" not in proc.stdout  # no token in the output
-    body = eventually(lambda: z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
-                      message="billing.mesh from zone-1 with the new tokens")
-    assert json.loads(body)["service"] == "billing"
-
-
 PROBE = {"type": "Dataplane", "mesh": "default", "name": "probe",
          "networking": {"address": "198.18.255.254",
                         "inbound": [{"port": 1, "tags": {"kuma.io/service": "probe"}}]}}
 
 
-def test_a_zone_token_revoked_on_global_is_replaced_by_the_next_run(fleet: Fleet) -> None:
-    cp1 = fleet.cp1
-    old = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
-    revocations = {"type": "GlobalSecret", "name": "zone-token-revocations",
-                   "data": base64.b64encode(token_claims(old)["jti"].encode()).decode()}
-    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump(revocations))
-    before = fleet.unit_pid(cp1, "kuma-cp")
+def test_lost_and_revoked_tokens_are_issued_again_by_the_next_run(fleet: Fleet) -> None:
+    """Three ways a token goes bad, repaired by one run (one run for the three: each is a full playbook run
+    on seven hosts):
+    - zone-1's service host lost backend's token;
+    - billing's was revoked on zone-2's control plane;
+    - zone-1's zone token was revoked on global.
+    The run issues all three again, restarts exactly their three units and prints no token; the zone then
+    syncs with global again and cross-zone traffic flows with the new dataplane tokens."""
+    z1, z2, cp1 = fleet.z1, fleet.z2, fleet.cp1
+    units = {"backend": (z1, "kuma-dp"), "web": (z1, "kuma-dp@web"), "billing": (z2, "kuma-dp@billing"),
+             "ingress-2": (fleet.in2, "kuma-dp@ingress-zone-2"), "cp1": (cp1, "kuma-cp"),
+             "cp2": (fleet.cp2, "kuma-cp")}
+    before = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
+    z1.ssh("rm /etc/kuma/dataplanes/primary.token")
+    old_billing = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
+    fleet.cp2.ssh("kumactl apply -f -", input=yaml.safe_dump({
+        "type": "Secret", "mesh": "default", "name": "dataplane-token-revocations-default",
+        "data": base64.b64encode(token_claims(old_billing)["jti"].encode()).decode()}))
+    old_zone = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    fleet.glob.ssh("kumactl apply -f -", input=yaml.safe_dump({
+        "type": "GlobalSecret", "name": "zone-token-revocations",
+        "data": base64.b64encode(token_claims(old_zone)["jti"].encode()).decode()}))
     proc = fleet.play()
-    new = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
-    assert new != old and token_claims(new)["Zone"] == "zone-1"
-    assert fleet.unit_pid(cp1, "kuma-cp") != before  # restarted with the new token
-    assert "eyJ" not in proc.stdout
-    # The zone syncs again with its new token: a Dataplane registered in zone-1 reaches global.
+    assert token_claims(z1.ssh("cat /etc/kuma/dataplanes/primary.token").stdout.strip())["Name"] == "backend"
+    new_billing = z2.ssh("cat /etc/kuma/dataplanes/billing.token").stdout.strip()
+    assert new_billing != old_billing and token_claims(new_billing)["Name"] == "billing"
+    new_zone = cp1.ssh("cat /etc/kuma/zone.token").stdout.strip()
+    assert new_zone != old_zone and token_claims(new_zone)["Zone"] == "zone-1"
+    after = {k: fleet.unit_pid(h, u) for k, (h, u) in units.items()}
+    assert {k for k in units if after[k] != before[k]} == {"backend", "billing", "cp1"}, (before, after)
+    assert {h for h, c in changed(fleet, proc.stdout).items() if c} == {z1.name, z2.name, cp1.name}, \
+        proc.stdout[-6000:]
+    assert "eyJ" not in proc.stdout  # no token in the output
+    # zone-1 syncs again with its new zone token: a Dataplane registered in zone-1 reaches global.
     cp1.ssh("kumactl apply -f -", input=yaml.safe_dump(PROBE))
     try:
         eventually(lambda: "probe" in fleet.zone_dataplanes("zone-1"), timeout=60,
                    message="a new dataplane of zone-1 on global after the new zone token")
     finally:
         cp1.ssh("kumactl delete dataplane probe -m default")
+    body = eventually(lambda: z1.ssh("curl -sf http://billing.mesh/", check=False).stdout, timeout=90,
+                      message="billing.mesh from zone-1 with the new tokens")
+    assert json.loads(body)["service"] == "billing"
 
 
 def test_a_bad_variable_fails_before_any_host_is_touched(fleet: Fleet) -> None:

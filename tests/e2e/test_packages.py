@@ -17,7 +17,6 @@ written to <cache>/e2e-measurements.json and printed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,7 +29,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.e2e.packages import build_release, pkgbuild
+from tests.e2e.packages import build_release, lintian, pkgbuild
 from tests.lab.fixtures import Lab, LabHost
 from tests.requirements import unavailable
 
@@ -128,21 +127,9 @@ def hosts(lab: Lab) -> dict[str, LabHost]:
 def test_lintian_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
     if not shutil.which("lintian"):
         unavailable("lint", "lintian is not installed (scripts/setup.sh installs it)")
-    debs = [str(packages["1"]["kuma-cp.deb"]), str(packages["1"]["kuma-dp.deb"])]
-    # lintian takes ~40 s: its verdict on the very same bytes (and overrides, which are inside) is kept.
-    digest = hashlib.sha256()
-    for deb in debs:
-        digest.update(Path(deb).read_bytes())
-    verdict = pkgbuild.cache_root() / f"e2e-dist/.lintian-clean-{digest.hexdigest()[:16]}"
-    if verdict.exists():
-        return
-    proc = subprocess.run(["lintian", "--fail-on", "error", "--no-tag-display-limit", *debs], text=True,
-                          capture_output=True, timeout=600)
-    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
-    assert proc.returncode == 0 and not errors, proc.stdout + proc.stderr
-    for old in verdict.parent.glob(".lintian-clean-*"):
-        old.unlink(missing_ok=True)
-    verdict.write_text(proc.stdout)
+    code, output = lintian([packages["1"]["kuma-cp.deb"], packages["1"]["kuma-dp.deb"]])  # started at the build
+    errors = [line for line in output.splitlines() if line.startswith("E:")]
+    assert code == 0 and not errors, output
 
 
 def test_rpmlint_finds_no_error(packages: dict[str, dict[str, Path]]) -> None:
