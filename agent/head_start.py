@@ -265,9 +265,12 @@ def start_envoy(head: HeadStart) -> None:
     assert inputs is not None and runtime is not None and answer is not None
     d = inputs.definition
     head.admin_port = claim_admin_port(head.admin_port, head.admin_port_fixed, f"{d.mesh}/{d.name}")
-    waiting, head.waiting = head.waiting, None
+    waiting = head.waiting
     assert waiting is not None  # spawned by prepare()
-    if not deliver(waiting, runtime, answer["bootstrap"], head.admin_port):  # it wrote the file: start from it
+    # Cleared only once handed over: should writing the bootstrap file fail, the agent still kills it.
+    delivered = deliver(waiting, runtime, answer["bootstrap"], head.admin_port)
+    head.waiting = None
+    if not delivered:  # it was killed; the bootstrap file is written: start one from it
         options = envoy_options(cfg, inputs.binary, runtime)
         head.envoy = spawn_envoy(options, child_environment(head.env))
         runtime.write_private(rundir.ENVOY_PID, f"{head.envoy.pid}\n".encode())
