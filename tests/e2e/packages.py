@@ -70,16 +70,18 @@ def _digest(debs: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def lintian_verdict_file(debs: list[Path]) -> Path:
-    return dist_dir() / f".lintian-clean-{_digest(debs)}"
+def _verdict_file(digest: str) -> Path:
+    return dist_dir() / f".lintian-clean-{digest}"
 
 
 def lintian_in_background(debs: list[Path]) -> None:
     """Start lintian on `debs` unless its verdict is kept or it already runs."""
-    if not shutil.which("lintian") or lintian_verdict_file(debs).exists():
-        return
-    digest = _digest(debs)
-    if digest in _lintian:
+    if shutil.which("lintian"):
+        _start(debs, _digest(debs))
+
+
+def _start(debs: list[Path], digest: str) -> None:
+    if digest in _lintian or _verdict_file(digest).exists():
         return
     out = Path(tempfile.mkstemp(prefix="lintian-", suffix=".log")[1])
     with out.open("wb") as f:
@@ -99,11 +101,12 @@ def _stop(proc: subprocess.Popen[bytes], out: Path) -> None:
 def lintian(debs: list[Path], timeout: float = 600) -> tuple[int, str]:
     """(exit status, output) of lintian on `debs`: the background run's, else one run now; (0, kept verdict)
     when the same bytes passed before."""
-    verdict = lintian_verdict_file(debs)
+    digest = _digest(debs)  # ~100 MB read: once
+    verdict = _verdict_file(digest)
     if verdict.exists():
         return 0, verdict.read_text()
-    lintian_in_background(debs)
-    proc, out = _lintian.pop(_digest(debs))
+    _start(debs, digest)
+    proc, out = _lintian.pop(digest)
     code = proc.wait(timeout)
     text = out.read_text(errors="replace")
     out.unlink(missing_ok=True)
